@@ -1,0 +1,87 @@
+/* wstunsrv: flags → wstun_server_config, signals → graceful stop. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "app_common.h"
+
+#define GRACE_MS 10000
+
+typedef struct srv_app {
+  uv_loop_t *loop;
+  wstun_server *srv;
+  uv_signal_t sigint, sigterm;
+  int stopping;
+} srv_app;
+
+static void on_server_closed(wstun_server *srv, void *ud) {
+  srv_app *app = ud;
+  (void)srv;
+  uv_close((uv_handle_t *)&app->sigint, NULL);
+  uv_close((uv_handle_t *)&app->sigterm, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  srv_app *app = h->data;
+  if (app->stopping) {
+    fprintf(stderr, "second signal: exiting now\n");
+    exit(1);
+  }
+  app->stopping = 1;
+  app_log(NULL, WSTUN_LOG_INFO,
+          signum == SIGINT ? "SIGINT: stopping (in-flight requests finish)"
+                           : "SIGTERM: stopping (in-flight requests finish)");
+  wstun_server_close(app->srv, GRACE_MS, on_server_closed, app);
+}
+
+int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
+  wstun_server_config cfg;
+  wstun_server_config_init(&cfg);
+  const char *log_level = "info";
+  uint64_t max_header = cfg.max_header_bytes, max_body = 0;
+  app_flag flags[] = {
+      {"port", FLAG_INT, &cfg.port, "N", "TCP port to listen on (0 = any free port)", 0, 65535},
+      {"host", FLAG_STR, &cfg.host, "ADDR", "address to listen on (default 0.0.0.0)", 0, -1},
+      {"base-path", FLAG_STR, &cfg.base_path, "PATH", "prefix of every endpoint, e.g. /wstunnel", 0, -1},
+      {"passwords", FLAG_STR, &cfg.passwords, "TOK:PW,...", "tokens that require a password", 0, -1},
+      {"max-requests-per-tunnel", FLAG_INT, &cfg.max_requests_per_tunnel, "N",
+       "requests waiting per token before 504 (default 20, max 1000)", 0, 1000000},
+      {"max-clients-per-token", FLAG_INT, &cfg.max_clients_per_token, "N",
+       "tunnel clients per token (0 = unlimited)", 0, 1000000},
+      {"wstimeout", FLAG_INT, &cfg.ws_timeout_sec, "S",
+       "close a tunnel silent this long (default 30, clamped 3..600)", 0, 1000000},
+      {"httptimeout", FLAG_INT, &cfg.http_timeout_sec, "S",
+       "answer 504 without a response after (default 1200)", 1, 100000000},
+      {"forget-after", FLAG_INT, &cfg.token_forget_sec, "S",
+       "forget a token without clients after (default 3600)", 1, 100000000},
+      {"max-header-bytes", FLAG_U64, &max_header, "N",
+       "request head limit, else 431 (default 65536)", 1024, 1 << 24},
+      {"max-body", FLAG_U64, &max_body, "N",
+       "request body limit in bytes, else 413 (0 = unlimited)", 0, INT64_MAX},
+      {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug", 0, -1},
+      {NULL, FLAG_STR, NULL, NULL, NULL, 0, 0}};
+  app_parse_flags(prog, "wstun tunnel server: serves HTTP requests through "
+                        "WebSocket tunnels opened by wstuncli.",
+                  flags, argc, argv, first);
+  cfg.log_level = app_log_level(prog, log_level);
+  cfg.max_header_bytes = (size_t)max_header;
+  cfg.max_body_bytes = max_body;
+  cfg.log_cb = app_log;
+
+  signal(SIGPIPE, SIG_IGN);
+  srv_app app = {0};
+  app.loop = uv_default_loop();
+  int rc = wstun_server_start(app.loop, &cfg, &app.srv);
+  if (rc != 0) {
+    fprintf(stderr, "%s: cannot start: %s\n", prog, wstun_strerror(rc));
+    return 1;
+  }
+  uv_signal_init(app.loop, &app.sigint);
+  uv_signal_init(app.loop, &app.sigterm);
+  app.sigint.data = app.sigterm.data = &app;
+  uv_signal_start(&app.sigint, on_signal, SIGINT);
+  uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+  uv_run(app.loop, UV_RUN_DEFAULT);
+  uv_loop_close(app.loop);
+  return 0;
+}

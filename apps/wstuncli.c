@@ -1,0 +1,3 @@
+#include "app_common.h"
+
+int main(int argc, char **argv) { return wstuncli_main("wstuncli", argc, argv, 1); }

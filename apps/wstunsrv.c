@@ -1,0 +1,3 @@
+#include "app_common.h"
+
+int main(int argc, char **argv) { return wstunsrv_main("wstunsrv", argc, argv, 1); }

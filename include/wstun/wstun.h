@@ -1,0 +1,219 @@
+/* wstun — HTTP tunnels through firewalls over WebSockets.
+ *
+ * The whole public face of libwstun. Two opaque handles live on a loop the
+ * caller owns:
+ *
+ *   wstun_server  accepts HTTP requests and tunnel clients (wstunsrv)
+ *   wstun_client  dials a server, registers a token and answers requests
+ *                 from an HTTP backend or an in-process callback (wstuncli)
+ *
+ * Conventions (as in libuv):
+ *   - Functions that can fail return 0 or a negative WSTUN_E* code;
+ *     wstun_strerror() names it. A call that fails synchronously never fires
+ *     its callback.
+ *   - Config structs are filled with defaults by their _init() function;
+ *     set only what you need, so new fields never break callers.
+ *   - Strings in config structs are borrowed for the duration of the _new()
+ *     call only: the library copies what it keeps.
+ *   - The library never prints, exits or aborts: it reports through return
+ *     codes and the log callback.
+ *   - Nothing is global: several servers and clients may share one loop.
+ */
+#ifndef WSTUN_H
+#define WSTUN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "wstun/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define WSTUN_EXTERN __attribute__((visibility("default")))
+#else
+#define WSTUN_EXTERN
+#endif
+
+/* ---- errors ------------------------------------------------------------ */
+
+#define WSTUN_ERRNO_MAP(XX)                                                  \
+  XX(EINVAL, -1, "invalid argument")                                         \
+  XX(ENOMEM, -2, "out of memory")                                            \
+  XX(EURL, -3, "malformed URL")                                              \
+  XX(EREGEX, -4, "invalid regular expression")                               \
+  XX(ELISTEN, -5, "cannot listen on the given address")                      \
+  XX(ESTATE, -6, "operation not allowed in the current state")               \
+  XX(EPROTO, -7, "tunnel protocol error")                                    \
+  XX(EHANDSHAKE, -8, "WebSocket handshake failed")                           \
+  XX(ECONNECT, -9, "connection failed")                                      \
+  XX(ECLOSED, -10, "connection closed")                                      \
+  XX(ETIMEDOUT, -11, "timed out")                                            \
+  XX(EPASSWORDS, -12, "malformed password list")
+
+typedef enum {
+#define WSTUN__ERR(name, val, msg) WSTUN_##name = (val),
+  WSTUN_ERRNO_MAP(WSTUN__ERR)
+#undef WSTUN__ERR
+} wstun_errno;
+
+/* A static string for a WSTUN_E* code; "unknown error" for others. */
+WSTUN_EXTERN const char *wstun_strerror(int err);
+
+/* The library's version as "MAJOR.MINOR.PATCH" (static string). */
+WSTUN_EXTERN const char *wstun_version(void);
+
+/* ---- logging ----------------------------------------------------------- */
+
+typedef enum {
+  WSTUN_LOG_ERROR = 0,
+  WSTUN_LOG_WARN = 1,
+  WSTUN_LOG_INFO = 2,
+  WSTUN_LOG_DEBUG = 3
+} wstun_log_level;
+
+/* Called for every log line at or below the configured level. `msg` is a
+ * NUL-terminated line without a trailing newline, valid only during the
+ * call. Secrets never appear beyond an 8-character prefix. */
+typedef void (*wstun_log_cb)(void *user_data, wstun_log_level level,
+                             const char *msg);
+
+/* "error", "warn", "info", "debug" (case-insensitive) → level; -1 if unknown */
+WSTUN_EXTERN int wstun_log_level_parse(const char *name);
+
+/* ---- server ------------------------------------------------------------ */
+
+typedef struct wstun_server wstun_server;
+
+typedef struct wstun_server_config {
+  const char *host;        /* listen address; default "0.0.0.0" */
+  int port;                /* default 80; 0 picks a free port */
+  const char *base_path;   /* prefix of every endpoint; default "" */
+  const char *passwords;   /* "token:password,token2:pw2"; NULL = none */
+  int max_requests_per_tunnel; /* requests waiting to be written to a
+                                  tunnel, per token; default 20, 0 = 20,
+                                  capped at 1000 */
+  int max_clients_per_token;   /* 0 = unlimited */
+  int ws_timeout_sec;      /* close a silent tunnel; default 30, 3..600 */
+  int http_timeout_sec;    /* answer 504 after; default 1200 */
+  int token_forget_sec;    /* forget a token with no client; default 3600 */
+  size_t max_header_bytes; /* request head larger → 431; default 64 KiB */
+  uint64_t max_body_bytes; /* request body larger → 413; 0 = unlimited */
+  int log_level;           /* wstun_log_level; default WSTUN_LOG_INFO */
+  wstun_log_cb log_cb;     /* NULL = silent */
+  void *log_user_data;
+} wstun_server_config;
+
+WSTUN_EXTERN void wstun_server_config_init(wstun_server_config *cfg);
+
+/* Creates a server on `loop` and starts listening. On success *out owns the
+ * server until wstun_server_close() completes. Errors: WSTUN_EINVAL,
+ * WSTUN_EPASSWORDS, WSTUN_ELISTEN, WSTUN_ENOMEM. */
+WSTUN_EXTERN int wstun_server_start(uv_loop_t *loop,
+                                    const wstun_server_config *cfg,
+                                    wstun_server **out);
+
+/* The TCP port actually bound (useful with port 0). */
+WSTUN_EXTERN int wstun_server_port(const wstun_server *srv);
+
+/* Number of tokens that have at least one live tunnel connection. */
+WSTUN_EXTERN size_t wstun_server_tunnel_count(const wstun_server *srv);
+
+typedef void (*wstun_server_close_cb)(wstun_server *srv, void *user_data);
+
+/* Graceful stop: stops accepting at once, lets exchanges in flight finish
+ * for up to `grace_ms`, then closes every handle and frees the server.
+ * `cb` (may be NULL) fires once everything is closed; the pointer is
+ * invalid after it returns. Calling it twice is harmless. */
+WSTUN_EXTERN void wstun_server_close(wstun_server *srv, unsigned grace_ms,
+                                     wstun_server_close_cb cb,
+                                     void *user_data);
+
+/* ---- client ------------------------------------------------------------ */
+
+typedef struct wstun_client wstun_client;
+
+/* A request that arrived through the tunnel, handed to an in-process
+ * handler. Valid from the handler call until wstun_request_respond(). */
+typedef struct wstun_request wstun_request;
+
+typedef void (*wstun_handler_cb)(wstun_request *req, void *user_data);
+
+typedef enum {
+  WSTUN_CLIENT_CONNECTING = 0,
+  WSTUN_CLIENT_CONNECTED = 1,
+  WSTUN_CLIENT_DISCONNECTED = 2
+} wstun_client_state;
+
+/* State changes of the tunnel; `err` is 0 or the WSTUN_E* code that ended
+ * the last connection. */
+typedef void (*wstun_client_state_cb)(wstun_client *cli,
+                                      wstun_client_state state, int err,
+                                      void *user_data);
+
+typedef struct wstun_client_config {
+  const char *tunnel_url; /* ws://[user:pass@]host[:port][/base]; required */
+  const char *token;      /* at least 16 characters; required */
+  const char *password;   /* the token's password, or NULL */
+  const char *server_url; /* default backend http://host[:port]; or NULL */
+  const char *regexp;     /* X-Host allowed when it matches entirely */
+  int timeout_sec;        /* ping every timeout/3, dead after timeout; 30 */
+  int backend_timeout_sec;   /* backend must answer within; default 1200 */
+  int reconnect_max_ms;      /* backoff cap; default 30000 */
+  int max_idle_per_backend;  /* keep-alive pool size per backend; 32 */
+  const char *client_version; /* sent as X-Client-Version; default lib's */
+  wstun_handler_cb handler;   /* if set, requests go here, not to HTTP */
+  void *handler_user_data;
+  size_t max_handler_body; /* body limit for the handler; default 8 MiB */
+  wstun_client_state_cb state_cb;
+  void *state_user_data;
+  int log_level;
+  wstun_log_cb log_cb;
+  void *log_user_data;
+} wstun_client_config;
+
+WSTUN_EXTERN void wstun_client_config_init(wstun_client_config *cfg);
+
+/* Validates the config, then starts dialing (and redialing with backoff
+ * after every drop) until wstun_client_close(). Errors: WSTUN_EINVAL (token
+ * missing or too short, no tunnel URL), WSTUN_EURL, WSTUN_EREGEX,
+ * WSTUN_ENOMEM. */
+WSTUN_EXTERN int wstun_client_start(uv_loop_t *loop,
+                                    const wstun_client_config *cfg,
+                                    wstun_client **out);
+
+WSTUN_EXTERN wstun_client_state wstun_client_get_state(const wstun_client *c);
+
+typedef void (*wstun_client_close_cb)(wstun_client *cli, void *user_data);
+
+/* Closes the tunnel (after up to `grace_ms` for requests in progress) and
+ * every handle, then frees the client and fires `cb` (may be NULL). */
+WSTUN_EXTERN void wstun_client_close(wstun_client *cli, unsigned grace_ms,
+                                     wstun_client_close_cb cb,
+                                     void *user_data);
+
+/* In-process requests. Strings are owned by the request. */
+WSTUN_EXTERN const char *wstun_request_method(const wstun_request *req);
+/* Origin-form target as received, e.g. "/path?q=1". */
+WSTUN_EXTERN const char *wstun_request_target(const wstun_request *req);
+/* First header with that name (case-insensitive), or NULL. */
+WSTUN_EXTERN const char *wstun_request_header(const wstun_request *req,
+                                              const char *name);
+WSTUN_EXTERN const uint8_t *wstun_request_body(const wstun_request *req,
+                                               size_t *len);
+
+/* Sends the response and frees `req` (even on error). `body` is copied.
+ * `content_type` may be NULL (no Content-Type header). Errors:
+ * WSTUN_EINVAL (status out of 100..599), WSTUN_ECLOSED (the tunnel dropped
+ * meanwhile; the response is discarded). */
+WSTUN_EXTERN int wstun_request_respond(wstun_request *req, int status,
+                                       const char *content_type,
+                                       const void *body, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* WSTUN_H */

@@ -1,0 +1,899 @@
+/* The tunnel client: dials the server (resolving, connecting, the
+ * WebSocket handshake with the token), redials with backoff after every
+ * drop, and routes each tunneled request to a backend (wstun_upstream.c)
+ * or to the embedder's in-process handler. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wstun_alloc.h"
+#include "wstun_client_int.h"
+#include "wstun_proto.h"
+#include "wstun_util.h"
+#include "wstun_ws.h"
+
+#define HANDSHAKE_MAX_HEAD (64 * 1024)
+#define REQ_MAX_HEAD (1 << 20)
+#define FIRST_RETRY_MS 200
+
+static const wstun__tunnel_cbs cli_tunnel_cbs;
+static const wstun__http_parser_cbs req_cbs;
+static void schedule_reconnect(wstun_client *cli);
+static void dial(wstun_client *cli);
+
+void wstun_client_config_init(wstun_client_config *cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->timeout_sec = 30;
+  cfg->backend_timeout_sec = 1200;
+  cfg->reconnect_max_ms = 30000;
+  cfg->max_idle_per_backend = 32;
+  cfg->max_handler_body = 8 * 1024 * 1024;
+  cfg->log_level = WSTUN_LOG_INFO;
+}
+
+wstun_client_state wstun_client_get_state(const wstun_client *c) {
+  return c->state;
+}
+
+static void set_state(wstun_client *cli, wstun_client_state s, int err) {
+  cli->state = s;
+  if (cli->state_cb)
+    cli->state_cb(cli, s, err, cli->state_ud);
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+static void req_free(wstun_request *req) {
+  wstun_client *cli = req->cli;
+  if (req->prev)
+    req->prev->next = req->next;
+  else if (cli->reqs == req)
+    cli->reqs = req->next;
+  if (req->next)
+    req->next->prev = req->prev;
+  req->prev = req->next = NULL;
+  wstun__upstream_detach(req);
+  if (req->resp) {
+    wstun__outmsg *m = req->resp;
+    req->resp = NULL;
+    wstun__outmsg_abandon(m);
+  }
+  if (req->paused_tunnel && req->t)
+    wstun__tunnel_resume_rx(req->t);
+  if (req->t)
+    wstun__tunnel_forget_sink(req->t, req);
+  wstun__http_parser_free(&req->parser);
+  wstun__buf_free(&req->to_backend);
+  wstun__buf_free(&req->replay);
+  wstun__buf_free(&req->body);
+  wstun__free(req->backend_key);
+  wstun__free(req->backend_host);
+  wstun__free(req->method_str);
+  wstun__free(req);
+}
+
+void wstun__client_req_done(wstun_request *req) {
+  /* both directions must be over: the response sent and the request
+   * message read to its end (or the tunnel gone) */
+  if (req->resp == NULL && req->resp_handed &&
+      (req->msg_ended || req->t == NULL) &&
+      !(req->state == WSTUN__CR_HANDLER && req->handler_called))
+    req_free(req);
+}
+
+static void resp_sent(void *owner, wstun__outmsg *m) {
+  wstun_request *req = owner;
+  (void)m;
+  req->resp = NULL;
+  wstun__client_req_done(req);
+}
+
+static void resp_drain(void *owner, wstun__outmsg *m) {
+  wstun_request *req = owner;
+  (void)m;
+  wstun__upstream_push(req); /* resumes reading the backend */
+}
+
+static void resp_failed(void *owner, wstun__outmsg *m, int restartable) {
+  wstun_request *req = owner;
+  (void)restartable;
+  wstun__outmsg_free(m);
+  req->resp = NULL;
+  req->t = NULL;
+  wstun__client_req_done(req);
+}
+
+const wstun__outmsg_cbs wstun__resp_msg_cbs = {
+    .on_sent = resp_sent,
+    .on_drain = resp_drain,
+    .on_failed = resp_failed,
+};
+
+void wstun__client_answer(wstun_request *req, int status, const char *text) {
+  wstun_client *cli = req->cli;
+  if (req->resp_started || req->t == NULL)
+    return;
+  req->resp_started = 1;
+  wstun__log(&cli->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d %s",
+             req->id, status, text);
+  req->resp = wstun__outmsg_new(&wstun__resp_msg_cbs, req);
+  if (req->resp == NULL)
+    return;
+  uint8_t prefix[WSTUN__PROTO_PREFIX_LEN];
+  wstun__proto_write_prefix(req->id, prefix);
+  if (wstun__buf_append(&req->resp->buf, prefix, sizeof(prefix)) != 0 ||
+      wstun__http_write_simple(&req->resp->buf, status, text, NULL, 0) != 0) {
+    wstun__outmsg_free(req->resp);
+    req->resp = NULL;
+    return;
+  }
+  req->resp->finished = 1;
+  req->resp_handed = 1;
+  if (req->state != WSTUN__CR_HANDLER)
+    req->state = WSTUN__CR_ANSWERED;
+  wstun__tunnel_send(req->t, req->resp);
+}
+
+static void *cli_msg_begin(wstun__tunnel *t, uint16_t id) {
+  wstun_client *cli = t->owner;
+  wstun_request *req = wstun__calloc(1, sizeof(*req));
+  if (req == NULL)
+    return NULL;
+  req->cli = cli;
+  req->t = t;
+  req->id = id;
+  wstun__http_parser_init(&req->parser, HTTP_REQUEST, REQ_MAX_HEAD,
+                          cli->handler ? cli->max_handler_body : 0, &req_cbs,
+                          req);
+  req->next = cli->reqs;
+  if (cli->reqs)
+    cli->reqs->prev = req;
+  cli->reqs = req;
+  return req;
+}
+
+static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
+                        size_t n) {
+  wstun_request *req = sink;
+  (void)t;
+  if (req->state == WSTUN__CR_ANSWERED)
+    return 0;
+  size_t used;
+  if (wstun__http_parser_feed(&req->parser, d, n, &used) == WSTUN__HTTP_ERROR) {
+    int st = req->parser.error_status ? req->parser.error_status : 400;
+    if (st == 502 || st == 503)
+      st = 400;
+    wstun__upstream_detach(req);
+    wstun__client_answer(req, st, req->parser.error_text ? req->parser.error_text
+                                                         : "Bad request");
+  }
+  return 0;
+}
+
+static void cli_msg_end(wstun__tunnel *t, void *sink, int complete) {
+  wstun_request *req = sink;
+  (void)t;
+  req->msg_ended = 1;
+  if (!req->req_complete && req->state != WSTUN__CR_ANSWERED) {
+    /* the request stopped short: the backend must not take it as whole */
+    wstun__upstream_detach(req);
+    if (complete)
+      wstun__client_answer(req, 400, "Incomplete request from the tunnel");
+    else
+      req->t = NULL;
+  }
+  wstun__client_req_done(req);
+}
+
+/* ---- routing a request ------------------------------------------------- */
+
+static int set_backend(wstun_request *req, const wstun__url *u) {
+  char key[600];
+  int v6 = strchr(u->host, ':') != NULL;
+  snprintf(key, sizeof(key), "%s://%s%s%s:%d", u->scheme, v6 ? "[" : "",
+           u->host, v6 ? "]" : "", u->port);
+  req->backend_key = wstun__strdup(key);
+  req->backend_host = wstun__strdup(u->host);
+  req->backend_port = u->port;
+  return req->backend_key && req->backend_host ? 0 : WSTUN_ENOMEM;
+}
+
+/* Host header value for the backend: the port only when not the default. */
+static void host_header(const wstun__url *u, char *out, size_t n) {
+  int v6 = strchr(u->host, ':') != NULL;
+  if (u->port_given && u->port != (wstun__url_is_tls(u) ? 443 : 80))
+    snprintf(out, n, "%s%s%s:%d", v6 ? "[" : "", u->host, v6 ? "]" : "",
+             u->port);
+  else
+    snprintf(out, n, "%s%s%s", v6 ? "[" : "", u->host, v6 ? "]" : "");
+}
+
+/* X-Host: allowed only with -regexp, matched in full against the parsed
+ * scheme://host[:port] (never the raw text, which could hide another host
+ * behind userinfo or a path). Returns 0 and fills *u, or answers. */
+static int check_xhost(wstun_request *req, const char *xhost, wstun__url *u) {
+  wstun_client *cli = req->cli;
+  char msg[512];
+  if (!cli->has_re) {
+    wstun__client_answer(req, 403,
+                         "X-Host header disallowed by wstunnel cli (no -regexp option)");
+    return -1;
+  }
+  int ok = wstun__url_parse(xhost, u) == 0 && u->userinfo == NULL &&
+           (strcmp(u->scheme, "http") == 0 || strcmp(u->scheme, "https") == 0) &&
+           (u->path[0] == '\0' || strcmp(u->path, "/") == 0);
+  if (ok) {
+    char canon[600];
+    int v6 = strchr(u->host, ':') != NULL;
+    if (u->port_given)
+      snprintf(canon, sizeof(canon), "%s://%s%s%s:%d", u->scheme, v6 ? "[" : "",
+               u->host, v6 ? "]" : "", u->port);
+    else
+      snprintf(canon, sizeof(canon), "%s://%s%s%s", u->scheme, v6 ? "[" : "",
+               u->host, v6 ? "]" : "");
+    ok = regexec(&cli->re, canon, 0, NULL, 0) == 0;
+  }
+  if (!ok) {
+    wstun__url_free(u);
+    snprintf(msg, sizeof(msg),
+             "X-Host header '%.300s' does not match regexp in wstunnel cli",
+             xhost);
+    wstun__client_answer(req, 403, msg);
+    return -1;
+  }
+  return 0;
+}
+
+static int req_on_head(void *ud, wstun__http_head *h) {
+  wstun_request *req = ud;
+  wstun_client *cli = req->cli;
+  req->method = h->method;
+  wstun__log(&cli->log, WSTUN_LOG_DEBUG, "WS   RCV id=%04x verb=%s url=%s",
+             req->id, llhttp_method_name((llhttp_method_t)h->method),
+             wstun__http_head_target(h));
+  if (cli->handler) {
+    req->state = WSTUN__CR_HANDLER;
+    req->method_str = wstun__strdup(llhttp_method_name((llhttp_method_t)h->method));
+    return req->method_str ? 0 : -1;
+  }
+  wstun__url xu;
+  memset(&xu, 0, sizeof(xu));
+  const wstun__url *backend;
+  const char *xhost = wstun__http_head_get(h, "X-Host");
+  if (xhost != NULL) {
+    if (check_xhost(req, xhost, &xu) != 0)
+      return 0;
+    backend = &xu;
+  } else if (cli->has_server) {
+    backend = &cli->server_url;
+  } else {
+    wstun__client_answer(req, 403,
+                         "X-Host header required by wstunnel cli (no -server option)");
+    return 0;
+  }
+  char host[600];
+  host_header(backend, host, sizeof(host));
+  int rc = set_backend(req, backend);
+  int tls = wstun__url_is_tls(backend);
+  wstun__url_free(&xu);
+  if (rc != 0)
+    return -1;
+  if (tls) {
+    wstun__client_answer(req, 502, "HTTPS backends are not supported by this wstuncli yet");
+    return 0;
+  }
+  wstun__http_head_strip_hop_by_hop(h, 1);
+  wstun__http_head_remove(h, "X-Host");
+  wstun__http_head_remove(h, "Host");
+  rc = wstun__http_head_add(h, "Host", host);
+  char len[32];
+  req->req_chunked = 0;
+  if (h->has_content_length) {
+    snprintf(len, sizeof(len), "%llu", (unsigned long long)h->content_length);
+    rc |= wstun__http_head_add(h, "Content-Length", len);
+  } else if (h->chunked) {
+    rc |= wstun__http_head_add(h, "Transfer-Encoding", "chunked");
+    req->req_chunked = 1;
+  }
+  if (rc != 0 || wstun__http_head_write(h, &req->to_backend) != 0)
+    return -1;
+  req->state = WSTUN__CR_FORWARD;
+  wstun__upstream_start(req);
+  return 0;
+}
+
+static int req_on_body(void *ud, const uint8_t *d, size_t n) {
+  wstun_request *req = ud;
+  int rc = 0;
+  switch (req->state) {
+  case WSTUN__CR_HANDLER:
+    return wstun__buf_append(&req->body, d, n) == 0 ? 0 : -1;
+  case WSTUN__CR_FORWARD:
+    if (req->req_chunked) {
+      rc |= wstun__http_write_chunk_header(&req->to_backend, n);
+      rc |= wstun__buf_append(&req->to_backend, d, n);
+      rc |= wstun__buf_append(&req->to_backend, "\r\n", 2);
+    } else {
+      rc = wstun__buf_append(&req->to_backend, d, n);
+    }
+    if (rc != 0)
+      return -1;
+    wstun__upstream_push(req);
+    return 0;
+  default:
+    return 0;
+  }
+}
+
+static int req_on_complete(void *ud) {
+  wstun_request *req = ud;
+  req->req_complete = 1;
+  if (req->state == WSTUN__CR_FORWARD) {
+    if (req->req_chunked &&
+        wstun__buf_append_str(&req->to_backend, WSTUN__HTTP_LAST_CHUNK) != 0)
+      return -1;
+    wstun__upstream_push(req);
+  } else if (req->state == WSTUN__CR_HANDLER && !req->handler_called) {
+    req->handler_called = 1;
+    req->cli->handler(req, req->cli->handler_ud);
+  }
+  return 1; /* one request per message */
+}
+
+static const wstun__http_parser_cbs req_cbs = {
+    .on_head = req_on_head,
+    .on_body = req_on_body,
+    .on_complete = req_on_complete,
+};
+
+/* ---- the in-process handler API ----------------------------------------- */
+
+const char *wstun_request_method(const wstun_request *req) {
+  return req->method_str ? req->method_str : "GET";
+}
+
+const char *wstun_request_target(const wstun_request *req) {
+  return wstun__http_head_target(&req->parser.head);
+}
+
+const char *wstun_request_header(const wstun_request *req, const char *name) {
+  return wstun__http_head_get(&req->parser.head, name);
+}
+
+const uint8_t *wstun_request_body(const wstun_request *req, size_t *len) {
+  if (len)
+    *len = wstun__buf_size(&req->body);
+  return wstun__buf_size(&req->body) ? wstun__buf_data(&req->body)
+                                     : (const uint8_t *)"";
+}
+
+int wstun_request_respond(wstun_request *req, int status,
+                          const char *content_type, const void *body,
+                          size_t len) {
+  if (req == NULL)
+    return WSTUN_EINVAL;
+  req->handler_called = 0; /* the handler gives the request back */
+  if (status < 100 || status > 599) {
+    wstun__client_answer(req, 500, "Handler gave an invalid status");
+    wstun__client_req_done(req);
+    return WSTUN_EINVAL;
+  }
+  if (req->t == NULL) {
+    req_free(req);
+    return WSTUN_ECLOSED;
+  }
+  wstun__outmsg *m = wstun__outmsg_new(&wstun__resp_msg_cbs, req);
+  uint8_t prefix[WSTUN__PROTO_PREFIX_LEN];
+  wstun__proto_write_prefix(req->id, prefix);
+  int rc = m ? 0 : WSTUN_ENOMEM;
+  if (rc == 0) {
+    rc |= wstun__buf_append(&m->buf, prefix, sizeof(prefix));
+    rc |= wstun__buf_appendf(&m->buf, "HTTP/1.1 %d %s\r\n", status,
+                             wstun__http_reason(status));
+    if (content_type)
+      rc |= wstun__buf_appendf(&m->buf, "Content-Type: %s\r\n", content_type);
+    rc |= wstun__buf_appendf(&m->buf, "Content-Length: %zu\r\n\r\n", len);
+    rc |= wstun__buf_append(&m->buf, body, len);
+  }
+  if (rc != 0) {
+    wstun__outmsg_free(m);
+    wstun__client_answer(req, 500, "Out of memory");
+    wstun__client_req_done(req);
+    return WSTUN_ENOMEM;
+  }
+  m->finished = 1;
+  req->resp = m;
+  req->resp_started = 1;
+  req->resp_handed = 1;
+  wstun__tunnel_send(req->t, m);
+  wstun__client_req_done(req);
+  return 0;
+}
+
+/* ---- the tunnel --------------------------------------------------------- */
+
+static void cli_tunnel_closed(wstun__tunnel *t, int err) {
+  wstun_client *cli = t->owner;
+  cli->t = NULL;
+  cli->last_err = err;
+  wstun__log(&cli->log, WSTUN_LOG_WARN, "tunnel closed: %s", wstun_strerror(err));
+  /* every request on it is lost: responses queued on the tunnel are let go
+   * (the tunnel frees them), backends are cut */
+  wstun_request *req = cli->reqs;
+  while (req) {
+    wstun_request *next = req->next;
+    if (req->resp && req->resp_handed) {
+      req->resp->owner = NULL;
+      req->resp = NULL;
+    }
+    req->t = NULL;
+    req->msg_ended = 1;
+    if (req->state == WSTUN__CR_HANDLER && req->handler_called) {
+      /* the handler still holds it: respond() will free it */
+      if (req->prev)
+        req->prev->next = req->next;
+      else
+        cli->reqs = req->next;
+      if (req->next)
+        req->next->prev = req->prev;
+      req->prev = req->next = NULL;
+    } else {
+      req_free(req);
+    }
+    req = next;
+  }
+  set_state(cli, WSTUN_CLIENT_DISCONNECTED, err);
+  if (!cli->closing)
+    schedule_reconnect(cli);
+}
+
+static void cli_tunnel_freed(void *owner) {
+  wstun_client *cli = owner;
+  cli->live--;
+  wstun__client_release(cli);
+}
+
+static const wstun__tunnel_cbs cli_tunnel_cbs = {
+    .on_msg_begin = cli_msg_begin,
+    .on_msg_data = cli_msg_data,
+    .on_msg_end = cli_msg_end,
+    .on_closed = cli_tunnel_closed,
+    .on_freed = cli_tunnel_freed,
+};
+
+/* ---- dialing and the handshake ----------------------------------------- */
+
+static void dial_fail(wstun_client *cli, int err, const char *why) {
+  wstun__log(&cli->log, WSTUN_LOG_WARN, "cannot open tunnel to %s://%s:%d: %s",
+             cli->tunnel_url.scheme, cli->tunnel_url.host, cli->tunnel_url.port,
+             why);
+  cli->last_err = err;
+  if (cli->dial) {
+    wstun__conn_close(cli->dial);
+    cli->dial = NULL;
+  }
+  if (cli->hs_init) {
+    wstun__http_parser_free(&cli->hs);
+    cli->hs_init = 0;
+  }
+  set_state(cli, WSTUN_CLIENT_DISCONNECTED, err);
+  if (!cli->closing)
+    schedule_reconnect(cli);
+}
+
+static int hs_on_head(void *ud, wstun__http_head *h) {
+  wstun_client *cli = ud;
+  (void)h;
+  cli->hs_done = 1;
+  return 1;
+}
+
+static int hs_on_complete(void *ud) {
+  (void)ud;
+  return 1;
+}
+
+static const wstun__http_parser_cbs hs_cbs = {
+    .on_head = hs_on_head,
+    .on_complete = hs_on_complete,
+};
+
+static size_t dial_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
+  wstun_client *cli = c->owner;
+  size_t used = 0;
+  int rc = wstun__http_parser_feed(&cli->hs, data, len, &used);
+  if (rc == WSTUN__HTTP_ERROR) {
+    dial_fail(cli, WSTUN_EHANDSHAKE, "bad handshake response");
+    return len;
+  }
+  if (!cli->hs_done)
+    return len;
+  const wstun__http_head *h = &cli->hs.head;
+  if (h->status != 101) {
+    char why[160];
+    snprintf(why, sizeof(why), "server answered %d %s", h->status,
+             wstun__http_head_target(h));
+    dial_fail(cli, WSTUN_EHANDSHAKE, why);
+    return len;
+  }
+  if (wstun__ws_check_accept(h, cli->ws_key) != 0) {
+    dial_fail(cli, WSTUN_EHANDSHAKE, "bad Sec-WebSocket-Accept");
+    return len;
+  }
+  wstun__http_parser_free(&cli->hs);
+  cli->hs_init = 0;
+  uv_timer_stop(&cli->timer);
+  wstun__conn *conn = cli->dial;
+  cli->dial = NULL;
+  uint64_t ping = cli->timeout_ms / 3;
+  if (wstun__tunnel_start(&cli->t, cli->loop, conn, 0, &cli->rng, &cli->log,
+                          ping ? ping : 1000, cli->timeout_ms, &cli_tunnel_cbs,
+                          cli, data + used, len - used) != 0) {
+    cli->dial = conn;
+    dial_fail(cli, WSTUN_ENOMEM, "out of memory");
+    return len;
+  }
+  cli->live++;
+  cli->attempt = 0;
+  char red[12];
+  wstun__log(&cli->log, WSTUN_LOG_INFO, "tunnel open to %s://%s:%d token=%s",
+             cli->tunnel_url.scheme, cli->tunnel_url.host, cli->tunnel_url.port,
+             wstun__redact(cli->token, red));
+  set_state(cli, WSTUN_CLIENT_CONNECTED, 0);
+  return len;
+}
+
+static void dial_on_end(wstun__conn *c, int err) {
+  wstun_client *cli = c->owner;
+  dial_fail(cli, WSTUN_ECLOSED,
+            err == UV_EOF ? "connection closed during handshake" : uv_strerror(err));
+}
+
+static void dial_on_close(wstun__conn *c) {
+  wstun_client *cli = c->owner;
+  cli->live--;
+  wstun__client_release(cli);
+}
+
+static void send_handshake(wstun_client *cli) {
+  wstun__buf *out = wstun__conn_outbuf(cli->dial);
+  char hostport[600];
+  host_header(&cli->tunnel_url, hostport, sizeof(hostport));
+  if (wstun__ws_new_key(&cli->rng, cli->ws_key) != 0) {
+    dial_fail(cli, WSTUN_EINVAL, "no randomness");
+    return;
+  }
+  int rc = wstun__buf_appendf(out,
+                              "GET %s HTTP/1.1\r\nHost: %s\r\n"
+                              "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                              "Sec-WebSocket-Version: 13\r\n"
+                              "Sec-WebSocket-Key: %s\r\nOrigin: %s\r\n"
+                              "X-Client-Version: %s\r\n",
+                              cli->handshake_path, hostport, cli->ws_key,
+                              cli->token, cli->client_version);
+  if (cli->auth_header)
+    rc |= wstun__buf_appendf(out, "Authorization: %s\r\n", cli->auth_header);
+  if (cli->tunnel_auth_header)
+    rc |= wstun__buf_appendf(out, "X-Tunnel-Authorization: %s\r\n",
+                             cli->tunnel_auth_header);
+  rc |= wstun__buf_append_str(out, "\r\n");
+  if (rc != 0) {
+    dial_fail(cli, WSTUN_ENOMEM, "out of memory");
+    return;
+  }
+  wstun__http_parser_init(&cli->hs, HTTP_RESPONSE, HANDSHAKE_MAX_HEAD, 0,
+                          &hs_cbs, cli);
+  cli->hs_init = 1;
+  cli->hs_done = 0;
+  wstun__conn_flush(cli->dial);
+  wstun__conn_start_read(cli->dial);
+}
+
+static void dial_on_connect(wstun__conn *c, int status) {
+  wstun_client *cli = c->owner;
+  if (status != 0) {
+    dial_fail(cli, WSTUN_ECONNECT, uv_strerror(status));
+    return;
+  }
+  send_handshake(cli);
+}
+
+static const wstun__conn_cbs dial_conn_cbs = {
+    .on_data = dial_on_data,
+    .on_end = dial_on_end,
+    .on_connect = dial_on_connect,
+    .on_close = dial_on_close,
+};
+
+static void on_dial_timeout(uv_timer_t *t) {
+  wstun_client *cli = t->data;
+  if (cli->resolving) {
+    uv_cancel((uv_req_t *)&cli->gai);
+    return; /* on_resolved reports it */
+  }
+  dial_fail(cli, WSTUN_ETIMEDOUT, "timed out");
+}
+
+static void connect_to(wstun_client *cli, const struct sockaddr *addr) {
+  cli->dial = wstun__conn_new(cli->loop, &cli->shared, &dial_conn_cbs, cli);
+  if (cli->dial == NULL) {
+    dial_fail(cli, WSTUN_ENOMEM, "out of memory");
+    return;
+  }
+  cli->live++;
+  int rc = wstun__conn_connect(cli->dial, addr);
+  if (rc != 0)
+    dial_fail(cli, WSTUN_ECONNECT, uv_strerror(rc));
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  wstun_client *cli = req->data;
+  cli->resolving = 0;
+  cli->live--;
+  if (cli->closing) {
+    uv_freeaddrinfo(res);
+    wstun__client_release(cli);
+    return;
+  }
+  if (status != 0 || res == NULL) {
+    uv_freeaddrinfo(res);
+    dial_fail(cli, WSTUN_ECONNECT,
+              status == UV_ECANCELED ? "name resolution timed out"
+                                     : uv_strerror(status));
+    return;
+  }
+  connect_to(cli, res->ai_addr);
+  uv_freeaddrinfo(res);
+}
+
+static void dial(wstun_client *cli) {
+  if (cli->closing)
+    return;
+  set_state(cli, WSTUN_CLIENT_CONNECTING, 0);
+  uv_timer_start(&cli->timer, on_dial_timeout, cli->timeout_ms, 0);
+  struct sockaddr_storage ss;
+  const char *host = cli->tunnel_url.host;
+  int port = cli->tunnel_url.port;
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) == 0 ||
+      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) == 0) {
+    connect_to(cli, (struct sockaddr *)&ss);
+    return;
+  }
+  char service[16];
+  snprintf(service, sizeof(service), "%d", port);
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  cli->gai.data = cli;
+  if (uv_getaddrinfo(cli->loop, &cli->gai, on_resolved, host, service, &hints) != 0) {
+    dial_fail(cli, WSTUN_ECONNECT, "cannot resolve");
+    return;
+  }
+  cli->resolving = 1;
+  cli->live++;
+}
+
+static void on_retry_timer(uv_timer_t *t) { dial(t->data); }
+
+static void schedule_reconnect(wstun_client *cli) {
+  /* exponential backoff with full jitter; the first retry is quick */
+  uint64_t base = FIRST_RETRY_MS;
+  for (unsigned i = 0; i < cli->attempt && base < cli->reconnect_max_ms; i++)
+    base *= 2;
+  if (base > cli->reconnect_max_ms)
+    base = cli->reconnect_max_ms;
+  uint32_t r = 0;
+  wstun__rng_bytes(&cli->rng, &r, sizeof(r));
+  uint64_t delay = base / 2 + (base / 2 ? r % (base / 2 + 1) : 0);
+  cli->attempt++;
+  wstun__log(&cli->log, WSTUN_LOG_INFO, "reconnecting in %llu ms",
+             (unsigned long long)delay);
+  uv_timer_start(&cli->timer, on_retry_timer, delay, 0);
+}
+
+/* ---- start and close ---------------------------------------------------- */
+
+static void client_free(wstun_client *cli) {
+  wstun__url_free(&cli->tunnel_url);
+  wstun__url_free(&cli->server_url);
+  if (cli->has_re)
+    regfree(&cli->re);
+  wstun__free(cli->handshake_path);
+  wstun__free(cli->token);
+  if (cli->password) {
+    memset(cli->password, 0, strlen(cli->password));
+    wstun__free(cli->password);
+  }
+  wstun__free(cli->auth_header);
+  wstun__free(cli->tunnel_auth_header);
+  wstun__free(cli->client_version);
+  wstun__rng_free(&cli->rng);
+  wstun__free(cli);
+}
+
+void wstun__client_release(wstun_client *cli) {
+  if (!cli->closing || cli->live > 0)
+    return;
+  wstun_client_close_cb cb = cli->close_cb;
+  void *ud = cli->close_ud;
+  client_free(cli);
+  if (cb)
+    cb(cli, ud);
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  wstun_client *cli = h->data;
+  cli->live--;
+  wstun__client_release(cli);
+}
+
+static void close_now(wstun_client *cli) {
+  uv_timer_stop(&cli->timer);
+  uv_close((uv_handle_t *)&cli->timer, on_timer_closed);
+  if (cli->resolving)
+    uv_cancel((uv_req_t *)&cli->gai);
+  if (cli->dial) {
+    wstun__conn_close(cli->dial);
+    cli->dial = NULL;
+  }
+  if (cli->hs_init) {
+    wstun__http_parser_free(&cli->hs);
+    cli->hs_init = 0;
+  }
+  if (cli->t)
+    wstun__tunnel_close(cli->t, WSTUN_ECLOSED);
+  while (cli->reqs)
+    req_free(cli->reqs);
+  wstun__upstream_close_all(cli);
+  wstun__client_release(cli);
+}
+
+static void on_grace_check(uv_timer_t *t) {
+  wstun_client *cli = t->data;
+  if (cli->reqs == NULL || uv_now(cli->loop) >= cli->reconnect_max_ms) {
+    close_now(cli);
+    return;
+  }
+}
+
+void wstun_client_close(wstun_client *cli, unsigned grace_ms,
+                        wstun_client_close_cb cb, void *user_data) {
+  if (cli == NULL || cli->closing)
+    return;
+  cli->closing = 1;
+  cli->close_cb = cb;
+  cli->close_ud = user_data;
+  (void)on_grace_check;
+  (void)grace_ms;
+  close_now(cli);
+}
+
+static char *basic_auth(const char *user, const char *pass) {
+  size_t n = strlen(user) + 1 + strlen(pass);
+  char *raw = wstun__malloc(n + 1);
+  if (raw == NULL)
+    return NULL;
+  snprintf(raw, n + 1, "%s:%s", user, pass);
+  char *b64 = NULL;
+  int rc = wstun__base64_encode(raw, n, &b64);
+  memset(raw, 0, n);
+  wstun__free(raw);
+  if (rc != 0)
+    return NULL;
+  char *h = wstun__malloc(strlen(b64) + 7);
+  if (h)
+    snprintf(h, strlen(b64) + 7, "Basic %s", b64);
+  wstun__free(b64);
+  return h;
+}
+
+static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
+  if (cfg->token == NULL || strlen(cfg->token) < 16 || cfg->tunnel_url == NULL)
+    return WSTUN_EINVAL;
+  for (const char *p = cfg->token; *p; p++)
+    if ((unsigned char)*p < 0x21 || *p == 0x7f)
+      return WSTUN_EINVAL;
+  int rc = wstun__url_parse(cfg->tunnel_url, &cli->tunnel_url);
+  if (rc != 0)
+    return rc;
+  if (strcmp(cli->tunnel_url.scheme, "ws") != 0)
+    return WSTUN_EURL; /* wss:// needs TLS support */
+  /* the URL's path is the server's base path */
+  const char *path = cli->tunnel_url.path;
+  size_t plen = strcspn(path, "?");
+  while (plen > 0 && path[plen - 1] == '/')
+    plen--;
+  cli->handshake_path = wstun__malloc(plen + sizeof("/_tunnel"));
+  if (cli->handshake_path == NULL)
+    return WSTUN_ENOMEM;
+  memcpy(cli->handshake_path, path, plen);
+  memcpy(cli->handshake_path + plen, "/_tunnel", sizeof("/_tunnel"));
+  if (cfg->server_url && *cfg->server_url) {
+    rc = wstun__url_parse(cfg->server_url, &cli->server_url);
+    if (rc != 0)
+      return rc;
+    if (strcmp(cli->server_url.scheme, "http") != 0 &&
+        strcmp(cli->server_url.scheme, "https") != 0)
+      return WSTUN_EURL;
+    cli->has_server = 1;
+  }
+  if (cfg->regexp && *cfg->regexp) {
+    size_t n = strlen(cfg->regexp) + 5;
+    char *anchored = wstun__malloc(n);
+    if (anchored == NULL)
+      return WSTUN_ENOMEM;
+    snprintf(anchored, n, "^(%s)$", cfg->regexp);
+    rc = regcomp(&cli->re, anchored, REG_EXTENDED | REG_NOSUB);
+    wstun__free(anchored);
+    if (rc != 0)
+      return WSTUN_EREGEX;
+    cli->has_re = 1;
+  }
+  cli->token = wstun__strdup(cfg->token);
+  cli->client_version = wstun__strdup(
+      cfg->client_version ? cfg->client_version : "wstun " WSTUN_VERSION_STRING);
+  if (cli->token == NULL || cli->client_version == NULL)
+    return WSTUN_ENOMEM;
+  const char *ui = cli->tunnel_url.userinfo;
+  char *url_auth = NULL;
+  if (ui) {
+    const char *colon = strchr(ui, ':');
+    char user[256];
+    snprintf(user, sizeof(user), "%.*s", (int)(colon ? colon - ui : (long)strlen(ui)), ui);
+    url_auth = basic_auth(user, colon ? colon + 1 : "");
+    if (url_auth == NULL)
+      return WSTUN_ENOMEM;
+  }
+  if (cfg->password && *cfg->password) {
+    cli->password = wstun__strdup(cfg->password);
+    cli->auth_header = basic_auth(cli->token, cfg->password);
+    if (cli->password == NULL || cli->auth_header == NULL) {
+      wstun__free(url_auth);
+      return WSTUN_ENOMEM;
+    }
+    cli->tunnel_auth_header = url_auth;
+  } else {
+    cli->auth_header = url_auth;
+  }
+  cli->timeout_ms = (uint64_t)(cfg->timeout_sec > 0 ? cfg->timeout_sec : 30) * 1000;
+  cli->backend_timeout_ms =
+      (uint64_t)(cfg->backend_timeout_sec > 0 ? cfg->backend_timeout_sec : 1200) * 1000;
+  cli->reconnect_max_ms =
+      (uint64_t)(cfg->reconnect_max_ms > 0 ? cfg->reconnect_max_ms : 30000);
+  cli->max_idle = cfg->max_idle_per_backend > 0 ? (size_t)cfg->max_idle_per_backend : 32;
+  cli->max_handler_body = cfg->max_handler_body ? cfg->max_handler_body : 8 << 20;
+  cli->handler = cfg->handler;
+  cli->handler_ud = cfg->handler_user_data;
+  cli->state_cb = cfg->state_cb;
+  cli->state_ud = cfg->state_user_data;
+  return 0;
+}
+
+int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
+                       wstun_client **out) {
+  if (loop == NULL || cfg == NULL || out == NULL)
+    return WSTUN_EINVAL;
+  wstun_client *cli = wstun__calloc(1, sizeof(*cli));
+  if (cli == NULL)
+    return WSTUN_ENOMEM;
+  cli->loop = loop;
+  cli->log.level = cfg->log_level;
+  cli->log.cb = cfg->log_cb;
+  cli->log.user_data = cfg->log_user_data;
+  if (wstun__rng_init(&cli->rng) != 0) {
+    wstun__free(cli);
+    return WSTUN_EINVAL;
+  }
+  int rc = client_setup(cli, cfg);
+  if (rc != 0) {
+    client_free(cli);
+    return rc;
+  }
+  uv_timer_init(loop, &cli->timer);
+  cli->timer.data = cli;
+  cli->live = 1; /* the timer */
+  cli->state = WSTUN_CLIENT_CONNECTING;
+  *out = cli;
+  dial(cli);
+  return 0;
+}

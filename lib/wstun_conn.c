@@ -1,0 +1,293 @@
+#include "wstun_conn.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "wstun/wstun.h"
+#include "wstun_alloc.h"
+
+#define CONN(h) ((wstun__conn *)(h)->data)
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  wstun__conn *c = CONN(h);
+  (void)suggested;
+  /* The shared buffer is free here: every read is consumed (or copied
+   * aside) before its callback returns. */
+  buf->base = (char *)c->shared->buf;
+  buf->len = sizeof(c->shared->buf);
+}
+
+/* Hands bytes to the owner; keeps what it leaves. */
+static void deliver(wstun__conn *c, const uint8_t *data, size_t len,
+                    int from_pending) {
+  c->in_data = 1;
+  size_t used = c->cbs->on_data(c, data, len);
+  c->in_data = 0;
+  if (c->closing)
+    return;
+  if (used < len) {
+    if (from_pending) {
+      wstun__buf_consume(&c->pending, used);
+    } else if (wstun__buf_append(&c->pending, data + used, len - used) != 0) {
+      c->cbs->on_end(c, UV_ENOMEM);
+      return;
+    }
+    wstun__conn_pause(c);
+  } else if (from_pending) {
+    wstun__buf_reset(&c->pending);
+  }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  wstun__conn *c = CONN(s);
+  (void)buf;
+  if (nread == 0 || c->closing)
+    return;
+  if (nread < 0) {
+    uv_read_stop(s);
+    c->reading = 0;
+    c->ended = 1;
+    c->cbs->on_end(c, (int)nread);
+    return;
+  }
+  deliver(c, c->shared->buf, (size_t)nread, 0);
+}
+
+wstun__conn *wstun__conn_new(uv_loop_t *loop, wstun__conn_shared *sh,
+                             const wstun__conn_cbs *cbs, void *owner) {
+  wstun__conn *c = wstun__calloc(1, sizeof(*c));
+  if (c == NULL)
+    return NULL;
+  if (uv_tcp_init(loop, &c->tcp) != 0) {
+    wstun__free(c);
+    return NULL;
+  }
+  c->tcp.data = c;
+  c->shared = sh;
+  c->cbs = cbs;
+  c->owner = owner;
+  c->high_water = 256 * 1024;
+  c->open = 1;
+  return c;
+}
+
+void wstun__conn_set_owner(wstun__conn *c, const wstun__conn_cbs *cbs,
+                           void *owner) {
+  c->cbs = cbs;
+  c->owner = owner;
+}
+
+int wstun__conn_start_read(wstun__conn *c) {
+  if (c->closing || c->reading || c->ended)
+    return 0;
+  int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  if (rc == 0)
+    c->reading = 1;
+  return rc;
+}
+
+int wstun__conn_accept(wstun__conn *c, uv_stream_t *server) {
+  int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
+  if (rc != 0)
+    return rc;
+  int len = sizeof(c->peer);
+  uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &len);
+  uv_tcp_nodelay(&c->tcp, 1);
+  return wstun__conn_start_read(c);
+}
+
+static void on_connected(uv_connect_t *req, int status) {
+  wstun__conn *c = CONN(req);
+  c->connecting = 0;
+  if (c->closing)
+    return;
+  if (status == 0)
+    uv_tcp_nodelay(&c->tcp, 1);
+  c->cbs->on_connect(c, status);
+}
+
+int wstun__conn_connect(wstun__conn *c, const struct sockaddr *addr) {
+  size_t alen = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                            : sizeof(struct sockaddr_in);
+  memcpy(&c->peer, addr, alen);
+  c->connect_req.data = c;
+  int rc = uv_tcp_connect(&c->connect_req, &c->tcp, addr, on_connected);
+  if (rc == 0)
+    c->connecting = 1;
+  return rc;
+}
+
+void wstun__conn_pause(wstun__conn *c) {
+  c->paused = 1;
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+}
+
+void wstun__conn_resume(wstun__conn *c) {
+  if (c->closing || !c->paused || c->in_data)
+    return;
+  c->paused = 0;
+  if (wstun__buf_size(&c->pending) > 0) {
+    deliver(c, wstun__buf_data(&c->pending), wstun__buf_size(&c->pending), 1);
+    if (c->paused || c->closing)
+      return;
+  }
+  if (c->ended) {
+    c->cbs->on_end(c, UV_EOF);
+    return;
+  }
+  wstun__conn_start_read(c);
+}
+
+static void on_closed(uv_handle_t *h) {
+  wstun__conn *c = CONN(h);
+  wstun__buf_free(&c->out);
+  wstun__buf_free(&c->inflight);
+  wstun__buf_free(&c->pending);
+  c->open = 0;
+  if (c->cbs->on_close)
+    c->cbs->on_close(c);
+  wstun__free(c);
+}
+
+void wstun__conn_close(wstun__conn *c) {
+  if (c->closing)
+    return;
+  c->closing = 1;
+  c->reading = 0;
+  uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+void wstun__conn_abort(wstun__conn *c) {
+  if (c->closing)
+    return;
+  c->closing = 1;
+  c->reading = 0;
+  if (uv_tcp_close_reset(&c->tcp, on_closed) != 0)
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  (void)status;
+  wstun__conn_close(CONN(req));
+}
+
+static void write_more(wstun__conn *c);
+
+static void on_written(uv_write_t *req, int status) {
+  wstun__conn *c = CONN(req);
+  c->writing = 0;
+  wstun__buf_reset(&c->inflight);
+  if (c->closing)
+    return;
+  if (status < 0) {
+    c->ended = 1;
+    c->cbs->on_end(c, status);
+    return;
+  }
+  write_more(c);
+  if (c->closing)
+    return;
+  if (c->above_high && wstun__conn_queued(c) < c->high_water / 2) {
+    c->above_high = 0;
+    if (c->cbs->on_drain)
+      c->cbs->on_drain(c);
+  }
+}
+
+static void write_more(wstun__conn *c) {
+  if (c->writing || c->closing || c->connecting)
+    return;
+  if (wstun__buf_size(&c->out) == 0) {
+    if (c->close_after_write) {
+      c->shutdown_req.data = c;
+      if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+        wstun__conn_close(c);
+    }
+    return;
+  }
+  /* swap: `out` keeps collecting while `inflight` is written */
+  wstun__buf tmp = c->inflight;
+  c->inflight = c->out;
+  c->out = tmp;
+  uv_buf_t b = uv_buf_init((char *)wstun__buf_data(&c->inflight),
+                           (unsigned)wstun__buf_size(&c->inflight));
+  c->write_req.data = c;
+  int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+  if (rc != 0) {
+    wstun__buf_reset(&c->inflight);
+    c->ended = 1;
+    c->cbs->on_end(c, rc);
+    return;
+  }
+  c->writing = 1;
+}
+
+int wstun__conn_write(wstun__conn *c, const void *data, size_t n) {
+  if (c->closing)
+    return WSTUN_ECLOSED;
+  if (wstun__buf_append(&c->out, data, n) != 0)
+    return WSTUN_ENOMEM;
+  write_more(c);
+  return 0;
+}
+
+void wstun__conn_flush(wstun__conn *c) { write_more(c); }
+
+int wstun__conn_congested(wstun__conn *c) {
+  if (wstun__conn_queued(c) > c->high_water) {
+    c->above_high = 1;
+    return 1;
+  }
+  return 0;
+}
+
+void wstun__conn_end(wstun__conn *c) {
+  if (c->closing)
+    return;
+  c->close_after_write = 1;
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  c->paused = 1;
+  write_more(c);
+}
+
+const char *wstun__conn_peer_ip(const wstun__conn *c, char *out, size_t n) {
+  out[0] = '\0';
+  if (c->peer.ss_family == AF_INET)
+    uv_ip4_name((const struct sockaddr_in *)&c->peer, out, n);
+  else if (c->peer.ss_family == AF_INET6)
+    uv_ip6_name((const struct sockaddr_in6 *)&c->peer, out, n);
+  return out;
+}
+
+const char *wstun__conn_peer(const wstun__conn *c, char *out, size_t n) {
+  char ip[64];
+  int port = 0;
+  wstun__conn_peer_ip(c, ip, sizeof(ip));
+  if (c->peer.ss_family == AF_INET)
+    port = ntohs(((const struct sockaddr_in *)&c->peer)->sin_port);
+  else if (c->peer.ss_family == AF_INET6)
+    port = ntohs(((const struct sockaddr_in6 *)&c->peer)->sin6_port);
+  snprintf(out, n, c->peer.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
+  return out;
+}
+
+int wstun__conn_peer_is_loopback(const wstun__conn *c) {
+  if (c->peer.ss_family == AF_INET) {
+    uint32_t a = ntohl(((const struct sockaddr_in *)&c->peer)->sin_addr.s_addr);
+    return (a >> 24) == 127;
+  }
+  if (c->peer.ss_family == AF_INET6) {
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)&c->peer)->sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(a))
+      return 1;
+    if (IN6_IS_ADDR_V4MAPPED(a))
+      return a->s6_addr[12] == 127;
+  }
+  return 0;
+}

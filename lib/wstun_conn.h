@@ -1,0 +1,102 @@
+/* A connected byte stream over a uv_tcp_t: the one place that does socket
+ * I/O. Reads land in a buffer shared by every connection of a server or
+ * client (a read is consumed before the next one starts, so one buffer
+ * serves them all); only bytes the consumer could not take yet are copied
+ * aside. Writes are appended to an output buffer and sent by at most one
+ * uv_write at a time, so many small writes coalesce into few syscalls. */
+#ifndef WSTUN_CONN_H
+#define WSTUN_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "wstun_buf.h"
+
+#define WSTUN__READ_BUF_SIZE (64 * 1024)
+
+typedef struct wstun__conn wstun__conn;
+
+typedef struct wstun__conn_cbs {
+  /* Bytes arrived. Return how many were consumed; fewer than `len` pauses
+   * reading until wstun__conn_resume(). */
+  size_t (*on_data)(wstun__conn *c, const uint8_t *data, size_t len);
+  /* The peer closed (UV_EOF) or the stream failed (negative uv error).
+   * Reading has stopped; the owner normally closes. */
+  void (*on_end)(wstun__conn *c, int err);
+  /* Output that was above the high-water mark fell below the low one. */
+  void (*on_drain)(wstun__conn *c);
+  /* Outbound connect finished (status 0 or negative uv error). */
+  void (*on_connect)(wstun__conn *c, int status);
+  /* The handle is closed; `c` is freed right after this returns. */
+  void (*on_close)(wstun__conn *c);
+} wstun__conn_cbs;
+
+typedef struct wstun__conn_shared {
+  uint8_t buf[WSTUN__READ_BUF_SIZE];
+  int busy;
+} wstun__conn_shared;
+
+struct wstun__conn {
+  uv_tcp_t tcp;
+  uv_write_t write_req;
+  uv_connect_t connect_req;
+  uv_shutdown_t shutdown_req;
+  wstun__conn_shared *shared;
+  const wstun__conn_cbs *cbs;
+  void *owner;
+  wstun__buf out;      /* waiting to be written */
+  wstun__buf inflight; /* being written by write_req */
+  wstun__buf pending;  /* read but not yet consumed */
+  size_t high_water;
+  unsigned reading : 1, paused : 1, writing : 1, closing : 1, ended : 1,
+      above_high : 1, close_after_write : 1, open : 1, connecting : 1,
+      in_data : 1;
+  struct sockaddr_storage peer;
+};
+
+/* A new connection handle on `loop`, freed after its on_close. NULL when
+ * out of memory or when the handle cannot be made. */
+wstun__conn *wstun__conn_new(uv_loop_t *loop, wstun__conn_shared *sh,
+                             const wstun__conn_cbs *cbs, void *owner);
+/* Hands the connection to another owner (a front connection becoming a
+ * tunnel). */
+void wstun__conn_set_owner(wstun__conn *c, const wstun__conn_cbs *cbs,
+                           void *owner);
+/* Accepts a pending connection of `server` into c and starts reading. */
+int wstun__conn_accept(wstun__conn *c, uv_stream_t *server);
+/* Connects to addr; cbs->on_connect fires (unless this fails at once). */
+int wstun__conn_connect(wstun__conn *c, const struct sockaddr *addr);
+int wstun__conn_start_read(wstun__conn *c);
+/* Stops delivering data (pending bytes are kept). */
+void wstun__conn_pause(wstun__conn *c);
+/* Delivers kept bytes, then reads again. */
+void wstun__conn_resume(wstun__conn *c);
+
+/* Queues bytes. Errors only for memory (WSTUN_ENOMEM) or a closing conn. */
+int wstun__conn_write(wstun__conn *c, const void *data, size_t n);
+/* The output buffer, for serializers that append directly; call
+ * wstun__conn_flush() after. */
+static inline wstun__buf *wstun__conn_outbuf(wstun__conn *c) { return &c->out; }
+void wstun__conn_flush(wstun__conn *c);
+/* Bytes queued but not yet handed to the kernel. */
+static inline size_t wstun__conn_queued(const wstun__conn *c) {
+  return wstun__buf_size(&c->out) + wstun__buf_size(&c->inflight);
+}
+/* 1 when queued output is above the high-water mark: the producer should
+ * wait for on_drain. */
+int wstun__conn_congested(wstun__conn *c);
+/* Close once everything queued has been written. */
+void wstun__conn_end(wstun__conn *c);
+/* Close now with a TCP reset, so the peer sees an error rather than an
+ * orderly end. on_close fires later. */
+void wstun__conn_abort(wstun__conn *c);
+/* Close now; on_close fires later. Safe to call twice. */
+void wstun__conn_close(wstun__conn *c);
+/* "ip:port" of the peer (as accepted or connected) into out. */
+const char *wstun__conn_peer(const wstun__conn *c, char *out, size_t n);
+/* Only the IP part of the peer into out. */
+const char *wstun__conn_peer_ip(const wstun__conn *c, char *out, size_t n);
+int wstun__conn_peer_is_loopback(const wstun__conn *c);
+
+#endif

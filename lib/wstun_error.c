@@ -1,0 +1,18 @@
+/* Error strings and the run-time version. */
+#include "wstun/wstun.h"
+
+const char *wstun_strerror(int err) {
+  switch (err) {
+#define WSTUN__STR(name, val, msg)                                           \
+  case val:                                                                  \
+    return msg;
+    WSTUN_ERRNO_MAP(WSTUN__STR)
+#undef WSTUN__STR
+  case 0:
+    return "success";
+  default:
+    return "unknown error";
+  }
+}
+
+const char *wstun_version(void) { return WSTUN_VERSION_STRING; }

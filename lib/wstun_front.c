@@ -1,0 +1,690 @@
+/* Front connections: HTTP requesters on the server. Each connection runs
+ * one exchange at a time: its request is parsed (llhttp), routed to a local
+ * endpoint or turned into a tunnel message, and the response coming back
+ * from the tunnel is parsed again and re-framed for this connection.
+ * Pipelined requests wait in the connection's input until the exchange
+ * before them is done. */
+#include <stdio.h>
+#include <string.h>
+
+#include "wstun_alloc.h"
+#include "wstun_proto.h"
+#include "wstun_server_int.h"
+#include "wstun_util.h"
+
+#define FRONT_IDLE_MS 60000    /* keep-alive idle and header read timeout */
+#define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
+
+static const wstun__conn_cbs front_conn_cbs;
+static const wstun__http_parser_cbs req_cbs;
+static const wstun__http_parser_cbs resp_cbs;
+static const wstun__outmsg_cbs req_msg_cbs;
+
+static void front_next(wstun__front *f);
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void set_timer(wstun__front *f, uint64_t ms, uv_timer_cb cb) {
+  if (!f->closing)
+    uv_timer_start(&f->timer, cb, ms, 0);
+}
+
+static int resp_started(const wstun__front *f) {
+  return f->state == WSTUN__EX_RESPONDING;
+}
+
+/* Writes a complete short answer on the connection. */
+static void write_simple(wstun__front *f, int status, const char *text) {
+  if (f->conn == NULL)
+    return;
+  int close = f->close_after || f->srv->closing;
+  wstun__http_write_simple(wstun__conn_outbuf(f->conn), status,
+                           text ? text : "", NULL, close);
+  wstun__conn_flush(f->conn);
+}
+
+/* Drops everything the exchange holds on tunnels and queues. */
+static void exchange_release(wstun__front *f) {
+  wstun__server_unlink(f);
+  if (f->req) {
+    wstun__outmsg *m = f->req;
+    f->req = NULL;
+    wstun__outmsg_abandon(m);
+  }
+  if (f->resp_init) {
+    wstun__http_parser_free(&f->resp);
+    f->resp_init = 0;
+  }
+  f->tok = NULL;
+}
+
+int wstun__front_busy(const wstun__front *f) {
+  return !f->closing &&
+         (f->state != WSTUN__EX_NONE || wstun__http_parser_in_message(&f->parser));
+}
+
+/* ---- teardown ----------------------------------------------------------- */
+
+static void front_maybe_free(wstun__front *f) {
+  if (!f->timer_closed || !f->conn_closed)
+    return;
+  wstun_server *srv = f->srv;
+  if (f->prev)
+    f->prev->next = f->next;
+  else
+    srv->fronts = f->next;
+  if (f->next)
+    f->next->prev = f->prev;
+  srv->nfronts--;
+  wstun__http_parser_free(&f->parser);
+  wstun__free(f);
+  wstun__server_front_gone(srv);
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  wstun__front *f = h->data;
+  f->timer_closed = 1;
+  front_maybe_free(f);
+}
+
+static void front_conn_closed(wstun__conn *c) {
+  wstun__front *f = c->owner;
+  f->conn = NULL;
+  f->conn_closed = 1;
+  if (!f->closing)
+    wstun__front_close(f); /* closed after a final response */
+  else
+    front_maybe_free(f);
+}
+
+void wstun__front_close(wstun__front *f) {
+  if (f->closing)
+    return;
+  f->closing = 1;
+  exchange_release(f);
+  f->state = WSTUN__EX_NONE;
+  uv_timer_stop(&f->timer);
+  uv_close((uv_handle_t *)&f->timer, on_timer_closed);
+  if (f->conn)
+    wstun__conn_close(f->conn);
+  else
+    f->conn_closed = 1;
+  front_maybe_free(f);
+}
+
+/* Ends the connection abruptly (RST), so a requester can tell a cut
+ * response from a complete one even when the body is close-delimited. */
+static void front_abort(wstun__front *f) {
+  if (f->conn)
+    wstun__conn_abort(f->conn);
+  wstun__front_close(f);
+}
+
+/* ---- finishing an exchange ---------------------------------------------- */
+
+static void log_ret(wstun__front *f, int status) {
+  wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
+             "HTTP RET token=%s id=%04x status=%d (%llu ms)", f->token_prefix,
+             f->id, status,
+             (unsigned long long)(uv_now(f->srv->loop) - f->start_ms));
+}
+
+void wstun__front_fail(wstun__front *f, int status, const char *text) {
+  if (f->closing)
+    return;
+  int started = resp_started(f);
+  exchange_release(f);
+  if (started) {
+    /* the head is out: only a cut connection can tell the requester */
+    front_abort(f);
+    return;
+  }
+  if (status != 0) {
+    log_ret(f, status);
+    write_simple(f, status, text);
+  } else if (f->conn) {
+    wstun__conn_flush(f->conn);
+  }
+  f->state = WSTUN__EX_DONE;
+  front_next(f);
+}
+
+void wstun__front_tunnel_lost(wstun__front *f) {
+  wstun__log(&f->srv->log, WSTUN_LOG_INFO,
+             "HTTP RET token=%s id=%04x: tunnel lost with the request in flight",
+             f->token_prefix, f->id);
+  wstun__front_fail(f, 502, "Tunnel connection lost before the response");
+}
+
+static void on_idle_timeout(uv_timer_t *t) {
+  wstun__front_close(t->data);
+}
+
+static void on_deadline(uv_timer_t *t) {
+  wstun__front *f = t->data;
+  wstun__log(&f->srv->log, WSTUN_LOG_INFO,
+             "HTTP RET token=%s id=%04x status=504: no response in time",
+             f->token_prefix, f->id);
+  wstun__front_fail(f, 504, "Tunnel timeout");
+}
+
+/* The exchange is done on both sides, or failed: next request, or close. */
+static void front_next(wstun__front *f) {
+  if (f->closing || f->conn == NULL)
+    return;
+  if (f->state != WSTUN__EX_DONE)
+    return;
+  if (wstun__http_parser_in_message(&f->parser)) {
+    /* the request body is still arriving: there is no way to find the
+     * next request without reading it all; a cut connection is cheaper */
+    f->close_after = 1;
+  }
+  f->state = WSTUN__EX_NONE;
+  f->tok = NULL;
+  f->tun = NULL;
+  if (f->close_after || f->srv->closing) {
+    uv_timer_stop(&f->timer);
+    set_timer(f, 5000, on_idle_timeout); /* bound a peer that never reads */
+    wstun__conn_end(f->conn);
+    return;
+  }
+  set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+  wstun__http_parser_resume(&f->parser);
+  wstun__conn_resume(f->conn);
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+static void local_answer(wstun__front *f, int status, const char *text) {
+  f->state = WSTUN__EX_DONE;
+  write_simple(f, status, text);
+}
+
+static int route_stats(wstun__front *f) {
+  char body[64];
+  snprintf(body, sizeof(body), "tunnels=%zu\n",
+           wstun_server_tunnel_count(f->srv));
+  local_answer(f, 200, body);
+  return 0;
+}
+
+/* Builds the head of the tunnel message: origin-form target, no
+ * hop-by-hop headers, the requester appended to X-Forwarded-For, and our
+ * own body framing. */
+static int build_request(wstun__front *f, wstun__http_head *h,
+                         const char *target, size_t tlen) {
+  char ip[64];
+  wstun__conn_peer_ip(f->conn, ip, sizeof(ip));
+  const char *xff = wstun__http_head_get(h, "X-Forwarded-For");
+  wstun__buf v = WSTUN__BUF_INIT;
+  int rc = xff ? wstun__buf_appendf(&v, "%s, %s", xff, ip)
+               : wstun__buf_append_str(&v, ip);
+  rc |= wstun__buf_append(&v, "", 1);
+  if (rc != 0) {
+    wstun__buf_free(&v);
+    return WSTUN_ENOMEM;
+  }
+  int expect = wstun__http_head_has_token(h, "Expect", "100-continue");
+  wstun__http_head_strip_hop_by_hop(h, 1);
+  wstun__http_head_remove(h, "Expect");
+  wstun__http_head_remove(h, "X-Forwarded-For");
+  rc = wstun__http_head_add(h, "X-Forwarded-For", (const char *)v.base);
+  wstun__buf_free(&v);
+  char len[32];
+  f->req_chunked = 0;
+  if (h->has_content_length) {
+    snprintf(len, sizeof(len), "%llu", (unsigned long long)h->content_length);
+    rc |= wstun__http_head_add(h, "Content-Length", len);
+  } else if (h->chunked) {
+    rc |= wstun__http_head_add(h, "Transfer-Encoding", "chunked");
+    f->req_chunked = 1;
+  }
+  rc |= wstun__http_head_set_target(h, target, tlen);
+  f->req = rc == 0 ? wstun__outmsg_new(&req_msg_cbs, f) : NULL;
+  if (f->req == NULL)
+    return WSTUN_ENOMEM;
+  static const uint8_t placeholder[WSTUN__PROTO_PREFIX_LEN] = "0000 ";
+  if (wstun__buf_append(&f->req->buf, placeholder, sizeof(placeholder)) != 0 ||
+      wstun__http_head_write(h, &f->req->buf) != 0)
+    return WSTUN_ENOMEM;
+  if (expect)
+    wstun__conn_write(f->conn, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+  return 0;
+}
+
+static void dispatch_if_ready(wstun__front *f) {
+  if (f->state != WSTUN__EX_READING || f->req == NULL)
+    return;
+  if (f->req->finished || wstun__buf_size(&f->req->buf) >= WSTUN__STREAM_AT)
+    wstun__server_dispatch(f->srv, f);
+}
+
+static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
+                        size_t toklen, const char *target, size_t tlen) {
+  wstun_server *srv = f->srv;
+  if (toklen == 0) {
+    local_answer(f, 400, "Missing X-Token header");
+    return 0;
+  }
+  wstun__token *t = wstun__server_find_token(srv, tok, toklen);
+  char tmp[12];
+  char *tokz = wstun__strndup(tok, toklen);
+  wstun__redact(tokz ? tokz : "", tmp);
+  wstun__free(tokz);
+  memcpy(f->token_prefix, tmp, sizeof(tmp));
+  if (t == NULL) {
+    wstun__log(&srv->log, WSTUN_LOG_DEBUG, "HTTP RCV token=%s: unknown token",
+               f->token_prefix);
+    local_answer(f, 404, "Tunnel not found (or not seen in a long time)");
+    return 0;
+  }
+  if (build_request(f, h, target, tlen) != 0) {
+    local_answer(f, 503, "Out of memory");
+    return 0;
+  }
+  f->tok = t;
+  f->tries = 0;
+  f->state = WSTUN__EX_READING;
+  f->start_ms = uv_now(srv->loop);
+  wstun__log(&srv->log, WSTUN_LOG_DEBUG, "HTTP RCV token=%s verb=%s url=%.*s",
+             f->token_prefix, llhttp_method_name((llhttp_method_t)h->method),
+             (int)tlen, target);
+  set_timer(f, srv->http_timeout_ms, on_deadline);
+  return 0;
+}
+
+static int req_on_head(void *ud, wstun__http_head *h) {
+  wstun__front *f = ud;
+  wstun_server *srv = f->srv;
+  f->method = h->method;
+  f->close_after = !h->keep_alive;
+  f->start_ms = uv_now(srv->loop);
+  f->id = 0;
+  f->state = WSTUN__EX_NONE;
+  uv_timer_stop(&f->timer);
+  const char *target = wstun__http_head_target(h);
+  size_t tlen = h->target_len;
+  if (target[0] != '/') {
+    local_answer(f, 400, "Request target must be a path");
+    return 0;
+  }
+  /* strip the base path */
+  if (srv->base_len > 0) {
+    if (tlen < srv->base_len ||
+        memcmp(target, srv->base_path, srv->base_len) != 0 ||
+        (tlen > srv->base_len && target[srv->base_len] != '/' &&
+         target[srv->base_len] != '?')) {
+      local_answer(f, 404, "Not found");
+      return 0;
+    }
+    target += srv->base_len;
+    tlen -= srv->base_len;
+  }
+  size_t plen = strcspn(target, "?");
+  if (plen > tlen)
+    plen = tlen;
+#define IS_PATH(lit) (plen == sizeof(lit) - 1 && memcmp(target, lit, plen) == 0)
+  if (IS_PATH("/_tunnel")) {
+    f->upgrade = 1;
+    return 1; /* no body; the upgrade happens after the head */
+  }
+  const char *xtok = wstun__http_head_get(h, "X-Token");
+  if (plen >= 8 && memcmp(target, "/_token/", 8) == 0) {
+    const char *tok = target + 8;
+    size_t toklen = strcspn(tok, "/?");
+    if (toklen > tlen - 8)
+      toklen = tlen - 8;
+    const char *rest = tok + toklen;
+    size_t rlen = tlen - 8 - toklen;
+    if (rlen == 0 || rest[0] == '?') {
+      /* "/_token/tok" or "/_token/tok?q": the path is "/" */
+      char buf[4096];
+      int n = snprintf(buf, sizeof(buf), "/%.*s", (int)rlen, rest);
+      if (n < 0 || (size_t)n >= sizeof(buf)) {
+        local_answer(f, 414, "URI too long");
+        return 0;
+      }
+      return route_tunnel(f, h, tok, toklen, buf, (size_t)n);
+    }
+    return route_tunnel(f, h, tok, toklen, rest, rlen);
+  }
+  if (xtok != NULL)
+    return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
+  if (IS_PATH("/_health_check")) {
+    local_answer(f, 200, "WSTUNSRV RUNNING\n");
+    return 0;
+  }
+  if (IS_PATH("/_stats"))
+    return route_stats(f);
+#undef IS_PATH
+  local_answer(f, 400, "Missing X-Token header");
+  return 0;
+}
+
+static int req_on_body(void *ud, const uint8_t *d, size_t n) {
+  wstun__front *f = ud;
+  if (f->req == NULL)
+    return 0; /* answered already: discard */
+  wstun__buf *b = &f->req->buf;
+  int rc = 0;
+  if (f->req_chunked) {
+    rc |= wstun__http_write_chunk_header(b, n);
+    rc |= wstun__buf_append(b, d, n);
+    rc |= wstun__buf_append(b, "\r\n", 2);
+  } else {
+    rc = wstun__buf_append(b, d, n);
+  }
+  if (rc != 0) {
+    f->parser.error_status = 503;
+    return -1;
+  }
+  if (f->state == WSTUN__EX_READING)
+    dispatch_if_ready(f);
+  else if (f->state == WSTUN__EX_SENDING && f->tun && f->tun->t)
+    wstun__tunnel_kick(f->tun->t);
+  if (f->req && wstun__outmsg_full(f->req) && f->conn)
+    wstun__conn_pause(f->conn);
+  return 0;
+}
+
+static int req_on_complete(void *ud) {
+  wstun__front *f = ud;
+  if (f->upgrade)
+    return 1;
+  if (f->req != NULL) {
+    if (f->req_chunked &&
+        wstun__buf_append_str(&f->req->buf, WSTUN__HTTP_LAST_CHUNK) != 0) {
+      f->parser.error_status = 503;
+      return -1;
+    }
+    f->req->finished = 1;
+    if (f->state == WSTUN__EX_READING)
+      dispatch_if_ready(f);
+    else if (f->state == WSTUN__EX_SENDING && f->tun && f->tun->t)
+      wstun__tunnel_kick(f->tun->t);
+  }
+  /* one exchange at a time: stop parsing here */
+  return 1;
+}
+
+static const wstun__http_parser_cbs req_cbs = {
+    .on_head = req_on_head,
+    .on_body = req_on_body,
+    .on_complete = req_on_complete,
+};
+
+/* ---- the request message's life on the tunnel --------------------------- */
+
+static void req_msg_sent(void *owner, wstun__outmsg *m) {
+  wstun__front *f = owner;
+  (void)m;
+  f->req = NULL;
+  if (f->state == WSTUN__EX_SENDING)
+    f->state = WSTUN__EX_WAITING;
+}
+
+static void req_msg_drain(void *owner, wstun__outmsg *m) {
+  wstun__front *f = owner;
+  (void)m;
+  if (f->conn && !f->closing && f->state != WSTUN__EX_DONE)
+    wstun__conn_resume(f->conn);
+}
+
+static void req_msg_failed(void *owner, wstun__outmsg *m, int restartable) {
+  wstun__front *f = owner;
+  wstun__server_unlink(f);
+  if (restartable && f->state == WSTUN__EX_SENDING && ++f->tries < 3) {
+    wstun__log(&f->srv->log, WSTUN_LOG_INFO,
+               "WS   SND token=%s id=%04x failed: retrying (try %d)",
+               f->token_prefix, f->id, f->tries + 1);
+    f->state = WSTUN__EX_READING;
+    if (m->finished || wstun__buf_size(&m->buf) >= WSTUN__STREAM_AT)
+      wstun__server_dispatch(f->srv, f);
+    return;
+  }
+  f->req = NULL;
+  wstun__outmsg_free(m);
+  if (restartable)
+    wstun__front_fail(f, 504, "Tunnel retry exhausted");
+  else
+    wstun__front_tunnel_lost(f);
+}
+
+static const wstun__outmsg_cbs req_msg_cbs = {
+    .on_sent = req_msg_sent,
+    .on_drain = req_msg_drain,
+    .on_failed = req_msg_failed,
+};
+
+/* ---- responses from the tunnel ------------------------------------------ */
+
+static int resp_on_head(void *ud, wstun__http_head *h) {
+  wstun__front *f = ud;
+  int status = h->status;
+  int no_body = f->method == HTTP_HEAD || status == 204 || status == 304 ||
+                (status >= 100 && status < 200);
+  int has_len = h->has_content_length;
+  uint64_t clen = h->content_length;
+  wstun__http_head_strip_hop_by_hop(h, 1);
+  char len[32];
+  int rc = 0;
+  f->resp_chunked = f->resp_close = 0;
+  if (has_len) {
+    snprintf(len, sizeof(len), "%llu", (unsigned long long)clen);
+    rc |= wstun__http_head_add(h, "Content-Length", len);
+  } else if (!no_body) {
+    if (f->parser.head.major == 1 && f->parser.head.minor >= 1) {
+      rc |= wstun__http_head_add(h, "Transfer-Encoding", "chunked");
+      f->resp_chunked = 1;
+    } else {
+      f->resp_close = 1;
+    }
+  }
+  if (f->resp_close || f->close_after || f->srv->closing) {
+    f->close_after = 1;
+    rc |= wstun__http_head_add(h, "Connection", "close");
+  }
+  h->target_len = 0; /* our reason phrase */
+  if (rc != 0 || f->conn == NULL ||
+      wstun__http_head_write(h, wstun__conn_outbuf(f->conn)) != 0)
+    return -1;
+  f->state = WSTUN__EX_RESPONDING;
+  log_ret(f, status);
+  wstun__conn_flush(f->conn);
+  return no_body ? 1 : 0;
+}
+
+static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
+  wstun__front *f = ud;
+  if (f->conn == NULL)
+    return -1;
+  wstun__buf *out = wstun__conn_outbuf(f->conn);
+  int rc = 0;
+  if (f->resp_chunked) {
+    rc |= wstun__http_write_chunk_header(out, n);
+    rc |= wstun__buf_append(out, d, n);
+    rc |= wstun__buf_append(out, "\r\n", 2);
+  } else {
+    rc = wstun__buf_append(out, d, n);
+  }
+  if (rc != 0)
+    return -1;
+  wstun__conn_flush(f->conn);
+  if (wstun__conn_congested(f->conn) && f->tun && f->tun->t &&
+      !f->paused_tunnel) {
+    f->paused_tunnel = 1;
+    wstun__tunnel_pause_rx(f->tun->t);
+  }
+  return 0;
+}
+
+static int resp_on_complete(void *ud) {
+  wstun__front *f = ud;
+  if (f->resp_chunked && f->conn)
+    wstun__conn_write(f->conn, WSTUN__HTTP_LAST_CHUNK,
+                      sizeof(WSTUN__HTTP_LAST_CHUNK) - 1);
+  f->resp_done = 1;
+  return 0;
+}
+
+static const wstun__http_parser_cbs resp_cbs = {
+    .on_head = resp_on_head,
+    .on_body = resp_on_body,
+    .on_complete = resp_on_complete,
+};
+
+int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
+  if (!f->resp_init) {
+    wstun__http_parser_init(&f->resp, HTTP_RESPONSE, RESP_MAX_HEAD, 0,
+                            &resp_cbs, f);
+    f->resp_init = 1;
+    f->resp_done = 0;
+  }
+  if (f->resp_done)
+    return 0; /* bytes after a complete response: ignored */
+  size_t used;
+  int rc = wstun__http_parser_feed(&f->resp, d, n, &used);
+  if (rc == WSTUN__HTTP_ERROR) {
+    wstun__log(&f->srv->log, WSTUN_LOG_WARN,
+               "WS   RCV token=%s id=%04x: unparsable response", f->token_prefix,
+               f->id);
+    wstun__front_fail(f, 506, "Bad response from the tunnel client");
+    return -1;
+  }
+  return 0;
+}
+
+static void response_done(wstun__front *f) {
+  exchange_release(f);
+  if (f->conn && f->paused_tunnel)
+    f->paused_tunnel = 0;
+  f->state = WSTUN__EX_DONE;
+  if (wstun__http_parser_in_message(&f->parser))
+    f->close_after = 1;
+  front_next(f);
+}
+
+void wstun__front_resp_end(wstun__front *f, int complete) {
+  if (f->closing || f->state == WSTUN__EX_DONE)
+    return;
+  if (!f->resp_init) {
+    if (complete)
+      wstun__front_fail(f, 506, "Empty response from the tunnel client");
+    else
+      wstun__front_tunnel_lost(f);
+    return;
+  }
+  if (!f->resp_done && complete &&
+      wstun__http_parser_finish(&f->resp) == WSTUN__HTTP_OK && f->resp_close)
+    f->resp_done = 1;
+  if (f->resp_done) {
+    response_done(f);
+    return;
+  }
+  if (!resp_started(f)) {
+    if (complete)
+      wstun__front_fail(f, 506, "Incomplete response from the tunnel client");
+    else
+      wstun__front_tunnel_lost(f);
+    return;
+  }
+  wstun__log(&f->srv->log, WSTUN_LOG_WARN,
+             "HTTP RET token=%s id=%04x: response cut short: aborting",
+             f->token_prefix, f->id);
+  front_abort(f);
+}
+
+/* ---- connection callbacks ----------------------------------------------- */
+
+static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
+  wstun__front *f = c->owner;
+  size_t off = 0;
+  while (off < len && !f->closing) {
+    if (f->state != WSTUN__EX_NONE && !wstun__http_parser_in_message(&f->parser))
+      return off; /* the next request waits for this exchange */
+    size_t used = 0;
+    int rc = wstun__http_parser_feed(&f->parser, data + off, len - off, &used);
+    off += used;
+    if (f->closing)
+      return len;
+    if (rc == WSTUN__HTTP_ERROR) {
+      int status = f->parser.error_status ? f->parser.error_status : 400;
+      const char *text = f->parser.error_text ? f->parser.error_text : "Bad request";
+      f->close_after = 1;
+      if (f->state == WSTUN__EX_NONE || f->state == WSTUN__EX_DONE) {
+        f->state = WSTUN__EX_DONE;
+        write_simple(f, status, text);
+        front_next(f);
+      } else {
+        wstun__front_fail(f, status, text);
+      }
+      return len;
+    }
+    if (rc == WSTUN__HTTP_PAUSED) {
+      if (f->upgrade) {
+        f->upgrade = 0;
+        f->close_after = 1; /* a refused upgrade ends the connection */
+        if (wstun__server_upgrade(f, &f->parser.head, data + off, len - off)) {
+          wstun__front_close(f); /* the tunnel owns the socket now */
+          return len;
+        }
+        /* refused: answered; nothing more is read on this connection */
+        return len;
+      }
+      if (f->state == WSTUN__EX_DONE) {
+        front_next(f);
+        if (f->closing || f->conn == NULL || f->conn->close_after_write)
+          return len;
+        continue;
+      }
+      return off; /* keep the pipelined rest */
+    }
+  }
+  return len;
+}
+
+static void front_on_end(wstun__conn *c, int err) {
+  (void)err;
+  wstun__front_close(c->owner);
+}
+
+static void front_on_drain(wstun__conn *c) {
+  wstun__front *f = c->owner;
+  if (f->paused_tunnel && f->tun && f->tun->t) {
+    f->paused_tunnel = 0;
+    wstun__tunnel_resume_rx(f->tun->t);
+  }
+}
+
+static const wstun__conn_cbs front_conn_cbs = {
+    .on_data = front_on_data,
+    .on_end = front_on_end,
+    .on_drain = front_on_drain,
+    .on_close = front_conn_closed,
+};
+
+void wstun__front_accept(wstun_server *srv) {
+  wstun__front *f = wstun__calloc(1, sizeof(*f));
+  if (f == NULL)
+    return;
+  f->srv = srv;
+  f->conn = wstun__conn_new(srv->loop, &srv->shared, &front_conn_cbs, f);
+  if (f->conn == NULL) {
+    wstun__free(f);
+    return;
+  }
+  uv_timer_init(srv->loop, &f->timer);
+  f->timer.data = f;
+  wstun__http_parser_init(&f->parser, HTTP_REQUEST, srv->max_header,
+                          srv->max_body, &req_cbs, f);
+  f->next = srv->fronts;
+  if (srv->fronts)
+    srv->fronts->prev = f;
+  srv->fronts = f;
+  srv->nfronts++;
+  if (wstun__conn_accept(f->conn, (uv_stream_t *)&srv->listener) != 0) {
+    wstun__front_close(f);
+    return;
+  }
+  set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+}

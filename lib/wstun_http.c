@@ -1,0 +1,506 @@
+/* llhttp glue. llhttp may split any token across callbacks, so strings are
+ * appended to head->text as they come and closed by the *_complete
+ * callbacks. Limits (header block, body) are enforced here so every user
+ * gets the same 431/413 answers. */
+#include "wstun_http.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "wstun/wstun.h"
+#include "wstun_alloc.h"
+#include "wstun_util.h"
+
+void wstun__http_head_init(wstun__http_head *h) { memset(h, 0, sizeof(*h)); }
+
+void wstun__http_head_free(wstun__http_head *h) {
+  wstun__buf_free(&h->text);
+  wstun__free(h->hdrs);
+  memset(h, 0, sizeof(*h));
+}
+
+void wstun__http_head_reset(wstun__http_head *h) {
+  wstun__buf text = h->text;
+  wstun__hdr *hdrs = h->hdrs;
+  size_t cap = h->cap;
+  memset(h, 0, sizeof(*h));
+  wstun__buf_reset(&text);
+  h->text = text;
+  h->hdrs = hdrs;
+  h->cap = cap;
+}
+
+const char *wstun__http_head_target(const wstun__http_head *h) {
+  return h->target_len || h->target_off ? (const char *)h->text.base + h->target_off
+                                        : "";
+}
+const char *wstun__http_head_name(const wstun__http_head *h, size_t i) {
+  return (const char *)h->text.base + h->hdrs[i].name_off;
+}
+const char *wstun__http_head_value(const wstun__http_head *h, size_t i) {
+  return (const char *)h->text.base + h->hdrs[i].value_off;
+}
+
+const char *wstun__http_head_get(const wstun__http_head *h, const char *name) {
+  for (size_t i = 0; i < h->nhdrs; i++)
+    if (wstun__ascii_casecmp_n(wstun__http_head_name(h, i), h->hdrs[i].name_len,
+                               name) == 0)
+      return wstun__http_head_value(h, i);
+  return NULL;
+}
+
+size_t wstun__http_head_remove(wstun__http_head *h, const char *name) {
+  size_t w = 0, removed = 0;
+  for (size_t i = 0; i < h->nhdrs; i++) {
+    if (wstun__ascii_casecmp_n(wstun__http_head_name(h, i), h->hdrs[i].name_len,
+                               name) == 0) {
+      removed++;
+      continue;
+    }
+    h->hdrs[w++] = h->hdrs[i];
+  }
+  h->nhdrs = w;
+  return removed;
+}
+
+static int text_append(wstun__http_head *h, const char *s, size_t n,
+                       uint32_t *off) {
+  if (h->text.len + n + 1 > UINT32_MAX)
+    return WSTUN_ENOMEM;
+  *off = (uint32_t)h->text.len;
+  if (wstun__buf_reserve(&h->text, n + 1) != 0)
+    return WSTUN_ENOMEM;
+  memcpy(h->text.base + h->text.len, s, n);
+  h->text.base[h->text.len + n] = '\0';
+  h->text.len += n + 1;
+  return 0;
+}
+
+static int hdrs_grow(wstun__http_head *h) {
+  if (h->nhdrs < h->cap)
+    return 0;
+  size_t cap = h->cap ? h->cap * 2 : 16;
+  wstun__hdr *n = wstun__realloc(h->hdrs, cap * sizeof(*n));
+  if (n == NULL)
+    return WSTUN_ENOMEM;
+  h->hdrs = n;
+  h->cap = cap;
+  return 0;
+}
+
+int wstun__http_head_add(wstun__http_head *h, const char *name,
+                         const char *value) {
+  if (hdrs_grow(h) != 0)
+    return WSTUN_ENOMEM;
+  wstun__hdr *e = &h->hdrs[h->nhdrs];
+  size_t nl = strlen(name), vl = strlen(value);
+  if (text_append(h, name, nl, &e->name_off) != 0 ||
+      text_append(h, value, vl, &e->value_off) != 0)
+    return WSTUN_ENOMEM;
+  e->name_len = (uint32_t)nl;
+  e->value_len = (uint32_t)vl;
+  h->nhdrs++;
+  return 0;
+}
+
+int wstun__http_head_set_target(wstun__http_head *h, const char *target,
+                                size_t len) {
+  uint32_t off;
+  if (text_append(h, target, len, &off) != 0)
+    return WSTUN_ENOMEM;
+  h->target_off = off;
+  h->target_len = (uint32_t)len;
+  return 0;
+}
+
+/* Calls fn for every comma-separated token of every `name` header. */
+static int for_each_token(const wstun__http_head *h, const char *name,
+                          int (*fn)(void *, const char *, size_t), void *arg) {
+  for (size_t i = 0; i < h->nhdrs; i++) {
+    if (wstun__ascii_casecmp_n(wstun__http_head_name(h, i), h->hdrs[i].name_len,
+                               name) != 0)
+      continue;
+    const char *v = wstun__http_head_value(h, i);
+    while (*v) {
+      while (*v == ' ' || *v == '\t' || *v == ',')
+        v++;
+      size_t n = strcspn(v, ",");
+      size_t t = n;
+      while (t > 0 && (v[t - 1] == ' ' || v[t - 1] == '\t'))
+        t--;
+      if (t > 0 && fn(arg, v, t))
+        return 1;
+      v += n;
+    }
+  }
+  return 0;
+}
+
+static int token_matches(void *arg, const char *tok, size_t n) {
+  return wstun__ascii_casecmp_n(tok, n, (const char *)arg) == 0;
+}
+
+int wstun__http_head_has_token(const wstun__http_head *h, const char *name,
+                               const char *token) {
+  return for_each_token(h, name, token_matches, (void *)token);
+}
+
+typedef struct {
+  char names[8][64];
+  int n;
+} conn_tokens;
+
+static int collect_token(void *arg, const char *tok, size_t n) {
+  conn_tokens *ct = arg;
+  if (ct->n < 8 && n < sizeof(ct->names[0])) {
+    memcpy(ct->names[ct->n], tok, n);
+    ct->names[ct->n][n] = '\0';
+    ct->n++;
+  }
+  return 0;
+}
+
+void wstun__http_head_strip_hop_by_hop(wstun__http_head *h, int framing) {
+  static const char *const hop[] = {
+      "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+      "Proxy-Connection", "TE", "Trailer", "Trailers", "Upgrade"};
+  conn_tokens ct = {.n = 0};
+  for_each_token(h, "Connection", collect_token, &ct);
+  for (int i = 0; i < ct.n; i++)
+    wstun__http_head_remove(h, ct.names[i]);
+  for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+    wstun__http_head_remove(h, hop[i]);
+  if (framing) {
+    wstun__http_head_remove(h, "Transfer-Encoding");
+    wstun__http_head_remove(h, "Content-Length");
+  }
+}
+
+const char *wstun__http_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 101: return "Switching Protocols";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 303: return "See Other";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 426: return "Upgrade Required";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 506: return "Variant Also Negotiates";
+  default: return "Status";
+  }
+}
+
+int wstun__http_head_write(const wstun__http_head *h, wstun__buf *out) {
+  int rc;
+  if (h->is_request)
+    rc = wstun__buf_appendf(out, "%s %s HTTP/1.1\r\n",
+                            llhttp_method_name((llhttp_method_t)h->method),
+                            wstun__http_head_target(h));
+  else
+    rc = wstun__buf_appendf(out, "HTTP/1.1 %d %s\r\n", h->status,
+                            h->target_len ? wstun__http_head_target(h)
+                                          : wstun__http_reason(h->status));
+  for (size_t i = 0; rc == 0 && i < h->nhdrs; i++) {
+    rc |= wstun__buf_append(out, wstun__http_head_name(h, i), h->hdrs[i].name_len);
+    rc |= wstun__buf_append(out, ": ", 2);
+    rc |= wstun__buf_append(out, wstun__http_head_value(h, i), h->hdrs[i].value_len);
+    rc |= wstun__buf_append(out, "\r\n", 2);
+  }
+  if (rc == 0)
+    rc = wstun__buf_append(out, "\r\n", 2);
+  return rc ? WSTUN_ENOMEM : 0;
+}
+
+int wstun__http_write_chunk_header(wstun__buf *out, size_t len) {
+  return wstun__buf_appendf(out, "%zx\r\n", len);
+}
+
+int wstun__http_write_simple(wstun__buf *out, int status, const char *body,
+                             const char *extra_headers, int close) {
+  size_t n = strlen(body);
+  return wstun__buf_appendf(
+      out,
+      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+      "Content-Length: %zu\r\n%s%s\r\n%s",
+      status, wstun__http_reason(status), n, extra_headers ? extra_headers : "",
+      close ? "Connection: close\r\n" : "", body);
+}
+
+/* ---- parser ------------------------------------------------------------ */
+
+#define PARSER(l) ((wstun__http_parser *)(l)->data)
+
+static int fail(wstun__http_parser *p, int status, const char *text) {
+  p->error_status = status;
+  p->error_text = text;
+  return HPE_USER;
+}
+
+/* Counts head bytes against the limit. */
+static int head_bytes(wstun__http_parser *p, size_t n) {
+  p->head_bytes += n;
+  if (p->max_head && p->head_bytes > p->max_head)
+    return fail(p, 431, "Request header fields too large");
+  return 0;
+}
+
+/* Appends to the last open string of the head (no NUL yet). */
+static int grow_open(wstun__http_parser *p, const char *at, size_t n) {
+  if (wstun__buf_append(&p->head.text, at, n) != 0)
+    return fail(p, 500, "Out of memory");
+  return 0;
+}
+
+static int close_open(wstun__http_parser *p, uint32_t start, uint32_t *off,
+                      uint32_t *len) {
+  *off = start;
+  *len = (uint32_t)(p->head.text.len - start);
+  if (wstun__buf_append(&p->head.text, "", 1) != 0)
+    return fail(p, 500, "Out of memory");
+  return 0;
+}
+
+static int on_message_begin(llhttp_t *l) {
+  wstun__http_parser *p = PARSER(l);
+  wstun__http_head_reset(&p->head);
+  p->head.is_request = llhttp_get_type(l) == HTTP_REQUEST;
+  p->head_bytes = 0;
+  p->body_bytes = 0;
+  p->in_head = 1;
+  p->in_msg = 1;
+  p->field_open = p->value_open = 0;
+  return 0;
+}
+
+/* The string being collected starts at head.text.len when it opens; we
+ * remember that in target_off / a new header entry. */
+static int on_url(llhttp_t *l, const char *at, size_t n) {
+  wstun__http_parser *p = PARSER(l);
+  if (head_bytes(p, n))
+    return HPE_USER;
+  if (!p->field_open) {
+    p->head.target_off = (uint32_t)p->head.text.len;
+    p->field_open = 1;
+  }
+  return grow_open(p, at, n);
+}
+
+static int on_url_complete(llhttp_t *l) {
+  wstun__http_parser *p = PARSER(l);
+  if (!p->field_open) {
+    p->head.target_off = (uint32_t)p->head.text.len;
+  }
+  p->field_open = 0;
+  return close_open(p, p->head.target_off, &p->head.target_off,
+                    &p->head.target_len)
+             ? HPE_USER
+             : 0;
+}
+
+static int on_header_field(llhttp_t *l, const char *at, size_t n) {
+  wstun__http_parser *p = PARSER(l);
+  if (head_bytes(p, n))
+    return HPE_USER;
+  if (!p->field_open) {
+    if (hdrs_grow(&p->head) != 0)
+      return fail(p, 500, "Out of memory");
+    memset(&p->head.hdrs[p->head.nhdrs], 0, sizeof(wstun__hdr));
+    p->head.hdrs[p->head.nhdrs].name_off = (uint32_t)p->head.text.len;
+    p->field_open = 1;
+  }
+  return grow_open(p, at, n);
+}
+
+static int on_header_field_complete(llhttp_t *l) {
+  wstun__http_parser *p = PARSER(l);
+  if (!p->field_open)
+    return fail(p, 400, "Bad request");
+  p->field_open = 0;
+  wstun__hdr *e = &p->head.hdrs[p->head.nhdrs];
+  if (close_open(p, e->name_off, &e->name_off, &e->name_len))
+    return HPE_USER;
+  e->value_off = (uint32_t)p->head.text.len;
+  p->value_open = 1;
+  return 0;
+}
+
+static int on_header_value(llhttp_t *l, const char *at, size_t n) {
+  wstun__http_parser *p = PARSER(l);
+  if (head_bytes(p, n))
+    return HPE_USER;
+  for (size_t i = 0; i < n; i++)
+    if (at[i] == '\r' || at[i] == '\n' || at[i] == '\0')
+      return fail(p, 400, "Bad request: invalid header value");
+  return grow_open(p, at, n);
+}
+
+static int on_header_value_complete(llhttp_t *l) {
+  wstun__http_parser *p = PARSER(l);
+  if (!p->value_open)
+    return fail(p, 400, "Bad request");
+  p->value_open = 0;
+  wstun__hdr *e = &p->head.hdrs[p->head.nhdrs];
+  if (close_open(p, e->value_off, &e->value_off, &e->value_len))
+    return HPE_USER;
+  /* trim trailing whitespace llhttp leaves in values */
+  char *v = (char *)p->head.text.base + e->value_off;
+  while (e->value_len > 0 &&
+         (v[e->value_len - 1] == ' ' || v[e->value_len - 1] == '\t'))
+    v[--e->value_len] = '\0';
+  p->head.nhdrs++;
+  return 0;
+}
+
+static int on_status(llhttp_t *l, const char *at, size_t n) {
+  return on_url(l, at, n);
+}
+static int on_status_complete(llhttp_t *l) { return on_url_complete(l); }
+
+static int on_headers_complete(llhttp_t *l) {
+  wstun__http_parser *p = PARSER(l);
+  wstun__http_head *h = &p->head;
+  p->in_head = 0;
+  h->major = llhttp_get_http_major(l);
+  h->minor = llhttp_get_http_minor(l);
+  h->method = llhttp_get_method(l);
+  h->status = llhttp_get_status_code(l);
+  h->keep_alive = llhttp_should_keep_alive(l);
+  h->chunked = (l->flags & F_CHUNKED) != 0;
+  h->has_content_length = (l->flags & F_CONTENT_LENGTH) != 0;
+  h->content_length = h->has_content_length ? l->content_length : 0;
+  h->has_body_framing = h->chunked || h->has_content_length;
+  if (h->has_content_length && p->max_body && h->content_length > p->max_body)
+    return fail(p, 413, "Request body too large");
+  int rc = p->cbs.on_head ? p->cbs.on_head(p->ud, h) : 0;
+  if (rc < 0) {
+    if (p->error_status == 0)
+      p->error_status = 400;
+    return HPE_USER;
+  }
+  /* llhttp: 1 = no body; keep an upgrade request's body semantics plain */
+  return rc == 1 ? 1 : 0;
+}
+
+static int on_body(llhttp_t *l, const char *at, size_t n) {
+  wstun__http_parser *p = PARSER(l);
+  p->body_bytes += n;
+  if (p->max_body && p->body_bytes > p->max_body)
+    return fail(p, 413, "Request body too large");
+  if (p->cbs.on_body && p->cbs.on_body(p->ud, (const uint8_t *)at, n)) {
+    if (p->error_status == 0)
+      p->error_status = 502;
+    return HPE_USER;
+  }
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *l) {
+  wstun__http_parser *p = PARSER(l);
+  p->in_msg = 0;
+  int rc = p->cbs.on_complete ? p->cbs.on_complete(p->ud) : 0;
+  if (rc < 0) {
+    if (p->error_status == 0)
+      p->error_status = 502;
+    return HPE_USER;
+  }
+  return rc == 1 ? HPE_PAUSED : 0;
+}
+
+void wstun__http_parser_init(wstun__http_parser *p, llhttp_type_t type,
+                             size_t max_head, uint64_t max_body,
+                             const wstun__http_parser_cbs *cbs, void *ud) {
+  memset(p, 0, sizeof(*p));
+  llhttp_settings_init(&p->settings);
+  p->settings.on_message_begin = on_message_begin;
+  p->settings.on_url = on_url;
+  p->settings.on_url_complete = on_url_complete;
+  p->settings.on_status = on_status;
+  p->settings.on_status_complete = on_status_complete;
+  p->settings.on_header_field = on_header_field;
+  p->settings.on_header_field_complete = on_header_field_complete;
+  p->settings.on_header_value = on_header_value;
+  p->settings.on_header_value_complete = on_header_value_complete;
+  p->settings.on_headers_complete = on_headers_complete;
+  p->settings.on_body = on_body;
+  p->settings.on_message_complete = on_message_complete;
+  llhttp_init(&p->llhttp, type, &p->settings);
+  p->llhttp.data = p;
+  p->max_head = max_head;
+  p->max_body = max_body;
+  p->cbs = *cbs;
+  p->ud = ud;
+  wstun__http_head_init(&p->head);
+}
+
+void wstun__http_parser_free(wstun__http_parser *p) {
+  wstun__http_head_free(&p->head);
+}
+
+static int map_error(wstun__http_parser *p, llhttp_errno_t err) {
+  if (p->error_status == 0) {
+    if (p->in_head && p->max_head && p->head_bytes > p->max_head) {
+      p->error_status = 431;
+      p->error_text = "Request header fields too large";
+    } else {
+      p->error_status = 400;
+      p->error_text = "Bad request";
+    }
+  }
+  (void)err;
+  return WSTUN__HTTP_ERROR;
+}
+
+int wstun__http_parser_feed(wstun__http_parser *p, const uint8_t *data,
+                            size_t len, size_t *consumed) {
+  *consumed = 0;
+  if (p->error_status)
+    return WSTUN__HTTP_ERROR;
+  llhttp_errno_t err = llhttp_execute(&p->llhttp, (const char *)data, len);
+  if (err == HPE_OK) {
+    *consumed = len;
+    return WSTUN__HTTP_OK;
+  }
+  if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+    *consumed = (size_t)((const uint8_t *)llhttp_get_error_pos(&p->llhttp) - data);
+    return WSTUN__HTTP_PAUSED;
+  }
+  return map_error(p, err);
+}
+
+int wstun__http_parser_finish(wstun__http_parser *p) {
+  if (p->error_status)
+    return WSTUN__HTTP_ERROR;
+  llhttp_errno_t err = llhttp_finish(&p->llhttp);
+  if (err == HPE_OK || err == HPE_PAUSED)
+    return WSTUN__HTTP_OK;
+  return map_error(p, err);
+}
+
+void wstun__http_parser_resume(wstun__http_parser *p) {
+  llhttp_resume(&p->llhttp);
+}
+
+int wstun__http_parser_in_message(const wstun__http_parser *p) {
+  return p->in_msg;
+}

@@ -1,0 +1,143 @@
+/* Private structures of the tunnel server, shared by wstun_server.c
+ * (listener, token registry, tunnels, dispatch) and wstun_front.c (the HTTP
+ * connections of requesters and their exchanges). */
+#ifndef WSTUN_SERVER_INT_H
+#define WSTUN_SERVER_INT_H
+
+#include <uv.h>
+
+#include "wstun/wstun.h"
+#include "wstun_conn.h"
+#include "wstun_http.h"
+#include "wstun_log.h"
+#include "wstun_rng.h"
+#include "wstun_tunnel.h"
+
+typedef struct wstun__token wstun__token;
+typedef struct wstun__srv_tunnel wstun__srv_tunnel;
+typedef struct wstun__front wstun__front;
+
+typedef enum {
+  WSTUN__EX_NONE = 0,   /* no exchange on this front connection */
+  WSTUN__EX_READING,    /* request body still arriving, not dispatched */
+  WSTUN__EX_QUEUED,     /* waiting in its token's queue for a tunnel */
+  WSTUN__EX_SENDING,    /* handed to a tunnel, not fully written */
+  WSTUN__EX_WAITING,    /* written; waiting for the response */
+  WSTUN__EX_RESPONDING, /* response head relayed, body streaming */
+  WSTUN__EX_DONE
+} wstun__ex_state;
+
+typedef struct wstun__password {
+  char *token;
+  char *password;
+} wstun__password;
+
+struct wstun__token {
+  char *name;
+  wstun__token *hnext;        /* hash chain */
+  wstun__srv_tunnel *tunnels; /* live connections serving it */
+  size_t ntunnels;
+  wstun__front *q_head, *q_tail; /* exchanges waiting for a tunnel */
+  size_t nqueued;
+  uint64_t last_seen; /* ms: last connect or disconnect */
+  uint16_t next_id;
+  unsigned rr; /* round-robin cursor */
+};
+
+struct wstun__srv_tunnel {
+  wstun_server *srv;
+  wstun__tunnel *t;       /* NULL once dead */
+  wstun__token *tok;      /* NULL once dead */
+  wstun__srv_tunnel *next; /* in tok->tunnels */
+  wstun__front *inflight;  /* exchanges dispatched here */
+  size_t ninflight;
+  char addr[64];
+  char *client_version;
+};
+
+struct wstun__front {
+  wstun_server *srv;
+  wstun__conn *conn;
+  wstun__front *prev, *next; /* in srv->fronts */
+  uv_timer_t timer;          /* head/idle timeout, then exchange deadline */
+  wstun__http_parser parser; /* requests */
+  int closing, timer_closed, conn_closed;
+  int close_after; /* close once the current response is written */
+  int upgrade;     /* the request is a /_tunnel upgrade */
+  int resp_done;
+  /* the exchange (one at a time: requests on a connection are answered in
+   * order, so the next is parsed only after this one is done) */
+  wstun__ex_state state;
+  wstun__token *tok;
+  wstun__srv_tunnel *tun;
+  wstun__front *ex_next;     /* in tok queue or tun->inflight */
+  uint16_t id;
+  int tries;
+  int method;
+  int req_chunked;     /* re-encoding the request body as chunked */
+  int req_complete;    /* the whole request was read */
+  wstun__outmsg *req;  /* the tunnel message being produced */
+  wstun__http_parser resp; /* the response from the tunnel */
+  int resp_init;
+  int resp_chunked; /* re-encoding the response body as chunked */
+  int resp_close;   /* response delimited by closing the connection */
+  int paused_tunnel;
+  uint64_t start_ms;
+  char token_prefix[12];
+};
+
+struct wstun_server {
+  uv_loop_t *loop;
+  uv_tcp_t listener;
+  uv_timer_t sweep;
+  uv_timer_t grace;
+  int port;
+  wstun__conn_shared shared;
+  wstun__logger log;
+  wstun__rng rng;
+  char *base_path;
+  size_t base_len;
+  wstun__password *passwords;
+  size_t npasswords;
+  size_t max_queue;
+  size_t max_clients;
+  uint64_t ws_timeout_ms, http_timeout_ms, forget_ms;
+  size_t max_header;
+  uint64_t max_body;
+  wstun__token **buckets;
+  size_t nbuckets, ntokens;
+  wstun__front *fronts;
+  size_t nfronts;
+  size_t live_tunnels; /* srv_tunnel structures not yet freed */
+  int closing, handles_open;
+  wstun_server_close_cb close_cb;
+  void *close_ud;
+};
+
+/* wstun_front.c */
+void wstun__front_accept(wstun_server *srv);
+void wstun__front_close(wstun__front *f);
+/* Answers the exchange with a short text and finishes it. */
+void wstun__front_fail(wstun__front *f, int status, const char *text);
+int wstun__front_busy(const wstun__front *f);
+/* Sink callbacks for responses arriving on a tunnel. */
+int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n);
+void wstun__front_resp_end(wstun__front *f, int complete);
+/* The tunnel carrying the exchange died after writing the request. */
+void wstun__front_tunnel_lost(wstun__front *f);
+
+/* wstun_server.c */
+wstun__token *wstun__server_find_token(wstun_server *srv, const char *name,
+                                       size_t len);
+/* Routes an exchange whose request message is ready: onto a live tunnel,
+ * into the token's queue, or fails it (504 when the queue is full). */
+void wstun__server_dispatch(wstun_server *srv, wstun__front *f);
+/* Removes the exchange from queue or tunnel lists. */
+void wstun__server_unlink(wstun__front *f);
+/* The /_tunnel upgrade: checks, answers, and on success takes the
+ * connection from the front (returns 1), else answers an error (0). */
+int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
+                          const uint8_t *rest, size_t n);
+void wstun__server_front_gone(wstun_server *srv);
+
+#endif

@@ -1,0 +1,549 @@
+/* wslay glue, after h2o's lib/websocket.c: the recv callback drains the
+ * bytes of the current socket read and answers WOULDBLOCK when they are
+ * gone (or when a sink paused us); the send callback appends to the
+ * connection's output buffer and answers WOULDBLOCK above its high-water
+ * mark; the connection's drain callback pumps again. */
+#include "wstun_tunnel.h"
+
+#include <string.h>
+
+#include "wstun/wstun.h"
+#include "wstun_alloc.h"
+#include "wstun_proto.h"
+
+/* ---- outgoing messages ------------------------------------------------- */
+
+wstun__outmsg *wstun__outmsg_new(const wstun__outmsg_cbs *cbs, void *owner) {
+  wstun__outmsg *m = wstun__calloc(1, sizeof(*m));
+  if (m == NULL)
+    return NULL;
+  m->cbs = cbs;
+  m->owner = owner;
+  return m;
+}
+
+void wstun__outmsg_free(wstun__outmsg *m) {
+  if (m == NULL)
+    return;
+  wstun__buf_free(&m->buf);
+  wstun__free(m);
+}
+
+int wstun__outmsg_full(wstun__outmsg *m) {
+  if (wstun__buf_size(&m->buf) > WSTUN__PIPE_HIGH) {
+    m->paused_src = 1;
+    return 1;
+  }
+  return 0;
+}
+
+static void queue_remove(wstun__tunnel *t, wstun__outmsg *m) {
+  wstun__outmsg **pp = &t->q_head, *prev = NULL;
+  while (*pp && *pp != m) {
+    prev = *pp;
+    pp = &(*pp)->next;
+  }
+  if (*pp == NULL)
+    return;
+  *pp = m->next;
+  if (t->q_tail == m)
+    t->q_tail = prev;
+  m->next = NULL;
+}
+
+void wstun__outmsg_abandon(wstun__outmsg *m) {
+  if (m == NULL)
+    return;
+  m->owner = NULL;
+  if (!m->queued) {
+    wstun__outmsg_free(m);
+    return;
+  }
+  wstun__tunnel *t = m->tunnel;
+  if (t->cur != m) {
+    queue_remove(t, m);
+    wstun__outmsg_free(m);
+    return;
+  }
+  /* Being sent: a WebSocket message cannot be withdrawn, so end it now.
+   * At least one byte is always held back until the producer finishes, so
+   * the final frame has something to carry. */
+  m->finished = 1;
+  wstun__tunnel_kick(t);
+}
+
+/* ---- wslay callbacks --------------------------------------------------- */
+
+static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
+                       int flags, void *ud) {
+  wstun__tunnel *t = ud;
+  (void)flags;
+  if (t->rx_paused || t->in_len == 0 || t->closing) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  size_t n = len < t->in_len ? len : t->in_len;
+  memcpy(buf, t->in, n);
+  t->in += n;
+  t->in_len -= n;
+  return (ssize_t)n;
+}
+
+static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data,
+                       size_t len, int flags, void *ud) {
+  wstun__tunnel *t = ud;
+  (void)flags;
+  if (t->conn == NULL || t->conn->closing) {
+    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+  }
+  if (wstun__conn_congested(t->conn)) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  if (wstun__buf_append(wstun__conn_outbuf(t->conn), data, len) != 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+  }
+  return (ssize_t)len;
+}
+
+static int ws_genmask(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
+                      void *ud) {
+  wstun__tunnel *t = ud;
+  (void)ctx;
+  return wstun__rng_bytes(t->rng, buf, len) == 0 ? 0 : -1;
+}
+
+static ssize_t ws_read_msg(wslay_event_context_ptr ctx, uint8_t *buf,
+                           size_t len, const union wslay_event_msg_source *src,
+                           int *eof, void *ud) {
+  wstun__tunnel *t = ud;
+  wstun__outmsg *m = t->cur;
+  (void)ctx;
+  (void)src;
+  if (m == NULL)
+    return 0;
+  size_t avail = wstun__buf_size(&m->buf);
+  if (!m->finished) {
+    if (avail <= 1)
+      return 0;
+    avail -= 1; /* hold one byte back for the final frame */
+  }
+  size_t n = avail < len ? avail : len;
+  memcpy(buf, wstun__buf_data(&m->buf), n);
+  wstun__buf_consume(&m->buf, n);
+  m->started = 1;
+  if (m->finished && wstun__buf_size(&m->buf) == 0) {
+    *eof = 1;
+    t->cur = NULL;
+    m->next = t->sent_head;
+    t->sent_head = m;
+  }
+  return (ssize_t)n;
+}
+
+static void ws_frame_start(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_start_arg *a,
+                           void *ud) {
+  wstun__tunnel *t = ud;
+  (void)ctx;
+  t->frame_fin = a->fin;
+  t->frame_ctrl = (a->opcode & 0x8) != 0;
+  if (t->frame_ctrl)
+    return;
+  if (a->opcode == WSLAY_TEXT_FRAME) {
+    wstun__log(t->log, WSTUN_LOG_WARN, "tunnel: text message received: closing");
+    t->err = WSTUN_EPROTO;
+    wslay_event_queue_close(t->ws, WSLAY_CODE_UNSUPPORTED_DATA, NULL, 0);
+    t->drop = 1;
+    return;
+  }
+  if (a->opcode == WSLAY_BINARY_FRAME) {
+    t->in_msg = 1;
+    t->prefix_got = 0;
+    t->in_id = 0;
+    t->sink = NULL;
+    t->drop = 0;
+  }
+}
+
+static void ws_frame_chunk(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_chunk_arg *a,
+                           void *ud) {
+  wstun__tunnel *t = ud;
+  (void)ctx;
+  if (t->frame_ctrl || !t->in_msg || t->drop)
+    return;
+  const uint8_t *d = a->data;
+  size_t n = a->data_length;
+  while (t->prefix_got < WSTUN__PROTO_PREFIX_LEN && n > 0) {
+    uint8_t c = *d++;
+    n--;
+    int v = -1;
+    if (t->prefix_got == 4)
+      v = c == ' ' ? 0 : -1;
+    else if (c >= '0' && c <= '9')
+      v = c - '0';
+    else if (c >= 'a' && c <= 'f')
+      v = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F')
+      v = c - 'A' + 10;
+    if (v < 0) {
+      wstun__log(t->log, WSTUN_LOG_WARN, "tunnel: message without id: dropped");
+      t->drop = 1;
+      return;
+    }
+    if (t->prefix_got < 4)
+      t->in_id = (uint16_t)((t->in_id << 4) | v);
+    if (++t->prefix_got == WSTUN__PROTO_PREFIX_LEN) {
+      t->sink = t->cbs->on_msg_begin(t, t->in_id);
+      if (t->sink == NULL) {
+        t->drop = 1;
+        return;
+      }
+    }
+  }
+  if (n > 0 && t->sink != NULL) {
+    if (t->cbs->on_msg_data(t, t->sink, d, n) != 0) {
+      t->cbs->on_msg_end(t, t->sink, 0);
+      t->sink = NULL;
+      t->drop = 1;
+    }
+  }
+}
+
+static void ws_frame_end(wslay_event_context_ptr ctx, void *ud) {
+  wstun__tunnel *t = ud;
+  (void)ctx;
+  if (t->frame_ctrl || !t->in_msg || !t->frame_fin)
+    return;
+  t->in_msg = 0;
+  if (t->sink != NULL && !t->drop) {
+    void *sink = t->sink;
+    t->sink = NULL;
+    t->cbs->on_msg_end(t, sink, 1);
+  }
+  t->sink = NULL;
+  t->drop = 0;
+}
+
+static void ws_msg(wslay_event_context_ptr ctx,
+                   const struct wslay_event_on_msg_recv_arg *a, void *ud) {
+  /* Only control frames arrive here (no_buffering mode). Pings are
+   * answered by wslay itself; any frame counts as a sign of life. */
+  (void)ctx;
+  (void)a;
+  (void)ud;
+}
+
+/* ---- pumping ------------------------------------------------------------ */
+
+static void tunnel_fail(wstun__tunnel *t, int err);
+
+static void pump(wstun__tunnel *t) {
+  if (t->pumping || t->closing)
+    return;
+  t->pumping = 1;
+  for (;;) {
+    if (t->cur == NULL && t->q_head != NULL) {
+      wstun__outmsg *m = t->q_head;
+      t->q_head = m->next;
+      if (t->q_head == NULL)
+        t->q_tail = NULL;
+      m->next = NULL;
+      t->cur = m;
+      struct wslay_event_fragmented_msg fm;
+      memset(&fm, 0, sizeof(fm));
+      fm.opcode = WSLAY_BINARY_FRAME;
+      fm.source.data = t;
+      fm.read_callback = ws_read_msg;
+      if (wslay_event_queue_fragmented_msg(t->ws, &fm) != 0) {
+        t->pumping = 0;
+        tunnel_fail(t, WSTUN_ENOMEM);
+        return;
+      }
+    }
+    if (wslay_event_send(t->ws) != 0) {
+      t->pumping = 0;
+      tunnel_fail(t, WSTUN_ECLOSED);
+      return;
+    }
+    /* tell owners outside of wslay's call stack */
+    while (t->sent_head != NULL) {
+      wstun__outmsg *m = t->sent_head;
+      t->sent_head = m->next;
+      m->next = NULL;
+      if (m->owner && m->cbs->on_sent)
+        m->cbs->on_sent(m->owner, m);
+      wstun__outmsg_free(m);
+    }
+    wstun__outmsg *c = t->cur;
+    if (c && c->paused_src && wstun__buf_size(&c->buf) < WSTUN__PIPE_HIGH / 2) {
+      c->paused_src = 0;
+      if (c->owner && c->cbs->on_drain)
+        c->cbs->on_drain(c->owner, c);
+    }
+    if (t->closing)
+      break;
+    if (t->cur == NULL && t->q_head != NULL && !wstun__conn_congested(t->conn))
+      continue;
+    break;
+  }
+  t->pumping = 0;
+  if (!t->closing) {
+    wstun__conn_flush(t->conn);
+    if (wslay_event_get_close_sent(t->ws))
+      tunnel_fail(t, t->err ? t->err : WSTUN_ECLOSED);
+  }
+}
+
+void wstun__tunnel_kick(wstun__tunnel *t) { pump(t); }
+
+void wstun__tunnel_send(wstun__tunnel *t, wstun__outmsg *m) {
+  m->queued = 1;
+  m->tunnel = t;
+  m->next = NULL;
+  if (t->closing) {
+    /* never sent: hand it straight back */
+    m->queued = 0;
+    m->tunnel = NULL;
+    if (m->owner && m->cbs->on_failed)
+      m->cbs->on_failed(m->owner, m, 1);
+    else
+      wstun__outmsg_free(m);
+    return;
+  }
+  if (t->q_tail)
+    t->q_tail->next = m;
+  else
+    t->q_head = m;
+  t->q_tail = m;
+  pump(t);
+}
+
+size_t wstun__tunnel_queued(const wstun__tunnel *t) {
+  size_t n = 0;
+  for (const wstun__outmsg *m = t->q_head; m; m = m->next)
+    n++;
+  return n;
+}
+
+/* ---- conn callbacks ----------------------------------------------------- */
+
+static size_t tun_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
+  wstun__tunnel *t = c->owner;
+  if (t->closing)
+    return len;
+  t->last_rx = uv_now(t->timer.loop);
+  t->in = data;
+  t->in_len = len;
+  int rc = wslay_event_recv(t->ws);
+  size_t used = len - t->in_len;
+  t->in = NULL;
+  t->in_len = 0;
+  if (rc != 0) {
+    tunnel_fail(t, WSTUN_EPROTO);
+    return len;
+  }
+  pump(t);
+  if (!t->closing && !wslay_event_want_read(t->ws) &&
+      !wslay_event_want_write(t->ws))
+    tunnel_fail(t, t->err ? t->err : WSTUN_ECLOSED);
+  return t->closing ? len : used;
+}
+
+static void tun_on_end(wstun__conn *c, int err) {
+  wstun__tunnel *t = c->owner;
+  (void)err;
+  tunnel_fail(t, WSTUN_ECLOSED);
+}
+
+static void tun_on_drain(wstun__conn *c) { pump((wstun__tunnel *)c->owner); }
+
+static void maybe_free(wstun__tunnel *t) {
+  if (!t->conn_closed || !t->timer_closed)
+    return;
+  wslay_event_context_free(t->ws);
+  if (t->cbs->on_freed)
+    t->cbs->on_freed(t->owner);
+  wstun__free(t);
+}
+
+static void tun_on_close(wstun__conn *c) {
+  wstun__tunnel *t = c->owner;
+  t->conn = NULL;
+  t->conn_closed = 1;
+  maybe_free(t);
+}
+
+static const wstun__conn_cbs tunnel_conn_cbs = {
+    .on_data = tun_on_data,
+    .on_end = tun_on_end,
+    .on_drain = tun_on_drain,
+    .on_close = tun_on_close,
+};
+
+static void on_timer_closed(uv_handle_t *h) {
+  wstun__tunnel *t = h->data;
+  t->timer_closed = 1;
+  maybe_free(t);
+}
+
+static void fail_msg(wstun__outmsg *m, int restartable) {
+  m->queued = 0;
+  m->tunnel = NULL;
+  m->next = NULL;
+  if (m->owner && m->cbs->on_failed)
+    m->cbs->on_failed(m->owner, m, restartable);
+  else
+    wstun__outmsg_free(m);
+}
+
+static void tunnel_fail(wstun__tunnel *t, int err) {
+  if (t->closing)
+    return;
+  t->closing = 1;
+  t->err = err;
+  uv_timer_stop(&t->timer);
+  uv_close((uv_handle_t *)&t->timer, on_timer_closed);
+  /* A close frame or final frames still buffered get one write attempt
+   * (libuv writes at once when it can); a dead peer must not keep the
+   * socket open. */
+  if (t->conn) {
+    wstun__conn_flush(t->conn);
+    wstun__conn_close(t->conn);
+  }
+  if (t->in_msg && t->sink) {
+    void *sink = t->sink;
+    t->sink = NULL;
+    t->cbs->on_msg_end(t, sink, 0);
+  }
+  /* the owner unlinks the tunnel before failed messages come back, so they
+   * are never re-queued onto it */
+  t->cbs->on_closed(t, err);
+  while (t->sent_head) {
+    wstun__outmsg *m = t->sent_head;
+    t->sent_head = m->next;
+    if (m->owner && m->cbs->on_sent)
+      m->cbs->on_sent(m->owner, m);
+    wstun__outmsg_free(m);
+  }
+  if (t->cur) {
+    wstun__outmsg *m = t->cur;
+    t->cur = NULL;
+    fail_msg(m, !m->started);
+  }
+  while (t->q_head) {
+    wstun__outmsg *m = t->q_head;
+    t->q_head = m->next;
+    fail_msg(m, !m->started);
+  }
+  t->q_tail = NULL;
+}
+
+void wstun__tunnel_close(wstun__tunnel *t, int err) {
+  if (t->closing)
+    return;
+  if (t->ws && t->conn && !t->conn->closing) {
+    wslay_event_queue_close(t->ws, WSLAY_CODE_NORMAL_CLOSURE, NULL, 0);
+    wslay_event_send(t->ws);
+  }
+  tunnel_fail(t, err);
+}
+
+static void on_tick(uv_timer_t *timer) {
+  wstun__tunnel *t = timer->data;
+  uint64_t now = uv_now(timer->loop);
+  if (t->dead_after_ms && now - t->last_rx >= t->dead_after_ms) {
+    wstun__log(t->log, WSTUN_LOG_INFO, "tunnel: nothing heard for %llu ms: closing",
+               (unsigned long long)(now - t->last_rx));
+    tunnel_fail(t, WSTUN_ETIMEDOUT);
+    return;
+  }
+  if (t->ping_interval_ms) {
+    struct wslay_event_msg ping = {WSLAY_PING, (const uint8_t *)"wstun", 5};
+    wslay_event_queue_msg(t->ws, &ping);
+    pump(t);
+  }
+}
+
+static void on_first_tick(uv_timer_t *timer) {
+  wstun__tunnel *t = timer->data;
+  uint64_t tick = t->ping_interval_ms ? t->ping_interval_ms : t->dead_after_ms / 4;
+  if (tick < 250)
+    tick = 250;
+  uv_timer_start(&t->timer, on_tick, tick, tick);
+  wstun__conn_resume(t->conn);
+}
+
+void wstun__tunnel_pause_rx(wstun__tunnel *t) { t->rx_paused = 1; }
+
+void wstun__tunnel_forget_sink(wstun__tunnel *t, void *sink) {
+  if (t->sink == sink && sink != NULL) {
+    t->sink = NULL;
+    t->drop = 1;
+  }
+}
+
+void wstun__tunnel_resume_rx(wstun__tunnel *t) {
+  if (!t->rx_paused || t->closing)
+    return;
+  t->rx_paused = 0;
+  /* wslay may hold bytes it read ahead: let it parse them first */
+  t->in = NULL;
+  t->in_len = 0;
+  if (wslay_event_recv(t->ws) != 0) {
+    tunnel_fail(t, WSTUN_EPROTO);
+    return;
+  }
+  pump(t);
+  if (!t->closing && !t->rx_paused)
+    wstun__conn_resume(t->conn);
+}
+
+int wstun__tunnel_start(wstun__tunnel **out, uv_loop_t *loop, wstun__conn *conn,
+                        int is_server, wstun__rng *rng,
+                        const wstun__logger *log, uint64_t ping_interval_ms,
+                        uint64_t dead_after_ms, const wstun__tunnel_cbs *cbs,
+                        void *owner, const uint8_t *leftover, size_t n) {
+  static const struct wslay_event_callbacks wcbs = {
+      ws_recv,        ws_send,      ws_genmask, ws_frame_start,
+      ws_frame_chunk, ws_frame_end, ws_msg};
+  wstun__tunnel *t = wstun__calloc(1, sizeof(*t));
+  if (t == NULL)
+    return WSTUN_ENOMEM;
+  int rc = is_server ? wslay_event_context_server_init(&t->ws, &wcbs, t)
+                     : wslay_event_context_client_init(&t->ws, &wcbs, t);
+  if (rc != 0) {
+    wstun__free(t);
+    return WSTUN_ENOMEM;
+  }
+  wslay_event_config_set_no_buffering(t->ws, 1);
+  /* the largest control frame is 125 bytes; data is streamed, unbounded */
+  wslay_event_config_set_max_recv_msg_length(t->ws, UINT64_MAX);
+  t->conn = conn;
+  t->is_server = is_server;
+  t->rng = rng;
+  t->log = log;
+  t->cbs = cbs;
+  t->owner = owner;
+  t->ping_interval_ms = ping_interval_ms;
+  t->dead_after_ms = dead_after_ms;
+  uv_timer_init(loop, &t->timer);
+  t->timer.data = t;
+  t->last_rx = uv_now(loop);
+  /* Bytes that followed the handshake are parsed on the first loop turn,
+   * so on_closed never fires before this returns. */
+  if (n > 0 && wstun__buf_append(&conn->pending, leftover, n) != 0) {
+    uv_close((uv_handle_t *)&t->timer, NULL);
+    wslay_event_context_free(t->ws);
+    wstun__free(t);
+    return WSTUN_ENOMEM;
+  }
+  wstun__conn_set_owner(conn, &tunnel_conn_cbs, t);
+  wstun__conn_pause(conn);
+  uv_timer_start(&t->timer, on_first_tick, 0, 0);
+  *out = t;
+  return 0;
+}

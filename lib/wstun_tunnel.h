@@ -1,0 +1,135 @@
+/* One tunnel connection: a WebSocket (wslay) over a wstun__conn, carrying
+ * v1 tunnel messages in both directions, shared by server and client.
+ *
+ * Outgoing messages are wstun__outmsg byte pipes: a producer appends to
+ * msg->buf and calls wstun__tunnel_kick(); the tunnel sends them one after
+ * the other as fragmented WebSocket messages, so a message never has to be
+ * held whole. A producer hands a message over only once it is complete or
+ * big enough to stream (see WSTUN__STREAM_AT): small messages never block
+ * the tunnel while their producer is slow.
+ *
+ * Incoming messages are streamed to a sink the owner picks per message id;
+ * a sink that cannot keep up pauses the whole tunnel (messages are not
+ * interleaved on the wire, so nothing else could be read anyway). */
+#ifndef WSTUN_TUNNEL_H
+#define WSTUN_TUNNEL_H
+
+#include <stdint.h>
+#include <uv.h>
+#include <wslay/wslay.h>
+
+#include "wstun_buf.h"
+#include "wstun_conn.h"
+#include "wstun_log.h"
+#include "wstun_rng.h"
+
+/* A message is handed to the tunnel once complete or this big. */
+#define WSTUN__STREAM_AT (64 * 1024)
+/* A producer pauses its source above this many buffered bytes. */
+#define WSTUN__PIPE_HIGH (256 * 1024)
+
+typedef struct wstun__tunnel wstun__tunnel;
+typedef struct wstun__outmsg wstun__outmsg;
+
+typedef struct wstun__outmsg_cbs {
+  /* Every byte was handed to the socket layer. The tunnel frees msg right
+   * after this returns. */
+  void (*on_sent)(void *owner, wstun__outmsg *msg);
+  /* The buffer fell below half of WSTUN__PIPE_HIGH: resume the source. */
+  void (*on_drain)(void *owner, wstun__outmsg *msg);
+  /* The tunnel died with msg queued. `restartable` is 1 when no byte of it
+   * was sent (it may be re-sent elsewhere). Ownership of msg returns to the
+   * owner. */
+  void (*on_failed)(void *owner, wstun__outmsg *msg, int restartable);
+} wstun__outmsg_cbs;
+
+struct wstun__outmsg {
+  wstun__buf buf;      /* bytes not yet taken by the tunnel, prefix first */
+  unsigned finished : 1, queued : 1, started : 1, paused_src : 1;
+  wstun__tunnel *tunnel;
+  wstun__outmsg *next;
+  const wstun__outmsg_cbs *cbs;
+  void *owner;         /* NULL once the owner gave up on it */
+};
+
+wstun__outmsg *wstun__outmsg_new(const wstun__outmsg_cbs *cbs, void *owner);
+void wstun__outmsg_free(wstun__outmsg *m);
+/* The owner no longer wants it: freed now if not queued; if the tunnel is
+ * sending it, it is ended early with what it holds (the receiver sees an
+ * incomplete HTTP message) and freed when sent. */
+void wstun__outmsg_abandon(wstun__outmsg *m);
+/* 1 when the producer should pause (buffer above WSTUN__PIPE_HIGH). */
+int wstun__outmsg_full(wstun__outmsg *m);
+
+typedef struct wstun__tunnel_cbs {
+  /* A message with this id begins. Return the sink for its bytes, or NULL
+   * to drop the message. */
+  void *(*on_msg_begin)(wstun__tunnel *t, uint16_t id);
+  /* Bytes of the message after the id prefix. Nonzero drops the rest. */
+  int (*on_msg_data)(wstun__tunnel *t, void *sink, const uint8_t *data,
+                     size_t len);
+  /* The message ended (complete = 0 when the tunnel died mid-message). */
+  void (*on_msg_end)(wstun__tunnel *t, void *sink, int complete);
+  /* The tunnel is dead (err: WSTUN_ECLOSED, WSTUN_ETIMEDOUT, WSTUN_EPROTO
+   * …): drop every pointer to it. Fires first, inside whatever call
+   * detected the end; queued messages are handed back through on_failed
+   * right after it. The memory is released later, by the tunnel itself. */
+  void (*on_closed)(wstun__tunnel *t, int err);
+  /* The tunnel's memory is gone (after on_closed); owner is the pointer
+   * given at start. May be NULL. */
+  void (*on_freed)(void *owner);
+} wstun__tunnel_cbs;
+
+struct wstun__tunnel {
+  wstun__conn *conn;
+  wslay_event_context_ptr ws;
+  uv_timer_t timer;
+  int is_server;
+  wstun__rng *rng;
+  const wstun__logger *log;
+  const wstun__tunnel_cbs *cbs;
+  void *owner;
+  /* outgoing */
+  wstun__outmsg *q_head, *q_tail; /* ready, waiting their turn */
+  wstun__outmsg *cur;             /* being read by wslay */
+  wstun__outmsg *sent_head;       /* finished, owners to be told */
+  /* incoming */
+  const uint8_t *in;
+  size_t in_len;
+  int in_msg, frame_ctrl, frame_fin;
+  uint16_t in_id;
+  uint8_t prefix_got;
+  void *sink;
+  int drop;
+  int rx_paused;
+  /* liveness */
+  uint64_t last_rx;
+  uint64_t ping_interval_ms, dead_after_ms;
+  int closing, err, pumping, timer_closed, conn_closed;
+};
+
+/* Takes over `conn` (already upgraded) and starts reading; `leftover` are
+ * bytes that came after the handshake. 0 or WSTUN_ENOMEM; on error the
+ * caller still owns conn. */
+int wstun__tunnel_start(wstun__tunnel **out, uv_loop_t *loop, wstun__conn *conn,
+                        int is_server, wstun__rng *rng,
+                        const wstun__logger *log, uint64_t ping_interval_ms,
+                        uint64_t dead_after_ms, const wstun__tunnel_cbs *cbs,
+                        void *owner, const uint8_t *leftover, size_t n);
+
+/* Hands a ready message over (it must start with its id prefix). */
+void wstun__tunnel_send(wstun__tunnel *t, wstun__outmsg *m);
+/* The producer of the message being sent added bytes or finished. */
+void wstun__tunnel_kick(wstun__tunnel *t);
+/* A sink asks for no more input for now / resumes it. */
+void wstun__tunnel_pause_rx(wstun__tunnel *t);
+void wstun__tunnel_resume_rx(wstun__tunnel *t);
+/* A sink is going away: drop the rest of its message if it is the one
+ * being received. */
+void wstun__tunnel_forget_sink(wstun__tunnel *t, void *sink);
+/* Sends a close frame and closes; on_closed fires later. */
+void wstun__tunnel_close(wstun__tunnel *t, int err);
+/* Number of messages queued (not yet started). */
+size_t wstun__tunnel_queued(const wstun__tunnel *t);
+
+#endif

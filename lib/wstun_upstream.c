@@ -1,0 +1,530 @@
+/* Connections from the tunnel client to HTTP backends, kept alive in a
+ * pool per backend. Each carries one request at a time: the request bytes
+ * flow from the tunnel to the backend, the response is parsed, re-framed
+ * and streamed back into a tunnel message. */
+#include <stdio.h>
+#include <string.h>
+
+#include "wstun_alloc.h"
+#include "wstun_client_int.h"
+#include "wstun_proto.h"
+
+#define IDLE_EXPIRE_MS 30000      /* shorter than common backend keep-alives */
+#define CONNECT_TIMEOUT_MS 10000
+#define REPLAY_MAX (64 * 1024)    /* requests up to this size can be retried */
+#define RESP_MAX_HEAD (1 << 20)
+
+struct wstun__upstream {
+  wstun_client *cli;
+  wstun__conn *conn;
+  char *key;
+  wstun_request *req;
+  wstun__http_parser parser;
+  uv_timer_t timer;
+  uv_getaddrinfo_t gai;
+  wstun__upstream *prev, *next; /* cli->ups */
+  wstun__upstream *idle_next;   /* cli->idle */
+  int connected, reused, got_bytes, idle, resolving;
+  int closing, timer_closed, conn_closed, paused_by_msg;
+};
+
+static const wstun__conn_cbs up_conn_cbs;
+static const wstun__http_parser_cbs resp_cbs;
+static void up_close(wstun__upstream *up);
+static void connect_new(wstun_request *req);
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static void idle_remove(wstun__upstream *up) {
+  if (!up->idle)
+    return;
+  wstun__upstream **pp = &up->cli->idle;
+  while (*pp && *pp != up)
+    pp = &(*pp)->idle_next;
+  if (*pp)
+    *pp = up->idle_next;
+  up->idle = 0;
+  up->idle_next = NULL;
+  up->cli->nidle--;
+}
+
+static void up_maybe_free(wstun__upstream *up) {
+  if (!up->timer_closed || !up->conn_closed || up->resolving)
+    return;
+  wstun_client *cli = up->cli;
+  if (up->prev)
+    up->prev->next = up->next;
+  else
+    cli->ups = up->next;
+  if (up->next)
+    up->next->prev = up->prev;
+  wstun__http_parser_free(&up->parser);
+  wstun__free(up->key);
+  wstun__free(up);
+  cli->live--;
+  wstun__client_release(cli);
+}
+
+static void up_timer_closed(uv_handle_t *h) {
+  wstun__upstream *up = h->data;
+  up->timer_closed = 1;
+  up_maybe_free(up);
+}
+
+static void up_conn_closed(wstun__conn *c) {
+  wstun__upstream *up = c->owner;
+  up->conn = NULL;
+  up->conn_closed = 1;
+  up_maybe_free(up);
+}
+
+static void up_close(wstun__upstream *up) {
+  if (up->closing)
+    return;
+  up->closing = 1;
+  idle_remove(up);
+  if (up->req) {
+    up->req->up = NULL;
+    up->req = NULL;
+  }
+  uv_timer_stop(&up->timer);
+  uv_close((uv_handle_t *)&up->timer, up_timer_closed);
+  if (up->resolving)
+    uv_cancel((uv_req_t *)&up->gai);
+  if (up->conn)
+    wstun__conn_close(up->conn);
+  else
+    up->conn_closed = 1;
+  up_maybe_free(up);
+}
+
+static wstun__upstream *up_new(wstun_client *cli, const char *key) {
+  wstun__upstream *up = wstun__calloc(1, sizeof(*up));
+  if (up == NULL)
+    return NULL;
+  up->cli = cli;
+  up->key = wstun__strdup(key);
+  up->conn = wstun__conn_new(cli->loop, &cli->shared, &up_conn_cbs, up);
+  if (up->key == NULL || up->conn == NULL) {
+    wstun__free(up->key);
+    if (up->conn)
+      wstun__conn_close(up->conn); /* its on_close finds conn_closed unset */
+    wstun__free(up);
+    return NULL;
+  }
+  uv_timer_init(cli->loop, &up->timer);
+  up->timer.data = up;
+  wstun__http_parser_init(&up->parser, HTTP_RESPONSE, RESP_MAX_HEAD, 0,
+                          &resp_cbs, up);
+  up->next = cli->ups;
+  if (cli->ups)
+    cli->ups->prev = up;
+  cli->ups = up;
+  cli->live++;
+  return up;
+}
+
+void wstun__upstream_close_all(wstun_client *cli) {
+  wstun__upstream *up = cli->ups;
+  while (up) {
+    wstun__upstream *next = up->next;
+    up_close(up);
+    up = next;
+  }
+}
+
+void wstun__upstream_detach(wstun_request *req) {
+  wstun__upstream *up = req->up;
+  if (up == NULL)
+    return;
+  req->up = NULL;
+  up->req = NULL;
+  up_close(up); /* mid-exchange: the connection cannot be reused */
+}
+
+/* ---- failing ------------------------------------------------------------ */
+
+/* The backend failed before answering anything. */
+static void fail_before_response(wstun__upstream *up, const char *why) {
+  wstun_request *req = up->req;
+  up->req = NULL;
+  if (req)
+    req->up = NULL;
+  int reused = up->reused;
+  up_close(up);
+  if (req == NULL)
+    return;
+  /* a kept-alive connection may have been closed by the backend just as
+   * we reused it: replay the request once on a fresh connection */
+  if (reused && !req->retried && req->replay_ok) {
+    req->retried = 1;
+    wstun__buf both = WSTUN__BUF_INIT;
+    if (wstun__buf_append(&both, wstun__buf_data(&req->replay),
+                          wstun__buf_size(&req->replay)) == 0 &&
+        wstun__buf_append(&both, wstun__buf_data(&req->to_backend),
+                          wstun__buf_size(&req->to_backend)) == 0) {
+      wstun__buf_free(&req->to_backend);
+      req->to_backend = both;
+      wstun__buf_reset(&req->replay);
+      connect_new(req);
+      return;
+    }
+    wstun__buf_free(&both);
+  }
+  char msg[256];
+  snprintf(msg, sizeof(msg), "Backend %s unavailable: %s", req->backend_key, why);
+  wstun__log(&req->cli->log, WSTUN_LOG_WARN, "HTTP RET id=%04x status=502 %s",
+             req->id, msg);
+  req->state = WSTUN__CR_ANSWERED;
+  wstun__client_answer(req, 502, msg);
+  wstun__client_req_done(req);
+}
+
+/* The backend failed after the response head went out: end the tunnel
+ * message early so the requester sees a cut response, not a short one. */
+static void fail_mid_response(wstun__upstream *up) {
+  wstun_request *req = up->req;
+  up_close(up);
+  if (req == NULL)
+    return;
+  wstun__log(&req->cli->log, WSTUN_LOG_WARN,
+             "HTTP RET id=%04x: backend response cut short", req->id);
+  if (req->resp && !req->resp_handed) {
+    /* nothing reached the server yet: a clean error is still possible */
+    wstun__outmsg_free(req->resp);
+    req->resp = NULL;
+    req->resp_started = 0;
+    req->state = WSTUN__CR_ANSWERED;
+    wstun__client_answer(req, 502, "Backend response cut short");
+    wstun__client_req_done(req);
+    return;
+  }
+  if (req->resp) {
+    wstun__outmsg *m = req->resp;
+    req->resp = NULL;
+    wstun__outmsg_abandon(m);
+  }
+  req->resp_handed = 1;
+  req->state = WSTUN__CR_ANSWERED;
+  wstun__client_req_done(req);
+}
+
+static void on_backend_timeout(uv_timer_t *t) {
+  wstun__upstream *up = t->data;
+  if (up->idle) {
+    up_close(up); /* idle expiry */
+    return;
+  }
+  if (up->req && up->req->resp_started)
+    fail_mid_response(up);
+  else if (!up->connected)
+    fail_before_response(up, "connect timed out");
+  else {
+    wstun_request *req = up->req;
+    up->req = NULL;
+    if (req)
+      req->up = NULL;
+    up_close(up);
+    if (req) {
+      req->state = WSTUN__CR_ANSWERED;
+      wstun__client_answer(req, 504, "Backend timeout");
+      wstun__client_req_done(req);
+    }
+  }
+}
+
+/* ---- sending the request ------------------------------------------------ */
+
+static void flush_request(wstun__upstream *up) {
+  wstun_request *req = up->req;
+  if (req == NULL || !up->connected || up->closing)
+    return;
+  size_t n = wstun__buf_size(&req->to_backend);
+  if (n > 0) {
+    if (req->replay_ok) {
+      if (wstun__buf_size(&req->replay) + n <= REPLAY_MAX)
+        wstun__buf_append(&req->replay, wstun__buf_data(&req->to_backend), n);
+      else {
+        req->replay_ok = 0;
+        wstun__buf_free(&req->replay);
+      }
+    }
+    wstun__conn_write(up->conn, wstun__buf_data(&req->to_backend), n);
+    wstun__buf_reset(&req->to_backend);
+  }
+  if (req->t && !req->paused_tunnel && wstun__conn_congested(up->conn)) {
+    req->paused_tunnel = 1;
+    wstun__tunnel_pause_rx(req->t);
+  }
+}
+
+void wstun__upstream_push(wstun_request *req) {
+  wstun__upstream *up = req->up;
+  if (up == NULL)
+    return;
+  flush_request(up);
+  if (up->paused_by_msg && (req->resp == NULL ||
+                            !wstun__outmsg_full(req->resp))) {
+    up->paused_by_msg = 0;
+    wstun__conn_resume(up->conn);
+  }
+}
+
+static void up_on_connect(wstun__conn *c, int status) {
+  wstun__upstream *up = c->owner;
+  if (status != 0) {
+    fail_before_response(up, uv_strerror(status));
+    return;
+  }
+  up->connected = 1;
+  uv_timer_start(&up->timer, on_backend_timeout, up->cli->backend_timeout_ms, 0);
+  wstun__conn_start_read(up->conn);
+  flush_request(up);
+}
+
+static void start_connect(wstun__upstream *up, const struct sockaddr *addr) {
+  int rc = wstun__conn_connect(up->conn, addr);
+  if (rc != 0)
+    fail_before_response(up, uv_strerror(rc));
+}
+
+static void up_on_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *res) {
+  wstun__upstream *up = r->data;
+  up->resolving = 0;
+  if (up->closing || status != 0 || res == NULL) {
+    uv_freeaddrinfo(res);
+    if (!up->closing)
+      fail_before_response(up, status == 0 ? "no address" : uv_strerror(status));
+    else
+      up_maybe_free(up);
+    return;
+  }
+  start_connect(up, res->ai_addr);
+  uv_freeaddrinfo(res);
+}
+
+static void connect_new(wstun_request *req) {
+  wstun_client *cli = req->cli;
+  wstun__upstream *up = up_new(cli, req->backend_key);
+  if (up == NULL) {
+    req->state = WSTUN__CR_ANSWERED;
+    wstun__client_answer(req, 502, "Out of memory");
+    return;
+  }
+  up->req = req;
+  req->up = up;
+  uv_timer_start(&up->timer, on_backend_timeout, CONNECT_TIMEOUT_MS, 0);
+  struct sockaddr_storage ss;
+  const char *host = req->backend_host;
+  int port = req->backend_port;
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) == 0 ||
+      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) == 0) {
+    start_connect(up, (struct sockaddr *)&ss);
+    return;
+  }
+  char service[16];
+  snprintf(service, sizeof(service), "%d", port);
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  up->gai.data = up;
+  up->resolving = 1;
+  if (uv_getaddrinfo(cli->loop, &up->gai, up_on_resolved, host, service,
+                     &hints) != 0) {
+    up->resolving = 0;
+    fail_before_response(up, "cannot resolve");
+  }
+}
+
+void wstun__upstream_start(wstun_request *req) {
+  wstun_client *cli = req->cli;
+  req->replay_ok = 1;
+  for (wstun__upstream *up = cli->idle; up; up = up->idle_next) {
+    if (strcmp(up->key, req->backend_key) != 0)
+      continue;
+    idle_remove(up);
+    up->reused = 1;
+    up->req = req;
+    req->up = up;
+    wstun__http_parser_resume(&up->parser);
+    uv_timer_start(&up->timer, on_backend_timeout, cli->backend_timeout_ms, 0);
+    wstun__conn_resume(up->conn);
+    wstun__conn_start_read(up->conn);
+    flush_request(up);
+    return;
+  }
+  connect_new(req);
+}
+
+/* ---- the response ------------------------------------------------------- */
+
+static void hand_over(wstun_request *req) {
+  if (req->resp && !req->resp_handed && req->t &&
+      (req->resp->finished || wstun__buf_size(&req->resp->buf) >= WSTUN__STREAM_AT)) {
+    req->resp_handed = 1;
+    wstun__tunnel_send(req->t, req->resp);
+  } else if (req->resp && req->resp_handed && req->t) {
+    wstun__tunnel_kick(req->t);
+  }
+}
+
+static int resp_on_head(void *ud, wstun__http_head *h) {
+  wstun__upstream *up = ud;
+  wstun_request *req = up->req;
+  if (req == NULL)
+    return -1;
+  int status = h->status;
+  int no_body = req->method == HTTP_HEAD || status == 204 || status == 304 ||
+                (status >= 100 && status < 200);
+  int has_len = h->has_content_length;
+  uint64_t clen = h->content_length;
+  wstun__http_head_strip_hop_by_hop(h, 1);
+  char len[32];
+  int rc = 0;
+  req->resp_chunked = 0;
+  if (has_len) {
+    snprintf(len, sizeof(len), "%llu", (unsigned long long)clen);
+    rc |= wstun__http_head_add(h, "Content-Length", len);
+  } else if (!no_body) {
+    rc |= wstun__http_head_add(h, "Transfer-Encoding", "chunked");
+    req->resp_chunked = 1;
+  }
+  req->resp = wstun__outmsg_new(&wstun__resp_msg_cbs, req);
+  if (rc != 0 || req->resp == NULL)
+    return -1;
+  uint8_t prefix[WSTUN__PROTO_PREFIX_LEN];
+  wstun__proto_write_prefix(req->id, prefix);
+  if (wstun__buf_append(&req->resp->buf, prefix, sizeof(prefix)) != 0 ||
+      wstun__http_head_write(h, &req->resp->buf) != 0)
+    return -1;
+  req->resp_started = 1;
+  wstun__log(&req->cli->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d",
+             req->id, status);
+  return no_body ? 1 : 0;
+}
+
+static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
+  wstun__upstream *up = ud;
+  wstun_request *req = up->req;
+  if (req == NULL || req->resp == NULL)
+    return -1;
+  wstun__buf *b = &req->resp->buf;
+  int rc = 0;
+  if (req->resp_chunked) {
+    rc |= wstun__http_write_chunk_header(b, n);
+    rc |= wstun__buf_append(b, d, n);
+    rc |= wstun__buf_append(b, "\r\n", 2);
+  } else {
+    rc = wstun__buf_append(b, d, n);
+  }
+  if (rc != 0)
+    return -1;
+  hand_over(req);
+  if (req->resp && wstun__outmsg_full(req->resp) && !up->paused_by_msg) {
+    up->paused_by_msg = 1;
+    wstun__conn_pause(up->conn);
+  }
+  return 0;
+}
+
+static int resp_on_complete(void *ud) {
+  wstun__upstream *up = ud;
+  wstun_request *req = up->req;
+  if (req == NULL || req->resp == NULL)
+    return -1;
+  if (req->resp_chunked &&
+      wstun__buf_append_str(&req->resp->buf, WSTUN__HTTP_LAST_CHUNK) != 0)
+    return -1;
+  req->resp->finished = 1;
+  int reusable = up->parser.head.keep_alive && req->req_complete &&
+                 wstun__buf_size(&req->to_backend) == 0;
+  up->req = NULL;
+  req->up = NULL;
+  if (!req->req_complete)
+    req->state = WSTUN__CR_ANSWERED; /* the rest of its body is discarded */
+  if (req->paused_tunnel && req->t) {
+    req->paused_tunnel = 0;
+    wstun__tunnel_resume_rx(req->t);
+  }
+  wstun_client *cli = up->cli;
+  size_t same = 0;
+  for (wstun__upstream *i = cli->idle; i; i = i->idle_next)
+    same += strcmp(i->key, up->key) == 0;
+  if (!reusable || cli->closing || same >= cli->max_idle) {
+    up_close(up);
+  } else {
+    up->idle = 1;
+    up->idle_next = cli->idle;
+    cli->idle = up;
+    cli->nidle++;
+    uv_timer_start(&up->timer, on_backend_timeout, IDLE_EXPIRE_MS, 0);
+  }
+  /* last: sending may complete at once and free req */
+  hand_over(req);
+  return 1; /* stop: the next response belongs to the next request */
+}
+
+static const wstun__http_parser_cbs resp_cbs = {
+    .on_head = resp_on_head,
+    .on_body = resp_on_body,
+    .on_complete = resp_on_complete,
+};
+
+/* ---- connection callbacks ----------------------------------------------- */
+
+static size_t up_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
+  wstun__upstream *up = c->owner;
+  if (up->idle || up->req == NULL) {
+    up_close(up); /* bytes nobody asked for: the connection is unusable */
+    return len;
+  }
+  up->got_bytes = 1;
+  size_t used = 0;
+  int rc = wstun__http_parser_feed(&up->parser, data, len, &used);
+  if (rc == WSTUN__HTTP_ERROR) {
+    if (up->req && up->req->resp_started)
+      fail_mid_response(up);
+    else
+      fail_before_response(up, "unparsable response");
+    return len;
+  }
+  if (rc == WSTUN__HTTP_PAUSED)
+    return len; /* response complete; anything after it is junk */
+  return used;
+}
+
+static void up_on_end(wstun__conn *c, int err) {
+  wstun__upstream *up = c->owner;
+  if (up->idle || up->req == NULL) {
+    up_close(up);
+    return;
+  }
+  if (up->req->resp_started) {
+    /* a body delimited by the connection's end completes here */
+    if (wstun__http_parser_finish(&up->parser) == WSTUN__HTTP_OK &&
+        up->req == NULL) {
+      up_close(up);
+      return;
+    }
+    fail_mid_response(up);
+    return;
+  }
+  fail_before_response(up, err == UV_EOF ? "connection closed" : uv_strerror(err));
+}
+
+static void up_on_drain(wstun__conn *c) {
+  wstun__upstream *up = c->owner;
+  wstun_request *req = up->req;
+  if (req && req->paused_tunnel && req->t) {
+    req->paused_tunnel = 0;
+    wstun__tunnel_resume_rx(req->t);
+  }
+}
+
+static const wstun__conn_cbs up_conn_cbs = {
+    .on_data = up_on_data,
+    .on_end = up_on_end,
+    .on_drain = up_on_drain,
+    .on_connect = up_on_connect,
+    .on_close = up_conn_closed,
+};

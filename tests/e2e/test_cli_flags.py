@@ -1,0 +1,165 @@
+"""Command-line behaviour of both apps: help, version, bad flags and values
+(one line on stderr naming the flag, exit 2), flag spellings."""
+
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (E2ETestCase, SRV_BIN, CLI_BIN, get, free_port, make_token,  # noqa: E402
+                     wait_until, main)
+
+
+def run(argv, timeout=10, env=None):
+    full_env = dict(os.environ)
+    full_env.pop("WSTUNNEL_PASSWORD", None)
+    if env:
+        full_env.update(env)
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                       env=full_env)
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+class Common(E2ETestCase):
+    def assertUsageError(self, argv, flag):
+        rc, out, err = run(argv)
+        self.assertEqual(rc, 2, "%s → rc %d, stderr %r" % (argv[1:], rc, err))
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        self.assertEqual(len(lines), 1, "expected one line on stderr for %s, got %r"
+                         % (argv[1:], err))
+        self.assertIn(flag, lines[0], "stderr does not name %r: %r" % (flag, lines[0]))
+
+
+class ServerFlags(Common):
+    def test_help(self):
+        for h in ("-h", "--help"):
+            rc, out, err = run([SRV_BIN, h])
+            self.assertEqual(rc, 0, h)
+            text = out + err
+            for flag in ("port", "host", "base-path", "passwords", "max-requests-per-tunnel",
+                         "max-clients-per-token", "wstimeout", "httptimeout", "log-level"):
+                self.assertIn(flag, text, "usage does not mention %s" % flag)
+
+    def test_version(self):
+        rc, out, err = run([SRV_BIN, "--version"])
+        self.assertEqual(rc, 0)
+        self.assertRegex(out + err, r"\d+\.\d+\.\d+")
+
+    def test_unknown_flag(self):
+        self.assertUsageError([SRV_BIN, "-bogus-flag"], "bogus-flag")
+        self.assertUsageError([SRV_BIN, "--bogus-flag", "1"], "bogus-flag")
+
+    def test_bad_values(self):
+        for flag, value in (("-port", "abc"), ("-port", "70000"), ("-port", "-1"),
+                            ("-wstimeout", "x"), ("-httptimeout", "1.5.3"),
+                            ("-max-requests-per-tunnel", "lots"),
+                            ("-max-clients-per-token", "-3"),
+                            ("-max-header-bytes", "big"), ("-max-body", "nope"),
+                            ("-forget-after", "soon"), ("-log-level", "loud"),
+                            ("-passwords", "no-colon-here")):
+            with self.subTest(flag=flag, value=value):
+                self.assertUsageError([SRV_BIN, "-host", "127.0.0.1", "-port", "0", flag, value],
+                                      flag.lstrip("-"))
+
+    def test_missing_value(self):
+        self.assertUsageError([SRV_BIN, "-host", "127.0.0.1", "-port"], "port")
+
+    def test_double_dash_flags(self):
+        srv = self.server("--log-level", "info", "--max-requests-per-tunnel", "5")
+        self.assertEqual(get(srv.port, "/_health_check").status, 200)
+
+    def test_fixed_port(self):
+        port = free_port()
+        srv = self.server(port=port)
+        self.assertEqual(srv.port, port)
+        self.assertEqual(get(port, "/_health_check").body, b"WSTUNSRV RUNNING\n")
+
+    def test_log_levels_accepted(self):
+        for level in ("error", "warn", "info", "debug", "DEBUG"):
+            with self.subTest(level=level):
+                srv = self.server("-log-level", level, wait_listen=False)
+                ok = wait_until(lambda: _health(srv.port), 10)
+                self.assertTrue(ok, "server with -log-level %s did not serve" % level)
+                srv.stop()
+
+    def test_error_level_is_quieter_than_debug(self):
+        def run_with(level):
+            srv = self.server("-log-level", level, wait_listen=False)
+            self.assertTrue(wait_until(lambda: _health(srv.port), 10))
+            for _ in range(3):
+                get(srv.port, "/_token/%s/x" % make_token())
+            srv.stop()
+            return len(srv.err_lines)
+        self.assertLess(run_with("error"), run_with("debug"))
+
+    def test_port_in_use(self):
+        srv = self.server()
+        rc, out, err = run([SRV_BIN, "-host", "127.0.0.1", "-port", str(srv.port)], timeout=10)
+        self.assertNotEqual(rc, 0)
+        self.assertTrue(err.strip(), "no message for a port in use")
+
+
+class ClientFlags(Common):
+    def test_help(self):
+        for h in ("-h", "--help"):
+            rc, out, err = run([CLI_BIN, h])
+            self.assertEqual(rc, 0, h)
+            text = out + err
+            for flag in ("tunnel", "token", "server", "regexp", "timeout", "log-level"):
+                self.assertIn(flag, text, "usage does not mention %s" % flag)
+
+    def test_version(self):
+        rc, out, err = run([CLI_BIN, "--version"])
+        self.assertEqual(rc, 0)
+        self.assertRegex(out + err, r"\d+\.\d+\.\d+")
+
+    def test_unknown_flag(self):
+        self.assertUsageError([CLI_BIN, "-tunnel", "ws://127.0.0.1:1", "-token", make_token(),
+                               "-nope"], "nope")
+
+    def test_bad_values(self):
+        tok = make_token()
+        base = ["-server", "http://127.0.0.1:1"]
+        cases = [
+            (["-tunnel", "ws://127.0.0.1:1", "-token", tok, "-timeout", "abc"], "timeout"),
+            (["-tunnel", "ws://127.0.0.1:1", "-token", "short"], "token"),
+            (["-tunnel", "not a url", "-token", tok], "tunnel"),
+            (["-tunnel", "ftp://127.0.0.1:1", "-token", tok], "tunnel"),
+            (["-tunnel", "ws://127.0.0.1:1", "-token", tok, "-regexp", "(unclosed"], "regexp"),
+            (["-tunnel", "ws://127.0.0.1:1", "-token", tok, "-log-level", "chatty"], "log-level"),
+        ]
+        for args, flag in cases:
+            with self.subTest(args=args):
+                self.assertUsageError([CLI_BIN] + args + base, flag)
+
+    def test_missing_required(self):
+        self.assertUsageError([CLI_BIN, "-token", make_token(), "-server", "http://127.0.0.1:1"],
+                              "tunnel")
+        self.assertUsageError([CLI_BIN, "-tunnel", "ws://127.0.0.1:1",
+                               "-server", "http://127.0.0.1:1"], "token")
+
+    def test_missing_value(self):
+        self.assertUsageError([CLI_BIN, "-tunnel", "ws://127.0.0.1:1", "-token"], "token")
+
+    def test_double_dash_flags(self):
+        from harness import wait_tunnels, Proc, CLI_BIN as CB
+        be = self.backend()
+        srv = self.server()
+        tok = make_token()
+        c = Proc([CB, "--tunnel", srv.ws_url(), "--token", tok, "--server", be.url,
+                  "--timeout", "10"], name="wstuncli")
+        self._procs.append(c)
+        self.addCleanup(self._checked_stop, c)
+        self.assertTrue(wait_tunnels(srv, 1))
+        self.assertEqual(get(srv.port, "/_token/%s/name" % tok).body, b"backend")
+
+
+def _health(port):
+    try:
+        return get(port, "/_health_check", timeout=1).status == 200
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Processes coming and going: restarts, reconnects, graceful stops,
+forgotten tokens, liveness timeouts."""
+
+import os
+import signal
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (E2ETestCase, HOST, Background, get, make_token, wait_tunnels,  # noqa: E402
+                     ws_connect, stats_tunnels, main)
+
+
+class Restarts(E2ETestCase):
+    def test_client_killed_and_restarted(self):
+        srv, cli, be, tok = self.tunnel()
+        self.assertStatus(get(srv.port, "/_token/%s/echo" % tok), 200)
+        cli.kill()
+        self.assertTrue(wait_tunnels(srv, 0), "server did not notice the dead client")
+        self.client(srv, tok, server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1))
+        r = get(srv.port, "/_token/%s/echo?again=1" % tok)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["path"], "/echo?again=1")
+
+    def test_requests_wait_for_reconnecting_client(self):
+        srv, cli, be, tok = self.tunnel()
+        cli.kill()
+        self.assertTrue(wait_tunnels(srv, 0))
+        pending = Background(get, srv.port, "/_token/%s/echo?waited=1" % tok, timeout=20)
+        time.sleep(1.0)
+        self.assertFalse(pending.done(), "request for a momentarily-down tunnel was answered: %r"
+                         % (pending.result(0) if pending.done() else None,))
+        self.client(srv, tok, server_url=be.url)
+        r = pending.result(15)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["path"], "/echo?waited=1")
+
+    def test_server_killed_and_restarted_same_port(self):
+        srv, cli, be, tok = self.tunnel()
+        port = srv.port
+        self.assertStatus(get(port, "/_token/%s/echo" % tok), 200)
+        srv.kill()
+        time.sleep(0.5)
+        srv2 = self.server(port=port)
+        t0 = time.monotonic()
+        self.assertTrue(wait_tunnels(srv2, 1, timeout=10), "client did not reconnect on its own")
+        self.assertLess(time.monotonic() - t0, 8.0)
+        r = get(port, "/_token/%s/echo?after=restart" % tok)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["path"], "/echo?after=restart")
+        self.assertTrue(cli.alive())
+
+    def test_client_started_before_server(self):
+        be = self.backend()
+        port = self._free_listen_port()
+        tok = make_token()
+        cli = self.client(port, tok, server_url=be.url)
+        time.sleep(1.5)
+        self.assertTrue(cli.alive(), "client gave up when the server was not there yet")
+        srv = self.server(port=port)
+        self.assertTrue(wait_tunnels(srv, 1, timeout=10))
+        self.assertStatus(get(port, "/_token/%s/echo" % tok), 200)
+
+    @staticmethod
+    def _free_listen_port():
+        from harness import free_port
+        return free_port()
+
+
+class GracefulStop(E2ETestCase):
+    def test_server_sigterm_finishes_inflight(self):
+        srv, cli, be, tok = self.tunnel()
+        slow = Background(get, srv.port, "/_token/%s/slow?ms=3000" % tok, timeout=20)
+        time.sleep(0.5)
+        srv.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # no longer accepting
+        with self.assertRaises(OSError):
+            s = socket.create_connection((HOST, srv.port), timeout=2)
+            try:
+                s.sendall(b"GET /_health_check HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.settimeout(2)
+                data = s.recv(100)
+                if not data:
+                    raise ConnectionResetError("closed")
+            finally:
+                s.close()
+        r = slow.result(15)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["path"], "/slow?ms=3000")
+        self.assertEqual(srv.wait(12), 0, "server exit code after SIGTERM")
+
+    def test_server_sigterm_idle_exits_fast(self):
+        srv, cli, be, tok = self.tunnel()
+        t0 = time.monotonic()
+        srv.send_signal(signal.SIGTERM)
+        self.assertEqual(srv.wait(10), 0)
+        self.assertLess(time.monotonic() - t0, 3.0)
+
+    def test_server_sigint_exits_zero(self):
+        srv = self.server()
+        srv.send_signal(signal.SIGINT)
+        self.assertEqual(srv.wait(10), 0)
+
+    def test_client_sigterm_finishes_inflight(self):
+        srv, cli, be, tok = self.tunnel()
+        slow = Background(get, srv.port, "/_token/%s/slow?ms=2000" % tok, timeout=20)
+        time.sleep(0.5)
+        cli.send_signal(signal.SIGTERM)
+        r = slow.result(15)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["path"], "/slow?ms=2000")
+        self.assertEqual(cli.wait(12), 0, "client exit code after SIGTERM")
+        self.assertTrue(wait_tunnels(srv, 0))
+
+    def test_client_sigint_exits_zero(self):
+        srv, cli, be, tok = self.tunnel()
+        t0 = time.monotonic()
+        cli.send_signal(signal.SIGINT)
+        self.assertEqual(cli.wait(10), 0)
+        self.assertLess(time.monotonic() - t0, 3.0)
+
+
+class Forget(E2ETestCase):
+    def test_token_forgotten_after_forget_after(self):
+        srv, cli, be, tok = self.tunnel("-forget-after", "2", "-httptimeout", "1")
+        self.assertEqual(cli.stop(), 0)
+        t0 = time.monotonic()
+        self.assertTrue(wait_tunnels(srv, 0))
+        # still known: the request waits for the client, then times out
+        r = get(srv.port, "/_token/%s/x" % tok, timeout=10)
+        t1 = time.monotonic()
+        self.assertLess(t1 - t0, 2.0, "test too slow to check before forgetting")
+        self.assertStatus(r, 504)
+        self.assertBody(r, "Tunnel timeout")
+        # forgotten ~2 s after the client left: then 404, at once
+        time.sleep(max(0.0, t0 + 2.5 - time.monotonic()))
+        deadline = t0 + 7.0
+        while True:
+            q0 = time.monotonic()
+            r = get(srv.port, "/_token/%s/x" % tok, timeout=10)
+            if r.status == 404 or time.monotonic() > deadline:
+                break
+            self.assertStatus(r, 504)
+            time.sleep(0.3)
+        self.assertStatus(r, 404)
+        self.assertBody(r, "Tunnel not found (or not seen in a long time)")
+        self.assertLess(time.monotonic() - q0, 0.8, "404 for a forgotten token should be immediate")
+
+
+class Liveness(E2ETestCase):
+    def test_silent_tunnel_is_closed_after_wstimeout(self):
+        srv = self.server("-wstimeout", "3")
+        hs = ws_connect(srv.port, make_token())
+        self.addCleanup(lambda: hs.ws and hs.ws.close())
+        self.assertEqual(hs.status, 101)
+        t0 = time.monotonic()
+        self.assertTrue(hs.ws.wait_closed(8, auto_pong=False), "silent tunnel never closed")
+        dt = time.monotonic() - t0
+        self.assertGreater(dt, 2.5, "closed after %.2fs, before -wstimeout" % dt)
+        self.assertLess(dt, 6.5)
+        self.assertTrue(wait_tunnels(srv, 0))
+
+    def test_pinging_tunnel_stays_open(self):
+        srv = self.server("-wstimeout", "3")
+        hs = ws_connect(srv.port, make_token())
+        self.addCleanup(lambda: hs.ws and hs.ws.close())
+        self.assertEqual(hs.status, 101)
+        t_end = time.monotonic() + 5.5
+        while time.monotonic() < t_end:
+            hs.ws.ping(b"k")
+            self.assertFalse(hs.ws.wait_closed(1.0, auto_pong=True),
+                             "pinging tunnel was closed")
+        self.assertTrue(wait_tunnels(srv, 1))
+
+    def test_wstimeout_clamped_to_3(self):
+        srv = self.server("-wstimeout", "1")
+        hs = ws_connect(srv.port, make_token())
+        self.addCleanup(lambda: hs.ws and hs.ws.close())
+        self.assertEqual(hs.status, 101)
+        t0 = time.monotonic()
+        self.assertTrue(hs.ws.wait_closed(8))
+        self.assertGreater(time.monotonic() - t0, 2.5, "-wstimeout 1 was not clamped to 3")
+
+    def test_real_client_keeps_tunnel_alive(self):
+        srv, cli, be, tok = self.tunnel("-wstimeout", "3", cli_flags=("-timeout", "3"))
+        # the client pings every second, so the server (wstimeout 3) must
+        # never drop it; every request is answered at once and the token
+        # stays registered throughout
+        t_end = time.monotonic() + 7
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            r = get(srv.port, "/_token/%s/echo" % tok, timeout=5)
+            self.assertStatus(r, 200)
+            self.assertLess(time.monotonic() - t0, 1.0)
+            self.assertEqual(stats_tunnels(srv), 1)
+            time.sleep(0.25)
+        self.assertTrue(cli.alive())
+
+
+if __name__ == "__main__":
+    main()

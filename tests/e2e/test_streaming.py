@@ -1,0 +1,165 @@
+"""Large and streamed bodies through the tunnel: byte-exact transfers and
+bounded memory (PROTOCOL.md §2: messages are streamed, never held whole)."""
+
+import hashlib
+import http.client
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (E2ETestCase, HOST, gen_bytes, expected_sha256, run_threads,  # noqa: E402
+                     main)
+
+MIB = 1024 * 1024
+RSS_LIMIT_KIB = int(os.environ.get("WSTUN_E2E_RSS_LIMIT_MIB", "64")) * 1024
+
+
+def download(port, path, stall_after=None, stall_s=0.0, timeout=60):
+    """GET path; returns (status, headers, length, sha256 hex). Optionally
+    stops reading for stall_s seconds once stall_after bytes came in."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        h = hashlib.sha256()
+        n = 0
+        stalled = False
+        while True:
+            piece = r.read(MIB)
+            if not piece:
+                break
+            h.update(piece)
+            n += len(piece)
+            if stall_after is not None and not stalled and n >= stall_after:
+                stalled = True
+                time.sleep(stall_s)
+        return r.status, r.headers, n, h.hexdigest()
+    finally:
+        conn.close()
+
+
+def upload(port, path, n, chunked=False, timeout=60):
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        if chunked:
+            conn.request("POST", path, body=gen_bytes(n, 300007), encode_chunked=True)
+        else:
+            conn.putrequest("POST", path)
+            conn.putheader("Content-Length", str(n))
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.endheaders()
+            for piece in gen_bytes(n):
+                conn.send(piece)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+class Streaming(E2ETestCase):
+    def assertRssBounded(self, *procs):
+        for p in procs:
+            self.assertTrue(p.alive(), "%s died" % p.name)
+            if p.sanitized():
+                sys.stderr.write("[%s: AddressSanitizer build, RSS bound not checked] "
+                                 % p.name)
+                continue
+            hwm = p.vm_hwm_kib()
+            self.assertLess(hwm, RSS_LIMIT_KIB, "%s peak RSS %d KiB" % (p.name, hwm))
+
+    def test_download_100mib_with_slow_reader(self):
+        srv, cli, be, tok = self.tunnel()
+        n = 100 * MIB
+        status, headers, got, sha = download(srv.port, "/_token/%s/bytes?n=%d" % (tok, n),
+                                             stall_after=4 * MIB, stall_s=2.0)
+        self.assertEqual(status, 200)
+        self.assertEqual(got, n)
+        self.assertEqual(sha, expected_sha256(n))
+        self.assertRssBounded(srv, cli)
+
+    def test_upload_100mib_with_slow_backend(self):
+        srv, cli, be, tok = self.tunnel()
+        n = 100 * MIB
+        status, body = upload(srv.port, "/_token/%s/upload?stall_ms=2000" % tok, n)
+        self.assertEqual(status, 200, body[:200])
+        import json
+        doc = json.loads(body)
+        self.assertEqual(doc["len"], n)
+        self.assertEqual(doc["sha256"], expected_sha256(n))
+        self.assertRssBounded(srv, cli)
+
+    def test_chunked_download(self):
+        srv, cli, be, tok = self.tunnel()
+        n = 20 * MIB + 3
+        status, headers, got, sha = download(srv.port, "/_token/%s/chunked?n=%d" % (tok, n))
+        self.assertEqual(status, 200)
+        self.assertEqual((got, sha), (n, expected_sha256(n)))
+
+    def test_close_delimited_download(self):
+        srv, cli, be, tok = self.tunnel()
+        n = 20 * MIB + 5
+        status, headers, got, sha = download(srv.port, "/_token/%s/close?n=%d" % (tok, n))
+        self.assertEqual(status, 200)
+        self.assertEqual((got, sha), (n, expected_sha256(n)))
+        # the tunnel is still usable afterwards
+        status, headers, got, sha = download(srv.port, "/_token/%s/bytes?n=10" % tok)
+        self.assertEqual((status, got), (200, 10))
+
+    def test_chunked_upload(self):
+        srv, cli, be, tok = self.tunnel()
+        n = 20 * MIB + 7
+        status, body = upload(srv.port, "/_token/%s/upload" % tok, n, chunked=True)
+        self.assertEqual(status, 200, body[:200])
+        import json
+        doc = json.loads(body)
+        self.assertEqual((doc["len"], doc["sha256"]), (n, expected_sha256(n)))
+
+    def test_parallel_downloads_do_not_mix(self):
+        srv, cli, be, tok = self.tunnel()
+        sizes = [5 * MIB + i * 4099 for i in range(6)]
+        res = run_threads(lambda n: download(srv.port, "/_token/%s/bytes?n=%d" % (tok, n)),
+                          [(n,) for n in sizes], timeout=60)
+        for n, r in zip(sizes, res):
+            self.assertNotIsInstance(r, BaseException, repr(r))
+            status, headers, got, sha = r
+            self.assertEqual((status, got, sha), (200, n, expected_sha256(n)))
+
+    def test_parallel_uploads_and_downloads(self):
+        import json
+        srv, cli, be, tok = self.tunnel()
+
+        def job(kind, n):
+            if kind == "up":
+                st, body = upload(srv.port, "/_token/%s/upload" % tok, n)
+                d = json.loads(body)
+                return st, d["len"], d["sha256"]
+            st, _, got, sha = download(srv.port, "/_token/%s/bytes?n=%d" % (tok, n))
+            return st, got, sha
+        jobs = [("up", 8 * MIB + 1), ("down", 8 * MIB + 2), ("up", 3 * MIB + 3),
+                ("down", 3 * MIB + 4)]
+        res = run_threads(job, jobs, timeout=60)
+        for (kind, n), r in zip(jobs, res):
+            self.assertNotIsInstance(r, BaseException, repr(r))
+            self.assertEqual(r, (200, n, expected_sha256(n)), kind)
+
+    def test_response_streams_before_backend_finishes(self):
+        srv, cli, be, tok = self.tunnel()
+        conn = http.client.HTTPConnection(HOST, srv.port, timeout=10)
+        self.addCleanup(conn.close)
+        t0 = time.monotonic()
+        conn.request("GET", "/_token/%s/drip?n=3&ms=900" % tok)
+        r = conn.getresponse()
+        self.assertEqual(r.status, 200)
+        first = r.read1(64)
+        t_first = time.monotonic() - t0
+        rest = r.read()
+        t_all = time.monotonic() - t0
+        self.assertEqual(first + rest, b"tick0\ntick1\ntick2\n")
+        self.assertGreater(t_all, 1.7)
+        self.assertLess(t_first, 0.8, "first bytes came only after %.2fs: response "
+                        "was buffered, not streamed" % t_first)
+
+
+if __name__ == "__main__":
+    main()

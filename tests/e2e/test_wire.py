@@ -1,0 +1,240 @@
+"""The v1 tunnel message format on the server side (PROTOCOL.md §2-3),
+pinned with a hand-written tunnel client: golden request bytes out,
+hand-made responses in."""
+
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (E2ETestCase, Background, get, http_req, make_token, wait_tunnels,  # noqa: E402
+                     OP_BIN, OP_CONT, OP_PING, main)
+
+ID_RX = re.compile(rb"^[0-9a-f]{4} ")
+
+
+class ServerWire(E2ETestCase):
+    def setUp(self):
+        super().setUp()
+        self.srv = self.server()
+        self.tok = make_token()
+        self.tun = self.raw_tunnel(self.srv, self.tok)
+        self.assertTrue(wait_tunnels(self.srv, 1))
+
+    def fetch(self, path, method="GET", **kw):
+        kw.setdefault("timeout", 10)
+        return Background(http_req, self.srv.port, method, "/_token/%s%s" % (self.tok, path), **kw)
+
+    def test_golden_get(self):
+        bg = self.fetch("/path?q=1")
+        op, payload = self.tun.ws.recv_message(5)
+        self.assertEqual(op, OP_BIN, "tunnel messages must be binary")
+        self.assertFalse(self.tun.ws.frames[-1].masked, "server frames must not be masked")
+        self.assertRegex(payload, ID_RX)
+        self.assertTrue(payload[5:].startswith(b"GET /path?q=1 HTTP/1.1\r\n"), payload[:80])
+        head, sep, rest = payload[5:].partition(b"\r\n\r\n")
+        self.assertEqual(sep, b"\r\n\r\n")
+        self.assertEqual(rest, b"", "GET must carry no body bytes")
+        lines = head.split(b"\r\n")[1:]
+        hdrs = {}
+        for line in lines:
+            k, _, v = line.partition(b":")
+            hdrs.setdefault(k.strip().lower(), []).append(v.strip())
+        self.assertEqual(hdrs.get(b"host"), [b"127.0.0.1:%d" % self.srv.port])
+        self.assertEqual(hdrs.get(b"x-forwarded-for"), [b"127.0.0.1"])
+        self.assertNotIn(b"transfer-encoding", hdrs)
+        cl = hdrs.get(b"content-length", [b"0"])
+        self.assertEqual(cl, [b"0"])
+        rid = payload[:4]
+        self.tun.ws.send_binary(rid + b" HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        r = bg.result(10)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"hi")
+
+    def test_golden_post_body(self):
+        bg = self.fetch("/submit", method="POST", body=b"hello world",
+                        headers={"Content-Type": "text/plain"})
+        rid, first, hdrs, body, payload = self.tun.next_request()
+        self.assertEqual(first, "POST /submit HTTP/1.1")
+        self.assertEqual(body, b"hello world")
+        self.assertEqual(hdrs.get("content-type"), ["text/plain"])
+        self.tun.respond(rid, b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nX-R: 1\r\n\r\nyes")
+        r = bg.result(10)
+        self.assertStatus(r, 201)
+        self.assertEqual(r.body, b"yes")
+        self.assertEqual(r.header("X-R"), "1")
+
+    def test_chunked_request_body_is_forwarded(self):
+        import http.client
+        def send():
+            conn = http.client.HTTPConnection("127.0.0.1", self.srv.port, timeout=10)
+            try:
+                conn.request("PUT", "/_token/%s/up" % self.tok,
+                             body=iter([b"abc", b"defg", b"h"]), encode_chunked=True)
+                r = conn.getresponse()
+                return r.status, r.read()
+            finally:
+                conn.close()
+        bg = Background(send)
+        rid, first, hdrs, body, payload = self.tun.next_request()
+        self.assertEqual(first, "PUT /up HTTP/1.1")
+        self.assertEqual(body, b"abcdefgh")
+        self.tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(bg.result(10), (200, b""))
+
+    def test_concurrent_requests_have_distinct_ids(self):
+        a = self.fetch("/a")
+        time.sleep(0.1)
+        b = self.fetch("/b")
+        reqs = {}
+        for _ in range(2):
+            rid, first, hdrs, body, payload = self.tun.next_request()
+            reqs[first.split()[1]] = rid
+        self.assertEqual(set(reqs), {"/a", "/b"})
+        self.assertNotEqual(reqs["/a"], reqs["/b"])
+        # answer in reverse order: each requester must get its own answer
+        self.tun.respond(reqs["/b"], b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nB")
+        self.tun.respond(reqs["/a"], b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA")
+        self.assertEqual(b.result(10).body, b"B")
+        self.assertEqual(a.result(10).body, b"A")
+
+    def test_unknown_id_is_dropped(self):
+        bg = self.fetch("/x")
+        rid, *_ = self.tun.next_request()
+        other = "%04x" % ((int(rid, 16) + 7) % 0x10000)
+        self.tun.respond(other, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwrong")
+        time.sleep(0.2)
+        self.assertFalse(bg.done(), "a response with a foreign id answered the request")
+        self.tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nright")
+        self.assertEqual(bg.result(10).body, b"right")
+        self.assertTrue(wait_tunnels(self.srv, 1))
+
+    def test_response_framed_by_end_of_message(self):
+        bg = self.fetch("/eom")
+        rid, *_ = self.tun.next_request()
+        self.tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+                              b"body until the end of the message")
+        r = bg.result(10)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"body until the end of the message")
+
+    def test_chunked_response_is_reframed(self):
+        bg = self.fetch("/ch")
+        rid, *_ = self.tun.next_request()
+        self.tun.respond(rid, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        r = bg.result(10)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"hello world")
+
+    def test_fragmented_response_with_interleaved_ping(self):
+        bg = self.fetch("/frag")
+        rid, *_ = self.tun.next_request()
+        msg = rid.encode() + b" HTTP/1.1 200 OK\r\nContent-Length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz"
+        ws = self.tun.ws
+        ws.send_frame(OP_BIN, msg[:3], fin=False)          # inside the id
+        ws.send_frame(OP_CONT, msg[3:20], fin=False)
+        ws.send_frame(OP_PING, b"p")                        # control frame in between
+        ws.send_frame(OP_CONT, msg[20:60], fin=False)
+        ws.send_frame(OP_CONT, msg[60:], fin=True)
+        r = bg.result(10)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"abcdefghijklmnopqrstuvwxyz")
+
+    def test_response_hop_by_hop_dropped(self):
+        bg = self.fetch("/hop")
+        rid, *_ = self.tun.next_request()
+        self.tun.respond(rid, b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nTE: trailers\r\n"
+                              b"Trailers: X-T\r\nConnection: keep-alive, X-Private\r\n"
+                              b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok")
+        r = bg.result(10)
+        self.assertEqual(r.body, b"ok")
+        for h in ("Keep-Alive", "TE", "Trailers"):
+            self.assertIsNone(r.header(h), h)
+        for v in r.header_all("Connection"):
+            self.assertNotIn("x-private", v.lower())
+        self.assertEqual(r.header_all("Set-Cookie"), ["a=1", "b=2"])
+
+    def test_unparseable_response_is_506(self):
+        bg = self.fetch("/bad")
+        rid, *_ = self.tun.next_request()
+        self.tun.respond(rid, b"this is not HTTP at all\r\n\r\n")
+        r = bg.result(10)
+        self.assertStatus(r, 506)
+
+    def test_large_fragmented_response(self):
+        bg = self.fetch("/large")
+        rid, *_ = self.tun.next_request()
+        body = os.urandom(3 * 1024 * 1024 + 17)
+        msg = rid.encode() + b" HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        step = 200003
+        for off in range(0, len(msg), step):
+            last = off + step >= len(msg)
+            self.tun.ws.send_frame(OP_BIN if off == 0 else OP_CONT, msg[off:off + step], fin=last)
+        r = bg.result(20)
+        self.assertStatus(r, 200)
+        self.assertEqual(len(r.body), len(body))
+        self.assertTrue(r.body == body, "body differs")
+
+    def test_text_message_closes_tunnel(self):
+        self.tun.ws.send_text(b"0001 HTTP/1.1 200 OK\r\n\r\n")
+        self.assertTrue(self.tun.ws.wait_closed(5), "server kept a tunnel that sent text")
+        self.assertTrue(wait_tunnels(self.srv, 0))
+
+    def test_tunnel_survives_many_exchanges(self):
+        for i in range(50):
+            bg = self.fetch("/n%d" % i)
+            rid, first, *_ = self.tun.next_request()
+            self.assertEqual(first, "GET /n%d HTTP/1.1" % i)
+            b = b"%d" % i
+            self.tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b))
+            self.assertEqual(bg.result(10).body, b)
+
+
+class QueueAndTimeouts(E2ETestCase):
+    def test_http_timeout_then_late_response_dropped(self):
+        srv = self.server("-httptimeout", "2")
+        tok = make_token()
+        tun = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1))
+        bg = Background(get, srv.port, "/_token/%s/late" % tok, timeout=15)
+        rid, *_ = tun.next_request()
+        r = bg.result(10)
+        self.assertStatus(r, 504)
+        self.assertBody(r, "Tunnel timeout")
+        self.assertGreater(bg.elapsed(), 1.5)
+        self.assertLess(bg.elapsed(), 5.0)
+        # the late answer is dropped; the tunnel keeps working
+        tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+        bg2 = Background(get, srv.port, "/_token/%s/next" % tok, timeout=10)
+        rid2, first, *_ = tun.next_request()
+        self.assertEqual(first, "GET /next HTTP/1.1")
+        tun.respond(rid2, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+        self.assertEqual(bg2.result(10).body, b"next")
+
+    def test_queue_full_while_disconnected(self):
+        srv = self.server("-max-requests-per-tunnel", "2", "-httptimeout", "20")
+        tok = make_token()
+        tun = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1))
+        tun.close()
+        self.assertTrue(wait_tunnels(srv, 0))
+        waiting = [Background(get, srv.port, "/_token/%s/q%d" % (tok, i), timeout=25)
+                   for i in range(2)]
+        time.sleep(0.5)
+        r = get(srv.port, "/_token/%s/q2" % tok, timeout=10)
+        self.assertStatus(r, 504)
+        self.assertBody(r, "too many requests in-flight, tunnel broken?")
+        self.assertFalse(any(w.done() for w in waiting), "queued requests were answered early")
+        # a client comes back: the queued requests are served
+        tun2 = self.raw_tunnel(srv, tok)
+        for _ in range(2):
+            rid, first, *_ = tun2.next_request(10)
+            name = first.split()[1][1:].encode()
+            tun2.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(name), name))
+        self.assertEqual(sorted(w.result(10).body for w in waiting), [b"q0", b"q1"])
+
+
+if __name__ == "__main__":
+    main()
