@@ -78,6 +78,7 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   cfg.token = tok;
   if (strlen(tok) < 16) {
     fprintf(stderr, "%s: flag -token: rendez-vous token is too short (must be 16 chars)\n", prog);
+    free(tok);
     return APP_EXIT_USAGE;
   }
 

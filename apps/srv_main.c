@@ -72,6 +72,15 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   srv_app app = {0};
   app.loop = uv_default_loop();
   int rc = wstun_server_start(app.loop, &cfg, &app.srv);
+  if (rc == WSTUN_EPASSWORDS) {
+    fprintf(stderr, "%s: flag -passwords: %s (want token:password,...)\n", prog,
+            wstun_strerror(rc));
+    return APP_EXIT_USAGE;
+  }
+  if (rc == WSTUN_EINVAL) {
+    fprintf(stderr, "%s: flag -host: not an IP address: %s\n", prog, cfg.host);
+    return APP_EXIT_USAGE;
+  }
   if (rc != 0) {
     fprintf(stderr, "%s: cannot start: %s\n", prog, wstun_strerror(rc));
     return 1;

@@ -58,10 +58,11 @@ static void req_free(wstun_request *req) {
     req->resp = NULL;
     wstun__outmsg_abandon(m);
   }
-  if (req->paused_tunnel && req->t)
-    wstun__tunnel_resume_rx(req->t);
-  if (req->t)
+  if (req->t) {
     wstun__tunnel_forget_sink(req->t, req);
+    if (req->paused_tunnel)
+      wstun__tunnel_resume_rx(req->t);
+  }
   wstun__http_parser_free(&req->parser);
   wstun__buf_free(&req->to_backend);
   wstun__buf_free(&req->replay);
@@ -73,11 +74,14 @@ static void req_free(wstun_request *req) {
 }
 
 void wstun__client_req_done(wstun_request *req) {
-  /* both directions must be over: the response sent and the request
-   * message read to its end (or the tunnel gone) */
-  if (req->resp == NULL && req->resp_handed &&
-      (req->msg_ended || req->t == NULL) &&
-      !(req->state == WSTUN__CR_HANDLER && req->handler_called))
+  /* Never free under a caller that still uses req (busy), nor while the
+   * in-process handler holds it. Otherwise free once both directions are
+   * over: the response handed out and sent, the request message read to
+   * its end; or at once when the tunnel is gone. */
+  if (req->busy > 0 || req->handler_holds)
+    return;
+  if (req->t == NULL ||
+      (req->resp == NULL && req->resp_handed && req->msg_ended))
     req_free(req);
 }
 
@@ -159,6 +163,7 @@ static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
   if (req->state == WSTUN__CR_ANSWERED)
     return 0;
   size_t used;
+  req->busy++;
   if (wstun__http_parser_feed(&req->parser, d, n, &used) == WSTUN__HTTP_ERROR) {
     int st = req->parser.error_status ? req->parser.error_status : 400;
     if (st == 502 || st == 503)
@@ -167,6 +172,8 @@ static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
     wstun__client_answer(req, st, req->parser.error_text ? req->parser.error_text
                                                          : "Bad request");
   }
+  req->busy--;
+  wstun__client_req_done(req);
   return 0;
 }
 
@@ -174,6 +181,7 @@ static void cli_msg_end(wstun__tunnel *t, void *sink, int complete) {
   wstun_request *req = sink;
   (void)t;
   req->msg_ended = 1;
+  req->busy++;
   if (!req->req_complete && req->state != WSTUN__CR_ANSWERED) {
     /* the request stopped short: the backend must not take it as whole */
     wstun__upstream_detach(req);
@@ -182,6 +190,7 @@ static void cli_msg_end(wstun__tunnel *t, void *sink, int complete) {
     else
       req->t = NULL;
   }
+  req->busy--;
   wstun__client_req_done(req);
 }
 
@@ -335,6 +344,8 @@ static int req_on_complete(void *ud) {
     wstun__upstream_push(req);
   } else if (req->state == WSTUN__CR_HANDLER && !req->handler_called) {
     req->handler_called = 1;
+    req->handler_holds = 1;
+    req->cli->live++; /* a close waits for the handler's answer */
     req->cli->handler(req, req->cli->handler_ud);
   }
   return 1; /* one request per message */
@@ -370,44 +381,48 @@ const uint8_t *wstun_request_body(const wstun_request *req, size_t *len) {
 int wstun_request_respond(wstun_request *req, int status,
                           const char *content_type, const void *body,
                           size_t len) {
-  if (req == NULL)
+  if (req == NULL || !req->handler_holds)
     return WSTUN_EINVAL;
-  req->handler_called = 0; /* the handler gives the request back */
+  wstun_client *cli = req->cli;
+  req->handler_holds = 0;
+  req->busy++;
+  int rc = 0;
   if (status < 100 || status > 599) {
     wstun__client_answer(req, 500, "Handler gave an invalid status");
-    wstun__client_req_done(req);
-    return WSTUN_EINVAL;
+    rc = WSTUN_EINVAL;
+  } else if (req->t == NULL) {
+    rc = WSTUN_ECLOSED;
+  } else {
+    wstun__outmsg *m = wstun__outmsg_new(&wstun__resp_msg_cbs, req);
+    uint8_t prefix[WSTUN__PROTO_PREFIX_LEN];
+    wstun__proto_write_prefix(req->id, prefix);
+    int w = m ? 0 : WSTUN_ENOMEM;
+    if (w == 0) {
+      w |= wstun__buf_append(&m->buf, prefix, sizeof(prefix));
+      w |= wstun__buf_appendf(&m->buf, "HTTP/1.1 %d %s\r\n", status,
+                              wstun__http_reason(status));
+      if (content_type)
+        w |= wstun__buf_appendf(&m->buf, "Content-Type: %s\r\n", content_type);
+      w |= wstun__buf_appendf(&m->buf, "Content-Length: %zu\r\n\r\n", len);
+      w |= wstun__buf_append(&m->buf, body, len);
+    }
+    if (w != 0) {
+      wstun__outmsg_free(m);
+      wstun__client_answer(req, 500, "Out of memory");
+      rc = WSTUN_ENOMEM;
+    } else {
+      m->finished = 1;
+      req->resp = m;
+      req->resp_started = 1;
+      req->resp_handed = 1;
+      wstun__tunnel_send(req->t, m);
+    }
   }
-  if (req->t == NULL) {
-    req_free(req);
-    return WSTUN_ECLOSED;
-  }
-  wstun__outmsg *m = wstun__outmsg_new(&wstun__resp_msg_cbs, req);
-  uint8_t prefix[WSTUN__PROTO_PREFIX_LEN];
-  wstun__proto_write_prefix(req->id, prefix);
-  int rc = m ? 0 : WSTUN_ENOMEM;
-  if (rc == 0) {
-    rc |= wstun__buf_append(&m->buf, prefix, sizeof(prefix));
-    rc |= wstun__buf_appendf(&m->buf, "HTTP/1.1 %d %s\r\n", status,
-                             wstun__http_reason(status));
-    if (content_type)
-      rc |= wstun__buf_appendf(&m->buf, "Content-Type: %s\r\n", content_type);
-    rc |= wstun__buf_appendf(&m->buf, "Content-Length: %zu\r\n\r\n", len);
-    rc |= wstun__buf_append(&m->buf, body, len);
-  }
-  if (rc != 0) {
-    wstun__outmsg_free(m);
-    wstun__client_answer(req, 500, "Out of memory");
-    wstun__client_req_done(req);
-    return WSTUN_ENOMEM;
-  }
-  m->finished = 1;
-  req->resp = m;
-  req->resp_started = 1;
-  req->resp_handed = 1;
-  wstun__tunnel_send(req->t, m);
+  req->busy--;
   wstun__client_req_done(req);
-  return 0;
+  cli->live--;
+  wstun__client_release(cli);
+  return rc;
 }
 
 /* ---- the tunnel --------------------------------------------------------- */
@@ -428,23 +443,20 @@ static void cli_tunnel_closed(wstun__tunnel *t, int err) {
     }
     req->t = NULL;
     req->msg_ended = 1;
-    if (req->state == WSTUN__CR_HANDLER && req->handler_called) {
-      /* the handler still holds it: respond() will free it */
-      if (req->prev)
-        req->prev->next = req->next;
-      else
-        cli->reqs = req->next;
-      if (req->next)
-        req->next->prev = req->prev;
-      req->prev = req->next = NULL;
-    } else {
-      req_free(req);
-    }
+    req->paused_tunnel = 0;
+    wstun__upstream_detach(req);
+    wstun__client_req_done(req); /* frees unless busy or the handler's */
     req = next;
   }
+  /* a tunnel that lived a while earns a quick reconnect; one dropped at
+   * once (a server refusing us after the handshake) keeps backing off */
+  if (uv_now(cli->loop) - cli->connected_at >= 10000)
+    cli->attempt = 0;
   set_state(cli, WSTUN_CLIENT_DISCONNECTED, err);
   if (!cli->closing)
     schedule_reconnect(cli);
+  else if (cli->reqs == NULL)
+    wstun__client_release(cli);
 }
 
 static void cli_tunnel_freed(void *owner) {
@@ -533,8 +545,8 @@ static size_t dial_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
     dial_fail(cli, WSTUN_ENOMEM, "out of memory");
     return len;
   }
-  cli->live++;
-  cli->attempt = 0;
+  /* the connection's place in `live` passes to the tunnel (on_freed) */
+  cli->connected_at = uv_now(cli->loop);
   char red[12];
   wstun__log(&cli->log, WSTUN_LOG_INFO, "tunnel open to %s://%s:%d token=%s",
              cli->tunnel_url.scheme, cli->tunnel_url.host, cli->tunnel_url.port,
@@ -728,6 +740,9 @@ static void on_timer_closed(uv_handle_t *h) {
 }
 
 static void close_now(wstun_client *cli) {
+  if (cli->closed_now)
+    return;
+  cli->closed_now = 1;
   uv_timer_stop(&cli->timer);
   uv_close((uv_handle_t *)&cli->timer, on_timer_closed);
   if (cli->resolving)
@@ -742,18 +757,20 @@ static void close_now(wstun_client *cli) {
   }
   if (cli->t)
     wstun__tunnel_close(cli->t, WSTUN_ECLOSED);
-  while (cli->reqs)
-    req_free(cli->reqs);
+  for (wstun_request *req = cli->reqs, *next; req; req = next) {
+    next = req->next;
+    req->t = NULL;
+    wstun__client_req_done(req);
+  }
   wstun__upstream_close_all(cli);
   wstun__client_release(cli);
 }
 
 static void on_grace_check(uv_timer_t *t) {
   wstun_client *cli = t->data;
-  if (cli->reqs == NULL || uv_now(cli->loop) >= cli->reconnect_max_ms) {
+  if (cli->reqs == NULL || cli->t == NULL ||
+      uv_now(cli->loop) >= cli->grace_deadline)
     close_now(cli);
-    return;
-  }
 }
 
 void wstun_client_close(wstun_client *cli, unsigned grace_ms,
@@ -763,9 +780,13 @@ void wstun_client_close(wstun_client *cli, unsigned grace_ms,
   cli->closing = 1;
   cli->close_cb = cb;
   cli->close_ud = user_data;
-  (void)on_grace_check;
-  (void)grace_ms;
-  close_now(cli);
+  if (cli->reqs == NULL || cli->t == NULL || grace_ms == 0) {
+    close_now(cli);
+    return;
+  }
+  /* requests in progress may finish; no new tunnel is dialed meanwhile */
+  cli->grace_deadline = uv_now(cli->loop) + grace_ms;
+  uv_timer_start(&cli->timer, on_grace_check, 50, 50);
 }
 
 static char *basic_auth(const char *user, const char *pass) {

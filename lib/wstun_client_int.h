@@ -53,6 +53,8 @@ struct wstun_request {
   wstun__buf body;
   char *method_str;
   int handler_called;
+  int handler_holds; /* handed to the handler, not yet answered */
+  int busy;          /* callers up the stack still use it: do not free */
 };
 
 struct wstun_client {
@@ -85,6 +87,8 @@ struct wstun_client {
   int hs_init, hs_done;
   char ws_key[32];
   unsigned attempt;
+  uint64_t connected_at;   /* ms, last successful handshake */
+  uint64_t grace_deadline; /* ms, graceful close */
   int last_err;
   /* connected */
   wstun__tunnel *t;
@@ -94,7 +98,7 @@ struct wstun_client {
   size_t nidle;
   wstun__upstream *ups;  /* every upstream connection */
   /* closing */
-  int closing;
+  int closing, closed_now;
   size_t live; /* handles and objects the close waits for */
   wstun_client_close_cb close_cb;
   void *close_ud;

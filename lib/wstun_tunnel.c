@@ -206,9 +206,12 @@ static void ws_frame_chunk(wslay_event_context_ptr ctx,
   }
   if (n > 0 && t->sink != NULL) {
     if (t->cbs->on_msg_data(t, t->sink, d, n) != 0) {
-      t->cbs->on_msg_end(t, t->sink, 0);
+      /* the sink may have forgotten itself already (forget_sink) */
+      void *sink = t->sink;
       t->sink = NULL;
       t->drop = 1;
+      if (sink)
+        t->cbs->on_msg_end(t, sink, 0);
     }
   }
 }

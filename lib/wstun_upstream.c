@@ -33,6 +33,22 @@ static const wstun__http_parser_cbs resp_cbs;
 static void up_close(wstun__upstream *up);
 static void connect_new(wstun_request *req);
 
+/* Event handlers pin the request they work for, so that nothing they call
+ * frees it under them; the last unpin frees it if it is done. */
+static wstun_request *pin(wstun__upstream *up) {
+  wstun_request *req = up->req;
+  if (req)
+    req->busy++;
+  return req;
+}
+
+static void unpin(wstun_request *req) {
+  if (req) {
+    req->busy--;
+    wstun__client_req_done(req);
+  }
+}
+
 /* ---- lifecycle ---------------------------------------------------------- */
 
 static void idle_remove(wstun__upstream *up) {
@@ -209,7 +225,7 @@ static void fail_mid_response(wstun__upstream *up) {
   wstun__client_req_done(req);
 }
 
-static void on_backend_timeout(uv_timer_t *t) {
+static void on_backend_timeout_pinned(uv_timer_t *t) {
   wstun__upstream *up = t->data;
   if (up->idle) {
     up_close(up); /* idle expiry */
@@ -231,6 +247,12 @@ static void on_backend_timeout(uv_timer_t *t) {
       wstun__client_req_done(req);
     }
   }
+}
+
+static void on_backend_timeout(uv_timer_t *t) {
+  wstun_request *req = pin((wstun__upstream *)t->data);
+  on_backend_timeout_pinned(t);
+  unpin(req);
 }
 
 /* ---- sending the request ------------------------------------------------ */
@@ -270,7 +292,7 @@ void wstun__upstream_push(wstun_request *req) {
   }
 }
 
-static void up_on_connect(wstun__conn *c, int status) {
+static void up_on_connect_pinned(wstun__conn *c, int status) {
   wstun__upstream *up = c->owner;
   if (status != 0) {
     fail_before_response(up, uv_strerror(status));
@@ -282,13 +304,19 @@ static void up_on_connect(wstun__conn *c, int status) {
   flush_request(up);
 }
 
+static void up_on_connect(wstun__conn *c, int status) {
+  wstun_request *req = pin((wstun__upstream *)c->owner);
+  up_on_connect_pinned(c, status);
+  unpin(req);
+}
+
 static void start_connect(wstun__upstream *up, const struct sockaddr *addr) {
   int rc = wstun__conn_connect(up->conn, addr);
   if (rc != 0)
     fail_before_response(up, uv_strerror(rc));
 }
 
-static void up_on_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *res) {
+static void up_on_resolved_pinned(uv_getaddrinfo_t *r, int status, struct addrinfo *res) {
   wstun__upstream *up = r->data;
   up->resolving = 0;
   if (up->closing || status != 0 || res == NULL) {
@@ -301,6 +329,12 @@ static void up_on_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *res
   }
   start_connect(up, res->ai_addr);
   uv_freeaddrinfo(res);
+}
+
+static void up_on_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *res) {
+  wstun_request *req = pin((wstun__upstream *)r->data);
+  up_on_resolved_pinned(r, status, res);
+  unpin(req);
 }
 
 static void connect_new(wstun_request *req) {
@@ -472,7 +506,7 @@ static const wstun__http_parser_cbs resp_cbs = {
 
 /* ---- connection callbacks ----------------------------------------------- */
 
-static size_t up_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
+static size_t up_on_data_pinned(wstun__conn *c, const uint8_t *data, size_t len) {
   wstun__upstream *up = c->owner;
   if (up->idle || up->req == NULL) {
     up_close(up); /* bytes nobody asked for: the connection is unusable */
@@ -493,7 +527,14 @@ static size_t up_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   return used;
 }
 
-static void up_on_end(wstun__conn *c, int err) {
+static size_t up_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
+  wstun_request *req = pin((wstun__upstream *)c->owner);
+  size_t n = up_on_data_pinned(c, data, len);
+  unpin(req);
+  return n;
+}
+
+static void up_on_end_pinned(wstun__conn *c, int err) {
   wstun__upstream *up = c->owner;
   if (up->idle || up->req == NULL) {
     up_close(up);
@@ -512,13 +553,25 @@ static void up_on_end(wstun__conn *c, int err) {
   fail_before_response(up, err == UV_EOF ? "connection closed" : uv_strerror(err));
 }
 
-static void up_on_drain(wstun__conn *c) {
+static void up_on_end(wstun__conn *c, int err) {
+  wstun_request *req = pin((wstun__upstream *)c->owner);
+  up_on_end_pinned(c, err);
+  unpin(req);
+}
+
+static void up_on_drain_pinned(wstun__conn *c) {
   wstun__upstream *up = c->owner;
   wstun_request *req = up->req;
   if (req && req->paused_tunnel && req->t) {
     req->paused_tunnel = 0;
     wstun__tunnel_resume_rx(req->t);
   }
+}
+
+static void up_on_drain(wstun__conn *c) {
+  wstun_request *req = pin((wstun__upstream *)c->owner);
+  up_on_drain_pinned(c);
+  unpin(req);
 }
 
 static const wstun__conn_cbs up_conn_cbs = {

@@ -1,0 +1,163 @@
+/* Tunnel message id prefix ("%04x "): golden bytes out, and the
+ * incremental decoder fed whole and one byte at a time. */
+#include "wstun_proto.h"
+
+#include "test.h"
+
+static void check_prefix(uint16_t id, const char *want) {
+  uint8_t out[WSTUN__PROTO_PREFIX_LEN + 1];
+  memset(out, 0xee, sizeof(out));
+  wstun__proto_write_prefix(id, out);
+  CHECK_MEM(out, want, WSTUN__PROTO_PREFIX_LEN);
+  CHECK_EQ_INT(out[WSTUN__PROTO_PREFIX_LEN], 0xee); /* wrote exactly 5 */
+}
+
+TEST(prefix_golden_bytes) {
+  CHECK_EQ_INT(WSTUN__PROTO_PREFIX_LEN, 5);
+  check_prefix(0, "0000 ");
+  check_prefix(1, "0001 ");
+  check_prefix(0xabc, "0abc ");
+  check_prefix(31999, "7cff ");
+  check_prefix(0xffff, "ffff ");
+  check_prefix(0x1234, "1234 ");
+  check_prefix(0xa0f0, "a0f0 ");
+}
+
+/* Whole: one feed of the prefix plus trailing bytes takes exactly 5. */
+static void decode_whole(const char *s, size_t len, int want_id) {
+  wstun__proto_prefix p;
+  wstun__proto_prefix_init(&p);
+  int n = wstun__proto_prefix_feed(&p, (const uint8_t *)s, len);
+  CHECK_EQ_INT(n, 5);
+  CHECK(wstun__proto_prefix_done(&p));
+  CHECK_EQ_INT(p.id, want_id);
+  /* once done it takes nothing more */
+  CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)s, len), 0);
+  CHECK_EQ_INT(p.id, want_id);
+}
+
+static void decode_bytes(const char *s, size_t len, int want_id) {
+  wstun__proto_prefix p;
+  wstun__proto_prefix_init(&p);
+  for (size_t i = 0; i < len; i++) {
+    int n = wstun__proto_prefix_feed(&p, (const uint8_t *)s + i, 1);
+    CHECK_EQ_INT(n, i < 5 ? 1 : 0);
+    CHECK_EQ_INT(wstun__proto_prefix_done(&p), i >= 4);
+    CHECK_EQ_INT(p.got, i < 5 ? i + 1 : 5);
+  }
+  CHECK_EQ_INT(p.id, want_id);
+}
+
+TEST(decode_whole_and_bytewise) {
+  static const struct {
+    const char *s;
+    int id;
+  } cases[] = {
+      {"0000 GET / HTTP/1.1\r\n", 0},
+      {"0001 HTTP/1.1 200 OK\r\n", 1},
+      {"0abc x", 0xabc},
+      {"7cff ", 31999},
+      {"ffff  ", 0xffff},
+      {"FFFF z", 0xffff}, /* upper case is accepted */
+      {"0AbC z", 0xabc},
+      {"Beef\x20\x00", 0xbeef},
+  };
+  for (size_t i = 0; i < TEST_COUNT(cases); i++) {
+    size_t len = strlen(cases[i].s);
+    if (i == TEST_COUNT(cases) - 1)
+      len = 6; /* with the NUL after the space */
+    test_context("case %zu \"%s\"", i, cases[i].s);
+    decode_whole(cases[i].s, len, cases[i].id);
+    decode_bytes(cases[i].s, len, cases[i].id);
+  }
+}
+
+TEST(decode_in_two_pieces) {
+  const char *s = "c0de rest";
+  for (size_t k = 0; k <= 5; k++) {
+    test_context("split at %zu", k);
+    wstun__proto_prefix p;
+    wstun__proto_prefix_init(&p);
+    CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)s, k), k);
+    CHECK_EQ_INT(wstun__proto_prefix_done(&p), k == 5);
+    int n = wstun__proto_prefix_feed(&p, (const uint8_t *)s + k, 9 - k);
+    CHECK_EQ_INT(n, 5 - k);
+    CHECK(wstun__proto_prefix_done(&p));
+    CHECK_EQ_INT(p.id, 0xc0de);
+  }
+}
+
+TEST(decode_empty_feed) {
+  wstun__proto_prefix p;
+  wstun__proto_prefix_init(&p);
+  CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)"", 0), 0);
+  CHECK_EQ_INT(p.got, 0);
+  CHECK(!wstun__proto_prefix_done(&p));
+}
+
+/* bad: the input, and the index of the byte that must be refused */
+TEST(decode_rejects) {
+  static const struct {
+    const char *s;
+    size_t bad_at;
+  } cases[] = {
+      {"00g0 ", 2}, {"0000x", 4}, {"0000\t", 4}, {" 000 ", 0},
+      {"-001 ", 0}, {"000 1", 3}, {"0x01 ", 1}, {"00G0 ", 2},
+      {"abcd\r", 4}, {"0:00 ", 1}, {"0/00 ", 1}, {"0`00 ", 1},
+      {"0@00 ", 1}, {"000000", 4},
+  };
+  for (size_t i = 0; i < TEST_COUNT(cases); i++) {
+    const char *s = cases[i].s;
+    size_t len = strlen(s);
+    test_context("case \"%s\"", s);
+    /* whole */
+    wstun__proto_prefix p;
+    wstun__proto_prefix_init(&p);
+    CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)s, len), -1);
+    CHECK(!wstun__proto_prefix_done(&p));
+    /* byte by byte: accepted up to bad_at, refused there */
+    wstun__proto_prefix_init(&p);
+    for (size_t j = 0; j <= cases[i].bad_at; j++) {
+      int n = wstun__proto_prefix_feed(&p, (const uint8_t *)s + j, 1);
+      CHECK_EQ_INT(n, j < cases[i].bad_at ? 1 : -1);
+    }
+    CHECK(!wstun__proto_prefix_done(&p));
+  }
+  /* a NUL in the digits */
+  wstun__proto_prefix p;
+  wstun__proto_prefix_init(&p);
+  CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)"0\0001 ", 5), -1);
+}
+
+TEST(every_id_round_trips) {
+  int bad_whole = 0, bad_bytes = 0;
+  for (uint32_t id = 0; id <= 0xffff; id++) {
+    uint8_t out[WSTUN__PROTO_PREFIX_LEN];
+    wstun__proto_write_prefix((uint16_t)id, out);
+    char want[8];
+    snprintf(want, sizeof(want), "%04x ", (unsigned)id);
+    if (memcmp(out, want, 5) != 0)
+      bad_whole++;
+    wstun__proto_prefix p;
+    wstun__proto_prefix_init(&p);
+    if (wstun__proto_prefix_feed(&p, out, 5) != 5 || p.id != id)
+      bad_whole++;
+    wstun__proto_prefix_init(&p);
+    for (size_t j = 0; j < 5; j++)
+      if (wstun__proto_prefix_feed(&p, out + j, 1) != 1)
+        bad_bytes++;
+    if (!wstun__proto_prefix_done(&p) || p.id != id)
+      bad_bytes++;
+  }
+  CHECK_EQ_INT(bad_whole, 0);
+  CHECK_EQ_INT(bad_bytes, 0);
+}
+
+int main(int argc, char **argv) {
+  static const test_case tests[] = {
+      T(prefix_golden_bytes),    T(decode_whole_and_bytewise),
+      T(decode_in_two_pieces),   T(decode_empty_feed),
+      T(decode_rejects),         T(every_id_round_trips),
+  };
+  return test_main(tests, TEST_COUNT(tests), argc, argv);
+}
