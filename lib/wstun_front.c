@@ -129,9 +129,32 @@ static void log_ret(wstun__front *f, int status) {
              (unsigned long long)(uv_now(f->srv->loop) - f->start_ms));
 }
 
+/* Bookkeeping for /admin: how the exchange of a known token ended. */
+static void account(wstun__front *f, int ok) {
+  wstun__token *t = f->tok;
+  char addr[64] = "";
+  if (f->conn)
+    wstun__conn_peer(f->conn, addr, sizeof(addr));
+  if (ok)
+    f->srv->completed++;
+  else
+    f->srv->errored++;
+  if (t == NULL)
+    return;
+  if (ok) {
+    t->last_success = uv_now(f->srv->loop);
+    memcpy(t->last_success_addr, addr, sizeof(addr));
+  } else {
+    t->last_error = uv_now(f->srv->loop);
+    memcpy(t->last_error_addr, addr, sizeof(addr));
+  }
+}
+
 void wstun__front_fail(wstun__front *f, int status, const char *text) {
   if (f->closing)
     return;
+  if (f->tok && f->state != WSTUN__EX_RESPONDING)
+    account(f, 0);
   int started = resp_started(f);
   exchange_release(f);
   if (started) {
@@ -205,6 +228,29 @@ static int route_stats(wstun__front *f) {
   snprintf(body, sizeof(body), "tunnels=%zu\n",
            wstun_server_tunnel_count(f->srv));
   local_answer(f, 200, body);
+  return 0;
+}
+
+/* Admin documents name every token: only for requesters on this host. */
+static int route_admin(wstun__front *f, int auditing) {
+  if (!wstun__conn_peer_is_loopback(f->conn)) {
+    local_answer(f, 403, "Forbidden");
+    return 0;
+  }
+  wstun__buf doc = WSTUN__BUF_INIT;
+  int rc = auditing ? wstun__admin_auditing(f->srv, &doc)
+                    : wstun__admin_monitoring(f->srv, &doc);
+  f->state = WSTUN__EX_DONE;
+  if (rc != 0)
+    write_simple(f, 503, "Out of memory");
+  else if (f->conn) {
+    wstun__http_write_response(wstun__conn_outbuf(f->conn), 200,
+                               "application/json", wstun__buf_data(&doc),
+                               wstun__buf_size(&doc), NULL,
+                               f->close_after || f->srv->closing);
+    wstun__conn_flush(f->conn);
+  }
+  wstun__buf_free(&doc);
   return 0;
 }
 
@@ -283,6 +329,7 @@ static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
     return 0;
   }
   f->tok = t;
+  t->last_activity = uv_now(srv->loop);
   f->tries = 0;
   f->state = WSTUN__EX_READING;
   f->start_ms = uv_now(srv->loop);
@@ -356,6 +403,8 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   }
   if (IS_PATH("/_stats"))
     return route_stats(f);
+  if (IS_PATH("/admin/monitoring") || IS_PATH("/admin/auditing"))
+    return route_admin(f, plen == sizeof("/admin/auditing") - 1);
 #undef IS_PATH
   local_answer(f, 400, "Missing X-Token header");
   return 0;
@@ -489,6 +538,7 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
       wstun__http_head_write(h, wstun__conn_outbuf(f->conn)) != 0)
     return -1;
   f->state = WSTUN__EX_RESPONDING;
+  account(f, 1);
   log_ret(f, status);
   wstun__conn_flush(f->conn);
   return no_body ? 1 : 0;

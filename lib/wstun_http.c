@@ -236,15 +236,20 @@ int wstun__http_write_chunk_header(wstun__buf *out, size_t len) {
   return wstun__buf_appendf(out, "%zx\r\n", len);
 }
 
+int wstun__http_write_response(wstun__buf *out, int status,
+                               const char *content_type, const void *body,
+                               size_t n, const char *extra_headers, int close) {
+  int rc = wstun__buf_appendf(
+      out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+      status, wstun__http_reason(status), content_type, n,
+      extra_headers ? extra_headers : "", close ? "Connection: close\r\n" : "");
+  return rc ? rc : wstun__buf_append(out, body, n);
+}
+
 int wstun__http_write_simple(wstun__buf *out, int status, const char *body,
                              const char *extra_headers, int close) {
-  size_t n = strlen(body);
-  return wstun__buf_appendf(
-      out,
-      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-      "Content-Length: %zu\r\n%s%s\r\n%s",
-      status, wstun__http_reason(status), n, extra_headers ? extra_headers : "",
-      close ? "Connection: close\r\n" : "", body);
+  return wstun__http_write_response(out, status, "text/plain; charset=utf-8",
+                                    body, strlen(body), extra_headers, close);
 }
 
 /* ---- parser ------------------------------------------------------------ */

@@ -71,6 +71,11 @@ int wstun__http_write_chunk_header(wstun__buf *out, size_t len);
 int wstun__http_write_simple(wstun__buf *out, int status, const char *body,
                              const char *extra_headers, int close);
 
+/* The same with any content type and body. */
+int wstun__http_write_response(wstun__buf *out, int status,
+                               const char *content_type, const void *body,
+                               size_t n, const char *extra_headers, int close);
+
 const char *wstun__http_reason(int status);
 
 /* ---- parser ------------------------------------------------------------ */

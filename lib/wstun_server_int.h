@@ -42,6 +42,9 @@ struct wstun__token {
   uint64_t last_seen; /* ms: last connect or disconnect */
   uint16_t next_id;
   unsigned rr; /* round-robin cursor */
+  /* for /admin/auditing */
+  uint64_t last_activity, last_error, last_success; /* uv_now ms, 0 = never */
+  char last_error_addr[64], last_success_addr[64];
 };
 
 struct wstun__srv_tunnel {
@@ -109,6 +112,7 @@ struct wstun_server {
   wstun__front *fronts;
   size_t nfronts;
   size_t live_tunnels; /* srv_tunnel structures not yet freed */
+  uint64_t completed, errored; /* exchanges answered by a tunnel / not */
   int closing, handles_open;
   wstun_server_close_cb close_cb;
   void *close_ud;
@@ -125,6 +129,12 @@ int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n);
 void wstun__front_resp_end(wstun__front *f, int complete);
 /* The tunnel carrying the exchange died after writing the request. */
 void wstun__front_tunnel_lost(wstun__front *f);
+
+/* wstun_admin.c: JSON documents of /admin/monitoring and /admin/auditing */
+int wstun__admin_monitoring(wstun_server *srv, wstun__buf *out);
+int wstun__admin_auditing(wstun_server *srv, wstun__buf *out);
+/* RFC 3339 UTC ("2025-01-09T15:30:45Z") of a uv_now() instant. */
+void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]);
 
 /* wstun_server.c */
 wstun__token *wstun__server_find_token(wstun_server *srv, const char *name,
