@@ -68,9 +68,17 @@ static int text_append(wstun__http_head *h, const char *s, size_t n,
   if (h->text.len + n + 1 > UINT32_MAX)
     return WSTUN_ENOMEM;
   *off = (uint32_t)h->text.len;
+  /* `s` may point into the text itself (a target cut out of the old one):
+   * keep its offset across the reallocation */
+  const uint8_t *base = h->text.base;
+  int inside = base && (const uint8_t *)s >= base &&
+               (const uint8_t *)s < base + h->text.cap;
+  size_t soff = inside ? (size_t)((const uint8_t *)s - base) : 0;
   if (wstun__buf_reserve(&h->text, n + 1) != 0)
     return WSTUN_ENOMEM;
-  memcpy(h->text.base + h->text.len, s, n);
+  if (inside)
+    s = (const char *)h->text.base + soff;
+  memmove(h->text.base + h->text.len, s, n);
   h->text.base[h->text.len + n] = '\0';
   h->text.len += n + 1;
   return 0;
