@@ -191,17 +191,12 @@ static void on_deadline(uv_timer_t *t) {
   wstun__front_fail(f, 504, "Tunnel timeout");
 }
 
-/* The exchange is done on both sides, or failed: next request, or close. */
+/* The exchange is done (answered or failed): next request, or close. */
 static void front_next(wstun__front *f) {
   if (f->closing || f->conn == NULL)
     return;
   if (f->state != WSTUN__EX_DONE)
     return;
-  if (wstun__http_parser_in_message(&f->parser)) {
-    /* the request body is still arriving: there is no way to find the
-     * next request without reading it all; a cut connection is cheaper */
-    f->close_after = 1;
-  }
   f->state = WSTUN__EX_NONE;
   f->tok = NULL;
   f->tun = NULL;
@@ -211,6 +206,11 @@ static void front_next(wstun__front *f) {
     wstun__conn_end(f->conn);
     return;
   }
+  /* Answered before its body was all read (an early error or response):
+   * read and drop the rest, as a server's lingering close does, so the
+   * requester is not cut off mid-upload and the connection stays usable. */
+  if (wstun__http_parser_in_message(&f->parser))
+    f->discarding = 1;
   set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
   wstun__http_parser_resume(&f->parser);
   wstun__conn_resume(f->conn);
@@ -440,6 +440,10 @@ static int req_on_complete(void *ud) {
   wstun__front *f = ud;
   if (f->upgrade)
     return 1;
+  if (f->discarding) {
+    f->discarding = 0; /* the dropped body is over: parse the next request */
+    return 0;
+  }
   if (f->req != NULL) {
     if (f->req_chunked &&
         wstun__buf_append_str(&f->req->buf, WSTUN__HTTP_LAST_CHUNK) != 0) {
@@ -609,8 +613,6 @@ static void response_done(wstun__front *f) {
   if (f->conn && f->paused_tunnel)
     f->paused_tunnel = 0;
   f->state = WSTUN__EX_DONE;
-  if (wstun__http_parser_in_message(&f->parser))
-    f->close_after = 1;
   front_next(f);
 }
 

@@ -67,6 +67,7 @@ struct wstun__front {
   int closing, timer_closed, conn_closed;
   int close_after; /* close once the current response is written */
   int upgrade;     /* the request is a /_tunnel upgrade */
+  int discarding;  /* reading and dropping the body of an answered request */
   int resp_done;
   /* the exchange (one at a time: requests on a connection are answered in
    * order, so the next is parsed only after this one is done) */
