@@ -161,5 +161,44 @@ def _health(port):
         return False
 
 
+
+WSTUNNEL_BIN = os.path.join(os.path.dirname(SRV_BIN), "wstunnel")
+
+
+class CompatEntryPoint(Common):
+    """`wstunnel srv|cli` takes the Go tool's command lines unchanged."""
+
+    def test_usage(self):
+        rc, out, err = run([WSTUNNEL_BIN])
+        self.assertEqual(rc, 2)
+        self.assertIn("wstunnel srv", err)
+        rc, out, err = run([WSTUNNEL_BIN, "--help"])
+        self.assertEqual(rc, 0)
+        self.assertIn("wstunnel cli", out)
+
+    def test_bad_flag_names_it(self):
+        self.assertUsageError([WSTUNNEL_BIN, "srv", "-nope"], "nope")
+        self.assertUsageError([WSTUNNEL_BIN, "cli", "-timeout", "x"], "timeout")
+
+    def test_srv_and_cli_tunnel_a_request(self):
+        from harness import Proc, HOST
+        be = self.backend()
+        srv = Proc([WSTUNNEL_BIN, "srv", "-host", HOST, "-port", "0"], name="wstunnel srv")
+        self._procs.append(srv)
+        self.addCleanup(self._checked_stop, srv)
+        m = srv.wait_stderr(r"listening on 127\.0\.0\.1:(\d+)", 10)
+        self.assertTrue(m, srv.describe())
+        port = int(m.group(1))
+        tok = make_token()
+        cli = Proc([WSTUNNEL_BIN, "cli", "-tunnel", "ws://%s:%d" % (HOST, port),
+                    "-token", tok, "-server", be.url], name="wstunnel cli")
+        self._procs.append(cli)
+        self.addCleanup(self._checked_stop, cli)
+        ok = wait_until(lambda: "tunnels=1" in get(port, "/_stats").text, 10)
+        self.assertTrue(ok, cli.describe())
+        r = get(port, "/_token/%s/echo" % tok)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["method"], "GET")
+
 if __name__ == "__main__":
     main()

@@ -4,12 +4,13 @@ hand-made responses in."""
 
 import os
 import re
+import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, Background, get, http_req, make_token, wait_tunnels,  # noqa: E402
-                     OP_BIN, OP_CONT, OP_PING, main)
+                     OP_BIN, OP_CONT, OP_PING, HOST, read_response, main)
 
 ID_RX = re.compile(rb"^[0-9a-f]{4} ")
 
@@ -98,6 +99,43 @@ class ServerWire(E2ETestCase):
         self.tun.respond(reqs["/a"], b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA")
         self.assertEqual(b.result(10).body, b"B")
         self.assertEqual(a.result(10).body, b"A")
+
+    def test_early_answer_drains_the_upload(self):
+        # The tunnel client answers after the first fragment of a large
+        # upload: the requester still sends its whole body without being
+        # cut off, reads the answer, and its keep-alive connection serves a
+        # second request.
+        sock = socket.create_connection((HOST, self.srv.port), timeout=10)
+        self.addCleanup(sock.close)
+        body = b"x" * (1024 * 1024)
+        sock.sendall(b"POST /_token/%s/up HTTP/1.1\r\nHost: t\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (self.tok.encode(), len(body)))
+        sock.sendall(body[:256 * 1024])
+        first = self.tun.ws.recv_frame(5)
+        self.assertEqual(first.opcode, OP_BIN)
+        self.assertFalse(first.fin, "a 1 MiB upload must be streamed in fragments")
+        rid = first.payload[:4].decode()
+        self.tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+        sock.sendall(body[256 * 1024:])
+        f = sock.makefile("rb")
+        r = read_response(f)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"early")
+        sock.sendall(b"GET /_token/%s/second HTTP/1.1\r\nHost: t\r\n\r\n" % self.tok.encode())
+        # skip what is left of the first (cut) message, then read the second
+        while True:
+            fr = self.tun.ws.recv_frame(5)
+            if fr.opcode == OP_BIN:
+                break
+        payload = fr.payload
+        while not fr.fin:
+            fr = self.tun.ws.recv_frame(5)
+            payload += fr.payload
+        self.assertTrue(payload[5:].startswith(b"GET /second HTTP/1.1\r\n"), payload[:60])
+        self.tun.respond(payload[:4].decode(),
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+        r2 = read_response(f)
+        self.assertEqual(r2.body, b"second")
 
     def test_unknown_id_is_dropped(self):
         bg = self.fetch("/x")
