@@ -26,6 +26,7 @@ struct wstun__upstream {
   wstun__upstream *idle_next;   /* cli->idle */
   int connected, reused, got_bytes, idle, resolving;
   int closing, timer_closed, conn_closed, paused_by_msg;
+  int interim; /* skipping a 1xx response */
 };
 
 static const wstun__conn_cbs up_conn_cbs;
@@ -408,8 +409,13 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
   if (req == NULL)
     return -1;
   int status = h->status;
-  int no_body = req->method == HTTP_HEAD || status == 204 || status == 304 ||
-                (status >= 100 && status < 200);
+  if (status >= 100 && status < 200) {
+    /* an interim answer (100 Continue, 103 Early Hints): the final one
+     * follows on the same connection */
+    up->interim = 1;
+    return 1;
+  }
+  int no_body = req->method == HTTP_HEAD || status == 204 || status == 304;
   int has_len = h->has_content_length;
   uint64_t clen = h->content_length;
   wstun__http_head_strip_hop_by_hop(h, 1);
@@ -463,6 +469,10 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
 
 static int resp_on_complete(void *ud) {
   wstun__upstream *up = ud;
+  if (up->interim) {
+    up->interim = 0;
+    return 0;
+  }
   wstun_request *req = up->req;
   if (req == NULL || req->resp == NULL)
     return -1;

@@ -673,6 +673,11 @@ class _Handler(BaseHTTPRequestHandler):
             ])
         elif route == "/name":
             self._reply(200, be.name.encode())
+        elif route == "/interim":
+            # interim 1xx answers before the final one
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n"
+                             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+            self._reply(200, b"final\n")
         else:  # /echo and anything else
             self._json(rec)
 

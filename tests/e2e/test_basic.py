@@ -120,6 +120,15 @@ class Routing(E2ETestCase):
             self.assertStatus(r, code)
             self.assertEqual(r.body, b"")
 
+    def test_interim_responses_skipped(self):
+        srv, cli, be, tok = self.tunnel()
+        r = get(srv.port, "/_token/%s/interim" % tok)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"final\n")
+        # the backend connection is still in step: the next answer is right
+        r = get(srv.port, "/_token/%s/name" % tok)
+        self.assertEqual(r.body, b"backend")
+
     def test_redirect_not_followed(self):
         srv, cli, be, tok = self.tunnel()
         target = "http://127.0.0.1:1/not-followed"

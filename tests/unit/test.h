@@ -64,8 +64,22 @@ static inline void test__fail(const char *file, int line, const char *fmt,
   va_start(ap, fmt);
   vfprintf(stdout, fmt, ap);
   va_end(ap);
-  if (test__state.context[0])
-    fprintf(stdout, " [%s]", test__state.context);
+  if (test__state.context[0]) {
+    /* escaped: contexts often quote protocol bytes */
+    fputs(" [", stdout);
+    for (const char *c = test__state.context; *c; c++) {
+      unsigned char u = (unsigned char)*c;
+      if (u == '\r')
+        fputs("\\r", stdout);
+      else if (u == '\n')
+        fputs("\\n", stdout);
+      else if (u < 0x20 || u >= 0x7f)
+        fprintf(stdout, "\\x%02x", u);
+      else
+        fputc(u, stdout);
+    }
+    fputc(']', stdout);
+  }
   fputc('\n', stdout);
   fflush(stdout);
 }
