@@ -26,7 +26,7 @@ void wstun_client_config_init(wstun_client_config *cfg) {
   cfg->timeout_sec = 30;
   cfg->backend_timeout_sec = 1200;
   cfg->reconnect_max_ms = 30000;
-  cfg->max_idle_per_backend = 32;
+  cfg->max_idle_per_backend = 256;
   cfg->max_handler_body = 8 * 1024 * 1024;
   cfg->log_level = WSTUN_LOG_INFO;
 }
@@ -723,14 +723,21 @@ static void client_free(wstun_client *cli) {
   wstun__free(cli);
 }
 
-void wstun__client_release(wstun_client *cli) {
-  if (!cli->closing || cli->live > 0)
-    return;
+static void on_flusher_closed(uv_handle_t *h) {
+  wstun_client *cli = h->data;
   wstun_client_close_cb cb = cli->close_cb;
   void *ud = cli->close_ud;
   client_free(cli);
   if (cb)
     cb(cli, ud);
+}
+
+void wstun__client_release(wstun_client *cli) {
+  if (!cli->closing || cli->live > 0 || cli->released)
+    return;
+  /* everything else is gone: the write flusher goes last */
+  cli->released = 1;
+  wstun__conn_shared_close(&cli->shared, on_flusher_closed, cli);
 }
 
 static void on_timer_closed(uv_handle_t *h) {
@@ -881,7 +888,7 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
       (uint64_t)(cfg->backend_timeout_sec > 0 ? cfg->backend_timeout_sec : 1200) * 1000;
   cli->reconnect_max_ms =
       (uint64_t)(cfg->reconnect_max_ms > 0 ? cfg->reconnect_max_ms : 30000);
-  cli->max_idle = cfg->max_idle_per_backend > 0 ? (size_t)cfg->max_idle_per_backend : 32;
+  cli->max_idle = cfg->max_idle_per_backend > 0 ? (size_t)cfg->max_idle_per_backend : 256;
   cli->max_handler_body = cfg->max_handler_body ? cfg->max_handler_body : 8 << 20;
   cli->handler = cfg->handler;
   cli->handler_ud = cfg->handler_user_data;
@@ -910,6 +917,7 @@ int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
     client_free(cli);
     return rc;
   }
+  wstun__conn_shared_init(&cli->shared, loop);
   uv_timer_init(loop, &cli->timer);
   cli->timer.data = cli;
   cli->live = 1; /* the timer */

@@ -98,7 +98,7 @@ struct wstun_client {
   size_t nidle;
   wstun__upstream *ups;  /* every upstream connection */
   /* closing */
-  int closing, closed_now;
+  int closing, closed_now, released;
   size_t live; /* handles and objects the close waits for */
   wstun_client_close_cb close_cb;
   void *close_ud;

@@ -152,9 +152,22 @@ static void on_closed(uv_handle_t *h) {
   wstun__free(c);
 }
 
+static void undirty(wstun__conn *c) {
+  if (!c->dirty)
+    return;
+  wstun__conn **pp = &c->shared->dirty;
+  while (*pp && *pp != c)
+    pp = &(*pp)->dirty_next;
+  if (*pp)
+    *pp = c->dirty_next;
+  c->dirty = 0;
+  c->dirty_next = NULL;
+}
+
 void wstun__conn_close(wstun__conn *c) {
   if (c->closing)
     return;
+  undirty(c);
   c->closing = 1;
   c->reading = 0;
   uv_close((uv_handle_t *)&c->tcp, on_closed);
@@ -163,6 +176,7 @@ void wstun__conn_close(wstun__conn *c) {
 void wstun__conn_abort(wstun__conn *c) {
   if (c->closing)
     return;
+  undirty(c);
   c->closing = 1;
   c->reading = 0;
   if (uv_tcp_close_reset(&c->tcp, on_closed) != 0)
@@ -230,11 +244,54 @@ int wstun__conn_write(wstun__conn *c, const void *data, size_t n) {
     return WSTUN_ECLOSED;
   if (wstun__buf_append(&c->out, data, n) != 0)
     return WSTUN_ENOMEM;
-  write_more(c);
+  wstun__conn_flush(c);
   return 0;
 }
 
-void wstun__conn_flush(wstun__conn *c) { write_more(c); }
+static void on_flush(uv_check_t *check) {
+  wstun__conn_shared *sh = check->data;
+  while (sh->dirty) {
+    wstun__conn *c = sh->dirty;
+    sh->dirty = c->dirty_next;
+    c->dirty = 0;
+    c->dirty_next = NULL;
+    write_more(c);
+  }
+  uv_check_stop(check);
+}
+
+void wstun__conn_flush(wstun__conn *c) {
+  if (c->dirty || c->closing)
+    return;
+  if (c->shared->closed) {
+    write_more(c);
+    return;
+  }
+  c->dirty = 1;
+  c->dirty_next = c->shared->dirty;
+  c->shared->dirty = c;
+  uv_check_start(&c->shared->flusher, on_flush);
+}
+
+void wstun__conn_flush_now(wstun__conn *c) {
+  undirty(c);
+  write_more(c);
+}
+
+void wstun__conn_shared_init(wstun__conn_shared *sh, uv_loop_t *loop) {
+  uv_check_init(loop, &sh->flusher);
+  sh->flusher.data = sh;
+  sh->dirty = NULL;
+  sh->closed = 0;
+}
+
+void wstun__conn_shared_close(wstun__conn_shared *sh, uv_close_cb cb,
+                              void *data) {
+  uv_check_stop(&sh->flusher);
+  sh->closed = 1;
+  sh->flusher.data = data;
+  uv_close((uv_handle_t *)&sh->flusher, cb);
+}
 
 int wstun__conn_congested(wstun__conn *c) {
   if (wstun__conn_queued(c) > c->high_water) {
@@ -253,7 +310,7 @@ void wstun__conn_end(wstun__conn *c) {
     c->reading = 0;
   }
   c->paused = 1;
-  write_more(c);
+  wstun__conn_flush(c);
 }
 
 const char *wstun__conn_peer_ip(const wstun__conn *c, char *out, size_t n) {

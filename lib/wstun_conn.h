@@ -32,10 +32,21 @@ typedef struct wstun__conn_cbs {
   void (*on_close)(wstun__conn *c);
 } wstun__conn_cbs;
 
+/* What the connections of one server or client share: the read buffer,
+ * and a check handle that writes out everything the connections queued
+ * during one loop iteration, so that many small writes (one per tunnel
+ * message, per response) become one syscall per connection. */
 typedef struct wstun__conn_shared {
   uint8_t buf[WSTUN__READ_BUF_SIZE];
-  int busy;
+  uv_check_t flusher;
+  wstun__conn *dirty; /* connections with output to write */
+  int closed;
 } wstun__conn_shared;
+
+void wstun__conn_shared_init(wstun__conn_shared *sh, uv_loop_t *loop);
+/* Closes the flusher handle; `cb` gets it (its data is `data`). */
+void wstun__conn_shared_close(wstun__conn_shared *sh, uv_close_cb cb,
+                              void *data);
 
 struct wstun__conn {
   uv_tcp_t tcp;
@@ -51,7 +62,8 @@ struct wstun__conn {
   size_t high_water;
   unsigned reading : 1, paused : 1, writing : 1, closing : 1, ended : 1,
       above_high : 1, close_after_write : 1, open : 1, connecting : 1,
-      in_data : 1;
+      in_data : 1, dirty : 1;
+  wstun__conn *dirty_next;
   struct sockaddr_storage peer;
 };
 
@@ -73,12 +85,15 @@ void wstun__conn_pause(wstun__conn *c);
 /* Delivers kept bytes, then reads again. */
 void wstun__conn_resume(wstun__conn *c);
 
-/* Queues bytes. Errors only for memory (WSTUN_ENOMEM) or a closing conn. */
+/* Queues bytes, written at the end of this loop iteration. Errors only for
+ * memory (WSTUN_ENOMEM) or a closing conn. */
 int wstun__conn_write(wstun__conn *c, const void *data, size_t n);
 /* The output buffer, for serializers that append directly; call
  * wstun__conn_flush() after. */
 static inline wstun__buf *wstun__conn_outbuf(wstun__conn *c) { return &c->out; }
 void wstun__conn_flush(wstun__conn *c);
+/* Starts writing now (before a close, say). */
+void wstun__conn_flush_now(wstun__conn *c);
 /* Bytes queued but not yet handed to the kernel. */
 static inline size_t wstun__conn_queued(const wstun__conn *c) {
   return wstun__buf_size(&c->out) + wstun__buf_size(&c->inflight);

@@ -542,6 +542,15 @@ static void on_handle_closed(uv_handle_t *h) {
 /* Called whenever something the close waits for went away. */
 static void close_all(wstun_server *srv);
 
+static void on_flusher_closed(uv_handle_t *h) {
+  wstun_server *srv = h->data;
+  wstun_server_close_cb cb = srv->close_cb;
+  void *ud = srv->close_ud;
+  server_free(srv);
+  if (cb)
+    cb(srv, ud);
+}
+
 void wstun__server_front_gone(wstun_server *srv) {
   /* graceful stop: the last busy front connection is done */
   if (srv->closing == 1 && srv->nfronts == 0) {
@@ -551,12 +560,9 @@ void wstun__server_front_gone(wstun_server *srv) {
   if (srv->closing != 2 || srv->handles_open > 0 || srv->nfronts > 0 ||
       srv->live_tunnels > 0)
     return;
+  /* everything else is gone: the write flusher goes last */
   srv->closing = 3;
-  wstun_server_close_cb cb = srv->close_cb;
-  void *ud = srv->close_ud;
-  server_free(srv);
-  if (cb)
-    cb(srv, ud);
+  wstun__conn_shared_close(&srv->shared, on_flusher_closed, srv);
 }
 
 /* Grace over (or nothing left in flight): close everything. */
@@ -687,6 +693,7 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->port = ntohs(bound.ss_family == AF_INET6
                         ? ((struct sockaddr_in6 *)&bound)->sin6_port
                         : ((struct sockaddr_in *)&bound)->sin_port);
+  wstun__conn_shared_init(&srv->shared, loop);
   uv_timer_init(loop, &srv->sweep);
   srv->sweep.data = srv;
   uint64_t every = srv->forget_ms / 4 < 1000 ? 1000 : srv->forget_ms / 4;

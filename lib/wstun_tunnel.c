@@ -414,7 +414,7 @@ static void tunnel_fail(wstun__tunnel *t, int err) {
    * (libuv writes at once when it can); a dead peer must not keep the
    * socket open. */
   if (t->conn) {
-    wstun__conn_flush(t->conn);
+    wstun__conn_flush_now(t->conn);
     wstun__conn_close(t->conn);
   }
   if (t->in_msg && t->sink) {

@@ -163,7 +163,8 @@ typedef struct wstun_client_config {
   int timeout_sec;        /* ping every timeout/3, dead after timeout; 30 */
   int backend_timeout_sec;   /* backend must answer within; default 1200 */
   int reconnect_max_ms;      /* backoff cap; default 30000 */
-  int max_idle_per_backend;  /* keep-alive pool size per backend; 32 */
+  int max_idle_per_backend;  /* idle keep-alive connections kept per
+                                backend; default 256 */
   const char *client_version; /* sent as X-Client-Version; default lib's */
   wstun_handler_cb handler;   /* if set, requests go here, not to HTTP */
   void *handler_user_data;

@@ -30,7 +30,8 @@ typedef struct test_case {
 } test_case;
 
 #define TEST(name) static void name(void)
-#define T(name) {#name, name}
+#define T(name)                                                                \
+  { #name, name }
 #define TEST_COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Harness state. Static in a header that each test program includes
@@ -54,8 +55,8 @@ static inline void test_context(const char *fmt, ...) {
   va_end(ap);
 }
 
-static inline void test__fail(const char *file, int line, const char *fmt,
-                              ...) __attribute__((format(printf, 3, 4)));
+static inline void test__fail(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static inline void test__fail(const char *file, int line, const char *fmt,
                               ...) {
   va_list ap;
@@ -106,95 +107,95 @@ static inline void test__print_escaped(const void *s, size_t n, size_t max) {
     fprintf(stdout, "... (%zu bytes)", n);
 }
 
-#define CHECK(cond)                                                           \
-  do {                                                                        \
-    test__state.checks++;                                                     \
-    if (!(cond))                                                              \
-      test__fail(__FILE__, __LINE__, "CHECK(%s) failed", #cond);              \
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    test__state.checks++;                                                      \
+    if (!(cond))                                                               \
+      test__fail(__FILE__, __LINE__, "CHECK(%s) failed", #cond);               \
   } while (0)
 
 /* Like CHECK but returns from the (void) test function on failure, for
  * preconditions whose failure would make the rest crash. */
-#define REQUIRE(cond)                                                         \
-  do {                                                                        \
-    test__state.checks++;                                                     \
-    if (!(cond)) {                                                            \
-      test__fail(__FILE__, __LINE__, "REQUIRE(%s) failed", #cond);            \
-      return;                                                                 \
-    }                                                                         \
+#define REQUIRE(cond)                                                          \
+  do {                                                                         \
+    test__state.checks++;                                                      \
+    if (!(cond)) {                                                             \
+      test__fail(__FILE__, __LINE__, "REQUIRE(%s) failed", #cond);             \
+      return;                                                                  \
+    }                                                                          \
   } while (0)
 
-#define CHECK_EQ_INT(a, b)                                                    \
-  do {                                                                        \
-    long long test__a = (long long)(a), test__b = (long long)(b);             \
-    test__state.checks++;                                                     \
-    if (test__a != test__b)                                                   \
-      test__fail(__FILE__, __LINE__, "CHECK_EQ_INT(%s, %s): %lld != %lld",    \
-                 #a, #b, test__a, test__b);                                   \
+#define CHECK_EQ_INT(a, b)                                                     \
+  do {                                                                         \
+    long long test__a = (long long)(a), test__b = (long long)(b);              \
+    test__state.checks++;                                                      \
+    if (test__a != test__b)                                                    \
+      test__fail(__FILE__, __LINE__, "CHECK_EQ_INT(%s, %s): %lld != %lld", #a, \
+                 #b, test__a, test__b);                                        \
   } while (0)
 
-#define CHECK_EQ_STR(a, b)                                                    \
-  do {                                                                        \
-    const char *test__a = (a), *test__b = (b);                                \
-    test__state.checks++;                                                     \
-    if (test__a == NULL || test__b == NULL ? test__a != test__b               \
-                                           : strcmp(test__a, test__b) != 0) { \
-      test__fail(__FILE__, __LINE__, "CHECK_EQ_STR(%s, %s):", #a, #b);        \
-      fputs("    got:  ", stdout);                                            \
-      if (test__a)                                                            \
-        test__print_escaped(test__a, strlen(test__a), 400);                   \
-      else                                                                    \
-        fputs("NULL", stdout);                                                \
-      fputs("\n    want: ", stdout);                                          \
-      if (test__b)                                                            \
-        test__print_escaped(test__b, strlen(test__b), 400);                   \
-      else                                                                    \
-        fputs("NULL", stdout);                                                \
-      fputc('\n', stdout);                                                    \
-    }                                                                         \
+#define CHECK_EQ_STR(a, b)                                                     \
+  do {                                                                         \
+    const char *test__a = (a), *test__b = (b);                                 \
+    test__state.checks++;                                                      \
+    if (test__a == NULL || test__b == NULL ? test__a != test__b                \
+                                           : strcmp(test__a, test__b) != 0) {  \
+      test__fail(__FILE__, __LINE__, "CHECK_EQ_STR(%s, %s):", #a, #b);         \
+      fputs("    got:  ", stdout);                                             \
+      if (test__a)                                                             \
+        test__print_escaped(test__a, strlen(test__a), 400);                    \
+      else                                                                     \
+        fputs("NULL", stdout);                                                 \
+      fputs("\n    want: ", stdout);                                           \
+      if (test__b)                                                             \
+        test__print_escaped(test__b, strlen(test__b), 400);                    \
+      else                                                                     \
+        fputs("NULL", stdout);                                                 \
+      fputc('\n', stdout);                                                     \
+    }                                                                          \
   } while (0)
 
 /* n bytes at a equal n bytes at b; on failure shows the first difference. */
-#define CHECK_MEM(a, b, n)                                                    \
-  do {                                                                        \
-    const unsigned char *test__a = (const unsigned char *)(a);                \
-    const unsigned char *test__b = (const unsigned char *)(b);                \
-    size_t test__n = (size_t)(n);                                             \
-    test__state.checks++;                                                     \
-    if (test__n > 0 && (test__a == NULL || test__b == NULL)) {                \
-      test__fail(__FILE__, __LINE__, "CHECK_MEM(%s, %s, %s): NULL pointer",   \
-                 #a, #b, #n);                                                 \
-    } else if (test__n > 0 && memcmp(test__a, test__b, test__n) != 0) {       \
-      size_t test__i = 0;                                                     \
-      while (test__a[test__i] == test__b[test__i])                            \
-        test__i++;                                                            \
-      size_t test__from = test__i > 16 ? test__i - 16 : 0;                    \
-      size_t test__len = test__n - test__from;                                \
-      test__fail(__FILE__, __LINE__,                                          \
-                 "CHECK_MEM(%s, %s, %s): first difference at byte %zu of "    \
-                 "%zu",                                                       \
-                 #a, #b, #n, test__i, test__n);                               \
-      fprintf(stdout, "    got  [%zu..]: ", test__from);                      \
-      test__print_escaped(test__a + test__from, test__len, 48);               \
-      fprintf(stdout, "\n    want [%zu..]: ", test__from);                    \
-      test__print_escaped(test__b + test__from, test__len, 48);               \
-      fputc('\n', stdout);                                                    \
-    }                                                                         \
+#define CHECK_MEM(a, b, n)                                                     \
+  do {                                                                         \
+    const unsigned char *test__a = (const unsigned char *)(a);                 \
+    const unsigned char *test__b = (const unsigned char *)(b);                 \
+    size_t test__n = (size_t)(n);                                              \
+    test__state.checks++;                                                      \
+    if (test__n > 0 && (test__a == NULL || test__b == NULL)) {                 \
+      test__fail(__FILE__, __LINE__, "CHECK_MEM(%s, %s, %s): NULL pointer",    \
+                 #a, #b, #n);                                                  \
+    } else if (test__n > 0 && memcmp(test__a, test__b, test__n) != 0) {        \
+      size_t test__i = 0;                                                      \
+      while (test__a[test__i] == test__b[test__i])                             \
+        test__i++;                                                             \
+      size_t test__from = test__i > 16 ? test__i - 16 : 0;                     \
+      size_t test__len = test__n - test__from;                                 \
+      test__fail(__FILE__, __LINE__,                                           \
+                 "CHECK_MEM(%s, %s, %s): first difference at byte %zu of "     \
+                 "%zu",                                                        \
+                 #a, #b, #n, test__i, test__n);                                \
+      fprintf(stdout, "    got  [%zu..]: ", test__from);                       \
+      test__print_escaped(test__a + test__from, test__len, 48);                \
+      fprintf(stdout, "\n    want [%zu..]: ", test__from);                     \
+      test__print_escaped(test__b + test__from, test__len, 48);                \
+      fputc('\n', stdout);                                                     \
+    }                                                                          \
   } while (0)
 
 /* A buffer of known length equals a NUL-terminated golden string. */
-#define CHECK_BYTES_STR(data, len, str)                                       \
-  do {                                                                        \
-    size_t test__gl = (size_t)(len), test__wl = strlen(str);                  \
-    CHECK_EQ_INT(test__gl, test__wl);                                         \
-    CHECK_MEM((data), (str), test__gl < test__wl ? test__gl : test__wl);      \
-    if (test__gl != test__wl) {                                               \
-      fputs("    got:  ", stdout);                                            \
-      test__print_escaped((data), test__gl, 400);                             \
-      fputs("\n    want: ", stdout);                                          \
-      test__print_escaped((str), test__wl, 400);                              \
-      fputc('\n', stdout);                                                    \
-    }                                                                         \
+#define CHECK_BYTES_STR(data, len, str)                                        \
+  do {                                                                         \
+    size_t test__gl = (size_t)(len), test__wl = strlen(str);                   \
+    CHECK_EQ_INT(test__gl, test__wl);                                          \
+    CHECK_MEM((data), (str), test__gl < test__wl ? test__gl : test__wl);       \
+    if (test__gl != test__wl) {                                                \
+      fputs("    got:  ", stdout);                                             \
+      test__print_escaped((data), test__gl, 400);                              \
+      fputs("\n    want: ", stdout);                                           \
+      test__print_escaped((str), test__wl, 400);                               \
+      fputc('\n', stdout);                                                     \
+    }                                                                          \
   } while (0)
 
 static inline int test__selected(const char *name, int argc, char **argv) {
@@ -227,6 +228,7 @@ static inline int test_main(const test_case *tests, size_t n, int argc,
               test__state.test_failures);
     }
   }
+  fprintf(stdout, "(%ld checks)\n", test__state.checks);
   fprintf(stdout, "%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }

@@ -184,9 +184,12 @@ TEST(appendf) {
 
 int main(int argc, char **argv) {
   static const test_case tests[] = {
-      T(init_is_empty),        T(append_and_consume),
-      T(reserve_compacts_before_growing), T(reserve_growth_sizes),
-      T(many_appends_keep_order), T(appendf),
+      T(init_is_empty),
+      T(append_and_consume),
+      T(reserve_compacts_before_growing),
+      T(reserve_growth_sizes),
+      T(many_appends_keep_order),
+      T(appendf),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }

@@ -36,8 +36,8 @@ typedef struct {
   int pause_on_complete;
   int head_error_status; /* set before a negative head_ret */
   int body_ret;
-  int bad_order;      /* callbacks out of order */
-  int bad_value_len;  /* value_len disagrees with strlen */
+  int bad_order;     /* callbacks out of order */
+  int bad_value_len; /* value_len disagrees with strlen */
   int pauses;
   size_t pause_at[8]; /* absolute offsets of the pauses */
   size_t fed;         /* absolute offset of the piece being fed */
@@ -63,7 +63,8 @@ static int cap_on_head(void *ud, wstun__http_head *h) {
   m->minor = h->minor;
   m->nhdrs = h->nhdrs;
   for (size_t k = 0; k < h->nhdrs && k < MAXHDR; k++) {
-    snprintf(m->names[k], sizeof(m->names[k]), "%s", wstun__http_head_name(h, k));
+    snprintf(m->names[k], sizeof(m->names[k]), "%s",
+             wstun__http_head_name(h, k));
     snprintf(m->values[k], sizeof(m->values[k]), "%s",
              wstun__http_head_value(h, k));
     if (strlen(wstun__http_head_name(h, k)) != h->hdrs[k].name_len ||
@@ -243,8 +244,9 @@ static void error_all_ways(const parse_opts *o, const char *data, size_t len,
     CHECK_EQ_INT(c->completes, 0);
     /* an error sticks */
     size_t used = 99;
-    CHECK_EQ_INT(wstun__http_parser_feed(&c->p, (const uint8_t *)"GET", 3, &used),
-                 WSTUN__HTTP_ERROR);
+    CHECK_EQ_INT(
+        wstun__http_parser_feed(&c->p, (const uint8_t *)"GET", 3, &used),
+        WSTUN__HTTP_ERROR);
     CHECK_EQ_INT(used, 0);
     cap_free(c);
     if (test__state.test_failures > failures_before)
@@ -294,9 +296,19 @@ static void check_req_cl(cap *c, const void *arg) {
   CHECK_EQ_STR(m->target, "/upload?x=1&y=%20");
   CHECK_EQ_INT(m->major, 1);
   CHECK_EQ_INT(m->minor, 1);
-  static const char *const nv[] = {
-      "Host", "example.com:8080", "User-Agent", "t/1.0", "X-Multi", "a  b",
-      "X-Empty", "", "Content-Length", "11", "accept", "*/*", NULL};
+  static const char *const nv[] = {"Host",
+                                   "example.com:8080",
+                                   "User-Agent",
+                                   "t/1.0",
+                                   "X-Multi",
+                                   "a  b",
+                                   "X-Empty",
+                                   "",
+                                   "Content-Length",
+                                   "11",
+                                   "accept",
+                                   "*/*",
+                                   NULL};
   check_hdrs(m, nv);
   CHECK_EQ_INT(m->has_cl, 1);
   CHECK_EQ_INT(m->cl, 11);
@@ -329,17 +341,16 @@ TEST(request_head_lookup) {
   cap_free(c);
 }
 
-static const char req_chunked[] =
-    "PUT /c HTTP/1.1\r\n"
-    "Host: h\r\n"
-    "Transfer-Encoding: chunked\r\n"
-    "\r\n"
-    "5\r\nhello\r\n"
-    "6;ext=1\r\n world\r\n"
-    "1A\r\nabcdefghijklmnopqrstuvwxyz\r\n"
-    "0\r\n"
-    "X-Trailer: t\r\n"
-    "\r\n";
+static const char req_chunked[] = "PUT /c HTTP/1.1\r\n"
+                                  "Host: h\r\n"
+                                  "Transfer-Encoding: chunked\r\n"
+                                  "\r\n"
+                                  "5\r\nhello\r\n"
+                                  "6;ext=1\r\n world\r\n"
+                                  "1A\r\nabcdefghijklmnopqrstuvwxyz\r\n"
+                                  "0\r\n"
+                                  "X-Trailer: t\r\n"
+                                  "\r\n";
 
 static void check_req_chunked(cap *c, const void *arg) {
   (void)arg;
@@ -401,7 +412,8 @@ TEST(pipelining_pauses_after_each_message) {
   cap *c = cap_new(HTTP_REQUEST, 4096, 0);
   c->pause_on_complete = 1;
   size_t used = 0;
-  int rc = wstun__http_parser_feed(&c->p, (const uint8_t *)both, la + lb, &used);
+  int rc =
+      wstun__http_parser_feed(&c->p, (const uint8_t *)both, la + lb, &used);
   CHECK_EQ_INT(rc, WSTUN__HTTP_PAUSED);
   CHECK_EQ_INT(used, la);
   CHECK_EQ_INT(c->heads, 1);
@@ -409,8 +421,8 @@ TEST(pipelining_pauses_after_each_message) {
   CHECK_EQ_INT(wstun__http_parser_in_message(&c->p), 0);
   CHECK_EQ_STR(c->msgs[0].target, "/a");
   wstun__http_parser_resume(&c->p);
-  rc = wstun__http_parser_feed(&c->p, (const uint8_t *)both + used, la + lb - used,
-                               &used);
+  rc = wstun__http_parser_feed(&c->p, (const uint8_t *)both + used,
+                               la + lb - used, &used);
   CHECK_EQ_INT(rc, WSTUN__HTTP_PAUSED);
   CHECK_EQ_INT(used, lb);
   CHECK_EQ_INT(c->heads, 2);
@@ -583,9 +595,10 @@ TEST(response_204_304_have_no_body) {
   /* llhttp knows a 204 has no body; for a 304 carrying the length of the
    * resource, on_head says so by returning 1, as every caller does for
    * 1xx/204/304 (see the on_head contract) */
-  static const char s[] = "HTTP/1.1 204 No Content\r\nX: y\r\n\r\n"
-                          "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"
-                          "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  static const char s[] =
+      "HTTP/1.1 204 No Content\r\nX: y\r\n\r\n"
+      "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"
+      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
   parse_opts o = {HTTP_RESPONSE, 4096, 0, {0, 1, 0, 0}, 0, 0};
   parse_all_ways(&o, S(s), check_no_body_statuses, NULL);
 }
@@ -607,9 +620,10 @@ static void check_head_response(cap *c, const void *arg) {
 
 TEST(head_response_has_no_body_when_on_head_says_so) {
   /* answers to HEAD, HEAD, GET on one connection */
-  static const char s[] = "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
-                          "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                          "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno";
+  static const char s[] =
+      "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno";
   parse_opts o = {HTTP_RESPONSE, 4096, 0, {1, 1, 0, 0}, 0, 0};
   parse_all_ways(&o, S(s), check_head_response, NULL);
 }
@@ -761,9 +775,9 @@ TEST(body_over_limit_413) {
   error_all_ways(&o, cl, strlen(cl), 413);
   cap *c = cap_new(HTTP_REQUEST, 4096, 100);
   size_t used;
-  CHECK_EQ_INT(wstun__http_parser_feed(&c->p, (const uint8_t *)cl, strlen(cl),
-                                       &used),
-               WSTUN__HTTP_ERROR);
+  CHECK_EQ_INT(
+      wstun__http_parser_feed(&c->p, (const uint8_t *)cl, strlen(cl), &used),
+      WSTUN__HTTP_ERROR);
   CHECK_EQ_INT(c->p.error_status, 413);
   CHECK_EQ_INT(c->heads, 0); /* on_head never saw it */
   cap_free(c);
@@ -902,8 +916,8 @@ TEST(bare_lf_inside_value_is_not_a_smuggled_header) {
   static const char s[] = "GET / HTTP/1.1\r\nX-A: a\nInjected: 1\r\n\r\n";
   cap *c = cap_new(HTTP_REQUEST, 4096, 0);
   size_t used;
-  int rc = wstun__http_parser_feed(&c->p, (const uint8_t *)s, sizeof(s) - 1,
-                                   &used);
+  int rc =
+      wstun__http_parser_feed(&c->p, (const uint8_t *)s, sizeof(s) - 1, &used);
   if (rc == WSTUN__HTTP_ERROR) {
     CHECK_EQ_INT(c->p.error_status, 400);
   } else {
@@ -979,7 +993,8 @@ TEST(head_write_request_built) {
                     "X-B: \r\nx-a: 2\r\n\r\n");
   CHECK_EQ_INT(wstun__http_head_remove(&h, "X-a"), 2);
   CHECK_EQ_INT(wstun__http_head_remove(&h, "X-a"), 0);
-  head_bytes_eq(&h, "GET /x?y=1 HTTP/1.1\r\nHost: example.com\r\nX-B: \r\n\r\n");
+  head_bytes_eq(&h,
+                "GET /x?y=1 HTTP/1.1\r\nHost: example.com\r\nX-B: \r\n\r\n");
   /* many headers: the table and the text grow */
   for (int i = 0; i < 100; i++) {
     char name[16], value[16];
@@ -1010,15 +1025,15 @@ TEST(head_write_request_parsed_and_edited) {
                           "\r\nhi";
   cap *c = cap_new(HTTP_REQUEST, 4096, 0);
   size_t used;
-  CHECK_EQ_INT(wstun__http_parser_feed(&c->p, (const uint8_t *)s, sizeof(s) - 1,
-                                       &used),
-               WSTUN__HTTP_OK);
+  CHECK_EQ_INT(
+      wstun__http_parser_feed(&c->p, (const uint8_t *)s, sizeof(s) - 1, &used),
+      WSTUN__HTTP_OK);
   wstun__http_head *h = &c->p.head;
   CHECK_EQ_INT(wstun__http_head_set_target(h, "/rest?q=1", 9), 0);
   CHECK_EQ_INT(wstun__http_head_remove(h, "x-token"), 1);
   CHECK_EQ_INT(wstun__http_head_remove(h, "X-Forwarded-For"), 1);
-  CHECK_EQ_INT(wstun__http_head_add(h, "X-Forwarded-For", "10.0.0.1, 127.0.0.1"),
-               0);
+  CHECK_EQ_INT(
+      wstun__http_head_add(h, "X-Forwarded-For", "10.0.0.1, 127.0.0.1"), 0);
   /* always written as HTTP/1.1 */
   head_bytes_eq(h, "POST /rest?q=1 HTTP/1.1\r\n"
                    "Host: front.example\r\n"
@@ -1044,9 +1059,9 @@ TEST(head_write_response) {
                           "Connection: close\r\nX-Keep: 1\r\n\r\n";
   cap *c = cap_new(HTTP_RESPONSE, 4096, 0);
   size_t used;
-  CHECK_EQ_INT(wstun__http_parser_feed(&c->p, (const uint8_t *)s, sizeof(s) - 1,
-                                       &used),
-               WSTUN__HTTP_OK);
+  CHECK_EQ_INT(
+      wstun__http_parser_feed(&c->p, (const uint8_t *)s, sizeof(s) - 1, &used),
+      WSTUN__HTTP_OK);
   wstun__http_head_strip_hop_by_hop(&c->p.head, 1);
   CHECK_EQ_INT(wstun__http_head_add(&c->p.head, "Content-Length", "0"), 0);
   head_bytes_eq(&c->p.head, "HTTP/1.1 404 Nope Nope\r\nServer: be\r\n"
@@ -1077,6 +1092,7 @@ static void build(wstun__http_head *h, const char *const *nv) {
 }
 
 TEST(strip_hop_by_hop) {
+  /* clang-format off */
   static const char *const nv[] = {
       "Host", "h",
       "Connection", "keep-alive, X-Foo",
@@ -1097,6 +1113,7 @@ TEST(strip_hop_by_hop) {
       "X-Keep-2", "b",
       "Authorization", "Basic y",
       NULL};
+  /* clang-format on */
   wstun__http_head h;
   build(&h, nv);
   wstun__http_head_strip_hop_by_hop(&h, 0);
@@ -1113,12 +1130,14 @@ TEST(strip_hop_by_hop) {
 
 TEST(strip_every_header_named_in_connection) {
   /* RFC 9110 7.6.1: every field named in Connection goes, however many */
+  /* clang-format off */
   static const char *const nv[] = {
       "Connection", "A1, A2, A3, A4, A5, A6, A7, A8, A9, A10",
       "A1", "1", "A2", "2", "A3", "3", "A4", "4", "A5", "5",
       "A6", "6", "A7", "7", "A8", "8", "A9", "9", "A10", "10",
       "Host", "h",
       NULL};
+  /* clang-format on */
   wstun__http_head h;
   build(&h, nv);
   wstun__http_head_strip_hop_by_hop(&h, 0);
@@ -1128,7 +1147,8 @@ TEST(strip_every_header_named_in_connection) {
   char longname[100];
   memset(longname, 'L', 80);
   longname[80] = '\0';
-  const char *nv2[] = {"Connection", longname, longname, "v", "Host", "h", NULL};
+  const char *nv2[] = {"Connection", longname, longname, "v",
+                       "Host",       "h",      NULL};
   build(&h, nv2);
   wstun__http_head_strip_hop_by_hop(&h, 0);
   head_bytes_eq(&h, "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
@@ -1136,6 +1156,7 @@ TEST(strip_every_header_named_in_connection) {
 }
 
 TEST(has_token) {
+  /* clang-format off */
   static const char *const nv[] = {
       "Connection", "keep-alive, Upgrade",
       "Upgrade", "websocketx",
@@ -1143,6 +1164,7 @@ TEST(has_token) {
       "x-list", "last",
       "Empty", "",
       NULL};
+  /* clang-format on */
   wstun__http_head h;
   build(&h, nv);
   CHECK_EQ_INT(wstun__http_head_has_token(&h, "connection", "upgrade"), 1);
@@ -1237,7 +1259,8 @@ TEST(chunked_framing_parses_back) {
   /* a head, chunks made with the helpers, parsed back all ways */
   wstun__buf b;
   wstun__buf_init(&b);
-  wstun__buf_append_str(&b, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+  wstun__buf_append_str(
+      &b, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
   static const char *const parts[] = {"a", "bcdefghijklmnopq", "rstuvwxyz"};
   for (size_t i = 0; i < TEST_COUNT(parts); i++) {
     wstun__http_write_chunk_header(&b, strlen(parts[i]));

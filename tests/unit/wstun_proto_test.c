@@ -101,10 +101,9 @@ TEST(decode_rejects) {
     const char *s;
     size_t bad_at;
   } cases[] = {
-      {"00g0 ", 2}, {"0000x", 4}, {"0000\t", 4}, {" 000 ", 0},
-      {"-001 ", 0}, {"000 1", 3}, {"0x01 ", 1}, {"00G0 ", 2},
-      {"abcd\r", 4}, {"0:00 ", 1}, {"0/00 ", 1}, {"0`00 ", 1},
-      {"0@00 ", 1}, {"000000", 4},
+      {"00g0 ", 2}, {"0000x", 4}, {"0000\t", 4}, {" 000 ", 0},  {"-001 ", 0},
+      {"000 1", 3}, {"0x01 ", 1}, {"00G0 ", 2},  {"abcd\r", 4}, {"0:00 ", 1},
+      {"0/00 ", 1}, {"0`00 ", 1}, {"0@00 ", 1},  {"000000", 4},
   };
   for (size_t i = 0; i < TEST_COUNT(cases); i++) {
     const char *s = cases[i].s;
@@ -155,9 +154,9 @@ TEST(every_id_round_trips) {
 
 int main(int argc, char **argv) {
   static const test_case tests[] = {
-      T(prefix_golden_bytes),    T(decode_whole_and_bytewise),
-      T(decode_in_two_pieces),   T(decode_empty_feed),
-      T(decode_rejects),         T(every_id_round_trips),
+      T(prefix_golden_bytes),  T(decode_whole_and_bytewise),
+      T(decode_in_two_pieces), T(decode_empty_feed),
+      T(decode_rejects),       T(every_id_round_trips),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }

@@ -1,2 +1,992 @@
+/* conn + tunnel on a real uv loop: a loopback TCP pair on 127.0.0.1 port 0,
+ * a server-side tunnel on the accepted socket and a client-side tunnel on
+ * the other (no handshake: the tunnel starts on raw sockets). Every loop
+ * run is bounded by a guard timer, and every test ends by closing
+ * everything and checking uv_loop_close() == 0, so ASan's leak checker
+ * sees whatever a test leaves behind. */
+#include "wstun_tunnel.h"
+
+#include <stdlib.h>
+
 #include "test.h"
-int main(int argc, char **argv) { return test_main(NULL, 0, argc, argv); }
+#include "wstun/wstun.h"
+#include "wstun_conn.h"
+#include "wstun_proto.h"
+
+#define MAXRX 16
+#define MIB (1024 * 1024)
+
+typedef struct env env;
+
+typedef struct rx_msg {
+  uint16_t id;
+  wstun__buf data;
+  int ended, complete;
+} rx_msg;
+
+typedef struct side {
+  env *e;
+  char tag;         /* 's' or 'c' in the event log */
+  wstun__tunnel *t; /* NULL once on_closed fired */
+  wstun__conn *conn;
+  int handed; /* conn belongs to the tunnel */
+  rx_msg rx[MAXRX];
+  int nrx;
+  int closed, close_err, freed;
+  uint64_t closed_at;
+  /* behaviour of the sink */
+  int drop_id;     /* on_msg_begin refuses this id (-1: none) */
+  int pause_on_id; /* on_msg_begin pauses rx for this id (-1: none) */
+  int pauses;
+} side;
+
+struct env {
+  uv_loop_t loop;
+  uv_tcp_t listener;
+  uv_timer_t guard;
+  int guard_fired;
+  int listener_open;
+  int flushers_open;
+  wstun__conn_shared *sh_srv, *sh_cli;
+  wstun__rng rng_srv, rng_cli;
+  wstun__logger log;
+  int connected, connect_status;
+  side srv, cli;
+  char events[512];
+  uint64_t started_at;
+};
+
+/* ---- event log ----------------------------------------------------------- */
+
+static void ev(env *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void ev(env *e, const char *fmt, ...) {
+  size_t n = strlen(e->events);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(e->events + n, sizeof(e->events) - n, fmt, ap);
+  va_end(ap);
+}
+
+static void log_cb(void *ud, wstun_log_level level, const char *line) {
+  (void)ud;
+  printf("    [log %d] %s\n", (int)level, line);
+}
+
+/* ---- outgoing messages --------------------------------------------------- */
+
+typedef struct tx {
+  env *e;
+  char tag;
+  int sent, failed, restartable, drains;
+} tx;
+
+static void tx_sent(void *owner, wstun__outmsg *m) {
+  tx *x = owner;
+  (void)m;
+  x->sent++;
+  ev(x->e, "S%c ", x->tag);
+}
+
+static void tx_drain(void *owner, wstun__outmsg *m) {
+  tx *x = owner;
+  (void)m;
+  x->drains++;
+}
+
+static void tx_failed(void *owner, wstun__outmsg *m, int restartable) {
+  tx *x = owner;
+  x->failed++;
+  x->restartable = restartable;
+  ev(x->e, "F%c%d ", x->tag, restartable);
+  wstun__outmsg_free(m); /* ownership came back */
+}
+
+static const wstun__outmsg_cbs tx_cbs = {tx_sent, tx_drain, tx_failed};
+
+static wstun__outmsg *msg_new(tx *x, uint16_t id, const void *body, size_t n,
+                              int finished) {
+  wstun__outmsg *m = wstun__outmsg_new(&tx_cbs, x);
+  if (m == NULL)
+    abort();
+  uint8_t pre[WSTUN__PROTO_PREFIX_LEN];
+  wstun__proto_write_prefix(id, pre);
+  if (wstun__buf_append(&m->buf, pre, sizeof(pre)) != 0 ||
+      wstun__buf_append(&m->buf, body, n) != 0)
+    abort();
+  m->finished = finished ? 1u : 0u;
+  return m;
+}
+
+/* ---- tunnel callbacks ---------------------------------------------------- */
+
+static void *on_msg_begin(wstun__tunnel *t, uint16_t id) {
+  side *s = t->owner;
+  ev(s->e, "B%c%x ", s->tag, (unsigned)id);
+  if ((int)id == s->drop_id || s->nrx >= MAXRX)
+    return NULL;
+  rx_msg *m = &s->rx[s->nrx++];
+  m->id = id;
+  if ((int)id == s->pause_on_id) {
+    s->pauses++;
+    wstun__tunnel_pause_rx(t);
+  }
+  return m;
+}
+
+static int on_msg_data(wstun__tunnel *t, void *sink, const uint8_t *data,
+                       size_t len) {
+  rx_msg *m = sink;
+  (void)t;
+  if (m->ended)
+    printf("    data after the end of message %04x\n", m->id);
+  return wstun__buf_append(&m->data, data, len) == 0 ? 0 : 1;
+}
+
+static void on_msg_end(wstun__tunnel *t, void *sink, int complete) {
+  side *s = t->owner;
+  rx_msg *m = sink;
+  m->ended++;
+  m->complete = complete;
+  ev(s->e, "E%c%x%s ", s->tag, (unsigned)m->id, complete ? "" : "!");
+}
+
+static void on_closed(wstun__tunnel *t, int err) {
+  side *s = t->owner;
+  s->closed++;
+  s->close_err = err;
+  s->closed_at = uv_now(&s->e->loop);
+  s->t = NULL;
+  ev(s->e, "C%c ", s->tag);
+}
+
+static void on_freed(void *owner) {
+  side *s = owner;
+  s->freed++;
+}
+
+static const wstun__tunnel_cbs tun_cbs = {on_msg_begin, on_msg_data, on_msg_end,
+                                          on_closed, on_freed};
+
+/* ---- connections before the tunnel takes them -----------------------------
+ */
+
+static size_t pre_on_data(wstun__conn *c, const uint8_t *d, size_t n) {
+  (void)c;
+  (void)d;
+  return n;
+}
+static void pre_on_end(wstun__conn *c, int err) {
+  (void)c;
+  (void)err;
+}
+static void pre_on_connect(wstun__conn *c, int status) {
+  env *e = c->owner;
+  e->connected = 1;
+  e->connect_status = status;
+}
+static void pre_on_close(wstun__conn *c) {
+  env *e = c->owner;
+  if (c == e->srv.conn)
+    e->srv.conn = NULL;
+  if (c == e->cli.conn)
+    e->cli.conn = NULL;
+}
+static const wstun__conn_cbs pre_cbs = {pre_on_data, pre_on_end, NULL,
+                                        pre_on_connect, pre_on_close};
+
+static void on_connection(uv_stream_t *server, int status) {
+  env *e = server->data;
+  if (status != 0 || e->srv.conn != NULL)
+    return;
+  wstun__conn *c = wstun__conn_new(&e->loop, e->sh_srv, &pre_cbs, e);
+  if (c == NULL)
+    return;
+  e->srv.conn = c;
+  if (wstun__conn_accept(c, server) != 0)
+    wstun__conn_close(c);
+}
+
+/* ---- running the loop ------------------------------------------------------
+ */
+
+static void on_guard(uv_timer_t *t) {
+  env *e = t->data;
+  e->guard_fired = 1;
+}
+
+typedef int (*pred_fn)(env *e);
+
+/* Runs the loop until pred holds; fails the test if ms pass first. With
+ * pred NULL, just runs for ms. Returns pred's final value. */
+#define RUN_UNTIL(e, pred, ms) run_until((e), (pred), (ms), #pred, __LINE__)
+static int run_until(env *e, pred_fn pred, uint64_t ms, const char *what,
+                     int line) {
+  e->guard_fired = 0;
+  uv_timer_start(&e->guard, on_guard, ms, 0);
+  while (!(pred && pred(e)) && !e->guard_fired)
+    uv_run(&e->loop, UV_RUN_ONCE);
+  uv_timer_stop(&e->guard);
+  int ok = pred ? pred(e) : 1;
+  if (!ok)
+    test__fail(__FILE__, line, "timed out after %llu ms waiting for %s",
+               (unsigned long long)ms, what);
+  return ok;
+}
+
+static void run_for(env *e, uint64_t ms) {
+  run_until(e, NULL, ms, "", 0);
+}
+
+/* ---- setting up and tearing down ----------------------------------------- */
+
+typedef struct {
+  uint64_t srv_ping, srv_dead, cli_ping, cli_dead;
+  const uint8_t *srv_leftover;
+  size_t srv_leftover_len;
+} env_opts;
+
+static int both_connected(env *e) {
+  return e->connected && e->srv.conn != NULL && e->srv.conn->reading;
+}
+
+static void side_init(env *e, side *s, char tag) {
+  memset(s, 0, sizeof(*s));
+  s->e = e;
+  s->tag = tag;
+  s->drop_id = -1;
+  s->pause_on_id = -1;
+}
+
+/* 0 when both tunnels run. The env is always torn down by env_done. */
+static int env_start(env *e, const env_opts *o) {
+  memset(e, 0, sizeof(*e));
+  side_init(e, &e->srv, 's');
+  side_init(e, &e->cli, 'c');
+  e->log.level = WSTUN_LOG_DEBUG;
+  e->log.cb = getenv("WSTUN_TEST_LOG") ? log_cb : NULL;
+  e->sh_srv = calloc(1, sizeof(*e->sh_srv));
+  e->sh_cli = calloc(1, sizeof(*e->sh_cli));
+  if (e->sh_srv == NULL || e->sh_cli == NULL)
+    abort();
+  CHECK_EQ_INT(uv_loop_init(&e->loop), 0);
+  wstun__conn_shared_init(e->sh_srv, &e->loop);
+  wstun__conn_shared_init(e->sh_cli, &e->loop);
+  e->flushers_open = 2;
+  CHECK_EQ_INT(wstun__rng_init(&e->rng_srv), 0);
+  CHECK_EQ_INT(wstun__rng_init(&e->rng_cli), 0);
+  uv_timer_init(&e->loop, &e->guard);
+  e->guard.data = e;
+
+  struct sockaddr_in addr;
+  uv_ip4_addr("127.0.0.1", 0, &addr);
+  uv_tcp_init(&e->loop, &e->listener);
+  e->listener.data = e;
+  e->listener_open = 1;
+  int rc = uv_tcp_bind(&e->listener, (const struct sockaddr *)&addr, 0);
+  CHECK_EQ_INT(rc, 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&e->listener, 8, on_connection);
+  CHECK_EQ_INT(rc, 0);
+  int alen = sizeof(addr);
+  if (rc == 0)
+    rc = uv_tcp_getsockname(&e->listener, (struct sockaddr *)&addr, &alen);
+  if (rc != 0)
+    return -1;
+  CHECK(ntohs(addr.sin_port) != 0);
+
+  e->cli.conn = wstun__conn_new(&e->loop, e->sh_cli, &pre_cbs, e);
+  if (e->cli.conn == NULL)
+    return -1;
+  rc = wstun__conn_connect(e->cli.conn, (const struct sockaddr *)&addr);
+  CHECK_EQ_INT(rc, 0);
+  if (rc != 0 || !RUN_UNTIL(e, both_connected, 5000))
+    return -1;
+  CHECK_EQ_INT(e->connect_status, 0);
+
+  rc = wstun__tunnel_start(&e->srv.t, &e->loop, e->srv.conn, 1, &e->rng_srv,
+                           &e->log, o->srv_ping, o->srv_dead, &tun_cbs, &e->srv,
+                           o->srv_leftover, o->srv_leftover_len);
+  CHECK_EQ_INT(rc, 0);
+  if (rc != 0)
+    return -1;
+  e->srv.handed = 1;
+  rc = wstun__tunnel_start(&e->cli.t, &e->loop, e->cli.conn, 0, &e->rng_cli,
+                           &e->log, o->cli_ping, o->cli_dead, &tun_cbs, &e->cli,
+                           NULL, 0);
+  CHECK_EQ_INT(rc, 0);
+  if (rc != 0)
+    return -1;
+  e->cli.handed = 1;
+  e->started_at = uv_now(&e->loop);
+  return 0;
+}
+
+static int all_gone(env *e) {
+  return (!e->srv.handed || e->srv.freed) && (!e->cli.handed || e->cli.freed) &&
+         e->srv.conn == NULL && e->cli.conn == NULL && !e->listener_open;
+}
+
+static void on_listener_closed(uv_handle_t *h) {
+  env *e = h->data;
+  e->listener_open = 0;
+}
+
+static void on_flusher_closed(uv_handle_t *h) {
+  env *e = h->data;
+  e->flushers_open--;
+}
+
+static int flushers_gone(env *e) {
+  return e->flushers_open == 0;
+}
+
+static void close_any(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+static void env_done(env *e) {
+  if (e->srv.t)
+    wstun__tunnel_close(e->srv.t, WSTUN_ECLOSED);
+  if (e->cli.t)
+    wstun__tunnel_close(e->cli.t, WSTUN_ECLOSED);
+  /* a conn the tunnel did not take */
+  if (!e->srv.handed && e->srv.conn)
+    wstun__conn_close(e->srv.conn);
+  if (!e->cli.handed && e->cli.conn)
+    wstun__conn_close(e->cli.conn);
+  if (e->srv.handed)
+    e->srv.conn = NULL; /* the tunnel's now */
+  if (e->cli.handed)
+    e->cli.conn = NULL;
+  if (e->listener_open && !uv_is_closing((uv_handle_t *)&e->listener))
+    uv_close((uv_handle_t *)&e->listener, on_listener_closed);
+  RUN_UNTIL(e, all_gone, 5000);
+  CHECK_EQ_INT(e->srv.freed, e->srv.handed);
+  CHECK_EQ_INT(e->cli.freed, e->cli.handed);
+  /* the shared write flushers go last, as in the server and the client */
+  wstun__conn_shared_close(e->sh_srv, on_flusher_closed, e);
+  wstun__conn_shared_close(e->sh_cli, on_flusher_closed, e);
+  RUN_UNTIL(e, flushers_gone, 1000);
+  uv_close((uv_handle_t *)&e->guard, NULL);
+  uv_run(&e->loop, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(&e->loop);
+  CHECK_EQ_INT(rc, 0);
+  if (rc != 0) {
+    /* something still open: close it so the next test starts clean */
+    uv_walk(&e->loop, close_any, NULL);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&e->loop);
+  }
+  for (int i = 0; i < MAXRX; i++) {
+    wstun__buf_free(&e->srv.rx[i].data);
+    wstun__buf_free(&e->cli.rx[i].data);
+  }
+  wstun__rng_free(&e->rng_srv);
+  wstun__rng_free(&e->rng_cli);
+  free(e->sh_srv);
+  free(e->sh_cli);
+}
+
+static void check_rx(const rx_msg *m, uint16_t id, const void *data, size_t n,
+                     int complete) {
+  CHECK_EQ_INT(m->id, id);
+  CHECK_EQ_INT(m->ended, 1);
+  CHECK_EQ_INT(m->complete, complete);
+  CHECK_EQ_INT(wstun__buf_size(&m->data), n);
+  if (wstun__buf_size(&m->data) == n)
+    CHECK_MEM(wstun__buf_data(&m->data), data, n);
+}
+
+static const env_opts quiet = {0, 0, 0, 0, NULL, 0};
+
+/* ---- small messages --------------------------------------------------------
+ */
+
+static env E; /* one test at a time; env_start resets it */
+
+static int small_done(env *e) {
+  return e->srv.nrx == 1 && e->srv.rx[0].ended && e->cli.nrx == 1 &&
+         e->cli.rx[0].ended;
+}
+
+TEST(small_message_both_ways) {
+  env *e = &E;
+  if (env_start(e, &quiet) == 0) {
+    tx xc = {e, '1', 0, 0, 0, 0}, xs = {e, '2', 0, 0, 0, 0};
+    wstun__tunnel_send(e->cli.t, msg_new(&xc, 1, "hello", 5, 1));
+    wstun__tunnel_send(e->srv.t, msg_new(&xs, 0xabcd, "world", 5, 1));
+    if (RUN_UNTIL(e, small_done, 5000)) {
+      check_rx(&e->srv.rx[0], 1, "hello", 5, 1);
+      check_rx(&e->cli.rx[0], 0xabcd, "world", 5, 1);
+    }
+    CHECK_EQ_INT(xc.sent, 1);
+    CHECK_EQ_INT(xs.sent, 1);
+    CHECK_EQ_INT(xc.failed + xs.failed, 0);
+    CHECK_EQ_INT(e->srv.closed + e->cli.closed, 0);
+    CHECK_EQ_INT(wstun__tunnel_queued(e->cli.t), 0);
+  }
+  env_done(e);
+}
+
+static int srv_got_one(env *e) {
+  return e->srv.nrx >= 1 && e->srv.rx[0].ended;
+}
+
+TEST(http_message_with_high_id) {
+  env *e = &E;
+  static const char req[] =
+      "GET /x?y HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n"
+      "\r\nhi";
+  if (env_start(e, &quiet) == 0) {
+    tx x = {e, '1', 0, 0, 0, 0};
+    wstun__tunnel_send(e->cli.t, msg_new(&x, 31999, req, sizeof(req) - 1, 1));
+    if (RUN_UNTIL(e, srv_got_one, 5000))
+      check_rx(&e->srv.rx[0], 31999, req, sizeof(req) - 1, 1);
+    CHECK_EQ_INT(x.sent, 1);
+  }
+  env_done(e);
+}
+
+/* ---- a 5 MiB message streamed by a producer --------------------------------
+ */
+
+static uint8_t pat(size_t i, unsigned seed) {
+  return (uint8_t)((i * 2654435761u + seed) >> 11);
+}
+
+typedef struct producer {
+  tx x; /* first: the outmsg owner is the producer */
+  wstun__tunnel *t;
+  wstun__outmsg *m;
+  unsigned seed;
+  size_t total, produced;
+  int producing, again, finished, fulls;
+} producer;
+
+static void produce(producer *p);
+
+static void prod_drain(void *owner, wstun__outmsg *m) {
+  producer *p = owner;
+  (void)m;
+  p->x.drains++;
+  produce(p);
+}
+
+static const wstun__outmsg_cbs prod_cbs = {tx_sent, prod_drain, tx_failed};
+
+static void append_pattern(producer *p, size_t n) {
+  uint8_t chunk[64 * 1024];
+  for (size_t i = 0; i < n; i++)
+    chunk[i] = pat(p->produced + i, p->seed);
+  if (wstun__buf_append(&p->m->buf, chunk, n) != 0)
+    abort();
+  p->produced += n;
+}
+
+/* Appends 64 KiB at a time while the message is not full, kicking the
+ * tunnel after each; finishes at the end. Resumed by on_drain. */
+static void produce(producer *p) {
+  if (p->producing) {
+    p->again = 1; /* on_drain from inside a kick */
+    return;
+  }
+  p->producing = 1;
+  do {
+    p->again = 0;
+    while (!p->finished && p->produced < p->total) {
+      if (wstun__outmsg_full(p->m)) {
+        p->fulls++;
+        break;
+      }
+      size_t n = p->total - p->produced;
+      append_pattern(p, n < 64 * 1024 ? n : 64 * 1024);
+      wstun__tunnel_kick(p->t);
+    }
+    if (!p->finished && p->produced == p->total) {
+      p->finished = 1;
+      p->m->finished = 1;
+      p->m = NULL; /* the tunnel's alone now: it frees it once sent */
+      wstun__tunnel_kick(p->t);
+    }
+  } while (p->again && !p->finished);
+  p->producing = 0;
+}
+
+static void producer_start(producer *p, env *e, wstun__tunnel *t, uint16_t id,
+                           size_t total, unsigned seed) {
+  memset(p, 0, sizeof(*p));
+  p->x.e = e;
+  p->x.tag = (char)('0' + id % 10);
+  p->t = t;
+  p->total = total;
+  p->seed = seed;
+  p->m = wstun__outmsg_new(&prod_cbs, p);
+  if (p->m == NULL)
+    abort();
+  uint8_t pre[WSTUN__PROTO_PREFIX_LEN];
+  wstun__proto_write_prefix(id, pre);
+  wstun__buf_append(&p->m->buf, pre, sizeof(pre));
+  append_pattern(p, WSTUN__STREAM_AT); /* big enough to hand over */
+  wstun__tunnel_send(t, p->m);
+  produce(p);
+}
+
+static void check_pattern(const rx_msg *m, size_t total, unsigned seed) {
+  CHECK_EQ_INT(wstun__buf_size(&m->data), total);
+  size_t n = wstun__buf_size(&m->data), bad = 0, first_bad = 0;
+  const uint8_t *d = wstun__buf_data(&m->data);
+  for (size_t i = 0; i < n; i++)
+    if (d[i] != pat(i, seed) && bad++ == 0)
+      first_bad = i;
+  CHECK_EQ_INT(bad, 0);
+  if (bad)
+    printf("    first wrong byte at %zu\n", first_bad);
+}
+
+static producer P1, P2;
+
+static int big_done(env *e) {
+  return e->srv.nrx >= 1 && e->srv.rx[0].ended && e->cli.nrx >= 1 &&
+         e->cli.rx[0].ended && P1.x.sent && P2.x.sent;
+}
+
+TEST(five_mib_streamed_both_ways) {
+  env *e = &E;
+  const size_t total = 5 * MIB;
+  if (env_start(e, &quiet) == 0) {
+    producer_start(&P1, e, e->cli.t, 2, total, 7);
+    producer_start(&P2, e, e->srv.t, 3, total, 99);
+    /* the producers cannot run ahead: the pipe filled up at once */
+    CHECK(P1.fulls >= 1);
+    CHECK(P1.produced < total);
+    if (RUN_UNTIL(e, big_done, 30000)) {
+      CHECK_EQ_INT(e->srv.rx[0].id, 2);
+      CHECK_EQ_INT(e->srv.rx[0].complete, 1);
+      check_pattern(&e->srv.rx[0], total, 7);
+      CHECK_EQ_INT(e->cli.rx[0].id, 3);
+      CHECK_EQ_INT(e->cli.rx[0].complete, 1);
+      check_pattern(&e->cli.rx[0], total, 99);
+    }
+    CHECK_EQ_INT(P1.x.sent, 1);
+    CHECK_EQ_INT(P2.x.sent, 1);
+    CHECK(P1.x.drains >= 1); /* resumed by on_drain */
+    CHECK(P2.x.drains >= 1);
+    CHECK_EQ_INT(P1.x.failed + P2.x.failed, 0);
+    CHECK_EQ_INT(e->srv.nrx, 1);
+    CHECK_EQ_INT(e->cli.nrx, 1);
+    CHECK_EQ_INT(e->srv.closed + e->cli.closed, 0);
+  }
+  env_done(e);
+}
+
+/* ---- several messages in a row ------------------------------------------- */
+
+static int three_done(env *e) {
+  return e->srv.nrx == 3 && e->srv.rx[2].ended;
+}
+
+TEST(three_messages_arrive_in_order) {
+  env *e = &E;
+  if (env_start(e, &quiet) == 0) {
+    size_t mid_len = 100 * 1024;
+    uint8_t *mid = malloc(mid_len);
+    if (mid == NULL)
+      abort();
+    for (size_t i = 0; i < mid_len; i++)
+      mid[i] = pat(i, 5);
+    tx a = {e, 'a', 0, 0, 0, 0}, b = {e, 'b', 0, 0, 0, 0},
+       c = {e, 'c', 0, 0, 0, 0};
+    wstun__tunnel_send(e->cli.t, msg_new(&a, 1, "first", 5, 1));
+    wstun__tunnel_send(e->cli.t, msg_new(&b, 2, mid, mid_len, 1));
+    wstun__tunnel_send(e->cli.t, msg_new(&c, 3, "third", 5, 1));
+    if (RUN_UNTIL(e, three_done, 10000)) {
+      check_rx(&e->srv.rx[0], 1, "first", 5, 1);
+      check_rx(&e->srv.rx[1], 2, mid, mid_len, 1);
+      check_rx(&e->srv.rx[2], 3, "third", 5, 1);
+    }
+    CHECK_EQ_INT(a.sent + b.sent + c.sent, 3);
+    /* told in order, never interleaved on the receiving side */
+    CHECK(strstr(e->events, "Sa Sb Sc ") != NULL);
+    CHECK(strstr(e->events, "Bs1 Es1 Bs2 Es2 Bs3 Es3 ") != NULL);
+    if (test__state.test_failures)
+      printf("    events: %s\n", e->events);
+    free(mid);
+  }
+  env_done(e);
+}
+
+/* ---- a sink pausing the tunnel --------------------------------------------
+ */
+
+static int srv_begun(env *e) {
+  return e->srv.nrx >= 1;
+}
+static int both_paused_done(env *e) {
+  return e->srv.nrx == 2 && e->srv.rx[0].ended && e->srv.rx[1].ended;
+}
+
+TEST(pause_rx_stops_delivery_until_resume) {
+  env *e = &E;
+  if (env_start(e, &quiet) == 0) {
+    const size_t big = 1 * MIB;
+    uint8_t *body = malloc(big);
+    if (body == NULL)
+      abort();
+    for (size_t i = 0; i < big; i++)
+      body[i] = pat(i, 11);
+    e->srv.pause_on_id = 5;
+    tx a = {e, 'a', 0, 0, 0, 0}, b = {e, 'b', 0, 0, 0, 0};
+    wstun__tunnel_send(e->cli.t, msg_new(&a, 5, body, big, 1));
+    wstun__tunnel_send(e->cli.t, msg_new(&b, 6, "after", 5, 1));
+    if (RUN_UNTIL(e, srv_begun, 5000)) {
+      run_for(e, 300);
+      size_t got1 = wstun__buf_size(&e->srv.rx[0].data);
+      CHECK_EQ_INT(e->srv.pauses, 1);
+      CHECK_EQ_INT(e->srv.rx[0].ended, 0);
+      CHECK_EQ_INT(e->srv.nrx, 1); /* the next message has not begun */
+      CHECK(got1 < big / 2);
+      run_for(e, 300);
+      /* nothing more arrived while paused */
+      CHECK_EQ_INT(wstun__buf_size(&e->srv.rx[0].data), got1);
+      CHECK_EQ_INT(e->srv.nrx, 1);
+      CHECK_EQ_INT(e->srv.closed + e->cli.closed, 0);
+      REQUIRE(e->srv.t != NULL);
+      wstun__tunnel_resume_rx(e->srv.t);
+      if (RUN_UNTIL(e, both_paused_done, 10000)) {
+        check_rx(&e->srv.rx[0], 5, body, big, 1);
+        check_rx(&e->srv.rx[1], 6, "after", 5, 1);
+      }
+      CHECK_EQ_INT(a.sent + b.sent, 2);
+    }
+    free(body);
+  }
+  env_done(e);
+}
+
+/* ---- liveness -------------------------------------------------------------
+ */
+
+TEST(pings_keep_an_idle_tunnel_alive) {
+  env *e = &E;
+  /* the client pings, the server only listens (as in wstunnel) */
+  env_opts o = {0, 700, 100, 700, NULL, 0};
+  if (env_start(e, &o) == 0) {
+    run_for(e, 2000);
+    CHECK_EQ_INT(e->srv.closed, 0);
+    CHECK_EQ_INT(e->cli.closed, 0);
+    /* and still carries messages */
+    tx x = {e, 'x', 0, 0, 0, 0};
+    if (e->cli.t) {
+      wstun__tunnel_send(e->cli.t, msg_new(&x, 1, "still here", 10, 1));
+      if (RUN_UNTIL(e, srv_got_one, 5000))
+        check_rx(&e->srv.rx[0], 1, "still here", 10, 1);
+    }
+  }
+  env_done(e);
+}
+
+static int cli_closed(env *e) {
+  return e->cli.closed > 0;
+}
+static int srv_closed(env *e) {
+  return e->srv.closed > 0;
+}
+static int both_closed(env *e) {
+  return e->srv.closed > 0 && e->cli.closed > 0;
+}
+
+TEST(peer_that_stops_reading_times_out) {
+  env *e = &E;
+  /* the server stops reading at once, so the client's pings go
+   * unanswered */
+  env_opts o = {0, 0, 100, 500, NULL, 0};
+  if (env_start(e, &o) == 0) {
+    wstun__tunnel_pause_rx(e->srv.t);
+    if (RUN_UNTIL(e, cli_closed, 5000)) {
+      CHECK_EQ_INT(e->cli.close_err, WSTUN_ETIMEDOUT);
+      uint64_t after = e->cli.closed_at - e->started_at;
+      CHECK(after >= 450);
+      CHECK(after <= 2000);
+    }
+    CHECK_EQ_INT(e->cli.closed, 1);
+  }
+  env_done(e);
+}
+
+TEST(silent_peer_times_out) {
+  env *e = &E;
+  /* nobody pings: the server gives up after dead_after, the client sees
+   * the connection end */
+  env_opts o = {0, 500, 0, 0, NULL, 0};
+  if (env_start(e, &o) == 0) {
+    if (RUN_UNTIL(e, both_closed, 5000)) {
+      CHECK_EQ_INT(e->srv.close_err, WSTUN_ETIMEDOUT);
+      CHECK_EQ_INT(e->cli.close_err, WSTUN_ECLOSED);
+      CHECK(e->srv.closed_at - e->started_at >= 450);
+    }
+  }
+  env_done(e);
+}
+
+TEST(paused_receiver_does_not_time_out_a_live_peer) {
+  env *e = &E;
+  /* The server's sink pauses (its requester reads slowly) while the client
+   * keeps pinging: the client is alive, the server just is not reading.
+   * PROTOCOL.md 4: the server closes a tunnel that has sent nothing for
+   * wstimeout; this one did send. */
+  env_opts o = {0, 600, 100, 0, NULL, 0};
+  if (env_start(e, &o) == 0) {
+    e->srv.pause_on_id = 1;
+    tx x = {e, 'x', 0, 0, 0, 0};
+    wstun__tunnel_send(e->cli.t, msg_new(&x, 1, "slow sink", 9, 1));
+    RUN_UNTIL(e, srv_begun, 5000);
+    run_for(e, 2000);
+    CHECK_EQ_INT(e->srv.closed, 0);
+    if (e->srv.closed)
+      printf("    server closed with %d after %llu ms\n", e->srv.close_err,
+             (unsigned long long)(e->srv.closed_at - e->started_at));
+    if (e->srv.t) {
+      wstun__tunnel_resume_rx(e->srv.t);
+      if (RUN_UNTIL(e, srv_got_one, 5000))
+        check_rx(&e->srv.rx[0], 1, "slow sink", 9, 1);
+    }
+  }
+  env_done(e);
+}
+
+/* ---- closing ----------------------------------------------------------------
+ */
+
+static tx F1, F2, F3;
+static int three_failed(env *e) {
+  (void)e;
+  return F1.failed && F2.failed && F3.failed;
+}
+
+TEST(close_hands_back_unstarted_messages) {
+  env *e = &E;
+  if (env_start(e, &quiet) == 0) {
+    F1 = (tx){e, '1', 0, 0, -1, 0};
+    F2 = (tx){e, '2', 0, 0, -1, 0};
+    F3 = (tx){e, '3', 0, 0, -1, 0};
+    /* m1 holds a single byte and is not finished: nothing of it can go
+     * yet, and m2, m3 wait behind it */
+    wstun__outmsg *m1 = wstun__outmsg_new(&tx_cbs, &F1);
+    if (m1 == NULL)
+      abort();
+    wstun__buf_append(&m1->buf, "0", 1);
+    wstun__tunnel_send(e->srv.t, m1);
+    wstun__tunnel_send(e->srv.t, msg_new(&F2, 2, "two", 3, 1));
+    wstun__tunnel_send(e->srv.t, msg_new(&F3, 3, "three", 5, 1));
+    run_for(e, 100);
+    CHECK_EQ_INT(e->cli.nrx, 0);
+    CHECK_EQ_INT(wstun__tunnel_queued(e->srv.t), 2);
+    /* the client goes away */
+    wstun__tunnel_close(e->cli.t, WSTUN_ECLOSED);
+    CHECK_EQ_INT(e->cli.closed, 1); /* at once */
+    CHECK_EQ_INT(e->cli.close_err, WSTUN_ECLOSED);
+    if (RUN_UNTIL(e, srv_closed, 5000)) {
+      CHECK_EQ_INT(e->srv.close_err, WSTUN_ECLOSED);
+      CHECK(three_failed(e));
+      CHECK_EQ_INT(F1.restartable, 1);
+      CHECK_EQ_INT(F2.restartable, 1);
+      CHECK_EQ_INT(F3.restartable, 1);
+      CHECK_EQ_INT(F1.sent + F2.sent + F3.sent, 0);
+      /* on_closed first, then the messages, in queue order */
+      CHECK(strstr(e->events, "Cs F11 F21 F31 ") != NULL);
+      if (test__state.test_failures)
+        printf("    events: %s\n", e->events);
+    }
+  }
+  env_done(e);
+}
+
+static int cli_ended_one(env *e) {
+  return e->cli.nrx >= 1 && e->cli.rx[0].ended;
+}
+static int cli_got_some(env *e) {
+  return e->cli.nrx >= 1 && wstun__buf_size(&e->cli.rx[0].data) >= 9;
+}
+
+TEST(close_mid_message) {
+  env *e = &E;
+  if (env_start(e, &quiet) == 0) {
+    F1 = (tx){e, '1', 0, 0, -1, 0};
+    /* started but not finished: "0001 " + 10 bytes, one held back */
+    wstun__tunnel_send(e->srv.t, msg_new(&F1, 1, "0123456789", 10, 0));
+    RUN_UNTIL(e, cli_got_some, 5000);
+    CHECK_EQ_INT(e->cli.rx[0].ended, 0);
+    wstun__tunnel_close(e->srv.t, WSTUN_ECLOSED);
+    CHECK_EQ_INT(e->srv.closed, 1);
+    CHECK_EQ_INT(F1.failed, 1);
+    CHECK_EQ_INT(F1.restartable, 0); /* bytes of it went out */
+    if (RUN_UNTIL(e, cli_ended_one, 5000)) {
+      CHECK_EQ_INT(e->cli.rx[0].complete, 0);
+      CHECK_MEM(wstun__buf_data(&e->cli.rx[0].data), "012345678", 9);
+    }
+    RUN_UNTIL(e, cli_closed, 5000);
+    CHECK_EQ_INT(e->cli.close_err, WSTUN_ECLOSED);
+  }
+  env_done(e);
+}
+
+TEST(send_on_closed_tunnel_fails_restartable) {
+  env *e = &E;
+  if (env_start(e, &quiet) == 0) {
+    wstun__tunnel *t = e->cli.t;
+    wstun__tunnel_close(t, WSTUN_ECLOSED);
+    /* closed but not yet freed: a send made now comes straight back */
+    F1 = (tx){e, '1', 0, 0, -1, 0};
+    wstun__tunnel_send(t, msg_new(&F1, 1, "late", 4, 1));
+    CHECK_EQ_INT(F1.failed, 1);
+    CHECK_EQ_INT(F1.restartable, 1);
+    RUN_UNTIL(e, srv_closed, 5000);
+  }
+  env_done(e);
+}
+
+/* ---- abandoning messages ----------------------------------------------------
+ */
+
+TEST(abandon_queued_and_current) {
+  env *e = &E;
+  if (env_start(e, &quiet) == 0) {
+    F1 = (tx){e, '1', 0, 0, -1, 0};
+    F2 = (tx){e, '2', 0, 0, -1, 0};
+    wstun__outmsg *m1 = msg_new(&F1, 1, "partial", 7, 0);
+    wstun__outmsg *m2 = msg_new(&F2, 2, "never", 5, 1);
+    wstun__tunnel_send(e->srv.t, m1);
+    wstun__tunnel_send(e->srv.t, m2);
+    CHECK_EQ_INT(wstun__tunnel_queued(e->srv.t), 1);
+    wstun__outmsg_abandon(m2); /* queued: gone at once */
+    CHECK_EQ_INT(wstun__tunnel_queued(e->srv.t), 0);
+    wstun__outmsg_abandon(m1); /* being sent: ended with what it holds */
+    if (RUN_UNTIL(e, cli_ended_one, 5000))
+      check_rx(&e->cli.rx[0], 1, "partial", 7, 1);
+    run_for(e, 100);
+    CHECK_EQ_INT(e->cli.nrx, 1);
+    /* the owner gave up: no callbacks */
+    CHECK_EQ_INT(F1.sent + F1.failed + F2.sent + F2.failed, 0);
+    /* and an unqueued message is just freed */
+    wstun__outmsg_abandon(msg_new(&F2, 3, "x", 1, 1));
+    /* the tunnel still works */
+    tx x = {e, 'x', 0, 0, 0, 0};
+    wstun__tunnel_send(e->srv.t, msg_new(&x, 4, "next", 4, 1));
+    run_for(e, 200);
+    CHECK_EQ_INT(e->cli.nrx, 2);
+    if (e->cli.nrx == 2)
+      check_rx(&e->cli.rx[1], 4, "next", 4, 1);
+  }
+  env_done(e);
+}
+
+/* ---- bytes that came with the handshake, odd frames ------------------------
+ */
+
+/* A masked client frame with a zero mask key (payload as is). */
+static size_t frame(uint8_t *out, int opcode, int fin, const char *payload,
+                    size_t n) {
+  out[0] = (uint8_t)((fin ? 0x80 : 0) | opcode);
+  out[1] = (uint8_t)(0x80 | n); /* n < 126 */
+  memset(out + 2, 0, 4);
+  memcpy(out + 6, payload, n);
+  return 6 + n;
+}
+
+static int srv_two(env *e) {
+  return e->srv.nrx >= 2 && e->srv.rx[1].ended;
+}
+
+TEST(leftover_bytes_are_parsed) {
+  env *e = &E;
+  uint8_t lo[256];
+  size_t n = frame(lo, 0x2, 1, "0007 hi", 7);
+  /* and a message in two fragments */
+  n += frame(lo + n, 0x2, 0, "00", 2);
+  n += frame(lo + n, 0x0, 0, "08 fr", 5);
+  n += frame(lo + n, 0x0, 1, "ag", 2);
+  env_opts o = {0, 0, 0, 0, lo, n};
+  if (env_start(e, &o) == 0) {
+    CHECK_EQ_INT(e->srv.nrx, 0); /* parsed on the first loop turn */
+    if (RUN_UNTIL(e, srv_two, 5000)) {
+      check_rx(&e->srv.rx[0], 7, "hi", 2, 1);
+      check_rx(&e->srv.rx[1], 8, "frag", 4, 1);
+    }
+  }
+  env_done(e);
+}
+
+TEST(text_frame_closes_with_eproto) {
+  env *e = &E;
+  uint8_t lo[64];
+  size_t n = frame(lo, 0x1, 1, "0001 hi", 7);
+  env_opts o = {0, 0, 0, 0, lo, n};
+  if (env_start(e, &o) == 0) {
+    if (RUN_UNTIL(e, both_closed, 5000)) {
+      CHECK_EQ_INT(e->srv.close_err, WSTUN_EPROTO);
+      CHECK_EQ_INT(e->cli.close_err, WSTUN_ECLOSED);
+    }
+    CHECK_EQ_INT(e->srv.nrx, 0);
+  }
+  env_done(e);
+}
+
+TEST(bad_prefix_and_refused_ids_are_dropped) {
+  env *e = &E;
+  uint8_t lo[256];
+  size_t n = frame(lo, 0x2, 1, "zzzz junk", 9);   /* no id */
+  n += frame(lo + n, 0x2, 1, "0009 refused", 12); /* sink refuses */
+  n += frame(lo + n, 0x2, 1, "000a ok", 7);
+  n += frame(lo + n, 0x2, 1, "00", 2); /* cut short prefix */
+  n += frame(lo + n, 0x2, 1, "000b ok2", 8);
+  env_opts o = {0, 0, 0, 0, lo, n};
+  if (env_start(e, &o) == 0) {
+    e->srv.drop_id = 9;
+    if (RUN_UNTIL(e, srv_two, 5000)) {
+      check_rx(&e->srv.rx[0], 0xa, "ok", 2, 1);
+      check_rx(&e->srv.rx[1], 0xb, "ok2", 3, 1);
+    }
+    run_for(e, 100);
+    CHECK_EQ_INT(e->srv.nrx, 2);
+    CHECK_EQ_INT(e->srv.closed, 0); /* dropping is not fatal */
+  }
+  env_done(e);
+}
+
+TEST(unmasked_client_frame_is_a_protocol_error) {
+  env *e = &E;
+  uint8_t lo[64] = {0x82, 7};
+  memcpy(lo + 2, "0001 hi", 7);
+  env_opts o = {0, 0, 0, 0, lo, 9};
+  if (env_start(e, &o) == 0) {
+    RUN_UNTIL(e, srv_closed, 5000);
+    CHECK_EQ_INT(e->srv.nrx, 0);
+  }
+  env_done(e);
+}
+
+int main(int argc, char **argv) {
+  static const test_case tests[] = {
+      T(small_message_both_ways),
+      T(http_message_with_high_id),
+      T(five_mib_streamed_both_ways),
+      T(three_messages_arrive_in_order),
+      T(pause_rx_stops_delivery_until_resume),
+      T(pings_keep_an_idle_tunnel_alive),
+      T(peer_that_stops_reading_times_out),
+      T(silent_peer_times_out),
+      T(paused_receiver_does_not_time_out_a_live_peer),
+      T(close_hands_back_unstarted_messages),
+      T(close_mid_message),
+      T(send_on_closed_tunnel_fails_restartable),
+      T(abandon_queued_and_current),
+      T(leftover_bytes_are_parsed),
+      T(text_frame_closes_with_eproto),
+      T(bad_prefix_and_refused_ids_are_dropped),
+      T(unmasked_client_frame_is_a_protocol_error),
+  };
+  return test_main(tests, TEST_COUNT(tests), argc, argv);
+}

@@ -48,8 +48,8 @@ TEST(schemes_and_default_ports) {
       {"HTTP://h", "http", NULL, "h", 80, 0, "", 0},
       {"WsS://h", "wss", NULL, "h", 443, 0, "", 1},
       {"http://127.0.0.1:3000", "http", NULL, "127.0.0.1", 3000, 1, "", 0},
-      {"http://my_host-1.example", "http", NULL, "my_host-1.example", 80, 0,
-       "", 0},
+      {"http://my_host-1.example", "http", NULL, "my_host-1.example", 80, 0, "",
+       0},
       {"http://h:00080", "http", NULL, "h", 80, 1, "", 0},
   };
   for (size_t i = 0; i < TEST_COUNT(cases); i++)
@@ -78,16 +78,16 @@ TEST(userinfo) {
   static const url_case cases[] = {
       {"ws://user:pass@h/base", "ws", "user:pass", "h", 80, 0, "/base", 0},
       {"wss://us%40er:p%3Ass%25@h:9", "wss", "us@er:p:ss%", "h", 9, 1, "", 1},
-      {"http://allowed.example.com@evil.example", "http",
-       "allowed.example.com", "evil.example", 80, 0, "", 0},
+      {"http://allowed.example.com@evil.example", "http", "allowed.example.com",
+       "evil.example", 80, 0, "", 0},
       {"http://a@b@c.example/x", "http", "a@b", "c.example", 80, 0, "/x", 0},
       {"http://@h", "http", "", "h", 80, 0, "", 0},
       {"http://u@[::1]:8/", "http", "u", "::1", 8, 1, "/", 0},
       /* an '@' after the authority belongs to the path */
-      {"http://h/x@evil.example", "http", NULL, "h", 80, 0,
-       "/x@evil.example", 0},
-      {"http://h?x@evil.example", "http", NULL, "h", 80, 0,
-       "?x@evil.example", 0},
+      {"http://h/x@evil.example", "http", NULL, "h", 80, 0, "/x@evil.example",
+       0},
+      {"http://h?x@evil.example", "http", NULL, "h", 80, 0, "?x@evil.example",
+       0},
   };
   for (size_t i = 0; i < TEST_COUNT(cases); i++)
     check_ok(&cases[i]);
@@ -178,8 +178,12 @@ TEST(free_twice_is_safe) {
 
 int main(int argc, char **argv) {
   static const test_case tests[] = {
-      T(schemes_and_default_ports), T(paths_queries_fragments), T(userinfo),
-      T(ipv6_literals),             T(rejects),                 T(free_twice_is_safe),
+      T(schemes_and_default_ports),
+      T(paths_queries_fragments),
+      T(userinfo),
+      T(ipv6_literals),
+      T(rejects),
+      T(free_twice_is_safe),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }

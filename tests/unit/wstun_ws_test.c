@@ -90,8 +90,10 @@ TEST(new_key_is_random_base64_of_16_bytes) {
   CHECK(strcmp(k1, k2) != 0);
   CHECK_EQ_STR(k1 + 22, "==");
   for (int i = 0; i < 22; i++)
-    CHECK(strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
-                 k1[i]) != NULL);
+    CHECK(
+        strchr(
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+            k1[i]) != NULL);
   unsigned char *raw = NULL;
   size_t n = 0;
   CHECK_EQ_INT(wstun__base64_decode(k1, &raw, &n), 0);
@@ -240,8 +242,8 @@ TEST(check_accept_round_trip) {
   for (int bytewise = 0; bytewise < 2; bytewise++) {
     test_context("%s", bytewise ? "bytewise" : "whole");
     hs_cap rs;
-    CHECK_EQ_INT(parse_head(&rs, HTTP_RESPONSE, (const char *)wstun__buf_data(&out),
-                            bytewise),
+    CHECK_EQ_INT(parse_head(&rs, HTTP_RESPONSE,
+                            (const char *)wstun__buf_data(&out), bytewise),
                  0);
     CHECK_EQ_INT(rs.p.head.status, 101);
     CHECK_EQ_INT(wstun__ws_check_accept(&rs.p.head, rfc_key), 0);
@@ -283,18 +285,20 @@ TEST(check_accept_refusals) {
       test_context("case %zu, %s", i, bytewise ? "bytewise" : "whole");
       hs_cap rs;
       CHECK_EQ_INT(parse_head(&rs, HTTP_RESPONSE, bad[i], bytewise), 0);
-      CHECK_EQ_INT(wstun__ws_check_accept(&rs.p.head, rfc_key), WSTUN_EHANDSHAKE);
+      CHECK_EQ_INT(wstun__ws_check_accept(&rs.p.head, rfc_key),
+                   WSTUN_EHANDSHAKE);
       wstun__http_parser_free(&rs.p);
     }
   }
   /* and the good one, as a control */
   hs_cap rs;
-  CHECK_EQ_INT(parse_head(&rs, HTTP_RESPONSE,
-                          "HTTP/1.1 101 Switching Protocols\r\n"
-                          "upgrade: WebSocket\r\nconnection: upgrade\r\n"
-                          "sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-                          1),
-               0);
+  CHECK_EQ_INT(
+      parse_head(&rs, HTTP_RESPONSE,
+                 "HTTP/1.1 101 Switching Protocols\r\n"
+                 "upgrade: WebSocket\r\nconnection: upgrade\r\n"
+                 "sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                 1),
+      0);
   CHECK_EQ_INT(wstun__ws_check_accept(&rs.p.head, rfc_key), 0);
   wstun__http_parser_free(&rs.p);
 }
@@ -305,16 +309,20 @@ TEST(base64_golden_and_round_trip) {
   static const struct {
     const char *raw, *b64;
   } golden[] = {
-      {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},
-      {"foo", "Zm9v"},  {"foob", "Zm9vYg=="},  {"fooba", "Zm9vYmE="},
+      {"", ""},
+      {"f", "Zg=="},
+      {"fo", "Zm8="},
+      {"foo", "Zm9v"},
+      {"foob", "Zm9vYg=="},
+      {"fooba", "Zm9vYmE="},
       {"foobar", "Zm9vYmFy"},
       {"tok0123456789abc:pass", "dG9rMDEyMzQ1Njc4OWFiYzpwYXNz"},
   };
   for (size_t i = 0; i < TEST_COUNT(golden); i++) {
     test_context("\"%s\"", golden[i].raw);
     char *enc = NULL;
-    CHECK_EQ_INT(wstun__base64_encode(golden[i].raw, strlen(golden[i].raw), &enc),
-                 0);
+    CHECK_EQ_INT(
+        wstun__base64_encode(golden[i].raw, strlen(golden[i].raw), &enc), 0);
     CHECK_EQ_STR(enc, golden[i].b64);
     wstun__free(enc);
     unsigned char *dec = NULL;
@@ -337,7 +345,8 @@ TEST(base64_golden_and_round_trip) {
     char *enc = NULL;
     unsigned char *dec = NULL;
     size_t n = 0;
-    if (wstun__base64_encode(raw, len, &enc) != 0 || strlen(enc) != (len + 2) / 3 * 4)
+    if (wstun__base64_encode(raw, len, &enc) != 0 ||
+        strlen(enc) != (len + 2) / 3 * 4)
       bad++;
     else if (wstun__base64_decode(enc, &dec, &n) != 0 || n != len ||
              (len && memcmp(dec, raw, len) != 0))
@@ -350,8 +359,8 @@ TEST(base64_golden_and_round_trip) {
 
 TEST(base64_rejects_garbage) {
   static const char *const bad[] = {
-      "!!!!", "aGV$bG8=", "aGVs bG8=", "Zm9v\x80", "=Zm9", "Zg=a", "Z===",
-      "Zm9vYmFy====", "Zm9v\x01", "Zm-v", "Zm_v",
+      "!!!!", "aGV$bG8=",     "aGVs bG8=", "Zm9v\x80", "=Zm9", "Zg=a",
+      "Z===", "Zm9vYmFy====", "Zm9v\x01",  "Zm-v",     "Zm_v",
   };
   for (size_t i = 0; i < TEST_COUNT(bad); i++) {
     test_context("\"%s\"", bad[i]);
@@ -365,14 +374,10 @@ TEST(base64_rejects_garbage) {
 
 int main(int argc, char **argv) {
   static const test_case tests[] = {
-      T(accept_key_rfc6455_example),
-      T(new_key_is_random_base64_of_16_bytes),
-      T(check_upgrade_valid),
-      T(check_upgrade_refusals),
-      T(write_accept_golden),
-      T(check_accept_round_trip),
-      T(check_accept_refusals),
-      T(base64_golden_and_round_trip),
+      T(accept_key_rfc6455_example), T(new_key_is_random_base64_of_16_bytes),
+      T(check_upgrade_valid),        T(check_upgrade_refusals),
+      T(write_accept_golden),        T(check_accept_round_trip),
+      T(check_accept_refusals),      T(base64_golden_and_round_trip),
       T(base64_rejects_garbage),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
