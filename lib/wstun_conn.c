@@ -258,6 +258,14 @@ static void on_flush(uv_check_t *check) {
     write_more(c);
   }
   uv_check_stop(check);
+  uv_idle_stop(&sh->nudge);
+}
+
+static void on_nudge(uv_idle_t *idle) {
+  /* nothing to do: being active makes the loop poll without blocking, so
+   * a flush requested from a timer (or any non-I/O callback) runs in this
+   * iteration's check phase instead of after the next event */
+  (void)idle;
 }
 
 void wstun__conn_flush(wstun__conn *c) {
@@ -271,6 +279,7 @@ void wstun__conn_flush(wstun__conn *c) {
   c->dirty_next = c->shared->dirty;
   c->shared->dirty = c;
   uv_check_start(&c->shared->flusher, on_flush);
+  uv_idle_start(&c->shared->nudge, on_nudge);
 }
 
 void wstun__conn_flush_now(wstun__conn *c) {
@@ -281,6 +290,8 @@ void wstun__conn_flush_now(wstun__conn *c) {
 void wstun__conn_shared_init(wstun__conn_shared *sh, uv_loop_t *loop) {
   uv_check_init(loop, &sh->flusher);
   sh->flusher.data = sh;
+  uv_idle_init(loop, &sh->nudge);
+  sh->nudge.data = sh;
   sh->dirty = NULL;
   sh->closed = 0;
 }
@@ -288,9 +299,13 @@ void wstun__conn_shared_init(wstun__conn_shared *sh, uv_loop_t *loop) {
 void wstun__conn_shared_close(wstun__conn_shared *sh, uv_close_cb cb,
                               void *data) {
   uv_check_stop(&sh->flusher);
+  uv_idle_stop(&sh->nudge);
   sh->closed = 1;
   sh->flusher.data = data;
+  /* libuv finishes closes in reverse order of uv_close(): closing the
+   * check handle first makes its `cb` (which may free *sh) run last */
   uv_close((uv_handle_t *)&sh->flusher, cb);
+  uv_close((uv_handle_t *)&sh->nudge, NULL);
 }
 
 int wstun__conn_congested(wstun__conn *c) {

@@ -39,6 +39,7 @@ typedef struct wstun__conn_cbs {
 typedef struct wstun__conn_shared {
   uint8_t buf[WSTUN__READ_BUF_SIZE];
   uv_check_t flusher;
+  uv_idle_t nudge; /* keeps poll from blocking while a flush is due */
   wstun__conn *dirty; /* connections with output to write */
   int closed;
 } wstun__conn_shared;

@@ -153,29 +153,22 @@ int wstun__http_head_has_token(const wstun__http_head *h, const char *name,
   return for_each_token(h, name, token_matches, (void *)token);
 }
 
-typedef struct {
-  char names[8][64];
-  int n;
-} conn_tokens;
-
-static int collect_token(void *arg, const char *tok, size_t n) {
-  conn_tokens *ct = arg;
-  if (ct->n < 8 && n < sizeof(ct->names[0])) {
-    memcpy(ct->names[ct->n], tok, n);
-    ct->names[ct->n][n] = '\0';
-    ct->n++;
-  }
-  return 0;
-}
-
 void wstun__http_head_strip_hop_by_hop(wstun__http_head *h, int framing) {
   static const char *const hop[] = {
-      "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+      "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
       "Proxy-Connection", "TE", "Trailer", "Trailers", "Upgrade"};
-  conn_tokens ct = {.n = 0};
-  for_each_token(h, "Connection", collect_token, &ct);
-  for (int i = 0; i < ct.n; i++)
-    wstun__http_head_remove(h, ct.names[i]);
+  /* every header that Connection names goes, however many (RFC 9110
+   * 7.6.1); Connection itself last, since it is the list */
+  size_t w = 0;
+  for (size_t i = 0; i < h->nhdrs; i++) {
+    const char *name = wstun__http_head_name(h, i);
+    if (wstun__http_head_has_token(h, "Connection", name) &&
+        wstun__ascii_casecmp_n(name, h->hdrs[i].name_len, "Connection") != 0)
+      continue;
+    h->hdrs[w++] = h->hdrs[i];
+  }
+  h->nhdrs = w;
+  wstun__http_head_remove(h, "Connection");
   for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
     wstun__http_head_remove(h, hop[i]);
   if (framing) {
@@ -298,7 +291,7 @@ static int on_message_begin(llhttp_t *l) {
   wstun__http_parser *p = PARSER(l);
   wstun__http_head_reset(&p->head);
   p->head.is_request = llhttp_get_type(l) == HTTP_REQUEST;
-  p->head_bytes = 0;
+  p->head_bytes = 16; /* method, version, spaces and CRLFs of line one */
   p->body_bytes = 0;
   p->in_head = 1;
   p->in_msg = 1;
@@ -345,14 +338,32 @@ static int on_header_field(llhttp_t *l, const char *at, size_t n) {
   return grow_open(p, at, n);
 }
 
+/* RFC 9110 5.6.2 token characters: anything else in a field name (a space
+ * before the colon above all) is refused, since a lenient reading of
+ * "Host : x" is how requests get smuggled past header filters. */
+static int is_tchar(unsigned char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+    return 1;
+  return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
 static int on_header_field_complete(llhttp_t *l) {
   wstun__http_parser *p = PARSER(l);
   if (!p->field_open)
-    return fail(p, 400, "Bad request");
+    return fail(p, 400, "Bad request: empty header name");
+  /* ": " and CRLF count against the head limit too */
+  if (head_bytes(p, 4))
+    return HPE_USER;
   p->field_open = 0;
   wstun__hdr *e = &p->head.hdrs[p->head.nhdrs];
   if (close_open(p, e->name_off, &e->name_off, &e->name_len))
     return HPE_USER;
+  const unsigned char *name = p->head.text.base + e->name_off;
+  if (e->name_len == 0)
+    return fail(p, 400, "Bad request: empty header name");
+  for (uint32_t i = 0; i < e->name_len; i++)
+    if (!is_tchar(name[i]))
+      return fail(p, 400, "Bad request: invalid header name");
   e->value_off = (uint32_t)p->head.text.len;
   p->value_open = 1;
   return 0;
@@ -489,6 +500,9 @@ int wstun__http_parser_feed(wstun__http_parser *p, const uint8_t *data,
   *consumed = 0;
   if (p->error_status)
     return WSTUN__HTTP_ERROR;
+  llhttp_errno_t state = llhttp_get_errno(&p->llhttp);
+  if (state == HPE_PAUSED || state == HPE_PAUSED_UPGRADE)
+    return WSTUN__HTTP_PAUSED; /* nothing is parsed until resumed */
   llhttp_errno_t err = llhttp_execute(&p->llhttp, (const char *)data, len);
   if (err == HPE_OK) {
     *consumed = len;
@@ -511,7 +525,10 @@ int wstun__http_parser_finish(wstun__http_parser *p) {
 }
 
 void wstun__http_parser_resume(wstun__http_parser *p) {
-  llhttp_resume(&p->llhttp);
+  if (llhttp_get_errno(&p->llhttp) == HPE_PAUSED_UPGRADE)
+    llhttp_resume_after_upgrade(&p->llhttp);
+  else
+    llhttp_resume(&p->llhttp);
 }
 
 int wstun__http_parser_in_message(const wstun__http_parser *p) {

@@ -458,6 +458,10 @@ void wstun__tunnel_close(wstun__tunnel *t, int err) {
 static void on_tick(uv_timer_t *timer) {
   wstun__tunnel *t = timer->data;
   uint64_t now = uv_now(timer->loop);
+  /* while we hold the input back (a slow requester downstream), the
+   * peer's silence is ours, not its */
+  if (t->rx_paused || (t->conn && t->conn->paused))
+    t->last_rx = now;
   if (t->dead_after_ms && now - t->last_rx >= t->dead_after_ms) {
     wstun__log(t->log, WSTUN_LOG_INFO, "tunnel: nothing heard for %llu ms: closing",
                (unsigned long long)(now - t->last_rx));
@@ -533,17 +537,16 @@ int wstun__tunnel_start(wstun__tunnel **out, uv_loop_t *loop, wstun__conn *conn,
   t->owner = owner;
   t->ping_interval_ms = ping_interval_ms;
   t->dead_after_ms = dead_after_ms;
-  uv_timer_init(loop, &t->timer);
-  t->timer.data = t;
-  t->last_rx = uv_now(loop);
   /* Bytes that followed the handshake are parsed on the first loop turn,
    * so on_closed never fires before this returns. */
   if (n > 0 && wstun__buf_append(&conn->pending, leftover, n) != 0) {
-    uv_close((uv_handle_t *)&t->timer, NULL);
     wslay_event_context_free(t->ws);
     wstun__free(t);
     return WSTUN_ENOMEM;
   }
+  uv_timer_init(loop, &t->timer);
+  t->timer.data = t;
+  t->last_rx = uv_now(loop);
   wstun__conn_set_owner(conn, &tunnel_conn_cbs, t);
   wstun__conn_pause(conn);
   uv_timer_start(&t->timer, on_first_tick, 0, 0);
