@@ -6,6 +6,7 @@
 
 #include "wstun_alloc.h"
 #include "wstun_server_int.h"
+#include "wstun_util.h"
 
 void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]) {
   /* uv_now() is monotonic: convert through the current wall clock */
@@ -38,29 +39,17 @@ static int dump(json_t *doc, wstun__buf *out) {
   return rc ? WSTUN_ENOMEM : 0;
 }
 
-static size_t token_pending(const wstun__token *t) {
-  size_t n = t->nqueued;
-  for (const wstun__srv_tunnel *st = t->tunnels; st; st = st->next)
-    n += st->ninflight;
-  return n;
-}
-
 int wstun__admin_monitoring(wstun_server *srv, wstun__buf *out) {
-  size_t unique = 0, conns = 0, pending = 0;
-  for (size_t i = 0; i < srv->nbuckets; i++)
-    for (wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
-      unique += t->ntunnels > 0;
-      conns += t->ntunnels;
-      pending += token_pending(t);
-    }
+  wstun_server_stats st;
+  wstun_server_get_stats(srv, &st);
   char ts[32];
   wstun__admin_time(srv, uv_now(srv->loop), ts);
   return dump(json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "timestamp", ts,
-                        "unique_tunnels", (json_int_t)unique,
-                        "tunnel_connections", (json_int_t)conns,
-                        "pending_requests", (json_int_t)pending,
-                        "completed_requests", (json_int_t)srv->completed,
-                        "errored_requests", (json_int_t)srv->errored),
+                        "unique_tunnels", (json_int_t)st.tunnels,
+                        "tunnel_connections", (json_int_t)st.tunnel_connections,
+                        "pending_requests", (json_int_t)st.pending_requests,
+                        "completed_requests", (json_int_t)st.completed_requests,
+                        "errored_requests", (json_int_t)st.errored_requests),
               out);
 }
 
@@ -100,10 +89,56 @@ int wstun__admin_auditing(wstun_server *srv, wstun__buf *out) {
           t->last_error_addr, "last_success_time",
           time_or_null(srv, t->last_success), "last_success_addr",
           t->last_success_addr, "pending_requests",
-          (json_int_t)token_pending(t));
+          (json_int_t)wstun__token_pending(t));
       json_object_set_new(tunnels, t->name, o);
     }
   char ts[32];
   wstun__admin_time(srv, uv_now(srv->loop), ts);
   return dump(json_pack("{s:s, s:o}", "timestamp", ts, "tunnels", tunnels), out);
+}
+
+/* /_stats in the Go tool's format. Tokens appear only as 8-character
+ * prefixes; the detail is for requesters on this host only. */
+typedef struct stats_ctx {
+  wstun__buf *out;
+  int n, rc;
+} stats_ctx;
+
+static void stats_token_line(const wstun_tunnel_info *ti, void *ud) {
+  stats_ctx *c = ud;
+  char red[12];
+  c->rc |= wstun__buf_appendf(c->out, "token_clients_%s=%zu\n",
+                              wstun__redact(ti->token, red), ti->connections);
+}
+
+static void stats_tunnel_block(const wstun_tunnel_info *ti, void *ud) {
+  stats_ctx *c = ud;
+  char red[12];
+  int i = c->n++;
+  c->rc |= wstun__buf_appendf(
+      c->out,
+      "\ntunnel%02d_token=%s\ntunnel%02d_req_pending=%zu\n"
+      "tunnel%02d_tun_addr=%s\ntunnel%02d_tun_dns=%s\n"
+      "tunnel%02d_client_version=%s\ntunnel%02d_idle_secs=%.1f\n",
+      i, wstun__redact(ti->token, red), i, ti->pending_requests, i,
+      ti->remote_addr, i, "", i, ti->client_version, i,
+      (double)ti->idle_ms / 1000.0);
+}
+
+int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out) {
+  wstun_server_stats st;
+  wstun_server_get_stats(srv, &st);
+  int rc = wstun__buf_appendf(out, "tunnels=%zu\n", st.tunnels);
+  if (!full || rc != 0)
+    return rc;
+  rc |= wstun__buf_appendf(out,
+                           "max_requests_per_tunnel=%zu\n"
+                           "max_clients_per_token=%zu\n",
+                           srv->max_queue, srv->max_clients);
+  stats_ctx c = {out, 0, 0};
+  wstun_server_foreach_tunnel(srv, stats_token_line, &c);
+  rc |= c.rc | wstun__buf_appendf(out, "total_clients=%zu\n",
+                                  st.tunnel_connections);
+  wstun_server_foreach_tunnel(srv, stats_tunnel_block, &c);
+  return rc | c.rc ? WSTUN_ENOMEM : 0;
 }

@@ -223,11 +223,15 @@ static void local_answer(wstun__front *f, int status, const char *text) {
   write_simple(f, status, text);
 }
 
+/* Full detail only to a requester on this host, decided from the TCP
+ * peer, never from a header a client can forge. */
 static int route_stats(wstun__front *f) {
-  char body[64];
-  snprintf(body, sizeof(body), "tunnels=%zu\n",
-           wstun_server_tunnel_count(f->srv));
-  local_answer(f, 200, body);
+  wstun__buf text = WSTUN__BUF_INIT;
+  int rc = wstun__admin_stats_text(f->srv, wstun__conn_peer_is_loopback(f->conn),
+                                   &text);
+  rc |= wstun__buf_append(&text, "", 1);
+  local_answer(f, rc ? 503 : 200, rc ? "Out of memory" : (const char *)text.base);
+  wstun__buf_free(&text);
   return 0;
 }
 

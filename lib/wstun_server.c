@@ -169,6 +169,48 @@ size_t wstun_server_tunnel_count(const wstun_server *srv) {
 
 int wstun_server_port(const wstun_server *srv) { return srv->port; }
 
+size_t wstun__token_pending(const wstun__token *t) {
+  size_t n = t->nqueued;
+  for (const wstun__srv_tunnel *st = t->tunnels; st; st = st->next)
+    n += st->ninflight;
+  return n;
+}
+
+void wstun_server_get_stats(const wstun_server *srv, wstun_server_stats *out) {
+  memset(out, 0, sizeof(*out));
+  for (size_t i = 0; i < srv->nbuckets; i++)
+    for (const wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
+      out->tokens++;
+      out->tunnels += t->ntunnels > 0;
+      out->tunnel_connections += t->ntunnels;
+      out->pending_requests += wstun__token_pending(t);
+    }
+  out->front_connections = srv->nfronts;
+  out->completed_requests = srv->completed;
+  out->errored_requests = srv->errored;
+}
+
+void wstun_server_foreach_tunnel(const wstun_server *srv,
+                                 wstun_tunnel_info_cb cb, void *user_data) {
+  uint64_t now = uv_now(srv->loop);
+  for (size_t i = 0; i < srv->nbuckets; i++)
+    for (const wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
+      const wstun__srv_tunnel *st = t->tunnels;
+      uint64_t last = t->last_activity > t->last_seen ? t->last_activity
+                                                      : t->last_seen;
+      wstun_tunnel_info info = {
+          .token = t->name,
+          .connections = t->ntunnels,
+          .pending_requests = wstun__token_pending(t),
+          .remote_addr = st ? st->addr : "",
+          .client_version =
+              st && st->client_version ? st->client_version : "",
+          .idle_ms = now - last,
+      };
+      cb(&info, user_data);
+    }
+}
+
 /* ---- dispatch ----------------------------------------------------------- */
 
 static size_t waiting_count(const wstun__token *tok) {

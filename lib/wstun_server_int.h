@@ -134,10 +134,14 @@ void wstun__front_tunnel_lost(wstun__front *f);
 /* wstun_admin.c: JSON documents of /admin/monitoring and /admin/auditing */
 int wstun__admin_monitoring(wstun_server *srv, wstun__buf *out);
 int wstun__admin_auditing(wstun_server *srv, wstun__buf *out);
+/* /_stats text; `full` adds the per-token detail. */
+int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out);
 /* RFC 3339 UTC ("2025-01-09T15:30:45Z") of a uv_now() instant. */
 void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]);
 
 /* wstun_server.c */
+/* Exchanges queued for the token or in flight on its tunnels. */
+size_t wstun__token_pending(const wstun__token *t);
 wstun__token *wstun__server_find_token(wstun_server *srv, const char *name,
                                        size_t len);
 /* Routes an exchange whose request message is ready: onto a live tunnel,

@@ -66,6 +66,24 @@ WSTUN_EXTERN const char *wstun_strerror(int err);
 /* The library's version as "MAJOR.MINOR.PATCH" (static string). */
 WSTUN_EXTERN const char *wstun_version(void);
 
+/* ---- memory ------------------------------------------------------------ */
+
+/* The allocator libwstun uses for its own memory (process-wide). Set it
+ * before the first wstun_*_start() and never change it while a server or
+ * client exists; NULL restores malloc/free. The dependencies (libuv, wslay,
+ * mbedTLS, jansson) keep their own allocators. `realloc` and `calloc`
+ * follow the C semantics; `free` accepts NULL. */
+typedef struct wstun_allocator {
+  void *(*malloc)(size_t size, void *user_data);
+  void *(*calloc)(size_t count, size_t size, void *user_data);
+  void *(*realloc)(void *ptr, size_t size, void *user_data);
+  void (*free)(void *ptr, void *user_data);
+  void *user_data;
+} wstun_allocator;
+
+/* Copies *a. WSTUN_EINVAL if a function is missing. */
+WSTUN_EXTERN int wstun_set_allocator(const wstun_allocator *a);
+
 /* ---- logging ----------------------------------------------------------- */
 
 typedef enum {
@@ -121,6 +139,40 @@ WSTUN_EXTERN int wstun_server_port(const wstun_server *srv);
 
 /* Number of tokens that have at least one live tunnel connection. */
 WSTUN_EXTERN size_t wstun_server_tunnel_count(const wstun_server *srv);
+
+/* A snapshot of the server's counters (plain data, filled by the call). */
+typedef struct wstun_server_stats {
+  size_t tunnels;            /* tokens with at least one live connection */
+  size_t tunnel_connections; /* live tunnel connections, all tokens */
+  size_t tokens;             /* tokens known (live or waiting to be forgotten) */
+  size_t pending_requests;   /* exchanges queued or in flight */
+  size_t front_connections;  /* open HTTP connections of requesters */
+  uint64_t completed_requests; /* answered by a tunnel client */
+  uint64_t errored_requests;   /* answered by the server with an error */
+} wstun_server_stats;
+
+WSTUN_EXTERN void wstun_server_get_stats(const wstun_server *srv,
+                                         wstun_server_stats *out);
+
+/* One token as wstun_server_foreach_tunnel() shows it. Every pointer is
+ * valid only during the callback. */
+typedef struct wstun_tunnel_info {
+  const char *token;          /* the full token: never log it whole */
+  size_t connections;         /* live tunnel connections for it */
+  size_t pending_requests;    /* queued or in flight */
+  const char *remote_addr;    /* "ip:port" of its newest connection, or "" */
+  const char *client_version; /* X-Client-Version of that connection, or "" */
+  uint64_t idle_ms;           /* since its last request or (dis)connection */
+} wstun_tunnel_info;
+
+typedef void (*wstun_tunnel_info_cb)(const wstun_tunnel_info *info,
+                                     void *user_data);
+
+/* Calls `cb` once per known token. The callback must not call back into
+ * the server. */
+WSTUN_EXTERN void wstun_server_foreach_tunnel(const wstun_server *srv,
+                                              wstun_tunnel_info_cb cb,
+                                              void *user_data);
 
 typedef void (*wstun_server_close_cb)(wstun_server *srv, void *user_data);
 
