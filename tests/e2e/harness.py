@@ -605,8 +605,10 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "/slow":
             be.stop_event.wait(int(q.get("ms", "1000")) / 1000.0)
             rec["slept"] = True
-            self._json(rec)
-            be._slow_done()
+            try:
+                self._json(rec)
+            finally:  # counts even when nobody reads the answer any more
+                be._slow_done()
         elif route == "/bytes":
             n = int(q.get("n", "0"))
             self.send_response(200)
