@@ -476,8 +476,11 @@ static void req_msg_sent(void *owner, wstun__outmsg *m) {
   wstun__front *f = owner;
   (void)m;
   f->req = NULL;
-  if (f->state == WSTUN__EX_SENDING)
-    f->state = WSTUN__EX_WAITING;
+  if (f->state != WSTUN__EX_SENDING)
+    return;
+  f->state = WSTUN__EX_WAITING;
+  if (f->tun == NULL) /* written, but the tunnel died right after */
+    wstun__front_tunnel_lost(f);
 }
 
 static void req_msg_drain(void *owner, wstun__outmsg *m) {

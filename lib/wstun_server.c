@@ -386,11 +386,18 @@ static void st_closed(wstun__tunnel *t, int err) {
                wstun__redact(tok->name, red), st->addr, wstun_strerror(err),
                tok->ntunnels);
   }
-  /* exchanges already written cannot be replayed: answer them now; those
-   * still being sent come back through on_failed */
+  /* Every exchange lets go of this tunnel now. Those already written
+   * cannot be replayed: they are answered at once. Those still being sent
+   * come back through their message's on_failed (never sent: retried) or
+   * on_sent (sent just before the end: answered then). */
   wstun__front *f = st->inflight;
+  st->inflight = NULL;
+  st->ninflight = 0;
   while (f) {
     wstun__front *next = f->ex_next;
+    f->ex_next = NULL;
+    f->tun = NULL;
+    f->paused_tunnel = 0;
     if (f->state != WSTUN__EX_SENDING)
       wstun__front_tunnel_lost(f);
     f = next;
