@@ -50,6 +50,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     c->cbs->on_end(c, (int)nread);
     return;
   }
+  c->shared->bytes_in += (uint64_t)nread;
   deliver(c, c->shared->buf, (size_t)nread, 0);
 }
 
@@ -229,6 +230,7 @@ static void write_more(wstun__conn *c) {
   uv_buf_t b = uv_buf_init((char *)wstun__buf_data(&c->inflight),
                            (unsigned)wstun__buf_size(&c->inflight));
   c->write_req.data = c;
+  c->shared->bytes_out += b.len;
   int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
   if (rc != 0) {
     wstun__buf_reset(&c->inflight);

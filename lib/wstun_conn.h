@@ -42,6 +42,7 @@ typedef struct wstun__conn_shared {
   uv_idle_t nudge; /* keeps poll from blocking while a flush is due */
   wstun__conn *dirty; /* connections with output to write */
   int closed;
+  uint64_t bytes_in, bytes_out; /* all connections, for metrics */
 } wstun__conn_shared;
 
 void wstun__conn_shared_init(wstun__conn_shared *sh, uv_loop_t *loop);

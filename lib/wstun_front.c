@@ -6,6 +6,7 @@
  * before them is done. */
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "wstun_alloc.h"
 #include "wstun_proto.h"
@@ -123,6 +124,8 @@ static void front_abort(wstun__front *f) {
 /* ---- finishing an exchange ---------------------------------------------- */
 
 static void log_ret(wstun__front *f, int status) {
+  wstun__metrics_answer(&f->srv->metrics, status,
+                        uv_now(f->srv->loop) - f->start_ms);
   wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
              "HTTP RET token=%s id=%04x status=%d (%llu ms)", f->token_prefix,
              f->id, status,
@@ -223,38 +226,113 @@ static void local_answer(wstun__front *f, int status, const char *text) {
   write_simple(f, status, text);
 }
 
-/* Full detail only to a requester on this host, decided from the TCP
- * peer, never from a header a client can forge. */
-static int route_stats(wstun__front *f) {
+/* Who is asking: the TCP peer, or, when the peer is a configured trusted
+ * proxy, the address that proxy appended last to X-Forwarded-For. Never
+ * the header of an arbitrary peer: anyone can write it. */
+static void requester_ip(wstun__front *f, const wstun__http_head *h, char *out,
+                         size_t n) {
+  wstun__conn_peer_ip(f->conn, out, n);
+  if (!wstun__cidr_list_match(&f->srv->trusted_proxies, out))
+    return;
+  const char *xff = wstun__http_head_get(h, "X-Forwarded-For");
+  if (xff == NULL)
+    return;
+  const char *last = strrchr(xff, ',');
+  last = last ? last + 1 : xff;
+  while (*last == ' ')
+    last++;
+  size_t len = strcspn(last, " ");
+  if (len > 0 && len < n) {
+    char ip[64];
+    memcpy(ip, last, len);
+    ip[len] = '\0';
+    if (wstun__ip_valid(ip))
+      memcpy(out, ip, len + 1);
+  }
+}
+
+/* Full detail only to a requester on this host. */
+static int route_stats(wstun__front *f, const wstun__http_head *h) {
+  char ip[64];
+  requester_ip(f, h, ip, sizeof(ip));
   wstun__buf text = WSTUN__BUF_INIT;
-  int rc = wstun__admin_stats_text(f->srv, wstun__conn_peer_is_loopback(f->conn),
-                                   &text);
+  int rc = wstun__admin_stats_text(f->srv, wstun__ip_is_loopback(ip), &text);
   rc |= wstun__buf_append(&text, "", 1);
   local_answer(f, rc ? 503 : 200, rc ? "Out of memory" : (const char *)text.base);
   wstun__buf_free(&text);
   return 0;
 }
 
-/* Admin documents name every token: only for requesters on this host. */
-static int route_admin(wstun__front *f, int auditing) {
-  if (!wstun__conn_peer_is_loopback(f->conn)) {
+/* /admin/... and /metrics name every token: this host and -admin-allow
+ * only, and the bearer token when one is configured. Answers and returns
+ * 0 when refused. */
+static int admin_allowed(wstun__front *f, const wstun__http_head *h) {
+  wstun_server *srv = f->srv;
+  char ip[64];
+  requester_ip(f, h, ip, sizeof(ip));
+  if (!wstun__ip_is_loopback(ip) && !wstun__cidr_list_match(&srv->admin_allow, ip)) {
     local_answer(f, 403, "Forbidden");
     return 0;
   }
-  wstun__buf doc = WSTUN__BUF_INIT;
-  int rc = auditing ? wstun__admin_auditing(f->srv, &doc)
-                    : wstun__admin_monitoring(f->srv, &doc);
+  if (srv->admin_token) {
+    const char *auth = wstun__http_head_get(h, "Authorization");
+    int ok = auth && strncasecmp(auth, "Bearer ", 7) == 0 &&
+             wstun__ct_equal(auth + 7, strlen(auth + 7), srv->admin_token,
+                             strlen(srv->admin_token));
+    if (!ok) {
+      f->state = WSTUN__EX_DONE;
+      if (f->conn) {
+        wstun__http_write_simple(wstun__conn_outbuf(f->conn), 401,
+                                 "Unauthorized",
+                                 "WWW-Authenticate: Bearer realm=\"wstunnel\"\r\n",
+                                 f->close_after || srv->closing);
+        wstun__conn_flush(f->conn);
+      }
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static void answer_doc(wstun__front *f, int rc, wstun__buf *doc,
+                       const char *ctype) {
   f->state = WSTUN__EX_DONE;
   if (rc != 0)
     write_simple(f, 503, "Out of memory");
   else if (f->conn) {
-    wstun__http_write_response(wstun__conn_outbuf(f->conn), 200,
-                               "application/json", wstun__buf_data(&doc),
-                               wstun__buf_size(&doc), NULL,
+    wstun__http_write_response(wstun__conn_outbuf(f->conn), 200, ctype,
+                               wstun__buf_data(doc), wstun__buf_size(doc), NULL,
                                f->close_after || f->srv->closing);
     wstun__conn_flush(f->conn);
   }
-  wstun__buf_free(&doc);
+  wstun__buf_free(doc);
+}
+
+static int route_admin(wstun__front *f, const wstun__http_head *h,
+                       int auditing) {
+  if (!admin_allowed(f, h))
+    return 0;
+  wstun__buf doc = WSTUN__BUF_INIT;
+  int rc = auditing ? wstun__admin_auditing(f->srv, &doc)
+                    : wstun__admin_monitoring(f->srv, &doc);
+  answer_doc(f, rc, &doc, "application/json");
+  return 0;
+}
+
+static int route_metrics(wstun__front *f, const wstun__http_head *h) {
+  if (!admin_allowed(f, h))
+    return 0;
+  wstun_server *srv = f->srv;
+  wstun_server_stats st;
+  wstun_server_get_stats(srv, &st);
+  size_t queued = 0;
+  for (size_t i = 0; i < srv->nbuckets; i++)
+    for (const wstun__token *t = srv->buckets[i]; t; t = t->hnext)
+      queued += t->nqueued;
+  wstun__buf doc = WSTUN__BUF_INIT;
+  int rc = wstun__metrics_write(&srv->metrics, &st, queued, srv->shared.bytes_in,
+                                srv->shared.bytes_out, &doc);
+  answer_doc(f, rc, &doc, "text/plain; version=0.0.4; charset=utf-8");
   return 0;
 }
 
@@ -406,9 +484,11 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     return 0;
   }
   if (IS_PATH("/_stats"))
-    return route_stats(f);
+    return route_stats(f, h);
   if (IS_PATH("/admin/monitoring") || IS_PATH("/admin/auditing"))
-    return route_admin(f, plen == sizeof("/admin/auditing") - 1);
+    return route_admin(f, h, plen == sizeof("/admin/auditing") - 1);
+  if (IS_PATH("/metrics"))
+    return route_metrics(f, h);
 #undef IS_PATH
   local_answer(f, 400, "Missing X-Token header");
   return 0;

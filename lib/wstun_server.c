@@ -379,6 +379,7 @@ static void st_closed(wstun__tunnel *t, int err) {
       *pp = st->next;
     tok->ntunnels--;
     tok->last_seen = uv_now(srv->loop);
+    srv->metrics.tunnel_disconnects++;
     st->tok = NULL;
     char red[12];
     wstun__log(&srv->log, WSTUN_LOG_INFO,
@@ -452,15 +453,18 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   char peer[64], red[12];
   wstun__conn_peer(f->conn, peer, sizeof(peer));
   if (h->method != HTTP_GET) {
+    srv->metrics.hs_failures[WSTUN__HS_BAD_METHOD]++;
     wstun__front_fail(f, 400, "Only GET is allowed on the tunnel endpoint");
     return 0;
   }
   const char *token = wstun__http_head_get(h, "Origin");
   if (token == NULL) {
+    srv->metrics.hs_failures[WSTUN__HS_NO_TOKEN]++;
     wstun__front_fail(f, 400, "Origin header with rendez-vous token required");
     return 0;
   }
   if (strlen(token) < MIN_TOKEN_LEN) {
+    srv->metrics.hs_failures[WSTUN__HS_SHORT_TOKEN]++;
     wstun__front_fail(f, 400, "Rendez-vous token is too short (must be 16 chars)");
     return 0;
   }
@@ -468,6 +472,7 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   const wstun__password *pw = find_password(srv, token);
   if (pw && !check_auth(wstun__http_head_get(h, "Authorization"), token,
                         pw->password)) {
+    srv->metrics.hs_failures[WSTUN__HS_UNAUTHORIZED]++;
     wstun__log(&srv->log, WSTUN_LOG_WARN,
                "WS   refused token=%s addr=%s: bad password", red, peer);
     wstun__buf *out = wstun__conn_outbuf(f->conn);
@@ -479,6 +484,7 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   wstun__token *existing = wstun__server_find_token(srv, token, strlen(token));
   if (srv->max_clients && existing && existing->ntunnels >= srv->max_clients) {
     char msg[96];
+    srv->metrics.hs_failures[WSTUN__HS_TOO_MANY_CLIENTS]++;
     snprintf(msg, sizeof(msg),
              "Maximum number of clients (%zu) reached for this token",
              srv->max_clients);
@@ -488,6 +494,7 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   const char *why = NULL;
   int status = wstun__ws_check_upgrade(h, &why);
   if (status != 0) {
+    srv->metrics.hs_failures[WSTUN__HS_BAD_UPGRADE]++;
     wstun__front_fail(f, status, why);
     return 0;
   }
@@ -512,6 +519,7 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
     return 0;
   }
   srv->live_tunnels++;
+  srv->metrics.tunnel_connects++;
   /* the connection now belongs to the tunnel */
   f->conn = NULL;
   wstun__conn_flush(conn);
@@ -576,6 +584,12 @@ static void server_free(wstun_server *srv) {
   wstun__free(srv->buckets);
   free_passwords(srv);
   wstun__free(srv->base_path);
+  wstun__cidr_list_free(&srv->trusted_proxies);
+  wstun__cidr_list_free(&srv->admin_allow);
+  if (srv->admin_token) {
+    memset(srv->admin_token, 0, strlen(srv->admin_token));
+    wstun__free(srv->admin_token);
+  }
   wstun__rng_free(&srv->rng);
   wstun__free(srv);
 }
@@ -711,6 +725,18 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->forget_ms =
       (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) * 1000;
   srv->max_header = cfg->max_header_bytes ? cfg->max_header_bytes : 64 * 1024;
+  if (wstun__cidr_list_parse(cfg->trusted_proxies, &srv->trusted_proxies) != 0 ||
+      wstun__cidr_list_parse(cfg->admin_allow, &srv->admin_allow) != 0) {
+    rc = WSTUN_ECIDR;
+    goto fail_early;
+  }
+  if (cfg->admin_token && *cfg->admin_token) {
+    srv->admin_token = wstun__strdup(cfg->admin_token);
+    if (srv->admin_token == NULL) {
+      rc = WSTUN_ENOMEM;
+      goto fail_early;
+    }
+  }
   srv->max_body = cfg->max_body_bytes;
   if (wstun__rng_init(&srv->rng) != 0) {
     rc = WSTUN_EINVAL;
@@ -760,6 +786,9 @@ fail_rng:
   wstun__rng_free(&srv->rng);
 fail_early:
   wstun__free(srv->base_path);
+  wstun__cidr_list_free(&srv->trusted_proxies);
+  wstun__cidr_list_free(&srv->admin_allow);
+  wstun__free(srv->admin_token);
   free_passwords(srv);
   wstun__free(srv);
   return rc;

@@ -7,9 +7,11 @@
 #include <uv.h>
 
 #include "wstun/wstun.h"
+#include "wstun_cidr.h"
 #include "wstun_conn.h"
 #include "wstun_http.h"
 #include "wstun_log.h"
+#include "wstun_metrics.h"
 #include "wstun_rng.h"
 #include "wstun_tunnel.h"
 
@@ -114,6 +116,9 @@ struct wstun_server {
   size_t nfronts;
   size_t live_tunnels; /* srv_tunnel structures not yet freed */
   uint64_t completed, errored; /* exchanges answered by a tunnel / not */
+  wstun__metrics metrics;
+  wstun__cidr_list trusted_proxies, admin_allow;
+  char *admin_token;
   int closing, handles_open;
   wstun_server_close_cb close_cb;
   void *close_ud;

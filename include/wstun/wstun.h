@@ -52,7 +52,8 @@ extern "C" {
   XX(ECONNECT, -9, "connection failed")                                      \
   XX(ECLOSED, -10, "connection closed")                                      \
   XX(ETIMEDOUT, -11, "timed out")                                            \
-  XX(EPASSWORDS, -12, "malformed password list")
+  XX(EPASSWORDS, -12, "malformed password list")                            \
+  XX(ECIDR, -13, "malformed address list")
 
 typedef enum {
 #define WSTUN__ERR(name, val, msg) WSTUN_##name = (val),
@@ -120,6 +121,17 @@ typedef struct wstun_server_config {
   int token_forget_sec;    /* forget a token with no client; default 3600 */
   size_t max_header_bytes; /* request head larger → 431; default 64 KiB */
   uint64_t max_body_bytes; /* request body larger → 413; 0 = unlimited */
+  /* Peers whose X-Forwarded-For is believed when deciding who a requester
+   * is (for /_stats detail and admin access): "10.0.0.0/8,::1". NULL =
+   * nobody's. The TCP peer decides otherwise; the header is never trusted
+   * by default, since any client can write it. */
+  const char *trusted_proxies;
+  /* Requesters allowed /admin/... and /metrics besides this host
+   * ("192.168.0.0/16,..."); NULL = this host only. */
+  const char *admin_allow;
+  /* When set, /admin/... and /metrics also need "Authorization: Bearer
+   * <admin_token>" (compared in constant time). */
+  const char *admin_token;
   int log_level;           /* wstun_log_level; default WSTUN_LOG_INFO */
   wstun_log_cb log_cb;     /* NULL = silent */
   void *log_user_data;

@@ -1,0 +1,116 @@
+#include "wstun_cidr.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "wstun/wstun.h"
+#include "wstun_alloc.h"
+
+/* Text → 4 or 16 bytes; v4-mapped v6 addresses become plain v4. */
+static int parse_ip(const char *s, size_t len, int *family, uint8_t out[16]) {
+  char buf[64];
+  if (len == 0 || len >= sizeof(buf))
+    return -1;
+  memcpy(buf, s, len);
+  buf[len] = '\0';
+  if (uv_inet_pton(AF_INET, buf, out) == 0) {
+    *family = 4;
+    return 0;
+  }
+  if (uv_inet_pton(AF_INET6, buf, out) == 0) {
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(out, mapped, 12) == 0) {
+      memmove(out, out + 12, 4);
+      *family = 4;
+    } else {
+      *family = 6;
+    }
+    return 0;
+  }
+  return -1;
+}
+
+int wstun__cidr_list_parse(const char *s, wstun__cidr_list *out) {
+  memset(out, 0, sizeof(*out));
+  if (s == NULL || *s == '\0')
+    return 0;
+  size_t n = 1;
+  for (const char *p = s; *p; p++)
+    n += *p == ',';
+  out->items = wstun__calloc(n, sizeof(*out->items));
+  if (out->items == NULL)
+    return WSTUN_ENOMEM;
+  const char *p = s;
+  while (*p) {
+    while (*p == ' ' || *p == ',')
+      p++;
+    if (*p == '\0')
+      break;
+    size_t len = strcspn(p, ", ");
+    const char *slash = memchr(p, '/', len);
+    wstun__cidr *c = &out->items[out->n];
+    if (parse_ip(p, slash ? (size_t)(slash - p) : len, &c->family, c->addr) != 0)
+      goto bad;
+    int max = c->family == 4 ? 32 : 128;
+    c->bits = max;
+    if (slash) {
+      char *end = NULL;
+      long bits = strtol(slash + 1, &end, 10);
+      if (end != p + len || end == slash + 1 || bits < 0 || bits > max)
+        goto bad;
+      c->bits = (int)bits;
+    }
+    out->n++;
+    p += len;
+  }
+  return 0;
+bad:
+  wstun__cidr_list_free(out);
+  return WSTUN_EINVAL;
+}
+
+void wstun__cidr_list_free(wstun__cidr_list *l) {
+  wstun__free(l->items);
+  memset(l, 0, sizeof(*l));
+}
+
+static int in_cidr(const wstun__cidr *c, int family, const uint8_t *a) {
+  if (c->family != family)
+    return 0;
+  int full = c->bits / 8, rest = c->bits % 8;
+  if (memcmp(c->addr, a, (size_t)full) != 0)
+    return 0;
+  if (rest == 0)
+    return 1;
+  uint8_t mask = (uint8_t)(0xff << (8 - rest));
+  return (c->addr[full] & mask) == (a[full] & mask);
+}
+
+int wstun__cidr_list_match(const wstun__cidr_list *l, const char *ip) {
+  int family;
+  uint8_t a[16];
+  if (ip == NULL || parse_ip(ip, strlen(ip), &family, a) != 0)
+    return 0;
+  for (size_t i = 0; i < l->n; i++)
+    if (in_cidr(&l->items[i], family, a))
+      return 1;
+  return 0;
+}
+
+int wstun__ip_is_loopback(const char *ip) {
+  int family;
+  uint8_t a[16];
+  if (ip == NULL || parse_ip(ip, strlen(ip), &family, a) != 0)
+    return 0;
+  if (family == 4)
+    return a[0] == 127;
+  static const uint8_t one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  return memcmp(a, one, 16) == 0;
+}
+
+int wstun__ip_valid(const char *ip) {
+  int family;
+  uint8_t a[16];
+  return ip != NULL && parse_ip(ip, strlen(ip), &family, a) == 0;
+}
