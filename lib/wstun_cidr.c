@@ -6,6 +6,7 @@
 
 #include "wstun/wstun.h"
 #include "wstun_alloc.h"
+#include "wstun_util.h"
 
 /* Text → 4 or 16 bytes; v4-mapped v6 addresses become plain v4. */
 static int parse_ip(const char *s, size_t len, int *family, uint8_t out[16]) {
@@ -35,19 +36,12 @@ int wstun__cidr_list_parse(const char *s, wstun__cidr_list *out) {
   memset(out, 0, sizeof(*out));
   if (s == NULL || *s == '\0')
     return 0;
-  size_t n = 1;
-  for (const char *p = s; *p; p++)
-    n += *p == ',';
-  out->items = wstun__calloc(n, sizeof(*out->items));
+  out->items = wstun__calloc(wstun__list_bound(s), sizeof(*out->items));
   if (out->items == NULL)
     return WSTUN_ENOMEM;
-  const char *p = s;
-  while (*p) {
-    while (*p == ' ' || *p == ',')
-      p++;
-    if (*p == '\0')
-      break;
-    size_t len = strcspn(p, ", ");
+  const char *cursor = s, *p;
+  size_t len;
+  while (wstun__list_next(&cursor, &p, &len)) {
     const char *slash = memchr(p, '/', len);
     wstun__cidr *c = &out->items[out->n];
     if (parse_ip(p, slash ? (size_t)(slash - p) : len, &c->family, c->addr) != 0)
@@ -62,7 +56,6 @@ int wstun__cidr_list_parse(const char *s, wstun__cidr_list *out) {
       c->bits = (int)bits;
     }
     out->n++;
-    p += len;
   }
   return 0;
 bad:

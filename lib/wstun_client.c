@@ -664,20 +664,14 @@ static void dial(wstun_client *cli) {
   set_state(cli, WSTUN_CLIENT_CONNECTING, 0);
   uv_timer_start(&cli->timer, on_dial_timeout, cli->timeout_ms, 0);
   struct sockaddr_storage ss;
-  const char *host = cli->tunnel_url.host;
-  int port = cli->tunnel_url.port;
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) == 0 ||
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) == 0) {
+  cli->gai.data = cli;
+  int rc = wstun__resolve(cli->loop, cli->tunnel_url.host, cli->tunnel_url.port,
+                          &ss, &cli->gai, on_resolved);
+  if (rc == 1) {
     connect_to(cli, (struct sockaddr *)&ss);
     return;
   }
-  char service[16];
-  snprintf(service, sizeof(service), "%d", port);
-  struct addrinfo hints;
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_socktype = SOCK_STREAM;
-  cli->gai.data = cli;
-  if (uv_getaddrinfo(cli->loop, &cli->gai, on_resolved, host, service, &hints) != 0) {
+  if (rc != 0) {
     dial_fail(cli, WSTUN_ECONNECT, "cannot resolve");
     return;
   }

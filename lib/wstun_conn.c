@@ -365,3 +365,17 @@ int wstun__conn_peer_is_loopback(const wstun__conn *c) {
   }
   return 0;
 }
+
+int wstun__resolve(uv_loop_t *loop, const char *host, int port,
+                   struct sockaddr_storage *ss, uv_getaddrinfo_t *req,
+                   uv_getaddrinfo_cb cb) {
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0 ||
+      uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0)
+    return 1;
+  char service[16];
+  snprintf(service, sizeof(service), "%d", port);
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  return uv_getaddrinfo(loop, req, cb, host, service, &hints);
+}

@@ -82,6 +82,13 @@ int wstun__conn_accept(wstun__conn *c, uv_stream_t *server);
 /* Connects to addr; cbs->on_connect fires (unless this fails at once). */
 int wstun__conn_connect(wstun__conn *c, const struct sockaddr *addr);
 int wstun__conn_start_read(wstun__conn *c);
+
+/* Where to connect to host:port. An IP literal is filled into *ss at once
+ * (returns 1); a name starts uv_getaddrinfo on `req` with `cb` (returns 0);
+ * a negative uv error when the lookup cannot start. */
+int wstun__resolve(uv_loop_t *loop, const char *host, int port,
+                   struct sockaddr_storage *ss, uv_getaddrinfo_t *req,
+                   uv_getaddrinfo_cb cb);
 /* Stops delivering data (pending bytes are kept). */
 void wstun__conn_pause(wstun__conn *c);
 /* Delivers kept bytes, then reads again. */

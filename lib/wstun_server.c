@@ -44,31 +44,20 @@ static void free_passwords(wstun_server *srv) {
 static int parse_passwords(wstun_server *srv, const char *s) {
   if (s == NULL || *s == '\0')
     return 0;
-  size_t n = 1;
-  for (const char *p = s; *p; p++)
-    n += *p == ',';
-  srv->passwords = wstun__calloc(n, sizeof(*srv->passwords));
+  srv->passwords = wstun__calloc(wstun__list_bound(s), sizeof(*srv->passwords));
   if (srv->passwords == NULL)
     return WSTUN_ENOMEM;
-  const char *p = s;
-  while (*p) {
-    while (*p == ' ' || *p == ',')
-      p++;
-    if (*p == '\0')
-      break;
-    size_t len = strcspn(p, ",");
-    size_t end = len;
-    while (end > 0 && p[end - 1] == ' ')
-      end--;
-    const char *colon = memchr(p, ':', end);
-    if (colon == NULL || colon == p || colon == p + end - 1)
+  const char *cursor = s, *p;
+  size_t len;
+  while (wstun__list_next(&cursor, &p, &len)) {
+    const char *colon = memchr(p, ':', len);
+    if (colon == NULL || colon == p || colon == p + len - 1)
       return WSTUN_EPASSWORDS;
     wstun__password *pw = &srv->passwords[srv->npasswords++];
     pw->token = wstun__strndup(p, (size_t)(colon - p));
-    pw->password = wstun__strndup(colon + 1, (size_t)(p + end - colon - 1));
+    pw->password = wstun__strndup(colon + 1, (size_t)(p + len - colon - 1));
     if (pw->token == NULL || pw->password == NULL)
       return WSTUN_ENOMEM;
-    p += len;
   }
   return 0;
 }

@@ -350,22 +350,16 @@ static void connect_new(wstun_request *req) {
   req->up = up;
   uv_timer_start(&up->timer, on_backend_timeout, CONNECT_TIMEOUT_MS, 0);
   struct sockaddr_storage ss;
-  const char *host = req->backend_host;
-  int port = req->backend_port;
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) == 0 ||
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) == 0) {
+  up->gai.data = up;
+  up->resolving = 1;
+  int rc = wstun__resolve(cli->loop, req->backend_host, req->backend_port, &ss,
+                          &up->gai, up_on_resolved);
+  if (rc == 1) {
+    up->resolving = 0;
     start_connect(up, (struct sockaddr *)&ss);
     return;
   }
-  char service[16];
-  snprintf(service, sizeof(service), "%d", port);
-  struct addrinfo hints;
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_socktype = SOCK_STREAM;
-  up->gai.data = up;
-  up->resolving = 1;
-  if (uv_getaddrinfo(cli->loop, &up->gai, up_on_resolved, host, service,
-                     &hints) != 0) {
+  if (rc != 0) {
     up->resolving = 0;
     fail_before_response(up, "cannot resolve");
   }

@@ -36,3 +36,33 @@ int wstun__ascii_casecmp_n(const char *a, size_t alen, const char *b) {
       return 1;
   return 0;
 }
+
+int wstun__list_next(const char **cursor, const char **item, size_t *len) {
+  const char *p = *cursor;
+  for (;;) {
+    while (*p == ' ' || *p == ',')
+      p++;
+    if (*p == '\0') {
+      *cursor = p;
+      return 0;
+    }
+    size_t n = strcspn(p, ",");
+    size_t end = n;
+    while (end > 0 && p[end - 1] == ' ')
+      end--;
+    *cursor = p + n;
+    if (end > 0) {
+      *item = p;
+      *len = end;
+      return 1;
+    }
+    p += n;
+  }
+}
+
+size_t wstun__list_bound(const char *s) {
+  size_t n = 1;
+  for (; s && *s; s++)
+    n += *s == ',';
+  return n;
+}

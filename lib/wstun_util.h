@@ -15,4 +15,11 @@ const char *wstun__redact(const char *secret, char out[12]);
 
 int wstun__ascii_casecmp_n(const char *a, size_t alen, const char *b);
 
+/* Walks a comma-separated list: sets *item and *len to the next element with
+ * surrounding spaces removed and returns 1, or returns 0 at the end. Empty
+ * elements are skipped. */
+int wstun__list_next(const char **cursor, const char **item, size_t *len);
+/* How many elements the list can hold at most (for allocating). */
+size_t wstun__list_bound(const char *s);
+
 #endif
