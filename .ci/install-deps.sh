@@ -8,6 +8,11 @@ PACKAGES=(
   libuv1-dev libwslay-dev libmbedtls-dev libjansson-dev node-llhttp
   curl python3 ca-certificates procps
 )
+# `--tests`: what only the test suite uses: promtool (prometheus) checks
+# the /metrics exposition, man-db renders the man pages.
+if [ "${1:-}" = "--tests" ]; then
+  PACKAGES+=(prometheus man-db)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

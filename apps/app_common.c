@@ -1,12 +1,18 @@
 #include "app_common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/time.h>
+#include <syslog.h>
 #include <time.h>
+#include <unistd.h>
 
 static void usage(const char *prog, const char *summary, const app_flag *f) {
   printf("Usage: %s [flags]\n%s\n\nFlags (one or two dashes; -flag value or "
@@ -106,17 +112,374 @@ void app_parse_flags(const char *prog, const char *summary, app_flag *flags,
   }
 }
 
+/* ---- logging ------------------------------------------------------------ */
+
+static struct {
+  int fd;           /* stderr, or the log file */
+  const char *path; /* -logfile (from argv), or NULL */
+  int use_syslog;
+  int json;
+  const char *app;
+} g_log = {STDERR_FILENO, NULL, 0, 0, "wstun"};
+
+static const struct {
+  const char *name;
+  int facility;
+} facilities[] = {
+    {"kern", LOG_KERN},     {"user", LOG_USER},     {"mail", LOG_MAIL},
+    {"daemon", LOG_DAEMON}, {"auth", LOG_AUTH},     {"syslog", LOG_SYSLOG},
+    {"lpr", LOG_LPR},       {"news", LOG_NEWS},     {"uucp", LOG_UUCP},
+    {"cron", LOG_CRON},     {"authpriv", LOG_AUTHPRIV}, {"ftp", LOG_FTP},
+    {"local0", LOG_LOCAL0}, {"local1", LOG_LOCAL1}, {"local2", LOG_LOCAL2},
+    {"local3", LOG_LOCAL3}, {"local4", LOG_LOCAL4}, {"local5", LOG_LOCAL5},
+    {"local6", LOG_LOCAL6}, {"local7", LOG_LOCAL7},
+};
+
+static int open_log_file(const char *path) {
+  return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+}
+
+void app_log_setup(const char *prog, const char *app, const app_ops *ops) {
+  char msg[512];
+  g_log.app = app;
+  if (ops->log_format == NULL || strcmp(ops->log_format, "text") == 0)
+    g_log.json = 0;
+  else if (strcmp(ops->log_format, "json") == 0)
+    g_log.json = 1;
+  else
+    die(prog, "log-format", "must be text or json");
+  if (ops->syslog && ops->logfile)
+    die(prog, "syslog", "cannot be combined with -logfile");
+  if (ops->pidfile && *ops->pidfile == '\0')
+    die(prog, "pidfile", "must not be empty");
+  if (ops->syslog) {
+    int facility = -1;
+    for (size_t i = 0; i < sizeof(facilities) / sizeof(facilities[0]); i++)
+      if (strcasecmp(ops->syslog, facilities[i].name) == 0)
+        facility = facilities[i].facility;
+    if (facility < 0) {
+      snprintf(msg, sizeof(msg),
+               "unknown facility \"%.64s\" (want daemon, user, local0..local7, "
+               "kern, mail, auth, authpriv, syslog, lpr, news, uucp, cron, ftp)",
+               ops->syslog);
+      die(prog, "syslog", msg);
+    }
+    openlog(app, LOG_PID, facility);
+    g_log.use_syslog = 1;
+  }
+  if (ops->logfile) {
+    if (*ops->logfile == '\0')
+      die(prog, "logfile", "must not be empty");
+    int fd = open_log_file(ops->logfile);
+    if (fd < 0) {
+      snprintf(msg, sizeof(msg), "cannot open %.300s: %s", ops->logfile,
+               strerror(errno));
+      die(prog, "logfile", msg);
+    }
+    g_log.fd = fd;
+    g_log.path = ops->logfile;
+  }
+}
+
+void app_log_shutdown(void) {
+  if (g_log.path) {
+    close(g_log.fd);
+    g_log.fd = STDERR_FILENO;
+    g_log.path = NULL;
+  }
+  if (g_log.use_syslog) {
+    closelog();
+    g_log.use_syslog = 0;
+  }
+}
+
+/* A growable line: on the stack while short, on the heap beyond; when
+ * memory runs out the line is cut rather than lost. */
+typedef struct line_buf {
+  char *p;
+  size_t len, cap;
+  int heap;
+  char stack[1024];
+} line_buf;
+
+static void lb_init(line_buf *b) {
+  b->p = b->stack;
+  b->len = 0;
+  b->cap = sizeof(b->stack);
+  b->heap = 0;
+}
+
+static void lb_free(line_buf *b) {
+  if (b->heap)
+    free(b->p);
+}
+
+static void lb_add(line_buf *b, const char *s, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap;
+    while (b->len + n + 1 > cap)
+      cap *= 2;
+    char *p = b->heap ? realloc(b->p, cap) : malloc(cap);
+    if (p == NULL) {
+      n = b->cap - 1 - b->len; /* cut */
+    } else {
+      if (!b->heap)
+        memcpy(p, b->p, b->len);
+      b->p = p;
+      b->cap = cap;
+      b->heap = 1;
+    }
+  }
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+}
+
+static void lb_str(line_buf *b, const char *s) { lb_add(b, s, strlen(s)); }
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid. */
+static size_t utf8_len(const unsigned char *s) {
+  unsigned char c = s[0];
+  if (c < 0x80)
+    return 1;
+  unsigned char lo = 0x80, hi = 0xBF;
+  size_t n;
+  if (c >= 0xC2 && c <= 0xDF)
+    n = 2;
+  else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0)
+      lo = 0xA0;
+    else if (c == 0xED)
+      hi = 0x9F; /* no surrogates */
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0)
+      lo = 0x90;
+    else if (c == 0xF4)
+      hi = 0x8F;
+  } else
+    return 0;
+  if (s[1] < lo || s[1] > hi)
+    return 0;
+  for (size_t i = 2; i < n; i++)
+    if (s[i] < 0x80 || s[i] > 0xBF)
+      return 0;
+  return n;
+}
+
+/* `s` as a JSON string, quotes included: `"` and `\` escaped, control
+ * characters as \uXXXX, invalid UTF-8 bytes as U+FFFD. */
+static void lb_json_str(line_buf *b, const char *str) {
+  const unsigned char *s = (const unsigned char *)str;
+  lb_add(b, "\"", 1);
+  while (*s) {
+    size_t run = 0; /* plain bytes copied as they are */
+    while (s[run] >= 0x20 && s[run] < 0x7f && s[run] != '"' && s[run] != '\\')
+      run++;
+    if (run) {
+      lb_add(b, (const char *)s, run);
+      s += run;
+      continue;
+    }
+    unsigned char c = *s;
+    if (c == '"' || c == '\\') {
+      char esc[2] = {'\\', (char)c};
+      lb_add(b, esc, 2);
+      s++;
+    } else if (c < 0x20 || c == 0x7f) {
+      char esc[8];
+      snprintf(esc, sizeof(esc), "\\u%04x", c);
+      lb_add(b, esc, 6);
+      s++;
+    } else {
+      size_t n = utf8_len(s);
+      if (n == 0) {
+        lb_str(b, "\\ufffd");
+        s++;
+      } else {
+        lb_add(b, (const char *)s, n);
+        s += n;
+      }
+    }
+  }
+  lb_add(b, "\"", 1);
+}
+
+static void write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return; /* nowhere to report it */
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
 void app_log(void *user_data, wstun_log_level level, const char *msg) {
   static const char *const names[] = {"ERROR", "WARN ", "INFO ", "DEBUG"};
+  static const char *const json_names[] = {"error", "warn", "info", "debug"};
+  static const int prios[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
   (void)user_data;
+  int l = (int)level & 3;
   struct timeval tv;
   gettimeofday(&tv, NULL);
   struct tm tm;
   gmtime_r(&tv.tv_sec, &tm);
-  char ts[32];
+  char ts[48], frac[16];
   strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-  fprintf(stderr, "%s.%03dZ %s %s\n", ts, (int)(tv.tv_usec / 1000),
-          names[level & 3], msg);
+  snprintf(frac, sizeof(frac), ".%03dZ", (int)(tv.tv_usec / 1000));
+  strcat(ts, frac);
+
+  line_buf b;
+  lb_init(&b);
+  if (g_log.json) {
+    lb_str(&b, "{\"time\":\"");
+    lb_str(&b, ts);
+    lb_str(&b, "\",\"level\":\"");
+    lb_str(&b, json_names[l]);
+    lb_str(&b, "\",\"app\":");
+    lb_json_str(&b, g_log.app);
+    lb_str(&b, ",\"msg\":");
+    lb_json_str(&b, msg);
+    lb_str(&b, "}");
+  } else if (!g_log.use_syslog) {
+    lb_str(&b, ts);
+    lb_str(&b, " ");
+    lb_str(&b, names[l]);
+    lb_str(&b, " ");
+    lb_str(&b, msg);
+  }
+  if (g_log.use_syslog) {
+    /* syslog stamps time, level and pid itself */
+    syslog(prios[l], "%s", g_log.json ? b.p : msg);
+  } else {
+    lb_add(&b, "\n", 1);
+    if (b.p[b.len - 1] != '\n') /* cut short: still one line */
+      b.p[b.len - 1] = '\n';
+    write_all(g_log.fd, b.p, b.len);
+  }
+  lb_free(&b);
+}
+
+void app_logf(wstun_log_level level, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  app_log(NULL, level, msg);
+}
+
+void app_errorf(const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "%s\n", msg);
+  if (g_log.use_syslog || g_log.path)
+    app_log(NULL, WSTUN_LOG_ERROR, msg);
+}
+
+static void reopen_log(const char *why) {
+  if (g_log.path == NULL)
+    return;
+  int fd = open_log_file(g_log.path);
+  if (fd < 0) {
+    app_logf(WSTUN_LOG_ERROR, "%s: cannot reopen log file %s: %s (still writing "
+             "to the old one)", why, g_log.path, strerror(errno));
+    return;
+  }
+  close(g_log.fd);
+  g_log.fd = fd;
+  app_logf(WSTUN_LOG_INFO, "%s: log file reopened", why);
+}
+
+static void on_reopen_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  reopen_log(signum == SIGHUP ? "SIGHUP" : "SIGUSR1");
+}
+
+void app_reopen_start(uv_loop_t *loop, app_reopen *r) {
+  r->active = 0;
+  if (g_log.path == NULL)
+    return;
+  uv_signal_init(loop, &r->usr1);
+  uv_signal_init(loop, &r->hup);
+  uv_signal_start(&r->usr1, on_reopen_signal, SIGUSR1);
+  uv_signal_start(&r->hup, on_reopen_signal, SIGHUP);
+  r->active = 1;
+}
+
+void app_reopen_close(app_reopen *r) {
+  if (!r->active)
+    return;
+  uv_close((uv_handle_t *)&r->usr1, NULL);
+  uv_close((uv_handle_t *)&r->hup, NULL);
+  r->active = 0;
+}
+
+/* ---- pid file ----------------------------------------------------------- */
+
+static const char *g_pidfile;
+
+int app_pidfile_write(const char *prog, const char *path) {
+  /* temp file + rename: a reader never sees it empty or half written */
+  char text[32], tmp[4096];
+  int n = snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+  int err = 0;
+  if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) {
+    err = ENAMETOOLONG;
+  } else {
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      err = errno;
+    } else {
+      ssize_t w = write(fd, text, (size_t)n);
+      if (w != n)
+        err = w < 0 ? errno : EIO;
+      if (close(fd) != 0 && err == 0)
+        err = errno;
+      if (err == 0 && rename(tmp, path) != 0)
+        err = errno;
+      if (err)
+        unlink(tmp);
+    }
+  }
+  if (err) {
+    app_errorf("%s: flag -pidfile: cannot write %s: %s", prog, path,
+               strerror(err));
+    return -1;
+  }
+  g_pidfile = path;
+  return 0;
+}
+
+void app_pidfile_remove(void) {
+  if (g_pidfile == NULL)
+    return;
+  /* only ours: another instance may have taken the file over since */
+  char text[32];
+  long pid = -1;
+  FILE *f = fopen(g_pidfile, "r");
+  if (f) {
+    if (fgets(text, sizeof(text), f))
+      pid = strtol(text, NULL, 10);
+    fclose(f);
+  }
+  if (pid == (long)getpid())
+    unlink(g_pidfile);
+  g_pidfile = NULL;
+}
+
+void app_rfc3339(time_t t, char *buf, size_t size) {
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
 int app_log_level(const char *prog, const char *value) {

@@ -1,11 +1,14 @@
 /* What the three programs share: flag parsing in the Go tool's style
- * (-flag value, -flag=value, and the same with two dashes), log lines on
- * stderr, and the exit codes. Kept out of libwstun: the library never
+ * (-flag value, -flag=value, and the same with two dashes), logging (stderr,
+ * a log file reopened on SIGUSR1/SIGHUP, or syslog; text or JSON lines),
+ * the pid file, and the exit codes. Kept out of libwstun: the library never
  * prints or exits. */
 #ifndef WSTUN_APP_COMMON_H
 #define WSTUN_APP_COMMON_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "wstun/wstun.h"
 
@@ -28,8 +31,66 @@ typedef struct app_flag {
 void app_parse_flags(const char *prog, const char *summary, app_flag *flags,
                      int argc, char **argv, int first);
 
-/* stderr logger: "2026-01-09T15:30:45.123Z INFO  message". */
+/* The operational flags both programs take. */
+typedef struct app_ops {
+  const char *logfile;    /* -logfile FILE */
+  const char *syslog;     /* -syslog FACILITY */
+  const char *log_format; /* -log-format text|json */
+  const char *pidfile;    /* -pidfile FILE */
+} app_ops;
+
+#define APP_OPS_FLAGS(o)                                                      \
+  {"logfile", FLAG_STR, &(o).logfile, "FILE",                                 \
+   "append logs to FILE, not stderr (reopened on SIGUSR1, SIGHUP)", 0, -1},   \
+  {"syslog", FLAG_STR, &(o).syslog, "FACILITY",                               \
+   "log to syslog instead: daemon, user, local0..local7, ...", 0, -1},        \
+  {"log-format", FLAG_STR, &(o).log_format, "FORMAT",                         \
+   "text (default) or json (one object per line)", 0, -1},                    \
+  {"pidfile", FLAG_STR, &(o).pidfile, "FILE",                                 \
+   "write the process id to FILE once started; removed at exit", 0, -1}
+
+/* Checks -logfile, -syslog and -log-format and opens the log destination;
+ * `app` ("wstunsrv" or "wstuncli") is the syslog ident and the JSON "app"
+ * field. On a bad value prints one line naming the flag and exits
+ * APP_EXIT_USAGE. */
+void app_log_setup(const char *prog, const char *app, const app_ops *ops);
+
+/* Closes the log file / syslog connection (at exit). */
+void app_log_shutdown(void);
+
+/* The log callback: one line per message to the configured destination.
+ * Text: "2026-01-09T15:30:45.123Z INFO  message"; JSON:
+ * {"time":"...","level":"info","app":"wstunsrv","msg":"..."}. */
 void app_log(void *user_data, wstun_log_level level, const char *msg);
+
+/* app_log with a printf format. */
+void app_logf(wstun_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* A fatal message: printed as is on stderr and, when logs go elsewhere,
+ * logged there as an error too. */
+void app_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* SIGUSR1 and SIGHUP reopen the log file (for logrotate). Handles exist only
+ * with -logfile; without it the signals keep their default action. */
+typedef struct app_reopen {
+  uv_signal_t usr1, hup;
+  int active;
+} app_reopen;
+
+void app_reopen_start(uv_loop_t *loop, app_reopen *r);
+/* Closes the handles (in the close callback, so the loop can end). */
+void app_reopen_close(app_reopen *r);
+
+/* Writes "<pid>\n" to path (remembered for app_pidfile_remove). Returns 0,
+ * or -1 after printing an error. */
+int app_pidfile_write(const char *prog, const char *path);
+
+/* Removes the pid file if it still holds our pid. */
+void app_pidfile_remove(void);
+
+/* "2026-01-09T15:30:45Z" (RFC 3339, UTC) for `t`. */
+void app_rfc3339(time_t t, char *buf, size_t size);
 
 /* Parses -log-level; exits with a usage error naming the flag if bad. */
 int app_log_level(const char *prog, const char *value);

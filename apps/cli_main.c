@@ -1,8 +1,13 @@
-/* wstuncli: flags → wstun_client_config, signals → graceful stop. */
+/* wstuncli: flags → wstun_client_config, signals → graceful stop,
+ * SIGUSR1/SIGHUP → log file reopened, state changes → -statusfile. */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "app_common.h"
 
@@ -11,20 +16,127 @@
 typedef struct cli_app {
   wstun_client *cli;
   uv_signal_t sigint, sigterm;
+  app_reopen reopen;
   int stopping;
+  /* -statusfile */
+  const char *statusfile;
+  char *server;       /* the tunnel URL without its userinfo */
+  int state;          /* wstun_client_state, -1 before the first */
+  time_t since;       /* when it entered that state */
+  const char *last_error; /* wstun_strerror() of the last error, or "" */
+  int started;        /* wstun_client_start() returned: write on changes */
 } cli_app;
+
+/* The tunnel URL as the status file shows it: without "user:pass@", and
+ * with control characters replaced (one line per key). */
+static char *url_without_userinfo(const char *url) {
+  char *out = strdup(url);
+  if (out == NULL)
+    return NULL;
+  char *auth = strstr(out, "://");
+  auth = auth ? auth + 3 : out;
+  size_t alen = strcspn(auth, "/?#");
+  char *at = NULL;
+  for (size_t i = 0; i < alen; i++)
+    if (auth[i] == '@')
+      at = auth + i;
+  if (at)
+    memmove(auth, at + 1, strlen(at + 1) + 1);
+  for (char *p = out; *p; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f)
+      *p = '?';
+  return out;
+}
+
+static const char *state_name(int s) {
+  switch (s) {
+  case WSTUN_CLIENT_CONNECTED:
+    return "connected";
+  case WSTUN_CLIENT_DISCONNECTED:
+    return "disconnected";
+  default:
+    return "connecting";
+  }
+}
+
+/* Rewrites the status file atomically (temp file + rename). Returns 0 or
+ * an errno value. */
+static int status_write(const cli_app *app) {
+  char since[40];
+  app_rfc3339(app->since, since, sizeof(since));
+  size_t need = strlen(app->server) + strlen(app->last_error) + 160;
+  char *text = malloc(need);
+  size_t plen = strlen(app->statusfile) + 8;
+  char *tmp = malloc(plen);
+  if (text == NULL || tmp == NULL) {
+    free(text);
+    free(tmp);
+    return ENOMEM;
+  }
+  int n = snprintf(text, need,
+                   "state=%s\nserver=%s\nsince=%s\nlast_error=%s\npid=%ld\n",
+                   state_name(app->state), app->server, since,
+                   app->last_error, (long)getpid());
+  snprintf(tmp, plen, "%s.tmp", app->statusfile);
+  int err = 0;
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    err = errno;
+  } else {
+    ssize_t w = write(fd, text, (size_t)n);
+    if (w != n)
+      err = w < 0 ? errno : EIO;
+    if (close(fd) != 0 && err == 0)
+      err = errno;
+    if (err == 0 && rename(tmp, app->statusfile) != 0)
+      err = errno;
+    if (err)
+      unlink(tmp);
+  }
+  free(text);
+  free(tmp);
+  return err;
+}
+
+static void on_state(wstun_client *cli, wstun_client_state state, int err,
+                     void *ud) {
+  cli_app *app = ud;
+  (void)cli;
+  if ((int)state != app->state) {
+    app->state = (int)state;
+    app->since = time(NULL);
+  }
+  if (err != 0)
+    app->last_error = wstun_strerror(err);
+  if (!app->started)
+    return; /* written once wstun_client_start() returns */
+  int werr = status_write(app);
+  if (werr)
+    app_logf(WSTUN_LOG_WARN, "cannot write status file %s: %s",
+             app->statusfile, strerror(werr));
+}
+
+static void remove_files(cli_app *app) {
+  if (app->statusfile && app->started) {
+    unlink(app->statusfile);
+    app->started = 0;
+  }
+  app_pidfile_remove();
+}
 
 static void on_client_closed(wstun_client *cli, void *ud) {
   cli_app *app = ud;
   (void)cli;
   uv_close((uv_handle_t *)&app->sigint, NULL);
   uv_close((uv_handle_t *)&app->sigterm, NULL);
+  app_reopen_close(&app->reopen);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
   cli_app *app = h->data;
   if (app->stopping) {
-    fprintf(stderr, "second signal: exiting now\n");
+    app_errorf("second signal: exiting now");
+    remove_files(app);
     exit(1);
   }
   app->stopping = 1;
@@ -36,7 +148,8 @@ static void on_signal(uv_signal_t *h, int signum) {
 int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   wstun_client_config cfg;
   wstun_client_config_init(&cfg);
-  const char *token = NULL, *log_level = "info";
+  const char *token = NULL, *log_level = "info", *statusfile = NULL;
+  app_ops ops = {0};
   app_flag flags[] = {
       {"tunnel", FLAG_STR, &cfg.tunnel_url, "URL",
        "server to dial: ws://[user:pass@]host[:port][/base]", 0, -1},
@@ -49,18 +162,28 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       {"timeout", FLAG_INT, &cfg.timeout_sec, "S",
        "ping every S/3 s, reconnect after S s without answer (default 30)", 3, 86400},
       {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug", 0, -1},
+      APP_OPS_FLAGS(ops),
+      {"statusfile", FLAG_STR, &statusfile, "FILE",
+       "keep state, server, since, last_error, pid in FILE; removed at exit", 0, -1},
       {NULL, FLAG_STR, NULL, NULL, NULL, 0, 0}};
   app_parse_flags(prog, "wstun tunnel client: dials wstunsrv and serves the "
                         "requests it forwards from a local HTTP backend.",
                   flags, argc, argv, first);
   cfg.log_level = app_log_level(prog, log_level);
+  if (statusfile && *statusfile == '\0') {
+    fprintf(stderr, "%s: flag -statusfile: must not be empty\n", prog);
+    return APP_EXIT_USAGE;
+  }
+  app_log_setup(prog, "wstuncli", &ops);
   cfg.log_cb = app_log;
   if (cfg.tunnel_url == NULL) {
     fprintf(stderr, "%s: flag -tunnel: required (ws://host:port)\n", prog);
+    app_log_shutdown();
     return APP_EXIT_USAGE;
   }
   if (token == NULL) {
     fprintf(stderr, "%s: flag -token: required\n", prog);
+    app_log_shutdown();
     return APP_EXIT_USAGE;
   }
   /* -token tok:password; else the password may come from the environment,
@@ -79,28 +202,70 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   if (strlen(tok) < 16) {
     fprintf(stderr, "%s: flag -token: rendez-vous token is too short (must be 16 chars)\n", prog);
     free(tok);
+    app_log_shutdown();
     return APP_EXIT_USAGE;
   }
 
   signal(SIGPIPE, SIG_IGN);
   cli_app app = {0};
+  app.state = -1;
+  app.last_error = "";
+  app.since = time(NULL);
+  if (statusfile) {
+    app.statusfile = statusfile;
+    app.server = url_without_userinfo(cfg.tunnel_url);
+    if (app.server == NULL) {
+      free(tok);
+      app_log_shutdown();
+      return 1;
+    }
+    cfg.state_cb = on_state;
+    cfg.state_user_data = &app;
+  }
   uv_loop_t *loop = uv_default_loop();
+  /* handlers first: a signal sent as soon as the client runs waits in the
+   * loop instead of killing the process */
+  uv_signal_init(loop, &app.sigint);
+  uv_signal_init(loop, &app.sigterm);
+  app.sigint.data = app.sigterm.data = &app;
+  uv_signal_start(&app.sigint, on_signal, SIGINT);
+  uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+  app_reopen_start(loop, &app.reopen);
+  int exit_code = 0;
   int rc = wstun_client_start(loop, &cfg, &app.cli);
   if (rc != 0) {
     const char *flag = rc == WSTUN_EREGEX ? "regexp"
                        : rc == WSTUN_EURL  ? (cfg.server_url ? "tunnel or -server" : "tunnel")
                                            : "token";
     fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, wstun_strerror(rc));
-    free(tok);
-    return APP_EXIT_USAGE;
+    exit_code = APP_EXIT_USAGE;
+    on_client_closed(NULL, &app); /* closes the signal handles */
   }
-  uv_signal_init(loop, &app.sigint);
-  uv_signal_init(loop, &app.sigterm);
-  app.sigint.data = app.sigterm.data = &app;
-  uv_signal_start(&app.sigint, on_signal, SIGINT);
-  uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+  if (exit_code == 0 && statusfile) {
+    if (app.state < 0) { /* no callback yet: the client starts by dialing */
+      app.state = (int)wstun_client_get_state(app.cli);
+      app.since = time(NULL);
+    }
+    app.started = 1;
+    int werr = status_write(&app);
+    if (werr) {
+      app_errorf("%s: flag -statusfile: cannot write %s: %s", prog, statusfile,
+                 strerror(werr));
+      app.started = 0;
+      exit_code = 1;
+    }
+  }
+  if (exit_code == 0 && ops.pidfile && app_pidfile_write(prog, ops.pidfile) != 0)
+    exit_code = 1;
+  if (exit_code == 1) {
+    app.stopping = 1;
+    wstun_client_close(app.cli, 0, on_client_closed, &app);
+  }
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
+  remove_files(&app);
   free(tok);
-  return 0;
+  free(app.server);
+  app_log_shutdown();
+  return exit_code;
 }

@@ -1,4 +1,5 @@
-/* wstunsrv: flags → wstun_server_config, signals → graceful stop. */
+/* wstunsrv: flags → wstun_server_config, signals → graceful stop,
+ * SIGUSR1/SIGHUP → log file reopened. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@ typedef struct srv_app {
   uv_loop_t *loop;
   wstun_server *srv;
   uv_signal_t sigint, sigterm;
+  app_reopen reopen;
   int stopping;
 } srv_app;
 
@@ -19,12 +21,14 @@ static void on_server_closed(wstun_server *srv, void *ud) {
   (void)srv;
   uv_close((uv_handle_t *)&app->sigint, NULL);
   uv_close((uv_handle_t *)&app->sigterm, NULL);
+  app_reopen_close(&app->reopen);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
   srv_app *app = h->data;
   if (app->stopping) {
-    fprintf(stderr, "second signal: exiting now\n");
+    app_errorf("second signal: exiting now");
+    app_pidfile_remove();
     exit(1);
   }
   app->stopping = 1;
@@ -38,6 +42,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   wstun_server_config cfg;
   wstun_server_config_init(&cfg);
   const char *log_level = "info";
+  app_ops ops = {0};
   uint64_t max_header = cfg.max_header_bytes, max_body = 0;
   app_flag flags[] = {
       {"port", FLAG_INT, &cfg.port, "N", "TCP port to listen on (0 = any free port)", 0, 65535},
@@ -58,12 +63,20 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
        "request head limit, else 431 (default 65536)", 1024, 1 << 24},
       {"max-body", FLAG_U64, &max_body, "N",
        "request body limit in bytes, else 413 (0 = unlimited)", 0, INT64_MAX},
+      {"trusted-proxies", FLAG_STR, &cfg.trusted_proxies, "CIDR,...",
+       "proxies whose X-Forwarded-For is believed (default: none)", 0, -1},
+      {"admin-allow", FLAG_STR, &cfg.admin_allow, "CIDR,...",
+       "who else may read /admin/... and /metrics (default: this host only)", 0, -1},
+      {"admin-token", FLAG_STR, &cfg.admin_token, "TOKEN",
+       "require Authorization: Bearer TOKEN for /admin/... and /metrics", 0, -1},
       {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug", 0, -1},
+      APP_OPS_FLAGS(ops),
       {NULL, FLAG_STR, NULL, NULL, NULL, 0, 0}};
   app_parse_flags(prog, "wstun tunnel server: serves HTTP requests through "
                         "WebSocket tunnels opened by wstuncli.",
                   flags, argc, argv, first);
   cfg.log_level = app_log_level(prog, log_level);
+  app_log_setup(prog, "wstunsrv", &ops);
   cfg.max_header_bytes = (size_t)max_header;
   cfg.max_body_bytes = max_body;
   cfg.log_cb = app_log;
@@ -71,26 +84,43 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   signal(SIGPIPE, SIG_IGN);
   srv_app app = {0};
   app.loop = uv_default_loop();
-  int rc = wstun_server_start(app.loop, &cfg, &app.srv);
-  if (rc == WSTUN_EPASSWORDS) {
-    fprintf(stderr, "%s: flag -passwords: %s (want token:password,...)\n", prog,
-            wstun_strerror(rc));
-    return APP_EXIT_USAGE;
-  }
-  if (rc == WSTUN_EINVAL) {
-    fprintf(stderr, "%s: flag -host: not an IP address: %s\n", prog, cfg.host);
-    return APP_EXIT_USAGE;
-  }
-  if (rc != 0) {
-    fprintf(stderr, "%s: cannot start: %s\n", prog, wstun_strerror(rc));
-    return 1;
-  }
+  /* handlers first: a signal sent as soon as "listening on" shows waits in
+   * the loop instead of killing the process */
   uv_signal_init(app.loop, &app.sigint);
   uv_signal_init(app.loop, &app.sigterm);
   app.sigint.data = app.sigterm.data = &app;
   uv_signal_start(&app.sigint, on_signal, SIGINT);
   uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+  app_reopen_start(app.loop, &app.reopen);
+  int rc = wstun_server_start(app.loop, &cfg, &app.srv);
+  int exit_code = 0;
+  if (rc == WSTUN_EPASSWORDS) {
+    fprintf(stderr, "%s: flag -passwords: %s (want token:password,...)\n", prog,
+            wstun_strerror(rc));
+    exit_code = APP_EXIT_USAGE;
+  } else if (rc == WSTUN_ECIDR) {
+    fprintf(stderr, "%s: flag -%s: %s (want addresses or CIDR blocks, comma-separated)\n",
+            prog, wstun_address_list_check(cfg.admin_allow) != 0 ? "admin-allow"
+                                                                 : "trusted-proxies",
+            wstun_strerror(rc));
+    exit_code = APP_EXIT_USAGE;
+  } else if (rc == WSTUN_EINVAL) {
+    fprintf(stderr, "%s: flag -host: not an IP address: %s\n", prog, cfg.host);
+    exit_code = APP_EXIT_USAGE;
+  } else if (rc != 0) {
+    app_errorf("%s: cannot start: %s", prog, wstun_strerror(rc));
+    exit_code = 1;
+  }
+  if (exit_code != 0) {
+    on_server_closed(NULL, &app); /* closes the signal handles */
+  } else if (ops.pidfile && app_pidfile_write(prog, ops.pidfile) != 0) {
+    exit_code = 1;
+    app.stopping = 1;
+    wstun_server_close(app.srv, 0, on_server_closed, &app);
+  }
   uv_run(app.loop, UV_RUN_DEFAULT);
   uv_loop_close(app.loop);
-  return 0;
+  app_pidfile_remove();
+  app_log_shutdown();
+  return exit_code;
 }

@@ -107,3 +107,10 @@ int wstun__ip_valid(const char *ip) {
   uint8_t a[16];
   return ip != NULL && parse_ip(ip, strlen(ip), &family, a) == 0;
 }
+
+int wstun_address_list_check(const char *list) {
+  wstun__cidr_list l;
+  int rc = wstun__cidr_list_parse(list, &l);
+  wstun__cidr_list_free(&l);
+  return rc == WSTUN_EINVAL ? WSTUN_ECIDR : rc;
+}

@@ -76,7 +76,7 @@ run_pass() {
 }
 
 note "installing dependencies"
-if ! bash .ci/install-deps.sh; then
+if ! bash .ci/install-deps.sh --tests; then
   echo "installing dependencies FAILED" >&2
   echo "0 passed, 1 failed"
   exit 1

@@ -146,6 +146,10 @@ WSTUN_EXTERN int wstun_server_start(uv_loop_t *loop,
                                     const wstun_server_config *cfg,
                                     wstun_server **out);
 
+/* 0 when `list` is a valid address list for trusted_proxies/admin_allow
+ * ("10.0.0.0/8, ::1"; NULL and "" are valid), else WSTUN_ECIDR. */
+WSTUN_EXTERN int wstun_address_list_check(const char *list);
+
 /* The TCP port actually bound (useful with port 0). */
 WSTUN_EXTERN int wstun_server_port(const wstun_server *srv);
 
