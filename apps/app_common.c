@@ -1,6 +1,7 @@
 #include "app_common.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -487,4 +488,31 @@ int app_log_level(const char *prog, const char *value) {
   if (l < 0)
     die(prog, "log-level", "must be one of error, warn, info, debug");
   return l;
+}
+
+void app_read_secret_file(const char *prog, const char *flag, const char *path,
+                          char *out, size_t n) {
+  struct stat st;
+  FILE *f = fopen(path, "r");
+  if (f == NULL || fstat(fileno(f), &st) != 0) {
+    fprintf(stderr, "%s: flag -%s: cannot read %s: %s\n", prog, flag, path,
+            strerror(errno));
+    exit(APP_EXIT_USAGE);
+  }
+  if (st.st_mode & 077) {
+    fclose(f);
+    fprintf(stderr, "%s: flag -%s: %s is readable by others (chmod 600 it)\n",
+            prog, flag, path);
+    exit(APP_EXIT_USAGE);
+  }
+  size_t len = fread(out, 1, n - 1, f);
+  fclose(f);
+  out[len] = '\0';
+  while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r' ||
+                     out[len - 1] == ' ' || out[len - 1] == '\t'))
+    out[--len] = '\0';
+  if (len == 0) {
+    fprintf(stderr, "%s: flag -%s: %s is empty\n", prog, flag, path);
+    exit(APP_EXIT_USAGE);
+  }
 }

@@ -42,6 +42,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   wstun_server_config cfg;
   wstun_server_config_init(&cfg);
   const char *log_level = "info";
+  const char *admin_token_file = NULL;
   app_ops ops = {0};
   uint64_t max_header = cfg.max_header_bytes, max_body = 0;
   app_flag flags[] = {
@@ -69,6 +70,8 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
        "who else may read /admin/... and /metrics (default: this host only)", 0, -1},
       {"admin-token", FLAG_STR, &cfg.admin_token, "TOKEN",
        "require Authorization: Bearer TOKEN for /admin/... and /metrics", 0, -1},
+      {"admin-token-file", FLAG_STR, &admin_token_file, "FILE",
+       "the same, read from FILE (mode 0600: kept out of the process list)", 0, -1},
       {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug", 0, -1},
       APP_OPS_FLAGS(ops),
       {NULL, FLAG_STR, NULL, NULL, NULL, 0, 0}};
@@ -76,6 +79,12 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
                         "WebSocket tunnels opened by wstuncli.",
                   flags, argc, argv, first);
   cfg.log_level = app_log_level(prog, log_level);
+  char admin_token[512];
+  if (admin_token_file) {
+    app_read_secret_file(prog, "admin-token-file", admin_token_file, admin_token,
+                         sizeof(admin_token));
+    cfg.admin_token = admin_token;
+  }
   app_log_setup(prog, "wstunsrv", &ops);
   cfg.max_header_bytes = (size_t)max_header;
   cfg.max_body_bytes = max_body;

@@ -81,7 +81,7 @@ int wstun__admin_auditing(wstun_server *srv, wstun__buf *out) {
       json_t *o = json_pack(
           "{s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:s, s:I}",
           "token", t->name, "remote_addr", st ? st->addr : "", "remote_name",
-          "", "remote_whois", "", "client_version",
+          st && st->remote_name ? st->remote_name : "", "remote_whois", "", "client_version",
           st && st->client_version ? st->client_version : "", "last_activity",
           time_or_null(srv, t->last_activity ? t->last_activity : t->last_seen),
           "active_connections", active_connections(srv, t), "last_error_time",
@@ -121,7 +121,7 @@ static void stats_tunnel_block(const wstun_tunnel_info *ti, void *ud) {
       "tunnel%02d_tun_addr=%s\ntunnel%02d_tun_dns=%s\n"
       "tunnel%02d_client_version=%s\ntunnel%02d_idle_secs=%.1f\n",
       i, wstun__redact(ti->token, red), i, ti->pending_requests, i,
-      ti->remote_addr, i, "", i, ti->client_version, i,
+      ti->remote_addr, i, ti->remote_name, i, ti->client_version, i,
       (double)ti->idle_ms / 1000.0);
 }
 

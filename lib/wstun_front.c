@@ -415,9 +415,14 @@ static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
   f->tries = 0;
   f->state = WSTUN__EX_READING;
   f->start_ms = uv_now(srv->loop);
-  wstun__log(&srv->log, WSTUN_LOG_DEBUG, "HTTP RCV token=%s verb=%s url=%.*s",
-             f->token_prefix, llhttp_method_name((llhttp_method_t)h->method),
-             (int)tlen, target);
+  if (WSTUN__LOG_ON(&srv->log, WSTUN_LOG_DEBUG)) {
+    char addr[64];
+    wstun__conn_peer(f->conn, addr, sizeof(addr));
+    wstun__log(&srv->log, WSTUN_LOG_DEBUG,
+               "HTTP RCV token=%s verb=%s url=%.*s addr=%s", f->token_prefix,
+               llhttp_method_name((llhttp_method_t)h->method), (int)tlen, target,
+               addr);
+  }
   set_timer(f, srv->http_timeout_ms, on_deadline);
   return 0;
 }
@@ -630,6 +635,8 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
     return -1;
   f->state = WSTUN__EX_RESPONDING;
   account(f, 1);
+  wstun__log(&f->srv->log, WSTUN_LOG_DEBUG, "WS   RCV token=%s id=%04x status=%d",
+             f->token_prefix, f->id, status);
   log_ret(f, status);
   wstun__conn_flush(f->conn);
   return no_body ? 1 : 0;

@@ -194,6 +194,7 @@ void wstun_server_foreach_tunnel(const wstun_server *srv,
           .remote_addr = st ? st->addr : "",
           .client_version =
               st && st->client_version ? st->client_version : "",
+          .remote_name = st && st->remote_name ? st->remote_name : "",
           .idle_ms = now - last,
       };
       cb(&info, user_data);
@@ -244,6 +245,10 @@ static void send_on(wstun__srv_tunnel *st, wstun__front *f) {
   wstun__proto_write_prefix(f->id, wstun__buf_data(&f->req->buf));
   f->tun = st;
   f->state = WSTUN__EX_SENDING;
+  wstun__log(&st->srv->log, WSTUN_LOG_DEBUG,
+             "WS   SND token=%s id=%04x verb=%s url=%s addr=%s", f->token_prefix,
+             f->id, llhttp_method_name((llhttp_method_t)f->method),
+             wstun__http_head_target(&f->parser.head), st->addr);
   f->ex_next = st->inflight;
   st->inflight = f;
   st->ninflight++;
@@ -394,9 +399,45 @@ static void st_closed(wstun__tunnel *t, int err) {
   }
 }
 
+/* Reverse DNS of a tunnel's peer, for /_stats and /admin/auditing: through
+ * libuv's thread pool, so a slow resolver never blocks the loop. The
+ * lookup outlives its tunnel if it must: it then just frees itself. */
+typedef struct wstun__dns_lookup {
+  uv_getnameinfo_t req;
+  wstun__srv_tunnel *st;
+} wstun__dns_lookup;
+
+static void on_name(uv_getnameinfo_t *req, int status, const char *host,
+                    const char *service) {
+  wstun__dns_lookup *l = req->data;
+  (void)service;
+  if (l->st) {
+    l->st->dns = NULL;
+    if (status == 0 && host)
+      l->st->remote_name = wstun__strdup(host);
+  }
+  wstun__free(l);
+}
+
+static void lookup_name(wstun__srv_tunnel *st, const struct sockaddr *peer) {
+  wstun__dns_lookup *l = wstun__calloc(1, sizeof(*l));
+  if (l == NULL)
+    return;
+  l->st = st;
+  l->req.data = l;
+  if (uv_getnameinfo(st->srv->loop, &l->req, on_name, peer, NI_NAMEREQD) != 0) {
+    wstun__free(l);
+    return;
+  }
+  st->dns = l;
+}
+
 static void st_freed(void *owner) {
   wstun__srv_tunnel *st = owner;
   wstun_server *srv = st->srv;
+  if (st->dns)
+    st->dns->st = NULL;
+  wstun__free(st->remote_name);
   wstun__free(st->client_version);
   wstun__free(st);
   srv->live_tunnels--;
@@ -509,6 +550,7 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   }
   srv->live_tunnels++;
   srv->metrics.tunnel_connects++;
+  lookup_name(st, (const struct sockaddr *)&conn->peer);
   /* the connection now belongs to the tunnel */
   f->conn = NULL;
   wstun__conn_flush(conn);

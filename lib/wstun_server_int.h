@@ -58,6 +58,8 @@ struct wstun__srv_tunnel {
   size_t ninflight;
   char addr[64];
   char *client_version;
+  char *remote_name;            /* reverse DNS of the peer, once known */
+  struct wstun__dns_lookup *dns; /* in flight, or NULL */
 };
 
 struct wstun__front {

@@ -245,7 +245,9 @@ static void ws_msg(wslay_event_context_ptr ctx,
 static void tunnel_fail(wstun__tunnel *t, int err);
 
 static void pump(wstun__tunnel *t) {
-  if (t->pumping || t->closing)
+  /* inside wslay_event_recv (a sink sending from a callback), wslay must
+   * not be entered again: the receive path pumps once it returns */
+  if (t->pumping || t->closing || t->in_rx)
     return;
   t->pumping = 1;
   for (;;) {
@@ -341,7 +343,9 @@ static size_t tun_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   t->last_rx = uv_now(t->timer.loop);
   t->in = data;
   t->in_len = len;
+  t->in_rx = 1;
   int rc = wslay_event_recv(t->ws);
+  t->in_rx = 0;
   size_t used = len - t->in_len;
   t->in = NULL;
   t->in_len = 0;
@@ -497,10 +501,18 @@ void wstun__tunnel_resume_rx(wstun__tunnel *t) {
   if (!t->rx_paused || t->closing)
     return;
   t->rx_paused = 0;
+  /* Called from inside the receive path (a sink finishing its message):
+   * wslay is mid-call and not re-entrant, and `in` still holds the rest of
+   * this read. Clearing the flag is enough: the running receive goes on. */
+  if (t->in_rx)
+    return;
   /* wslay may hold bytes it read ahead: let it parse them first */
   t->in = NULL;
   t->in_len = 0;
-  if (wslay_event_recv(t->ws) != 0) {
+  t->in_rx = 1;
+  int rc = wslay_event_recv(t->ws);
+  t->in_rx = 0;
+  if (rc != 0) {
     tunnel_fail(t, WSTUN_EPROTO);
     return;
   }

@@ -102,6 +102,7 @@ struct wstun__tunnel {
   void *sink;
   int drop;
   int rx_paused;
+  int in_rx; /* inside wslay_event_recv: wslay must not be re-entered */
   /* liveness */
   uint64_t last_rx;
   uint64_t ping_interval_ms, dead_after_ms;

@@ -178,6 +178,7 @@ typedef struct wstun_tunnel_info {
   size_t pending_requests;    /* queued or in flight */
   const char *remote_addr;    /* "ip:port" of its newest connection, or "" */
   const char *client_version; /* X-Client-Version of that connection, or "" */
+  const char *remote_name;    /* its peer's reverse DNS name, or "" */
   uint64_t idle_ms;           /* since its last request or (dis)connection */
 } wstun_tunnel_info;
 

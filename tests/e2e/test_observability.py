@@ -19,6 +19,24 @@ REMOTE = "203.0.113.9"  # TEST-NET-3: never contacted, only written in a header
 
 
 class Stats(E2ETestCase):
+    @staticmethod
+    def local_name():
+        import socket
+        try:
+            return socket.gethostbyaddr("127.0.0.1")[0]
+        except OSError:
+            return ""
+
+    def test_reverse_dns_of_the_tunnel_peer(self):
+        name = self.local_name()
+        if not name:
+            self.skipTest("127.0.0.1 has no name on this machine")
+        srv, cli, be, tok = self.tunnel()
+        ok = wait_until(lambda: "tunnel00_tun_dns=%s\n" % name in get(srv.port, "/_stats").text, 5)
+        self.assertTrue(ok, get(srv.port, "/_stats").text)
+        doc = get(srv.port, "/admin/auditing").json()
+        self.assertEqual(doc["tunnels"][tok]["remote_name"], name)
+
     def test_local_view_exact_format(self):
         srv, cli, be, tok = self.tunnel()
         text = get(srv.port, "/_stats").text
@@ -31,9 +49,10 @@ class Stats(E2ETestCase):
               r"tunnel00_token=%s\.\.\.\n"
               r"tunnel00_req_pending=0\n"
               r"tunnel00_tun_addr=127\.0\.0\.1:\d+\n"
-              r"tunnel00_tun_dns=.*\n"
+              r"tunnel00_tun_dns=(?:%s)?\n"
               r"tunnel00_client_version=wstun \d+\.\d+\.\d+\n"
-              r"tunnel00_idle_secs=\d+\.\d\n\Z") % (re.escape(tok[:8]), re.escape(tok[:8]))
+              r"tunnel00_idle_secs=\d+\.\d\n\Z") % (re.escape(tok[:8]), re.escape(tok[:8]),
+                                            re.escape(self.local_name()))
         self.assertRegex(text, rx)
         self.assertNotIn(tok, text, "a full token must never be shown")
 
@@ -77,6 +96,25 @@ class AdminAccess(E2ETestCase):
         self.assertEqual(r.status, 401)
         r = get(srv.port, "/metrics", headers={"Authorization": "Bearer s3cret-admin-token"})
         self.assertEqual(r.status, 200)
+
+    def test_admin_token_from_file(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        path = os.path.join(d, "token")
+        with open(path, "w") as f:
+            f.write("token-from-a-file\n")
+        os.chmod(path, 0o600)
+        srv = self.server("-admin-token-file", path)
+        self.assertEqual(get(srv.port, "/metrics").status, 401)
+        r = get(srv.port, "/metrics", headers={"Authorization": "Bearer token-from-a-file"})
+        self.assertEqual(r.status, 200)
+        # readable by others: refused, with the reason
+        os.chmod(path, 0o644)
+        from harness import SRV_BIN
+        p = subprocess.run([SRV_BIN, "-port", "0", "-admin-token-file", path],
+                           capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"admin-token-file", p.stderr)
 
     def test_bad_address_list_is_a_usage_error(self):
         from harness import SRV_BIN
@@ -137,6 +175,36 @@ class Metrics(E2ETestCase):
         ws_connect(srv.port, token="short")
         text = self.scrape(srv)
         self.assertEqual(self.value(text, 'wstun_handshake_failures_total{reason="short_token"}'), 1)
+
+
+class RequestLogLines(E2ETestCase):
+    """One request leaves the Go tool's four lines in the server log, with
+    an 8-character token prefix and never the whole token."""
+
+    RX = (r"HTTP RCV token=%(p)s\.\.\. verb=GET url=/echo\?x=1 addr=127\.0\.0\.1:\d+",
+          r"WS   SND token=%(p)s\.\.\. id=[0-9a-f]{4} verb=GET url=/echo\?x=1 addr=127\.0\.0\.1:\d+",
+          r"WS   RCV token=%(p)s\.\.\. id=[0-9a-f]{4} status=200",
+          r"HTTP RET token=%(p)s\.\.\. id=[0-9a-f]{4} status=200")
+
+    def check(self, fmt):
+        import json
+        srv, cli, be, tok = self.tunnel("-log-level", "debug", "-log-format", fmt)
+        self.assertEqual(get(srv.port, "/_token/%s/echo?x=1" % tok).status, 200)
+        def lines():
+            out = srv.stderr_text().splitlines()
+            if fmt == "json":
+                out = [json.loads(line)["msg"] for line in out if line.startswith("{")]
+            return "\n".join(out)
+        for rx in self.RX:
+            rx = rx % {"p": re.escape(tok[:8])}
+            self.assertTrue(wait_until(lambda: re.search(rx, lines()), 5), rx + "\n" + lines())
+        self.assertNotIn(tok, srv.stderr_text())
+
+    def test_text_format(self):
+        self.check("text")
+
+    def test_json_format(self):
+        self.check("json")
 
 
 class AdminDocuments(E2ETestCase):

@@ -125,6 +125,26 @@ class Streaming(E2ETestCase):
             status, headers, got, sha = r
             self.assertEqual((status, got, sha), (200, n, expected_sha256(n)))
 
+    def test_many_streamed_responses_keep_the_tunnel_in_step(self):
+        # Streamed responses end while other requesters' sockets are full
+        # (the tunnel's input paused): the tunnel must stay in step, with no
+        # message lost or cut and no reconnect (regression: a sink resuming
+        # the tunnel from inside its own receive call lost bytes).
+        srv, cli, be, tok = self.tunnel()
+        n = 1024 * 1024 + 17
+        def job(i):
+            out = []
+            for _ in range(6):
+                out.append(download(srv.port, "/_token/%s/bytes?n=%d" % (tok, n)))
+            return out
+        res = run_threads(job, [(i,) for i in range(6)], timeout=120)
+        for r in res:
+            self.assertNotIsInstance(r, BaseException, repr(r))
+            for status, headers, got, sha in r:
+                self.assertEqual((status, got, sha), (200, n, expected_sha256(n)))
+        self.assertNotIn("message without id", srv.stderr_text())
+        self.assertNotIn("tunnel closed", cli.stderr_text())
+
     def test_parallel_uploads_and_downloads(self):
         import json
         srv, cli, be, tok = self.tunnel()

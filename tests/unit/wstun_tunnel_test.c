@@ -38,6 +38,7 @@ typedef struct side {
   int drop_id;     /* on_msg_begin refuses this id (-1: none) */
   int pause_on_id; /* on_msg_begin pauses rx for this id (-1: none) */
   int pauses;
+  int resume_on_end_id; /* on_msg_end resumes rx for this id (-1: none) */
 } side;
 
 struct env {
@@ -148,6 +149,10 @@ static void on_msg_end(wstun__tunnel *t, void *sink, int complete) {
   rx_msg *m = sink;
   m->ended++;
   m->complete = complete;
+  /* as the server's front does: a sink finishing its message resumes the
+   * tunnel it paused, from inside the tunnel's own receive call */
+  if ((int)m->id == s->resume_on_end_id)
+    wstun__tunnel_resume_rx(t);
   ev(s->e, "E%c%x%s ", s->tag, (unsigned)m->id, complete ? "" : "!");
 }
 
@@ -256,6 +261,7 @@ static void side_init(env *e, side *s, char tag) {
   s->tag = tag;
   s->drop_id = -1;
   s->pause_on_id = -1;
+  s->resume_on_end_id = -1;
 }
 
 /* 0 when both tunnels run. The env is always torn down by env_done. */
@@ -621,6 +627,39 @@ TEST(three_messages_arrive_in_order) {
 /* ---- a sink pausing the tunnel --------------------------------------------
  */
 
+static int two_done(env *e) {
+  return e->srv.nrx == 2 && e->srv.rx[0].ended && e->srv.rx[1].ended;
+}
+
+/* Regression: resuming from inside the receive call (the message that
+ * paused the tunnel ends within bytes wslay had already read) lost the rest
+ * of the current socket read and re-entered wslay; the next message then
+ * started mid-body ("message without id") or wslay aborted. */
+TEST(resume_from_inside_receive_keeps_the_stream_in_step) {
+  env *e = &E;
+  if (env_start(e, &quiet) == 0) {
+    e->srv.pause_on_id = 1;
+    e->srv.resume_on_end_id = 1;
+    static uint8_t one[3000], two[3000];
+    for (size_t i = 0; i < sizeof(one); i++) {
+      one[i] = pat(i, 11);
+      two[i] = pat(i, 12);
+    }
+    tx a = {e, 'a', 0, 0, 0, 0}, b = {e, 'b', 0, 0, 0, 0};
+    /* queued together: both go out in one write, one read on the server */
+    wstun__tunnel_send(e->cli.t, msg_new(&a, 1, one, sizeof(one), 1));
+    wstun__tunnel_send(e->cli.t, msg_new(&b, 2, two, sizeof(two), 1));
+    if (RUN_UNTIL(e, two_done, 5000)) {
+      check_rx(&e->srv.rx[0], 1, one, sizeof(one), 1);
+      check_rx(&e->srv.rx[1], 2, two, sizeof(two), 1);
+    }
+    CHECK_EQ_INT(e->srv.closed, 0);
+    if (test__state.test_failures)
+      printf("    events: %s\n", e->events);
+  }
+  env_done(e);
+}
+
 static int srv_begun(env *e) {
   return e->srv.nrx >= 1;
 }
@@ -974,6 +1013,7 @@ int main(int argc, char **argv) {
       T(http_message_with_high_id),
       T(five_mib_streamed_both_ways),
       T(three_messages_arrive_in_order),
+      T(resume_from_inside_receive_keeps_the_stream_in_step),
       T(pause_rx_stops_delivery_until_resume),
       T(pings_keep_an_idle_tunnel_alive),
       T(peer_that_stops_reading_times_out),

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# wstun benchmark, one run on this machine, loopback only:
+#   (a) nginx directly, (b) two chained nginx reverse proxies in front of it,
+#   (c) wstunsrv + wstuncli in front of it — interleaved a, b, c per load
+#   point — then a 1 GiB stream through the tunnel and 10,000 idle tunnels.
+#
+#   bash tests/bench/bench.sh [--quick] [build-dir]
+#
+# Needs: nginx (Debian's nginx-light), wrk, curl, python3
+#   apt-get install nginx-light wrk curl python3
+# Environment: WSTUN_BENCH_SECS (seconds per wrk run, default 5, --quick: 2),
+#   WSTUN_BENCH_ROUNDS (default 2, --quick: 1), WSTUN_BENCH_IDLE (idle
+#   tunnels, default 10000), WSTUN_BENCH_STREAM_MIB (default 1024),
+#   WSTUN_BENCH_OUT (JSON path, default tests/bench/results/latest.json).
+# Everything stops by itself; Ctrl-C cleans up too. Exit status 0 even when a
+# target is missed (they are informational); non-zero only if the run broke.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+QUICK=0
+BUILD=
+for arg in "$@"; do
+  case $arg in
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
+    *) BUILD=$arg ;;
+  esac
+done
+BUILD=${BUILD:-$ROOT/build}
+BIN=$(cd "$BUILD" 2>/dev/null && pwd)/apps || true
+if [ "$QUICK" = 1 ]; then
+  SECS=${WSTUN_BENCH_SECS:-2}; ROUNDS=${WSTUN_BENCH_ROUNDS:-1}
+else
+  SECS=${WSTUN_BENCH_SECS:-5}; ROUNDS=${WSTUN_BENCH_ROUNDS:-2}
+fi
+IDLE=${WSTUN_BENCH_IDLE:-10000}
+STREAM_MIB=${WSTUN_BENCH_STREAM_MIB:-1024}
+OUT=${WSTUN_BENCH_OUT:-$HERE/results/latest.json}
+
+missing=()
+for tool in nginx wrk curl python3; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bench.sh: missing ${missing[*]}; install with:" >&2
+  echo "  apt-get install nginx-light wrk curl python3" >&2
+  exit 1
+fi
+for app in wstunsrv wstuncli; do
+  if [ ! -x "$BIN/$app" ]; then
+    echo "bench.sh: $BIN/$app not found; build first:" >&2
+    echo "  cmake -S $ROOT -B $BUILD -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build $BUILD -j2" >&2
+    exit 1
+  fi
+done
+
+# 10,000 idle tunnels need ~10,000 descriptors in wstunsrv and in the helper.
+# Raise the soft limit as a user would; fall back to the hard limit.
+if ! ulimit -n 65536 2>/dev/null; then
+  hard=$(ulimit -Hn)
+  ulimit -n "$hard" 2>/dev/null || true
+  if [ "$hard" != unlimited ] && [ "$hard" -lt $((IDLE + 200)) ]; then
+    echo "bench.sh: open-file limit is $(ulimit -n) (hard limit $hard); the idle-tunnel" >&2
+    echo "  test will open fewer than $IDLE tunnels. To raise it: as root run" >&2
+    echo "  'ulimit -n 65536' before this script, or raise 'nofile' in" >&2
+    echo "  /etc/security/limits.conf (see tests/bench/README.md)." >&2
+  fi
+fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/wstun-bench.XXXXXX")
+chmod 755 "$TMP" # nginx workers run as nobody when started by root
+PY=
+cleanup() {
+  set +e
+  trap - EXIT INT TERM HUP
+  if [ -n "$PY" ]; then kill "$PY" 2>/dev/null; wait "$PY" 2>/dev/null; fi
+  # the Python side stops its children; this catches them if it could not
+  if [ -f "$TMP/pids" ]; then
+    while read -r pg; do kill -TERM -- "-$pg" 2>/dev/null || true; done < "$TMP/pids"
+    sleep 0.2
+    while read -r pg; do kill -KILL -- "-$pg" 2>/dev/null || true; done < "$TMP/pids"
+  fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+args=(--bin "$BIN" --tmp "$TMP" --out "$OUT" --secs "$SECS" --rounds "$ROUNDS"
+      --idle "$IDLE" --stream-mib "$STREAM_MIB")
+[ "$QUICK" = 1 ] && args+=(--quick)
+echo "wstun bench: $BIN, ${SECS} s per run, $ROUNDS round(s), fd limit $(ulimit -n)"
+rc=0
+python3 "$HERE/bench.py" "${args[@]}" &
+PY=$!
+wait "$PY" || rc=$?
+PY=
+exit "$rc"
