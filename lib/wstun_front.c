@@ -77,6 +77,7 @@ static void front_maybe_free(wstun__front *f) {
   if (f->next)
     f->next->prev = f->prev;
   srv->nfronts--;
+  wstun__server_conn_release(srv, f->ip);
   wstun__http_parser_free(&f->parser);
   wstun__free(f);
   wstun__server_front_gone(srv);
@@ -184,6 +185,19 @@ void wstun__front_tunnel_lost(wstun__front *f) {
 
 static void on_idle_timeout(uv_timer_t *t) {
   wstun__front_close(t->data);
+}
+
+/* The request head did not arrive in time (slowloris): say so, close. */
+static void on_head_timeout(uv_timer_t *t) {
+  wstun__front *f = t->data;
+  if (f->state != WSTUN__EX_NONE || f->conn == NULL) {
+    wstun__front_close(f);
+    return;
+  }
+  f->close_after = 1;
+  f->state = WSTUN__EX_DONE;
+  write_simple(f, 408, "Request header timeout");
+  front_next(f);
 }
 
 static void on_deadline(uv_timer_t *t) {
@@ -748,11 +762,16 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   while (off < len && !f->closing) {
     if (f->state != WSTUN__EX_NONE && !wstun__http_parser_in_message(&f->parser))
       return off; /* the next request waits for this exchange */
+    int was_in = wstun__http_parser_in_message(&f->parser);
     size_t used = 0;
     int rc = wstun__http_parser_feed(&f->parser, data + off, len - off, &used);
     off += used;
     if (f->closing)
       return len;
+    /* a new head began and is not complete yet: it gets a deadline */
+    if (!was_in && f->state == WSTUN__EX_NONE && f->parser.in_head &&
+        wstun__http_parser_in_message(&f->parser))
+      set_timer(f, f->srv->header_timeout_ms, on_head_timeout);
     if (rc == WSTUN__HTTP_ERROR) {
       int status = f->parser.error_status ? f->parser.error_status : 400;
       const char *text = f->parser.error_text ? f->parser.error_text : "Bad request";
@@ -830,6 +849,17 @@ void wstun__front_accept(wstun_server *srv) {
   srv->nfronts++;
   if (wstun__conn_accept(f->conn, (uv_stream_t *)&srv->listener) != 0) {
     wstun__front_close(f);
+    return;
+  }
+  char ip[64];
+  f->ip = wstun__server_conn_admit(srv, wstun__conn_peer_ip(f->conn, ip, sizeof(ip)));
+  if (f->ip == NULL) {
+    /* over a connection cap: a short answer, nothing read */
+    wstun__log(&srv->log, WSTUN_LOG_WARN, "connection from %s refused: too many connections", ip);
+    f->close_after = 1;
+    f->state = WSTUN__EX_DONE;
+    write_simple(f, 503, "Too many connections");
+    front_next(f);
     return;
   }
   set_timer(f, FRONT_IDLE_MS, on_idle_timeout);

@@ -17,6 +17,7 @@
 
 void wstun_server_config_init(wstun_server_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
+  cfg->header_timeout_sec = 30;
   cfg->host = "0.0.0.0";
   cfg->port = 80;
   cfg->base_path = "";
@@ -199,6 +200,45 @@ void wstun_server_foreach_tunnel(const wstun_server *srv,
       };
       cb(&info, user_data);
     }
+}
+
+/* ---- connection caps ---------------------------------------------------- */
+
+wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip) {
+  if (srv->max_conns && srv->nconns >= srv->max_conns)
+    return NULL;
+  size_t b = hash_token(ip, strlen(ip)) % WSTUN__IP_BUCKETS;
+  wstun__ipcount *c = srv->ips[b];
+  while (c && strcmp(c->ip, ip) != 0)
+    c = c->next;
+  if (c && srv->max_conns_per_ip && c->n >= srv->max_conns_per_ip)
+    return NULL;
+  if (c == NULL) {
+    c = wstun__calloc(1, sizeof(*c));
+    if (c == NULL)
+      return NULL;
+    snprintf(c->ip, sizeof(c->ip), "%s", ip);
+    c->next = srv->ips[b];
+    srv->ips[b] = c;
+  }
+  c->n++;
+  srv->nconns++;
+  return c;
+}
+
+void wstun__server_conn_release(wstun_server *srv, wstun__ipcount *slot) {
+  if (slot == NULL)
+    return;
+  srv->nconns--;
+  if (--slot->n > 0)
+    return;
+  wstun__ipcount **pp = &srv->ips[hash_token(slot->ip, strlen(slot->ip)) %
+                                  WSTUN__IP_BUCKETS];
+  while (*pp && *pp != slot)
+    pp = &(*pp)->next;
+  if (*pp)
+    *pp = slot->next;
+  wstun__free(slot);
 }
 
 /* ---- dispatch ----------------------------------------------------------- */
@@ -437,6 +477,7 @@ static void st_freed(void *owner) {
   wstun_server *srv = st->srv;
   if (st->dns)
     st->dns->st = NULL;
+  wstun__server_conn_release(srv, st->ip);
   wstun__free(st->remote_name);
   wstun__free(st->client_version);
   wstun__free(st);
@@ -551,8 +592,10 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   srv->live_tunnels++;
   srv->metrics.tunnel_connects++;
   lookup_name(st, (const struct sockaddr *)&conn->peer);
-  /* the connection now belongs to the tunnel */
+  /* the connection now belongs to the tunnel, and counts as its */
   f->conn = NULL;
+  st->ip = f->ip;
+  f->ip = NULL;
   wstun__conn_flush(conn);
   st->tok = tok;
   st->next = tok->tunnels;
@@ -769,6 +812,11 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
     }
   }
   srv->max_body = cfg->max_body_bytes;
+  srv->header_timeout_ms =
+      (uint64_t)(cfg->header_timeout_sec > 0 ? cfg->header_timeout_sec : 30) * 1000;
+  srv->max_conns = cfg->max_connections > 0 ? (size_t)cfg->max_connections : 0;
+  srv->max_conns_per_ip =
+      cfg->max_connections_per_ip > 0 ? (size_t)cfg->max_connections_per_ip : 0;
   if (wstun__rng_init(&srv->rng) != 0) {
     rc = WSTUN_EINVAL;
     goto fail_early;

@@ -19,6 +19,14 @@ typedef struct wstun__token wstun__token;
 typedef struct wstun__srv_tunnel wstun__srv_tunnel;
 typedef struct wstun__front wstun__front;
 
+/* Open connections per peer address, for max_connections_per_ip. */
+typedef struct wstun__ipcount {
+  struct wstun__ipcount *next;
+  unsigned n;
+  char ip[46];
+} wstun__ipcount;
+#define WSTUN__IP_BUCKETS 256
+
 typedef enum {
   WSTUN__EX_NONE = 0,   /* no exchange on this front connection */
   WSTUN__EX_READING,    /* request body still arriving, not dispatched */
@@ -57,6 +65,7 @@ struct wstun__srv_tunnel {
   wstun__front *inflight;  /* exchanges dispatched here */
   size_t ninflight;
   char addr[64];
+  wstun__ipcount *ip; /* taken over from the front connection */
   char *client_version;
   char *remote_name;            /* reverse DNS of the peer, once known */
   struct wstun__dns_lookup *dns; /* in flight, or NULL */
@@ -64,6 +73,7 @@ struct wstun__srv_tunnel {
 
 struct wstun__front {
   wstun_server *srv;
+  wstun__ipcount *ip; /* this connection's entry, while it counts */
   wstun__conn *conn;
   wstun__front *prev, *next; /* in srv->fronts */
   uv_timer_t timer;          /* head/idle timeout, then exchange deadline */
@@ -112,6 +122,9 @@ struct wstun_server {
   uint64_t ws_timeout_ms, http_timeout_ms, forget_ms;
   size_t max_header;
   uint64_t max_body;
+  uint64_t header_timeout_ms;
+  size_t max_conns, max_conns_per_ip, nconns;
+  wstun__ipcount *ips[WSTUN__IP_BUCKETS];
   wstun__token **buckets;
   size_t nbuckets, ntokens;
   wstun__front *fronts;
@@ -147,6 +160,9 @@ int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out);
 void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]);
 
 /* wstun_server.c */
+/* Counts a new connection from `ip`; NULL when a cap is reached. */
+wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip);
+void wstun__server_conn_release(wstun_server *srv, wstun__ipcount *slot);
 /* Exchanges queued for the token or in flight on its tunnels. */
 size_t wstun__token_pending(const wstun__token *t);
 wstun__token *wstun__server_find_token(wstun_server *srv, const char *name,

@@ -121,6 +121,15 @@ typedef struct wstun_server_config {
   int token_forget_sec;    /* forget a token with no client; default 3600 */
   size_t max_header_bytes; /* request head larger → 431; default 64 KiB */
   uint64_t max_body_bytes; /* request body larger → 413; 0 = unlimited */
+  /* Slow clients: the whole request head must arrive within this many
+   * seconds of its first byte, else 408 and the connection closes
+   * (slowloris). Default 30. */
+  int header_timeout_sec;
+  /* Open connections (requesters and tunnels) at most, in all and per
+   * peer address; more are answered 503 and closed. 0 = no limit (the
+   * default: many tunnel clients may share one NAT address). */
+  int max_connections;
+  int max_connections_per_ip;
   /* Peers whose X-Forwarded-For is believed when deciding who a requester
    * is (for /_stats detail and admin access): "10.0.0.0/8,::1". NULL =
    * nobody's. The TCP peer decides otherwise; the header is never trusted
