@@ -339,13 +339,15 @@ static int route_metrics(wstun__front *f, const wstun__http_head *h) {
   wstun_server *srv = f->srv;
   wstun_server_stats st;
   wstun_server_get_stats(srv, &st);
-  size_t queued = 0;
+  size_t queued = 0, by_conns[4] = {0, 0, 0, 0};
   for (size_t i = 0; i < srv->nbuckets; i++)
-    for (const wstun__token *t = srv->buckets[i]; t; t = t->hnext)
+    for (const wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
       queued += t->nqueued;
+      by_conns[t->ntunnels < 3 ? t->ntunnels : 3]++;
+    }
   wstun__buf doc = WSTUN__BUF_INIT;
-  int rc = wstun__metrics_write(&srv->metrics, &st, queued, srv->shared.bytes_in,
-                                srv->shared.bytes_out, &doc);
+  int rc = wstun__metrics_write(&srv->metrics, &st, queued, by_conns,
+                                srv->shared.bytes_in, srv->shared.bytes_out, &doc);
   answer_doc(f, rc, &doc, "text/plain; version=0.0.4; charset=utf-8");
   return 0;
 }

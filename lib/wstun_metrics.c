@@ -29,14 +29,22 @@ void wstun__metrics_answer(wstun__metrics *m, int status, uint64_t duration_ms) 
                            (unsigned long long)(value))
 
 int wstun__metrics_write(const wstun__metrics *m, const wstun_server_stats *st,
-                         size_t queued, uint64_t bytes_in, uint64_t bytes_out,
-                         wstun__buf *out) {
+                         size_t queued, const size_t by_conns[4],
+                         uint64_t bytes_in, uint64_t bytes_out, wstun__buf *out) {
   int rc = 0;
   GAUGE("wstun_tunnels", "Tokens with at least one live tunnel connection.",
         st->tunnels);
   GAUGE("wstun_tunnel_connections", "Live tunnel connections.",
         st->tunnel_connections);
   GAUGE("wstun_tokens", "Tokens known to the server.", st->tokens);
+  rc |= wstun__buf_appendf(
+      out, "# HELP wstun_tokens_by_connections Tokens by their number of live "
+           "tunnel connections.\n# TYPE wstun_tokens_by_connections gauge\n");
+  static const char *const k[4] = {"0", "1", "2", "3+"};
+  for (int i = 0; i < 4; i++)
+    rc |= wstun__buf_appendf(out,
+                             "wstun_tokens_by_connections{connections=\"%s\"} %zu\n",
+                             k[i], by_conns[i]);
   GAUGE("wstun_pending_requests", "Requests queued or in flight.",
         st->pending_requests);
   GAUGE("wstun_queued_requests",

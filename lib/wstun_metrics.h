@@ -33,8 +33,9 @@ typedef struct wstun__metrics {
 void wstun__metrics_answer(wstun__metrics *m, int status, uint64_t duration_ms);
 
 /* Appends the exposition. */
+/* by_conns[k]: tokens with k live connections (k = 0, 1, 2, 3 or more) */
 int wstun__metrics_write(const wstun__metrics *m, const wstun_server_stats *st,
-                         size_t queued, uint64_t bytes_in, uint64_t bytes_out,
-                         wstun__buf *out);
+                         size_t queued, const size_t by_conns[4],
+                         uint64_t bytes_in, uint64_t bytes_out, wstun__buf *out);
 
 #endif

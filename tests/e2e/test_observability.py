@@ -168,6 +168,8 @@ class Metrics(E2ETestCase):
         self.assertGreater(d("wstun_received_bytes_total"), 0)
         self.assertEqual(self.value(after, "wstun_tunnels"), 1)
         self.assertEqual(self.value(after, "wstun_tunnel_connects_total"), 1)
+        self.assertEqual(self.value(after, 'wstun_tokens_by_connections{connections="1"}'), 1)
+        self.assertEqual(self.value(after, 'wstun_tokens_by_connections{connections="0"}'), 0)
 
     def test_handshake_failures_by_reason(self):
         from harness import ws_connect
