@@ -43,6 +43,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   wstun_server_config_init(&cfg);
   const char *log_level = "info";
   const char *admin_token_file = NULL;
+  const char *passwords_file = NULL;
   app_ops ops = {0};
   uint64_t max_header = cfg.max_header_bytes, max_body = 0;
   app_flag flags[] = {
@@ -50,6 +51,8 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       {"host", FLAG_STR, &cfg.host, "ADDR", "address to listen on (default 0.0.0.0)", 0, -1},
       {"base-path", FLAG_STR, &cfg.base_path, "PATH", "prefix of every endpoint, e.g. /wstunnel", 0, -1},
       {"passwords", FLAG_STR, &cfg.passwords, "TOK:PW,...", "tokens that require a password", 0, -1},
+      {"passwords-file", FLAG_STR, &passwords_file, "FILE",
+       "the same list from a mode-600 file, one tok:pw per line", 0, -1},
       {"max-requests-per-tunnel", FLAG_INT, &cfg.max_requests_per_tunnel, "N",
        "requests waiting per token before 504 (default 20, max 1000)", 0, 1000000},
       {"max-clients-per-token", FLAG_INT, &cfg.max_clients_per_token, "N",
@@ -85,6 +88,16 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
                         "WebSocket tunnels opened by wstuncli.",
                   flags, argc, argv, first);
   cfg.log_level = app_log_level(prog, log_level);
+  /* secrets from files stay out of the process list */
+  static char passwords[65536];
+  if (passwords_file) {
+    app_read_secret_file(prog, "passwords-file", passwords_file, passwords,
+                         sizeof(passwords));
+    for (char *p = passwords; *p; p++)
+      if (*p == '\n' || *p == '\r')
+        *p = ',';
+    cfg.passwords = passwords;
+  }
   char admin_token[512];
   if (admin_token_file) {
     app_read_secret_file(prog, "admin-token-file", admin_token_file, admin_token,

@@ -233,11 +233,13 @@ static void ws_frame_end(wslay_event_context_ptr ctx, void *ud) {
 
 static void ws_msg(wslay_event_context_ptr ctx,
                    const struct wslay_event_on_msg_recv_arg *a, void *ud) {
-  /* Only control frames arrive here (no_buffering mode). Pings are
-   * answered by wslay itself; any frame counts as a sign of life. */
+  /* Only control frames arrive here (no_buffering mode); wslay answers
+   * pings itself. A pinging side counts only control frames as signs of
+   * life: bytes alone could be a frame that never ends. */
+  wstun__tunnel *t = ud;
   (void)ctx;
   (void)a;
-  (void)ud;
+  t->last_ctrl = uv_now(t->timer.loop);
 }
 
 /* ---- pumping ------------------------------------------------------------ */
@@ -465,10 +467,13 @@ static void on_tick(uv_timer_t *timer) {
   /* while we hold the input back (a slow requester downstream), the
    * peer's silence is ours, not its */
   if (t->rx_paused || (t->conn && t->conn->paused))
-    t->last_rx = now;
-  if (t->dead_after_ms && now - t->last_rx >= t->dead_after_ms) {
+    t->last_rx = t->last_ctrl = now;
+  /* the side that pings (the client) waits for pongs; the other side for
+   * anything at all (PROTOCOL.md section 4) */
+  uint64_t seen = t->ping_interval_ms ? t->last_ctrl : t->last_rx;
+  if (t->dead_after_ms && now - seen >= t->dead_after_ms) {
     wstun__log(t->log, WSTUN_LOG_INFO, "tunnel: nothing heard for %llu ms: closing",
-               (unsigned long long)(now - t->last_rx));
+               (unsigned long long)(now - seen));
     tunnel_fail(t, WSTUN_ETIMEDOUT);
     return;
   }
@@ -558,7 +563,7 @@ int wstun__tunnel_start(wstun__tunnel **out, uv_loop_t *loop, wstun__conn *conn,
   }
   uv_timer_init(loop, &t->timer);
   t->timer.data = t;
-  t->last_rx = uv_now(loop);
+  t->last_rx = t->last_ctrl = uv_now(loop);
   wstun__conn_set_owner(conn, &tunnel_conn_cbs, t);
   wstun__conn_pause(conn);
   uv_timer_start(&t->timer, on_first_tick, 0, 0);

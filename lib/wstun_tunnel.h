@@ -104,7 +104,8 @@ struct wstun__tunnel {
   int rx_paused;
   int in_rx; /* inside wslay_event_recv: wslay must not be re-entered */
   /* liveness */
-  uint64_t last_rx;
+  uint64_t last_rx;   /* any byte */
+  uint64_t last_ctrl; /* a control frame (pong, ping, close) */
   uint64_t ping_interval_ms, dead_after_ms;
   int closing, err, pumping, timer_closed, conn_closed;
 };

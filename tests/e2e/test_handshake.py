@@ -88,6 +88,32 @@ class ServerHandshake(E2ETestCase):
         self.assertEqual(hs.status, 101)
         self.assertTrue(wait_tunnels(srv, 1))
 
+    def test_passwords_file(self):
+        import shutil
+        import subprocess
+        import tempfile
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        tok, other = make_token(), make_token()
+        path = os.path.join(d, "passwords")
+        with open(path, "w") as f:
+            f.write("%s:from-a-file\n%s:second\n" % (tok, other))
+        os.chmod(path, 0o600)
+        srv = self.server("-passwords-file", path)
+        hs = ws_connect(srv.port, tok, extra_headers=[("Authorization", basic_auth(tok, "wrong"))])
+        self.assertEqual(hs.status, 401)
+        hs = ws_connect(srv.port, other,
+                        extra_headers=[("Authorization", basic_auth(other, "second"))])
+        self.addCleanup(lambda: hs.ws and hs.ws.close())
+        self.assertEqual(hs.status, 101)
+        os.chmod(path, 0o644)
+        from harness import SRV_BIN
+        p = subprocess.run([SRV_BIN, "-port", "0", "-passwords-file", path],
+                           capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"passwords-file", p.stderr)
+        self.assertIn(b"readable by others", p.stderr)
+
     def test_token_without_password_needs_no_auth(self):
         srv = self.server("-passwords", "%s:pw" % make_token())
         hs = ws_connect(srv.port, make_token())

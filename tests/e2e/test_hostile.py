@@ -148,5 +148,41 @@ class PathTricks(E2ETestCase):
                          "the rest of the path goes to the backend as written")
 
 
+class RogueServer(E2ETestCase):
+    """A tunnel server that sends garbage after the handshake: the client
+    drops that tunnel, redials, and keeps serving a good server later."""
+
+    def rogue(self, payload_fn):
+        from harness import FakeTunnelServer  # noqa: F401
+        def handler(fake, conn):
+            try:
+                conn["ws"].sock.sendall(payload_fn())
+            except OSError:
+                pass
+            FakeTunnelServer.keep_open(fake, conn)
+        fake = self.fake_tunnel_server(handler=handler)
+        cli = self.client(fake.port, "rogue-test-token-0123456789", "-timeout", "3",
+                          server_url="http://127.0.0.1:1")
+        self.assertTrue(fake.wait_conns(2, 10), "the client did not redial")
+        self.assertTrue(cli.alive(), cli.describe())
+        return cli
+
+    def test_garbage_bytes(self):
+        self.rogue(lambda: bytes(range(256)) * 64)
+
+    def test_text_frame(self):
+        from harness import encode_frame
+        self.rogue(lambda: encode_frame(1, b"hello", mask=False))
+
+    def test_huge_frame_header(self):
+        # a binary frame announcing 2^63-1 bytes, then nothing sensible
+        self.rogue(lambda: b"\x82\x7f\x7f\xff\xff\xff\xff\xff\xff\xff" + b"zz")
+
+    def test_response_without_id_prefix(self):
+        from harness import encode_frame
+        self.rogue(lambda: encode_frame(2, b"GET / HTTP/1.1\r\n\r\n", mask=False) +
+                   bytes(range(256)))
+
+
 if __name__ == "__main__":
     main()
