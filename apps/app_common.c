@@ -428,29 +428,31 @@ void app_reopen_close(app_reopen *r) {
 
 static const char *g_pidfile;
 
-int app_pidfile_write(const char *prog, const char *path) {
+int app_write_file_atomic(const char *path, const char *text, size_t n) {
   /* temp file + rename: a reader never sees it empty or half written */
-  char text[32], tmp[4096];
-  int n = snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+  char tmp[4096];
+  if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+    return ENAMETOOLONG;
   int err = 0;
-  if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) {
-    err = ENAMETOOLONG;
-  } else {
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      err = errno;
-    } else {
-      ssize_t w = write(fd, text, (size_t)n);
-      if (w != n)
-        err = w < 0 ? errno : EIO;
-      if (close(fd) != 0 && err == 0)
-        err = errno;
-      if (err == 0 && rename(tmp, path) != 0)
-        err = errno;
-      if (err)
-        unlink(tmp);
-    }
-  }
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return errno;
+  ssize_t w = write(fd, text, n);
+  if (w < 0 || (size_t)w != n)
+    err = w < 0 ? errno : EIO;
+  if (close(fd) != 0 && err == 0)
+    err = errno;
+  if (err == 0 && rename(tmp, path) != 0)
+    err = errno;
+  if (err)
+    unlink(tmp);
+  return err;
+}
+
+int app_pidfile_write(const char *prog, const char *path) {
+  char text[32];
+  int n = snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+  int err = app_write_file_atomic(path, text, (size_t)n);
   if (err) {
     app_errorf("%s: flag -pidfile: cannot write %s: %s", prog, path,
                strerror(err));

@@ -84,6 +84,10 @@ void app_reopen_close(app_reopen *r);
 
 /* Writes "<pid>\n" to path (remembered for app_pidfile_remove). Returns 0,
  * or -1 after printing an error. */
+/* Writes `text` to `path` through a temp file and rename, so readers never
+ * see a partial file. 0 or an errno value. */
+int app_write_file_atomic(const char *path, const char *text, size_t n);
+
 int app_pidfile_write(const char *prog, const char *path);
 
 /* Removes the pid file if it still holds our pid. */

@@ -66,35 +66,14 @@ static int status_write(const cli_app *app) {
   app_rfc3339(app->since, since, sizeof(since));
   size_t need = strlen(app->server) + strlen(app->last_error) + 160;
   char *text = malloc(need);
-  size_t plen = strlen(app->statusfile) + 8;
-  char *tmp = malloc(plen);
-  if (text == NULL || tmp == NULL) {
-    free(text);
-    free(tmp);
+  if (text == NULL)
     return ENOMEM;
-  }
   int n = snprintf(text, need,
                    "state=%s\nserver=%s\nsince=%s\nlast_error=%s\npid=%ld\n",
                    state_name(app->state), app->server, since,
                    app->last_error, (long)getpid());
-  snprintf(tmp, plen, "%s.tmp", app->statusfile);
-  int err = 0;
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    err = errno;
-  } else {
-    ssize_t w = write(fd, text, (size_t)n);
-    if (w != n)
-      err = w < 0 ? errno : EIO;
-    if (close(fd) != 0 && err == 0)
-      err = errno;
-    if (err == 0 && rename(tmp, app->statusfile) != 0)
-      err = errno;
-    if (err)
-      unlink(tmp);
-  }
+  int err = app_write_file_atomic(app->statusfile, text, (size_t)n);
   free(text);
-  free(tmp);
   return err;
 }
 
