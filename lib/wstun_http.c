@@ -326,6 +326,8 @@ static int on_url_complete(llhttp_t *l) {
 
 static int on_header_field(llhttp_t *l, const char *at, size_t n) {
   wstun__http_parser *p = PARSER(l);
+  if (!p->in_head)
+    return 0; /* trailer fields of a chunked body: not part of the head */
   if (head_bytes(p, n))
     return HPE_USER;
   if (!p->field_open) {
@@ -349,6 +351,8 @@ static int is_tchar(unsigned char c) {
 
 static int on_header_field_complete(llhttp_t *l) {
   wstun__http_parser *p = PARSER(l);
+  if (!p->in_head)
+    return 0;
   if (!p->field_open)
     return fail(p, 400, "Bad request: empty header name");
   /* ": " and CRLF count against the head limit too */
@@ -371,6 +375,8 @@ static int on_header_field_complete(llhttp_t *l) {
 
 static int on_header_value(llhttp_t *l, const char *at, size_t n) {
   wstun__http_parser *p = PARSER(l);
+  if (!p->in_head)
+    return 0; /* trailer fields of a chunked body: not part of the head */
   if (head_bytes(p, n))
     return HPE_USER;
   for (size_t i = 0; i < n; i++)
@@ -381,6 +387,8 @@ static int on_header_value(llhttp_t *l, const char *at, size_t n) {
 
 static int on_header_value_complete(llhttp_t *l) {
   wstun__http_parser *p = PARSER(l);
+  if (!p->in_head)
+    return 0;
   if (!p->value_open)
     return fail(p, 400, "Bad request");
   p->value_open = 0;
@@ -397,6 +405,11 @@ static int on_header_value_complete(llhttp_t *l) {
 }
 
 static int on_status(llhttp_t *l, const char *at, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)at[i];
+    if ((c < 0x20 && c != '\t') || c == 0x7f)
+      return fail(PARSER(l), 502, "Bad status line");
+  }
   return on_url(l, at, n);
 }
 static int on_status_complete(llhttp_t *l) { return on_url_complete(l); }
@@ -414,6 +427,19 @@ static int on_headers_complete(llhttp_t *l) {
   h->has_content_length = (l->flags & F_CONTENT_LENGTH) != 0;
   h->content_length = h->has_content_length ? l->content_length : 0;
   h->has_body_framing = h->chunked || h->has_content_length;
+  /* What llhttp lets through but nobody should relay: HTTP/0.9 request
+   * lines, RTSP methods (and the HTTP/2 preface), status codes that are
+   * not three digits. Each would be re-written as something else. */
+  if (h->is_request) {
+    if (h->major == 0)
+      return fail(p, 400, "Bad request: HTTP/1.x required");
+    if (h->method > HTTP_SOURCE)
+      return fail(p, 400, "Bad request: unsupported method");
+    if (h->target_len == 0)
+      return fail(p, 400, "Bad request: empty target");
+  } else if (h->status < 100 || h->status > 999) {
+    return fail(p, 502, "Bad status line");
+  }
   if (h->has_content_length && p->max_body && h->content_length > p->max_body)
     return fail(p, 413, "Request body too large");
   int rc = p->cbs.on_head ? p->cbs.on_head(p->ud, h) : 0;

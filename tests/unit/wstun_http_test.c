@@ -870,6 +870,42 @@ TEST(invalid_header_names_400) {
     error_all_ways(&o, bad[i], strlen(bad[i]), 400);
 }
 
+/* Found by tests/fuzz (regressions/): what llhttp lets through but would
+ * be relayed as something else. */
+TEST(non_http_request_lines_400) {
+  static const char *const bad[] = {
+      "GET /x\r\nHost: h\r\n\r\n",                 /* HTTP/0.9 */
+      "DESCRIBE / RTSP/1.0\r\nCSeq: 1\r\n\r\n",    /* RTSP */
+      "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",          /* h2 preface */
+  };
+  parse_opts o = {HTTP_REQUEST, 4096, 0, {0}, 0, 0};
+  for (size_t i = 0; i < TEST_COUNT(bad); i++)
+    error_all_ways(&o, bad[i], strlen(bad[i]), 400);
+}
+
+TEST(bad_status_lines_refused) {
+  static const char *const bad[] = {
+      "HTTP/1.1 7 OK\r\nContent-Length: 0\r\n\r\n",
+      "HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n",
+  };
+  parse_opts o = {HTTP_RESPONSE, 4096, 0, {0}, 0, 0};
+  for (size_t i = 0; i < TEST_COUNT(bad); i++)
+    error_all_ways(&o, bad[i], strlen(bad[i]), 502);
+}
+
+static void check_no_trailers_in_head(cap *c, const void *arg) {
+  (void)arg;
+  CHECK_EQ_INT(c->completes, 1);
+  CHECK_EQ_INT((int)c->p.head.nhdrs, 1); /* Transfer-Encoding only */
+}
+
+TEST(trailers_are_not_headers) {
+  static const char msg[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            "1\r\na\r\n0\r\nX-Trailer: t\r\n\r\n";
+  parse_opts o = {HTTP_REQUEST, 4096, 0, {0}, 0, 0};
+  parse_all_ways(&o, msg, sizeof(msg) - 1, check_no_trailers_in_head, NULL);
+}
+
 static void check_unfolded(cap *c, const void *arg) {
   (void)arg;
   CHECK_EQ_INT(c->completes, 1);
@@ -1303,6 +1339,9 @@ int main(int argc, char **argv) {
       T(smuggling_cl_and_te_400),
       T(duplicate_differing_content_length_400),
       T(invalid_header_names_400),
+      T(non_http_request_lines_400),
+      T(bad_status_lines_refused),
+      T(trailers_are_not_headers),
       T(obs_fold_never_yields_a_line_break),
       T(control_bytes_in_header_value_400),
       T(bare_lf_inside_value_is_not_a_smuggled_header),
