@@ -377,6 +377,12 @@ static int on_header_value(llhttp_t *l, const char *at, size_t n) {
   wstun__http_parser *p = PARSER(l);
   if (!p->in_head)
     return 0; /* trailer fields of a chunked body: not part of the head */
+  /* A value piece right after a line break is obsolete line folding
+   * (RFC 9112 5.2). llhttp joins it, but judged Connection and
+   * Transfer-Encoding on the folded form: refuse it, as the RFC allows. */
+  char before = (const uint8_t *)at > p->feed_base ? at[-1] : p->feed_prev;
+  if (n > 0 && before == '\n')
+    return fail(p, 400, "Bad request: obsolete line folding");
   if (head_bytes(p, n))
     return HPE_USER;
   for (size_t i = 0; i < n; i++)
@@ -529,7 +535,10 @@ int wstun__http_parser_feed(wstun__http_parser *p, const uint8_t *data,
   llhttp_errno_t state = llhttp_get_errno(&p->llhttp);
   if (state == HPE_PAUSED || state == HPE_PAUSED_UPGRADE)
     return WSTUN__HTTP_PAUSED; /* nothing is parsed until resumed */
+  p->feed_base = data;
   llhttp_errno_t err = llhttp_execute(&p->llhttp, (const char *)data, len);
+  if (len > 0)
+    p->feed_prev = (char)data[len - 1];
   if (err == HPE_OK) {
     *consumed = len;
     return WSTUN__HTTP_OK;

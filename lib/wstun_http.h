@@ -105,6 +105,8 @@ typedef struct wstun__http_parser {
   int error_status;    /* after an error: 400, 413, 431 … */
   const char *error_text;
   int field_open, value_open; /* a header field/value is being collected */
+  const uint8_t *feed_base;   /* start of the bytes being fed */
+  char feed_prev;             /* last byte of the previous feed */
   wstun__http_parser_cbs cbs;
   void *ud;
 } wstun__http_parser;

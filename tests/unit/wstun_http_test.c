@@ -906,27 +906,18 @@ TEST(trailers_are_not_headers) {
   parse_all_ways(&o, msg, sizeof(msg) - 1, check_no_trailers_in_head, NULL);
 }
 
-static void check_unfolded(cap *c, const void *arg) {
-  (void)arg;
-  CHECK_EQ_INT(c->completes, 1);
-  CHECK_EQ_INT(c->msgs[0].nhdrs, 2);
-  CHECK_EQ_STR(c->msgs[0].names[0], "X-A");
-  CHECK(strpbrk(c->msgs[0].values[0], "\r\n") == NULL);
-  CHECK(strncmp(c->msgs[0].values[0], "a", 1) == 0);
-  CHECK(strchr(c->msgs[0].values[0], 'b') != NULL);
-  CHECK_EQ_STR(c->msgs[0].names[1], "X-B");
-}
 
 TEST(obs_fold_never_yields_a_line_break) {
-  /* RFC 9112 5.2: refuse with 400 or replace the fold with spaces; llhttp
-   * unfolds, the value must then hold no CR or LF */
+  /* RFC 9112 5.2: refuse with 400 or replace the fold with spaces. llhttp
+   * unfolds, but judges Connection/Transfer-Encoding on the folded form
+   * (found by fuzzing), so folds are refused */
   static const char *const folded[] = {
       "GET / HTTP/1.1\r\nX-A: a\r\n b\r\nX-B: 2\r\n\r\n",
       "GET / HTTP/1.1\r\nX-A: a\r\n\tb\r\nX-B: 2\r\n\r\n",
   };
   parse_opts o = {HTTP_REQUEST, 4096, 0, {0}, 0, 0};
   for (size_t i = 0; i < TEST_COUNT(folded); i++)
-    parse_all_ways(&o, folded[i], strlen(folded[i]), check_unfolded, NULL);
+    error_all_ways(&o, folded[i], strlen(folded[i]), 400);
 }
 
 TEST(control_bytes_in_header_value_400) {
