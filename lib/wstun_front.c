@@ -478,6 +478,18 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     f->upgrade = 1;
     return 1; /* no body; the upgrade happens after the head */
   }
+  /* llhttp ends a CONNECT or upgrade request at its head whatever its
+   * framing says; the bytes after it must never be read as the next
+   * request (smuggling). Neither is tunneled: answer and close. */
+  if (h->method == HTTP_CONNECT ||
+      (wstun__http_head_has_token(h, "Connection", "upgrade") &&
+       wstun__http_head_get(h, "Upgrade") != NULL)) {
+    f->close_after = 1;
+    local_answer(f, h->method == HTTP_CONNECT ? 405 : 501,
+                 h->method == HTTP_CONNECT ? "CONNECT is not supported"
+                                           : "Protocol upgrades are not tunneled");
+    return 1;
+  }
   const char *xtok = wstun__http_head_get(h, "X-Token");
   if (plen >= 8 && memcmp(target, "/_token/", 8) == 0) {
     const char *tok = target + 8;

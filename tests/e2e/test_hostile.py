@@ -133,6 +133,32 @@ class Smuggling(E2ETestCase):
         self.assertEqual(be.count(), 0, "the bad request reached the backend")
 
 
+class UpgradeSmuggling(E2ETestCase):
+    """An upgrade or CONNECT request ends at its head for the parser: the
+    bytes after it must not become a second request."""
+
+    def check(self, first_line, extra, status):
+        srv, cli, be, tok = self.tunnel()
+        hidden = "GET /_token/%s/smuggled HTTP/1.1\r\nHost: x\r\n\r\n" % tok
+        req = ("%s\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s"
+               % (first_line % tok, extra, len(hidden), hidden)).encode()
+        s = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(req)
+        out = read_all(s, 5)
+        self.assertTrue(out.startswith(b"HTTP/1.1 %d " % status), out[:80])
+        self.assertEqual(out.count(b"HTTP/1.1 "), 1, "a second response came: %r" % out)
+        time.sleep(0.2)
+        self.assertFalse(any("smuggled" in r["path"] for r in be.requests),
+                         "the hidden request reached the backend")
+
+    def test_upgrade_request(self):
+        self.check("GET /_token/%s/ws HTTP/1.1", "Connection: Upgrade\r\nUpgrade: websocket\r\n", 501)
+
+    def test_connect_request(self):
+        self.check("CONNECT /_token/%s/x HTTP/1.1", "", 405)
+
+
 class PathTricks(E2ETestCase):
     def test_encoded_slash_in_token_is_not_a_token(self):
         srv, cli, be, tok = self.tunnel()

@@ -1,0 +1,330 @@
+/* The receiving side of wstun__tunnel: WebSocket frames (wslay) through our
+ * frame callbacks (ws_frame_start/chunk/end: the id prefix, sinks, text
+ * frames, control frames in the middle of a message) into sinks that
+ * behave as the server's do (feed an HTTP response parser, fail on bad
+ * bytes, pause and resume the tunnel, go away mid-message).
+ *
+ * No sockets: the tunnel runs on a wstun__conn whose TCP handle was never
+ * opened. The harness hands it bytes by calling the connection's on_data
+ * callback, as wstun__conn's deliver() does, and never runs the loop while
+ * feeding, so what the tunnel writes (pongs, close frames, outgoing
+ * messages) only piles up in the connection's output buffer. At the end
+ * the tunnel is closed and the loop runs until its memory is gone; the
+ * first write attempt fails (EBADF), which is one more error path.
+ *
+ * Checks: callbacks only for live sinks, each sink ended exactly once
+ * unless it went away (forget_sink), no message callback after on_closed,
+ * on_freed always comes, nothing left on the loop.
+ *
+ * Input: byte 0 flags (see FL_*), byte 1 split seed (see fz_split), then
+ * the bytes the peer sent. */
+#include <uv.h>
+
+#include "fuzz_util.h"
+#include "wstun_conn.h"
+#include "wstun_http.h"
+#include "wstun_proto.h"
+#include "wstun_tunnel.h"
+
+enum {
+  FL_SERVER = 0x01,  /* server side (expects masked frames) */
+  FL_PARSE = 0x02,   /* sinks parse HTTP responses and fail on bad ones */
+  FL_PAUSE = 0x04,   /* sinks pause the tunnel after every chunk */
+  FL_DROP = 0x08,    /* on_msg_begin refuses odd ids */
+  FL_FORGET = 0x10,  /* sinks of ids divisible by 4 go away after a chunk */
+  FL_SEND = 0x20,    /* outgoing messages are queued while receiving */
+  FL_CLOSE = 0x40,   /* the owner closes the tunnel half way */
+  FL_FAILDATA = 0x80 /* on_msg_data fails on a chunk containing '!' */
+};
+
+#define MAX_SINKS 4096
+
+typedef struct sink {
+  int state; /* 1 open, 2 ended, 3 forgotten */
+  uint16_t id;
+  int parser_init;
+  wstun__http_parser p;
+} sink;
+
+static int resp_on_head(void *ud, wstun__http_head *h) {
+  (void)ud;
+  (void)h;
+  return 0;
+}
+static const wstun__http_parser_cbs resp_cbs = {resp_on_head, NULL, NULL};
+
+typedef struct env {
+  uint8_t flags;
+  wstun__tunnel *t; /* NULL after on_closed */
+  int closed, freed, close_err;
+  int paused;
+  sink *sinks;
+  size_t nsinks;
+  int begins, ends;
+  /* outgoing */
+  wstun__outmsg *streaming; /* unfinished message we may abandon/finish */
+  int streaming_done;
+} env;
+
+static void sink_release(sink *s) {
+  if (s->parser_init)
+    wstun__http_parser_free(&s->p);
+  s->parser_init = 0;
+}
+
+static void *on_msg_begin(wstun__tunnel *t, uint16_t id) {
+  env *e = t->owner;
+  FZ_CHECK(!e->closed, "on_msg_begin after on_closed");
+  e->begins++;
+  if ((e->flags & FL_DROP) && (id & 1))
+    return NULL;
+  if (e->nsinks == MAX_SINKS)
+    return NULL;
+  sink *s = &e->sinks[e->nsinks++];
+  memset(s, 0, sizeof(*s));
+  s->state = 1;
+  s->id = id;
+  if (e->flags & FL_PARSE) {
+    wstun__http_parser_init(&s->p, HTTP_RESPONSE, 8192, 65536, &resp_cbs, s);
+    s->parser_init = 1;
+  }
+  return s;
+}
+
+static int on_msg_data(wstun__tunnel *t, void *sk, const uint8_t *d, size_t n) {
+  env *e = t->owner;
+  sink *s = sk;
+  FZ_CHECK(!e->closed, "on_msg_data after on_closed");
+  FZ_CHECK(s != NULL && s->state == 1, "on_msg_data for a sink in state %d",
+           s ? s->state : -1);
+  FZ_CHECK(n > 0, "empty on_msg_data");
+  if ((e->flags & FL_FAILDATA) && memchr(d, '!', n) != NULL)
+    return 1;
+  if (s->parser_init) {
+    size_t used = 0;
+    int rc = wstun__http_parser_feed(&s->p, d, n, &used);
+    if (rc == WSTUN__HTTP_ERROR)
+      return 1;
+  }
+  if ((e->flags & FL_FORGET) && (s->id % 4) == 0) {
+    wstun__tunnel_forget_sink(t, s);
+    sink_release(s);
+    s->state = 3;
+    return 0;
+  }
+  if (e->flags & FL_PAUSE) {
+    wstun__tunnel_pause_rx(t);
+    e->paused = 1;
+  }
+  return 0;
+}
+
+static void on_msg_end(wstun__tunnel *t, void *sk, int complete) {
+  env *e = t->owner;
+  sink *s = sk;
+  FZ_CHECK(!e->closed, "on_msg_end after on_closed");
+  FZ_CHECK(s != NULL && s->state == 1, "on_msg_end for a sink in state %d",
+           s ? s->state : -1);
+  FZ_CHECK(complete == 0 || complete == 1, "complete = %d", complete);
+  if (complete && s->parser_init)
+    (void)wstun__http_parser_finish(&s->p);
+  sink_release(s);
+  s->state = 2;
+  e->ends++;
+}
+
+static void on_closed(wstun__tunnel *t, int err) {
+  env *e = t->owner;
+  FZ_CHECK(!e->closed, "on_closed twice");
+  FZ_CHECK(err < 0, "on_closed with err %d", err);
+  e->closed = 1;
+  e->close_err = err;
+  e->t = NULL;
+}
+
+static void on_freed(void *owner) {
+  env *e = owner;
+  FZ_CHECK(e->closed, "on_freed before on_closed");
+  FZ_CHECK(!e->freed, "on_freed twice");
+  e->freed = 1;
+}
+
+static const wstun__tunnel_cbs tcbs = {on_msg_begin, on_msg_data, on_msg_end,
+                                       on_closed, on_freed};
+
+/* ---- outgoing messages ------------------------------------------------------ */
+
+static void out_sent(void *owner, wstun__outmsg *m) {
+  env *e = owner;
+  if (m == e->streaming)
+    e->streaming_done = 1;
+}
+static void out_drain(void *owner, wstun__outmsg *m) {
+  (void)owner;
+  (void)m;
+}
+static void out_failed(void *owner, wstun__outmsg *m, int restartable) {
+  env *e = owner;
+  (void)restartable;
+  if (m == e->streaming)
+    e->streaming_done = 1;
+  wstun__outmsg_free(m); /* ownership came back */
+}
+static const wstun__outmsg_cbs ocbs = {out_sent, out_drain, out_failed};
+
+static wstun__outmsg *out_new(env *e, uint16_t id, const char *body,
+                              int finished) {
+  wstun__outmsg *m = wstun__outmsg_new(&ocbs, e);
+  if (m == NULL)
+    abort();
+  uint8_t pre[WSTUN__PROTO_PREFIX_LEN];
+  wstun__proto_write_prefix(id, pre);
+  if (wstun__buf_append(&m->buf, pre, sizeof(pre)) != 0 ||
+      wstun__buf_append_str(&m->buf, body) != 0)
+    abort();
+  m->finished = finished ? 1u : 0u;
+  return m;
+}
+
+/* ---- the loop and the connection ------------------------------------------- */
+
+static uv_loop_t loop;
+static wstun__conn_shared *shared;
+static wstun__rng rng;
+static const wstun__logger logger = {0, NULL, NULL};
+
+static size_t pre_on_data(wstun__conn *c, const uint8_t *d, size_t n) {
+  (void)c;
+  (void)d;
+  return n;
+}
+static void pre_on_end(wstun__conn *c, int err) {
+  (void)c;
+  (void)err;
+}
+static const wstun__conn_cbs pre_cbs = {pre_on_data, pre_on_end, NULL, NULL,
+                                        NULL};
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+  (void)argc;
+  (void)argv;
+  if (uv_loop_init(&loop) != 0)
+    abort();
+  shared = calloc(1, sizeof(*shared));
+  if (shared == NULL)
+    abort();
+  wstun__conn_shared_init(shared, &loop);
+  if (wstun__rng_init(&rng) != 0)
+    abort();
+  return 0;
+}
+
+/* As wstun__conn's deliver(): the bytes go to the owner's on_data. */
+static size_t deliver(wstun__conn *c, const uint8_t *d, size_t n) {
+  c->in_data = 1;
+  size_t used = c->cbs->on_data(c, d, n);
+  c->in_data = 0;
+  FZ_CHECK(used <= n, "on_data used %zu of %zu", used, n);
+  return used;
+}
+
+/* The sinks paused the tunnel: let them resume it, as a drained front
+ * connection does. */
+static void unpause(env *e) {
+  for (int guard = 0; e->paused && e->t != NULL && guard < 100000; guard++) {
+    e->paused = 0;
+    wstun__tunnel_resume_rx(e->t);
+  }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  fz_in in = {data, size};
+  env e;
+  memset(&e, 0, sizeof(e));
+  e.flags = fz_byte(&in);
+  fz_split sp;
+  fz_split_init(&sp, fz_byte(&in));
+  e.sinks = calloc(MAX_SINKS, sizeof(sink));
+  if (e.sinks == NULL)
+    abort();
+
+  wstun__conn *conn = wstun__conn_new(&loop, shared, &pre_cbs, NULL);
+  if (conn == NULL)
+    abort();
+  wstun__tunnel *t = NULL;
+  int rc = wstun__tunnel_start(&t, &loop, conn, (e.flags & FL_SERVER) != 0,
+                               &rng, &logger, 0, 0, &tcbs, &e, NULL, 0);
+  FZ_CHECK(rc == 0, "tunnel_start: %d", rc);
+  e.t = t;
+
+  if (e.flags & FL_SEND) {
+    wstun__tunnel_send(t, out_new(&e, 1,
+                                  "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+                                  1));
+    e.streaming = out_new(&e, 2, "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                          0);
+    wstun__tunnel_send(t, e.streaming);
+    wstun__tunnel_send(t, out_new(&e, 3, "GET /queued HTTP/1.1\r\n\r\n", 1));
+  }
+
+  const uint8_t *d = in.d;
+  size_t left = in.n;
+  size_t half = in.n / 2;
+  int halfway_done = 0;
+  while (left > 0 && e.t != NULL && !conn->closing) {
+    size_t chunk = fz_split_next(&sp, left);
+    const uint8_t *c = d;
+    size_t cl = chunk;
+    d += chunk;
+    left -= chunk;
+    while (cl > 0 && e.t != NULL) {
+      size_t used = deliver(conn, c, cl);
+      c += used;
+      cl -= used;
+      if (e.t == NULL)
+        break;
+      if (used == 0 && !e.paused && !e.t->rx_paused)
+        break; /* no progress and nobody paused: wslay wants nothing */
+      unpause(&e);
+    }
+    if (e.t != NULL && e.streaming && !e.streaming_done &&
+        left <= half && !halfway_done) {
+      halfway_done = 1;
+      /* the producer of the streaming message: more bytes, then either
+       * the end or giving up on it */
+      wstun__buf_append_str(&e.streaming->buf, "5\r\nhello\r\n");
+      if (e.flags & FL_PARSE) {
+        wstun__outmsg_abandon(e.streaming);
+      } else {
+        wstun__buf_append_str(&e.streaming->buf, "0\r\n\r\n");
+        e.streaming->finished = 1;
+        wstun__tunnel_kick(e.t);
+      }
+      e.streaming = NULL;
+    }
+    if ((e.flags & FL_CLOSE) && e.t != NULL && left <= half)
+      wstun__tunnel_close(e.t, WSTUN_ECLOSED);
+  }
+
+  if (e.t != NULL) {
+    if (e.streaming && !e.streaming_done) {
+      wstun__outmsg_abandon(e.streaming);
+      e.streaming = NULL;
+    }
+    if (e.t != NULL)
+      wstun__tunnel_close(e.t, WSTUN_ECLOSED);
+  }
+  FZ_CHECK(e.closed, "tunnel_close did not close");
+  uv_run(&loop, UV_RUN_DEFAULT);
+  FZ_CHECK(e.freed, "tunnel memory not released after the loop ran");
+  FZ_CHECK(!uv_loop_alive(&loop), "handles left on the loop");
+
+  for (size_t i = 0; i < e.nsinks; i++) {
+    FZ_CHECK(e.sinks[i].state != 1,
+             "sink %zu (id %04x) never ended: the exchange would hang", i,
+             e.sinks[i].id);
+    sink_release(&e.sinks[i]);
+  }
+  free(e.sinks);
+  return 0;
+}

@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of tests/fuzz/corpus/<target>/ (run from anywhere;
+the files are checked in, this script documents how they were made).
+
+Layouts (see the targets): http_* and tunnel_frames start with a flags byte
+and a split-seed byte; proto_prefix with a split byte; passwords with a flags
+byte; url and ws_handshake are raw.
+
+No seed may crash: inputs that found bugs go to regressions/<target>/ (the
+seeds carry no chunked trailers while those show up as headers, see
+regressions/http_request/trailers-as-headers)."""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("latin-1")
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def ctl(*b):
+    return "".join(chr(x) for x in b)
+
+
+# ---- proto_prefix: split byte + message ---------------------------------------
+write("proto_prefix", "request", ctl(0) + "0001 GET / HTTP/1.1\r\n\r\n")
+write("proto_prefix", "response_split", ctl(3) + "7cff HTTP/1.1 200 OK\r\n\r\n")
+write("proto_prefix", "upper", ctl(2) + "ABCD x")
+write("proto_prefix", "wrap", ctl(1) + "7d00 ")
+write("proto_prefix", "bad_digit", ctl(0) + "12g4 ")
+write("proto_prefix", "no_space", ctl(4) + "1234x")
+write("proto_prefix", "short", ctl(1) + "00")
+
+# ---- http_request: flags, split seed, [alloc N], bytes -------------------------
+KEEP, SETT, FAILH, ALLOC = 0x02, 0x04, 0x08, 0x80
+write("http_request", "get", ctl(0, 0) +
+      "GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\n"
+      "User-Agent: curl/8.0\r\nAccept: */*\r\n\r\n")
+write("http_request", "post_cl", ctl(0, 7) +
+      "POST /api HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+      "Content-Length: 13\r\n\r\n{\"k\": \"v\"}\r\n")
+write("http_request", "chunked", ctl(0, 1) +
+      "PUT /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+      "Trailer: X-Sum\r\n\r\n"
+      "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+write("http_request", "pipelined", ctl(0, 13) +
+      "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+      "POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+      "GET /3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+write("http_request", "token_path", ctl(SETT, 0) +
+      "GET /_token/abcdefghijklmnop/some/path?x=1 HTTP/1.1\r\nHost: srv:8080\r\n"
+      "X-Forwarded-For: 10.0.0.1\r\nConnection: keep-alive, X-Foo\r\n"
+      "X-Foo: drop me\r\nX-Bar: keep me\r\n\r\n")
+write("http_request", "xtoken", ctl(SETT | KEEP, 3) +
+      "DELETE /r/1 HTTP/1.1\r\nHost: srv\r\nX-Token: abcdefghijklmnop\r\n"
+      "X-Host: http://backend:8080\r\nContent-Length: 0\r\n\r\n")
+write("http_request", "upgrade", ctl(0, 0) +
+      "GET /_tunnel HTTP/1.1\r\nHost: server.example.com\r\n"
+      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+      "Origin: abcdefghijklmnop\r\nSec-WebSocket-Version: 13\r\n\r\n")
+write("http_request", "http10", ctl(0, 2) +
+      "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+      "HEAD /x HTTP/1.0\r\n\r\n")
+write("http_request", "hop_by_hop", ctl(KEEP, 5) +
+      "POST /h HTTP/1.1\r\nHost: a\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+      "Trailer: X\r\nProxy-Authorization: Basic eDp5\r\nProxy-Connection: x\r\n"
+      "Upgrade: h2c\r\nConnection: TE, Upgrade,\t close , Keep-Alive\r\n"
+      "Content-Length: 1\r\n\r\nZ")
+write("http_request", "forms", ctl(FAILH, 9) +
+      "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"
+      "GET http://example.com:81/abs?x#f HTTP/1.1\r\nHost: example.com\r\n\r\n"
+      "PATCH /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok"
+      "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+write("http_request", "allocfail", ctl(ALLOC | KEEP | SETT, 4, 9) +
+      "POST /_token/abcdefghijklmnop/x HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n"
+      "C: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+
+# ---- http_response: flags, split seed, [alloc N], bytes ------------------------
+HEADR = 0x01
+write("http_response", "cl", ctl(0, 0) +
+      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello")
+write("http_response", "chunked", ctl(0, 3) +
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+      "4\r\nWiki\r\n5;a=b\r\npedia\r\n0\r\n\r\n")
+write("http_response", "eof_body", ctl(0, 6) +
+      "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>until the end")
+write("http_response", "http10_eof", ctl(0, 1) +
+      "HTTP/1.0 200 OK\r\nServer: old\r\n\r\nbody until EOF")
+write("http_response", "no_body", ctl(0, 0) +
+      "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"
+      "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n")
+write("http_response", "head", ctl(HEADR, 0) +
+      "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n")
+write("http_response", "switching", ctl(0, 0) +
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+      "Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+write("http_response", "continue", ctl(0, 4) +
+      "HTTP/1.1 100 Continue\r\n\r\n"
+      "HTTP/1.1 201 Created\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n")
+write("http_response", "hop", ctl(KEEP, 2) +
+      "HTTP/1.1 200 OK\r\nConnection: close, X-Private\r\nKeep-Alive: timeout=1\r\n"
+      "X-Private: secret\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n")
+write("http_response", "no_reason", ctl(0, 0) +
+      "HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n"
+      "HTTP/1.1 302\r\nLocation: http://elsewhere/\r\nContent-Length: 0\r\n\r\n")
+write("http_response", "allocfail", ctl(ALLOC, 5, 7) +
+      "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
+      "Content-Length: 7\r\n\r\nbackend")
+
+# ---- ws_handshake: raw --------------------------------------------------------------
+write("ws_handshake", "rfc6455_request",
+      "GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n"
+      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+      "Origin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\n"
+      "Sec-WebSocket-Version: 13\r\n\r\n")
+write("ws_handshake", "rfc6455_response",
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+      "Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+      "Sec-WebSocket-Protocol: chat\r\n\r\n")
+write("ws_handshake", "wstunnel_request",
+      "GET /wstunnel/_tunnel HTTP/1.1\r\nHost: tunnel:8080\r\nupgrade: WebSocket\r\n"
+      "connection: keep-alive, upgrade\r\nsec-websocket-version: 13\r\n"
+      "sec-websocket-key: AQIDBAUGBwgJCgsMDQ4PEA==\r\nOrigin: abcdefghijklmnop\r\n"
+      "X-Client-Version: 1.0\r\nAuthorization: Basic YWJjZGVmZ2hpamtsbW5vcDpwdw==\r\n\r\n")
+write("ws_handshake", "bad_version",
+      "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+write("ws_handshake", "short_key",
+      "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZQ==\r\n\r\n")
+write("ws_handshake", "base64", "dGhlIHNhbXBsZSBub25jZQ==")
+
+# ---- url: raw ---------------------------------------------------------------------
+urls = [
+    "ws://localhost:8080/wstunnel",
+    "wss://user:p%40ss@tunnel.example.com/base?x=1",
+    "http://allowed.example.com@evil.example",
+    "http://allowed.example.com%40evil.example/",
+    "http://evil.example#@allowed.example.com",
+    "http://evil.example\\@allowed.example.com/",
+    "http://allowed.example.com.evil.example/",
+    "http://a@b@c.example/",
+    "https://[::1]:8443/path",
+    "http://[fe80::1%25eth0]/",
+    "HTTP://EXAMPLE.COM:80",
+    "http://host:65535/",
+    "http://host:65536/",
+    "http://host:0/",
+    "http://host:/",
+    "ws://h:08080",
+    "http://h?q=1#frag",
+    "http://1.2.3.4:80/x",
+    "ftp://example.com/",
+]
+for i, u in enumerate(urls):
+    write("url", "url%02d" % i, u)
+
+# ---- passwords: flags, "passwords\0base_path" -------------------------------------
+write("passwords", "two", ctl(0) + "abcdefghijklmnop:secret,other_token_1234:pw\0/base")
+write("passwords", "spaces", ctl(0) + " a:b ,  c:d  ,\0")
+write("passwords", "empty_pw", ctl(0) + "a:\0")
+write("passwords", "empty_tok", ctl(0) + ":b\0")
+write("passwords", "commas", ctl(0) + ",,,\0base/")
+write("passwords", "colons", ctl(0) + "a::b:c\0//")
+write("passwords", "allocfail", ctl(1, 3) + "a:b,c:d,e:f\0/x/")
+
+# ---- tunnel_frames: flags, split seed, frames -------------------------------------
+SERVER, PARSE, PAUSE, DROP, FORGET, SEND, CLOSE, FAILD = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80)
+TEXT, BIN, CONT, CLOSEOP, PING, PONG = 1, 2, 0, 8, 9, 10
+
+
+def frame(op, payload, fin=True, mask=None):
+    if isinstance(payload, str):
+        payload = payload.encode("latin-1")
+    b0 = (0x80 if fin else 0) | op
+    n = len(payload)
+    m = 0x80 if mask is not None else 0
+    if n < 126:
+        hdr = bytes([b0, m | n])
+    elif n < 65536:
+        hdr = bytes([b0, m | 126]) + struct.pack(">H", n)
+    else:
+        hdr = bytes([b0, m | 127]) + struct.pack(">Q", n)
+    if mask is None:
+        out = hdr + payload
+    else:
+        key = bytes(mask)
+        out = hdr + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+    return out.decode("latin-1")
+
+
+RESP = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+K = (0x12, 0x34, 0x56, 0x78)
+Z = (0, 0, 0, 0)
+write("tunnel_frames", "server_one", ctl(SERVER | PARSE, 0) +
+      frame(BIN, "0001 " + RESP, mask=K))
+write("tunnel_frames", "server_fragments", ctl(SERVER | PARSE | PAUSE, 5) +
+      frame(BIN, "00", fin=False, mask=K) +
+      frame(PING, "are you there", mask=Z) +
+      frame(CONT, "2a HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            fin=False, mask=K) +
+      frame(CONT, "2\r\nhi\r\n0\r\n\r\n", mask=K))
+write("tunnel_frames", "client_two", ctl(SEND, 3) +
+      frame(BIN, "0001 GET / HTTP/1.1\r\nHost: a\r\n\r\n") +
+      frame(BIN, "0002 POST /x HTTP/1.1\r\nContent-Length: 1\r\n\r\nz"))
+write("tunnel_frames", "text_frame", ctl(SERVER, 0) +
+      frame(BIN, "0003 " + RESP, mask=K) + frame(TEXT, "hello", mask=K) +
+      frame(BIN, "0004 " + RESP, mask=K))
+write("tunnel_frames", "bad_prefix", ctl(SERVER | PARSE, 2) +
+      frame(BIN, "zzzz " + RESP, mask=K) + frame(BIN, "ABCD " + RESP, mask=K))
+write("tunnel_frames", "close", ctl(SERVER, 0) +
+      frame(BIN, "0005 " + RESP, fin=False, mask=K) +
+      frame(CLOSEOP, struct.pack(">H", 1000).decode("latin-1") + "bye", mask=K))
+write("tunnel_frames", "long", ctl(DROP | FORGET | PARSE, 7) +
+      frame(BIN, "0004 HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n" + "x" * 300) +
+      frame(BIN, "0005 HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n" + "y" * 300) +
+      frame(PONG, "wstun"))
+write("tunnel_frames", "close_while_sending", ctl(SERVER | SEND | CLOSE | PARSE, 4) +
+      frame(BIN, "0006 HTTP/1.1 200 OK\r\n", fin=False, mask=K) +
+      frame(CONT, "Content-Length: 0\r\n\r\n", mask=K) +
+      frame(BIN, "0007 " + RESP, mask=K))
+write("tunnel_frames", "fail_data", ctl(SERVER | FAILD | SEND, 9) +
+      frame(BIN, "0008 HTTP/1.1 200 OK\r\n\r\nbad!", fin=False, mask=K) +
+      frame(CONT, "more", mask=K) + frame(BIN, "0009 " + RESP, mask=K))
