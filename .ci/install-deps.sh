@@ -9,9 +9,10 @@ PACKAGES=(
   curl python3 ca-certificates procps
 )
 # `--tests`: what only the test suite uses: promtool (prometheus) checks
-# the /metrics exposition, man-db renders the man pages.
+# the /metrics exposition, man-db renders the man pages, clang and its
+# runtime (libFuzzer, sanitizers) run the fuzz targets.
 if [ "${1:-}" = "--tests" ]; then
-  PACKAGES+=(prometheus man-db)
+  PACKAGES+=(prometheus man-db clang libclang-rt-14-dev)
 fi
 
 missing=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds wstun and runs the whole test suite twice: a normal build with
 # warnings as errors (build/), then an ASan+UBSan build (build-asan/).
-# Set WSTUN_SKIP_ASAN=1 to skip the sanitizer pass. The last line printed is
+# Set WSTUN_SKIP_ASAN=1 to skip the sanitizer pass, WSTUN_SKIP_FUZZ=1 to
+# skip the bounded fuzzing pass that follows. The last line printed is
 # "N passed, N failed", summed over both passes.
 set -euo pipefail
 
@@ -90,6 +91,24 @@ else
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   run_pass asan build-asan -DWSTUN_SANITIZE=ON -DWSTUN_WERROR=ON
+fi
+
+# Fuzzing, bounded: the regressions replayed, then every libFuzzer target
+# for WSTUN_FUZZ_SECS seconds (default 15) under ASan + UBSan. Counts as one
+# test per target.
+if [ "${WSTUN_SKIP_FUZZ:-0}" = "1" ]; then
+  note "[fuzz] skipped (WSTUN_SKIP_FUZZ=1)"
+else
+  note "[fuzz] build-fuzz, ${WSTUN_FUZZ_SECS:-15} s per target"
+  if WSTUN_FUZZ_SECS=${WSTUN_FUZZ_SECS:-15} bash tests/fuzz/run.sh build-fuzz \
+      2>&1 | tee "$LOG_DIR/fuzz.log"; then
+    n=$(grep -c 'fuzz: ok' "$LOG_DIR/fuzz.log" || true)
+    TOTAL_PASSED=$((TOTAL_PASSED + n / 2))
+  else
+    echo "[fuzz] FAILED" >&2
+    TOTAL_FAILED=$((TOTAL_FAILED + 1))
+    STATUS=1
+  fi
 fi
 
 echo
