@@ -127,12 +127,12 @@ static const struct {
   const char *name;
   int facility;
 } facilities[] = {
-    {"kern", LOG_KERN},     {"user", LOG_USER},     {"mail", LOG_MAIL},
-    {"daemon", LOG_DAEMON}, {"auth", LOG_AUTH},     {"syslog", LOG_SYSLOG},
-    {"lpr", LOG_LPR},       {"news", LOG_NEWS},     {"uucp", LOG_UUCP},
+    {"kern", LOG_KERN},     {"user", LOG_USER},         {"mail", LOG_MAIL},
+    {"daemon", LOG_DAEMON}, {"auth", LOG_AUTH},         {"syslog", LOG_SYSLOG},
+    {"lpr", LOG_LPR},       {"news", LOG_NEWS},         {"uucp", LOG_UUCP},
     {"cron", LOG_CRON},     {"authpriv", LOG_AUTHPRIV}, {"ftp", LOG_FTP},
-    {"local0", LOG_LOCAL0}, {"local1", LOG_LOCAL1}, {"local2", LOG_LOCAL2},
-    {"local3", LOG_LOCAL3}, {"local4", LOG_LOCAL4}, {"local5", LOG_LOCAL5},
+    {"local0", LOG_LOCAL0}, {"local1", LOG_LOCAL1},     {"local2", LOG_LOCAL2},
+    {"local3", LOG_LOCAL3}, {"local4", LOG_LOCAL4},     {"local5", LOG_LOCAL5},
     {"local6", LOG_LOCAL6}, {"local7", LOG_LOCAL7},
 };
 
@@ -159,10 +159,11 @@ void app_log_setup(const char *prog, const char *app, const app_ops *ops) {
       if (strcasecmp(ops->syslog, facilities[i].name) == 0)
         facility = facilities[i].facility;
     if (facility < 0) {
-      snprintf(msg, sizeof(msg),
-               "unknown facility \"%.64s\" (want daemon, user, local0..local7, "
-               "kern, mail, auth, authpriv, syslog, lpr, news, uucp, cron, ftp)",
-               ops->syslog);
+      snprintf(
+          msg, sizeof(msg),
+          "unknown facility \"%.64s\" (want daemon, user, local0..local7, "
+          "kern, mail, auth, authpriv, syslog, lpr, news, uucp, cron, ftp)",
+          ops->syslog);
       die(prog, "syslog", msg);
     }
     openlog(app, LOG_PID, facility);
@@ -236,7 +237,9 @@ static void lb_add(line_buf *b, const char *s, size_t n) {
   b->p[b->len] = '\0';
 }
 
-static void lb_str(line_buf *b, const char *s) { lb_add(b, s, strlen(s)); }
+static void lb_str(line_buf *b, const char *s) {
+  lb_add(b, s, strlen(s));
+}
 
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid. */
 static size_t utf8_len(const unsigned char *s) {
@@ -391,8 +394,10 @@ static void reopen_log(const char *why) {
     return;
   int fd = open_log_file(g_log.path);
   if (fd < 0) {
-    app_logf(WSTUN_LOG_ERROR, "%s: cannot reopen log file %s: %s (still writing "
-             "to the old one)", why, g_log.path, strerror(errno));
+    app_logf(WSTUN_LOG_ERROR,
+             "%s: cannot reopen log file %s: %s (still writing "
+             "to the old one)",
+             why, g_log.path, strerror(errno));
     return;
   }
   close(g_log.fd);

@@ -19,8 +19,8 @@ typedef enum { FLAG_STR, FLAG_INT, FLAG_U64, FLAG_BOOL } app_flag_type;
 typedef struct app_flag {
   const char *name; /* without dashes */
   app_flag_type type;
-  void *dst;        /* const char **, int *, uint64_t *, int * */
-  const char *arg;  /* shown in usage, e.g. "N" */
+  void *dst;       /* const char **, int *, uint64_t *, int * */
+  const char *arg; /* shown in usage, e.g. "N" */
   const char *help;
   int64_t min, max; /* for FLAG_INT / FLAG_U64 (ignored when min > max) */
 } app_flag;
@@ -39,15 +39,32 @@ typedef struct app_ops {
   const char *pidfile;    /* -pidfile FILE */
 } app_ops;
 
-#define APP_OPS_FLAGS(o)                                                      \
-  {"logfile", FLAG_STR, &(o).logfile, "FILE",                                 \
-   "append logs to FILE, not stderr (reopened on SIGUSR1, SIGHUP)", 0, -1},   \
-  {"syslog", FLAG_STR, &(o).syslog, "FACILITY",                               \
-   "log to syslog instead: daemon, user, local0..local7, ...", 0, -1},        \
-  {"log-format", FLAG_STR, &(o).log_format, "FORMAT",                         \
-   "text (default) or json (one object per line)", 0, -1},                    \
-  {"pidfile", FLAG_STR, &(o).pidfile, "FILE",                                 \
-   "write the process id to FILE once started; removed at exit", 0, -1}
+#define APP_OPS_FLAGS(o)                                                       \
+  {"logfile",                                                                  \
+   FLAG_STR,                                                                   \
+   &(o).logfile,                                                               \
+   "FILE",                                                                     \
+   "append logs to FILE, not stderr (reopened on SIGUSR1, SIGHUP)",            \
+   0,                                                                          \
+   -1},                                                                        \
+      {"syslog",                                                               \
+       FLAG_STR,                                                               \
+       &(o).syslog,                                                            \
+       "FACILITY",                                                             \
+       "log to syslog instead: daemon, user, local0..local7, ...",             \
+       0,                                                                      \
+       -1},                                                                    \
+      {"log-format",                                                           \
+       FLAG_STR,                                                               \
+       &(o).log_format,                                                        \
+       "FORMAT",                                                               \
+       "text (default) or json (one object per line)",                         \
+       0,                                                                      \
+       -1},                                                                    \
+  {                                                                            \
+    "pidfile", FLAG_STR, &(o).pidfile, "FILE",                                 \
+        "write the process id to FILE once started; removed at exit", 0, -1    \
+  }
 
 /* Checks -logfile, -syslog and -log-format and opens the log destination;
  * `app` ("wstunsrv" or "wstuncli") is the syslog ident and the JSON "app"

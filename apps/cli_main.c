@@ -20,11 +20,11 @@ typedef struct cli_app {
   int stopping;
   /* -statusfile */
   const char *statusfile;
-  char *server;       /* the tunnel URL without its userinfo */
-  int state;          /* wstun_client_state, -1 before the first */
-  time_t since;       /* when it entered that state */
+  char *server;           /* the tunnel URL without its userinfo */
+  int state;              /* wstun_client_state, -1 before the first */
+  time_t since;           /* when it entered that state */
   const char *last_error; /* wstun_strerror() of the last error, or "" */
-  int started;        /* wstun_client_start() returned: write on changes */
+  int started;            /* wstun_client_start() returned: write on changes */
 } cli_app;
 
 /* The tunnel URL as the status file shows it: without "user:pass@", and
@@ -70,8 +70,8 @@ static int status_write(const cli_app *app) {
     return ENOMEM;
   int n = snprintf(text, need,
                    "state=%s\nserver=%s\nsince=%s\nlast_error=%s\npid=%ld\n",
-                   state_name(app->state), app->server, since,
-                   app->last_error, (long)getpid());
+                   state_name(app->state), app->server, since, app->last_error,
+                   (long)getpid());
   int err = app_write_file_atomic(app->statusfile, text, (size_t)n);
   free(text);
   return err;
@@ -91,8 +91,8 @@ static void on_state(wstun_client *cli, wstun_client_state state, int err,
     return; /* written once wstun_client_start() returns */
   int werr = status_write(app);
   if (werr)
-    app_logf(WSTUN_LOG_WARN, "cannot write status file %s: %s",
-             app->statusfile, strerror(werr));
+    app_logf(WSTUN_LOG_WARN, "cannot write status file %s: %s", app->statusfile,
+             strerror(werr));
 }
 
 static void remove_files(cli_app *app) {
@@ -135,18 +135,23 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       {"server", FLAG_STR, &cfg.server_url, "URL",
        "backend for requests without X-Host: http://host[:port]", 0, -1},
       {"token", FLAG_STR, &token, "TOKEN[:PASSWORD]",
-       "rendez-vous token (>= 16 chars); password also from $WSTUNNEL_PASSWORD", 0, -1},
+       "rendez-vous token (>= 16 chars); password also from $WSTUNNEL_PASSWORD",
+       0, -1},
       {"regexp", FLAG_STR, &cfg.regexp, "RE",
        "X-Host values allowed (full match on scheme://host[:port])", 0, -1},
       {"timeout", FLAG_INT, &cfg.timeout_sec, "S",
-       "ping every S/3 s, reconnect after S s without answer (default 30)", 3, 86400},
-      {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug", 0, -1},
+       "ping every S/3 s, reconnect after S s without answer (default 30)", 3,
+       86400},
+      {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug",
+       0, -1},
       APP_OPS_FLAGS(ops),
       {"statusfile", FLAG_STR, &statusfile, "FILE",
-       "keep state, server, since, last_error, pid in FILE; removed at exit", 0, -1},
+       "keep state, server, since, last_error, pid in FILE; removed at exit", 0,
+       -1},
       {NULL, FLAG_STR, NULL, NULL, NULL, 0, 0}};
-  app_parse_flags(prog, "wstun tunnel client: dials wstunsrv and serves the "
-                        "requests it forwards from a local HTTP backend.",
+  app_parse_flags(prog,
+                  "wstun tunnel client: dials wstunsrv and serves the "
+                  "requests it forwards from a local HTTP backend.",
                   flags, argc, argv, first);
   cfg.log_level = app_log_level(prog, log_level);
   if (statusfile && *statusfile == '\0') {
@@ -179,7 +184,10 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   }
   cfg.token = tok;
   if (strlen(tok) < 16) {
-    fprintf(stderr, "%s: flag -token: rendez-vous token is too short (must be 16 chars)\n", prog);
+    fprintf(
+        stderr,
+        "%s: flag -token: rendez-vous token is too short (must be 16 chars)\n",
+        prog);
     free(tok);
     app_log_shutdown();
     return APP_EXIT_USAGE;
@@ -214,8 +222,9 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   int rc = wstun_client_start(loop, &cfg, &app.cli);
   if (rc != 0) {
     const char *flag = rc == WSTUN_EREGEX ? "regexp"
-                       : rc == WSTUN_EURL  ? (cfg.server_url ? "tunnel or -server" : "tunnel")
-                                           : "token";
+                       : rc == WSTUN_EURL
+                           ? (cfg.server_url ? "tunnel or -server" : "tunnel")
+                           : "token";
     fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, wstun_strerror(rc));
     exit_code = APP_EXIT_USAGE;
     on_client_closed(NULL, &app); /* closes the signal handles */
@@ -234,7 +243,8 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       exit_code = 1;
     }
   }
-  if (exit_code == 0 && ops.pidfile && app_pidfile_write(prog, ops.pidfile) != 0)
+  if (exit_code == 0 && ops.pidfile &&
+      app_pidfile_write(prog, ops.pidfile) != 0)
     exit_code = 1;
   if (exit_code == 1) {
     app.stopping = 1;

@@ -47,18 +47,24 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   app_ops ops = {0};
   uint64_t max_header = cfg.max_header_bytes, max_body = 0;
   app_flag flags[] = {
-      {"port", FLAG_INT, &cfg.port, "N", "TCP port to listen on (0 = any free port)", 0, 65535},
-      {"host", FLAG_STR, &cfg.host, "ADDR", "address to listen on (default 0.0.0.0)", 0, -1},
-      {"base-path", FLAG_STR, &cfg.base_path, "PATH", "prefix of every endpoint, e.g. /wstunnel", 0, -1},
-      {"passwords", FLAG_STR, &cfg.passwords, "TOK:PW,...", "tokens that require a password", 0, -1},
+      {"port", FLAG_INT, &cfg.port, "N",
+       "TCP port to listen on (0 = any free port)", 0, 65535},
+      {"host", FLAG_STR, &cfg.host, "ADDR",
+       "address to listen on (default 0.0.0.0)", 0, -1},
+      {"base-path", FLAG_STR, &cfg.base_path, "PATH",
+       "prefix of every endpoint, e.g. /wstunnel", 0, -1},
+      {"passwords", FLAG_STR, &cfg.passwords, "TOK:PW,...",
+       "tokens that require a password", 0, -1},
       {"passwords-file", FLAG_STR, &passwords_file, "FILE",
        "the same list from a mode-600 file, one tok:pw per line", 0, -1},
       {"max-requests-per-tunnel", FLAG_INT, &cfg.max_requests_per_tunnel, "N",
-       "requests waiting per token before 504 (default 20, max 1000)", 0, 1000000},
+       "requests waiting per token before 504 (default 20, max 1000)", 0,
+       1000000},
       {"max-clients-per-token", FLAG_INT, &cfg.max_clients_per_token, "N",
        "tunnel clients per token (0 = unlimited)", 0, 1000000},
       {"wstimeout", FLAG_INT, &cfg.ws_timeout_sec, "S",
-       "close a tunnel silent this long (default 30, clamped 3..600)", 0, 1000000},
+       "close a tunnel silent this long (default 30, clamped 3..600)", 0,
+       1000000},
       {"httptimeout", FLAG_INT, &cfg.http_timeout_sec, "S",
        "answer 504 without a response after (default 1200)", 1, 100000000},
       {"forget-after", FLAG_INT, &cfg.token_forget_sec, "S",
@@ -68,7 +74,8 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       {"max-body", FLAG_U64, &max_body, "N",
        "request body limit in bytes, else 413 (0 = unlimited)", 0, INT64_MAX},
       {"header-timeout", FLAG_INT, &cfg.header_timeout_sec, "S",
-       "request head must arrive within S s of its first byte, else 408 (30)", 1, 86400},
+       "request head must arrive within S s of its first byte, else 408 (30)",
+       1, 86400},
       {"max-connections", FLAG_INT, &cfg.max_connections, "N",
        "open connections at most, more get 503 (0 = no limit)", 0, 10000000},
       {"max-connections-per-ip", FLAG_INT, &cfg.max_connections_per_ip, "N",
@@ -76,16 +83,21 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       {"trusted-proxies", FLAG_STR, &cfg.trusted_proxies, "CIDR,...",
        "proxies whose X-Forwarded-For is believed (default: none)", 0, -1},
       {"admin-allow", FLAG_STR, &cfg.admin_allow, "CIDR,...",
-       "who else may read /admin/... and /metrics (default: this host only)", 0, -1},
+       "who else may read /admin/... and /metrics (default: this host only)", 0,
+       -1},
       {"admin-token", FLAG_STR, &cfg.admin_token, "TOKEN",
-       "require Authorization: Bearer TOKEN for /admin/... and /metrics", 0, -1},
+       "require Authorization: Bearer TOKEN for /admin/... and /metrics", 0,
+       -1},
       {"admin-token-file", FLAG_STR, &admin_token_file, "FILE",
-       "the same, read from FILE (mode 0600: kept out of the process list)", 0, -1},
-      {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug", 0, -1},
+       "the same, read from FILE (mode 0600: kept out of the process list)", 0,
+       -1},
+      {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug",
+       0, -1},
       APP_OPS_FLAGS(ops),
       {NULL, FLAG_STR, NULL, NULL, NULL, 0, 0}};
-  app_parse_flags(prog, "wstun tunnel server: serves HTTP requests through "
-                        "WebSocket tunnels opened by wstuncli.",
+  app_parse_flags(prog,
+                  "wstun tunnel server: serves HTTP requests through "
+                  "WebSocket tunnels opened by wstuncli.",
                   flags, argc, argv, first);
   cfg.log_level = app_log_level(prog, log_level);
   /* secrets from files stay out of the process list */
@@ -100,8 +112,8 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   }
   char admin_token[512];
   if (admin_token_file) {
-    app_read_secret_file(prog, "admin-token-file", admin_token_file, admin_token,
-                         sizeof(admin_token));
+    app_read_secret_file(prog, "admin-token-file", admin_token_file,
+                         admin_token, sizeof(admin_token));
     cfg.admin_token = admin_token;
   }
   app_log_setup(prog, "wstunsrv", &ops);
@@ -127,10 +139,13 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
             wstun_strerror(rc));
     exit_code = APP_EXIT_USAGE;
   } else if (rc == WSTUN_ECIDR) {
-    fprintf(stderr, "%s: flag -%s: %s (want addresses or CIDR blocks, comma-separated)\n",
-            prog, wstun_address_list_check(cfg.admin_allow) != 0 ? "admin-allow"
-                                                                 : "trusted-proxies",
-            wstun_strerror(rc));
+    fprintf(
+        stderr,
+        "%s: flag -%s: %s (want addresses or CIDR blocks, comma-separated)\n",
+        prog,
+        wstun_address_list_check(cfg.admin_allow) != 0 ? "admin-allow"
+                                                       : "trusted-proxies",
+        wstun_strerror(rc));
     exit_code = APP_EXIT_USAGE;
   } else if (rc == WSTUN_EINVAL) {
     fprintf(stderr, "%s: flag -host: not an IP address: %s\n", prog, cfg.host);

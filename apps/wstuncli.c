@@ -1,3 +1,5 @@
 #include "app_common.h"
 
-int main(int argc, char **argv) { return wstuncli_main("wstuncli", argc, argv, 1); }
+int main(int argc, char **argv) {
+  return wstuncli_main("wstuncli", argc, argv, 1);
+}

@@ -10,15 +10,16 @@ int main(int argc, char **argv) {
     return wstunsrv_main("wstunnel srv", argc, argv, 2);
   if (argc >= 2 && strcmp(argv[1], "cli") == 0)
     return wstuncli_main("wstunnel cli", argc, argv, 2);
-  if (argc >= 2 && (strcmp(argv[1], "--version") == 0 ||
-                    strcmp(argv[1], "-version") == 0)) {
+  if (argc >= 2 &&
+      (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-version") == 0)) {
     printf("wstunnel (wstun) %s\n", wstun_version());
     return 0;
   }
-  int help = argc >= 2 && (strcmp(argv[1], "-h") == 0 ||
-                           strcmp(argv[1], "--help") == 0);
-  fprintf(help ? stdout : stderr,
-          "Usage: wstunnel srv [flags]   run a tunnel server (see wstunsrv -h)\n"
-          "       wstunnel cli [flags]   run a tunnel client (see wstuncli -h)\n");
+  int help = argc >= 2 &&
+             (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0);
+  fprintf(
+      help ? stdout : stderr,
+      "Usage: wstunnel srv [flags]   run a tunnel server (see wstunsrv -h)\n"
+      "       wstunnel cli [flags]   run a tunnel client (see wstuncli -h)\n");
   return help ? 0 : APP_EXIT_USAGE;
 }

@@ -1,3 +1,5 @@
 #include "app_common.h"
 
-int main(int argc, char **argv) { return wstunsrv_main("wstunsrv", argc, argv, 1); }
+int main(int argc, char **argv) {
+  return wstunsrv_main("wstunsrv", argc, argv, 1);
+}

@@ -32,7 +32,8 @@ typedef struct text {
   size_t len, cap;
 } text;
 
-static void add(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add(text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void add(text *t, const char *fmt, ...) {
   va_list ap;
   for (;;) {
@@ -55,7 +56,9 @@ static void add(text *t, const char *fmt, ...) {
 
 /* Only a prefix of each token: the page may be seen by others. */
 static void add_tunnel(const wstun_tunnel_info *ti, void *ud) {
-  add(ud, "token %.8s...: %zu connection(s), %zu pending, from %s, %s, idle %.1f s\n",
+  add(ud,
+      "token %.8s...: %zu connection(s), %zu pending, from %s, %s, idle %.1f "
+      "s\n",
       ti->token, ti->connections, ti->pending_requests,
       ti->remote_addr[0] ? ti->remote_addr : "-",
       ti->client_version[0] ? ti->client_version : "-",
@@ -66,15 +69,17 @@ static char *status_page(void) {
   wstun_server_stats st;
   wstun_server_get_stats(server, &st);
   text body = {0};
-  add(&body, "wstun %s embedded\ntunnels=%zu connections=%zu pending=%zu "
-             "completed=%llu errored=%llu\n",
+  add(&body,
+      "wstun %s embedded\ntunnels=%zu connections=%zu pending=%zu "
+      "completed=%llu errored=%llu\n",
       wstun_version(), st.tunnels, st.tunnel_connections, st.pending_requests,
       (unsigned long long)st.completed_requests,
       (unsigned long long)st.errored_requests);
   wstun_server_foreach_tunnel(server, add_tunnel, &body);
   text resp = {0};
-  add(&resp, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
-             "Connection: close\r\n\r\n%s",
+  add(&resp,
+      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+      "Connection: close\r\n\r\n%s",
       body.len, body.s);
   free(body.s);
   return resp.s;
@@ -169,7 +174,8 @@ int main(int argc, char **argv) {
   struct sockaddr_in bound;
   int blen = sizeof(bound);
   uv_tcp_getsockname(&status_listener, (struct sockaddr *)&bound, &blen);
-  fprintf(stderr, "tunnel server on 127.0.0.1:%d\nstatus page on 127.0.0.1:%d\n",
+  fprintf(stderr,
+          "tunnel server on 127.0.0.1:%d\nstatus page on 127.0.0.1:%d\n",
           wstun_server_port(server), ntohs(bound.sin_port));
 
   uv_signal_init(loop, &sigint);

@@ -16,7 +16,7 @@ typedef struct app {
   uv_loop_t *loop;
   wstun_server *srv;
   wstun_client *cli;
-  uv_tcp_t http;          /* our own HTTP client connection */
+  uv_tcp_t http; /* our own HTTP client connection */
   uv_connect_t connect_req;
   uv_write_t write_req;
   uv_timer_t deadline;
@@ -29,7 +29,8 @@ typedef struct app {
 static void answer(wstun_request *req, void *ud) {
   (void)ud;
   char body[128];
-  int n = snprintf(body, sizeof(body), "pong for %s\n", wstun_request_target(req));
+  int n =
+      snprintf(body, sizeof(body), "pong for %s\n", wstun_request_target(req));
   wstun_request_respond(req, 200, "text/plain", body, (size_t)n);
 }
 

@@ -81,8 +81,9 @@ int wstun__admin_auditing(wstun_server *srv, wstun__buf *out) {
       json_t *o = json_pack(
           "{s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:s, s:I}",
           "token", t->name, "remote_addr", st ? st->addr : "", "remote_name",
-          st && st->remote_name ? st->remote_name : "", "remote_whois", "", "client_version",
-          st && st->client_version ? st->client_version : "", "last_activity",
+          st && st->remote_name ? st->remote_name : "", "remote_whois", "",
+          "client_version", st && st->client_version ? st->client_version : "",
+          "last_activity",
           time_or_null(srv, t->last_activity ? t->last_activity : t->last_seen),
           "active_connections", active_connections(srv, t), "last_error_time",
           time_or_null(srv, t->last_error), "last_error_addr",
@@ -94,7 +95,8 @@ int wstun__admin_auditing(wstun_server *srv, wstun__buf *out) {
     }
   char ts[32];
   wstun__admin_time(srv, uv_now(srv->loop), ts);
-  return dump(json_pack("{s:s, s:o}", "timestamp", ts, "tunnels", tunnels), out);
+  return dump(json_pack("{s:s, s:o}", "timestamp", ts, "tunnels", tunnels),
+              out);
 }
 
 /* /_stats in the Go tool's format. Tokens appear only as 8-character
@@ -137,8 +139,8 @@ int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out) {
                            srv->max_queue, srv->max_clients);
   stats_ctx c = {out, 0, 0};
   wstun_server_foreach_tunnel(srv, stats_token_line, &c);
-  rc |= c.rc | wstun__buf_appendf(out, "total_clients=%zu\n",
-                                  st.tunnel_connections);
+  rc |= c.rc |
+        wstun__buf_appendf(out, "total_clients=%zu\n", st.tunnel_connections);
   wstun_server_foreach_tunnel(srv, stats_tunnel_block, &c);
   return rc | c.rc ? WSTUN_ENOMEM : 0;
 }

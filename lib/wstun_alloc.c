@@ -27,13 +27,13 @@ static void std_free(void *p, void *ud) {
   free(p);
 }
 
-static wstun_allocator current = {std_malloc, std_calloc, std_realloc,
-                                  std_free, NULL};
+static wstun_allocator current = {std_malloc, std_calloc, std_realloc, std_free,
+                                  NULL};
 
 int wstun_set_allocator(const wstun_allocator *a) {
   if (a == NULL) {
-    current = (wstun_allocator){std_malloc, std_calloc, std_realloc, std_free,
-                                NULL};
+    current =
+        (wstun_allocator){std_malloc, std_calloc, std_realloc, std_free, NULL};
     return 0;
   }
   if (!a->malloc || !a->calloc || !a->realloc || !a->free)
@@ -42,7 +42,9 @@ int wstun_set_allocator(const wstun_allocator *a) {
   return 0;
 }
 
-void *wstun__malloc(size_t n) { return current.malloc(n ? n : 1, current.user_data); }
+void *wstun__malloc(size_t n) {
+  return current.malloc(n ? n : 1, current.user_data);
+}
 void *wstun__calloc(size_t count, size_t n) {
   return current.calloc(count, n ? n : 1, current.user_data);
 }

@@ -11,14 +11,18 @@
 #include "wstun/wstun.h"
 #include "wstun_alloc.h"
 
-void wstun__buf_init(wstun__buf *b) { memset(b, 0, sizeof(*b)); }
+void wstun__buf_init(wstun__buf *b) {
+  memset(b, 0, sizeof(*b));
+}
 
 void wstun__buf_free(wstun__buf *b) {
   wstun__free(b->base);
   memset(b, 0, sizeof(*b));
 }
 
-void wstun__buf_reset(wstun__buf *b) { b->off = b->len = 0; }
+void wstun__buf_reset(wstun__buf *b) {
+  b->off = b->len = 0;
+}
 
 int wstun__buf_reserve(wstun__buf *b, size_t n) {
   if (b->cap - b->len >= n)

@@ -13,7 +13,8 @@ typedef struct wstun__buf {
   size_t cap;
 } wstun__buf;
 
-#define WSTUN__BUF_INIT {NULL, 0, 0, 0}
+#define WSTUN__BUF_INIT                                                        \
+  { NULL, 0, 0, 0 }
 
 void wstun__buf_init(wstun__buf *b);
 void wstun__buf_free(wstun__buf *b);

@@ -20,7 +20,8 @@ static int parse_ip(const char *s, size_t len, int *family, uint8_t out[16]) {
     return 0;
   }
   if (uv_inet_pton(AF_INET6, buf, out) == 0) {
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0,    0,
+                                       0, 0, 0, 0, 0xff, 0xff};
     if (memcmp(out, mapped, 12) == 0) {
       memmove(out, out + 12, 4);
       *family = 4;
@@ -44,7 +45,8 @@ int wstun__cidr_list_parse(const char *s, wstun__cidr_list *out) {
   while (wstun__list_next(&cursor, &p, &len)) {
     const char *slash = memchr(p, '/', len);
     wstun__cidr *c = &out->items[out->n];
-    if (parse_ip(p, slash ? (size_t)(slash - p) : len, &c->family, c->addr) != 0)
+    if (parse_ip(p, slash ? (size_t)(slash - p) : len, &c->family, c->addr) !=
+        0)
       goto bad;
     int max = c->family == 4 ? 32 : 128;
     c->bits = max;
@@ -98,7 +100,8 @@ int wstun__ip_is_loopback(const char *ip) {
     return 0;
   if (family == 4)
     return a[0] == 127;
-  static const uint8_t one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  static const uint8_t one[16] = {0, 0, 0, 0, 0, 0, 0, 0,
+                                  0, 0, 0, 0, 0, 0, 0, 1};
   return memcmp(a, one, 16) == 0;
 }
 

@@ -169,8 +169,9 @@ static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
     if (st == 502 || st == 503)
       st = 400;
     wstun__upstream_detach(req);
-    wstun__client_answer(req, st, req->parser.error_text ? req->parser.error_text
-                                                         : "Bad request");
+    wstun__client_answer(req, st,
+                         req->parser.error_text ? req->parser.error_text
+                                                : "Bad request");
   }
   req->busy--;
   wstun__client_req_done(req);
@@ -224,13 +225,15 @@ static int check_xhost(wstun_request *req, const char *xhost, wstun__url *u) {
   wstun_client *cli = req->cli;
   char msg[512];
   if (!cli->has_re) {
-    wstun__client_answer(req, 403,
-                         "X-Host header disallowed by wstunnel cli (no -regexp option)");
+    wstun__client_answer(
+        req, 403,
+        "X-Host header disallowed by wstunnel cli (no -regexp option)");
     return -1;
   }
-  int ok = wstun__url_parse(xhost, u) == 0 && u->userinfo == NULL &&
-           (strcmp(u->scheme, "http") == 0 || strcmp(u->scheme, "https") == 0) &&
-           (u->path[0] == '\0' || strcmp(u->path, "/") == 0);
+  int ok =
+      wstun__url_parse(xhost, u) == 0 && u->userinfo == NULL &&
+      (strcmp(u->scheme, "http") == 0 || strcmp(u->scheme, "https") == 0) &&
+      (u->path[0] == '\0' || strcmp(u->path, "/") == 0);
   if (ok) {
     char canon[600];
     int v6 = strchr(u->host, ':') != NULL;
@@ -262,7 +265,8 @@ static int req_on_head(void *ud, wstun__http_head *h) {
              wstun__http_head_target(h));
   if (cli->handler) {
     req->state = WSTUN__CR_HANDLER;
-    req->method_str = wstun__strdup(llhttp_method_name((llhttp_method_t)h->method));
+    req->method_str =
+        wstun__strdup(llhttp_method_name((llhttp_method_t)h->method));
     return req->method_str ? 0 : -1;
   }
   wstun__url xu;
@@ -276,8 +280,8 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   } else if (cli->has_server) {
     backend = &cli->server_url;
   } else {
-    wstun__client_answer(req, 403,
-                         "X-Host header required by wstunnel cli (no -server option)");
+    wstun__client_answer(
+        req, 403, "X-Host header required by wstunnel cli (no -server option)");
     return 0;
   }
   char host[600];
@@ -288,7 +292,8 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   if (rc != 0)
     return -1;
   if (tls) {
-    wstun__client_answer(req, 502, "HTTPS backends are not supported by this wstuncli yet");
+    wstun__client_answer(
+        req, 502, "HTTPS backends are not supported by this wstuncli yet");
     return 0;
   }
   wstun__http_head_strip_hop_by_hop(h, 1);
@@ -431,7 +436,8 @@ static void cli_tunnel_closed(wstun__tunnel *t, int err) {
   wstun_client *cli = t->owner;
   cli->t = NULL;
   cli->last_err = err;
-  wstun__log(&cli->log, WSTUN_LOG_WARN, "tunnel closed: %s", wstun_strerror(err));
+  wstun__log(&cli->log, WSTUN_LOG_WARN, "tunnel closed: %s",
+             wstun_strerror(err));
   /* every request on it is lost: responses queued on the tunnel are let go
    * (the tunnel frees them), backends are cut */
   wstun_request *req = cli->reqs;
@@ -558,7 +564,8 @@ static size_t dial_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
 static void dial_on_end(wstun__conn *c, int err) {
   wstun_client *cli = c->owner;
   dial_fail(cli, WSTUN_ECLOSED,
-            err == UV_EOF ? "connection closed during handshake" : uv_strerror(err));
+            err == UV_EOF ? "connection closed during handshake"
+                          : uv_strerror(err));
 }
 
 static void dial_on_close(wstun__conn *c) {
@@ -638,7 +645,8 @@ static void connect_to(wstun_client *cli, const struct sockaddr *addr) {
     dial_fail(cli, WSTUN_ECONNECT, uv_strerror(rc));
 }
 
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+static void on_resolved(uv_getaddrinfo_t *req, int status,
+                        struct addrinfo *res) {
   wstun_client *cli = req->data;
   cli->resolving = 0;
   cli->live--;
@@ -679,7 +687,9 @@ static void dial(wstun_client *cli) {
   cli->live++;
 }
 
-static void on_retry_timer(uv_timer_t *t) { dial(t->data); }
+static void on_retry_timer(uv_timer_t *t) {
+  dial(t->data);
+}
 
 static void schedule_reconnect(wstun_client *cli) {
   /* exponential backoff with full jitter; the first retry is quick */
@@ -852,8 +862,9 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
     cli->has_re = 1;
   }
   cli->token = wstun__strdup(cfg->token);
-  cli->client_version = wstun__strdup(
-      cfg->client_version ? cfg->client_version : "wstun " WSTUN_VERSION_STRING);
+  cli->client_version =
+      wstun__strdup(cfg->client_version ? cfg->client_version
+                                        : "wstun " WSTUN_VERSION_STRING);
   if (cli->token == NULL || cli->client_version == NULL)
     return WSTUN_ENOMEM;
   const char *ui = cli->tunnel_url.userinfo;
@@ -861,7 +872,8 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   if (ui) {
     const char *colon = strchr(ui, ':');
     char user[256];
-    snprintf(user, sizeof(user), "%.*s", (int)(colon ? colon - ui : (long)strlen(ui)), ui);
+    snprintf(user, sizeof(user), "%.*s",
+             (int)(colon ? colon - ui : (long)strlen(ui)), ui);
     url_auth = basic_auth(user, colon ? colon + 1 : "");
     if (url_auth == NULL)
       return WSTUN_ENOMEM;
@@ -877,13 +889,18 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   } else {
     cli->auth_header = url_auth;
   }
-  cli->timeout_ms = (uint64_t)(cfg->timeout_sec > 0 ? cfg->timeout_sec : 30) * 1000;
+  cli->timeout_ms =
+      (uint64_t)(cfg->timeout_sec > 0 ? cfg->timeout_sec : 30) * 1000;
   cli->backend_timeout_ms =
-      (uint64_t)(cfg->backend_timeout_sec > 0 ? cfg->backend_timeout_sec : 1200) * 1000;
+      (uint64_t)(cfg->backend_timeout_sec > 0 ? cfg->backend_timeout_sec
+                                              : 1200) *
+      1000;
   cli->reconnect_max_ms =
       (uint64_t)(cfg->reconnect_max_ms > 0 ? cfg->reconnect_max_ms : 30000);
-  cli->max_idle = cfg->max_idle_per_backend > 0 ? (size_t)cfg->max_idle_per_backend : 256;
-  cli->max_handler_body = cfg->max_handler_body ? cfg->max_handler_body : 8 << 20;
+  cli->max_idle =
+      cfg->max_idle_per_backend > 0 ? (size_t)cfg->max_idle_per_backend : 256;
+  cli->max_handler_body =
+      cfg->max_handler_body ? cfg->max_handler_body : 8 << 20;
   cli->handler = cfg->handler;
   cli->handler_ud = cfg->handler_user_data;
   cli->state_cb = cfg->state_cb;

@@ -96,7 +96,7 @@ struct wstun_client {
   /* backends */
   wstun__upstream *idle; /* keep-alive pool */
   size_t nidle;
-  wstun__upstream *ups;  /* every upstream connection */
+  wstun__upstream *ups; /* every upstream connection */
   /* closing */
   int closing, closed_now, released;
   size_t live; /* handles and objects the close waits for */

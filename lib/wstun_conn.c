@@ -218,7 +218,8 @@ static void write_more(wstun__conn *c) {
   if (wstun__buf_size(&c->out) == 0) {
     if (c->close_after_write) {
       c->shutdown_req.data = c;
-      if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+      if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) !=
+          0)
         wstun__conn_close(c);
     }
     return;
@@ -347,7 +348,8 @@ const char *wstun__conn_peer(const wstun__conn *c, char *out, size_t n) {
     port = ntohs(((const struct sockaddr_in *)&c->peer)->sin_port);
   else if (c->peer.ss_family == AF_INET6)
     port = ntohs(((const struct sockaddr_in6 *)&c->peer)->sin6_port);
-  snprintf(out, n, c->peer.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
+  snprintf(out, n, c->peer.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip,
+           port);
   return out;
 }
 
@@ -357,7 +359,8 @@ int wstun__conn_peer_is_loopback(const wstun__conn *c) {
     return (a >> 24) == 127;
   }
   if (c->peer.ss_family == AF_INET6) {
-    const struct in6_addr *a = &((const struct sockaddr_in6 *)&c->peer)->sin6_addr;
+    const struct in6_addr *a =
+        &((const struct sockaddr_in6 *)&c->peer)->sin6_addr;
     if (IN6_IS_ADDR_LOOPBACK(a))
       return 1;
     if (IN6_IS_ADDR_V4MAPPED(a))

@@ -39,7 +39,7 @@ typedef struct wstun__conn_cbs {
 typedef struct wstun__conn_shared {
   uint8_t buf[WSTUN__READ_BUF_SIZE];
   uv_check_t flusher;
-  uv_idle_t nudge; /* keeps poll from blocking while a flush is due */
+  uv_idle_t nudge;    /* keeps poll from blocking while a flush is due */
   wstun__conn *dirty; /* connections with output to write */
   int closed;
   uint64_t bytes_in, bytes_out; /* all connections, for metrics */
@@ -99,7 +99,9 @@ void wstun__conn_resume(wstun__conn *c);
 int wstun__conn_write(wstun__conn *c, const void *data, size_t n);
 /* The output buffer, for serializers that append directly; call
  * wstun__conn_flush() after. */
-static inline wstun__buf *wstun__conn_outbuf(wstun__conn *c) { return &c->out; }
+static inline wstun__buf *wstun__conn_outbuf(wstun__conn *c) {
+  return &c->out;
+}
 void wstun__conn_flush(wstun__conn *c);
 /* Starts writing now (before a close, say). */
 void wstun__conn_flush_now(wstun__conn *c);

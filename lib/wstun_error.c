@@ -3,8 +3,8 @@
 
 const char *wstun_strerror(int err) {
   switch (err) {
-#define WSTUN__STR(name, val, msg)                                           \
-  case val:                                                                  \
+#define WSTUN__STR(name, val, msg)                                             \
+  case val:                                                                    \
     return msg;
     WSTUN_ERRNO_MAP(WSTUN__STR)
 #undef WSTUN__STR
@@ -15,4 +15,6 @@ const char *wstun_strerror(int err) {
   }
 }
 
-const char *wstun_version(void) { return WSTUN_VERSION_STRING; }
+const char *wstun_version(void) {
+  return WSTUN_VERSION_STRING;
+}

@@ -13,7 +13,7 @@
 #include "wstun_server_int.h"
 #include "wstun_util.h"
 
-#define FRONT_IDLE_MS 60000    /* keep-alive idle and header read timeout */
+#define FRONT_IDLE_MS 60000     /* keep-alive idle and header read timeout */
 #define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
 
 static const wstun__conn_cbs front_conn_cbs;
@@ -60,8 +60,8 @@ static void exchange_release(wstun__front *f) {
 }
 
 int wstun__front_busy(const wstun__front *f) {
-  return !f->closing &&
-         (f->state != WSTUN__EX_NONE || wstun__http_parser_in_message(&f->parser));
+  return !f->closing && (f->state != WSTUN__EX_NONE ||
+                         wstun__http_parser_in_message(&f->parser));
 }
 
 /* ---- teardown ----------------------------------------------------------- */
@@ -177,9 +177,10 @@ void wstun__front_fail(wstun__front *f, int status, const char *text) {
 }
 
 void wstun__front_tunnel_lost(wstun__front *f) {
-  wstun__log(&f->srv->log, WSTUN_LOG_INFO,
-             "HTTP RET token=%s id=%04x: tunnel lost with the request in flight",
-             f->token_prefix, f->id);
+  wstun__log(
+      &f->srv->log, WSTUN_LOG_INFO,
+      "HTTP RET token=%s id=%04x: tunnel lost with the request in flight",
+      f->token_prefix, f->id);
   wstun__front_fail(f, 502, "Tunnel connection lost before the response");
 }
 
@@ -272,7 +273,8 @@ static int route_stats(wstun__front *f, const wstun__http_head *h) {
   wstun__buf text = WSTUN__BUF_INIT;
   int rc = wstun__admin_stats_text(f->srv, wstun__ip_is_loopback(ip), &text);
   rc |= wstun__buf_append(&text, "", 1);
-  local_answer(f, rc ? 503 : 200, rc ? "Out of memory" : (const char *)text.base);
+  local_answer(f, rc ? 503 : 200,
+               rc ? "Out of memory" : (const char *)text.base);
   wstun__buf_free(&text);
   return 0;
 }
@@ -284,7 +286,8 @@ static int admin_allowed(wstun__front *f, const wstun__http_head *h) {
   wstun_server *srv = f->srv;
   char ip[64];
   requester_ip(f, h, ip, sizeof(ip));
-  if (!wstun__ip_is_loopback(ip) && !wstun__cidr_list_match(&srv->admin_allow, ip)) {
+  if (!wstun__ip_is_loopback(ip) &&
+      !wstun__cidr_list_match(&srv->admin_allow, ip)) {
     local_answer(f, 403, "Forbidden");
     return 0;
   }
@@ -296,10 +299,10 @@ static int admin_allowed(wstun__front *f, const wstun__http_head *h) {
     if (!ok) {
       f->state = WSTUN__EX_DONE;
       if (f->conn) {
-        wstun__http_write_simple(wstun__conn_outbuf(f->conn), 401,
-                                 "Unauthorized",
-                                 "WWW-Authenticate: Bearer realm=\"wstunnel\"\r\n",
-                                 f->close_after || srv->closing);
+        wstun__http_write_simple(
+            wstun__conn_outbuf(f->conn), 401, "Unauthorized",
+            "WWW-Authenticate: Bearer realm=\"wstunnel\"\r\n",
+            f->close_after || srv->closing);
         wstun__conn_flush(f->conn);
       }
       return 0;
@@ -346,8 +349,9 @@ static int route_metrics(wstun__front *f, const wstun__http_head *h) {
       by_conns[t->ntunnels < 3 ? t->ntunnels : 3]++;
     }
   wstun__buf doc = WSTUN__BUF_INIT;
-  int rc = wstun__metrics_write(&srv->metrics, &st, queued, by_conns,
-                                srv->shared.bytes_in, srv->shared.bytes_out, &doc);
+  int rc =
+      wstun__metrics_write(&srv->metrics, &st, queued, by_conns,
+                           srv->shared.bytes_in, srv->shared.bytes_out, &doc);
   answer_doc(f, rc, &doc, "text/plain; version=0.0.4; charset=utf-8");
   return 0;
 }
@@ -436,8 +440,8 @@ static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
     wstun__conn_peer(f->conn, addr, sizeof(addr));
     wstun__log(&srv->log, WSTUN_LOG_DEBUG,
                "HTTP RCV token=%s verb=%s url=%.*s addr=%s", f->token_prefix,
-               llhttp_method_name((llhttp_method_t)h->method), (int)tlen, target,
-               addr);
+               llhttp_method_name((llhttp_method_t)h->method), (int)tlen,
+               target, addr);
   }
   set_timer(f, srv->http_timeout_ms, on_deadline);
   return 0;
@@ -486,8 +490,9 @@ static int req_on_head(void *ud, wstun__http_head *h) {
        wstun__http_head_get(h, "Upgrade") != NULL)) {
     f->close_after = 1;
     local_answer(f, h->method == HTTP_CONNECT ? 405 : 501,
-                 h->method == HTTP_CONNECT ? "CONNECT is not supported"
-                                           : "Protocol upgrades are not tunneled");
+                 h->method == HTTP_CONNECT
+                     ? "CONNECT is not supported"
+                     : "Protocol upgrades are not tunneled");
     return 1;
   }
   const char *xtok = wstun__http_head_get(h, "X-Token");
@@ -663,8 +668,9 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
     return -1;
   f->state = WSTUN__EX_RESPONDING;
   account(f, 1);
-  wstun__log(&f->srv->log, WSTUN_LOG_DEBUG, "WS   RCV token=%s id=%04x status=%d",
-             f->token_prefix, f->id, status);
+  wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
+             "WS   RCV token=%s id=%04x status=%d", f->token_prefix, f->id,
+             status);
   log_ret(f, status);
   wstun__conn_flush(f->conn);
   return no_body ? 1 : 0;
@@ -722,8 +728,8 @@ int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
   int rc = wstun__http_parser_feed(&f->resp, d, n, &used);
   if (rc == WSTUN__HTTP_ERROR) {
     wstun__log(&f->srv->log, WSTUN_LOG_WARN,
-               "WS   RCV token=%s id=%04x: unparsable response", f->token_prefix,
-               f->id);
+               "WS   RCV token=%s id=%04x: unparsable response",
+               f->token_prefix, f->id);
     wstun__front_fail(f, 506, "Bad response from the tunnel client");
     return -1;
   }
@@ -774,7 +780,8 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   wstun__front *f = c->owner;
   size_t off = 0;
   while (off < len && !f->closing) {
-    if (f->state != WSTUN__EX_NONE && !wstun__http_parser_in_message(&f->parser))
+    if (f->state != WSTUN__EX_NONE &&
+        !wstun__http_parser_in_message(&f->parser))
       return off; /* the next request waits for this exchange */
     int was_in = wstun__http_parser_in_message(&f->parser);
     size_t used = 0;
@@ -788,7 +795,8 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
       set_timer(f, f->srv->header_timeout_ms, on_head_timeout);
     if (rc == WSTUN__HTTP_ERROR) {
       int status = f->parser.error_status ? f->parser.error_status : 400;
-      const char *text = f->parser.error_text ? f->parser.error_text : "Bad request";
+      const char *text =
+          f->parser.error_text ? f->parser.error_text : "Bad request";
       f->close_after = 1;
       if (f->state == WSTUN__EX_NONE || f->state == WSTUN__EX_DONE) {
         f->state = WSTUN__EX_DONE;
@@ -866,10 +874,12 @@ void wstun__front_accept(wstun_server *srv) {
     return;
   }
   char ip[64];
-  f->ip = wstun__server_conn_admit(srv, wstun__conn_peer_ip(f->conn, ip, sizeof(ip)));
+  f->ip = wstun__server_conn_admit(
+      srv, wstun__conn_peer_ip(f->conn, ip, sizeof(ip)));
   if (f->ip == NULL) {
     /* over a connection cap: a short answer, nothing read */
-    wstun__log(&srv->log, WSTUN_LOG_WARN, "connection from %s refused: too many connections", ip);
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "connection from %s refused: too many connections", ip);
     f->close_after = 1;
     f->state = WSTUN__EX_DONE;
     write_simple(f, 503, "Too many connections");

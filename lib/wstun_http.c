@@ -11,7 +11,9 @@
 #include "wstun_alloc.h"
 #include "wstun_util.h"
 
-void wstun__http_head_init(wstun__http_head *h) { memset(h, 0, sizeof(*h)); }
+void wstun__http_head_init(wstun__http_head *h) {
+  memset(h, 0, sizeof(*h));
+}
 
 void wstun__http_head_free(wstun__http_head *h) {
   wstun__buf_free(&h->text);
@@ -31,8 +33,9 @@ void wstun__http_head_reset(wstun__http_head *h) {
 }
 
 const char *wstun__http_head_target(const wstun__http_head *h) {
-  return h->target_len || h->target_off ? (const char *)h->text.base + h->target_off
-                                        : "";
+  return h->target_len || h->target_off
+             ? (const char *)h->text.base + h->target_off
+             : "";
 }
 const char *wstun__http_head_name(const wstun__http_head *h, size_t i) {
   return (const char *)h->text.base + h->hdrs[i].name_off;
@@ -154,9 +157,14 @@ int wstun__http_head_has_token(const wstun__http_head *h, const char *name,
 }
 
 void wstun__http_head_strip_hop_by_hop(wstun__http_head *h, int framing) {
-  static const char *const hop[] = {
-      "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-      "Proxy-Connection", "TE", "Trailer", "Trailers", "Upgrade"};
+  static const char *const hop[] = {"Keep-Alive",
+                                    "Proxy-Authenticate",
+                                    "Proxy-Authorization",
+                                    "Proxy-Connection",
+                                    "TE",
+                                    "Trailer",
+                                    "Trailers",
+                                    "Upgrade"};
   /* every header that Connection names goes, however many (RFC 9110
    * 7.6.1); Connection itself last, since it is the list */
   size_t w = 0;
@@ -179,36 +187,66 @@ void wstun__http_head_strip_hop_by_hop(wstun__http_head *h, int framing) {
 
 const char *wstun__http_reason(int status) {
   switch (status) {
-  case 100: return "Continue";
-  case 101: return "Switching Protocols";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 206: return "Partial Content";
-  case 301: return "Moved Permanently";
-  case 302: return "Found";
-  case 303: return "See Other";
-  case 304: return "Not Modified";
-  case 307: return "Temporary Redirect";
-  case 308: return "Permanent Redirect";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 413: return "Content Too Large";
-  case 414: return "URI Too Long";
-  case 426: return "Upgrade Required";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  case 506: return "Variant Also Negotiates";
-  default: return "Status";
+  case 100:
+    return "Continue";
+  case 101:
+    return "Switching Protocols";
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 202:
+    return "Accepted";
+  case 204:
+    return "No Content";
+  case 206:
+    return "Partial Content";
+  case 301:
+    return "Moved Permanently";
+  case 302:
+    return "Found";
+  case 303:
+    return "See Other";
+  case 304:
+    return "Not Modified";
+  case 307:
+    return "Temporary Redirect";
+  case 308:
+    return "Permanent Redirect";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 413:
+    return "Content Too Large";
+  case 414:
+    return "URI Too Long";
+  case 426:
+    return "Upgrade Required";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  case 506:
+    return "Variant Also Negotiates";
+  default:
+    return "Status";
   }
 }
 
@@ -223,9 +261,11 @@ int wstun__http_head_write(const wstun__http_head *h, wstun__buf *out) {
                             h->target_len ? wstun__http_head_target(h)
                                           : wstun__http_reason(h->status));
   for (size_t i = 0; rc == 0 && i < h->nhdrs; i++) {
-    rc |= wstun__buf_append(out, wstun__http_head_name(h, i), h->hdrs[i].name_len);
+    rc |= wstun__buf_append(out, wstun__http_head_name(h, i),
+                            h->hdrs[i].name_len);
     rc |= wstun__buf_append(out, ": ", 2);
-    rc |= wstun__buf_append(out, wstun__http_head_value(h, i), h->hdrs[i].value_len);
+    rc |= wstun__buf_append(out, wstun__http_head_value(h, i),
+                            h->hdrs[i].value_len);
     rc |= wstun__buf_append(out, "\r\n", 2);
   }
   if (rc == 0)
@@ -241,7 +281,8 @@ int wstun__http_write_response(wstun__buf *out, int status,
                                const char *content_type, const void *body,
                                size_t n, const char *extra_headers, int close) {
   int rc = wstun__buf_appendf(
-      out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+      out,
+      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
       status, wstun__http_reason(status), content_type, n,
       extra_headers ? extra_headers : "", close ? "Connection: close\r\n" : "");
   return rc ? rc : wstun__buf_append(out, body, n);
@@ -344,7 +385,8 @@ static int on_header_field(llhttp_t *l, const char *at, size_t n) {
  * before the colon above all) is refused, since a lenient reading of
  * "Host : x" is how requests get smuggled past header filters. */
 static int is_tchar(unsigned char c) {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+      (c >= '0' && c <= '9'))
     return 1;
   return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
@@ -418,7 +460,9 @@ static int on_status(llhttp_t *l, const char *at, size_t n) {
   }
   return on_url(l, at, n);
 }
-static int on_status_complete(llhttp_t *l) { return on_url_complete(l); }
+static int on_status_complete(llhttp_t *l) {
+  return on_url_complete(l);
+}
 
 static int on_headers_complete(llhttp_t *l) {
   wstun__http_parser *p = PARSER(l);
@@ -544,7 +588,8 @@ int wstun__http_parser_feed(wstun__http_parser *p, const uint8_t *data,
     return WSTUN__HTTP_OK;
   }
   if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-    *consumed = (size_t)((const uint8_t *)llhttp_get_error_pos(&p->llhttp) - data);
+    *consumed =
+        (size_t)((const uint8_t *)llhttp_get_error_pos(&p->llhttp) - data);
     return WSTUN__HTTP_PAUSED;
   }
   return map_error(p, err);

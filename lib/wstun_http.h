@@ -17,14 +17,14 @@ typedef struct wstun__hdr {
 
 typedef struct wstun__http_head {
   int is_request;
-  int method;         /* llhttp_method_t, requests */
-  int status;         /* responses */
+  int method; /* llhttp_method_t, requests */
+  int status; /* responses */
   uint8_t major, minor;
   uint32_t target_off, target_len; /* request target or reason phrase */
-  wstun__buf text;    /* storage of every string of the head */
+  wstun__buf text;                 /* storage of every string of the head */
   wstun__hdr *hdrs;
   size_t nhdrs, cap;
-  int keep_alive;     /* as llhttp decided for this message */
+  int keep_alive;       /* as llhttp decided for this message */
   int has_body_framing; /* Content-Length or chunked present */
   int chunked;
   uint64_t content_length; /* valid when has_content_length */
@@ -97,12 +97,12 @@ typedef struct wstun__http_parser {
   llhttp_settings_t settings;
   wstun__http_head head;
   size_t head_bytes;
-  size_t max_head;     /* 0 = unlimited */
+  size_t max_head; /* 0 = unlimited */
   uint64_t body_bytes;
-  uint64_t max_body;   /* 0 = unlimited */
+  uint64_t max_body; /* 0 = unlimited */
   int in_head;
   int in_msg;
-  int error_status;    /* after an error: 400, 413, 431 … */
+  int error_status; /* after an error: 400, 413, 431 … */
   const char *error_text;
   int field_open, value_open; /* a header field/value is being collected */
   const uint8_t *feed_base;   /* start of the bytes being fed */

@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <strings.h>
 
-void wstun__log(const wstun__logger *lg, wstun_log_level level,
-                const char *fmt, ...) {
+void wstun__log(const wstun__logger *lg, wstun_log_level level, const char *fmt,
+                ...) {
   if (!WSTUN__LOG_ON(lg, level))
     return;
   char line[1024];

@@ -10,8 +10,8 @@ typedef struct wstun__logger {
   void *user_data;
 } wstun__logger;
 
-void wstun__log(const wstun__logger *lg, wstun_log_level level,
-                const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void wstun__log(const wstun__logger *lg, wstun_log_level level, const char *fmt,
+                ...) __attribute__((format(printf, 3, 4)));
 
 #define WSTUN__LOG_ON(lg, lvl) ((lg)->cb != NULL && (int)(lvl) <= (lg)->level)
 

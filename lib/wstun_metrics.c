@@ -4,10 +4,11 @@ static const double bucket_le[WSTUN__HIST_BUCKETS] = {
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 
 static const char *const hs_names[WSTUN__HS_REASONS] = {
-    "bad_method", "no_token", "short_token", "unauthorized",
-    "too_many_clients", "bad_upgrade"};
+    "bad_method",   "no_token",         "short_token",
+    "unauthorized", "too_many_clients", "bad_upgrade"};
 
-void wstun__metrics_answer(wstun__metrics *m, int status, uint64_t duration_ms) {
+void wstun__metrics_answer(wstun__metrics *m, int status,
+                           uint64_t duration_ms) {
   int cls = status / 100;
   if (cls >= 1 && cls <= 5)
     m->by_class[cls]++;
@@ -19,18 +20,20 @@ void wstun__metrics_answer(wstun__metrics *m, int status, uint64_t duration_ms) 
   m->hist_sum += secs;
 }
 
-#define GAUGE(name, help, value)                                             \
-  rc |= wstun__buf_appendf(out, "# HELP " name " " help "\n# TYPE " name       \
-                                " gauge\n" name " %llu\n",                     \
-                           (unsigned long long)(value))
-#define COUNTER(name, help, value)                                           \
-  rc |= wstun__buf_appendf(out, "# HELP " name " " help "\n# TYPE " name       \
-                                " counter\n" name " %llu\n",                   \
+#define GAUGE(name, help, value)                                               \
+  rc |= wstun__buf_appendf(                                                    \
+      out, "# HELP " name " " help "\n# TYPE " name " gauge\n" name " %llu\n", \
+      (unsigned long long)(value))
+#define COUNTER(name, help, value)                                             \
+  rc |= wstun__buf_appendf(out,                                                \
+                           "# HELP " name " " help "\n# TYPE " name            \
+                           " counter\n" name " %llu\n",                        \
                            (unsigned long long)(value))
 
 int wstun__metrics_write(const wstun__metrics *m, const wstun_server_stats *st,
                          size_t queued, const size_t by_conns[4],
-                         uint64_t bytes_in, uint64_t bytes_out, wstun__buf *out) {
+                         uint64_t bytes_in, uint64_t bytes_out,
+                         wstun__buf *out) {
   int rc = 0;
   GAUGE("wstun_tunnels", "Tokens with at least one live tunnel connection.",
         st->tunnels);
@@ -42,9 +45,9 @@ int wstun__metrics_write(const wstun__metrics *m, const wstun_server_stats *st,
            "tunnel connections.\n# TYPE wstun_tokens_by_connections gauge\n");
   static const char *const k[4] = {"0", "1", "2", "3+"};
   for (int i = 0; i < 4; i++)
-    rc |= wstun__buf_appendf(out,
-                             "wstun_tokens_by_connections{connections=\"%s\"} %zu\n",
-                             k[i], by_conns[i]);
+    rc |= wstun__buf_appendf(
+        out, "wstun_tokens_by_connections{connections=\"%s\"} %zu\n", k[i],
+        by_conns[i]);
   GAUGE("wstun_pending_requests", "Requests queued or in flight.",
         st->pending_requests);
   GAUGE("wstun_queued_requests",
@@ -57,14 +60,14 @@ int wstun__metrics_write(const wstun__metrics *m, const wstun_server_stats *st,
           m->tunnel_disconnects);
   COUNTER("wstun_received_bytes_total", "Bytes read from all sockets.",
           bytes_in);
-  COUNTER("wstun_sent_bytes_total", "Bytes written to all sockets.",
-          bytes_out);
+  COUNTER("wstun_sent_bytes_total", "Bytes written to all sockets.", bytes_out);
   rc |= wstun__buf_appendf(
       out, "# HELP wstun_requests_total Tunneled requests answered, by status "
            "class.\n# TYPE wstun_requests_total counter\n");
   for (int c = 1; c <= 5; c++)
-    rc |= wstun__buf_appendf(out, "wstun_requests_total{status=\"%dxx\"} %llu\n",
-                             c, (unsigned long long)m->by_class[c]);
+    rc |=
+        wstun__buf_appendf(out, "wstun_requests_total{status=\"%dxx\"} %llu\n",
+                           c, (unsigned long long)m->by_class[c]);
   rc |= wstun__buf_appendf(
       out, "# HELP wstun_request_duration_seconds Time from request head to "
            "response head.\n# TYPE wstun_request_duration_seconds histogram\n");
@@ -83,8 +86,8 @@ int wstun__metrics_write(const wstun__metrics *m, const wstun_server_stats *st,
       out, "# HELP wstun_handshake_failures_total Tunnel handshakes refused, "
            "by reason.\n# TYPE wstun_handshake_failures_total counter\n");
   for (int r = 0; r < WSTUN__HS_REASONS; r++)
-    rc |= wstun__buf_appendf(out,
-                             "wstun_handshake_failures_total{reason=\"%s\"} %llu\n",
-                             hs_names[r], (unsigned long long)m->hs_failures[r]);
+    rc |= wstun__buf_appendf(
+        out, "wstun_handshake_failures_total{reason=\"%s\"} %llu\n",
+        hs_names[r], (unsigned long long)m->hs_failures[r]);
   return rc ? WSTUN_ENOMEM : 0;
 }

@@ -22,10 +22,10 @@ typedef enum {
 } wstun__hs_reason;
 
 typedef struct wstun__metrics {
-  uint64_t by_class[6];                     /* answers by status class 1xx..5xx */
-  uint64_t hist[WSTUN__HIST_BUCKETS];       /* request durations, cumulative below */
+  uint64_t by_class[6];               /* answers by status class 1xx..5xx */
+  uint64_t hist[WSTUN__HIST_BUCKETS]; /* request durations, cumulative below */
   uint64_t hist_count;
-  double hist_sum;                          /* seconds */
+  double hist_sum; /* seconds */
   uint64_t tunnel_connects, tunnel_disconnects;
   uint64_t hs_failures[WSTUN__HS_REASONS];
 } wstun__metrics;
@@ -36,6 +36,7 @@ void wstun__metrics_answer(wstun__metrics *m, int status, uint64_t duration_ms);
 /* by_conns[k]: tokens with k live connections (k = 0, 1, 2, 3 or more) */
 int wstun__metrics_write(const wstun__metrics *m, const wstun_server_stats *st,
                          size_t queued, const size_t by_conns[4],
-                         uint64_t bytes_in, uint64_t bytes_out, wstun__buf *out);
+                         uint64_t bytes_in, uint64_t bytes_out,
+                         wstun__buf *out);
 
 #endif

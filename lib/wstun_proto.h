@@ -13,7 +13,8 @@
 #define WSTUN__PROTO_ID_WRAP 32000
 
 /* Writes "%04x " (5 bytes, no NUL). */
-void wstun__proto_write_prefix(uint16_t id, uint8_t out[WSTUN__PROTO_PREFIX_LEN]);
+void wstun__proto_write_prefix(uint16_t id,
+                               uint8_t out[WSTUN__PROTO_PREFIX_LEN]);
 
 /* Incremental prefix decoder: feed bytes until it reports done. */
 typedef struct wstun__proto_prefix {

@@ -138,8 +138,8 @@ static wstun__token *get_or_add_token(wstun_server *srv, const char *name) {
 }
 
 static void remove_token(wstun_server *srv, wstun__token *t) {
-  wstun__token **pp = &srv->buckets[hash_token(t->name, strlen(t->name)) %
-                                    srv->nbuckets];
+  wstun__token **pp =
+      &srv->buckets[hash_token(t->name, strlen(t->name)) % srv->nbuckets];
   while (*pp && *pp != t)
     pp = &(*pp)->hnext;
   if (*pp)
@@ -157,7 +157,9 @@ size_t wstun_server_tunnel_count(const wstun_server *srv) {
   return n;
 }
 
-int wstun_server_port(const wstun_server *srv) { return srv->port; }
+int wstun_server_port(const wstun_server *srv) {
+  return srv->port;
+}
 
 size_t wstun__token_pending(const wstun__token *t) {
   size_t n = t->nqueued;
@@ -186,15 +188,14 @@ void wstun_server_foreach_tunnel(const wstun_server *srv,
   for (size_t i = 0; i < srv->nbuckets; i++)
     for (const wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
       const wstun__srv_tunnel *st = t->tunnels;
-      uint64_t last = t->last_activity > t->last_seen ? t->last_activity
-                                                      : t->last_seen;
+      uint64_t last =
+          t->last_activity > t->last_seen ? t->last_activity : t->last_seen;
       wstun_tunnel_info info = {
           .token = t->name,
           .connections = t->ntunnels,
           .pending_requests = wstun__token_pending(t),
           .remote_addr = st ? st->addr : "",
-          .client_version =
-              st && st->client_version ? st->client_version : "",
+          .client_version = st && st->client_version ? st->client_version : "",
           .remote_name = st && st->remote_name ? st->remote_name : "",
           .idle_ms = now - last,
       };
@@ -232,8 +233,8 @@ void wstun__server_conn_release(wstun_server *srv, wstun__ipcount *slot) {
   srv->nconns--;
   if (--slot->n > 0)
     return;
-  wstun__ipcount **pp = &srv->ips[hash_token(slot->ip, strlen(slot->ip)) %
-                                  WSTUN__IP_BUCKETS];
+  wstun__ipcount **pp =
+      &srv->ips[hash_token(slot->ip, strlen(slot->ip)) % WSTUN__IP_BUCKETS];
   while (*pp && *pp != slot)
     pp = &(*pp)->next;
   if (*pp)
@@ -286,8 +287,9 @@ static void send_on(wstun__srv_tunnel *st, wstun__front *f) {
   f->tun = st;
   f->state = WSTUN__EX_SENDING;
   wstun__log(&st->srv->log, WSTUN_LOG_DEBUG,
-             "WS   SND token=%s id=%04x verb=%s url=%s addr=%s", f->token_prefix,
-             f->id, llhttp_method_name((llhttp_method_t)f->method),
+             "WS   SND token=%s id=%04x verb=%s url=%s addr=%s",
+             f->token_prefix, f->id,
+             llhttp_method_name((llhttp_method_t)f->method),
              wstun__http_head_target(&f->parser.head), st->addr);
   f->ex_next = st->inflight;
   st->inflight = f;
@@ -379,8 +381,8 @@ static wstun__front *find_inflight(wstun__srv_tunnel *st, uint16_t id) {
 static void *st_msg_begin(wstun__tunnel *t, uint16_t id) {
   wstun__srv_tunnel *st = t->owner;
   wstun__front *f = find_inflight(st, id);
-  if (f == NULL || (f->state != WSTUN__EX_WAITING &&
-                    f->state != WSTUN__EX_SENDING)) {
+  if (f == NULL ||
+      (f->state != WSTUN__EX_WAITING && f->state != WSTUN__EX_SENDING)) {
     wstun__log(&st->srv->log, WSTUN_LOG_INFO,
                "WS   RCV id=%04x: no such request in flight (late?): dropped",
                id);
@@ -510,8 +512,8 @@ static int check_auth(const char *header, const char *token,
   if (colon != NULL) {
     size_t ulen = (size_t)(colon - raw);
     int user_ok = wstun__ct_equal(raw, ulen, token, strlen(token));
-    int pw_ok = wstun__ct_equal(colon + 1, n - ulen - 1, password,
-                                strlen(password));
+    int pw_ok =
+        wstun__ct_equal(colon + 1, n - ulen - 1, password, strlen(password));
     ok = user_ok & pw_ok;
   }
   wstun__free(raw);
@@ -536,7 +538,8 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   }
   if (strlen(token) < MIN_TOKEN_LEN) {
     srv->metrics.hs_failures[WSTUN__HS_SHORT_TOKEN]++;
-    wstun__front_fail(f, 400, "Rendez-vous token is too short (must be 16 chars)");
+    wstun__front_fail(f, 400,
+                      "Rendez-vous token is too short (must be 16 chars)");
     return 0;
   }
   wstun__redact(token, red);
@@ -548,7 +551,8 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
                "WS   refused token=%s addr=%s: bad password", red, peer);
     wstun__buf *out = wstun__conn_outbuf(f->conn);
     wstun__http_write_simple(out, 401, "Invalid token or password",
-                             "WWW-Authenticate: Basic realm=\"wstunnel\"\r\n", 1);
+                             "WWW-Authenticate: Basic realm=\"wstunnel\"\r\n",
+                             1);
     wstun__front_fail(f, 0, NULL);
     return 0;
   }
@@ -627,7 +631,8 @@ static void sweep_tokens(uv_timer_t *timer) {
                    (unsigned long long)((now - t->last_seen) / 1000));
         while (t->q_head) {
           wstun__front *f = t->q_head;
-          wstun__front_fail(f, 404, "Tunnel not found (or not seen in a long time)");
+          wstun__front_fail(f, 404,
+                            "Tunnel not found (or not seen in a long time)");
         }
         remove_token(srv, t);
       }
@@ -668,7 +673,9 @@ static void server_free(wstun_server *srv) {
   wstun__free(srv);
 }
 
-static void free_after_close(uv_handle_t *h) { server_free(h->data); }
+static void free_after_close(uv_handle_t *h) {
+  server_free(h->data);
+}
 
 static void on_handle_closed(uv_handle_t *h) {
   wstun_server *srv = h->data;
@@ -724,7 +731,9 @@ static void close_all(wstun_server *srv) {
   wstun__server_front_gone(srv);
 }
 
-static void on_grace_over(uv_timer_t *timer) { close_all(timer->data); }
+static void on_grace_over(uv_timer_t *timer) {
+  close_all(timer->data);
+}
 
 void wstun_server_close(wstun_server *srv, unsigned grace_ms,
                         wstun_server_close_cb cb, void *user_data) {
@@ -786,20 +795,23 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
     goto fail_early;
   }
   srv->base_len = strlen(srv->base_path);
-  int mq = cfg->max_requests_per_tunnel <= 0 ? 20 : cfg->max_requests_per_tunnel;
+  int mq =
+      cfg->max_requests_per_tunnel <= 0 ? 20 : cfg->max_requests_per_tunnel;
   srv->max_queue = mq > MAX_QUEUE_CAP ? MAX_QUEUE_CAP : (size_t)mq;
-  srv->max_clients = cfg->max_clients_per_token > 0
-                         ? (size_t)cfg->max_clients_per_token
-                         : 0;
+  srv->max_clients =
+      cfg->max_clients_per_token > 0 ? (size_t)cfg->max_clients_per_token : 0;
   int wst = cfg->ws_timeout_sec;
   wst = wst < 3 ? 3 : wst > 600 ? 600 : wst;
   srv->ws_timeout_ms = (uint64_t)wst * 1000;
   srv->http_timeout_ms =
-      (uint64_t)(cfg->http_timeout_sec > 0 ? cfg->http_timeout_sec : 1200) * 1000;
+      (uint64_t)(cfg->http_timeout_sec > 0 ? cfg->http_timeout_sec : 1200) *
+      1000;
   srv->forget_ms =
-      (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) * 1000;
+      (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) *
+      1000;
   srv->max_header = cfg->max_header_bytes ? cfg->max_header_bytes : 64 * 1024;
-  if (wstun__cidr_list_parse(cfg->trusted_proxies, &srv->trusted_proxies) != 0 ||
+  if (wstun__cidr_list_parse(cfg->trusted_proxies, &srv->trusted_proxies) !=
+          0 ||
       wstun__cidr_list_parse(cfg->admin_allow, &srv->admin_allow) != 0) {
     rc = WSTUN_ECIDR;
     goto fail_early;
@@ -813,7 +825,8 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   }
   srv->max_body = cfg->max_body_bytes;
   srv->header_timeout_ms =
-      (uint64_t)(cfg->header_timeout_sec > 0 ? cfg->header_timeout_sec : 30) * 1000;
+      (uint64_t)(cfg->header_timeout_sec > 0 ? cfg->header_timeout_sec : 30) *
+      1000;
   srv->max_conns = cfg->max_connections > 0 ? (size_t)cfg->max_connections : 0;
   srv->max_conns_per_ip =
       cfg->max_connections_per_ip > 0 ? (size_t)cfg->max_connections_per_ip : 0;

@@ -59,15 +59,15 @@ struct wstun__token {
 
 struct wstun__srv_tunnel {
   wstun_server *srv;
-  wstun__tunnel *t;       /* NULL once dead */
-  wstun__token *tok;      /* NULL once dead */
+  wstun__tunnel *t;        /* NULL once dead */
+  wstun__token *tok;       /* NULL once dead */
   wstun__srv_tunnel *next; /* in tok->tunnels */
   wstun__front *inflight;  /* exchanges dispatched here */
   size_t ninflight;
   char addr[64];
   wstun__ipcount *ip; /* taken over from the front connection */
   char *client_version;
-  char *remote_name;            /* reverse DNS of the peer, once known */
+  char *remote_name;             /* reverse DNS of the peer, once known */
   struct wstun__dns_lookup *dns; /* in flight, or NULL */
 };
 
@@ -88,13 +88,13 @@ struct wstun__front {
   wstun__ex_state state;
   wstun__token *tok;
   wstun__srv_tunnel *tun;
-  wstun__front *ex_next;     /* in tok queue or tun->inflight */
+  wstun__front *ex_next; /* in tok queue or tun->inflight */
   uint16_t id;
   int tries;
   int method;
-  int req_chunked;     /* re-encoding the request body as chunked */
-  int req_complete;    /* the whole request was read */
-  wstun__outmsg *req;  /* the tunnel message being produced */
+  int req_chunked;         /* re-encoding the request body as chunked */
+  int req_complete;        /* the whole request was read */
+  wstun__outmsg *req;      /* the tunnel message being produced */
   wstun__http_parser resp; /* the response from the tunnel */
   int resp_init;
   int resp_chunked; /* re-encoding the response body as chunked */
@@ -129,7 +129,7 @@ struct wstun_server {
   size_t nbuckets, ntokens;
   wstun__front *fronts;
   size_t nfronts;
-  size_t live_tunnels; /* srv_tunnel structures not yet freed */
+  size_t live_tunnels;         /* srv_tunnel structures not yet freed */
   uint64_t completed, errored; /* exchanges answered by a tunnel / not */
   wstun__metrics metrics;
   wstun__cidr_list trusted_proxies, admin_allow;

@@ -153,7 +153,8 @@ static void ws_frame_start(wslay_event_context_ptr ctx,
   if (t->frame_ctrl)
     return;
   if (a->opcode == WSLAY_TEXT_FRAME) {
-    wstun__log(t->log, WSTUN_LOG_WARN, "tunnel: text message received: closing");
+    wstun__log(t->log, WSTUN_LOG_WARN,
+               "tunnel: text message received: closing");
     t->err = WSTUN_EPROTO;
     wslay_event_queue_close(t->ws, WSLAY_CODE_UNSUPPORTED_DATA, NULL, 0);
     t->drop = 1;
@@ -305,7 +306,9 @@ static void pump(wstun__tunnel *t) {
   }
 }
 
-void wstun__tunnel_kick(wstun__tunnel *t) { pump(t); }
+void wstun__tunnel_kick(wstun__tunnel *t) {
+  pump(t);
+}
 
 void wstun__tunnel_send(wstun__tunnel *t, wstun__outmsg *m) {
   m->queued = 1;
@@ -368,7 +371,9 @@ static void tun_on_end(wstun__conn *c, int err) {
   tunnel_fail(t, WSTUN_ECLOSED);
 }
 
-static void tun_on_drain(wstun__conn *c) { pump((wstun__tunnel *)c->owner); }
+static void tun_on_drain(wstun__conn *c) {
+  pump((wstun__tunnel *)c->owner);
+}
 
 static void maybe_free(wstun__tunnel *t) {
   if (!t->conn_closed || !t->timer_closed)
@@ -472,7 +477,8 @@ static void on_tick(uv_timer_t *timer) {
    * anything at all (PROTOCOL.md section 4) */
   uint64_t seen = t->ping_interval_ms ? t->last_ctrl : t->last_rx;
   if (t->dead_after_ms && now - seen >= t->dead_after_ms) {
-    wstun__log(t->log, WSTUN_LOG_INFO, "tunnel: nothing heard for %llu ms: closing",
+    wstun__log(t->log, WSTUN_LOG_INFO,
+               "tunnel: nothing heard for %llu ms: closing",
                (unsigned long long)(now - seen));
     tunnel_fail(t, WSTUN_ETIMEDOUT);
     return;
@@ -486,14 +492,17 @@ static void on_tick(uv_timer_t *timer) {
 
 static void on_first_tick(uv_timer_t *timer) {
   wstun__tunnel *t = timer->data;
-  uint64_t tick = t->ping_interval_ms ? t->ping_interval_ms : t->dead_after_ms / 4;
+  uint64_t tick =
+      t->ping_interval_ms ? t->ping_interval_ms : t->dead_after_ms / 4;
   if (tick < 250)
     tick = 250;
   uv_timer_start(&t->timer, on_tick, tick, tick);
   wstun__conn_resume(t->conn);
 }
 
-void wstun__tunnel_pause_rx(wstun__tunnel *t) { t->rx_paused = 1; }
+void wstun__tunnel_pause_rx(wstun__tunnel *t) {
+  t->rx_paused = 1;
+}
 
 void wstun__tunnel_forget_sink(wstun__tunnel *t, void *sink) {
   if (t->sink == sink && sink != NULL) {

@@ -44,12 +44,12 @@ typedef struct wstun__outmsg_cbs {
 } wstun__outmsg_cbs;
 
 struct wstun__outmsg {
-  wstun__buf buf;      /* bytes not yet taken by the tunnel, prefix first */
+  wstun__buf buf; /* bytes not yet taken by the tunnel, prefix first */
   unsigned finished : 1, queued : 1, started : 1, paused_src : 1;
   wstun__tunnel *tunnel;
   wstun__outmsg *next;
   const wstun__outmsg_cbs *cbs;
-  void *owner;         /* NULL once the owner gave up on it */
+  void *owner; /* NULL once the owner gave up on it */
 };
 
 wstun__outmsg *wstun__outmsg_new(const wstun__outmsg_cbs *cbs, void *owner);

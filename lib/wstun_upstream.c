@@ -9,9 +9,9 @@
 #include "wstun_client_int.h"
 #include "wstun_proto.h"
 
-#define IDLE_EXPIRE_MS 30000      /* shorter than common backend keep-alives */
+#define IDLE_EXPIRE_MS 30000 /* shorter than common backend keep-alives */
 #define CONNECT_TIMEOUT_MS 10000
-#define REPLAY_MAX (64 * 1024)    /* requests up to this size can be retried */
+#define REPLAY_MAX (64 * 1024) /* requests up to this size can be retried */
 #define RESP_MAX_HEAD (1 << 20)
 
 struct wstun__upstream {
@@ -189,7 +189,8 @@ static void fail_before_response(wstun__upstream *up, const char *why) {
     wstun__buf_free(&both);
   }
   char msg[256];
-  snprintf(msg, sizeof(msg), "Backend %s unavailable: %s", req->backend_key, why);
+  snprintf(msg, sizeof(msg), "Backend %s unavailable: %s", req->backend_key,
+           why);
   wstun__log(&req->cli->log, WSTUN_LOG_WARN, "HTTP RET id=%04x status=502 %s",
              req->id, msg);
   req->state = WSTUN__CR_ANSWERED;
@@ -286,8 +287,8 @@ void wstun__upstream_push(wstun_request *req) {
   if (up == NULL)
     return;
   flush_request(up);
-  if (up->paused_by_msg && (req->resp == NULL ||
-                            !wstun__outmsg_full(req->resp))) {
+  if (up->paused_by_msg &&
+      (req->resp == NULL || !wstun__outmsg_full(req->resp))) {
     up->paused_by_msg = 0;
     wstun__conn_resume(up->conn);
   }
@@ -300,7 +301,8 @@ static void up_on_connect_pinned(wstun__conn *c, int status) {
     return;
   }
   up->connected = 1;
-  uv_timer_start(&up->timer, on_backend_timeout, up->cli->backend_timeout_ms, 0);
+  uv_timer_start(&up->timer, on_backend_timeout, up->cli->backend_timeout_ms,
+                 0);
   wstun__conn_start_read(up->conn);
   flush_request(up);
 }
@@ -317,13 +319,15 @@ static void start_connect(wstun__upstream *up, const struct sockaddr *addr) {
     fail_before_response(up, uv_strerror(rc));
 }
 
-static void up_on_resolved_pinned(uv_getaddrinfo_t *r, int status, struct addrinfo *res) {
+static void up_on_resolved_pinned(uv_getaddrinfo_t *r, int status,
+                                  struct addrinfo *res) {
   wstun__upstream *up = r->data;
   up->resolving = 0;
   if (up->closing || status != 0 || res == NULL) {
     uv_freeaddrinfo(res);
     if (!up->closing)
-      fail_before_response(up, status == 0 ? "no address" : uv_strerror(status));
+      fail_before_response(up,
+                           status == 0 ? "no address" : uv_strerror(status));
     else
       up_maybe_free(up);
     return;
@@ -332,7 +336,8 @@ static void up_on_resolved_pinned(uv_getaddrinfo_t *r, int status, struct addrin
   uv_freeaddrinfo(res);
 }
 
-static void up_on_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *res) {
+static void up_on_resolved(uv_getaddrinfo_t *r, int status,
+                           struct addrinfo *res) {
   wstun_request *req = pin((wstun__upstream *)r->data);
   up_on_resolved_pinned(r, status, res);
   unpin(req);
@@ -389,7 +394,8 @@ void wstun__upstream_start(wstun_request *req) {
 
 static void hand_over(wstun_request *req) {
   if (req->resp && !req->resp_handed && req->t &&
-      (req->resp->finished || wstun__buf_size(&req->resp->buf) >= WSTUN__STREAM_AT)) {
+      (req->resp->finished ||
+       wstun__buf_size(&req->resp->buf) >= WSTUN__STREAM_AT)) {
     req->resp_handed = 1;
     wstun__tunnel_send(req->t, req->resp);
   } else if (req->resp && req->resp_handed && req->t) {
@@ -510,7 +516,8 @@ static const wstun__http_parser_cbs resp_cbs = {
 
 /* ---- connection callbacks ----------------------------------------------- */
 
-static size_t up_on_data_pinned(wstun__conn *c, const uint8_t *data, size_t len) {
+static size_t up_on_data_pinned(wstun__conn *c, const uint8_t *data,
+                                size_t len) {
   wstun__upstream *up = c->owner;
   if (up->idle || up->req == NULL) {
     up_close(up); /* bytes nobody asked for: the connection is unusable */
@@ -554,7 +561,8 @@ static void up_on_end_pinned(wstun__conn *c, int err) {
     fail_mid_response(up);
     return;
   }
-  fail_before_response(up, err == UV_EOF ? "connection closed" : uv_strerror(err));
+  fail_before_response(up,
+                       err == UV_EOF ? "connection closed" : uv_strerror(err));
 }
 
 static void up_on_end(wstun__conn *c, int err) {

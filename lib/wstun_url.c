@@ -31,7 +31,8 @@ static int pct_decode(char *s) {
   char *w = s;
   for (char *r = s; *r; r++) {
     if (*r == '%') {
-      int h = hexval((unsigned char)r[1]), l = h < 0 ? -1 : hexval((unsigned char)r[2]);
+      int h = hexval((unsigned char)r[1]),
+          l = h < 0 ? -1 : hexval((unsigned char)r[2]);
       if (h < 0 || l < 0)
         return -1;
       *w++ = (char)(h * 16 + l);

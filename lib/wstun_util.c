@@ -25,7 +25,9 @@ const char *wstun__redact(const char *secret, char out[12]) {
   return out;
 }
 
-static int lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
+static int lower(int c) {
+  return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+}
 
 int wstun__ascii_casecmp_n(const char *a, size_t alen, const char *b) {
   size_t blen = strlen(b);

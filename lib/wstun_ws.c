@@ -113,7 +113,8 @@ int wstun__base64_decode(const char *in, unsigned char **out, size_t *n) {
   size_t olen = 0, ilen = strlen(in);
   *out = NULL;
   *n = 0;
-  int rc = mbedtls_base64_decode(NULL, 0, &olen, (const unsigned char *)in, ilen);
+  int rc =
+      mbedtls_base64_decode(NULL, 0, &olen, (const unsigned char *)in, ilen);
   if (rc == MBEDTLS_ERR_BASE64_INVALID_CHARACTER)
     return WSTUN_EINVAL;
   unsigned char *o = wstun__malloc(olen + 1);

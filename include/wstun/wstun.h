@@ -40,19 +40,19 @@ extern "C" {
 
 /* ---- errors ------------------------------------------------------------ */
 
-#define WSTUN_ERRNO_MAP(XX)                                                  \
-  XX(EINVAL, -1, "invalid argument")                                         \
-  XX(ENOMEM, -2, "out of memory")                                            \
-  XX(EURL, -3, "malformed URL")                                              \
-  XX(EREGEX, -4, "invalid regular expression")                               \
-  XX(ELISTEN, -5, "cannot listen on the given address")                      \
-  XX(ESTATE, -6, "operation not allowed in the current state")               \
-  XX(EPROTO, -7, "tunnel protocol error")                                    \
-  XX(EHANDSHAKE, -8, "WebSocket handshake failed")                           \
-  XX(ECONNECT, -9, "connection failed")                                      \
-  XX(ECLOSED, -10, "connection closed")                                      \
-  XX(ETIMEDOUT, -11, "timed out")                                            \
-  XX(EPASSWORDS, -12, "malformed password list")                            \
+#define WSTUN_ERRNO_MAP(XX)                                                    \
+  XX(EINVAL, -1, "invalid argument")                                           \
+  XX(ENOMEM, -2, "out of memory")                                              \
+  XX(EURL, -3, "malformed URL")                                                \
+  XX(EREGEX, -4, "invalid regular expression")                                 \
+  XX(ELISTEN, -5, "cannot listen on the given address")                        \
+  XX(ESTATE, -6, "operation not allowed in the current state")                 \
+  XX(EPROTO, -7, "tunnel protocol error")                                      \
+  XX(EHANDSHAKE, -8, "WebSocket handshake failed")                             \
+  XX(ECONNECT, -9, "connection failed")                                        \
+  XX(ECLOSED, -10, "connection closed")                                        \
+  XX(ETIMEDOUT, -11, "timed out")                                              \
+  XX(EPASSWORDS, -12, "malformed password list")                               \
   XX(ECIDR, -13, "malformed address list")
 
 typedef enum {
@@ -108,19 +108,19 @@ WSTUN_EXTERN int wstun_log_level_parse(const char *name);
 typedef struct wstun_server wstun_server;
 
 typedef struct wstun_server_config {
-  const char *host;        /* listen address; default "0.0.0.0" */
-  int port;                /* default 80; 0 picks a free port */
-  const char *base_path;   /* prefix of every endpoint; default "" */
-  const char *passwords;   /* "token:password,token2:pw2"; NULL = none */
+  const char *host;            /* listen address; default "0.0.0.0" */
+  int port;                    /* default 80; 0 picks a free port */
+  const char *base_path;       /* prefix of every endpoint; default "" */
+  const char *passwords;       /* "token:password,token2:pw2"; NULL = none */
   int max_requests_per_tunnel; /* requests waiting to be written to a
                                   tunnel, per token; default 20, 0 = 20,
                                   capped at 1000 */
   int max_clients_per_token;   /* 0 = unlimited */
-  int ws_timeout_sec;      /* close a silent tunnel; default 30, 3..600 */
-  int http_timeout_sec;    /* answer 504 after; default 1200 */
-  int token_forget_sec;    /* forget a token with no client; default 3600 */
-  size_t max_header_bytes; /* request head larger → 431; default 64 KiB */
-  uint64_t max_body_bytes; /* request body larger → 413; 0 = unlimited */
+  int ws_timeout_sec;          /* close a silent tunnel; default 30, 3..600 */
+  int http_timeout_sec;        /* answer 504 after; default 1200 */
+  int token_forget_sec;        /* forget a token with no client; default 3600 */
+  size_t max_header_bytes;     /* request head larger → 431; default 64 KiB */
+  uint64_t max_body_bytes;     /* request body larger → 413; 0 = unlimited */
   /* Slow clients: the whole request head must arrive within this many
    * seconds of its first byte, else 408 and the connection closes
    * (slowloris). Default 30. */
@@ -141,8 +141,8 @@ typedef struct wstun_server_config {
   /* When set, /admin/... and /metrics also need "Authorization: Bearer
    * <admin_token>" (compared in constant time). */
   const char *admin_token;
-  int log_level;           /* wstun_log_level; default WSTUN_LOG_INFO */
-  wstun_log_cb log_cb;     /* NULL = silent */
+  int log_level;       /* wstun_log_level; default WSTUN_LOG_INFO */
+  wstun_log_cb log_cb; /* NULL = silent */
   void *log_user_data;
 } wstun_server_config;
 
@@ -169,9 +169,9 @@ WSTUN_EXTERN size_t wstun_server_tunnel_count(const wstun_server *srv);
 typedef struct wstun_server_stats {
   size_t tunnels;            /* tokens with at least one live connection */
   size_t tunnel_connections; /* live tunnel connections, all tokens */
-  size_t tokens;             /* tokens known (live or waiting to be forgotten) */
-  size_t pending_requests;   /* exchanges queued or in flight */
-  size_t front_connections;  /* open HTTP connections of requesters */
+  size_t tokens;            /* tokens known (live or waiting to be forgotten) */
+  size_t pending_requests;  /* exchanges queued or in flight */
+  size_t front_connections; /* open HTTP connections of requesters */
   uint64_t completed_requests; /* answered by a tunnel client */
   uint64_t errored_requests;   /* answered by the server with an error */
 } wstun_server_stats;
@@ -207,8 +207,7 @@ typedef void (*wstun_server_close_cb)(wstun_server *srv, void *user_data);
  * `cb` (may be NULL) fires once everything is closed; the pointer is
  * invalid after it returns. Calling it twice is harmless. */
 WSTUN_EXTERN void wstun_server_close(wstun_server *srv, unsigned grace_ms,
-                                     wstun_server_close_cb cb,
-                                     void *user_data);
+                                     wstun_server_close_cb cb, void *user_data);
 
 /* ---- client ------------------------------------------------------------ */
 
@@ -233,16 +232,16 @@ typedef void (*wstun_client_state_cb)(wstun_client *cli,
                                       void *user_data);
 
 typedef struct wstun_client_config {
-  const char *tunnel_url; /* ws://[user:pass@]host[:port][/base]; required */
-  const char *token;      /* at least 16 characters; required */
-  const char *password;   /* the token's password, or NULL */
-  const char *server_url; /* default backend http://host[:port]; or NULL */
-  const char *regexp;     /* X-Host allowed when it matches entirely */
-  int timeout_sec;        /* ping every timeout/3, dead after timeout; 30 */
-  int backend_timeout_sec;   /* backend must answer within; default 1200 */
-  int reconnect_max_ms;      /* backoff cap; default 30000 */
-  int max_idle_per_backend;  /* idle keep-alive connections kept per
-                                backend; default 256 */
+  const char *tunnel_url;   /* ws://[user:pass@]host[:port][/base]; required */
+  const char *token;        /* at least 16 characters; required */
+  const char *password;     /* the token's password, or NULL */
+  const char *server_url;   /* default backend http://host[:port]; or NULL */
+  const char *regexp;       /* X-Host allowed when it matches entirely */
+  int timeout_sec;          /* ping every timeout/3, dead after timeout; 30 */
+  int backend_timeout_sec;  /* backend must answer within; default 1200 */
+  int reconnect_max_ms;     /* backoff cap; default 30000 */
+  int max_idle_per_backend; /* idle keep-alive connections kept per
+                               backend; default 256 */
   const char *client_version; /* sent as X-Client-Version; default lib's */
   wstun_handler_cb handler;   /* if set, requests go here, not to HTTP */
   void *handler_user_data;
@@ -271,8 +270,7 @@ typedef void (*wstun_client_close_cb)(wstun_client *cli, void *user_data);
 /* Closes the tunnel (after up to `grace_ms` for requests in progress) and
  * every handle, then frees the client and fires `cb` (may be NULL). */
 WSTUN_EXTERN void wstun_client_close(wstun_client *cli, unsigned grace_ms,
-                                     wstun_client_close_cb cb,
-                                     void *user_data);
+                                     wstun_client_close_cb cb, void *user_data);
 
 /* In-process requests. Strings are owned by the request. */
 WSTUN_EXTERN const char *wstun_request_method(const wstun_request *req);

@@ -38,7 +38,8 @@ typedef struct fz_http {
   int checks; /* 0 once an allocation failed: only memory safety counts */
 } fz_http;
 
-/* ---- reference helpers (independent of lib/) -------------------------------- */
+/* ---- reference helpers (independent of lib/) --------------------------------
+ */
 
 static int fz_ieq(const char *a, size_t an, const char *b) {
   size_t bn = strlen(b);
@@ -71,8 +72,8 @@ static int fz_ref_has_token(const wstun__http_head *h, const char *list,
         b--;
       if (b - a == tokn && tokn > 0) {
         size_t k = 0;
-        while (k < tokn &&
-               tolower((unsigned char)v[a + k]) == tolower((unsigned char)tok[k]))
+        while (k < tokn && tolower((unsigned char)v[a + k]) ==
+                               tolower((unsigned char)tok[k]))
           k++;
         if (k == tokn)
           return 1;
@@ -92,7 +93,8 @@ static int fz_known(const char *tag) {
   return k != NULL && strstr(k, tag) != NULL;
 }
 
-/* ---- head invariants ------------------------------------------------------------ */
+/* ---- head invariants
+ * ------------------------------------------------------------ */
 
 static int fz_is_tchar(unsigned char c) {
   return isalnum(c) || (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
@@ -133,7 +135,8 @@ static void fz_check_head(const wstun__http_head *h, int is_request) {
     const char *v = wstun__http_head_value(h, i);
     FZ_CHECK(h->hdrs[i].name_off + (uint64_t)h->hdrs[i].name_len < h->text.len,
              "header %zu name out of the text", i);
-    FZ_CHECK(h->hdrs[i].value_off + (uint64_t)h->hdrs[i].value_len < h->text.len,
+    FZ_CHECK(h->hdrs[i].value_off + (uint64_t)h->hdrs[i].value_len <
+                 h->text.len,
              "header %zu value out of the text", i);
     FZ_CHECK(strlen(nm) == h->hdrs[i].name_len, "header %zu name length", i);
     FZ_CHECK(strlen(v) == h->hdrs[i].value_len, "header %zu value length", i);
@@ -149,7 +152,8 @@ static void fz_check_head(const wstun__http_head *h, int is_request) {
   }
 }
 
-/* ---- re-parsing serialized heads ------------------------------------------------ */
+/* ---- re-parsing serialized heads
+ * ------------------------------------------------ */
 
 static int fz_reparse_on_head(void *ud, wstun__http_head *h) {
   (void)h;
@@ -187,8 +191,8 @@ static void fz_dump(const char *what, const wstun__buf *b) {
 }
 
 /* `got` (re-parsed from our own output) must be the head `want` describes. */
-static void fz_same_head(const wstun__http_head *want, const wstun__http_head *got,
-                         const wstun__buf *text) {
+static void fz_same_head(const wstun__http_head *want,
+                         const wstun__http_head *got, const wstun__buf *text) {
   int ok = 1;
   if (want->is_request) {
     ok &= got->method == want->method;
@@ -208,8 +212,8 @@ static void fz_same_head(const wstun__http_head *want, const wstun__http_head *g
           memcmp(wstun__http_head_name(got, i), wstun__http_head_name(want, i),
                  want->hdrs[i].name_len) == 0;
     ok &= got->hdrs[i].value_len == want->hdrs[i].value_len &&
-          memcmp(wstun__http_head_value(got, i), wstun__http_head_value(want, i),
-                 want->hdrs[i].value_len) == 0;
+          memcmp(wstun__http_head_value(got, i),
+                 wstun__http_head_value(want, i), want->hdrs[i].value_len) == 0;
   }
   if (!ok)
     fz_dump("serialized head", text);
@@ -217,7 +221,8 @@ static void fz_same_head(const wstun__http_head *want, const wstun__http_head *g
 }
 
 /* Serializes h and checks the result parses back into h. */
-static void fz_roundtrip(fz_http *s, const wstun__http_head *h, const char *when) {
+static void fz_roundtrip(fz_http *s, const wstun__http_head *h,
+                         const char *when) {
   wstun__buf out;
   wstun__buf_init(&out);
   if (wstun__http_head_write(h, &out) != 0) {
@@ -236,10 +241,9 @@ static void fz_roundtrip(fz_http *s, const wstun__http_head *h, const char *when
    * one; llhttp 8 joins it (the value comes out with a SP instead of the
    * CRLF) but judged Connection/Upgrade/Transfer-Encoding on the folded
    * form, so the joined line we write means something else to it */
-  int tolerated =
-      (why != NULL && strstr(why, "Invalid method for HTTP") &&
-       fz_known("method-protocol")) ||
-      (s->folded && fz_known("obs-fold"));
+  int tolerated = (why != NULL && strstr(why, "Invalid method for HTTP") &&
+                   fz_known("method-protocol")) ||
+                  (s->folded && fz_known("obs-fold"));
   if ((!parsed && tolerated) || (h->major == 0 && fz_known("http09"))) {
     wstun__http_parser_free(&p);
     wstun__buf_free(&out);
@@ -259,12 +263,18 @@ static void fz_roundtrip(fz_http *s, const wstun__http_head *h, const char *when
   wstun__buf_free(&out);
 }
 
-/* ---- after a complete message ------------------------------------------------- */
+/* ---- after a complete message
+ * ------------------------------------------------- */
 
-static const char *const fz_hop[] = {
-    "Connection",          "Keep-Alive", "Proxy-Authenticate",
-    "Proxy-Authorization", "Proxy-Connection", "TE",
-    "Trailer",             "Trailers",   "Upgrade"};
+static const char *const fz_hop[] = {"Connection",
+                                     "Keep-Alive",
+                                     "Proxy-Authenticate",
+                                     "Proxy-Authorization",
+                                     "Proxy-Connection",
+                                     "TE",
+                                     "Trailer",
+                                     "Trailers",
+                                     "Upgrade"};
 
 static int fz_should_strip(const wstun__http_head *orig, const char *name,
                            size_t n, int framing) {
@@ -369,7 +379,8 @@ static void fz_process(fz_http *s, wstun__http_head *h) {
                  strcmp(wstun__http_head_value(h, nh), "192.0.2.1") == 0,
              "head_add stored something else");
   }
-  if (h->is_request && (s->flags & FL_SET_TARGET) && h->method != HTTP_CONNECT) {
+  if (h->is_request && (s->flags & FL_SET_TARGET) &&
+      h->method != HTTP_CONNECT) {
     const char *t = wstun__http_head_target(h);
     size_t slashes = 0;
     for (size_t i = 0; i < h->target_len; i++)
@@ -403,7 +414,8 @@ static void fz_process(fz_http *s, wstun__http_head *h) {
     fz_roundtrip(s, h, "after strip/add/set_target");
 }
 
-/* ---- the parser under test --------------------------------------------------- */
+/* ---- the parser under test
+ * --------------------------------------------------- */
 
 static int fz_on_head(void *ud, wstun__http_head *h) {
   fz_http *s = ud;

@@ -74,8 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
              "passwords \"%s\": rc %d, reference %s", passwords, rc,
              ok ? "valid" : "invalid");
   } else {
-    FZ_CHECK(rc == WSTUN_ENOMEM || rc == WSTUN_EPASSWORDS ||
-                 rc == WSTUN_EINVAL,
+    FZ_CHECK(rc == WSTUN_ENOMEM || rc == WSTUN_EPASSWORDS || rc == WSTUN_EINVAL,
              "rc %d after an allocation failure", rc);
   }
   free(buf);

@@ -152,7 +152,8 @@ static void on_freed(void *owner) {
 static const wstun__tunnel_cbs tcbs = {on_msg_begin, on_msg_data, on_msg_end,
                                        on_closed, on_freed};
 
-/* ---- outgoing messages ------------------------------------------------------ */
+/* ---- outgoing messages ------------------------------------------------------
+ */
 
 static void out_sent(void *owner, wstun__outmsg *m) {
   env *e = owner;
@@ -186,7 +187,8 @@ static wstun__outmsg *out_new(env *e, uint16_t id, const char *body,
   return m;
 }
 
-/* ---- the loop and the connection ------------------------------------------- */
+/* ---- the loop and the connection -------------------------------------------
+ */
 
 static uv_loop_t loop;
 static wstun__conn_shared *shared;
@@ -258,11 +260,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   e.t = t;
 
   if (e.flags & FL_SEND) {
-    wstun__tunnel_send(t, out_new(&e, 1,
-                                  "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
-                                  1));
-    e.streaming = out_new(&e, 2, "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                          0);
+    wstun__tunnel_send(
+        t, out_new(&e, 1, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", 1));
+    e.streaming = out_new(
+        &e, 2, "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 0);
     wstun__tunnel_send(t, e.streaming);
     wstun__tunnel_send(t, out_new(&e, 3, "GET /queued HTTP/1.1\r\n\r\n", 1));
   }
@@ -287,8 +288,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         break; /* no progress and nobody paused: wslay wants nothing */
       unpause(&e);
     }
-    if (e.t != NULL && e.streaming && !e.streaming_done &&
-        left <= half && !halfway_done) {
+    if (e.t != NULL && e.streaming && !e.streaming_done && left <= half &&
+        !halfway_done) {
       halfway_done = 1;
       /* the producer of the streaming message: more bytes, then either
        * the end or giving up on it */

@@ -23,7 +23,8 @@ static void check(const wstun__url *u, const char *s) {
   int dp = default_port(u->scheme);
   FZ_CHECK(dp > 0, "scheme \"%s\" from \"%s\"", u->scheme, s);
   FZ_CHECK(u->port >= 1 && u->port <= 65535, "port %d from \"%s\"", u->port, s);
-  FZ_CHECK(u->port_given || u->port == dp, "port %d without one given", u->port);
+  FZ_CHECK(u->port_given || u->port == dp, "port %d without one given",
+           u->port);
   FZ_CHECK(u->host[0] != '\0', "empty host from \"%s\"", s);
   int v6 = strchr(u->host, ':') != NULL;
   for (const char *p = u->host; *p; p++)

@@ -17,18 +17,19 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 /* A failed check is a bug in lib/ (or in the harness): say which, abort
  * so libFuzzer keeps the input as a crash. */
-#define FZ_CHECK(cond, ...)                                                  \
-  do {                                                                       \
-    if (!(cond)) {                                                           \
-      fprintf(stderr, "FUZZ CHECK FAILED %s:%d: %s: ", __FILE__, __LINE__,   \
-              #cond);                                                        \
-      fprintf(stderr, __VA_ARGS__);                                          \
-      fputc('\n', stderr);                                                   \
-      abort();                                                               \
-    }                                                                        \
+#define FZ_CHECK(cond, ...)                                                    \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "FUZZ CHECK FAILED %s:%d: %s: ", __FILE__, __LINE__,     \
+              #cond);                                                          \
+      fprintf(stderr, __VA_ARGS__);                                            \
+      fputc('\n', stderr);                                                     \
+      abort();                                                                 \
+    }                                                                          \
   } while (0)
 
-/* ---- input consumption ---------------------------------------------------- */
+/* ---- input consumption ----------------------------------------------------
+ */
 
 typedef struct fz_in {
   const uint8_t *d;
@@ -73,7 +74,8 @@ static inline size_t fz_split_next(fz_split *s, size_t left) {
   return c < left ? c : left;
 }
 
-/* ---- allocation failures ----------------------------------------------------- */
+/* ---- allocation failures
+ * ----------------------------------------------------- */
 
 /* After fz_alloc_fail_after(n), the n+1-th allocation of libwstun and every
  * later one fail (the way a process out of memory behaves) until
@@ -118,6 +120,8 @@ static inline void fz_alloc_fail_after(long n) {
   fz_alloc_budget = n;
   fz_alloc_failed = 0;
 }
-static inline void fz_alloc_reset(void) { fz_alloc_budget = -1; }
+static inline void fz_alloc_reset(void) {
+  fz_alloc_budget = -1;
+}
 
 #endif

@@ -15,9 +15,9 @@
 #define TOKEN "alloc-test-token-0123456789abcdef"
 
 static struct {
-  long live;      /* allocations not yet freed */
-  long count;     /* allocations made */
-  long fail_at;   /* fail this allocation (1-based); 0 = never */
+  long live;    /* allocations not yet freed */
+  long count;   /* allocations made */
+  long fail_at; /* fail this allocation (1-based); 0 = never */
   long failed;
 } mem;
 
@@ -137,7 +137,8 @@ static void on_connected(uv_connect_t *c, int status) {
   uv_write(&r->write_req, (uv_stream_t *)&r->http, &b, 1, on_written);
 }
 
-static void on_state(wstun_client *c, wstun_client_state st, int err, void *ud) {
+static void on_state(wstun_client *c, wstun_client_state st, int err,
+                     void *ud) {
   run *r = ud;
   (void)c;
   (void)err;
@@ -148,10 +149,13 @@ static void on_state(wstun_client *c, wstun_client_state st, int err, void *ud) 
   struct sockaddr_in a;
   uv_ip4_addr("127.0.0.1", wstun_server_port(r->srv), &a);
   r->connect_req.data = r;
-  uv_tcp_connect(&r->connect_req, &r->http, (struct sockaddr *)&a, on_connected);
+  uv_tcp_connect(&r->connect_req, &r->http, (struct sockaddr *)&a,
+                 on_connected);
 }
 
-static void on_deadline(uv_timer_t *t) { stop(t->data); }
+static void on_deadline(uv_timer_t *t) {
+  stop(t->data);
+}
 
 /* One exchange; returns 1 when the request was answered. */
 static int exchange(long fail_at) {
@@ -195,8 +199,8 @@ static int exchange(long fail_at) {
   return r.answered;
 }
 
-static const wstun_allocator counting = {t_malloc, t_calloc, t_realloc,
-                                         t_free, NULL};
+static const wstun_allocator counting = {t_malloc, t_calloc, t_realloc, t_free,
+                                         NULL};
 
 TEST(hook_sees_every_allocation_and_every_free) {
   CHECK_EQ_INT(wstun_set_allocator(&counting), 0);

@@ -5,7 +5,8 @@
 
 TEST(parses_and_matches_v4) {
   wstun__cidr_list l;
-  CHECK_EQ_INT(wstun__cidr_list_parse("10.0.0.0/8, 192.168.1.7 ,172.16.0.0/12", &l), 0);
+  CHECK_EQ_INT(
+      wstun__cidr_list_parse("10.0.0.0/8, 192.168.1.7 ,172.16.0.0/12", &l), 0);
   CHECK_EQ_INT((int)l.n, 3);
   CHECK(wstun__cidr_list_match(&l, "10.255.1.2"));
   CHECK(wstun__cidr_list_match(&l, "192.168.1.7"));
@@ -47,9 +48,9 @@ TEST(empty_and_bad_lists) {
   CHECK_EQ_INT((int)l.n, 0);
   CHECK(!wstun__cidr_list_match(&l, "127.0.0.1"));
   CHECK_EQ_INT(wstun__cidr_list_parse("", &l), 0);
-  static const char *const bad[] = {"10.0.0.0/33", "10.0.0.0/", "10.0.0/8",
-                                    "::1/129", "host.example", "10.0.0.1/8x",
-                                    "1.2.3.4/-1", "/8"};
+  static const char *const bad[] = {
+      "10.0.0.0/33",  "10.0.0.0/",   "10.0.0/8",   "::1/129",
+      "host.example", "10.0.0.1/8x", "1.2.3.4/-1", "/8"};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     test_context("%s", bad[i]);
     CHECK_EQ_INT(wstun__cidr_list_parse(bad[i], &l), WSTUN_EINVAL);
@@ -75,7 +76,7 @@ TEST(loopback_and_validity) {
 int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(parses_and_matches_v4), T(parses_and_matches_v6), T(odd_prefix_lengths),
-      T(empty_and_bad_lists), T(loopback_and_validity),
+      T(empty_and_bad_lists),   T(loopback_and_validity),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }

@@ -874,9 +874,9 @@ TEST(invalid_header_names_400) {
  * be relayed as something else. */
 TEST(non_http_request_lines_400) {
   static const char *const bad[] = {
-      "GET /x\r\nHost: h\r\n\r\n",                 /* HTTP/0.9 */
-      "DESCRIBE / RTSP/1.0\r\nCSeq: 1\r\n\r\n",    /* RTSP */
-      "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",          /* h2 preface */
+      "GET /x\r\nHost: h\r\n\r\n",              /* HTTP/0.9 */
+      "DESCRIBE / RTSP/1.0\r\nCSeq: 1\r\n\r\n", /* RTSP */
+      "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",       /* h2 preface */
   };
   parse_opts o = {HTTP_REQUEST, 4096, 0, {0}, 0, 0};
   for (size_t i = 0; i < TEST_COUNT(bad); i++)
@@ -900,12 +900,12 @@ static void check_no_trailers_in_head(cap *c, const void *arg) {
 }
 
 TEST(trailers_are_not_headers) {
-  static const char msg[] = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                            "1\r\na\r\n0\r\nX-Trailer: t\r\n\r\n";
+  static const char msg[] =
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "1\r\na\r\n0\r\nX-Trailer: t\r\n\r\n";
   parse_opts o = {HTTP_REQUEST, 4096, 0, {0}, 0, 0};
   parse_all_ways(&o, msg, sizeof(msg) - 1, check_no_trailers_in_head, NULL);
 }
-
 
 TEST(obs_fold_never_yields_a_line_break) {
   /* RFC 9112 5.2: refuse with 400 or replace the fold with spaces. llhttp
