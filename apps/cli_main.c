@@ -142,6 +142,9 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       {"timeout", FLAG_INT, &cfg.timeout_sec, "S",
        "ping every S/3 s, reconnect after S s without answer (default 30)", 3,
        86400},
+      {"client-ports", FLAG_STR, &cfg.client_ports, "LIST",
+       "local source ports for the tunnel, e.g. 8000..8100,8300 (first free)",
+       0, -1},
       {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug",
        0, -1},
       APP_OPS_FLAGS(ops),
@@ -221,7 +224,8 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   int exit_code = 0;
   int rc = wstun_client_start(loop, &cfg, &app.cli);
   if (rc != 0) {
-    const char *flag = rc == WSTUN_EREGEX ? "regexp"
+    const char *flag = rc == WSTUN_EREGEX   ? "regexp"
+                       : rc == WSTUN_EPORTS ? "client-ports"
                        : rc == WSTUN_EURL
                            ? (cfg.server_url ? "tunnel or -server" : "tunnel")
                            : "token";

@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "wstun_alloc.h"
 #include "wstun_client_int.h"
@@ -633,6 +636,43 @@ static void on_dial_timeout(uv_timer_t *t) {
   dial_fail(cli, WSTUN_ETIMEDOUT, "timed out");
 }
 
+/* -client-ports: bind a socket to the first free port of the list and
+ * give it to the connection. libuv reports EADDRINUSE only at connect
+ * time, so the port is tried with a plain bind() first. */
+static int bind_source_port(wstun_client *cli, wstun__conn *c, int family) {
+  for (size_t i = 0; i < cli->nports; i++)
+    for (unsigned port = cli->ports[i][0]; port <= cli->ports[i][1]; port++) {
+      int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      if (fd < 0)
+        return -errno;
+      struct sockaddr_storage ss;
+      memset(&ss, 0, sizeof(ss));
+      socklen_t len;
+      if (family == AF_INET6) {
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        len = sizeof(*a6);
+      } else {
+        struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        len = sizeof(*a4);
+      }
+      if (bind(fd, (struct sockaddr *)&ss, len) == 0) {
+        int rc = uv_tcp_open(&c->tcp, fd);
+        if (rc != 0)
+          close(fd);
+        return rc == 0 ? (int)port : rc;
+      }
+      int err = errno;
+      close(fd);
+      if (err != EADDRINUSE && err != EACCES)
+        return -err;
+    }
+  return UV_EADDRINUSE;
+}
+
 static void connect_to(wstun_client *cli, const struct sockaddr *addr) {
   cli->dial = wstun__conn_new(cli->loop, &cli->shared, &dial_conn_cbs, cli);
   if (cli->dial == NULL) {
@@ -640,6 +680,16 @@ static void connect_to(wstun_client *cli, const struct sockaddr *addr) {
     return;
   }
   cli->live++;
+  if (cli->nports) {
+    int port = bind_source_port(cli, cli->dial, addr->sa_family);
+    if (port < 0) {
+      dial_fail(cli, WSTUN_ECONNECT,
+                port == UV_EADDRINUSE ? "no free port in -client-ports"
+                                      : uv_strerror(port));
+      return;
+    }
+    wstun__log(&cli->log, WSTUN_LOG_DEBUG, "tunnel source port %d", port);
+  }
   int rc = wstun__conn_connect(cli->dial, addr);
   if (rc != 0)
     dial_fail(cli, WSTUN_ECONNECT, uv_strerror(rc));
@@ -709,7 +759,56 @@ static void schedule_reconnect(wstun_client *cli) {
 
 /* ---- start and close ---------------------------------------------------- */
 
+/* "8000..8100,8300" → inclusive ranges; WSTUN_EPORTS if malformed. */
+int wstun__parse_ports(const char *s, uint16_t (**out)[2], size_t *n) {
+  *out = NULL;
+  *n = 0;
+  uint16_t(*r)[2] = wstun__calloc(wstun__list_bound(s), sizeof(*r));
+  if (r == NULL)
+    return WSTUN_ENOMEM;
+  const char *cursor = s, *p;
+  size_t len;
+  while (wstun__list_next(&cursor, &p, &len)) {
+    unsigned long v[2] = {0, 0};
+    int k = 0;
+    size_t i = 0;
+    for (; k < 2; k++) {
+      size_t start = i;
+      while (i < len && p[i] >= '0' && p[i] <= '9') {
+        v[k] = v[k] * 10 + (unsigned long)(p[i] - '0');
+        if (v[k] > 65535)
+          goto bad;
+        i++;
+      }
+      if (i == start || v[k] == 0)
+        goto bad;
+      if (i == len) {
+        if (k == 0)
+          v[1] = v[0];
+        break;
+      }
+      if (k == 1 || len - i < 3 || p[i] != '.' || p[i + 1] != '.')
+        goto bad;
+      i += 2;
+    }
+    if (i != len || v[1] < v[0])
+      goto bad;
+    r[*n][0] = (uint16_t)v[0];
+    r[*n][1] = (uint16_t)v[1];
+    (*n)++;
+  }
+  if (*n == 0)
+    goto bad;
+  *out = r;
+  return 0;
+bad:
+  wstun__free(r);
+  *n = 0;
+  return WSTUN_EPORTS;
+}
+
 static void client_free(wstun_client *cli) {
+  wstun__free(cli->ports);
   wstun__url_free(&cli->tunnel_url);
   wstun__url_free(&cli->server_url);
   if (cli->has_re)
@@ -860,6 +959,11 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
     if (rc != 0)
       return WSTUN_EREGEX;
     cli->has_re = 1;
+  }
+  if (cfg->client_ports && *cfg->client_ports) {
+    rc = wstun__parse_ports(cfg->client_ports, &cli->ports, &cli->nports);
+    if (rc != 0)
+      return rc;
   }
   cli->token = wstun__strdup(cfg->token);
   cli->client_version =

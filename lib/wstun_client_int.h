@@ -67,6 +67,8 @@ struct wstun_client {
   char *token, *password;
   char *auth_header, *tunnel_auth_header;
   char *client_version;
+  uint16_t (*ports)[2]; /* -client-ports ranges, inclusive */
+  size_t nports;
   wstun__url server_url;
   int has_server;
   regex_t re;
@@ -116,6 +118,9 @@ void wstun__upstream_detach(wstun_request *req);
 void wstun__upstream_close_all(wstun_client *cli);
 
 /* wstun_client.c */
+/* Parses a -client-ports list into inclusive ranges (*out owned by the
+ * caller). 0, WSTUN_EPORTS or WSTUN_ENOMEM. */
+int wstun__parse_ports(const char *s, uint16_t (**out)[2], size_t *n);
 /* Answers a tunneled request with a short text (403, 502 …). */
 void wstun__client_answer(wstun_request *req, int status, const char *text);
 /* The response for req is complete or failed: forget the request. */

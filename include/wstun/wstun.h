@@ -53,7 +53,8 @@ extern "C" {
   XX(ECLOSED, -10, "connection closed")                                        \
   XX(ETIMEDOUT, -11, "timed out")                                              \
   XX(EPASSWORDS, -12, "malformed password list")                               \
-  XX(ECIDR, -13, "malformed address list")
+  XX(ECIDR, -13, "malformed address list")                                     \
+  XX(EPORTS, -14, "malformed port list")
 
 typedef enum {
 #define WSTUN__ERR(name, val, msg) WSTUN_##name = (val),
@@ -243,7 +244,11 @@ typedef struct wstun_client_config {
   int max_idle_per_backend; /* idle keep-alive connections kept per
                                backend; default 256 */
   const char *client_version; /* sent as X-Client-Version; default lib's */
-  wstun_handler_cb handler;   /* if set, requests go here, not to HTTP */
+  /* Local source ports the tunnel connection may use, for firewalls that
+   * only let chosen ports out: "8000..8100,8300,8505". The first free one
+   * is taken. NULL = any. A malformed list is WSTUN_EPORTS. */
+  const char *client_ports;
+  wstun_handler_cb handler; /* if set, requests go here, not to HTTP */
   void *handler_user_data;
   size_t max_handler_body; /* body limit for the handler; default 8 MiB */
   wstun_client_state_cb state_cb;

@@ -200,5 +200,37 @@ class Liveness(E2ETestCase):
         self.assertTrue(cli.alive())
 
 
+
+class ClientPorts(E2ETestCase):
+    """-client-ports: the tunnel leaves from a chosen local port."""
+
+    def test_tunnel_uses_a_listed_port(self):
+        import re
+        from harness import free_port
+        srv = self.server()
+        be = self.backend()
+        busy = socket.socket()
+        busy.bind(("0.0.0.0", 0))  # taken: the client must skip it
+        self.addCleanup(busy.close)
+        taken = busy.getsockname()[1]
+        want = free_port()
+        self.client(srv, make_token(), "-client-ports", "%d,%d" % (taken, want),
+                    server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1))
+        text = get(srv.port, "/_stats").text
+        m = re.search(r"tunnel00_tun_addr=127\.0\.0\.1:(\d+)", text)
+        self.assertTrue(m, text)
+        self.assertEqual(int(m.group(1)), want)
+
+    def test_bad_lists_are_usage_errors(self):
+        import subprocess
+        from harness import CLI_BIN
+        for bad in ("80000", "9000..8000", "8000...8100", "abc", "0", ",", "8000..", "..9"):
+            p = subprocess.run([CLI_BIN, "-tunnel", "ws://127.0.0.1:1", "-token",
+                                make_token(), "-client-ports", bad],
+                               capture_output=True, timeout=10)
+            self.assertEqual(p.returncode, 2, bad)
+            self.assertIn(b"client-ports", p.stderr, bad)
+
 if __name__ == "__main__":
     main()
