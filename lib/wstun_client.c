@@ -303,15 +303,8 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   wstun__http_head_remove(h, "X-Host");
   wstun__http_head_remove(h, "Host");
   rc = wstun__http_head_add(h, "Host", host);
-  char len[32];
-  req->req_chunked = 0;
-  if (h->has_content_length) {
-    snprintf(len, sizeof(len), "%llu", (unsigned long long)h->content_length);
-    rc |= wstun__http_head_add(h, "Content-Length", len);
-  } else if (h->chunked) {
-    rc |= wstun__http_head_add(h, "Transfer-Encoding", "chunked");
-    req->req_chunked = 1;
-  }
+  rc |= wstun__http_head_frame(h, h->has_content_length, h->content_length,
+                               h->chunked, &req->req_chunked);
   if (rc != 0 || wstun__http_head_write(h, &req->to_backend) != 0)
     return -1;
   req->state = WSTUN__CR_FORWARD;

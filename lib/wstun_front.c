@@ -378,15 +378,8 @@ static int build_request(wstun__front *f, wstun__http_head *h,
   wstun__http_head_remove(h, "X-Forwarded-For");
   rc = wstun__http_head_add(h, "X-Forwarded-For", (const char *)v.base);
   wstun__buf_free(&v);
-  char len[32];
-  f->req_chunked = 0;
-  if (h->has_content_length) {
-    snprintf(len, sizeof(len), "%llu", (unsigned long long)h->content_length);
-    rc |= wstun__http_head_add(h, "Content-Length", len);
-  } else if (h->chunked) {
-    rc |= wstun__http_head_add(h, "Transfer-Encoding", "chunked");
-    f->req_chunked = 1;
-  }
+  rc |= wstun__http_head_frame(h, h->has_content_length, h->content_length,
+                               h->chunked, &f->req_chunked);
   rc |= wstun__http_head_set_target(h, target, tlen);
   f->req = rc == 0 ? wstun__outmsg_new(&req_msg_cbs, f) : NULL;
   if (f->req == NULL)
@@ -641,23 +634,12 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
   int status = h->status;
   int no_body = f->method == HTTP_HEAD || status == 204 || status == 304 ||
                 (status >= 100 && status < 200);
-  int has_len = h->has_content_length;
-  uint64_t clen = h->content_length;
+  /* HTTP/1.0 requesters get a body ended by the connection's close */
+  int http11 = f->parser.head.major == 1 && f->parser.head.minor >= 1;
   wstun__http_head_strip_hop_by_hop(h, 1);
-  char len[32];
-  int rc = 0;
-  f->resp_chunked = f->resp_close = 0;
-  if (has_len) {
-    snprintf(len, sizeof(len), "%llu", (unsigned long long)clen);
-    rc |= wstun__http_head_add(h, "Content-Length", len);
-  } else if (!no_body) {
-    if (f->parser.head.major == 1 && f->parser.head.minor >= 1) {
-      rc |= wstun__http_head_add(h, "Transfer-Encoding", "chunked");
-      f->resp_chunked = 1;
-    } else {
-      f->resp_close = 1;
-    }
-  }
+  int rc = wstun__http_head_frame(h, h->has_content_length, h->content_length,
+                                  !no_body && http11, &f->resp_chunked);
+  f->resp_close = !h->has_content_length && !no_body && !http11;
   if (f->resp_close || f->close_after || f->srv->closing) {
     f->close_after = 1;
     rc |= wstun__http_head_add(h, "Connection", "close");

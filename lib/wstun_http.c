@@ -185,6 +185,20 @@ void wstun__http_head_strip_hop_by_hop(wstun__http_head *h, int framing) {
   }
 }
 
+int wstun__http_head_frame(wstun__http_head *h, int has_len, uint64_t len,
+                           int chunk_ok, int *chunked) {
+  *chunked = 0;
+  if (has_len) {
+    char text[32];
+    snprintf(text, sizeof(text), "%llu", (unsigned long long)len);
+    return wstun__http_head_add(h, "Content-Length", text);
+  }
+  if (!chunk_ok)
+    return 0;
+  *chunked = 1;
+  return wstun__http_head_add(h, "Transfer-Encoding", "chunked");
+}
+
 const char *wstun__http_reason(int status) {
   switch (status) {
   case 100:

@@ -53,6 +53,12 @@ int wstun__http_head_set_target(wstun__http_head *h, const char *target,
  * named in Connection, and framing headers (Content-Length,
  * Transfer-Encoding) when `framing` is set. */
 void wstun__http_head_strip_hop_by_hop(wstun__http_head *h, int framing);
+/* Re-frames a message whose framing headers were stripped: adds
+ * Content-Length when `has_len`, else "Transfer-Encoding: chunked" when
+ * `chunk_ok` (then *chunked = 1: the body must be chunk-encoded), else
+ * nothing. 0 or WSTUN_ENOMEM. */
+int wstun__http_head_frame(wstun__http_head *h, int has_len, uint64_t len,
+                           int chunk_ok, int *chunked);
 /* 1 if the comma-separated header `name` contains `token`. */
 int wstun__http_head_has_token(const wstun__http_head *h, const char *name,
                                const char *token);

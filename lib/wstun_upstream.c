@@ -416,19 +416,9 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
     return 1;
   }
   int no_body = req->method == HTTP_HEAD || status == 204 || status == 304;
-  int has_len = h->has_content_length;
-  uint64_t clen = h->content_length;
   wstun__http_head_strip_hop_by_hop(h, 1);
-  char len[32];
-  int rc = 0;
-  req->resp_chunked = 0;
-  if (has_len) {
-    snprintf(len, sizeof(len), "%llu", (unsigned long long)clen);
-    rc |= wstun__http_head_add(h, "Content-Length", len);
-  } else if (!no_body) {
-    rc |= wstun__http_head_add(h, "Transfer-Encoding", "chunked");
-    req->resp_chunked = 1;
-  }
+  int rc = wstun__http_head_frame(h, h->has_content_length, h->content_length,
+                                  !no_body, &req->resp_chunked);
   req->resp = wstun__outmsg_new(&wstun__resp_msg_cbs, req);
   if (rc != 0 || req->resp == NULL)
     return -1;
