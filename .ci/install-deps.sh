@@ -10,9 +10,10 @@ PACKAGES=(
 )
 # `--tests`: what only the test suite uses: promtool (prometheus) checks
 # the /metrics exposition, man-db renders the man pages, clang and its
-# runtime (libFuzzer, sanitizers) run the fuzz targets.
+# runtime (libFuzzer, sanitizers) run the fuzz targets, openssl (the CLI)
+# makes the TLS tests' certificates and tinyproxy is their CONNECT proxy.
 if [ "${1:-}" = "--tests" ]; then
-  PACKAGES+=(prometheus man-db clang libclang-rt-14-dev)
+  PACKAGES+=(prometheus man-db clang libclang-rt-14-dev openssl tinyproxy)
 fi
 
 missing=()
