@@ -406,16 +406,22 @@ static void reopen_log(const char *why) {
 }
 
 static void on_reopen_signal(uv_signal_t *h, int signum) {
-  (void)h;
+  app_reopen *r = h->data;
   reopen_log(signum == SIGHUP ? "SIGHUP" : "SIGUSR1");
+  if (signum == SIGHUP && r->on_hup)
+    r->on_hup(r->user_data);
 }
 
-void app_reopen_start(uv_loop_t *loop, app_reopen *r) {
+void app_reopen_start(uv_loop_t *loop, app_reopen *r,
+                      void (*on_hup)(void *user_data), void *user_data) {
   r->active = 0;
-  if (g_log.path == NULL)
+  r->on_hup = on_hup;
+  r->user_data = user_data;
+  if (g_log.path == NULL && on_hup == NULL)
     return;
   uv_signal_init(loop, &r->usr1);
   uv_signal_init(loop, &r->hup);
+  r->usr1.data = r->hup.data = r;
   uv_signal_start(&r->usr1, on_reopen_signal, SIGUSR1);
   uv_signal_start(&r->hup, on_reopen_signal, SIGHUP);
   r->active = 1;

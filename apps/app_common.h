@@ -88,14 +88,19 @@ void app_logf(wstun_log_level level, const char *fmt, ...)
  * logged there as an error too. */
 void app_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* SIGUSR1 and SIGHUP reopen the log file (for logrotate). Handles exist only
- * with -logfile; without it the signals keep their default action. */
+/* SIGUSR1 and SIGHUP reopen the log file (for logrotate); SIGHUP also calls
+ * `on_hup` (wstunsrv reloads its TLS certificate). Handles exist only with
+ * -logfile or an `on_hup`; otherwise the signals keep their default
+ * action. */
 typedef struct app_reopen {
   uv_signal_t usr1, hup;
   int active;
+  void (*on_hup)(void *user_data);
+  void *user_data;
 } app_reopen;
 
-void app_reopen_start(uv_loop_t *loop, app_reopen *r);
+void app_reopen_start(uv_loop_t *loop, app_reopen *r,
+                      void (*on_hup)(void *user_data), void *user_data);
 /* Closes the handles (in the close callback, so the loop can end). */
 void app_reopen_close(app_reopen *r);
 

@@ -131,7 +131,7 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   app_ops ops = {0};
   app_flag flags[] = {
       {"tunnel", FLAG_STR, &cfg.tunnel_url, "URL",
-       "server to dial: ws://[user:pass@]host[:port][/base]", 0, -1},
+       "server to dial: ws[s]://[user:pass@]host[:port][/base]", 0, -1},
       {"server", FLAG_STR, &cfg.server_url, "URL",
        "backend for requests without X-Host: http://host[:port]", 0, -1},
       {"token", FLAG_STR, &token, "TOKEN[:PASSWORD]",
@@ -144,6 +144,16 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
        86400},
       {"client-ports", FLAG_STR, &cfg.client_ports, "LIST",
        "local source ports for the tunnel, e.g. 8000..8100,8300 (first free)",
+       0, -1},
+      {"certfile", FLAG_STR, &cfg.ca_file, "FILE",
+       "PEM certificates to trust besides the system's (wss://, https://)", 0,
+       -1},
+      {"insecure", FLAG_BOOL, &cfg.insecure_backends, NULL,
+       "accept any certificate from https:// backends (never the tunnel)", 0,
+       1},
+      {"proxy", FLAG_STR, &cfg.proxy_url, "URL",
+       "HTTP CONNECT proxy http://[user:pass@]host:port (default: "
+       "$https_proxy, $http_proxy, $no_proxy)",
        0, -1},
       {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug",
        0, -1},
@@ -186,6 +196,15 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
     cfg.password = getenv("WSTUNNEL_PASSWORD");
   }
   cfg.token = tok;
+  cfg.proxy_from_env = 1;
+  if (cfg.proxy_url && strstr(cfg.proxy_url, "://") &&
+      strncmp(cfg.proxy_url, "http://", 7) != 0) {
+    fprintf(stderr, "%s: flag -proxy: only http:// proxies are supported\n",
+            prog);
+    free(tok);
+    app_log_shutdown();
+    return APP_EXIT_USAGE;
+  }
   if (strlen(tok) < 16) {
     fprintf(
         stderr,
@@ -220,14 +239,18 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   app.sigint.data = app.sigterm.data = &app;
   uv_signal_start(&app.sigint, on_signal, SIGINT);
   uv_signal_start(&app.sigterm, on_signal, SIGTERM);
-  app_reopen_start(loop, &app.reopen);
+  app_reopen_start(loop, &app.reopen, NULL, NULL);
   int exit_code = 0;
   int rc = wstun_client_start(loop, &cfg, &app.cli);
   if (rc != 0) {
     const char *flag = rc == WSTUN_EREGEX   ? "regexp"
                        : rc == WSTUN_EPORTS ? "client-ports"
+                       : rc == WSTUN_ETLS   ? "certfile"
                        : rc == WSTUN_EURL
-                           ? (cfg.server_url ? "tunnel or -server" : "tunnel")
+                           ? (cfg.proxy_url    ? "tunnel, -server or -proxy"
+                              : cfg.server_url ? "tunnel or -server (or the "
+                                                 "proxy environment variable)"
+                                               : "tunnel")
                            : "token";
     fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, wstun_strerror(rc));
     exit_code = APP_EXIT_USAGE;

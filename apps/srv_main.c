@@ -1,8 +1,11 @@
 /* wstunsrv: flags → wstun_server_config, signals → graceful stop,
- * SIGUSR1/SIGHUP → log file reopened. */
+ * SIGUSR1/SIGHUP → log file reopened, SIGHUP → TLS certificate reloaded. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #include "app_common.h"
 
@@ -36,6 +39,43 @@ static void on_signal(uv_signal_t *h, int signum) {
           signum == SIGINT ? "SIGINT: stopping (in-flight requests finish)"
                            : "SIGTERM: stopping (in-flight requests finish)");
   wstun_server_close(app->srv, GRACE_MS, on_server_closed, app);
+}
+
+static void on_hup(void *ud) {
+  srv_app *app = ud;
+  if (app->srv && !app->stopping)
+    wstun_server_reload_tls(app->srv); /* logs how it went */
+}
+
+/* -tls-cert/-tls-key: both or neither, readable, and the key kept from
+ * other users. The library checks again; this names the flag. */
+static void check_tls_flags(const char *prog, const char *cert,
+                            const char *key) {
+  if ((cert == NULL) != (key == NULL)) {
+    fprintf(stderr, "%s: flag -%s: needed with -%s\n", prog,
+            cert ? "tls-key" : "tls-cert", cert ? "tls-cert" : "tls-key");
+    exit(APP_EXIT_USAGE);
+  }
+  if (cert == NULL)
+    return;
+  struct stat st;
+  const char *flag = "tls-cert", *path = cert;
+  if (stat(cert, &st) == 0) {
+    flag = "tls-key";
+    path = key;
+  }
+  if (stat(path, &st) != 0) {
+    fprintf(stderr, "%s: flag -%s: cannot read %s: %s\n", prog, flag, path,
+            strerror(errno));
+    exit(APP_EXIT_USAGE);
+  }
+  if (st.st_mode & S_IROTH) {
+    fprintf(stderr,
+            "%s: flag -tls-key: %s is world-readable (mode %03o); "
+            "run chmod o-r on it\n",
+            prog, key, (unsigned)(st.st_mode & 0777));
+    exit(APP_EXIT_USAGE);
+  }
 }
 
 int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
@@ -91,6 +131,11 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       {"admin-token-file", FLAG_STR, &admin_token_file, "FILE",
        "the same, read from FILE (mode 0600: kept out of the process list)", 0,
        -1},
+      {"tls-cert", FLAG_STR, &cfg.tls_cert_file, "FILE",
+       "serve HTTPS and wss:// with this PEM certificate chain", 0, -1},
+      {"tls-key", FLAG_STR, &cfg.tls_key_file, "FILE",
+       "the certificate's PEM key (not world-readable; SIGHUP reloads both)", 0,
+       -1},
       {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug",
        0, -1},
       APP_OPS_FLAGS(ops),
@@ -100,6 +145,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
                   "WebSocket tunnels opened by wstuncli.",
                   flags, argc, argv, first);
   cfg.log_level = app_log_level(prog, log_level);
+  check_tls_flags(prog, cfg.tls_cert_file, cfg.tls_key_file);
   /* secrets from files stay out of the process list */
   static char passwords[65536];
   if (passwords_file) {
@@ -131,7 +177,8 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   app.sigint.data = app.sigterm.data = &app;
   uv_signal_start(&app.sigint, on_signal, SIGINT);
   uv_signal_start(&app.sigterm, on_signal, SIGTERM);
-  app_reopen_start(app.loop, &app.reopen);
+  app_reopen_start(app.loop, &app.reopen, cfg.tls_cert_file ? on_hup : NULL,
+                   &app);
   int rc = wstun_server_start(app.loop, &cfg, &app.srv);
   int exit_code = 0;
   if (rc == WSTUN_EPASSWORDS) {
@@ -149,6 +196,11 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
     exit_code = APP_EXIT_USAGE;
   } else if (rc == WSTUN_EINVAL) {
     fprintf(stderr, "%s: flag -host: not an IP address: %s\n", prog, cfg.host);
+    exit_code = APP_EXIT_USAGE;
+  } else if (rc == WSTUN_ETLS) {
+    app_errorf("%s: flag -tls-cert/-tls-key: cannot use %s with %s (reason "
+               "logged above)",
+               prog, cfg.tls_cert_file, cfg.tls_key_file);
     exit_code = APP_EXIT_USAGE;
   } else if (rc != 0) {
     app_errorf("%s: cannot start: %s", prog, wstun_strerror(rc));

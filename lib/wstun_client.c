@@ -12,6 +12,7 @@
 #include "wstun_alloc.h"
 #include "wstun_client_int.h"
 #include "wstun_proto.h"
+#include "wstun_proxy.h"
 #include "wstun_util.h"
 #include "wstun_ws.h"
 
@@ -290,15 +291,9 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   char host[600];
   host_header(backend, host, sizeof(host));
   int rc = set_backend(req, backend);
-  int tls = wstun__url_is_tls(backend);
   wstun__url_free(&xu);
   if (rc != 0)
     return -1;
-  if (tls) {
-    wstun__client_answer(
-        req, 502, "HTTPS backends are not supported by this wstuncli yet");
-    return 0;
-  }
   wstun__http_head_strip_hop_by_hop(h, 1);
   wstun__http_head_remove(h, "X-Host");
   wstun__http_head_remove(h, "Host");
@@ -512,8 +507,67 @@ static const wstun__http_parser_cbs hs_cbs = {
     .on_complete = hs_on_complete,
 };
 
+static void send_handshake(wstun_client *cli);
+
+/* TCP is up (and the proxy's tunnel open): TLS next for wss://, then the
+ * WebSocket handshake. */
+static void transport_ready(wstun_client *cli) {
+  if (cli->tunnel_tls == NULL) {
+    send_handshake(cli);
+    return;
+  }
+  cli->dial_phase = DIAL_TLS;
+  if (wstun__conn_start_tls(cli->dial, cli->tunnel_tls, cli->tunnel_url.host) !=
+      0)
+    dial_fail(cli, WSTUN_ENOMEM, "out of memory");
+}
+
+static void dial_on_secure(wstun__conn *c, int status) {
+  wstun_client *cli = c->owner;
+  if (status != 0) {
+    char why[256];
+    snprintf(why, sizeof(why), "TLS: %s", wstun__conn_strerror(c, status));
+    dial_fail(cli, status, why);
+    return;
+  }
+  send_handshake(cli);
+}
+
+/* The proxy's answer to CONNECT: 2xx opens the way; anything else (407
+ * without or with wrong credentials, 403, 502) is a failed attempt. */
+static size_t proxy_on_data(wstun_client *cli, const uint8_t *data,
+                            size_t len) {
+  size_t used = 0;
+  int rc = wstun__http_parser_feed(&cli->hs, data, len, &used);
+  if (rc == WSTUN__HTTP_ERROR) {
+    dial_fail(cli, WSTUN_ECONNECT, "bad answer from the proxy");
+    return len;
+  }
+  if (!cli->hs_done)
+    return len;
+  const wstun__http_head *h = &cli->hs.head;
+  if (h->status < 200 || h->status > 299) {
+    char why[200];
+    snprintf(why, sizeof(why), "proxy answered %d %.120s", h->status,
+             wstun__http_head_target(h));
+    dial_fail(cli, WSTUN_ECONNECT, why);
+    return len;
+  }
+  wstun__http_parser_free(&cli->hs);
+  cli->hs_init = 0;
+  if (used < len) {
+    /* the server speaks only after we do: these bytes are the proxy's */
+    dial_fail(cli, WSTUN_ECONNECT, "proxy sent data after its answer");
+    return len;
+  }
+  transport_ready(cli);
+  return len;
+}
+
 static size_t dial_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   wstun_client *cli = c->owner;
+  if (cli->dial_phase == DIAL_PROXY)
+    return proxy_on_data(cli, data, len);
   size_t used = 0;
   int rc = wstun__http_parser_feed(&cli->hs, data, len, &used);
   if (rc == WSTUN__HTTP_ERROR) {
@@ -559,9 +613,14 @@ static size_t dial_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
 
 static void dial_on_end(wstun__conn *c, int err) {
   wstun_client *cli = c->owner;
-  dial_fail(cli, WSTUN_ECLOSED,
-            err == UV_EOF ? "connection closed during handshake"
-                          : uv_strerror(err));
+  const char *who = cli->dial_phase == DIAL_PROXY ? "the proxy" : "the server";
+  char why[256];
+  if (err == UV_EOF)
+    snprintf(why, sizeof(why), "%s closed the connection during the %s", who,
+             cli->dial_phase == DIAL_PROXY ? "CONNECT" : "handshake");
+  else
+    snprintf(why, sizeof(why), "%s", wstun__conn_strerror(c, err));
+  dial_fail(cli, WSTUN_ECLOSED, why);
 }
 
 static void dial_on_close(wstun__conn *c) {
@@ -600,6 +659,23 @@ static void send_handshake(wstun_client *cli) {
                           &hs_cbs, cli);
   cli->hs_init = 1;
   cli->hs_done = 0;
+  cli->dial_phase = DIAL_WS;
+  wstun__conn_flush(cli->dial);
+  wstun__conn_start_read(cli->dial);
+}
+
+static void send_connect(wstun_client *cli) {
+  if (wstun__proxy_connect_request(wstun__conn_outbuf(cli->dial),
+                                   cli->tunnel_url.host, cli->tunnel_url.port,
+                                   cli->proxy_auth) != 0) {
+    dial_fail(cli, WSTUN_ENOMEM, "out of memory");
+    return;
+  }
+  wstun__http_parser_init(&cli->hs, HTTP_RESPONSE, HANDSHAKE_MAX_HEAD, 0,
+                          &hs_cbs, cli);
+  cli->hs_init = 1;
+  cli->hs_done = 0;
+  cli->dial_phase = DIAL_PROXY;
   wstun__conn_flush(cli->dial);
   wstun__conn_start_read(cli->dial);
 }
@@ -607,10 +683,17 @@ static void send_handshake(wstun_client *cli) {
 static void dial_on_connect(wstun__conn *c, int status) {
   wstun_client *cli = c->owner;
   if (status != 0) {
-    dial_fail(cli, WSTUN_ECONNECT, uv_strerror(status));
+    char why[200];
+    if (cli->has_proxy)
+      snprintf(why, sizeof(why), "proxy %s:%d: %s", cli->proxy_url.host,
+               cli->proxy_url.port, uv_strerror(status));
+    dial_fail(cli, WSTUN_ECONNECT, cli->has_proxy ? why : uv_strerror(status));
     return;
   }
-  send_handshake(cli);
+  if (cli->has_proxy)
+    send_connect(cli);
+  else
+    transport_ready(cli);
 }
 
 static const wstun__conn_cbs dial_conn_cbs = {
@@ -618,6 +701,7 @@ static const wstun__conn_cbs dial_conn_cbs = {
     .on_end = dial_on_end,
     .on_connect = dial_on_connect,
     .on_close = dial_on_close,
+    .on_secure = dial_on_secure,
 };
 
 static void on_dial_timeout(uv_timer_t *t) {
@@ -716,8 +800,11 @@ static void dial(wstun_client *cli) {
   uv_timer_start(&cli->timer, on_dial_timeout, cli->timeout_ms, 0);
   struct sockaddr_storage ss;
   cli->gai.data = cli;
-  int rc = wstun__resolve(cli->loop, cli->tunnel_url.host, cli->tunnel_url.port,
-                          &ss, &cli->gai, on_resolved);
+  cli->dial_phase = DIAL_TCP;
+  /* through a proxy, only the proxy's name is resolved here */
+  const wstun__url *to = cli->has_proxy ? &cli->proxy_url : &cli->tunnel_url;
+  int rc = wstun__resolve(cli->loop, to->host, to->port, &ss, &cli->gai,
+                          on_resolved);
   if (rc == 1) {
     connect_to(cli, (struct sockaddr *)&ss);
     return;
@@ -815,6 +902,14 @@ static void client_free(wstun_client *cli) {
   wstun__free(cli->auth_header);
   wstun__free(cli->tunnel_auth_header);
   wstun__free(cli->client_version);
+  wstun__tls_config_unref(cli->tunnel_tls);
+  wstun__tls_config_unref(cli->backend_tls);
+  wstun__free(cli->ca_file);
+  wstun__url_free(&cli->proxy_url);
+  if (cli->proxy_auth) {
+    memset(cli->proxy_auth, 0, strlen(cli->proxy_auth));
+    wstun__free(cli->proxy_auth);
+  }
   wstun__rng_free(&cli->rng);
   wstun__free(cli);
 }
@@ -911,6 +1006,63 @@ static char *basic_auth(const char *user, const char *pass) {
   return h;
 }
 
+static int setup_tls_and_proxy(wstun_client *cli,
+                               const wstun_client_config *cfg) {
+  cli->insecure_backends = cfg->insecure_backends;
+  if (cfg->ca_file && *cfg->ca_file) {
+    cli->ca_file = wstun__strdup(cfg->ca_file);
+    if (cli->ca_file == NULL)
+      return WSTUN_ENOMEM;
+  }
+  if (wstun__url_is_tls(&cli->tunnel_url)) {
+    char why[400];
+    int rc = wstun__tls_client_config(&cli->tunnel_tls, cli->ca_file, 1, why,
+                                      sizeof(why));
+    if (rc != 0) {
+      wstun__log(&cli->log, WSTUN_LOG_ERROR, "TLS: %s", why);
+      return rc;
+    }
+  }
+  const char *proxy = cfg->proxy_url;
+  if ((proxy == NULL || *proxy == '\0') && cfg->proxy_from_env)
+    proxy = wstun__proxy_from_env(cli->tunnel_url.scheme, cli->tunnel_url.host);
+  if (proxy == NULL || *proxy == '\0')
+    return 0;
+  /* "host:port" means http://host:port, as for curl */
+  char url[1024];
+  snprintf(url, sizeof(url), "%s%s", strstr(proxy, "://") ? "" : "http://",
+           proxy);
+  int rc = wstun__url_parse(url, &cli->proxy_url);
+  if (rc != 0)
+    return rc;
+  cli->has_proxy = 1;
+  if (strcmp(cli->proxy_url.scheme, "http") != 0)
+    return WSTUN_EURL; /* TLS to the proxy itself is not supported */
+  const char *ui = cli->proxy_url.userinfo;
+  if (ui) {
+    const char *colon = strchr(ui, ':');
+    char user[256];
+    snprintf(user, sizeof(user), "%.*s",
+             (int)(colon ? colon - ui : (long)strlen(ui)), ui);
+    cli->proxy_auth = basic_auth(user, colon ? colon + 1 : "");
+    if (cli->proxy_auth == NULL)
+      return WSTUN_ENOMEM;
+  }
+  wstun__log(&cli->log, WSTUN_LOG_INFO, "tunnel goes through proxy %s:%d%s",
+             cli->proxy_url.host, cli->proxy_url.port,
+             cli->proxy_auth ? " (with credentials)" : "");
+  return 0;
+}
+
+wstun__tls_config *wstun__client_backend_tls(wstun_client *cli, char *why,
+                                             size_t n) {
+  if (cli->backend_tls == NULL &&
+      wstun__tls_client_config(&cli->backend_tls, cli->ca_file,
+                               !cli->insecure_backends, why, n) != 0)
+    return NULL;
+  return cli->backend_tls;
+}
+
 static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   if (cfg->token == NULL || strlen(cfg->token) < 16 || cfg->tunnel_url == NULL)
     return WSTUN_EINVAL;
@@ -920,8 +1072,9 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   int rc = wstun__url_parse(cfg->tunnel_url, &cli->tunnel_url);
   if (rc != 0)
     return rc;
-  if (strcmp(cli->tunnel_url.scheme, "ws") != 0)
-    return WSTUN_EURL; /* wss:// needs TLS support */
+  if (strcmp(cli->tunnel_url.scheme, "ws") != 0 &&
+      strcmp(cli->tunnel_url.scheme, "wss") != 0)
+    return WSTUN_EURL;
   /* the URL's path is the server's base path */
   const char *path = cli->tunnel_url.path;
   size_t plen = strcspn(path, "?");
@@ -958,6 +1111,9 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
     if (rc != 0)
       return rc;
   }
+  rc = setup_tls_and_proxy(cli, cfg);
+  if (rc != 0)
+    return rc;
   cli->token = wstun__strdup(cfg->token);
   cli->client_version =
       wstun__strdup(cfg->client_version ? cfg->client_version

@@ -71,6 +71,14 @@ struct wstun_client {
   size_t nports;
   wstun__url server_url;
   int has_server;
+  /* TLS and proxy */
+  wstun__tls_config *tunnel_tls;  /* wss:// (NULL for ws://) */
+  wstun__tls_config *backend_tls; /* https:// backends, made on first use */
+  char *ca_file;
+  int insecure_backends;
+  wstun__url proxy_url;
+  int has_proxy;
+  char *proxy_auth; /* "Basic ..." or NULL */
   regex_t re;
   int has_re;
   uint64_t timeout_ms, backend_timeout_ms, reconnect_max_ms;
@@ -85,7 +93,8 @@ struct wstun_client {
   uv_getaddrinfo_t gai;
   int resolving;
   wstun__conn *dial;
-  wstun__http_parser hs;
+  enum { DIAL_TCP, DIAL_PROXY, DIAL_TLS, DIAL_WS } dial_phase;
+  wstun__http_parser hs; /* the proxy's answer, then the handshake's */
   int hs_init, hs_done;
   char ws_key[32];
   unsigned attempt;
@@ -121,6 +130,10 @@ void wstun__upstream_close_all(wstun_client *cli);
 /* Parses a -client-ports list into inclusive ranges (*out owned by the
  * caller). 0, WSTUN_EPORTS or WSTUN_ENOMEM. */
 int wstun__parse_ports(const char *s, uint16_t (**out)[2], size_t *n);
+/* The TLS configuration for https:// backends (made on first use), or
+ * NULL with the reason in `why`. */
+wstun__tls_config *wstun__client_backend_tls(wstun_client *cli, char *why,
+                                             size_t n);
 /* Answers a tunneled request with a short text (403, 502 …). */
 void wstun__client_answer(wstun_request *req, int status, const char *text);
 /* The response for req is complete or failed: forget the request. */

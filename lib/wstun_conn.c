@@ -38,6 +38,8 @@ static void deliver(wstun__conn *c, const uint8_t *data, size_t len,
   }
 }
 
+static void tls_input(wstun__conn *c, const uint8_t *data, size_t len);
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   wstun__conn *c = CONN(s);
   (void)buf;
@@ -51,7 +53,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   c->shared->bytes_in += (uint64_t)nread;
-  deliver(c, c->shared->buf, (size_t)nread, 0);
+  if (c->tls)
+    tls_input(c, c->shared->buf, (size_t)nread);
+  else
+    deliver(c, c->shared->buf, (size_t)nread, 0);
 }
 
 wstun__conn *wstun__conn_new(uv_loop_t *loop, wstun__conn_shared *sh,
@@ -126,6 +131,8 @@ void wstun__conn_pause(wstun__conn *c) {
   }
 }
 
+static void tls_pump(wstun__conn *c);
+
 void wstun__conn_resume(wstun__conn *c) {
   if (c->closing || !c->paused || c->in_data)
     return;
@@ -133,6 +140,11 @@ void wstun__conn_resume(wstun__conn *c) {
   if (wstun__buf_size(&c->pending) > 0) {
     deliver(c, wstun__buf_data(&c->pending), wstun__buf_size(&c->pending), 1);
     if (c->paused || c->closing)
+      return;
+  }
+  if (c->tls) {
+    tls_pump(c); /* records that arrived while paused */
+    if (c->paused || c->closing || c->ended)
       return;
   }
   if (c->ended) {
@@ -147,6 +159,8 @@ static void on_closed(uv_handle_t *h) {
   wstun__buf_free(&c->out);
   wstun__buf_free(&c->inflight);
   wstun__buf_free(&c->pending);
+  wstun__tls_free(c->tls);
+  c->tls = NULL;
   c->open = 0;
   if (c->cbs->on_close)
     c->cbs->on_close(c);
@@ -212,11 +226,38 @@ static void on_written(uv_write_t *req, int status) {
   }
 }
 
+/* With TLS, what goes on the wire is the ciphertext buffer: `out` is
+ * encrypted into it once the handshake is done. */
+static wstun__buf *wire_buffer(wstun__conn *c) {
+  wstun__tls *t = c->tls;
+  if (t == NULL)
+    return &c->out;
+  if (t->handshake_done && wstun__buf_size(&c->out) > 0) {
+    if (wstun__tls_write(t, wstun__buf_data(&c->out),
+                         wstun__buf_size(&c->out)) != 0)
+      return NULL;
+    wstun__buf_reset(&c->out);
+  }
+  if (c->close_after_write && wstun__buf_size(&c->out) == 0)
+    wstun__tls_close_notify(t);
+  return &t->cout;
+}
+
 static void write_more(wstun__conn *c) {
   if (c->writing || c->closing || c->connecting)
     return;
-  if (wstun__buf_size(&c->out) == 0) {
+  wstun__buf *src = wire_buffer(c);
+  if (src == NULL) {
+    c->ended = 1;
+    c->cbs->on_end(c, WSTUN_ETLS);
+    return;
+  }
+  if (wstun__buf_size(src) == 0) {
     if (c->close_after_write) {
+      if (c->tls && !c->tls->handshake_done) {
+        wstun__conn_close(c); /* nothing can be said before the handshake */
+        return;
+      }
       c->shutdown_req.data = c;
       if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) !=
           0)
@@ -224,10 +265,10 @@ static void write_more(wstun__conn *c) {
     }
     return;
   }
-  /* swap: `out` keeps collecting while `inflight` is written */
+  /* swap: `src` keeps collecting while `inflight` is written */
   wstun__buf tmp = c->inflight;
-  c->inflight = c->out;
-  c->out = tmp;
+  c->inflight = *src;
+  *src = tmp;
   uv_buf_t b = uv_buf_init((char *)wstun__buf_data(&c->inflight),
                            (unsigned)wstun__buf_size(&c->inflight));
   c->write_req.data = c;
@@ -381,4 +422,131 @@ int wstun__resolve(uv_loop_t *loop, const char *host, int port,
   memset(&hints, 0, sizeof(hints));
   hints.ai_socktype = SOCK_STREAM;
   return uv_getaddrinfo(loop, req, cb, host, service, &hints);
+}
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+/* Most plaintext one TLS record carries (mbedTLS's default maximum). */
+#define TLS_RECORD_MAX 16384
+
+static void tls_failed(wstun__conn *c, int err) {
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+  c->ended = 1;
+  if (!c->tls->handshake_done && c->cbs->on_secure)
+    c->cbs->on_secure(c, err);
+  else
+    c->cbs->on_end(c, err);
+}
+
+/* Runs the handshake, then decrypts and delivers records until the owner
+ * pauses or the ciphertext runs out. Plaintext goes through a buffer on
+ * the stack: a shared one could be overwritten by a nested pump of
+ * another connection resumed from inside on_data. */
+static void tls_pump(wstun__conn *c) {
+  wstun__tls *t = c->tls;
+  if (!t->handshake_done) {
+    int rc = wstun__tls_handshake(t);
+    if (wstun__buf_size(&t->cout) > 0)
+      wstun__conn_flush(c);
+    if (rc == WSTUN__TLS_AGAIN)
+      return;
+    if (rc < 0) {
+      tls_failed(c, rc);
+      return;
+    }
+    wstun__conn_flush(c); /* writes queued during the handshake */
+    if (c->cbs->on_secure) {
+      c->cbs->on_secure(c, 0);
+      if (c->closing)
+        return;
+    }
+  }
+  uint8_t plain[TLS_RECORD_MAX];
+  while (!c->paused && !c->closing) {
+    int n = wstun__tls_read(t, plain, sizeof(plain));
+    if (n > 0) {
+      deliver(c, plain, (size_t)n, 0);
+      continue;
+    }
+    if (wstun__buf_size(&t->cout) > 0)
+      wstun__conn_flush(c); /* an alert, say */
+    if (n == WSTUN__TLS_AGAIN)
+      return;
+    if (n == WSTUN_ECLOSED) {
+      if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+      }
+      c->ended = 1;
+      c->cbs->on_end(c, UV_EOF);
+    } else {
+      tls_failed(c, n);
+    }
+    return;
+  }
+}
+
+/* A server port that speaks TLS got something else, most likely plain
+ * HTTP: say so in plain text rather than with a TLS alert nobody reads. */
+static int plain_http_on_tls_port(wstun__conn *c, const uint8_t *data) {
+  static const char answer[] = "HTTP/1.1 400 Bad Request\r\n"
+                               "Content-Type: text/plain; charset=utf-8\r\n"
+                               "Content-Length: 45\r\nConnection: close\r\n\r\n"
+                               "This port speaks TLS: use https:// or wss://\n";
+  wstun__tls *t = c->tls;
+  /* a TLS connection opens with a handshake record (content type 22) */
+  if (!t->cfg->is_server || t->started || data[0] == 22)
+    return 0;
+  t->failed = 1;
+  snprintf(t->why, sizeof(t->why), "plain text on a TLS port");
+  wstun__buf_append(&t->cout, answer, sizeof(answer) - 1);
+  wstun__conn_pause(c);
+  c->close_after_write = 1;
+  wstun__conn_flush(c);
+  return 1;
+}
+
+static void tls_input(wstun__conn *c, const uint8_t *data, size_t len) {
+  wstun__tls *t = c->tls;
+  if (plain_http_on_tls_port(c, data))
+    return;
+  t->started = 1;
+  t->rx = data;
+  t->rx_len = len;
+  tls_pump(c);
+  /* what the owner did not let us decrypt yet waits in `cin` */
+  if (t->rx_len > 0 && !c->closing &&
+      wstun__buf_append(&t->cin, t->rx, t->rx_len) != 0) {
+    t->rx = NULL;
+    t->rx_len = 0;
+    c->cbs->on_end(c, UV_ENOMEM);
+    return;
+  }
+  t->rx = NULL;
+  t->rx_len = 0;
+}
+
+int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,
+                          const char *host) {
+  c->tls = wstun__tls_new(cfg, host);
+  if (c->tls == NULL)
+    return WSTUN_ENOMEM;
+  if (!cfg->is_server) {
+    c->tls->started = 1;
+    tls_pump(c); /* the ClientHello */
+    if (!c->closing)
+      wstun__conn_start_read(c);
+  }
+  return 0;
+}
+
+const char *wstun__conn_strerror(const wstun__conn *c, int err) {
+  if (err == WSTUN_ETLS && c->tls && c->tls->failed)
+    return c->tls->why;
+  if (err == WSTUN_ETLS || err == WSTUN_ENOMEM || err == WSTUN_ECLOSED)
+    return wstun_strerror(err);
+  return uv_strerror(err);
 }

@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "wstun_buf.h"
+#include "wstun_tls.h"
 
 #define WSTUN__READ_BUF_SIZE (64 * 1024)
 
@@ -30,6 +31,9 @@ typedef struct wstun__conn_cbs {
   void (*on_connect)(wstun__conn *c, int status);
   /* The handle is closed; `c` is freed right after this returns. */
   void (*on_close)(wstun__conn *c);
+  /* Client-side TLS handshake finished: 0, or WSTUN_ETLS (the reason from
+   * wstun__conn_strerror) or another WSTUN_E* code. */
+  void (*on_secure)(wstun__conn *c, int status);
 } wstun__conn_cbs;
 
 /* What the connections of one server or client share: the read buffer,
@@ -66,6 +70,7 @@ struct wstun__conn {
       above_high : 1, close_after_write : 1, open : 1, connecting : 1,
       in_data : 1, dirty : 1;
   wstun__conn *dirty_next;
+  wstun__tls *tls; /* NULL for plain TCP */
   struct sockaddr_storage peer;
 };
 
@@ -82,6 +87,19 @@ int wstun__conn_accept(wstun__conn *c, uv_stream_t *server);
 /* Connects to addr; cbs->on_connect fires (unless this fails at once). */
 int wstun__conn_connect(wstun__conn *c, const struct sockaddr *addr);
 int wstun__conn_start_read(wstun__conn *c);
+/* From now on the connection speaks TLS with `cfg` (referenced for the
+ * connection's life). Server side (`host` NULL), right after accept: the
+ * handshake runs as bytes arrive; data reaches on_data only once it is
+ * done, and a failure (or plain HTTP, answered with a short 400) ends in
+ * on_end(WSTUN_ETLS). Client side, once connected (directly or through a
+ * proxy): `host` is sent as SNI and checked against the certificate; the
+ * handshake starts now and on_secure reports how it ended. Queued writes
+ * wait for the handshake. 0 or WSTUN_ENOMEM. */
+int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,
+                          const char *host);
+/* Words for an error passed to on_end/on_connect/on_secure: the TLS
+ * reason for WSTUN_ETLS, else libuv's or wstun's text. */
+const char *wstun__conn_strerror(const wstun__conn *c, int err);
 
 /* Where to connect to host:port. An IP literal is filled into *ss at once
  * (returns 1); a name starts uv_getaddrinfo on `req` with `cb` (returns 0);
@@ -107,7 +125,8 @@ void wstun__conn_flush(wstun__conn *c);
 void wstun__conn_flush_now(wstun__conn *c);
 /* Bytes queued but not yet handed to the kernel. */
 static inline size_t wstun__conn_queued(const wstun__conn *c) {
-  return wstun__buf_size(&c->out) + wstun__buf_size(&c->inflight);
+  return wstun__buf_size(&c->out) + wstun__buf_size(&c->inflight) +
+         (c->tls ? wstun__buf_size(&c->tls->cout) : 0);
 }
 /* 1 when queued output is above the high-water mark: the producer should
  * wait for on_drain. */

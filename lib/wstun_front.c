@@ -813,8 +813,14 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
 }
 
 static void front_on_end(wstun__conn *c, int err) {
-  (void)err;
-  wstun__front_close(c->owner);
+  wstun__front *f = c->owner;
+  if (err == WSTUN_ETLS) {
+    char peer[80];
+    wstun__log(&f->srv->log, WSTUN_LOG_DEBUG, "TLS with %s failed: %s",
+               wstun__conn_peer(c, peer, sizeof(peer)),
+               wstun__conn_strerror(c, err));
+  }
+  wstun__front_close(f);
 }
 
 static void front_on_drain(wstun__conn *c) {
@@ -851,7 +857,8 @@ void wstun__front_accept(wstun_server *srv) {
     srv->fronts->prev = f;
   srv->fronts = f;
   srv->nfronts++;
-  if (wstun__conn_accept(f->conn, (uv_stream_t *)&srv->listener) != 0) {
+  if (wstun__conn_accept(f->conn, (uv_stream_t *)&srv->listener) != 0 ||
+      (srv->tls && wstun__conn_start_tls(f->conn, srv->tls, NULL) != 0)) {
     wstun__front_close(f);
     return;
   }

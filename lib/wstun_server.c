@@ -650,6 +650,42 @@ static void on_connection(uv_stream_t *server, int status) {
   wstun__front_accept(srv);
 }
 
+static void free_tls(wstun_server *srv) {
+  wstun__tls_config_unref(srv->tls);
+  srv->tls = NULL;
+  wstun__free(srv->tls_cert_file);
+  wstun__free(srv->tls_key_file);
+}
+
+/* (Re)loads the certificate and key named at start. Connections keep the
+ * configuration they were accepted with, so nothing open is dropped. */
+static int load_tls(wstun_server *srv) {
+  char why[400];
+  wstun__tls_config *cfg;
+  int rc = wstun__tls_server_config(&cfg, srv->tls_cert_file, srv->tls_key_file,
+                                    why, sizeof(why));
+  if (rc != 0) {
+    wstun__log(&srv->log, WSTUN_LOG_ERROR, "TLS: %s", why);
+    return rc;
+  }
+  wstun__tls_config_unref(srv->tls);
+  srv->tls = cfg;
+  return 0;
+}
+
+int wstun_server_reload_tls(wstun_server *srv) {
+  if (srv == NULL || srv->tls == NULL || srv->closing)
+    return WSTUN_ESTATE;
+  int rc = load_tls(srv);
+  if (rc == 0)
+    wstun__log(&srv->log, WSTUN_LOG_INFO, "TLS certificate reloaded from %s",
+               srv->tls_cert_file);
+  else
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "TLS reload failed; the previous certificate stays in use");
+  return rc;
+}
+
 static void server_free(wstun_server *srv) {
   for (size_t i = 0; i < srv->nbuckets; i++) {
     wstun__token *t = srv->buckets[i];
@@ -670,6 +706,7 @@ static void server_free(wstun_server *srv) {
     wstun__free(srv->admin_token);
   }
   wstun__rng_free(&srv->rng);
+  free_tls(srv);
   wstun__free(srv);
 }
 
@@ -823,6 +860,21 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
       goto fail_early;
     }
   }
+  int has_cert = cfg->tls_cert_file && *cfg->tls_cert_file;
+  int has_key = cfg->tls_key_file && *cfg->tls_key_file;
+  if (has_cert != has_key) {
+    wstun__log(&srv->log, WSTUN_LOG_ERROR,
+               "TLS needs both a certificate and a key");
+    rc = WSTUN_EINVAL;
+    goto fail_early;
+  }
+  if (has_cert) {
+    srv->tls_cert_file = wstun__strdup(cfg->tls_cert_file);
+    srv->tls_key_file = wstun__strdup(cfg->tls_key_file);
+    rc = srv->tls_cert_file && srv->tls_key_file ? load_tls(srv) : WSTUN_ENOMEM;
+    if (rc != 0)
+      goto fail_early;
+  }
   srv->max_body = cfg->max_body_bytes;
   srv->header_timeout_ms =
       (uint64_t)(cfg->header_timeout_sec > 0 ? cfg->header_timeout_sec : 30) *
@@ -870,7 +922,8 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   uv_timer_init(loop, &srv->grace);
   srv->grace.data = srv;
   srv->handles_open = 3;
-  wstun__log(&srv->log, WSTUN_LOG_INFO, "listening on %s:%d", host, srv->port);
+  wstun__log(&srv->log, WSTUN_LOG_INFO, "listening on %s:%d%s", host, srv->port,
+             srv->tls ? " (TLS)" : "");
   *out = srv;
   return 0;
 
@@ -882,6 +935,7 @@ fail_early:
   wstun__cidr_list_free(&srv->admin_allow);
   wstun__free(srv->admin_token);
   free_passwords(srv);
+  free_tls(srv);
   wstun__free(srv);
   return rc;
 }

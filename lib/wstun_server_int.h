@@ -134,6 +134,8 @@ struct wstun_server {
   wstun__metrics metrics;
   wstun__cidr_list trusted_proxies, admin_allow;
   char *admin_token;
+  wstun__tls_config *tls; /* NULL: plain HTTP */
+  char *tls_cert_file, *tls_key_file;
   int closing, handles_open;
   wstun_server_close_cb close_cb;
   void *close_ud;

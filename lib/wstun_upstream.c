@@ -294,17 +294,51 @@ void wstun__upstream_push(wstun_request *req) {
   }
 }
 
+/* The connection can carry the request (TCP up, and TLS for https://). */
+static void up_ready(wstun__upstream *up) {
+  up->connected = 1;
+  uv_timer_start(&up->timer, on_backend_timeout, up->cli->backend_timeout_ms,
+                 0);
+  wstun__conn_start_read(up->conn);
+  flush_request(up);
+}
+
 static void up_on_connect_pinned(wstun__conn *c, int status) {
   wstun__upstream *up = c->owner;
   if (status != 0) {
     fail_before_response(up, uv_strerror(status));
     return;
   }
-  up->connected = 1;
-  uv_timer_start(&up->timer, on_backend_timeout, up->cli->backend_timeout_ms,
-                 0);
-  wstun__conn_start_read(up->conn);
-  flush_request(up);
+  if (strncmp(up->key, "https:", 6) != 0 || up->req == NULL) {
+    up_ready(up);
+    return;
+  }
+  char why[400];
+  wstun__tls_config *cfg = wstun__client_backend_tls(up->cli, why, sizeof(why));
+  if (cfg == NULL) {
+    fail_before_response(up, why);
+    return;
+  }
+  /* on_secure goes on (the connect timeout still runs) */
+  if (wstun__conn_start_tls(c, cfg, up->req->backend_host) != 0)
+    fail_before_response(up, "out of memory");
+}
+
+static void up_on_secure_pinned(wstun__conn *c, int status) {
+  wstun__upstream *up = c->owner;
+  if (status != 0) {
+    char why[256];
+    snprintf(why, sizeof(why), "TLS: %s", wstun__conn_strerror(c, status));
+    fail_before_response(up, why);
+    return;
+  }
+  up_ready(up);
+}
+
+static void up_on_secure(wstun__conn *c, int status) {
+  wstun_request *req = pin((wstun__upstream *)c->owner);
+  up_on_secure_pinned(c, status);
+  unpin(req);
 }
 
 static void up_on_connect(wstun__conn *c, int status) {
@@ -551,8 +585,8 @@ static void up_on_end_pinned(wstun__conn *c, int err) {
     fail_mid_response(up);
     return;
   }
-  fail_before_response(up,
-                       err == UV_EOF ? "connection closed" : uv_strerror(err));
+  fail_before_response(up, err == UV_EOF ? "connection closed"
+                                         : wstun__conn_strerror(c, err));
 }
 
 static void up_on_end(wstun__conn *c, int err) {
@@ -582,4 +616,5 @@ static const wstun__conn_cbs up_conn_cbs = {
     .on_drain = up_on_drain,
     .on_connect = up_on_connect,
     .on_close = up_conn_closed,
+    .on_secure = up_on_secure,
 };

@@ -54,7 +54,8 @@ extern "C" {
   XX(ETIMEDOUT, -11, "timed out")                                              \
   XX(EPASSWORDS, -12, "malformed password list")                               \
   XX(ECIDR, -13, "malformed address list")                                     \
-  XX(EPORTS, -14, "malformed port list")
+  XX(EPORTS, -14, "malformed port list")                                       \
+  XX(ETLS, -15, "TLS failure")
 
 typedef enum {
 #define WSTUN__ERR(name, val, msg) WSTUN_##name = (val),
@@ -142,6 +143,11 @@ typedef struct wstun_server_config {
   /* When set, /admin/... and /metrics also need "Authorization: Bearer
    * <admin_token>" (compared in constant time). */
   const char *admin_token;
+  /* Serve HTTPS and wss:// with this certificate chain and key (PEM
+   * files; both or neither). The key file must not be readable by others.
+   * TLS 1.2+, ECDHE with AES-GCM or ChaCha20-Poly1305, ALPN http/1.1. */
+  const char *tls_cert_file;
+  const char *tls_key_file;
   int log_level;       /* wstun_log_level; default WSTUN_LOG_INFO */
   wstun_log_cb log_cb; /* NULL = silent */
   void *log_user_data;
@@ -151,7 +157,8 @@ WSTUN_EXTERN void wstun_server_config_init(wstun_server_config *cfg);
 
 /* Creates a server on `loop` and starts listening. On success *out owns the
  * server until wstun_server_close() completes. Errors: WSTUN_EINVAL,
- * WSTUN_EPASSWORDS, WSTUN_ELISTEN, WSTUN_ENOMEM. */
+ * WSTUN_EPASSWORDS, WSTUN_ECIDR, WSTUN_ETLS (certificate or key unusable;
+ * the reason is logged), WSTUN_ELISTEN, WSTUN_ENOMEM. */
 WSTUN_EXTERN int wstun_server_start(uv_loop_t *loop,
                                     const wstun_server_config *cfg,
                                     wstun_server **out);
@@ -159,6 +166,12 @@ WSTUN_EXTERN int wstun_server_start(uv_loop_t *loop,
 /* 0 when `list` is a valid address list for trusted_proxies/admin_allow
  * ("10.0.0.0/8, ::1"; NULL and "" are valid), else WSTUN_ECIDR. */
 WSTUN_EXTERN int wstun_address_list_check(const char *list);
+
+/* Reads the TLS certificate and key files again (after a renewal) and uses
+ * them for new connections; open ones, tunnels included, are untouched.
+ * On error the previous certificate stays in use. Errors: WSTUN_ESTATE (no
+ * TLS configured), WSTUN_ETLS (reason logged), WSTUN_ENOMEM. */
+WSTUN_EXTERN int wstun_server_reload_tls(wstun_server *srv);
 
 /* The TCP port actually bound (useful with port 0). */
 WSTUN_EXTERN int wstun_server_port(const wstun_server *srv);
@@ -233,21 +246,36 @@ typedef void (*wstun_client_state_cb)(wstun_client *cli,
                                       void *user_data);
 
 typedef struct wstun_client_config {
-  const char *tunnel_url;   /* ws://[user:pass@]host[:port][/base]; required */
-  const char *token;        /* at least 16 characters; required */
-  const char *password;     /* the token's password, or NULL */
-  const char *server_url;   /* default backend http://host[:port]; or NULL */
-  const char *regexp;       /* X-Host allowed when it matches entirely */
-  int timeout_sec;          /* ping every timeout/3, dead after timeout; 30 */
-  int backend_timeout_sec;  /* backend must answer within; default 1200 */
-  int reconnect_max_ms;     /* backoff cap; default 30000 */
-  int max_idle_per_backend; /* idle keep-alive connections kept per
-                               backend; default 256 */
+  const char *tunnel_url; /* ws[s]://[user:pass@]host[:port][/base]; required */
+  const char *token;      /* at least 16 characters; required */
+  const char *password;   /* the token's password, or NULL */
+  const char *server_url; /* default backend http://host[:port]; or NULL */
+  const char *regexp;     /* X-Host allowed when it matches entirely */
+  int timeout_sec;        /* ping every timeout/3, dead after timeout; 30 */
+  int backend_timeout_sec;    /* backend must answer within; default 1200 */
+  int reconnect_max_ms;       /* backoff cap; default 30000 */
+  int max_idle_per_backend;   /* idle keep-alive connections kept per
+                                 backend; default 256 */
   const char *client_version; /* sent as X-Client-Version; default lib's */
   /* Local source ports the tunnel connection may use, for firewalls that
    * only let chosen ports out: "8000..8100,8300,8505". The first free one
    * is taken. NULL = any. A malformed list is WSTUN_EPORTS. */
   const char *client_ports;
+  /* TLS: wss:// tunnels and https:// backends are verified against the
+   * system store (/etc/ssl/certs/ca-certificates.crt) plus this PEM file
+   * of certificates (a private CA, a self-signed server); may be NULL. An
+   * unreadable file is WSTUN_ETLS (the reason is logged). */
+  const char *ca_file;
+  /* 1: accept any certificate from https:// backends (never the tunnel). */
+  int insecure_backends;
+  /* Open the tunnel through this HTTP CONNECT proxy:
+   * "http://[user:pass@]host:port" ("host:port" alone is fine). NULL: none,
+   * unless proxy_from_env is set. */
+  const char *proxy_url;
+  /* 1: without proxy_url, take the proxy from https_proxy/HTTPS_PROXY (for
+   * wss://) or http_proxy/HTTP_PROXY (for ws://), else all_proxy, honouring
+   * no_proxy/NO_PROXY, as curl does. */
+  int proxy_from_env;
   wstun_handler_cb handler; /* if set, requests go here, not to HTTP */
   void *handler_user_data;
   size_t max_handler_body; /* body limit for the handler; default 8 MiB */
@@ -262,8 +290,8 @@ WSTUN_EXTERN void wstun_client_config_init(wstun_client_config *cfg);
 
 /* Validates the config, then starts dialing (and redialing with backoff
  * after every drop) until wstun_client_close(). Errors: WSTUN_EINVAL (token
- * missing or too short, no tunnel URL), WSTUN_EURL, WSTUN_EREGEX,
- * WSTUN_ENOMEM. */
+ * missing or too short, no tunnel URL), WSTUN_EURL (tunnel, server or
+ * proxy URL), WSTUN_EREGEX, WSTUN_EPORTS, WSTUN_ETLS, WSTUN_ENOMEM. */
 WSTUN_EXTERN int wstun_client_start(uv_loop_t *loop,
                                     const wstun_client_config *cfg,
                                     wstun_client **out);

@@ -197,8 +197,10 @@ static void pre_on_close(wstun__conn *c) {
   if (c == e->cli.conn)
     e->cli.conn = NULL;
 }
-static const wstun__conn_cbs pre_cbs = {pre_on_data, pre_on_end, NULL,
-                                        pre_on_connect, pre_on_close};
+static const wstun__conn_cbs pre_cbs = {.on_data = pre_on_data,
+                                        .on_end = pre_on_end,
+                                        .on_connect = pre_on_connect,
+                                        .on_close = pre_on_close};
 
 static void on_connection(uv_stream_t *server, int status) {
   env *e = server->data;

@@ -1,0 +1,268 @@
+#include "wstun_tls.h"
+
+#include <mbedtls/error.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "wstun/wstun.h"
+#include "wstun_alloc.h"
+
+/* TLS 1.2 with forward secrecy and AEAD only: what every current browser,
+ * Go, nginx and curl offer first. */
+static const int modern_suites[] = {
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    0};
+
+/* The tunnel and its requests are HTTP/1.1, whatever else a peer offers. */
+static const char *alpn[] = {"http/1.1", NULL};
+
+static void describe(int rc, const char *what, char *err, size_t errlen) {
+  char detail[128];
+  mbedtls_strerror(rc, detail, sizeof(detail));
+  snprintf(err, errlen, "%s: %s", what, detail);
+}
+
+static int config_new(wstun__tls_config **out, int endpoint) {
+  wstun__tls_config *cfg = wstun__calloc(1, sizeof(*cfg));
+  if (cfg == NULL)
+    return WSTUN_ENOMEM;
+  mbedtls_ssl_config_init(&cfg->conf);
+  mbedtls_x509_crt_init(&cfg->ca);
+  mbedtls_x509_crt_init(&cfg->cert);
+  mbedtls_pk_init(&cfg->key);
+  cfg->refs = 1;
+  cfg->is_server = endpoint == MBEDTLS_SSL_IS_SERVER;
+  if (wstun__rng_init(&cfg->rng) != 0 ||
+      mbedtls_ssl_config_defaults(&cfg->conf, endpoint,
+                                  MBEDTLS_SSL_TRANSPORT_STREAM,
+                                  MBEDTLS_SSL_PRESET_DEFAULT) != 0) {
+    wstun__tls_config_unref(cfg);
+    return WSTUN_ENOMEM;
+  }
+  mbedtls_ssl_conf_rng(&cfg->conf, mbedtls_ctr_drbg_random, &cfg->rng.drbg);
+  mbedtls_ssl_conf_min_version(&cfg->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                               MBEDTLS_SSL_MINOR_VERSION_3);
+  mbedtls_ssl_conf_alpn_protocols(&cfg->conf, alpn);
+  *out = cfg;
+  return 0;
+}
+
+int wstun__tls_client_config(wstun__tls_config **out, const char *extra_ca,
+                             int verify, char *err, size_t errlen) {
+  wstun__tls_config *cfg;
+  *out = NULL;
+  int rc = config_new(&cfg, MBEDTLS_SSL_IS_CLIENT);
+  if (rc != 0)
+    return rc;
+  /* a missing system store is not fatal by itself: -certfile may name
+   * everything the user trusts */
+  int sys = mbedtls_x509_crt_parse_file(&cfg->ca, WSTUN__TLS_SYSTEM_CA);
+  (void)sys;
+  if (extra_ca && *extra_ca) {
+    rc = mbedtls_x509_crt_parse_file(&cfg->ca, extra_ca);
+    if (rc != 0) {
+      char what[300];
+      snprintf(what, sizeof(what), "cannot load certificates from %s",
+               extra_ca);
+      describe(rc < 0 ? rc : MBEDTLS_ERR_X509_INVALID_FORMAT, what, err,
+               errlen);
+      wstun__tls_config_unref(cfg);
+      return WSTUN_ETLS;
+    }
+  }
+  if (verify && cfg->ca.version == 0) {
+    snprintf(err, errlen, "no trusted certificates (%s is missing)",
+             WSTUN__TLS_SYSTEM_CA);
+    wstun__tls_config_unref(cfg);
+    return WSTUN_ETLS;
+  }
+  mbedtls_ssl_conf_ca_chain(&cfg->conf, &cfg->ca, NULL);
+  mbedtls_ssl_conf_authmode(&cfg->conf, verify ? MBEDTLS_SSL_VERIFY_REQUIRED
+                                               : MBEDTLS_SSL_VERIFY_NONE);
+  *out = cfg;
+  return 0;
+}
+
+int wstun__tls_server_config(wstun__tls_config **out, const char *cert_file,
+                             const char *key_file, char *err, size_t errlen) {
+  *out = NULL;
+  struct stat st;
+  if (stat(key_file, &st) != 0) {
+    snprintf(err, errlen, "cannot read key file %s", key_file);
+    return WSTUN_ETLS;
+  }
+  if (st.st_mode & S_IROTH) {
+    snprintf(err, errlen,
+             "key file %s is world-readable (mode %03o); chmod o-r it",
+             key_file, (unsigned)(st.st_mode & 0777));
+    return WSTUN_ETLS;
+  }
+  wstun__tls_config *cfg;
+  int rc = config_new(&cfg, MBEDTLS_SSL_IS_SERVER);
+  if (rc != 0)
+    return rc;
+  char what[300];
+  rc = mbedtls_x509_crt_parse_file(&cfg->cert, cert_file);
+  if (rc != 0) {
+    snprintf(what, sizeof(what), "cannot load certificate %s", cert_file);
+    describe(rc < 0 ? rc : MBEDTLS_ERR_X509_INVALID_FORMAT, what, err, errlen);
+    goto fail;
+  }
+  rc = mbedtls_pk_parse_keyfile(&cfg->key, key_file, NULL);
+  if (rc != 0) {
+    snprintf(what, sizeof(what), "cannot load key %s", key_file);
+    describe(rc, what, err, errlen);
+    goto fail;
+  }
+  rc = mbedtls_ssl_conf_own_cert(&cfg->conf, &cfg->cert, &cfg->key);
+  if (rc != 0) {
+    describe(rc, "certificate and key do not fit", err, errlen);
+    goto fail;
+  }
+  mbedtls_ssl_conf_ciphersuites(&cfg->conf, modern_suites);
+  mbedtls_ssl_conf_authmode(&cfg->conf, MBEDTLS_SSL_VERIFY_NONE);
+  *out = cfg;
+  return 0;
+fail:
+  wstun__tls_config_unref(cfg);
+  return WSTUN_ETLS;
+}
+
+wstun__tls_config *wstun__tls_config_ref(wstun__tls_config *cfg) {
+  cfg->refs++;
+  return cfg;
+}
+
+void wstun__tls_config_unref(wstun__tls_config *cfg) {
+  if (cfg == NULL || --cfg->refs > 0)
+    return;
+  mbedtls_ssl_config_free(&cfg->conf);
+  mbedtls_x509_crt_free(&cfg->ca);
+  mbedtls_x509_crt_free(&cfg->cert);
+  mbedtls_pk_free(&cfg->key);
+  wstun__rng_free(&cfg->rng);
+  wstun__free(cfg);
+}
+
+/* ---- the record layer's "network" --------------------------------------- */
+
+static int bio_send(void *ctx, const unsigned char *buf, size_t len) {
+  wstun__tls *t = ctx;
+  if (wstun__buf_append(&t->cout, buf, len) != 0)
+    return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+  return (int)len;
+}
+
+static int bio_recv(void *ctx, unsigned char *buf, size_t len) {
+  wstun__tls *t = ctx;
+  size_t have = wstun__buf_size(&t->cin);
+  if (have > 0) {
+    size_t n = have < len ? have : len;
+    memcpy(buf, wstun__buf_data(&t->cin), n);
+    wstun__buf_consume(&t->cin, n);
+    return (int)n;
+  }
+  if (t->rx_len > 0) {
+    size_t n = t->rx_len < len ? t->rx_len : len;
+    memcpy(buf, t->rx, n);
+    t->rx += n;
+    t->rx_len -= n;
+    return (int)n;
+  }
+  return MBEDTLS_ERR_SSL_WANT_READ;
+}
+
+wstun__tls *wstun__tls_new(wstun__tls_config *cfg, const char *host) {
+  wstun__tls *t = wstun__calloc(1, sizeof(*t));
+  if (t == NULL)
+    return NULL;
+  mbedtls_ssl_init(&t->ssl);
+  if (mbedtls_ssl_setup(&t->ssl, &cfg->conf) != 0 ||
+      (host && mbedtls_ssl_set_hostname(&t->ssl, host) != 0)) {
+    mbedtls_ssl_free(&t->ssl);
+    wstun__free(t);
+    return NULL;
+  }
+  t->cfg = wstun__tls_config_ref(cfg);
+  mbedtls_ssl_set_bio(&t->ssl, t, bio_send, bio_recv, NULL);
+  return t;
+}
+
+void wstun__tls_free(wstun__tls *t) {
+  if (t == NULL)
+    return;
+  mbedtls_ssl_free(&t->ssl);
+  wstun__tls_config_unref(t->cfg);
+  wstun__buf_free(&t->cin);
+  wstun__buf_free(&t->cout);
+  wstun__free(t);
+}
+
+static int fail(wstun__tls *t, int rc) {
+  t->failed = 1;
+  uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
+  if (rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0 &&
+      flags != (uint32_t)-1) {
+    /* "The certificate validity has expired\n..." → one line */
+    char info[512];
+    mbedtls_x509_crt_verify_info(info, sizeof(info), "", flags);
+    size_t n = strlen(info);
+    while (n > 0 && info[n - 1] == '\n')
+      info[--n] = '\0';
+    for (char *p = info; *p; p++)
+      if (*p == '\n')
+        *p = ';';
+    snprintf(t->why, sizeof(t->why), "certificate rejected: %s", info);
+  } else {
+    describe(rc, "handshake failed", t->why, sizeof(t->why));
+  }
+  return WSTUN_ETLS;
+}
+
+int wstun__tls_handshake(wstun__tls *t) {
+  int rc = mbedtls_ssl_handshake(&t->ssl);
+  if (rc == 0) {
+    t->handshake_done = 1;
+    return WSTUN__TLS_DONE;
+  }
+  if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+    return WSTUN__TLS_AGAIN;
+  return fail(t, rc);
+}
+
+int wstun__tls_read(wstun__tls *t, uint8_t *out, size_t cap) {
+  int rc = mbedtls_ssl_read(&t->ssl, out, cap);
+  if (rc > 0)
+    return rc;
+  if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+    return WSTUN__TLS_AGAIN;
+  if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
+    return WSTUN_ECLOSED;
+  return fail(t, rc);
+}
+
+int wstun__tls_write(wstun__tls *t, const uint8_t *data, size_t len) {
+  while (len > 0) {
+    int rc = mbedtls_ssl_write(&t->ssl, data, len);
+    if (rc == MBEDTLS_ERR_SSL_ALLOC_FAILED)
+      return WSTUN_ENOMEM;
+    if (rc <= 0)
+      return fail(t, rc);
+    data += rc;
+    len -= (size_t)rc;
+  }
+  return 0;
+}
+
+void wstun__tls_close_notify(wstun__tls *t) {
+  if (t->notify_sent || !t->handshake_done)
+    return;
+  t->notify_sent = 1;
+  mbedtls_ssl_close_notify(&t->ssl);
+}

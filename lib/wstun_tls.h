@@ -1,0 +1,84 @@
+/* TLS for wstun__conn, on mbedTLS: the configurations (client: what to
+ * trust and whether to verify; server: certificate and key) and the
+ * per-connection record layer. mbedTLS never touches the socket: its
+ * "network" callbacks read ciphertext handed over by the connection and
+ * append ciphertext to a buffer the connection writes out, so TLS adds no
+ * I/O path of its own and keeps the connection's write coalescing. */
+#ifndef WSTUN_TLS_H
+#define WSTUN_TLS_H
+
+#include <mbedtls/pk.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wstun_buf.h"
+#include "wstun_rng.h"
+
+/* The system trust store (Debian's ca-certificates). */
+#define WSTUN__TLS_SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
+
+/* Shared by every connection made with it; reference counted so that a
+ * server can swap in a reloaded certificate while connections made with
+ * the old one live on. */
+typedef struct wstun__tls_config {
+  mbedtls_ssl_config conf;
+  mbedtls_x509_crt ca;   /* trusted (client) */
+  mbedtls_x509_crt cert; /* own chain (server) */
+  mbedtls_pk_context key;
+  wstun__rng rng;
+  int is_server;
+  unsigned refs;
+} wstun__tls_config;
+
+/* A client configuration: TLS 1.2+, the peer verified against the system
+ * store plus `extra_ca` (a PEM file, may be NULL), unless `verify` is 0.
+ * On error returns WSTUN_ETLS (or WSTUN_ENOMEM) and writes the reason into
+ * err. */
+int wstun__tls_client_config(wstun__tls_config **out, const char *extra_ca,
+                             int verify, char *err, size_t errlen);
+/* A server configuration from PEM files. The key file must not be
+ * readable by others (WSTUN_ETLS, with the reason). */
+int wstun__tls_server_config(wstun__tls_config **out, const char *cert_file,
+                             const char *key_file, char *err, size_t errlen);
+wstun__tls_config *wstun__tls_config_ref(wstun__tls_config *cfg);
+void wstun__tls_config_unref(wstun__tls_config *cfg);
+
+/* One connection's TLS state. */
+typedef struct wstun__tls {
+  mbedtls_ssl_context ssl;
+  wstun__tls_config *cfg;
+  wstun__buf cin;     /* ciphertext read, not yet taken by mbedTLS */
+  const uint8_t *rx;  /* ciphertext of the current read, taken first */
+  size_t rx_len;      /* (only set inside the read callback) */
+  wstun__buf cout;    /* ciphertext to write */
+  int started;        /* ciphertext seen (server) or ClientHello sent */
+  int handshake_done; /* application data may flow */
+  int failed;         /* the reason is in `why` */
+  int notify_sent;    /* close_notify queued */
+  char why[160];
+} wstun__tls;
+
+/* Allocates the per-connection state; `host` (client side) is sent as SNI
+ * and checked against the certificate. NULL when out of memory. */
+wstun__tls *wstun__tls_new(wstun__tls_config *cfg, const char *host);
+void wstun__tls_free(wstun__tls *t);
+
+/* Results of the steps below. */
+#define WSTUN__TLS_AGAIN 0 /* needs more ciphertext */
+#define WSTUN__TLS_DONE 1  /* handshake complete */
+
+/* Advances the handshake. WSTUN__TLS_AGAIN, WSTUN__TLS_DONE, or WSTUN_ETLS
+ * (reason in t->why). */
+int wstun__tls_handshake(wstun__tls *t);
+/* Decrypts at most `cap` bytes into `out`: the count (> 0),
+ * WSTUN__TLS_AGAIN, WSTUN_ECLOSED once the peer sent close_notify, or
+ * WSTUN_ETLS. */
+int wstun__tls_read(wstun__tls *t, uint8_t *out, size_t cap);
+/* Encrypts all of data into t->cout. 0 or WSTUN_ETLS / WSTUN_ENOMEM. */
+int wstun__tls_write(wstun__tls *t, const uint8_t *data, size_t len);
+/* Queues a close_notify alert (once). */
+void wstun__tls_close_notify(wstun__tls *t);
+
+#endif
