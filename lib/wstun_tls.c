@@ -120,7 +120,9 @@ int wstun__tls_server_config(wstun__tls_config **out, const char *cert_file,
     describe(rc, what, err, errlen);
     goto fail;
   }
-  rc = mbedtls_ssl_conf_own_cert(&cfg->conf, &cfg->cert, &cfg->key);
+  rc = mbedtls_pk_check_pair(&cfg->cert.pk, &cfg->key);
+  if (rc == 0)
+    rc = mbedtls_ssl_conf_own_cert(&cfg->conf, &cfg->cert, &cfg->key);
   if (rc != 0) {
     describe(rc, "certificate and key do not fit", err, errlen);
     goto fail;

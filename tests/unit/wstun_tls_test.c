@@ -1,0 +1,292 @@
+/* The TLS record layer glue, without sockets: a client and a server
+ * wstun__tls pass their ciphertext to each other by hand, whole or one
+ * byte at a time, with certificates made here (mbedTLS's x509write). */
+#include "wstun_tls.h"
+
+#include <mbedtls/ecp.h>
+#include <mbedtls/x509_crt.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "test.h"
+#include "wstun/wstun.h"
+
+static char dir[] = "/tmp/wstun-tls-test.XXXXXX";
+static char cert_path[128], key_path[128], other_cert[128], other_key[128];
+
+static int write_file(const char *path, const unsigned char *data, int mode) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL)
+    return -1;
+  fputs((const char *)data, f);
+  fclose(f);
+  return chmod(path, (mode_t)mode);
+}
+
+/* A self-signed certificate for `cn` (trusted directly by the client). */
+static int make_cert(const char *cn, const char *cert_file,
+                     const char *key_file) {
+  wstun__rng rng;
+  if (wstun__rng_init(&rng) != 0)
+    return -1;
+  mbedtls_pk_context key;
+  mbedtls_pk_init(&key);
+  mbedtls_x509write_cert crt;
+  mbedtls_x509write_crt_init(&crt);
+  mbedtls_mpi serial;
+  mbedtls_mpi_init(&serial);
+  static unsigned char pem[8192];
+  char subject[128];
+  snprintf(subject, sizeof(subject), "CN=%s", cn);
+  int rc =
+      mbedtls_pk_setup(&key, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY)) ||
+      mbedtls_ecp_gen_key(MBEDTLS_ECP_DP_SECP256R1, mbedtls_pk_ec(key),
+                          mbedtls_ctr_drbg_random, &rng.drbg) ||
+      mbedtls_mpi_lset(&serial, 7);
+  if (rc == 0) {
+    mbedtls_x509write_crt_set_version(&crt, MBEDTLS_X509_CRT_VERSION_3);
+    mbedtls_x509write_crt_set_md_alg(&crt, MBEDTLS_MD_SHA256);
+    mbedtls_x509write_crt_set_subject_key(&crt, &key);
+    mbedtls_x509write_crt_set_issuer_key(&crt, &key);
+    rc = mbedtls_x509write_crt_set_subject_name(&crt, subject) ||
+         mbedtls_x509write_crt_set_issuer_name(&crt, subject) ||
+         mbedtls_x509write_crt_set_serial(&crt, &serial) ||
+         mbedtls_x509write_crt_set_validity(&crt, "20200101000000",
+                                            "20991231235959") ||
+         mbedtls_x509write_crt_set_basic_constraints(&crt, 1, -1) ||
+         mbedtls_x509write_crt_pem(&crt, pem, sizeof(pem),
+                                   mbedtls_ctr_drbg_random, &rng.drbg) ||
+         write_file(cert_file, pem, 0644) ||
+         mbedtls_pk_write_key_pem(&key, pem, sizeof(pem)) ||
+         write_file(key_file, pem, 0600);
+  }
+  mbedtls_mpi_free(&serial);
+  mbedtls_x509write_crt_free(&crt);
+  mbedtls_pk_free(&key);
+  wstun__rng_free(&rng);
+  return rc ? -1 : 0;
+}
+
+/* Moves what `from` wrote to `to`'s input, `step` bytes at a time, running
+ * the handshake (or reading into `got`) after each piece. Returns the last
+ * result of the receiving side. */
+static int pass(wstun__tls *from, wstun__tls *to, size_t step,
+                wstun__buf *got) {
+  int rc = WSTUN__TLS_AGAIN;
+  while (wstun__buf_size(&from->cout) > 0) {
+    size_t n = wstun__buf_size(&from->cout);
+    if (n > step)
+      n = step;
+    wstun__buf_append(&to->cin, wstun__buf_data(&from->cout), n);
+    wstun__buf_consume(&from->cout, n);
+    for (;;) {
+      if (!to->handshake_done) {
+        rc = wstun__tls_handshake(to);
+        if (rc != WSTUN__TLS_DONE)
+          break;
+        continue;
+      }
+      uint8_t buf[16384];
+      rc = wstun__tls_read(to, buf, sizeof(buf));
+      if (rc <= 0)
+        break;
+      if (got)
+        wstun__buf_append(got, buf, (size_t)rc);
+    }
+    if (rc < 0)
+      return rc;
+  }
+  return rc;
+}
+
+/* Runs a handshake to its end; 0 when both sides finished. */
+static int handshake(wstun__tls *cli, wstun__tls *srv, size_t step) {
+  CHECK_EQ_INT(wstun__tls_handshake(cli), WSTUN__TLS_AGAIN); /* ClientHello */
+  for (int round = 0; round < 10; round++) {
+    int rc = pass(cli, srv, step, NULL);
+    if (rc < 0)
+      return rc;
+    rc = pass(srv, cli, step, NULL);
+    if (rc < 0)
+      return rc;
+    if (cli->handshake_done && srv->handshake_done &&
+        wstun__buf_size(&cli->cout) == 0 && wstun__buf_size(&srv->cout) == 0)
+      return 0;
+  }
+  return -100;
+}
+
+static void exchange(size_t step) {
+  test_context("step %zu", step);
+  wstun__tls_config *ccfg = NULL, *scfg = NULL;
+  char why[400] = "";
+  CHECK_EQ_INT(wstun__tls_client_config(&ccfg, cert_path, 1, why, sizeof(why)),
+               0);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&scfg, cert_path, key_path, why, sizeof(why)),
+      0);
+  if (ccfg == NULL || scfg == NULL)
+    return;
+  wstun__tls *cli = wstun__tls_new(ccfg, "localhost");
+  wstun__tls *srv = wstun__tls_new(scfg, NULL);
+  /* the connections hold their own references */
+  wstun__tls_config_unref(ccfg);
+  wstun__tls_config_unref(scfg);
+  CHECK_EQ_INT(handshake(cli, srv, step), 0);
+  CHECK_EQ_STR(mbedtls_ssl_get_alpn_protocol(&srv->ssl), "http/1.1");
+  CHECK_EQ_STR(mbedtls_ssl_get_version(&cli->ssl), "TLSv1.2");
+  /* 100 KB each way: several records, split anywhere */
+  static uint8_t data[100000];
+  for (size_t i = 0; i < sizeof(data); i++)
+    data[i] = (uint8_t)(i * 7 + i / 251);
+  wstun__buf got;
+  wstun__buf_init(&got);
+  CHECK_EQ_INT(wstun__tls_write(cli, data, sizeof(data)), 0);
+  CHECK(wstun__buf_size(&cli->cout) > sizeof(data));
+  pass(cli, srv, step, &got);
+  CHECK_EQ_INT((int)wstun__buf_size(&got), (int)sizeof(data));
+  CHECK_MEM(wstun__buf_data(&got), data, sizeof(data));
+  wstun__buf_reset(&got);
+  CHECK_EQ_INT(wstun__tls_write(srv, data, 5000), 0);
+  pass(srv, cli, step, &got);
+  CHECK_EQ_INT((int)wstun__buf_size(&got), 5000);
+  CHECK_MEM(wstun__buf_data(&got), data, 5000);
+  /* close_notify ends the stream cleanly, once */
+  wstun__tls_close_notify(cli);
+  wstun__tls_close_notify(cli);
+  CHECK_EQ_INT(pass(cli, srv, step, NULL), WSTUN_ECLOSED);
+  wstun__buf_free(&got);
+  wstun__tls_free(cli);
+  wstun__tls_free(srv);
+  test_context(NULL);
+}
+
+TEST(handshake_and_data_whole_and_byte_by_byte) {
+  exchange(1 << 20);
+  exchange(1);
+  exchange(7);
+  exchange(1000);
+}
+
+/* A client that fails verification names the reason. */
+static void expect_refusal(const char *extra_ca, const char *host,
+                           const char *reason) {
+  test_context("%s / %s", extra_ca ? extra_ca : "system store", host);
+  wstun__tls_config *ccfg = NULL, *scfg = NULL;
+  char why[400] = "";
+  CHECK_EQ_INT(wstun__tls_client_config(&ccfg, extra_ca, 1, why, sizeof(why)),
+               0);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&scfg, cert_path, key_path, why, sizeof(why)),
+      0);
+  if (ccfg == NULL || scfg == NULL)
+    return;
+  wstun__tls *cli = wstun__tls_new(ccfg, host);
+  wstun__tls *srv = wstun__tls_new(scfg, NULL);
+  CHECK_EQ_INT(handshake(cli, srv, 1 << 20), WSTUN_ETLS);
+  CHECK(cli->failed);
+  CHECK(strstr(cli->why, reason) != NULL);
+  if (strstr(cli->why, reason) == NULL)
+    fprintf(stderr, "  why: %s\n", cli->why);
+  CHECK(!cli->handshake_done);
+  wstun__tls_free(cli);
+  wstun__tls_free(srv);
+  wstun__tls_config_unref(ccfg);
+  wstun__tls_config_unref(scfg);
+  test_context(NULL);
+}
+
+TEST(verification_failures_name_the_reason) {
+  expect_refusal(cert_path, "other.example", "Common Name");
+  expect_refusal(NULL, "localhost", "not correctly signed");
+  expect_refusal(other_cert, "localhost", "not correctly signed");
+}
+
+TEST(verify_off_accepts_anything) {
+  wstun__tls_config *ccfg = NULL, *scfg = NULL;
+  char why[400];
+  CHECK_EQ_INT(wstun__tls_client_config(&ccfg, NULL, 0, why, sizeof(why)), 0);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&scfg, cert_path, key_path, why, sizeof(why)),
+      0);
+  wstun__tls *cli = wstun__tls_new(ccfg, "wrong.example");
+  wstun__tls *srv = wstun__tls_new(scfg, NULL);
+  CHECK_EQ_INT(handshake(cli, srv, 3), 0);
+  wstun__tls_free(cli);
+  wstun__tls_free(srv);
+  wstun__tls_config_unref(ccfg);
+  wstun__tls_config_unref(scfg);
+}
+
+TEST(server_rejects_garbage) {
+  wstun__tls_config *scfg = NULL;
+  char why[400];
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&scfg, cert_path, key_path, why, sizeof(why)),
+      0);
+  wstun__tls *srv = wstun__tls_new(scfg, NULL);
+  static const char junk[] = "\x16\x03\x01\x00\x05hello-not-a-client-hello";
+  wstun__buf_append(&srv->cin, junk, sizeof(junk) - 1);
+  CHECK_EQ_INT(wstun__tls_handshake(srv), WSTUN_ETLS);
+  CHECK(srv->failed && srv->why[0] != '\0');
+  wstun__tls_free(srv);
+  wstun__tls_config_unref(scfg);
+}
+
+TEST(config_errors) {
+  wstun__tls_config *cfg = (wstun__tls_config *)1;
+  char why[400] = "";
+  char path[160];
+  snprintf(path, sizeof(path), "%s/missing.pem", dir);
+  CHECK_EQ_INT(wstun__tls_client_config(&cfg, path, 1, why, sizeof(why)),
+               WSTUN_ETLS);
+  CHECK(cfg == NULL);
+  CHECK(strstr(why, "missing.pem") != NULL);
+  /* a world-readable key is refused before it is even parsed */
+  chmod(key_path, 0644);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&cfg, cert_path, key_path, why, sizeof(why)),
+      WSTUN_ETLS);
+  CHECK(strstr(why, "world-readable") != NULL);
+  chmod(key_path, 0640); /* group-readable is fine (ssl-cert group) */
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&cfg, cert_path, key_path, why, sizeof(why)), 0);
+  wstun__tls_config_unref(cfg);
+  chmod(key_path, 0600);
+  /* a key that does not belong to the certificate */
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&cfg, cert_path, other_key, why, sizeof(why)),
+      WSTUN_ETLS);
+  CHECK(strstr(why, "do not fit") != NULL);
+  /* a certificate file that is not one */
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&cfg, key_path, key_path, why, sizeof(why)),
+      WSTUN_ETLS);
+  CHECK(strstr(why, "cannot load certificate") != NULL);
+}
+
+int main(int argc, char **argv) {
+  if (mkdtemp(dir) == NULL)
+    return 1;
+  snprintf(cert_path, sizeof(cert_path), "%s/cert.pem", dir);
+  snprintf(key_path, sizeof(key_path), "%s/key.pem", dir);
+  snprintf(other_cert, sizeof(other_cert), "%s/other.pem", dir);
+  snprintf(other_key, sizeof(other_key), "%s/other.key", dir);
+  if (make_cert("localhost", cert_path, key_path) != 0 ||
+      make_cert("localhost", other_cert, other_key) != 0) {
+    fprintf(stderr, "cannot make test certificates\n");
+    return 1;
+  }
+  static const test_case tests[] = {
+      T(handshake_and_data_whole_and_byte_by_byte),
+      T(verification_failures_name_the_reason), T(verify_off_accepts_anything),
+      T(server_rejects_garbage), T(config_errors)};
+  int rc = test_main(tests, TEST_COUNT(tests), argc, argv);
+  unlink(cert_path);
+  unlink(key_path);
+  unlink(other_cert);
+  unlink(other_key);
+  rmdir(dir);
+  return rc;
+}
