@@ -1,0 +1,609 @@
+"""TLS end to end (issue 4): wss:// tunnels with certificate verification
+(-certfile, wrong host, expired, untrusted), HTTPS backends (-server
+https://, X-Host: https://, -insecure), and the server's own TLS
+(-tls-cert/-tls-key: verification, ALPN, protocol floor, plain HTTP on the
+TLS port, key file permissions, SIGHUP reload).
+
+Certificates are made at run time with the openssl CLI (tlsutil.PKI) in a
+temp dir removed at exit. The tunnel URL names `localhost` (the test
+certificates carry DNS:localhost and IP:127.0.0.1; host-name checks are
+made against DNS names), and every socket is on 127.0.0.1.
+"""
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (E2ETestCase, HOST, SRV_BIN, BIN_DIR, Proc, make_token,  # noqa: E402
+                     expected_sha256, gen_bytes, get, wait_tunnels, wait_until, main)
+import tlsutil  # noqa: E402
+from tlsutil import (PKI, TLSBackend, client_ctx, https_req, https_tunnels,  # noqa: E402
+                     wait_https_tunnels, tls_connect,
+                     der_serial, private_tempdir)
+
+tlsutil.scrub_proxy_env()
+
+MIB = 1024 * 1024
+UNKNOWN_TOKEN_BODY = "Tunnel not found (or not seen in a long time)"
+
+# reasons in mbedTLS's verify info, matched loosely
+WHY_UNTRUSTED = r"(?i)not correctly signed|trusted"
+WHY_EXPIRED = r"(?i)expired"
+WHY_WRONG_HOST = r"(?i)common name|\bCN\b"
+
+C = None  # the certificates, made once per run (setUpModule)
+
+
+class _Certs:
+    def __init__(self):
+        p = PKI()
+        self.pki = p
+        self.ca = p.ca("wstun test CA")
+        self.other_ca = p.ca("wstun unrelated CA")
+        self.good = p.leaf(self.ca, dns=("localhost",), ips=("127.0.0.1",))
+        self.expired = p.leaf(self.ca, dns=("localhost",), ips=("127.0.0.1",), expired=True)
+        self.wrong_host = p.leaf(self.ca, dns=("other.example",), ips=())
+        self.by_other_ca = p.leaf(self.other_ca, dns=("localhost",), ips=("127.0.0.1",))
+        self.self_signed = p.self_signed(dns=("localhost",), ips=("127.0.0.1",))
+        # -certfile as a bundle: an unrelated CA first, the test CA second
+        self.bundle = os.path.join(p.dir, "bundle.pem")
+        with open(self.bundle, "w") as out:
+            for src in (self.other_ca.cert, self.ca.cert):
+                with open(src) as f:
+                    out.write(f.read())
+
+
+def setUpModule():
+    global C
+    if not tlsutil.OPENSSL:
+        raise unittest.SkipTest("the openssl CLI is not installed (apt-get install openssl)")
+    C = _Certs()
+
+
+def http_download(port, path, timeout=60):
+    """GET over plain HTTP, streamed: (status, length, sha256 hex)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        h, n = hashlib.sha256(), 0
+        while True:
+            piece = r.read(MIB)
+            if not piece:
+                break
+            h.update(piece)
+            n += len(piece)
+        return r.status, n, h.hexdigest()
+    finally:
+        conn.close()
+
+
+def http_upload(port, path, n, timeout=60):
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Length", str(n))
+        conn.endheaders()
+        for piece in gen_bytes(n):
+            conn.send(piece)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def ctx_ca():
+    return client_ctx(C.ca.cert)
+
+
+class TLSCase(E2ETestCase):
+    """Helpers: a wstunsrv serving TLS, a wstuncli dialing wss://localhost."""
+
+    def tmpdir(self):
+        d = private_tempdir("wstun-tls-test.")
+        self.addCleanup(shutil.rmtree, d, True)
+        return d
+
+    def tls_server(self, cert, *flags, **kw):
+        return self.server("-tls-cert", cert.cert, "-tls-key", cert.key, *flags, **kw)
+
+    def wss_client(self, srv, token, *flags, server_url=None, host="localhost",
+                   base="", env=None):
+        return self.client(srv, token, *flags, server_url=server_url,
+                           tunnel_url="wss://%s:%d%s" % (host, srv.port, base), env=env)
+
+    def assertTunnelRefused(self, srv, cli, be, token, why_rx, ctx=None):
+        """The client logs `cannot open tunnel to wss://localhost:PORT: TLS...`
+        with the reason, retries with backoff, and nothing gets through."""
+        pfx = r"cannot open tunnel to wss://localhost:%d: .*TLS" % srv.port
+        m = cli.wait_stderr(pfx, 10)
+        self.assertIsNotNone(m, "no TLS failure logged\n" + cli.describe())
+        line = [ln for ln in cli.err_lines if re.search(pfx, ln)][0]
+        self.assertRegex(line, why_rx, "the reason is not in the log line")
+        self.assertRegex(line, r"(?i)warn", "not logged as a warning: %r" % line)
+        self.assertIsNotNone(cli.wait_stderr(r"reconnecting in \d+ ms", 10),
+                             "no retry scheduled\n" + cli.describe())
+        # a second attempt fails the same way (retry with backoff, no fallback)
+        self.assertTrue(wait_until(lambda: len([ln for ln in cli.err_lines
+                                                if re.search(pfx, ln)]) >= 2, 10),
+                        "the client did not retry\n" + cli.describe())
+        self.assertTrue(cli.alive(), cli.describe())
+        self.assertNotRegex(cli.stderr_text(), r"tunnel open to",
+                            "the client claims a tunnel")
+        ctx = ctx or ctx_ca()
+        self.assertEqual(https_tunnels(srv.port, ctx), 0)
+        r = https_req(srv.port, "GET", "/_token/%s/echo" % token, ctx)
+        self.assertStatus(r, 404)
+        self.assertBody(r, UNKNOWN_TOKEN_BODY)
+        self.assertEqual(be.count(), 0, "a request reached the backend")
+
+
+# --------------------------------------------------------------------------
+# the tunnel over TLS: client-side verification
+
+class TunnelTLS(TLSCase):
+    def test_wss_with_certfile_carries_requests(self):
+        be = self.backend()
+        srv = self.tls_server(C.good)
+        tok = make_token()
+        cli = self.wss_client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
+        self.assertTrue(wait_https_tunnels(srv.port, ctx_ca(), 1, 10),
+                        "tunnel over wss did not come up\n%s\n%s"
+                        % (srv.describe(), cli.describe()))
+        self.assertIsNotNone(cli.wait_stderr(r"tunnel open to wss://localhost:%d" % srv.port, 5),
+                             cli.describe())
+        r = https_req(srv.port, "GET", "/_token/%s/echo?x=1" % tok, ctx_ca())
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["path"], "/echo?x=1")
+        body = os.urandom(200000)
+        r = https_req(srv.port, "POST", "/_token/%s/upload" % tok, ctx_ca(), body=body)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["sha256"], hashlib.sha256(body).hexdigest())
+        # the server's detailed /_stats lists the tunnel
+        r = https_req(srv.port, "GET", "/_stats", ctx_ca())
+        self.assertIn("tunnel00_token=%s..." % tok[:8], r.body.decode())
+        self.assertNotRegex(cli.stderr_text(), r"cannot open tunnel")
+
+    def test_wss_with_base_path(self):
+        be = self.backend()
+        srv = self.tls_server(C.good, base_path="/wst")
+        tok = make_token()
+        self.wss_client(srv, tok, "-certfile", C.ca.cert, server_url=be.url, base="/wst")
+        self.assertTrue(wait_until(lambda: https_req(
+            srv.port, "GET", "/wst/_stats", ctx_ca()).body.startswith(b"tunnels=1"), 10))
+        r = https_req(srv.port, "GET", "/wst/_token/%s/name" % tok, ctx_ca())
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"backend")
+
+    def test_certfile_bundle_and_self_signed_server_cert(self):
+        """-certfile takes a CA bundle (the right CA not first), or the
+        server's own self-signed certificate."""
+        for cert, trust in ((C.good, C.bundle), (C.self_signed, C.self_signed.cert)):
+            with self.subTest(server=os.path.basename(cert.cert)):
+                be = self.backend()
+                srv = self.tls_server(cert)
+                tok = make_token()
+                cli = self.wss_client(srv, tok, "-certfile", trust, server_url=be.url)
+                ctx = client_ctx(trust)
+                self.assertTrue(wait_https_tunnels(srv.port, ctx, 1, 10), cli.describe())
+                r = https_req(srv.port, "GET", "/_token/%s/name" % tok, ctx)
+                self.assertStatus(r, 200)
+
+    def test_untrusted_server_refused(self):
+        """The test CA is not in the system store: without -certfile, and
+        with an unrelated CA as -certfile, the tunnel is refused."""
+        for extra in ((), ("-certfile", C.other_ca.cert)):
+            with self.subTest(flags=extra):
+                be = self.backend()
+                srv = self.tls_server(C.good)
+                tok = make_token()
+                cli = self.wss_client(srv, tok, *extra, server_url=be.url)
+                self.assertTunnelRefused(srv, cli, be, tok, WHY_UNTRUSTED)
+
+    def test_insecure_does_not_apply_to_the_tunnel(self):
+        be = self.backend()
+        srv = self.tls_server(C.self_signed)
+        tok = make_token()
+        cli = self.wss_client(srv, tok, "-insecure", server_url=be.url)
+        self.assertTunnelRefused(srv, cli, be, tok, WHY_UNTRUSTED,
+                                 ctx=client_ctx(C.self_signed.cert))
+
+    def test_wrong_host_refused(self):
+        be = self.backend()
+        srv = self.tls_server(C.wrong_host)
+        tok = make_token()
+        cli = self.wss_client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
+        ctx = client_ctx(C.ca.cert)
+        ctx.check_hostname = False  # our own checks ask the server anyway
+        self.assertTunnelRefused(srv, cli, be, tok, WHY_WRONG_HOST, ctx=ctx)
+
+    def test_expired_refused(self):
+        be = self.backend()
+        srv = self.tls_server(C.expired)
+        tok = make_token()
+        cli = self.wss_client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
+        ctx = client_ctx(None, verify=False)
+        self.assertTunnelRefused(srv, cli, be, tok, WHY_EXPIRED, ctx=ctx)
+
+    def test_wss_to_plain_server_and_ws_to_tls_server(self):
+        """Protocol mismatches fail the dial and are retried; nobody dies."""
+        be = self.backend()
+        plain = self.server()
+        tok = make_token()
+        cli = self.client(plain, tok, "-certfile", C.ca.cert, server_url=be.url,
+                          tunnel_url="wss://localhost:%d" % plain.port)
+        self.assertIsNotNone(cli.wait_stderr(
+            r"cannot open tunnel to wss://localhost:%d" % plain.port, 10), cli.describe())
+        self.assertIsNotNone(cli.wait_stderr(r"reconnecting in \d+ ms", 10))
+        self.assertFalse(wait_tunnels(plain, 1, 1.5))
+        self.assertEqual(get(plain.port, "/_health_check").status, 200)
+
+        tls = self.tls_server(C.good)
+        tok2 = make_token()
+        cli2 = self.client(tls, tok2, server_url=be.url,
+                           tunnel_url="ws://localhost:%d" % tls.port)
+        self.assertIsNotNone(cli2.wait_stderr(
+            r"cannot open tunnel to ws://localhost:%d" % tls.port, 15), cli2.describe())
+        self.assertEqual(https_tunnels(tls.port, ctx_ca()), 0)
+        self.assertTrue(cli.alive() and cli2.alive() and plain.alive() and tls.alive())
+        self.assertEqual(be.count(), 0)
+
+    def test_wstunnel_dropin_srv_and_cli(self):
+        wst = os.path.join(BIN_DIR, "wstunnel")
+        if not os.access(wst, os.X_OK):
+            self.skipTest("no wstunnel drop-in in %s" % BIN_DIR)
+        be = self.backend()
+        srv_p = Proc([wst, "srv", "-host", HOST, "-port", "0", "-tls-cert", C.good.cert,
+                      "-tls-key", C.good.key], name="wstunnel-srv")
+        self._procs.append(srv_p)
+        self.addCleanup(self._checked_stop, srv_p)
+        m = srv_p.wait_stderr(r"listening on 127\.0\.0\.1:(\d+)", 10)
+        self.assertIsNotNone(m, srv_p.describe())
+        port = int(m.group(1))
+        tok = make_token()
+        cli_p = Proc([wst, "cli", "-tunnel", "wss://localhost:%d" % port, "-token", tok,
+                      "-server", be.url, "-certfile", C.ca.cert], name="wstunnel-cli")
+        self._procs.append(cli_p)
+        self.addCleanup(self._checked_stop, cli_p)
+        self.assertTrue(wait_https_tunnels(port, ctx_ca(), 1, 10), cli_p.describe())
+        r = https_req(port, "GET", "/_token/%s/name" % tok, ctx_ca())
+        self.assertStatus(r, 200)
+
+
+# --------------------------------------------------------------------------
+# HTTPS backends
+
+class BackendTLS(TLSCase):
+    def tls_backend(self, cert, name="tls-backend"):
+        b = TLSBackend(cert, name=name)
+        self.addCleanup(b.close)
+        return b
+
+    def assert502(self, r, be_url):
+        self.assertStatus(r, 502)
+        text = r.body.decode("utf-8", "replace")
+        self.assertTrue(text.startswith("Backend %s unavailable:" % be_url),
+                        "502 body: %r" % text)
+        self.assertRegex(text, r"(?i)\bTLS\b", "502 body does not mention TLS: %r" % text)
+
+    def test_https_backend_signed_by_test_ca(self):
+        be = self.tls_backend(C.good)
+        srv, cli = self.server(), None
+        tok = make_token()
+        cli = self.client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1), cli.describe())
+        r = get(srv.port, "/_token/%s/echo?q=1" % tok)
+        self.assertStatus(r, 200)
+        doc = r.json()
+        self.assertEqual((doc["backend"], doc["path"]), ("tls-backend", "/echo?q=1"))
+        # a few MiB both ways, byte-exact, over the TLS backend connection
+        n = 8 * MIB
+        status, got, sha = http_download(srv.port, "/_token/%s/bytes?n=%d" % (tok, n))
+        self.assertEqual((status, got, sha), (200, n, expected_sha256(n)))
+        status, body = http_upload(srv.port, "/_token/%s/upload" % tok, n)
+        self.assertEqual(status, 200, body[:200])
+        self.assertEqual(json.loads(body)["sha256"], expected_sha256(n))
+
+    def test_https_backend_untrusted_502(self):
+        """The test CA is not trusted without -certfile: 502, nothing sent."""
+        be = self.tls_backend(C.good)
+        srv = self.server()
+        tok = make_token()
+        cli = self.client(srv, tok, server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1), cli.describe())
+        r = get(srv.port, "/_token/%s/echo" % tok)
+        self.assert502(r, be.url)
+        self.assertEqual(be.count(), 0)
+
+    def test_self_signed_backend_needs_insecure(self):
+        be = self.tls_backend(C.self_signed)
+        srv = self.server()
+        tok1, tok2 = make_token("strict"), make_token("insecure")
+        c1 = self.client(srv, tok1, "-certfile", C.ca.cert, server_url=be.url)
+        c2 = self.client(srv, tok2, "-insecure", server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 2), c1.describe() + c2.describe())
+        r = get(srv.port, "/_token/%s/echo" % tok1)
+        self.assert502(r, be.url)
+        self.assertEqual(be.count(), 0)
+        r = get(srv.port, "/_token/%s/echo" % tok2)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["backend"], "tls-backend")
+        self.assertEqual(be.count(), 1)
+
+    def test_backend_wrong_host_and_expired_502(self):
+        for cert in (C.wrong_host, C.expired):
+            with self.subTest(cert=os.path.basename(cert.cert)):
+                be = self.tls_backend(cert)
+                srv = self.server()
+                tok = make_token()
+                cli = self.client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
+                self.assertTrue(wait_tunnels(srv, 1), cli.describe())
+                r = get(srv.port, "/_token/%s/echo" % tok)
+                self.assert502(r, be.url)
+                self.assertEqual(be.count(), 0)
+
+    def test_x_host_https(self):
+        signed = self.tls_backend(C.good, "signed")
+        selfs = self.tls_backend(C.self_signed, "self-signed")
+        plain = self.backend("plain")
+        srv = self.server()
+        tok1, tok2 = make_token("strict"), make_token("insecure")
+        rx = r"https://localhost:[0-9]+"
+        c1 = self.client(srv, tok1, "-certfile", C.ca.cert, "-regexp", rx,
+                         server_url=plain.url)
+        c2 = self.client(srv, tok2, "-insecure", "-regexp", rx, server_url=plain.url)
+        self.assertTrue(wait_tunnels(srv, 2), c1.describe() + c2.describe())
+        r = get(srv.port, "/_token/%s/name" % tok1, headers={"X-Host": signed.url})
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"signed")
+        r = get(srv.port, "/_token/%s/name" % tok1, headers={"X-Host": selfs.url})
+        self.assert502(r, selfs.url)
+        r = get(srv.port, "/_token/%s/name" % tok2, headers={"X-Host": selfs.url})
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"self-signed")
+        self.assertEqual((plain.count(), signed.count(), selfs.count()), (0, 1, 1))
+
+
+# --------------------------------------------------------------------------
+# the server's own TLS
+
+class ServerTLS(TLSCase):
+    def test_https_verifies_with_alpn_http11(self):
+        srv = self.tls_server(C.good)
+        ctx = client_ctx(C.ca.cert, alpn=("h2", "http/1.1"))
+        with tls_connect(srv.port, ctx) as t:  # verifies chain and name
+            self.assertEqual(t.selected_alpn_protocol(), "http/1.1")
+            self.assertIn(t.version(), ("TLSv1.2", "TLSv1.3"))
+            self.assertEqual(der_serial(t.getpeercert(True)), C.good.serial)
+            t.sendall(b"GET /_health_check HTTP/1.1\r\nHost: localhost\r\n"
+                      b"Connection: close\r\n\r\n")
+            data = b""
+            while True:
+                piece = t.recv(65536)
+                if not piece:
+                    break
+                data += piece
+        self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:200])
+        self.assertIn(b"WSTUNSRV RUNNING", data)
+        r = https_req(srv.port, "GET", "/_health_check", client_ctx(C.ca.cert))
+        self.assertStatus(r, 200)
+
+    def test_tls12_accepted(self):
+        srv = self.tls_server(C.good)
+        ctx = client_ctx(C.ca.cert)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        with tls_connect(srv.port, ctx) as t:
+            self.assertEqual(t.version(), "TLSv1.2")
+            self.assertEqual(t.selected_alpn_protocol(), "http/1.1")
+            cipher = t.cipher()[0]
+        # "modern cipher suites": forward secret AEAD
+        self.assertRegex(cipher, r"^ECDHE|^DHE", cipher)
+        self.assertRegex(cipher, r"GCM|CHACHA20", cipher)
+
+    def test_legacy_cipher_suites_refused(self):
+        """TLS 1.2 with only RSA key exchange and CBC suites on offer: a
+        server with modern suites only does not accept that."""
+        srv = self.tls_server(C.good)
+        ctx = client_ctx(C.ca.cert)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.set_ciphers("AES128-SHA:AES256-SHA:@SECLEVEL=0")
+        except ssl.SSLError:
+            self.skipTest("this OpenSSL cannot offer AES128-SHA")
+        with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
+            with tls_connect(srv.port, ctx, timeout=10) as t:
+                self.fail("legacy suite accepted: %s %s" % (t.version(), t.cipher()))
+        self.assertStatus(https_req(srv.port, "GET", "/_health_check", ctx_ca()), 200)
+
+    def test_tls11_refused(self):
+        if not tlsutil.have_tls11_client():
+            self.skipTest("this Python/OpenSSL cannot speak TLS 1.1 to check the refusal")
+        srv = self.tls_server(C.good)
+        with self.assertRaises((ssl.SSLError, ConnectionError, OSError)) as cm:
+            with tls_connect(srv.port, tlsutil.tls11_client_ctx(), timeout=10) as t:
+                self.fail("TLS 1.1 handshake accepted (%s)" % t.version())
+        self.assertNotIn("NO_PROTOCOLS_AVAILABLE", str(cm.exception))
+        self.assertTrue(srv.alive())
+        self.assertStatus(https_req(srv.port, "GET", "/_health_check", ctx_ca()), 200)
+
+    def test_plain_http_on_tls_port_fails_cleanly(self):
+        srv = self.tls_server(C.good)
+        # a tunnel that must survive all this
+        be = self.backend()
+        tok = make_token()
+        self.wss_client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
+        self.assertTrue(wait_https_tunnels(srv.port, ctx_ca(), 1, 10))
+        idle = []
+        for _ in range(5):  # silent connections that never start a handshake
+            s = socket.create_connection((HOST, srv.port), timeout=5)
+            self.addCleanup(s.close)
+            idle.append(s)
+        for attempt in range(5):
+            with socket.create_connection((HOST, srv.port), timeout=10) as s:
+                s.sendall(b"GET /_health_check HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                data = b""
+                t0 = time.monotonic()
+                try:
+                    while time.monotonic() - t0 < 10:
+                        piece = s.recv(65536)
+                        if not piece:
+                            break
+                        data += piece
+                    else:
+                        self.fail("plain HTTP on the TLS port: still open after 10 s")
+                except ConnectionResetError:
+                    pass
+                except socket.timeout:
+                    self.fail("plain HTTP on the TLS port: no answer and no close in 10 s")
+                self.assertNotIn(b"WSTUNSRV RUNNING", data)
+            # served meanwhile, idle sockets notwithstanding
+            self.assertStatus(https_req(srv.port, "GET", "/_health_check", ctx_ca(),
+                                        timeout=5), 200)
+        self.assertTrue(srv.alive())
+        r = https_req(srv.port, "GET", "/_token/%s/name" % tok, ctx_ca())
+        self.assertStatus(r, 200)
+        self.assertEqual(https_tunnels(srv.port, ctx_ca()), 1)
+
+    # -- start-up errors
+    def run_srv(self, *flags, timeout=10):
+        argv = [SRV_BIN, "-host", HOST, "-port", "0"] + [str(f) for f in flags]
+        try:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.fail("wstunsrv %s kept running (it should refuse to start)" % " ".join(flags))
+        err = p.stderr.decode("utf-8", "replace")
+        return p.returncode, [ln for ln in err.splitlines() if ln.strip()]
+
+    def test_world_readable_key_refused(self):
+        d = self.tmpdir()
+        key = os.path.join(d, "server.key")
+        shutil.copy(C.good.key, key)
+        for mode in (0o644, 0o604):
+            with self.subTest(mode=oct(mode)):
+                os.chmod(key, mode)
+                rc, lines = self.run_srv("-tls-cert", C.good.cert, "-tls-key", key)
+                self.assertNotEqual(rc, 0)
+                self.assertEqual(len(lines), 1, "expected one line, got %r" % lines)
+                self.assertIn("tls-key", lines[0])
+                self.assertRegex(lines[0], r"(?i)world-readable|permission", lines[0])
+        # the same file with mode 600 is fine
+        os.chmod(key, 0o600)
+        srv = self.server("-tls-cert", C.good.cert, "-tls-key", key)
+        self.assertStatus(https_req(srv.port, "GET", "/_health_check", ctx_ca()), 200)
+
+    def test_one_tls_flag_without_the_other(self):
+        for flags, missing in ((("-tls-cert", C.good.cert), "tls-key"),
+                               (("-tls-key", C.good.key), "tls-cert")):
+            with self.subTest(missing=missing):
+                rc, lines = self.run_srv(*flags)
+                self.assertNotEqual(rc, 0)
+                self.assertEqual(len(lines), 1, "expected one line, got %r" % lines)
+                self.assertIn(missing, lines[0])
+
+    def test_unloadable_cert_or_key(self):
+        d = self.tmpdir()
+        junk = os.path.join(d, "junk.pem")
+        with open(junk, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\nnot base64 at all\n"
+                    "-----END CERTIFICATE-----\n")
+        os.chmod(junk, 0o600)
+        missing = os.path.join(d, "no-such-file.pem")
+        # a key that does not match the certificate
+        for cert, key, named in ((missing, C.good.key, missing),
+                                 (junk, C.good.key, junk),
+                                 (C.good.cert, missing, missing),
+                                 (C.good.cert, junk, junk)):
+            with self.subTest(cert=os.path.basename(cert), key=os.path.basename(key)):
+                rc, lines = self.run_srv("-tls-cert", cert, "-tls-key", key)
+                self.assertNotEqual(rc, 0)
+                self.assertTrue(any(named in ln for ln in lines),
+                                "no line names %s: %r" % (named, lines))
+
+    def test_mismatched_key_refused(self):
+        """A key that is not the certificate's is a start-up error (and so
+        is a reload to such a pair: see the SIGHUP tests)."""
+        rc, lines = self.run_srv("-tls-cert", C.good.cert, "-tls-key", C.expired.key,
+                                 timeout=5)
+        self.assertNotEqual(rc, 0, "started with a key that is not the certificate's")
+        self.assertTrue(any("tls-key" in ln or C.expired.key in ln for ln in lines),
+                        "no error line naming the key: %r" % lines)
+
+    # -- reload
+    def test_sighup_reloads_certificate_keeping_tunnels(self):
+        d = self.tmpdir()
+        crt, key = os.path.join(d, "server.pem"), os.path.join(d, "server.key")
+        a = C.pki.leaf(C.ca, serial=0xA1A1A1)
+        b = C.pki.leaf(C.ca, serial=0xB2B2B2)
+
+        def install(cert):
+            for src, dst in ((cert.cert, crt), (cert.key, key)):
+                tmp = dst + ".new"
+                shutil.copy(src, tmp)
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, dst)
+
+        def served_serial():
+            with tls_connect(srv.port, ctx_ca()) as t:
+                return der_serial(t.getpeercert(True))
+
+        install(a)
+        srv = self.server("-tls-cert", crt, "-tls-key", key)
+        be = self.backend()
+        tok = make_token()
+        cli = self.wss_client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
+        self.assertTrue(wait_https_tunnels(srv.port, ctx_ca(), 1, 10), cli.describe())
+        self.assertEqual(served_serial(), a.serial)
+        self.assertStatus(https_req(srv.port, "GET", "/_token/%s/name" % tok, ctx_ca()), 200)
+
+        install(b)
+        self.assertEqual(served_serial(), a.serial, "changed before SIGHUP")
+        srv.send_signal(signal.SIGHUP)
+        self.assertIsNotNone(srv.wait_stderr(r"(?i)reloaded", 10),
+                             "no 'reloaded' log line\n" + srv.describe())
+        self.assertTrue(wait_until(lambda: served_serial() == b.serial, 5),
+                        "new connections still see serial %X" % served_serial())
+        # the tunnel opened before the reload still serves, never redialed
+        for _ in range(3):
+            r = https_req(srv.port, "GET", "/_token/%s/name" % tok, ctx_ca())
+            self.assertStatus(r, 200)
+        self.assertEqual(https_tunnels(srv.port, ctx_ca()), 1)
+        self.assertEqual(len(re.findall(r"tunnel open to", cli.stderr_text())), 1,
+                         "the client reconnected\n" + cli.describe())
+        self.assertNotRegex(cli.stderr_text(), r"tunnel closed")
+        self.assertEqual(be.count(), 4)
+
+    def test_sighup_with_broken_files_keeps_serving(self):
+        d = self.tmpdir()
+        crt, key = os.path.join(d, "server.pem"), os.path.join(d, "server.key")
+        shutil.copy(C.good.cert, crt)
+        shutil.copy(C.good.key, key)
+        os.chmod(key, 0o600)
+        srv = self.server("-tls-cert", crt, "-tls-key", key)
+        be = self.backend()
+        tok = make_token()
+        self.wss_client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
+        self.assertTrue(wait_https_tunnels(srv.port, ctx_ca(), 1, 10))
+        with open(crt, "w") as f:
+            f.write("garbage\n")
+        srv.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        self.assertTrue(srv.alive(), "a failed reload killed the server\n" + srv.describe())
+        with tls_connect(srv.port, ctx_ca()) as t:
+            self.assertEqual(der_serial(t.getpeercert(True)), C.good.serial)
+        self.assertStatus(https_req(srv.port, "GET", "/_token/%s/name" % tok, ctx_ca()), 200)
+
+
+if __name__ == "__main__":
+    main()
