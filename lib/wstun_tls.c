@@ -1,6 +1,9 @@
 #include "wstun_tls.h"
 
+#include <arpa/inet.h>
+#include <mbedtls/asn1.h>
 #include <mbedtls/error.h>
+#include <mbedtls/oid.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -180,17 +183,90 @@ static int bio_recv(void *ctx, unsigned char *buf, size_t len) {
   return MBEDTLS_ERR_SSL_WANT_READ;
 }
 
+/* ---- IP address hosts ---------------------------------------------------- */
+
+/* 1 when the certificate's subjectAltName lists the address `ip` (an
+ * iPAddress entry, [7]). mbedTLS 2.28 keeps only DNS names of that
+ * extension, so its raw bytes are walked here. */
+static int crt_names_ip(const mbedtls_x509_crt *crt, const uint8_t *ip,
+                        size_t iplen) {
+  unsigned char *p = crt->v3_ext.p, *end;
+  size_t len;
+  if (p == NULL)
+    return 0;
+  end = p + crt->v3_ext.len;
+  if (mbedtls_asn1_get_tag(&p, end, &len,
+                           MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE))
+    return 0;
+  end = p + len;
+  while (p < end) {
+    /* Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE,
+     *                          extnValue OCTET STRING } */
+    if (mbedtls_asn1_get_tag(&p, end, &len,
+                             MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE))
+      return 0;
+    unsigned char *ext_end = p + len;
+    mbedtls_asn1_buf oid = {.tag = MBEDTLS_ASN1_OID};
+    if (mbedtls_asn1_get_tag(&p, ext_end, &oid.len, MBEDTLS_ASN1_OID))
+      return 0;
+    oid.p = p;
+    p += oid.len;
+    int critical;
+    (void)mbedtls_asn1_get_bool(&p, ext_end, &critical); /* optional */
+    if (mbedtls_asn1_get_tag(&p, ext_end, &len, MBEDTLS_ASN1_OCTET_STRING))
+      return 0;
+    if (MBEDTLS_OID_CMP(MBEDTLS_OID_SUBJECT_ALT_NAME, &oid) == 0) {
+      unsigned char *q = p, *qend = p + len;
+      size_t names;
+      if (mbedtls_asn1_get_tag(&q, qend, &names,
+                               MBEDTLS_ASN1_CONSTRUCTED |
+                                   MBEDTLS_ASN1_SEQUENCE))
+        return 0;
+      qend = q + names;
+      while (q < qend) {
+        unsigned char tag = *q++;
+        size_t n;
+        if (mbedtls_asn1_get_len(&q, qend, &n))
+          return 0;
+        if (tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7) && n == iplen &&
+            memcmp(q, ip, n) == 0)
+          return 1;
+        q += n;
+      }
+    }
+    p = ext_end;
+  }
+  return 0;
+}
+
+/* Verification step for a host given as an IP address: the leaf must
+ * name that address; mismatches are reported like a wrong host name. */
+static int verify_ip(void *ctx, mbedtls_x509_crt *crt, int depth,
+                     uint32_t *flags) {
+  wstun__tls *t = ctx;
+  if (depth == 0 && !crt_names_ip(crt, t->ip, t->iplen))
+    *flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
+  return 0;
+}
+
 wstun__tls *wstun__tls_new(wstun__tls_config *cfg, const char *host) {
   wstun__tls *t = wstun__calloc(1, sizeof(*t));
   if (t == NULL)
     return NULL;
   mbedtls_ssl_init(&t->ssl);
+  /* an address is neither sent as SNI (RFC 6066) nor matched as a name */
+  if (host && inet_pton(AF_INET, host, t->ip) == 1)
+    t->iplen = 4;
+  else if (host && inet_pton(AF_INET6, host, t->ip) == 1)
+    t->iplen = 16;
   if (mbedtls_ssl_setup(&t->ssl, &cfg->conf) != 0 ||
-      (host && mbedtls_ssl_set_hostname(&t->ssl, host) != 0)) {
+      (host && !t->iplen && mbedtls_ssl_set_hostname(&t->ssl, host) != 0)) {
     mbedtls_ssl_free(&t->ssl);
     wstun__free(t);
     return NULL;
   }
+  if (t->iplen)
+    mbedtls_ssl_set_verify(&t->ssl, verify_ip, t);
   t->cfg = wstun__tls_config_ref(cfg);
   mbedtls_ssl_set_bio(&t->ssl, t, bio_send, bio_recv, NULL);
   return t;

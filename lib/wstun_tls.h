@@ -57,11 +57,15 @@ typedef struct wstun__tls {
   int handshake_done; /* application data may flow */
   int failed;         /* the reason is in `why` */
   int notify_sent;    /* close_notify queued */
+  uint8_t ip[16];     /* the host, when it is an IP address */
+  size_t iplen;       /* 4, 16, or 0 for a name */
   char why[160];
 } wstun__tls;
 
 /* Allocates the per-connection state; `host` (client side) is sent as SNI
- * and checked against the certificate. NULL when out of memory. */
+ * and checked against the certificate: a name against its DNS names (or
+ * common name), an IP address against its IP address entries. NULL when
+ * out of memory. */
 wstun__tls *wstun__tls_new(wstun__tls_config *cfg, const char *host);
 void wstun__tls_free(wstun__tls *t);
 

@@ -4,6 +4,7 @@
 #include "wstun_tls.h"
 
 #include <mbedtls/ecp.h>
+#include <mbedtls/oid.h>
 #include <mbedtls/x509_crt.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 
 static char dir[] = "/tmp/wstun-tls-test.XXXXXX";
 static char cert_path[128], key_path[128], other_cert[128], other_key[128];
+static char ip_cert[128], ip_key[128];
 
 static int write_file(const char *path, const unsigned char *data, int mode) {
   FILE *f = fopen(path, "w");
@@ -24,9 +26,12 @@ static int write_file(const char *path, const unsigned char *data, int mode) {
   return chmod(path, (mode_t)mode);
 }
 
-/* A self-signed certificate for `cn` (trusted directly by the client). */
-static int make_cert(const char *cn, const char *cert_file,
+/* A self-signed certificate for `cn` (trusted directly by the client),
+ * with subjectAltName iPAddress 127.0.0.1 when `with_ip`. */
+static int make_cert(const char *cn, int with_ip, const char *cert_file,
                      const char *key_file) {
+  /* GeneralNames ::= SEQUENCE { [7] 127.0.0.1 } */
+  static const unsigned char san_ip[] = {0x30, 0x06, 0x87, 0x04, 127, 0, 0, 1};
   wstun__rng rng;
   if (wstun__rng_init(&rng) != 0)
     return -1;
@@ -55,6 +60,10 @@ static int make_cert(const char *cn, const char *cert_file,
          mbedtls_x509write_crt_set_validity(&crt, "20200101000000",
                                             "20991231235959") ||
          mbedtls_x509write_crt_set_basic_constraints(&crt, 1, -1) ||
+         (with_ip && mbedtls_x509write_crt_set_extension(
+                         &crt, MBEDTLS_OID_SUBJECT_ALT_NAME,
+                         MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), 0,
+                         san_ip, sizeof(san_ip))) ||
          mbedtls_x509write_crt_pem(&crt, pem, sizeof(pem),
                                    mbedtls_ctr_drbg_random, &rng.drbg) ||
          write_file(cert_file, pem, 0644) ||
@@ -117,18 +126,16 @@ static int handshake(wstun__tls *cli, wstun__tls *srv, size_t step) {
   return -100;
 }
 
-static void exchange(size_t step) {
-  test_context("step %zu", step);
+static void exchange_with(const char *crt, const char *key, const char *host,
+                          size_t step) {
+  test_context("%s, step %zu", host, step);
   wstun__tls_config *ccfg = NULL, *scfg = NULL;
   char why[400] = "";
-  CHECK_EQ_INT(wstun__tls_client_config(&ccfg, cert_path, 1, why, sizeof(why)),
-               0);
-  CHECK_EQ_INT(
-      wstun__tls_server_config(&scfg, cert_path, key_path, why, sizeof(why)),
-      0);
+  CHECK_EQ_INT(wstun__tls_client_config(&ccfg, crt, 1, why, sizeof(why)), 0);
+  CHECK_EQ_INT(wstun__tls_server_config(&scfg, crt, key, why, sizeof(why)), 0);
   if (ccfg == NULL || scfg == NULL)
     return;
-  wstun__tls *cli = wstun__tls_new(ccfg, "localhost");
+  wstun__tls *cli = wstun__tls_new(ccfg, host);
   wstun__tls *srv = wstun__tls_new(scfg, NULL);
   /* the connections hold their own references */
   wstun__tls_config_unref(ccfg);
@@ -162,6 +169,10 @@ static void exchange(size_t step) {
   test_context(NULL);
 }
 
+static void exchange(size_t step) {
+  exchange_with(cert_path, key_path, "localhost", step);
+}
+
 TEST(handshake_and_data_whole_and_byte_by_byte) {
   exchange(1 << 20);
   exchange(1);
@@ -170,16 +181,15 @@ TEST(handshake_and_data_whole_and_byte_by_byte) {
 }
 
 /* A client that fails verification names the reason. */
-static void expect_refusal(const char *extra_ca, const char *host,
-                           const char *reason) {
+static void expect_refusal_by(const char *crt, const char *key,
+                              const char *extra_ca, const char *host,
+                              const char *reason) {
   test_context("%s / %s", extra_ca ? extra_ca : "system store", host);
   wstun__tls_config *ccfg = NULL, *scfg = NULL;
   char why[400] = "";
   CHECK_EQ_INT(wstun__tls_client_config(&ccfg, extra_ca, 1, why, sizeof(why)),
                0);
-  CHECK_EQ_INT(
-      wstun__tls_server_config(&scfg, cert_path, key_path, why, sizeof(why)),
-      0);
+  CHECK_EQ_INT(wstun__tls_server_config(&scfg, crt, key, why, sizeof(why)), 0);
   if (ccfg == NULL || scfg == NULL)
     return;
   wstun__tls *cli = wstun__tls_new(ccfg, host);
@@ -195,6 +205,23 @@ static void expect_refusal(const char *extra_ca, const char *host,
   wstun__tls_config_unref(ccfg);
   wstun__tls_config_unref(scfg);
   test_context(NULL);
+}
+
+static void expect_refusal(const char *extra_ca, const char *host,
+                           const char *reason) {
+  expect_refusal_by(cert_path, key_path, extra_ca, host, reason);
+}
+
+/* Hosts given as addresses are matched against iPAddress entries. */
+TEST(ip_address_hosts) {
+  exchange_with(ip_cert, ip_key, "127.0.0.1", 1 << 20);
+  exchange_with(ip_cert, ip_key, "127.0.0.1", 5);
+  expect_refusal_by(ip_cert, ip_key, ip_cert, "127.0.0.2", "Common Name");
+  expect_refusal_by(ip_cert, ip_key, ip_cert, "::1", "Common Name");
+  /* with a subjectAltName present the common name no longer counts */
+  expect_refusal_by(ip_cert, ip_key, ip_cert, "localhost", "Common Name");
+  /* a certificate without addresses names none */
+  expect_refusal_by(cert_path, key_path, cert_path, "127.0.0.1", "Common Name");
 }
 
 TEST(verification_failures_name_the_reason) {
@@ -273,20 +300,28 @@ int main(int argc, char **argv) {
   snprintf(key_path, sizeof(key_path), "%s/key.pem", dir);
   snprintf(other_cert, sizeof(other_cert), "%s/other.pem", dir);
   snprintf(other_key, sizeof(other_key), "%s/other.key", dir);
-  if (make_cert("localhost", cert_path, key_path) != 0 ||
-      make_cert("localhost", other_cert, other_key) != 0) {
+  snprintf(ip_cert, sizeof(ip_cert), "%s/ip.pem", dir);
+  snprintf(ip_key, sizeof(ip_key), "%s/ip.key", dir);
+  if (make_cert("localhost", 0, cert_path, key_path) != 0 ||
+      make_cert("localhost", 0, other_cert, other_key) != 0 ||
+      make_cert("localhost", 1, ip_cert, ip_key) != 0) {
     fprintf(stderr, "cannot make test certificates\n");
     return 1;
   }
   static const test_case tests[] = {
       T(handshake_and_data_whole_and_byte_by_byte),
-      T(verification_failures_name_the_reason), T(verify_off_accepts_anything),
-      T(server_rejects_garbage), T(config_errors)};
+      T(ip_address_hosts),
+      T(verification_failures_name_the_reason),
+      T(verify_off_accepts_anything),
+      T(server_rejects_garbage),
+      T(config_errors)};
   int rc = test_main(tests, TEST_COUNT(tests), argc, argv);
   unlink(cert_path);
   unlink(key_path);
   unlink(other_cert);
   unlink(other_key);
+  unlink(ip_cert);
+  unlink(ip_key);
   rmdir(dir);
   return rc;
 }
