@@ -1022,6 +1022,7 @@ static int setup_tls_and_proxy(wstun_client *cli,
       wstun__log(&cli->log, WSTUN_LOG_ERROR, "TLS: %s", why);
       return rc;
     }
+    wstun__tls_config_modern(cli->tunnel_tls);
   }
   const char *proxy = cfg->proxy_url;
   if ((proxy == NULL || *proxy == '\0') && cfg->proxy_from_env)

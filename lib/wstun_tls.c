@@ -11,16 +11,23 @@
 #include "wstun/wstun.h"
 #include "wstun_alloc.h"
 
-/* TLS 1.2 with forward secrecy and AEAD only: what every current browser,
- * Go, nginx and curl offer first. */
+/* TLS 1.2 with forward secrecy and AEAD only, as current browsers, Go,
+ * nginx and curl offer. ChaCha20-Poly1305 first: mbedTLS 2.28 runs it
+ * faster than its AES-GCM, which handles 16 bytes per step even with
+ * AES-NI (346 vs 254 MB/s per core here, see the README's TLS notes), and
+ * the server's order decides. */
 static const int modern_suites[] = {
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
     MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
     MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-    MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     0};
+
+void wstun__tls_config_modern(wstun__tls_config *cfg) {
+  mbedtls_ssl_conf_ciphersuites(&cfg->conf, modern_suites);
+}
 
 /* The tunnel and its requests are HTTP/1.1, whatever else a peer offers. */
 static const char *alpn[] = {"http/1.1", NULL};
@@ -130,7 +137,7 @@ int wstun__tls_server_config(wstun__tls_config **out, const char *cert_file,
     describe(rc, "certificate and key do not fit", err, errlen);
     goto fail;
   }
-  mbedtls_ssl_conf_ciphersuites(&cfg->conf, modern_suites);
+  wstun__tls_config_modern(cfg);
   mbedtls_ssl_conf_authmode(&cfg->conf, MBEDTLS_SSL_VERIFY_NONE);
   *out = cfg;
   return 0;

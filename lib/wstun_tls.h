@@ -42,6 +42,10 @@ int wstun__tls_client_config(wstun__tls_config **out, const char *extra_ca,
  * readable by others (WSTUN_ETLS, with the reason). */
 int wstun__tls_server_config(wstun__tls_config **out, const char *cert_file,
                              const char *key_file, char *err, size_t errlen);
+/* Restricts a configuration to ECDHE with an AEAD cipher (servers always;
+ * the tunnel's client side, whose peer is ours or a modern proxy; not
+ * backends, which may be old). */
+void wstun__tls_config_modern(wstun__tls_config *cfg);
 wstun__tls_config *wstun__tls_config_ref(wstun__tls_config *cfg);
 void wstun__tls_config_unref(wstun__tls_config *cfg);
 
