@@ -12,6 +12,7 @@ proxy's port and not to the server's (and the server sees its tunnel
 peer on a socket tinyproxy holds).
 """
 
+import base64
 import os
 import re
 import sys
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, HOST, make_token, expected_sha256, free_port,  # noqa: E402
                      get, stats_text, wait_tunnels, wait_until, main)
 import tlsutil  # noqa: E402
-from tlsutil import (PKI, TinyProxy, client_ctx, https_req, https_tunnels,  # noqa: E402
+from tlsutil import (PKI, TinyProxy, FakeConnectProxy, client_ctx, https_req, https_tunnels,  # noqa: E402
                      wait_https_tunnels, https_download, https_upload, remote_ports,
                      tcp_peers)
 
@@ -307,6 +308,68 @@ class ProxyEnvironment(ProxyCase):
                            env={"https_proxy": dead, "HTTPS_PROXY": dead})
         self.assertTrue(wait_tunnels(srv2, 1), cli2.describe())
         self.assertDirect(cli2, srv2)
+
+
+class ProxyWire(ProxyCase):
+    """What wstuncli says to a proxy, and how it takes odd answers, pinned
+    with a recording fake CONNECT proxy."""
+
+    def fake_proxy(self, mode="relay"):
+        f = FakeConnectProxy(mode)
+        self.addCleanup(f.stop)
+        return f
+
+    def test_connect_request_and_basic_credentials(self):
+        be = self.backend()
+        srv = self.server()
+        fp = self.fake_proxy()
+        tok = make_token()
+        # percent-encoded userinfo is decoded before it is encoded in Basic
+        cli = self.client(srv, tok, "-proxy", fp.url("us%40er:p%3Ass%20w"), server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1), cli.describe())
+        self.assertStatus(get(srv.port, "/_token/%s/name" % tok), 200)
+        first, hdrs = fp.heads[0]
+        self.assertEqual(first, "CONNECT 127.0.0.1:%d HTTP/1.1" % srv.port)
+        self.assertEqual(hdrs.get("host"), ["127.0.0.1:%d" % srv.port])
+        self.assertEqual(hdrs.get("proxy-authorization"),
+                         ["Basic " + base64.b64encode(b"us@er:p:ss w").decode()])
+        self.assertNotIn("p:ss w", cli.stderr_text())
+        self.assertNotIn("p%3Ass", cli.stderr_text())
+
+    def test_no_credentials_no_header_and_wss_names_the_host(self):
+        be = self.backend()
+        srv = self.tls_server()
+        fp = self.fake_proxy()
+        tok = make_token()
+        cli = self.wss_client(srv, tok, "-proxy", fp.url(), server_url=be.url)
+        self.assertTrue(wait_https_tunnels(srv.port, ctx_ca(), 1, 10), cli.describe())
+        first, hdrs = fp.heads[0]
+        self.assertEqual(first, "CONNECT localhost:%d HTTP/1.1" % srv.port)
+        self.assertNotIn("proxy-authorization", hdrs)
+
+    def test_all_proxy_is_the_fallback(self):
+        be = self.backend()
+        srv = self.server()
+        fp = self.fake_proxy()
+        tok = make_token()
+        cli = self.client(srv, tok, server_url=be.url, env={"all_proxy": fp.url()})
+        self.assertTrue(wait_tunnels(srv, 1), cli.describe())
+        self.assertEqual(fp.heads[0][0], "CONNECT 127.0.0.1:%d HTTP/1.1" % srv.port)
+
+    def test_odd_proxy_answers_logged_and_retried(self):
+        for mode, rx in ((502, r"(?i)proxy.*\b502\b"), (403, r"(?i)proxy.*\b403\b"),
+                         ("close", r"cannot open tunnel"), ("garbage", r"cannot open tunnel")):
+            with self.subTest(mode=mode):
+                be = self.backend()
+                srv = self.server()
+                fp = self.fake_proxy(mode)
+                tok = make_token()
+                cli = self.client(srv, tok, "-proxy", fp.url(), server_url=be.url)
+                self.assertIsNotNone(cli.wait_stderr(rx, 10), cli.describe())
+                self.assertIsNotNone(cli.wait_stderr(r"reconnecting in \d+ ms", 10))
+                self.assertTrue(fp.wait_heads(2, 10), "not retried\n" + cli.describe())
+                self.assertNoTunnel(srv, be, tok, settle=0.3)
+                self.assertTrue(cli.alive())
 
 
 class ProxyBulk(ProxyCase):

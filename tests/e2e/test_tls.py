@@ -111,7 +111,7 @@ class TLSCase(E2ETestCase):
     """Helpers: a wstunsrv serving TLS, a wstuncli dialing wss://localhost."""
 
     def tmpdir(self):
-        d = private_tempdir("wstun-tls-test.")
+        d = private_tempdir("wstun-e2e-tls.")
         self.addCleanup(shutil.rmtree, d, True)
         return d
 

@@ -497,3 +497,133 @@ def tls11_client_ctx():
         ctx.minimum_version = ssl.TLSVersion.TLSv1_1
         ctx.maximum_version = ssl.TLSVersion.TLSv1_1
     return ctx
+
+
+# --------------------------------------------------------------------------
+# a fake CONNECT proxy, to pin what wstuncli sends a proxy
+
+class FakeConnectProxy:
+    """HTTP CONNECT proxy on 127.0.0.1:0 that records every request head
+    (.heads: list of (request line, {lower-name: [values]})) and then, by
+    `mode`: "relay" answers 200 and relays to 127.0.0.1:<CONNECT port>
+    (whatever the host named); an int answers that status and closes;
+    "close" answers 200 and closes; "garbage" answers non-HTTP bytes."""
+
+    def __init__(self, mode="relay"):
+        from harness import _read_head, parse_head
+        self._read_head, self._parse_head = _read_head, parse_head
+        self.mode = mode
+        self.heads = []
+        self.stopped = threading.Event()
+        self._cond = threading.Condition()
+        self._socks = []
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((HOST, 0))
+        self.lsock.listen(64)
+        self.lsock.settimeout(0.1)
+        self.port = self.lsock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def url(self, userinfo=""):
+        return "http://%s%s:%d" % (userinfo + "@" if userinfo else "", HOST, self.port)
+
+    def _track(self, s):
+        with self._cond:
+            self._socks.append(s)
+
+    def _accept_loop(self):
+        while not self.stopped.is_set():
+            try:
+                s, _ = self.lsock.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            self._track(s)
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        try:
+            head, rest = self._read_head(s, time.monotonic() + 5)
+        except Exception:  # noqa: BLE001
+            s.close()
+            return
+        first, hdrs = self._parse_head(head)
+        with self._cond:
+            self.heads.append((first, hdrs))
+            self._cond.notify_all()
+        try:
+            if isinstance(self.mode, int):
+                body = b"refused by the fake proxy\n"
+                s.sendall(b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                          % (self.mode, {502: b"Bad Gateway", 403: b"Forbidden",
+                                         407: b"Proxy Authentication Required"}
+                             .get(self.mode, b"Nope"), len(body), body))
+                s.close()
+                return
+            if self.mode == "garbage":
+                s.sendall(b"\x00\x01SSH-2.0-not-a-proxy\r\n\r\n")
+                s.close()
+                return
+            s.sendall(b"HTTP/1.1 200 Connection established\r\n"
+                      b"Proxy-Agent: fake\r\n\r\n")
+            if self.mode == "close":
+                s.close()
+                return
+            port = int(first.split()[1].rsplit(":", 1)[1])
+            up = socket.create_connection((HOST, port), timeout=5)
+            self._track(up)
+            if rest:
+                up.sendall(rest)
+            for a, b in ((s, up), (up, s)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        except OSError:
+            s.close()
+
+    @staticmethod
+    def _pump(src, dst):
+        src.settimeout(None)
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def wait_heads(self, n, timeout):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.heads) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def stop(self):
+        self.stopped.set()
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self._cond:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+        self._thread.join(2)
