@@ -56,6 +56,9 @@ class _Certs:
         self.wrong_host = p.leaf(self.ca, dns=("other.example",), ips=())
         self.by_other_ca = p.leaf(self.other_ca, dns=("localhost",), ips=("127.0.0.1",))
         self.self_signed = p.self_signed(dns=("localhost",), ips=("127.0.0.1",))
+        self.dns_only = p.leaf(self.ca, dns=("localhost",), ips=())
+        self.cn_ip_only = p.leaf(self.ca, dns=("localhost",), ips=("127.0.0.2",),
+                                 cn="127.0.0.1")
         # -certfile as a bundle: an unrelated CA first, the test CA second
         self.bundle = os.path.join(p.dir, "bundle.pem")
         with open(self.bundle, "w") as out:
@@ -211,6 +214,34 @@ class TunnelTLS(TLSCase):
                 cli = self.wss_client(srv, tok, *extra, server_url=be.url)
                 self.assertTunnelRefused(srv, cli, be, tok, WHY_UNTRUSTED)
 
+    def test_ip_literal_checked_against_ip_san(self):
+        """wss://127.0.0.1: accepted when the certificate lists IP:127.0.0.1,
+        refused when it lists only DNS names, or another IP (a CN of
+        127.0.0.1 does not count when there are SANs)."""
+        be = self.backend()
+        srv = self.tls_server(C.good)
+        tok = make_token()
+        cli = self.wss_client(srv, tok, "-certfile", C.ca.cert, server_url=be.url,
+                              host="127.0.0.1")
+        self.assertTrue(wait_https_tunnels(srv.port, ctx_ca(), 1, 10), cli.describe())
+        self.assertIsNotNone(cli.wait_stderr(r"tunnel open to wss://127\.0\.0\.1:%d"
+                                             % srv.port, 5))
+        self.assertStatus(https_req(srv.port, "GET", "/_token/%s/name" % tok, ctx_ca()), 200)
+        for cert in (C.dns_only, C.cn_ip_only):
+            with self.subTest(cert=os.path.basename(cert.cert)):
+                be2 = self.backend()
+                srv2 = self.tls_server(cert)
+                tok2 = make_token()
+                cli2 = self.wss_client(srv2, tok2, "-certfile", C.ca.cert, server_url=be2.url,
+                                       host="127.0.0.1")
+                pfx = r"cannot open tunnel to wss://127\.0\.0\.1:%d: .*TLS" % srv2.port
+                m = cli2.wait_stderr(pfx + ".*", 10)
+                self.assertIsNotNone(m, cli2.describe())
+                self.assertRegex(m.group(0), WHY_WRONG_HOST)
+                self.assertIsNotNone(cli2.wait_stderr(r"reconnecting in \d+ ms", 10))
+                self.assertEqual(https_tunnels(srv2.port, ctx_ca()), 0)
+                self.assertEqual(be2.count(), 0)
+
     def test_insecure_does_not_apply_to_the_tunnel(self):
         be = self.backend()
         srv = self.tls_server(C.self_signed)
@@ -314,6 +345,23 @@ class BackendTLS(TLSCase):
         status, body = http_upload(srv.port, "/_token/%s/upload" % tok, n)
         self.assertEqual(status, 200, body[:200])
         self.assertEqual(json.loads(body)["sha256"], expected_sha256(n))
+
+    def test_https_backend_by_ip_literal(self):
+        """-server https://127.0.0.1:PORT is checked against IP SANs."""
+        good = self.tls_backend(C.good, "ip-san")
+        dns_only = self.tls_backend(C.dns_only, "dns-only")
+        srv = self.server()
+        tok1, tok2 = make_token("ipsan"), make_token("dnsonly")
+        url1 = "https://127.0.0.1:%d" % good.port
+        url2 = "https://127.0.0.1:%d" % dns_only.port
+        c1 = self.client(srv, tok1, "-certfile", C.ca.cert, server_url=url1)
+        c2 = self.client(srv, tok2, "-certfile", C.ca.cert, server_url=url2)
+        self.assertTrue(wait_tunnels(srv, 2), c1.describe() + c2.describe())
+        r = get(srv.port, "/_token/%s/name" % tok1)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"ip-san")
+        self.assert502(get(srv.port, "/_token/%s/name" % tok2), url2)
+        self.assertEqual(dns_only.count(), 0)
 
     def test_https_backend_untrusted_502(self):
         """The test CA is not trusted without -certfile: 502, nothing sent."""
