@@ -633,6 +633,9 @@ class ServerTLS(TLSCase):
         self.assertEqual(be.count(), 4)
 
     def test_sighup_with_broken_files_keeps_serving(self):
+        """A reload that cannot load (garbage certificate, a key that is not
+        the certificate's) leaves the old pair in service and the tunnel
+        up; a later good pair is picked up by the next SIGHUP."""
         d = self.tmpdir()
         crt, key = os.path.join(d, "server.pem"), os.path.join(d, "server.key")
         shutil.copy(C.good.cert, crt)
@@ -641,16 +644,34 @@ class ServerTLS(TLSCase):
         srv = self.server("-tls-cert", crt, "-tls-key", key)
         be = self.backend()
         tok = make_token()
-        self.wss_client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
+        cli = self.wss_client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
         self.assertTrue(wait_https_tunnels(srv.port, ctx_ca(), 1, 10))
-        with open(crt, "w") as f:
-            f.write("garbage\n")
+
+        def served_serial():
+            with tls_connect(srv.port, ctx_ca()) as t:
+                return der_serial(t.getpeercert(True))
+
+        new = C.pki.leaf(C.ca, serial=0xC3C3C3)
+        for what in ("garbage", "mismatch"):
+            with self.subTest(broken=what):
+                if what == "garbage":
+                    with open(crt, "w") as f:
+                        f.write("garbage\n")
+                else:  # the new certificate with the old key
+                    shutil.copy(new.cert, crt)
+                srv.send_signal(signal.SIGHUP)
+                time.sleep(1.0)
+                self.assertTrue(srv.alive(), "a failed reload killed the server\n"
+                                + srv.describe())
+                self.assertEqual(served_serial(), C.good.serial)
+                self.assertStatus(https_req(srv.port, "GET", "/_token/%s/name" % tok,
+                                            ctx_ca()), 200)
+        shutil.copy(new.key, key)
         srv.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
-        self.assertTrue(srv.alive(), "a failed reload killed the server\n" + srv.describe())
-        with tls_connect(srv.port, ctx_ca()) as t:
-            self.assertEqual(der_serial(t.getpeercert(True)), C.good.serial)
+        self.assertTrue(wait_until(lambda: served_serial() == new.serial, 5),
+                        "the good pair was not picked up\n" + srv.describe())
         self.assertStatus(https_req(srv.port, "GET", "/_token/%s/name" % tok, ctx_ca()), 200)
+        self.assertEqual(len(re.findall(r"tunnel open to", cli.stderr_text())), 1)
 
 
 if __name__ == "__main__":
