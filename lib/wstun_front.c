@@ -440,6 +440,44 @@ static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
   return 0;
 }
 
+int wstun__route_target(const char *base, size_t blen, const char *target,
+                        size_t tlen, char *buf, size_t cap, wstun__route *r) {
+  memset(r, 0, sizeof(*r));
+  if (blen > 0) {
+    if (tlen < blen || memcmp(target, base, blen) != 0 ||
+        (tlen > blen && target[blen] != '/' && target[blen] != '?'))
+      return -1;
+    target += blen;
+    tlen -= blen;
+  }
+  r->path = target;
+  r->len = tlen;
+  const char *q = memchr(target, '?', tlen);
+  r->plen = q ? (size_t)(q - target) : tlen;
+  if (r->plen < 8 || memcmp(target, "/_token/", 8) != 0)
+    return 0;
+  const char *tok = target + 8;
+  size_t toklen = 0;
+  while (toklen < tlen - 8 && tok[toklen] != '/' && tok[toklen] != '?')
+    toklen++;
+  const char *rest = tok + toklen;
+  size_t rlen = tlen - 8 - toklen;
+  r->tok = tok;
+  r->toklen = toklen;
+  if (rlen > 0 && rest[0] == '/') {
+    r->fwd = rest;
+    r->fwdlen = rlen;
+  } else if (rlen + 1 < cap) {
+    /* "/_token/tok" or "/_token/tok?q": the path is "/" */
+    buf[0] = '/';
+    memcpy(buf + 1, rest, rlen);
+    buf[rlen + 1] = '\0';
+    r->fwd = buf;
+    r->fwdlen = rlen + 1;
+  }
+  return 0;
+}
+
 static int req_on_head(void *ud, wstun__http_head *h) {
   wstun__front *f = ud;
   wstun_server *srv = f->srv;
@@ -455,21 +493,16 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     local_answer(f, 400, "Request target must be a path");
     return 0;
   }
-  /* strip the base path */
-  if (srv->base_len > 0) {
-    if (tlen < srv->base_len ||
-        memcmp(target, srv->base_path, srv->base_len) != 0 ||
-        (tlen > srv->base_len && target[srv->base_len] != '/' &&
-         target[srv->base_len] != '?')) {
-      local_answer(f, 404, "Not found");
-      return 0;
-    }
-    target += srv->base_len;
-    tlen -= srv->base_len;
+  char buf[4096];
+  wstun__route rt;
+  if (wstun__route_target(srv->base_path, srv->base_len, target, tlen, buf,
+                          sizeof(buf), &rt) != 0) {
+    local_answer(f, 404, "Not found");
+    return 0;
   }
-  size_t plen = strcspn(target, "?");
-  if (plen > tlen)
-    plen = tlen;
+  target = rt.path;
+  tlen = rt.len;
+  size_t plen = rt.plen;
 #define IS_PATH(lit) (plen == sizeof(lit) - 1 && memcmp(target, lit, plen) == 0)
   if (IS_PATH("/_tunnel")) {
     f->upgrade = 1;
@@ -489,24 +522,12 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     return 1;
   }
   const char *xtok = wstun__http_head_get(h, "X-Token");
-  if (plen >= 8 && memcmp(target, "/_token/", 8) == 0) {
-    const char *tok = target + 8;
-    size_t toklen = strcspn(tok, "/?");
-    if (toklen > tlen - 8)
-      toklen = tlen - 8;
-    const char *rest = tok + toklen;
-    size_t rlen = tlen - 8 - toklen;
-    if (rlen == 0 || rest[0] == '?') {
-      /* "/_token/tok" or "/_token/tok?q": the path is "/" */
-      char buf[4096];
-      int n = snprintf(buf, sizeof(buf), "/%.*s", (int)rlen, rest);
-      if (n < 0 || (size_t)n >= sizeof(buf)) {
-        local_answer(f, 414, "URI too long");
-        return 0;
-      }
-      return route_tunnel(f, h, tok, toklen, buf, (size_t)n);
+  if (rt.tok != NULL) {
+    if (rt.fwd == NULL) {
+      local_answer(f, 414, "URI too long");
+      return 0;
     }
-    return route_tunnel(f, h, tok, toklen, rest, rlen);
+    return route_tunnel(f, h, rt.tok, rt.toklen, rt.fwd, rt.fwdlen);
   }
   if (xtok != NULL)
     return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);

@@ -230,3 +230,44 @@ write("tunnel_frames", "close_while_sending", ctl(SERVER | SEND | CLOSE | PARSE,
 write("tunnel_frames", "fail_data", ctl(SERVER | FAILD | SEND, 9) +
       frame(BIN, "0008 HTTP/1.1 200 OK\r\n\r\nbad!", fin=False, mask=K) +
       frame(CONT, "more", mask=K) + frame(BIN, "0009 " + RESP, mask=K))
+
+# ---- router: buffer size byte (0: 4096), then "base\0target" or target ---------
+TOK = "abcdefghijklmnop"
+write("router", "token_path", ctl(0) + "/_token/" + TOK + "/some/path?x=1")
+write("router", "token_only", ctl(0) + "/_token/" + TOK)
+write("router", "token_query", ctl(0) + "/_token/" + TOK + "?a=/b&c")
+write("router", "empty_token", ctl(0) + "/_token//x")
+write("router", "dotdot", ctl(0) + "/_token/" + TOK + "/../../etc/passwd")
+write("router", "encoded", ctl(0) + "/_token/" + TOK + "%2F..%2fx/y")
+write("router", "base", ctl(0) + "/wstunnel\0/wstunnel/_token/" + TOK + "/p")
+write("router", "base_query", ctl(0) + "/b\0/b?/_token/x")
+write("router", "base_prefix", ctl(0) + "/b\0/bb/_token/" + TOK)
+write("router", "not_token", ctl(0) + "/_tokens/" + TOK + "/x")
+write("router", "query_token", ctl(0) + "/x?/_token/" + TOK)
+write("router", "small_buf", ctl(8) + "/_token/" + TOK + "?" + "q" * 20)
+write("router", "stats", ctl(0) + "/_stats")
+
+# ---- client_ports: flags (bit 0: fail the N+1-th allocation, N next) + list ------
+write("client_ports", "one", ctl(0) + "8000")
+write("client_ports", "range", ctl(0) + "8000..8100")
+write("client_ports", "list", ctl(0) + "8000..8100, 8300 ,8505")
+write("client_ports", "edges", ctl(0) + "1,65535,1..65535")
+write("client_ports", "bad_order", ctl(0) + "9000..8000")
+write("client_ports", "three_dots", ctl(0) + "8000...8100")
+write("client_ports", "zero", ctl(0) + "0")
+write("client_ports", "big", ctl(0) + "65536")
+write("client_ports", "commas", ctl(0) + ",, ,")
+write("client_ports", "open_range", ctl(0) + "8000..")
+write("client_ports", "allocfail", ctl(1, 0) + "1,2,3")
+
+# ---- flags: argv[1..] separated by NUL bytes --------------------------------------
+write("flags", "values", "-port\08080\0--name=x\0-verbose\0--big\018446744073709551615")
+write("flags", "eq_forms", "--port=0\0-timeout=3\0-neg=-100\0-on=false\0-bounded=1024")
+write("flags", "help", "-port\01\0--help")
+write("flags", "version", "--version")
+write("flags", "unknown", "-nope\01")
+write("flags", "missing", "-port")
+write("flags", "range", "-timeout\02")
+write("flags", "spaces", "-port\0 +80")
+write("flags", "bare", "x\0-")
+write("flags", "bool_bad", "-on=yes")
