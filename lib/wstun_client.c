@@ -533,19 +533,28 @@ static void dial_on_secure(wstun__conn *c, int status) {
   send_handshake(cli);
 }
 
+/* Feeds the answer of the proxy or the server; its head once complete,
+ * else NULL (more to come, or the attempt failed with `bad`). */
+static const wstun__http_head *dial_head(wstun_client *cli, const uint8_t *data,
+                                         size_t len, size_t *used, int err,
+                                         const char *bad) {
+  *used = 0;
+  if (wstun__http_parser_feed(&cli->hs, data, len, used) == WSTUN__HTTP_ERROR) {
+    dial_fail(cli, err, bad);
+    return NULL;
+  }
+  return cli->hs_done ? &cli->hs.head : NULL;
+}
+
 /* The proxy's answer to CONNECT: 2xx opens the way; anything else (407
  * without or with wrong credentials, 403, 502) is a failed attempt. */
 static size_t proxy_on_data(wstun_client *cli, const uint8_t *data,
                             size_t len) {
-  size_t used = 0;
-  int rc = wstun__http_parser_feed(&cli->hs, data, len, &used);
-  if (rc == WSTUN__HTTP_ERROR) {
-    dial_fail(cli, WSTUN_ECONNECT, "bad answer from the proxy");
+  size_t used;
+  const wstun__http_head *h = dial_head(cli, data, len, &used, WSTUN_ECONNECT,
+                                        "bad answer from the proxy");
+  if (h == NULL)
     return len;
-  }
-  if (!cli->hs_done)
-    return len;
-  const wstun__http_head *h = &cli->hs.head;
   if (h->status < 200 || h->status > 299) {
     char why[200];
     snprintf(why, sizeof(why), "proxy answered %d %.120s", h->status,
@@ -568,15 +577,11 @@ static size_t dial_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   wstun_client *cli = c->owner;
   if (cli->dial_phase == DIAL_PROXY)
     return proxy_on_data(cli, data, len);
-  size_t used = 0;
-  int rc = wstun__http_parser_feed(&cli->hs, data, len, &used);
-  if (rc == WSTUN__HTTP_ERROR) {
-    dial_fail(cli, WSTUN_EHANDSHAKE, "bad handshake response");
+  size_t used;
+  const wstun__http_head *h = dial_head(cli, data, len, &used, WSTUN_EHANDSHAKE,
+                                        "bad handshake response");
+  if (h == NULL)
     return len;
-  }
-  if (!cli->hs_done)
-    return len;
-  const wstun__http_head *h = &cli->hs.head;
   if (h->status != 101) {
     char why[160];
     snprintf(why, sizeof(why), "server answered %d %s", h->status,
