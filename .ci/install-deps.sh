@@ -11,9 +11,11 @@ PACKAGES=(
 # `--tests`: what only the test suite uses: promtool (prometheus) checks
 # the /metrics exposition, man-db renders the man pages, clang and its
 # runtime (libFuzzer, sanitizers) run the fuzz targets, openssl (the CLI)
-# makes the TLS tests' certificates and tinyproxy is their CONNECT proxy.
+# makes the TLS tests' certificates and tinyproxy is their CONNECT proxy;
+# valgrind runs a subset of the end-to-end tests (tests/valgrind.sh).
 if [ "${1:-}" = "--tests" ]; then
-  PACKAGES+=(prometheus man-db clang libclang-rt-14-dev openssl tinyproxy)
+  PACKAGES+=(prometheus man-db clang libclang-rt-14-dev openssl tinyproxy
+             valgrind)
 fi
 
 missing=()

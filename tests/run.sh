@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds wstun and runs the whole test suite twice: a normal build with
 # warnings as errors (build/), then an ASan+UBSan build (build-asan/).
-# Set WSTUN_SKIP_ASAN=1 to skip the sanitizer pass, WSTUN_SKIP_FUZZ=1 to
-# skip the bounded fuzzing pass that follows. The last line printed is
-# "N passed, N failed", summed over both passes.
+# Between the two, a subset of the end-to-end tests runs with the apps of
+# build/ under valgrind (tests/valgrind.sh, about 3 minutes). Set
+# WSTUN_SKIP_ASAN=1 to skip the sanitizer pass, WSTUN_SKIP_VALGRIND=1 to
+# skip the valgrind pass, WSTUN_SKIP_FUZZ=1 to skip the bounded fuzzing
+# pass that follows. The last line printed is "N passed, N failed", summed
+# over all passes.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -84,6 +87,30 @@ if ! bash .ci/install-deps.sh --tests; then
 fi
 
 run_pass release build -DWSTUN_SANITIZE=OFF -DWSTUN_WERROR=ON
+
+# Valgrind: the apps of the release build under memcheck for a subset of
+# the end-to-end tests (tests/valgrind.sh); counts one test per file.
+if [ "${WSTUN_SKIP_VALGRIND:-0}" = "1" ]; then
+  note "[valgrind] skipped (WSTUN_SKIP_VALGRIND=1)"
+else
+  note "[valgrind] e2e subset with the apps under valgrind"
+  set +e
+  bash tests/valgrind.sh build 2>&1 | tee "$LOG_DIR/valgrind.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  line=$(grep -E '^valgrind: [0-9]+ passed, [0-9]+ failed' "$LOG_DIR/valgrind.log" |
+         tail -n 1 || true)
+  if [ -n "$line" ]; then
+    TOTAL_PASSED=$((TOTAL_PASSED + $(sed -E 's/^valgrind: ([0-9]+) passed.*/\1/' <<<"$line")))
+    TOTAL_FAILED=$((TOTAL_FAILED + $(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")))
+  else
+    TOTAL_FAILED=$((TOTAL_FAILED + 1))
+  fi
+  if [ "$rc" -ne 0 ]; then
+    echo "[valgrind] FAILED" >&2
+    STATUS=1
+  fi
+fi
 
 if [ "${WSTUN_SKIP_ASAN:-0}" = "1" ]; then
   note "[asan] skipped (WSTUN_SKIP_ASAN=1)"

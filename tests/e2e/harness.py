@@ -13,6 +13,13 @@ test ever hangs anyway.
 Binaries come from $WSTUN_BIN_DIR (default /work/main/build/apps).
 Set WSTUN_E2E_VERBOSE=1 to see every process's stderr on failure and
 success alike (on failure it is always printed).
+
+WSTUN_VALGRIND=1 runs every app the harness starts under valgrind
+(memcheck: any error, or a definite leak, makes the app exit 99 and its
+report fails the test; tests/valgrind.sh runs a subset that way). It sets
+WSTUN_E2E_TIME_SCALE (default 10 then, else 1), by which the harness's own
+deadlines (start-up, tunnels up, stop grace, the per-test watchdog) are
+multiplied; tests may read it too.
 """
 
 import atexit
@@ -40,9 +47,18 @@ SRV_BIN = os.path.join(BIN_DIR, "wstunsrv")
 CLI_BIN = os.path.join(BIN_DIR, "wstuncli")
 HOST = "127.0.0.1"
 VERBOSE = os.environ.get("WSTUN_E2E_VERBOSE", "") not in ("", "0")
-TEST_TIMEOUT = float(os.environ.get("WSTUN_E2E_TEST_TIMEOUT", "100"))
+VALGRIND = os.environ.get("WSTUN_VALGRIND", "") not in ("", "0")
+VALGRIND_CMD = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
+                "--show-leak-kinds=definite", "--errors-for-leak-kinds=definite",
+                "--track-origins=yes"]
+os.environ.setdefault("WSTUN_E2E_TIME_SCALE", "10" if VALGRIND else "1")
+TIME_SCALE = float(os.environ["WSTUN_E2E_TIME_SCALE"])
+TEST_TIMEOUT = float(os.environ.get("WSTUN_E2E_TEST_TIMEOUT", "100")) * TIME_SCALE
 
-SANITIZER_RX = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: ")
+SANITIZER_RX = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: |"
+                          r"==\d+== (Invalid |Conditional jump|Use of uninitialised|"
+                          r"Syscall param|Mismatched free|Source and destination overlap|"
+                          r".* are definitely lost)")
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -110,6 +126,8 @@ class Proc:
     def __init__(self, argv, env=None, name=None):
         self.argv = list(argv)
         self.name = name or os.path.basename(argv[0])
+        if VALGRIND and os.path.dirname(os.path.abspath(argv[0])) == os.path.abspath(BIN_DIR):
+            self.argv = VALGRIND_CMD + self.argv
         self.err_lines = []
         self.out_lines = []
         self._cond = threading.Condition()
@@ -195,10 +213,11 @@ class Proc:
             return None
 
     def stop(self, sig=signal.SIGTERM, grace=5.0):
-        """Signal, wait up to grace, then SIGKILL. Returns the exit code."""
+        """Signal, wait up to grace (times TIME_SCALE), then SIGKILL.
+        Returns the exit code."""
         if self.proc.poll() is None:
             self.send_signal(sig)
-            if self.wait(grace) is None:
+            if self.wait(grace * TIME_SCALE) is None:
                 self.proc.kill()
                 self.wait(5)
         for t in self._threads:
@@ -224,11 +243,13 @@ class Proc:
         raise RuntimeError("no VmHWM for pid %d" % self.proc.pid)
 
     def sanitized(self):
-        """True when the process runs with AddressSanitizer (whose shadow
-        memory and quarantine make RSS meaningless as a bound)."""
+        """True when the process runs with AddressSanitizer or under
+        valgrind (whose shadow memory and quarantine make RSS meaningless
+        as a bound)."""
         try:
             with open("/proc/%d/maps" % self.proc.pid) as f:
-                return "libasan" in f.read()
+                maps = f.read()
+                return "libasan" in maps or "vgpreload" in maps
         except OSError:
             return False
 
@@ -270,6 +291,7 @@ def start_server(*flags, port=0, base_path="", wait_listen=True, env=None,
     argv += [str(f) for f in flags]
     srv = Server(argv, env=env, name="wstunsrv")
     srv.base_path = base_path
+    timeout *= TIME_SCALE
     if not wait_listen:
         # no log line to rely on (e.g. -log-level error): ask the kernel
         ports = wait_until(lambda: listening_ports(srv.pid) or not srv.alive(), timeout)
@@ -344,8 +366,9 @@ def stats_tunnels(server):
 
 
 def wait_tunnels(server, n, timeout=10.0):
-    """Poll /_stats until it says tunnels=<n>. Returns True/False."""
-    deadline = time.monotonic() + timeout
+    """Poll /_stats until it says tunnels=<n> (timeout times TIME_SCALE).
+    Returns True/False."""
+    deadline = time.monotonic() + timeout * TIME_SCALE
     while True:
         if stats_tunnels(server) == n:
             return True
