@@ -86,6 +86,7 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
   memcpy(buf, t->in, n);
   t->in += n;
   t->in_len -= n;
+  t->rx_fed += n;
   return (ssize_t)n;
 }
 
@@ -143,20 +144,34 @@ static ssize_t ws_read_msg(wslay_event_context_ptr ctx, uint8_t *buf,
   return (ssize_t)n;
 }
 
+/* Header plus payload (RFC 6455 section 5.2). wslay takes only the shortest
+ * length encoding, and masked frames only on the server side. */
+static uint64_t frame_size(uint64_t payload, int masked) {
+  uint64_t header = 2;
+  if (payload >= 65536)
+    header += 8;
+  else if (payload >= 126)
+    header += 2;
+  if (masked)
+    header += 4;
+  return header + payload;
+}
+
 static void ws_frame_start(wslay_event_context_ptr ctx,
                            const struct wslay_event_on_frame_recv_start_arg *a,
                            void *ud) {
   wstun__tunnel *t = ud;
-  (void)ctx;
   t->frame_fin = a->fin;
   t->frame_ctrl = (a->opcode & 0x8) != 0;
+  t->frame_size = frame_size(a->payload_length, t->is_server);
   if (t->frame_ctrl)
     return;
+  t->carried = 1;
   if (a->opcode == WSLAY_TEXT_FRAME) {
     wstun__log(t->log, WSTUN_LOG_WARN,
                "tunnel: text message received: closing");
     t->err = WSTUN_EPROTO;
-    wslay_event_queue_close(t->ws, WSLAY_CODE_UNSUPPORTED_DATA, NULL, 0);
+    wslay_event_queue_close(ctx, WSLAY_CODE_UNSUPPORTED_DATA, NULL, 0);
     t->drop = 1;
     return;
   }
@@ -220,6 +235,7 @@ static void ws_frame_chunk(wslay_event_context_ptr ctx,
 static void ws_frame_end(wslay_event_context_ptr ctx, void *ud) {
   wstun__tunnel *t = ud;
   (void)ctx;
+  t->rx_framed += t->frame_size;
   if (t->frame_ctrl || !t->in_msg || !t->frame_fin)
     return;
   t->in_msg = 0;
@@ -243,6 +259,49 @@ static void ws_msg(wslay_event_context_ptr ctx,
   t->last_ctrl = uv_now(t->timer.loop);
 }
 
+/* ---- the wslay context, held only while needed -------------------------- */
+
+/* An idle tunnel carries nothing but pings and pongs, and wslay's context
+ * (two 4 KiB buffers, 8.7 KB with its queues) would be most of its memory.
+ * So the context is made when there is something to read or send and
+ * dropped again when the tunnel is quiescent: nothing in flight either way
+ * and no part of a frame inside wslay. Between frames wslay keeps no state
+ * a new context would lack (fragmented messages count as in flight). */
+
+static int ws_ensure(wstun__tunnel *t) {
+  static const struct wslay_event_callbacks wcbs = {
+      ws_recv,        ws_send,      ws_genmask, ws_frame_start,
+      ws_frame_chunk, ws_frame_end, ws_msg};
+  if (t->ws != NULL)
+    return 0;
+  int rc = t->is_server ? wslay_event_context_server_init(&t->ws, &wcbs, t)
+                        : wslay_event_context_client_init(&t->ws, &wcbs, t);
+  if (rc != 0) {
+    t->ws = NULL;
+    return WSTUN_ENOMEM;
+  }
+  wslay_event_config_set_no_buffering(t->ws, 1);
+  /* the largest control frame is 125 bytes; data is streamed, unbounded */
+  wslay_event_config_set_max_recv_msg_length(t->ws, UINT64_MAX);
+  t->rx_fed = t->rx_framed = 0;
+  return 0;
+}
+
+static int quiescent(const wstun__tunnel *t) {
+  return t->ws != NULL && !t->closing && !t->in_rx && !t->pumping &&
+         !t->rx_paused && !t->in_msg && t->cur == NULL && t->q_head == NULL &&
+         t->sent_head == NULL && t->rx_fed == t->rx_framed &&
+         wslay_event_get_read_enabled(t->ws) &&
+         wslay_event_get_write_enabled(t->ws) && !wslay_event_want_write(t->ws);
+}
+
+static void release_if_quiescent(wstun__tunnel *t) {
+  if (!quiescent(t))
+    return;
+  wslay_event_context_free(t->ws);
+  t->ws = NULL;
+}
+
 /* ---- pumping ------------------------------------------------------------ */
 
 static void tunnel_fail(wstun__tunnel *t, int err);
@@ -252,6 +311,12 @@ static void pump(wstun__tunnel *t) {
    * not be entered again: the receive path pumps once it returns */
   if (t->pumping || t->closing || t->in_rx)
     return;
+  if (t->ws == NULL && t->q_head == NULL)
+    return; /* nothing to send, and wslay holds nothing */
+  if (ws_ensure(t) != 0) {
+    tunnel_fail(t, WSTUN_ENOMEM);
+    return;
+  }
   t->pumping = 1;
   for (;;) {
     if (t->cur == NULL && t->q_head != NULL) {
@@ -261,6 +326,7 @@ static void pump(wstun__tunnel *t) {
         t->q_tail = NULL;
       m->next = NULL;
       t->cur = m;
+      t->carried = 1;
       struct wslay_event_fragmented_msg fm;
       memset(&fm, 0, sizeof(fm));
       fm.opcode = WSLAY_BINARY_FRAME;
@@ -346,6 +412,10 @@ static size_t tun_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   if (t->closing)
     return len;
   t->last_rx = uv_now(t->timer.loop);
+  if (ws_ensure(t) != 0) {
+    tunnel_fail(t, WSTUN_ENOMEM);
+    return len;
+  }
   t->in = data;
   t->in_len = len;
   t->in_rx = 1;
@@ -362,6 +432,10 @@ static size_t tun_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   if (!t->closing && !wslay_event_want_read(t->ws) &&
       !wslay_event_want_write(t->ws))
     tunnel_fail(t, t->err ? t->err : WSTUN_ECLOSED);
+  /* an idle tunnel's ping or pong: let the context go at once (a busy
+   * tunnel keeps it until a tick finds it quiescent) */
+  if (!t->carried)
+    release_if_quiescent(t);
   return t->closing ? len : used;
 }
 
@@ -378,7 +452,8 @@ static void tun_on_drain(wstun__conn *c) {
 static void maybe_free(wstun__tunnel *t) {
   if (!t->conn_closed || !t->timer_closed)
     return;
-  wslay_event_context_free(t->ws);
+  if (t->ws)
+    wslay_event_context_free(t->ws);
   if (t->cbs->on_freed)
     t->cbs->on_freed(t->owner);
   wstun__free(t);
@@ -454,12 +529,19 @@ static void tunnel_fail(wstun__tunnel *t, int err) {
     fail_msg(m, !m->started);
   }
   t->q_tail = NULL;
+  /* Done with wslay (a close frame is already in the conn's buffer). Freed
+   * now, so that closing many idle tunnels at once does not hold a context
+   * for each until the handles close; not from inside wslay's own call. */
+  if (t->ws && !t->in_rx) {
+    wslay_event_context_free(t->ws);
+    t->ws = NULL;
+  }
 }
 
 void wstun__tunnel_close(wstun__tunnel *t, int err) {
   if (t->closing)
     return;
-  if (t->ws && t->conn && !t->conn->closing) {
+  if (t->conn && !t->conn->closing && ws_ensure(t) == 0) {
     wslay_event_queue_close(t->ws, WSLAY_CODE_NORMAL_CLOSURE, NULL, 0);
     wslay_event_send(t->ws);
   }
@@ -483,7 +565,15 @@ static void on_tick(uv_timer_t *timer) {
     tunnel_fail(t, WSTUN_ETIMEDOUT);
     return;
   }
-  if (t->ping_interval_ms) {
+  t->carried = 0;
+  if (!t->ping_interval_ms) {
+    release_if_quiescent(t);
+  } else {
+    /* the pong lets the context go again (tun_on_data) */
+    if (ws_ensure(t) != 0) {
+      tunnel_fail(t, WSTUN_ENOMEM);
+      return;
+    }
     struct wslay_event_msg ping = {WSLAY_PING, (const uint8_t *)"wstun", 5};
     wslay_event_queue_msg(t->ws, &ping);
     pump(t);
@@ -521,16 +611,18 @@ void wstun__tunnel_resume_rx(wstun__tunnel *t) {
   if (t->in_rx)
     return;
   /* wslay may hold bytes it read ahead: let it parse them first */
-  t->in = NULL;
-  t->in_len = 0;
-  t->in_rx = 1;
-  int rc = wslay_event_recv(t->ws);
-  t->in_rx = 0;
-  if (rc != 0) {
-    tunnel_fail(t, WSTUN_EPROTO);
-    return;
+  if (t->ws != NULL) {
+    t->in = NULL;
+    t->in_len = 0;
+    t->in_rx = 1;
+    int rc = wslay_event_recv(t->ws);
+    t->in_rx = 0;
+    if (rc != 0) {
+      tunnel_fail(t, WSTUN_EPROTO);
+      return;
+    }
+    pump(t);
   }
-  pump(t);
   if (!t->closing && !t->rx_paused)
     wstun__conn_resume(t->conn);
 }
@@ -540,21 +632,9 @@ int wstun__tunnel_start(wstun__tunnel **out, uv_loop_t *loop, wstun__conn *conn,
                         const wstun__logger *log, uint64_t ping_interval_ms,
                         uint64_t dead_after_ms, const wstun__tunnel_cbs *cbs,
                         void *owner, const uint8_t *leftover, size_t n) {
-  static const struct wslay_event_callbacks wcbs = {
-      ws_recv,        ws_send,      ws_genmask, ws_frame_start,
-      ws_frame_chunk, ws_frame_end, ws_msg};
   wstun__tunnel *t = wstun__calloc(1, sizeof(*t));
   if (t == NULL)
     return WSTUN_ENOMEM;
-  int rc = is_server ? wslay_event_context_server_init(&t->ws, &wcbs, t)
-                     : wslay_event_context_client_init(&t->ws, &wcbs, t);
-  if (rc != 0) {
-    wstun__free(t);
-    return WSTUN_ENOMEM;
-  }
-  wslay_event_config_set_no_buffering(t->ws, 1);
-  /* the largest control frame is 125 bytes; data is streamed, unbounded */
-  wslay_event_config_set_max_recv_msg_length(t->ws, UINT64_MAX);
   t->conn = conn;
   t->is_server = is_server;
   t->rng = rng;
@@ -566,7 +646,6 @@ int wstun__tunnel_start(wstun__tunnel **out, uv_loop_t *loop, wstun__conn *conn,
   /* Bytes that followed the handshake are parsed on the first loop turn,
    * so on_closed never fires before this returns. */
   if (n > 0 && wstun__buf_append(&conn->pending, leftover, n) != 0) {
-    wslay_event_context_free(t->ws);
     wstun__free(t);
     return WSTUN_ENOMEM;
   }

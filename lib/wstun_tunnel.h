@@ -82,6 +82,9 @@ typedef struct wstun__tunnel_cbs {
 
 struct wstun__tunnel {
   wstun__conn *conn;
+  /* Made on demand and dropped while the tunnel is quiescent (see
+   * release_if_quiescent): its two 4 KiB buffers are most of the memory of
+   * an idle tunnel. */
   wslay_event_context_ptr ws;
   uv_timer_t timer;
   int is_server;
@@ -103,6 +106,10 @@ struct wstun__tunnel {
   int drop;
   int rx_paused;
   int in_rx; /* inside wslay_event_recv: wslay must not be re-entered */
+  /* bytes handed to wslay, and the size of the whole frames it parsed out
+   * of them: equal when wslay holds no part of a frame */
+  uint64_t rx_fed, rx_framed, frame_size;
+  int carried; /* a data message went either way since the last tick */
   /* liveness */
   uint64_t last_rx;   /* any byte */
   uint64_t last_ctrl; /* a control frame (pong, ping, close) */

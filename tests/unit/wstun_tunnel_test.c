@@ -1009,6 +1009,118 @@ TEST(unmasked_client_frame_is_a_protocol_error) {
   env_done(e);
 }
 
+/* ---- the wslay context of an idle tunnel --------------------------------
+ */
+
+static int both_let_go(env *e) {
+  return e->srv.t && e->cli.t && e->srv.t->ws == NULL && e->cli.t->ws == NULL;
+}
+
+TEST(idle_tunnel_lets_go_of_wslay_and_takes_it_back) {
+  env *e = &E;
+  env_opts o = {0, 2000, 100, 2000, NULL, 0};
+  if (env_start(e, &o) == 0) {
+    tx xc = {e, '1', 0, 0, 0, 0}, xs = {e, '2', 0, 0, 0, 0};
+    wstun__tunnel_send(e->cli.t, msg_new(&xc, 1, "hello", 5, 1));
+    wstun__tunnel_send(e->srv.t, msg_new(&xs, 2, "world", 5, 1));
+    RUN_UNTIL(e, small_done, 5000);
+    /* pings go on; between them neither side holds a context */
+    RUN_UNTIL(e, both_let_go, 3000);
+    run_for(e, 350);
+    CHECK_EQ_INT(e->srv.closed + e->cli.closed, 0);
+    if (e->srv.t && e->cli.t) {
+      wstun__tunnel_send(e->cli.t, msg_new(&xc, 3, "again", 5, 1));
+      wstun__tunnel_send(e->srv.t, msg_new(&xs, 4, "back", 4, 1));
+    }
+    if (RUN_UNTIL(e, srv_two, 5000))
+      check_rx(&e->srv.rx[1], 3, "again", 5, 1);
+    run_for(e, 100);
+    CHECK_EQ_INT(e->cli.nrx, 2);
+    if (e->cli.nrx == 2)
+      check_rx(&e->cli.rx[1], 4, "back", 4, 1);
+    RUN_UNTIL(e, both_let_go, 3000);
+  }
+  env_done(e);
+}
+
+/* A masked (zero key) frame of any length. */
+static size_t frame_any(uint8_t *out, int opcode, int fin, const uint8_t *p,
+                        size_t n) {
+  size_t h = 2;
+  out[0] = (uint8_t)((fin ? 0x80 : 0) | opcode);
+  if (n < 126) {
+    out[1] = (uint8_t)(0x80 | n);
+  } else if (n < 65536) {
+    out[1] = 0x80 | 126;
+    out[2] = (uint8_t)(n >> 8);
+    out[3] = (uint8_t)n;
+    h = 4;
+  } else {
+    out[1] = 0x80 | 127;
+    for (int i = 0; i < 8; i++)
+      out[2 + i] = (uint8_t)((uint64_t)n >> (56 - 8 * i));
+    h = 10;
+  }
+  memset(out + h, 0, 4);
+  memcpy(out + h + 4, p, n);
+  return h + 4 + n;
+}
+
+static void raw_to_server(env *e, const uint8_t *d, size_t n) {
+  CHECK_EQ_INT(wstun__conn_write(e->cli.conn, d, n), 0);
+  run_for(e, 30);
+}
+
+TEST(a_frame_split_across_reads_keeps_the_context) {
+  env *e = &E;
+  /* the server ticks every 250 ms and lets its context go whenever it
+   * finds the tunnel quiescent; bytes of a frame wslay holds must keep it */
+  env_opts o = {0, 0, 0, 0, NULL, 0};
+  size_t n300 = 300, n70k = 70000;
+  uint8_t *a = malloc(n300), *b = malloc(n70k), *s = malloc(n70k + n300 + 100);
+  if (a == NULL || b == NULL || s == NULL)
+    abort();
+  memcpy(a, "000c ", 5);
+  memcpy(b, "000d ", 5);
+  for (size_t i = 5; i < n300; i++)
+    a[i] = pat(i, 3);
+  for (size_t i = 5; i < n70k; i++)
+    b[i] = pat(i, 4);
+  size_t n = frame_any(s, 0x9, 1, (const uint8_t *)"ping", 4); /* 10 */
+  size_t a_at = n;
+  n += frame_any(s + n, 0x2, 1, a, n300); /* 2+2+4 header */
+  n += frame_any(s + n, 0x9, 1, (const uint8_t *)"ping", 4);
+  size_t b_at = n;
+  n += frame_any(s + n, 0x2, 1, b, n70k); /* 2+8+4 header */
+  if (env_start(e, &o) == 0) {
+    run_for(e, 30);
+    /* a ping and one byte of the next header */
+    raw_to_server(e, s, a_at + 1);
+    CHECK(e->srv.t && e->srv.t->ws != NULL);
+    raw_to_server(e, s + a_at + 1, 3); /* half of the 16-bit length */
+    run_for(e, 300);                   /* a tick */
+    CHECK(e->srv.t && e->srv.t->ws != NULL);
+    /* the rest of that frame, a ping, part of the 64-bit length */
+    raw_to_server(e, s + a_at + 4, b_at + 5 - (a_at + 4));
+    run_for(e, 600); /* ticks: the first forgets the message, the next
+                      * would let go if it missed the partial header */
+    CHECK(e->srv.t && e->srv.t->ws != NULL);
+    CHECK_EQ_INT(e->srv.nrx, 1);
+    raw_to_server(e, s + b_at + 5, n - (b_at + 5));
+    if (RUN_UNTIL(e, srv_two, 5000)) {
+      check_rx(&e->srv.rx[0], 0xc, a + 5, n300 - 5, 1);
+      check_rx(&e->srv.rx[1], 0xd, b + 5, n70k - 5, 1);
+    }
+    run_for(e, 600);
+    CHECK(e->srv.t && e->srv.t->ws == NULL);
+    CHECK_EQ_INT(e->srv.closed, 0);
+  }
+  env_done(e);
+  free(a);
+  free(b);
+  free(s);
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(small_message_both_ways),
@@ -1029,6 +1141,8 @@ int main(int argc, char **argv) {
       T(text_frame_closes_with_eproto),
       T(bad_prefix_and_refused_ids_are_dropped),
       T(unmasked_client_frame_is_a_protocol_error),
+      T(idle_tunnel_lets_go_of_wslay_and_takes_it_back),
+      T(a_frame_split_across_reads_keeps_the_context),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }
