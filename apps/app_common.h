@@ -72,6 +72,10 @@ typedef struct app_ops {
  * APP_EXIT_USAGE. */
 void app_log_setup(const char *prog, const char *app, const app_ops *ops);
 
+/* Process-wide allocator settings for a long-running tunnel program (the
+ * library leaves the process's malloc alone). */
+void app_tune_malloc(void);
+
 /* Closes the log file / syslog connection (at exit). */
 void app_log_shutdown(void);
 

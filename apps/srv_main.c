@@ -168,6 +168,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   cfg.log_cb = app_log;
 
   signal(SIGPIPE, SIG_IGN);
+  app_tune_malloc();
   srv_app app = {0};
   app.loop = uv_default_loop();
   /* handlers first: a signal sent as soon as "listening on" shows waits in

@@ -28,7 +28,9 @@ int wstun__buf_reserve(wstun__buf *b, size_t n) {
   if (b->cap - b->len >= n)
     return 0;
   size_t size = b->len - b->off;
-  if (b->off > 0 && b->cap - size >= n) {
+  /* compact only when what moves is no more than what was consumed, so
+   * every byte is moved at most about once; otherwise grow */
+  if (b->off > 0 && size <= b->off && b->cap - size >= n) {
     memmove(b->base, b->base + b->off, size);
     b->off = 0;
     b->len = size;

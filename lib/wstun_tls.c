@@ -295,7 +295,7 @@ static int fail(wstun__tls *t, int rc) {
   if (rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0 &&
       flags != (uint32_t)-1) {
     /* "The certificate validity has expired\n..." → one line */
-    char info[512];
+    char info[400];
     mbedtls_x509_crt_verify_info(info, sizeof(info), "", flags);
     size_t n = strlen(info);
     while (n > 0 && info[n - 1] == '\n')

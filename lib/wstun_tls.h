@@ -63,7 +63,7 @@ typedef struct wstun__tls {
   int notify_sent;    /* close_notify queued */
   uint8_t ip[16];     /* the host, when it is an IP address */
   size_t iplen;       /* 4, 16, or 0 for a name */
-  char why[160];
+  char why[512];
 } wstun__tls;
 
 /* Allocates the per-connection state; `host` (client side) is sent as SNI
