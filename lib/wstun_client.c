@@ -910,6 +910,8 @@ static void client_free(wstun_client *cli) {
   wstun__tls_config_unref(cli->tunnel_tls);
   wstun__tls_config_unref(cli->backend_tls);
   wstun__free(cli->ca_file);
+  if (cli->proxy_url.userinfo)
+    memset(cli->proxy_url.userinfo, 0, strlen(cli->proxy_url.userinfo));
   wstun__url_free(&cli->proxy_url);
   if (cli->proxy_auth) {
     memset(cli->proxy_auth, 0, strlen(cli->proxy_auth));
@@ -1007,6 +1009,7 @@ static char *basic_auth(const char *user, const char *pass) {
   char *h = wstun__malloc(strlen(b64) + 7);
   if (h)
     snprintf(h, strlen(b64) + 7, "Basic %s", b64);
+  memset(b64, 0, strlen(b64));
   wstun__free(b64);
   return h;
 }
@@ -1019,8 +1022,8 @@ static int setup_tls_and_proxy(wstun_client *cli,
     if (cli->ca_file == NULL)
       return WSTUN_ENOMEM;
   }
+  char why[400];
   if (wstun__url_is_tls(&cli->tunnel_url)) {
-    char why[400];
     int rc = wstun__tls_client_config(&cli->tunnel_tls, cli->ca_file, 1, why,
                                       sizeof(why));
     if (rc != 0) {
@@ -1028,10 +1031,18 @@ static int setup_tls_and_proxy(wstun_client *cli,
       return rc;
     }
     wstun__tls_config_modern(cli->tunnel_tls);
+  } else if (cli->ca_file &&
+             wstun__client_backend_tls(cli, why, sizeof(why)) == NULL) {
+    /* only backends use it: still, a bad file is an error at start */
+    wstun__log(&cli->log, WSTUN_LOG_ERROR, "TLS: %s", why);
+    return WSTUN_ETLS;
   }
   const char *proxy = cfg->proxy_url;
-  if ((proxy == NULL || *proxy == '\0') && cfg->proxy_from_env)
+  int from_env = 0;
+  if ((proxy == NULL || *proxy == '\0') && cfg->proxy_from_env) {
     proxy = wstun__proxy_from_env(cli->tunnel_url.scheme, cli->tunnel_url.host);
+    from_env = 1;
+  }
   if (proxy == NULL || *proxy == '\0')
     return 0;
   /* "host:port" means http://host:port, as for curl */
@@ -1039,11 +1050,23 @@ static int setup_tls_and_proxy(wstun_client *cli,
   snprintf(url, sizeof(url), "%s%s", strstr(proxy, "://") ? "" : "http://",
            proxy);
   int rc = wstun__url_parse(url, &cli->proxy_url);
+  if (rc == 0 && strcmp(cli->proxy_url.scheme, "http") != 0)
+    rc = WSTUN_EURL; /* TLS to the proxy itself is not supported */
+  if (rc != 0 && from_env) {
+    /* a desktop's all_proxy=socks5://... must not stop the tunnel; the
+     * value may hold credentials, so only its scheme is named */
+    wstun__log(
+        &cli->log, WSTUN_LOG_WARN,
+        "ignoring the proxy from the environment (%.*s): only "
+        "http://host:port proxies are supported; connecting directly",
+        (int)(strstr(proxy, "://") ? strstr(proxy, "://") - proxy + 3 : 0),
+        proxy);
+    wstun__url_free(&cli->proxy_url);
+    return 0;
+  }
   if (rc != 0)
     return rc;
   cli->has_proxy = 1;
-  if (strcmp(cli->proxy_url.scheme, "http") != 0)
-    return WSTUN_EURL; /* TLS to the proxy itself is not supported */
   const char *ui = cli->proxy_url.userinfo;
   if (ui) {
     const char *colon = strchr(ui, ':');

@@ -21,8 +21,14 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void deliver(wstun__conn *c, const uint8_t *data, size_t len,
                     int from_pending) {
   c->in_data = 1;
+  c->keep_tail = 0;
   size_t used = c->cbs->on_data(c, data, len);
   c->in_data = 0;
+  if (c->keep_tail) {
+    /* the owner handed the tail back (see wstun__conn_keep_tail) */
+    used = len - c->keep_tail;
+    c->keep_tail = 0;
+  }
   if (c->closing)
     return;
   if (used < len) {
@@ -49,7 +55,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     uv_read_stop(s);
     c->reading = 0;
     c->ended = 1;
-    c->cbs->on_end(c, (int)nread);
+    int err = (int)nread;
+    if (err == UV_EOF && c->tls && c->tls->handshake_done) {
+      /* a TLS stream ends with close_notify (seen in tls_pump); a bare
+       * FIN could be an attacker cutting a body that ends with the
+       * connection */
+      c->tls->failed = 1;
+      snprintf(c->tls->why, sizeof(c->tls->why),
+               "connection closed without close_notify (possibly truncated)");
+      err = WSTUN_ETLS;
+    }
+    c->cbs->on_end(c, err);
     return;
   }
   c->shared->bytes_in += (uint64_t)nread;
@@ -466,6 +482,7 @@ static void tls_pump(wstun__conn *c) {
   }
   uint8_t plain[TLS_RECORD_MAX];
   while (!c->paused && !c->closing) {
+    size_t before = wstun__buf_size(&t->cin) + t->rx_len;
     int n = wstun__tls_read(t, plain, sizeof(plain));
     if (n > 0) {
       deliver(c, plain, (size_t)n, 0);
@@ -473,8 +490,15 @@ static void tls_pump(wstun__conn *c) {
     }
     if (wstun__buf_size(&t->cout) > 0)
       wstun__conn_flush(c); /* an alert, say */
-    if (n == WSTUN__TLS_AGAIN)
+    if (n == WSTUN__TLS_AGAIN) {
+      /* mbedTLS also says "again" after a record that carried no data
+       * (an empty record, a warning alert, a refused renegotiation):
+       * go on while it is still taking ciphertext */
+      size_t left = wstun__buf_size(&t->cin) + t->rx_len;
+      if (left > 0 && left < before)
+        continue;
       return;
+    }
     if (n == WSTUN_ECLOSED) {
       if (c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);

@@ -70,7 +70,8 @@ struct wstun__conn {
       above_high : 1, close_after_write : 1, open : 1, connecting : 1,
       in_data : 1, dirty : 1;
   wstun__conn *dirty_next;
-  wstun__tls *tls; /* NULL for plain TCP */
+  size_t keep_tail; /* see wstun__conn_keep_tail */
+  wstun__tls *tls;  /* NULL for plain TCP */
   struct sockaddr_storage peer;
 };
 
@@ -107,6 +108,14 @@ const char *wstun__conn_strerror(const wstun__conn *c, int err);
 int wstun__resolve(uv_loop_t *loop, const char *host, int port,
                    struct sockaddr_storage *ss, uv_getaddrinfo_t *req,
                    uv_getaddrinfo_cb cb);
+/* From inside on_data only: the last `n` bytes of what this on_data was
+ * given are not consumed after all, whatever on_data returns; they are
+ * delivered again after wstun__conn_resume(), possibly to a new owner (a
+ * connection upgraded to a tunnel hands over what followed the
+ * handshake). */
+static inline void wstun__conn_keep_tail(wstun__conn *c, size_t n) {
+  c->keep_tail = n;
+}
 /* Stops delivering data (pending bytes are kept). */
 void wstun__conn_pause(wstun__conn *c);
 /* Delivers kept bytes, then reads again. */

@@ -91,6 +91,13 @@ static void on_timer_closed(uv_handle_t *h) {
 
 static void front_conn_closed(wstun__conn *c) {
   wstun__front *f = c->owner;
+  if (c->tls && c->tls->failed) {
+    /* failed handshakes, plain HTTP on the TLS port, truncations: noise
+     * from scanners mostly, so only at debug */
+    char peer[80];
+    wstun__log(&f->srv->log, WSTUN_LOG_DEBUG, "TLS with %s failed: %s",
+               wstun__conn_peer(c, peer, sizeof(peer)), c->tls->why);
+  }
   f->conn = NULL;
   f->conn_closed = 1;
   if (!f->closing)
@@ -834,14 +841,8 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
 }
 
 static void front_on_end(wstun__conn *c, int err) {
-  wstun__front *f = c->owner;
-  if (err == WSTUN_ETLS) {
-    char peer[80];
-    wstun__log(&f->srv->log, WSTUN_LOG_DEBUG, "TLS with %s failed: %s",
-               wstun__conn_peer(c, peer, sizeof(peer)),
-               wstun__conn_strerror(c, err));
-  }
-  wstun__front_close(f);
+  (void)err; /* TLS failures are logged when the connection closes */
+  wstun__front_close(c->owner);
 }
 
 static void front_on_drain(wstun__conn *c) {

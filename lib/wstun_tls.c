@@ -325,9 +325,12 @@ int wstun__tls_read(wstun__tls *t, uint8_t *out, size_t cap) {
   int rc = mbedtls_ssl_read(&t->ssl, out, cap);
   if (rc > 0)
     return rc;
-  if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+  /* 0: a second empty record in a row (the bio never reports an end of
+   * input, which is the other meaning of 0) */
+  if (rc == 0 || rc == MBEDTLS_ERR_SSL_WANT_READ ||
+      rc == MBEDTLS_ERR_SSL_WANT_WRITE)
     return WSTUN__TLS_AGAIN;
-  if (rc == 0 || rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
+  if (rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
     return WSTUN_ECLOSED;
   return fail(t, rc);
 }

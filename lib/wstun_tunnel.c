@@ -644,8 +644,13 @@ int wstun__tunnel_start(wstun__tunnel **out, uv_loop_t *loop, wstun__conn *conn,
   t->ping_interval_ms = ping_interval_ms;
   t->dead_after_ms = dead_after_ms;
   /* Bytes that followed the handshake are parsed on the first loop turn,
-   * so on_closed never fires before this returns. */
-  if (n > 0 && wstun__buf_append(&conn->pending, leftover, n) != 0) {
+   * so on_closed never fires before this returns. Called from the
+   * connection's on_data they are the tail of what is being delivered,
+   * maybe from conn->pending itself: handed back rather than copied into
+   * the buffer they are read from. */
+  if (n > 0 && conn->in_data)
+    wstun__conn_keep_tail(conn, n);
+  else if (n > 0 && wstun__buf_append(&conn->pending, leftover, n) != 0) {
     wstun__free(t);
     return WSTUN_ENOMEM;
   }

@@ -309,7 +309,11 @@ static void up_on_connect_pinned(wstun__conn *c, int status) {
     fail_before_response(up, uv_strerror(status));
     return;
   }
-  if (strncmp(up->key, "https:", 6) != 0 || up->req == NULL) {
+  if (up->req == NULL) {
+    up_close(up); /* nobody waits for it any more */
+    return;
+  }
+  if (strncmp(up->key, "https:", 6) != 0) {
     up_ready(up);
     return;
   }
@@ -576,8 +580,11 @@ static void up_on_end_pinned(wstun__conn *c, int err) {
     return;
   }
   if (up->req->resp_started) {
-    /* a body delimited by the connection's end completes here */
-    if (wstun__http_parser_finish(&up->parser) == WSTUN__HTTP_OK &&
+    /* a body delimited by the connection's end completes here, but only
+     * at a clean end: a reset or a TLS stream cut without close_notify
+     * may have lost its tail */
+    if (err == UV_EOF &&
+        wstun__http_parser_finish(&up->parser) == WSTUN__HTTP_OK &&
         up->req == NULL) {
       up_close(up);
       return;
