@@ -230,6 +230,41 @@ TEST(verification_failures_name_the_reason) {
   expect_refusal(other_cert, "localhost", "not correctly signed");
 }
 
+/* Records without data (OpenSSL sends empty ones to randomize CBC IVs)
+ * are "again", never an end of stream: mbedTLS answers 0 for a second
+ * empty record in a row, which once read as a close. */
+TEST(empty_records_are_not_an_end) {
+  wstun__tls_config *ccfg = NULL, *scfg = NULL;
+  char why[400];
+  CHECK_EQ_INT(wstun__tls_client_config(&ccfg, cert_path, 1, why, sizeof(why)),
+               0);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&scfg, cert_path, key_path, why, sizeof(why)),
+      0);
+  wstun__tls *cli = wstun__tls_new(ccfg, "localhost");
+  wstun__tls *srv = wstun__tls_new(scfg, NULL);
+  CHECK_EQ_INT(handshake(cli, srv, 1 << 20), 0);
+  for (int i = 0; i < 3; i++)
+    CHECK_EQ_INT(mbedtls_ssl_write(&cli->ssl, (const unsigned char *)"", 0), 0);
+  size_t empties = wstun__buf_size(&cli->cout);
+  CHECK(empties > 0); /* three records went out */
+  CHECK_EQ_INT(wstun__tls_write(cli, (const uint8_t *)"abc", 3), 0);
+  wstun__buf_append(&srv->cin, wstun__buf_data(&cli->cout),
+                    wstun__buf_size(&cli->cout));
+  wstun__buf_reset(&cli->cout);
+  uint8_t buf[64];
+  int n, reads = 0;
+  while ((n = wstun__tls_read(srv, buf, sizeof(buf))) == WSTUN__TLS_AGAIN &&
+         wstun__buf_size(&srv->cin) > 0 && reads < 10)
+    reads++;
+  CHECK_EQ_INT(n, 3);
+  CHECK_MEM(buf, "abc", 3);
+  wstun__tls_free(cli);
+  wstun__tls_free(srv);
+  wstun__tls_config_unref(ccfg);
+  wstun__tls_config_unref(scfg);
+}
+
 TEST(verify_off_accepts_anything) {
   wstun__tls_config *ccfg = NULL, *scfg = NULL;
   char why[400];
@@ -312,6 +347,7 @@ int main(int argc, char **argv) {
       T(handshake_and_data_whole_and_byte_by_byte),
       T(ip_address_hosts),
       T(verification_failures_name_the_reason),
+      T(empty_records_are_not_an_end),
       T(verify_off_accepts_anything),
       T(server_rejects_garbage),
       T(config_errors)};
