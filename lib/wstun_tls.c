@@ -195,8 +195,8 @@ static int bio_recv(void *ctx, unsigned char *buf, size_t len) {
 /* 1 when the certificate's subjectAltName lists the address `ip` (an
  * iPAddress entry, [7]). mbedTLS 2.28 keeps only DNS names of that
  * extension, so its raw bytes are walked here. */
-static int crt_names_ip(const mbedtls_x509_crt *crt, const uint8_t *ip,
-                        size_t iplen) {
+int wstun__tls_crt_names_ip(const mbedtls_x509_crt *crt, const uint8_t *ip,
+                            size_t iplen) {
   unsigned char *p = crt->v3_ext.p, *end;
   size_t len;
   if (p == NULL)
@@ -251,7 +251,7 @@ static int crt_names_ip(const mbedtls_x509_crt *crt, const uint8_t *ip,
 static int verify_ip(void *ctx, mbedtls_x509_crt *crt, int depth,
                      uint32_t *flags) {
   wstun__tls *t = ctx;
-  if (depth == 0 && !crt_names_ip(crt, t->ip, t->iplen))
+  if (depth == 0 && !wstun__tls_crt_names_ip(crt, t->ip, t->iplen))
     *flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
   return 0;
 }

@@ -49,6 +49,11 @@ void wstun__tls_config_modern(wstun__tls_config *cfg);
 wstun__tls_config *wstun__tls_config_ref(wstun__tls_config *cfg);
 void wstun__tls_config_unref(wstun__tls_config *cfg);
 
+/* 1 when the certificate's subjectAltName lists the address `ip` (4 or 16
+ * bytes). Reads crt->v3_ext only, within its bounds (fuzzed). */
+int wstun__tls_crt_names_ip(const mbedtls_x509_crt *crt, const uint8_t *ip,
+                            size_t iplen);
+
 /* One connection's TLS state. */
 typedef struct wstun__tls {
   mbedtls_ssl_context ssl;
