@@ -15,12 +15,13 @@ peer on a socket tinyproxy holds).
 import base64
 import os
 import re
+import subprocess
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, make_token, expected_sha256, free_port,  # noqa: E402
+from harness import (E2ETestCase, HOST, CLI_BIN, make_token, expected_sha256, free_port,  # noqa: E402
                      get, stats_text, wait_tunnels, wait_until, main)
 import tlsutil  # noqa: E402
 from tlsutil import (PKI, TinyProxy, FakeConnectProxy, client_ctx, https_req, https_tunnels,  # noqa: E402
@@ -291,6 +292,66 @@ class ProxyEnvironment(ProxyCase):
                                    "no_proxy": "example.com,notlocalhost,127.0.0.2"})
         self.assertTrue(wait_https_tunnels(srv.port, ctx_ca(), 1, 10), cli.describe())
         self.assertViaProxy(cli, px, srv, "localhost:%d" % srv.port)
+
+    def test_unsupported_proxy_from_environment_is_ignored(self):
+        """A proxy variable with a scheme other than http:// (a desktop's
+        all_proxy=socks5h://..., an https:// proxy) does not stop
+        wstuncli: one WARN line says it is ignored (naming no password),
+        the tunnel goes straight to the server, and requests go through."""
+        cases = (
+            ("ws", {"all_proxy": "socks5h://127.0.0.1:1"}),
+            ("wss", {"https_proxy": "https://127.0.0.1:1"}),
+            ("ws", {"ALL_PROXY": "socks5://user:secretpw@127.0.0.1:1"}),
+            ("wss", {"HTTPS_PROXY": "socks5://user:secretpw@127.0.0.1:1"}),
+        )
+        for scheme, env in cases:
+            with self.subTest(scheme=scheme, env=env):
+                be = self.backend()
+                tok = make_token()
+                if scheme == "wss":
+                    srv = self.tls_server()
+                    cli = self.wss_client(srv, tok, server_url=be.url, env=env)
+                    up = wait_https_tunnels(srv.port, ctx_ca(), 1, 10)
+                else:
+                    srv = self.server()
+                    cli = self.client(srv, tok, server_url=be.url, env=env)
+                    up = wait_tunnels(srv, 1)
+                self.assertTrue(up, "no tunnel\n" + cli.describe())
+                self.assertTrue(cli.alive(), cli.describe())
+                if scheme == "wss":
+                    r = https_req(srv.port, "GET", "/_token/%s/name" % tok, ctx_ca())
+                else:
+                    r = get(srv.port, "/_token/%s/name" % tok)
+                self.assertStatus(r, 200)
+                self.assertEqual(r.body, b"backend")
+                self.assertDirect(cli, srv)
+                warn = [ln for ln in cli.err_lines
+                        if "ignoring the proxy from the environment" in ln]
+                self.assertEqual(len(warn), 1, "expected one warning\n" + cli.describe())
+                self.assertRegex(warn[0], r"\bWARN", warn[0])
+                self.assertNotIn("secretpw", cli.stderr_text(), "the proxy password is logged")
+
+    def test_unsupported_proxy_flag_is_a_usage_error(self):
+        """On the command line, -proxy socks5://... is still refused: exit
+        2 and one line naming -proxy (credentials not echoed)."""
+        srv = self.server()
+        for url in ("socks5://127.0.0.1:1", "socks5h://user:secretpw@127.0.0.1:1"):
+            with self.subTest(proxy=url):
+                argv = [CLI_BIN, "-tunnel", "ws://127.0.0.1:%d" % srv.port,
+                        "-token", make_token(), "-server", "http://127.0.0.1:1",
+                        "-proxy", url]
+                try:
+                    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                       timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.fail("wstuncli -proxy %s kept running" % url)
+                err = p.stderr.decode("utf-8", "replace")
+                lines = [ln for ln in err.splitlines() if ln.strip()]
+                self.assertEqual(p.returncode, 2, err)
+                self.assertEqual(len(lines), 1, "expected one line, got %r" % lines)
+                self.assertIn("-proxy", lines[0])
+                self.assertNotIn("secretpw", err)
+                self.assertTrue(wait_tunnels(srv, 0, 0.3))
 
     def test_variable_of_the_other_scheme_is_ignored(self):
         """http_proxy does not apply to wss://, https_proxy not to ws://."""

@@ -21,12 +21,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, SRV_BIN, BIN_DIR, Proc, make_token,  # noqa: E402
-                     expected_sha256, gen_bytes, get, wait_tunnels, wait_until, main)
+from harness import (E2ETestCase, HOST, SRV_BIN, CLI_BIN, BIN_DIR, Proc, make_token,  # noqa: E402
+                     expected_sha256, free_port, gen_bytes, get, read_response, wait_tunnels,
+                     wait_until, main)
 import tlsutil  # noqa: E402
 from tlsutil import (PKI, TLSBackend, client_ctx, https_req, https_tunnels,  # noqa: E402
                      wait_https_tunnels, tls_connect,
@@ -108,6 +110,138 @@ def http_upload(port, path, n, timeout=60):
 
 def ctx_ca():
     return client_ctx(C.ca.cert)
+
+
+class CloseDelimitedTLSBackend:
+    """A raw HTTPS backend on 127.0.0.1:0: every request gets `body` as a
+    close-delimited answer (Connection: close, neither Content-Length nor
+    chunking), and then the connection ends either cleanly (clean=True:
+    TLS close_notify first, by unwrap()) or without close_notify
+    (clean=False: a TCP FIN under the TLS layer, which is what an attacker
+    on the path cutting the body would produce). Bounded: 10 s socket
+    timeouts, stop() closes everything."""
+
+    HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            b"Connection: close\r\n\r\n")
+
+    def __init__(self, cert, body, clean):
+        self.body, self.clean = body, clean
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.ctx.load_cert_chain(cert.cert, cert.key)
+        self.served = 0
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._socks = []
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind((HOST, 0))
+        self.lsock.listen(16)
+        self.lsock.settimeout(0.1)
+        self.port = self.lsock.getsockname()[1]
+        self.url = "https://localhost:%d" % self.port
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self):
+        while not self.stopped.is_set():
+            try:
+                s, _ = self.lsock.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            s.settimeout(10)
+            with self._lock:
+                self._socks.append(s)
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, raw):
+        try:
+            t = self.ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        with self._lock:
+            self._socks.append(t)
+        try:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                piece = t.recv(65536)
+                if not piece:
+                    return
+                buf += piece
+            t.sendall(self.HEAD + self.body)
+            with self._lock:
+                self.served += 1
+            if self.clean:
+                try:
+                    plain = t.unwrap()  # sends close_notify (and waits for the peer's)
+                except (ssl.SSLError, OSError):
+                    plain = None
+                if plain is not None:
+                    self._fin_and_drain(plain)
+            else:
+                # SSLSocket.shutdown() drops the TLS layer without a word
+                # and shuts the TCP socket down: a bare FIN, no close_notify
+                t.shutdown(socket.SHUT_WR)
+                self._fin_and_drain(t)
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            t.close()
+
+    @staticmethod
+    def _fin_and_drain(s):
+        """FIN, then read (raw bytes) until the peer closes, so the close
+        that follows is never a reset."""
+        try:
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        deadline = time.monotonic() + 5
+        try:
+            while time.monotonic() < deadline:
+                s.settimeout(max(0.05, deadline - time.monotonic()))
+                if not s.recv(65536):
+                    break
+        except OSError:
+            pass
+
+    def stop(self):
+        self.stopped.set()
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self._lock:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        self._thread.join(2)
+
+
+def read_to_end_strict(port, cafile, timeout=10.0):
+    """GET / straight from a backend over TLS, reading to the end with
+    ragged EOFs reported: (data, how) where how is "close_notify" when the
+    stream ended with a TLS close_notify, "no_close_notify" when the TCP
+    connection ended without one."""
+    ctx = client_ctx(cafile)
+    raw = socket.create_connection((HOST, port), timeout=timeout)
+    with ctx.wrap_socket(raw, server_hostname="localhost",
+                         suppress_ragged_eofs=False) as t:
+        t.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        data = b""
+        try:
+            while True:
+                piece = t.recv(65536)
+                if not piece:
+                    return data, "close_notify"
+                data += piece
+        except ssl.SSLEOFError:
+            return data, "no_close_notify"
 
 
 class TLSCase(E2ETestCase):
@@ -401,6 +535,33 @@ class BackendTLS(TLSCase):
                 self.assert502(r, be.url)
                 self.assertEqual(be.count(), 0)
 
+    def test_unreadable_certfile_refused_with_plain_tunnel(self):
+        """With a ws:// tunnel, -certfile is only for https backends; a file
+        that cannot be loaded is still a start-up error (exit 2, a line
+        naming -certfile), not a client that runs and answers every https
+        request with 502. Both with -server https://... and with X-Host
+        only (no -server)."""
+        srv = self.server()
+        missing = os.path.join(self.tmpdir(), "no-such-ca.pem")
+        for extra in (("-server", "https://localhost:%d" % free_port()),
+                      ("-regexp", r"https://localhost:[0-9]+")):
+            with self.subTest(flags=extra):
+                argv = [CLI_BIN, "-tunnel", "ws://127.0.0.1:%d" % srv.port,
+                        "-token", make_token(), "-certfile", missing] + list(extra)
+                try:
+                    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                       timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.fail("wstuncli -certfile %s with a ws:// tunnel kept running "
+                              "(it should refuse to start)" % missing)
+                err = p.stderr.decode("utf-8", "replace")
+                lines = [ln for ln in err.splitlines() if ln.strip()]
+                self.assertEqual(p.returncode, 2, err)
+                self.assertTrue(any("-certfile" in ln for ln in lines),
+                                "no line names -certfile: %r" % lines)
+                self.assertNotIn("tunnel open to", err)
+                self.assertEqual(wait_tunnels(srv, 0, 0.5), True)
+
     def test_x_host_https(self):
         signed = self.tls_backend(C.good, "signed")
         selfs = self.tls_backend(C.self_signed, "self-signed")
@@ -421,6 +582,73 @@ class BackendTLS(TLSCase):
         self.assertStatus(r, 200)
         self.assertEqual(r.body, b"self-signed")
         self.assertEqual((plain.count(), signed.count(), selfs.count()), (0, 1, 1))
+
+    def fetch_outcome(self, port, path, timeout=15.0):
+        """GET on a keep-alive connection (so that the server has to frame
+        the body: a cut cannot pass for the end). ("complete", Resp) when a
+        whole response arrived, ("cut", error) when the connection ended
+        before the end of the body (the terminating 0-chunk or the
+        Content-Length bytes missing)."""
+        with socket.create_connection((HOST, port), timeout=timeout) as s:
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
+            f = s.makefile("rb")
+            try:
+                r = read_response(f)
+            except (EOFError, ConnectionError) as e:
+                return "cut", e
+            except socket.timeout:
+                self.fail("GET %s: neither a whole response nor a close in %.0f s"
+                          % (path, timeout))
+            finally:
+                f.close()
+        framed = (r.header("Content-Length") is not None
+                  or "chunked" in (r.header("Transfer-Encoding") or "").lower())
+        self.assertTrue(framed, "a keep-alive response without framing: %r" % r)
+        return "complete", r
+
+    def test_https_backend_body_cut_without_close_notify(self):
+        """A close-delimited body from an HTTPS backend ends at the TLS
+        close_notify. A bare TCP FIN instead (what an attacker on the path
+        can forge to cut the body short) must not be passed on as a
+        complete response: the requester gets a 502, or a response that
+        visibly ends early (connection closed before the end of the
+        chunked body). The same backend ending with close_notify gives
+        the whole body. Small body (nothing handed to the server yet when
+        the cut is seen) and 1 MiB (streamed: the cut comes mid-response)."""
+        srv = self.server()
+        small = b"a close-delimited body, every byte of it\n" * 4
+        large = b"".join(gen_bytes(MIB + 17))
+        tunnels = 0
+        for size, body in (("small", small), ("1MiB", large)):
+            for clean in (True, False):
+                with self.subTest(size=size, close_notify=clean):
+                    be = CloseDelimitedTLSBackend(C.good, body, clean)
+                    self.addCleanup(be.stop)
+                    # the backend really ends as meant (checked straight, no tunnel)
+                    data, how = read_to_end_strict(be.port, C.ca.cert)
+                    self.assertEqual(how, "close_notify" if clean else "no_close_notify")
+                    self.assertTrue(data == CloseDelimitedTLSBackend.HEAD + body)
+                    tok = make_token()
+                    cli = self.client(srv, tok, "-certfile", C.ca.cert, server_url=be.url)
+                    tunnels += 1
+                    self.assertTrue(wait_tunnels(srv, tunnels), cli.describe())
+                    outcome, r = self.fetch_outcome(srv.port, "/_token/%s/cd" % tok)
+                    self.assertEqual(be.served, 2, "the request did not reach the backend")
+                    if clean:
+                        self.assertEqual(outcome, "complete", "cut: %r" % (r,))
+                        self.assertStatus(r, 200)
+                        self.assertEqual(len(r.body), len(body))
+                        self.assertTrue(r.body == body, "body differs")
+                    elif outcome == "complete":
+                        self.assertNotEqual(r.status, 200,
+                                            "a body cut without close_notify was passed "
+                                            "on as complete (%d of %d bytes)"
+                                            % (len(r.body), len(body)))
+                        self.assertStatus(r, 502)
+                    # the server and the tunnel carry on
+                    self.assertTrue(cli.alive(), cli.describe())
+                    self.assertStatus(get(srv.port, "/_health_check"), 200)
+                    self.assertTrue(wait_tunnels(srv, tunnels), srv.describe())
 
 
 # --------------------------------------------------------------------------
@@ -522,6 +750,39 @@ class ServerTLS(TLSCase):
         r = https_req(srv.port, "GET", "/_token/%s/name" % tok, ctx_ca())
         self.assertStatus(r, 200)
         self.assertEqual(https_tunnels(srv.port, ctx_ca()), 1)
+
+    def test_plain_http_on_tls_port_logged_at_debug(self):
+        """At -log-level debug the server says why such a connection
+        failed, with the peer's address; the requester gets the plain
+        400 that tells it to use https://."""
+        srv = self.tls_server(C.good, "-log-level", "debug")
+        with socket.create_connection((HOST, srv.port), timeout=10) as s:
+            peer = "127.0.0.1:%d" % s.getsockname()[1]
+            s.sendall(b"GET /_health_check HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            f = s.makefile("rb")
+            try:
+                r = read_response(f)
+            finally:
+                f.close()
+        self.assertStatus(r, 400)
+        self.assertBody(r, "This port speaks TLS: use https:// or wss://")
+        m = srv.wait_stderr(r"plain text on a TLS port", 5)
+        self.assertIsNotNone(m, "no debug line about plain text on the TLS port\n"
+                             + srv.describe())
+        line = [ln for ln in srv.err_lines if "plain text on a TLS port" in ln][0]
+        self.assertIn(peer, line, "the line does not name the peer %s: %r" % (peer, line))
+        self.assertRegex(line, r"DEBUG", line)
+        # a handshake that fails (the client refuses a certificate it does
+        # not trust) is logged at debug too, with its peer
+        with socket.create_connection((HOST, srv.port), timeout=10) as s:
+            peer2 = "127.0.0.1:%d" % s.getsockname()[1]
+            with self.assertRaises(ssl.SSLError):
+                client_ctx(C.other_ca.cert).wrap_socket(s, server_hostname="localhost")
+        m = srv.wait_stderr(r"TLS with %s failed" % re.escape(peer2), 5)
+        self.assertIsNotNone(m, "no debug line about the failed handshake with %s\n%s"
+                             % (peer2, srv.describe()))
+        self.assertTrue(srv.alive())
+        self.assertStatus(https_req(srv.port, "GET", "/_health_check", ctx_ca()), 200)
 
     # -- start-up errors
     def run_srv(self, *flags, timeout=10):

@@ -2,6 +2,7 @@
 pinned with a hand-written tunnel client: golden request bytes out,
 hand-made responses in."""
 
+import base64
 import os
 import re
 import socket
@@ -10,7 +11,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, Background, get, http_req, make_token, wait_tunnels,  # noqa: E402
-                     OP_BIN, OP_CONT, OP_PING, HOST, read_response, main)
+                     OP_BIN, OP_CONT, OP_PING, OP_PONG, HOST, WSConn, encode_frame,
+                     parse_head, parse_tunnel_message, read_response, ws_accept, main)
 
 ID_RX = re.compile(rb"^[0-9a-f]{4} ")
 
@@ -214,6 +216,103 @@ class ServerWire(E2ETestCase):
         self.assertStatus(r, 200)
         self.assertEqual(len(r.body), len(body))
         self.assertTrue(r.body == body, "body differs")
+
+    def test_pipelined_upgrade_keeps_the_bytes_after_it(self):
+        """One write carries (a) a request tunneled to this raw peer, (b) a
+        WebSocket upgrade for a new token right behind it and (c) a masked
+        ping right after the upgrade's head. The server holds (b)+(c) in
+        its pending buffer while (a) is in flight; when (a) is answered the
+        upgrade is delivered from that buffer, and (c), which followed it,
+        must reach the new tunnel: a pong with the same payload comes back
+        after the 101 (before the fix those bytes were lost, or read from
+        the buffer being appended to). The new tunnel then carries a
+        request."""
+        tok2 = make_token("pipelined")
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        ping_payload = b"pipelined-ping-" + os.urandom(6).hex().encode()
+        data = (b"GET /_token/%s/first HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+                % (self.tok.encode(), self.srv.port))
+        data += ("GET /_tunnel HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                 "Sec-WebSocket-Key: %s\r\nOrigin: %s\r\n\r\n"
+                 % (self.srv.port, key, tok2)).encode("latin-1")
+        data += encode_frame(OP_PING, ping_payload, mask=True)
+        sock = socket.create_connection((HOST, self.srv.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(data)
+        # (a) reaches the first tunnel; it is answered only after a while,
+        # so (b) and (c) wait in the server meanwhile
+        rid, first, *_ = self.tun.next_request(5)
+        self.assertEqual(first, "GET /first HTTP/1.1")
+        time.sleep(0.5)
+        self.assertTrue(wait_tunnels(self.srv, 1, 0.2), "the upgrade ran ahead of (a)")
+        self.tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+        deadline = time.monotonic() + 10
+        buf = bytearray()
+
+        def head():
+            while b"\r\n\r\n" not in buf:
+                left = deadline - time.monotonic()
+                self.assertGreater(left, 0, "timed out; got %r" % bytes(buf[:300]))
+                sock.settimeout(left)
+                piece = sock.recv(65536)
+                self.assertTrue(piece, "connection closed; got %r" % bytes(buf[:300]))
+                buf.extend(piece)
+            i = buf.index(b"\r\n\r\n") + 4
+            h = bytes(buf[:i])
+            del buf[:i]
+            return parse_head(h)
+
+        status_line, hdrs = head()
+        self.assertTrue(status_line.startswith("HTTP/1.1 200"), status_line)
+        n = int(hdrs["content-length"][0])
+        while len(buf) < n:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            piece = sock.recv(65536)
+            self.assertTrue(piece, "connection closed in the first body")
+            buf.extend(piece)
+        self.assertEqual(bytes(buf[:n]), b"first")
+        del buf[:n]
+        status_line, hdrs = head()
+        self.assertTrue(status_line.startswith("HTTP/1.1 101"), status_line)
+        self.assertEqual(hdrs.get("sec-websocket-accept"), [ws_accept(key)])
+        ws = WSConn(sock, True, bytes(buf))
+        # (c): the ping sent with the upgrade is answered
+        pong = None
+        while pong is None:
+            left = deadline - time.monotonic()
+            self.assertGreater(left, 0, "no pong for the pipelined ping")
+            try:
+                fr = ws.recv_frame(left)
+            except (socket.timeout, TimeoutError):
+                self.fail("no pong for the ping that followed the upgrade "
+                          "(its bytes were lost)")
+            if fr.opcode == OP_PING:
+                ws.send_frame(OP_PONG, fr.payload)
+            elif fr.opcode == OP_PONG:
+                pong = fr
+            else:
+                self.fail("unexpected frame before the pong: %r" % fr)
+        self.assertEqual(pong.payload, ping_payload)
+        self.assertFalse(pong.masked)
+        # the new tunnel is registered and carries a request
+        self.assertTrue(wait_tunnels(self.srv, 2), "the pipelined tunnel is not listed")
+        bg = Background(http_req, self.srv.port, "GET", "/_token/%s/second" % tok2, timeout=10)
+        op, payload = ws.recv_message(5)
+        self.assertEqual(op, OP_BIN)
+        rid2, first2, _, _ = parse_tunnel_message(payload)
+        self.assertEqual(first2, "GET /second HTTP/1.1")
+        ws.send_binary(rid2.encode() + b" HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+        r = bg.result(10)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"second")
+        # and the first tunnel is unharmed
+        bg = self.fetch("/third")
+        rid3, first3, *_ = self.tun.next_request(5)
+        self.assertEqual(first3, "GET /third HTTP/1.1")
+        self.tun.respond(rid3, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthird")
+        self.assertEqual(bg.result(10).body, b"third")
+        ws.send_close()
 
     def test_text_message_closes_tunnel(self):
         self.tun.ws.send_text(b"0001 HTTP/1.1 200 OK\r\n\r\n")
