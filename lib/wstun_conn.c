@@ -175,11 +175,10 @@ static void on_closed(uv_handle_t *h) {
   wstun__buf_free(&c->out);
   wstun__buf_free(&c->inflight);
   wstun__buf_free(&c->pending);
-  wstun__tls_free(c->tls);
-  c->tls = NULL;
   c->open = 0;
   if (c->cbs->on_close)
-    c->cbs->on_close(c);
+    c->cbs->on_close(c); /* may still read c->tls (why it failed) */
+  wstun__tls_free(c->tls);
   wstun__free(c);
 }
 
