@@ -133,7 +133,7 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       {"tunnel", FLAG_STR, &cfg.tunnel_url, "URL",
        "server to dial: ws[s]://[user:pass@]host[:port][/base]", 0, -1},
       {"server", FLAG_STR, &cfg.server_url, "URL",
-       "backend for requests without X-Host: http://host[:port]", 0, -1},
+       "backend for requests without X-Host: http[s]://host[:port]", 0, -1},
       {"token", FLAG_STR, &token, "TOKEN[:PASSWORD]",
        "rendez-vous token (>= 16 chars); password also from $WSTUNNEL_PASSWORD",
        0, -1},
