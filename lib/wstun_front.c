@@ -643,9 +643,12 @@ static void req_msg_failed(void *owner, wstun__outmsg *m, int restartable) {
   }
   f->req = NULL;
   wstun__outmsg_free(m);
-  if (restartable)
+  if (restartable) {
+    wstun__log(&f->srv->log, WSTUN_LOG_INFO,
+               "WS   SND token=%s id=%04x failed after %d tries: 504",
+               f->token_prefix, f->id, f->tries);
     wstun__front_fail(f, 504, "Tunnel retry exhausted");
-  else
+  } else
     wstun__front_tunnel_lost(f);
 }
 

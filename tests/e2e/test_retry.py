@@ -183,6 +183,9 @@ class RetryTest(E2ETestCase):
         r = req.result(STEP)
         self.assertStatus(r, 504)
         self.assertBody(r, "Tunnel retry exhausted")
+        # and the give-up is said at info, like each retry
+        self.wait_log(r"WS   SND token=%s id=[0-9a-f]{4} failed after 3 tries: 504"
+                      % self.red, "give-up line")
         self.read_stalled_answer(up_c)
 
         self.assertEqual(self.retry_lines(), [2, 3])
