@@ -634,6 +634,18 @@ static void dial_on_close(wstun__conn *c) {
   wstun__client_release(cli);
 }
 
+/* The request of this phase is queued: send it, then parse the answer's
+ * head (dial_on_data). */
+static void await_answer(wstun_client *cli, int phase) {
+  wstun__http_parser_init(&cli->hs, HTTP_RESPONSE, HANDSHAKE_MAX_HEAD, 0,
+                          &hs_cbs, cli);
+  cli->hs_init = 1;
+  cli->hs_done = 0;
+  cli->dial_phase = phase;
+  wstun__conn_flush(cli->dial);
+  wstun__conn_start_read(cli->dial);
+}
+
 static void send_handshake(wstun_client *cli) {
   wstun__buf *out = wstun__conn_outbuf(cli->dial);
   char hostport[600];
@@ -660,13 +672,7 @@ static void send_handshake(wstun_client *cli) {
     dial_fail(cli, WSTUN_ENOMEM, "out of memory");
     return;
   }
-  wstun__http_parser_init(&cli->hs, HTTP_RESPONSE, HANDSHAKE_MAX_HEAD, 0,
-                          &hs_cbs, cli);
-  cli->hs_init = 1;
-  cli->hs_done = 0;
-  cli->dial_phase = DIAL_WS;
-  wstun__conn_flush(cli->dial);
-  wstun__conn_start_read(cli->dial);
+  await_answer(cli, DIAL_WS);
 }
 
 static void send_connect(wstun_client *cli) {
@@ -676,13 +682,7 @@ static void send_connect(wstun_client *cli) {
     dial_fail(cli, WSTUN_ENOMEM, "out of memory");
     return;
   }
-  wstun__http_parser_init(&cli->hs, HTTP_RESPONSE, HANDSHAKE_MAX_HEAD, 0,
-                          &hs_cbs, cli);
-  cli->hs_init = 1;
-  cli->hs_done = 0;
-  cli->dial_phase = DIAL_PROXY;
-  wstun__conn_flush(cli->dial);
-  wstun__conn_start_read(cli->dial);
+  await_answer(cli, DIAL_PROXY);
 }
 
 static void dial_on_connect(wstun__conn *c, int status) {
