@@ -46,15 +46,26 @@ static void deliver(wstun__conn *c, const uint8_t *data, size_t len,
 
 static void tls_input(wstun__conn *c, const uint8_t *data, size_t len);
 
+static void stop_reading(wstun__conn *c) {
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+}
+
+/* No more input will come: tell the owner (UV_EOF, or why it broke). */
+static void input_ended(wstun__conn *c, int err) {
+  stop_reading(c);
+  c->ended = 1;
+  c->cbs->on_end(c, err);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   wstun__conn *c = CONN(s);
   (void)buf;
   if (nread == 0 || c->closing)
     return;
   if (nread < 0) {
-    uv_read_stop(s);
-    c->reading = 0;
-    c->ended = 1;
     int err = (int)nread;
     if (err == UV_EOF && c->tls && c->tls->handshake_done) {
       /* a TLS stream ends with close_notify (seen in tls_pump); a bare
@@ -65,7 +76,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
                "connection closed without close_notify (possibly truncated)");
       err = WSTUN_ETLS;
     }
-    c->cbs->on_end(c, err);
+    input_ended(c, err);
     return;
   }
   c->shared->bytes_in += (uint64_t)nread;
@@ -141,10 +152,7 @@ int wstun__conn_connect(wstun__conn *c, const struct sockaddr *addr) {
 
 void wstun__conn_pause(wstun__conn *c) {
   c->paused = 1;
-  if (c->reading) {
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->reading = 0;
-  }
+  stop_reading(c);
 }
 
 static void tls_pump(wstun__conn *c);
@@ -379,10 +387,7 @@ void wstun__conn_end(wstun__conn *c) {
   if (c->closing)
     return;
   c->close_after_write = 1;
-  if (c->reading) {
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->reading = 0;
-  }
+  stop_reading(c);
   c->paused = 1;
   wstun__conn_flush(c);
 }
@@ -445,15 +450,13 @@ int wstun__resolve(uv_loop_t *loop, const char *host, int port,
 #define TLS_RECORD_MAX 16384
 
 static void tls_failed(wstun__conn *c, int err) {
-  if (c->reading) {
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->reading = 0;
+  if (c->tls->handshake_done || c->cbs->on_secure == NULL) {
+    input_ended(c, err);
+    return;
   }
+  stop_reading(c);
   c->ended = 1;
-  if (!c->tls->handshake_done && c->cbs->on_secure)
-    c->cbs->on_secure(c, err);
-  else
-    c->cbs->on_end(c, err);
+  c->cbs->on_secure(c, err);
 }
 
 /* Runs the handshake, then decrypts and delivers records until the owner
@@ -464,7 +467,8 @@ static void tls_pump(wstun__conn *c) {
   wstun__tls *t = c->tls;
   if (!t->handshake_done) {
     int rc = wstun__tls_handshake(t);
-    if (wstun__buf_size(&t->cout) > 0)
+    /* handshake messages; once done, also writes queued meanwhile */
+    if (rc == WSTUN__TLS_DONE || wstun__buf_size(&t->cout) > 0)
       wstun__conn_flush(c);
     if (rc == WSTUN__TLS_AGAIN)
       return;
@@ -472,7 +476,6 @@ static void tls_pump(wstun__conn *c) {
       tls_failed(c, rc);
       return;
     }
-    wstun__conn_flush(c); /* writes queued during the handshake */
     if (c->cbs->on_secure) {
       c->cbs->on_secure(c, 0);
       if (c->closing)
@@ -498,16 +501,10 @@ static void tls_pump(wstun__conn *c) {
         continue;
       return;
     }
-    if (n == WSTUN_ECLOSED) {
-      if (c->reading) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = 0;
-      }
-      c->ended = 1;
-      c->cbs->on_end(c, UV_EOF);
-    } else {
+    if (n == WSTUN_ECLOSED)
+      input_ended(c, UV_EOF);
+    else
       tls_failed(c, n);
-    }
     return;
   }
 }
@@ -541,15 +538,12 @@ static void tls_input(wstun__conn *c, const uint8_t *data, size_t len) {
   t->rx_len = len;
   tls_pump(c);
   /* what the owner did not let us decrypt yet waits in `cin` */
-  if (t->rx_len > 0 && !c->closing &&
-      wstun__buf_append(&t->cin, t->rx, t->rx_len) != 0) {
-    t->rx = NULL;
-    t->rx_len = 0;
-    c->cbs->on_end(c, UV_ENOMEM);
-    return;
-  }
+  int nomem = t->rx_len > 0 && !c->closing &&
+              wstun__buf_append(&t->cin, t->rx, t->rx_len) != 0;
   t->rx = NULL;
   t->rx_len = 0;
+  if (nomem)
+    c->cbs->on_end(c, UV_ENOMEM);
 }
 
 int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,

@@ -91,11 +91,11 @@ int wstun__conn_start_read(wstun__conn *c);
 /* From now on the connection speaks TLS with `cfg` (referenced for the
  * connection's life). Server side (`host` NULL), right after accept: the
  * handshake runs as bytes arrive; data reaches on_data only once it is
- * done, and a failure (or plain HTTP, answered with a short 400) ends in
- * on_end(WSTUN_ETLS). Client side, once connected (directly or through a
- * proxy): `host` is sent as SNI and checked against the certificate; the
- * handshake starts now and on_secure reports how it ended. Queued writes
- * wait for the handshake. 0 or WSTUN_ENOMEM. */
+ * done, and a failure ends in on_end(WSTUN_ETLS); plain HTTP is answered
+ * with a short 400 and the connection closed (on_close only). Client side, once
+ * connected (directly or through a proxy): `host` is sent as SNI and checked
+ * against the certificate; the handshake starts now and on_secure reports how
+ * it ended. Queued writes wait for the handshake. 0 or WSTUN_ENOMEM. */
 int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,
                           const char *host);
 /* Words for an error passed to on_end/on_connect/on_secure: the TLS
