@@ -38,6 +38,20 @@ static void describe(int rc, const char *what, char *err, size_t errlen) {
   snprintf(err, errlen, "%s: %s", what, detail);
 }
 
+/* Adds the PEM certificates of `path` to `crt`; 0, or -1 with "<what>
+ * <path>: <reason>" in err. */
+static int load_certs(mbedtls_x509_crt *crt, const char *path, const char *what,
+                      char *err, size_t errlen) {
+  /* > 0: that many certificates of the file could not be parsed */
+  int rc = mbedtls_x509_crt_parse_file(crt, path);
+  if (rc == 0)
+    return 0;
+  char label[300];
+  snprintf(label, sizeof(label), "%s %s", what, path);
+  describe(rc < 0 ? rc : MBEDTLS_ERR_X509_INVALID_FORMAT, label, err, errlen);
+  return -1;
+}
+
 static int config_new(wstun__tls_config **out, int endpoint) {
   wstun__tls_config *cfg = wstun__calloc(1, sizeof(*cfg));
   if (cfg == NULL)
@@ -72,19 +86,12 @@ int wstun__tls_client_config(wstun__tls_config **out, const char *extra_ca,
     return rc;
   /* a missing system store is not fatal by itself: -certfile may name
    * everything the user trusts */
-  int sys = mbedtls_x509_crt_parse_file(&cfg->ca, WSTUN__TLS_SYSTEM_CA);
-  (void)sys;
-  if (extra_ca && *extra_ca) {
-    rc = mbedtls_x509_crt_parse_file(&cfg->ca, extra_ca);
-    if (rc != 0) {
-      char what[300];
-      snprintf(what, sizeof(what), "cannot load certificates from %s",
-               extra_ca);
-      describe(rc < 0 ? rc : MBEDTLS_ERR_X509_INVALID_FORMAT, what, err,
-               errlen);
-      wstun__tls_config_unref(cfg);
-      return WSTUN_ETLS;
-    }
+  (void)mbedtls_x509_crt_parse_file(&cfg->ca, WSTUN__TLS_SYSTEM_CA);
+  if (extra_ca && *extra_ca &&
+      load_certs(&cfg->ca, extra_ca, "cannot load certificates from", err,
+                 errlen) != 0) {
+    wstun__tls_config_unref(cfg);
+    return WSTUN_ETLS;
   }
   if (verify && cfg->ca.version == 0) {
     snprintf(err, errlen, "no trusted certificates (%s is missing)",
@@ -117,15 +124,12 @@ int wstun__tls_server_config(wstun__tls_config **out, const char *cert_file,
   int rc = config_new(&cfg, MBEDTLS_SSL_IS_SERVER);
   if (rc != 0)
     return rc;
-  char what[300];
-  rc = mbedtls_x509_crt_parse_file(&cfg->cert, cert_file);
-  if (rc != 0) {
-    snprintf(what, sizeof(what), "cannot load certificate %s", cert_file);
-    describe(rc < 0 ? rc : MBEDTLS_ERR_X509_INVALID_FORMAT, what, err, errlen);
+  if (load_certs(&cfg->cert, cert_file, "cannot load certificate", err,
+                 errlen) != 0)
     goto fail;
-  }
   rc = mbedtls_pk_parse_keyfile(&cfg->key, key_file, NULL);
   if (rc != 0) {
+    char what[300];
     snprintf(what, sizeof(what), "cannot load key %s", key_file);
     describe(rc, what, err, errlen);
     goto fail;
