@@ -1014,6 +1014,18 @@ static char *basic_auth(const char *user, const char *pass) {
   return h;
 }
 
+/* The Basic header for a URL's "user:password" (or "user"), as curl
+ * sends it. NULL when out of memory. */
+static char *basic_auth_userinfo(const char *ui) {
+  const char *colon = strchr(ui, ':');
+  if (colon == NULL)
+    return basic_auth(ui, "");
+  char *user = wstun__strndup(ui, (size_t)(colon - ui));
+  char *h = user ? basic_auth(user, colon + 1) : NULL;
+  wstun__free(user);
+  return h;
+}
+
 static int setup_tls_and_proxy(wstun_client *cli,
                                const wstun_client_config *cfg) {
   cli->insecure_backends = cfg->insecure_backends;
@@ -1046,34 +1058,27 @@ static int setup_tls_and_proxy(wstun_client *cli,
   if (proxy == NULL || *proxy == '\0')
     return 0;
   /* "host:port" means http://host:port, as for curl */
+  const char *sep = strstr(proxy, "://");
   char url[1024];
-  snprintf(url, sizeof(url), "%s%s", strstr(proxy, "://") ? "" : "http://",
-           proxy);
+  snprintf(url, sizeof(url), "%s%s", sep ? "" : "http://", proxy);
   int rc = wstun__url_parse(url, &cli->proxy_url);
   if (rc == 0 && strcmp(cli->proxy_url.scheme, "http") != 0)
     rc = WSTUN_EURL; /* TLS to the proxy itself is not supported */
   if (rc != 0 && from_env) {
     /* a desktop's all_proxy=socks5://... must not stop the tunnel; the
      * value may hold credentials, so only its scheme is named */
-    wstun__log(
-        &cli->log, WSTUN_LOG_WARN,
-        "ignoring the proxy from the environment (%.*s): only "
-        "http://host:port proxies are supported; connecting directly",
-        (int)(strstr(proxy, "://") ? strstr(proxy, "://") - proxy + 3 : 0),
-        proxy);
+    wstun__log(&cli->log, WSTUN_LOG_WARN,
+               "ignoring the proxy from the environment (%.*s): only "
+               "http://host:port proxies are supported; connecting directly",
+               (int)(sep ? sep - proxy + 3 : 0), proxy);
     wstun__url_free(&cli->proxy_url);
     return 0;
   }
   if (rc != 0)
     return rc;
   cli->has_proxy = 1;
-  const char *ui = cli->proxy_url.userinfo;
-  if (ui) {
-    const char *colon = strchr(ui, ':');
-    char user[256];
-    snprintf(user, sizeof(user), "%.*s",
-             (int)(colon ? colon - ui : (long)strlen(ui)), ui);
-    cli->proxy_auth = basic_auth(user, colon ? colon + 1 : "");
+  if (cli->proxy_url.userinfo) {
+    cli->proxy_auth = basic_auth_userinfo(cli->proxy_url.userinfo);
     if (cli->proxy_auth == NULL)
       return WSTUN_ENOMEM;
   }
@@ -1149,14 +1154,9 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
                                         : "wstun " WSTUN_VERSION_STRING);
   if (cli->token == NULL || cli->client_version == NULL)
     return WSTUN_ENOMEM;
-  const char *ui = cli->tunnel_url.userinfo;
   char *url_auth = NULL;
-  if (ui) {
-    const char *colon = strchr(ui, ':');
-    char user[256];
-    snprintf(user, sizeof(user), "%.*s",
-             (int)(colon ? colon - ui : (long)strlen(ui)), ui);
-    url_auth = basic_auth(user, colon ? colon + 1 : "");
+  if (cli->tunnel_url.userinfo) {
+    url_auth = basic_auth_userinfo(cli->tunnel_url.userinfo);
     if (url_auth == NULL)
       return WSTUN_ENOMEM;
   }
