@@ -1100,9 +1100,78 @@ class RawTunnel:
 
 
 # --------------------------------------------------------------------------
+# fake peers listening on loopback
+
+class LoopbackListener:
+    """Listens on 127.0.0.1:<free port> and serves each accepted socket in
+    its own thread with self._serve(sock), which subclasses define (set
+    their own attributes before calling this __init__: connections may
+    arrive at once). stop() closes the listener and every tracked
+    socket."""
+
+    def __init__(self):
+        self.stopped = threading.Event()
+        self._cond = threading.Condition()
+        self._socks = []
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((HOST, 0))
+        self.lsock.listen(64)
+        self.lsock.settimeout(0.1)
+        self.port = self.lsock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _track(self, s):
+        with self._cond:
+            self._socks.append(s)
+
+    def _accept_loop(self):
+        while not self.stopped.is_set():
+            try:
+                s, _ = self.lsock.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            self._track(s)
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _wait_count(self, items, n, timeout):
+        """True once the list `items` (appended to under self._cond, with a
+        notify) holds n entries; False after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(items) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def stop(self):
+        self.stopped.set()
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self._cond:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+        self._thread.join(2)
+
+
 # a fake tunnel *server*, to pin what wstuncli puts on the wire
 
-class FakeTunnelServer:
+class FakeTunnelServer(LoopbackListener):
     """Accepts WebSocket handshakes on 127.0.0.1:0 and records them.
 
     handler(fake, conn) runs in its own thread per accepted tunnel, where
@@ -1117,17 +1186,7 @@ class FakeTunnelServer:
         self.status = status
         self.bad_accept = bad_accept
         self.conns = []
-        self.stopped = threading.Event()
-        self._cond = threading.Condition()
-        self._socks = []
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind((HOST, 0))
-        self.lsock.listen(64)
-        self.lsock.settimeout(0.1)
-        self.port = self.lsock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     @staticmethod
     def keep_open(fake, conn):
@@ -1141,18 +1200,6 @@ class FakeTunnelServer:
                 return
             if op == OP_CLOSE:
                 return
-
-    def _accept_loop(self):
-        while not self.stopped.is_set():
-            try:
-                s, _ = self.lsock.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            with self._cond:
-                self._socks.append(s)
-            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
 
     def _serve(self, s):
         try:
@@ -1190,33 +1237,7 @@ class FakeTunnelServer:
                 conn["closed_at"] = conn["closed_at"] or time.monotonic()
 
     def wait_conns(self, n, timeout):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.conns) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
-
-    def stop(self):
-        self.stopped.set()
-        try:
-            self.lsock.close()
-        except OSError:
-            pass
-        with self._cond:
-            socks = list(self._socks)
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            try:
-                s.close()
-            except OSError:
-                pass
-        self._thread.join(2)
+        return self._wait_count(self.conns, n, timeout)
 
 
 # --------------------------------------------------------------------------

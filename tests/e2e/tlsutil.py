@@ -30,8 +30,9 @@ import threading
 import time
 import warnings
 
-from harness import (HOST, Backend, Proc, Resp, _BackendHTTPServer, _Handler,
-                     gen_bytes, free_port, wait_until)
+from harness import (HOST, Backend, LoopbackListener, Proc, Resp,
+                     _BackendHTTPServer, _Handler, _read_head, free_port,
+                     gen_bytes, parse_head, wait_until)
 
 OPENSSL = shutil.which("openssl")
 TINYPROXY = shutil.which("tinyproxy") or (
@@ -502,7 +503,7 @@ def tls11_client_ctx():
 # --------------------------------------------------------------------------
 # a fake CONNECT proxy, to pin what wstuncli sends a proxy
 
-class FakeConnectProxy:
+class FakeConnectProxy(LoopbackListener):
     """HTTP CONNECT proxy on 127.0.0.1:0 that records every request head
     (.heads: list of (request line, {lower-name: [values]})) and then, by
     `mode`: "relay" answers 200 and relays to 127.0.0.1:<CONNECT port>
@@ -510,47 +511,20 @@ class FakeConnectProxy:
     "close" answers 200 and closes; "garbage" answers non-HTTP bytes."""
 
     def __init__(self, mode="relay"):
-        from harness import _read_head, parse_head
-        self._read_head, self._parse_head = _read_head, parse_head
         self.mode = mode
         self.heads = []
-        self.stopped = threading.Event()
-        self._cond = threading.Condition()
-        self._socks = []
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind((HOST, 0))
-        self.lsock.listen(64)
-        self.lsock.settimeout(0.1)
-        self.port = self.lsock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def url(self, userinfo=""):
         return "http://%s%s:%d" % (userinfo + "@" if userinfo else "", HOST, self.port)
 
-    def _track(self, s):
-        with self._cond:
-            self._socks.append(s)
-
-    def _accept_loop(self):
-        while not self.stopped.is_set():
-            try:
-                s, _ = self.lsock.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            self._track(s)
-            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
-
     def _serve(self, s):
         try:
-            head, rest = self._read_head(s, time.monotonic() + 5)
+            head, rest = _read_head(s, time.monotonic() + 5)
         except Exception:  # noqa: BLE001
             s.close()
             return
-        first, hdrs = self._parse_head(head)
+        first, hdrs = parse_head(head)
         with self._cond:
             self.heads.append((first, hdrs))
             self._cond.notify_all()
@@ -600,30 +574,4 @@ class FakeConnectProxy:
                 pass
 
     def wait_heads(self, n, timeout):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.heads) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
-
-    def stop(self):
-        self.stopped.set()
-        try:
-            self.lsock.close()
-        except OSError:
-            pass
-        with self._cond:
-            socks = list(self._socks)
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            try:
-                s.close()
-            except OSError:
-                pass
-        self._thread.join(2)
+        return self._wait_count(self.heads, n, timeout)
