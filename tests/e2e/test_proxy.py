@@ -66,6 +66,17 @@ class ProxyCase(E2ETestCase):
         return self.client(srv, token, "-certfile", CA.cert, *flags, server_url=server_url,
                            tunnel_url="wss://localhost:%d" % srv.port, env=env)
 
+    def tunnel_with_env(self, scheme, tok, be, env):
+        """A server (TLS for "wss") and a client for tok with `env`;
+        returns (server, client, whether one tunnel came up in time)."""
+        if scheme == "wss":
+            srv = self.tls_server()
+            cli = self.wss_client(srv, tok, server_url=be.url, env=env)
+            return srv, cli, wait_https_tunnels(srv.port, ctx_ca(), 1, 10)
+        srv = self.server()
+        cli = self.client(srv, tok, server_url=be.url, env=env)
+        return srv, cli, wait_tunnels(srv, 1)
+
     def assertViaProxy(self, cli, proxy, srv, target):
         """The client talks to the proxy only, tinyproxy logged the CONNECT
         to `target` (host:port), and the server's tunnel peer is a socket
@@ -270,14 +281,7 @@ class ProxyEnvironment(ProxyCase):
             with self.subTest(scheme=scheme, env=env):
                 be = self.backend()
                 tok = make_token()
-                if scheme == "wss":
-                    srv = self.tls_server()
-                    cli = self.wss_client(srv, tok, server_url=be.url, env=env)
-                    up = wait_https_tunnels(srv.port, ctx_ca(), 1, 10)
-                else:
-                    srv = self.server()
-                    cli = self.client(srv, tok, server_url=be.url, env=env)
-                    up = wait_tunnels(srv, 1)
+                srv, cli, up = self.tunnel_with_env(scheme, tok, be, env)
                 self.assertTrue(up, "no_proxy not honoured\n" + cli.describe())
                 self.assertDirect(cli, srv)
 
@@ -308,14 +312,7 @@ class ProxyEnvironment(ProxyCase):
             with self.subTest(scheme=scheme, env=env):
                 be = self.backend()
                 tok = make_token()
-                if scheme == "wss":
-                    srv = self.tls_server()
-                    cli = self.wss_client(srv, tok, server_url=be.url, env=env)
-                    up = wait_https_tunnels(srv.port, ctx_ca(), 1, 10)
-                else:
-                    srv = self.server()
-                    cli = self.client(srv, tok, server_url=be.url, env=env)
-                    up = wait_tunnels(srv, 1)
+                srv, cli, up = self.tunnel_with_env(scheme, tok, be, env)
                 self.assertTrue(up, "no tunnel\n" + cli.describe())
                 self.assertTrue(cli.alive(), cli.describe())
                 if scheme == "wss":
