@@ -535,6 +535,20 @@ def det_bytes(n):
     return b"".join(gen_bytes(n))
 
 
+def post_streamed(conn, path, n):
+    """POST n deterministic bytes on the http.client connection `conn`
+    (Content-Length, sent piece by piece, never whole in memory); returns
+    (status, body) and leaves closing conn to the caller."""
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Length", str(n))
+    conn.putheader("Content-Type", "application/octet-stream")
+    conn.endheaders()
+    for piece in gen_bytes(n):
+        conn.send(piece)
+    r = conn.getresponse()
+    return r.status, r.read()
+
+
 # --------------------------------------------------------------------------
 # backend
 

@@ -8,8 +8,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, gen_bytes, expected_sha256, run_threads,  # noqa: E402
-                     main)
+from harness import (E2ETestCase, HOST, gen_bytes, expected_sha256,  # noqa: E402
+                     post_streamed, run_threads, main)
 
 MIB = 1024 * 1024
 RSS_LIMIT_KIB = int(os.environ.get("WSTUN_E2E_RSS_LIMIT_MIB", "64")) * 1024
@@ -42,15 +42,9 @@ def download(port, path, stall_after=None, stall_s=0.0, timeout=60):
 def upload(port, path, n, chunked=False, timeout=60):
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        if chunked:
-            conn.request("POST", path, body=gen_bytes(n, 300007), encode_chunked=True)
-        else:
-            conn.putrequest("POST", path)
-            conn.putheader("Content-Length", str(n))
-            conn.putheader("Content-Type", "application/octet-stream")
-            conn.endheaders()
-            for piece in gen_bytes(n):
-                conn.send(piece)
+        if not chunked:
+            return post_streamed(conn, path, n)
+        conn.request("POST", path, body=gen_bytes(n, 300007), encode_chunked=True)
         r = conn.getresponse()
         return r.status, r.read()
     finally:

@@ -32,7 +32,7 @@ import warnings
 
 from harness import (HOST, Backend, LoopbackListener, Proc, Resp,
                      _BackendHTTPServer, _Handler, _read_head, free_port,
-                     gen_bytes, parse_head, wait_until)
+                     parse_head, post_streamed, wait_until)
 
 OPENSSL = shutil.which("openssl")
 TINYPROXY = shutil.which("tinyproxy") or (
@@ -293,14 +293,7 @@ def https_upload(port, path, n, ctx, timeout=120.0):
     """POST n deterministic bytes (Content-Length, streamed); (status, body)."""
     conn = LoopbackHTTPSConnection("localhost", port, context=ctx, timeout=timeout)
     try:
-        conn.putrequest("POST", path)
-        conn.putheader("Content-Length", str(n))
-        conn.putheader("Content-Type", "application/octet-stream")
-        conn.endheaders()
-        for piece in gen_bytes(n):
-            conn.send(piece)
-        r = conn.getresponse()
-        return r.status, r.read()
+        return post_streamed(conn, path, n)
     finally:
         conn.close()
 
