@@ -391,7 +391,7 @@ static int build_request(wstun__front *f, wstun__http_head *h,
   f->req = rc == 0 ? wstun__outmsg_new(&req_msg_cbs, f) : NULL;
   if (f->req == NULL)
     return WSTUN_ENOMEM;
-  static const uint8_t placeholder[WSTUN__PROTO_PREFIX_LEN] = "0000 ";
+  static const uint8_t placeholder[WSTUN__PROTO_PREFIX_LEN] = {'0', '0', '0', '0'};
   if (wstun__buf_append(&f->req->buf, placeholder, sizeof(placeholder)) != 0 ||
       wstun__http_head_write(h, &f->req->buf) != 0)
     return WSTUN_ENOMEM;

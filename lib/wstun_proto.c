@@ -7,7 +7,6 @@ void wstun__proto_write_prefix(uint16_t id,
   out[1] = (uint8_t)hex[(id >> 8) & 15];
   out[2] = (uint8_t)hex[(id >> 4) & 15];
   out[3] = (uint8_t)hex[id & 15];
-  out[4] = ' ';
 }
 
 void wstun__proto_prefix_init(wstun__proto_prefix *p) {
@@ -20,21 +19,16 @@ int wstun__proto_prefix_feed(wstun__proto_prefix *p, const uint8_t *data,
   size_t i = 0;
   while (i < len && p->got < WSTUN__PROTO_PREFIX_LEN) {
     uint8_t c = data[i++];
-    if (p->got == 4) {
-      if (c != ' ')
-        return -1;
-    } else {
-      int v;
-      if (c >= '0' && c <= '9')
-        v = c - '0';
-      else if (c >= 'a' && c <= 'f')
-        v = c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F')
-        v = c - 'A' + 10;
-      else
-        return -1;
-      p->id = (uint16_t)((p->id << 4) | v);
-    }
+    int v;
+    if (c >= '0' && c <= '9')
+      v = c - '0';
+    else if (c >= 'a' && c <= 'f')
+      v = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F')
+      v = c - 'A' + 10;
+    else
+      return -1;
+    p->id = (uint16_t)((p->id << 4) | v);
     p->got++;
   }
   return (int)i;

@@ -1,18 +1,23 @@
 /* Tunnel message format v1 (wstunnel 1.x): every request and response is a
- * binary WebSocket message "<id as %04x> <raw HTTP/1.1 message>". This
- * module owns only the id prefix; the HTTP part belongs to wstun_http. */
+ * binary WebSocket message "<id as %04x><raw HTTP/1.1 message>", with no
+ * separator (the Go peer writes Fprintf("%04x", id) and then the message,
+ * and reads the id back with Fscanf on exactly 4 bytes). This module owns
+ * only the id prefix; the HTTP part belongs to wstun_http. */
 #ifndef WSTUN_PROTO_H
 #define WSTUN_PROTO_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define WSTUN__PROTO_PREFIX_LEN 5 /* "abcd " */
+#define WSTUN__PROTO_PREFIX_LEN 4 /* "abcd" */
 
-/* The Go server counts ids up and wraps below this bound. */
+/* The Go server counts ids up and wraps below this bound. It also keeps
+ * every id below 0x8000: the Go client parses the id into an int16 and
+ * drops the tunnel on "8000" or more. */
 #define WSTUN__PROTO_ID_WRAP 32000
+#define WSTUN__PROTO_ID_MAX 0x7fff
 
-/* Writes "%04x " (5 bytes, no NUL). */
+/* Writes "%04x" (4 bytes, no NUL). */
 void wstun__proto_write_prefix(uint16_t id,
                                uint8_t out[WSTUN__PROTO_PREFIX_LEN]);
 

@@ -177,8 +177,7 @@ static void ws_frame_start(wslay_event_context_ptr ctx,
   }
   if (a->opcode == WSLAY_BINARY_FRAME) {
     t->in_msg = 1;
-    t->prefix_got = 0;
-    t->in_id = 0;
+    wstun__proto_prefix_init(&t->in_prefix);
     t->sink = NULL;
     t->drop = 0;
   }
@@ -193,31 +192,21 @@ static void ws_frame_chunk(wslay_event_context_ptr ctx,
     return;
   const uint8_t *d = a->data;
   size_t n = a->data_length;
-  while (t->prefix_got < WSTUN__PROTO_PREFIX_LEN && n > 0) {
-    uint8_t c = *d++;
-    n--;
-    int v = -1;
-    if (t->prefix_got == 4)
-      v = c == ' ' ? 0 : -1;
-    else if (c >= '0' && c <= '9')
-      v = c - '0';
-    else if (c >= 'a' && c <= 'f')
-      v = c - 'a' + 10;
-    else if (c >= 'A' && c <= 'F')
-      v = c - 'A' + 10;
-    if (v < 0) {
+  if (!wstun__proto_prefix_done(&t->in_prefix)) {
+    int used = wstun__proto_prefix_feed(&t->in_prefix, d, n);
+    if (used < 0) {
       wstun__log(t->log, WSTUN_LOG_WARN, "tunnel: message without id: dropped");
       t->drop = 1;
       return;
     }
-    if (t->prefix_got < 4)
-      t->in_id = (uint16_t)((t->in_id << 4) | v);
-    if (++t->prefix_got == WSTUN__PROTO_PREFIX_LEN) {
-      t->sink = t->cbs->on_msg_begin(t, t->in_id);
-      if (t->sink == NULL) {
-        t->drop = 1;
-        return;
-      }
+    d += used;
+    n -= (size_t)used;
+    if (!wstun__proto_prefix_done(&t->in_prefix))
+      return;
+    t->sink = t->cbs->on_msg_begin(t, t->in_prefix.id);
+    if (t->sink == NULL) {
+      t->drop = 1;
+      return;
     }
   }
   if (n > 0 && t->sink != NULL) {

@@ -21,6 +21,7 @@
 #include "wstun_buf.h"
 #include "wstun_conn.h"
 #include "wstun_log.h"
+#include "wstun_proto.h"
 #include "wstun_rng.h"
 
 /* A message is handed to the tunnel once complete or this big. */
@@ -100,8 +101,7 @@ struct wstun__tunnel {
   const uint8_t *in;
   size_t in_len;
   int in_msg, frame_ctrl, frame_fin;
-  uint16_t in_id;
-  uint8_t prefix_got;
+  wstun__proto_prefix in_prefix; /* the id of the message coming in */
   void *sink;
   int drop;
   int rx_paused;

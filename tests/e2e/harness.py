@@ -1067,10 +1067,10 @@ def parse_tunnel_message(payload):
     """Split a v1 tunnel message into (id str, first line, headers dict
     lower-name -> [values], body bytes). The body is de-chunked / cut by
     Content-Length; with neither, it is the rest of the message."""
-    if len(payload) < 5 or payload[4:5] != b" ":
+    if len(payload) < 4 or not all(c in b"0123456789abcdefABCDEF" for c in payload[:4]):
         raise ValueError("not a tunnel message: %r" % payload[:40])
     rid = payload[:4].decode("latin-1")
-    msg = payload[5:]
+    msg = payload[4:]
     i = msg.find(b"\r\n\r\n")
     if i < 0:
         raise ValueError("no end of head in %r" % msg[:200])
@@ -1106,7 +1106,7 @@ class RawTunnel:
         return rid, first, hdrs, body, payload
 
     def respond(self, rid, raw_http):
-        self.ws.send_binary(rid.encode("ascii") + b" " + raw_http)
+        self.ws.send_binary(rid.encode("ascii") + raw_http)
 
     def close(self):
         self.ws.send_close()

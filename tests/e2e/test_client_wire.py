@@ -112,7 +112,7 @@ class ClientHandshake(E2ETestCase):
         be = self.backend()
         fake = self.fake_tunnel_server(
             bad_accept=True,
-            handler=request_once(b"0001 GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", timeout=2.5))
+            handler=request_once(b"0001GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", timeout=2.5))
         self.client(fake.port, tok, server_url=be.url)
         self.assertTrue(fake.wait_conns(1, 5))
         time.sleep(3)
@@ -140,14 +140,14 @@ class ClientMessages(E2ETestCase):
         return conn
 
     def test_golden_get(self):
-        conn = self.start(b"002a GET /echo?z=1 HTTP/1.1\r\nHost: tunnel.example\r\n"
+        conn = self.start(b"002aGET /echo?z=1 HTTP/1.1\r\nHost: tunnel.example\r\n"
                           b"X-Forwarded-For: 9.9.9.9\r\nX-Thing: 1\r\n\r\n")
         op, payload = conn["replies"][0]
         self.assertEqual(op, OP_BIN, "replies must be binary messages")
         data_frames = [f for f in conn["ws"].frames if f.opcode in (0, 1, 2)]
         self.assertTrue(all(f.masked for f in conn["ws"].frames), "client frames must be masked")
         self.assertTrue(data_frames)
-        self.assertTrue(payload.startswith(b"002a HTTP/1.1 200 "), payload[:60])
+        self.assertTrue(payload.startswith(b"002aHTTP/1.1 200 "), payload[:60])
         rid, first, hdrs, body = parse_tunnel_message(payload)
         self.assertEqual(rid, "002a")
         echo = json.loads(body)
@@ -157,14 +157,14 @@ class ClientMessages(E2ETestCase):
         self.assertEqual(rec_headers(echo, "X-Forwarded-For"), ["9.9.9.9"])
 
     def test_golden_post(self):
-        conn = self.start(b"7fff POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+        conn = self.start(b"7fffPOST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
         rid, first, hdrs, body = parse_tunnel_message(conn["replies"][0][1])
         self.assertEqual(rid, "7fff")
         self.assertTrue(first.startswith("HTTP/1.1 200"), first)
         self.assertEqual(json.loads(body)["sha256"], hashlib.sha256(b"hello").hexdigest())
 
     def test_chunked_request_from_tunnel(self):
-        conn = self.start(b"0100 POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        conn = self.start(b"0100POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
                           b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
         rid, first, hdrs, body = parse_tunnel_message(conn["replies"][0][1])
         self.assertEqual(rid, "0100")
@@ -172,14 +172,14 @@ class ClientMessages(E2ETestCase):
         self.assertEqual(json.loads(body)["sha256"], hashlib.sha256(b"abcde").hexdigest())
 
     def test_bad_request_bytes_give_400(self):
-        conn = self.start(b"0003 THIS IS NOT HTTP\r\n\r\n")
+        conn = self.start(b"0003THIS IS NOT HTTP\r\n\r\n")
         rid, first, hdrs, body = parse_tunnel_message(conn["replies"][0][1])
         self.assertEqual(rid, "0003")
         self.assertTrue(first.startswith("HTTP/1.1 400"), first)
         self.assertEqual(self.be.count(), 0)
 
     def test_x_host_refused_on_the_wire(self):
-        conn = self.start(b"0004 GET / HTTP/1.1\r\nHost: h\r\nX-Host: http://127.0.0.1:1\r\n\r\n")
+        conn = self.start(b"0004GET / HTTP/1.1\r\nHost: h\r\nX-Host: http://127.0.0.1:1\r\n\r\n")
         rid, first, hdrs, body = parse_tunnel_message(conn["replies"][0][1])
         self.assertEqual(rid, "0004")
         self.assertTrue(first.startswith("HTTP/1.1 403"), first)
@@ -187,14 +187,14 @@ class ClientMessages(E2ETestCase):
                              b"X-Host header disallowed by wstunnel cli (no -regexp option)\n"))
 
     def test_slow_request_does_not_block_fast_one(self):
-        conn = self.start([b"0001 GET /slow?ms=1500 HTTP/1.1\r\nHost: h\r\n\r\n",
-                           b"0002 GET /echo HTTP/1.1\r\nHost: h\r\n\r\n"], replies=2)
+        conn = self.start([b"0001GET /slow?ms=1500 HTTP/1.1\r\nHost: h\r\n\r\n",
+                           b"0002GET /echo HTTP/1.1\r\nHost: h\r\n\r\n"], replies=2)
         ids = [r[1][:4] for r in conn["replies"]]
         self.assertEqual(ids, [b"0002", b"0001"])
 
     def test_large_response_streams(self):
         n = 20 * 1024 * 1024
-        conn = self.start(b"0005 GET /bytes?n=%d HTTP/1.1\r\nHost: h\r\n\r\n" % n)
+        conn = self.start(b"0005GET /bytes?n=%d HTTP/1.1\r\nHost: h\r\n\r\n" % n)
         rid, first, hdrs, body = parse_tunnel_message(conn["replies"][0][1])
         self.assertEqual(rid, "0005")
         self.assertEqual(len(body), n)
@@ -203,7 +203,7 @@ class ClientMessages(E2ETestCase):
 
     def test_backend_down_gives_502(self):
         self.be = None
-        fake = self.fake_tunnel_server(handler=request_once(b"0006 GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
+        fake = self.fake_tunnel_server(handler=request_once(b"0006GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
         from harness import free_port
         self.client(fake.port, make_token(), server_url="http://127.0.0.1:%d" % free_port())
         self.assertTrue(fake.wait_conns(1, 5))

@@ -110,7 +110,7 @@ class RetryTest(E2ETestCase):
         fr = peer.ws.recv_frame(STEP)
         self.assertEqual(fr.opcode, OP_BIN)
         self.assertEqual(fr.fin, 0, "a stalled upload cannot have ended")
-        self.assertTrue(fr.payload.startswith(("%s POST %s HTTP/1.1\r\n" % (rid, url)).encode()),
+        self.assertTrue(fr.payload.startswith(("%sPOST %s HTTP/1.1\r\n" % (rid, url)).encode()),
                         fr.payload[:80])
         return s
 

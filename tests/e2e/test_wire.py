@@ -14,7 +14,7 @@ from harness import (E2ETestCase, Background, get, http_req, make_token, wait_tu
                      OP_BIN, OP_CONT, OP_PING, OP_PONG, HOST, WSConn, encode_frame,
                      parse_head, parse_tunnel_message, read_response, ws_accept, main)
 
-ID_RX = re.compile(rb"^[0-9a-f]{4} ")
+ID_RX = re.compile(rb"^[0-9a-f]{4}[A-Z]")
 
 
 class ServerWire(E2ETestCase):
@@ -35,8 +35,8 @@ class ServerWire(E2ETestCase):
         self.assertEqual(op, OP_BIN, "tunnel messages must be binary")
         self.assertFalse(self.tun.ws.frames[-1].masked, "server frames must not be masked")
         self.assertRegex(payload, ID_RX)
-        self.assertTrue(payload[5:].startswith(b"GET /path?q=1 HTTP/1.1\r\n"), payload[:80])
-        head, sep, rest = payload[5:].partition(b"\r\n\r\n")
+        self.assertTrue(payload[4:].startswith(b"GET /path?q=1 HTTP/1.1\r\n"), payload[:80])
+        head, sep, rest = payload[4:].partition(b"\r\n\r\n")
         self.assertEqual(sep, b"\r\n\r\n")
         self.assertEqual(rest, b"", "GET must carry no body bytes")
         lines = head.split(b"\r\n")[1:]
@@ -50,7 +50,7 @@ class ServerWire(E2ETestCase):
         cl = hdrs.get(b"content-length", [b"0"])
         self.assertEqual(cl, [b"0"])
         rid = payload[:4]
-        self.tun.ws.send_binary(rid + b" HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        self.tun.ws.send_binary(rid + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
         r = bg.result(10)
         self.assertStatus(r, 200)
         self.assertEqual(r.body, b"hi")
@@ -133,7 +133,7 @@ class ServerWire(E2ETestCase):
         while not fr.fin:
             fr = self.tun.ws.recv_frame(5)
             payload += fr.payload
-        self.assertTrue(payload[5:].startswith(b"GET /second HTTP/1.1\r\n"), payload[:60])
+        self.assertTrue(payload[4:].startswith(b"GET /second HTTP/1.1\r\n"), payload[:60])
         self.tun.respond(payload[:4].decode(),
                          b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
         r2 = read_response(f)
@@ -171,7 +171,7 @@ class ServerWire(E2ETestCase):
     def test_fragmented_response_with_interleaved_ping(self):
         bg = self.fetch("/frag")
         rid, *_ = self.tun.next_request()
-        msg = rid.encode() + b" HTTP/1.1 200 OK\r\nContent-Length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz"
+        msg = rid.encode() + b"HTTP/1.1 200 OK\r\nContent-Length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz"
         ws = self.tun.ws
         ws.send_frame(OP_BIN, msg[:3], fin=False)          # inside the id
         ws.send_frame(OP_CONT, msg[3:20], fin=False)
@@ -207,7 +207,7 @@ class ServerWire(E2ETestCase):
         bg = self.fetch("/large")
         rid, *_ = self.tun.next_request()
         body = os.urandom(3 * 1024 * 1024 + 17)
-        msg = rid.encode() + b" HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        msg = rid.encode() + b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
         step = 200003
         for off in range(0, len(msg), step):
             last = off + step >= len(msg)
@@ -302,7 +302,7 @@ class ServerWire(E2ETestCase):
         self.assertEqual(op, OP_BIN)
         rid2, first2, _, _ = parse_tunnel_message(payload)
         self.assertEqual(first2, "GET /second HTTP/1.1")
-        ws.send_binary(rid2.encode() + b" HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+        ws.send_binary(rid2.encode() + b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
         r = bg.result(10)
         self.assertStatus(r, 200)
         self.assertEqual(r.body, b"second")
@@ -315,7 +315,7 @@ class ServerWire(E2ETestCase):
         ws.send_close()
 
     def test_text_message_closes_tunnel(self):
-        self.tun.ws.send_text(b"0001 HTTP/1.1 200 OK\r\n\r\n")
+        self.tun.ws.send_text(b"0001HTTP/1.1 200 OK\r\n\r\n")
         self.assertTrue(self.tun.ws.wait_closed(5), "server kept a tunnel that sent text")
         self.assertTrue(wait_tunnels(self.srv, 0))
 

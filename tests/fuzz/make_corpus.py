@@ -29,7 +29,7 @@ def ctl(*b):
 
 
 # ---- proto_prefix: split byte + message ---------------------------------------
-write("proto_prefix", "request", ctl(0) + "0001 GET / HTTP/1.1\r\n\r\n")
+write("proto_prefix", "request", ctl(0) + "0001GET / HTTP/1.1\r\n\r\n")
 write("proto_prefix", "response_split", ctl(3) + "7cff HTTP/1.1 200 OK\r\n\r\n")
 write("proto_prefix", "upper", ctl(2) + "ABCD x")
 write("proto_prefix", "wrap", ctl(1) + "7d00 ")
@@ -201,7 +201,7 @@ RESP = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
 K = (0x12, 0x34, 0x56, 0x78)
 Z = (0, 0, 0, 0)
 write("tunnel_frames", "server_one", ctl(SERVER | PARSE, 0) +
-      frame(BIN, "0001 " + RESP, mask=K))
+      frame(BIN, "0001" + RESP, mask=K))
 write("tunnel_frames", "server_fragments", ctl(SERVER | PARSE | PAUSE, 5) +
       frame(BIN, "00", fin=False, mask=K) +
       frame(PING, "are you there", mask=Z) +
@@ -209,7 +209,7 @@ write("tunnel_frames", "server_fragments", ctl(SERVER | PARSE | PAUSE, 5) +
             fin=False, mask=K) +
       frame(CONT, "2\r\nhi\r\n0\r\n\r\n", mask=K))
 write("tunnel_frames", "client_two", ctl(SEND, 3) +
-      frame(BIN, "0001 GET / HTTP/1.1\r\nHost: a\r\n\r\n") +
+      frame(BIN, "0001GET / HTTP/1.1\r\nHost: a\r\n\r\n") +
       frame(BIN, "0002 POST /x HTTP/1.1\r\nContent-Length: 1\r\n\r\nz"))
 write("tunnel_frames", "text_frame", ctl(SERVER, 0) +
       frame(BIN, "0003 " + RESP, mask=K) + frame(TEXT, "hello", mask=K) +

@@ -1,5 +1,6 @@
-/* Tunnel message id prefix ("%04x "): golden bytes out, and the
- * incremental decoder fed whole and one byte at a time. */
+/* Tunnel message id prefix ("%04x", no separator: see docs/PROTOCOL.md):
+ * golden bytes out, and the incremental decoder fed whole and one byte at a
+ * time. */
 #include "wstun_proto.h"
 
 #include "test.h"
@@ -9,26 +10,48 @@ static void check_prefix(uint16_t id, const char *want) {
   memset(out, 0xee, sizeof(out));
   wstun__proto_write_prefix(id, out);
   CHECK_MEM(out, want, WSTUN__PROTO_PREFIX_LEN);
-  CHECK_EQ_INT(out[WSTUN__PROTO_PREFIX_LEN], 0xee); /* wrote exactly 5 */
+  CHECK_EQ_INT(out[WSTUN__PROTO_PREFIX_LEN], 0xee); /* wrote exactly 4 */
 }
 
 TEST(prefix_golden_bytes) {
-  CHECK_EQ_INT(WSTUN__PROTO_PREFIX_LEN, 5);
-  check_prefix(0, "0000 ");
-  check_prefix(1, "0001 ");
-  check_prefix(0xabc, "0abc ");
-  check_prefix(31999, "7cff ");
-  check_prefix(0xffff, "ffff ");
-  check_prefix(0x1234, "1234 ");
-  check_prefix(0xa0f0, "a0f0 ");
+  CHECK_EQ_INT(WSTUN__PROTO_PREFIX_LEN, 4);
+  check_prefix(0, "0000");
+  check_prefix(1, "0001");
+  check_prefix(0xabc, "0abc");
+  check_prefix(31999, "7cff");
+  check_prefix(0x7fff, "7fff");
+  check_prefix(0xffff, "ffff");
+  check_prefix(0x1234, "1234");
+  check_prefix(0xa0f0, "a0f0");
 }
 
-/* Whole: one feed of the prefix plus trailing bytes takes exactly 5. */
+/* The golden bytes of docs/PROTOCOL.md: a request message with id 1, as
+ * the Go server writes it and the Go client reads it. */
+TEST(message_golden_bytes) {
+  static const uint8_t want[] = {0x30, 0x30, 0x30, 0x31, 0x47, 0x45, 0x54,
+                                 0x20, 0x2f, 0x20, 0x48, 0x54, 0x54, 0x50,
+                                 0x2f, 0x31, 0x2e, 0x31, 0x0d, 0x0a};
+  uint8_t msg[sizeof(want)];
+  wstun__proto_write_prefix(1, msg);
+  memcpy(msg + WSTUN__PROTO_PREFIX_LEN, "GET / HTTP/1.1\r\n", 16);
+  CHECK_MEM(msg, want, sizeof(want));
+  /* and a response message read back: the id, then "HTTP/1.1" at byte 4 */
+  static const char resp[] = "002aHTTP/1.1 200 OK\r\n";
+  wstun__proto_prefix p;
+  wstun__proto_prefix_init(&p);
+  CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)resp,
+                                        sizeof(resp) - 1),
+               4);
+  CHECK_EQ_INT(p.id, 0x2a);
+  CHECK(memcmp(resp + 4, "HTTP/1.1 ", 9) == 0);
+}
+
+/* Whole: one feed of the prefix plus trailing bytes takes exactly 4. */
 static void decode_whole(const char *s, size_t len, int want_id) {
   wstun__proto_prefix p;
   wstun__proto_prefix_init(&p);
   int n = wstun__proto_prefix_feed(&p, (const uint8_t *)s, len);
-  CHECK_EQ_INT(n, 5);
+  CHECK_EQ_INT(n, 4);
   CHECK(wstun__proto_prefix_done(&p));
   CHECK_EQ_INT(p.id, want_id);
   /* once done it takes nothing more */
@@ -41,9 +64,9 @@ static void decode_bytes(const char *s, size_t len, int want_id) {
   wstun__proto_prefix_init(&p);
   for (size_t i = 0; i < len; i++) {
     int n = wstun__proto_prefix_feed(&p, (const uint8_t *)s + i, 1);
-    CHECK_EQ_INT(n, i < 5 ? 1 : 0);
-    CHECK_EQ_INT(wstun__proto_prefix_done(&p), i >= 4);
-    CHECK_EQ_INT(p.got, i < 5 ? i + 1 : 5);
+    CHECK_EQ_INT(n, i < 4 ? 1 : 0);
+    CHECK_EQ_INT(wstun__proto_prefix_done(&p), i >= 3);
+    CHECK_EQ_INT(p.got, i < 4 ? i + 1 : 4);
   }
   CHECK_EQ_INT(p.id, want_id);
 }
@@ -53,19 +76,20 @@ TEST(decode_whole_and_bytewise) {
     const char *s;
     int id;
   } cases[] = {
-      {"0000 GET / HTTP/1.1\r\n", 0},
-      {"0001 HTTP/1.1 200 OK\r\n", 1},
-      {"0abc x", 0xabc},
-      {"7cff ", 31999},
-      {"ffff  ", 0xffff},
-      {"FFFF z", 0xffff}, /* upper case is accepted */
-      {"0AbC z", 0xabc},
-      {"Beef\x20\x00", 0xbeef},
+      {"0000GET / HTTP/1.1\r\n", 0},
+      {"0001HTTP/1.1 200 OK\r\n", 1},
+      {"0abcx", 0xabc},
+      {"7cff", 31999},
+      {"ffff ", 0xffff}, /* what follows the id is the message's business */
+      {"FFFFz", 0xffff}, /* upper case is accepted */
+      {"0AbCz", 0xabc},
+      {"00001", 0},      /* a fifth hex digit belongs to the message */
+      {"Beef\x00", 0xbeef},
   };
   for (size_t i = 0; i < TEST_COUNT(cases); i++) {
     size_t len = strlen(cases[i].s);
     if (i == TEST_COUNT(cases) - 1)
-      len = 6; /* with the NUL after the space */
+      len = 5; /* with the NUL after the id */
     test_context("case %zu \"%s\"", i, cases[i].s);
     decode_whole(cases[i].s, len, cases[i].id);
     decode_bytes(cases[i].s, len, cases[i].id);
@@ -73,15 +97,15 @@ TEST(decode_whole_and_bytewise) {
 }
 
 TEST(decode_in_two_pieces) {
-  const char *s = "c0de rest";
-  for (size_t k = 0; k <= 5; k++) {
+  const char *s = "c0deHTTP";
+  for (size_t k = 0; k <= 4; k++) {
     test_context("split at %zu", k);
     wstun__proto_prefix p;
     wstun__proto_prefix_init(&p);
     CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)s, k), k);
-    CHECK_EQ_INT(wstun__proto_prefix_done(&p), k == 5);
-    int n = wstun__proto_prefix_feed(&p, (const uint8_t *)s + k, 9 - k);
-    CHECK_EQ_INT(n, 5 - k);
+    CHECK_EQ_INT(wstun__proto_prefix_done(&p), k == 4);
+    int n = wstun__proto_prefix_feed(&p, (const uint8_t *)s + k, 8 - k);
+    CHECK_EQ_INT(n, 4 - k);
     CHECK(wstun__proto_prefix_done(&p));
     CHECK_EQ_INT(p.id, 0xc0de);
   }
@@ -101,9 +125,9 @@ TEST(decode_rejects) {
     const char *s;
     size_t bad_at;
   } cases[] = {
-      {"00g0 ", 2}, {"0000x", 4}, {"0000\t", 4}, {" 000 ", 0},  {"-001 ", 0},
-      {"000 1", 3}, {"0x01 ", 1}, {"00G0 ", 2},  {"abcd\r", 4}, {"0:00 ", 1},
-      {"0/00 ", 1}, {"0`00 ", 1}, {"0@00 ", 1},  {"000000", 4},
+      {"00g0", 2}, {" 000", 0}, {"-001", 0}, {"000 1", 3}, {"0x01", 1},
+      {"00G0", 2}, {"0:00", 1}, {"0/00", 1}, {"0`00", 1},  {"0@00", 1},
+      {"+001", 0}, {"abc\r", 3},
   };
   for (size_t i = 0; i < TEST_COUNT(cases); i++) {
     const char *s = cases[i].s;
@@ -125,7 +149,7 @@ TEST(decode_rejects) {
   /* a NUL in the digits */
   wstun__proto_prefix p;
   wstun__proto_prefix_init(&p);
-  CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)"0\0001 ", 5), -1);
+  CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)"0\0001", 4), -1);
 }
 
 TEST(every_id_round_trips) {
@@ -134,15 +158,15 @@ TEST(every_id_round_trips) {
     uint8_t out[WSTUN__PROTO_PREFIX_LEN];
     wstun__proto_write_prefix((uint16_t)id, out);
     char want[8];
-    snprintf(want, sizeof(want), "%04x ", (unsigned)id);
-    if (memcmp(out, want, 5) != 0)
+    snprintf(want, sizeof(want), "%04x", (unsigned)id);
+    if (memcmp(out, want, 4) != 0)
       bad_whole++;
     wstun__proto_prefix p;
     wstun__proto_prefix_init(&p);
-    if (wstun__proto_prefix_feed(&p, out, 5) != 5 || p.id != id)
+    if (wstun__proto_prefix_feed(&p, out, 4) != 4 || p.id != id)
       bad_whole++;
     wstun__proto_prefix_init(&p);
-    for (size_t j = 0; j < 5; j++)
+    for (size_t j = 0; j < 4; j++)
       if (wstun__proto_prefix_feed(&p, out + j, 1) != 1)
         bad_bytes++;
     if (!wstun__proto_prefix_done(&p) || p.id != id)
@@ -154,7 +178,8 @@ TEST(every_id_round_trips) {
 
 int main(int argc, char **argv) {
   static const test_case tests[] = {
-      T(prefix_golden_bytes),  T(decode_whole_and_bytewise),
+      T(prefix_golden_bytes),  T(message_golden_bytes),
+      T(decode_whole_and_bytewise),
       T(decode_in_two_pieces), T(decode_empty_feed),
       T(decode_rejects),       T(every_id_round_trips),
   };

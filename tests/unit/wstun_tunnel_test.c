@@ -856,7 +856,7 @@ TEST(close_mid_message) {
   env *e = &E;
   if (env_start(e, &quiet) == 0) {
     F1 = (tx){e, '1', 0, 0, -1, 0};
-    /* started but not finished: "0001 " + 10 bytes, one held back */
+    /* started but not finished: "0001" + 10 bytes, one held back */
     wstun__tunnel_send(e->srv.t, msg_new(&F1, 1, "0123456789", 10, 0));
     RUN_UNTIL(e, cli_got_some, 5000);
     CHECK_EQ_INT(e->cli.rx[0].ended, 0);
@@ -944,10 +944,10 @@ static int srv_two(env *e) {
 TEST(leftover_bytes_are_parsed) {
   env *e = &E;
   uint8_t lo[256];
-  size_t n = frame(lo, 0x2, 1, "0007 hi", 7);
+  size_t n = frame(lo, 0x2, 1, "0007hi", 6);
   /* and a message in two fragments */
   n += frame(lo + n, 0x2, 0, "00", 2);
-  n += frame(lo + n, 0x0, 0, "08 fr", 5);
+  n += frame(lo + n, 0x0, 0, "08fr", 4);
   n += frame(lo + n, 0x0, 1, "ag", 2);
   env_opts o = {0, 0, 0, 0, lo, n};
   if (env_start(e, &o) == 0) {
@@ -963,7 +963,7 @@ TEST(leftover_bytes_are_parsed) {
 TEST(text_frame_closes_with_eproto) {
   env *e = &E;
   uint8_t lo[64];
-  size_t n = frame(lo, 0x1, 1, "0001 hi", 7);
+  size_t n = frame(lo, 0x1, 1, "0001hi", 6);
   env_opts o = {0, 0, 0, 0, lo, n};
   if (env_start(e, &o) == 0) {
     if (RUN_UNTIL(e, both_closed, 5000)) {
@@ -978,11 +978,11 @@ TEST(text_frame_closes_with_eproto) {
 TEST(bad_prefix_and_refused_ids_are_dropped) {
   env *e = &E;
   uint8_t lo[256];
-  size_t n = frame(lo, 0x2, 1, "zzzz junk", 9);   /* no id */
-  n += frame(lo + n, 0x2, 1, "0009 refused", 12); /* sink refuses */
-  n += frame(lo + n, 0x2, 1, "000a ok", 7);
+  size_t n = frame(lo, 0x2, 1, "zzzzjunk", 8);    /* no id */
+  n += frame(lo + n, 0x2, 1, "0009refused", 11); /* sink refuses */
+  n += frame(lo + n, 0x2, 1, "000aok", 6);
   n += frame(lo + n, 0x2, 1, "00", 2); /* cut short prefix */
-  n += frame(lo + n, 0x2, 1, "000b ok2", 8);
+  n += frame(lo + n, 0x2, 1, "000bok2", 7);
   env_opts o = {0, 0, 0, 0, lo, n};
   if (env_start(e, &o) == 0) {
     e->srv.drop_id = 9;
@@ -999,9 +999,9 @@ TEST(bad_prefix_and_refused_ids_are_dropped) {
 
 TEST(unmasked_client_frame_is_a_protocol_error) {
   env *e = &E;
-  uint8_t lo[64] = {0x82, 7};
-  memcpy(lo + 2, "0001 hi", 7);
-  env_opts o = {0, 0, 0, 0, lo, 9};
+  uint8_t lo[64] = {0x82, 6};
+  memcpy(lo + 2, "0001hi", 6);
+  env_opts o = {0, 0, 0, 0, lo, 8};
   if (env_start(e, &o) == 0) {
     RUN_UNTIL(e, srv_closed, 5000);
     CHECK_EQ_INT(e->srv.nrx, 0);
@@ -1080,11 +1080,11 @@ TEST(a_frame_split_across_reads_keeps_the_context) {
   uint8_t *a = malloc(n300), *b = malloc(n70k), *s = malloc(n70k + n300 + 100);
   if (a == NULL || b == NULL || s == NULL)
     abort();
-  memcpy(a, "000c ", 5);
-  memcpy(b, "000d ", 5);
-  for (size_t i = 5; i < n300; i++)
+  memcpy(a, "000c", 4);
+  memcpy(b, "000d", 4);
+  for (size_t i = 4; i < n300; i++)
     a[i] = pat(i, 3);
-  for (size_t i = 5; i < n70k; i++)
+  for (size_t i = 4; i < n70k; i++)
     b[i] = pat(i, 4);
   size_t n = frame_any(s, 0x9, 1, (const uint8_t *)"ping", 4); /* 10 */
   size_t a_at = n;
@@ -1108,8 +1108,8 @@ TEST(a_frame_split_across_reads_keeps_the_context) {
     CHECK_EQ_INT(e->srv.nrx, 1);
     raw_to_server(e, s + b_at + 5, n - (b_at + 5));
     if (RUN_UNTIL(e, srv_two, 5000)) {
-      check_rx(&e->srv.rx[0], 0xc, a + 5, n300 - 5, 1);
-      check_rx(&e->srv.rx[1], 0xd, b + 5, n70k - 5, 1);
+      check_rx(&e->srv.rx[0], 0xc, a + 4, n300 - 4, 1);
+      check_rx(&e->srv.rx[1], 0xd, b + 4, n70k - 4, 1);
     }
     run_for(e, 600);
     CHECK(e->srv.t && e->srv.t->ws == NULL);
