@@ -627,8 +627,11 @@ class _Handler(BaseHTTPRequestHandler):
             total += len(piece)
             if len(keep) < 65536:
                 keep += piece[:65536 - len(keep)]
+        # requests served on this connection so far, this one included
+        self.served = getattr(self, "served", 0) + 1
         rec = {
             "backend": be.name,
+            "peer_port": self.client_address[1],  # tells connections apart
             "method": self.command,
             "path": self.path,
             "version": self.request_version,
@@ -712,6 +715,13 @@ class _Handler(BaseHTTPRequestHandler):
             ])
         elif route == "/name":
             self._reply(200, be.name.encode())
+        elif route == "/once":
+            # a keep-alive connection that the backend drops, unannounced,
+            # when a second request arrives on it
+            if self.served > 1:
+                self.close_connection = True
+                return
+            self._json(rec)
         elif route == "/interim":
             # interim 1xx answers before the final one
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -729,7 +739,10 @@ class Backend:
     Length); /chunked?n=N; /close?n=N (close-delimited); /drip?n=N&ms=M
     (chunked, one small chunk every M ms); /upload (sha256 of the body);
     /redirect[?to=URL] (302); /status?code=N; /hop (response with
-    hop-by-hop headers); /name (the backend's name). Any route takes
+    hop-by-hop headers); /name (the backend's name); /once (answers the
+    first request of a connection, closes it unanswered on the second).
+    Records carry peer_port, the port of the connection a request came on
+    (equal ports: a reused connection). Any route takes
     stall_ms=N: wait N ms before reading the request body."""
 
     def __init__(self, name="backend"):
