@@ -365,9 +365,12 @@ static int route_metrics(wstun__front *f, const wstun__http_head *h) {
 
 /* Builds the head of the tunnel message: origin-form target, no
  * hop-by-hop headers, the requester appended to X-Forwarded-For, and our
- * own body framing. */
+ * own body framing. `target` may point into the head's text, which every
+ * header added below may move: it is copied first. */
 static int build_request(wstun__front *f, wstun__http_head *h,
                          const char *target, size_t tlen) {
+  if (wstun__http_head_set_target(h, target, tlen) != 0)
+    return WSTUN_ENOMEM;
   char ip[64];
   wstun__conn_peer_ip(f->conn, ip, sizeof(ip));
   const char *xff = wstun__http_head_get(h, "X-Forwarded-For");
@@ -387,7 +390,6 @@ static int build_request(wstun__front *f, wstun__http_head *h,
   wstun__buf_free(&v);
   rc |= wstun__http_head_frame(h, h->has_content_length, h->content_length,
                                h->chunked, &f->req_chunked);
-  rc |= wstun__http_head_set_target(h, target, tlen);
   f->req = rc == 0 ? wstun__outmsg_new(&req_msg_cbs, f) : NULL;
   if (f->req == NULL)
     return WSTUN_ENOMEM;
@@ -439,9 +441,9 @@ static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
     char addr[64];
     wstun__conn_peer(f->conn, addr, sizeof(addr));
     wstun__log(&srv->log, WSTUN_LOG_DEBUG,
-               "HTTP RCV token=%s verb=%s url=%.*s addr=%s", f->token_prefix,
-               llhttp_method_name((llhttp_method_t)h->method), (int)tlen,
-               target, addr);
+               "HTTP RCV token=%s verb=%s url=%s addr=%s", f->token_prefix,
+               llhttp_method_name((llhttp_method_t)h->method),
+               wstun__http_head_target(h), addr);
   }
   set_timer(f, srv->http_timeout_ms, on_deadline);
   return 0;

@@ -1070,6 +1070,43 @@ TEST(head_write_request_parsed_and_edited) {
   cap_free(c);
 }
 
+/* Strings that point into the head itself (a value copied from another
+ * header, a target cut out of the parsed one) stay good while the text
+ * grows under them. */
+TEST(head_add_from_itself_across_growth) {
+  char fill[600];
+  memset(fill, 'f', sizeof(fill));
+  /* every head size up to past the second doubling of the text, so that
+   * each of the appends below is, once, the one that moves the text */
+  for (size_t pad = 0; pad < 560; pad++) {
+    test_context("pad %zu", pad);
+    wstun__http_head h;
+    wstun__http_head_init(&h);
+    h.is_request = 1;
+    h.method = HTTP_GET;
+    CHECK_EQ_INT(wstun__http_head_set_target(&h, "/a/b?c", 6), 0);
+    fill[pad] = '\0';
+    CHECK_EQ_INT(wstun__http_head_add(&h, "X-Fill", fill), 0);
+    fill[pad] = 'f';
+    CHECK_EQ_INT(wstun__http_head_add(&h, "X-Orig", "some-value"), 0);
+    /* a value copied from another header */
+    CHECK_EQ_INT(
+        wstun__http_head_add(&h, "X-Copy", wstun__http_head_get(&h, "X-Orig")),
+        0);
+    CHECK_EQ_STR(wstun__http_head_value(&h, h.nhdrs - 1), "some-value");
+    /* a name taken from the head */
+    CHECK_EQ_INT(wstun__http_head_add(&h, wstun__http_head_name(&h, 1), "v"),
+                 0);
+    CHECK_EQ_STR(wstun__http_head_name(&h, h.nhdrs - 1), "X-Orig");
+    /* the target re-set from itself, minus its query */
+    CHECK_EQ_INT(
+        wstun__http_head_set_target(&h, wstun__http_head_target(&h), 4), 0);
+    CHECK_EQ_STR(wstun__http_head_target(&h), "/a/b");
+    wstun__http_head_free(&h);
+  }
+  test_context(NULL);
+}
+
 TEST(head_write_response) {
   wstun__http_head h;
   wstun__http_head_init(&h);
@@ -1339,7 +1376,7 @@ int main(int argc, char **argv) {
       T(upgrade_request_pauses_after_head),
       T(head_write_request_built),
       T(head_write_request_parsed_and_edited),
-      T(head_write_response),
+      T(head_add_from_itself_across_growth), T(head_write_response),
       T(reasons),
       T(strip_hop_by_hop),
       T(strip_every_header_named_in_connection),
