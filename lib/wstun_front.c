@@ -717,11 +717,16 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
 
 static int resp_on_complete(void *ud) {
   wstun__front *f = ud;
+  int status = f->resp.head.status;
+  if (status >= 100 && status < 200 && status != 101)
+    return 0; /* an interim response: the final one follows */
   if (f->resp_chunked && f->conn)
     wstun__conn_write(f->conn, WSTUN__HTTP_LAST_CHUNK,
                       sizeof(WSTUN__HTTP_LAST_CHUNK) - 1);
   f->resp_done = 1;
-  return 0;
+  /* a message carries one response: whatever follows is never parsed (it
+   * would go to the requester as the answer to its next request) */
+  return 1;
 }
 
 static const wstun__http_parser_cbs resp_cbs = {
@@ -736,11 +741,16 @@ int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
                             &resp_cbs, f);
     f->resp_init = 1;
     f->resp_done = 0;
+    f->resp_extra = 0;
   }
-  if (f->resp_done)
-    return 0; /* bytes after a complete response: ignored */
+  if (f->resp_done) {
+    f->resp_extra += n; /* bytes after a complete response: dropped */
+    return 0;
+  }
   size_t used;
   int rc = wstun__http_parser_feed(&f->resp, d, n, &used);
+  if (rc == WSTUN__HTTP_PAUSED)
+    f->resp_extra += n - used;
   if (rc == WSTUN__HTTP_ERROR) {
     wstun__log(&f->srv->log, WSTUN_LOG_WARN,
                "WS   RCV token=%s id=%04x: unparsable response",
@@ -773,6 +783,11 @@ void wstun__front_resp_end(wstun__front *f, int complete) {
       wstun__http_parser_finish(&f->resp) == WSTUN__HTTP_OK && f->resp_close)
     f->resp_done = 1;
   if (f->resp_done) {
+    if (f->resp_extra > 0)
+      wstun__log(&f->srv->log, WSTUN_LOG_WARN,
+                 "WS   RCV token=%s id=%04x: %llu bytes after the response "
+                 "in its message: dropped",
+                 f->token_prefix, f->id, (unsigned long long)f->resp_extra);
     response_done(f);
     return;
   }

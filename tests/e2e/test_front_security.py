@@ -6,8 +6,9 @@ under a pipelining requester that never reads)."""
 import socket
 import time
 
-from harness import (HOST, E2ETestCase, get, main, make_token, raw_http,
-                     read_response, stats_text, wait_tunnels, wait_until)
+from harness import (HOST, E2ETestCase, FakeTunnelServer, LoopbackListener,
+                     main, make_token, parse_tunnel_message, raw_http,
+                     read_response, wait_tunnels, wait_until)
 
 REMOTE = "203.0.113.9"
 
@@ -74,6 +75,164 @@ class HeadGrowth(E2ETestCase):
                 f = s.makefile("rb")
                 self.assertEqual(read_response(f).status, 204)
                 f.close()
+
+
+class OneResponsePerMessage(E2ETestCase):
+    """A tunnel message carries exactly one response: whatever follows it
+    in the message must never reach the requester."""
+
+    def test_second_response_in_a_message_is_dropped(self):
+        srv = self.server()
+        tok = make_token()
+        t = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1))
+        injected = (b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n"
+                    b"X-Injected: yes\r\n\r\ninjected")
+        with socket.create_connection((HOST, srv.port), timeout=10) as s:
+            s.settimeout(10)
+            s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\nX-Token: " + tok.encode() +
+                      b"\r\n\r\n")
+            rid, first, hdrs, body, raw = t.next_request()
+            t.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst" +
+                      injected)
+            f = s.makefile("rb")
+            r = read_response(f)
+            self.assertEqual(r.body, b"first")
+            # the next request on the connection gets its own answer, not
+            # the injected one
+            s.sendall(b"GET /_health_check HTTP/1.1\r\nHost: x\r\n\r\n")
+            r2 = read_response(f)
+            f.close()
+            self.assertIsNone(r2.header("X-Injected"), "injected response "
+                              "reached the requester: %r" % r2.body)
+            self.assertEqual(r2.status, 200)
+            self.assertEqual(r2.body, b"WSTUNSRV RUNNING\n")
+        m = srv.wait_stderr(r"id=%s.*%d bytes after the response" % (rid, len(injected)), 5)
+        self.assertTrue(m, "no warning about the dropped bytes\n" + srv.describe())
+
+    def test_response_then_garbage_in_a_message(self):
+        srv = self.server()
+        tok = make_token()
+        t = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1))
+        with socket.create_connection((HOST, srv.port), timeout=10) as s:
+            s.settimeout(10)
+            s.sendall(b"HEAD /a HTTP/1.1\r\nHost: x\r\nX-Token: " + tok.encode() +
+                      b"\r\n\r\n")
+            rid, first, hdrs, body, raw = t.next_request()
+            # a HEAD response has no body: the bytes after its head are not
+            # part of it
+            t.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+                      b"HTTP/1.1 302 Found\r\nLocation: http://evil/\r\n"
+                      b"Content-Length: 0\r\n\r\n")
+            f = s.makefile("rb")
+            r = read_response(f, method="HEAD")
+            self.assertEqual(r.status, 200)
+            s.sendall(b"GET /_health_check HTTP/1.1\r\nHost: x\r\n\r\n")
+            r2 = read_response(f)
+            f.close()
+            self.assertEqual(r2.status, 200, "injected: %r" % r2)
+            self.assertEqual(r2.body, b"WSTUNSRV RUNNING\n")
+
+
+class ChattyBackend(LoopbackListener):
+    """A keep-alive backend whose first answer on each connection is
+    followed, in the same write, by a second response nobody asked for.
+    Records (connection number, request line) of every request."""
+
+    def __init__(self):
+        self.requests = []
+        self.nconns = 0
+        super().__init__()
+
+    def _serve(self, s):
+        with self._cond:
+            self.nconns += 1
+            n = self.nconns
+        s.settimeout(10)
+        buf = b""
+        first = True
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                line = head.split(b"\r\n")[0].decode("latin-1")
+                with self._cond:
+                    self.requests.append((n, line))
+                    self._cond.notify_all()
+                body = ("conn %d: %s" % (n, line)).encode()
+                out = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (
+                    len(body), body)
+                if first:
+                    out += (b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n"
+                            b"X-Injected: yes\r\n\r\ninjected")
+                    first = False
+                s.sendall(out)
+        except OSError:
+            return
+
+
+class OneRequestPerMessageClient(E2ETestCase):
+    """The client side of the same rule: one request per tunnel message,
+    and a backend connection that sent more than the response is not used
+    again."""
+
+    def test_second_request_in_a_message_is_dropped(self):
+        be = self.backend()
+        msg = (b"0001GET /echo?a=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+               b"GET /echo?b=2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        got = []
+
+        def handler(fake, conn):
+            ws = conn["ws"]
+            ws.send_binary(msg)
+            try:
+                got.append(ws.recv_message(10))
+            except Exception as e:  # noqa: BLE001
+                got.append(e)
+            FakeTunnelServer.keep_open(fake, conn)
+
+        fake = self.fake_tunnel_server(handler=handler)
+        cli = self.client(fake.port, make_token(), server_url=be.url)
+        self.assertTrue(wait_until(lambda: got, 10), "no reply")
+        op, payload = got[0]
+        rid, first, hdrs, body = parse_tunnel_message(payload)
+        self.assertEqual(rid, "0001")
+        self.assertIn(b"/echo?a=1", body)
+        time.sleep(0.3)
+        self.assertEqual(be.count(), 1, "the backend got the second request")
+        self.assertEqual(be.last()["path"], "/echo?a=1")
+        self.assertTrue(cli.wait_stderr(r"id=0001: %d bytes after the request"
+                                        % (len(msg) - msg.index(b"GET /echo?b")), 5),
+                        "no warning about the dropped request\n" + cli.describe())
+
+    def test_backend_connection_with_extra_bytes_is_not_reused(self):
+        be = ChattyBackend()
+        self.addCleanup(be.stop)
+        srv = self.server()
+        tok = make_token()
+        cli = self.client(srv, tok, server_url="http://%s:%d" % (HOST, be.port))
+        self.assertTrue(wait_tunnels(srv, 1))
+        with socket.create_connection((HOST, srv.port), timeout=10) as s:
+            s.settimeout(10)
+            f = s.makefile("rb")
+            for path in ("/one", "/two"):
+                s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                          b"X-Token: " + tok.encode() + b"\r\n\r\n")
+                r = read_response(f)
+                self.assertEqual(r.status, 200)
+                self.assertIsNone(r.header("X-Injected"))
+                self.assertTrue(r.body.endswith(b"GET " + path.encode() + b" HTTP/1.1"),
+                                r.body)
+            f.close()
+        # the connection that sent an extra response is not used again
+        self.assertEqual([n for n, _ in be.requests], [1, 2])
+        self.assertTrue(cli.wait_stderr(r"backend sent \d+ bytes after the response", 5),
+                        cli.describe())
 
 
 if __name__ == "__main__":
