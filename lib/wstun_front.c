@@ -256,21 +256,26 @@ static void requester_ip(wstun__front *f, const wstun__http_head *h, char *out,
   wstun__conn_peer_ip(f->conn, out, n);
   if (!wstun__cidr_list_match(&f->srv->trusted_proxies, out))
     return;
-  const char *xff = wstun__http_head_get(h, "X-Forwarded-For");
+  const char *xff = wstun__http_head_get_last(h, "X-Forwarded-For");
   if (xff == NULL)
     return;
   const char *last = strrchr(xff, ',');
   last = last ? last + 1 : xff;
   while (*last == ' ')
     last++;
-  size_t len = strcspn(last, " ");
-  if (len > 0 && len < n) {
-    char ip[64];
+  size_t len = strcspn(last, " \t");
+  char ip[64];
+  if (len > 0 && len < sizeof(ip)) {
     memcpy(ip, last, len);
     ip[len] = '\0';
-    if (wstun__ip_valid(ip))
+    if (len < n && wstun__ip_valid(ip)) {
       memcpy(out, ip, len + 1);
+      return;
+    }
   }
+  /* the proxy said who it was for, but not as an address we can judge
+   * ("ip:port", "unknown", empty): a stranger, never the proxy itself */
+  out[0] = '\0';
 }
 
 /* Full detail only to a requester on this host. */
@@ -373,10 +378,13 @@ static int build_request(wstun__front *f, wstun__http_head *h,
     return WSTUN_ENOMEM;
   char ip[64];
   wstun__conn_peer_ip(f->conn, ip, sizeof(ip));
-  const char *xff = wstun__http_head_get(h, "X-Forwarded-For");
+  /* every line, in order, as one list: the proxies' appended last */
   wstun__buf v = WSTUN__BUF_INIT;
-  int rc = xff ? wstun__buf_appendf(&v, "%s, %s", xff, ip)
-               : wstun__buf_append_str(&v, ip);
+  int n = wstun__http_head_join(h, "X-Forwarded-For", &v);
+  int rc = n < 0 ? n : 0;
+  if (n > 0)
+    rc |= wstun__buf_append(&v, ", ", 2);
+  rc |= wstun__buf_append_str(&v, ip);
   rc |= wstun__buf_append(&v, "", 1);
   if (rc != 0) {
     wstun__buf_free(&v);

@@ -52,6 +52,32 @@ const char *wstun__http_head_get(const wstun__http_head *h, const char *name) {
   return NULL;
 }
 
+const char *wstun__http_head_get_last(const wstun__http_head *h,
+                                      const char *name) {
+  for (size_t i = h->nhdrs; i-- > 0;)
+    if (wstun__ascii_casecmp_n(wstun__http_head_name(h, i), h->hdrs[i].name_len,
+                               name) == 0)
+      return wstun__http_head_value(h, i);
+  return NULL;
+}
+
+int wstun__http_head_join(const wstun__http_head *h, const char *name,
+                          wstun__buf *out) {
+  int n = 0;
+  for (size_t i = 0; i < h->nhdrs; i++) {
+    if (h->hdrs[i].value_len == 0 ||
+        wstun__ascii_casecmp_n(wstun__http_head_name(h, i), h->hdrs[i].name_len,
+                               name) != 0)
+      continue;
+    if ((n > 0 && wstun__buf_append(out, ", ", 2) != 0) ||
+        wstun__buf_append(out, wstun__http_head_value(h, i),
+                          h->hdrs[i].value_len) != 0)
+      return WSTUN_ENOMEM;
+    n++;
+  }
+  return n;
+}
+
 size_t wstun__http_head_remove(wstun__http_head *h, const char *name) {
   size_t w = 0, removed = 0;
   for (size_t i = 0; i < h->nhdrs; i++) {

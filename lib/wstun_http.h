@@ -41,6 +41,15 @@ const char *wstun__http_head_name(const wstun__http_head *h, size_t i);
 const char *wstun__http_head_value(const wstun__http_head *h, size_t i);
 /* First value of a header (case-insensitive name), or NULL. */
 const char *wstun__http_head_get(const wstun__http_head *h, const char *name);
+/* Last value of a header, or NULL: what an intermediary appended last
+ * (X-Forwarded-For), never an earlier line a requester wrote. */
+const char *wstun__http_head_get_last(const wstun__http_head *h,
+                                      const char *name);
+/* Appends the non-empty values of every `name` line, in order, joined by
+ * ", " (one list, as RFC 9110 5.3 reads them) to `out` (not into the head
+ * itself). Returns how many values, or WSTUN_ENOMEM. */
+int wstun__http_head_join(const wstun__http_head *h, const char *name,
+                          wstun__buf *out);
 /* Removes every header with that name; returns how many. */
 size_t wstun__http_head_remove(wstun__http_head *h, const char *name);
 /* Appends a header; 0 or WSTUN_ENOMEM. `name` and `value` may point into

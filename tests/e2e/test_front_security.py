@@ -235,5 +235,66 @@ class OneRequestPerMessageClient(E2ETestCase):
                         cli.describe())
 
 
+class ForwardedForLines(E2ETestCase):
+    """Behind a trusted proxy, the requester is the last address of the
+    last X-Forwarded-For line: an earlier line is whatever the requester
+    wrote."""
+
+    def two_lines(self, path, first="127.0.0.1", last=REMOTE, extra=b""):
+        return raw_http(self.srv.port, (
+            "GET %s HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: %s\r\n"
+            "X-Forwarded-For: %s\r\nConnection: close\r\n" % (path, first, last)
+        ).encode() + extra + b"\r\n")
+
+    def test_forged_first_line_does_not_make_a_local_requester(self):
+        self.srv = self.server("-trusted-proxies", "127.0.0.1",
+                               "-admin-allow", "198.51.100.0/24")
+        for path in ("/admin/monitoring", "/admin/auditing", "/metrics"):
+            r = self.two_lines(path)
+            self.assertEqual(r.status, 403, "%s: %r" % (path, r.body[:200]))
+            # the proxy's own last address decides, whatever came before
+            r = self.two_lines(path, first=REMOTE, last="198.51.100.4")
+            self.assertEqual(r.status, 200, path)
+            r = self.two_lines(path, first="198.51.100.4", last=REMOTE)
+            self.assertEqual(r.status, 403, path)
+        r = self.two_lines("/_stats")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"tunnels=0\n")
+        r = self.two_lines("/_stats", first=REMOTE, last="10.0.0.1, 127.0.0.1")
+        self.assertIn(b"total_clients=", r.body)
+
+    def test_unreadable_last_address_is_a_stranger(self):
+        # the trusted proxy is on this host: falling back to it made every
+        # requester it forwarded with an odd X-Forwarded-For local
+        self.srv = self.server("-trusted-proxies", "127.0.0.1")
+        def one_line(path, xff):
+            return raw_http(self.srv.port, (
+                "GET %s HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: %s\r\n"
+                "Connection: close\r\n\r\n" % (path, xff)).encode())
+        for xff in ("203.0.113.9:5555", "unknown", "[2001:db8::1]",
+                    "127.0.0.1, 203.0.113.9:5555"):
+            self.assertEqual(one_line("/metrics", xff).status, 403, xff)
+            self.assertEqual(one_line("/_stats", xff).body, b"tunnels=0\n", xff)
+        self.assertEqual(one_line("/metrics", "10.0.0.1, 127.0.0.1").status, 200)
+
+    def test_all_lines_are_forwarded_in_order(self):
+        self.srv = self.server("-trusted-proxies", "127.0.0.1")
+        tok = make_token()
+        t = self.raw_tunnel(self.srv, tok)
+        self.assertTrue(wait_tunnels(self.srv, 1))
+        with socket.create_connection((HOST, self.srv.port), timeout=10) as s:
+            s.settimeout(10)
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Token: " + tok.encode() +
+                      b"\r\nX-Forwarded-For: 10.1.1.1, 10.2.2.2\r\n"
+                      b"X-Forwarded-For: " + REMOTE.encode() + b"\r\n\r\n")
+            rid, first, hdrs, body, raw = t.next_request()
+            self.assertEqual(hdrs.get("x-forwarded-for"),
+                             ["10.1.1.1, 10.2.2.2, %s, 127.0.0.1" % REMOTE])
+            t.respond(rid, b"HTTP/1.1 204 No Content\r\n\r\n")
+            f = s.makefile("rb")
+            self.assertEqual(read_response(f).status, 204)
+            f.close()
+
+
 if __name__ == "__main__":
     main()

@@ -1107,6 +1107,35 @@ TEST(head_add_from_itself_across_growth) {
   test_context(NULL);
 }
 
+TEST(head_get_last_and_join) {
+  static const char s[] = "GET / HTTP/1.1\r\n"
+                          "X-Forwarded-For: 127.0.0.1\r\n"
+                          "Host: h\r\n"
+                          "X-Forwarded-For:\r\n"
+                          "x-forwarded-for: 10.0.0.1, 203.0.113.9\r\n"
+                          "\r\n";
+  cap *c = cap_new(HTTP_REQUEST, 4096, 0);
+  size_t used;
+  CHECK_EQ_INT(
+      wstun__http_parser_feed(&c->p, (const uint8_t *)s, sizeof(s) - 1, &used),
+      WSTUN__HTTP_OK);
+  wstun__http_head *h = &c->p.head;
+  CHECK_EQ_STR(wstun__http_head_get(h, "X-Forwarded-For"), "127.0.0.1");
+  CHECK_EQ_STR(wstun__http_head_get_last(h, "X-Forwarded-For"),
+               "10.0.0.1, 203.0.113.9");
+  CHECK(wstun__http_head_get_last(h, "X-Nope") == NULL);
+  wstun__buf out;
+  wstun__buf_init(&out);
+  CHECK_EQ_INT(wstun__http_head_join(h, "X-Forwarded-For", &out), 2);
+  CHECK_BYTES_STR(wstun__buf_data(&out), wstun__buf_size(&out),
+                  "127.0.0.1, 10.0.0.1, 203.0.113.9");
+  wstun__buf_reset(&out);
+  CHECK_EQ_INT(wstun__http_head_join(h, "X-Nope", &out), 0);
+  CHECK_EQ_INT(wstun__buf_size(&out), 0);
+  wstun__buf_free(&out);
+  cap_free(c);
+}
+
 TEST(head_write_response) {
   wstun__http_head h;
   wstun__http_head_init(&h);
@@ -1376,7 +1405,8 @@ int main(int argc, char **argv) {
       T(upgrade_request_pauses_after_head),
       T(head_write_request_built),
       T(head_write_request_parsed_and_edited),
-      T(head_add_from_itself_across_growth), T(head_write_response),
+      T(head_add_from_itself_across_growth), T(head_get_last_and_join),
+      T(head_write_response),
       T(reasons),
       T(strip_hop_by_hop),
       T(strip_every_header_named_in_connection),
