@@ -821,6 +821,13 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
     if (f->state != WSTUN__EX_NONE &&
         !wstun__http_parser_in_message(&f->parser))
       return off; /* the next request waits for this exchange */
+    /* a requester that pipelines and does not read its answers: no more
+     * requests until it has read some (front_on_drain resumes), or local
+     * answers would pile up without bound */
+    if (f->state == WSTUN__EX_NONE &&
+        !wstun__http_parser_in_message(&f->parser) &&
+        wstun__conn_congested(c))
+      return off;
     int was_in = wstun__http_parser_in_message(&f->parser);
     size_t used = 0;
     int rc = wstun__http_parser_feed(&f->parser, data + off, len - off, &used);
@@ -879,6 +886,9 @@ static void front_on_drain(wstun__conn *c) {
     f->paused_tunnel = 0;
     wstun__tunnel_resume_rx(f->tun->t);
   }
+  /* reading stopped on congested output between requests (front_on_data) */
+  if (!f->closing && f->state == WSTUN__EX_NONE && !c->close_after_write)
+    wstun__conn_resume(c);
 }
 
 static const wstun__conn_cbs front_conn_cbs = {

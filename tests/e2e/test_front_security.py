@@ -296,5 +296,72 @@ class ForwardedForLines(E2ETestCase):
             f.close()
 
 
+class PipelineFlood(E2ETestCase):
+    """A requester that pipelines requests answered locally and never reads
+    its answers: the server must stop reading while its output to that
+    requester is backed up, instead of queueing answers without bound."""
+
+    FLOOD = 48 << 20
+    RSS_LIMIT_KIB = 40 << 10
+
+    def test_pipelined_health_checks_without_reading(self):
+        srv = self.server()
+        req = b"GET /_health_check HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection((HOST, srv.port), timeout=10) as s:
+            s.sendall(req)
+            answer = s.recv(4096)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+        self.assertTrue(answer.endswith(b"WSTUNSRV RUNNING\n"), answer)
+        rss_before = srv.vm_hwm_kib()
+
+        s = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        chunk = req * ((256 << 10) // len(req))
+        sent = 0
+        deadline = time.monotonic() + 40
+        s.settimeout(2.0)  # no progress for this long: the server stopped
+        while sent < self.FLOOD and time.monotonic() < deadline:
+            try:
+                n = s.send(chunk[sent % len(chunk):] if sent % len(chunk) else chunk)
+            except (socket.timeout, TimeoutError):
+                break
+            sent += n
+        rss_flood = srv.vm_hwm_kib()
+        sys_msg = ("sent %.1f MiB of %d MiB; wstunsrv VmHWM %d KiB before, %d KiB "
+                   "after the flood" % (sent / 1048576.0, self.FLOOD >> 20,
+                                        rss_before, rss_flood))
+        print("\n  " + sys_msg)
+        self.assertTrue(srv.alive(), srv.describe())
+        if not srv.sanitized():
+            self.assertLess(rss_flood, self.RSS_LIMIT_KIB, sys_msg)
+        self.assertLess(sent, self.FLOOD, "the server read the whole flood "
+                        "without its answers being read: " + sys_msg)
+
+        # now read: every complete request gets its answer, in order, and
+        # the connection goes on working
+        whole = sent // len(req)
+        want = answer * whole
+        got = bytearray()
+        s.settimeout(10)
+        rest = req[sent % len(req):] if sent % len(req) else b""
+        if rest:
+            # the tail of the last request goes out once we read
+            import threading
+            threading.Thread(target=lambda: s.sendall(rest), daemon=True).start()
+            whole += 1
+            want += answer
+        while len(got) < len(want):
+            d = s.recv(1 << 20)
+            if not d:
+                break
+            got += d
+        self.assertEqual(len(got), len(want), "answers missing: " + sys_msg)
+        self.assertTrue(bytes(got) == want, "answers differ from %d copies of %r"
+                        % (whole, answer))
+        s.sendall(req)
+        self.assertEqual(s.recv(4096), answer)
+
+
 if __name__ == "__main__":
     main()
