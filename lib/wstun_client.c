@@ -164,11 +164,18 @@ static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
                         size_t n) {
   wstun_request *req = sink;
   (void)t;
+  if (req->req_complete) {
+    req->msg_extra += n; /* a message carries one request */
+    return 0;
+  }
   if (req->state == WSTUN__CR_ANSWERED)
     return 0;
   size_t used;
   req->busy++;
-  if (wstun__http_parser_feed(&req->parser, d, n, &used) == WSTUN__HTTP_ERROR) {
+  int rc = wstun__http_parser_feed(&req->parser, d, n, &used);
+  if (rc == WSTUN__HTTP_PAUSED)
+    req->msg_extra += n - used;
+  if (rc == WSTUN__HTTP_ERROR) {
     int st = req->parser.error_status ? req->parser.error_status : 400;
     if (st == 502 || st == 503)
       st = 400;
@@ -187,6 +194,11 @@ static void cli_msg_end(wstun__tunnel *t, void *sink, int complete) {
   (void)t;
   req->msg_ended = 1;
   req->busy++;
+  if (req->msg_extra > 0)
+    wstun__log(&req->cli->log, WSTUN_LOG_WARN,
+               "WS   RCV id=%04x: %llu bytes after the request in its "
+               "message: dropped",
+               req->id, (unsigned long long)req->msg_extra);
   if (!req->req_complete && req->state != WSTUN__CR_ANSWERED) {
     /* the request stopped short: the backend must not take it as whole */
     wstun__upstream_detach(req);

@@ -34,6 +34,7 @@ struct wstun_request {
   wstun__http_parser parser;
   int method;
   int req_chunked, req_complete, msg_ended;
+  uint64_t msg_extra; /* message bytes after its request (dropped) */
   int paused_tunnel;
   /* backend side */
   char *backend_key; /* "http://host:port" */

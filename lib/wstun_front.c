@@ -256,21 +256,26 @@ static void requester_ip(wstun__front *f, const wstun__http_head *h, char *out,
   wstun__conn_peer_ip(f->conn, out, n);
   if (!wstun__cidr_list_match(&f->srv->trusted_proxies, out))
     return;
-  const char *xff = wstun__http_head_get(h, "X-Forwarded-For");
+  const char *xff = wstun__http_head_get_last(h, "X-Forwarded-For");
   if (xff == NULL)
     return;
   const char *last = strrchr(xff, ',');
   last = last ? last + 1 : xff;
   while (*last == ' ')
     last++;
-  size_t len = strcspn(last, " ");
-  if (len > 0 && len < n) {
-    char ip[64];
+  size_t len = strcspn(last, " \t");
+  char ip[64];
+  if (len > 0 && len < sizeof(ip)) {
     memcpy(ip, last, len);
     ip[len] = '\0';
-    if (wstun__ip_valid(ip))
+    if (len < n && wstun__ip_valid(ip)) {
       memcpy(out, ip, len + 1);
+      return;
+    }
   }
+  /* the proxy said who it was for, but not as an address we can judge
+   * ("ip:port", "unknown", empty): a stranger, never the proxy itself */
+  out[0] = '\0';
 }
 
 /* Full detail only to a requester on this host. */
@@ -365,15 +370,21 @@ static int route_metrics(wstun__front *f, const wstun__http_head *h) {
 
 /* Builds the head of the tunnel message: origin-form target, no
  * hop-by-hop headers, the requester appended to X-Forwarded-For, and our
- * own body framing. */
+ * own body framing. `target` may point into the head's text, which every
+ * header added below may move: it is copied first. */
 static int build_request(wstun__front *f, wstun__http_head *h,
                          const char *target, size_t tlen) {
+  if (wstun__http_head_set_target(h, target, tlen) != 0)
+    return WSTUN_ENOMEM;
   char ip[64];
   wstun__conn_peer_ip(f->conn, ip, sizeof(ip));
-  const char *xff = wstun__http_head_get(h, "X-Forwarded-For");
+  /* every line, in order, as one list: the proxies' appended last */
   wstun__buf v = WSTUN__BUF_INIT;
-  int rc = xff ? wstun__buf_appendf(&v, "%s, %s", xff, ip)
-               : wstun__buf_append_str(&v, ip);
+  int n = wstun__http_head_join(h, "X-Forwarded-For", &v);
+  int rc = n < 0 ? n : 0;
+  if (n > 0)
+    rc |= wstun__buf_append(&v, ", ", 2);
+  rc |= wstun__buf_append_str(&v, ip);
   rc |= wstun__buf_append(&v, "", 1);
   if (rc != 0) {
     wstun__buf_free(&v);
@@ -387,7 +398,6 @@ static int build_request(wstun__front *f, wstun__http_head *h,
   wstun__buf_free(&v);
   rc |= wstun__http_head_frame(h, h->has_content_length, h->content_length,
                                h->chunked, &f->req_chunked);
-  rc |= wstun__http_head_set_target(h, target, tlen);
   f->req = rc == 0 ? wstun__outmsg_new(&req_msg_cbs, f) : NULL;
   if (f->req == NULL)
     return WSTUN_ENOMEM;
@@ -439,9 +449,9 @@ static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
     char addr[64];
     wstun__conn_peer(f->conn, addr, sizeof(addr));
     wstun__log(&srv->log, WSTUN_LOG_DEBUG,
-               "HTTP RCV token=%s verb=%s url=%.*s addr=%s", f->token_prefix,
-               llhttp_method_name((llhttp_method_t)h->method), (int)tlen,
-               target, addr);
+               "HTTP RCV token=%s verb=%s url=%s addr=%s", f->token_prefix,
+               llhttp_method_name((llhttp_method_t)h->method),
+               wstun__http_head_target(h), addr);
   }
   set_timer(f, srv->http_timeout_ms, on_deadline);
   return 0;
@@ -715,11 +725,16 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
 
 static int resp_on_complete(void *ud) {
   wstun__front *f = ud;
+  int status = f->resp.head.status;
+  if (status >= 100 && status < 200 && status != 101)
+    return 0; /* an interim response: the final one follows */
   if (f->resp_chunked && f->conn)
     wstun__conn_write(f->conn, WSTUN__HTTP_LAST_CHUNK,
                       sizeof(WSTUN__HTTP_LAST_CHUNK) - 1);
   f->resp_done = 1;
-  return 0;
+  /* a message carries one response: whatever follows is never parsed (it
+   * would go to the requester as the answer to its next request) */
+  return 1;
 }
 
 static const wstun__http_parser_cbs resp_cbs = {
@@ -734,11 +749,16 @@ int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
                             &resp_cbs, f);
     f->resp_init = 1;
     f->resp_done = 0;
+    f->resp_extra = 0;
   }
-  if (f->resp_done)
-    return 0; /* bytes after a complete response: ignored */
+  if (f->resp_done) {
+    f->resp_extra += n; /* bytes after a complete response: dropped */
+    return 0;
+  }
   size_t used;
   int rc = wstun__http_parser_feed(&f->resp, d, n, &used);
+  if (rc == WSTUN__HTTP_PAUSED)
+    f->resp_extra += n - used;
   if (rc == WSTUN__HTTP_ERROR) {
     wstun__log(&f->srv->log, WSTUN_LOG_WARN,
                "WS   RCV token=%s id=%04x: unparsable response",
@@ -771,6 +791,11 @@ void wstun__front_resp_end(wstun__front *f, int complete) {
       wstun__http_parser_finish(&f->resp) == WSTUN__HTTP_OK && f->resp_close)
     f->resp_done = 1;
   if (f->resp_done) {
+    if (f->resp_extra > 0)
+      wstun__log(&f->srv->log, WSTUN_LOG_WARN,
+                 "WS   RCV token=%s id=%04x: %llu bytes after the response "
+                 "in its message: dropped",
+                 f->token_prefix, f->id, (unsigned long long)f->resp_extra);
     response_done(f);
     return;
   }
@@ -796,6 +821,13 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
     if (f->state != WSTUN__EX_NONE &&
         !wstun__http_parser_in_message(&f->parser))
       return off; /* the next request waits for this exchange */
+    /* a requester that pipelines and does not read its answers: no more
+     * requests until it has read some (front_on_drain resumes), or local
+     * answers would pile up without bound */
+    if (f->state == WSTUN__EX_NONE &&
+        !wstun__http_parser_in_message(&f->parser) &&
+        wstun__conn_congested(c))
+      return off;
     int was_in = wstun__http_parser_in_message(&f->parser);
     size_t used = 0;
     int rc = wstun__http_parser_feed(&f->parser, data + off, len - off, &used);
@@ -854,6 +886,9 @@ static void front_on_drain(wstun__conn *c) {
     f->paused_tunnel = 0;
     wstun__tunnel_resume_rx(f->tun->t);
   }
+  /* reading stopped on congested output between requests (front_on_data) */
+  if (!f->closing && f->state == WSTUN__EX_NONE && !c->close_after_write)
+    wstun__conn_resume(c);
 }
 
 static const wstun__conn_cbs front_conn_cbs = {

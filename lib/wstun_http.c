@@ -52,6 +52,32 @@ const char *wstun__http_head_get(const wstun__http_head *h, const char *name) {
   return NULL;
 }
 
+const char *wstun__http_head_get_last(const wstun__http_head *h,
+                                      const char *name) {
+  for (size_t i = h->nhdrs; i-- > 0;)
+    if (wstun__ascii_casecmp_n(wstun__http_head_name(h, i), h->hdrs[i].name_len,
+                               name) == 0)
+      return wstun__http_head_value(h, i);
+  return NULL;
+}
+
+int wstun__http_head_join(const wstun__http_head *h, const char *name,
+                          wstun__buf *out) {
+  int n = 0;
+  for (size_t i = 0; i < h->nhdrs; i++) {
+    if (h->hdrs[i].value_len == 0 ||
+        wstun__ascii_casecmp_n(wstun__http_head_name(h, i), h->hdrs[i].name_len,
+                               name) != 0)
+      continue;
+    if ((n > 0 && wstun__buf_append(out, ", ", 2) != 0) ||
+        wstun__buf_append(out, wstun__http_head_value(h, i),
+                          h->hdrs[i].value_len) != 0)
+      return WSTUN_ENOMEM;
+    n++;
+  }
+  return n;
+}
+
 size_t wstun__http_head_remove(wstun__http_head *h, const char *name) {
   size_t w = 0, removed = 0;
   for (size_t i = 0; i < h->nhdrs; i++) {
@@ -105,6 +131,21 @@ int wstun__http_head_add(wstun__http_head *h, const char *name,
     return WSTUN_ENOMEM;
   wstun__hdr *e = &h->hdrs[h->nhdrs];
   size_t nl = strlen(name), vl = strlen(value);
+  /* `name` or `value` may point into the text (a header copied from
+   * another): make room for both strings at once, so appending the name
+   * cannot move the text from under the value */
+  const char *base = (const char *)h->text.base;
+  int nin = base && name >= base && name < base + h->text.cap;
+  int vin = base && value >= base && value < base + h->text.cap;
+  size_t noff = nin ? (size_t)(name - base) : 0;
+  size_t voff = vin ? (size_t)(value - base) : 0;
+  if (h->text.len + nl + vl + 2 > UINT32_MAX ||
+      wstun__buf_reserve(&h->text, nl + vl + 2) != 0)
+    return WSTUN_ENOMEM;
+  if (nin)
+    name = (const char *)h->text.base + noff;
+  if (vin)
+    value = (const char *)h->text.base + voff;
   if (text_append(h, name, nl, &e->name_off) != 0 ||
       text_append(h, value, vl, &e->value_off) != 0)
     return WSTUN_ENOMEM;

@@ -41,12 +41,24 @@ const char *wstun__http_head_name(const wstun__http_head *h, size_t i);
 const char *wstun__http_head_value(const wstun__http_head *h, size_t i);
 /* First value of a header (case-insensitive name), or NULL. */
 const char *wstun__http_head_get(const wstun__http_head *h, const char *name);
+/* Last value of a header, or NULL: what an intermediary appended last
+ * (X-Forwarded-For), never an earlier line a requester wrote. */
+const char *wstun__http_head_get_last(const wstun__http_head *h,
+                                      const char *name);
+/* Appends the non-empty values of every `name` line, in order, joined by
+ * ", " (one list, as RFC 9110 5.3 reads them) to `out` (not into the head
+ * itself). Returns how many values, or WSTUN_ENOMEM. */
+int wstun__http_head_join(const wstun__http_head *h, const char *name,
+                          wstun__buf *out);
 /* Removes every header with that name; returns how many. */
 size_t wstun__http_head_remove(wstun__http_head *h, const char *name);
-/* Appends a header; 0 or WSTUN_ENOMEM. */
+/* Appends a header; 0 or WSTUN_ENOMEM. `name` and `value` may point into
+ * the head itself (they are copied before anything moves); any other
+ * pointer into the head is stale afterwards. */
 int wstun__http_head_add(wstun__http_head *h, const char *name,
                          const char *value);
-/* Replaces the target (requests); 0 or WSTUN_ENOMEM. */
+/* Replaces the target (requests); 0 or WSTUN_ENOMEM. `target` may point
+ * into the head, but must still be valid: take it before adding headers. */
 int wstun__http_head_set_target(wstun__http_head *h, const char *target,
                                 size_t len);
 /* Removes the hop-by-hop headers of RFC 9110 7.6.1 plus every header

@@ -99,6 +99,7 @@ struct wstun__front {
   int resp_init;
   int resp_chunked; /* re-encoding the response body as chunked */
   int resp_close;   /* response delimited by closing the connection */
+  uint64_t resp_extra; /* message bytes after its response (dropped) */
   int paused_tunnel;
   uint64_t start_ms;
   char token_prefix[12];

@@ -552,6 +552,7 @@ static size_t up_on_data_pinned(wstun__conn *c, const uint8_t *data,
     return len;
   }
   up->got_bytes = 1;
+  uint16_t id = up->req->id;
   size_t used = 0;
   int rc = wstun__http_parser_feed(&up->parser, data, len, &used);
   if (rc == WSTUN__HTTP_ERROR) {
@@ -561,8 +562,19 @@ static size_t up_on_data_pinned(wstun__conn *c, const uint8_t *data,
       fail_before_response(up, "unparsable response");
     return len;
   }
-  if (rc == WSTUN__HTTP_PAUSED)
-    return len; /* response complete; anything after it is junk */
+  if (rc == WSTUN__HTTP_PAUSED) {
+    /* response complete; what came after it answers nothing we asked:
+     * the backend and we no longer agree where its messages end, so the
+     * connection is not reused */
+    if (used < len) {
+      wstun__log(&up->cli->log, WSTUN_LOG_WARN,
+                 "HTTP RET id=%04x: backend sent %zu bytes after the "
+                 "response: dropped, connection closed",
+                 id, len - used);
+      up_close(up);
+    }
+    return len;
+  }
   return used;
 }
 

@@ -1070,6 +1070,72 @@ TEST(head_write_request_parsed_and_edited) {
   cap_free(c);
 }
 
+/* Strings that point into the head itself (a value copied from another
+ * header, a target cut out of the parsed one) stay good while the text
+ * grows under them. */
+TEST(head_add_from_itself_across_growth) {
+  char fill[600];
+  memset(fill, 'f', sizeof(fill));
+  /* every head size up to past the second doubling of the text, so that
+   * each of the appends below is, once, the one that moves the text */
+  for (size_t pad = 0; pad < 560; pad++) {
+    test_context("pad %zu", pad);
+    wstun__http_head h;
+    wstun__http_head_init(&h);
+    h.is_request = 1;
+    h.method = HTTP_GET;
+    CHECK_EQ_INT(wstun__http_head_set_target(&h, "/a/b?c", 6), 0);
+    fill[pad] = '\0';
+    CHECK_EQ_INT(wstun__http_head_add(&h, "X-Fill", fill), 0);
+    fill[pad] = 'f';
+    CHECK_EQ_INT(wstun__http_head_add(&h, "X-Orig", "some-value"), 0);
+    /* a value copied from another header */
+    CHECK_EQ_INT(
+        wstun__http_head_add(&h, "X-Copy", wstun__http_head_get(&h, "X-Orig")),
+        0);
+    CHECK_EQ_STR(wstun__http_head_value(&h, h.nhdrs - 1), "some-value");
+    /* a name taken from the head */
+    CHECK_EQ_INT(wstun__http_head_add(&h, wstun__http_head_name(&h, 1), "v"),
+                 0);
+    CHECK_EQ_STR(wstun__http_head_name(&h, h.nhdrs - 1), "X-Orig");
+    /* the target re-set from itself, minus its query */
+    CHECK_EQ_INT(
+        wstun__http_head_set_target(&h, wstun__http_head_target(&h), 4), 0);
+    CHECK_EQ_STR(wstun__http_head_target(&h), "/a/b");
+    wstun__http_head_free(&h);
+  }
+  test_context(NULL);
+}
+
+TEST(head_get_last_and_join) {
+  static const char s[] = "GET / HTTP/1.1\r\n"
+                          "X-Forwarded-For: 127.0.0.1\r\n"
+                          "Host: h\r\n"
+                          "X-Forwarded-For:\r\n"
+                          "x-forwarded-for: 10.0.0.1, 203.0.113.9\r\n"
+                          "\r\n";
+  cap *c = cap_new(HTTP_REQUEST, 4096, 0);
+  size_t used;
+  CHECK_EQ_INT(
+      wstun__http_parser_feed(&c->p, (const uint8_t *)s, sizeof(s) - 1, &used),
+      WSTUN__HTTP_OK);
+  wstun__http_head *h = &c->p.head;
+  CHECK_EQ_STR(wstun__http_head_get(h, "X-Forwarded-For"), "127.0.0.1");
+  CHECK_EQ_STR(wstun__http_head_get_last(h, "X-Forwarded-For"),
+               "10.0.0.1, 203.0.113.9");
+  CHECK(wstun__http_head_get_last(h, "X-Nope") == NULL);
+  wstun__buf out;
+  wstun__buf_init(&out);
+  CHECK_EQ_INT(wstun__http_head_join(h, "X-Forwarded-For", &out), 2);
+  CHECK_BYTES_STR(wstun__buf_data(&out), wstun__buf_size(&out),
+                  "127.0.0.1, 10.0.0.1, 203.0.113.9");
+  wstun__buf_reset(&out);
+  CHECK_EQ_INT(wstun__http_head_join(h, "X-Nope", &out), 0);
+  CHECK_EQ_INT(wstun__buf_size(&out), 0);
+  wstun__buf_free(&out);
+  cap_free(c);
+}
+
 TEST(head_write_response) {
   wstun__http_head h;
   wstun__http_head_init(&h);
@@ -1339,6 +1405,7 @@ int main(int argc, char **argv) {
       T(upgrade_request_pauses_after_head),
       T(head_write_request_built),
       T(head_write_request_parsed_and_edited),
+      T(head_add_from_itself_across_growth), T(head_get_last_and_join),
       T(head_write_response),
       T(reasons),
       T(strip_hop_by_hop),
