@@ -45,6 +45,7 @@ class ServerHandshake(E2ETestCase):
         hs = ws_connect(srv.port, make_token(), method="POST",
                         extra_headers=[("Content-Length", "0")])
         self.assertEqual(hs.status, 400)
+        self.assertEqual(hs.body, b"Only GET requests are supported")  # Go's text
         self.assertTrue(wait_tunnels(srv, 0))
 
     def test_missing_origin_is_400(self):
@@ -171,6 +172,19 @@ class ServerHandshake(E2ETestCase):
         self.addCleanup(lambda: hs.ws and hs.ws.close())
         self.assertEqual(hs.status, 101)
         self.assertTrue(wait_tunnels(srv, 1))
+
+    def test_wrong_base_path_gets_404_with_a_hint(self):
+        """A tunnel client dialing the wrong base path is told so, not
+        given a 501 or a bare 404; the connection ends after the answer."""
+        hint = b"no tunnel endpoint here: check the base path"
+        for base, path in (("/wst", "/_tunnel"), ("/wst", "/other/_tunnel"),
+                           ("", "/wst/_tunnel"), ("/wst", "/wst/wst/_tunnel")):
+            srv = self.server(base_path=base)
+            hs = ws_connect(srv.port, make_token(), path=path)
+            self.addCleanup(lambda: hs.ws and hs.ws.close())
+            self.assertEqual((hs.status, hs.body), (404, hint), (base, path))
+            self.assertEqual(hs.reason, "Not Found")
+            self.assertTrue(wait_tunnels(srv, 0))
 
 
 class ClientAuth(E2ETestCase):
