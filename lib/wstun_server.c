@@ -798,6 +798,40 @@ void wstun_server_close(wstun_server *srv, unsigned grace_ms,
   uv_timer_start(&srv->grace, on_grace_over, grace_ms, 0);
 }
 
+/* The listen address: an IP address, or a host name as the Go server
+ * takes (-host localhost), resolved here once, synchronously, the first
+ * IPv4 address preferred as Go's net.Listen does. */
+static int listen_addr(uv_loop_t *loop, const char *host, int port,
+                       struct sockaddr_storage *out) {
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0 ||
+      uv_ip6_addr(host, port, (struct sockaddr_in6 *)out) == 0)
+    return 0;
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  uv_getaddrinfo_t req;
+  if (uv_getaddrinfo(loop, &req, NULL, host, NULL, &hints) != 0)
+    return WSTUN_EINVAL;
+  const struct addrinfo *pick = NULL;
+  for (const struct addrinfo *ai = req.addrinfo; ai; ai = ai->ai_next)
+    if ((ai->ai_family == AF_INET &&
+         (pick == NULL || pick->ai_family != AF_INET)) ||
+        (ai->ai_family == AF_INET6 && pick == NULL))
+      pick = ai;
+  int rc = WSTUN_EINVAL;
+  if (pick != NULL && pick->ai_addrlen <= sizeof(*out)) {
+    memcpy(out, pick->ai_addr, pick->ai_addrlen);
+    if (pick->ai_family == AF_INET)
+      ((struct sockaddr_in *)out)->sin_port = htons((uint16_t)port);
+    else
+      ((struct sockaddr_in6 *)out)->sin6_port = htons((uint16_t)port);
+    rc = 0;
+  }
+  uv_freeaddrinfo(req.addrinfo);
+  return rc;
+}
+
 int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
                        wstun_server **out) {
   if (loop == NULL || cfg == NULL || out == NULL || cfg->port < 0 ||
@@ -889,8 +923,7 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
 
   struct sockaddr_storage addr;
   const char *host = cfg->host && *cfg->host ? cfg->host : "0.0.0.0";
-  if (uv_ip4_addr(host, cfg->port, (struct sockaddr_in *)&addr) != 0 &&
-      uv_ip6_addr(host, cfg->port, (struct sockaddr_in6 *)&addr) != 0) {
+  if (listen_addr(loop, host, cfg->port, &addr) != 0) {
     rc = WSTUN_EINVAL;
     goto fail_rng;
   }
@@ -922,7 +955,12 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   uv_timer_init(loop, &srv->grace);
   srv->grace.data = srv;
   srv->handles_open = 3;
-  wstun__log(&srv->log, WSTUN_LOG_INFO, "listening on %s:%d%s", host, srv->port,
+  char ip[64] = "";
+  if (bound.ss_family == AF_INET6)
+    uv_ip6_name((struct sockaddr_in6 *)&bound, ip, sizeof(ip));
+  else
+    uv_ip4_name((struct sockaddr_in *)&bound, ip, sizeof(ip));
+  wstun__log(&srv->log, WSTUN_LOG_INFO, "listening on %s:%d%s", ip, srv->port,
              srv->tls ? " (TLS)" : "");
   *out = srv;
   return 0;
