@@ -273,8 +273,7 @@ static int id_in_use(const wstun__srv_tunnel *st, uint16_t id) {
 
 static uint16_t next_id(wstun__token *tok, const wstun__srv_tunnel *st) {
   for (;;) {
-    uint16_t id = tok->next_id;
-    tok->next_id = (uint16_t)((tok->next_id + 1) % WSTUN__PROTO_ID_WRAP);
+    uint16_t id = tok->next_id = wstun__proto_next_id(tok->next_id);
     if (st->ninflight >= WSTUN__PROTO_ID_WRAP || !id_in_use(st, id))
       return id;
   }

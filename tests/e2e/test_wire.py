@@ -139,6 +139,18 @@ class ServerWire(E2ETestCase):
         r2 = read_response(f)
         self.assertEqual(r2.body, b"second")
 
+    def test_ids_count_from_0001(self):
+        """As the Go server: a token's first request id is 0001, then the
+        count goes up (it wraps below 32000: wstun_proto_test)."""
+        ids = []
+        for i in range(3):
+            bg = self.fetch("/n%d" % i)
+            rid, *_ = self.tun.next_request()
+            ids.append(rid)
+            self.tun.respond(rid, b"HTTP/1.1 204 No Content\r\n\r\n")
+            self.assertEqual(bg.result(10).status, 204)
+        self.assertEqual(ids, ["0001", "0002", "0003"])
+
     def test_unknown_id_is_dropped(self):
         bg = self.fetch("/x")
         rid, *_ = self.tun.next_request()
