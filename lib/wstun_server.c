@@ -495,28 +495,31 @@ static const wstun__tunnel_cbs srv_tunnel_cbs = {
 };
 
 /* Basic credentials must name the token and its password. */
-static int check_auth(const char *header, const char *token,
-                      const char *password) {
-  if (header == NULL || strncasecmp(header, "Basic ", 6) != 0)
-    return 0;
+/* NULL when the credentials are right, else the Go server's 401 text. */
+static const char *check_auth(const char *header, const char *token,
+                              const char *password) {
+  if (header == NULL)
+    return "Authorization required for this token";
+  if (strncasecmp(header, "Basic ", 6) != 0)
+    return "Invalid authorization type (must be Basic)";
   unsigned char *raw = NULL;
   size_t n = 0;
   const char *b64 = header + 6;
   while (*b64 == ' ')
     b64++;
   if (wstun__base64_decode(b64, &raw, &n) != 0)
-    return 0;
+    return "Invalid authorization encoding";
   const unsigned char *colon = memchr(raw, ':', n);
-  int ok = 0;
+  const char *why = "Invalid authorization format";
   if (colon != NULL) {
     size_t ulen = (size_t)(colon - raw);
     int user_ok = wstun__ct_equal(raw, ulen, token, strlen(token));
     int pw_ok =
         wstun__ct_equal(colon + 1, n - ulen - 1, password, strlen(password));
-    ok = user_ok & pw_ok;
+    why = user_ok & pw_ok ? NULL : "Invalid token or password";
   }
   wstun__free(raw);
-  return ok;
+  return why;
 }
 
 int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
@@ -543,14 +546,17 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   }
   wstun__redact(token, red);
   const wstun__password *pw = find_password(srv, token);
-  if (pw && !check_auth(wstun__http_head_get(h, "Authorization"), token,
-                        pw->password)) {
+  const char *bad = pw ? check_auth(wstun__http_head_get(h, "Authorization"),
+                                    token, pw->password)
+                       : NULL;
+  if (bad != NULL) {
     srv->metrics.hs_failures[WSTUN__HS_UNAUTHORIZED]++;
-    wstun__log(&srv->log, WSTUN_LOG_WARN,
-               "WS   refused token=%s addr=%s: bad password", red, peer);
+    wstun__log(&srv->log, WSTUN_LOG_WARN, "WS   refused token=%s addr=%s: %s",
+               red, peer, bad);
     wstun__buf *out = wstun__conn_outbuf(f->conn);
-    wstun__http_write_simple(out, 401, "Invalid token or password",
-                             "WWW-Authenticate: Basic realm=\"wstunnel\"\r\n",
+    wstun__http_write_simple(out, 401, bad,
+                             "WWW-Authenticate: Basic realm=\"wstunnel\"\r\n"
+                             "X-Content-Type-Options: nosniff\r\n",
                              1);
     wstun__front_fail(f, 0, NULL);
     return 0;

@@ -71,17 +71,21 @@ class ServerHandshake(E2ETestCase):
     def test_password_required(self):
         tok = make_token()
         srv = self.server("-passwords", "%s:s3cret,%s:other" % (tok, make_token()))
-        cases = [
-            [],
-            [("Authorization", "Bearer s3cret")],
-            [("Authorization", "Basic !!!not-base64!!!")],
-            [("Authorization", basic_auth(tok, "wrong"))],
-            [("Authorization", basic_auth(tok, "s3cre"))],
-            [("Authorization", basic_auth(tok, "s3cret-and-more"))],
+        bad = "Invalid token or password"
+        cases = [  # with the Go server's texts
+            ([], "Authorization required for this token"),
+            ([("Authorization", "Bearer s3cret")], "Invalid authorization type (must be Basic)"),
+            ([("Authorization", "Basic !!!not-base64!!!")], "Invalid authorization encoding"),
+            ([("Authorization", "Basic " + base64.b64encode(b"no-colon").decode())],
+             "Invalid authorization format"),
+            ([("Authorization", basic_auth(tok, "wrong"))], bad),
+            ([("Authorization", basic_auth(tok, "s3cre"))], bad),
+            ([("Authorization", basic_auth(tok, "s3cret-and-more"))], bad),
+            ([("Authorization", basic_auth(tok + "x", "s3cret"))], bad),
         ]
-        for extra in cases:
+        for extra, text in cases:
             hs = ws_connect(srv.port, tok, extra_headers=extra)
-            self.assertEqual(hs.status, 401, extra)
+            self.assertEqual((hs.status, hs.body), (401, text.encode()), extra)
             self.assertEqual(hs.header("WWW-Authenticate"), 'Basic realm="wstunnel"', extra)
         self.assertTrue(wait_tunnels(srv, 0))
         hs = ws_connect(srv.port, tok, extra_headers=[("Authorization", basic_auth(tok, "s3cret"))])
