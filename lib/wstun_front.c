@@ -555,8 +555,8 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     }
     return route_tunnel(f, h, rt.tok, rt.toklen, rt.fwd, rt.fwdlen);
   }
-  if (xtok != NULL)
-    return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
+  /* the Go server's own endpoints are never tunneled, even with X-Token;
+   * /metrics is ours, and with X-Token it is a backend's, as in Go */
   if (IS_PATH("/_health_check")) {
     local_answer(f, 200, "WSTUNSRV RUNNING\n");
     return 0;
@@ -565,6 +565,8 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     return route_stats(f, h);
   if (IS_PATH("/admin/monitoring") || IS_PATH("/admin/auditing"))
     return route_admin(f, h, plen == sizeof("/admin/auditing") - 1);
+  if (xtok != NULL)
+    return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
   if (IS_PATH("/metrics"))
     return route_metrics(f, h);
 #undef IS_PATH
