@@ -84,13 +84,15 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   const char *log_level = "info";
   const char *admin_token_file = NULL;
   const char *passwords_file = NULL;
+  const char *robowhois = NULL; /* Go-only flags, accepted and ignored */
+  int log_pretty = 0;
   app_ops ops = {0};
   uint64_t max_header = cfg.max_header_bytes, max_body = 0;
   app_flag flags[] = {
       {"port", FLAG_INT, &cfg.port, "N",
        "TCP port to listen on (0 = any free port)", 0, 65535},
       {"host", FLAG_STR, &cfg.host, "ADDR",
-       "address to listen on (default 0.0.0.0)", 0, -1},
+       "address or host name to listen on (default 0.0.0.0)", 0, -1},
       {"base-path", FLAG_STR, &cfg.base_path, "PATH",
        "prefix of every endpoint, e.g. /wstunnel", 0, -1},
       {"passwords", FLAG_STR, &cfg.passwords, "TOK:PW,...",
@@ -138,6 +140,12 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
        -1},
       {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug",
        0, -1},
+      {"log-pretty", FLAG_BOOL, &log_pretty, "",
+       "accepted for the Go tool's command lines; the text log is for humans",
+       0, -1},
+      {"robowhois", FLAG_STR, &robowhois, "TOKEN",
+       "accepted for the Go tool's command lines and ignored (no whois)", 0,
+       -1},
       APP_OPS_FLAGS(ops),
       {NULL, FLAG_STR, NULL, NULL, NULL, 0, 0}};
   app_parse_flags(prog,
@@ -163,6 +171,9 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
     cfg.admin_token = admin_token;
   }
   app_log_setup(prog, "wstunsrv", &ops);
+  if (robowhois && *robowhois)
+    app_log(NULL, WSTUN_LOG_INFO,
+            "-robowhois ignored: wstunsrv does no whois lookups");
   cfg.max_header_bytes = (size_t)max_header;
   cfg.max_body_bytes = max_body;
   cfg.log_cb = app_log;
@@ -196,7 +207,8 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
         wstun_strerror(rc));
     exit_code = APP_EXIT_USAGE;
   } else if (rc == WSTUN_EINVAL) {
-    fprintf(stderr, "%s: flag -host: not an IP address: %s\n", prog, cfg.host);
+    fprintf(stderr, "%s: flag -host: not an IP address or a known host: %s\n",
+            prog, cfg.host);
     exit_code = APP_EXIT_USAGE;
   } else if (rc == WSTUN_ETLS) {
     app_errorf("%s: flag -tls-cert/-tls-key: cannot use %s with %s (reason "

@@ -1,5 +1,6 @@
 /* Drop-in entry point for scripts written for the Go tool:
- * `wstunnel srv ...` and `wstunnel cli ...` with the same flags. */
+ * `wstunnel srv ...` and `wstunnel cli ...` with the same flags, and
+ * `wstunnel version`. */
 #include <stdio.h>
 #include <string.h>
 
@@ -11,7 +12,8 @@ int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "cli") == 0)
     return wstuncli_main("wstunnel cli", argc, argv, 2);
   if (argc >= 2 &&
-      (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-version") == 0)) {
+      (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0 ||
+       strcmp(argv[1], "-version") == 0)) {
     printf("wstunnel (wstun) %s\n", wstun_version());
     return 0;
   }
@@ -20,6 +22,7 @@ int main(int argc, char **argv) {
   fprintf(
       help ? stdout : stderr,
       "Usage: wstunnel srv [flags]   run a tunnel server (see wstunsrv -h)\n"
-      "       wstunnel cli [flags]   run a tunnel client (see wstuncli -h)\n");
+      "       wstunnel cli [flags]   run a tunnel client (see wstuncli -h)\n"
+      "       wstunnel version       print the version\n");
   return help ? 0 : APP_EXIT_USAGE;
 }

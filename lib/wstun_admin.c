@@ -100,47 +100,67 @@ int wstun__admin_auditing(wstun_server *srv, wstun__buf *out) {
 }
 
 /* /_stats in the Go tool's format. Tokens appear only as 8-character
- * prefixes; the detail is for requesters on this host only. */
+ * prefixes; the detail is for requesters on this host only. Unlike the Go
+ * server, the per-token client counts are in that detail too (a token's
+ * first 8 characters are no one else's business), and total_clients is
+ * always there. */
 typedef struct stats_ctx {
   wstun__buf *out;
   int n, rc;
+  size_t reqs, dead;
 } stats_ctx;
 
 static void stats_token_line(const wstun_tunnel_info *ti, void *ud) {
   stats_ctx *c = ud;
   char red[12];
-  c->rc |= wstun__buf_appendf(c->out, "token_clients_%s=%zu\n",
-                              wstun__redact(ti->token, red), ti->connections);
+  if (ti->connections > 0) /* Go lists the tokens with clients */
+    c->rc |= wstun__buf_appendf(c->out, "token_clients_%s=%zu\n",
+                                wstun__redact(ti->token, red), ti->connections);
 }
 
 static void stats_tunnel_block(const wstun_tunnel_info *ti, void *ud) {
   stats_ctx *c = ud;
   char red[12];
   int i = c->n++;
-  c->rc |= wstun__buf_appendf(
-      c->out,
-      "\ntunnel%02d_token=%s\ntunnel%02d_req_pending=%zu\n"
-      "tunnel%02d_tun_addr=%s\ntunnel%02d_tun_dns=%s\n"
-      "tunnel%02d_client_version=%s\ntunnel%02d_idle_secs=%.1f\n",
-      i, wstun__redact(ti->token, red), i, ti->pending_requests, i,
-      ti->remote_addr, i, ti->remote_name, i, ti->client_version, i,
-      (double)ti->idle_ms / 1000.0);
+  c->rc |=
+      wstun__buf_appendf(c->out,
+                         "\ntunnel%02d_token=%s\ntunnel%02d_req_pending=%zu\n"
+                         "tunnel%02d_tun_addr=%s\n",
+                         i, wstun__redact(ti->token, red), i,
+                         ti->pending_requests, i, ti->remote_addr);
+  if (ti->remote_name[0])
+    c->rc |= wstun__buf_appendf(c->out, "tunnel%02d_tun_dns=%s\n", i,
+                                ti->remote_name);
+  if (ti->client_version[0])
+    c->rc |= wstun__buf_appendf(c->out, "tunnel%02d_client_version=%s\n", i,
+                                ti->client_version);
+  c->rc |= wstun__buf_appendf(c->out, "tunnel%02d_idle_secs=%.1f\n", i,
+                              (double)ti->idle_ms / 1000.0);
+  c->reqs += ti->pending_requests;
+  c->dead += ti->idle_ms > 60000; /* the Go server's "dead" */
 }
 
 int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out) {
   wstun_server_stats st;
   wstun_server_get_stats(srv, &st);
-  int rc = wstun__buf_appendf(out, "tunnels=%zu\n", st.tunnels);
-  if (!full || rc != 0)
-    return rc;
-  rc |= wstun__buf_appendf(out,
-                           "max_requests_per_tunnel=%zu\n"
-                           "max_clients_per_token=%zu\n",
-                           srv->max_queue, srv->max_clients);
-  stats_ctx c = {out, 0, 0};
-  wstun_server_foreach_tunnel(srv, stats_token_line, &c);
-  rc |= c.rc |
-        wstun__buf_appendf(out, "total_clients=%zu\n", st.tunnel_connections);
+  stats_ctx c = {out, 0, 0, 0, 0};
+  int rc = wstun__buf_appendf(out,
+                              "tunnels=%zu\n"
+                              "max_requests_per_tunnel=%zu\n"
+                              "max_clients_per_token=%zu\n",
+                              st.tunnels, srv->max_queue, srv->max_clients);
+  if (full && srv->max_clients > 0)
+    wstun_server_foreach_tunnel(srv, stats_token_line, &c);
+  /* the Go server has it only with a limit; scripts here read it always */
+  if (full || srv->max_clients > 0)
+    rc |= wstun__buf_appendf(out, "total_clients=%zu\n", st.tunnel_connections);
+  if (!full) {
+    rc |= wstun__buf_append_str(
+        out, "More stats available when called from localhost...\n");
+    return rc ? WSTUN_ENOMEM : 0;
+  }
   wstun_server_foreach_tunnel(srv, stats_tunnel_block, &c);
-  return rc | c.rc ? WSTUN_ENOMEM : 0;
+  rc |= c.rc | wstun__buf_appendf(out, "\nreq_pending=%zu\ndead_tunnels=%zu\n",
+                                  c.reqs, c.dead);
+  return rc ? WSTUN_ENOMEM : 0;
 }

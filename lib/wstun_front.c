@@ -16,6 +16,9 @@
 #define FRONT_IDLE_MS 60000     /* keep-alive idle and header read timeout */
 #define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
 
+/* a WebSocket handshake that will never reach /_tunnel */
+#define NO_TUNNEL_HERE "no tunnel endpoint here: check the base path"
+
 static const wstun__conn_cbs front_conn_cbs;
 static const wstun__http_parser_cbs req_cbs;
 static const wstun__http_parser_cbs resp_cbs;
@@ -34,13 +37,15 @@ static int resp_started(const wstun__front *f) {
   return f->state == WSTUN__EX_RESPONDING;
 }
 
-/* Writes a complete short answer on the connection. */
+/* Writes a complete short answer on the connection. Errors carry
+ * nosniff, as the Go server's (http.Error) do. */
 static void write_simple(wstun__front *f, int status, const char *text) {
   if (f->conn == NULL)
     return;
   int close = f->close_after || f->srv->closing;
-  wstun__http_write_simple(wstun__conn_outbuf(f->conn), status,
-                           text ? text : "", NULL, close);
+  wstun__http_write_simple(
+      wstun__conn_outbuf(f->conn), status, text ? text : "",
+      status >= 400 ? "X-Content-Type-Options: nosniff\r\n" : NULL, close);
   wstun__conn_flush(f->conn);
 }
 
@@ -433,6 +438,7 @@ static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
   if (t == NULL) {
     wstun__log(&srv->log, WSTUN_LOG_DEBUG, "HTTP RCV token=%s: unknown token",
                f->token_prefix);
+    account(f, 0); /* the Go server counts it as an errored request */
     local_answer(f, 404, "Tunnel not found (or not seen in a long time)");
     return 0;
   }
@@ -512,9 +518,18 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   }
   char buf[4096];
   wstun__route rt;
+  /* a WebSocket handshake anywhere but on /_tunnel is a tunnel client
+   * with the wrong base path (or none): say so instead of a bare 404 */
+  int ws = wstun__http_head_has_token(h, "Connection", "upgrade") &&
+           wstun__http_head_has_token(h, "Upgrade", "websocket");
   if (wstun__route_target(srv->base_path, srv->base_len, target, tlen, buf,
                           sizeof(buf), &rt) != 0) {
-    local_answer(f, 404, "Not found");
+    if (ws) {
+      f->close_after = 1; /* llhttp reads nothing after an upgrade head */
+      local_answer(f, 404, NO_TUNNEL_HERE);
+      return 1;
+    }
+    local_answer(f, 404, "404 page not found\n"); /* Go's ServeMux text */
     return 0;
   }
   target = rt.path;
@@ -532,22 +547,26 @@ static int req_on_head(void *ud, wstun__http_head *h) {
       (wstun__http_head_has_token(h, "Connection", "upgrade") &&
        wstun__http_head_get(h, "Upgrade") != NULL)) {
     f->close_after = 1;
-    local_answer(f, h->method == HTTP_CONNECT ? 405 : 501,
-                 h->method == HTTP_CONNECT
-                     ? "CONNECT is not supported"
-                     : "Protocol upgrades are not tunneled");
+    if (ws && rt.tok == NULL && wstun__http_head_get(h, "X-Token") == NULL)
+      local_answer(f, 404, NO_TUNNEL_HERE);
+    else
+      local_answer(f, h->method == HTTP_CONNECT ? 405 : 501,
+                   h->method == HTTP_CONNECT
+                       ? "CONNECT is not supported"
+                       : "Protocol upgrades are not tunneled");
     return 1;
   }
   const char *xtok = wstun__http_head_get(h, "X-Token");
   if (rt.tok != NULL) {
-    if (rt.fwd == NULL) {
-      local_answer(f, 414, "URI too long");
+    /* the Go route is ^/_token/([^/]+)(/.*): a token, then a path */
+    if (rt.toklen == 0 || rt.fwd != rt.tok + rt.toklen) {
+      local_answer(f, 400, "Missing token in URI");
       return 0;
     }
     return route_tunnel(f, h, rt.tok, rt.toklen, rt.fwd, rt.fwdlen);
   }
-  if (xtok != NULL)
-    return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
+  /* the Go server's own endpoints are never tunneled, even with X-Token;
+   * /metrics is ours, and with X-Token it is a backend's, as in Go */
   if (IS_PATH("/_health_check")) {
     local_answer(f, 200, "WSTUNSRV RUNNING\n");
     return 0;
@@ -556,6 +575,8 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     return route_stats(f, h);
   if (IS_PATH("/admin/monitoring") || IS_PATH("/admin/auditing"))
     return route_admin(f, h, plen == sizeof("/admin/auditing") - 1);
+  if (xtok != NULL)
+    return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
   if (IS_PATH("/metrics"))
     return route_metrics(f, h);
 #undef IS_PATH
@@ -685,12 +706,16 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
     f->close_after = 1;
     rc |= wstun__http_head_add(h, "Connection", "close");
   }
-  h->target_len = 0; /* our reason phrase */
+  /* the registered phrase, as the Go server relays it ("201 Created Fine"
+   * goes out as "201 Created"); an unregistered code keeps the client's */
+  if (wstun__http_reason(status)[0] != '\0')
+    h->target_len = 0;
   if (rc != 0 || f->conn == NULL ||
       wstun__http_head_write(h, wstun__conn_outbuf(f->conn)) != 0)
     return -1;
   f->state = WSTUN__EX_RESPONDING;
-  account(f, 1);
+  /* as the Go server: only 2xx and 3xx answers are completed requests */
+  account(f, status >= 200 && status < 400);
   wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
              "WS   RCV token=%s id=%04x status=%d", f->token_prefix, f->id,
              status);
@@ -743,6 +768,14 @@ static const wstun__http_parser_cbs resp_cbs = {
     .on_complete = resp_on_complete,
 };
 
+/* The tunnel client's answer is no HTTP response: 506 with an empty body,
+ * what the Go server sends; the why goes to the log. */
+static void fail_506(wstun__front *f, const char *why) {
+  wstun__log(&f->srv->log, WSTUN_LOG_WARN, "WS   RCV token=%s id=%04x: %s",
+             f->token_prefix, f->id, why);
+  wstun__front_fail(f, 506, "");
+}
+
 int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
   if (!f->resp_init) {
     wstun__http_parser_init(&f->resp, HTTP_RESPONSE, RESP_MAX_HEAD, 0,
@@ -760,10 +793,7 @@ int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
   if (rc == WSTUN__HTTP_PAUSED)
     f->resp_extra += n - used;
   if (rc == WSTUN__HTTP_ERROR) {
-    wstun__log(&f->srv->log, WSTUN_LOG_WARN,
-               "WS   RCV token=%s id=%04x: unparsable response",
-               f->token_prefix, f->id);
-    wstun__front_fail(f, 506, "Bad response from the tunnel client");
+    fail_506(f, "unparsable response");
     return -1;
   }
   return 0;
@@ -782,7 +812,7 @@ void wstun__front_resp_end(wstun__front *f, int complete) {
     return;
   if (!f->resp_init) {
     if (complete)
-      wstun__front_fail(f, 506, "Empty response from the tunnel client");
+      fail_506(f, "empty response");
     else
       wstun__front_tunnel_lost(f);
     return;
@@ -801,7 +831,7 @@ void wstun__front_resp_end(wstun__front *f, int complete) {
   }
   if (!resp_started(f)) {
     if (complete)
-      wstun__front_fail(f, 506, "Incomplete response from the tunnel client");
+      fail_506(f, "incomplete response head");
     else
       wstun__front_tunnel_lost(f);
     return;

@@ -240,69 +240,92 @@ int wstun__http_head_frame(wstun__http_head *h, int has_len, uint64_t len,
   return wstun__http_head_add(h, "Transfer-Encoding", "chunked");
 }
 
+/* The IANA HTTP Status Code Registry (RFC 9110 and the RFCs it names),
+ * typed in: llhttp's HTTP_STATUS_MAP has enum names, not phrases, and
+ * mixes in unofficial codes (419, 420, 52x, ...). 418 is "(Unused)" in
+ * the registry; it gets the phrase of RFC 2324 that everyone (Go
+ * included) sends. Unregistered codes get an empty phrase, which RFC 9112
+ * allows. */
+static const struct {
+  short code;
+  const char *phrase;
+} reasons[] = {
+    {100, "Continue"},
+    {101, "Switching Protocols"},
+    {102, "Processing"},
+    {103, "Early Hints"},
+    {200, "OK"},
+    {201, "Created"},
+    {202, "Accepted"},
+    {203, "Non-Authoritative Information"},
+    {204, "No Content"},
+    {205, "Reset Content"},
+    {206, "Partial Content"},
+    {207, "Multi-Status"},
+    {208, "Already Reported"},
+    {226, "IM Used"},
+    {300, "Multiple Choices"},
+    {301, "Moved Permanently"},
+    {302, "Found"},
+    {303, "See Other"},
+    {304, "Not Modified"},
+    {305, "Use Proxy"},
+    {307, "Temporary Redirect"},
+    {308, "Permanent Redirect"},
+    {400, "Bad Request"},
+    {401, "Unauthorized"},
+    {402, "Payment Required"},
+    {403, "Forbidden"},
+    {404, "Not Found"},
+    {405, "Method Not Allowed"},
+    {406, "Not Acceptable"},
+    {407, "Proxy Authentication Required"},
+    {408, "Request Timeout"},
+    {409, "Conflict"},
+    {410, "Gone"},
+    {411, "Length Required"},
+    {412, "Precondition Failed"},
+    {413, "Content Too Large"},
+    {414, "URI Too Long"},
+    {415, "Unsupported Media Type"},
+    {416, "Range Not Satisfiable"},
+    {417, "Expectation Failed"},
+    {418, "I'm a teapot"},
+    {421, "Misdirected Request"},
+    {422, "Unprocessable Content"},
+    {423, "Locked"},
+    {424, "Failed Dependency"},
+    {425, "Too Early"},
+    {426, "Upgrade Required"},
+    {428, "Precondition Required"},
+    {429, "Too Many Requests"},
+    {431, "Request Header Fields Too Large"},
+    {451, "Unavailable For Legal Reasons"},
+    {500, "Internal Server Error"},
+    {501, "Not Implemented"},
+    {502, "Bad Gateway"},
+    {503, "Service Unavailable"},
+    {504, "Gateway Timeout"},
+    {505, "HTTP Version Not Supported"},
+    {506, "Variant Also Negotiates"},
+    {507, "Insufficient Storage"},
+    {508, "Loop Detected"},
+    {510, "Not Extended"},
+    {511, "Network Authentication Required"},
+};
+
 const char *wstun__http_reason(int status) {
-  switch (status) {
-  case 100:
-    return "Continue";
-  case 101:
-    return "Switching Protocols";
-  case 200:
-    return "OK";
-  case 201:
-    return "Created";
-  case 202:
-    return "Accepted";
-  case 204:
-    return "No Content";
-  case 206:
-    return "Partial Content";
-  case 301:
-    return "Moved Permanently";
-  case 302:
-    return "Found";
-  case 303:
-    return "See Other";
-  case 304:
-    return "Not Modified";
-  case 307:
-    return "Temporary Redirect";
-  case 308:
-    return "Permanent Redirect";
-  case 400:
-    return "Bad Request";
-  case 401:
-    return "Unauthorized";
-  case 403:
-    return "Forbidden";
-  case 404:
-    return "Not Found";
-  case 405:
-    return "Method Not Allowed";
-  case 408:
-    return "Request Timeout";
-  case 413:
-    return "Content Too Large";
-  case 414:
-    return "URI Too Long";
-  case 426:
-    return "Upgrade Required";
-  case 429:
-    return "Too Many Requests";
-  case 431:
-    return "Request Header Fields Too Large";
-  case 500:
-    return "Internal Server Error";
-  case 502:
-    return "Bad Gateway";
-  case 503:
-    return "Service Unavailable";
-  case 504:
-    return "Gateway Timeout";
-  case 506:
-    return "Variant Also Negotiates";
-  default:
-    return "Status";
+  size_t lo = 0, hi = sizeof(reasons) / sizeof(reasons[0]);
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (reasons[mid].code == status)
+      return reasons[mid].phrase;
+    if (reasons[mid].code < status)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
+  return "";
 }
 
 int wstun__http_head_write(const wstun__http_head *h, wstun__buf *out) {

@@ -94,6 +94,8 @@ int wstun__http_write_response(wstun__buf *out, int status,
                                const char *content_type, const void *body,
                                size_t n, const char *extra_headers, int close);
 
+/* The registered reason phrase of a status code; "" for an unregistered
+ * code. Never NULL. */
 const char *wstun__http_reason(int status);
 
 /* ---- parser ------------------------------------------------------------ */

@@ -16,6 +16,15 @@
  * drops the tunnel on "8000" or more. */
 #define WSTUN__PROTO_ID_WRAP 32000
 #define WSTUN__PROTO_ID_MAX 0x7fff
+_Static_assert(WSTUN__PROTO_ID_WRAP - 1 <= WSTUN__PROTO_ID_MAX,
+               "every id must fit the Go client's int16");
+
+/* The id after `last`, as the Go server counts: (last + 1) % 32000, so the
+ * first id of a token is 0001. Below WSTUN__PROTO_ID_WRAP whatever `last`
+ * is. */
+static inline uint16_t wstun__proto_next_id(uint16_t last) {
+  return (uint16_t)((last + 1u) % WSTUN__PROTO_ID_WRAP);
+}
 
 /* Writes "%04x" (4 bytes, no NUL). */
 void wstun__proto_write_prefix(uint16_t id,

@@ -273,8 +273,7 @@ static int id_in_use(const wstun__srv_tunnel *st, uint16_t id) {
 
 static uint16_t next_id(wstun__token *tok, const wstun__srv_tunnel *st) {
   for (;;) {
-    uint16_t id = tok->next_id;
-    tok->next_id = (uint16_t)((tok->next_id + 1) % WSTUN__PROTO_ID_WRAP);
+    uint16_t id = tok->next_id = wstun__proto_next_id(tok->next_id);
     if (st->ninflight >= WSTUN__PROTO_ID_WRAP || !id_in_use(st, id))
       return id;
   }
@@ -496,28 +495,31 @@ static const wstun__tunnel_cbs srv_tunnel_cbs = {
 };
 
 /* Basic credentials must name the token and its password. */
-static int check_auth(const char *header, const char *token,
-                      const char *password) {
-  if (header == NULL || strncasecmp(header, "Basic ", 6) != 0)
-    return 0;
+/* NULL when the credentials are right, else the Go server's 401 text. */
+static const char *check_auth(const char *header, const char *token,
+                              const char *password) {
+  if (header == NULL)
+    return "Authorization required for this token";
+  if (strncasecmp(header, "Basic ", 6) != 0)
+    return "Invalid authorization type (must be Basic)";
   unsigned char *raw = NULL;
   size_t n = 0;
   const char *b64 = header + 6;
   while (*b64 == ' ')
     b64++;
   if (wstun__base64_decode(b64, &raw, &n) != 0)
-    return 0;
+    return "Invalid authorization encoding";
   const unsigned char *colon = memchr(raw, ':', n);
-  int ok = 0;
+  const char *why = "Invalid authorization format";
   if (colon != NULL) {
     size_t ulen = (size_t)(colon - raw);
     int user_ok = wstun__ct_equal(raw, ulen, token, strlen(token));
     int pw_ok =
         wstun__ct_equal(colon + 1, n - ulen - 1, password, strlen(password));
-    ok = user_ok & pw_ok;
+    why = user_ok & pw_ok ? NULL : "Invalid token or password";
   }
   wstun__free(raw);
-  return ok;
+  return why;
 }
 
 int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
@@ -527,7 +529,7 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   wstun__conn_peer(f->conn, peer, sizeof(peer));
   if (h->method != HTTP_GET) {
     srv->metrics.hs_failures[WSTUN__HS_BAD_METHOD]++;
-    wstun__front_fail(f, 400, "Only GET is allowed on the tunnel endpoint");
+    wstun__front_fail(f, 400, "Only GET requests are supported");
     return 0;
   }
   const char *token = wstun__http_head_get(h, "Origin");
@@ -544,14 +546,17 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   }
   wstun__redact(token, red);
   const wstun__password *pw = find_password(srv, token);
-  if (pw && !check_auth(wstun__http_head_get(h, "Authorization"), token,
-                        pw->password)) {
+  const char *bad = pw ? check_auth(wstun__http_head_get(h, "Authorization"),
+                                    token, pw->password)
+                       : NULL;
+  if (bad != NULL) {
     srv->metrics.hs_failures[WSTUN__HS_UNAUTHORIZED]++;
-    wstun__log(&srv->log, WSTUN_LOG_WARN,
-               "WS   refused token=%s addr=%s: bad password", red, peer);
+    wstun__log(&srv->log, WSTUN_LOG_WARN, "WS   refused token=%s addr=%s: %s",
+               red, peer, bad);
     wstun__buf *out = wstun__conn_outbuf(f->conn);
-    wstun__http_write_simple(out, 401, "Invalid token or password",
-                             "WWW-Authenticate: Basic realm=\"wstunnel\"\r\n",
+    wstun__http_write_simple(out, 401, bad,
+                             "WWW-Authenticate: Basic realm=\"wstunnel\"\r\n"
+                             "X-Content-Type-Options: nosniff\r\n",
                              1);
     wstun__front_fail(f, 0, NULL);
     return 0;
@@ -798,6 +803,40 @@ void wstun_server_close(wstun_server *srv, unsigned grace_ms,
   uv_timer_start(&srv->grace, on_grace_over, grace_ms, 0);
 }
 
+/* The listen address: an IP address, or a host name as the Go server
+ * takes (-host localhost), resolved here once, synchronously, the first
+ * IPv4 address preferred as Go's net.Listen does. */
+static int listen_addr(uv_loop_t *loop, const char *host, int port,
+                       struct sockaddr_storage *out) {
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0 ||
+      uv_ip6_addr(host, port, (struct sockaddr_in6 *)out) == 0)
+    return 0;
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  uv_getaddrinfo_t req;
+  if (uv_getaddrinfo(loop, &req, NULL, host, NULL, &hints) != 0)
+    return WSTUN_EINVAL;
+  const struct addrinfo *pick = NULL;
+  for (const struct addrinfo *ai = req.addrinfo; ai; ai = ai->ai_next)
+    if ((ai->ai_family == AF_INET &&
+         (pick == NULL || pick->ai_family != AF_INET)) ||
+        (ai->ai_family == AF_INET6 && pick == NULL))
+      pick = ai;
+  int rc = WSTUN_EINVAL;
+  if (pick != NULL && pick->ai_addrlen <= sizeof(*out)) {
+    memcpy(out, pick->ai_addr, pick->ai_addrlen);
+    if (pick->ai_family == AF_INET)
+      ((struct sockaddr_in *)out)->sin_port = htons((uint16_t)port);
+    else
+      ((struct sockaddr_in6 *)out)->sin6_port = htons((uint16_t)port);
+    rc = 0;
+  }
+  uv_freeaddrinfo(req.addrinfo);
+  return rc;
+}
+
 int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
                        wstun_server **out) {
   if (loop == NULL || cfg == NULL || out == NULL || cfg->port < 0 ||
@@ -889,8 +928,7 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
 
   struct sockaddr_storage addr;
   const char *host = cfg->host && *cfg->host ? cfg->host : "0.0.0.0";
-  if (uv_ip4_addr(host, cfg->port, (struct sockaddr_in *)&addr) != 0 &&
-      uv_ip6_addr(host, cfg->port, (struct sockaddr_in6 *)&addr) != 0) {
+  if (listen_addr(loop, host, cfg->port, &addr) != 0) {
     rc = WSTUN_EINVAL;
     goto fail_rng;
   }
@@ -922,7 +960,12 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   uv_timer_init(loop, &srv->grace);
   srv->grace.data = srv;
   srv->handles_open = 3;
-  wstun__log(&srv->log, WSTUN_LOG_INFO, "listening on %s:%d%s", host, srv->port,
+  char ip[64] = "";
+  if (bound.ss_family == AF_INET6)
+    uv_ip6_name((struct sockaddr_in6 *)&bound, ip, sizeof(ip));
+  else
+    uv_ip4_name((struct sockaddr_in *)&bound, ip, sizeof(ip));
+  wstun__log(&srv->log, WSTUN_LOG_INFO, "listening on %s:%d%s", ip, srv->port,
              srv->tls ? " (TLS)" : "");
   *out = srv;
   return 0;

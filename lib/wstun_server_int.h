@@ -50,6 +50,7 @@ struct wstun__token {
   wstun__front *q_head, *q_tail; /* exchanges waiting for a tunnel */
   size_t nqueued;
   uint64_t last_seen; /* ms: last connect or disconnect */
+  /* the last request id given (Go's lastID), so the first one is 1 */
   uint16_t next_id;
   unsigned rr; /* round-robin cursor */
   /* for /admin/auditing */

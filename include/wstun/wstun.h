@@ -110,7 +110,8 @@ WSTUN_EXTERN int wstun_log_level_parse(const char *name);
 typedef struct wstun_server wstun_server;
 
 typedef struct wstun_server_config {
-  const char *host;            /* listen address; default "0.0.0.0" */
+  const char *host;            /* listen address or host name (resolved at
+                                  start, blocking); default "0.0.0.0" */
   int port;                    /* default 80; 0 picks a free port */
   const char *base_path;       /* prefix of every endpoint; default "" */
   const char *passwords;       /* "token:password,token2:pw2"; NULL = none */

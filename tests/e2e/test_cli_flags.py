@@ -92,6 +92,21 @@ class ServerFlags(Common):
             return len(srv.err_lines)
         self.assertLess(run_with("error"), run_with("debug"))
 
+    def test_host_name(self):
+        """-host takes a host name, as the Go server's does."""
+        srv = self.server("-host", "localhost")  # the last -host wins
+        self.assertEqual(get(srv.port, "/_health_check").status, 200)
+        self.assertUsageError([SRV_BIN, "-host", "no-such-host.invalid", "-port", "0"], "host")
+
+    def test_go_only_flags_accepted(self):
+        """Go command lines run unchanged: -robowhois and -log-pretty are
+        accepted (and ignored)."""
+        srv = self.server("-robowhois", "0123456789abcdef", "-log-pretty")
+        self.assertEqual(get(srv.port, "/_health_check").status, 200)
+        self.assertIn("-robowhois ignored", srv.stderr_text())
+        srv = self.server("-log-pretty=false")
+        self.assertEqual(get(srv.port, "/_health_check").status, 200)
+
     def test_port_in_use(self):
         srv = self.server()
         rc, out, err = run([SRV_BIN, "-host", "127.0.0.1", "-port", str(srv.port)], timeout=10)
@@ -175,6 +190,12 @@ class CompatEntryPoint(Common):
         rc, out, err = run([WSTUNNEL_BIN, "--help"])
         self.assertEqual(rc, 0)
         self.assertIn("wstunnel cli", out)
+
+    def test_version_subcommand(self):
+        for arg in ("version", "-version", "--version"):
+            rc, out, err = run([WSTUNNEL_BIN, arg])
+            self.assertEqual(rc, 0, (arg, err))
+            self.assertRegex(out, r"\d+\.\d+\.\d+", arg)
 
     def test_bad_flag_names_it(self):
         self.assertUsageError([WSTUNNEL_BIN, "srv", "-nope"], "nope")

@@ -29,6 +29,47 @@ class ServerErrors(E2ETestCase):
         self.assertStatus(r, 404)
         self.assertBody(r, "Tunnel not found (or not seen in a long time)")
 
+    def test_token_without_path_400(self):
+        """Go's route is ^/_token/([^/]+)(/.*): without a path after the
+        token (or without a token) it answers 400 and forwards nothing,
+        whatever X-Token says."""
+        srv, cli, be, tok = self.tunnel()
+        for path in ("/_token/%s" % tok, "/_token/%s?a=1" % tok, "/_token/",
+                     "/_token/?x=/y", "/_token//echo"):
+            for hdrs in ({}, {"X-Token": tok}):
+                r = get(srv.port, path, headers=hdrs)
+                self.assertStatus(r, 400)
+                self.assertBody(r, "Missing token in URI")
+                self.assertEqual(r.header("X-Content-Type-Options"), "nosniff")
+        self.assertEqual(be.count(), 0, "a request without a path was forwarded")
+        self.assertStatus(get(srv.port, "/_token/%s/" % tok), 200)
+
+    def test_server_endpoints_are_never_tunneled(self):
+        """As the Go server: /_health_check, /_stats and /admin/... answer
+        themselves even with X-Token; any other path with X-Token (our
+        /metrics included, as Go has none) goes down the tunnel."""
+        srv, cli, be, tok = self.tunnel()
+        hdrs = {"X-Token": tok}
+        self.assertEqual(get(srv.port, "/_health_check", headers=hdrs).body,
+                         b"WSTUNSRV RUNNING\n")
+        self.assertTrue(get(srv.port, "/_stats", headers=hdrs).text.startswith("tunnels=1\n"))
+        self.assertIn("errored_requests",
+                      get(srv.port, "/admin/monitoring", headers=hdrs).json())
+        self.assertIn("tunnels", get(srv.port, "/admin/auditing", headers=hdrs).json())
+        self.assertEqual(be.count(), 0)
+        r = get(srv.port, "/metrics", headers=hdrs)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["path"], "/metrics")
+        self.assertEqual(be.count(), 1)
+
+    def test_outside_base_path_404(self):
+        srv = self.server(base_path="/wst")
+        for path in ("/", "/x", "/wstx/_health_check", "/_token/%s/x" % make_token()):
+            r = get(srv.port, path)
+            self.assertStatus(r, 404)
+            self.assertEqual(r.body, b"404 page not found\n")  # Go's ServeMux text
+        self.assertStatus(get(srv.port, "/wst/_health_check"), 200)
+
     def test_malformed_request_400(self):
         srv = self.server()
         for junk in (b"GARBAGE\r\n\r\n",

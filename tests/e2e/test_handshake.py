@@ -45,6 +45,7 @@ class ServerHandshake(E2ETestCase):
         hs = ws_connect(srv.port, make_token(), method="POST",
                         extra_headers=[("Content-Length", "0")])
         self.assertEqual(hs.status, 400)
+        self.assertEqual(hs.body, b"Only GET requests are supported")  # Go's text
         self.assertTrue(wait_tunnels(srv, 0))
 
     def test_missing_origin_is_400(self):
@@ -70,17 +71,21 @@ class ServerHandshake(E2ETestCase):
     def test_password_required(self):
         tok = make_token()
         srv = self.server("-passwords", "%s:s3cret,%s:other" % (tok, make_token()))
-        cases = [
-            [],
-            [("Authorization", "Bearer s3cret")],
-            [("Authorization", "Basic !!!not-base64!!!")],
-            [("Authorization", basic_auth(tok, "wrong"))],
-            [("Authorization", basic_auth(tok, "s3cre"))],
-            [("Authorization", basic_auth(tok, "s3cret-and-more"))],
+        bad = "Invalid token or password"
+        cases = [  # with the Go server's texts
+            ([], "Authorization required for this token"),
+            ([("Authorization", "Bearer s3cret")], "Invalid authorization type (must be Basic)"),
+            ([("Authorization", "Basic !!!not-base64!!!")], "Invalid authorization encoding"),
+            ([("Authorization", "Basic " + base64.b64encode(b"no-colon").decode())],
+             "Invalid authorization format"),
+            ([("Authorization", basic_auth(tok, "wrong"))], bad),
+            ([("Authorization", basic_auth(tok, "s3cre"))], bad),
+            ([("Authorization", basic_auth(tok, "s3cret-and-more"))], bad),
+            ([("Authorization", basic_auth(tok + "x", "s3cret"))], bad),
         ]
-        for extra in cases:
+        for extra, text in cases:
             hs = ws_connect(srv.port, tok, extra_headers=extra)
-            self.assertEqual(hs.status, 401, extra)
+            self.assertEqual((hs.status, hs.body), (401, text.encode()), extra)
             self.assertEqual(hs.header("WWW-Authenticate"), 'Basic realm="wstunnel"', extra)
         self.assertTrue(wait_tunnels(srv, 0))
         hs = ws_connect(srv.port, tok, extra_headers=[("Authorization", basic_auth(tok, "s3cret"))])
@@ -171,6 +176,19 @@ class ServerHandshake(E2ETestCase):
         self.addCleanup(lambda: hs.ws and hs.ws.close())
         self.assertEqual(hs.status, 101)
         self.assertTrue(wait_tunnels(srv, 1))
+
+    def test_wrong_base_path_gets_404_with_a_hint(self):
+        """A tunnel client dialing the wrong base path is told so, not
+        given a 501 or a bare 404; the connection ends after the answer."""
+        hint = b"no tunnel endpoint here: check the base path"
+        for base, path in (("/wst", "/_tunnel"), ("/wst", "/other/_tunnel"),
+                           ("", "/wst/_tunnel"), ("/wst", "/wst/wst/_tunnel")):
+            srv = self.server(base_path=base)
+            hs = ws_connect(srv.port, make_token(), path=path)
+            self.addCleanup(lambda: hs.ws and hs.ws.close())
+            self.assertEqual((hs.status, hs.body), (404, hint), (base, path))
+            self.assertEqual(hs.reason, "Not Found")
+            self.assertTrue(wait_tunnels(srv, 0))
 
 
 class ClientAuth(E2ETestCase):

@@ -38,38 +38,64 @@ class Stats(E2ETestCase):
         self.assertEqual(doc["tunnels"][tok]["remote_name"], name)
 
     def test_local_view_exact_format(self):
+        """The Go server's local view: per-token client counts only with a
+        client limit, tun_dns and client_version only when known, then a
+        blank line, req_pending and dead_tunnels. total_clients is there
+        always (the Go server has it only with a limit)."""
         srv, cli, be, tok = self.tunnel()
         text = get(srv.port, "/_stats").text
+        name = self.local_name()
         rx = (r"\Atunnels=1\n"
               r"max_requests_per_tunnel=20\n"
               r"max_clients_per_token=0\n"
-              r"token_clients_%s\.\.\.=1\n"
               r"total_clients=1\n"
               r"\n"
               r"tunnel00_token=%s\.\.\.\n"
               r"tunnel00_req_pending=0\n"
               r"tunnel00_tun_addr=127\.0\.0\.1:\d+\n"
-              r"tunnel00_tun_dns=(?:%s)?\n"
+              r"%s"
               r"tunnel00_client_version=wstun \d+\.\d+\.\d+\n"
-              r"tunnel00_idle_secs=\d+\.\d\n\Z") % (re.escape(tok[:8]), re.escape(tok[:8]),
-                                            re.escape(self.local_name()))
+              r"tunnel00_idle_secs=\d+\.\d\n"
+              r"\n"
+              r"req_pending=0\n"
+              r"dead_tunnels=0\n\Z") % (re.escape(tok[:8]),
+                                        "(?:tunnel00_tun_dns=%s\n)?" % re.escape(name)
+                                        if name else "")
         self.assertRegex(text, rx)
         self.assertNotIn(tok, text, "a full token must never be shown")
+
+    def test_local_view_with_client_limit(self):
+        srv, cli, be, tok = self.tunnel("-max-clients-per-token", "3")
+        text = get(srv.port, "/_stats").text
+        self.assertRegex(text, r"\Atunnels=1\nmax_requests_per_tunnel=20\n"
+                               r"max_clients_per_token=3\ntoken_clients_%s\.\.\.=1\n"
+                               r"total_clients=1\n\ntunnel00_token=" % re.escape(tok[:8]))
 
     def test_forwarded_for_is_not_believed_by_default(self):
         srv, cli, be, tok = self.tunnel()
         text = get(srv.port, "/_stats", headers={"X-Forwarded-For": REMOTE}).text
-        self.assertIn("total_clients=1", text)
+        self.assertIn("tunnel00_token=", text)
 
     def test_remote_view_through_trusted_proxy(self):
+        """Others get the Go server's short view (without the per-token
+        counts: token prefixes are for this host only)."""
         srv, cli, be, tok = self.tunnel("-trusted-proxies", "127.0.0.1/32")
+        want = ("tunnels=1\nmax_requests_per_tunnel=20\nmax_clients_per_token=0\n"
+                "More stats available when called from localhost...\n")
         text = get(srv.port, "/_stats", headers={"X-Forwarded-For": REMOTE}).text
-        self.assertEqual(text, "tunnels=1\n")
+        self.assertEqual(text, want)
         # a forged local address from the outside changes nothing: the last
         # hop (what the trusted proxy saw) decides
         text = get(srv.port, "/_stats",
                    headers={"X-Forwarded-For": "127.0.0.1, " + REMOTE}).text
-        self.assertEqual(text, "tunnels=1\n")
+        self.assertEqual(text, want)
+        srv, cli, be, tok = self.tunnel("-trusted-proxies", "127.0.0.1/32",
+                                        "-max-clients-per-token", "2")
+        text = get(srv.port, "/_stats", headers={"X-Forwarded-For": REMOTE}).text
+        self.assertEqual(text, "tunnels=1\nmax_requests_per_tunnel=20\nmax_clients_per_token=2\n"
+                               "total_clients=1\n"
+                               "More stats available when called from localhost...\n")
+        self.assertNotIn(tok[:8], text)
 
 
 class AdminAccess(E2ETestCase):

@@ -139,6 +139,18 @@ class ServerWire(E2ETestCase):
         r2 = read_response(f)
         self.assertEqual(r2.body, b"second")
 
+    def test_ids_count_from_0001(self):
+        """As the Go server: a token's first request id is 0001, then the
+        count goes up (it wraps below 32000: wstun_proto_test)."""
+        ids = []
+        for i in range(3):
+            bg = self.fetch("/n%d" % i)
+            rid, *_ = self.tun.next_request()
+            ids.append(rid)
+            self.tun.respond(rid, b"HTTP/1.1 204 No Content\r\n\r\n")
+            self.assertEqual(bg.result(10).status, 204)
+        self.assertEqual(ids, ["0001", "0002", "0003"])
+
     def test_unknown_id_is_dropped(self):
         bg = self.fetch("/x")
         rid, *_ = self.tun.next_request()
@@ -202,6 +214,60 @@ class ServerWire(E2ETestCase):
         self.tun.respond(rid, b"this is not HTTP at all\r\n\r\n")
         r = bg.result(10)
         self.assertStatus(r, 506)
+
+    def test_506_is_the_go_answer(self):
+        """Garbage, an empty message and a cut head all get what the Go
+        server sends: 506 Variant Also Negotiates, empty body, nosniff; the
+        tunnel stays up for the next request."""
+        for i, bad in enumerate((b"this is not HTTP at all\r\n\r\n", b"",
+                                 b"HTTP/1.1 200 OK\r\nFoo: b")):
+            bg = self.fetch("/bad%d" % i)
+            rid, *_ = self.tun.next_request()
+            self.tun.respond(rid, bad)
+            r = bg.result(10)
+            self.assertStatus(r, 506)
+            self.assertEqual(r.reason, "Variant Also Negotiates")
+            self.assertEqual(r.body, b"", "a 506 has an empty body (%r)" % bad)
+            self.assertEqual(r.header("Content-Type"), "text/plain; charset=utf-8")
+            self.assertEqual(r.header("X-Content-Type-Options"), "nosniff")
+        bg = self.fetch("/good")
+        rid, *_ = self.tun.next_request()
+        self.tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(bg.result(10).body, b"ok")
+
+    def test_reason_phrase_is_the_registered_one(self):
+        """As the Go server: the status line carries the registered phrase
+        whatever the tunnel client wrote; an unregistered code keeps its."""
+        for line, want in ((b"201 Created Fine", "Created"), (b"409 Whatever", "Conflict"),
+                           (b"418 Teapot", "I'm a teapot"),
+                           (b"422 Unprocessable Entity", "Unprocessable Content"),
+                           (b"501 x", "Not Implemented"), (b"599 Custom", "Custom")):
+            bg = self.fetch("/st")
+            rid, *_ = self.tun.next_request()
+            self.tun.respond(rid, b"HTTP/1.1 " + line + b"\r\nContent-Length: 2\r\n\r\nok")
+            r = bg.result(10)
+            self.assertEqual((r.status, r.reason), (int(line[:3]), want))
+            self.assertEqual(r.body, b"ok")
+
+    def test_errored_requests_count_client_errors(self):
+        """/admin/monitoring as the Go server counts: a 2xx/3xx answer is
+        completed, a 4xx/5xx from the tunnel client (its 502 when the
+        backend is down, ...) or a 506 is errored, and so is an unknown
+        token's 404."""
+        m0 = get(self.srv.port, "/admin/monitoring").json()
+        for status in (b"200 OK", b"302 Found", b"502 Bad Gateway", b"404 Not Found"):
+            bg = self.fetch("/m")
+            rid, *_ = self.tun.next_request()
+            self.tun.respond(rid, b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+            self.assertEqual(bg.result(10).status, int(status[:3]))
+        bg = self.fetch("/m")
+        rid, *_ = self.tun.next_request()
+        self.tun.respond(rid, b"junk")
+        self.assertEqual(bg.result(10).status, 506)
+        self.assertEqual(get(self.srv.port, "/_token/%s/x" % make_token()).status, 404)
+        m1 = get(self.srv.port, "/admin/monitoring").json()
+        self.assertEqual(m1["completed_requests"] - m0["completed_requests"], 2, m1)
+        self.assertEqual(m1["errored_requests"] - m0["errored_requests"], 4, m1)
 
     def test_large_fragmented_response(self):
         bg = self.fetch("/large")

@@ -1,8 +1,9 @@
 /* The -passwords option ("tok:pw,tok2:pw2") is parsed by a static function
  * of wstun_server.c (parse_passwords); the only way in is
  * wstun_server_start, which parses the passwords and the base path before
- * it touches the network. With a listen address that is not an IP address
- * the start always fails after parsing (nothing is bound), so this target
+ * it touches the network. With a listen address that is neither an IP
+ * address nor a name that resolves (".invalid" never does, RFC 6761) the
+ * start always fails after parsing (nothing is bound), so this target
  * checks the parser for memory errors and leaks (ASan/LSan) and that it
  * accepts exactly what a reference reading of the syntax accepts.
  *

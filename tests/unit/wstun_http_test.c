@@ -1142,7 +1142,7 @@ TEST(head_write_response) {
   h.status = 404;
   head_bytes_eq(&h, "HTTP/1.1 404 Not Found\r\n\r\n");
   h.status = 599;
-  head_bytes_eq(&h, "HTTP/1.1 599 Status\r\n\r\n");
+  head_bytes_eq(&h, "HTTP/1.1 599 \r\n\r\n"); /* no registered phrase */
   h.status = 200;
   CHECK_EQ_INT(wstun__http_head_add(&h, "Content-Length", "0"), 0);
   head_bytes_eq(&h, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
@@ -1172,7 +1172,18 @@ TEST(reasons) {
   CHECK_EQ_STR(wstun__http_reason(502), "Bad Gateway");
   CHECK_EQ_STR(wstun__http_reason(504), "Gateway Timeout");
   CHECK_EQ_STR(wstun__http_reason(506), "Variant Also Negotiates");
-  CHECK_EQ_STR(wstun__http_reason(299), "Status");
+  CHECK_EQ_STR(wstun__http_reason(409), "Conflict");
+  CHECK_EQ_STR(wstun__http_reason(418), "I'm a teapot");
+  CHECK_EQ_STR(wstun__http_reason(422), "Unprocessable Content");
+  CHECK_EQ_STR(wstun__http_reason(501), "Not Implemented");
+  CHECK_EQ_STR(wstun__http_reason(100), "Continue");
+  CHECK_EQ_STR(wstun__http_reason(511), "Network Authentication Required");
+  /* unregistered: an empty phrase (RFC 9112), never a made-up word */
+  CHECK_EQ_STR(wstun__http_reason(299), "");
+  CHECK_EQ_STR(wstun__http_reason(0), "");
+  CHECK_EQ_STR(wstun__http_reason(999), "");
+  for (int s = 0; s < 1000; s++)
+    CHECK(strcmp(wstun__http_reason(s), "Status") != 0);
 }
 
 static void build(wstun__http_head *h, const char *const *nv) {

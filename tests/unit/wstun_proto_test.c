@@ -176,12 +176,37 @@ TEST(every_id_round_trips) {
   CHECK_EQ_INT(bad_bytes, 0);
 }
 
+/* The server's id counter (wstun_server.c next_id) steps with
+ * wstun__proto_next_id: from any start, more than two full wraps never
+ * yield an id the Go client's int16 cannot hold. */
+TEST(ids_wrap_below_0x8000) {
+  CHECK_EQ_INT(wstun__proto_next_id(0), 1); /* Go's first id is 0001 */
+  CHECK_EQ_INT(wstun__proto_next_id(31998), 31999);
+  CHECK_EQ_INT(wstun__proto_next_id(31999), 0);
+  static const uint16_t starts[] = {0, 31999, 0x7fff, 0x8000, 0xffff};
+  for (size_t s = 0; s < TEST_COUNT(starts); s++) {
+    uint16_t id = starts[s];
+    int over = 0, wraps = 0;
+    for (int i = 0; i < 70000; i++) {
+      uint16_t next = wstun__proto_next_id(id);
+      over += next > WSTUN__PROTO_ID_MAX;
+      wraps += next < id;
+      id = next;
+    }
+    CHECK_EQ_INT(over, 0);
+    CHECK(wraps >= 2);
+  }
+  uint8_t out[WSTUN__PROTO_PREFIX_LEN];
+  wstun__proto_write_prefix(31999, out);
+  CHECK_MEM(out, "7cff", 4);
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {
-      T(prefix_golden_bytes),  T(message_golden_bytes),
-      T(decode_whole_and_bytewise),
-      T(decode_in_two_pieces), T(decode_empty_feed),
-      T(decode_rejects),       T(every_id_round_trips),
+      T(prefix_golden_bytes),       T(message_golden_bytes),
+      T(decode_whole_and_bytewise), T(decode_in_two_pieces),
+      T(decode_empty_feed),         T(decode_rejects),
+      T(every_id_round_trips),      T(ids_wrap_below_0x8000),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }
