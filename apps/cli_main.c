@@ -183,6 +183,17 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
     app_log_shutdown();
     return APP_EXIT_USAGE;
   }
+  /* as the Go client's Start(): a client that may send requests nowhere
+   * would answer 403 to every one of them */
+  if ((cfg.server_url == NULL || *cfg.server_url == '\0') &&
+      (cfg.regexp == NULL || *cfg.regexp == '\0')) {
+    fprintf(stderr,
+            "%s: flag -server or -regexp: required (the backend "
+            "http[s]://host:port, or the X-Host values allowed)\n",
+            prog);
+    app_log_shutdown();
+    return APP_EXIT_USAGE;
+  }
   /* -token tok:password; else the password may come from the environment,
    * which keeps it out of the process list */
   char *tok = strdup(token);

@@ -141,6 +141,27 @@ class ClientFlags(Common):
     def test_missing_value(self):
         self.assertUsageError([CLI_BIN, "-tunnel", "ws://127.0.0.1:1", "-token"], "token")
 
+    def test_needs_server_or_regexp(self):
+        # the Go client refuses to start without either ("must specify
+        # internal server or server or regexp"); so do we, exit 2, one line
+        argv = [CLI_BIN, "-tunnel", "ws://127.0.0.1:1", "-token", make_token()]
+        for extra in ([], ["-server", ""], ["-regexp", ""]):
+            with self.subTest(extra=extra):
+                try:
+                    rc, out, err = run(argv + extra, timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.fail("wstuncli %s started without -server or -regexp" % extra)
+                self.assertEqual(rc, 2, err)
+                lines = [ln for ln in err.splitlines() if ln.strip()]
+                self.assertEqual(len(lines), 1, err)
+                self.assertIn("-server", lines[0])
+                self.assertIn("-regexp", lines[0])
+        # either one is enough
+        for extra in (["-server", "http://127.0.0.1:1"], ["-regexp", "http://x:1"]):
+            with self.subTest(extra=extra):
+                with self.assertRaises(subprocess.TimeoutExpired):
+                    run(argv + extra, timeout=1.5)
+
     def test_double_dash_flags(self):
         from harness import wait_tunnels, Proc, CLI_BIN as CB
         be = self.backend()
