@@ -495,7 +495,14 @@ static void cli_tunnel_freed(void *owner) {
   wstun__client_release(cli);
 }
 
+static void cli_tunnel_pong(wstun__tunnel *t) {
+  wstun_client *cli = t->owner;
+  if (cli->pong_cb)
+    cli->pong_cb(cli, cli->state_ud);
+}
+
 static const wstun__tunnel_cbs cli_tunnel_cbs = {
+    .on_pong = cli_tunnel_pong,
     .on_msg_begin = cli_msg_begin,
     .on_msg_data = cli_msg_data,
     .on_msg_end = cli_msg_end,
@@ -1224,6 +1231,7 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   cli->handler = cfg->handler;
   cli->handler_ud = cfg->handler_user_data;
   cli->state_cb = cfg->state_cb;
+  cli->pong_cb = cfg->pong_cb;
   cli->state_ud = cfg->state_user_data;
   return 0;
 }
