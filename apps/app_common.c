@@ -42,10 +42,14 @@ static void set_value(const char *prog, app_flag *f, const char *v) {
   case FLAG_STR:
     *(const char **)f->dst = v;
     return;
-  case FLAG_BOOL:
-    if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+  case FLAG_BOOL: /* the spellings Go's strconv.ParseBool takes */
+    if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0 ||
+        strcmp(v, "t") == 0 || strcmp(v, "T") == 0 ||
+        strcmp(v, "TRUE") == 0 || strcmp(v, "True") == 0)
       *(int *)f->dst = 1;
-    else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
+    else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0 ||
+             strcmp(v, "f") == 0 || strcmp(v, "F") == 0 ||
+             strcmp(v, "FALSE") == 0 || strcmp(v, "False") == 0)
       *(int *)f->dst = 0;
     else
       die(prog, f->name, "expects true or false");

@@ -25,6 +25,7 @@ typedef struct cli_app {
   time_t since;           /* when it entered that state */
   const char *last_error; /* wstun_strerror() of the last error, or "" */
   int started;            /* wstun_client_start() returned: write on changes */
+  time_t last_pong;       /* 0 before the first */
 } cli_app;
 
 /* The tunnel URL as the status file shows it: without "user:pass@", and
@@ -60,18 +61,32 @@ static const char *state_name(int s) {
 }
 
 /* Rewrites the status file atomically (temp file + rename). Returns 0 or
- * an errno value. */
+ * an errno value. The first two lines are the Go client's, written once a
+ * pong came (its file is empty before): "Unix: <epoch>" and "Time: <RFC
+ * 3339>" of the last pong, so monitoring made for it keeps working. */
 static int status_write(const cli_app *app) {
-  char since[40];
+  char since[40], pong[80] = "";
   app_rfc3339(app->since, since, sizeof(since));
-  size_t need = strlen(app->server) + strlen(app->last_error) + 160;
+  if (app->last_pong) {
+    char t[40];
+    app_rfc3339(app->last_pong, t, sizeof(t));
+    snprintf(pong, sizeof(pong), "Unix: %lld\nTime: %s\n",
+             (long long)app->last_pong, t);
+  }
+  char mem[80] = "";
+  uint64_t bytes, blocks;
+  if (wstun_memory_in_use(&bytes, &blocks) == 0)
+    snprintf(mem, sizeof(mem), "memory_bytes=%llu\nmemory_blocks=%llu\n",
+             (unsigned long long)bytes, (unsigned long long)blocks);
+  size_t need = strlen(app->server) + strlen(app->last_error) + 400;
   char *text = malloc(need);
   if (text == NULL)
     return ENOMEM;
-  int n = snprintf(text, need,
-                   "state=%s\nserver=%s\nsince=%s\nlast_error=%s\npid=%ld\n",
-                   state_name(app->state), app->server, since, app->last_error,
-                   (long)getpid());
+  int n = snprintf(
+      text, need,
+      "%sstate=%s\nserver=%s\nsince=%s\nlast_error=%s\npid=%ld\n%s", pong,
+      state_name(app->state), app->server, since, app->last_error,
+      (long)getpid(), mem);
   int err = app_write_file_atomic(app->statusfile, text, (size_t)n);
   free(text);
   return err;
@@ -89,6 +104,18 @@ static void on_state(wstun_client *cli, wstun_client_state state, int err,
     app->last_error = wstun_strerror(err);
   if (!app->started)
     return; /* written once wstun_client_start() returns */
+  int werr = status_write(app);
+  if (werr)
+    app_logf(WSTUN_LOG_WARN, "cannot write status file %s: %s", app->statusfile,
+             strerror(werr));
+}
+
+static void on_pong(wstun_client *cli, void *ud) {
+  cli_app *app = ud;
+  (void)cli;
+  app->last_pong = time(NULL);
+  if (!app->started)
+    return;
   int werr = status_write(app);
   if (werr)
     app_logf(WSTUN_LOG_WARN, "cannot write status file %s: %s", app->statusfile,
@@ -128,20 +155,24 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   wstun_client_config cfg;
   wstun_client_config_init(&cfg);
   const char *token = NULL, *log_level = "info", *statusfile = NULL;
+  int log_pretty = 0;
   app_ops ops = {0};
   app_flag flags[] = {
       {"tunnel", FLAG_STR, &cfg.tunnel_url, "URL",
        "server to dial: ws[s]://[user:pass@]host[:port][/base]", 0, -1},
       {"server", FLAG_STR, &cfg.server_url, "URL",
-       "backend for requests without X-Host: http[s]://host[:port]", 0, -1},
+       "backend for requests without X-Host: http[s]://host[:port][/prefix]",
+       0, -1},
       {"token", FLAG_STR, &token, "TOKEN[:PASSWORD]",
        "rendez-vous token (>= 16 chars); password also from $WSTUNNEL_PASSWORD",
        0, -1},
       {"regexp", FLAG_STR, &cfg.regexp, "RE",
-       "X-Host values allowed (full match on scheme://host[:port])", 0, -1},
+       "X-Host values allowed (full match on scheme://host[:port][/prefix])",
+       0, -1},
       {"timeout", FLAG_INT, &cfg.timeout_sec, "S",
-       "ping every S/3 s, reconnect after S s without answer (default 30)", 3,
-       86400},
+       "ping every S/3 s, reconnect after S s without answer (default 30; "
+       "3..86400, others are clamped)",
+       0, -1},
       {"client-ports", FLAG_STR, &cfg.client_ports, "LIST",
        "local source ports for the tunnel, e.g. 8000..8100,8300 (first free)",
        0, -1},
@@ -157,6 +188,10 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
        0, -1},
       {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug",
        0, -1},
+      {"log-pretty", FLAG_BOOL, &log_pretty, NULL,
+       "human-readable log lines (Go wstunnel's flag; text is the default, "
+       "this overrides -log-format json)",
+       0, 1},
       APP_OPS_FLAGS(ops),
       {"statusfile", FLAG_STR, &statusfile, "FILE",
        "keep state, server, since, last_error, pid in FILE; removed at exit", 0,
@@ -171,8 +206,16 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
     fprintf(stderr, "%s: flag -statusfile: must not be empty\n", prog);
     return APP_EXIT_USAGE;
   }
+  if (log_pretty)
+    ops.log_format = "text";
   app_log_setup(prog, "wstuncli", &ops);
   cfg.log_cb = app_log;
+  /* the Go client clamps -timeout (to 3..600) rather than refusing it */
+  int asked = cfg.timeout_sec;
+  cfg.timeout_sec = asked < 3 ? 3 : asked > 86400 ? 86400 : asked;
+  if (cfg.timeout_sec != asked)
+    app_logf(WSTUN_LOG_WARN, "-timeout %d is out of range: using %d", asked,
+             cfg.timeout_sec);
   if (cfg.tunnel_url == NULL) {
     fprintf(stderr, "%s: flag -tunnel: required (ws://host:port)\n", prog);
     app_log_shutdown();
@@ -180,6 +223,17 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   }
   if (token == NULL) {
     fprintf(stderr, "%s: flag -token: required\n", prog);
+    app_log_shutdown();
+    return APP_EXIT_USAGE;
+  }
+  /* as the Go client's Start(): a client that may send requests nowhere
+   * would answer 403 to every one of them */
+  if ((cfg.server_url == NULL || *cfg.server_url == '\0') &&
+      (cfg.regexp == NULL || *cfg.regexp == '\0')) {
+    fprintf(stderr,
+            "%s: flag -server or -regexp: required (the backend "
+            "http[s]://host:port, or the X-Host values allowed)\n",
+            prog);
     app_log_shutdown();
     return APP_EXIT_USAGE;
   }
@@ -230,6 +284,7 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       return 1;
     }
     cfg.state_cb = on_state;
+    cfg.pong_cb = on_pong;
     cfg.state_user_data = &app;
   }
   uv_loop_t *loop = uv_default_loop();

@@ -235,8 +235,10 @@ static void host_header(const wstun__url *u, char *out, size_t n) {
 }
 
 /* X-Host: allowed only with -regexp, matched in full against the parsed
- * scheme://host[:port] (never the raw text, which could hide another host
- * behind userinfo or a path). Returns 0 and fills *u, or answers. */
+ * scheme://host[:port] followed by the path as written (never the raw
+ * text, which could hide another host behind userinfo). As in the Go
+ * client, a path is then a prefix of the request's path; a lone "/" is
+ * none. Returns 0 and fills *u, or answers. */
 static int check_xhost(wstun_request *req, const char *xhost, wstun__url *u) {
   wstun_client *cli = req->cli;
   char msg[512];
@@ -248,18 +250,24 @@ static int check_xhost(wstun_request *req, const char *xhost, wstun__url *u) {
   }
   int ok =
       wstun__url_parse(xhost, u) == 0 && u->userinfo == NULL &&
-      (strcmp(u->scheme, "http") == 0 || strcmp(u->scheme, "https") == 0) &&
-      (u->path[0] == '\0' || strcmp(u->path, "/") == 0);
+      (strcmp(u->scheme, "http") == 0 || strcmp(u->scheme, "https") == 0);
   if (ok) {
-    char canon[600];
+    const char *path = strcmp(u->path, "/") == 0 ? "" : u->path;
     int v6 = strchr(u->host, ':') != NULL;
+    size_t n = strlen(u->scheme) + strlen(u->host) + strlen(path) + 16;
+    char *canon = wstun__malloc(n);
+    if (canon == NULL) {
+      wstun__url_free(u);
+      return -2;
+    }
     if (u->port_given)
-      snprintf(canon, sizeof(canon), "%s://%s%s%s:%d", u->scheme, v6 ? "[" : "",
-               u->host, v6 ? "]" : "", u->port);
+      snprintf(canon, n, "%s://%s%s%s:%d%s", u->scheme, v6 ? "[" : "", u->host,
+               v6 ? "]" : "", u->port, path);
     else
-      snprintf(canon, sizeof(canon), "%s://%s%s%s", u->scheme, v6 ? "[" : "",
-               u->host, v6 ? "]" : "");
+      snprintf(canon, n, "%s://%s%s%s%s", u->scheme, v6 ? "[" : "", u->host,
+               v6 ? "]" : "", path);
     ok = regexec(&cli->re, canon, 0, NULL, 0) == 0;
+    wstun__free(canon);
   }
   if (!ok) {
     wstun__url_free(u);
@@ -270,6 +278,28 @@ static int check_xhost(wstun_request *req, const char *xhost, wstun__url *u) {
     return -1;
   }
   return 0;
+}
+
+/* The Go client requests `backend + RequestURI`, a string concatenation:
+ * a path in -server or X-Host is a prefix (http://h/pre + /a?q → /pre/a?q).
+ * -server's trailing "/" was cut at start, as Go does; an X-Host of just
+ * "http://h/" adds nothing (Go would send "//a?q"). Only origin-form
+ * targets get it. */
+static int prefix_target(wstun__http_head *h, const wstun__url *backend) {
+  const char *pre = backend->path;
+  size_t plen = strlen(pre);
+  const char *t = wstun__http_head_target(h);
+  if (plen == 0 || strcmp(pre, "/") == 0 || t[0] != '/')
+    return 0;
+  size_t tlen = strlen(t);
+  char *nt = wstun__malloc(plen + tlen + 1);
+  if (nt == NULL)
+    return WSTUN_ENOMEM;
+  memcpy(nt, pre, plen);
+  memcpy(nt + plen, t, tlen + 1);
+  int rc = wstun__http_head_set_target(h, nt, plen + tlen);
+  wstun__free(nt);
+  return rc;
 }
 
 static int req_on_head(void *ud, wstun__http_head *h) {
@@ -290,8 +320,9 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   const wstun__url *backend;
   const char *xhost = wstun__http_head_get(h, "X-Host");
   if (xhost != NULL) {
-    if (check_xhost(req, xhost, &xu) != 0)
-      return 0;
+    int xrc = check_xhost(req, xhost, &xu);
+    if (xrc != 0)
+      return xrc == -2 ? -1 : 0;
     backend = &xu;
   } else if (cli->has_server) {
     backend = &cli->server_url;
@@ -303,6 +334,8 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   char host[600];
   host_header(backend, host, sizeof(host));
   int rc = set_backend(req, backend);
+  if (rc == 0)
+    rc = prefix_target(h, backend);
   wstun__url_free(&xu);
   if (rc != 0)
     return -1;
@@ -474,7 +507,14 @@ static void cli_tunnel_freed(void *owner) {
   wstun__client_release(cli);
 }
 
+static void cli_tunnel_pong(wstun__tunnel *t) {
+  wstun_client *cli = t->owner;
+  if (cli->pong_cb)
+    cli->pong_cb(cli, cli->state_ud);
+}
+
 static const wstun__tunnel_cbs cli_tunnel_cbs = {
+    .on_pong = cli_tunnel_pong,
     .on_msg_begin = cli_msg_begin,
     .on_msg_data = cli_msg_data,
     .on_msg_end = cli_msg_end,
@@ -1138,6 +1178,11 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
     if (strcmp(cli->server_url.scheme, "http") != 0 &&
         strcmp(cli->server_url.scheme, "https") != 0)
       return WSTUN_EURL;
+    /* a path is a prefix of every request's (see prefix_target); one
+     * trailing "/" goes, as in the Go client */
+    size_t splen = strlen(cli->server_url.path);
+    if (splen > 0 && cli->server_url.path[splen - 1] == '/')
+      cli->server_url.path[splen - 1] = '\0';
     cli->has_server = 1;
   }
   if (cfg->regexp && *cfg->regexp) {
@@ -1198,6 +1243,7 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   cli->handler = cfg->handler;
   cli->handler_ud = cfg->handler_user_data;
   cli->state_cb = cfg->state_cb;
+  cli->pong_cb = cfg->pong_cb;
   cli->state_ud = cfg->state_user_data;
   return 0;
 }

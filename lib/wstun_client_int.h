@@ -87,6 +87,7 @@ struct wstun_client {
   wstun_handler_cb handler;
   void *handler_ud;
   wstun_client_state_cb state_cb;
+  wstun_client_pong_cb pong_cb;
   void *state_ud;
   wstun_client_state state;
   /* dialing */

@@ -54,6 +54,14 @@ int wstun__metrics_write(const wstun__metrics *m, const wstun_server_stats *st,
         "Requests waiting for a tunnel connection (queue depth).", queued);
   GAUGE("wstun_front_connections", "Open connections of HTTP requesters.",
         st->front_connections);
+  uint64_t mem_bytes, mem_blocks;
+  if (wstun_memory_in_use(&mem_bytes, &mem_blocks) == 0) {
+    GAUGE("wstun_memory_bytes",
+          "Bytes libwstun holds from the default allocator (usable sizes).",
+          mem_bytes);
+    GAUGE("wstun_memory_blocks",
+          "Blocks libwstun holds from the default allocator.", mem_blocks);
+  }
   COUNTER("wstun_tunnel_connects_total", "Tunnel connections accepted.",
           m->tunnel_connects);
   COUNTER("wstun_tunnel_disconnects_total", "Tunnel connections ended.",

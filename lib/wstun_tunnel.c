@@ -244,8 +244,9 @@ static void ws_msg(wslay_event_context_ptr ctx,
    * life: bytes alone could be a frame that never ends. */
   wstun__tunnel *t = ud;
   (void)ctx;
-  (void)a;
   t->last_ctrl = uv_now(t->timer.loop);
+  if (a->opcode == WSLAY_PONG && t->cbs->on_pong && !t->closing)
+    t->cbs->on_pong(t);
 }
 
 /* ---- the wslay context, held only while needed -------------------------- */

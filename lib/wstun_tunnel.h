@@ -79,6 +79,8 @@ typedef struct wstun__tunnel_cbs {
   /* The tunnel's memory is gone (after on_closed); owner is the pointer
    * given at start. May be NULL. */
   void (*on_freed)(void *owner);
+  /* A pong arrived (the answer to our ping). May be NULL. */
+  void (*on_pong)(wstun__tunnel *t);
 } wstun__tunnel_cbs;
 
 struct wstun__tunnel {

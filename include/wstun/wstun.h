@@ -87,6 +87,16 @@ typedef struct wstun_allocator {
 /* Copies *a. WSTUN_EINVAL if a function is missing. */
 WSTUN_EXTERN int wstun_set_allocator(const wstun_allocator *a);
 
+/* What libwstun holds from the default allocator right now: bytes, as
+ * malloc_usable_size() counts them (a little more than was asked for), and
+ * blocks. For leak checks: once servers and clients are idle again, both
+ * are back near their baseline (RSS is no guide: malloc keeps freed memory).
+ * Memory of the dependencies (libuv, wslay, mbedTLS, jansson) is not
+ * counted. Returns 0; WSTUN_EINVAL, with both 0, while an allocator set by
+ * wstun_set_allocator() is in use (its owner can count) or where the C
+ * library cannot tell a block's size. Either pointer may be NULL. */
+WSTUN_EXTERN int wstun_memory_in_use(uint64_t *bytes, uint64_t *blocks);
+
 /* ---- logging ----------------------------------------------------------- */
 
 typedef enum {
@@ -246,6 +256,10 @@ typedef void (*wstun_client_state_cb)(wstun_client *cli,
                                       wstun_client_state state, int err,
                                       void *user_data);
 
+/* A pong from the server, the answer to the ping the client sends every
+ * timeout/3: the tunnel is alive end to end. */
+typedef void (*wstun_client_pong_cb)(wstun_client *cli, void *user_data);
+
 typedef struct wstun_client_config {
   const char *tunnel_url; /* ws[s]://[user:pass@]host[:port][/base]; required */
   const char *token;      /* at least 16 characters; required */
@@ -282,6 +296,7 @@ typedef struct wstun_client_config {
   size_t max_handler_body; /* body limit for the handler; default 8 MiB */
   wstun_client_state_cb state_cb;
   void *state_user_data;
+  wstun_client_pong_cb pong_cb; /* gets state_user_data; may be NULL */
   int log_level;
   wstun_log_cb log_cb;
   void *log_user_data;

@@ -2,12 +2,22 @@
 (one line on stderr naming the flag, exit 2), flag spellings."""
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, SRV_BIN, CLI_BIN, get, free_port, make_token,  # noqa: E402
                      wait_until, main)
+
+
+GO_BIN = os.environ.get("WSTUN_GO_WSTUNNEL", "/tmp/wstunnel-go-ref/wstunnel")
+# `wstunnel cli -h` of the Go wstunnel 1.x
+GO_CLI_FLAGS = ("certfile", "client-ports", "insecure", "log-level", "log-pretty", "logfile",
+                "pidfile", "proxy", "regexp", "server", "statusfile", "timeout", "token",
+                "tunnel")
 
 
 def run(argv, timeout=10, env=None):
@@ -155,6 +165,65 @@ class ClientFlags(Common):
 
     def test_missing_value(self):
         self.assertUsageError([CLI_BIN, "-tunnel", "ws://127.0.0.1:1", "-token"], "token")
+
+    def test_needs_server_or_regexp(self):
+        # the Go client refuses to start without either ("must specify
+        # internal server or server or regexp"); so do we, exit 2, one line
+        argv = [CLI_BIN, "-tunnel", "ws://127.0.0.1:1", "-token", make_token()]
+        for extra in ([], ["-server", ""], ["-regexp", ""]):
+            with self.subTest(extra=extra):
+                try:
+                    rc, out, err = run(argv + extra, timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.fail("wstuncli %s started without -server or -regexp" % extra)
+                self.assertEqual(rc, 2, err)
+                lines = [ln for ln in err.splitlines() if ln.strip()]
+                self.assertEqual(len(lines), 1, err)
+                self.assertIn("-server", lines[0])
+                self.assertIn("-regexp", lines[0])
+        # either one is enough
+        for extra in (["-server", "http://127.0.0.1:1"], ["-regexp", "http://x:1"]):
+            with self.subTest(extra=extra):
+                with self.assertRaises(subprocess.TimeoutExpired):
+                    run(argv + extra, timeout=1.5)
+
+    def test_every_go_client_flag_is_known(self):
+        # `wstunnel cli -h` of the Go tool, when it is here; else its list
+        names = set(GO_CLI_FLAGS)
+        if os.access(GO_BIN, os.X_OK):
+            rc, out, err = run([GO_BIN, "cli", "-h"])
+            names = set(re.findall(r"(?m)^  -([a-z-]+)", out + err))
+            self.assertIn("log-pretty", names)
+        rc, out, err = run([CLI_BIN, "-h"])
+        ours = set(re.findall(r"(?m)^\s+--?([a-z-]+)", out + err))
+        self.assertEqual(sorted(names - ours), [], "Go client flags we do not take")
+
+    def test_go_command_line_runs_unchanged(self):
+        # every Go client flag, spelled as Go takes them (bools as -f=True,
+        # -timeout below the minimum is clamped, not refused)
+        from harness import wait_tunnels, Proc
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d, True)
+        be = self.backend()
+        srv = self.server()
+        tok = make_token()
+        c = Proc([CLI_BIN, "-tunnel", srv.ws_url(), "-token", tok, "-server", be.url,
+                  "-regexp", r"http://127\.0\.0\.1:[0-9]+", "-insecure=True",
+                  "-log-pretty", "-log-level", "debug", "-timeout", "1",
+                  "-logfile", os.path.join(d, "cli.log"),
+                  "-pidfile", os.path.join(d, "cli.pid"),
+                  "-statusfile", os.path.join(d, "cli.status"),
+                  "-client-ports", "%d..%d" % (free_port(), 65535)], name="wstuncli")
+        self._procs.append(c)
+        self.addCleanup(self._checked_stop, c)
+        self.assertTrue(wait_tunnels(srv, 1), c.describe())
+        self.assertEqual(get(srv.port, "/_token/%s/name" % tok).body, b"backend")
+        with open(os.path.join(d, "cli.pid")) as f:
+            self.assertEqual(f.read().strip(), str(c.pid))
+        with open(os.path.join(d, "cli.log")) as f:
+            log = f.read()
+        self.assertIn("-timeout 1 is out of range: using 3", log)
+        self.assertNotIn('{"time"', log)  # -log-pretty: text lines
 
     def test_double_dash_flags(self):
         from harness import wait_tunnels, Proc, CLI_BIN as CB

@@ -155,6 +155,44 @@ class ClientErrors(E2ETestCase):
             self.assertBody(r, "X-Host header '%s' does not match regexp in wstunnel cli" % bad)
         self.assertEqual(be.count(), 0)
 
+    def test_server_path_is_a_prefix(self):
+        # Go requests `-server` + RequestURI: a path in -server is a prefix
+        # (one trailing slash dropped)
+        be = self.backend()
+        srv = self.server()
+        for suffix in ("/pre", "/pre/"):
+            with self.subTest(server=be.url + suffix):
+                tok = make_token()
+                self.client(srv, tok, server_url=be.url + suffix)
+                self.assertTrue(wait_tunnels(srv, 1 + (suffix == "/pre/")))
+                r = get(srv.port, "/_token/%s/a/b?q=1" % tok)
+                self.assertStatus(r, 200)
+                self.assertEqual(r.json()["path"], "/pre/a/b?q=1")
+                r = get(srv.port, "/x", headers={"X-Token": tok})
+                self.assertEqual(r.json()["path"], "/pre/x")
+
+    def test_x_host_path_is_a_prefix(self):
+        # Go: the whole X-Host value must match -regexp and is then a string
+        # prefix, path included
+        other = self.backend("other")
+        rx = r"http://127\.0\.0\.1:[0-9]+(/v1)?"
+        srv, cli, be, tok = self.tunnel(cli_flags=("-regexp", rx))
+        r = get(srv.port, "/_token/%s/a?q=1" % tok, headers={"X-Host": other.url + "/v1"})
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["backend"], "other")
+        self.assertEqual(r.json()["path"], "/v1/a?q=1")
+        # a path the regexp does not allow is refused, as in Go
+        bad = other.url + "/v2"
+        r = get(srv.port, "/_token/%s/a" % tok, headers={"X-Host": bad})
+        self.assertStatus(r, 403)
+        self.assertBody(r, "X-Host header '%s' does not match regexp in wstunnel cli" % bad)
+        # userinfo still never passes, even when the regexp would allow it
+        srv2, cli2, be2, tok2 = self.tunnel(cli_flags=("-regexp", r"http://.*"))
+        evil = "http://127.0.0.1:1@%s" % other.url[len("http://"):]
+        r = get(srv2.port, "/_token/%s/a" % tok2, headers={"X-Host": evil})
+        self.assertStatus(r, 403)
+        self.assertEqual(other.count(), 1)
+
     def test_x_host_matching_goes_there(self):
         rx = r"http://127\.0\.0\.1:[0-9]+"
         other = self.backend("other")

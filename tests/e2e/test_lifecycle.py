@@ -227,7 +227,8 @@ class ClientPorts(E2ETestCase):
         from harness import CLI_BIN
         for bad in ("80000", "9000..8000", "8000...8100", "abc", "0", ",", "8000..", "..9"):
             p = subprocess.run([CLI_BIN, "-tunnel", "ws://127.0.0.1:1", "-token",
-                                make_token(), "-client-ports", bad],
+                                make_token(), "-server", "http://127.0.0.1:1",
+                                "-client-ports", bad],
                                capture_output=True, timeout=10)
             self.assertEqual(p.returncode, 2, bad)
             self.assertIn(b"client-ports", p.stderr, bad)

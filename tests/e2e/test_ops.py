@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, SRV_BIN, CLI_BIN, HOST, get, free_port,  # noqa: E402
@@ -18,7 +19,9 @@ from harness import (E2ETestCase, SRV_BIN, CLI_BIN, HOST, get, free_port,  # noq
 TEXT_LINE_RX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (ERROR|WARN |INFO |DEBUG) ")
 JSON_TIME_RX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 RFC3339_RX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-STATUS_KEYS = ["state", "server", "since", "last_error", "pid"]
+STATUS_KEYS = ["state", "server", "since", "last_error", "pid", "memory_bytes",
+               "memory_blocks"]
+GO_STATUS_RX = re.compile(r"\AUnix: (\d+)\nTime: (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\n")
 
 
 def run(argv, timeout=15):
@@ -46,6 +49,8 @@ def read_status(path):
         return None
     pairs = []
     for line in text.splitlines():
+        if line.startswith(("Unix: ", "Time: ")):  # the Go client's lines
+            continue
         k, sep, v = line.partition("=")
         pairs.append((k, v) if sep else (line, None))
     return pairs
@@ -359,6 +364,31 @@ class StatusFile(OpsCase):
         self.assertEqual(cli.stop(), 0)
         self.assertIsNone(read_status(sf), "status file left after exit")
         self.assertEqual(os.listdir(d), [], "temporary files left behind")
+
+    def test_go_lines_on_every_pong(self):
+        # the Go client rewrites its status file on each pong with
+        # "Unix: <epoch>\nTime: <RFC 3339>\n"; monitoring made for it must
+        # keep working: same first two lines, refreshed at each pong
+        d = self.tmpdir()
+        sf = os.path.join(d, "cli.status")
+        srv, cli, be, tok = self.tunnel(cli_flags=("-statusfile", sf, "-timeout", "3"))
+        seen = []
+
+        def pong_lines():
+            m = GO_STATUS_RX.match(read(sf))
+            if m and (not seen or seen[-1] != m.group(1)):
+                seen.append(m.group(1))
+            return len(seen) >= 2
+        self.assertTrue(wait_until(pong_lines, 10), "no Go lines refreshed: %r" % read(sf))
+        m = GO_STATUS_RX.match(read(sf))
+        self.assertLessEqual(abs(int(m.group(1)) - time.time()), 5)
+        self.assertEqual(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(m.group(1)))),
+                         m.group(2))
+        st = dict(read_status(sf))
+        self.assertEqual(st["state"], "connected")
+        self.assertGreater(int(st["memory_bytes"]), 0)
+        self.assertEqual(cli.stop(), 0)
+        self.assertIsNone(read_status(sf))
 
     def test_userinfo_hidden_while_connecting(self):
         d = self.tmpdir()

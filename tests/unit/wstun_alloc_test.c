@@ -211,6 +211,41 @@ TEST(hook_sees_every_allocation_and_every_free) {
   CHECK_EQ_INT(wstun_set_allocator(NULL), 0);
 }
 
+/* The default allocator counts what the library holds: a whole exchange
+ * gives every byte back, and a custom allocator turns the count off. */
+TEST(default_allocator_counts_live_memory) {
+  CHECK_EQ_INT(wstun_set_allocator(NULL), 0);
+  uint64_t b0 = 1, n0 = 1, b1, n1, b2, n2;
+  CHECK_EQ_INT(wstun_memory_in_use(&b0, &n0), 0);
+  CHECK_EQ_INT(exchange(0), 1);
+  CHECK_EQ_INT(wstun_memory_in_use(&b1, &n1), 0);
+  CHECK_EQ_INT((long)(b1 - b0), 0);
+  CHECK_EQ_INT((long)(n1 - n0), 0);
+  /* and a live client is seen while it exists */
+  wstun_client_config cc;
+  wstun_client_config_init(&cc);
+  cc.tunnel_url = "ws://127.0.0.1:1";
+  cc.token = TOKEN;
+  cc.server_url = "http://127.0.0.1:1/prefix";
+  uv_loop_t loop;
+  CHECK_EQ_INT(uv_loop_init(&loop), 0);
+  wstun_client *cli = NULL;
+  CHECK_EQ_INT(wstun_client_start(&loop, &cc, &cli), 0);
+  CHECK_EQ_INT(wstun_memory_in_use(&b2, &n2), 0);
+  CHECK(b2 > b1 + 100);
+  CHECK(n2 > n1);
+  wstun_client_close(cli, 0, NULL, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+  CHECK_EQ_INT(wstun_memory_in_use(&b2, &n2), 0);
+  CHECK_EQ_INT((long)(b2 - b0), 0);
+  CHECK_EQ_INT((long)(n2 - n0), 0);
+  CHECK_EQ_INT(wstun_set_allocator(&counting), 0);
+  CHECK_EQ_INT(wstun_memory_in_use(&b2, &n2), WSTUN_EINVAL);
+  CHECK_EQ_INT((long)b2, 0);
+  CHECK_EQ_INT(wstun_set_allocator(NULL), 0);
+}
+
 TEST(incomplete_allocator_refused) {
   wstun_allocator a = counting;
   a.free = NULL;
@@ -240,6 +275,7 @@ TEST(every_failed_allocation_ends_cleanly) {
 int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(hook_sees_every_allocation_and_every_free),
+      T(default_allocator_counts_live_memory),
       T(incomplete_allocator_refused),
       T(every_failed_allocation_ends_cleanly),
   };

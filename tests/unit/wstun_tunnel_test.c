@@ -171,7 +171,7 @@ static void on_freed(void *owner) {
 }
 
 static const wstun__tunnel_cbs tun_cbs = {on_msg_begin, on_msg_data, on_msg_end,
-                                          on_closed, on_freed};
+                                          on_closed,    on_freed,    NULL};
 
 /* ---- connections before the tunnel takes them -----------------------------
  */
