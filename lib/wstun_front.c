@@ -528,7 +528,6 @@ static int req_on_head(void *ud, wstun__http_head *h) {
                      : "Protocol upgrades are not tunneled");
     return 1;
   }
-  const char *xtok = wstun__http_head_get(h, "X-Token");
   if (rt.tok != NULL) {
     if (rt.fwd == NULL) {
       local_answer(f, 414, "URI too long");
@@ -536,8 +535,9 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     }
     return route_tunnel(f, h, rt.tok, rt.toklen, rt.fwd, rt.fwdlen);
   }
-  if (xtok != NULL)
-    return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
+  /* The server's own endpoints win over X-Token, as in the Go server (its
+   * mux matches these exact paths before the catch-all tunnel handler);
+   * /metrics is ours only, so a Go peer would tunnel it: X-Token first. */
   if (IS_PATH("/_health_check")) {
     local_answer(f, 200, "WSTUNSRV RUNNING\n");
     return 0;
@@ -546,6 +546,9 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     return route_stats(f, h);
   if (IS_PATH("/admin/monitoring") || IS_PATH("/admin/auditing"))
     return route_admin(f, h, plen == sizeof("/admin/auditing") - 1);
+  const char *xtok = wstun__http_head_get(h, "X-Token");
+  if (xtok != NULL)
+    return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
   if (IS_PATH("/metrics"))
     return route_metrics(f, h);
 #undef IS_PATH

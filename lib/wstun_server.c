@@ -527,7 +527,8 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   wstun__conn_peer(f->conn, peer, sizeof(peer));
   if (h->method != HTTP_GET) {
     srv->metrics.hs_failures[WSTUN__HS_BAD_METHOD]++;
-    wstun__front_fail(f, 400, "Only GET is allowed on the tunnel endpoint");
+    /* the Go server's words, byte for byte */
+    wstun__front_fail(f, 400, "Only GET requests are supported");
     return 0;
   }
   const char *token = wstun__http_head_get(h, "Origin");
