@@ -712,6 +712,13 @@ class _Handler(BaseHTTPRequestHandler):
             ])
         elif route == "/name":
             self._reply(200, be.name.encode())
+        elif route == "/reason":
+            # a status line with a non-standard reason phrase
+            code, text = int(q.get("code", "201")), q.get("text", "Created Fine")
+            body = b"reason\n"
+            self.wfile.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: %d\r\n\r\n%s"
+                             % (code, text.encode("latin-1"), len(body), body))
         elif route == "/interim":
             # interim 1xx answers before the final one
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -729,7 +736,8 @@ class Backend:
     Length); /chunked?n=N; /close?n=N (close-delimited); /drip?n=N&ms=M
     (chunked, one small chunk every M ms); /upload (sha256 of the body);
     /redirect[?to=URL] (302); /status?code=N; /hop (response with
-    hop-by-hop headers); /name (the backend's name). Any route takes
+    hop-by-hop headers); /name (the backend's name); /reason?code=N&text=T
+    (status line "N T", e.g. "201 Created Fine"). Any route takes
     stall_ms=N: wait N ms before reading the request body."""
 
     def __init__(self, name="backend"):
