@@ -79,18 +79,27 @@ int wstun__admin_auditing(wstun_server *srv, wstun__buf *out) {
     for (wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
       const wstun__srv_tunnel *st = t->tunnels;
       json_t *o = json_pack(
-          "{s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:s, s:I}",
-          "token", t->name, "remote_addr", st ? st->addr : "", "remote_name",
+          "{s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:I}", "token", t->name,
+          "remote_addr", st ? st->addr : "", "remote_name",
           st && st->remote_name ? st->remote_name : "", "remote_whois", "",
           "client_version", st && st->client_version ? st->client_version : "",
           "last_activity",
           time_or_null(srv, t->last_activity ? t->last_activity : t->last_seen),
-          "active_connections", active_connections(srv, t), "last_error_time",
-          time_or_null(srv, t->last_error), "last_error_addr",
-          t->last_error_addr, "last_success_time",
-          time_or_null(srv, t->last_success), "last_success_addr",
-          t->last_success_addr, "pending_requests",
+          "active_connections", active_connections(srv, t), "pending_requests",
           (json_int_t)wstun__token_pending(t));
+      /* omitted until they happen, as the Go server does (omitempty) */
+      if (o != NULL && t->last_error) {
+        json_object_set_new(o, "last_error_time",
+                            time_or_null(srv, t->last_error));
+        json_object_set_new(o, "last_error_addr",
+                            json_string(t->last_error_addr));
+      }
+      if (o != NULL && t->last_success) {
+        json_object_set_new(o, "last_success_time",
+                            time_or_null(srv, t->last_success));
+        json_object_set_new(o, "last_success_addr",
+                            json_string(t->last_success_addr));
+      }
       json_object_set_new(tunnels, t->name, o);
     }
   char ts[32];

@@ -556,7 +556,6 @@ static int req_on_head(void *ud, wstun__http_head *h) {
                        : "Protocol upgrades are not tunneled");
     return 1;
   }
-  const char *xtok = wstun__http_head_get(h, "X-Token");
   if (rt.tok != NULL) {
     /* the Go route is ^/_token/([^/]+)(/.*): a token, then a path */
     if (rt.toklen == 0 || rt.fwd != rt.tok + rt.toklen) {
@@ -575,6 +574,7 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     return route_stats(f, h);
   if (IS_PATH("/admin/monitoring") || IS_PATH("/admin/auditing"))
     return route_admin(f, h, plen == sizeof("/admin/auditing") - 1);
+  const char *xtok = wstun__http_head_get(h, "X-Token");
   if (xtok != NULL)
     return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
   if (IS_PATH("/metrics"))

@@ -529,6 +529,7 @@ int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
   wstun__conn_peer(f->conn, peer, sizeof(peer));
   if (h->method != HTTP_GET) {
     srv->metrics.hs_failures[WSTUN__HS_BAD_METHOD]++;
+    /* the Go server's words, byte for byte */
     wstun__front_fail(f, 400, "Only GET requests are supported");
     return 0;
   }

@@ -722,6 +722,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             self._json(rec)
+        elif route == "/reason":
+            # a status line with a non-standard reason phrase
+            code, text = int(q.get("code", "201")), q.get("text", "Created Fine")
+            body = b"reason\n"
+            self.wfile.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: %d\r\n\r\n%s"
+                             % (code, text.encode("latin-1"), len(body), body))
         elif route == "/interim":
             # interim 1xx answers before the final one
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -740,7 +747,8 @@ class Backend:
     (chunked, one small chunk every M ms); /upload (sha256 of the body);
     /redirect[?to=URL] (302); /status?code=N; /hop (response with
     hop-by-hop headers); /name (the backend's name); /once (answers the
-    first request of a connection, closes it unanswered on the second).
+    first request of a connection, closes it unanswered on the second);
+    /reason?code=N&text=T (status line "N T", e.g. "201 Created Fine").
     Records carry peer_port, the port of the connection a request came on
     (equal ports: a reused connection). Any route takes
     stall_ms=N: wait N ms before reading the request body."""
