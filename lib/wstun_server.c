@@ -812,6 +812,12 @@ static int listen_addr(uv_loop_t *loop, const char *host, int port,
   if (uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0 ||
       uv_ip6_addr(host, port, (struct sockaddr_in6 *)out) == 0)
     return 0;
+  /* only something that can be a host name goes to the resolver: a typo
+   * such as "0.0.0.0:80" is refused here, without a DNS query */
+  if (host[0] == '\0' || host[strspn(host, "abcdefghijklmnopqrstuvwxyz"
+                                          "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                          "0123456789.-")] != '\0')
+    return WSTUN_EINVAL;
   struct addrinfo hints;
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
