@@ -43,9 +43,8 @@ static void set_value(const char *prog, app_flag *f, const char *v) {
     *(const char **)f->dst = v;
     return;
   case FLAG_BOOL: /* the spellings Go's strconv.ParseBool takes */
-    if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0 ||
-        strcmp(v, "t") == 0 || strcmp(v, "T") == 0 ||
-        strcmp(v, "TRUE") == 0 || strcmp(v, "True") == 0)
+    if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0 || strcmp(v, "t") == 0 ||
+        strcmp(v, "T") == 0 || strcmp(v, "TRUE") == 0 || strcmp(v, "True") == 0)
       *(int *)f->dst = 1;
     else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0 ||
              strcmp(v, "f") == 0 || strcmp(v, "F") == 0 ||

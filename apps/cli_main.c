@@ -83,9 +83,8 @@ static int status_write(const cli_app *app) {
   if (text == NULL)
     return ENOMEM;
   int n = snprintf(
-      text, need,
-      "%sstate=%s\nserver=%s\nsince=%s\nlast_error=%s\npid=%ld\n%s", pong,
-      state_name(app->state), app->server, since, app->last_error,
+      text, need, "%sstate=%s\nserver=%s\nsince=%s\nlast_error=%s\npid=%ld\n%s",
+      pong, state_name(app->state), app->server, since, app->last_error,
       (long)getpid(), mem);
   int err = app_write_file_atomic(app->statusfile, text, (size_t)n);
   free(text);
@@ -161,14 +160,14 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       {"tunnel", FLAG_STR, &cfg.tunnel_url, "URL",
        "server to dial: ws[s]://[user:pass@]host[:port][/base]", 0, -1},
       {"server", FLAG_STR, &cfg.server_url, "URL",
-       "backend for requests without X-Host: http[s]://host[:port][/prefix]",
-       0, -1},
+       "backend for requests without X-Host: http[s]://host[:port][/prefix]", 0,
+       -1},
       {"token", FLAG_STR, &token, "TOKEN[:PASSWORD]",
        "rendez-vous token (>= 16 chars); password also from $WSTUNNEL_PASSWORD",
        0, -1},
       {"regexp", FLAG_STR, &cfg.regexp, "RE",
-       "X-Host values allowed (full match on scheme://host[:port][/prefix])",
-       0, -1},
+       "X-Host values allowed (full match on scheme://host[:port][/prefix])", 0,
+       -1},
       {"timeout", FLAG_INT, &cfg.timeout_sec, "S",
        "ping every S/3 s, reconnect after S s without answer (default 30; "
        "3..86400, others are clamped)",

@@ -248,9 +248,8 @@ static int check_xhost(wstun_request *req, const char *xhost, wstun__url *u) {
         "X-Host header disallowed by wstunnel cli (no -regexp option)");
     return -1;
   }
-  int ok =
-      wstun__url_parse(xhost, u) == 0 && u->userinfo == NULL &&
-      (strcmp(u->scheme, "http") == 0 || strcmp(u->scheme, "https") == 0);
+  int ok = wstun__url_parse(xhost, u) == 0 && u->userinfo == NULL &&
+           (strcmp(u->scheme, "http") == 0 || strcmp(u->scheme, "https") == 0);
   if (ok) {
     const char *path = strcmp(u->path, "/") == 0 ? "" : u->path;
     int v6 = strchr(u->host, ':') != NULL;

@@ -27,6 +27,48 @@ TEST(prefix_golden_bytes) {
 
 /* The golden bytes of docs/PROTOCOL.md: a request message with id 1, as
  * the Go server writes it and the Go client reads it. */
+/* The hex block under the "golden:" marker of docs/PROTOCOL.md, parsed
+ * into out; returns the byte count, or -1 if the file or block is missing. */
+static int doc_golden_bytes(uint8_t *out, size_t cap) {
+#ifdef WSTUN_SOURCE_DIR
+  FILE *f = fopen(WSTUN_SOURCE_DIR "/docs/PROTOCOL.md", "r");
+  if (f == NULL)
+    return -1;
+  char line[512];
+  int state = 0, n = -1; /* 0: before the marker, 1: before ```, 2: in */
+  while (n < 0 && fgets(line, sizeof(line), f)) {
+    if (state == 0 && strstr(line, "<!-- golden:") &&
+        strstr(line, "message_golden_bytes"))
+      state = 1;
+    else if (state == 1 && strncmp(line, "```", 3) == 0)
+      state = 2;
+    else if (state == 2) {
+      n = 0;
+      for (char *p = line; *p && *p != '\n';) {
+        unsigned v;
+        int used;
+        if (sscanf(p, " %2x%n", &v, &used) != 1 || (size_t)n == cap) {
+          n = -1;
+          break;
+        }
+        out[n++] = (uint8_t)v;
+        p += used;
+        while (*p == ' ')
+          p++;
+      }
+      if (n < 0)
+        break;
+    }
+  }
+  fclose(f);
+  return n;
+#else
+  (void)out;
+  (void)cap;
+  return -1;
+#endif
+}
+
 TEST(message_golden_bytes) {
   static const uint8_t want[] = {0x30, 0x30, 0x30, 0x31, 0x47, 0x45, 0x54,
                                  0x20, 0x2f, 0x20, 0x48, 0x54, 0x54, 0x50,
@@ -35,6 +77,12 @@ TEST(message_golden_bytes) {
   wstun__proto_write_prefix(1, msg);
   memcpy(msg + WSTUN__PROTO_PREFIX_LEN, "GET / HTTP/1.1\r\n", 16);
   CHECK_MEM(msg, want, sizeof(want));
+  /* the page shows exactly these bytes */
+  uint8_t doc[64];
+  int n = doc_golden_bytes(doc, sizeof(doc));
+  CHECK_EQ_INT(n, (int)sizeof(want));
+  if (n == (int)sizeof(want))
+    CHECK_MEM(doc, want, sizeof(want));
   /* and a response message read back: the id, then "HTTP/1.1" at byte 4 */
   static const char resp[] = "002aHTTP/1.1 200 OK\r\n";
   wstun__proto_prefix p;
