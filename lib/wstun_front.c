@@ -52,6 +52,7 @@ static void write_simple(wstun__front *f, int status, const char *text) {
 /* Drops everything the exchange holds on tunnels and queues. */
 static void exchange_release(wstun__front *f) {
   wstun__server_unlink(f);
+  wstun__buf_free(&f->replay);
   if (f->req) {
     wstun__outmsg *m = f->req;
     f->req = NULL;
@@ -188,7 +189,42 @@ void wstun__front_fail(wstun__front *f, int status, const char *text) {
   front_next(f);
 }
 
+/* Safe methods only (RFC 9110 9.2.1): sending one twice changes nothing on
+ * the backend, so a request whose tunnel died before answering may go out
+ * again. Bigger requests are not copied: they stream. */
+#define REPLAY_MAX (16 * 1024)
+static int replayable_method(int method) {
+  return method == HTTP_GET || method == HTTP_HEAD || method == HTTP_OPTIONS ||
+         method == HTTP_TRACE;
+}
+
+static int replay(wstun__front *f) {
+  if (wstun__buf_size(&f->replay) == 0 || f->resp_init || f->closing ||
+      f->state != WSTUN__EX_WAITING || f->tok == NULL || f->tries + 1 >= 3)
+    return 0;
+  wstun__outmsg *m = wstun__outmsg_new(&req_msg_cbs, f);
+  if (m == NULL || wstun__buf_append(&m->buf, wstun__buf_data(&f->replay),
+                                     wstun__buf_size(&f->replay)) != 0) {
+    if (m)
+      wstun__outmsg_free(m);
+    return 0;
+  }
+  f->tries++;
+  wstun__log(&f->srv->log, WSTUN_LOG_INFO,
+             "WS   SND token=%s id=%04x: tunnel lost before the response: "
+             "sending it again (try %d)",
+             f->token_prefix, f->id, f->tries + 1);
+  wstun__server_unlink(f);
+  m->finished = 1;
+  f->req = m;
+  f->state = WSTUN__EX_READING;
+  wstun__server_dispatch(f->srv, f);
+  return 1;
+}
+
 void wstun__front_tunnel_lost(wstun__front *f) {
+  if (replay(f))
+    return;
   wstun__log(
       &f->srv->log, WSTUN_LOG_INFO,
       "HTTP RET token=%s id=%04x: tunnel lost with the request in flight",
@@ -406,7 +442,8 @@ static int build_request(wstun__front *f, wstun__http_head *h,
   f->req = rc == 0 ? wstun__outmsg_new(&req_msg_cbs, f) : NULL;
   if (f->req == NULL)
     return WSTUN_ENOMEM;
-  static const uint8_t placeholder[WSTUN__PROTO_PREFIX_LEN] = {'0', '0', '0', '0'};
+  static const uint8_t placeholder[WSTUN__PROTO_PREFIX_LEN] = {'0', '0', '0',
+                                                               '0'};
   if (wstun__buf_append(&f->req->buf, placeholder, sizeof(placeholder)) != 0 ||
       wstun__http_head_write(h, &f->req->buf) != 0)
     return WSTUN_ENOMEM;
@@ -418,6 +455,11 @@ static int build_request(wstun__front *f, wstun__http_head *h,
 static void dispatch_if_ready(wstun__front *f) {
   if (f->state != WSTUN__EX_READING || f->req == NULL)
     return;
+  size_t size = wstun__buf_size(&f->req->buf);
+  if (f->req->finished && f->tries == 0 && size <= REPLAY_MAX &&
+      replayable_method(f->method) &&
+      wstun__buf_append(&f->replay, wstun__buf_data(&f->req->buf), size) != 0)
+    wstun__buf_free(&f->replay); /* no copy: no replay, nothing else lost */
   if (f->req->finished || wstun__buf_size(&f->req->buf) >= WSTUN__STREAM_AT)
     wstun__server_dispatch(f->srv, f);
 }
@@ -855,8 +897,7 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
      * requests until it has read some (front_on_drain resumes), or local
      * answers would pile up without bound */
     if (f->state == WSTUN__EX_NONE &&
-        !wstun__http_parser_in_message(&f->parser) &&
-        wstun__conn_congested(c))
+        !wstun__http_parser_in_message(&f->parser) && wstun__conn_congested(c))
       return off;
     int was_in = wstun__http_parser_in_message(&f->parser);
     size_t used = 0;

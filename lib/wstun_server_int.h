@@ -98,9 +98,14 @@ struct wstun__front {
   wstun__outmsg *req;      /* the tunnel message being produced */
   wstun__http_parser resp; /* the response from the tunnel */
   int resp_init;
-  int resp_chunked; /* re-encoding the response body as chunked */
-  int resp_close;   /* response delimited by closing the connection */
+  int resp_chunked;    /* re-encoding the response body as chunked */
+  int resp_close;      /* response delimited by closing the connection */
   uint64_t resp_extra; /* message bytes after its response (dropped) */
+  /* A copy of the request message, kept only for small requests with a
+   * safe method (GET, HEAD, OPTIONS, TRACE): if their tunnel dies before a
+   * byte of the response came back, they are sent again (as reverse
+   * proxies retry idempotent requests) instead of answered 502. */
+  wstun__buf replay;
   int paused_tunnel;
   uint64_t start_ms;
   char token_prefix[12];
