@@ -262,3 +262,9 @@ def pairings(mixin):
 def main():
     go_binary()  # exits here with one line when the reference is absent
     unittest.main(verbosity=2)
+
+
+if __name__ == "__main__":
+    # `python3 tests/interop/interop.py`: build (or find) the Go binary once
+    # and print its path; the ctest fixture interop_go_build runs this.
+    print(go_binary())

@@ -196,6 +196,45 @@ class Traffic:
             self.assertEqual(r.status, 200, body[:200])
             self.assertEqual(json.loads(body)["sha256"], expected_sha256(n), n)
 
+    # -- the real-peer twins of tests/e2e/test_wire.py and test_client_wire.py
+    def test_slow_request_does_not_block_fast_one(self):
+        srv, _, _, tok = self.pair()
+        slow = interop.harness.Background(self.tget, srv, tok, "/slow?ms=3000", timeout=20)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        self.assertStatus(self.tget(srv, tok, "/name"), 200)
+        self.assertLess(time.monotonic() - t0, 2.0)
+        self.assertEqual(slow.result(20).status, 200)
+
+    def test_hop_by_hop_response_headers(self):
+        srv, _, _, tok = self.pair()
+        r = self.tget(srv, tok, "/hop")
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"hop\n")
+        self.assertEqual(r.header("X-Kept"), "yes")
+        self.assertEqual(sorted(r.header_all("Set-Cookie")), ["a=1", "b=2"])
+        for h in ("Keep-Alive", "Trailers", "TE"):
+            self.assertIsNone(r.header(h), h)
+
+    def test_httptimeout_then_late_response_dropped(self):
+        srv, _, be, tok = self.pair("-httptimeout", "2")
+        r = self.tget(srv, tok, "/slow?ms=4000", timeout=20)
+        self.assertStatus(r, 504)
+        self.assertBody(r, "Tunnel timeout")
+        self.assertTrue(be.wait_slow_done(1, 10))
+        time.sleep(0.5)  # the late response arrives and must be dropped
+        r = self.tget(srv, tok, "/name")
+        if self.SRV == "go":
+            # Documented Go server bug: after it drops a late ("orphan")
+            # response, the next responses on that tunnel fail to parse
+            # ("WriteResponse: can't parse incoming response: unexpected
+            # EOF") and the requester gets an empty 506. The Go client
+            # behind the Go server shows the same, so it is not our client.
+            self.assertStatus(r, 506)
+            return
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"backend")
+
     # -- concurrency
     def test_64_concurrent_requests(self):
         extra = ()
