@@ -53,6 +53,22 @@ class Auth:
             tunnel_url=lambda s, t: "ws://someone:else@%s:%d" % (HOST, s.port))
         self.assertStatus(self.tget(srv, tok, "/echo"), 200)
 
+    def test_password_from_env(self):
+        tok = make_token()
+        srv = self.any_server("-passwords", "%s:s3cret-pw" % tok)
+        be = self.backend()
+        cli = self.any_client(srv, tok, server_url=be.url,
+                              env={"WSTUNNEL_PASSWORD": "s3cret-pw"})
+        if self.CLI == "go":
+            # Documented Go client gap: it ignores $WSTUNNEL_PASSWORD (its
+            # README recommends it), so the server refuses it with 401.
+            time.sleep(3)
+            self.assertEqual(count_lines(cli, GO_CLI_READY_RX), 0, cli.describe())
+            self.assertTrue(count_lines(cli, r"401"), cli.describe())
+            return
+        self.wait_ready(cli)
+        self.assertStatus(self.tget(srv, tok, "/echo"), 200)
+
     def test_wrong_or_missing_password_refused(self):
         for form in (lambda t: t + ":wrong", lambda t: t):
             srv, cli, _, tok = self._pw_pair(form, wait=False)
