@@ -113,6 +113,7 @@ int wstun__admin_auditing(wstun_server *srv, wstun__buf *out) {
 typedef struct stats_ctx {
   wstun__buf *out;
   int n, rc;
+  size_t pending, dead;
 } stats_ctx;
 
 static void stats_token_line(const wstun_tunnel_info *ti, void *ud) {
@@ -126,6 +127,9 @@ static void stats_tunnel_block(const wstun_tunnel_info *ti, void *ud) {
   stats_ctx *c = ud;
   char red[12];
   int i = c->n++;
+  c->pending += ti->pending_requests;
+  if (ti->connections == 0)
+    c->dead++;
   c->rc |= wstun__buf_appendf(
       c->out,
       "\ntunnel%02d_token=%s\ntunnel%02d_req_pending=%zu\n"
@@ -146,10 +150,15 @@ int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out) {
                            "max_requests_per_tunnel=%zu\n"
                            "max_clients_per_token=%zu\n",
                            srv->max_queue, srv->max_clients);
-  stats_ctx c = {out, 0, 0};
+  stats_ctx c = {out, 0, 0, 0, 0};
   wstun_server_foreach_tunnel(srv, stats_token_line, &c);
   rc |= c.rc |
         wstun__buf_appendf(out, "total_clients=%zu\n", st.tunnel_connections);
   wstun_server_foreach_tunnel(srv, stats_tunnel_block, &c);
+  /* the Go server's closing lines. Its dead_tunnels counts tokens whose
+   * client has not been heard of for 60 s; ours, tokens that have no live
+   * connection (kept for -forget-after), which is what that approximates. */
+  rc |= wstun__buf_appendf(out, "\nreq_pending=%zu\ndead_tunnels=%zu\n",
+                           c.pending, c.dead);
   return rc | c.rc ? WSTUN_ENOMEM : 0;
 }

@@ -51,7 +51,10 @@ class Stats(E2ETestCase):
               r"tunnel00_tun_addr=127\.0\.0\.1:\d+\n"
               r"tunnel00_tun_dns=(?:%s)?\n"
               r"tunnel00_client_version=wstun \d+\.\d+\.\d+\n"
-              r"tunnel00_idle_secs=\d+\.\d\n\Z") % (re.escape(tok[:8]), re.escape(tok[:8]),
+              r"tunnel00_idle_secs=\d+\.\d\n"
+              r"\n"
+              r"req_pending=0\n"
+              r"dead_tunnels=0\n\Z") % (re.escape(tok[:8]), re.escape(tok[:8]),
                                             re.escape(self.local_name()))
         self.assertRegex(text, rx)
         self.assertNotIn(tok, text, "a full token must never be shown")
