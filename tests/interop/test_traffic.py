@@ -262,10 +262,13 @@ class GoServerQuirks(interop.InteropCase):
 
     def test_go_srv_default_queue_burst(self):
         # Go wstunnel srv queues at most 20 requests per token (its default
-        # -max-requests-per-tunnel) before writing them to the WebSocket; a
-        # burst of 64 slow requests therefore partly fails with 504 "too
-        # many requests in-flight, tunnel broken?". This is the Go server's
-        # behaviour; every answer must still be a clean 200 or that 504.
+        # -max-requests-per-tunnel) that are not yet written to the
+        # WebSocket; beyond that it answers 504 "too many requests
+        # in-flight, tunnel broken?". With our client reading requests off
+        # the tunnel at once, a burst of 64 gets all 200 on an idle machine
+        # (observed), but a loaded one can see some 504s: that is the Go
+        # server's behaviour, so either answer is accepted here, and the
+        # 64-request test above raises the Go limit.
         srv, _, be, tok = self.pair()
 
         def one(i):
