@@ -88,7 +88,7 @@ class Bulk:
         finally:
             conn.close()
         self.assertEqual(st, 502, body[:300])
-        self.assertTrue(interop.count_lines(cli, "read limit exceeded"), cli.describe())
+        self.assertTrue(interop.wait_count(cli, "read limit exceeded", 1, 10), cli.describe())
         self.wait_ready(cli, 2, timeout=30)
         self.assertStatus(self.tget(srv, tok, "/name"), 200)
 

@@ -225,12 +225,15 @@ class Traffic:
         time.sleep(0.5)  # the late response arrives and must be dropped
         r = self.tget(srv, tok, "/name")
         if self.SRV == "go":
-            # Documented Go server bug: after it drops a late ("orphan")
-            # response, the next responses on that tunnel fail to parse
-            # ("WriteResponse: can't parse incoming response: unexpected
-            # EOF") and the requester gets an empty 506. The Go client
-            # behind the Go server shows the same, so it is not our client.
-            self.assertStatus(r, 506)
+            # Documented Go server bug (racy): after it drops a late
+            # ("orphan") response, the next response on that tunnel often
+            # fails to parse ("WriteResponse: can't parse incoming response:
+            # unexpected EOF") and the requester gets an empty 506; the Go
+            # client behind the Go server shows the same, so it is not our
+            # client. Either answer is accepted here.
+            self.assertIn(r.status, (200, 506), r)
+            if r.status == 200:
+                self.assertEqual(r.body, b"backend")
             return
         self.assertStatus(r, 200)
         self.assertEqual(r.body, b"backend")
