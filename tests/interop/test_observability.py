@@ -34,7 +34,7 @@ def parse_stats(text):
 
 class Observability(interop.InteropCase):
 
-    def scenario(self, *srv_flags, clients=1):
+    def scenario(self, *srv_flags, clients=1, traffic=True):
         """The same traffic against the Go server and ours. Returns
         {"go": srv, "ours": srv} and the token."""
         be = self.backend()
@@ -47,7 +47,9 @@ class Observability(interop.InteropCase):
                 self.assertTrue(wait_count(c, GO_CLI_READY_RX, 1, 15), c.describe())
         self.assertTrue(wait_count(srvs["go"], GoServer.CONNECT_RX, clients, 10))
         self.assertTrue(interop.wait_tunnels(srvs["ours"], 1))
-        for s in srvs.values():
+        # (no traffic with two clients: the Go server can hang a request
+        # then, see test_compat's test_two_clients_one_token)
+        for s in (srvs.values() if traffic else ()):
             for p in ("/echo", "/echo?2", "/status?code=404"):
                 r = http_req(s.port, "GET", s.path("/_token/%s%s" % (tok, p)))
                 self.assertIn(r.status, (200, 404))
@@ -131,7 +133,7 @@ class Observability(interop.InteropCase):
                          (got["go"].status, got["go"].body.rstrip(b"\n")), got)
 
     def test_stats_fields_with_client_limit(self):
-        srvs, tok = self.scenario("-max-clients-per-token", "3", clients=2)
+        srvs, tok = self.scenario("-max-clients-per-token", "3", clients=2, traffic=False)
         got = {k: parse_stats(r.text) for k, r in self.fetch(srvs, "/_stats").items()}
         go, ours = got["go"], got["ours"]
         for k in ("max_clients_per_token", "total_clients", "token_clients_%s..." % tok[:8]):
