@@ -112,7 +112,8 @@ class Paths:
             # resume the reader of the connection that delivered a
             # response, can wake the other connection's reader instead; the
             # first then waits forever and requests answered on it hang
-            # until -httptimeout (seen here: one of 12 requests hung 20 s).
+            # until -httptimeout (seen here: one of 12 requests hung 20 s;
+            # reproduced with two Go clients too: the 13th request hung).
             self.skipTest("Go srv: two connections on one token can deadlock a "
                           "reader (shared readCond in ws.go/wstunsrv.go)")
         be1, be2 = self.backend("one"), self.backend("two")
