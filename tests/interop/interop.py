@@ -247,6 +247,14 @@ class InteropCase(E2ETestCase):
         return http_req(srv.port, method, p, headers=h, body=body, timeout=timeout)
 
 
+def try_req(fn, *a, **kw):
+    """fn(*a, **kw), or None when it raises (for polling loops)."""
+    try:
+        return fn(*a, **kw)
+    except Exception:  # noqa: BLE001 - a poll that failed this time
+        return None
+
+
 def pairings(mixin):
     """Two TestCase classes running the tests of `mixin` in both pairings:
     <Mixin>_GoSrv_OurCli and <Mixin>_OurSrv_GoCli."""
@@ -262,3 +270,9 @@ def pairings(mixin):
 def main():
     go_binary()  # exits here with one line when the reference is absent
     unittest.main(verbosity=2)
+
+
+if __name__ == "__main__":
+    # `python3 tests/interop/interop.py`: build (or find) the Go binary once
+    # and print its path; the ctest fixture interop_go_build runs this.
+    print(go_binary())

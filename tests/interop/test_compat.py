@@ -53,6 +53,22 @@ class Auth:
             tunnel_url=lambda s, t: "ws://someone:else@%s:%d" % (HOST, s.port))
         self.assertStatus(self.tget(srv, tok, "/echo"), 200)
 
+    def test_password_from_env(self):
+        tok = make_token()
+        srv = self.any_server("-passwords", "%s:s3cret-pw" % tok)
+        be = self.backend()
+        cli = self.any_client(srv, tok, server_url=be.url,
+                              env={"WSTUNNEL_PASSWORD": "s3cret-pw"})
+        if self.CLI == "go":
+            # Documented Go client gap: it ignores $WSTUNNEL_PASSWORD (its
+            # README recommends it), so the server refuses it with 401.
+            time.sleep(3)
+            self.assertEqual(count_lines(cli, GO_CLI_READY_RX), 0, cli.describe())
+            self.assertTrue(count_lines(cli, r"401"), cli.describe())
+            return
+        self.wait_ready(cli)
+        self.assertStatus(self.tget(srv, tok, "/echo"), 200)
+
     def test_wrong_or_missing_password_refused(self):
         for form in (lambda t: t + ":wrong", lambda t: t):
             srv, cli, _, tok = self._pw_pair(form, wait=False)
@@ -86,6 +102,41 @@ class Paths:
         self.assertStatus(r, 404)
         r = http_req(srv.port, "GET", "/wstunnel/_health_check")
         self.assertStatus(r, 200)
+
+    def test_two_clients_one_token(self):
+        # two clients serve one token (two backends, to see who answers);
+        # when one goes, the other carries on
+        if self.SRV == "go":
+            # Documented Go server bug: the connections of one token share
+            # one sync.Cond (remoteServer.readCond) whose Signal, meant to
+            # resume the reader of the connection that delivered a
+            # response, can wake the other connection's reader instead; the
+            # first then waits forever and requests answered on it hang
+            # until -httptimeout (seen here: one of 12 requests hung 20 s;
+            # reproduced with two Go clients too: the 13th request hung).
+            self.skipTest("Go srv: two connections on one token can deadlock a "
+                          "reader (shared readCond in ws.go/wstunsrv.go)")
+        be1, be2 = self.backend("one"), self.backend("two")
+        srv = self.any_server()
+        tok = make_token()
+        c1 = self.any_client(srv, tok, server_url=be1.url)
+        self.wait_ready(c1)
+        c2 = self.any_client(srv, tok, server_url=be2.url)
+        self.wait_ready(c2)
+        if srv.impl == "go":
+            self.assertTrue(wait_count(srv, interop.GoServer.CONNECT_RX, 2, 10))
+        names = set()
+        for _ in range(12):
+            r = self.tget(srv, tok, "/name")
+            self.assertStatus(r, 200)
+            names.add(r.body)
+        self.assertTrue(names <= {b"one", b"two"}, names)
+        c1.kill()
+        def only_two():
+            rs = [interop.try_req(self.tget, srv, tok, "/name", timeout=5) for _ in range(4)]
+            return all(r is not None and r.body == b"two" for r in rs)
+        ok = interop.wait_until(only_two, 20, 0.5)
+        self.assertTrue(ok, srv.describe())
 
     def test_max_clients_per_token(self):
         be = self.backend()
@@ -233,6 +284,16 @@ class ClientEquivalence(interop.InteropCase):
         (ref, ref_rec), (ours, our_rec) = self.both("GET", "/echo?a=1")
         self.assertEqual(ref_rec["path"], "/prefix/echo?a=1")
         self.assertEqual((ours.status, our_rec["path"]), (ref.status, ref_rec["path"]))
+
+    # gap: wstuncli ignores the path of an X-Host value (Go: a prefix);
+    # fixed on branch clicompat
+    @unittest.expectedFailure
+    def test_x_host_path_is_a_prefix(self):
+        self.start("", "-regexp", r"http://127\.0\.0\.1:[0-9]+/pre")
+        h = {"X-Host": self.be.url + "/pre"}
+        (ref, ref_rec), (ours, our_rec) = self.both("GET", "/echo", headers=h)
+        self.assertEqual((ref.status, ref_rec["path"]), (200, "/pre/echo"))
+        self.assertEqual((ours.status, our_rec["path"]), (200, "/pre/echo"))
 
     def test_backend_sees_same_request(self):
         self.start()

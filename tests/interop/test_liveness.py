@@ -70,7 +70,7 @@ class Liveness:
         self.wait_ready(cli2)
         # the server may still hold the dead connection for a moment
         ok = interop.wait_until(
-            lambda: _ok(self.tget(srv, tok, "/echo", timeout=5)), 20)
+            lambda: _ok(interop.try_req(self.tget, srv, tok, "/echo", timeout=5)), 20)
         self.assertTrue(ok, srv.describe())
 
     def test_server_restart(self):
@@ -87,7 +87,7 @@ class Liveness:
         # the Go client waits >= 10 s before re-dialing
         self.wait_ready(cli, 2, timeout=40)
         ok = interop.wait_until(
-            lambda: _ok(self.tget(srv2, tok, "/echo", timeout=5)), 20)
+            lambda: _ok(interop.try_req(self.tget, srv2, tok, "/echo", timeout=5)), 20)
         self.assertTrue(ok, srv2.describe() + "\n" + cli.describe())
 
     def test_client_timeout_on_frozen_server(self):
@@ -101,12 +101,12 @@ class Liveness:
             srv.send_signal(signal.SIGCONT)
         self.wait_ready(cli, 2, timeout=40)
         ok = interop.wait_until(
-            lambda: _ok(self.tget(srv, tok, "/echo", timeout=5)), 20)
+            lambda: _ok(interop.try_req(self.tget, srv, tok, "/echo", timeout=5)), 20)
         self.assertTrue(ok, srv.describe() + "\n" + cli.describe())
 
 
 def _ok(r):
-    return r.status == 200 and json.loads(r.body)["path"] == "/echo"
+    return r is not None and r.status == 200 and json.loads(r.body)["path"] == "/echo"
 
 
 Liveness_GoSrv_OurCli, Liveness_OurSrv_GoCli = pairings(Liveness)

@@ -34,7 +34,7 @@ def parse_stats(text):
 
 class Observability(interop.InteropCase):
 
-    def scenario(self, *srv_flags, clients=1):
+    def scenario(self, *srv_flags, clients=1, traffic=True):
         """The same traffic against the Go server and ours. Returns
         {"go": srv, "ours": srv} and the token."""
         be = self.backend()
@@ -47,7 +47,9 @@ class Observability(interop.InteropCase):
                 self.assertTrue(wait_count(c, GO_CLI_READY_RX, 1, 15), c.describe())
         self.assertTrue(wait_count(srvs["go"], GoServer.CONNECT_RX, clients, 10))
         self.assertTrue(interop.wait_tunnels(srvs["ours"], 1))
-        for s in srvs.values():
+        # (no traffic with two clients: the Go server can hang a request
+        # then, see test_compat's test_two_clients_one_token)
+        for s in (srvs.values() if traffic else ()):
             for p in ("/echo", "/echo?2", "/status?code=404"):
                 r = http_req(s.port, "GET", s.path("/_token/%s%s" % (tok, p)))
                 self.assertIn(r.status, (200, 404))
@@ -93,8 +95,45 @@ class Observability(interop.InteropCase):
         for k in ("req_pending", "dead_tunnels"):
             self.assertEqual(ours.get(k), go.get(k), k)
 
+    # gap: our tunnels= counts tokens with a live connection (tests/e2e's
+    # wait_tunnels() relies on it); the Go server counts registered tokens,
+    # kept up to 60 min after their last client left
+    @unittest.expectedFailure
+    def test_stats_after_client_left(self):
+        # Go: a token stays registered (tunnels=1) for up to 60 min after
+        # its last client left; requests for it queue rather than 404
+        be = self.backend()
+        tok = make_token()
+        srvs = {"go": self.go_server(), "ours": self.server()}
+        for s in srvs.values():
+            c = self.go_client(s, tok, server_url=be.url)
+            self.assertTrue(wait_count(c, GO_CLI_READY_RX, 1, 15), c.describe())
+            c.kill()
+        time.sleep(1.0)
+        got = {k: parse_stats(r.text) for k, r in self.fetch(srvs, "/_stats").items()}
+        self.assertEqual(got["go"]["tunnels"], "1", got)
+        self.assertEqual(got["ours"]["tunnels"], got["go"]["tunnels"], got)
+
+    def test_request_after_client_left(self):
+        # a known token with no live connection: the request waits in the
+        # queue for a client (none comes) and times out the same way
+        be = self.backend()
+        tok = make_token()
+        srvs = {"go": self.go_server("-httptimeout", "3"),
+                "ours": self.server("-httptimeout", "3")}
+        for s in srvs.values():
+            c = self.go_client(s, tok, server_url=be.url)
+            self.assertTrue(wait_count(c, GO_CLI_READY_RX, 1, 15), c.describe())
+            c.kill()
+        time.sleep(1.0)
+        got = {k: http_req(s.port, "GET", s.path("/_token/%s/echo" % tok), timeout=20)
+               for k, s in srvs.items()}
+        self.assertEqual(got["go"].status, 504, got)
+        self.assertEqual((got["ours"].status, got["ours"].body.rstrip(b"\n")),
+                         (got["go"].status, got["go"].body.rstrip(b"\n")), got)
+
     def test_stats_fields_with_client_limit(self):
-        srvs, tok = self.scenario("-max-clients-per-token", "3", clients=2)
+        srvs, tok = self.scenario("-max-clients-per-token", "3", clients=2, traffic=False)
         got = {k: parse_stats(r.text) for k, r in self.fetch(srvs, "/_stats").items()}
         go, ours = got["go"], got["ours"]
         for k in ("max_clients_per_token", "total_clients", "token_clients_%s..." % tok[:8]):

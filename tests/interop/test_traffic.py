@@ -196,6 +196,48 @@ class Traffic:
             self.assertEqual(r.status, 200, body[:200])
             self.assertEqual(json.loads(body)["sha256"], expected_sha256(n), n)
 
+    # -- the real-peer twins of tests/e2e/test_wire.py and test_client_wire.py
+    def test_slow_request_does_not_block_fast_one(self):
+        srv, _, _, tok = self.pair()
+        slow = interop.harness.Background(self.tget, srv, tok, "/slow?ms=3000", timeout=20)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        self.assertStatus(self.tget(srv, tok, "/name"), 200)
+        self.assertLess(time.monotonic() - t0, 2.0)
+        self.assertEqual(slow.result(20).status, 200)
+
+    def test_hop_by_hop_response_headers(self):
+        srv, _, _, tok = self.pair()
+        r = self.tget(srv, tok, "/hop")
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"hop\n")
+        self.assertEqual(r.header("X-Kept"), "yes")
+        self.assertEqual(sorted(r.header_all("Set-Cookie")), ["a=1", "b=2"])
+        for h in ("Keep-Alive", "Trailers", "TE"):
+            self.assertIsNone(r.header(h), h)
+
+    def test_httptimeout_then_late_response_dropped(self):
+        srv, _, be, tok = self.pair("-httptimeout", "2")
+        r = self.tget(srv, tok, "/slow?ms=4000", timeout=20)
+        self.assertStatus(r, 504)
+        self.assertBody(r, "Tunnel timeout")
+        self.assertTrue(be.wait_slow_done(1, 10))
+        time.sleep(0.5)  # the late response arrives and must be dropped
+        r = self.tget(srv, tok, "/name")
+        if self.SRV == "go":
+            # Documented Go server bug (racy): after it drops a late
+            # ("orphan") response, the next response on that tunnel often
+            # fails to parse ("WriteResponse: can't parse incoming response:
+            # unexpected EOF") and the requester gets an empty 506; the Go
+            # client behind the Go server shows the same, so it is not our
+            # client. Either answer is accepted here.
+            self.assertIn(r.status, (200, 506), r)
+            if r.status == 200:
+                self.assertEqual(r.body, b"backend")
+            return
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"backend")
+
     # -- concurrency
     def test_64_concurrent_requests(self):
         extra = ()
@@ -223,10 +265,13 @@ class GoServerQuirks(interop.InteropCase):
 
     def test_go_srv_default_queue_burst(self):
         # Go wstunnel srv queues at most 20 requests per token (its default
-        # -max-requests-per-tunnel) before writing them to the WebSocket; a
-        # burst of 64 slow requests therefore partly fails with 504 "too
-        # many requests in-flight, tunnel broken?". This is the Go server's
-        # behaviour; every answer must still be a clean 200 or that 504.
+        # -max-requests-per-tunnel) that are not yet written to the
+        # WebSocket; beyond that it answers 504 "too many requests
+        # in-flight, tunnel broken?". With our client reading requests off
+        # the tunnel at once, a burst of 64 gets all 200 on an idle machine
+        # (observed), but a loaded one can see some 504s: that is the Go
+        # server's behaviour, so either answer is accepted here, and the
+        # 64-request test above raises the Go limit.
         srv, _, be, tok = self.pair()
 
         def one(i):
