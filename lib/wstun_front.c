@@ -898,14 +898,59 @@ static const wstun__conn_cbs front_conn_cbs = {
     .on_close = front_conn_closed,
 };
 
+static void on_spare_closed(uv_handle_t *h) {
+  wstun_server *srv = h->data;
+  srv->spare_busy = 0;
+  srv->handles_open--;
+  if (srv->accept_waiting && !srv->closing) {
+    srv->accept_waiting = 0;
+    wstun__front_accept(srv);
+  }
+  wstun__server_front_gone(srv);
+}
+
+/* No memory for the new connection: it is accepted into the server's
+ * spare handle and closed at once, since libuv reports no further
+ * connections until the pending one is accepted. While the spare is still
+ * closing, the connection waits for it (on_spare_closed). */
+static void drop_unserved(wstun_server *srv) {
+  if (srv->spare_busy) {
+    srv->accept_waiting = 1;
+    return;
+  }
+  if (uv_tcp_init(srv->loop, &srv->spare) != 0)
+    return;
+  srv->spare.data = srv;
+  srv->spare_busy = 1;
+  srv->handles_open++;
+  char ip[64] = "?";
+  if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&srv->spare) ==
+      0) {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&srv->spare, (struct sockaddr *)&ss, &len) == 0) {
+      if (ss.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+      else
+        uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+    }
+  }
+  wstun__log(&srv->log, WSTUN_LOG_WARN,
+             "connection from %s dropped: out of memory", ip);
+  uv_close((uv_handle_t *)&srv->spare, on_spare_closed);
+}
+
 void wstun__front_accept(wstun_server *srv) {
   wstun__front *f = wstun__calloc(1, sizeof(*f));
-  if (f == NULL)
+  if (f == NULL) {
+    drop_unserved(srv);
     return;
+  }
   f->srv = srv;
   f->conn = wstun__conn_new(srv->loop, &srv->shared, &front_conn_cbs, f);
   if (f->conn == NULL) {
     wstun__free(f);
+    drop_unserved(srv);
     return;
   }
   uv_timer_init(srv->loop, &f->timer);
@@ -923,15 +968,19 @@ void wstun__front_accept(wstun_server *srv) {
     return;
   }
   char ip[64];
+  const char *why;
   f->ip = wstun__server_conn_admit(
-      srv, wstun__conn_peer_ip(f->conn, ip, sizeof(ip)));
+      srv, wstun__conn_peer_ip(f->conn, ip, sizeof(ip)), &why);
   if (f->ip == NULL) {
-    /* over a connection cap: a short answer, nothing read */
-    wstun__log(&srv->log, WSTUN_LOG_WARN,
-               "connection from %s refused: too many connections", ip);
+    /* over a connection cap, or no memory to count it: a short answer,
+     * nothing read */
+    wstun__log(&srv->log, WSTUN_LOG_WARN, "connection from %s refused: %s", ip,
+               why);
     f->close_after = 1;
     f->state = WSTUN__EX_DONE;
-    write_simple(f, 503, "Too many connections");
+    write_simple(f, 503,
+                 strcmp(why, "out of memory") == 0 ? "Out of memory"
+                                                   : "Too many connections");
     front_next(f);
     return;
   }
