@@ -673,8 +673,17 @@ static const wstun__outmsg_cbs req_msg_cbs = {
 static int resp_on_head(void *ud, wstun__http_head *h) {
   wstun__front *f = ud;
   int status = h->status;
-  int no_body = f->method == HTTP_HEAD || status == 204 || status == 304 ||
-                (status >= 100 && status < 200);
+  if (status == 101) {
+    /* upgrades are never tunneled: a 101 would tell a proxy in front of
+     * us to pass raw bytes from now on, straight to this server */
+    wstun__log(&f->srv->log, WSTUN_LOG_WARN,
+               "WS   RCV token=%s id=%04x: 101 from the tunnel client refused",
+               f->token_prefix, f->id);
+    return -1;
+  }
+  if (status >= 100 && status < 200)
+    return 1; /* interim (the 100 Continue is ours to send): dropped */
+  int no_body = f->method == HTTP_HEAD || status == 204 || status == 304;
   /* HTTP/1.0 requesters get a body ended by the connection's close */
   int http11 = f->parser.head.major == 1 && f->parser.head.minor >= 1;
   wstun__http_head_strip_hop_by_hop(h, 1);
@@ -726,8 +735,8 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
 static int resp_on_complete(void *ud) {
   wstun__front *f = ud;
   int status = f->resp.head.status;
-  if (status >= 100 && status < 200 && status != 101)
-    return 0; /* an interim response: the final one follows */
+  if (status >= 100 && status < 200)
+    return 0; /* an interim response (dropped): the final one follows */
   if (f->resp_chunked && f->conn)
     wstun__conn_write(f->conn, WSTUN__HTTP_LAST_CHUNK,
                       sizeof(WSTUN__HTTP_LAST_CHUNK) - 1);

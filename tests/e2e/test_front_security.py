@@ -176,6 +176,44 @@ class ChattyBackend(LoopbackListener):
             return
 
 
+class InterimResponses(E2ETestCase):
+    """1xx from a tunnel client: an interim one is not the response (and
+    not the requester's business: the server sends its own 100 Continue);
+    a 101 would switch a proxy in front of the server to raw bytes."""
+
+    def exchange(self, raw_response, method=b"GET"):
+        srv = self.server()
+        tok = make_token()
+        t = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1))
+        with socket.create_connection((HOST, srv.port), timeout=10) as s:
+            s.settimeout(10)
+            s.sendall(method + b" /a HTTP/1.1\r\nHost: x\r\nX-Token: " +
+                      tok.encode() + b"\r\n\r\n")
+            rid, first, hdrs, body, raw = t.next_request()
+            t.respond(rid, raw_response)
+            f = s.makefile("rb")
+            r = read_response(f)
+            s.sendall(b"GET /_health_check HTTP/1.1\r\nHost: x\r\n\r\n")
+            r2 = read_response(f)
+            f.close()
+        self.assertEqual(r2.body, b"WSTUNSRV RUNNING\n")
+        return srv, r
+
+    def test_101_is_refused(self):
+        srv, r = self.exchange(b"HTTP/1.1 101 Switching Protocols\r\n"
+                               b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        self.assertEqual(r.status, 506, r)
+        self.assertTrue(srv.wait_stderr(r"101 from the tunnel client refused", 5))
+
+    def test_interim_responses_are_not_forwarded(self):
+        srv, r = self.exchange(b"HTTP/1.1 100 Continue\r\n\r\n"
+                               b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                               b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.body, b"ok")
+
+
 class OneRequestPerMessageClient(E2ETestCase):
     """The client side of the same rule: one request per tunnel message,
     and a backend connection that sent more than the response is not used
