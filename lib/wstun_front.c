@@ -834,8 +834,7 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
      * requests until it has read some (front_on_drain resumes), or local
      * answers would pile up without bound */
     if (f->state == WSTUN__EX_NONE &&
-        !wstun__http_parser_in_message(&f->parser) &&
-        wstun__conn_congested(c))
+        !wstun__http_parser_in_message(&f->parser) && wstun__conn_congested(c))
       return off;
     int was_in = wstun__http_parser_in_message(&f->parser);
     size_t used = 0;
