@@ -736,8 +736,17 @@ static const wstun__outmsg_cbs req_msg_cbs = {
 static int resp_on_head(void *ud, wstun__http_head *h) {
   wstun__front *f = ud;
   int status = h->status;
-  int no_body = f->method == HTTP_HEAD || status == 204 || status == 304 ||
-                (status >= 100 && status < 200);
+  if (status == 101) {
+    /* upgrades are never tunneled: a 101 would tell a proxy in front of
+     * us to pass raw bytes from now on, straight to this server */
+    wstun__log(&f->srv->log, WSTUN_LOG_WARN,
+               "WS   RCV token=%s id=%04x: 101 from the tunnel client refused",
+               f->token_prefix, f->id);
+    return -1;
+  }
+  if (status >= 100 && status < 200)
+    return 1; /* interim (the 100 Continue is ours to send): dropped */
+  int no_body = f->method == HTTP_HEAD || status == 204 || status == 304;
   /* HTTP/1.0 requesters get a body ended by the connection's close */
   int http11 = f->parser.head.major == 1 && f->parser.head.minor >= 1;
   wstun__http_head_strip_hop_by_hop(h, 1);
@@ -793,8 +802,8 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
 static int resp_on_complete(void *ud) {
   wstun__front *f = ud;
   int status = f->resp.head.status;
-  if (status >= 100 && status < 200 && status != 101)
-    return 0; /* an interim response: the final one follows */
+  if (status >= 100 && status < 200)
+    return 0; /* an interim response (dropped): the final one follows */
   if (f->resp_chunked && f->conn)
     wstun__conn_write(f->conn, WSTUN__HTTP_LAST_CHUNK,
                       sizeof(WSTUN__HTTP_LAST_CHUNK) - 1);
@@ -969,14 +978,59 @@ static const wstun__conn_cbs front_conn_cbs = {
     .on_close = front_conn_closed,
 };
 
+static void on_spare_closed(uv_handle_t *h) {
+  wstun_server *srv = h->data;
+  srv->spare_busy = 0;
+  srv->handles_open--;
+  if (srv->accept_waiting && !srv->closing) {
+    srv->accept_waiting = 0;
+    wstun__front_accept(srv);
+  }
+  wstun__server_front_gone(srv);
+}
+
+/* No memory for the new connection: it is accepted into the server's
+ * spare handle and closed at once, since libuv reports no further
+ * connections until the pending one is accepted. While the spare is still
+ * closing, the connection waits for it (on_spare_closed). */
+static void drop_unserved(wstun_server *srv) {
+  if (srv->spare_busy) {
+    srv->accept_waiting = 1;
+    return;
+  }
+  if (uv_tcp_init(srv->loop, &srv->spare) != 0)
+    return;
+  srv->spare.data = srv;
+  srv->spare_busy = 1;
+  srv->handles_open++;
+  char ip[64] = "?";
+  if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&srv->spare) ==
+      0) {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&srv->spare, (struct sockaddr *)&ss, &len) == 0) {
+      if (ss.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+      else
+        uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+    }
+  }
+  wstun__log(&srv->log, WSTUN_LOG_WARN,
+             "connection from %s dropped: out of memory", ip);
+  uv_close((uv_handle_t *)&srv->spare, on_spare_closed);
+}
+
 void wstun__front_accept(wstun_server *srv) {
   wstun__front *f = wstun__calloc(1, sizeof(*f));
-  if (f == NULL)
+  if (f == NULL) {
+    drop_unserved(srv);
     return;
+  }
   f->srv = srv;
   f->conn = wstun__conn_new(srv->loop, &srv->shared, &front_conn_cbs, f);
   if (f->conn == NULL) {
     wstun__free(f);
+    drop_unserved(srv);
     return;
   }
   uv_timer_init(srv->loop, &f->timer);
@@ -994,15 +1048,19 @@ void wstun__front_accept(wstun_server *srv) {
     return;
   }
   char ip[64];
+  const char *why;
   f->ip = wstun__server_conn_admit(
-      srv, wstun__conn_peer_ip(f->conn, ip, sizeof(ip)));
+      srv, wstun__conn_peer_ip(f->conn, ip, sizeof(ip)), &why);
   if (f->ip == NULL) {
-    /* over a connection cap: a short answer, nothing read */
-    wstun__log(&srv->log, WSTUN_LOG_WARN,
-               "connection from %s refused: too many connections", ip);
+    /* over a connection cap, or no memory to count it: a short answer,
+     * nothing read */
+    wstun__log(&srv->log, WSTUN_LOG_WARN, "connection from %s refused: %s", ip,
+               why);
     f->close_after = 1;
     f->state = WSTUN__EX_DONE;
-    write_simple(f, 503, "Too many connections");
+    write_simple(f, 503,
+                 strcmp(why, "out of memory") == 0 ? "Out of memory"
+                                                   : "Too many connections");
     front_next(f);
     return;
   }

@@ -205,16 +205,20 @@ void wstun_server_foreach_tunnel(const wstun_server *srv,
 
 /* ---- connection caps ---------------------------------------------------- */
 
-wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip) {
+wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip,
+                                         const char **why) {
+  *why = "too many connections";
   if (srv->max_conns && srv->nconns >= srv->max_conns)
     return NULL;
   size_t b = hash_token(ip, strlen(ip)) % WSTUN__IP_BUCKETS;
   wstun__ipcount *c = srv->ips[b];
   while (c && strcmp(c->ip, ip) != 0)
     c = c->next;
+  *why = "too many connections from this address";
   if (c && srv->max_conns_per_ip && c->n >= srv->max_conns_per_ip)
     return NULL;
   if (c == NULL) {
+    *why = "out of memory";
     c = wstun__calloc(1, sizeof(*c));
     if (c == NULL)
       return NULL;

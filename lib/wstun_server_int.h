@@ -144,6 +144,10 @@ struct wstun_server {
   wstun__tls_config *tls; /* NULL: plain HTTP */
   char *tls_cert_file, *tls_key_file;
   int closing, handles_open;
+  /* takes a connection off the listener when there is no memory to serve
+   * it (libuv reports no more connections until one is accepted) */
+  uv_tcp_t spare;
+  int spare_busy, accept_waiting;
   wstun_server_close_cb close_cb;
   void *close_ud;
 };
@@ -186,8 +190,10 @@ int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out);
 void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]);
 
 /* wstun_server.c */
-/* Counts a new connection from `ip`; NULL when a cap is reached. */
-wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip);
+/* Counts a new connection from `ip`; NULL when a cap is reached or memory
+ * ran out, and then *why says which. */
+wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip,
+                                         const char **why);
 void wstun__server_conn_release(wstun_server *srv, wstun__ipcount *slot);
 /* Exchanges queued for the token or in flight on its tunnels. */
 size_t wstun__token_pending(const wstun__token *t);

@@ -12,6 +12,9 @@
 #define IDLE_EXPIRE_MS 30000 /* shorter than common backend keep-alives */
 #define CONNECT_TIMEOUT_MS 10000
 #define REPLAY_MAX (64 * 1024) /* requests up to this size can be retried */
+/* request bytes held for a backend not connected yet: above this, the
+ * tunnel stops reading until they are written */
+#define TO_BACKEND_HIGH (256 * 1024)
 #define RESP_MAX_HEAD (1 << 20)
 
 struct wstun__upstream {
@@ -150,6 +153,16 @@ void wstun__upstream_close_all(wstun_client *cli) {
   }
 }
 
+/* The request no longer goes to a backend: if it had paused the tunnel
+ * (backend congested, or not connected yet), nothing will resume it but
+ * this, and the rest of its message must still be read (and dropped). */
+static void unpause_tunnel(wstun_request *req) {
+  if (req->paused_tunnel && req->t) {
+    req->paused_tunnel = 0;
+    wstun__tunnel_resume_rx(req->t);
+  }
+}
+
 void wstun__upstream_detach(wstun_request *req) {
   wstun__upstream *up = req->up;
   if (up == NULL)
@@ -157,6 +170,7 @@ void wstun__upstream_detach(wstun_request *req) {
   req->up = NULL;
   up->req = NULL;
   up_close(up); /* mid-exchange: the connection cannot be reused */
+  unpause_tunnel(req);
 }
 
 /* ---- failing ------------------------------------------------------------ */
@@ -189,6 +203,7 @@ static void fail_before_response(wstun__upstream *up, const char *why) {
     wstun__buf_free(&both);
   }
   char msg[256];
+  unpause_tunnel(req);
   snprintf(msg, sizeof(msg), "Backend %s unavailable: %s", req->backend_key,
            why);
   wstun__log(&req->cli->log, WSTUN_LOG_WARN, "HTTP RET id=%04x status=502 %s",
@@ -205,6 +220,7 @@ static void fail_mid_response(wstun__upstream *up) {
   up_close(up);
   if (req == NULL)
     return;
+  unpause_tunnel(req);
   wstun__log(&req->cli->log, WSTUN_LOG_WARN,
              "HTTP RET id=%04x: backend response cut short", req->id);
   if (req->resp && !req->resp_handed) {
@@ -244,6 +260,7 @@ static void on_backend_timeout_pinned(uv_timer_t *t) {
       req->up = NULL;
     up_close(up);
     if (req) {
+      unpause_tunnel(req);
       req->state = WSTUN__CR_ANSWERED;
       wstun__client_answer(req, 504, "Backend timeout");
       wstun__client_req_done(req);
@@ -276,9 +293,15 @@ static void flush_request(wstun__upstream *up) {
     wstun__conn_write(up->conn, wstun__buf_data(&req->to_backend), n);
     wstun__buf_reset(&req->to_backend);
   }
-  if (req->t && !req->paused_tunnel && wstun__conn_congested(up->conn)) {
+  int congested = wstun__conn_congested(up->conn);
+  if (req->t && !req->paused_tunnel && congested) {
     req->paused_tunnel = 1;
     wstun__tunnel_pause_rx(req->t);
+  } else if (req->t && req->paused_tunnel && !congested) {
+    /* paused while the backend was not connected (upstream_push), and
+     * written now without congesting it: nobody else would resume */
+    req->paused_tunnel = 0;
+    wstun__tunnel_resume_rx(req->t);
   }
 }
 
@@ -287,6 +310,13 @@ void wstun__upstream_push(wstun_request *req) {
   if (up == NULL)
     return;
   flush_request(up);
+  /* the backend is still being connected to (or its TLS handshake runs):
+   * the request's body must not pile up here without bound */
+  if (req->t && !req->paused_tunnel &&
+      wstun__buf_size(&req->to_backend) > TO_BACKEND_HIGH) {
+    req->paused_tunnel = 1;
+    wstun__tunnel_pause_rx(req->t);
+  }
   if (up->paused_by_msg &&
       (req->resp == NULL || !wstun__outmsg_full(req->resp))) {
     up->paused_by_msg = 0;

@@ -176,6 +176,44 @@ class ChattyBackend(LoopbackListener):
             return
 
 
+class InterimResponses(E2ETestCase):
+    """1xx from a tunnel client: an interim one is not the response (and
+    not the requester's business: the server sends its own 100 Continue);
+    a 101 would switch a proxy in front of the server to raw bytes."""
+
+    def exchange(self, raw_response, method=b"GET"):
+        srv = self.server()
+        tok = make_token()
+        t = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1))
+        with socket.create_connection((HOST, srv.port), timeout=10) as s:
+            s.settimeout(10)
+            s.sendall(method + b" /a HTTP/1.1\r\nHost: x\r\nX-Token: " +
+                      tok.encode() + b"\r\n\r\n")
+            rid, first, hdrs, body, raw = t.next_request()
+            t.respond(rid, raw_response)
+            f = s.makefile("rb")
+            r = read_response(f)
+            s.sendall(b"GET /_health_check HTTP/1.1\r\nHost: x\r\n\r\n")
+            r2 = read_response(f)
+            f.close()
+        self.assertEqual(r2.body, b"WSTUNSRV RUNNING\n")
+        return srv, r
+
+    def test_101_is_refused(self):
+        srv, r = self.exchange(b"HTTP/1.1 101 Switching Protocols\r\n"
+                               b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        self.assertEqual(r.status, 506, r)
+        self.assertTrue(srv.wait_stderr(r"101 from the tunnel client refused", 5))
+
+    def test_interim_responses_are_not_forwarded(self):
+        srv, r = self.exchange(b"HTTP/1.1 100 Continue\r\n\r\n"
+                               b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                               b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.body, b"ok")
+
+
 class OneRequestPerMessageClient(E2ETestCase):
     """The client side of the same rule: one request per tunnel message,
     and a backend connection that sent more than the response is not used
@@ -362,6 +400,154 @@ class PipelineFlood(E2ETestCase):
                         % (whole, answer))
         s.sendall(req)
         self.assertEqual(s.recv(4096), answer)
+
+
+class SlowBackendUpload(E2ETestCase):
+    """wstuncli held a request's body for a backend it was still connecting
+    to without bound, reading the tunnel as fast as the requester sent."""
+
+    BODY = 64 << 20
+    RSS_LIMIT_KIB = 40 << 10
+
+    def test_upload_while_backend_connect_hangs(self):
+        # a listener with a full backlog: SYNs are dropped, connect() hangs
+        lsock = socket.socket()
+        self.addCleanup(lsock.close)
+        lsock.bind((HOST, 0))
+        lsock.listen(0)
+        bport = lsock.getsockname()[1]
+        filler = socket.create_connection((HOST, bport), timeout=5)
+        self.addCleanup(filler.close)
+        srv = self.server()
+        tok = make_token()
+        cli = self.client(srv, tok, server_url="http://%s:%d" % (HOST, bport))
+        self.assertTrue(wait_tunnels(srv, 1))
+        rss_before = cli.vm_hwm_kib()
+
+        s = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nX-Token: " + tok.encode() +
+                  b"\r\nContent-Length: %d\r\n\r\n" % self.BODY)
+        chunk = b"u" * (256 << 10)
+        sent = 0
+        s.settimeout(0.5)
+        stop_at = time.monotonic() + 3
+        while sent < self.BODY and time.monotonic() < stop_at:
+            try:
+                sent += s.send(chunk[:min(len(chunk), self.BODY - sent)])
+            except (socket.timeout, TimeoutError):
+                pass
+        rss_upload = cli.vm_hwm_kib()
+        msg = ("sent %.1f MiB of %d MiB while the backend connect hung; wstuncli "
+               "VmHWM %d KiB before, %d KiB after" % (
+                   sent / 1048576.0, self.BODY >> 20, rss_before, rss_upload))
+        print("\n  " + msg)
+        if not cli.sanitized():
+            self.assertLess(rss_upload, self.RSS_LIMIT_KIB, msg)
+
+        # the backend comes to life: the body flows on, whole
+        got = {}
+
+        def serve():
+            lsock.settimeout(10)
+            while "n" not in got:
+                try:
+                    c, _ = lsock.accept()
+                except OSError:
+                    return
+                c.settimeout(10)
+                buf = b""
+                try:
+                    while b"\r\n\r\n" not in buf:
+                        d = c.recv(65536)
+                        if not d:
+                            break
+                        buf += d
+                    if b"\r\n\r\n" not in buf:
+                        c.close()
+                        continue  # the filler
+                    head, body = buf.split(b"\r\n\r\n", 1)
+                    n = len(body)
+                    while n < self.BODY:
+                        d = c.recv(1 << 20)
+                        if not d:
+                            break
+                        n += len(d)
+                    got["n"] = n
+                    ans = str(n).encode()
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                              % (len(ans), ans))
+                finally:
+                    c.close()
+
+        import threading
+        threading.Thread(target=serve, daemon=True).start()
+        filler.close()
+        s.settimeout(15)
+        while sent < self.BODY:
+            sent += s.send(chunk[:min(len(chunk), self.BODY - sent)])
+        f = s.makefile("rb")
+        r = read_response(f)
+        f.close()
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.body, str(self.BODY).encode())
+
+
+    def test_tunnel_goes_on_after_the_connect_times_out(self):
+        # the tunnel was paused for the held body: the 502 for a backend
+        # that never answered must resume it, or the tunnel is dead
+        lsock = socket.socket()
+        self.addCleanup(lsock.close)
+        lsock.bind((HOST, 0))
+        lsock.listen(0)
+        bport = lsock.getsockname()[1]
+        filler = socket.create_connection((HOST, bport), timeout=5)
+        self.addCleanup(filler.close)
+        srv = self.server()
+        tok = make_token()
+        self.client(srv, tok, server_url="http://%s:%d" % (HOST, bport))
+        self.assertTrue(wait_tunnels(srv, 1))
+        s = socket.create_connection((HOST, srv.port), timeout=20)
+        self.addCleanup(s.close)
+        body = 16 << 20
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nX-Token: " + tok.encode() +
+                  b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % body)
+        import threading
+        def upload():
+            try:
+                s.sendall(b"u" * body)
+            except OSError:
+                pass  # the server closed after its 502
+        threading.Thread(target=upload, daemon=True).start()
+        f = s.makefile("rb")
+        r = read_response(f)  # after wstuncli's 10 s connect timeout
+        f.close()
+        self.assertEqual(r.status, 502, r.body)
+
+        def serve():
+            lsock.settimeout(10)
+            try:
+                while True:
+                    c, _ = lsock.accept()
+                    c.settimeout(5)
+                    buf = b""
+                    while b"\r\n\r\n" not in buf:
+                        d = c.recv(65536)
+                        if not d:
+                            break
+                        buf += d
+                    if buf:
+                        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                                  b"Connection: close\r\n\r\nok")
+                    c.close()
+            except OSError:
+                return
+        filler.close()
+        threading.Thread(target=serve, daemon=True).start()
+        r = raw_http(srv.port, b"GET /again HTTP/1.1\r\nHost: x\r\nX-Token: " +
+                     tok.encode() + b"\r\n\r\n", timeout=15)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.body, b"ok")
 
 
 if __name__ == "__main__":
