@@ -198,7 +198,6 @@ class ServerEquivalence(interop.InteropCase):
             ref, ours = self.both(m, p)
             self.assertSame(ref, ours)
 
-    @unittest.expectedFailure  # gap: ours tunnels "/_token/<tok>" as "/"; fixed on branch srvcompat
     def test_token_is_in_path_but_nothing_after(self):
         # Go: ^/_token/([^/]+)(/.*) must match; "/_token/<tok>" -> 400
         # "Missing token in URI".
@@ -229,7 +228,6 @@ class ServerEquivalence(interop.InteropCase):
 class ServerListenHost(interop.InteropCase):
     # gap: wstunsrv -host localhost exits 2 "flag -host: not an IP address";
     # fixed on branch srvcompat
-    @unittest.expectedFailure
     def test_host_localhost(self):
         # `-host localhost` listens on the loopback for the Go server.
         port = interop.free_port()
@@ -277,7 +275,6 @@ class ClientEquivalence(interop.InteropCase):
 
     # gap: wstuncli drops the path of -server (backend sees /echo); fixed on
     # branch clicompat
-    @unittest.expectedFailure
     def test_server_path_is_a_prefix(self):
         # Go: -server http://h:p/prefix sends /prefix/<path> to the backend
         self.start("/prefix")
@@ -287,7 +284,6 @@ class ClientEquivalence(interop.InteropCase):
 
     # gap: wstuncli ignores the path of an X-Host value (Go: a prefix);
     # fixed on branch clicompat
-    @unittest.expectedFailure
     def test_x_host_path_is_a_prefix(self):
         self.start("", "-regexp", r"http://127\.0\.0\.1:[0-9]+/pre")
         h = {"X-Host": self.be.url + "/pre"}
