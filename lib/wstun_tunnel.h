@@ -105,6 +105,7 @@ struct wstun__tunnel {
   void *sink;
   int drop;
   int rx_paused;
+  int tx_held; /* input held back: wslay owes the peer too much (pongs) */
   int in_rx; /* inside wslay_event_recv: wslay must not be re-entered */
   /* bytes handed to wslay, and the size of the whole frames it parsed out
    * of them: equal when wslay holds no part of a frame */

@@ -1,0 +1,117 @@
+"""Back-pressure (issue 13): a peer that writes without reading must not
+make the server's memory grow, and one requester that stops reading must
+not freeze its token for everybody else."""
+
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (E2ETestCase, OP_BIN, OP_PING, RawTunnel,  # noqa: E402
+                     encode_frame, get, make_token, main, parse_tunnel_message,
+                     wait_tunnels)
+
+
+class PingFlood(E2ETestCase):
+    FLOOD_SECONDS = 8
+    FLOOD_BYTES = 96 << 20
+    # peak RSS may grow by at most this much: the tunnel's output buffer
+    # (256 KiB high-water) plus a bounded number of queued pongs, with
+    # plenty of room for allocator slack
+    GROWTH_KIB = 16 << 10
+
+    def test_ping_flood_without_reading_is_bounded(self):
+        srv = self.server("-wstimeout", "600")
+        tok = make_token("flood")
+        tun = RawTunnel(srv.port, tok)
+        self.addCleanup(tun.ws.close)
+        wait_tunnels(srv, 1)
+        self.assertEqual(get(srv.port, "/_health_check").status, 200)
+        base = srv.vm_hwm_kib()
+        # 125-byte pings, masked (we are the client); built once
+        frame = encode_frame(OP_PING, b"p" * 125)
+        blob = frame * ((4 << 20) // len(frame))  # about 4 MiB
+        sent = [0]
+        stop = threading.Event()
+        flooded = threading.Event()
+
+        def flood():
+            s = tun.ws.sock
+            s.settimeout(0.5)
+            view = memoryview(blob)
+            t_end = time.monotonic() + self.FLOOD_SECONDS
+            while not stop.is_set() and time.monotonic() < t_end and \
+                    sent[0] < self.FLOOD_BYTES:
+                try:
+                    n = s.send(view)
+                except socket.timeout:
+                    continue  # the server stopped reading: good
+                except OSError:
+                    return
+                sent[0] += n
+                view = view[n:] if n < len(view) else memoryview(blob)
+            flooded.set()
+            # end on a frame boundary, so that the stream stays valid (this
+            # blocks until the server reads again)
+            s.settimeout(30)
+            try:
+                s.sendall(view[:len(view) % len(frame)])
+            except OSError:
+                pass
+
+        th = threading.Thread(target=flood, daemon=True)
+        th.start()
+        self.addCleanup(stop.set)
+        # the server answers others during the flood
+        slow = 0.0
+        while not flooded.is_set():
+            t0 = time.monotonic()
+            self.assertEqual(get(srv.port, "/_health_check", timeout=5).status, 200)
+            slow = max(slow, time.monotonic() - t0)
+            time.sleep(0.5)
+        peak = srv.vm_hwm_kib()
+        sys.stderr.write("\n  ping flood: %.1f MiB sent, server VmHWM %d -> %d KiB "
+                         "(+%d KiB), slowest health check %.2fs\n"
+                         % (sent[0] / 1048576.0, base, peak, peak - base, slow))
+        self.assertTrue(srv.alive())
+        self.assertEqual(get(srv.port, "/_health_check", timeout=5).status, 200)
+        if not srv.sanitized():
+            self.assertLess(peak - base, self.GROWTH_KIB,
+                            "server grew by %d KiB under a ping flood of %.1f MiB"
+                            % (peak - base, sent[0] / 1048576.0))
+        # once the peer reads its pongs, the tunnel carries requests again
+        # (read all along: the pings still queued in the socket make more
+        # pongs, and the server rightly stops reading while they pile up)
+        msgs = queue.Queue()
+
+        def reader():
+            while not stop.is_set():
+                try:
+                    op, payload = tun.ws.recv_message(timeout=60)
+                except (OSError, EOFError):
+                    return
+                if op == OP_BIN:
+                    msgs.put(payload)
+
+        threading.Thread(target=reader, daemon=True).start()
+        out = {}
+
+        def ask():
+            out["r"] = get(srv.port, "/_token/%s/after" % tok, timeout=30)
+
+        asker = threading.Thread(target=ask, daemon=True)
+        asker.start()
+        rid, first, _, _ = parse_tunnel_message(msgs.get(timeout=30))
+        self.assertIn("/after", first)
+        th.join(30)
+        tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        asker.join(30)
+        self.assertEqual(out["r"].status, 200)
+        self.assertGreater(len(tun.ws.pongs), 1000)
+
+
+if __name__ == "__main__":
+    main()
