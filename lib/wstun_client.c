@@ -650,8 +650,9 @@ static void send_handshake(wstun_client *cli) {
   wstun__buf *out = wstun__conn_outbuf(cli->dial);
   char hostport[600];
   host_header(&cli->tunnel_url, hostport, sizeof(hostport));
-  if (wstun__ws_new_key(&cli->rng, cli->ws_key) != 0) {
-    dial_fail(cli, WSTUN_EINVAL, "no randomness");
+  int krc = wstun__ws_new_key(&cli->rng, cli->ws_key);
+  if (krc != 0) {
+    dial_fail(cli, krc, "no randomness");
     return;
   }
   int rc = wstun__buf_appendf(out,
@@ -1201,11 +1202,12 @@ int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
   cli->log.level = cfg->log_level;
   cli->log.cb = cfg->log_cb;
   cli->log.user_data = cfg->log_user_data;
-  if (wstun__rng_init(&cli->rng) != 0) {
+  int rc = wstun__rng_init(&cli->rng);
+  if (rc != 0) {
     wstun__free(cli);
-    return WSTUN_EINVAL;
+    return rc;
   }
-  int rc = client_setup(cli, cfg);
+  rc = client_setup(cli, cfg);
   if (rc != 0) {
     client_free(cli);
     return rc;

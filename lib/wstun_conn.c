@@ -563,7 +563,5 @@ int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,
 const char *wstun__conn_strerror(const wstun__conn *c, int err) {
   if (err == WSTUN_ETLS && c->tls && c->tls->failed)
     return c->tls->why;
-  if (err == WSTUN_ETLS || err == WSTUN_ENOMEM || err == WSTUN_ECLOSED)
-    return wstun_strerror(err);
-  return uv_strerror(err);
+  return wstun_strerror(err); /* wstun's and libuv's codes never overlap */
 }

@@ -882,10 +882,9 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->max_conns = cfg->max_connections > 0 ? (size_t)cfg->max_connections : 0;
   srv->max_conns_per_ip =
       cfg->max_connections_per_ip > 0 ? (size_t)cfg->max_connections_per_ip : 0;
-  if (wstun__rng_init(&srv->rng) != 0) {
-    rc = WSTUN_EINVAL;
+  rc = wstun__rng_init(&srv->rng);
+  if (rc != 0)
     goto fail_early;
-  }
 
   struct sockaddr_storage addr;
   const char *host = cfg->host && *cfg->host ? cfg->host : "0.0.0.0";
