@@ -15,6 +15,10 @@
 
 #define FRONT_IDLE_MS 60000     /* keep-alive idle and header read timeout */
 #define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
+/* Response bytes buffered for a requester before its tunnel stops reading:
+ * enough to ride out a slow moment of one reader without holding up the
+ * others on the tunnel, bounded per connection. */
+#define FRONT_OUT_MAX (2u << 20)
 
 static const wstun__conn_cbs front_conn_cbs;
 static const wstun__http_parser_cbs req_cbs;
@@ -214,6 +218,57 @@ static void on_deadline(uv_timer_t *t) {
              "HTTP RET token=%s id=%04x status=504: no response in time",
              f->token_prefix, f->id);
   wstun__front_fail(f, 504, "Tunnel timeout");
+}
+
+/* ---- a requester that holds its tunnel ---------------------------------- */
+
+/* While the exchange's response holds the tunnel paused (its requester
+ * reads slower than the tunnel client sends), the timer watches the
+ * output instead of the deadline: a requester that takes no byte for
+ * stall_ms is cut, so that the other exchanges on the tunnel go on. */
+static uint64_t deadline_left(wstun__front *f) {
+  uint64_t end = f->start_ms + f->srv->http_timeout_ms;
+  uint64_t now = uv_now(f->srv->loop);
+  return end > now ? end - now : 0;
+}
+
+static void on_stall_check(uv_timer_t *t) {
+  wstun__front *f = t->data;
+  wstun_server *srv = f->srv;
+  uint64_t now = uv_now(srv->loop);
+  if (f->conn == NULL || deadline_left(f) == 0) {
+    on_deadline(t);
+    return;
+  }
+  uint64_t p = wstun__conn_progress(f->conn);
+  if (p != f->stall_mark) {
+    f->stall_mark = p;
+    f->stall_since = now;
+  }
+  if (now - f->stall_since >= srv->stall_ms) {
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "HTTP RET token=%s id=%04x: requester read nothing for %llu "
+               "ms while holding the tunnel: cut",
+               f->token_prefix, f->id,
+               (unsigned long long)(now - f->stall_since));
+    wstun__front_fail(f, 0, NULL);
+    return;
+  }
+  uint64_t next = srv->stall_ms / 4 < 100 ? 100 : srv->stall_ms / 4;
+  uint64_t left = deadline_left(f);
+  set_timer(f, next < left ? next : left, on_stall_check);
+}
+
+static void stall_watch_start(wstun__front *f) {
+  f->stall_mark = wstun__conn_progress(f->conn);
+  f->stall_since = uv_now(f->srv->loop);
+  uint64_t next = f->srv->stall_ms / 4 < 100 ? 100 : f->srv->stall_ms / 4;
+  uint64_t left = deadline_left(f);
+  set_timer(f, next < left ? next : left, on_stall_check);
+}
+
+static void stall_watch_stop(wstun__front *f) {
+  set_timer(f, deadline_left(f), on_deadline);
 }
 
 /* The exchange is done (answered or failed): next request, or close. */
@@ -705,10 +760,14 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
   if (rc != 0)
     return -1;
   wstun__conn_flush(f->conn);
-  if (wstun__conn_congested(f->conn) && f->tun && f->tun->t &&
-      !f->paused_tunnel) {
-    f->paused_tunnel = 1;
+  /* paused even when we paused it before: another requester's drain may
+   * have resumed the tunnel meanwhile */
+  if (wstun__conn_congested(f->conn) && f->tun && f->tun->t) {
     wstun__tunnel_pause_rx(f->tun->t);
+    if (!f->paused_tunnel) {
+      f->paused_tunnel = 1;
+      stall_watch_start(f);
+    }
   }
   return 0;
 }
@@ -852,6 +911,8 @@ static void front_on_drain(wstun__conn *c) {
   wstun__front *f = c->owner;
   if (f->paused_tunnel && f->tun && f->tun->t) {
     f->paused_tunnel = 0;
+    if (f->state == WSTUN__EX_RESPONDING)
+      stall_watch_stop(f);
     wstun__tunnel_resume_rx(f->tun->t);
   }
 }
@@ -873,6 +934,7 @@ void wstun__front_accept(wstun_server *srv) {
     wstun__free(f);
     return;
   }
+  f->conn->high_water = FRONT_OUT_MAX;
   uv_timer_init(srv->loop, &f->timer);
   f->timer.data = f;
   wstun__http_parser_init(&f->parser, HTTP_REQUEST, srv->max_header,

@@ -24,6 +24,7 @@ void wstun_server_config_init(wstun_server_config *cfg) {
   cfg->max_requests_per_tunnel = 20;
   cfg->ws_timeout_sec = 30;
   cfg->http_timeout_sec = 1200;
+  cfg->stall_timeout_sec = 10;
   cfg->token_forget_sec = 3600;
   cfg->max_header_bytes = 64 * 1024;
   cfg->log_level = WSTUN_LOG_INFO;
@@ -842,6 +843,9 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->ws_timeout_ms = (uint64_t)wst * 1000;
   srv->http_timeout_ms =
       (uint64_t)(cfg->http_timeout_sec > 0 ? cfg->http_timeout_sec : 1200) *
+      1000;
+  srv->stall_ms =
+      (uint64_t)(cfg->stall_timeout_sec > 0 ? cfg->stall_timeout_sec : 10) *
       1000;
   srv->forget_ms =
       (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) *

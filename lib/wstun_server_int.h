@@ -100,6 +100,8 @@ struct wstun__front {
   int resp_chunked; /* re-encoding the response body as chunked */
   int resp_close;   /* response delimited by closing the connection */
   int paused_tunnel;
+  /* while paused_tunnel: the output's progress when last seen growing */
+  uint64_t stall_mark, stall_since;
   uint64_t start_ms;
   char token_prefix[12];
 };
@@ -120,6 +122,7 @@ struct wstun_server {
   size_t max_queue;
   size_t max_clients;
   uint64_t ws_timeout_ms, http_timeout_ms, forget_ms;
+  uint64_t stall_ms; /* cut a requester that holds its tunnel this long */
   size_t max_header;
   uint64_t max_body;
   uint64_t header_timeout_ms;

@@ -127,6 +127,15 @@ typedef struct wstun_server_config {
   int max_clients_per_token;   /* 0 = unlimited */
   int ws_timeout_sec;          /* close a silent tunnel; default 30, 3..600 */
   int http_timeout_sec;        /* answer 504 after; default 1200 */
+  /* Slow requesters: a response is buffered for its requester up to 2 MiB;
+   * beyond that the tunnel stops reading (messages are not interleaved,
+   * so every exchange on it waits). A requester that then takes no byte
+   * for this many seconds is cut (connection reset) and the tunnel goes
+   * on. Default 10 (0 = 10): below wstuncli's default -timeout of 30, as
+   * a tunnel that is not read answers no pings and its client would
+   * redial, yet far above the pauses of a live but slow reader, whose
+   * every byte taken counts as progress. */
+  int stall_timeout_sec;
   int token_forget_sec;        /* forget a token with no client; default 3600 */
   size_t max_header_bytes;     /* request head larger → 431; default 64 KiB */
   uint64_t max_body_bytes;     /* request body larger → 413; 0 = unlimited */

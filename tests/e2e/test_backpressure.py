@@ -10,7 +10,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, OP_BIN, OP_PING, RawTunnel,  # noqa: E402
+from harness import (E2ETestCase, HOST, OP_BIN, OP_PING, Backend, RawTunnel,  # noqa: E402
                      encode_frame, get, make_token, main, parse_tunnel_message,
                      wait_tunnels)
 
@@ -111,6 +111,75 @@ class PingFlood(E2ETestCase):
         asker.join(30)
         self.assertEqual(out["r"].status, 200)
         self.assertGreater(len(tun.ws.pongs), 1000)
+
+
+class SlowRequester(E2ETestCase):
+    STALL = 3
+
+    def _stalled_then_other(self, *srv_flags):
+        """A requester asks for 64 MiB and never reads; then another
+        request on the same token. Returns the seconds the second one
+        took, or None if not answered in 40 s."""
+        srv = self.server(*srv_flags)
+        be = Backend()
+        self.addCleanup(be.close)
+        tok = make_token("stall")
+        self.client(srv, tok, server_url=be.url)
+        wait_tunnels(srv, 1)
+        hog = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(hog.close)
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.sendall(b"GET /_token/%s/bytes?n=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+                    % (tok.encode(), 64 << 20))
+        time.sleep(1.0)  # the response is flowing and backs up
+        t0 = time.monotonic()
+        try:
+            r = get(srv.port, "/_token/%s/echo" % tok, timeout=40)
+        except (socket.timeout, TimeoutError):
+            return None, srv
+        dt = time.monotonic() - t0
+        self.assertEqual(r.status, 200)
+        return dt, srv
+
+    def test_unread_response_does_not_freeze_the_token(self):
+        dt, srv = self._stalled_then_other("-stall-timeout", str(self.STALL))
+        sys.stderr.write("\n  other request answered after %s s\n"
+                         % ("%.2f" % dt if dt is not None else "> 40"))
+        self.assertIsNotNone(dt, "the other request was not answered in 40 s")
+        self.assertLess(dt, self.STALL + 3)
+        # the tunnel is still usable afterwards
+        self.assertEqual(wait_tunnels(srv, 1), True)
+
+    def test_slow_reader_that_progresses_is_not_cut(self):
+        srv = self.server("-stall-timeout", "2")
+        be = Backend()
+        self.addCleanup(be.close)
+        tok = make_token("slowrd")
+        self.client(srv, tok, server_url=be.url)
+        wait_tunnels(srv, 1)
+        n = 12 << 20
+        s = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"GET /_token/%s/bytes?n=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+                  % (tok.encode(), n))
+        # read at about 2 MiB/s: slower than the tunnel, never stalled for
+        # long, so the whole body must arrive (about 6 s, > 2 x -stall-timeout)
+        got = 0
+        head = b""
+        t_end = time.monotonic() + 40
+        while time.monotonic() < t_end:
+            piece = s.recv(65536)
+            if not piece:
+                break
+            if not head:
+                head = piece
+            got += len(piece)
+            if got >= n:
+                break
+            time.sleep(len(piece) / (2 << 20))
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head[:60])
+        self.assertGreaterEqual(got, n)
 
 
 if __name__ == "__main__":
