@@ -271,6 +271,48 @@ static void stall_watch_stop(wstun__front *f) {
   set_timer(f, deadline_left(f), on_deadline);
 }
 
+/* The same for the request: a message streamed onto the tunnel is sent
+ * alone until it ends, so an uploader that stops sending its body holds
+ * up everything else to go through that tunnel. While the request is
+ * streamed, the timer checks that the tunnel is not left waiting for its
+ * bytes for stall_ms; an uploader that does so gets 408 and its message
+ * is ended where it stands (the tunnel client sees it cut short). */
+static void on_upload_check(uv_timer_t *t) {
+  wstun__front *f = t->data;
+  wstun_server *srv = f->srv;
+  uint64_t now = uv_now(srv->loop);
+  uint64_t left = deadline_left(f);
+  if (left == 0) {
+    on_deadline(t);
+    return;
+  }
+  wstun__outmsg *m = f->req;
+  if (m == NULL || m->finished ||
+      (f->state != WSTUN__EX_QUEUED && f->state != WSTUN__EX_SENDING)) {
+    set_timer(f, left, on_deadline); /* written: back to the deadline */
+    return;
+  }
+  /* starving the tunnel: it is sending this message and has taken all
+   * there is (one byte is always held back) */
+  int starving = f->state == WSTUN__EX_SENDING && m->tunnel &&
+                 m->tunnel->cur == m && wstun__buf_size(&m->buf) <= 1;
+  if (!starving || m->taken != f->stall_mark) {
+    f->stall_mark = m->taken;
+    f->stall_since = now;
+  } else if (now - f->stall_since >= srv->stall_ms) {
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "HTTP RET token=%s id=%04x status=408: request body stalled "
+               "for %llu ms while holding the tunnel",
+               f->token_prefix, f->id,
+               (unsigned long long)(now - f->stall_since));
+    f->close_after = 1; /* the rest of the body will not be read */
+    wstun__front_fail(f, 408, "Request body timeout");
+    return;
+  }
+  uint64_t next = srv->stall_ms / 4 < 100 ? 100 : srv->stall_ms / 4;
+  set_timer(f, next < left ? next : left, on_upload_check);
+}
+
 /* The exchange is done (answered or failed): next request, or close. */
 static void front_next(wstun__front *f) {
   if (f->closing || f->conn == NULL)
@@ -458,8 +500,16 @@ static int build_request(wstun__front *f, wstun__http_head *h,
 static void dispatch_if_ready(wstun__front *f) {
   if (f->state != WSTUN__EX_READING || f->req == NULL)
     return;
-  if (f->req->finished || wstun__buf_size(&f->req->buf) >= WSTUN__STREAM_AT)
+  if (f->req->finished || wstun__buf_size(&f->req->buf) >= WSTUN__STREAM_AT) {
     wstun__server_dispatch(f->srv, f);
+    if (f->req && !f->req->finished && !f->closing &&
+        (f->state == WSTUN__EX_QUEUED || f->state == WSTUN__EX_SENDING)) {
+      f->stall_mark = f->req->taken;
+      f->stall_since = uv_now(f->srv->loop);
+      set_timer(f, f->srv->stall_ms / 4 < 100 ? 100 : f->srv->stall_ms / 4,
+                on_upload_check);
+    }
+  }
 }
 
 static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,

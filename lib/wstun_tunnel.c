@@ -152,6 +152,7 @@ static ssize_t ws_read_msg(wslay_event_context_ptr ctx, uint8_t *buf,
   size_t n = avail < len ? avail : len;
   memcpy(buf, wstun__buf_data(&m->buf), n);
   wstun__buf_consume(&m->buf, n);
+  m->taken += n;
   m->started = 1;
   if (m->finished && wstun__buf_size(&m->buf) == 0) {
     *eof = 1;

@@ -46,6 +46,7 @@ typedef struct wstun__outmsg_cbs {
 
 struct wstun__outmsg {
   wstun__buf buf; /* bytes not yet taken by the tunnel, prefix first */
+  uint64_t taken; /* bytes the tunnel took so far */
   unsigned finished : 1, queued : 1, started : 1, paused_src : 1;
   wstun__tunnel *tunnel;
   wstun__outmsg *next;

@@ -134,7 +134,9 @@ typedef struct wstun_server_config {
    * on. Default 10 (0 = 10): below wstuncli's default -timeout of 30, as
    * a tunnel that is not read answers no pings and its client would
    * redial, yet far above the pauses of a live but slow reader, whose
-   * every byte taken counts as progress. */
+   * every byte taken counts as progress. Likewise a request body streamed
+   * onto a tunnel (sent alone until it ends) that leaves the tunnel
+   * waiting this long is answered 408. */
   int stall_timeout_sec;
   int token_forget_sec;        /* forget a token with no client; default 3600 */
   size_t max_header_bytes;     /* request head larger → 431; default 64 KiB */

@@ -182,5 +182,56 @@ class SlowRequester(E2ETestCase):
         self.assertGreaterEqual(got, n)
 
 
+class SlowUploader(E2ETestCase):
+    """The request side of the same problem: a request streamed onto the
+    tunnel is sent alone until it ends."""
+
+    def setUp(self):
+        super().setUp()
+        self.srv = self.server("-stall-timeout", "3")
+        self.be = Backend()
+        self.addCleanup(self.be.close)
+        self.tok = make_token("upload")
+        self.client(self.srv, self.tok, server_url=self.be.url)
+        wait_tunnels(self.srv, 1)
+
+    def _start_upload(self, n):
+        s = socket.create_connection((HOST, self.srv.port), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"POST /_token/%s/upload HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: %d\r\n\r\n" % (self.tok.encode(), n))
+        return s
+
+    def test_stalled_upload_does_not_freeze_the_token(self):
+        s = self._start_upload(1 << 20)
+        s.sendall(b"x" * (100 << 10))  # more than a message held back; then nothing
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        try:
+            r = get(self.srv.port, "/_token/%s/echo" % self.tok, timeout=40)
+        except (socket.timeout, TimeoutError):
+            r = None
+        dt = time.monotonic() - t0
+        sys.stderr.write("\n  other request answered after %s s\n"
+                         % ("%.2f" % dt if r is not None else "> 40"))
+        self.assertIsNotNone(r, "the other request was not answered in 40 s")
+        self.assertEqual(r.status, 200)
+        self.assertLess(dt, 3 + 3)
+        s.settimeout(5)
+        self.assertTrue(s.recv(200).startswith(b"HTTP/1.1 408 "))
+
+    def test_steady_slow_upload_is_not_cut(self):
+        n = 1 << 20
+        s = self._start_upload(n)
+        piece = b"y" * (64 << 10)
+        for _ in range(n // len(piece)):  # 16 pieces, 0.4 s apart: 6 s
+            s.sendall(piece)
+            time.sleep(0.4)
+        s.settimeout(20)
+        head = s.recv(65536)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head[:80])
+        self.assertIn(b'"len": %d' % n, head)
+
+
 if __name__ == "__main__":
     main()
