@@ -29,6 +29,7 @@ void wstun_client_config_init(wstun_client_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->timeout_sec = 30;
   cfg->backend_timeout_sec = 1200;
+  cfg->stall_timeout_sec = 10;
   cfg->reconnect_max_ms = 30000;
   cfg->max_idle_per_backend = 256;
   cfg->max_handler_body = 8 * 1024 * 1024;
@@ -1177,6 +1178,9 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   cli->backend_timeout_ms =
       (uint64_t)(cfg->backend_timeout_sec > 0 ? cfg->backend_timeout_sec
                                               : 1200) *
+      1000;
+  cli->stall_ms =
+      (uint64_t)(cfg->stall_timeout_sec > 0 ? cfg->stall_timeout_sec : 10) *
       1000;
   cli->reconnect_max_ms =
       (uint64_t)(cfg->reconnect_max_ms > 0 ? cfg->reconnect_max_ms : 30000);

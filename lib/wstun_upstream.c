@@ -13,6 +13,8 @@
 #define CONNECT_TIMEOUT_MS 10000
 #define REPLAY_MAX (64 * 1024) /* requests up to this size can be retried */
 #define RESP_MAX_HEAD (1 << 20)
+/* Request bytes buffered for a backend before the tunnel stops reading. */
+#define BACKEND_OUT_MAX (2u << 20)
 
 struct wstun__upstream {
   wstun_client *cli;
@@ -26,7 +28,11 @@ struct wstun__upstream {
   wstun__upstream *idle_next;   /* cli->idle */
   int connected, reused, got_bytes, idle, resolving;
   int closing, timer_closed, conn_closed, paused_by_msg;
-  int interim; /* skipping a 1xx response */
+  int interim;       /* skipping a 1xx response */
+  uint64_t deadline; /* uv_now() ms: the backend must have answered */
+  /* while the request holds the tunnel paused: the output's progress when
+   * last seen growing */
+  uint64_t stall_mark, stall_since;
 };
 
 static const wstun__conn_cbs up_conn_cbs;
@@ -122,6 +128,8 @@ static wstun__upstream *up_new(wstun_client *cli, const char *key) {
   up->cli = cli;
   up->key = wstun__strdup(key);
   up->conn = wstun__conn_new(cli->loop, &cli->shared, &up_conn_cbs, up);
+  if (up->conn)
+    up->conn->high_water = BACKEND_OUT_MAX;
   if (up->key == NULL || up->conn == NULL) {
     wstun__free(up->key);
     if (up->conn)
@@ -257,6 +265,69 @@ static void on_backend_timeout(uv_timer_t *t) {
   unpin(req);
 }
 
+static void start_deadline(wstun__upstream *up) {
+  up->deadline = uv_now(up->cli->loop) + up->cli->backend_timeout_ms;
+  uv_timer_start(&up->timer, on_backend_timeout, up->cli->backend_timeout_ms,
+                 0);
+}
+
+static void resume_deadline(wstun__upstream *up) {
+  uint64_t now = uv_now(up->cli->loop);
+  uv_timer_start(&up->timer, on_backend_timeout,
+                 up->deadline > now ? up->deadline - now : 0, 0);
+}
+
+/* ---- a backend that holds the tunnel ------------------------------------ */
+
+/* Messages are not interleaved on the tunnel: while a request body waits
+ * for its backend, nothing else is read from the tunnel. So while the
+ * tunnel is paused for it, the timer watches the backend's intake instead
+ * of the deadline, and a backend that takes no byte for stall_ms is given
+ * up. */
+static void on_stall_check(uv_timer_t *t);
+
+static void on_stall_check_pinned(uv_timer_t *t) {
+  wstun__upstream *up = t->data;
+  wstun_request *req = up->req;
+  wstun_client *cli = up->cli;
+  uint64_t now = uv_now(cli->loop);
+  if (req == NULL || !req->paused_tunnel || now >= up->deadline) {
+    resume_deadline(up);
+    return;
+  }
+  uint64_t p = wstun__conn_progress(up->conn);
+  if (p != up->stall_mark) {
+    up->stall_mark = p;
+    up->stall_since = now;
+  } else if (now - up->stall_since >= cli->stall_ms) {
+    wstun__log(&cli->log, WSTUN_LOG_WARN,
+               "HTTP RET id=%04x: backend %s took none of the request for "
+               "%llu ms while holding the tunnel: given up",
+               req->id, req->backend_key,
+               (unsigned long long)(now - up->stall_since));
+    req->replay_ok = 0; /* the same backend would hold it again */
+    if (req->resp_started)
+      fail_mid_response(up);
+    else
+      fail_before_response(up, "not reading the request");
+    /* answered: the rest of the body is read from the tunnel and dropped */
+    if (req->paused_tunnel && req->t) {
+      req->paused_tunnel = 0;
+      wstun__tunnel_resume_rx(req->t);
+    }
+    return;
+  }
+  uint64_t next = cli->stall_ms / 4 < 100 ? 100 : cli->stall_ms / 4;
+  uint64_t left = up->deadline - now;
+  uv_timer_start(&up->timer, on_stall_check, next < left ? next : left, 0);
+}
+
+static void on_stall_check(uv_timer_t *t) {
+  wstun_request *req = pin((wstun__upstream *)t->data);
+  on_stall_check_pinned(t);
+  unpin(req);
+}
+
 /* ---- sending the request ------------------------------------------------ */
 
 static void flush_request(wstun__upstream *up) {
@@ -276,9 +347,15 @@ static void flush_request(wstun__upstream *up) {
     wstun__conn_write(up->conn, wstun__buf_data(&req->to_backend), n);
     wstun__buf_reset(&req->to_backend);
   }
-  if (req->t && !req->paused_tunnel && wstun__conn_congested(up->conn)) {
-    req->paused_tunnel = 1;
-    wstun__tunnel_pause_rx(req->t);
+  if (req->t && wstun__conn_congested(up->conn)) {
+    wstun__tunnel_pause_rx(req->t); /* again: another may have resumed it */
+    if (!req->paused_tunnel) {
+      req->paused_tunnel = 1;
+      up->stall_mark = wstun__conn_progress(up->conn);
+      up->stall_since = uv_now(up->cli->loop);
+      uint64_t q = up->cli->stall_ms / 4;
+      uv_timer_start(&up->timer, on_stall_check, q < 100 ? 100 : q, 0);
+    }
   }
 }
 
@@ -297,8 +374,7 @@ void wstun__upstream_push(wstun_request *req) {
 /* The connection can carry the request (TCP up, and TLS for https://). */
 static void up_ready(wstun__upstream *up) {
   up->connected = 1;
-  uv_timer_start(&up->timer, on_backend_timeout, up->cli->backend_timeout_ms,
-                 0);
+  start_deadline(up);
   wstun__conn_start_read(up->conn);
   flush_request(up);
 }
@@ -419,7 +495,7 @@ void wstun__upstream_start(wstun_request *req) {
     up->req = req;
     req->up = up;
     wstun__http_parser_resume(&up->parser);
-    uv_timer_start(&up->timer, on_backend_timeout, cli->backend_timeout_ms, 0);
+    start_deadline(up);
     wstun__conn_resume(up->conn);
     wstun__conn_start_read(up->conn);
     flush_request(up);
@@ -607,6 +683,7 @@ static void up_on_drain_pinned(wstun__conn *c) {
   wstun_request *req = up->req;
   if (req && req->paused_tunnel && req->t) {
     req->paused_tunnel = 0;
+    resume_deadline(up);
     wstun__tunnel_resume_rx(req->t);
   }
 }

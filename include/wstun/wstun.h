@@ -272,6 +272,12 @@ typedef struct wstun_client_config {
   const char *regexp;     /* X-Host allowed when it matches entirely */
   int timeout_sec;        /* ping every timeout/3, dead after timeout; 30 */
   int backend_timeout_sec;    /* backend must answer within; default 1200 */
+  /* Slow backends: a request body is buffered for its backend up to
+   * 2 MiB; beyond that the tunnel stops reading (every request and body
+   * behind it waits). A backend that then takes no byte for this many
+   * seconds is given up (the requester gets 502, or a cut response) and
+   * the tunnel goes on. Default 10 (0 = 10). */
+  int stall_timeout_sec;
   int reconnect_max_ms;       /* backoff cap; default 30000 */
   int max_idle_per_backend;   /* idle keep-alive connections kept per
                                  backend; default 256 */

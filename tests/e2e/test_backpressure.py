@@ -233,5 +233,47 @@ class SlowUploader(E2ETestCase):
         self.assertIn(b'"len": %d' % n, head)
 
 
+class SlowBackend(E2ETestCase):
+    """The client's side: a backend that does not read a request body holds
+    the tunnel (the client stops reading it) for every other request."""
+
+    def test_backend_not_reading_does_not_freeze_the_tunnel(self):
+        srv = self.server()
+        be = Backend()
+        self.addCleanup(be.close)
+        tok = make_token("bkstall")
+        self.client(srv, tok, "-stall-timeout", "3", server_url=be.url)
+        wait_tunnels(srv, 1)
+        n = 8 << 20
+        s = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"POST /_token/%s/upload?stall_ms=60000 HTTP/1.1\r\n"
+                  b"Host: x\r\nContent-Length: %d\r\n\r\n" % (tok.encode(), n))
+        s.settimeout(0.5)
+        sent = 0
+        t_end = time.monotonic() + 3
+        chunk = b"z" * (256 << 10)
+        while sent < n and time.monotonic() < t_end:
+            try:
+                sent += s.send(chunk[:n - sent])
+            except socket.timeout:
+                pass
+        t0 = time.monotonic()
+        try:
+            r = get(srv.port, "/_token/%s/echo" % tok, timeout=40)
+        except (socket.timeout, TimeoutError):
+            r = None
+        dt = time.monotonic() - t0
+        sys.stderr.write("\n  other request answered after %s s (upload: %.1f "
+                         "MiB sent)\n" % ("%.2f" % dt if r is not None else "> 40",
+                                          sent / 1048576.0))
+        self.assertIsNotNone(r, "the other request was not answered in 40 s")
+        self.assertEqual(r.status, 200)
+        self.assertLess(dt, 3 + 4)
+        # the uploader was answered too (the backend was given up)
+        s.settimeout(10)
+        self.assertTrue(s.recv(200).startswith(b"HTTP/1.1 502 "))
+
+
 if __name__ == "__main__":
     main()
