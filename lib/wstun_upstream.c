@@ -31,8 +31,9 @@ struct wstun__upstream {
   int interim;       /* skipping a 1xx response */
   uint64_t deadline; /* uv_now() ms: the backend must have answered */
   /* while the request holds the tunnel paused: the output's progress when
-   * last seen growing */
-  uint64_t stall_mark, stall_since;
+   * last seen growing; while the response is streamed onto the tunnel: the
+   * bytes the tunnel took of it, likewise */
+  uint64_t stall_mark, stall_since, resp_mark, resp_since;
 };
 
 static const wstun__conn_cbs up_conn_cbs;
@@ -283,20 +284,49 @@ static void resume_deadline(wstun__upstream *up) {
  * for its backend, nothing else is read from the tunnel. So while the
  * tunnel is paused for it, the timer watches the backend's intake instead
  * of the deadline, and a backend that takes no byte for stall_ms is given
- * up. */
+ * up. Likewise a response streamed onto the tunnel is sent alone until it
+ * ends: a backend that leaves the tunnel waiting for its next bytes for
+ * stall_ms is given up too (the requester sees a cut response). */
 static void on_stall_check(uv_timer_t *t);
+
+/* The response is being sent and the tunnel has taken all there is (one
+ * byte is always held back). */
+static int resp_starving(const wstun_request *req) {
+  const wstun__outmsg *m = req->resp;
+  return m && m->tunnel && m->tunnel->cur == m && wstun__buf_size(&m->buf) <= 1;
+}
 
 static void on_stall_check_pinned(uv_timer_t *t) {
   wstun__upstream *up = t->data;
   wstun_request *req = up->req;
   wstun_client *cli = up->cli;
   uint64_t now = uv_now(cli->loop);
-  if (req == NULL || !req->paused_tunnel || now >= up->deadline) {
+  int resp_watch = req && req->resp && req->resp_handed && !req->resp->finished;
+  if (req == NULL || (!req->paused_tunnel && !resp_watch) ||
+      now >= up->deadline) {
     resume_deadline(up);
     return;
   }
+  if (resp_watch) {
+    if (!resp_starving(req) || req->resp->taken != up->resp_mark) {
+      up->resp_mark = req->resp->taken;
+      up->resp_since = now;
+    } else if (now - up->resp_since >= cli->stall_ms) {
+      wstun__log(&cli->log, WSTUN_LOG_WARN,
+                 "HTTP RET id=%04x: backend %s sent nothing for %llu ms of "
+                 "a response holding the tunnel: cut",
+                 req->id, req->backend_key,
+                 (unsigned long long)(now - up->resp_since));
+      fail_mid_response(up);
+      if (req->paused_tunnel && req->t) {
+        req->paused_tunnel = 0;
+        wstun__tunnel_resume_rx(req->t);
+      }
+      return;
+    }
+  }
   uint64_t p = wstun__conn_progress(up->conn);
-  if (p != up->stall_mark) {
+  if (!req->paused_tunnel || p != up->stall_mark) {
     up->stall_mark = p;
     up->stall_since = now;
   } else if (now - up->stall_since >= cli->stall_ms) {
@@ -512,6 +542,14 @@ static void hand_over(wstun_request *req) {
        wstun__buf_size(&req->resp->buf) >= WSTUN__STREAM_AT)) {
     req->resp_handed = 1;
     wstun__tunnel_send(req->t, req->resp);
+    if (req->up && req->resp && !req->resp->finished) {
+      /* streamed: watch that the backend keeps it going (on_stall_check) */
+      wstun__upstream *up = req->up;
+      up->resp_mark = req->resp->taken;
+      up->resp_since = uv_now(up->cli->loop);
+      uint64_t q = up->cli->stall_ms / 4;
+      uv_timer_start(&up->timer, on_stall_check, q < 100 ? 100 : q, 0);
+    }
   } else if (req->resp && req->resp_handed && req->t) {
     wstun__tunnel_kick(req->t);
   }

@@ -276,7 +276,9 @@ typedef struct wstun_client_config {
    * 2 MiB; beyond that the tunnel stops reading (every request and body
    * behind it waits). A backend that then takes no byte for this many
    * seconds is given up (the requester gets 502, or a cut response) and
-   * the tunnel goes on. Default 10 (0 = 10). */
+   * the tunnel goes on. Likewise a response streamed onto the tunnel (sent
+   * alone until it ends) of which the backend sends nothing for this long
+   * is cut. Default 10 (0 = 10). */
   int stall_timeout_sec;
   int reconnect_max_ms;       /* backoff cap; default 30000 */
   int max_idle_per_backend;   /* idle keep-alive connections kept per

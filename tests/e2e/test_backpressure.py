@@ -10,9 +10,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, OP_BIN, OP_PING, Backend, RawTunnel,  # noqa: E402
-                     encode_frame, get, make_token, main, parse_tunnel_message,
-                     wait_tunnels)
+from harness import (E2ETestCase, HOST, OP_BIN, OP_PING, Backend,  # noqa: E402
+                     LoopbackListener, RawTunnel, encode_frame, get, make_token,
+                     main, parse_tunnel_message, wait_tunnels)
 
 
 class PingFlood(E2ETestCase):
@@ -273,6 +273,74 @@ class SlowBackend(E2ETestCase):
         # the uploader was answered too (the backend was given up)
         s.settimeout(10)
         self.assertTrue(s.recv(200).startswith(b"HTTP/1.1 502 "))
+
+
+class HangingBackend(LoopbackListener):
+    """GET /hang: the head and 100 KiB of a 1 MiB body, then nothing (until
+    stop); anything else: a short 200."""
+
+    def _serve(self, s):
+        s.settimeout(30)
+        try:
+            while not self.stopped.is_set():
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    piece = s.recv(65536)
+                    if not piece:
+                        return
+                    buf += piece
+                if buf.startswith(b"GET /hang"):
+                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+                              % (1 << 20) + b"h" * (100 << 10))
+                    self.stopped.wait(60)
+                    return
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+
+class HangingResponse(E2ETestCase):
+    """A response streamed onto the tunnel is sent alone until it ends: a
+    backend that stops in the middle of one must not hold the tunnel."""
+
+    def test_backend_stalling_mid_response_does_not_freeze_the_tunnel(self):
+        srv = self.server()
+        be = HangingBackend()
+        self.addCleanup(be.stop)
+        tok = make_token("hang")
+        self.client(srv, tok, "-stall-timeout", "3",
+                    server_url="http://%s:%d" % (HOST, be.port))
+        wait_tunnels(srv, 1)
+        s = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /_token/%s/hang HTTP/1.1\r\nHost: x\r\n\r\n"
+                  % tok.encode())
+        s.settimeout(10)
+        self.assertTrue(s.recv(65536).startswith(b"HTTP/1.1 200 "))
+        t0 = time.monotonic()
+        try:
+            r = get(srv.port, "/_token/%s/other" % tok, timeout=40)
+        except (socket.timeout, TimeoutError):
+            r = None
+        dt = time.monotonic() - t0
+        sys.stderr.write("\n  other request answered after %s s\n"
+                         % ("%.2f" % dt if r is not None else "> 40"))
+        self.assertIsNotNone(r, "the other request was not answered in 40 s")
+        self.assertEqual(r.status, 200)
+        self.assertLess(dt, 3 + 4)
+        # the hanging response was cut, not passed off as complete
+        got = 0
+        try:
+            while True:
+                piece = s.recv(65536)
+                if not piece:
+                    break
+                got += len(piece)
+        except ConnectionResetError:
+            pass
+        self.assertLess(got, 1 << 20)
 
 
 if __name__ == "__main__":
