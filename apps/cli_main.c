@@ -172,6 +172,10 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
        "ping every S/3 s, reconnect after S s without answer (default 30; "
        "3..86400, others are clamped)",
        0, -1},
+      {"stall-timeout", FLAG_INT, &cfg.stall_timeout_sec, "S",
+       "give up a backend that reads nothing of a body (or sends nothing of "
+       "a response) for S s while it holds the tunnel (default 10)",
+       1, 86400},
       {"client-ports", FLAG_STR, &cfg.client_ports, "LIST",
        "local source ports for the tunnel, e.g. 8000..8100,8300 (first free)",
        0, -1},

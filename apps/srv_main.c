@@ -109,6 +109,10 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
        1000000},
       {"httptimeout", FLAG_INT, &cfg.http_timeout_sec, "S",
        "answer 504 without a response after (default 1200)", 1, 100000000},
+      {"stall-timeout", FLAG_INT, &cfg.stall_timeout_sec, "S",
+       "cut a requester that reads nothing (or sends none of its body) for "
+       "S s while it holds the tunnel (default 10)",
+       1, 86400},
       {"forget-after", FLAG_INT, &cfg.token_forget_sec, "S",
        "forget a token without clients after (default 3600)", 1, 100000000},
       {"max-header-bytes", FLAG_U64, &max_header, "N",

@@ -29,6 +29,7 @@ void wstun_client_config_init(wstun_client_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->timeout_sec = 30;
   cfg->backend_timeout_sec = 1200;
+  cfg->stall_timeout_sec = 10;
   cfg->reconnect_max_ms = 30000;
   cfg->max_idle_per_backend = 256;
   cfg->max_handler_body = 8 * 1024 * 1024;
@@ -701,8 +702,9 @@ static void send_handshake(wstun_client *cli) {
   wstun__buf *out = wstun__conn_outbuf(cli->dial);
   char hostport[600];
   host_header(&cli->tunnel_url, hostport, sizeof(hostport));
-  if (wstun__ws_new_key(&cli->rng, cli->ws_key) != 0) {
-    dial_fail(cli, WSTUN_EINVAL, "no randomness");
+  int krc = wstun__ws_new_key(&cli->rng, cli->ws_key);
+  if (krc != 0) {
+    dial_fail(cli, krc, "no randomness");
     return;
   }
   int rc = wstun__buf_appendf(out,
@@ -1233,6 +1235,9 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
       (uint64_t)(cfg->backend_timeout_sec > 0 ? cfg->backend_timeout_sec
                                               : 1200) *
       1000;
+  cli->stall_ms =
+      (uint64_t)(cfg->stall_timeout_sec > 0 ? cfg->stall_timeout_sec : 10) *
+      1000;
   cli->reconnect_max_ms =
       (uint64_t)(cfg->reconnect_max_ms > 0 ? cfg->reconnect_max_ms : 30000);
   cli->max_idle =
@@ -1258,11 +1263,12 @@ int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
   cli->log.level = cfg->log_level;
   cli->log.cb = cfg->log_cb;
   cli->log.user_data = cfg->log_user_data;
-  if (wstun__rng_init(&cli->rng) != 0) {
+  int rc = wstun__rng_init(&cli->rng);
+  if (rc != 0) {
     wstun__free(cli);
-    return WSTUN_EINVAL;
+    return rc;
   }
-  int rc = client_setup(cli, cfg);
+  rc = client_setup(cli, cfg);
   if (rc != 0) {
     client_free(cli);
     return rc;

@@ -231,6 +231,8 @@ static void write_more(wstun__conn *c);
 static void on_written(uv_write_t *req, int status) {
   wstun__conn *c = CONN(req);
   c->writing = 0;
+  if (status == 0)
+    c->written += wstun__buf_size(&c->inflight);
   wstun__buf_reset(&c->inflight);
   if (c->closing)
     return;
@@ -373,6 +375,16 @@ void wstun__conn_shared_close(wstun__conn_shared *sh, uv_close_cb cb,
    * check handle first makes its `cb` (which may free *sh) run last */
   uv_close((uv_handle_t *)&sh->flusher, cb);
   uv_close((uv_handle_t *)&sh->nudge, NULL);
+}
+
+uint64_t wstun__conn_progress(const wstun__conn *c) {
+  uint64_t p = c->written;
+  if (c->writing) {
+    size_t left = uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+    size_t n = wstun__buf_size(&c->inflight);
+    p += left < n ? n - left : 0;
+  }
+  return p;
 }
 
 int wstun__conn_congested(wstun__conn *c) {
@@ -563,7 +575,5 @@ int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,
 const char *wstun__conn_strerror(const wstun__conn *c, int err) {
   if (err == WSTUN_ETLS && c->tls && c->tls->failed)
     return c->tls->why;
-  if (err == WSTUN_ETLS || err == WSTUN_ENOMEM || err == WSTUN_ECLOSED)
-    return wstun_strerror(err);
-  return uv_strerror(err);
+  return wstun_strerror(err); /* wstun's and libuv's codes never overlap */
 }

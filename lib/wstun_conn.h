@@ -66,6 +66,7 @@ struct wstun__conn {
   wstun__buf inflight; /* being written by write_req */
   wstun__buf pending;  /* read but not yet consumed */
   size_t high_water;
+  uint64_t written; /* bytes of completed writes (wstun__conn_progress) */
   unsigned reading : 1, paused : 1, writing : 1, closing : 1, ended : 1,
       above_high : 1, close_after_write : 1, open : 1, connecting : 1,
       in_data : 1, dirty : 1;
@@ -137,6 +138,9 @@ static inline size_t wstun__conn_queued(const wstun__conn *c) {
   return wstun__buf_size(&c->out) + wstun__buf_size(&c->inflight) +
          (c->tls ? wstun__buf_size(&c->tls->cout) : 0);
 }
+/* Bytes the kernel took so far, counting the written part of a write in
+ * progress: a stalled peer is one for which this stops growing. */
+uint64_t wstun__conn_progress(const wstun__conn *c);
 /* 1 when queued output is above the high-water mark: the producer should
  * wait for on_drain. */
 int wstun__conn_congested(wstun__conn *c);

@@ -15,6 +15,10 @@
 
 #define FRONT_IDLE_MS 60000     /* keep-alive idle and header read timeout */
 #define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
+/* Response bytes buffered for a requester before its tunnel stops reading:
+ * enough to ride out a slow moment of one reader without holding up the
+ * others on the tunnel, bounded per connection. */
+#define FRONT_OUT_MAX (2u << 20)
 
 /* a WebSocket handshake that will never reach /_tunnel */
 #define NO_TUNNEL_HERE "no tunnel endpoint here: check the base path"
@@ -257,6 +261,99 @@ static void on_deadline(uv_timer_t *t) {
   wstun__front_fail(f, 504, "Tunnel timeout");
 }
 
+/* ---- a requester that holds its tunnel ---------------------------------- */
+
+/* While the exchange's response holds the tunnel paused (its requester
+ * reads slower than the tunnel client sends), the timer watches the
+ * output instead of the deadline: a requester that takes no byte for
+ * stall_ms is cut, so that the other exchanges on the tunnel go on. */
+static uint64_t deadline_left(wstun__front *f) {
+  uint64_t end = f->start_ms + f->srv->http_timeout_ms;
+  uint64_t now = uv_now(f->srv->loop);
+  return end > now ? end - now : 0;
+}
+
+static void on_stall_check(uv_timer_t *t) {
+  wstun__front *f = t->data;
+  wstun_server *srv = f->srv;
+  uint64_t now = uv_now(srv->loop);
+  if (f->conn == NULL || deadline_left(f) == 0) {
+    on_deadline(t);
+    return;
+  }
+  uint64_t p = wstun__conn_progress(f->conn);
+  if (p != f->stall_mark) {
+    f->stall_mark = p;
+    f->stall_since = now;
+  }
+  if (now - f->stall_since >= srv->stall_ms) {
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "HTTP RET token=%s id=%04x: requester read nothing for %llu "
+               "ms while holding the tunnel: cut",
+               f->token_prefix, f->id,
+               (unsigned long long)(now - f->stall_since));
+    wstun__front_fail(f, 0, NULL);
+    return;
+  }
+  uint64_t next = srv->stall_ms / 4 < 100 ? 100 : srv->stall_ms / 4;
+  uint64_t left = deadline_left(f);
+  set_timer(f, next < left ? next : left, on_stall_check);
+}
+
+static void stall_watch_start(wstun__front *f) {
+  f->stall_mark = wstun__conn_progress(f->conn);
+  f->stall_since = uv_now(f->srv->loop);
+  uint64_t next = f->srv->stall_ms / 4 < 100 ? 100 : f->srv->stall_ms / 4;
+  uint64_t left = deadline_left(f);
+  set_timer(f, next < left ? next : left, on_stall_check);
+}
+
+static void stall_watch_stop(wstun__front *f) {
+  set_timer(f, deadline_left(f), on_deadline);
+}
+
+/* The same for the request: a message streamed onto the tunnel is sent
+ * alone until it ends, so an uploader that stops sending its body holds
+ * up everything else to go through that tunnel. While the request is
+ * streamed, the timer checks that the tunnel is not left waiting for its
+ * bytes for stall_ms; an uploader that does so gets 408 and its message
+ * is ended where it stands (the tunnel client sees it cut short). */
+static void on_upload_check(uv_timer_t *t) {
+  wstun__front *f = t->data;
+  wstun_server *srv = f->srv;
+  uint64_t now = uv_now(srv->loop);
+  uint64_t left = deadline_left(f);
+  if (left == 0) {
+    on_deadline(t);
+    return;
+  }
+  wstun__outmsg *m = f->req;
+  if (m == NULL || m->finished ||
+      (f->state != WSTUN__EX_QUEUED && f->state != WSTUN__EX_SENDING)) {
+    set_timer(f, left, on_deadline); /* written: back to the deadline */
+    return;
+  }
+  /* starving the tunnel: it is sending this message and has taken all
+   * there is (one byte is always held back) */
+  int starving = f->state == WSTUN__EX_SENDING && m->tunnel &&
+                 m->tunnel->cur == m && wstun__buf_size(&m->buf) <= 1;
+  if (!starving || m->taken != f->stall_mark) {
+    f->stall_mark = m->taken;
+    f->stall_since = now;
+  } else if (now - f->stall_since >= srv->stall_ms) {
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "HTTP RET token=%s id=%04x status=408: request body stalled "
+               "for %llu ms while holding the tunnel",
+               f->token_prefix, f->id,
+               (unsigned long long)(now - f->stall_since));
+    f->close_after = 1; /* the rest of the body will not be read */
+    wstun__front_fail(f, 408, "Request body timeout");
+    return;
+  }
+  uint64_t next = srv->stall_ms / 4 < 100 ? 100 : srv->stall_ms / 4;
+  set_timer(f, next < left ? next : left, on_upload_check);
+}
+
 /* The exchange is done (answered or failed): next request, or close. */
 static void front_next(wstun__front *f) {
   if (f->closing || f->conn == NULL)
@@ -460,8 +557,16 @@ static void dispatch_if_ready(wstun__front *f) {
       replayable_method(f->method) &&
       wstun__buf_append(&f->replay, wstun__buf_data(&f->req->buf), size) != 0)
     wstun__buf_free(&f->replay); /* no copy: no replay, nothing else lost */
-  if (f->req->finished || wstun__buf_size(&f->req->buf) >= WSTUN__STREAM_AT)
+  if (f->req->finished || wstun__buf_size(&f->req->buf) >= WSTUN__STREAM_AT) {
     wstun__server_dispatch(f->srv, f);
+    if (f->req && !f->req->finished && !f->closing &&
+        (f->state == WSTUN__EX_QUEUED || f->state == WSTUN__EX_SENDING)) {
+      f->stall_mark = f->req->taken;
+      f->stall_since = uv_now(f->srv->loop);
+      set_timer(f, f->srv->stall_ms / 4 < 100 ? 100 : f->srv->stall_ms / 4,
+                on_upload_check);
+    }
+  }
 }
 
 static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
@@ -791,10 +896,14 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
   if (rc != 0)
     return -1;
   wstun__conn_flush(f->conn);
-  if (wstun__conn_congested(f->conn) && f->tun && f->tun->t &&
-      !f->paused_tunnel) {
-    f->paused_tunnel = 1;
+  /* paused even when we paused it before: another requester's drain may
+   * have resumed the tunnel meanwhile */
+  if (wstun__conn_congested(f->conn) && f->tun && f->tun->t) {
     wstun__tunnel_pause_rx(f->tun->t);
+    if (!f->paused_tunnel) {
+      f->paused_tunnel = 1;
+      stall_watch_start(f);
+    }
   }
   return 0;
 }
@@ -964,6 +1073,8 @@ static void front_on_drain(wstun__conn *c) {
   wstun__front *f = c->owner;
   if (f->paused_tunnel && f->tun && f->tun->t) {
     f->paused_tunnel = 0;
+    if (f->state == WSTUN__EX_RESPONDING)
+      stall_watch_stop(f);
     wstun__tunnel_resume_rx(f->tun->t);
   }
   /* reading stopped on congested output between requests (front_on_data) */
@@ -1033,6 +1144,7 @@ void wstun__front_accept(wstun_server *srv) {
     drop_unserved(srv);
     return;
   }
+  f->conn->high_water = FRONT_OUT_MAX;
   uv_timer_init(srv->loop, &f->timer);
   f->timer.data = f;
   wstun__http_parser_init(&f->parser, HTTP_REQUEST, srv->max_header,

@@ -9,7 +9,7 @@ int wstun__rng_init(wstun__rng *r) {
   if (mbedtls_ctr_drbg_seed(&r->drbg, mbedtls_entropy_func, &r->entropy, pers,
                             sizeof(pers) - 1) != 0) {
     wstun__rng_free(r);
-    return WSTUN_EINVAL;
+    return WSTUN_ERNG;
   }
   return 0;
 }
@@ -20,5 +20,5 @@ void wstun__rng_free(wstun__rng *r) {
 }
 
 int wstun__rng_bytes(wstun__rng *r, void *out, size_t n) {
-  return mbedtls_ctr_drbg_random(&r->drbg, out, n) == 0 ? 0 : WSTUN_EINVAL;
+  return mbedtls_ctr_drbg_random(&r->drbg, out, n) == 0 ? 0 : WSTUN_ERNG;
 }

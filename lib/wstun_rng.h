@@ -12,10 +12,10 @@ typedef struct wstun__rng {
   mbedtls_ctr_drbg_context drbg;
 } wstun__rng;
 
-/* 0 or WSTUN_EINVAL when the OS gives no entropy. */
+/* 0 or WSTUN_ERNG when the OS gives no entropy. */
 int wstun__rng_init(wstun__rng *r);
 void wstun__rng_free(wstun__rng *r);
-/* 0 or WSTUN_EINVAL. */
+/* 0 or WSTUN_ERNG. */
 int wstun__rng_bytes(wstun__rng *r, void *out, size_t n);
 
 #endif

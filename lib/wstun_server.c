@@ -24,6 +24,7 @@ void wstun_server_config_init(wstun_server_config *cfg) {
   cfg->max_requests_per_tunnel = 20;
   cfg->ws_timeout_sec = 30;
   cfg->http_timeout_sec = 1200;
+  cfg->stall_timeout_sec = 10;
   cfg->token_forget_sec = 3600;
   cfg->max_header_bytes = 64 * 1024;
   cfg->log_level = WSTUN_LOG_INFO;
@@ -893,6 +894,9 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->http_timeout_ms =
       (uint64_t)(cfg->http_timeout_sec > 0 ? cfg->http_timeout_sec : 1200) *
       1000;
+  srv->stall_ms =
+      (uint64_t)(cfg->stall_timeout_sec > 0 ? cfg->stall_timeout_sec : 10) *
+      1000;
   srv->forget_ms =
       (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) *
       1000;
@@ -932,10 +936,9 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->max_conns = cfg->max_connections > 0 ? (size_t)cfg->max_connections : 0;
   srv->max_conns_per_ip =
       cfg->max_connections_per_ip > 0 ? (size_t)cfg->max_connections_per_ip : 0;
-  if (wstun__rng_init(&srv->rng) != 0) {
-    rc = WSTUN_EINVAL;
+  rc = wstun__rng_init(&srv->rng);
+  if (rc != 0)
     goto fail_early;
-  }
 
   struct sockaddr_storage addr;
   const char *host = cfg->host && *cfg->host ? cfg->host : "0.0.0.0";

@@ -107,6 +107,8 @@ struct wstun__front {
    * proxies retry idempotent requests) instead of answered 502. */
   wstun__buf replay;
   int paused_tunnel;
+  /* while paused_tunnel: the output's progress when last seen growing */
+  uint64_t stall_mark, stall_since;
   uint64_t start_ms;
   char token_prefix[12];
 };
@@ -127,6 +129,7 @@ struct wstun_server {
   size_t max_queue;
   size_t max_clients;
   uint64_t ws_timeout_ms, http_timeout_ms, forget_ms;
+  uint64_t stall_ms; /* cut a requester that holds its tunnel this long */
   size_t max_header;
   uint64_t max_body;
   uint64_t header_timeout_ms;

@@ -62,12 +62,14 @@ static int config_new(wstun__tls_config **out, int endpoint) {
   mbedtls_pk_init(&cfg->key);
   cfg->refs = 1;
   cfg->is_server = endpoint == MBEDTLS_SSL_IS_SERVER;
-  if (wstun__rng_init(&cfg->rng) != 0 ||
-      mbedtls_ssl_config_defaults(&cfg->conf, endpoint,
-                                  MBEDTLS_SSL_TRANSPORT_STREAM,
-                                  MBEDTLS_SSL_PRESET_DEFAULT) != 0) {
+  int rc = wstun__rng_init(&cfg->rng);
+  if (rc == 0 && mbedtls_ssl_config_defaults(&cfg->conf, endpoint,
+                                             MBEDTLS_SSL_TRANSPORT_STREAM,
+                                             MBEDTLS_SSL_PRESET_DEFAULT) != 0)
+    rc = WSTUN_ENOMEM;
+  if (rc != 0) {
     wstun__tls_config_unref(cfg);
-    return WSTUN_ENOMEM;
+    return rc;
   }
   mbedtls_ssl_conf_rng(&cfg->conf, mbedtls_ctr_drbg_random, &cfg->rng.drbg);
   mbedtls_ssl_conf_min_version(&cfg->conf, MBEDTLS_SSL_MAJOR_VERSION_3,

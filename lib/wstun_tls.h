@@ -34,8 +34,8 @@ typedef struct wstun__tls_config {
 
 /* A client configuration: TLS 1.2+, the peer verified against the system
  * store plus `extra_ca` (a PEM file, may be NULL), unless `verify` is 0.
- * On error returns WSTUN_ETLS (or WSTUN_ENOMEM) and writes the reason into
- * err. */
+ * On error returns WSTUN_ETLS (or WSTUN_ENOMEM, WSTUN_ERNG) and writes the
+ * reason into err (WSTUN_ETLS only). */
 int wstun__tls_client_config(wstun__tls_config **out, const char *extra_ca,
                              int verify, char *err, size_t errlen);
 /* A server configuration from PEM files. The key file must not be

@@ -74,11 +74,29 @@ void wstun__outmsg_abandon(wstun__outmsg *m) {
 
 /* ---- wslay callbacks --------------------------------------------------- */
 
+/* Messages wslay may hold for sending (pongs it owes, a close, the data
+ * message being sent) before the tunnel stops reading. wslay answers every
+ * ping with a queued pong, so a peer that pings and never reads would
+ * otherwise grow that queue without end; a sane peer pings every few
+ * seconds and reads its pongs. */
+#define TX_QUEUE_MAX 32
+
+static int tx_backlog(const wstun__tunnel *t) {
+  return t->ws != NULL &&
+         wslay_event_get_queued_msg_count(t->ws) > TX_QUEUE_MAX;
+}
+
 static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                        int flags, void *ud) {
   wstun__tunnel *t = ud;
   (void)flags;
   if (t->rx_paused || t->in_len == 0 || t->closing) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  if (tx_backlog(t)) {
+    /* the rest waits (conn->pending) until the output drains */
+    t->tx_held = 1;
     wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
     return -1;
   }
@@ -134,6 +152,7 @@ static ssize_t ws_read_msg(wslay_event_context_ptr ctx, uint8_t *buf,
   size_t n = avail < len ? avail : len;
   memcpy(buf, wstun__buf_data(&m->buf), n);
   wstun__buf_consume(&m->buf, n);
+  m->taken += n;
   m->started = 1;
   if (m->finished && wstun__buf_size(&m->buf) == 0) {
     *eof = 1;
@@ -397,6 +416,25 @@ size_t wstun__tunnel_queued(const wstun__tunnel *t) {
 
 /* ---- conn callbacks ----------------------------------------------------- */
 
+/* wslay's receive path over t->in (and what wslay holds), then the sending
+ * it caused. Input stops (tx_held) while wslay owes the peer too many
+ * frames; those are only sent after wslay_event_recv returns, so when
+ * sending cleared them, receiving goes on. Still owed after the send means
+ * the connection is congested: its drain resumes us (tun_on_drain). */
+static int rx_run(wstun__tunnel *t) {
+  for (;;) {
+    t->in_rx = 1;
+    int rc = wslay_event_recv(t->ws);
+    t->in_rx = 0;
+    if (rc != 0)
+      return rc;
+    pump(t);
+    if (t->closing || !t->tx_held || tx_backlog(t))
+      return 0;
+    t->tx_held = 0;
+  }
+}
+
 static size_t tun_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   wstun__tunnel *t = c->owner;
   if (t->closing)
@@ -408,9 +446,7 @@ static size_t tun_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   }
   t->in = data;
   t->in_len = len;
-  t->in_rx = 1;
-  int rc = wslay_event_recv(t->ws);
-  t->in_rx = 0;
+  int rc = rx_run(t);
   size_t used = len - t->in_len;
   t->in = NULL;
   t->in_len = 0;
@@ -418,7 +454,6 @@ static size_t tun_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
     tunnel_fail(t, WSTUN_EPROTO);
     return len;
   }
-  pump(t);
   if (!t->closing && !wslay_event_want_read(t->ws) &&
       !wslay_event_want_write(t->ws))
     tunnel_fail(t, t->err ? t->err : WSTUN_ECLOSED);
@@ -435,8 +470,16 @@ static void tun_on_end(wstun__conn *c, int err) {
   tunnel_fail(t, WSTUN_ECLOSED);
 }
 
+static void rx_restart(wstun__tunnel *t);
+
 static void tun_on_drain(wstun__conn *c) {
-  pump((wstun__tunnel *)c->owner);
+  wstun__tunnel *t = c->owner;
+  pump(t);
+  if (t->tx_held && !t->closing && !tx_backlog(t)) {
+    t->tx_held = 0;
+    if (!t->rx_paused)
+      rx_restart(t);
+  }
 }
 
 static void maybe_free(wstun__tunnel *t) {
@@ -542,8 +585,9 @@ static void on_tick(uv_timer_t *timer) {
   wstun__tunnel *t = timer->data;
   uint64_t now = uv_now(timer->loop);
   /* while we hold the input back (a slow requester downstream), the
-   * peer's silence is ours, not its */
-  if (t->rx_paused || (t->conn && t->conn->paused))
+   * peer's silence is ours, not its; not so when we hold it back because
+   * the peer does not read what we owe it (tx_held) */
+  if ((t->rx_paused || (t->conn && t->conn->paused)) && !t->tx_held)
     t->last_rx = t->last_ctrl = now;
   /* the side that pings (the client) waits for pongs; the other side for
    * anything at all (PROTOCOL.md section 4) */
@@ -600,20 +644,21 @@ void wstun__tunnel_resume_rx(wstun__tunnel *t) {
    * this read. Clearing the flag is enough: the running receive goes on. */
   if (t->in_rx)
     return;
+  rx_restart(t);
+}
+
+/* Input may flow again (no sink paused it, no output backlog). */
+static void rx_restart(wstun__tunnel *t) {
   /* wslay may hold bytes it read ahead: let it parse them first */
   if (t->ws != NULL) {
     t->in = NULL;
     t->in_len = 0;
-    t->in_rx = 1;
-    int rc = wslay_event_recv(t->ws);
-    t->in_rx = 0;
-    if (rc != 0) {
+    if (rx_run(t) != 0) {
       tunnel_fail(t, WSTUN_EPROTO);
       return;
     }
-    pump(t);
   }
-  if (!t->closing && !t->rx_paused)
+  if (!t->closing && !t->rx_paused && !t->tx_held)
     wstun__conn_resume(t->conn);
 }
 

@@ -46,6 +46,7 @@ typedef struct wstun__outmsg_cbs {
 
 struct wstun__outmsg {
   wstun__buf buf; /* bytes not yet taken by the tunnel, prefix first */
+  uint64_t taken; /* bytes the tunnel took so far */
   unsigned finished : 1, queued : 1, started : 1, paused_src : 1;
   wstun__tunnel *tunnel;
   wstun__outmsg *next;
@@ -107,6 +108,7 @@ struct wstun__tunnel {
   void *sink;
   int drop;
   int rx_paused;
+  int tx_held; /* input held back: wslay owes the peer too much (pongs) */
   int in_rx; /* inside wslay_event_recv: wslay must not be re-entered */
   /* bytes handed to wslay, and the size of the whole frames it parsed out
    * of them: equal when wslay holds no part of a frame */

@@ -16,6 +16,8 @@
  * tunnel stops reading until they are written */
 #define TO_BACKEND_HIGH (256 * 1024)
 #define RESP_MAX_HEAD (1 << 20)
+/* Request bytes buffered for a backend before the tunnel stops reading. */
+#define BACKEND_OUT_MAX (2u << 20)
 
 struct wstun__upstream {
   wstun_client *cli;
@@ -29,7 +31,12 @@ struct wstun__upstream {
   wstun__upstream *idle_next;   /* cli->idle */
   int connected, reused, got_bytes, idle, resolving;
   int closing, timer_closed, conn_closed, paused_by_msg;
-  int interim; /* skipping a 1xx response */
+  int interim;       /* skipping a 1xx response */
+  uint64_t deadline; /* uv_now() ms: the backend must have answered */
+  /* while the request holds the tunnel paused: the output's progress when
+   * last seen growing; while the response is streamed onto the tunnel: the
+   * bytes the tunnel took of it, likewise */
+  uint64_t stall_mark, stall_since, resp_mark, resp_since;
 };
 
 static const wstun__conn_cbs up_conn_cbs;
@@ -125,6 +132,8 @@ static wstun__upstream *up_new(wstun_client *cli, const char *key) {
   up->cli = cli;
   up->key = wstun__strdup(key);
   up->conn = wstun__conn_new(cli->loop, &cli->shared, &up_conn_cbs, up);
+  if (up->conn)
+    up->conn->high_water = BACKEND_OUT_MAX;
   if (up->key == NULL || up->conn == NULL) {
     wstun__free(up->key);
     if (up->conn)
@@ -274,6 +283,98 @@ static void on_backend_timeout(uv_timer_t *t) {
   unpin(req);
 }
 
+static void start_deadline(wstun__upstream *up) {
+  up->deadline = uv_now(up->cli->loop) + up->cli->backend_timeout_ms;
+  uv_timer_start(&up->timer, on_backend_timeout, up->cli->backend_timeout_ms,
+                 0);
+}
+
+static void resume_deadline(wstun__upstream *up) {
+  uint64_t now = uv_now(up->cli->loop);
+  uv_timer_start(&up->timer, on_backend_timeout,
+                 up->deadline > now ? up->deadline - now : 0, 0);
+}
+
+/* ---- a backend that holds the tunnel ------------------------------------ */
+
+/* Messages are not interleaved on the tunnel: while a request body waits
+ * for its backend, nothing else is read from the tunnel. So while the
+ * tunnel is paused for it, the timer watches the backend's intake instead
+ * of the deadline, and a backend that takes no byte for stall_ms is given
+ * up. Likewise a response streamed onto the tunnel is sent alone until it
+ * ends: a backend that leaves the tunnel waiting for its next bytes for
+ * stall_ms is given up too (the requester sees a cut response). */
+static void on_stall_check(uv_timer_t *t);
+
+/* The response is being sent and the tunnel has taken all there is (one
+ * byte is always held back). */
+static int resp_starving(const wstun_request *req) {
+  const wstun__outmsg *m = req->resp;
+  return m && m->tunnel && m->tunnel->cur == m && wstun__buf_size(&m->buf) <= 1;
+}
+
+static void on_stall_check_pinned(uv_timer_t *t) {
+  wstun__upstream *up = t->data;
+  wstun_request *req = up->req;
+  wstun_client *cli = up->cli;
+  uint64_t now = uv_now(cli->loop);
+  int resp_watch = req && req->resp && req->resp_handed && !req->resp->finished;
+  if (req == NULL || (!req->paused_tunnel && !resp_watch) ||
+      now >= up->deadline) {
+    resume_deadline(up);
+    return;
+  }
+  if (resp_watch) {
+    if (!resp_starving(req) || req->resp->taken != up->resp_mark) {
+      up->resp_mark = req->resp->taken;
+      up->resp_since = now;
+    } else if (now - up->resp_since >= cli->stall_ms) {
+      wstun__log(&cli->log, WSTUN_LOG_WARN,
+                 "HTTP RET id=%04x: backend %s sent nothing for %llu ms of "
+                 "a response holding the tunnel: cut",
+                 req->id, req->backend_key,
+                 (unsigned long long)(now - up->resp_since));
+      fail_mid_response(up);
+      if (req->paused_tunnel && req->t) {
+        req->paused_tunnel = 0;
+        wstun__tunnel_resume_rx(req->t);
+      }
+      return;
+    }
+  }
+  uint64_t p = wstun__conn_progress(up->conn);
+  if (!req->paused_tunnel || p != up->stall_mark) {
+    up->stall_mark = p;
+    up->stall_since = now;
+  } else if (now - up->stall_since >= cli->stall_ms) {
+    wstun__log(&cli->log, WSTUN_LOG_WARN,
+               "HTTP RET id=%04x: backend %s took none of the request for "
+               "%llu ms while holding the tunnel: given up",
+               req->id, req->backend_key,
+               (unsigned long long)(now - up->stall_since));
+    req->replay_ok = 0; /* the same backend would hold it again */
+    if (req->resp_started)
+      fail_mid_response(up);
+    else
+      fail_before_response(up, "not reading the request");
+    /* answered: the rest of the body is read from the tunnel and dropped */
+    if (req->paused_tunnel && req->t) {
+      req->paused_tunnel = 0;
+      wstun__tunnel_resume_rx(req->t);
+    }
+    return;
+  }
+  uint64_t next = cli->stall_ms / 4 < 100 ? 100 : cli->stall_ms / 4;
+  uint64_t left = up->deadline - now;
+  uv_timer_start(&up->timer, on_stall_check, next < left ? next : left, 0);
+}
+
+static void on_stall_check(uv_timer_t *t) {
+  wstun_request *req = pin((wstun__upstream *)t->data);
+  on_stall_check_pinned(t);
+  unpin(req);
+}
+
 /* ---- sending the request ------------------------------------------------ */
 
 static void flush_request(wstun__upstream *up) {
@@ -294,9 +395,15 @@ static void flush_request(wstun__upstream *up) {
     wstun__buf_reset(&req->to_backend);
   }
   int congested = wstun__conn_congested(up->conn);
-  if (req->t && !req->paused_tunnel && congested) {
-    req->paused_tunnel = 1;
-    wstun__tunnel_pause_rx(req->t);
+  if (req->t && congested) {
+    wstun__tunnel_pause_rx(req->t); /* again: another may have resumed it */
+    if (!req->paused_tunnel) {
+      req->paused_tunnel = 1;
+      up->stall_mark = wstun__conn_progress(up->conn);
+      up->stall_since = uv_now(up->cli->loop);
+      uint64_t q = up->cli->stall_ms / 4;
+      uv_timer_start(&up->timer, on_stall_check, q < 100 ? 100 : q, 0);
+    }
   } else if (req->t && req->paused_tunnel && !congested) {
     /* paused while the backend was not connected (upstream_push), and
      * written now without congesting it: nobody else would resume */
@@ -327,8 +434,7 @@ void wstun__upstream_push(wstun_request *req) {
 /* The connection can carry the request (TCP up, and TLS for https://). */
 static void up_ready(wstun__upstream *up) {
   up->connected = 1;
-  uv_timer_start(&up->timer, on_backend_timeout, up->cli->backend_timeout_ms,
-                 0);
+  start_deadline(up);
   wstun__conn_start_read(up->conn);
   flush_request(up);
 }
@@ -449,7 +555,7 @@ void wstun__upstream_start(wstun_request *req) {
     up->req = req;
     req->up = up;
     wstun__http_parser_resume(&up->parser);
-    uv_timer_start(&up->timer, on_backend_timeout, cli->backend_timeout_ms, 0);
+    start_deadline(up);
     wstun__conn_resume(up->conn);
     wstun__conn_start_read(up->conn);
     flush_request(up);
@@ -466,6 +572,14 @@ static void hand_over(wstun_request *req) {
        wstun__buf_size(&req->resp->buf) >= WSTUN__STREAM_AT)) {
     req->resp_handed = 1;
     wstun__tunnel_send(req->t, req->resp);
+    if (req->up && req->resp && !req->resp->finished) {
+      /* streamed: watch that the backend keeps it going (on_stall_check) */
+      wstun__upstream *up = req->up;
+      up->resp_mark = req->resp->taken;
+      up->resp_since = uv_now(up->cli->loop);
+      uint64_t q = up->cli->stall_ms / 4;
+      uv_timer_start(&up->timer, on_stall_check, q < 100 ? 100 : q, 0);
+    }
   } else if (req->resp && req->resp_handed && req->t) {
     wstun__tunnel_kick(req->t);
   }
@@ -649,6 +763,7 @@ static void up_on_drain_pinned(wstun__conn *c) {
   wstun_request *req = up->req;
   if (req && req->paused_tunnel && req->t) {
     req->paused_tunnel = 0;
+    resume_deadline(up);
     wstun__tunnel_resume_rx(req->t);
   }
 }

@@ -33,7 +33,7 @@ int wstun__ws_new_key(wstun__rng *rng, char out[WSTUN__WS_KEY_LEN + 1]) {
   unsigned char raw[16];
   size_t olen = 0;
   if (wstun__rng_bytes(rng, raw, sizeof(raw)) != 0)
-    return WSTUN_EINVAL;
+    return WSTUN_ERNG;
   if (mbedtls_base64_encode((unsigned char *)out, WSTUN__WS_KEY_LEN + 1, &olen,
                             raw, sizeof(raw)) != 0)
     return WSTUN_EINVAL;

@@ -16,7 +16,8 @@
 /* base64(SHA-1(key + GUID)) into out (NUL-terminated). 0 or WSTUN_EINVAL. */
 int wstun__ws_accept_key(const char *key, char out[WSTUN__WS_ACCEPT_LEN + 1]);
 
-/* A fresh Sec-WebSocket-Key (NUL-terminated). */
+/* A fresh Sec-WebSocket-Key (NUL-terminated). 0, WSTUN_ERNG, or
+ * WSTUN_EINVAL. */
 int wstun__ws_new_key(wstun__rng *rng, char out[WSTUN__WS_KEY_LEN + 1]);
 
 /* Server side: checks an upgrade request. Returns 0 when it is a valid

@@ -9,8 +9,9 @@
  *
  * Conventions (as in libuv):
  *   - Functions that can fail return 0 or a negative WSTUN_E* code;
- *     wstun_strerror() names it. A call that fails synchronously never fires
- *     its callback.
+ *     wstun_strerror() names it (and libuv's UV_E* codes too: the two
+ *     never overlap). A call that fails synchronously never fires its
+ *     callback.
  *   - Config structs are filled with defaults by their _init() function;
  *     set only what you need, so new fields never break callers.
  *   - Strings in config structs are borrowed for the duration of the _new()
@@ -40,22 +41,27 @@ extern "C" {
 
 /* ---- errors ------------------------------------------------------------ */
 
+/* wstun's codes live from -30001 down, far from errno's range where
+ * libuv's UV_E* codes are (-1..-4095 on every platform libuv supports), so
+ * a value that reached a log or a callback through either library means
+ * one thing only. */
 #define WSTUN_ERRNO_MAP(XX)                                                    \
-  XX(EINVAL, -1, "invalid argument")                                           \
-  XX(ENOMEM, -2, "out of memory")                                              \
-  XX(EURL, -3, "malformed URL")                                                \
-  XX(EREGEX, -4, "invalid regular expression")                                 \
-  XX(ELISTEN, -5, "cannot listen on the given address")                        \
-  XX(ESTATE, -6, "operation not allowed in the current state")                 \
-  XX(EPROTO, -7, "tunnel protocol error")                                      \
-  XX(EHANDSHAKE, -8, "WebSocket handshake failed")                             \
-  XX(ECONNECT, -9, "connection failed")                                        \
-  XX(ECLOSED, -10, "connection closed")                                        \
-  XX(ETIMEDOUT, -11, "timed out")                                              \
-  XX(EPASSWORDS, -12, "malformed password list")                               \
-  XX(ECIDR, -13, "malformed address list")                                     \
-  XX(EPORTS, -14, "malformed port list")                                       \
-  XX(ETLS, -15, "TLS failure")
+  XX(EINVAL, -30001, "invalid argument")                                       \
+  XX(ENOMEM, -30002, "out of memory")                                          \
+  XX(EURL, -30003, "malformed URL")                                            \
+  XX(EREGEX, -30004, "invalid regular expression")                             \
+  XX(ELISTEN, -30005, "cannot listen on the given address")                    \
+  XX(ESTATE, -30006, "operation not allowed in the current state")             \
+  XX(EPROTO, -30007, "tunnel protocol error")                                  \
+  XX(EHANDSHAKE, -30008, "WebSocket handshake failed")                         \
+  XX(ECONNECT, -30009, "connection failed")                                    \
+  XX(ECLOSED, -30010, "connection closed")                                     \
+  XX(ETIMEDOUT, -30011, "timed out")                                           \
+  XX(EPASSWORDS, -30012, "malformed password list")                            \
+  XX(ECIDR, -30013, "malformed address list")                                  \
+  XX(EPORTS, -30014, "malformed port list")                                    \
+  XX(ETLS, -30015, "TLS failure")                                              \
+  XX(ERNG, -30016, "cannot seed the random number generator")
 
 typedef enum {
 #define WSTUN__ERR(name, val, msg) WSTUN_##name = (val),
@@ -63,7 +69,8 @@ typedef enum {
 #undef WSTUN__ERR
 } wstun_errno;
 
-/* A static string for a WSTUN_E* code; "unknown error" for others. */
+/* A static string for a WSTUN_E* or a libuv UV_E* code; "unknown error"
+ * for others. */
 WSTUN_EXTERN const char *wstun_strerror(int err);
 
 /* The library's version as "MAJOR.MINOR.PATCH" (static string). */
@@ -131,6 +138,17 @@ typedef struct wstun_server_config {
   int max_clients_per_token;   /* 0 = unlimited */
   int ws_timeout_sec;          /* close a silent tunnel; default 30, 3..600 */
   int http_timeout_sec;        /* answer 504 after; default 1200 */
+  /* Slow requesters: a response is buffered for its requester up to 2 MiB;
+   * beyond that the tunnel stops reading (messages are not interleaved,
+   * so every exchange on it waits). A requester that then takes no byte
+   * for this many seconds is cut (connection reset) and the tunnel goes
+   * on. Default 10 (0 = 10): below wstuncli's default -timeout of 30, as
+   * a tunnel that is not read answers no pings and its client would
+   * redial, yet far above the pauses of a live but slow reader, whose
+   * every byte taken counts as progress. Likewise a request body streamed
+   * onto a tunnel (sent alone until it ends) that leaves the tunnel
+   * waiting this long is answered 408. */
+  int stall_timeout_sec;
   int token_forget_sec;        /* forget a token with no client; default 3600 */
   size_t max_header_bytes;     /* request head larger → 431; default 64 KiB */
   uint64_t max_body_bytes;     /* request body larger → 413; 0 = unlimited */
@@ -169,7 +187,8 @@ WSTUN_EXTERN void wstun_server_config_init(wstun_server_config *cfg);
 /* Creates a server on `loop` and starts listening. On success *out owns the
  * server until wstun_server_close() completes. Errors: WSTUN_EINVAL,
  * WSTUN_EPASSWORDS, WSTUN_ECIDR, WSTUN_ETLS (certificate or key unusable;
- * the reason is logged), WSTUN_ELISTEN, WSTUN_ENOMEM. */
+ * the reason is logged), WSTUN_ELISTEN, WSTUN_ENOMEM, WSTUN_ERNG (no
+ * entropy). */
 WSTUN_EXTERN int wstun_server_start(uv_loop_t *loop,
                                     const wstun_server_config *cfg,
                                     wstun_server **out);
@@ -268,6 +287,14 @@ typedef struct wstun_client_config {
   const char *regexp;     /* X-Host allowed when it matches entirely */
   int timeout_sec;        /* ping every timeout/3, dead after timeout; 30 */
   int backend_timeout_sec;    /* backend must answer within; default 1200 */
+  /* Slow backends: a request body is buffered for its backend up to
+   * 2 MiB; beyond that the tunnel stops reading (every request and body
+   * behind it waits). A backend that then takes no byte for this many
+   * seconds is given up (the requester gets 502, or a cut response) and
+   * the tunnel goes on. Likewise a response streamed onto the tunnel (sent
+   * alone until it ends) of which the backend sends nothing for this long
+   * is cut. Default 10 (0 = 10). */
+  int stall_timeout_sec;
   int reconnect_max_ms;       /* backoff cap; default 30000 */
   int max_idle_per_backend;   /* idle keep-alive connections kept per
                                  backend; default 256 */
@@ -307,7 +334,8 @@ WSTUN_EXTERN void wstun_client_config_init(wstun_client_config *cfg);
 /* Validates the config, then starts dialing (and redialing with backoff
  * after every drop) until wstun_client_close(). Errors: WSTUN_EINVAL (token
  * missing or too short, no tunnel URL), WSTUN_EURL (tunnel, server or
- * proxy URL), WSTUN_EREGEX, WSTUN_EPORTS, WSTUN_ETLS, WSTUN_ENOMEM. */
+ * proxy URL), WSTUN_EREGEX, WSTUN_EPORTS, WSTUN_ETLS, WSTUN_ENOMEM,
+ * WSTUN_ERNG. */
 WSTUN_EXTERN int wstun_client_start(uv_loop_t *loop,
                                     const wstun_client_config *cfg,
                                     wstun_client **out);
