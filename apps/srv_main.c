@@ -116,7 +116,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       {"max-body", FLAG_U64, &max_body, "N",
        "request body limit in bytes, else 413 (0 = unlimited)", 0, INT64_MAX},
       {"header-timeout", FLAG_INT, &cfg.header_timeout_sec, "S",
-       "request head must arrive within S s of its first byte, else 408 (30)",
+       "request head (and TLS handshake) must arrive within S s, else 408 (30)",
        1, 86400},
       {"max-connections", FLAG_INT, &cfg.max_connections, "N",
        "open connections at most, more get 503 (0 = no limit)", 0, 10000000},

@@ -213,6 +213,22 @@ static void on_head_timeout(uv_timer_t *t) {
   front_next(f);
 }
 
+/* A TLS handshake gets no more time than a request head (-header-timeout):
+ * a peer that connects and sends nothing, or part of a ClientHello, would
+ * otherwise hold its connection slot for the whole idle timeout. No
+ * answer: nothing can be said before the handshake. */
+static void on_tls_timeout(uv_timer_t *t) {
+  wstun__front *f = t->data;
+  if (f->conn && f->conn->tls && !f->conn->tls->handshake_done) {
+    char peer[80];
+    wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
+               "TLS with %s: no handshake within %llu ms: closing",
+               wstun__conn_peer(f->conn, peer, sizeof(peer)),
+               (unsigned long long)f->srv->header_timeout_ms);
+  }
+  wstun__front_close(f);
+}
+
 static void on_deadline(uv_timer_t *t) {
   wstun__front *f = t->data;
   wstun__log(&f->srv->log, WSTUN_LOG_INFO,
@@ -910,6 +926,17 @@ static void front_on_end(wstun__conn *c, int err) {
   wstun__front_close(c->owner);
 }
 
+/* The TLS handshake is over: from now on the plain idle timeout, and
+ * each request head its own deadline (front_on_data). */
+static void front_on_secure(wstun__conn *c, int status) {
+  wstun__front *f = c->owner;
+  if (status != 0) {
+    wstun__front_close(f); /* why is logged when the connection closes */
+    return;
+  }
+  set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+}
+
 static void front_on_drain(wstun__conn *c) {
   wstun__front *f = c->owner;
   if (f->paused_tunnel && f->tun && f->tun->t) {
@@ -926,6 +953,7 @@ static const wstun__conn_cbs front_conn_cbs = {
     .on_end = front_on_end,
     .on_drain = front_on_drain,
     .on_close = front_conn_closed,
+    .on_secure = front_on_secure,
 };
 
 void wstun__front_accept(wstun_server *srv) {
@@ -965,5 +993,11 @@ void wstun__front_accept(wstun_server *srv) {
     front_next(f);
     return;
   }
-  set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+  if (srv->tls)
+    set_timer(f,
+              srv->header_timeout_ms < FRONT_IDLE_MS ? srv->header_timeout_ms
+                                                     : FRONT_IDLE_MS,
+              on_tls_timeout);
+  else
+    set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
 }

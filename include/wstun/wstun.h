@@ -136,7 +136,9 @@ typedef struct wstun_server_config {
   uint64_t max_body_bytes;     /* request body larger → 413; 0 = unlimited */
   /* Slow clients: the whole request head must arrive within this many
    * seconds of its first byte, else 408 and the connection closes
-   * (slowloris). Default 30. */
+   * (slowloris). With TLS, the handshake must also be done within this
+   * many seconds (at most 60) of the connection, else it closes without
+   * an answer. Default 30. */
   int header_timeout_sec;
   /* Open connections (requesters and tunnels) at most, in all and per
    * peer address; more are answered 503 and closed. 0 = no limit (the
