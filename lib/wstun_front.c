@@ -385,6 +385,18 @@ static int route_metrics(wstun__front *f, const wstun__http_head *h) {
   int rc =
       wstun__metrics_write(&srv->metrics, &st, queued, by_conns,
                            srv->shared.bytes_in, srv->shared.bytes_out, &doc);
+  rc |= wstun__buf_appendf(
+      &doc,
+      "# HELP wstun_connections Open connections counted against "
+      "wstun_max_connections (requesters and tunnels).\n"
+      "# TYPE wstun_connections gauge\nwstun_connections %zu\n"
+      "# HELP wstun_max_connections The cap in effect (0 = none).\n"
+      "# TYPE wstun_max_connections gauge\nwstun_max_connections %zu\n"
+      "# HELP wstun_max_connections_per_ip The cap per peer address in "
+      "effect (0 = none).\n"
+      "# TYPE wstun_max_connections_per_ip gauge\n"
+      "wstun_max_connections_per_ip %zu\n",
+      srv->nconns, srv->max_conns, srv->max_conns_per_ip);
   answer_doc(f, rc, &doc, "text/plain; version=0.0.4; charset=utf-8");
   return 0;
 }
