@@ -9,8 +9,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, SRV_BIN, Server, get, raw_http, wait_until,  # noqa: E402
-                     main)
+from harness import (E2ETestCase, HOST, SRV_BIN, LoopbackListener, Server, get,  # noqa: E402
+                     raw_http, wait_tunnels, wait_until, main)
 
 DEFAULT_MAX_CONNECTIONS = 10000  # WSTUN_DEFAULT_MAX_CONNECTIONS
 DEFAULT_MAX_CONNECTIONS_PER_IP = 1000
@@ -253,6 +253,78 @@ class DefaultCaps(E2ETestCase):
         time.sleep(0.2)
         with connect(srv2.port) as extra:
             self.assertTrue(refused_503(extra), "an untrusted address was not capped")
+
+
+class CannedBackend(LoopbackListener):
+    """Answers every request with the same raw bytes, then closes."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests = 0
+        super().__init__()
+
+    def _serve(self, s):
+        s.settimeout(10)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                piece = s.recv(65536)
+                if not piece:
+                    return
+                data += piece
+            self.requests += 1
+            s.sendall(self.answer)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+
+class TransferCodings(E2ETestCase):
+    """Issue 13: bodies are re-framed on the way, so a transfer coding
+    other than chunked (gzip, chunked) would be dropped silently. The
+    server refuses such requests with 501 (RFC 9112 6.1); the client
+    answers 502 for such a backend response, as Go's client does."""
+
+    def test_gzip_chunked_request_is_501(self):
+        srv, cli, be, tok = self.tunnel()
+        for te in (b"gzip, chunked", b"x-custom,Chunked"):
+            req = (b"POST /_token/%s/echo HTTP/1.1\r\nHost: x\r\n"
+                   b"Transfer-Encoding: %s\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                   % (tok.encode(), te))
+            r = raw_http(srv.port, req)
+            self.assertStatus(r, 501)
+            self.assertIn(b"Transfer-Encoding not supported", r.body)
+        # two headers make one list
+        req = (b"POST /_token/%s/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" % tok.encode())
+        self.assertStatus(raw_http(srv.port, req), 501)
+        self.assertEqual(be.count(), 0, "a request reached the backend")
+        # plain chunked still passes
+        req = (b"POST /_token/%s/echo HTTP/1.1\r\nHost: x\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" % tok.encode())
+        r = raw_http(srv.port, req)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["body_len"], 5)
+
+    def test_gzip_chunked_response_is_502(self):
+        for te in (b"gzip, chunked", b"gzip"):
+            framed = b"a\r\n0123456789\r\n0\r\n\r\n" if te.endswith(b"chunked") else b"0123456789"
+            be = CannedBackend(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                               b"Transfer-Encoding: %s\r\n\r\n%s" % (te, framed))
+            self.addCleanup(be.stop)
+            srv = self.server()
+            tok = "tok-te-%s" % te.decode().replace(", ", "-")
+            tok += "x" * (16 - len(tok))
+            self.client(srv, tok, server_url="http://127.0.0.1:%d" % be.port)
+            self.assertTrue(wait_tunnels(srv, 1), srv.describe())
+            r = get(srv.port, "/_token/%s/x" % tok)
+            self.assertStatus(r, 502)
+            self.assertIn("Transfer-Encoding", r.text)
+            self.assertGreaterEqual(be.requests, 1)
 
 
 class Smuggling(E2ETestCase):
