@@ -1,6 +1,7 @@
 #include "app_common.h"
 
 #include <errno.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -157,6 +158,17 @@ void app_tune_malloc(void) {
   mallopt(M_MMAP_THRESHOLD, 4 << 20);
   mallopt(M_TRIM_THRESHOLD, 32 << 20);
 #endif
+}
+
+void app_raise_nofile(void) {
+  /* As Go programs do at start (os, Go 1.19+): the soft limit is often
+   * 1024 for compatibility with select(); libuv uses epoll. The server's
+   * -max-connections default is bounded by what results. */
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl); /* best effort */
+  }
 }
 
 void app_log_setup(const char *prog, const char *app, const app_ops *ops) {

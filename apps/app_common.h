@@ -75,6 +75,8 @@ void app_log_setup(const char *prog, const char *app, const app_ops *ops);
 /* Process-wide allocator settings for a long-running tunnel program (the
  * library leaves the process's malloc alone). */
 void app_tune_malloc(void);
+/* Raises the soft RLIMIT_NOFILE to the hard limit (best effort). */
+void app_raise_nofile(void);
 
 /* Closes the log file / syslog connection (at exit). */
 void app_log_shutdown(void);

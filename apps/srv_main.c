@@ -120,12 +120,16 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       {"max-body", FLAG_U64, &max_body, "N",
        "request body limit in bytes, else 413 (0 = unlimited)", 0, INT64_MAX},
       {"header-timeout", FLAG_INT, &cfg.header_timeout_sec, "S",
-       "request head must arrive within S s of its first byte, else 408 (30)",
+       "request head (and TLS handshake) must arrive within S s, else 408 (30)",
        1, 86400},
       {"max-connections", FLAG_INT, &cfg.max_connections, "N",
-       "open connections at most, more get 503 (0 = no limit)", 0, 10000000},
+       "open connections at most, more get 503 (10000, at most the fd limit "
+       "- 64; 0 = no limit)",
+       0, 10000000},
       {"max-connections-per-ip", FLAG_INT, &cfg.max_connections_per_ip, "N",
-       "open connections per peer address (0 = no limit)", 0, 10000000},
+       "open connections per peer address, -trusted-proxies exempt (1000; 0 = "
+       "no limit)",
+       0, 10000000},
       {"trusted-proxies", FLAG_STR, &cfg.trusted_proxies, "CIDR,...",
        "proxies whose X-Forwarded-For is believed (default: none)", 0, -1},
       {"admin-allow", FLAG_STR, &cfg.admin_allow, "CIDR,...",
@@ -184,6 +188,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
 
   signal(SIGPIPE, SIG_IGN);
   app_tune_malloc();
+  app_raise_nofile();
   srv_app app = {0};
   app.loop = uv_default_loop();
   /* handlers first: a signal sent as soon as "listening on" shows waits in

@@ -31,8 +31,9 @@ typedef struct wstun__conn_cbs {
   void (*on_connect)(wstun__conn *c, int status);
   /* The handle is closed; `c` is freed right after this returns. */
   void (*on_close)(wstun__conn *c);
-  /* Client-side TLS handshake finished: 0, or WSTUN_ETLS (the reason from
-   * wstun__conn_strerror) or another WSTUN_E* code. */
+  /* TLS handshake finished (either side): 0, or WSTUN_ETLS (the reason
+   * from wstun__conn_strerror) or another WSTUN_E* code. Without it, a
+   * failed handshake goes to on_end. */
   void (*on_secure)(wstun__conn *c, int status);
 } wstun__conn_cbs;
 

@@ -253,6 +253,22 @@ static void on_head_timeout(uv_timer_t *t) {
   front_next(f);
 }
 
+/* A TLS handshake gets no more time than a request head (-header-timeout):
+ * a peer that connects and sends nothing, or part of a ClientHello, would
+ * otherwise hold its connection slot for the whole idle timeout. No
+ * answer: nothing can be said before the handshake. */
+static void on_tls_timeout(uv_timer_t *t) {
+  wstun__front *f = t->data;
+  if (f->conn && f->conn->tls && !f->conn->tls->handshake_done) {
+    char peer[80];
+    wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
+               "TLS with %s: no handshake within %llu ms: closing",
+               wstun__conn_peer(f->conn, peer, sizeof(peer)),
+               (unsigned long long)f->srv->header_timeout_ms);
+  }
+  wstun__front_close(f);
+}
+
 static void on_deadline(uv_timer_t *t) {
   wstun__front *f = t->data;
   wstun__log(&f->srv->log, WSTUN_LOG_INFO,
@@ -502,6 +518,18 @@ static int route_metrics(wstun__front *f, const wstun__http_head *h) {
   int rc =
       wstun__metrics_write(&srv->metrics, &st, queued, by_conns,
                            srv->shared.bytes_in, srv->shared.bytes_out, &doc);
+  rc |= wstun__buf_appendf(
+      &doc,
+      "# HELP wstun_connections Open connections counted against "
+      "wstun_max_connections (requesters and tunnels).\n"
+      "# TYPE wstun_connections gauge\nwstun_connections %zu\n"
+      "# HELP wstun_max_connections The cap in effect (0 = none).\n"
+      "# TYPE wstun_max_connections gauge\nwstun_max_connections %zu\n"
+      "# HELP wstun_max_connections_per_ip The cap per peer address in "
+      "effect (0 = none).\n"
+      "# TYPE wstun_max_connections_per_ip gauge\n"
+      "wstun_max_connections_per_ip %zu\n",
+      srv->nconns, srv->max_conns, srv->max_conns_per_ip);
   answer_doc(f, rc, &doc, "text/plain; version=0.0.4; charset=utf-8");
   return 0;
 }
@@ -1069,6 +1097,17 @@ static void front_on_end(wstun__conn *c, int err) {
   wstun__front_close(c->owner);
 }
 
+/* The TLS handshake is over: from now on the plain idle timeout, and
+ * each request head its own deadline (front_on_data). */
+static void front_on_secure(wstun__conn *c, int status) {
+  wstun__front *f = c->owner;
+  if (status != 0) {
+    wstun__front_close(f); /* why is logged when the connection closes */
+    return;
+  }
+  set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+}
+
 static void front_on_drain(wstun__conn *c) {
   wstun__front *f = c->owner;
   if (f->paused_tunnel && f->tun && f->tun->t) {
@@ -1087,6 +1126,7 @@ static const wstun__conn_cbs front_conn_cbs = {
     .on_end = front_on_end,
     .on_drain = front_on_drain,
     .on_close = front_conn_closed,
+    .on_secure = front_on_secure,
 };
 
 static void on_spare_closed(uv_handle_t *h) {
@@ -1176,5 +1216,11 @@ void wstun__front_accept(wstun_server *srv) {
     front_next(f);
     return;
   }
-  set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+  if (srv->tls)
+    set_timer(f,
+              srv->header_timeout_ms < FRONT_IDLE_MS ? srv->header_timeout_ms
+                                                     : FRONT_IDLE_MS,
+              on_tls_timeout);
+  else
+    set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
 }

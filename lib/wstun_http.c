@@ -542,6 +542,12 @@ static int on_status_complete(llhttp_t *l) {
   return on_url_complete(l);
 }
 
+/* Counts transfer codings; stops at one that is not "chunked". */
+static int te_coding(void *arg, const char *tok, size_t n) {
+  (*(int *)arg)++;
+  return wstun__ascii_casecmp_n(tok, n, "chunked") != 0;
+}
+
 static int on_headers_complete(llhttp_t *l) {
   wstun__http_parser *p = PARSER(l);
   wstun__http_head *h = &p->head;
@@ -568,6 +574,21 @@ static int on_headers_complete(llhttp_t *l) {
   } else if (h->status < 100 || h->status > 999) {
     return fail(p, 502, "Bad status line");
   }
+  /* Bodies are re-framed on the way (chunked removed, our own framing
+   * added), so any other coding (gzip, chunked) would be dropped without
+   * a word: refused instead. RFC 9112 6.1: a server that does not
+   * understand a transfer coding SHOULD answer 501 (a request whose
+   * codings do not end with chunked is llhttp's 400, 6.3's MUST); a
+   * response cannot be relayed faithfully (HTTP/1.0 requesters take no
+   * coding at all), so it is a 502, as Go's net/http client refuses it. */
+  int codings = 0;
+  if ((h->chunked || !h->is_request) &&
+      (for_each_token(h, "Transfer-Encoding", te_coding, &codings) ||
+       codings > 1))
+    return h->is_request
+               ? fail(p, 501, "Transfer-Encoding not supported")
+               : fail(p, 502, "Transfer-Encoding of the response not "
+                              "supported (only chunked)");
   if (h->has_content_length && p->max_body && h->content_length > p->max_body)
     return fail(p, 413, "Request body too large");
   int rc = p->cbs.on_head ? p->cbs.on_head(p->ud, h) : 0;

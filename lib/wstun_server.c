@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 
 #include "wstun_alloc.h"
 #include "wstun_proto.h"
@@ -14,10 +15,16 @@
 
 #define MIN_TOKEN_LEN 16
 #define MAX_QUEUE_CAP 1000
+/* File descriptors kept out of -max-connections: the listener, the event
+ * loop's own, log files, resolver sockets, and connections being refused
+ * with 503 (each holds one until its answer is out). */
+#define FD_RESERVE 64
 
 void wstun_server_config_init(wstun_server_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->header_timeout_sec = 30;
+  cfg->max_connections = WSTUN_DEFAULT_MAX_CONNECTIONS;
+  cfg->max_connections_per_ip = WSTUN_DEFAULT_MAX_CONNECTIONS_PER_IP;
   cfg->host = "0.0.0.0";
   cfg->port = 80;
   cfg->base_path = "";
@@ -216,7 +223,10 @@ wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip,
   while (c && strcmp(c->ip, ip) != 0)
     c = c->next;
   *why = "too many connections from this address";
-  if (c && srv->max_conns_per_ip && c->n >= srv->max_conns_per_ip)
+  /* a reverse proxy brings everybody from its one address: the proxies
+   * named in trusted_proxies count in the total only */
+  if (c && srv->max_conns_per_ip && c->n >= srv->max_conns_per_ip &&
+      !wstun__cidr_list_match(&srv->trusted_proxies, ip))
     return NULL;
   if (c == NULL) {
     *why = "out of memory";
@@ -936,6 +946,23 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->max_conns = cfg->max_connections > 0 ? (size_t)cfg->max_connections : 0;
   srv->max_conns_per_ip =
       cfg->max_connections_per_ip > 0 ? (size_t)cfg->max_connections_per_ip : 0;
+  /* Past the fd limit accept() fails and the peer gets nothing (libuv
+   * drops it): below it, a connection over the cap still gets its 503. */
+  struct rlimit nofile;
+  if (srv->max_conns && getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
+      nofile.rlim_cur != RLIM_INFINITY) {
+    size_t fds = (size_t)nofile.rlim_cur;
+    size_t cap = fds > 2 * FD_RESERVE ? fds - FD_RESERVE : fds / 2;
+    if (cap < 1)
+      cap = 1;
+    if (srv->max_conns > cap) {
+      wstun__log(&srv->log, WSTUN_LOG_INFO,
+                 "max-connections %zu lowered to %zu: the open file limit "
+                 "is %zu",
+                 srv->max_conns, cap, fds);
+      srv->max_conns = cap;
+    }
+  }
   rc = wstun__rng_init(&srv->rng);
   if (rc != 0)
     goto fail_early;
@@ -981,6 +1008,16 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
     uv_ip4_name((struct sockaddr_in *)&bound, ip, sizeof(ip));
   wstun__log(&srv->log, WSTUN_LOG_INFO, "listening on %s:%d%s", ip, srv->port,
              srv->tls ? " (TLS)" : "");
+  char all[32] = "no limit", per_ip[32] = "no limit";
+  if (srv->max_conns)
+    snprintf(all, sizeof(all), "%zu", srv->max_conns);
+  if (srv->max_conns_per_ip)
+    snprintf(per_ip, sizeof(per_ip), "%zu", srv->max_conns_per_ip);
+  wstun__log(&srv->log, WSTUN_LOG_INFO,
+             "connections at most: %s in all, %s per address%s", all, per_ip,
+             srv->max_conns_per_ip && srv->trusted_proxies.n
+                 ? " (trusted proxies exempt)"
+                 : "");
   *out = srv;
   return 0;
 

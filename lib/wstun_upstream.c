@@ -703,7 +703,10 @@ static size_t up_on_data_pinned(wstun__conn *c, const uint8_t *data,
     if (up->req && up->req->resp_started)
       fail_mid_response(up);
     else
-      fail_before_response(up, "unparsable response");
+      fail_before_response(up, up->parser.error_status == 502 &&
+                                       up->parser.error_text
+                                   ? up->parser.error_text /* says what */
+                                   : "unparsable response");
     return len;
   }
   if (rc == WSTUN__HTTP_PAUSED) {

@@ -126,6 +126,9 @@ WSTUN_EXTERN int wstun_log_level_parse(const char *name);
 
 typedef struct wstun_server wstun_server;
 
+#define WSTUN_DEFAULT_MAX_CONNECTIONS 10000
+#define WSTUN_DEFAULT_MAX_CONNECTIONS_PER_IP 1000
+
 typedef struct wstun_server_config {
   const char *host;            /* listen address or host name (resolved at
                                   start, blocking); default "0.0.0.0" */
@@ -154,11 +157,19 @@ typedef struct wstun_server_config {
   uint64_t max_body_bytes;     /* request body larger → 413; 0 = unlimited */
   /* Slow clients: the whole request head must arrive within this many
    * seconds of its first byte, else 408 and the connection closes
-   * (slowloris). Default 30. */
+   * (slowloris). With TLS, the handshake must also be done within this
+   * many seconds (at most 60) of the connection, else it closes without
+   * an answer. Default 30. */
   int header_timeout_sec;
   /* Open connections (requesters and tunnels) at most, in all and per
-   * peer address; more are answered 503 and closed. 0 = no limit (the
-   * default: many tunnel clients may share one NAT address). */
+   * peer address; more are answered 503 and closed. 0 = no limit.
+   * max_connections defaults to WSTUN_DEFAULT_MAX_CONNECTIONS and is
+   * lowered at start to the open file limit (RLIMIT_NOFILE soft) less a
+   * reserve of 64, so that a connection over it still gets its 503 rather
+   * than a failed accept(). max_connections_per_ip defaults to
+   * WSTUN_DEFAULT_MAX_CONNECTIONS_PER_IP (one host cannot take every slot;
+   * room for a NAT's users) and does not apply to trusted_proxies, which
+   * bring everybody from one address. */
   int max_connections;
   int max_connections_per_ip;
   /* Peers whose X-Forwarded-For is believed when deciding who a requester

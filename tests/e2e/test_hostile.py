@@ -2,12 +2,19 @@
 smuggling and path tricks. The server answers clearly and stays up."""
 
 import os
+import re
+import resource
 import socket
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import E2ETestCase, HOST, get, raw_http, wait_until, main  # noqa: E402
+from harness import (E2ETestCase, HOST, SRV_BIN, LoopbackListener, Server, get,  # noqa: E402
+                     raw_http, wait_tunnels, wait_until, main)
+
+DEFAULT_MAX_CONNECTIONS = 10000  # WSTUN_DEFAULT_MAX_CONNECTIONS
+DEFAULT_MAX_CONNECTIONS_PER_IP = 1000
+FD_RESERVE = 64  # fds kept out of -max-connections (lib/wstun_server.c)
 
 
 def connect(port):
@@ -70,6 +77,28 @@ class Slowloris(E2ETestCase):
         self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out[:80])
 
 
+def metric(port, name):
+    """A gauge from /metrics (read from 127.0.0.1), or None."""
+    r = get(port, "/metrics")
+    m = re.search(r"^%s (\d+)$" % re.escape(name), r.text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def proc_nofile(pid):
+    """The soft open-file limit of a running process."""
+    with open("/proc/%d/limits" % pid) as f:
+        for ln in f:
+            if ln.startswith("Max open files"):
+                v = ln.split()[3]
+                return None if v == "unlimited" else int(v)
+    return None
+
+
+def refused_503(s, timeout=5):
+    out = read_all(s, timeout)
+    return out.startswith(b"HTTP/1.1 503 ") and b"Too many connections" in out
+
+
 class ConnectionCaps(E2ETestCase):
     def test_per_ip_cap(self):
         srv = self.server("-max-connections-per-ip", "3")
@@ -105,7 +134,8 @@ class ConnectionCaps(E2ETestCase):
         import resource
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         n = max(100, min(2000, soft - 200))
-        srv = self.server()
+        # all from 127.0.0.1: the per-address cap (default 1000) is off here
+        srv = self.server("-max-connections-per-ip", "0")
         held = []
         try:
             for _ in range(n):
@@ -114,6 +144,187 @@ class ConnectionCaps(E2ETestCase):
         finally:
             for s in held:
                 s.close()
+
+
+class DefaultCaps(E2ETestCase):
+    """Issue 13: -max-connections and -max-connections-per-ip have
+    defaults that protect a default install."""
+
+    def test_defaults_in_effect(self):
+        srv = self.server()
+        soft = proc_nofile(srv.pid)
+        want = DEFAULT_MAX_CONNECTIONS
+        if soft is not None:
+            want = min(want, soft - FD_RESERVE if soft > 2 * FD_RESERVE else soft // 2)
+        print("defaults: max-connections %s (open file limit %s), per address %s"
+              % (metric(srv.port, "wstun_max_connections"), soft,
+                 metric(srv.port, "wstun_max_connections_per_ip")))
+        self.assertEqual(metric(srv.port, "wstun_max_connections"), want)
+        self.assertEqual(metric(srv.port, "wstun_max_connections_per_ip"),
+                         DEFAULT_MAX_CONNECTIONS_PER_IP)
+        self.assertIsNotNone(srv.wait_stderr(
+            r"connections at most: %d in all, %d per address"
+            % (want, DEFAULT_MAX_CONNECTIONS_PER_IP), 5), srv.describe())
+        # 0 still means no limit
+        srv0 = self.server("-max-connections", "0", "-max-connections-per-ip", "0")
+        self.assertEqual(metric(srv0.port, "wstun_max_connections"), 0)
+        self.assertEqual(metric(srv0.port, "wstun_max_connections_per_ip"), 0)
+        self.assertIsNotNone(srv0.wait_stderr(
+            r"connections at most: no limit in all, no limit per address", 5))
+
+    def test_default_per_ip_cap_reached(self):
+        """With no flag, one address gets 1,000 connections; the next ones
+        are answered 503 and closed, and the server holds no more."""
+        srv = self.server()
+        held = []
+        try:
+            for _ in range(DEFAULT_MAX_CONNECTIONS_PER_IP - 1):
+                held.append(connect(srv.port))
+            # /metrics is one more connection from the same address (the
+            # gauge itself is checked in test_defaults_in_effect)
+            ok = wait_until(lambda: metric(srv.port, "wstun_connections")
+                            in (DEFAULT_MAX_CONNECTIONS_PER_IP, None), 10)
+            self.assertTrue(ok, "the server does not count %d connections"
+                            % DEFAULT_MAX_CONNECTIONS_PER_IP)
+            held.append(connect(srv.port))  # the 1,000th
+            time.sleep(0.2)
+            refused = 0
+            for _ in range(20):
+                with connect(srv.port) as extra:
+                    if not refused_503(extra, 3):
+                        break
+                    refused += 1
+            self.assertEqual(refused, 20, "connections past the default cap were served")
+            for s in held[:10]:
+                s.close()
+            del held[:10]
+            ok = wait_until(lambda: get(srv.port, "/_health_check").status == 200, 5)
+            self.assertTrue(ok, "a freed slot was not given back")
+            self.assertEqual(metric(srv.port, "wstun_connections"),
+                             DEFAULT_MAX_CONNECTIONS_PER_IP - 9)
+        finally:
+            for s in held:
+                s.close()
+
+    def test_default_total_cap_follows_fd_limit(self):
+        """Under an open file limit of 200, -max-connections defaults to
+        200 - 64: the connection past it gets its 503 instead of a failed
+        accept()."""
+        argv = ["sh", "-c", 'ulimit -n 200 && exec "$0" "$@"', SRV_BIN,
+                "-host", HOST, "-port", "0", "-max-connections-per-ip", "0"]
+        srv = Server(argv, name="wstunsrv")
+        self._procs.append(srv)
+        self.addCleanup(self._checked_stop, srv)
+        m = srv.wait_stderr(r"listening on 127\.0\.0\.1:(\d+)", 10)
+        self.assertIsNotNone(m, srv.describe())
+        srv.port = int(m.group(1))
+        cap = 200 - FD_RESERVE
+        held = []
+        try:
+            for _ in range(cap):
+                held.append(connect(srv.port))
+            time.sleep(0.3)
+            for _ in range(5):
+                with connect(srv.port) as extra:
+                    self.assertTrue(refused_503(extra), "no 503 past %d connections" % cap)
+            held.pop().close()
+            ok = wait_until(lambda: get(srv.port, "/_health_check").status == 200, 5)
+            self.assertTrue(ok, "a freed slot was not given back")
+        finally:
+            for s in held:
+                s.close()
+        self.assertIsNotNone(srv.wait_stderr(
+            r"max-connections 10000 lowered to %d: the open file limit is 200" % cap, 5))
+
+    def test_trusted_proxy_not_capped_per_address(self):
+        """A reverse proxy brings every requester and tunnel from one
+        address: -trusted-proxies peers count in the total only."""
+        srv = self.server("-trusted-proxies", "127.0.0.1", "-max-connections-per-ip", "3")
+        held = [connect(srv.port) for _ in range(5)]
+        for s in held:
+            self.addCleanup(s.close)
+        time.sleep(0.2)
+        self.assertStatus(get(srv.port, "/_health_check"), 200)
+        self.assertEqual(metric(srv.port, "wstun_connections"), 6)
+        srv2 = self.server("-trusted-proxies", "10.0.0.0/8", "-max-connections-per-ip", "3")
+        held2 = [connect(srv2.port) for _ in range(3)]
+        for s in held2:
+            self.addCleanup(s.close)
+        time.sleep(0.2)
+        with connect(srv2.port) as extra:
+            self.assertTrue(refused_503(extra), "an untrusted address was not capped")
+
+
+class CannedBackend(LoopbackListener):
+    """Answers every request with the same raw bytes, then closes."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests = 0
+        super().__init__()
+
+    def _serve(self, s):
+        s.settimeout(10)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                piece = s.recv(65536)
+                if not piece:
+                    return
+                data += piece
+            self.requests += 1
+            s.sendall(self.answer)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+
+class TransferCodings(E2ETestCase):
+    """Issue 13: bodies are re-framed on the way, so a transfer coding
+    other than chunked (gzip, chunked) would be dropped silently. The
+    server refuses such requests with 501 (RFC 9112 6.1); the client
+    answers 502 for such a backend response, as Go's client does."""
+
+    def test_gzip_chunked_request_is_501(self):
+        srv, cli, be, tok = self.tunnel()
+        for te in (b"gzip, chunked", b"x-custom,Chunked"):
+            req = (b"POST /_token/%s/echo HTTP/1.1\r\nHost: x\r\n"
+                   b"Transfer-Encoding: %s\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                   % (tok.encode(), te))
+            r = raw_http(srv.port, req)
+            self.assertStatus(r, 501)
+            self.assertIn(b"Transfer-Encoding not supported", r.body)
+        # two headers make one list
+        req = (b"POST /_token/%s/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" % tok.encode())
+        self.assertStatus(raw_http(srv.port, req), 501)
+        self.assertEqual(be.count(), 0, "a request reached the backend")
+        # plain chunked still passes
+        req = (b"POST /_token/%s/echo HTTP/1.1\r\nHost: x\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" % tok.encode())
+        r = raw_http(srv.port, req)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["body_len"], 5)
+
+    def test_gzip_chunked_response_is_502(self):
+        for te in (b"gzip, chunked", b"gzip"):
+            framed = b"a\r\n0123456789\r\n0\r\n\r\n" if te.endswith(b"chunked") else b"0123456789"
+            be = CannedBackend(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                               b"Transfer-Encoding: %s\r\n\r\n%s" % (te, framed))
+            self.addCleanup(be.stop)
+            srv = self.server()
+            tok = "tok-te-%s" % te.decode().replace(", ", "-")
+            tok += "x" * (16 - len(tok))
+            self.client(srv, tok, server_url="http://127.0.0.1:%d" % be.port)
+            self.assertTrue(wait_tunnels(srv, 1), srv.describe())
+            r = get(srv.port, "/_token/%s/x" % tok)
+            self.assertStatus(r, 502)
+            self.assertIn("Transfer-Encoding", r.text)
+            self.assertGreaterEqual(be.requests, 1)
 
 
 class Smuggling(E2ETestCase):

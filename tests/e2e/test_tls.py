@@ -784,6 +784,56 @@ class ServerTLS(TLSCase):
         self.assertTrue(srv.alive())
         self.assertStatus(https_req(srv.port, "GET", "/_health_check", ctx_ca()), 200)
 
+    def test_slow_handshake_bounded_by_header_timeout(self):
+        """Issue 13: a peer that connects to the TLS port and sends nothing,
+        or part of a ClientHello and then stalls, is closed once
+        -header-timeout passes (not after the 60 s idle timeout), logged
+        at debug with its peer; a handshake that completes is then held to
+        the usual idle timeout, not to the handshake's deadline."""
+        srv = self.tls_server(C.good, "-header-timeout", "2", "-log-level", "debug")
+        # the first bytes of a real ClientHello
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx_ca().wrap_bio(inc, out, server_hostname="localhost")
+        with self.assertRaises(ssl.SSLWantReadError):
+            obj.do_handshake()
+        hello = out.read()
+        self.assertGreater(len(hello), 40)
+        silent = socket.create_connection((HOST, srv.port), timeout=15)
+        partial = socket.create_connection((HOST, srv.port), timeout=15)
+        self.addCleanup(silent.close)
+        self.addCleanup(partial.close)
+        partial.sendall(hello[:len(hello) // 2])
+        peers = ["127.0.0.1:%d" % s.getsockname()[1] for s in (silent, partial)]
+        # a completed handshake that says nothing for longer than 2 s
+        done = tls_connect(srv.port, ctx_ca(), timeout=15)
+        self.addCleanup(done.close)
+        t0 = time.monotonic()
+        for name, s in (("silent", silent), ("partial ClientHello", partial)):
+            try:
+                data = s.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            except socket.timeout:
+                self.fail("%s TLS connection still open after %.1f s (-header-timeout 2)"
+                          % (name, time.monotonic() - t0))
+            self.assertEqual(data, b"", "%s: unexpected answer %r" % (name, data[:80]))
+        took = time.monotonic() - t0
+        print("slow TLS handshakes closed after %.1f s (-header-timeout 2)" % took)
+        self.assertLess(took, 8, "closed only after %.1f s" % took)
+        for peer in peers:
+            m = srv.wait_stderr(r"TLS with %s: no handshake within" % re.escape(peer), 5)
+            self.assertIsNotNone(m, "no debug line naming %s\n%s" % (peer, srv.describe()))
+            line = [ln for ln in srv.err_lines if peer in ln and "no handshake" in ln][0]
+            self.assertRegex(line, r"DEBUG", line)
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - t0)))
+        done.sendall(b"GET /_health_check HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        f = done.makefile("rb")
+        try:
+            self.assertStatus(read_response(f), 200)
+        finally:
+            f.close()
+        self.assertTrue(srv.alive())
+
     # -- start-up errors
     def run_srv(self, *flags, timeout=10):
         argv = [SRV_BIN, "-host", HOST, "-port", "0"] + [str(f) for f in flags]

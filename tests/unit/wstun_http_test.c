@@ -688,6 +688,47 @@ TEST(malformed_request_line_400) {
     error_all_ways(&o, bad[i], strlen(bad[i]), 400);
 }
 
+/* Issue 13: a coding besides chunked would be dropped when the body is
+ * re-framed; requests get 501 (RFC 9112 6.1), responses 502. */
+TEST(transfer_codings_other_than_chunked_refused) {
+  static const char *const req[] = {
+      "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+      "1\r\na\r\n0\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: x-custom ,chunked\r\n\r\n",
+  };
+  parse_opts o = {HTTP_REQUEST, 4096, 0, {0}, 0, 0};
+  for (size_t i = 0; i < TEST_COUNT(req); i++)
+    error_all_ways(&o, req[i], strlen(req[i]), 501);
+  /* chunked twice, or not last (RFC 9112 6.3 MUST): a framing error */
+  static const char twice[] =
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n";
+  error_all_ways(&o, twice, strlen(twice), 400);
+  static const char not_last[] =
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+  error_all_ways(&o, not_last, strlen(not_last), 400);
+  static const char *const resp[] = {
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+      "1\r\na\r\n0\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: deflate\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+  };
+  parse_opts r = {HTTP_RESPONSE, 4096, 0, {0}, 0, 0};
+  for (size_t i = 0; i < TEST_COUNT(resp); i++)
+    error_all_ways(&r, resp[i], strlen(resp[i]), 502);
+  /* plain chunked, in any case and with spaces, is fine */
+  static const char ok[] = "POST / HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\n"
+                           "\r\n1\r\na\r\n0\r\n\r\n";
+  cap *c = cap_new(HTTP_REQUEST, 4096, 0);
+  size_t used = 0;
+  CHECK(wstun__http_parser_feed(&c->p, (const uint8_t *)ok, strlen(ok),
+                                &used) != WSTUN__HTTP_ERROR);
+  CHECK_EQ_INT(c->completes, 1);
+  cap_free(c);
+}
+
 TEST(malformed_status_line_400) {
   static const char *const bad[] = {
       "HTTP/1.1 2000 OK\r\n\r\n",
@@ -1405,6 +1446,7 @@ int main(int argc, char **argv) {
       T(body_over_limit_413),
       T(body_at_limit_is_fine),
       T(smuggling_cl_and_te_400),
+      T(transfer_codings_other_than_chunked_refused),
       T(duplicate_differing_content_length_400),
       T(invalid_header_names_400),
       T(non_http_request_lines_400),
