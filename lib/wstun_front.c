@@ -13,7 +13,6 @@
 #include "wstun_server_int.h"
 #include "wstun_util.h"
 
-#define FRONT_IDLE_MS 60000     /* keep-alive idle and header read timeout */
 #define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
 
 /* a WebSocket handshake that will never reach /_tunnel */
@@ -241,7 +240,7 @@ static void front_next(wstun__front *f) {
    * requester is not cut off mid-upload and the connection stays usable. */
   if (wstun__http_parser_in_message(&f->parser))
     f->discarding = 1;
-  set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+  set_timer(f, f->srv->idle_timeout_ms, on_idle_timeout);
   wstun__http_parser_resume(&f->parser);
   wstun__conn_resume(f->conn);
 }
@@ -965,5 +964,5 @@ void wstun__front_accept(wstun_server *srv) {
     front_next(f);
     return;
   }
-  set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+  set_timer(f, f->srv->idle_timeout_ms, on_idle_timeout);
 }

@@ -18,6 +18,7 @@
 void wstun_server_config_init(wstun_server_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->header_timeout_sec = 30;
+  cfg->idle_timeout_sec = 60;
   cfg->host = "0.0.0.0";
   cfg->port = 80;
   cfg->base_path = "";
@@ -925,6 +926,8 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->header_timeout_ms =
       (uint64_t)(cfg->header_timeout_sec > 0 ? cfg->header_timeout_sec : 30) *
       1000;
+  srv->idle_timeout_ms =
+      (uint64_t)(cfg->idle_timeout_sec > 0 ? cfg->idle_timeout_sec : 60) * 1000;
   srv->max_conns = cfg->max_connections > 0 ? (size_t)cfg->max_connections : 0;
   srv->max_conns_per_ip =
       cfg->max_connections_per_ip > 0 ? (size_t)cfg->max_connections_per_ip : 0;
