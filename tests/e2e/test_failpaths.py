@@ -47,13 +47,20 @@ class BackendTimeout(E2ETestCase):
         self.assertBody(r, "Backend timeout")
         self.assertGreater(took, 0.8, "answered before the timeout")
         self.assertLess(took, 4, "not answered when the timeout ran out")
-        # a backend that answers within the timeout is not affected, and
-        # the timed-out connection is not reused for it
+        # the timed-out connection is not reused; the deadline holds on a
+        # reused connection too; a backend answering in time is not cut
+        self.assertStatus(get(srv.port, "/_token/%s/echo" % tok), 200)
+        t0 = time.monotonic()
+        r = get(srv.port, "/_token/%s/slow?ms=5000" % tok, timeout=10)
+        self.assertStatus(r, 504)
+        self.assertLess(time.monotonic() - t0, 4)
         r = get(srv.port, "/_token/%s/slow?ms=200" % tok, timeout=10)
         self.assertStatus(r, 200)
         ports = [rec["peer_port"] for rec in be.requests]
-        self.assertEqual(len(ports), 2)
+        self.assertEqual(len(ports), 4)
         self.assertNotEqual(ports[0], ports[1])
+        self.assertEqual(ports[1], ports[2])  # reused
+        self.assertNotEqual(ports[2], ports[3])
 
     def test_timeout_during_the_response_cuts_it(self):
         # head and first chunk at once, then a chunk every 700 ms: the 1 s
