@@ -12,8 +12,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, get, main, make_token,  # noqa: E402
-                     read_response, wait_tunnels, wait_until)
+from harness import (E2ETestCase, HOST, OP_BIN, get, main,  # noqa: E402
+                     make_token, read_response, wait_tunnels, wait_until)
 
 
 def open_backend_conns(be):
@@ -202,6 +202,27 @@ class TunnelResponseCut(E2ETestCase):
         f = bg.makefile("rb")
         self.addCleanup(f.close)
         self.assertEqual(read_response(f).body, b"ok")
+
+    def test_tunnel_lost_inside_the_head_is_502(self):
+        """The first fragment of an answer carries half a head, then the
+        tunnel drops: the request was not answered (502 tunnel lost), it
+        is no bad answer (506)."""
+        srv = self.server()
+        tok = make_token()
+        tun = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1))
+        sock = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /_token/%s/x HTTP/1.1\r\nHost: h\r\n\r\n" % tok.encode())
+        rid, *_ = tun.next_request()
+        tun.ws.send_frame(OP_BIN, rid.encode() + b"HTTP/1.1 200 OK\r\nFo", fin=False)
+        time.sleep(0.2)
+        tun.ws.close()
+        f = sock.makefile("rb")
+        self.addCleanup(f.close)
+        r = read_response(f)
+        self.assertStatus(r, 502)
+        self.assertBody(r, "Tunnel connection lost before the response")
 
 
 if __name__ == "__main__":
