@@ -894,10 +894,11 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
       (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) *
       1000;
   srv->max_header = cfg->max_header_bytes ? cfg->max_header_bytes : 64 * 1024;
-  if (wstun__cidr_list_parse(cfg->trusted_proxies, &srv->trusted_proxies) !=
-          0 ||
-      wstun__cidr_list_parse(cfg->admin_allow, &srv->admin_allow) != 0) {
-    rc = WSTUN_ECIDR;
+  rc = wstun__cidr_list_parse(cfg->trusted_proxies, &srv->trusted_proxies);
+  if (rc == 0)
+    rc = wstun__cidr_list_parse(cfg->admin_allow, &srv->admin_allow);
+  if (rc != 0) {
+    rc = rc == WSTUN_ENOMEM ? rc : WSTUN_ECIDR; /* not a malformed list */
     goto fail_early;
   }
   if (cfg->admin_token && *cfg->admin_token) {
