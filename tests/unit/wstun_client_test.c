@@ -67,6 +67,7 @@ TEST(configuration_errors) {
       {"http://127.0.0.1:9", TOKEN, NULL, NULL, NULL, NULL, WSTUN_EURL},
       {"ws://[::1", TOKEN, NULL, NULL, NULL, NULL, WSTUN_EURL},
       {NOWHERE, TOKEN, "ftp://127.0.0.1:9", NULL, NULL, NULL, WSTUN_EURL},
+      {NOWHERE, TOKEN, "ws://127.0.0.1:9", NULL, NULL, NULL, WSTUN_EURL},
       {NOWHERE, TOKEN, "http://127.0.0.1:99999", NULL, NULL, NULL, WSTUN_EURL},
       {NOWHERE, TOKEN, NULL, "(unclosed", NULL, NULL, WSTUN_EREGEX},
       {NOWHERE, TOKEN, "http://127.0.0.1:9", NULL, "8000..7000", NULL,
