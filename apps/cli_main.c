@@ -176,6 +176,12 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
        "give up a backend that reads nothing of a body (or sends nothing of "
        "a response) for S s while it holds the tunnel (default 10)",
        1, 86400},
+      {"backend-timeout", FLAG_INT, &cfg.backend_timeout_sec, "S",
+       "answer 504 when the backend has not answered after S s (default 1200)",
+       1, 100000000},
+      {"backend-idle", FLAG_INT, &cfg.backend_idle_sec, "S",
+       "close a backend keep-alive connection idle for S s (default 30)", 1,
+       86400},
       {"client-ports", FLAG_STR, &cfg.client_ports, "LIST",
        "local source ports for the tunnel, e.g. 8000..8100,8300 (first free)",
        0, -1},

@@ -122,6 +122,9 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       {"header-timeout", FLAG_INT, &cfg.header_timeout_sec, "S",
        "request head (and TLS handshake) must arrive within S s, else 408 (30)",
        1, 86400},
+      {"idle-timeout", FLAG_INT, &cfg.idle_timeout_sec, "S",
+       "close a connection with no request under way after S s (default 60)", 1,
+       86400},
       {"max-connections", FLAG_INT, &cfg.max_connections, "N",
        "open connections at most, more get 503 (10000, at most the fd limit "
        "- 64; 0 = no limit)",

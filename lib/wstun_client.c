@@ -32,6 +32,7 @@ void wstun_client_config_init(wstun_client_config *cfg) {
   cfg->stall_timeout_sec = 10;
   cfg->reconnect_max_ms = 30000;
   cfg->max_idle_per_backend = 256;
+  cfg->backend_idle_sec = 30;
   cfg->max_handler_body = 8 * 1024 * 1024;
   cfg->log_level = WSTUN_LOG_INFO;
 }
@@ -1242,6 +1243,8 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
       (uint64_t)(cfg->reconnect_max_ms > 0 ? cfg->reconnect_max_ms : 30000);
   cli->max_idle =
       cfg->max_idle_per_backend > 0 ? (size_t)cfg->max_idle_per_backend : 256;
+  cli->backend_idle_ms =
+      (uint64_t)(cfg->backend_idle_sec > 0 ? cfg->backend_idle_sec : 30) * 1000;
   cli->max_handler_body =
       cfg->max_handler_body ? cfg->max_handler_body : 8 << 20;
   cli->handler = cfg->handler;

@@ -84,6 +84,7 @@ struct wstun_client {
   int has_re;
   uint64_t timeout_ms, backend_timeout_ms, reconnect_max_ms;
   uint64_t stall_ms; /* give up a backend that holds the tunnel this long */
+  uint64_t backend_idle_ms; /* idle keep-alive backend connections */
   size_t max_idle, max_handler_body;
   wstun_handler_cb handler;
   void *handler_ud;

@@ -13,7 +13,6 @@
 #include "wstun_server_int.h"
 #include "wstun_util.h"
 
-#define FRONT_IDLE_MS 60000     /* keep-alive idle and header read timeout */
 #define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
 /* Response bytes buffered for a requester before its tunnel stops reading:
  * enough to ride out a slow moment of one reader without holding up the
@@ -390,7 +389,7 @@ static void front_next(wstun__front *f) {
    * requester is not cut off mid-upload and the connection stays usable. */
   if (wstun__http_parser_in_message(&f->parser))
     f->discarding = 1;
-  set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+  set_timer(f, f->srv->idle_timeout_ms, on_idle_timeout);
   wstun__http_parser_resume(&f->parser);
   wstun__conn_resume(f->conn);
 }
@@ -1105,7 +1104,7 @@ static void front_on_secure(wstun__conn *c, int status) {
     wstun__front_close(f); /* why is logged when the connection closes */
     return;
   }
-  set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+  set_timer(f, f->srv->idle_timeout_ms, on_idle_timeout);
 }
 
 static void front_on_drain(wstun__conn *c) {
@@ -1216,11 +1215,12 @@ void wstun__front_accept(wstun_server *srv) {
     front_next(f);
     return;
   }
-  if (srv->tls)
+  if (f->srv->tls)
     set_timer(f,
-              srv->header_timeout_ms < FRONT_IDLE_MS ? srv->header_timeout_ms
-                                                     : FRONT_IDLE_MS,
+              f->srv->header_timeout_ms < f->srv->idle_timeout_ms
+                  ? f->srv->header_timeout_ms
+                  : f->srv->idle_timeout_ms,
               on_tls_timeout);
   else
-    set_timer(f, FRONT_IDLE_MS, on_idle_timeout);
+    set_timer(f, f->srv->idle_timeout_ms, on_idle_timeout);
 }

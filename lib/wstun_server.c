@@ -25,6 +25,7 @@ void wstun_server_config_init(wstun_server_config *cfg) {
   cfg->header_timeout_sec = 30;
   cfg->max_connections = WSTUN_DEFAULT_MAX_CONNECTIONS;
   cfg->max_connections_per_ip = WSTUN_DEFAULT_MAX_CONNECTIONS_PER_IP;
+  cfg->idle_timeout_sec = 60;
   cfg->host = "0.0.0.0";
   cfg->port = 80;
   cfg->base_path = "";
@@ -911,10 +912,11 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
       (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) *
       1000;
   srv->max_header = cfg->max_header_bytes ? cfg->max_header_bytes : 64 * 1024;
-  if (wstun__cidr_list_parse(cfg->trusted_proxies, &srv->trusted_proxies) !=
-          0 ||
-      wstun__cidr_list_parse(cfg->admin_allow, &srv->admin_allow) != 0) {
-    rc = WSTUN_ECIDR;
+  rc = wstun__cidr_list_parse(cfg->trusted_proxies, &srv->trusted_proxies);
+  if (rc == 0)
+    rc = wstun__cidr_list_parse(cfg->admin_allow, &srv->admin_allow);
+  if (rc != 0) {
+    rc = rc == WSTUN_ENOMEM ? rc : WSTUN_ECIDR; /* not a malformed list */
     goto fail_early;
   }
   if (cfg->admin_token && *cfg->admin_token) {
@@ -943,6 +945,8 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->header_timeout_ms =
       (uint64_t)(cfg->header_timeout_sec > 0 ? cfg->header_timeout_sec : 30) *
       1000;
+  srv->idle_timeout_ms =
+      (uint64_t)(cfg->idle_timeout_sec > 0 ? cfg->idle_timeout_sec : 60) * 1000;
   srv->max_conns = cfg->max_connections > 0 ? (size_t)cfg->max_connections : 0;
   srv->max_conns_per_ip =
       cfg->max_connections_per_ip > 0 ? (size_t)cfg->max_connections_per_ip : 0;

@@ -133,6 +133,7 @@ struct wstun_server {
   size_t max_header;
   uint64_t max_body;
   uint64_t header_timeout_ms;
+  uint64_t idle_timeout_ms; /* keep-alive idle and first-byte wait */
   size_t max_conns, max_conns_per_ip, nconns;
   wstun__ipcount *ips[WSTUN__IP_BUCKETS];
   wstun__token **buckets;

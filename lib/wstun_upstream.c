@@ -9,7 +9,6 @@
 #include "wstun_client_int.h"
 #include "wstun_proto.h"
 
-#define IDLE_EXPIRE_MS 30000 /* shorter than common backend keep-alives */
 #define CONNECT_TIMEOUT_MS 10000
 #define REPLAY_MAX (64 * 1024) /* requests up to this size can be retried */
 /* request bytes held for a backend not connected yet: above this, the
@@ -673,7 +672,7 @@ static int resp_on_complete(void *ud) {
     up->idle_next = cli->idle;
     cli->idle = up;
     cli->nidle++;
-    uv_timer_start(&up->timer, on_backend_timeout, IDLE_EXPIRE_MS, 0);
+    uv_timer_start(&up->timer, on_backend_timeout, cli->backend_idle_ms, 0);
   }
   /* last: sending may complete at once and free req */
   hand_over(req);

@@ -161,6 +161,9 @@ typedef struct wstun_server_config {
    * many seconds (at most 60) of the connection, else it closes without
    * an answer. Default 30. */
   int header_timeout_sec;
+  /* A connection with no request under way (before its first one, between
+   * keep-alive requests) is closed after this many seconds. Default 60. */
+  int idle_timeout_sec;
   /* Open connections (requesters and tunnels) at most, in all and per
    * peer address; more are answered 503 and closed. 0 = no limit.
    * max_connections defaults to WSTUN_DEFAULT_MAX_CONNECTIONS and is
@@ -309,6 +312,8 @@ typedef struct wstun_client_config {
   int reconnect_max_ms;       /* backoff cap; default 30000 */
   int max_idle_per_backend;   /* idle keep-alive connections kept per
                                  backend; default 256 */
+  int backend_idle_sec;       /* an idle keep-alive backend connection is
+                                 closed after; default 30 */
   const char *client_version; /* sent as X-Client-Version; default lib's */
   /* Local source ports the tunnel connection may use, for firewalls that
    * only let chosen ports out: "8000..8100,8300,8505". The first free one

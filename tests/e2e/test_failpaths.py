@@ -1,0 +1,229 @@
+"""Failure paths that no other test reached (issue 13): the client's
+backend timeout and the expiry of its idle backend connections, the
+server's idle timeout on requesters' keep-alive connections, a backend
+name that does not resolve, and a tunnel response cut short after its
+head. Each timer is shortened with its flag (-backend-timeout,
+-backend-idle, -idle-timeout) so that no test waits for a default."""
+
+import http.client
+import os
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (E2ETestCase, HOST, OP_BIN, get, main,  # noqa: E402
+                     make_token, read_response, wait_tunnels, wait_until)
+
+
+def open_backend_conns(be):
+    with be._lock:
+        return len(be._conns)
+
+
+def eof_after(sock, limit):
+    """Seconds until the peer closes `sock` (EOF or reset), or None when
+    it is still open after `limit` seconds. Data read meanwhile fails."""
+    t0 = time.monotonic()
+    sock.settimeout(limit)
+    try:
+        data = sock.recv(4096)
+    except ConnectionResetError:
+        data = b""
+    except socket.timeout:
+        return None
+    if data:
+        raise AssertionError("unexpected bytes: %r" % data[:200])
+    return time.monotonic() - t0
+
+
+class BackendTimeout(E2ETestCase):
+    def test_slow_backend_gets_504_backend_timeout(self):
+        srv, cli, be, tok = self.tunnel(cli_flags=("-backend-timeout", "1"))
+        t0 = time.monotonic()
+        r = get(srv.port, "/_token/%s/slow?ms=5000" % tok, timeout=10)
+        took = time.monotonic() - t0
+        self.assertStatus(r, 504)
+        self.assertBody(r, "Backend timeout")
+        self.assertGreater(took, 0.8, "answered before the timeout")
+        self.assertLess(took, 4, "not answered when the timeout ran out")
+        # the timed-out connection is not reused; the deadline holds on a
+        # reused connection too; a backend answering in time is not cut
+        self.assertStatus(get(srv.port, "/_token/%s/echo" % tok), 200)
+        t0 = time.monotonic()
+        r = get(srv.port, "/_token/%s/slow?ms=5000" % tok, timeout=10)
+        self.assertStatus(r, 504)
+        self.assertLess(time.monotonic() - t0, 4)
+        r = get(srv.port, "/_token/%s/slow?ms=200" % tok, timeout=10)
+        self.assertStatus(r, 200)
+        ports = [rec["peer_port"] for rec in be.requests]
+        self.assertEqual(len(ports), 4)
+        self.assertNotEqual(ports[0], ports[1])
+        self.assertEqual(ports[1], ports[2])  # reused
+        self.assertNotEqual(ports[2], ports[3])
+
+    def test_timeout_during_the_response_cuts_it(self):
+        # head and first chunk at once, then a chunk every 700 ms: the 1 s
+        # deadline runs out mid-body. Nothing handed to the tunnel yet: a
+        # clean 502; else the response is cut. Never the whole of it.
+        srv, cli, be, tok = self.tunnel(cli_flags=("-backend-timeout", "1"))
+        t0 = time.monotonic()
+        try:
+            r = get(srv.port, "/_token/%s/drip?n=6&ms=700" % tok, timeout=10)
+        except (http.client.IncompleteRead, ConnectionError):
+            r = None
+        self.assertLess(time.monotonic() - t0, 4, "response not cut")
+        if r is not None:
+            self.assertStatus(r, 502)
+            self.assertBody(r, "Backend response cut short")
+        self.assertTrue(cli.wait_stderr("backend response cut short", 5))
+
+
+class BackendIdle(E2ETestCase):
+    def test_idle_backend_connection_is_closed_then_replaced(self):
+        srv, cli, be, tok = self.tunnel(cli_flags=("-backend-idle", "1"))
+        self.assertStatus(get(srv.port, "/_token/%s/echo?i=1" % tok), 200)
+        time.sleep(0.3)  # well within the idle time: reused
+        self.assertStatus(get(srv.port, "/_token/%s/echo?i=2" % tok), 200)
+        self.assertEqual(open_backend_conns(be), 1)
+        t0 = time.monotonic()
+        self.assertTrue(wait_until(lambda: open_backend_conns(be) == 0, 5),
+                        "idle backend connection never closed")
+        self.assertGreater(time.monotonic() - t0, 0.5, "closed too early")
+        self.assertStatus(get(srv.port, "/_token/%s/echo?i=3" % tok), 200)
+        ports = [rec["peer_port"] for rec in be.requests]
+        self.assertEqual(len(ports), 3, ports)
+        self.assertEqual(ports[0], ports[1])
+        self.assertNotEqual(ports[1], ports[2])
+
+
+class FrontIdle(E2ETestCase):
+    def _health(self, sock):
+        sock.sendall(b"GET /_health_check HTTP/1.1\r\nHost: h\r\n\r\n")
+        f = sock.makefile("rb")
+        try:
+            r = read_response(f)
+        finally:
+            f.close()
+        self.assertStatus(r, 200)
+
+    def test_idle_keepalive_connection_is_closed(self):
+        srv = self.server("-idle-timeout", "1")
+        sock = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(sock.close)
+        self._health(sock)
+        took = eof_after(sock, 5)
+        self.assertIsNotNone(took, "idle connection still open after 5 s")
+        self.assertGreater(took, 0.7)
+
+    def test_connection_that_never_sends_is_closed(self):
+        srv = self.server("-idle-timeout", "1")
+        sock = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(sock.close)
+        took = eof_after(sock, 5)
+        self.assertIsNotNone(took, "silent connection still open after 5 s")
+        self.assertGreater(took, 0.7)
+
+    def test_active_connection_is_kept(self):
+        # a request every 0.4 s for 2.4 s: each restarts the idle time
+        srv = self.server("-idle-timeout", "1")
+        sock = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(sock.close)
+        for _ in range(7):
+            self._health(sock)
+            time.sleep(0.4)
+        self._health(sock)
+
+    def test_default_keeps_an_idle_connection(self):
+        srv = self.server()
+        sock = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(sock.close)
+        self._health(sock)
+        self.assertIsNone(eof_after(sock, 2), "closed under the 60 s default")
+        self._health(sock)
+
+
+class UnresolvableBackend(E2ETestCase):
+    def test_name_that_does_not_resolve_is_502(self):
+        # A 64-byte label is no DNS name: the C library refuses it before
+        # building a query (after /etc/hosts), so nothing leaves the
+        # machine, and getaddrinfo fails as for any unknown name.
+        be = self.backend()
+        srv = self.server()
+        tok = make_token()
+        self.client(srv, tok, "-regexp", r"http://[a-z.]+:[0-9]+",
+                    server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1))
+        name = "a" * 64 + ".localhost"
+        r = get(srv.port, "/_token/%s/echo" % tok,
+                headers={"X-Host": "http://%s:8080" % name})
+        self.assertStatus(r, 502)
+        self.assertTrue(r.body.startswith(b"Backend http://%s:8080 unavailable: "
+                                          % name.encode()), r.body)
+        self.assertEqual(be.count(), 0)
+        # the tunnel is fine: the default backend still answers
+        self.assertStatus(get(srv.port, "/_token/%s/echo" % tok), 200)
+
+
+class TunnelResponseCut(E2ETestCase):
+    def test_message_ending_inside_the_body_aborts_the_response(self):
+        """A head announcing 10 bytes, a message that ends after 2: the
+        status is already out, so the requester's connection is cut (no
+        506, no hanging until the deadline)."""
+        srv = self.server()
+        tok = make_token()
+        tun = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1))
+        sock = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /_token/%s/x HTTP/1.1\r\nHost: h\r\n\r\n" % tok.encode())
+        rid, *_ = tun.next_request()
+        tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok")
+        # the head may be out already: a truncated answer or a reset
+        got = b""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5:
+            try:
+                piece = sock.recv(4096)
+            except ConnectionResetError:
+                break
+            if not piece:
+                break
+            got += piece
+        self.assertLess(time.monotonic() - t0, 4, "connection not cut")
+        self.assertNotIn(b"506", got[:20])
+        self.assertTrue(srv.wait_stderr("response cut short: aborting", 5))
+        # the tunnel stays usable
+        bg = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(bg.close)
+        bg.sendall(b"GET /_token/%s/y HTTP/1.1\r\nHost: h\r\n\r\n" % tok.encode())
+        rid, *_ = tun.next_request()
+        tun.respond(rid, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        f = bg.makefile("rb")
+        self.addCleanup(f.close)
+        self.assertEqual(read_response(f).body, b"ok")
+
+    def test_tunnel_lost_inside_the_head_is_502(self):
+        """The first fragment of an answer carries half a head, then the
+        tunnel drops: the request was not answered (502 tunnel lost), it
+        is no bad answer (506)."""
+        srv = self.server()
+        tok = make_token()
+        tun = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1))
+        sock = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /_token/%s/x HTTP/1.1\r\nHost: h\r\n\r\n" % tok.encode())
+        rid, *_ = tun.next_request()
+        tun.ws.send_frame(OP_BIN, rid.encode() + b"HTTP/1.1 200 OK\r\nFo", fin=False)
+        time.sleep(0.2)
+        tun.ws.close()
+        f = sock.makefile("rb")
+        self.addCleanup(f.close)
+        r = read_response(f)
+        self.assertStatus(r, 502)
+        self.assertBody(r, "Tunnel connection lost before the response")
+
+
+if __name__ == "__main__":
+    main()

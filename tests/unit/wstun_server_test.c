@@ -1,0 +1,349 @@
+/* wstun_server as an embedder drives it: a server and tunnel clients on
+ * one loop (own loop, loopback, ports chosen by the OS), checking what
+ * wstun_server_tunnel_count() and wstun_server_get_stats() report as
+ * clients come and go; the configuration errors of wstun_server_start(),
+ * and a start with every option set failing at each allocation in turn
+ * without losing memory. The loop must be empty at the end. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <wstun/wstun.h>
+
+#include "test.h"
+
+#define TOKEN_A "server-test-token-aaaaaaaaaaaa"
+#define TOKEN_B "server-test-token-bbbbbbbbbbbb"
+
+typedef struct fixture {
+  uv_loop_t loop;
+  wstun_server *srv;
+  wstun_client *cli[3];
+  uv_timer_t poll, deadline;
+  char url[64];
+  int phase;
+  int timed_out;
+  size_t seen[6]; /* tunnel_count when each phase was reached */
+} fixture;
+
+static void handler(wstun_request *req, void *ud) {
+  (void)ud;
+  wstun_request_respond(req, 200, "text/plain", "ok", 2);
+}
+
+static void start_client(fixture *f, int i, const char *token) {
+  wstun_client_config c;
+  wstun_client_config_init(&c);
+  c.tunnel_url = f->url;
+  c.token = token;
+  c.handler = handler;
+  CHECK_EQ_INT(wstun_client_start(&f->loop, &c, &f->cli[i]), 0);
+}
+
+static void close_client(fixture *f, int i) {
+  wstun_client_close(f->cli[i], 0, NULL, NULL);
+  f->cli[i] = NULL;
+}
+
+static void finish(fixture *f) {
+  for (int i = 0; i < 3; i++)
+    if (f->cli[i])
+      close_client(f, i);
+  wstun_server_close(f->srv, 0, NULL, NULL);
+  uv_close((uv_handle_t *)&f->poll, NULL);
+  uv_close((uv_handle_t *)&f->deadline, NULL);
+}
+
+static size_t connections(const fixture *f) {
+  wstun_server_stats st;
+  wstun_server_get_stats(f->srv, &st);
+  CHECK_EQ_INT((long long)st.tunnels,
+               (long long)wstun_server_tunnel_count(f->srv));
+  return st.tunnel_connections;
+}
+
+/* Each phase waits for the server to see a change, then makes the next
+ * one: A(token a) → +B(token a) → +C(token b) → -A → -C → -B. */
+static void on_poll(uv_timer_t *t) {
+  fixture *f = t->data;
+  size_t n = wstun_server_tunnel_count(f->srv);
+  size_t conns = connections(f);
+  switch (f->phase) {
+  case 0: /* A is connected */
+    if (n != 1)
+      return;
+    start_client(f, 1, TOKEN_A);
+    break;
+  case 1: /* B too, on the same token: still one */
+    if (conns != 2)
+      return;
+    start_client(f, 2, TOKEN_B);
+    break;
+  case 2: /* C on its own token: two */
+    if (conns != 3)
+      return;
+    close_client(f, 0);
+    break;
+  case 3: /* A gone, B keeps token a alive */
+    if (conns != 2)
+      return;
+    close_client(f, 2);
+    break;
+  case 4: /* C gone: token b has no tunnel */
+    if (conns != 1)
+      return;
+    close_client(f, 1);
+    break;
+  case 5: /* B gone: none */
+    if (conns != 0)
+      return;
+    f->seen[f->phase++] = n;
+    finish(f);
+    return;
+  }
+  f->seen[f->phase++] = n;
+}
+
+static void on_deadline(uv_timer_t *t) {
+  fixture *f = t->data;
+  f->timed_out = 1;
+  finish(f);
+}
+
+TEST(tunnel_count_follows_clients_by_token) {
+  fixture f;
+  memset(&f, 0, sizeof(f));
+  CHECK_EQ_INT(uv_loop_init(&f.loop), 0);
+  wstun_server_config s;
+  wstun_server_config_init(&s);
+  s.host = "127.0.0.1";
+  s.port = 0;
+  CHECK_EQ_INT(wstun_server_start(&f.loop, &s, &f.srv), 0);
+  if (f.srv == NULL)
+    return;
+  CHECK_EQ_INT((long long)wstun_server_tunnel_count(f.srv), 0);
+  snprintf(f.url, sizeof(f.url), "ws://127.0.0.1:%d", wstun_server_port(f.srv));
+  start_client(&f, 0, TOKEN_A);
+  CHECK_EQ_INT((long long)wstun_server_tunnel_count(f.srv), 0);
+  uv_timer_init(&f.loop, &f.poll);
+  uv_timer_init(&f.loop, &f.deadline);
+  f.poll.data = f.deadline.data = &f;
+  uv_timer_start(&f.poll, on_poll, 5, 5);
+  uv_timer_start(&f.deadline, on_deadline, 10000, 0);
+  uv_run(&f.loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(f.timed_out, 0);
+  CHECK_EQ_INT(f.phase, 6);
+  static const size_t want[6] = {1, 1, 2, 2, 1, 0};
+  for (int i = 0; i < 6; i++) {
+    test_context("phase %d", i);
+    CHECK_EQ_INT((long long)f.seen[i], (long long)want[i]);
+  }
+  test_context(NULL);
+  CHECK_EQ_INT(uv_loop_close(&f.loop), 0);
+}
+
+/* ---- a blocking request next to a loop run step by step ------------- */
+
+/* GET `path` from 127.0.0.1:port while running `loop`; returns the status
+ * code, or -1 when no answer came within 5 s. */
+static int http_status(uv_loop_t *loop, int port, const char *path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0)
+    return -1;
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  char req[256], resp[512];
+  int n =
+      snprintf(req, sizeof(req),
+               "GET %s HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", path);
+  int status = -1;
+  size_t got = 0;
+  /* the listener's backlog takes the connection without the loop */
+  if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+      send(fd, req, (size_t)n, 0) != n)
+    goto out;
+  uv_update_time(loop);
+  uint64_t end = uv_now(loop) + 5000;
+  while (uv_now(loop) < end && got < sizeof(resp) - 1) {
+    uv_run(loop, UV_RUN_NOWAIT);
+    ssize_t r = recv(fd, resp + got, sizeof(resp) - 1 - got, MSG_DONTWAIT);
+    if (r > 0)
+      got += (size_t)r;
+    else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+      break;
+    else
+      usleep(1000);
+    uv_update_time(loop);
+  }
+  resp[got] = '\0';
+  if (strncmp(resp, "HTTP/1.1 ", 9) == 0)
+    status = atoi(resp + 9);
+out:
+  close(fd);
+  return status;
+}
+
+static void close_server(uv_loop_t *loop, wstun_server *srv) {
+  wstun_server_close(srv, 0, NULL, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+}
+
+static int start_with(uv_loop_t *loop, const wstun_server_config *c) {
+  wstun_server *srv = NULL;
+  int rc = wstun_server_start(loop, c, &srv);
+  if (rc == 0)
+    close_server(loop, srv);
+  else
+    CHECK(srv == NULL);
+  return rc;
+}
+
+TEST(configuration_errors) {
+  uv_loop_t loop;
+  CHECK_EQ_INT(uv_loop_init(&loop), 0);
+  wstun_server_config c;
+  wstun_server_config_init(&c);
+  c.host = "127.0.0.1";
+  c.port = 0;
+  wstun_server *srv = NULL;
+  CHECK_EQ_INT(wstun_server_start(NULL, &c, &srv), WSTUN_EINVAL);
+  CHECK_EQ_INT(wstun_server_start(&loop, NULL, &srv), WSTUN_EINVAL);
+  CHECK_EQ_INT(wstun_server_start(&loop, &c, NULL), WSTUN_EINVAL);
+  c.port = -1;
+  CHECK_EQ_INT(start_with(&loop, &c), WSTUN_EINVAL);
+  c.port = 65536;
+  CHECK_EQ_INT(start_with(&loop, &c), WSTUN_EINVAL);
+  c.port = 0;
+  static const char *const bad_passwords[] = {"tok", ":pw", "tok:", "a:b,tok"};
+  for (size_t i = 0; i < TEST_COUNT(bad_passwords); i++) {
+    test_context("passwords %s", bad_passwords[i]);
+    c.passwords = bad_passwords[i];
+    CHECK_EQ_INT(start_with(&loop, &c), WSTUN_EPASSWORDS);
+  }
+  test_context(NULL);
+  c.passwords = NULL;
+  c.trusted_proxies = "10.0.0.0/33";
+  CHECK_EQ_INT(start_with(&loop, &c), WSTUN_ECIDR);
+  c.trusted_proxies = NULL;
+  c.admin_allow = "not-an-address";
+  CHECK_EQ_INT(start_with(&loop, &c), WSTUN_ECIDR);
+  c.admin_allow = NULL;
+  c.tls_cert_file = "cert.pem"; /* without a key: refused before reading */
+  CHECK_EQ_INT(start_with(&loop, &c), WSTUN_EINVAL);
+  c.tls_cert_file = NULL;
+  c.tls_key_file = "key.pem";
+  CHECK_EQ_INT(start_with(&loop, &c), WSTUN_EINVAL);
+  c.tls_key_file = NULL;
+  /* zeros everywhere mean the defaults */
+  c.max_requests_per_tunnel = 0;
+  c.ws_timeout_sec = 0;
+  c.http_timeout_sec = 0;
+  c.token_forget_sec = 0;
+  c.max_header_bytes = 0;
+  c.header_timeout_sec = 0;
+  c.idle_timeout_sec = 0;
+  CHECK_EQ_INT(start_with(&loop, &c), 0);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+TEST(base_path_without_its_slashes) {
+  /* "wst/" serves /wst/..., as "/wst" does */
+  uv_loop_t loop;
+  CHECK_EQ_INT(uv_loop_init(&loop), 0);
+  wstun_server_config c;
+  wstun_server_config_init(&c);
+  c.host = "127.0.0.1";
+  c.port = 0;
+  c.base_path = "wst/";
+  wstun_server *srv = NULL;
+  CHECK_EQ_INT(wstun_server_start(&loop, &c, &srv), 0);
+  if (srv == NULL)
+    return;
+  int port = wstun_server_port(srv);
+  CHECK_EQ_INT(http_status(&loop, port, "/wst/_health_check"), 200);
+  CHECK_EQ_INT(http_status(&loop, port, "/_health_check"), 404);
+  close_server(&loop, srv);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+/* ---- out of memory during wstun_server_start ---------------------------- */
+
+static struct { long live, count, fail_at; } mem;
+
+static int fail_now(void) {
+  return ++mem.count == mem.fail_at;
+}
+static void *t_malloc(size_t n, void *ud) {
+  (void)ud;
+  if (fail_now())
+    return NULL;
+  void *p = malloc(n);
+  mem.live += p != NULL;
+  return p;
+}
+static void *t_calloc(size_t c, size_t n, void *ud) {
+  (void)ud;
+  if (fail_now())
+    return NULL;
+  void *p = calloc(c, n);
+  mem.live += p != NULL;
+  return p;
+}
+static void *t_realloc(void *p, size_t n, void *ud) {
+  if (p == NULL)
+    return t_malloc(n, ud);
+  return fail_now() ? NULL : realloc(p, n);
+}
+static void t_free(void *p, void *ud) {
+  (void)ud;
+  mem.live -= p != NULL;
+  free(p);
+}
+
+TEST(start_fails_cleanly_at_every_allocation) {
+  static const wstun_allocator counting = {t_malloc, t_calloc, t_realloc,
+                                           t_free, NULL};
+  CHECK_EQ_INT(wstun_set_allocator(&counting), 0);
+  uv_loop_t loop;
+  CHECK_EQ_INT(uv_loop_init(&loop), 0);
+  wstun_server_config c;
+  wstun_server_config_init(&c);
+  c.host = "127.0.0.1";
+  c.port = 0;
+  c.base_path = "wst";
+  c.passwords = "tok-aaaaaaaaaaaaaaaa:pw1,tok-bbbbbbbbbbbbbbbb:pw2";
+  c.trusted_proxies = "10.0.0.0/8,::1";
+  c.admin_allow = "192.168.0.0/16";
+  c.admin_token = "admin-secret";
+  int ok = 0;
+  for (long n = 1; n < 1000 && !ok; n++) {
+    test_context("failing allocation %ld", n);
+    mem.live = mem.count = 0;
+    mem.fail_at = n;
+    int rc = start_with(&loop, &c);
+    if (rc == 0)
+      ok = mem.count < n; /* nothing failed: all allocations seen */
+    else
+      CHECK_EQ_INT(rc, WSTUN_ENOMEM);
+    CHECK_EQ_INT(mem.live, 0);
+  }
+  test_context(NULL);
+  CHECK(ok);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+  CHECK_EQ_INT(wstun_set_allocator(NULL), 0);
+}
+
+int main(int argc, char **argv) {
+  static const test_case tests[] = {T(tunnel_count_follows_clients_by_token),
+                                    T(configuration_errors),
+                                    T(base_path_without_its_slashes),
+                                    T(start_fails_cleanly_at_every_allocation)};
+  return test_main(tests, TEST_COUNT(tests), argc, argv);
+}
