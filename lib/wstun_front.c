@@ -863,15 +863,15 @@ static const wstun__conn_cbs front_conn_cbs = {
     .on_close = front_conn_closed,
 };
 
-void wstun__front_accept(wstun_server *srv) {
+wstun__front *wstun__front_new(wstun_server *srv) {
   wstun__front *f = wstun__calloc(1, sizeof(*f));
   if (f == NULL)
-    return;
+    return NULL;
   f->srv = srv;
   f->conn = wstun__conn_new(srv->loop, &srv->shared, &front_conn_cbs, f);
   if (f->conn == NULL) {
     wstun__free(f);
-    return;
+    return NULL;
   }
   uv_timer_init(srv->loop, &f->timer);
   f->timer.data = f;
@@ -882,6 +882,13 @@ void wstun__front_accept(wstun_server *srv) {
     srv->fronts->prev = f;
   srv->fronts = f;
   srv->nfronts++;
+  return f;
+}
+
+void wstun__front_accept(wstun_server *srv) {
+  wstun__front *f = wstun__front_new(srv);
+  if (f == NULL)
+    return;
   if (wstun__conn_accept(f->conn, (uv_stream_t *)&srv->listener) != 0 ||
       (srv->tls && wstun__conn_start_tls(f->conn, srv->tls, NULL) != 0)) {
     wstun__front_close(f);

@@ -1,0 +1,348 @@
+/* The server's response path: a real tunnel (the /_tunnel upgrade through
+ * a front, wstun__server_upgrade, on a handle that never opened; see
+ * fuzz_server_common.h), 1 to 4 requesters whose requests (GET, HEAD,
+ * HTTP/1.0 GET, POST with a body) are in flight on it, then WebSocket
+ * binary messages from the tunnel client, masked, split into fragments at
+ * data-derived points (pings between fragments on demand), fed to the
+ * tunnel's connection in data-derived chunks: responses for the requests,
+ * several back to back in one message, bad ids, garbage, truncated ones,
+ * 1xx, bodies by Content-Length, chunked or by the end of the message.
+ *
+ * What a requester receives is its front connection's output buffer (the
+ * loop never runs while feeding). Checks, per requester, after the input
+ * and again after the tunnel is closed:
+ *  - the output parses (llhttp glue, HEAD-aware) as interim (1xx)
+ *    responses then at most one final response, with no byte after it:
+ *    one request, one response;
+ *  - an exchange that is over on a connection still open (or ending
+ *    gracefully: then a body delimited by the close is complete) has
+ *    delivered its complete final response; a connection that was closed
+ *    or reset may have cut it;
+ *  - no memory errors, nothing left on the loop, every front freed.
+ *
+ * WSTUN_FUZZ_KNOWN tags: second-response (bytes after the final response),
+ * interim-final (an exchange ended by a 1xx alone), head-body (the server's
+ * own answers to HEAD carry a body: no check of bytes after a final
+ * response to HEAD).
+ *
+ * Input: byte 0 flags (FL_*), byte 1 fragment split seed, byte 2 delivery
+ * split seed, byte 3 the requests (2 bits each: 0 GET, 1 HEAD, 2 HTTP/1.0
+ * GET, 3 POST), byte 4 number of requesters - 1 (low 2 bits), then
+ * messages: a selector byte (id: low 3 bits 0-3 the id of requester
+ * n % count as it is now, 4 an id nobody uses, 5 a prefix that is not
+ * hex, 6 only half a prefix, 7 no prefix added: the payload has its own),
+ * a 2-byte big-endian length, and that many payload bytes (fewer at the
+ * end of the input). */
+#include "fuzz_server_common.h"
+
+enum {
+  FL_PING = 0x01,  /* a ping frame between fragments */
+  FL_CLOSE = 0x02, /* the tunnel is closed half way through the input */
+  FL_EOF = 0x04,   /* requesters close their side after their request */
+};
+
+#define TOKEN "tunnel-token-0123"
+#define MAX_FRONTS 4
+
+typedef struct requester {
+  wstun__front *f;
+  wstun__conn *c; /* stays readable until the loop runs */
+  int kind;       /* 0 GET, 1 HEAD, 2 HTTP/1.0 GET, 3 POST */
+} requester;
+
+static requester reqs[MAX_FRONTS];
+static int nreqs;
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+  (void)argc;
+  (void)argv;
+  fzs_init();
+  return 0;
+}
+
+/* ---- what a requester sees --------------------------------------------------
+ */
+
+typedef struct view {
+  int is_head;
+  int interims, finals, final_done, bad_order;
+  int status;
+} view;
+
+static int v_on_head(void *ud, wstun__http_head *h) {
+  view *v = ud;
+  v->status = h->status;
+  if (h->status >= 100 && h->status < 200) {
+    if (v->finals)
+      v->bad_order = 1;
+    v->interims++;
+    return 1;
+  }
+  v->finals++;
+  return v->is_head ? 1 : 0;
+}
+static int v_on_complete(void *ud) {
+  view *v = ud;
+  if (v->status >= 200) {
+    v->final_done = 1;
+    return 1; /* stop: any byte after it is a second response */
+  }
+  return 0;
+}
+static const wstun__http_parser_cbs view_cbs = {v_on_head, NULL, v_on_complete};
+
+static void check_requester(const requester *q, int i, const char *when) {
+  const wstun__front *f = q->f;
+  const wstun__conn *c = q->c;
+  size_t n = wstun__buf_size(&c->out);
+  const uint8_t *out = n ? wstun__buf_data(&c->out) : (const uint8_t *)"";
+  /* written already (only when the loop ran: never here) plus queued */
+  view v;
+  memset(&v, 0, sizeof(v));
+  v.is_head = q->kind == 1;
+  wstun__http_parser p;
+  wstun__http_parser_init(&p, HTTP_RESPONSE, 0, 0, &view_cbs, &v);
+  size_t used = 0;
+  int rc = n ? wstun__http_parser_feed(&p, out, n, &used) : WSTUN__HTTP_OK;
+  int ending = c->close_after_write && !c->closing;
+  if (rc == WSTUN__HTTP_OK && ending && !v.final_done && v.finals)
+    (void)wstun__http_parser_finish(&p); /* a body ended by the close */
+  wstun__http_parser_free(&p);
+  int over =
+      f == NULL || f->state == WSTUN__EX_NONE || f->state == WSTUN__EX_DONE;
+  const char *bad = NULL;
+  if (rc == WSTUN__HTTP_ERROR)
+    bad = "not a well-framed response";
+  else if (v.bad_order)
+    bad = "an interim response after the final one";
+  else if (v.final_done && used < n && !fzs_known("second-response") &&
+           !(v.is_head && fzs_known("head-body")))
+    bad = "bytes after the final response (a second response?)";
+  else if (over && !c->closing && !v.final_done &&
+           !(v.interims && !v.finals && fzs_known("interim-final")))
+    bad = v.finals ? "the exchange is over but its response is incomplete"
+                   : "the exchange is over without a final response";
+  if (bad != NULL) {
+    fzs_dump("requester output", out, n);
+    FZ_CHECK(0,
+             "%s: requester %d (%s) %s: %d interim, %d final, complete %d, "
+             "%zu of %zu bytes parsed, state %d, conn closing %d ending %d",
+             when, i,
+             q->kind == 1   ? "HEAD"
+             : q->kind == 2 ? "HTTP/1.0"
+                            : "GET/POST",
+             bad, v.interims, v.finals, v.final_done, used, n,
+             f ? (int)f->state : -1, (int)c->closing, ending);
+  }
+}
+
+static void check_all(const char *when) {
+  for (int i = 0; i < nreqs; i++)
+    check_requester(&reqs[i], i, when);
+}
+
+/* ---- the tunnel client's bytes ----------------------------------------------
+ */
+
+typedef struct out {
+  uint8_t *d;
+  size_t n, cap;
+} out;
+
+static void put(out *o, const void *d, size_t n) {
+  if (o->n + n > o->cap) {
+    size_t cap = o->cap ? o->cap : 1024;
+    while (cap < o->n + n)
+      cap *= 2;
+    o->d = realloc(o->d, cap);
+    if (o->d == NULL)
+      abort();
+    o->cap = cap;
+  }
+  memcpy(o->d + o->n, d, n);
+  o->n += n;
+}
+
+/* One masked frame, as a client sends it. */
+static void frame(out *o, int fin, int opcode, const uint8_t *p, size_t n) {
+  static const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
+  uint8_t h[14];
+  size_t hl = 0;
+  h[hl++] = (uint8_t)((fin ? 0x80 : 0) | opcode);
+  if (n < 126) {
+    h[hl++] = (uint8_t)(0x80 | n);
+  } else if (n < 65536) {
+    h[hl++] = 0x80 | 126;
+    h[hl++] = (uint8_t)(n >> 8);
+    h[hl++] = (uint8_t)n;
+  } else {
+    h[hl++] = 0x80 | 127;
+    for (int i = 7; i >= 0; i--)
+      h[hl++] = (uint8_t)((uint64_t)n >> (8 * i));
+  }
+  memcpy(h + hl, key, 4);
+  hl += 4;
+  put(o, h, hl);
+  for (size_t i = 0; i < n; i++) {
+    uint8_t b = p[i] ^ key[i % 4];
+    put(o, &b, 1);
+  }
+}
+
+/* A binary message in fragments. */
+static void message(out *o, const uint8_t *m, size_t n, fz_split *sp,
+                    int pings) {
+  size_t off = 0;
+  int first = 1;
+  do {
+    size_t k = fz_split_next(sp, n - off);
+    int fin = off + k == n;
+    frame(o, fin, first ? 0x2 : 0x0, m + off, k);
+    if (!fin && pings)
+      frame(o, 1, 0x9, (const uint8_t *)"p", 1);
+    first = 0;
+    off += k;
+  } while (off < n);
+}
+
+/* ---- the requests -----------------------------------------------------------
+ */
+
+static const char *const request_text[4] = {
+    "GET /_token/" TOKEN "?get HTTP/1.1\r\nHost: s\r\n\r\n",
+    "HEAD /_token/" TOKEN "?head HTTP/1.1\r\nHost: s\r\n\r\n",
+    "GET /_token/" TOKEN "?old HTTP/1.0\r\nHost: s\r\n\r\n",
+    "POST /_token/" TOKEN "?post HTTP/1.1\r\nHost: s\r\n"
+    "Content-Length: 5\r\n\r\nhello",
+};
+
+static const char upgrade_text[] =
+    "GET /_tunnel HTTP/1.1\r\nHost: s\r\nOrigin: " TOKEN "\r\n"
+    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n";
+
+/* Bytes for the tunnel's connection, as tun_on_data takes them (the
+ * connection itself stays paused: its first tick never runs). */
+static void tunnel_input(wstun__token *tok, const uint8_t *d, size_t n) {
+  while (n > 0 && tok->tunnels && tok->tunnels->t) {
+    wstun__tunnel *t = tok->tunnels->t;
+    wstun__conn *c = t->conn;
+    c->in_data = 1;
+    size_t used = c->cbs->on_data(c, d, n);
+    c->in_data = 0;
+    FZ_CHECK(used <= n, "tunnel on_data used %zu of %zu", used, n);
+    d += used;
+    n -= used;
+    if (used == 0)
+      break; /* paused with nobody to resume it, or wslay wants nothing */
+  }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  fz_in in = {data, size};
+  uint8_t flags = fz_byte(&in);
+  fz_split fsp, dsp;
+  fz_split_init(&fsp, fz_byte(&in));
+  fz_split_init(&dsp, fz_byte(&in));
+  uint8_t kinds = fz_byte(&in);
+  nreqs = 1 + (fz_byte(&in) & 3);
+
+  fzs_begin("", 64 * 1024, 0);
+  wstun__token *tok = fzs_add_token(TOKEN);
+  wstun__front *up = fzs_front(NULL);
+  fzs_input(up->conn, (const uint8_t *)upgrade_text, sizeof(upgrade_text) - 1);
+  FZ_CHECK(tok->tunnels != NULL && tok->tunnels->t != NULL,
+           "the upgrade did not make a tunnel");
+
+  for (int i = 0; i < nreqs; i++) {
+    char ip[32];
+    snprintf(ip, sizeof(ip), "192.0.2.%d", i + 1);
+    requester *q = &reqs[i];
+    q->kind = (kinds >> (2 * i)) & 3;
+    q->f = fzs_front(ip);
+    q->c = q->f->conn;
+    q->c->high_water = (size_t)1 << 40; /* never congested: never drains */
+    fzs_input(q->c, (const uint8_t *)request_text[q->kind],
+              strlen(request_text[q->kind]));
+    FZ_CHECK(q->f->state == WSTUN__EX_WAITING,
+             "request %d not in flight (state %d)", i, (int)q->f->state);
+    if (flags & FL_EOF)
+      fzs_eof(q->c);
+  }
+
+  /* the tunnel client's messages */
+  out o = {NULL, 0, 0};
+  uint8_t *msg = malloc(65536 + 8);
+  if (msg == NULL)
+    abort();
+  while (in.n > 0) {
+    uint8_t sel = fz_byte(&in);
+    size_t len = (size_t)fz_byte(&in) << 8;
+    len |= fz_byte(&in);
+    if (len > in.n)
+      len = in.n;
+    size_t m = 0;
+    switch (sel & 7) {
+    case 0:
+    case 1:
+    case 2:
+    case 3: {
+      const wstun__front *f = reqs[(sel & 3) % nreqs].f;
+      wstun__proto_write_prefix(f->id, msg);
+      m = 4;
+      break;
+    }
+    case 4:
+      wstun__proto_write_prefix(0x0fff, msg);
+      m = 4;
+      break;
+    case 5:
+      memcpy(msg, "zz0x", 4);
+      m = 4;
+      break;
+    case 6:
+      memcpy(msg, "00", 2);
+      m = 2;
+      len = 0;
+      break;
+    default:
+      break;
+    }
+    memcpy(msg + m, in.d, len);
+    in.d += len;
+    in.n -= len;
+    message(&o, msg, m + len, &fsp, (flags & FL_PING) != 0);
+  }
+  free(msg);
+
+  size_t half = o.n / 2;
+  size_t off = 0;
+  int closed = 0;
+  while (off < o.n && tok->tunnels && tok->tunnels->t) {
+    size_t k = fz_split_next(&dsp, o.n - off);
+    tunnel_input(tok, o.d + off, k);
+    off += k;
+    check_all("while feeding");
+    if ((flags & FL_CLOSE) && off >= half && !closed && tok->tunnels &&
+        tok->tunnels->t) {
+      closed = 1;
+      wstun__tunnel_close(tok->tunnels->t, WSTUN_ECLOSED);
+    }
+  }
+  free(o.d);
+  check_all("after the input");
+  /* the tunnel goes: every exchange still waiting is answered or cut */
+  while (tok->tunnels && tok->tunnels->t)
+    wstun__tunnel_close(tok->tunnels->t, WSTUN_ECLOSED);
+  check_all("after the tunnel closed");
+  for (int i = 0; i < nreqs; i++) {
+    const wstun__front *f = reqs[i].f;
+    FZ_CHECK(f->state == WSTUN__EX_NONE || f->state == WSTUN__EX_DONE ||
+                 f->closing,
+             "requester %d still waits (state %d) with the tunnel gone", i,
+             (int)f->state);
+  }
+  fzs_end();
+  return 0;
+}
