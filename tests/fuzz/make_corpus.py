@@ -350,4 +350,11 @@ write("server_response", "truncated", sr(SR_CLOSE, 4, 4, [GET, GET], [
     (0, "HTTP/1.1 204 No Content\r\n\r\n")]))
 write("server_response", "cut_head", sr(0, 2, 0, [GET], [
     (0, "HTTP/1.1 200 OK\r\nContent-Le")]))
+# a complete response then bytes that are not one (only one letter away)
+write("server_response", "trailing_garbage", sr(0, 0, 0, [GET], [
+    (0, OK + "XTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")]))
+# a response, then one for an id nobody uses (SEL_MORE, 0x08, on the second
+# selector would put both in one message)
+write("server_response", "near_merge", sr(0, 0, 0, [GET], [
+    (0, OK), (4, "HTTP/1.1 200 OK\r\n\r\n")]))
 write("server_response", "eof", sr(SR_EOF, 0, 0, [GET, POST], [(0, OK), (1, OK)]))
