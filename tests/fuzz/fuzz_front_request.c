@@ -23,7 +23,9 @@
  *    none;
  * and once the request is complete, the whole message parses back as
  * exactly one complete request using every byte, with the body the front
- * read.
+ * read. At the end, what the requester received (local answers, the
+ * harness's 502s, 100 Continue) must be well-framed responses to the
+ * requests read, HEAD-aware, at most one each.
  *
  * WSTUN_FUZZ_KNOWN tags: target-uaf looks past the use-after-free of
  * route_tunnel's target (see w_on_head); base-target past X-Token
@@ -60,7 +62,10 @@ typedef struct rq {
   size_t body_len;
   int body_over;
   int made, completed;
-  int tolerated; /* a known bug showed in this exchange: no more checks */
+  int tolerated;    /* a known bug showed in this exchange: no more checks */
+  int methods[256]; /* of the heads parsed, in order (what the requester
+                       needs to read the answers) */
+  int nheads;
 } rq;
 
 static void head_copy(wstun__http_head *dst, const wstun__http_head *src) {
@@ -330,6 +335,9 @@ static int w_on_head(void *ud, wstun__http_head *h) {
       return -1;
   }
   r->tolerated = 0;
+  if (r->nheads < 256)
+    r->methods[r->nheads] = h->method;
+  r->nheads++;
   wstun__outmsg *before = r->f->req;
   r->req = NULL;
   int rc = r->real.on_head(r->f, h);
@@ -391,6 +399,59 @@ static void settle(rq *r, int lost) {
   }
 }
 
+/* ---- what the requester receives --------------------------------------------
+ */
+
+typedef struct answers {
+  const rq *r;
+  int finals, interims, done, last_status;
+} answers;
+
+static int a_on_head(void *ud, wstun__http_head *h) {
+  answers *a = ud;
+  a->last_status = h->status;
+  if (h->status >= 100 && h->status < 200) {
+    a->interims++;
+    return 1;
+  }
+  int k = a->finals++;
+  int head = k < a->r->nheads && k < 256 && a->r->methods[k] == HTTP_HEAD &&
+             !fzs_known("head-body");
+  return head || h->status == 204 || h->status == 304 ? 1 : 0;
+}
+static int a_on_complete(void *ud) {
+  answers *a = ud;
+  if (a->last_status >= 200)
+    a->done++;
+  return 0;
+}
+static const wstun__http_parser_cbs answers_cbs = {a_on_head, NULL,
+                                                   a_on_complete};
+
+/* The front's output: answers (local ones, the 502s of the harness, 100
+ * Continue), well framed for the requests read (HEAD-aware), in order, at
+ * most one per request (one more for a request that did not parse). */
+static void check_answers(const rq *r, const wstun__conn *c) {
+  size_t n = wstun__buf_size(&c->out);
+  if (n == 0)
+    return;
+  answers a;
+  memset(&a, 0, sizeof(a));
+  a.r = r;
+  wstun__http_parser p;
+  wstun__http_parser_init(&p, HTTP_RESPONSE, 0, 0, &answers_cbs, &a);
+  size_t used = 0;
+  int rc = wstun__http_parser_feed(&p, wstun__buf_data(&c->out), n, &used);
+  wstun__http_parser_free(&p);
+  if (rc == WSTUN__HTTP_ERROR || a.finals > r->nheads + 1) {
+    fzs_dump("requester output", wstun__buf_data(&c->out), n);
+    FZ_CHECK(0,
+             "the requester's answers are not well framed (rc %d) or too "
+             "many: %d final for %d requests",
+             rc, a.finals, r->nheads);
+  }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_in in = {data, size};
   uint8_t flags = fz_byte(&in);
@@ -441,6 +502,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if ((flags & FL_EOF) && !f->closing)
     fzs_eof(c);
   fz_alloc_reset();
+  if (r.checks)
+    check_answers(&r, c);
 
   fzs_end();
   if (r.have_orig)
