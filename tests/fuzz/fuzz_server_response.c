@@ -8,12 +8,18 @@
  * several back to back in one message, bad ids, garbage, truncated ones,
  * 1xx, bodies by Content-Length, chunked or by the end of the message.
  *
+ * With FL_PIPELINE each requester sends a second GET right behind the
+ * first; the front reads it once the first is answered, and it goes out
+ * with a new id (messages are then made and sent one at a time, so that a
+ * selector can name it).
+ *
  * What a requester receives is its front connection's output buffer (the
- * loop never runs while feeding). Checks, per requester, after the input
- * and again after the tunnel is closed:
- *  - the output parses (llhttp glue, HEAD-aware) as interim (1xx)
- *    responses then at most one final response, with no byte after it:
- *    one request, one response;
+ * loop never runs while feeding). Checks, per requester, after every
+ * chunk, after the input and again after the tunnel is closed:
+ *  - the output parses (llhttp glue, HEAD-aware, 204/304 bodyless) as
+ *    responses, 1xx ones allowed before each final one, at most one final
+ *    response per request the front has read, with no byte after the one
+ *    for the last: one request, one response;
  *  - an exchange that is over on a connection still open (or ending
  *    gracefully: then a body delimited by the close is complete) has
  *    delivered its complete final response; a connection that was closed
@@ -37,9 +43,12 @@
 #include "fuzz_server_common.h"
 
 enum {
-  FL_PING = 0x01,  /* a ping frame between fragments */
-  FL_CLOSE = 0x02, /* the tunnel is closed half way through the input */
-  FL_EOF = 0x04,   /* requesters close their side after their request */
+  FL_PING = 0x01,     /* a ping frame between fragments */
+  FL_CLOSE = 0x02,    /* the tunnel is closed half way through the input */
+  FL_EOF = 0x04,      /* requesters close their side after their request */
+  FL_PIPELINE = 0x10, /* each requester pipelines a second GET; messages are
+                         then made one at a time, their ids taken as they
+                         are sent (the second requests get theirs late) */
 };
 
 #define TOKEN "tunnel-token-0123"
@@ -52,6 +61,9 @@ typedef struct requester {
   int kind;       /* 0 GET, 1 HEAD, 2 HTTP/1.0 GET, 3 POST */
   size_t seen_n;  /* what the last check saw: output size, states */
   int seen_state, seen_closing;
+  wstun__http_parser_cbs real; /* the front's parser callbacks */
+  int nheads;                  /* requests the front has read */
+  int methods[2];
 } requester;
 
 static requester reqs[MAX_FRONTS];
@@ -64,12 +76,31 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   return 0;
 }
 
+/* The front's on_head, wrapped to count the requests it read. */
+static int w_on_head(void *ud, wstun__http_head *h) {
+  requester *q = ud;
+  if (q->nheads < 2)
+    q->methods[q->nheads] = h->method;
+  q->nheads++;
+  return q->real.on_head(q->f, h);
+}
+static int w_on_body(void *ud, const uint8_t *d, size_t n) {
+  requester *q = ud;
+  return q->real.on_body(q->f, d, n);
+}
+static int w_on_complete(void *ud) {
+  requester *q = ud;
+  return q->real.on_complete(q->f);
+}
+static const wstun__http_parser_cbs wrapped = {w_on_head, w_on_body,
+                                               w_on_complete};
+
 /* ---- what a requester sees --------------------------------------------------
  */
 
 typedef struct view {
-  int is_head;
-  int interims, finals, final_done, bad_order;
+  const requester *q;
+  int interims, finals, done;
   int status;
 } view;
 
@@ -77,23 +108,23 @@ static int v_on_head(void *ud, wstun__http_head *h) {
   view *v = ud;
   v->status = h->status;
   if (h->status >= 100 && h->status < 200) {
-    if (v->finals)
-      v->bad_order = 1;
     v->interims++;
     return 1;
   }
-  v->finals++;
+  int k = v->finals++;
+  int head = k < 2 && k < v->q->nheads && v->q->methods[k] == HTTP_HEAD;
   /* RFC 9112 6.3: whatever the headers say (llhttp would read a body of
    * Content-Length after a 204 or 304) */
-  return v->is_head || h->status == 204 || h->status == 304 ? 1 : 0;
+  return head || h->status == 204 || h->status == 304 ? 1 : 0;
 }
 static int v_on_complete(void *ud) {
   view *v = ud;
-  if (v->status >= 200) {
-    v->final_done = 1;
-    return 1; /* stop: any byte after it is a second response */
-  }
-  return 0;
+  if (v->status < 200)
+    return 0;
+  v->done++;
+  /* stop after the answer to the last request read: any byte after it
+   * would be a response to nothing */
+  return v->done >= v->q->nheads ? 1 : 0;
 }
 static const wstun__http_parser_cbs view_cbs = {v_on_head, NULL, v_on_complete};
 
@@ -102,42 +133,44 @@ static void check_requester(const requester *q, int i, const char *when) {
   const wstun__conn *c = q->c;
   size_t n = wstun__buf_size(&c->out);
   const uint8_t *out = n ? wstun__buf_data(&c->out) : (const uint8_t *)"";
-  /* written already (only when the loop ran: never here) plus queued */
   view v;
   memset(&v, 0, sizeof(v));
-  v.is_head = q->kind == 1;
+  v.q = q;
   wstun__http_parser p;
   wstun__http_parser_init(&p, HTTP_RESPONSE, 0, 0, &view_cbs, &v);
   size_t used = 0;
   int rc = n ? wstun__http_parser_feed(&p, out, n, &used) : WSTUN__HTTP_OK;
   int ending = c->close_after_write && !c->closing;
-  if (rc == WSTUN__HTTP_OK && ending && !v.final_done && v.finals)
+  if (rc == WSTUN__HTTP_OK && ending && v.done < v.finals)
     (void)wstun__http_parser_finish(&p); /* a body ended by the close */
   wstun__http_parser_free(&p);
   int over =
       f == NULL || f->state == WSTUN__EX_NONE || f->state == WSTUN__EX_DONE;
+  int head_sent = q->methods[0] == HTTP_HEAD ||
+                  (q->nheads > 1 && q->methods[1] == HTTP_HEAD);
   const char *bad = NULL;
   if (rc == WSTUN__HTTP_ERROR)
-    bad = "not a well-framed response";
-  else if (v.bad_order)
-    bad = "an interim response after the final one";
-  else if (v.final_done && used < n && !fzs_known("second-response") &&
-           !(v.is_head && fzs_known("head-body")))
-    bad = "bytes after the final response (a second response?)";
-  else if (over && !c->closing && !v.final_done &&
-           !(v.interims && !v.finals && fzs_known("interim-final")))
-    bad = v.finals ? "the exchange is over but its response is incomplete"
-                   : "the exchange is over without a final response";
+    bad = "not well-framed responses";
+  else if (v.done >= q->nheads && used < n && !fzs_known("second-response") &&
+           !(head_sent && fzs_known("head-body")))
+    bad = "bytes after the response to the last request (a second "
+          "response?)";
+  else if (over && !c->closing && v.done < q->nheads &&
+           !(v.interims && v.finals < q->nheads && fzs_known("interim-final")))
+    bad = v.finals >= q->nheads
+              ? "the exchange is over but its response is incomplete"
+              : "the exchange is over without a final response";
   if (bad != NULL) {
     fzs_dump("requester output", out, n);
     FZ_CHECK(0,
-             "%s: requester %d (%s) %s: %d interim, %d final, complete %d, "
-             "%zu of %zu bytes parsed, state %d, conn closing %d ending %d",
+             "%s: requester %d (%s) %s: %d requests read, %d interim, %d "
+             "final, %d complete, %zu of %zu bytes parsed, state %d, conn "
+             "closing %d ending %d",
              when, i,
              q->kind == 1   ? "HEAD"
              : q->kind == 2 ? "HTTP/1.0"
                             : "GET/POST",
-             bad, v.interims, v.finals, v.final_done, used, n,
+             bad, q->nheads, v.interims, v.finals, v.done, used, n,
              f ? (int)f->state : -1, (int)c->closing, ending);
   }
 }
@@ -235,6 +268,10 @@ static const char *const request_text[4] = {
     "Content-Length: 5\r\n\r\nhello",
 };
 
+/* pipelined after the first with FL_PIPELINE: read once it is answered */
+static const char second_text[] =
+    "GET /_token/" TOKEN "?second HTTP/1.1\r\nHost: s\r\n\r\n";
+
 static const char upgrade_text[] =
     "GET /_tunnel HTTP/1.1\r\nHost: s\r\nOrigin: " TOKEN "\r\n"
     "Upgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -255,6 +292,23 @@ static void tunnel_input(wstun__token *tok, const uint8_t *d, size_t n) {
     n -= used;
     if (used == 0)
       break; /* paused with nobody to resume it, or wslay wants nothing */
+  }
+}
+
+/* Delivers the frames in o in data-derived chunks, checking the
+ * requesters after each; closes the tunnel once close_at bytes are in. */
+static void feed(wstun__token *tok, const out *o, fz_split *dsp,
+                 size_t close_at, int *closed) {
+  size_t off = 0;
+  while (off < o->n && tok->tunnels && tok->tunnels->t) {
+    size_t k = fz_split_next(dsp, o->n - off);
+    tunnel_input(tok, o->d + off, k);
+    off += k;
+    check_all("while feeding");
+    if (!*closed && off >= close_at && tok->tunnels && tok->tunnels->t) {
+      *closed = 1;
+      wstun__tunnel_close(tok->tunnels->t, WSTUN_ECLOSED);
+    }
   }
 }
 
@@ -283,9 +337,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     q->kind = (kinds >> (2 * i)) & 3;
     q->f = fzs_front(ip);
     q->c = q->f->conn;
+    q->real = q->f->parser.cbs;
+    q->f->parser.cbs = wrapped;
+    q->f->parser.ud = q;
     q->c->high_water = (size_t)1 << 40; /* never congested: never drains */
-    fzs_input(q->c, (const uint8_t *)request_text[q->kind],
-              strlen(request_text[q->kind]));
+    char text[256];
+    snprintf(text, sizeof(text), "%s%s", request_text[q->kind],
+             (flags & FL_PIPELINE) ? second_text : "");
+    fzs_input(q->c, (const uint8_t *)text, strlen(text));
     FZ_CHECK(q->f->state == WSTUN__EX_WAITING,
              "request %d not in flight (state %d)", i, (int)q->f->state);
     if (flags & FL_EOF)
@@ -295,6 +354,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   /* the tunnel client's messages */
   out o = {NULL, 0, 0};
   out msg = {NULL, 0, 0};
+  int pipeline = (flags & FL_PIPELINE) != 0, closed = 0;
+  size_t total = in.n;
   while (in.n > 0) {
     uint8_t sel = fz_byte(&in);
     size_t len = (size_t)fz_byte(&in) << 8;
@@ -302,8 +363,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (len > in.n)
       len = in.n;
     if (!(sel & SEL_MORE) || msg.n == 0) {
-      if (msg.n > 0)
+      if (msg.n > 0) {
         message(&o, msg.d, msg.n, &fsp, (flags & FL_PING) != 0);
+        if (pipeline) {
+          /* sent now, so that the next prefix is taken from the ids of
+           * the exchanges as they are now */
+          int close_now = (flags & FL_CLOSE) && in.n <= total / 2;
+          feed(tok, &o, &dsp, close_now ? 0 : SIZE_MAX, &closed);
+          o.n = 0;
+        }
+      }
       msg.n = 0;
       uint8_t pre[4];
       switch (sel & 7) {
@@ -336,21 +405,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (msg.n > 0)
     message(&o, msg.d, msg.n, &fsp, (flags & FL_PING) != 0);
   free(msg.d);
-
-  size_t half = o.n / 2;
-  size_t off = 0;
-  int closed = 0;
-  while (off < o.n && tok->tunnels && tok->tunnels->t) {
-    size_t k = fz_split_next(&dsp, o.n - off);
-    tunnel_input(tok, o.d + off, k);
-    off += k;
-    check_all("while feeding");
-    if ((flags & FL_CLOSE) && off >= half && !closed && tok->tunnels &&
-        tok->tunnels->t) {
-      closed = 1;
-      wstun__tunnel_close(tok->tunnels->t, WSTUN_ECLOSED);
-    }
-  }
+  feed(tok, &o, &dsp, (flags & FL_CLOSE) && !pipeline ? o.n / 2 : SIZE_MAX,
+       &closed);
   free(o.d);
   check_all("after the input");
   /* the tunnel goes: every exchange still waiting is answered or cut */
@@ -359,8 +415,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   check_all("after the tunnel closed");
   for (int i = 0; i < nreqs; i++) {
     const wstun__front *f = reqs[i].f;
+    /* (a pipelined request read after the tunnel went waits in the
+     * token's queue for the next one) */
     FZ_CHECK(f->state == WSTUN__EX_NONE || f->state == WSTUN__EX_DONE ||
-                 f->closing,
+                 f->state == WSTUN__EX_QUEUED || f->closing,
              "requester %d still waits (state %d) with the tunnel gone", i,
              (int)f->state);
   }

@@ -315,7 +315,7 @@ write("front_request", "allocfail", ctl(FR_ALLOC, 4) + PEER + ctl(9) +
 
 # ---- server_response: flags, fragment seed, delivery seed, request kinds,
 # requesters - 1, then messages: selector, 2-byte length, payload ---------------------
-SR_PING, SR_CLOSE, SR_EOF = 0x01, 0x02, 0x04
+SR_PING, SR_CLOSE, SR_EOF, SR_PIPE = 0x01, 0x02, 0x04, 0x10
 GET, HEAD, OLD, POST = 0, 1, 2, 3
 
 
@@ -357,4 +357,12 @@ write("server_response", "trailing_garbage", sr(0, 0, 0, [GET], [
 # selector would put both in one message)
 write("server_response", "near_merge", sr(0, 0, 0, [GET], [
     (0, OK), (4, "HTTP/1.1 200 OK\r\n\r\n")]))
+# second requests: ids 2 and 3 (after 0 and 1), named by selectors 0 and 1
+write("server_response", "pipelined", sr(SR_PIPE, 3, 2, [GET, HEAD], [
+    (1, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+    (0, "HTTP/1.1 200 OK\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"),
+    (0, OK), (1, "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n")]))
+write("server_response", "pipelined_close", sr(SR_PIPE | SR_CLOSE, 0, 0,
+    [POST, OLD, GET], [(0, OK), (1, "HTTP/1.0 200 OK\r\n\r\nbye"), (0, OK)]))
 write("server_response", "eof", sr(SR_EOF, 0, 0, [GET, POST], [(0, OK), (1, OK)]))
