@@ -4,7 +4,9 @@ the files are checked in, this script documents how they were made).
 
 Layouts (see the targets): http_* and tunnel_frames start with a flags byte
 and a split-seed byte; proto_prefix with a split byte; passwords with a flags
-byte; url and ws_handshake are raw.
+byte; url and ws_handshake are raw; front_request starts with flags, split
+seed and a 4-byte peer address, server_response with flags, two split seeds,
+request kinds and count, then (selector, 2-byte length, payload) messages.
 
 No seed may crash: inputs that found bugs go to regressions/<target>/ (the
 seeds carry no chunked trailers while those show up as headers, see
