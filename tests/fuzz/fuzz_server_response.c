@@ -34,7 +34,8 @@
  *
  * Input: byte 0 flags (FL_*), byte 1 fragment split seed, byte 2 delivery
  * split seed, byte 3 the requests (2 bits each: 0 GET, 1 HEAD, 2 HTTP/1.0
- * GET, 3 POST), byte 4 number of requesters - 1 (low 2 bits), then
+ * GET, 3 POST), byte 4 number of requesters - 1 (low 2 bits), [N when
+ * FL_ALLOCFAIL], then
  * messages: a selector byte (id: low 3 bits 0-3 the id of requester
  * n % count as it is now, 4 an id nobody uses, 5 a prefix that is not
  * hex, 6 only half a prefix, 7 no prefix added: the payload has its own;
@@ -44,12 +45,14 @@
 #include "fuzz_server_common.h"
 
 enum {
-  FL_PING = 0x01,     /* a ping frame between fragments */
-  FL_CLOSE = 0x02,    /* the tunnel is closed half way through the input */
-  FL_EOF = 0x04,      /* requesters close their side after their request */
-  FL_PIPELINE = 0x10, /* each requester pipelines a second GET; messages are
-                         then made one at a time, their ids taken as they
-                         are sent (the second requests get theirs late) */
+  FL_PING = 0x01,      /* a ping frame between fragments */
+  FL_CLOSE = 0x02,     /* the tunnel is closed half way through the input */
+  FL_EOF = 0x04,       /* requesters close their side after their request */
+  FL_PIPELINE = 0x10,  /* each requester pipelines a second GET; messages are
+                          then made one at a time, their ids taken as they
+                          are sent (the second requests get theirs late) */
+  FL_ALLOCFAIL = 0x20, /* allocations fail after N once the requests are in
+                          flight; only memory safety is checked */
 };
 
 #define TOKEN "tunnel-token-0123"
@@ -70,10 +73,12 @@ typedef struct requester {
 
 static requester reqs[MAX_FRONTS];
 static int nreqs;
+static int checks_on; /* 0 once allocations may fail: memory safety only */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
+  fz_alloc_install();
   fzs_init();
   return 0;
 }
@@ -188,7 +193,7 @@ static void check_requester(const requester *q, int i, const char *when) {
  * response, and the requester's stream is garbage from then on: its
  * checks stop. */
 static void taint_if_more(int who, const uint8_t *d, size_t n) {
-  if (who < 0 || !fzs_known("second-response"))
+  if (who < 0 || !checks_on || !fzs_known("second-response"))
     return;
   requester *q = &reqs[who];
   view v;
@@ -209,6 +214,8 @@ static void taint_if_more(int who, const uint8_t *d, size_t n) {
 /* Checks the requesters whose output or state changed since last time
  * (every byte delivered one at a time would make it quadratic). */
 static void check_all(const char *when) {
+  if (!checks_on)
+    return;
   for (int i = 0; i < nreqs; i++) {
     requester *q = &reqs[i];
     size_t n = wstun__buf_size(&q->c->out);
@@ -352,6 +359,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_split_init(&dsp, fz_byte(&in));
   uint8_t kinds = fz_byte(&in);
   nreqs = 1 + (fz_byte(&in) & 3);
+  long fail_after = (flags & FL_ALLOCFAIL) ? (long)fz_byte(&in) : -1;
+  checks_on = 1;
 
   fzs_begin("", 64 * 1024, 0);
   wstun__token *tok = fzs_add_token(TOKEN);
@@ -381,6 +390,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
              "request %d not in flight (state %d)", i, (int)q->f->state);
     if (flags & FL_EOF)
       fzs_eof(q->c);
+  }
+
+  if (fail_after >= 0) {
+    checks_on = 0;
+    fz_alloc_fail_after(fail_after);
   }
 
   /* the tunnel client's messages */
@@ -452,7 +466,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   while (tok->tunnels && tok->tunnels->t)
     wstun__tunnel_close(tok->tunnels->t, WSTUN_ECLOSED);
   check_all("after the tunnel closed");
-  for (int i = 0; i < nreqs; i++) {
+  for (int i = 0; i < nreqs && checks_on; i++) {
     const wstun__front *f = reqs[i].f;
     /* (a pipelined request read after the tunnel went waits in the
      * token's queue for the next one) */
@@ -461,6 +475,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
              "requester %d still waits (state %d) with the tunnel gone", i,
              (int)f->state);
   }
+  fz_alloc_reset();
   fzs_end();
   return 0;
 }

@@ -317,7 +317,7 @@ write("front_request", "allocfail", ctl(FR_ALLOC, 4) + PEER + ctl(9) +
 
 # ---- server_response: flags, fragment seed, delivery seed, request kinds,
 # requesters - 1, then messages: selector, 2-byte length, payload ---------------------
-SR_PING, SR_CLOSE, SR_EOF, SR_PIPE = 0x01, 0x02, 0x04, 0x10
+SR_PING, SR_CLOSE, SR_EOF, SR_PIPE, SR_ALLOC = 0x01, 0x02, 0x04, 0x10, 0x20
 GET, HEAD, OLD, POST = 0, 1, 2, 3
 
 
@@ -367,4 +367,9 @@ write("server_response", "pipelined", sr(SR_PIPE, 3, 2, [GET, HEAD], [
     (0, OK), (1, "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n")]))
 write("server_response", "pipelined_close", sr(SR_PIPE | SR_CLOSE, 0, 0,
     [POST, OLD, GET], [(0, OK), (1, "HTTP/1.0 200 OK\r\n\r\nbye"), (0, OK)]))
+# allocations fail after 6 (the byte after the count)
+write("server_response", "allocfail", sr(SR_ALLOC | SR_PIPE, 2, 3, [GET, POST],
+    [])[:5] + ctl(6) + sr(0, 0, 0, [GET], [
+    (0, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    (1, OK), (0, OK)])[5:])
 write("server_response", "eof", sr(SR_EOF, 0, 0, [GET, POST], [(0, OK), (1, OK)]))
