@@ -1170,18 +1170,15 @@ static void drop_unserved(wstun_server *srv) {
   uv_close((uv_handle_t *)&srv->spare, on_spare_closed);
 }
 
-void wstun__front_accept(wstun_server *srv) {
+wstun__front *wstun__front_new(wstun_server *srv) {
   wstun__front *f = wstun__calloc(1, sizeof(*f));
-  if (f == NULL) {
-    drop_unserved(srv);
-    return;
-  }
+  if (f == NULL)
+    return NULL;
   f->srv = srv;
   f->conn = wstun__conn_new(srv->loop, &srv->shared, &front_conn_cbs, f);
   if (f->conn == NULL) {
     wstun__free(f);
-    drop_unserved(srv);
-    return;
+    return NULL;
   }
   f->conn->high_water = FRONT_OUT_MAX;
   uv_timer_init(srv->loop, &f->timer);
@@ -1193,6 +1190,15 @@ void wstun__front_accept(wstun_server *srv) {
     srv->fronts->prev = f;
   srv->fronts = f;
   srv->nfronts++;
+  return f;
+}
+
+void wstun__front_accept(wstun_server *srv) {
+  wstun__front *f = wstun__front_new(srv);
+  if (f == NULL) {
+    drop_unserved(srv);
+    return;
+  }
   if (wstun__conn_accept(f->conn, (uv_stream_t *)&srv->listener) != 0 ||
       (srv->tls && wstun__conn_start_tls(f->conn, srv->tls, NULL) != 0)) {
     wstun__front_close(f);

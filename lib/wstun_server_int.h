@@ -158,6 +158,10 @@ struct wstun_server {
 
 /* wstun_front.c */
 void wstun__front_accept(wstun_server *srv);
+/* A front connection on a connection handle not accepted yet (what
+ * wstun__front_accept does first; the fuzz targets feed it bytes by
+ * calling its conn's on_data, without a socket). */
+wstun__front *wstun__front_new(wstun_server *srv);
 void wstun__front_close(wstun__front *f);
 /* Answers the exchange with a short text and finishes it. */
 void wstun__front_fail(wstun__front *f, int status, const char *text);

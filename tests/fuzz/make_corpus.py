@@ -4,7 +4,9 @@ the files are checked in, this script documents how they were made).
 
 Layouts (see the targets): http_* and tunnel_frames start with a flags byte
 and a split-seed byte; proto_prefix with a split byte; passwords with a flags
-byte; url and ws_handshake are raw.
+byte; url and ws_handshake are raw; front_request starts with flags, split
+seed and a 4-byte peer address, server_response with flags, two split seeds,
+request kinds and count, then (selector, 2-byte length, payload) messages.
 
 No seed may crash: inputs that found bugs go to regressions/<target>/ (the
 seeds carry no chunked trailers while those show up as headers, see
@@ -271,3 +273,103 @@ write("flags", "range", "-timeout\02")
 write("flags", "spaces", "-port\0 +80")
 write("flags", "bare", "x\0-")
 write("flags", "bool_bad", "-on=yes")
+
+# ---- front_request: flags, split seed, peer (4 bytes), [alloc N], bytes -----------
+# (none of these makes the head text grow under route_tunnel's target: that
+# use-after-free is in regressions/front_request/)
+FR_BASE, FR_V6, FR_SMALLH, FR_SMALLB, FR_EOF, FR_LOST, FR_ALLOC = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x80)
+PEER = ctl(192, 0, 2, 7)
+write("front_request", "xtoken", ctl(0, 0) + PEER +
+      "GET /x/y?q=1 HTTP/1.1\r\nHost: srv\r\nX-Token: t\r\n\r\n")
+write("front_request", "token_path", ctl(0, 5) + PEER +
+      "GET /_token/t/some/path?x=1 HTTP/1.1\r\nHost: srv\r\n"
+      "X-Forwarded-For: 10.0.0.1\r\nConnection: keep-alive, X-Foo\r\n"
+      "X-Foo: drop me\r\nX-Bar: keep me\r\n\r\n")
+write("front_request", "token_only", ctl(FR_V6, 0) + PEER +
+      "GET /_token/tunnel-token-0123?a=b HTTP/1.1\r\nHost: srv\r\n\r\n")
+write("front_request", "post_cl", ctl(0, 3) + PEER +
+      "POST /api HTTP/1.1\r\nHost: a\r\nX-Token: t\r\n"
+      "Content-Length: 11\r\nExpect: 100-continue\r\n\r\nhello world")
+write("front_request", "chunked", ctl(FR_LOST, 1) + PEER +
+      "PUT /_token/t/up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+      "TE: trailers\r\nUpgrade: h2c\r\n\r\n"
+      "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+write("front_request", "pipelined", ctl(FR_EOF, 13) + PEER +
+      "GET /1 HTTP/1.1\r\nHost: a\r\nX-Token: t\r\n\r\n"
+      "POST /_token/t/2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+      "GET /_health_check HTTP/1.1\r\n\r\n"
+      "GET /3 HTTP/1.1\r\nX-Token: nope\r\n\r\n"
+      "DELETE /4 HTTP/1.1\r\nX-Token: t\r\nConnection: close\r\n\r\n")
+write("front_request", "base", ctl(FR_BASE, 2) + PEER +
+      "GET /wst/_token/t/p HTTP/1.1\r\n\r\n"
+      "GET /wstx HTTP/1.1\r\nX-Token: t\r\n\r\n"
+      "GET /wst/?q HTTP/1.1\r\nX-Token: t\r\n\r\n")
+write("front_request", "too_big", ctl(FR_SMALLB | FR_SMALLH, 7) + PEER +
+      "POST /b HTTP/1.1\r\nX-Token: t\r\nContent-Length: 5000\r\n\r\n" +
+      "z" * 5000 + "GET /c HTTP/1.1\r\nX-Token: t\r\n\r\n")
+write("front_request", "http10", ctl(0, 0) + PEER +
+      "GET /old HTTP/1.0\r\nX-Token: t\r\nProxy-Connection: keep-alive\r\n"
+      "Keep-Alive: 300\r\n\r\n")
+write("front_request", "allocfail", ctl(FR_ALLOC, 4) + PEER + ctl(9) +
+      "POST /x HTTP/1.1\r\nX-Token: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3\r\nabc\r\n0\r\n\r\n")
+
+# ---- server_response: flags, fragment seed, delivery seed, request kinds,
+# requesters - 1, then messages: selector, 2-byte length, payload ---------------------
+SR_PING, SR_CLOSE, SR_EOF, SR_PIPE, SR_ALLOC = 0x01, 0x02, 0x04, 0x10, 0x20
+GET, HEAD, OLD, POST = 0, 1, 2, 3
+
+
+def sr(flags, fseed, dseed, kinds, msgs):
+    k = 0
+    for i, kind in enumerate(kinds):
+        k |= kind << (2 * i)
+    out = ctl(flags, fseed, dseed, k, len(kinds) - 1)
+    for sel, payload in msgs:
+        out += ctl(sel) + struct.pack(">H", len(payload)).decode("latin-1") + payload
+    return out
+
+
+OK = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+write("server_response", "one", sr(0, 0, 0, [GET], [(0, OK)]))
+write("server_response", "four", sr(SR_PING, 5, 3, [GET, HEAD, OLD, POST], [
+    (2, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\n0\r\n\r\n"),
+    (1, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"),
+    (0, "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+        "Connection: keep-alive\r\nContent-Length: 3\r\n\r\nno\n"),
+    (3, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")]))
+write("server_response", "close_delimited", sr(0, 7, 2, [GET, OLD], [
+    (0, "HTTP/1.0 200 OK\r\n\r\nuntil the end"),
+    (1, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")]))
+write("server_response", "bad_ids", sr(0, 0, 1, [GET, GET], [
+    (4, OK), (5, OK), (6, ""), (7, "0001" + OK), (0, OK), (0, OK)]))
+write("server_response", "garbage", sr(0, 3, 0, [POST], [
+    (0, "HTTP/1.1 2000 What\r\n\r\n")]))
+write("server_response", "truncated", sr(SR_CLOSE, 4, 4, [GET, GET], [
+    (0, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
+    (0, "HTTP/1.1 204 No Content\r\n\r\n")]))
+write("server_response", "cut_head", sr(0, 2, 0, [GET], [
+    (0, "HTTP/1.1 200 OK\r\nContent-Le")]))
+# a complete response then bytes that are not one (only one letter away)
+write("server_response", "trailing_garbage", sr(0, 0, 0, [GET], [
+    (0, OK + "XTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")]))
+# a response, then one for an id nobody uses (SEL_MORE, 0x08, on the second
+# selector would put both in one message)
+write("server_response", "near_merge", sr(0, 0, 0, [GET], [
+    (0, OK), (4, "HTTP/1.1 200 OK\r\n\r\n")]))
+# second requests: ids 2 and 3 (after 0 and 1), named by selectors 0 and 1
+write("server_response", "pipelined", sr(SR_PIPE, 3, 2, [GET, HEAD], [
+    (1, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+    (0, "HTTP/1.1 200 OK\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"),
+    (0, OK), (1, "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n")]))
+write("server_response", "pipelined_close", sr(SR_PIPE | SR_CLOSE, 0, 0,
+    [POST, OLD, GET], [(0, OK), (1, "HTTP/1.0 200 OK\r\n\r\nbye"), (0, OK)]))
+# allocations fail after 6 (the byte after the count)
+write("server_response", "allocfail", sr(SR_ALLOC | SR_PIPE, 2, 3, [GET, POST],
+    [])[:5] + ctl(6) + sr(0, 0, 0, [GET], [
+    (0, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    (1, OK), (0, OK)])[5:])
+write("server_response", "eof", sr(SR_EOF, 0, 0, [GET, POST], [(0, OK), (1, OK)]))

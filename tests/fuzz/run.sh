@@ -25,7 +25,7 @@ build=${1:-$top/build-fuzz}
 secs=${WSTUN_FUZZ_SECS:-30}
 jobs=${WSTUN_FUZZ_JOBS:-2}
 all="proto_prefix http_request http_response ws_handshake url tunnel_frames passwords
-     router client_ports flags cert_ip"
+     router client_ports flags cert_ip front_request server_response"
 targets=${WSTUN_FUZZ_TARGETS:-$all}
 
 cc=${CC:-clang}
@@ -62,6 +62,7 @@ trap 'rm -rf "$work"' EXIT INT TERM
 dict_for() {
   case $1 in
     http_request|http_response|ws_handshake) echo "$here/http.dict" ;;
+    front_request|server_response) echo "$here/server.dict" ;;
     url) echo "$here/url.dict" ;;
     *) echo "" ;;
   esac
