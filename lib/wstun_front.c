@@ -42,13 +42,21 @@ static int resp_started(const wstun__front *f) {
 
 /* Writes a complete short answer on the connection. Errors carry
  * nosniff, as the Go server's (http.Error) do. */
+/* How our own answers are written: closing the connection after them, and
+ * with no body when they answer a HEAD (the requester would read the body
+ * as the start of its next response). */
+static int answer_flags(const wstun__front *f) {
+  return (f->close_after || f->srv->closing ? WSTUN__HTTP_CLOSE : 0) |
+         (f->head_req ? WSTUN__HTTP_NO_BODY : 0);
+}
+
 static void write_simple(wstun__front *f, int status, const char *text) {
   if (f->conn == NULL)
     return;
-  int close = f->close_after || f->srv->closing;
   wstun__http_write_simple(
       wstun__conn_outbuf(f->conn), status, text ? text : "",
-      status >= 400 ? "X-Content-Type-Options: nosniff\r\n" : NULL, close);
+      status >= 400 ? "X-Content-Type-Options: nosniff\r\n" : NULL,
+      answer_flags(f));
   wstun__conn_flush(f->conn);
 }
 
@@ -378,6 +386,7 @@ static void front_next(wstun__front *f) {
   f->state = WSTUN__EX_NONE;
   f->tok = NULL;
   f->tun = NULL;
+  f->head_req = 0;
   if (f->close_after || f->srv->closing) {
     uv_timer_stop(&f->timer);
     set_timer(f, 5000, on_idle_timeout); /* bound a peer that never reads */
@@ -467,7 +476,7 @@ static int admin_allowed(wstun__front *f, const wstun__http_head *h) {
         wstun__http_write_simple(
             wstun__conn_outbuf(f->conn), 401, "Unauthorized",
             "WWW-Authenticate: Bearer realm=\"wstunnel\"\r\n",
-            f->close_after || srv->closing);
+            answer_flags(f));
         wstun__conn_flush(f->conn);
       }
       return 0;
@@ -484,7 +493,7 @@ static void answer_doc(wstun__front *f, int rc, wstun__buf *doc,
   else if (f->conn) {
     wstun__http_write_response(wstun__conn_outbuf(f->conn), 200, ctype,
                                wstun__buf_data(doc), wstun__buf_size(doc), NULL,
-                               f->close_after || f->srv->closing);
+                               answer_flags(f));
     wstun__conn_flush(f->conn);
   }
   wstun__buf_free(doc);
@@ -679,6 +688,7 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   wstun__front *f = ud;
   wstun_server *srv = f->srv;
   f->method = h->method;
+  f->head_req = h->method == HTTP_HEAD;
   f->close_after = !h->keep_alive;
   f->start_ms = uv_now(srv->loop);
   f->id = 0;

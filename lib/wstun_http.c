@@ -357,19 +357,22 @@ int wstun__http_write_chunk_header(wstun__buf *out, size_t len) {
 
 int wstun__http_write_response(wstun__buf *out, int status,
                                const char *content_type, const void *body,
-                               size_t n, const char *extra_headers, int close) {
+                               size_t n, const char *extra_headers, int flags) {
   int rc = wstun__buf_appendf(
       out,
       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
       status, wstun__http_reason(status), content_type, n,
-      extra_headers ? extra_headers : "", close ? "Connection: close\r\n" : "");
-  return rc ? rc : wstun__buf_append(out, body, n);
+      extra_headers ? extra_headers : "",
+      flags & WSTUN__HTTP_CLOSE ? "Connection: close\r\n" : "");
+  if (rc != 0 || (flags & WSTUN__HTTP_NO_BODY))
+    return rc;
+  return wstun__buf_append(out, body, n);
 }
 
 int wstun__http_write_simple(wstun__buf *out, int status, const char *body,
-                             const char *extra_headers, int close) {
+                             const char *extra_headers, int flags) {
   return wstun__http_write_response(out, status, "text/plain; charset=utf-8",
-                                    body, strlen(body), extra_headers, close);
+                                    body, strlen(body), extra_headers, flags);
 }
 
 /* ---- parser ------------------------------------------------------------ */

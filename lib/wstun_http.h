@@ -84,15 +84,20 @@ int wstun__http_write_chunk_header(wstun__buf *out, size_t len);
 #define WSTUN__HTTP_CHUNK_TRAILER "\r\n"
 #define WSTUN__HTTP_LAST_CHUNK "0\r\n\r\n"
 
+/* Flags of the writers below. */
+#define WSTUN__HTTP_CLOSE 1   /* add Connection: close */
+#define WSTUN__HTTP_NO_BODY 2 /* the answer to a HEAD: the head only, its
+                                 Content-Length still the body's */
+
 /* A short text response: status line, Content-Type text/plain,
  * Content-Length, optional extra header lines ("Name: v\r\n"), body. */
 int wstun__http_write_simple(wstun__buf *out, int status, const char *body,
-                             const char *extra_headers, int close);
+                             const char *extra_headers, int flags);
 
 /* The same with any content type and body. */
 int wstun__http_write_response(wstun__buf *out, int status,
                                const char *content_type, const void *body,
-                               size_t n, const char *extra_headers, int close);
+                               size_t n, const char *extra_headers, int flags);
 
 /* The registered reason phrase of a status code; "" for an unregistered
  * code. Never NULL. */

@@ -93,6 +93,7 @@ struct wstun__front {
   uint16_t id;
   int tries;
   int method;
+  int head_req; /* the request being answered is a HEAD: answers bodiless */
   int req_chunked;         /* re-encoding the request body as chunked */
   int req_complete;        /* the whole request was read */
   wstun__outmsg *req;      /* the tunnel message being produced */

@@ -9,7 +9,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, HOST, Background, get, http_req, raw_http, make_token,  # noqa: E402
-                     free_port, wait_tunnels, main)
+                     free_port, read_response, wait_tunnels, main)
 
 
 class ServerErrors(E2ETestCase):
@@ -135,6 +135,46 @@ class ServerErrors(E2ETestCase):
             r = get(srv.port, "/_token/%s/echo?i=%d" % (tok, i))
             self.assertStatus(r, 200)
             self.assertEqual(r.json()["path"], "/echo?i=%d" % i)
+
+
+class HeadAnswers(E2ETestCase):
+    """Answers to HEAD carry no body, our own as well as relayed ones: a
+    keep-alive requester would read the body as its next response."""
+
+    def exchange(self, port, *reqs):
+        """Sends (method, path, extra headers) requests pipelined on one
+        connection, returns their responses."""
+        data = b"".join(b"%s %s HTTP/1.1\r\nHost: x\r\n%s\r\n"
+                        % (m.encode(), p.encode(), h.encode()) for m, p, h in reqs)
+        with socket.create_connection((HOST, port), timeout=10) as s:
+            s.sendall(data)
+            f = s.makefile("rb")
+            return [read_response(f, method=m) for m, _, _ in reqs]
+
+    def test_local_answers_to_head_have_no_body(self):
+        srv, cli, be, tok = self.tunnel()
+        tail = ("GET", "/_health_check", "")
+        for head in (("HEAD", "/_health_check", ""),      # 200
+                     ("HEAD", "/nowhere", ""),            # 404
+                     ("HEAD", "/_token/%s" % tok, ""),    # 400
+                     ("HEAD", "/x", "X-Token: %s\r\n" % make_token("unknown"))):
+            with self.subTest(head=head):
+                r1, r2 = self.exchange(srv.port, head, tail)
+                self.assertIn(r1.status, (200, 400, 404))
+                self.assertEqual((r2.status, r2.body), (200, b"WSTUNSRV RUNNING\n"))
+
+    def test_client_answer_to_head_has_no_body(self):
+        # wstuncli answers 403 itself (X-Host without -regexp): through the
+        # tunnel, then relayed; the next response on the connection is intact
+        srv, cli, be, tok = self.tunnel()
+        r1, r2 = self.exchange(srv.port,
+                               ("HEAD", "/_token/%s/a" % tok, "X-Host: http://127.0.0.1:1\r\n"),
+                               ("GET", "/_token/%s/echo" % tok, ""))
+        self.assertEqual(r1.status, 403)
+        self.assertEqual(r2.status, 200)
+        self.assertEqual(r2.json()["path"], "/echo")
+        self.assertFalse(any("after the response" in ln for ln in srv.err_lines),
+                         srv.describe())
 
 
 class ClientErrors(E2ETestCase):
