@@ -132,9 +132,9 @@ void wstun__client_answer(wstun_request *req, int status, const char *text) {
   uint8_t prefix[WSTUN__PROTO_PREFIX_LEN];
   wstun__proto_write_prefix(req->id, prefix);
   if (wstun__buf_append(&req->resp->buf, prefix, sizeof(prefix)) != 0 ||
-      wstun__http_write_simple(
-          &req->resp->buf, status, text, NULL,
-          req->method == HTTP_HEAD ? WSTUN__HTTP_NO_BODY : 0) != 0) {
+      wstun__http_write_simple(&req->resp->buf, status, text, NULL,
+                               req->method == HTTP_HEAD ? WSTUN__HTTP_NO_BODY
+                                                        : 0) != 0) {
     wstun__outmsg_free(req->resp);
     req->resp = NULL;
     return;

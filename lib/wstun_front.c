@@ -475,8 +475,7 @@ static int admin_allowed(wstun__front *f, const wstun__http_head *h) {
       if (f->conn) {
         wstun__http_write_simple(
             wstun__conn_outbuf(f->conn), 401, "Unauthorized",
-            "WWW-Authenticate: Bearer realm=\"wstunnel\"\r\n",
-            answer_flags(f));
+            "WWW-Authenticate: Bearer realm=\"wstunnel\"\r\n", answer_flags(f));
         wstun__conn_flush(f->conn);
       }
       return 0;
@@ -759,8 +758,21 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   if (IS_PATH("/admin/monitoring") || IS_PATH("/admin/auditing"))
     return route_admin(f, h, plen == sizeof("/admin/auditing") - 1);
   const char *xtok = wstun__http_head_get(h, "X-Token");
-  if (xtok != NULL)
+  if (xtok != NULL) {
+    if (plen == 0) {
+      /* the base path itself ("/wst", "/wst?q"): the backend gets "/",
+       * "/?q", never a target that is not a path */
+      if (tlen + 1 > sizeof(buf)) {
+        local_answer(f, 414, "URI too long");
+        return 0;
+      }
+      buf[0] = '/';
+      memcpy(buf + 1, target, tlen);
+      target = buf;
+      tlen++;
+    }
     return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
+  }
   if (IS_PATH("/metrics"))
     return route_metrics(f, h);
 #undef IS_PATH

@@ -85,9 +85,10 @@ int wstun__http_write_chunk_header(wstun__buf *out, size_t len);
 #define WSTUN__HTTP_LAST_CHUNK "0\r\n\r\n"
 
 /* Flags of the writers below. */
-#define WSTUN__HTTP_CLOSE 1   /* add Connection: close */
-#define WSTUN__HTTP_NO_BODY 2 /* the answer to a HEAD: the head only, its
-                                 Content-Length still the body's */
+#define WSTUN__HTTP_CLOSE 1 /* add Connection: close */
+#define WSTUN__HTTP_NO_BODY                                                    \
+  2 /* the answer to a HEAD: the head only, its                                \
+       Content-Length still the body's */
 
 /* A short text response: status line, Content-Type text/plain,
  * Content-Length, optional extra header lines ("Name: v\r\n"), body. */

@@ -52,6 +52,13 @@ class BasePathBoundary(E2ETestCase):
         self.assertEqual(be.count(), 1)
         self.assertStatus(get(srv.port, "/wst/_health_check"), 200)
 
+    def test_x_token_on_the_base_path_itself_forwards_a_path(self):
+        srv, cli, be, tok = self.tunnel(base_path="/wst")
+        for path, want in (("/wst", "/"), ("/wst?q=1", "/?q=1"), ("/wst/", "/")):
+            r = get(srv.port, path, headers={"X-Token": tok})
+            self.assertStatus(r, 200)
+            self.assertEqual(r.json()["path"], want, path)
+
 
 class BackendKeepAlive(E2ETestCase):
     def test_sequential_requests_share_one_backend_connection(self):

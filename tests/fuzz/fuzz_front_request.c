@@ -197,6 +197,14 @@ static void check_head(rq *r) {
   } else {
     want = rt.path;
     wlen = rt.len;
+    static char slashed[4096 + 1];
+    if (rt.plen == 0 && wlen < sizeof(slashed)) {
+      /* the base path itself: forwarded as "/" (or "/?q") */
+      slashed[0] = '/';
+      memcpy(slashed + 1, rt.path, wlen);
+      want = slashed;
+      wlen++;
+    }
     tok = wstun__http_head_get(o, "X-Token");
     FZ_CHECK(tok != NULL, "a message without a token");
     toklen = strlen(tok);

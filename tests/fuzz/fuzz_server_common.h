@@ -31,6 +31,8 @@ static void fzs_log(void *ud, wstun_log_level level, const char *line) {
   (void)ud;
   (void)level;
   (void)line; /* formatted (every argument read), then dropped */
+  if (getenv("FZ_LOG"))
+    fprintf(stderr, "[log] %s\n", line);
 }
 
 /* The server, once per process: the rng and the connection flusher are
@@ -52,6 +54,8 @@ static void fzs_init(void) {
   srv->http_timeout_ms = 1200000;
   srv->forget_ms = 3600000;
   srv->header_timeout_ms = 30000;
+  srv->idle_timeout_ms = 60000; /* wstun_server_config_init's defaults */
+  srv->stall_ms = 10000;
   fzs_srv = srv;
 }
 

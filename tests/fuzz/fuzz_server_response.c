@@ -300,16 +300,16 @@ static void message(out *o, const uint8_t *m, size_t n, fz_split *sp,
  */
 
 static const char *const request_text[4] = {
-    "GET /_token/" TOKEN "?get HTTP/1.1\r\nHost: s\r\n\r\n",
-    "HEAD /_token/" TOKEN "?head HTTP/1.1\r\nHost: s\r\n\r\n",
-    "GET /_token/" TOKEN "?old HTTP/1.0\r\nHost: s\r\n\r\n",
-    "POST /_token/" TOKEN "?post HTTP/1.1\r\nHost: s\r\n"
+    "GET /_token/" TOKEN "/?get HTTP/1.1\r\nHost: s\r\n\r\n",
+    "HEAD /_token/" TOKEN "/?head HTTP/1.1\r\nHost: s\r\n\r\n",
+    "GET /_token/" TOKEN "/?old HTTP/1.0\r\nHost: s\r\n\r\n",
+    "POST /_token/" TOKEN "/?post HTTP/1.1\r\nHost: s\r\n"
     "Content-Length: 5\r\n\r\nhello",
 };
 
 /* pipelined after the first with FL_PIPELINE: read once it is answered */
 static const char second_text[] =
-    "GET /_token/" TOKEN "?second HTTP/1.1\r\nHost: s\r\n\r\n";
+    "GET /_token/" TOKEN "/?second HTTP/1.1\r\nHost: s\r\n\r\n";
 
 static const char upgrade_text[] =
     "GET /_tunnel HTTP/1.1\r\nHost: s\r\nOrigin: " TOKEN "\r\n"
