@@ -1,14 +1,16 @@
 """Failure paths that no other test reached (issue 13): the client's
 backend timeout and the expiry of its idle backend connections, the
 server's idle timeout on requesters' keep-alive connections, a backend
-name that does not resolve, and a tunnel response cut short after its
-head. Each timer is shortened with its flag (-backend-timeout,
+name that does not resolve, a tunnel response cut short after its
+head, and the X-Host forms the regexp check sees (no port, IPv6, a lone
+"/", userinfo, other schemes). Each timer is shortened with its flag (-backend-timeout,
 -backend-idle, -idle-timeout) so that no test waits for a default."""
 
 import http.client
 import os
 import socket
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -223,6 +225,91 @@ class TunnelResponseCut(E2ETestCase):
         r = read_response(f)
         self.assertStatus(r, 502)
         self.assertBody(r, "Tunnel connection lost before the response")
+
+
+class V6Backend:
+    """One-shot HTTP backend on [::1]: records the request head, answers
+    200 "ok"."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.sock.bind(("::1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(10)
+        self.port = self.sock.getsockname()[1]
+        self.head = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            c, _ = self.sock.accept()
+        except OSError:
+            return
+        with c:
+            c.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                piece = c.recv(4096)
+                if not piece:
+                    return
+                data += piece
+            self.head = data.split(b"\r\n\r\n")[0].decode("latin-1")
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                      b"Connection: close\r\n\r\nok")
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(5)
+
+
+class XHostForms(E2ETestCase):
+    def _tunnel(self, regexp):
+        be = self.backend()
+        srv = self.server()
+        tok = make_token()
+        self.client(srv, tok, "-regexp", regexp, server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1))
+        return srv, be, tok
+
+    def test_ipv6_backend(self):
+        v6 = V6Backend()
+        self.addCleanup(v6.close)
+        srv, be, tok = self._tunnel(r"http://\[::1\]:[0-9]+")
+        r = get(srv.port, "/_token/%s/six" % tok,
+                headers={"X-Host": "http://[::1]:%d" % v6.port})
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"ok")
+        self.assertTrue(v6.head.startswith("GET /six HTTP/1.1\r\n"), v6.head)
+        self.assertIn("\r\nHost: [::1]:%d" % v6.port, v6.head)
+
+    def test_without_a_port_the_regexp_sees_none(self):
+        # nothing listens on 127.0.0.1:80 here: past the regexp, the
+        # connection is refused (502), where a mismatch would be 403
+        srv, be, tok = self._tunnel(r"http://127\.0\.0\.1")
+        r = get(srv.port, "/_token/%s/x" % tok,
+                headers={"X-Host": "http://127.0.0.1"})
+        self.assertNotIn(b"does not match", r.body)
+        self.assertStatus(r, 502)
+        self.assertIn(b"Backend http://127.0.0.1:80 unavailable", r.body)
+
+    def test_a_lone_slash_is_no_path(self):
+        srv, be, tok = self._tunnel(r"http://127\.0\.0\.1:[0-9]+")
+        r = get(srv.port, "/_token/%s/echo?q=1" % tok,
+                headers={"X-Host": be.url + "/"})
+        self.assertStatus(r, 200)
+        self.assertEqual(r.json()["path"], "/echo?q=1")
+
+    def test_userinfo_and_other_schemes_are_refused(self):
+        srv, be, tok = self._tunnel(r".*")
+        for xhost in ("http://user@127.0.0.1:%d" % be.port,
+                      "http://user:pw@127.0.0.1:%d" % be.port,
+                      "ws://127.0.0.1:%d" % be.port,
+                      "ftp://127.0.0.1:%d" % be.port):
+            r = get(srv.port, "/_token/%s/echo" % tok, headers={"X-Host": xhost})
+            self.assertStatus(r, 403)
+            self.assertIn(b"does not match regexp", r.body)
+        self.assertEqual(be.count(), 0)
 
 
 if __name__ == "__main__":
