@@ -2,13 +2,16 @@
 backend timeout and the expiry of its idle backend connections, the
 server's idle timeout on requesters' keep-alive connections, a backend
 name that does not resolve, a tunnel response cut short after its
-head, and the X-Host forms the regexp check sees (no port, IPv6, a lone
-"/", userinfo, other schemes). Each timer is shortened with its flag (-backend-timeout,
+head, the X-Host forms the regexp check sees (no port, IPv6, a lone
+"/", userinfo, other schemes), and backends that break HTTP (garbage,
+a bad chunk, bytes after the response or on an idle connection, a
+reset). Each timer is shortened with its flag (-backend-timeout,
 -backend-idle, -idle-timeout) so that no test waits for a default."""
 
 import http.client
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -310,6 +313,127 @@ class XHostForms(E2ETestCase):
             self.assertStatus(r, 403)
             self.assertIn(b"does not match regexp", r.body)
         self.assertEqual(be.count(), 0)
+
+
+class ScriptedBackend:
+    """HTTP backend on 127.0.0.1 that answers with whatever `script`
+    writes: script(sock, head, conn_no, req_no) gets each request head
+    (GET, no body) and returns False to stop reading that connection.
+    .conns counts accepted connections."""
+
+    def __init__(self, script):
+        self.script = script
+        self.conns = 0
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://%s:%d" % (HOST, self.port)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns += 1
+            threading.Thread(target=self._serve, args=(c, self.conns),
+                             daemon=True).start()
+
+    def _serve(self, c, conn_no):
+        data, req_no = b"", 0
+        c.settimeout(10)
+        try:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    piece = c.recv(4096)
+                    if not piece:
+                        return
+                    data += piece
+                head, data = data.split(b"\r\n\r\n", 1)
+                req_no += 1
+                if self.script(c, head.decode("latin-1"), conn_no, req_no) is False:
+                    return
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+OK_2 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class BackendBreaksHTTP(E2ETestCase):
+    def _tunnel(self, script):
+        be = ScriptedBackend(script)
+        self.addCleanup(be.close)
+        srv = self.server()
+        tok = make_token()
+        self.client(srv, tok, server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1))
+        return srv, be, tok
+
+    def test_unparsable_response_is_502(self):
+        srv, be, tok = self._tunnel(
+            lambda c, h, cn, rn: c.sendall(b"garbage, not HTTP\r\n\r\n"))
+        r = get(srv.port, "/_token/%s/x" % tok)
+        self.assertStatus(r, 502)
+        self.assertBody(r, "Backend %s unavailable: unparsable response" % be.url)
+
+    def test_bad_chunk_after_the_head_cuts_the_response(self):
+        def script(c, h, cn, rn):
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"2\r\nok\r\nzz-not-a-size\r\n")
+            time.sleep(3)
+            return False
+        srv, be, tok = self._tunnel(script)
+        t0 = time.monotonic()
+        try:
+            r = get(srv.port, "/_token/%s/x" % tok, timeout=10)
+        except (http.client.IncompleteRead, ConnectionError):
+            r = None
+        self.assertLess(time.monotonic() - t0, 2.5, "not cut before the backend closed")
+        if r is not None:  # nothing handed to the tunnel yet: a clean error
+            self.assertStatus(r, 502)
+            self.assertBody(r, "Backend response cut short")
+
+    def test_bytes_after_the_response_end_the_connection(self):
+        srv, be, tok = self._tunnel(
+            lambda c, h, cn, rn: c.sendall(OK_2 + b"EXTRA"))
+        for i in range(2):
+            r = get(srv.port, "/_token/%s/x%d" % (tok, i))
+            self.assertStatus(r, 200)
+            self.assertEqual(r.body, b"ok")
+        self.assertEqual(be.conns, 2, "the connection was reused")
+
+    def test_bytes_on_an_idle_connection_end_it(self):
+        def script(c, h, cn, rn):
+            c.sendall(OK_2)
+            if cn == 1:
+                time.sleep(0.3)
+                c.sendall(b"unsolicited")
+        srv, be, tok = self._tunnel(script)
+        self.assertStatus(get(srv.port, "/_token/%s/a" % tok), 200)
+        time.sleep(0.8)
+        self.assertStatus(get(srv.port, "/_token/%s/b" % tok), 200)
+        self.assertEqual(be.conns, 2, "the spoilt connection was reused")
+
+    def test_reset_before_the_response_is_502(self):
+        def script(c, h, cn, rn):
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         struct.pack("ii", 1, 0))
+            return False  # closed with an RST
+        srv, be, tok = self._tunnel(script)
+        r = get(srv.port, "/_token/%s/x" % tok)
+        self.assertStatus(r, 502)
+        prefix = "Backend %s unavailable: " % be.url
+        self.assertTrue(r.text.startswith(prefix), r.body)
+        self.assertNotEqual(r.text, prefix + "connection closed")
 
 
 if __name__ == "__main__":
