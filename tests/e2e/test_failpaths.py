@@ -276,7 +276,10 @@ class XHostForms(E2ETestCase):
         return srv, be, tok
 
     def test_ipv6_backend(self):
-        v6 = V6Backend()
+        try:
+            v6 = V6Backend()
+        except OSError as e:
+            self.skipTest("no IPv6 loopback: %s" % e)
         self.addCleanup(v6.close)
         srv, be, tok = self._tunnel(r"http://\[::1\]:[0-9]+")
         r = get(srv.port, "/_token/%s/six" % tok,

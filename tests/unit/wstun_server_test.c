@@ -289,7 +289,17 @@ TEST(listen_host_forms) {
     close_server(&loop, srv);
   }
   c.host = "::1";
-  CHECK_EQ_INT(start_with(&loop, &c), 0);
+  int fd6 = socket(AF_INET6, SOCK_STREAM, 0);
+  struct sockaddr_in6 a6;
+  memset(&a6, 0, sizeof(a6));
+  a6.sin6_family = AF_INET6;
+  a6.sin6_addr = in6addr_loopback;
+  if (fd6 >= 0 && bind(fd6, (struct sockaddr *)&a6, sizeof(a6)) == 0)
+    CHECK_EQ_INT(start_with(&loop, &c), 0);
+  else
+    printf("  (no IPv6 loopback here: ::1 not tried)\n");
+  if (fd6 >= 0)
+    close(fd6);
   /* no host name: refused before any resolver is asked. A 64-byte label
    * passes that check, and the C library refuses it after /etc/hosts
    * without building a DNS query. */
