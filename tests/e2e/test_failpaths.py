@@ -17,9 +17,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, OP_BIN, get, http_req,  # noqa: E402
-                     main, make_token, read_response, wait_tunnels,
-                     wait_until)
+from harness import (E2ETestCase, HOST, OP_BIN, OP_CONT, get,  # noqa: E402
+                     http_req, main, make_token, raw_http, read_response,
+                     wait_tunnels, wait_until)
 
 
 def open_backend_conns(be):
@@ -460,6 +460,82 @@ class BackendBreaksHTTP(E2ETestCase):
         self.assertEqual(r.body, b"big!")
         self.assertStatus(get(srv.port, "/_token/%s/after" % tok), 200)
         self.assertEqual(be.conns, 2)
+
+
+class TunnelAnswerForms(E2ETestCase):
+    """Answers a tunnel peer may send that only a hand-written one does."""
+
+    def setUp(self):
+        super().setUp()
+        self.srv = self.server()
+        self.tok = make_token()
+        self.tun = self.raw_tunnel(self.srv, self.tok)
+        self.assertTrue(wait_tunnels(self.srv, 1))
+        self.sock = socket.create_connection((HOST, self.srv.port), timeout=10)
+        self.addCleanup(self.sock.close)
+        self.f = self.sock.makefile("rb")
+        self.addCleanup(self.f.close)
+
+    def ask(self, path):
+        self.sock.sendall(b"GET /_token/%s%s HTTP/1.1\r\nHost: h\r\n\r\n"
+                          % (self.tok.encode(), path.encode()))
+        rid, *_ = self.tun.next_request()
+        return rid.encode()
+
+    def test_interim_response_then_the_final_one(self):
+        rid = self.ask("/a")
+        self.tun.ws.send_binary(rid + b"HTTP/1.1 100 Continue\r\n\r\n"
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        r = read_response(self.f)
+        while r.status == 100:  # forwarded or not: the final one follows
+            r = read_response(self.f)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"ok")
+
+    def test_bytes_after_the_response_in_its_message_are_dropped(self):
+        rid = self.ask("/a")
+        self.tun.ws.send_frame(OP_BIN, rid + OK_2, fin=False)
+        self.tun.ws.send_frame(OP_CONT, b"HTTP/1.1 200 OK\r\n\r\nSMUGGLED")
+        r = read_response(self.f)
+        self.assertEqual(r.body, b"ok")
+        self.assertTrue(self.srv.wait_stderr(" 27 bytes after the response in "
+                                             "its message: dropped", 5))
+        # the next answer on this connection is the next request's
+        rid = self.ask("/b")
+        self.tun.respond(rid.decode(), b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nB")
+        self.assertEqual(read_response(self.f).body, b"B")
+
+    def test_response_delimited_by_the_end_of_its_message(self):
+        rid = self.ask("/a")
+        self.tun.respond(rid.decode(), b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                                       b"\r\nhello, until the end")
+        r = read_response(self.f)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, b"hello, until the end")
+
+    def test_tunnel_lost_after_the_id_alone_is_502(self):
+        rid = self.ask("/a")
+        self.tun.ws.send_frame(OP_BIN, rid, fin=False)
+        time.sleep(0.2)
+        self.tun.ws.close()
+        r = read_response(self.f)
+        self.assertStatus(r, 502)
+        self.assertBody(r, "Tunnel connection lost before the response")
+
+
+class RequestForms(E2ETestCase):
+    def test_target_that_is_no_path_is_400(self):
+        srv = self.server()
+        for target in (b"http://h/_health_check", b"*"):
+            r = raw_http(srv.port, b"OPTIONS %s HTTP/1.1\r\nHost: h\r\n\r\n" % target)
+            self.assertStatus(r, 400)
+            self.assertBody(r, "Request target must be a path")
+
+    def test_empty_x_token_is_400(self):
+        srv = self.server()
+        r = get(srv.port, "/anything", headers={"X-Token": ""})
+        self.assertStatus(r, 400)
+        self.assertBody(r, "Missing X-Token header")
 
 
 if __name__ == "__main__":
