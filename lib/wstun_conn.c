@@ -426,22 +426,6 @@ const char *wstun__conn_peer(const wstun__conn *c, char *out, size_t n) {
   return out;
 }
 
-int wstun__conn_peer_is_loopback(const wstun__conn *c) {
-  if (c->peer.ss_family == AF_INET) {
-    uint32_t a = ntohl(((const struct sockaddr_in *)&c->peer)->sin_addr.s_addr);
-    return (a >> 24) == 127;
-  }
-  if (c->peer.ss_family == AF_INET6) {
-    const struct in6_addr *a =
-        &((const struct sockaddr_in6 *)&c->peer)->sin6_addr;
-    if (IN6_IS_ADDR_LOOPBACK(a))
-      return 1;
-    if (IN6_IS_ADDR_V4MAPPED(a))
-      return a->s6_addr[12] == 127;
-  }
-  return 0;
-}
-
 int wstun__resolve(uv_loop_t *loop, const char *host, int port,
                    struct sockaddr_storage *ss, uv_getaddrinfo_t *req,
                    uv_getaddrinfo_cb cb) {

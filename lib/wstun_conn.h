@@ -156,6 +156,5 @@ void wstun__conn_close(wstun__conn *c);
 const char *wstun__conn_peer(const wstun__conn *c, char *out, size_t n);
 /* Only the IP part of the peer into out. */
 const char *wstun__conn_peer_ip(const wstun__conn *c, char *out, size_t n);
-int wstun__conn_peer_is_loopback(const wstun__conn *c);
 
 #endif
