@@ -112,6 +112,47 @@ class PingFlood(E2ETestCase):
         self.assertEqual(out["r"].status, 200)
         self.assertGreater(len(tun.ws.pongs), 1000)
 
+    def test_client_under_ping_flood_is_bounded(self):
+        """The same from a rogue server: wstuncli's tunnel is the same code."""
+        frame = encode_frame(OP_PING, b"p" * 125, mask=False)
+        blob = frame * ((4 << 20) // len(frame))
+        sent = [0]
+        started = threading.Event()
+
+        def flood(fake, conn):
+            s = conn["ws"].sock
+            s.settimeout(0.5)
+            started.wait(10)
+            t_end = time.monotonic() + self.FLOOD_SECONDS
+            view = memoryview(blob)
+            while not fake.stopped.is_set() and time.monotonic() < t_end \
+                    and sent[0] < self.FLOOD_BYTES:
+                try:
+                    n = s.send(view)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                sent[0] += n
+                view = view[n:] if n < len(view) else memoryview(blob)
+            fake.stopped.wait(30)
+
+        fake = self.fake_tunnel_server(handler=flood)
+        cli = self.client(fake.port, make_token("cliflood"),
+                          tunnel_url="ws://%s:%d" % (HOST, fake.port))
+        self.assertTrue(fake.wait_conns(1, 10))
+        time.sleep(0.3)
+        base = cli.vm_hwm_kib()
+        started.set()
+        time.sleep(self.FLOOD_SECONDS + 0.5)
+        peak = cli.vm_hwm_kib()
+        sys.stderr.write("\n  ping flood on the client: %.1f MiB sent, wstuncli "
+                         "VmHWM %d -> %d KiB (+%d KiB)\n"
+                         % (sent[0] / 1048576.0, base, peak, peak - base))
+        self.assertTrue(cli.alive())
+        if not cli.sanitized():
+            self.assertLess(peak - base, self.GROWTH_KIB)
+
 
 class SlowRequester(E2ETestCase):
     STALL = 3
