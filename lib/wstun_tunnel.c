@@ -599,6 +599,20 @@ static void on_tick(uv_timer_t *timer) {
     tunnel_fail(t, WSTUN_ETIMEDOUT);
     return;
   }
+  /* a peer that talks but takes none of what we write is as dead as a
+   * silent one: everything sent its way would wait for -httptimeout */
+  uint64_t p = t->conn ? wstun__conn_progress(t->conn) : 0;
+  if (t->conn == NULL || wstun__conn_queued(t->conn) == 0 || p != t->out_mark) {
+    t->out_mark = p;
+    t->out_since = now;
+  } else if (t->dead_after_ms && now - t->out_since >= t->dead_after_ms) {
+    wstun__log(t->log, WSTUN_LOG_INFO,
+               "tunnel: the peer took nothing of our output for %llu ms: "
+               "closing",
+               (unsigned long long)(now - t->out_since));
+    tunnel_fail(t, WSTUN_ETIMEDOUT);
+    return;
+  }
   t->carried = 0;
   if (!t->ping_interval_ms) {
     release_if_quiescent(t);

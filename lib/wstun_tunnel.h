@@ -118,6 +118,8 @@ struct wstun__tunnel {
   uint64_t last_rx;   /* any byte */
   uint64_t last_ctrl; /* a control frame (pong, ping, close) */
   uint64_t ping_interval_ms, dead_after_ms;
+  /* our output's progress (wstun__conn_progress) when last seen growing */
+  uint64_t out_mark, out_since;
   int closing, err, pumping, timer_closed, conn_closed;
 };
 

@@ -12,7 +12,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, HOST, OP_BIN, OP_PING, Backend,  # noqa: E402
                      LoopbackListener, RawTunnel, encode_frame, get, make_token,
-                     main, parse_tunnel_message, wait_tunnels)
+                     main, parse_tunnel_message, wait_tunnels, wait_until)
 
 
 class PingFlood(E2ETestCase):
@@ -111,6 +111,47 @@ class PingFlood(E2ETestCase):
         asker.join(30)
         self.assertEqual(out["r"].status, 200)
         self.assertGreater(len(tun.ws.pongs), 1000)
+
+    def test_client_under_ping_flood_is_bounded(self):
+        """The same from a rogue server: wstuncli's tunnel is the same code."""
+        frame = encode_frame(OP_PING, b"p" * 125, mask=False)
+        blob = frame * ((4 << 20) // len(frame))
+        sent = [0]
+        started = threading.Event()
+
+        def flood(fake, conn):
+            s = conn["ws"].sock
+            s.settimeout(0.5)
+            started.wait(10)
+            t_end = time.monotonic() + self.FLOOD_SECONDS
+            view = memoryview(blob)
+            while not fake.stopped.is_set() and time.monotonic() < t_end \
+                    and sent[0] < self.FLOOD_BYTES:
+                try:
+                    n = s.send(view)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                sent[0] += n
+                view = view[n:] if n < len(view) else memoryview(blob)
+            fake.stopped.wait(30)
+
+        fake = self.fake_tunnel_server(handler=flood)
+        cli = self.client(fake.port, make_token("cliflood"),
+                          tunnel_url="ws://%s:%d" % (HOST, fake.port))
+        self.assertTrue(fake.wait_conns(1, 10))
+        time.sleep(0.3)
+        base = cli.vm_hwm_kib()
+        started.set()
+        time.sleep(self.FLOOD_SECONDS + 0.5)
+        peak = cli.vm_hwm_kib()
+        sys.stderr.write("\n  ping flood on the client: %.1f MiB sent, wstuncli "
+                         "VmHWM %d -> %d KiB (+%d KiB)\n"
+                         % (sent[0] / 1048576.0, base, peak, peak - base))
+        self.assertTrue(cli.alive())
+        if not cli.sanitized():
+            self.assertLess(peak - base, self.GROWTH_KIB)
 
 
 class SlowRequester(E2ETestCase):
@@ -341,6 +382,52 @@ class HangingResponse(E2ETestCase):
         except ConnectionResetError:
             pass
         self.assertLess(got, 1 << 20)
+
+
+class DeafTunnel(E2ETestCase):
+    """A tunnel peer that keeps talking but never reads: what the
+    server writes to it makes no progress, and it must not be taken for
+    alive."""
+
+    def test_tunnel_that_never_reads_is_dropped(self):
+        srv = self.server("-wstimeout", "3")
+        tok = make_token("deaf")
+        tun = RawTunnel(srv.port, tok)
+        self.addCleanup(tun.ws.close)
+        wait_tunnels(srv, 1)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+
+        def chatter():  # a message every 0.5 s: never silent (pings would
+            # be answered with pongs that pile up: see PingFlood)
+            while not stop.wait(0.5):
+                try:
+                    tun.respond("ffff", b"HTTP/1.1 200 OK\r\n\r\n")
+                except OSError:
+                    return
+
+        threading.Thread(target=chatter, daemon=True).start()
+        # a request whose 16 MiB body the deaf peer never takes
+        s = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(s.close)
+        n = 16 << 20
+        s.sendall(b"POST /_token/%s/x HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: %d\r\n\r\n" % (tok.encode(), n))
+        s.settimeout(0.5)
+        t0 = time.monotonic()
+        sent, chunk = 0, b"d" * (256 << 10)
+        while sent < n and time.monotonic() - t0 < 3:
+            try:
+                sent += s.send(chunk[:n - sent])
+            except socket.timeout:
+                pass
+        gone = wait_until(lambda: not wait_tunnels(srv, 1, timeout=0.1), 20)
+        dt = time.monotonic() - t0
+        sys.stderr.write("\n  deaf tunnel %s after %.1f s\n"
+                         % ("dropped" if gone else "still there", dt))
+        self.assertTrue(gone, "a tunnel that reads nothing is still served")
+        s.settimeout(10)
+        self.assertTrue(s.recv(200).startswith(b"HTTP/1.1 502 "))
 
 
 if __name__ == "__main__":
