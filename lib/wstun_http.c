@@ -585,10 +585,10 @@ static int on_headers_complete(llhttp_t *l) {
   if ((h->chunked || !h->is_request) &&
       (for_each_token(h, "Transfer-Encoding", te_coding, &codings) ||
        codings > 1))
-    return h->is_request
-               ? fail(p, 501, "Transfer-Encoding not supported")
-               : fail(p, 502, "Transfer-Encoding of the response not "
-                              "supported (only chunked)");
+    return h->is_request ? fail(p, 501, "Transfer-Encoding not supported")
+                         : fail(p, 502,
+                                "Transfer-Encoding of the response not "
+                                "supported (only chunked)");
   if (h->has_content_length && p->max_body && h->content_length > p->max_body)
     return fail(p, 413, "Request body too large");
   int rc = p->cbs.on_head ? p->cbs.on_head(p->ud, h) : 0;
