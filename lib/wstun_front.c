@@ -821,7 +821,9 @@ int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
   if (rc == WSTUN__HTTP_PAUSED)
     f->resp_extra += n - used;
   if (rc == WSTUN__HTTP_ERROR) {
-    fail_506(f, "unparsable response");
+    fail_506(f, f->resp.error_status == 502 && f->resp.error_text
+                    ? f->resp.error_text /* says what */
+                    : "unparsable response");
     return -1;
   }
   return 0;

@@ -6,6 +6,7 @@ import re
 import resource
 import socket
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -325,6 +326,28 @@ class TransferCodings(E2ETestCase):
             self.assertStatus(r, 502)
             self.assertIn("Transfer-Encoding", r.text)
             self.assertGreaterEqual(be.requests, 1)
+
+
+    def test_gzip_chunked_from_a_tunnel_is_506(self):
+        """A tunnel client (hand-written: wstuncli and Go's refuse such a
+        backend response) sending a response with a coding besides
+        chunked: the server cannot relay it faithfully: 506, as for any
+        response it cannot parse, and the reason in its log."""
+        srv = self.server()
+        tok = "tok-rogue-te-0123456789"
+        tun = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1), srv.describe())
+        got = []
+        t = threading.Thread(target=lambda: got.append(get(srv.port, "/_token/%s/x" % tok)))
+        t.start()
+        rid = tun.next_request(10)[0]
+        tun.respond(rid, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                         b"5\r\nhello\r\n0\r\n\r\n")
+        t.join(15)
+        self.assertTrue(got, "no answer")
+        self.assertStatus(got[0], 506)
+        self.assertIsNotNone(srv.wait_stderr(r"id=%s: Transfer-Encoding of the response "
+                                             r"not supported" % rid, 5), srv.describe())
 
 
 class Smuggling(E2ETestCase):
