@@ -10,8 +10,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, SRV_BIN, LoopbackListener, Server, get,  # noqa: E402
-                     raw_http, wait_tunnels, wait_until, main)
+from harness import (E2ETestCase, CLI_BIN, HOST, SRV_BIN, LoopbackListener, Proc,  # noqa: E402
+                     Server, get, make_token, raw_http, wait_tunnels, wait_until, main)
 
 DEFAULT_MAX_CONNECTIONS = 10000  # WSTUN_DEFAULT_MAX_CONNECTIONS
 DEFAULT_MAX_CONNECTIONS_PER_IP = 1000
@@ -236,6 +236,33 @@ class DefaultCaps(E2ETestCase):
                 s.close()
         self.assertIsNotNone(srv.wait_stderr(
             r"max-connections 10000 lowered to %d: the open file limit is 200" % cap, 5))
+
+    def test_soft_fd_limit_raised_to_hard(self):
+        """Both programs raise a low soft open file limit to the hard one
+        at start, as Go programs do; the server's default cap follows."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard <= 512:
+            self.skipTest("hard open file limit %d: nothing to raise" % hard)
+        wrap = ["sh", "-c", 'ulimit -Sn 256 && exec "$0" "$@"']
+        srv = Server(wrap + [SRV_BIN, "-host", HOST, "-port", "0"], name="wstunsrv")
+        self._procs.append(srv)
+        self.addCleanup(self._checked_stop, srv)
+        m = srv.wait_stderr(r"listening on 127\.0\.0\.1:(\d+)", 10)
+        self.assertIsNotNone(m, srv.describe())
+        srv.port = int(m.group(1))
+        tok = make_token()
+        cli = Proc(wrap + [CLI_BIN, "-tunnel", "ws://%s:%d" % (HOST, srv.port), "-token", tok,
+                    "-server", "http://127.0.0.1:9"],
+                   name="wstuncli")
+        self._procs.append(cli)
+        self.addCleanup(self._checked_stop, cli)
+        self.assertTrue(wait_tunnels(srv, 1), cli.describe())
+        want = None if hard == resource.RLIM_INFINITY else hard
+        for p in (srv, cli):
+            self.assertEqual(proc_nofile(p.pid), want, "%s kept a soft limit of 256" % p.name)
+        if want is not None:
+            self.assertEqual(metric(srv.port, "wstun_max_connections"),
+                             min(DEFAULT_MAX_CONNECTIONS, want - FD_RESERVE))
 
     def test_trusted_proxy_not_capped_per_address(self):
         """A reverse proxy brings every requester and tunnel from one
