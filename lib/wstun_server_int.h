@@ -126,6 +126,9 @@ struct wstun_server {
   uint64_t max_body;
   uint64_t header_timeout_ms;
   size_t max_conns, max_conns_per_ip, nconns;
+  /* connections refused over a cap: all, and since the last log line */
+  uint64_t refused_total, refused_unlogged, refused_logged_ms;
+  int refused_logged;
   wstun__ipcount *ips[WSTUN__IP_BUCKETS];
   wstun__token **buckets;
   size_t nbuckets, ntokens;

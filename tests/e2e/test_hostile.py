@@ -237,6 +237,26 @@ class DefaultCaps(E2ETestCase):
         self.assertIsNotNone(srv.wait_stderr(
             r"max-connections 10000 lowered to %d: the open file limit is 200" % cap, 5))
 
+    def test_refusals_counted_and_logged_sparingly(self):
+        """A flood over a cap is counted in /metrics, and logged once per
+        10 s rather than once per connection (the log is not a second
+        victim of the flood)."""
+        srv = self.server("-max-connections-per-ip", "2")
+        held = [connect(srv.port) for _ in range(2)]
+        for s in held:
+            self.addCleanup(s.close)
+        time.sleep(0.2)
+        for _ in range(50):
+            with connect(srv.port) as extra:
+                self.assertTrue(refused_503(extra))
+        for s in held:
+            s.close()
+        self.assertTrue(wait_until(lambda: get(srv.port, "/_health_check").status == 200, 5))
+        self.assertEqual(metric(srv.port, "wstun_connections_refused_total"), 50)
+        lines = [ln for ln in srv.err_lines if "refused: too many connections" in ln]
+        self.assertEqual(len(lines), 1, lines[:5])
+        self.assertRegex(lines[0], r"WARN.*connection from 127\.0\.0\.1 refused")
+
     def test_soft_fd_limit_raised_to_hard(self):
         """Both programs raise a low soft open file limit to the hard one
         at start, as Go programs do; the server's default cap follows."""
