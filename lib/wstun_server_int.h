@@ -23,7 +23,7 @@ typedef struct wstun__front wstun__front;
 typedef struct wstun__ipcount {
   struct wstun__ipcount *next;
   unsigned n;
-  char ip[46];
+  char ip[48]; /* wstun__ip_count_key */
 } wstun__ipcount;
 #define WSTUN__IP_BUCKETS 256
 
@@ -184,7 +184,8 @@ int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out);
 void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]);
 
 /* wstun_server.c */
-/* Counts a new connection from `ip`; NULL when a cap is reached. */
+/* Counts a new connection from `ip` (by its /64 for IPv6); NULL when a
+ * cap is reached. */
 wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip);
 void wstun__server_conn_release(wstun_server *srv, wstun__ipcount *slot);
 /* Exchanges queued for the token or in flight on its tunnels. */
