@@ -37,7 +37,7 @@ SLOW = float(os.environ.get("WSTUN_E2E_TIME_SCALE", "1"))
 
 # the stated limits: growth of wstun_memory_bytes over its idle level
 SLOWLORIS_LIMIT = 32 * MIB     # 1,000 held heads of 8 KiB (the rest get 503)
-HEAD_AT_LIMIT_COST = 160 * KIB  # per held head just under -max-header-bytes 64 KiB
+HEAD_AT_LIMIT_COST = 80 * KIB  # per held head just under -max-header-bytes 64 KiB
 TINY_CHUNKS_LIMIT = 4 * MIB    # whatever the body's length: backpressure
 ENDLESS_LIMIT = 4 * MIB        # whatever the response's length: backpressure
 SETTLED_SLACK = 512 * KIB      # back near idle once the flood is gone
