@@ -280,6 +280,7 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
 
   signal(SIGPIPE, SIG_IGN);
   app_tune_malloc();
+  app_raise_nofile(); /* a backend connection per request in flight */
   cli_app app = {0};
   app.state = -1;
   app.last_error = "";

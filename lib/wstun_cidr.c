@@ -1,5 +1,6 @@
 #include "wstun_cidr.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -103,6 +104,34 @@ int wstun__ip_is_loopback(const char *ip) {
   static const uint8_t one[16] = {0, 0, 0, 0, 0, 0, 0, 0,
                                   0, 0, 0, 0, 0, 0, 0, 1};
   return memcmp(a, one, 16) == 0;
+}
+
+void wstun__ip_count_key(const char *ip, char *out, size_t n) {
+  int family;
+  uint8_t a[16];
+  if (n == 0)
+    return;
+  out[0] = '\0';
+  if (ip == NULL)
+    return;
+  if (parse_ip(ip, strlen(ip), &family, a) != 0) {
+    snprintf(out, n, "%s", ip);
+    return;
+  }
+  if (family == 4) {
+    if (uv_inet_ntop(AF_INET, a, out, n) != 0)
+      snprintf(out, n, "%s", ip);
+    return;
+  }
+  if (wstun__ip_is_loopback(ip)) {
+    snprintf(out, n, "::1");
+    return;
+  }
+  memset(a + 8, 0, 8);
+  char text[64];
+  if (uv_inet_ntop(AF_INET6, a, text, sizeof(text)) != 0)
+    snprintf(text, sizeof(text), "%s", ip);
+  snprintf(out, n, "%s/64", text);
 }
 
 int wstun__ip_valid(const char *ip) {

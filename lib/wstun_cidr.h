@@ -27,5 +27,11 @@ int wstun__cidr_list_match(const wstun__cidr_list *l, const char *ip);
 int wstun__ip_valid(const char *ip);
 /* 1 for 127.0.0.0/8, ::1 and their v4-mapped forms. */
 int wstun__ip_is_loopback(const char *ip);
+/* The key a peer is counted under for per-address caps, in out (n >= 46):
+ * an IPv4 address as is (v4-mapped ones too), an IPv6 address as its /64
+ * ("2001:db8:1:2::/64"), the smallest block a site gets (RFC 6177), so a
+ * host cannot dodge the cap by taking new addresses from its prefix.
+ * ::1 stays itself. Text that is no address is copied. */
+void wstun__ip_count_key(const char *ip, char *out, size_t n);
 
 #endif

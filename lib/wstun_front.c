@@ -535,8 +535,13 @@ static int route_metrics(wstun__front *f, const wstun__http_head *h) {
       "# HELP wstun_max_connections_per_ip The cap per peer address in "
       "effect (0 = none).\n"
       "# TYPE wstun_max_connections_per_ip gauge\n"
-      "wstun_max_connections_per_ip %zu\n",
-      srv->nconns, srv->max_conns, srv->max_conns_per_ip);
+      "wstun_max_connections_per_ip %zu\n"
+      "# HELP wstun_connections_refused_total Connections answered 503 "
+      "over a connection cap.\n"
+      "# TYPE wstun_connections_refused_total counter\n"
+      "wstun_connections_refused_total %llu\n",
+      srv->nconns, srv->max_conns, srv->max_conns_per_ip,
+      (unsigned long long)srv->refused_total);
   answer_doc(f, rc, &doc, "text/plain; version=0.0.4; charset=utf-8");
   return 0;
 }
@@ -1002,7 +1007,9 @@ int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
   if (rc == WSTUN__HTTP_PAUSED)
     f->resp_extra += n - used;
   if (rc == WSTUN__HTTP_ERROR) {
-    fail_506(f, "unparsable response");
+    fail_506(f, f->resp.error_status == 502 && f->resp.error_text
+                    ? f->resp.error_text /* says what */
+                    : "unparsable response");
     return -1;
   }
   return 0;
@@ -1231,10 +1238,22 @@ void wstun__front_accept(wstun_server *srv) {
   f->ip = wstun__server_conn_admit(
       srv, wstun__conn_peer_ip(f->conn, ip, sizeof(ip)), &why);
   if (f->ip == NULL) {
-    /* over a connection cap, or no memory to count it: a short answer,
-     * nothing read */
-    wstun__log(&srv->log, WSTUN_LOG_WARN, "connection from %s refused: %s", ip,
-               why);
+    /* over a connection cap: a short answer, nothing read. One log line
+     * per 10 s at most, or a flood would flood the log as well. */
+    uint64_t now = uv_now(srv->loop);
+    srv->refused_total++;
+    if (!srv->refused_logged || now - srv->refused_logged_ms >= 10000) {
+      wstun__log(&srv->log, WSTUN_LOG_WARN,
+                 "connection from %s refused: %s (%zu open; %llu more "
+                 "refused since the last such line)",
+                 ip, why, srv->nconns,
+                 (unsigned long long)srv->refused_unlogged);
+      srv->refused_logged = 1;
+      srv->refused_logged_ms = now;
+      srv->refused_unlogged = 0;
+    } else {
+      srv->refused_unlogged++;
+    }
     f->close_after = 1;
     f->state = WSTUN__EX_DONE;
     write_simple(f, 503,

@@ -214,11 +214,13 @@ void wstun_server_foreach_tunnel(const wstun_server *srv,
 
 /* ---- connection caps ---------------------------------------------------- */
 
-wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip,
+wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *peer,
                                          const char **why) {
   *why = "too many connections";
   if (srv->max_conns && srv->nconns >= srv->max_conns)
     return NULL;
+  char ip[sizeof(((wstun__ipcount *)0)->ip)];
+  wstun__ip_count_key(peer, ip, sizeof(ip));
   size_t b = hash_token(ip, strlen(ip)) % WSTUN__IP_BUCKETS;
   wstun__ipcount *c = srv->ips[b];
   while (c && strcmp(c->ip, ip) != 0)
@@ -227,7 +229,7 @@ wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip,
   /* a reverse proxy brings everybody from its one address: the proxies
    * named in trusted_proxies count in the total only */
   if (c && srv->max_conns_per_ip && c->n >= srv->max_conns_per_ip &&
-      !wstun__cidr_list_match(&srv->trusted_proxies, ip))
+      !wstun__cidr_list_match(&srv->trusted_proxies, peer))
     return NULL;
   if (c == NULL) {
     *why = "out of memory";

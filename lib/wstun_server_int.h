@@ -23,7 +23,7 @@ typedef struct wstun__front wstun__front;
 typedef struct wstun__ipcount {
   struct wstun__ipcount *next;
   unsigned n;
-  char ip[46];
+  char ip[48]; /* wstun__ip_count_key */
 } wstun__ipcount;
 #define WSTUN__IP_BUCKETS 256
 
@@ -136,6 +136,9 @@ struct wstun_server {
   uint64_t header_timeout_ms;
   uint64_t idle_timeout_ms; /* keep-alive idle and first-byte wait */
   size_t max_conns, max_conns_per_ip, nconns;
+  /* connections refused over a cap: all, and since the last log line */
+  uint64_t refused_total, refused_unlogged, refused_logged_ms;
+  int refused_logged;
   wstun__ipcount *ips[WSTUN__IP_BUCKETS];
   wstun__token **buckets;
   size_t nbuckets, ntokens;
@@ -199,8 +202,8 @@ int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out);
 void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]);
 
 /* wstun_server.c */
-/* Counts a new connection from `ip`; NULL when a cap is reached or memory
- * ran out, and then *why says which. */
+/* Counts a new connection from `ip` (by its /64 for IPv6); NULL when a cap
+ * is reached or memory ran out, and then *why says which. */
 wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip,
                                          const char **why);
 void wstun__server_conn_release(wstun_server *srv, wstun__ipcount *slot);

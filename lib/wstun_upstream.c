@@ -183,6 +183,20 @@ void wstun__upstream_detach(wstun_request *req) {
 
 /* ---- failing ------------------------------------------------------------ */
 
+/* The backend is gone and the request answered: nothing pushes back on
+ * the tunnel for it any more, and the rest of its message must be read
+ * (and dropped) for it to end. Left paused, the tunnel would stall every
+ * request on it until the client's ping timeout. The caller's
+ * wstun__client_req_done() frees req if the message ended meanwhile. */
+static void unpause_tunnel(wstun_request *req) {
+  if (req->paused_tunnel && req->t) {
+    req->paused_tunnel = 0;
+    req->busy++;
+    wstun__tunnel_resume_rx(req->t);
+    req->busy--;
+  }
+}
+
 /* The backend failed before answering anything. */
 static void fail_before_response(wstun__upstream *up, const char *why) {
   wstun_request *req = up->req;
@@ -218,6 +232,7 @@ static void fail_before_response(wstun__upstream *up, const char *why) {
              req->id, msg);
   req->state = WSTUN__CR_ANSWERED;
   wstun__client_answer(req, 502, msg);
+  unpause_tunnel(req);
   wstun__client_req_done(req);
 }
 
@@ -238,6 +253,7 @@ static void fail_mid_response(wstun__upstream *up) {
     req->resp_started = 0;
     req->state = WSTUN__CR_ANSWERED;
     wstun__client_answer(req, 502, "Backend response cut short");
+    unpause_tunnel(req);
     wstun__client_req_done(req);
     return;
   }
@@ -248,6 +264,7 @@ static void fail_mid_response(wstun__upstream *up) {
   }
   req->resp_handed = 1;
   req->state = WSTUN__CR_ANSWERED;
+  unpause_tunnel(req);
   wstun__client_req_done(req);
 }
 

@@ -171,7 +171,8 @@ typedef struct wstun_server_config {
    * reserve of 64, so that a connection over it still gets its 503 rather
    * than a failed accept(). max_connections_per_ip defaults to
    * WSTUN_DEFAULT_MAX_CONNECTIONS_PER_IP (one host cannot take every slot;
-   * room for a NAT's users) and does not apply to trusted_proxies, which
+   * room for a NAT's users; an IPv6 peer counts by its /64, since one
+   * host may hold all of it) and does not apply to trusted_proxies, which
    * bring everybody from one address. */
   int max_connections;
   int max_connections_per_ip;

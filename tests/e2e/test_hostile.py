@@ -6,11 +6,12 @@ import re
 import resource
 import socket
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, SRV_BIN, LoopbackListener, Server, get,  # noqa: E402
-                     raw_http, wait_tunnels, wait_until, main)
+from harness import (E2ETestCase, CLI_BIN, HOST, SRV_BIN, LoopbackListener, Proc,  # noqa: E402
+                     Server, get, make_token, raw_http, wait_tunnels, wait_until, main)
 
 DEFAULT_MAX_CONNECTIONS = 10000  # WSTUN_DEFAULT_MAX_CONNECTIONS
 DEFAULT_MAX_CONNECTIONS_PER_IP = 1000
@@ -236,6 +237,53 @@ class DefaultCaps(E2ETestCase):
         self.assertIsNotNone(srv.wait_stderr(
             r"max-connections 10000 lowered to %d: the open file limit is 200" % cap, 5))
 
+    def test_refusals_counted_and_logged_sparingly(self):
+        """A flood over a cap is counted in /metrics, and logged once per
+        10 s rather than once per connection (the log is not a second
+        victim of the flood)."""
+        srv = self.server("-max-connections-per-ip", "2")
+        held = [connect(srv.port) for _ in range(2)]
+        for s in held:
+            self.addCleanup(s.close)
+        time.sleep(0.2)
+        for _ in range(50):
+            with connect(srv.port) as extra:
+                self.assertTrue(refused_503(extra))
+        for s in held:
+            s.close()
+        self.assertTrue(wait_until(lambda: get(srv.port, "/_health_check").status == 200, 5))
+        self.assertEqual(metric(srv.port, "wstun_connections_refused_total"), 50)
+        lines = [ln for ln in srv.err_lines if "refused: too many connections" in ln]
+        self.assertEqual(len(lines), 1, lines[:5])
+        self.assertRegex(lines[0], r"WARN.*connection from 127\.0\.0\.1 refused")
+
+    def test_soft_fd_limit_raised_to_hard(self):
+        """Both programs raise a low soft open file limit to the hard one
+        at start, as Go programs do; the server's default cap follows."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard <= 512:
+            self.skipTest("hard open file limit %d: nothing to raise" % hard)
+        wrap = ["sh", "-c", 'ulimit -Sn 256 && exec "$0" "$@"']
+        srv = Server(wrap + [SRV_BIN, "-host", HOST, "-port", "0"], name="wstunsrv")
+        self._procs.append(srv)
+        self.addCleanup(self._checked_stop, srv)
+        m = srv.wait_stderr(r"listening on 127\.0\.0\.1:(\d+)", 10)
+        self.assertIsNotNone(m, srv.describe())
+        srv.port = int(m.group(1))
+        tok = make_token()
+        cli = Proc(wrap + [CLI_BIN, "-tunnel", "ws://%s:%d" % (HOST, srv.port), "-token", tok,
+                    "-server", "http://127.0.0.1:9"],
+                   name="wstuncli")
+        self._procs.append(cli)
+        self.addCleanup(self._checked_stop, cli)
+        self.assertTrue(wait_tunnels(srv, 1), cli.describe())
+        want = None if hard == resource.RLIM_INFINITY else hard
+        for p in (srv, cli):
+            self.assertEqual(proc_nofile(p.pid), want, "%s kept a soft limit of 256" % p.name)
+        if want is not None:
+            self.assertEqual(metric(srv.port, "wstun_max_connections"),
+                             min(DEFAULT_MAX_CONNECTIONS, want - FD_RESERVE))
+
     def test_trusted_proxy_not_capped_per_address(self):
         """A reverse proxy brings every requester and tunnel from one
         address: -trusted-proxies peers count in the total only."""
@@ -325,6 +373,28 @@ class TransferCodings(E2ETestCase):
             self.assertStatus(r, 502)
             self.assertIn("Transfer-Encoding", r.text)
             self.assertGreaterEqual(be.requests, 1)
+
+
+    def test_gzip_chunked_from_a_tunnel_is_506(self):
+        """A tunnel client (hand-written: wstuncli and Go's refuse such a
+        backend response) sending a response with a coding besides
+        chunked: the server cannot relay it faithfully: 506, as for any
+        response it cannot parse, and the reason in its log."""
+        srv = self.server()
+        tok = "tok-rogue-te-0123456789"
+        tun = self.raw_tunnel(srv, tok)
+        self.assertTrue(wait_tunnels(srv, 1), srv.describe())
+        got = []
+        t = threading.Thread(target=lambda: got.append(get(srv.port, "/_token/%s/x" % tok)))
+        t.start()
+        rid = tun.next_request(10)[0]
+        tun.respond(rid, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                         b"5\r\nhello\r\n0\r\n\r\n")
+        t.join(15)
+        self.assertTrue(got, "no answer")
+        self.assertStatus(got[0], 506)
+        self.assertIsNotNone(srv.wait_stderr(r"id=%s: Transfer-Encoding of the response "
+                                             r"not supported" % rid, 5), srv.describe())
 
 
 class Smuggling(E2ETestCase):

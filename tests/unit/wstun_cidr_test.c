@@ -73,10 +73,35 @@ TEST(loopback_and_validity) {
   CHECK(!wstun__ip_valid(""));
 }
 
+/* Issue 13: the per-address cap counts an IPv6 peer by its /64. */
+TEST(count_key) {
+  char k[48];
+  wstun__ip_count_key("203.0.113.9", k, sizeof(k));
+  CHECK_EQ_STR(k, "203.0.113.9");
+  wstun__ip_count_key("::ffff:203.0.113.9", k, sizeof(k));
+  CHECK_EQ_STR(k, "203.0.113.9");
+  wstun__ip_count_key("::ffff:127.0.0.1", k, sizeof(k));
+  CHECK_EQ_STR(k, "127.0.0.1");
+  wstun__ip_count_key("::1", k, sizeof(k));
+  CHECK_EQ_STR(k, "::1");
+  wstun__ip_count_key("2001:db8:1:2:3:4:5:6", k, sizeof(k));
+  CHECK_EQ_STR(k, "2001:db8:1:2::/64");
+  char k2[48];
+  wstun__ip_count_key("2001:db8:1:2:ffff:eeee:dddd:cccc", k2, sizeof(k2));
+  CHECK_EQ_STR(k2, k);
+  wstun__ip_count_key("2001:db8:1:3::1", k2, sizeof(k2));
+  CHECK_EQ_STR(k2, "2001:db8:1:3::/64");
+  wstun__ip_count_key("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", k, sizeof(k));
+  CHECK_EQ_STR(k, "ffff:ffff:ffff:ffff::/64");
+  CHECK(strlen(k) < 46);
+  wstun__ip_count_key("not an ip", k, sizeof(k));
+  CHECK_EQ_STR(k, "not an ip");
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(parses_and_matches_v4), T(parses_and_matches_v6), T(odd_prefix_lengths),
-      T(empty_and_bad_lists),   T(loopback_and_validity),
+      T(empty_and_bad_lists),   T(loopback_and_validity), T(count_key),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }
