@@ -263,6 +263,7 @@ static void on_backend_timeout_pinned(uv_timer_t *t) {
     if (req) {
       req->state = WSTUN__CR_ANSWERED;
       wstun__client_answer(req, 504, "Backend timeout");
+      unpause_tunnel(req);
       wstun__client_req_done(req);
     }
   }
