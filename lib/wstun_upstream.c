@@ -28,8 +28,9 @@ struct wstun__upstream {
   wstun__upstream *idle_next;   /* cli->idle */
   int connected, reused, got_bytes, idle, resolving;
   int closing, timer_closed, conn_closed, paused_by_msg;
-  int interim;       /* skipping a 1xx response */
-  uint64_t deadline; /* uv_now() ms: the backend must have answered */
+  int paused_connecting; /* the tunnel waits for the connection to be up */
+  int interim;           /* skipping a 1xx response */
+  uint64_t deadline;     /* uv_now() ms: the backend must have answered */
   /* while the request holds the tunnel paused: the output's progress when
    * last seen growing; while the response is streamed onto the tunnel: the
    * bytes the tunnel took of it, likewise */
@@ -171,6 +172,16 @@ void wstun__upstream_detach(wstun_request *req) {
 /* ---- failing ------------------------------------------------------------ */
 
 /* The backend failed before answering anything. */
+/* The request no longer holds the tunnel (answered, given up): what is
+ * left of its body is read from the tunnel and dropped. Without this a
+ * tunnel paused for a backend that then failed stayed paused for good. */
+static void release_tunnel(wstun_request *req) {
+  if (req->paused_tunnel && req->t) {
+    req->paused_tunnel = 0;
+    wstun__tunnel_resume_rx(req->t);
+  }
+}
+
 static void fail_before_response(wstun__upstream *up, const char *why) {
   wstun_request *req = up->req;
   up->req = NULL;
@@ -204,6 +215,7 @@ static void fail_before_response(wstun__upstream *up, const char *why) {
              req->id, msg);
   req->state = WSTUN__CR_ANSWERED;
   wstun__client_answer(req, 502, msg);
+  release_tunnel(req);
   wstun__client_req_done(req);
 }
 
@@ -223,6 +235,7 @@ static void fail_mid_response(wstun__upstream *up) {
     req->resp_started = 0;
     req->state = WSTUN__CR_ANSWERED;
     wstun__client_answer(req, 502, "Backend response cut short");
+    release_tunnel(req);
     wstun__client_req_done(req);
     return;
   }
@@ -233,6 +246,7 @@ static void fail_mid_response(wstun__upstream *up) {
   }
   req->resp_handed = 1;
   req->state = WSTUN__CR_ANSWERED;
+  release_tunnel(req);
   wstun__client_req_done(req);
 }
 
@@ -255,6 +269,7 @@ static void on_backend_timeout_pinned(uv_timer_t *t) {
     if (req) {
       req->state = WSTUN__CR_ANSWERED;
       wstun__client_answer(req, 504, "Backend timeout");
+      release_tunnel(req);
       wstun__client_req_done(req);
     }
   }
@@ -318,10 +333,6 @@ static void on_stall_check_pinned(uv_timer_t *t) {
                  req->id, req->backend_key,
                  (unsigned long long)(now - up->resp_since));
       fail_mid_response(up);
-      if (req->paused_tunnel && req->t) {
-        req->paused_tunnel = 0;
-        wstun__tunnel_resume_rx(req->t);
-      }
       return;
     }
   }
@@ -337,14 +348,9 @@ static void on_stall_check_pinned(uv_timer_t *t) {
                (unsigned long long)(now - up->stall_since));
     req->replay_ok = 0; /* the same backend would hold it again */
     if (req->resp_started)
-      fail_mid_response(up);
+      fail_mid_response(up); /* both release the tunnel */
     else
       fail_before_response(up, "not reading the request");
-    /* answered: the rest of the body is read from the tunnel and dropped */
-    if (req->paused_tunnel && req->t) {
-      req->paused_tunnel = 0;
-      wstun__tunnel_resume_rx(req->t);
-    }
     return;
   }
   uint64_t next = cli->stall_ms / 4 < 100 ? 100 : cli->stall_ms / 4;
@@ -362,8 +368,19 @@ static void on_stall_check(uv_timer_t *t) {
 
 static void flush_request(wstun__upstream *up) {
   wstun_request *req = up->req;
-  if (req == NULL || !up->connected || up->closing)
+  if (req == NULL || up->closing)
     return;
+  if (!up->connected) {
+    /* the body waits in to_backend meanwhile (up to the connect timeout):
+     * bounded like the connection's own buffer */
+    if (req->t && !req->paused_tunnel &&
+        wstun__buf_size(&req->to_backend) > BACKEND_OUT_MAX) {
+      req->paused_tunnel = 1;
+      up->paused_connecting = 1;
+      wstun__tunnel_pause_rx(req->t);
+    }
+    return;
+  }
   size_t n = wstun__buf_size(&req->to_backend);
   if (n > 0) {
     if (req->replay_ok) {
@@ -379,13 +396,17 @@ static void flush_request(wstun__upstream *up) {
   }
   if (req->t && wstun__conn_congested(up->conn)) {
     wstun__tunnel_pause_rx(req->t); /* again: another may have resumed it */
-    if (!req->paused_tunnel) {
+    if (!req->paused_tunnel || up->paused_connecting) {
       req->paused_tunnel = 1;
+      up->paused_connecting = 0;
       up->stall_mark = wstun__conn_progress(up->conn);
       up->stall_since = uv_now(up->cli->loop);
       uint64_t q = up->cli->stall_ms / 4;
       uv_timer_start(&up->timer, on_stall_check, q < 100 ? 100 : q, 0);
     }
+  } else if (up->paused_connecting) {
+    up->paused_connecting = 0;
+    release_tunnel(req);
   }
 }
 
