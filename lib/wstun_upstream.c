@@ -30,8 +30,9 @@ struct wstun__upstream {
   wstun__upstream *idle_next;   /* cli->idle */
   int connected, reused, got_bytes, idle, resolving;
   int closing, timer_closed, conn_closed, paused_by_msg;
-  int interim;       /* skipping a 1xx response */
-  uint64_t deadline; /* uv_now() ms: the backend must have answered */
+  int paused_connecting; /* the tunnel waits for the connection to be up */
+  int interim;           /* skipping a 1xx response */
+  uint64_t deadline;     /* uv_now() ms: the backend must have answered */
   /* while the request holds the tunnel paused: the output's progress when
    * last seen growing; while the response is streamed onto the tunnel: the
    * bytes the tunnel took of it, likewise */
@@ -161,13 +162,19 @@ void wstun__upstream_close_all(wstun_client *cli) {
   }
 }
 
-/* The request no longer goes to a backend: if it had paused the tunnel
- * (backend congested, or not connected yet), nothing will resume it but
- * this, and the rest of its message must still be read (and dropped). */
+/* The request no longer goes to a backend (answered, given up, detached):
+ * if it had paused the tunnel (backend congested, or not connected yet),
+ * nothing else will resume it, and the rest of its message must still be
+ * read (and dropped) for it to end. Left paused, the tunnel would stall
+ * every request on it until the client's ping timeout. busy keeps req
+ * alive through the resume; the caller's wstun__client_req_done() frees it
+ * if its message ended meanwhile. */
 static void unpause_tunnel(wstun_request *req) {
   if (req->paused_tunnel && req->t) {
     req->paused_tunnel = 0;
+    req->busy++;
     wstun__tunnel_resume_rx(req->t);
+    req->busy--;
   }
 }
 
@@ -182,20 +189,6 @@ void wstun__upstream_detach(wstun_request *req) {
 }
 
 /* ---- failing ------------------------------------------------------------ */
-
-/* The backend is gone and the request answered: nothing pushes back on
- * the tunnel for it any more, and the rest of its message must be read
- * (and dropped) for it to end. Left paused, the tunnel would stall every
- * request on it until the client's ping timeout. The caller's
- * wstun__client_req_done() frees req if the message ended meanwhile. */
-static void unpause_tunnel(wstun_request *req) {
-  if (req->paused_tunnel && req->t) {
-    req->paused_tunnel = 0;
-    req->busy++;
-    wstun__tunnel_resume_rx(req->t);
-    req->busy--;
-  }
-}
 
 /* The backend failed before answering anything. */
 static void fail_before_response(wstun__upstream *up, const char *why) {
@@ -285,9 +278,9 @@ static void on_backend_timeout_pinned(uv_timer_t *t) {
       req->up = NULL;
     up_close(up);
     if (req) {
-      unpause_tunnel(req);
       req->state = WSTUN__CR_ANSWERED;
       wstun__client_answer(req, 504, "Backend timeout");
+      unpause_tunnel(req);
       wstun__client_req_done(req);
     }
   }
@@ -351,10 +344,6 @@ static void on_stall_check_pinned(uv_timer_t *t) {
                  req->id, req->backend_key,
                  (unsigned long long)(now - up->resp_since));
       fail_mid_response(up);
-      if (req->paused_tunnel && req->t) {
-        req->paused_tunnel = 0;
-        wstun__tunnel_resume_rx(req->t);
-      }
       return;
     }
   }
@@ -370,14 +359,9 @@ static void on_stall_check_pinned(uv_timer_t *t) {
                (unsigned long long)(now - up->stall_since));
     req->replay_ok = 0; /* the same backend would hold it again */
     if (req->resp_started)
-      fail_mid_response(up);
+      fail_mid_response(up); /* both release the tunnel */
     else
       fail_before_response(up, "not reading the request");
-    /* answered: the rest of the body is read from the tunnel and dropped */
-    if (req->paused_tunnel && req->t) {
-      req->paused_tunnel = 0;
-      wstun__tunnel_resume_rx(req->t);
-    }
     return;
   }
   uint64_t next = cli->stall_ms / 4 < 100 ? 100 : cli->stall_ms / 4;
@@ -395,8 +379,19 @@ static void on_stall_check(uv_timer_t *t) {
 
 static void flush_request(wstun__upstream *up) {
   wstun_request *req = up->req;
-  if (req == NULL || !up->connected || up->closing)
+  if (req == NULL || up->closing)
     return;
+  if (!up->connected) {
+    /* the body waits in to_backend meanwhile (up to the connect timeout):
+     * bounded like the connection's own buffer */
+    if (req->t && !req->paused_tunnel &&
+        wstun__buf_size(&req->to_backend) > BACKEND_OUT_MAX) {
+      req->paused_tunnel = 1;
+      up->paused_connecting = 1;
+      wstun__tunnel_pause_rx(req->t);
+    }
+    return;
+  }
   size_t n = wstun__buf_size(&req->to_backend);
   if (n > 0) {
     if (req->replay_ok) {
@@ -413,18 +408,17 @@ static void flush_request(wstun__upstream *up) {
   int congested = wstun__conn_congested(up->conn);
   if (req->t && congested) {
     wstun__tunnel_pause_rx(req->t); /* again: another may have resumed it */
-    if (!req->paused_tunnel) {
+    if (!req->paused_tunnel || up->paused_connecting) {
       req->paused_tunnel = 1;
+      up->paused_connecting = 0;
       up->stall_mark = wstun__conn_progress(up->conn);
       up->stall_since = uv_now(up->cli->loop);
       uint64_t q = up->cli->stall_ms / 4;
       uv_timer_start(&up->timer, on_stall_check, q < 100 ? 100 : q, 0);
     }
-  } else if (req->t && req->paused_tunnel && !congested) {
-    /* paused while the backend was not connected (upstream_push), and
-     * written now without congesting it: nobody else would resume */
-    req->paused_tunnel = 0;
-    wstun__tunnel_resume_rx(req->t);
+  } else if (up->paused_connecting) {
+    up->paused_connecting = 0;
+    unpause_tunnel(req);
   }
 }
 

@@ -318,7 +318,8 @@ class SlowBackend(E2ETestCase):
 
 class HangingBackend(LoopbackListener):
     """GET /hang: the head and 100 KiB of a 1 MiB body, then nothing (until
-    stop); anything else: a short 200."""
+    stop); POST /drop: closes after 1.5 s, body unread, no answer; anything
+    else: a short 200."""
 
     def _serve(self, s):
         s.settimeout(30)
@@ -330,6 +331,10 @@ class HangingBackend(LoopbackListener):
                     if not piece:
                         return
                     buf += piece
+                if buf.startswith(b"POST /drop"):
+                    # takes none of the body, then goes away unanswered
+                    self.stopped.wait(1.5)
+                    return
                 if buf.startswith(b"GET /hang"):
                     s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
                               % (1 << 20) + b"h" * (100 << 10))
@@ -382,6 +387,71 @@ class HangingResponse(E2ETestCase):
         except ConnectionResetError:
             pass
         self.assertLess(got, 1 << 20)
+
+
+    def test_backend_dropping_an_unread_upload_releases_the_tunnel(self):
+        srv = self.server()
+        be = HangingBackend()
+        self.addCleanup(be.stop)
+        tok = make_token("drop")
+        self.client(srv, tok, server_url="http://%s:%d" % (HOST, be.port))
+        wait_tunnels(srv, 1)
+        s = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(s.close)
+        n = 16 << 20
+        s.sendall(b"POST /_token/%s/drop HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: %d\r\n\r\n" % (tok.encode(), n))
+        s.settimeout(0.5)
+        sent, chunk = 0, b"u" * (256 << 10)
+        t_end = time.monotonic() + 2.5
+        while sent < n and time.monotonic() < t_end:
+            try:
+                sent += s.send(chunk[:n - sent])
+            except (socket.timeout, OSError):
+                pass
+        s.settimeout(10)
+        self.assertTrue(s.recv(200).startswith(b"HTTP/1.1 502 "))
+        t0 = time.monotonic()
+        try:
+            r = get(srv.port, "/_token/%s/other" % tok, timeout=30)
+        except (socket.timeout, TimeoutError):
+            r = None
+        dt = time.monotonic() - t0
+        sys.stderr.write("\n  after the dropped upload, other request answered "
+                         "after %s s\n" % ("%.2f" % dt if r is not None else "> 30"))
+        self.assertIsNotNone(r, "the tunnel stayed paused after the backend left")
+        self.assertEqual(r.status, 200)
+    def test_body_for_a_backend_still_connecting_is_bounded(self):
+        # an https:// backend that accepts and never says a word: the
+        # connection is not up for the connect timeout (10 s), and the body
+        # coming through the tunnel meanwhile must not pile up in wstuncli
+        srv = self.server()
+        be = HangingBackend()  # answers no TLS: every handshake hangs
+        self.addCleanup(be.stop)
+        tok = make_token("conn")
+        cli = self.client(srv, tok, "-insecure",
+                          server_url="https://%s:%d" % (HOST, be.port))
+        wait_tunnels(srv, 1)
+        base = cli.vm_hwm_kib()
+        s = socket.create_connection((HOST, srv.port), timeout=10)
+        self.addCleanup(s.close)
+        n = 256 << 20
+        s.sendall(b"POST /_token/%s/x HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: %d\r\n\r\n" % (tok.encode(), n))
+        s.settimeout(0.5)
+        sent, chunk = 0, b"c" * (1 << 20)
+        t_end = time.monotonic() + 6
+        while sent < n and time.monotonic() < t_end:
+            try:
+                sent += s.send(chunk[:n - sent])
+            except (socket.timeout, OSError):
+                pass
+        peak = cli.vm_hwm_kib()
+        sys.stderr.write("\n  body for a connecting backend: %.0f MiB sent, "
+                         "wstuncli VmHWM %d -> %d KiB (+%d KiB)\n"
+                         % (sent / 1048576.0, base, peak, peak - base))
+        if not cli.sanitized():
+            self.assertLess(peak - base, 32 << 10)
 
 
 class DeafTunnel(E2ETestCase):
