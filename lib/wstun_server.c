@@ -275,6 +275,10 @@ static wstun__srv_tunnel *pick_tunnel(wstun__token *tok) {
   unsigned i = 0, start = tok->rr++;
   size_t n = tok->ntunnels ? tok->ntunnels : 1;
   for (wstun__srv_tunnel *st = tok->tunnels; st; st = st->next, i++) {
+    /* one that is closing (its owner not told yet: a message it was
+     * delivering ends first) would hand the exchange straight back */
+    if (st->t == NULL || st->t->closing)
+      continue;
     if (best == NULL || st->ninflight < best->ninflight ||
         (st->ninflight == best->ninflight && i == start % n))
       best = st;

@@ -11,9 +11,6 @@
 
 #define CONNECT_TIMEOUT_MS 10000
 #define REPLAY_MAX (64 * 1024) /* requests up to this size can be retried */
-/* request bytes held for a backend not connected yet: above this, the
- * tunnel stops reading until they are written */
-#define TO_BACKEND_HIGH (256 * 1024)
 #define RESP_MAX_HEAD (1 << 20)
 /* Request bytes buffered for a backend before the tunnel stops reading. */
 #define BACKEND_OUT_MAX (2u << 20)
@@ -426,14 +423,7 @@ void wstun__upstream_push(wstun_request *req) {
   wstun__upstream *up = req->up;
   if (up == NULL)
     return;
-  flush_request(up);
-  /* the backend is still being connected to (or its TLS handshake runs):
-   * the request's body must not pile up here without bound */
-  if (req->t && !req->paused_tunnel &&
-      wstun__buf_size(&req->to_backend) > TO_BACKEND_HIGH) {
-    req->paused_tunnel = 1;
-    wstun__tunnel_pause_rx(req->t);
-  }
+  flush_request(up); /* bounds the body while the backend is connecting */
   if (up->paused_by_msg &&
       (req->resp == NULL || !wstun__outmsg_full(req->resp))) {
     up->paused_by_msg = 0;

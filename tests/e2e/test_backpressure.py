@@ -139,7 +139,8 @@ class PingFlood(E2ETestCase):
 
         fake = self.fake_tunnel_server(handler=flood)
         cli = self.client(fake.port, make_token("cliflood"),
-                          tunnel_url="ws://%s:%d" % (HOST, fake.port))
+                          tunnel_url="ws://%s:%d" % (HOST, fake.port),
+                          server_url="http://127.0.0.1:1")
         self.assertTrue(fake.wait_conns(1, 10))
         time.sleep(0.3)
         base = cli.vm_hwm_kib()

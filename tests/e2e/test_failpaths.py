@@ -476,9 +476,12 @@ class TunnelAnswerForms(E2ETestCase):
         self.f = self.sock.makefile("rb")
         self.addCleanup(self.f.close)
 
-    def ask(self, path):
-        self.sock.sendall(b"GET /_token/%s%s HTTP/1.1\r\nHost: h\r\n\r\n"
-                          % (self.tok.encode(), path.encode()))
+    def ask(self, path, method="GET"):
+        body = b"x" if method == "POST" else b""
+        self.sock.sendall(b"%s /_token/%s%s HTTP/1.1\r\nHost: h\r\n"
+                          b"Content-Length: %d\r\n\r\n%s"
+                          % (method.encode(), self.tok.encode(), path.encode(),
+                             len(body), body))
         rid, *_ = self.tun.next_request()
         return rid.encode()
 
@@ -514,13 +517,28 @@ class TunnelAnswerForms(E2ETestCase):
         self.assertEqual(r.body, b"hello, until the end")
 
     def test_tunnel_lost_after_the_id_alone_is_502(self):
-        rid = self.ask("/a")
+        # a POST (a GET would be sent again: test_retry ReplayAfterLoss)
+        rid = self.ask("/a", method="POST")
         self.tun.ws.send_frame(OP_BIN, rid, fin=False)
         time.sleep(0.2)
         self.tun.ws.close()
         r = read_response(self.f)
         self.assertStatus(r, 502)
         self.assertBody(r, "Tunnel connection lost before the response")
+
+    def test_get_lost_after_the_id_alone_goes_to_the_next_tunnel(self):
+        rid = self.ask("/a")
+        self.tun.ws.send_frame(OP_BIN, rid, fin=False)
+        time.sleep(0.2)
+        self.tun.ws.close()
+        # the tunnel's end is no reason to give up a GET: the next tunnel
+        # of the token gets it (not the closing one, and not 504 at once)
+        t2 = self.raw_tunnel(self.srv, self.tok)
+        rid2, first, _, _, _ = t2.next_request(5)
+        self.assertEqual(first, "GET /a HTTP/1.1")
+        t2.respond(rid2, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        r = read_response(self.f)
+        self.assertEqual((r.status, r.body), (200, b"ok"))
 
 
 class RequestForms(E2ETestCase):

@@ -40,7 +40,9 @@ SLOW = float(os.environ.get("WSTUN_E2E_TIME_SCALE", "1"))
 SLOWLORIS_LIMIT = 32 * MIB     # 1,000 held heads of 8 KiB (the rest get 503)
 HEAD_AT_LIMIT_COST = 80 * KIB  # per held head just under -max-header-bytes 64 KiB
 TINY_CHUNKS_LIMIT = 4 * MIB    # whatever the body's length: backpressure
-ENDLESS_LIMIT = 4 * MIB        # whatever the response's length: backpressure
+ENDLESS_LIMIT = 12 * MIB  # whatever the response's length: the requester's 2 MiB output
+# buffer (FRONT_OUT_MAX, headroom before the tunnel pauses) in blocks that
+# grow by doubling, plus what the tunnel holds; measured ~8.1 MiB
 SETTLED_SLACK = 512 * KIB      # back near idle once the flood is gone
 
 
