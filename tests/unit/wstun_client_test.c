@@ -121,41 +121,9 @@ TEST(a_bad_proxy_from_the_environment_is_ignored) {
 
 /* ---- out of memory during wstun_client_start ---------------------------- */
 
-static struct { long live, count, fail_at; } mem;
-
-static int fail_now(void) {
-  return ++mem.count == mem.fail_at;
-}
-static void *t_malloc(size_t n, void *ud) {
-  (void)ud;
-  if (fail_now())
-    return NULL;
-  void *p = malloc(n);
-  mem.live += p != NULL;
-  return p;
-}
-static void *t_calloc(size_t c, size_t n, void *ud) {
-  (void)ud;
-  if (fail_now())
-    return NULL;
-  void *p = calloc(c, n);
-  mem.live += p != NULL;
-  return p;
-}
-static void *t_realloc(void *p, size_t n, void *ud) {
-  if (p == NULL)
-    return t_malloc(n, ud);
-  return fail_now() ? NULL : realloc(p, n);
-}
-static void t_free(void *p, void *ud) {
-  (void)ud;
-  mem.live -= p != NULL;
-  free(p);
-}
+#include "failalloc.h"
 
 TEST(start_fails_cleanly_at_every_allocation) {
-  static const wstun_allocator counting = {t_malloc, t_calloc, t_realloc,
-                                           t_free, NULL};
   CHECK_EQ_INT(wstun_set_allocator(&counting), 0);
   failing_allocations = 1;
   wstun_client_config c;
