@@ -215,7 +215,6 @@ static void fail_before_response(wstun__upstream *up, const char *why) {
     wstun__buf_free(&both);
   }
   char msg[256];
-  unpause_tunnel(req);
   snprintf(msg, sizeof(msg), "Backend %s unavailable: %s", req->backend_key,
            why);
   wstun__log(&req->cli->log, WSTUN_LOG_WARN, "HTTP RET id=%04x status=502 %s",
