@@ -149,8 +149,11 @@ static void on_freed(void *owner) {
   e->freed = 1;
 }
 
-static const wstun__tunnel_cbs tcbs = {on_msg_begin, on_msg_data, on_msg_end,
-                                       on_closed, on_freed};
+static const wstun__tunnel_cbs tcbs = {.on_msg_begin = on_msg_begin,
+                                       .on_msg_data = on_msg_data,
+                                       .on_msg_end = on_msg_end,
+                                       .on_closed = on_closed,
+                                       .on_freed = on_freed};
 
 /* ---- outgoing messages ------------------------------------------------------
  */
@@ -204,8 +207,8 @@ static void pre_on_end(wstun__conn *c, int err) {
   (void)c;
   (void)err;
 }
-static const wstun__conn_cbs pre_cbs = {pre_on_data, pre_on_end, NULL, NULL,
-                                        NULL};
+static const wstun__conn_cbs pre_cbs = {.on_data = pre_on_data,
+                                        .on_end = pre_on_end};
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;

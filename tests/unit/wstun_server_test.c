@@ -303,9 +303,9 @@ TEST(listen_host_forms) {
   /* no host name: refused before any resolver is asked. A 64-byte label
    * passes that check, and the C library refuses it after /etc/hosts
    * without building a DNS query. */
-  static const char *const bad[] = {"0.0.0.0:80", "host name",
-                                    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-                                    "aaaaaaaaaaaaaaaaaaaaaaaa.localhost"};
+  static const char long_label[] = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                                   "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.localhost";
+  static const char *const bad[] = {"0.0.0.0:80", "host name", long_label};
   for (size_t i = 0; i < TEST_COUNT(bad); i++) {
     test_context("host '%s'", bad[i]);
     c.host = bad[i];
