@@ -89,12 +89,19 @@ static int reference(app_flag *flags, int argc, char **argv) {
     if (f->type == FLAG_STR) {
       *(const char **)f->dst = v;
     } else if (f->type == FLAG_BOOL) {
-      if (!strcmp(v, "true") || !strcmp(v, "1"))
-        *(int *)f->dst = 1;
-      else if (!strcmp(v, "false") || !strcmp(v, "0"))
-        *(int *)f->dst = 0;
-      else
+      /* Go's strconv.ParseBool spellings, as the Go programs take them */
+      static const char *const yes[] = {"1", "t", "T", "true", "TRUE", "True"};
+      static const char *const no[] = {"0", "f", "F", "false", "FALSE", "False"};
+      int b = -1;
+      for (size_t k = 0; k < 6; k++) {
+        if (!strcmp(v, yes[k]))
+          b = 1;
+        if (!strcmp(v, no[k]))
+          b = 0;
+      }
+      if (b < 0)
         return 2;
+      *(int *)f->dst = b;
     } else {
       /* optional space and sign, then decimal digits only */
       const char *p = v;
