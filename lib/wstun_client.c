@@ -11,7 +11,6 @@
 
 #include "wstun_alloc.h"
 #include "wstun_client_int.h"
-#include "wstun_proto.h"
 #include "wstun_proxy.h"
 #include "wstun_util.h"
 #include "wstun_ws.h"
@@ -129,10 +128,7 @@ void wstun__client_answer(wstun_request *req, int status, const char *text) {
   req->resp = wstun__outmsg_new(&wstun__resp_msg_cbs, req);
   if (req->resp == NULL)
     return;
-  uint8_t prefix[WSTUN__PROTO_PREFIX_LEN];
-  wstun__proto_write_prefix(req->id, prefix);
-  if (wstun__buf_append(&req->resp->buf, prefix, sizeof(prefix)) != 0 ||
-      wstun__http_write_simple(&req->resp->buf, status, text, NULL,
+  if (wstun__http_write_simple(&req->resp->buf, status, text, NULL,
                                req->method == HTTP_HEAD ? WSTUN__HTTP_NO_BODY
                                                         : 0) != 0) {
     wstun__outmsg_free(req->resp);
@@ -143,7 +139,7 @@ void wstun__client_answer(wstun_request *req, int status, const char *text) {
   req->resp_handed = 1;
   if (req->state != WSTUN__CR_HANDLER)
     req->state = WSTUN__CR_ANSWERED;
-  wstun__tunnel_send(req->t, req->resp);
+  wstun__tunnel_send(req->t, req->id, req->resp);
 }
 
 static void *cli_msg_begin(wstun__tunnel *t, uint16_t id) {
@@ -438,11 +434,8 @@ int wstun_request_respond(wstun_request *req, int status,
     rc = WSTUN_ECLOSED;
   } else {
     wstun__outmsg *m = wstun__outmsg_new(&wstun__resp_msg_cbs, req);
-    uint8_t prefix[WSTUN__PROTO_PREFIX_LEN];
-    wstun__proto_write_prefix(req->id, prefix);
     int w = m ? 0 : WSTUN_ENOMEM;
     if (w == 0) {
-      w |= wstun__buf_append(&m->buf, prefix, sizeof(prefix));
       w |= wstun__buf_appendf(&m->buf, "HTTP/1.1 %d %s\r\n", status,
                               wstun__http_reason(status));
       if (content_type)
@@ -459,7 +452,7 @@ int wstun_request_respond(wstun_request *req, int status,
       req->resp = m;
       req->resp_started = 1;
       req->resp_handed = 1;
-      wstun__tunnel_send(req->t, m);
+      wstun__tunnel_send(req->t, req->id, m);
     }
   }
   req->busy--;

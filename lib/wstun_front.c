@@ -9,7 +9,6 @@
 #include <strings.h>
 
 #include "wstun_alloc.h"
-#include "wstun_proto.h"
 #include "wstun_server_int.h"
 #include "wstun_util.h"
 
@@ -579,10 +578,7 @@ static int build_request(wstun__front *f, wstun__http_head *h,
   f->req = rc == 0 ? wstun__outmsg_new(&req_msg_cbs, f) : NULL;
   if (f->req == NULL)
     return WSTUN_ENOMEM;
-  static const uint8_t placeholder[WSTUN__PROTO_PREFIX_LEN] = {'0', '0', '0',
-                                                               '0'};
-  if (wstun__buf_append(&f->req->buf, placeholder, sizeof(placeholder)) != 0 ||
-      wstun__http_head_write(h, &f->req->buf) != 0)
+  if (wstun__http_head_write(h, &f->req->buf) != 0)
     return WSTUN_ENOMEM;
   if (expect)
     wstun__conn_write(f->conn, "HTTP/1.1 100 Continue\r\n\r\n", 25);

@@ -1,3 +1,5 @@
+/* The tunnel message formats (see wstun_proto.h): v1's id prefix, its
+ * encoder and incremental decoder, and v1 as a wstun__proto. */
 #include "wstun_proto.h"
 
 void wstun__proto_write_prefix(uint16_t id,
@@ -33,3 +35,32 @@ int wstun__proto_prefix_feed(wstun__proto_prefix *p, const uint8_t *data,
   }
   return (int)i;
 }
+
+/* ---- v1 as a wstun__proto ------------------------------------------------ */
+
+static size_t v1_write_head(uint16_t id, uint8_t *out) {
+  wstun__proto_write_prefix(id, out);
+  return WSTUN__PROTO_PREFIX_LEN;
+}
+
+static void v1_rx_begin(wstun__proto_rx *rx) {
+  rx->got = 0;
+  rx->done = 0;
+  rx->id = 0;
+}
+
+static int v1_rx_feed(wstun__proto_rx *rx, const uint8_t *data, size_t len) {
+  wstun__proto_prefix p = {rx->got, rx->id};
+  int used = wstun__proto_prefix_feed(&p, data, len);
+  rx->got = p.got;
+  rx->id = p.id;
+  rx->done = wstun__proto_prefix_done(&p) ? 1u : 0u;
+  return used;
+}
+
+const wstun__proto wstun__proto_v1 = {
+    .name = "v1",
+    .write_head = v1_write_head,
+    .rx_begin = v1_rx_begin,
+    .rx_feed = v1_rx_feed,
+};

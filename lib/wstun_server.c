@@ -303,8 +303,6 @@ static uint16_t next_id(wstun__token *tok, const wstun__srv_tunnel *st) {
 
 static void send_on(wstun__srv_tunnel *st, wstun__front *f) {
   f->id = next_id(st->tok, st);
-  /* the prefix was reserved as the first bytes of the message */
-  wstun__proto_write_prefix(f->id, wstun__buf_data(&f->req->buf));
   f->tun = st;
   f->state = WSTUN__EX_SENDING;
   wstun__log(&st->srv->log, WSTUN_LOG_DEBUG,
@@ -315,7 +313,7 @@ static void send_on(wstun__srv_tunnel *st, wstun__front *f) {
   f->ex_next = st->inflight;
   st->inflight = f;
   st->ninflight++;
-  wstun__tunnel_send(st->t, f->req);
+  wstun__tunnel_send(st->t, f->id, f->req);
 }
 
 void wstun__server_dispatch(wstun_server *srv, wstun__front *f) {
@@ -837,8 +835,8 @@ static int listen_addr(uv_loop_t *loop, const char *host, int port,
   /* only something that can be a host name goes to the resolver: a typo
    * such as "0.0.0.0:80" is refused here, without a DNS query */
   if (host[0] == '\0' || host[strspn(host, "abcdefghijklmnopqrstuvwxyz"
-                                          "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                          "0123456789.-")] != '\0')
+                                           "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                           "0123456789.-")] != '\0')
     return WSTUN_EINVAL;
   struct addrinfo hints;
   memset(&hints, 0, sizeof(hints));

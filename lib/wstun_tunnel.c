@@ -9,6 +9,7 @@
 
 #include "wstun/wstun.h"
 #include "wstun_alloc.h"
+#include "wstun_list.h"
 #include "wstun_proto.h"
 
 /* ---- outgoing messages ------------------------------------------------- */
@@ -37,20 +38,6 @@ int wstun__outmsg_full(wstun__outmsg *m) {
   return 0;
 }
 
-static void queue_remove(wstun__tunnel *t, wstun__outmsg *m) {
-  wstun__outmsg **pp = &t->q_head, *prev = NULL;
-  while (*pp && *pp != m) {
-    prev = *pp;
-    pp = &(*pp)->next;
-  }
-  if (*pp == NULL)
-    return;
-  *pp = m->next;
-  if (t->q_tail == m)
-    t->q_tail = prev;
-  m->next = NULL;
-}
-
 void wstun__outmsg_abandon(wstun__outmsg *m) {
   if (m == NULL)
     return;
@@ -61,7 +48,7 @@ void wstun__outmsg_abandon(wstun__outmsg *m) {
   }
   wstun__tunnel *t = m->tunnel;
   if (t->cur != m) {
-    queue_remove(t, m);
+    wstun__list_remove(&m->link);
     wstun__outmsg_free(m);
     return;
   }
@@ -143,22 +130,37 @@ static ssize_t ws_read_msg(wslay_event_context_ptr ctx, uint8_t *buf,
   (void)src;
   if (m == NULL)
     return 0;
-  size_t avail = wstun__buf_size(&m->buf);
-  if (!m->finished) {
-    if (avail <= 1)
-      return 0;
-    avail -= 1; /* hold one byte back for the final frame */
+  /* One byte is held back until the producer finishes, so that the final
+   * frame has something to carry; the head waits with it, so a message
+   * counts as started only once some of its own bytes go. */
+  if (!m->finished && wstun__buf_size(&m->buf) <= 1)
+    return 0;
+  /* the format's head goes first */
+  size_t n = 0;
+  if (m->head_off < m->head_len) {
+    n = (size_t)(m->head_len - m->head_off);
+    if (n > len)
+      n = len;
+    memcpy(buf, m->head + m->head_off, n);
+    m->head_off = (uint8_t)(m->head_off + n);
+    m->started = 1;
+    buf += n;
+    len -= n;
   }
-  size_t n = avail < len ? avail : len;
-  memcpy(buf, wstun__buf_data(&m->buf), n);
-  wstun__buf_consume(&m->buf, n);
-  m->taken += n;
-  m->started = 1;
-  if (m->finished && wstun__buf_size(&m->buf) == 0) {
+  size_t avail = wstun__buf_size(&m->buf) - (m->finished ? 0 : 1);
+  size_t take = avail < len ? avail : len;
+  if (take > 0) {
+    memcpy(buf, wstun__buf_data(&m->buf), take);
+    wstun__buf_consume(&m->buf, take);
+    m->taken += take;
+    m->started = 1;
+    n += take;
+  }
+  if (m->finished && m->head_off == m->head_len &&
+      wstun__buf_size(&m->buf) == 0) {
     *eof = 1;
     t->cur = NULL;
-    m->next = t->sent_head;
-    t->sent_head = m;
+    wstun__list_push_back(&t->sent, &m->link);
   }
   return (ssize_t)n;
 }
@@ -196,7 +198,7 @@ static void ws_frame_start(wslay_event_context_ptr ctx,
   }
   if (a->opcode == WSLAY_BINARY_FRAME) {
     t->in_msg = 1;
-    wstun__proto_prefix_init(&t->in_prefix);
+    t->proto->rx_begin(&t->in_head);
     t->sink = NULL;
     t->drop = 0;
   }
@@ -211,8 +213,8 @@ static void ws_frame_chunk(wslay_event_context_ptr ctx,
     return;
   const uint8_t *d = a->data;
   size_t n = a->data_length;
-  if (!wstun__proto_prefix_done(&t->in_prefix)) {
-    int used = wstun__proto_prefix_feed(&t->in_prefix, d, n);
+  if (!t->in_head.done) {
+    int used = t->proto->rx_feed(&t->in_head, d, n);
     if (used < 0) {
       wstun__log(t->log, WSTUN_LOG_WARN, "tunnel: message without id: dropped");
       t->drop = 1;
@@ -220,9 +222,9 @@ static void ws_frame_chunk(wslay_event_context_ptr ctx,
     }
     d += used;
     n -= (size_t)used;
-    if (!wstun__proto_prefix_done(&t->in_prefix))
+    if (!t->in_head.done)
       return;
-    t->sink = t->cbs->on_msg_begin(t, t->in_prefix.id);
+    t->sink = t->cbs->on_msg_begin(t, t->in_head.id);
     if (t->sink == NULL) {
       t->drop = 1;
       return;
@@ -298,9 +300,9 @@ static int ws_ensure(wstun__tunnel *t) {
 
 static int quiescent(const wstun__tunnel *t) {
   return t->ws != NULL && !t->closing && !t->in_rx && !t->pumping &&
-         !t->rx_paused && !t->in_msg && t->cur == NULL && t->q_head == NULL &&
-         t->sent_head == NULL && t->rx_fed == t->rx_framed &&
-         wslay_event_get_read_enabled(t->ws) &&
+         !t->rx_paused && !t->in_msg && t->cur == NULL &&
+         wstun__list_empty(&t->queue) && wstun__list_empty(&t->sent) &&
+         t->rx_fed == t->rx_framed && wslay_event_get_read_enabled(t->ws) &&
          wslay_event_get_write_enabled(t->ws) && !wslay_event_want_write(t->ws);
 }
 
@@ -320,7 +322,7 @@ static void pump(wstun__tunnel *t) {
    * not be entered again: the receive path pumps once it returns */
   if (t->pumping || t->closing || t->in_rx)
     return;
-  if (t->ws == NULL && t->q_head == NULL)
+  if (t->ws == NULL && wstun__list_empty(&t->queue))
     return; /* nothing to send, and wslay holds nothing */
   if (ws_ensure(t) != 0) {
     tunnel_fail(t, WSTUN_ENOMEM);
@@ -328,12 +330,11 @@ static void pump(wstun__tunnel *t) {
   }
   t->pumping = 1;
   for (;;) {
-    if (t->cur == NULL && t->q_head != NULL) {
-      wstun__outmsg *m = t->q_head;
-      t->q_head = m->next;
-      if (t->q_head == NULL)
-        t->q_tail = NULL;
-      m->next = NULL;
+    if (t->cur == NULL && !wstun__list_empty(&t->queue)) {
+      wstun__outmsg *m = wstun__list_entry(t->queue.next, wstun__outmsg, link);
+      wstun__list_remove(&m->link);
+      m->head_len = (uint8_t)t->proto->write_head(m->id, m->head);
+      m->head_off = 0;
       t->cur = m;
       t->carried = 1;
       struct wslay_event_fragmented_msg fm;
@@ -353,10 +354,9 @@ static void pump(wstun__tunnel *t) {
       return;
     }
     /* tell owners outside of wslay's call stack */
-    while (t->sent_head != NULL) {
-      wstun__outmsg *m = t->sent_head;
-      t->sent_head = m->next;
-      m->next = NULL;
+    while (!wstun__list_empty(&t->sent)) {
+      wstun__outmsg *m = wstun__list_entry(t->sent.next, wstun__outmsg, link);
+      wstun__list_remove(&m->link);
       if (m->owner && m->cbs->on_sent)
         m->cbs->on_sent(m->owner, m);
       wstun__outmsg_free(m);
@@ -369,7 +369,8 @@ static void pump(wstun__tunnel *t) {
     }
     if (t->closing)
       break;
-    if (t->cur == NULL && t->q_head != NULL && !wstun__conn_congested(t->conn))
+    if (t->cur == NULL && !wstun__list_empty(&t->queue) &&
+        !wstun__conn_congested(t->conn))
       continue;
     break;
   }
@@ -385,10 +386,14 @@ void wstun__tunnel_kick(wstun__tunnel *t) {
   pump(t);
 }
 
-void wstun__tunnel_send(wstun__tunnel *t, wstun__outmsg *m) {
+void wstun__tunnel_set_proto(wstun__tunnel *t, const wstun__proto *proto) {
+  t->proto = proto;
+}
+
+void wstun__tunnel_send(wstun__tunnel *t, uint16_t id, wstun__outmsg *m) {
+  m->id = id;
   m->queued = 1;
   m->tunnel = t;
-  m->next = NULL;
   if (t->closing) {
     /* never sent: hand it straight back */
     m->queued = 0;
@@ -399,19 +404,12 @@ void wstun__tunnel_send(wstun__tunnel *t, wstun__outmsg *m) {
       wstun__outmsg_free(m);
     return;
   }
-  if (t->q_tail)
-    t->q_tail->next = m;
-  else
-    t->q_head = m;
-  t->q_tail = m;
+  wstun__list_push_back(&t->queue, &m->link);
   pump(t);
 }
 
 size_t wstun__tunnel_queued(const wstun__tunnel *t) {
-  size_t n = 0;
-  for (const wstun__outmsg *m = t->q_head; m; m = m->next)
-    n++;
-  return n;
+  return wstun__list_count(&t->queue);
 }
 
 /* ---- conn callbacks ----------------------------------------------------- */
@@ -482,9 +480,9 @@ static void tun_on_drain(wstun__conn *c) {
   }
 }
 
-static void maybe_free(wstun__tunnel *t) {
-  if (!t->conn_closed || !t->timer_closed)
-    return;
+/* The timer and the connection are closed: the memory can go. */
+static void tunnel_free(wstun__closer *closer) {
+  wstun__tunnel *t = wstun__list_entry(closer, wstun__tunnel, closer);
   if (t->ws)
     wslay_event_context_free(t->ws);
   if (t->cbs->on_freed)
@@ -495,8 +493,7 @@ static void maybe_free(wstun__tunnel *t) {
 static void tun_on_close(wstun__conn *c) {
   wstun__tunnel *t = c->owner;
   t->conn = NULL;
-  t->conn_closed = 1;
-  maybe_free(t);
+  wstun__closer_done(&t->closer); /* only tunnel_fail closes the conn */
 }
 
 static const wstun__conn_cbs tunnel_conn_cbs = {
@@ -506,16 +503,9 @@ static const wstun__conn_cbs tunnel_conn_cbs = {
     .on_close = tun_on_close,
 };
 
-static void on_timer_closed(uv_handle_t *h) {
-  wstun__tunnel *t = h->data;
-  t->timer_closed = 1;
-  maybe_free(t);
-}
-
 static void fail_msg(wstun__outmsg *m, int restartable) {
   m->queued = 0;
   m->tunnel = NULL;
-  m->next = NULL;
   if (m->owner && m->cbs->on_failed)
     m->cbs->on_failed(m->owner, m, restartable);
   else
@@ -527,13 +517,14 @@ static void tunnel_fail(wstun__tunnel *t, int err) {
     return;
   t->closing = 1;
   t->err = err;
-  uv_timer_stop(&t->timer);
-  uv_close((uv_handle_t *)&t->timer, on_timer_closed);
+  wstun__closer_start(&t->closer, tunnel_free);
+  wstun__closer_close_handle(&t->closer, (uv_handle_t *)&t->timer);
   /* A close frame or final frames still buffered get one write attempt
    * (libuv writes at once when it can); a dead peer must not keep the
    * socket open. */
   if (t->conn) {
     wstun__conn_flush_now(t->conn);
+    wstun__closer_add(&t->closer);
     wstun__conn_close(t->conn);
   }
   if (t->in_msg && t->sink) {
@@ -544,9 +535,9 @@ static void tunnel_fail(wstun__tunnel *t, int err) {
   /* the owner unlinks the tunnel before failed messages come back, so they
    * are never re-queued onto it */
   t->cbs->on_closed(t, err);
-  while (t->sent_head) {
-    wstun__outmsg *m = t->sent_head;
-    t->sent_head = m->next;
+  while (!wstun__list_empty(&t->sent)) {
+    wstun__outmsg *m = wstun__list_entry(t->sent.next, wstun__outmsg, link);
+    wstun__list_remove(&m->link);
     if (m->owner && m->cbs->on_sent)
       m->cbs->on_sent(m->owner, m);
     wstun__outmsg_free(m);
@@ -556,12 +547,11 @@ static void tunnel_fail(wstun__tunnel *t, int err) {
     t->cur = NULL;
     fail_msg(m, !m->started);
   }
-  while (t->q_head) {
-    wstun__outmsg *m = t->q_head;
-    t->q_head = m->next;
+  while (!wstun__list_empty(&t->queue)) {
+    wstun__outmsg *m = wstun__list_entry(t->queue.next, wstun__outmsg, link);
+    wstun__list_remove(&m->link);
     fail_msg(m, !m->started);
   }
-  t->q_tail = NULL;
   /* Done with wslay (a close frame is already in the conn's buffer). Freed
    * now, so that closing many idle tunnels at once does not hold a context
    * for each until the handles close; not from inside wslay's own call. */
@@ -569,6 +559,8 @@ static void tunnel_fail(wstun__tunnel *t, int err) {
     wslay_event_context_free(t->ws);
     t->ws = NULL;
   }
+  /* the timer's close completes on a later loop turn: never freed here */
+  wstun__closer_done(&t->closer);
 }
 
 void wstun__tunnel_close(wstun__tunnel *t, int err) {
@@ -690,6 +682,9 @@ int wstun__tunnel_start(wstun__tunnel **out, uv_loop_t *loop, wstun__conn *conn,
   t->log = log;
   t->cbs = cbs;
   t->owner = owner;
+  t->proto = &wstun__proto_v1;
+  wstun__list_init(&t->queue);
+  wstun__list_init(&t->sent);
   t->ping_interval_ms = ping_interval_ms;
   t->dead_after_ms = dead_after_ms;
   /* Bytes that followed the handshake are parsed on the first loop turn,

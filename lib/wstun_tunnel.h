@@ -1,5 +1,8 @@
 /* One tunnel connection: a WebSocket (wslay) over a wstun__conn, carrying
- * v1 tunnel messages in both directions, shared by server and client.
+ * tunnel messages in both directions, shared by server and client. Each
+ * message belongs to one exchange, named by its id; the tunnel's format
+ * (wstun__proto, v1 unless set otherwise) puts the id on the wire, so
+ * producers and sinks see only (id, bytes, end).
  *
  * Outgoing messages are wstun__outmsg byte pipes: a producer appends to
  * msg->buf and calls wstun__tunnel_kick(); the tunnel sends them one after
@@ -19,6 +22,8 @@
 #include <wslay/wslay.h>
 
 #include "wstun_buf.h"
+#include "wstun_closer.h"
+#include "wstun_list.h"
 #include "wstun_conn.h"
 #include "wstun_log.h"
 #include "wstun_proto.h"
@@ -45,11 +50,15 @@ typedef struct wstun__outmsg_cbs {
 } wstun__outmsg_cbs;
 
 struct wstun__outmsg {
-  wstun__buf buf; /* bytes not yet taken by the tunnel, prefix first */
-  uint64_t taken; /* bytes the tunnel took so far */
+  wstun__buf buf; /* bytes not yet taken by the tunnel */
+  uint64_t taken; /* bytes of buf the tunnel took so far */
+  uint16_t id;    /* set by wstun__tunnel_send */
+  /* the format's head, written when the tunnel starts sending */
+  uint8_t head[WSTUN__PROTO_HEAD_MAX];
+  uint8_t head_len, head_off;
   unsigned finished : 1, queued : 1, started : 1, paused_src : 1;
   wstun__tunnel *tunnel;
-  wstun__outmsg *next;
+  wstun__list link; /* in tunnel->queue or tunnel->sent */
   const wstun__outmsg_cbs *cbs;
   void *owner; /* NULL once the owner gave up on it */
 };
@@ -67,7 +76,8 @@ typedef struct wstun__tunnel_cbs {
   /* A message with this id begins. Return the sink for its bytes, or NULL
    * to drop the message. */
   void *(*on_msg_begin)(wstun__tunnel *t, uint16_t id);
-  /* Bytes of the message after the id prefix. Nonzero drops the rest. */
+  /* Bytes of the message (after the format's head). Nonzero drops the
+   * rest. */
   int (*on_msg_data)(wstun__tunnel *t, void *sink, const uint8_t *data,
                      size_t len);
   /* The message ended (complete = 0 when the tunnel died mid-message). */
@@ -96,20 +106,21 @@ struct wstun__tunnel {
   const wstun__logger *log;
   const wstun__tunnel_cbs *cbs;
   void *owner;
+  const wstun__proto *proto; /* the message format, v1 by default */
   /* outgoing */
-  wstun__outmsg *q_head, *q_tail; /* ready, waiting their turn */
-  wstun__outmsg *cur;             /* being read by wslay */
-  wstun__outmsg *sent_head;       /* finished, owners to be told */
+  wstun__list queue;  /* ready, waiting their turn */
+  wstun__outmsg *cur; /* being read by wslay */
+  wstun__list sent;   /* finished, owners to be told */
   /* incoming */
   const uint8_t *in;
   size_t in_len;
   int in_msg, frame_ctrl, frame_fin;
-  wstun__proto_prefix in_prefix; /* the id of the message coming in */
+  wstun__proto_rx in_head; /* the head of the message coming in */
   void *sink;
   int drop;
   int rx_paused;
   int tx_held; /* input held back: wslay owes the peer too much (pongs) */
-  int in_rx; /* inside wslay_event_recv: wslay must not be re-entered */
+  int in_rx;   /* inside wslay_event_recv: wslay must not be re-entered */
   /* bytes handed to wslay, and the size of the whole frames it parsed out
    * of them: equal when wslay holds no part of a frame */
   uint64_t rx_fed, rx_framed, frame_size;
@@ -120,7 +131,8 @@ struct wstun__tunnel {
   uint64_t ping_interval_ms, dead_after_ms;
   /* our output's progress (wstun__conn_progress) when last seen growing */
   uint64_t out_mark, out_since;
-  int closing, err, pumping, timer_closed, conn_closed;
+  int closing, err, pumping;
+  wstun__closer closer; /* the timer and the conn, once closing */
 };
 
 /* Takes over `conn` (already upgraded) and starts reading; `leftover` are
@@ -132,8 +144,12 @@ int wstun__tunnel_start(wstun__tunnel **out, uv_loop_t *loop, wstun__conn *conn,
                         uint64_t dead_after_ms, const wstun__tunnel_cbs *cbs,
                         void *owner, const uint8_t *leftover, size_t n);
 
-/* Hands a ready message over (it must start with its id prefix). */
-void wstun__tunnel_send(wstun__tunnel *t, wstun__outmsg *m);
+/* Sets the message format (before any message is sent or received; the
+ * handshake chose it). */
+void wstun__tunnel_set_proto(wstun__tunnel *t, const wstun__proto *proto);
+/* Hands a ready message of exchange `id` over; the tunnel owns it until
+ * one of its callbacks hands it back or it is sent. */
+void wstun__tunnel_send(wstun__tunnel *t, uint16_t id, wstun__outmsg *m);
 /* The producer of the message being sent added bytes or finished. */
 void wstun__tunnel_kick(wstun__tunnel *t);
 /* A sink asks for no more input for now / resumes it. */

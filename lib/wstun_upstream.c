@@ -7,7 +7,6 @@
 
 #include "wstun_alloc.h"
 #include "wstun_client_int.h"
-#include "wstun_proto.h"
 
 #define CONNECT_TIMEOUT_MS 10000
 #define REPLAY_MAX (64 * 1024) /* requests up to this size can be retried */
@@ -570,7 +569,7 @@ static void hand_over(wstun_request *req) {
       (req->resp->finished ||
        wstun__buf_size(&req->resp->buf) >= WSTUN__STREAM_AT)) {
     req->resp_handed = 1;
-    wstun__tunnel_send(req->t, req->resp);
+    wstun__tunnel_send(req->t, req->id, req->resp);
     if (req->up && req->resp && !req->resp->finished) {
       /* streamed: watch that the backend keeps it going (on_stall_check) */
       wstun__upstream *up = req->up;
@@ -603,10 +602,7 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
   req->resp = wstun__outmsg_new(&wstun__resp_msg_cbs, req);
   if (rc != 0 || req->resp == NULL)
     return -1;
-  uint8_t prefix[WSTUN__PROTO_PREFIX_LEN];
-  wstun__proto_write_prefix(req->id, prefix);
-  if (wstun__buf_append(&req->resp->buf, prefix, sizeof(prefix)) != 0 ||
-      wstun__http_head_write(h, &req->resp->buf) != 0)
+  if (wstun__http_head_write(h, &req->resp->buf) != 0)
     return -1;
   req->resp_started = 1;
   wstun__log(&req->cli->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d",

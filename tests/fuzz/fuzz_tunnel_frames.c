@@ -46,6 +46,11 @@ typedef struct sink {
   wstun__http_parser p;
 } sink;
 
+/* Hands m to the tunnel under the id it was made with. */
+static void send_msg(wstun__tunnel *t, wstun__outmsg *m) {
+  wstun__tunnel_send(t, m->id, m);
+}
+
 static int resp_on_head(void *ud, wstun__http_head *h) {
   (void)ud;
   (void)h;
@@ -263,12 +268,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   e.t = t;
 
   if (e.flags & FL_SEND) {
-    wstun__tunnel_send(
+    send_msg(
         t, out_new(&e, 1, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", 1));
     e.streaming = out_new(
         &e, 2, "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 0);
-    wstun__tunnel_send(t, e.streaming);
-    wstun__tunnel_send(t, out_new(&e, 3, "GET /queued HTTP/1.1\r\n\r\n", 1));
+    send_msg(t, e.streaming);
+    send_msg(t, out_new(&e, 3, "GET /queued HTTP/1.1\r\n\r\n", 1));
   }
 
   const uint8_t *d = in.d;

@@ -3,6 +3,8 @@
  * time. */
 #include "wstun_proto.h"
 
+#include <string.h>
+
 #include "test.h"
 
 static void check_prefix(uint16_t id, const char *want) {
@@ -87,9 +89,8 @@ TEST(message_golden_bytes) {
   static const char resp[] = "002aHTTP/1.1 200 OK\r\n";
   wstun__proto_prefix p;
   wstun__proto_prefix_init(&p);
-  CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)resp,
-                                        sizeof(resp) - 1),
-               4);
+  CHECK_EQ_INT(
+      wstun__proto_prefix_feed(&p, (const uint8_t *)resp, sizeof(resp) - 1), 4);
   CHECK_EQ_INT(p.id, 0x2a);
   CHECK(memcmp(resp + 4, "HTTP/1.1 ", 9) == 0);
 }
@@ -131,7 +132,7 @@ TEST(decode_whole_and_bytewise) {
       {"ffff ", 0xffff}, /* what follows the id is the message's business */
       {"FFFFz", 0xffff}, /* upper case is accepted */
       {"0AbCz", 0xabc},
-      {"00001", 0},      /* a fifth hex digit belongs to the message */
+      {"00001", 0}, /* a fifth hex digit belongs to the message */
       {"Beef\x00", 0xbeef},
   };
   for (size_t i = 0; i < TEST_COUNT(cases); i++) {
@@ -173,9 +174,9 @@ TEST(decode_rejects) {
     const char *s;
     size_t bad_at;
   } cases[] = {
-      {"00g0", 2}, {" 000", 0}, {"-001", 0}, {"000 1", 3}, {"0x01", 1},
-      {"00G0", 2}, {"0:00", 1}, {"0/00", 1}, {"0`00", 1},  {"0@00", 1},
-      {"+001", 0}, {"abc\r", 3},
+      {"00g0", 2}, {" 000", 0}, {"-001", 0}, {"000 1", 3},
+      {"0x01", 1}, {"00G0", 2}, {"0:00", 1}, {"0/00", 1},
+      {"0`00", 1}, {"0@00", 1}, {"+001", 0}, {"abc\r", 3},
   };
   for (size_t i = 0; i < TEST_COUNT(cases); i++) {
     const char *s = cases[i].s;
@@ -198,6 +199,46 @@ TEST(decode_rejects) {
   wstun__proto_prefix p;
   wstun__proto_prefix_init(&p);
   CHECK_EQ_INT(wstun__proto_prefix_feed(&p, (const uint8_t *)"0\0001", 4), -1);
+}
+
+/* v1 through the interface the tunnel uses: the head it writes is the
+ * golden prefix, and the decoder, fed a head and the message after it in
+ * any split, one byte at a time included, stops at the end of the head. */
+TEST(v1_interface_head_and_bytewise_decode) {
+  const wstun__proto *v1 = &wstun__proto_v1;
+  CHECK(strcmp(v1->name, "v1") == 0);
+  uint8_t head[WSTUN__PROTO_HEAD_MAX + 1];
+  memset(head, 0xee, sizeof(head));
+  CHECK_EQ_INT(v1->write_head(0x7a2c, head), 4);
+  CHECK(memcmp(head, "7a2c", 4) == 0);
+  CHECK_EQ_INT(head[4], 0xee);
+  static const char msg[] = "7a2cHTTP/1.1 200 OK\r\n\r\n";
+  for (size_t cut = 1; cut <= sizeof(msg) - 1; cut++) {
+    wstun__proto_rx rx;
+    memset(&rx, 0x55, sizeof(rx));
+    v1->rx_begin(&rx);
+    CHECK(!rx.done);
+    size_t off = 0;
+    while (!rx.done && off < sizeof(msg) - 1) {
+      size_t n = cut < sizeof(msg) - 1 - off ? cut : sizeof(msg) - 1 - off;
+      int used = v1->rx_feed(&rx, (const uint8_t *)msg + off, n);
+      CHECK(used >= 0 && (size_t)used <= n);
+      off += (size_t)used;
+    }
+    CHECK(rx.done);
+    CHECK_EQ_INT(off, 4);
+    CHECK_EQ_INT(rx.id, 0x7a2c);
+  }
+  /* not a head; and a new message starts clean */
+  wstun__proto_rx rx;
+  v1->rx_begin(&rx);
+  CHECK_EQ_INT(v1->rx_feed(&rx, (const uint8_t *)"00", 2), 2);
+  CHECK_EQ_INT(v1->rx_feed(&rx, (const uint8_t *)" 1", 2), -1);
+  CHECK(!rx.done);
+  v1->rx_begin(&rx);
+  CHECK_EQ_INT(v1->rx_feed(&rx, (const uint8_t *)"0001GET", 7), 4);
+  CHECK(rx.done);
+  CHECK_EQ_INT(rx.id, 1);
 }
 
 TEST(every_id_round_trips) {
@@ -251,10 +292,15 @@ TEST(ids_wrap_below_0x8000) {
 
 int main(int argc, char **argv) {
   static const test_case tests[] = {
-      T(prefix_golden_bytes),       T(message_golden_bytes),
-      T(decode_whole_and_bytewise), T(decode_in_two_pieces),
-      T(decode_empty_feed),         T(decode_rejects),
-      T(every_id_round_trips),      T(ids_wrap_below_0x8000),
+      T(prefix_golden_bytes),
+      T(message_golden_bytes),
+      T(decode_whole_and_bytewise),
+      T(decode_in_two_pieces),
+      T(decode_empty_feed),
+      T(decode_rejects),
+      T(v1_interface_head_and_bytewise_decode),
+      T(every_id_round_trips),
+      T(ids_wrap_below_0x8000),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }

@@ -59,6 +59,11 @@ struct env {
 
 /* ---- event log ----------------------------------------------------------- */
 
+/* Hands m to the tunnel under the id it was made with. */
+static void send_msg(wstun__tunnel *t, wstun__outmsg *m) {
+  wstun__tunnel_send(t, m->id, m);
+}
+
 static void ev(env *e, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void ev(env *e, const char *fmt, ...) {
@@ -110,10 +115,8 @@ static wstun__outmsg *msg_new(tx *x, uint16_t id, const void *body, size_t n,
   wstun__outmsg *m = wstun__outmsg_new(&tx_cbs, x);
   if (m == NULL)
     abort();
-  uint8_t pre[WSTUN__PROTO_PREFIX_LEN];
-  wstun__proto_write_prefix(id, pre);
-  if (wstun__buf_append(&m->buf, pre, sizeof(pre)) != 0 ||
-      wstun__buf_append(&m->buf, body, n) != 0)
+  m->id = id; /* for send_msg */
+  if (wstun__buf_append(&m->buf, body, n) != 0)
     abort();
   m->finished = finished ? 1u : 0u;
   return m;
@@ -424,8 +427,8 @@ TEST(small_message_both_ways) {
   env *e = &E;
   if (env_start(e, &quiet) == 0) {
     tx xc = {e, '1', 0, 0, 0, 0}, xs = {e, '2', 0, 0, 0, 0};
-    wstun__tunnel_send(e->cli.t, msg_new(&xc, 1, "hello", 5, 1));
-    wstun__tunnel_send(e->srv.t, msg_new(&xs, 0xabcd, "world", 5, 1));
+    send_msg(e->cli.t, msg_new(&xc, 1, "hello", 5, 1));
+    send_msg(e->srv.t, msg_new(&xs, 0xabcd, "world", 5, 1));
     if (RUN_UNTIL(e, small_done, 5000)) {
       check_rx(&e->srv.rx[0], 1, "hello", 5, 1);
       check_rx(&e->cli.rx[0], 0xabcd, "world", 5, 1);
@@ -450,7 +453,7 @@ TEST(http_message_with_high_id) {
       "\r\nhi";
   if (env_start(e, &quiet) == 0) {
     tx x = {e, '1', 0, 0, 0, 0};
-    wstun__tunnel_send(e->cli.t, msg_new(&x, 31999, req, sizeof(req) - 1, 1));
+    send_msg(e->cli.t, msg_new(&x, 31999, req, sizeof(req) - 1, 1));
     if (RUN_UNTIL(e, srv_got_one, 5000))
       check_rx(&e->srv.rx[0], 31999, req, sizeof(req) - 1, 1);
     CHECK_EQ_INT(x.sent, 1);
@@ -534,11 +537,9 @@ static void producer_start(producer *p, env *e, wstun__tunnel *t, uint16_t id,
   p->m = wstun__outmsg_new(&prod_cbs, p);
   if (p->m == NULL)
     abort();
-  uint8_t pre[WSTUN__PROTO_PREFIX_LEN];
-  wstun__proto_write_prefix(id, pre);
-  wstun__buf_append(&p->m->buf, pre, sizeof(pre));
+  p->m->id = id;                       /* for send_msg */
   append_pattern(p, WSTUN__STREAM_AT); /* big enough to hand over */
-  wstun__tunnel_send(t, p->m);
+  send_msg(t, p->m);
   produce(p);
 }
 
@@ -607,9 +608,9 @@ TEST(three_messages_arrive_in_order) {
       mid[i] = pat(i, 5);
     tx a = {e, 'a', 0, 0, 0, 0}, b = {e, 'b', 0, 0, 0, 0},
        c = {e, 'c', 0, 0, 0, 0};
-    wstun__tunnel_send(e->cli.t, msg_new(&a, 1, "first", 5, 1));
-    wstun__tunnel_send(e->cli.t, msg_new(&b, 2, mid, mid_len, 1));
-    wstun__tunnel_send(e->cli.t, msg_new(&c, 3, "third", 5, 1));
+    send_msg(e->cli.t, msg_new(&a, 1, "first", 5, 1));
+    send_msg(e->cli.t, msg_new(&b, 2, mid, mid_len, 1));
+    send_msg(e->cli.t, msg_new(&c, 3, "third", 5, 1));
     if (RUN_UNTIL(e, three_done, 10000)) {
       check_rx(&e->srv.rx[0], 1, "first", 5, 1);
       check_rx(&e->srv.rx[1], 2, mid, mid_len, 1);
@@ -649,8 +650,8 @@ TEST(resume_from_inside_receive_keeps_the_stream_in_step) {
     }
     tx a = {e, 'a', 0, 0, 0, 0}, b = {e, 'b', 0, 0, 0, 0};
     /* queued together: both go out in one write, one read on the server */
-    wstun__tunnel_send(e->cli.t, msg_new(&a, 1, one, sizeof(one), 1));
-    wstun__tunnel_send(e->cli.t, msg_new(&b, 2, two, sizeof(two), 1));
+    send_msg(e->cli.t, msg_new(&a, 1, one, sizeof(one), 1));
+    send_msg(e->cli.t, msg_new(&b, 2, two, sizeof(two), 1));
     if (RUN_UNTIL(e, two_done, 5000)) {
       check_rx(&e->srv.rx[0], 1, one, sizeof(one), 1);
       check_rx(&e->srv.rx[1], 2, two, sizeof(two), 1);
@@ -680,8 +681,8 @@ TEST(pause_rx_stops_delivery_until_resume) {
       body[i] = pat(i, 11);
     e->srv.pause_on_id = 5;
     tx a = {e, 'a', 0, 0, 0, 0}, b = {e, 'b', 0, 0, 0, 0};
-    wstun__tunnel_send(e->cli.t, msg_new(&a, 5, body, big, 1));
-    wstun__tunnel_send(e->cli.t, msg_new(&b, 6, "after", 5, 1));
+    send_msg(e->cli.t, msg_new(&a, 5, body, big, 1));
+    send_msg(e->cli.t, msg_new(&b, 6, "after", 5, 1));
     if (RUN_UNTIL(e, srv_begun, 5000)) {
       run_for(e, 300);
       size_t got1 = wstun__buf_size(&e->srv.rx[0].data);
@@ -721,7 +722,7 @@ TEST(pings_keep_an_idle_tunnel_alive) {
     /* and still carries messages */
     tx x = {e, 'x', 0, 0, 0, 0};
     if (e->cli.t) {
-      wstun__tunnel_send(e->cli.t, msg_new(&x, 1, "still here", 10, 1));
+      send_msg(e->cli.t, msg_new(&x, 1, "still here", 10, 1));
       if (RUN_UNTIL(e, srv_got_one, 5000))
         check_rx(&e->srv.rx[0], 1, "still here", 10, 1);
     }
@@ -782,7 +783,7 @@ TEST(paused_receiver_does_not_time_out_a_live_peer) {
   if (env_start(e, &o) == 0) {
     e->srv.pause_on_id = 1;
     tx x = {e, 'x', 0, 0, 0, 0};
-    wstun__tunnel_send(e->cli.t, msg_new(&x, 1, "slow sink", 9, 1));
+    send_msg(e->cli.t, msg_new(&x, 1, "slow sink", 9, 1));
     RUN_UNTIL(e, srv_begun, 5000);
     run_for(e, 2000);
     CHECK_EQ_INT(e->srv.closed, 0);
@@ -819,9 +820,9 @@ TEST(close_hands_back_unstarted_messages) {
     if (m1 == NULL)
       abort();
     wstun__buf_append(&m1->buf, "0", 1);
-    wstun__tunnel_send(e->srv.t, m1);
-    wstun__tunnel_send(e->srv.t, msg_new(&F2, 2, "two", 3, 1));
-    wstun__tunnel_send(e->srv.t, msg_new(&F3, 3, "three", 5, 1));
+    send_msg(e->srv.t, m1);
+    send_msg(e->srv.t, msg_new(&F2, 2, "two", 3, 1));
+    send_msg(e->srv.t, msg_new(&F3, 3, "three", 5, 1));
     run_for(e, 100);
     CHECK_EQ_INT(e->cli.nrx, 0);
     CHECK_EQ_INT(wstun__tunnel_queued(e->srv.t), 2);
@@ -857,7 +858,7 @@ TEST(close_mid_message) {
   if (env_start(e, &quiet) == 0) {
     F1 = (tx){e, '1', 0, 0, -1, 0};
     /* started but not finished: "0001" + 10 bytes, one held back */
-    wstun__tunnel_send(e->srv.t, msg_new(&F1, 1, "0123456789", 10, 0));
+    send_msg(e->srv.t, msg_new(&F1, 1, "0123456789", 10, 0));
     RUN_UNTIL(e, cli_got_some, 5000);
     CHECK_EQ_INT(e->cli.rx[0].ended, 0);
     wstun__tunnel_close(e->srv.t, WSTUN_ECLOSED);
@@ -881,7 +882,7 @@ TEST(send_on_closed_tunnel_fails_restartable) {
     wstun__tunnel_close(t, WSTUN_ECLOSED);
     /* closed but not yet freed: a send made now comes straight back */
     F1 = (tx){e, '1', 0, 0, -1, 0};
-    wstun__tunnel_send(t, msg_new(&F1, 1, "late", 4, 1));
+    send_msg(t, msg_new(&F1, 1, "late", 4, 1));
     CHECK_EQ_INT(F1.failed, 1);
     CHECK_EQ_INT(F1.restartable, 1);
     RUN_UNTIL(e, srv_closed, 5000);
@@ -899,8 +900,8 @@ TEST(abandon_queued_and_current) {
     F2 = (tx){e, '2', 0, 0, -1, 0};
     wstun__outmsg *m1 = msg_new(&F1, 1, "partial", 7, 0);
     wstun__outmsg *m2 = msg_new(&F2, 2, "never", 5, 1);
-    wstun__tunnel_send(e->srv.t, m1);
-    wstun__tunnel_send(e->srv.t, m2);
+    send_msg(e->srv.t, m1);
+    send_msg(e->srv.t, m2);
     CHECK_EQ_INT(wstun__tunnel_queued(e->srv.t), 1);
     wstun__outmsg_abandon(m2); /* queued: gone at once */
     CHECK_EQ_INT(wstun__tunnel_queued(e->srv.t), 0);
@@ -915,7 +916,7 @@ TEST(abandon_queued_and_current) {
     wstun__outmsg_abandon(msg_new(&F2, 3, "x", 1, 1));
     /* the tunnel still works */
     tx x = {e, 'x', 0, 0, 0, 0};
-    wstun__tunnel_send(e->srv.t, msg_new(&x, 4, "next", 4, 1));
+    send_msg(e->srv.t, msg_new(&x, 4, "next", 4, 1));
     run_for(e, 200);
     CHECK_EQ_INT(e->cli.nrx, 2);
     if (e->cli.nrx == 2)
@@ -978,7 +979,7 @@ TEST(text_frame_closes_with_eproto) {
 TEST(bad_prefix_and_refused_ids_are_dropped) {
   env *e = &E;
   uint8_t lo[256];
-  size_t n = frame(lo, 0x2, 1, "zzzzjunk", 8);    /* no id */
+  size_t n = frame(lo, 0x2, 1, "zzzzjunk", 8);   /* no id */
   n += frame(lo + n, 0x2, 1, "0009refused", 11); /* sink refuses */
   n += frame(lo + n, 0x2, 1, "000aok", 6);
   n += frame(lo + n, 0x2, 1, "00", 2); /* cut short prefix */
@@ -1021,16 +1022,16 @@ TEST(idle_tunnel_lets_go_of_wslay_and_takes_it_back) {
   env_opts o = {0, 2000, 100, 2000, NULL, 0};
   if (env_start(e, &o) == 0) {
     tx xc = {e, '1', 0, 0, 0, 0}, xs = {e, '2', 0, 0, 0, 0};
-    wstun__tunnel_send(e->cli.t, msg_new(&xc, 1, "hello", 5, 1));
-    wstun__tunnel_send(e->srv.t, msg_new(&xs, 2, "world", 5, 1));
+    send_msg(e->cli.t, msg_new(&xc, 1, "hello", 5, 1));
+    send_msg(e->srv.t, msg_new(&xs, 2, "world", 5, 1));
     RUN_UNTIL(e, small_done, 5000);
     /* pings go on; between them neither side holds a context */
     RUN_UNTIL(e, both_let_go, 3000);
     run_for(e, 350);
     CHECK_EQ_INT(e->srv.closed + e->cli.closed, 0);
     if (e->srv.t && e->cli.t) {
-      wstun__tunnel_send(e->cli.t, msg_new(&xc, 3, "again", 5, 1));
-      wstun__tunnel_send(e->srv.t, msg_new(&xs, 4, "back", 4, 1));
+      send_msg(e->cli.t, msg_new(&xc, 3, "again", 5, 1));
+      send_msg(e->srv.t, msg_new(&xs, 4, "back", 4, 1));
     }
     if (RUN_UNTIL(e, srv_two, 5000))
       check_rx(&e->srv.rx[1], 3, "again", 5, 1);
