@@ -568,7 +568,8 @@ void wstun__tunnel_close(wstun__tunnel *t, int err) {
     return;
   if (t->conn && !t->conn->closing && ws_ensure(t) == 0) {
     wslay_event_queue_close(t->ws, WSLAY_CODE_NORMAL_CLOSURE, NULL, 0);
-    wslay_event_send(t->ws);
+    if (!t->in_rx) /* wslay is not re-entrant: no close frame then */
+      wslay_event_send(t->ws);
   }
   tunnel_fail(t, err);
 }

@@ -14,6 +14,41 @@
  * Incoming messages are streamed to a sink the owner picks per message id;
  * a sink that cannot keep up pauses the whole tunnel (messages are not
  * interleaved on the wire, so nothing else could be read anyway). */
+/*
+ * Re-entrancy contract. Every callback runs on the loop's thread, either
+ * from the loop (a socket read, a drained write, the liveness timer) or
+ * synchronously inside one of the calls below:
+ *
+ *   call                  may call back, before it returns
+ *   --------------------  ------------------------------------------------
+ *   tunnel_start          nothing (leftover bytes are parsed next turn)
+ *   tunnel_set_proto      nothing
+ *   tunnel_send           outmsg on_failed (the tunnel is closing: m is
+ *                         handed straight back), on_sent/on_drain of
+ *                         earlier messages, on_closed
+ *   tunnel_kick           on_sent, on_drain, on_closed, on_failed
+ *   tunnel_resume_rx      on_msg_begin/data/end, on_pong, on_sent,
+ *                         on_drain, on_closed, on_failed (bytes held back
+ *                         are parsed at once) -- but nothing when called
+ *                         from inside on_msg_* (the running parse goes on)
+ *   tunnel_close          on_msg_end(complete = 0), on_closed, on_sent,
+ *                         on_failed
+ *   tunnel_pause_rx, tunnel_forget_sink, tunnel_queued, outmsg_full:
+ *                         nothing
+ *   outmsg_abandon        as tunnel_kick when m is being sent (it is
+ *                         ended there); otherwise nothing
+ *
+ * Inside on_msg_begin/data/end (wslay is parsing, not re-entrant) a sink
+ * may send, kick, pause, resume, forget itself and abandon messages: the
+ * sending is deferred until the parse returns. It must not close the
+ * tunnel; it ends its message by returning nonzero from on_msg_data.
+ * Inside on_closed the owner unlinks the tunnel; every call on it after
+ * that is harmless (send hands the message back, the others do nothing),
+ * and its memory stays valid until on_freed, on a later loop turn. Inside
+ * outmsg callbacks the owner may free its own state and send other
+ * messages; the message itself is the tunnel's (on_sent, on_drain) or
+ * back with the owner (on_failed).
+ */
 #ifndef WSTUN_TUNNEL_H
 #define WSTUN_TUNNEL_H
 
