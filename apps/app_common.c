@@ -527,11 +527,11 @@ void app_rfc3339(time_t t, char *buf, size_t size) {
   strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-int app_log_level(const char *prog, const char *value) {
+wstun_log_level app_log_level(const char *prog, const char *value) {
   int l = wstun_log_level_parse(value);
   if (l < 0)
     die(prog, "log-level", "must be one of error, warn, info, debug");
-  return l;
+  return (wstun_log_level)l;
 }
 
 void app_read_secret_file(const char *prog, const char *flag, const char *path,

@@ -192,8 +192,8 @@ typedef struct wstun_server_config {
    * TLS 1.2+, ECDHE with AES-GCM or ChaCha20-Poly1305, ALPN http/1.1. */
   const char *tls_cert_file;
   const char *tls_key_file;
-  int log_level;       /* wstun_log_level; default WSTUN_LOG_INFO */
-  wstun_log_cb log_cb; /* NULL = silent */
+  wstun_log_level log_level; /* default WSTUN_LOG_INFO */
+  wstun_log_cb log_cb;       /* NULL = silent */
   void *log_user_data;
 } wstun_server_config;
 
@@ -341,8 +341,8 @@ typedef struct wstun_client_config {
   wstun_client_state_cb state_cb;
   void *state_user_data;
   wstun_client_pong_cb pong_cb; /* gets state_user_data; may be NULL */
-  int log_level;
-  wstun_log_cb log_cb;
+  wstun_log_level log_level;    /* default WSTUN_LOG_INFO */
+  wstun_log_cb log_cb;          /* NULL = silent */
   void *log_user_data;
 } wstun_client_config;
 
