@@ -1,3 +1,8 @@
+/* What wstunsrv and wstuncli share, kept out of libwstun because it
+ * prints and exits: flag parsing in the Go tool's style, the log sinks
+ * (stderr, a file reopened on a signal, syslog; text or JSON lines), the
+ * pid file, atomic file writes (-statusfile), secret files, and the
+ * process tuning (open file limit, malloc thresholds). */
 #include "app_common.h"
 
 #include <errno.h>
