@@ -1,3 +1,8 @@
+/* What wstunsrv and wstuncli share, kept out of libwstun because it
+ * prints and exits: flag parsing in the Go tool's style, the log sinks
+ * (stderr, a file reopened on a signal, syslog; text or JSON lines), the
+ * pid file, atomic file writes (-statusfile), secret files, and the
+ * process tuning (open file limit, malloc thresholds). */
 #include "app_common.h"
 
 #include <errno.h>
@@ -527,11 +532,11 @@ void app_rfc3339(time_t t, char *buf, size_t size) {
   strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-int app_log_level(const char *prog, const char *value) {
+wstun_log_level app_log_level(const char *prog, const char *value) {
   int l = wstun_log_level_parse(value);
   if (l < 0)
     die(prog, "log-level", "must be one of error, warn, info, debug");
-  return l;
+  return (wstun_log_level)l;
 }
 
 void app_read_secret_file(const char *prog, const char *flag, const char *path,

@@ -131,7 +131,7 @@ void app_read_secret_file(const char *prog, const char *flag, const char *path,
                           char *out, size_t n);
 
 /* Parses -log-level; exits with a usage error naming the flag if bad. */
-int app_log_level(const char *prog, const char *value);
+wstun_log_level app_log_level(const char *prog, const char *value);
 
 int wstunsrv_main(const char *prog, int argc, char **argv, int first);
 int wstuncli_main(const char *prog, int argc, char **argv, int first);

@@ -1,3 +1,7 @@
+/* Address lists and the IP helpers around them: parsing "10.0.0.0/8, ::1"
+ * into prefixes (v4-mapped v6 addresses count as v4), matching a peer
+ * against them, and the key a peer's connections are counted under (the
+ * address, or its /64 for IPv6). Also wstun_address_list_check(). */
 #include "wstun_cidr.h"
 
 #include <stdio.h>

@@ -5,7 +5,7 @@
 #include "wstun/wstun.h"
 
 typedef struct wstun__logger {
-  int level;
+  wstun_log_level level;
   wstun_log_cb cb;
   void *user_data;
 } wstun__logger;
@@ -13,6 +13,7 @@ typedef struct wstun__logger {
 void wstun__log(const wstun__logger *lg, wstun_log_level level, const char *fmt,
                 ...) __attribute__((format(printf, 3, 4)));
 
-#define WSTUN__LOG_ON(lg, lvl) ((lg)->cb != NULL && (int)(lvl) <= (lg)->level)
+#define WSTUN__LOG_ON(lg, lvl)                                                 \
+  ((lg)->cb != NULL && (int)(lvl) <= (int)(lg)->level)
 
 #endif

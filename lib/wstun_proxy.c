@@ -1,3 +1,6 @@
+/* HTTP CONNECT proxies: the proxy the environment names for a tunnel URL
+ * (https_proxy, http_proxy, all_proxy and no_proxy, read as curl reads
+ * them) and the CONNECT request. Pure apart from getenv(): no I/O. */
 #include "wstun_proxy.h"
 
 #include <stdlib.h>

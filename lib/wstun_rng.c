@@ -1,3 +1,5 @@
+/* The CTR-DRBG of each server, client and TLS configuration, seeded from
+ * the OS's entropy. Failures become WSTUN_ERNG. */
 #include "wstun_rng.h"
 
 #include "wstun/wstun.h"

@@ -1,3 +1,8 @@
+/* TLS on mbedTLS: shared, reference-counted configurations (a client's
+ * trust store and verification, a server's certificate and key, refused
+ * when the key file is readable by others) and the per-connection record
+ * layer, whose BIO callbacks only move ciphertext to and from buffers the
+ * connection owns. */
 #include "wstun_tls.h"
 
 #include <arpa/inet.h>

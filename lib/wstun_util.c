@@ -1,3 +1,6 @@
+/* Small helpers with no state: constant-time comparison of secrets, their
+ * redaction for logs, ASCII case-insensitive comparison, and the walk over
+ * comma-separated lists that every list option shares. */
 #include "wstun_util.h"
 
 #include <string.h>

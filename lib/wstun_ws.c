@@ -1,3 +1,7 @@
+/* The WebSocket opening handshake (RFC 6455 section 4) on both sides:
+ * keys, Sec-WebSocket-Accept, checking an upgrade request and the answer
+ * to ours; and base64 for the handshake and Basic credentials. Pure
+ * functions over parsed heads and buffers; framing is wslay's. */
 #include "wstun_ws.h"
 
 #include <mbedtls/base64.h>

@@ -1,11 +1,28 @@
 /* wstun — HTTP tunnels through firewalls over WebSockets.
  *
- * The whole public face of libwstun. Two opaque handles live on a loop the
- * caller owns:
+ * The whole public face of libwstun. Two opaque handles live on a libuv
+ * loop the caller owns:
  *
  *   wstun_server  accepts HTTP requests and tunnel clients (wstunsrv)
  *   wstun_client  dials a server, registers a token and answers requests
  *                 from an HTTP backend or an in-process callback (wstuncli)
+ *
+ * Each is created, already running, by its _start() function
+ * (wstun_server_start(), wstun_client_start()) and stopped and freed by its
+ * _close() function (wstun_server_close(), wstun_client_close()).
+ *
+ * Threads: a server or a client belongs to the loop it was started on and,
+ * like the uv_loop_t itself, is not thread-safe. Call every function of
+ * this header only on the loop's thread, the one that runs uv_run() on
+ * that loop (from a callback of the loop, or while the loop is not
+ * running), unless the function says otherwise; another thread hands work
+ * over with a uv_async_t. Every callback the library makes (log, state,
+ * pong, handler, foreach, close) runs on that thread. Only these touch no
+ * loop and may be called from any thread: wstun_strerror(),
+ * wstun_version(), wstun_log_level_parse(), wstun_address_list_check(),
+ * wstun_server_config_init(), wstun_client_config_init() and
+ * wstun_memory_in_use(). wstun_set_allocator() is process-wide: call it
+ * only while no thread uses libwstun.
  *
  * Conventions (as in libuv):
  *   - Functions that can fail return 0 or a negative WSTUN_E* code;
@@ -14,11 +31,16 @@
  *     callback.
  *   - Config structs are filled with defaults by their _init() function;
  *     set only what you need, so new fields never break callers.
- *   - Strings in config structs are borrowed for the duration of the _new()
- *     call only: the library copies what it keeps.
+ *   - The config struct and the strings in it are borrowed for the
+ *     duration of the _start() call only: the library copies what it
+ *     keeps. Callback pointers and user_data pointers are kept as given;
+ *     the library never frees a user_data.
+ *   - Handles are the library's: never free them; _close() does.
  *   - The library never prints, exits or aborts: it reports through return
  *     codes and the log callback.
- *   - Nothing is global: several servers and clients may share one loop.
+ *   - Nothing is global but the allocator hook: several servers and
+ *     clients may share one loop, or run on loops of their own in several
+ *     threads.
  */
 #ifndef WSTUN_H
 #define WSTUN_H
@@ -69,20 +91,24 @@ typedef enum {
 #undef WSTUN__ERR
 } wstun_errno;
 
-/* A static string for a WSTUN_E* or a libuv UV_E* code; "unknown error"
- * for others. */
+/* A static string (never to be freed) for a WSTUN_E* or a libuv UV_E*
+ * code, "success" for 0, "unknown error" for others. Any thread. */
 WSTUN_EXTERN const char *wstun_strerror(int err);
 
-/* The library's version as "MAJOR.MINOR.PATCH" (static string). */
+/* The library's version as "MAJOR.MINOR.PATCH" (a static string); compare
+ * with WSTUN_VERSION_STRING, the headers' version. Any thread. */
 WSTUN_EXTERN const char *wstun_version(void);
 
 /* ---- memory ------------------------------------------------------------ */
 
-/* The allocator libwstun uses for its own memory (process-wide). Set it
- * before the first wstun_*_start() and never change it while a server or
- * client exists; NULL restores malloc/free. The dependencies (libuv, wslay,
- * mbedTLS, jansson) keep their own allocators. `realloc` and `calloc`
- * follow the C semantics; `free` accepts NULL. */
+/* The allocator libwstun uses for its own memory (process-wide). A block
+ * is always freed through the allocator that gave it, so change it only
+ * while libwstun holds no memory: before the first wstun_*_start(), or
+ * once every server and client is closed and its loop has run until
+ * uv_run() returned. No other thread may be inside libwstun meanwhile.
+ * The dependencies (libuv, wslay, mbedTLS, jansson) keep their own
+ * allocators. `realloc` and `calloc` follow the C semantics; `free`
+ * accepts NULL. Each function gets the struct's `user_data`. */
 typedef struct wstun_allocator {
   void *(*malloc)(size_t size, void *user_data);
   void *(*calloc)(size_t count, size_t size, void *user_data);
@@ -91,7 +117,9 @@ typedef struct wstun_allocator {
   void *user_data;
 } wstun_allocator;
 
-/* Copies *a. WSTUN_EINVAL if a function is missing. */
+/* Copies *a (it may go away after the call); NULL restores malloc/free.
+ * Returns 0, or WSTUN_EINVAL (nothing changed) if a function is
+ * missing. */
 WSTUN_EXTERN int wstun_set_allocator(const wstun_allocator *a);
 
 /* What libwstun holds from the default allocator right now: bytes, as
@@ -101,7 +129,8 @@ WSTUN_EXTERN int wstun_set_allocator(const wstun_allocator *a);
  * Memory of the dependencies (libuv, wslay, mbedTLS, jansson) is not
  * counted. Returns 0; WSTUN_EINVAL, with both 0, while an allocator set by
  * wstun_set_allocator() is in use (its owner can count) or where the C
- * library cannot tell a block's size. Either pointer may be NULL. */
+ * library cannot tell a block's size. Either pointer may be NULL. Any
+ * thread. */
 WSTUN_EXTERN int wstun_memory_in_use(uint64_t *bytes, uint64_t *blocks);
 
 /* ---- logging ----------------------------------------------------------- */
@@ -113,13 +142,16 @@ typedef enum {
   WSTUN_LOG_DEBUG = 3
 } wstun_log_level;
 
-/* Called for every log line at or below the configured level. `msg` is a
- * NUL-terminated line without a trailing newline, valid only during the
- * call. Secrets never appear beyond an 8-character prefix. */
+/* Called, on the loop's thread, for every log line at or below the
+ * configured level, also from inside the _start() and _close() calls.
+ * `msg` is a NUL-terminated line without a trailing newline, owned by the
+ * library and valid only during the call. Secrets never appear beyond an
+ * 8-character prefix. */
 typedef void (*wstun_log_cb)(void *user_data, wstun_log_level level,
                              const char *msg);
 
-/* "error", "warn", "info", "debug" (case-insensitive) → level; -1 if unknown */
+/* "error", "warn" (or "warning"), "info", "debug", case-insensitive → the
+ * wstun_log_level; -1 if unknown or NULL. Any thread. */
 WSTUN_EXTERN int wstun_log_level_parse(const char *name);
 
 /* ---- server ------------------------------------------------------------ */
@@ -152,9 +184,9 @@ typedef struct wstun_server_config {
    * onto a tunnel (sent alone until it ends) that leaves the tunnel
    * waiting this long is answered 408. */
   int stall_timeout_sec;
-  int token_forget_sec;        /* forget a token with no client; default 3600 */
-  size_t max_header_bytes;     /* request head larger → 431; default 64 KiB */
-  uint64_t max_body_bytes;     /* request body larger → 413; 0 = unlimited */
+  int token_forget_sec;    /* forget a token with no client; default 3600 */
+  size_t max_header_bytes; /* request head larger → 431; default 64 KiB */
+  uint64_t max_body_bytes; /* request body larger → 413; 0 = unlimited */
   /* Slow clients: the whole request head must arrive within this many
    * seconds of its first byte, else 408 and the connection closes
    * (slowloris). With TLS, the handshake must also be done within this
@@ -192,30 +224,47 @@ typedef struct wstun_server_config {
    * TLS 1.2+, ECDHE with AES-GCM or ChaCha20-Poly1305, ALPN http/1.1. */
   const char *tls_cert_file;
   const char *tls_key_file;
-  int log_level;       /* wstun_log_level; default WSTUN_LOG_INFO */
-  wstun_log_cb log_cb; /* NULL = silent */
+  wstun_log_level log_level; /* default WSTUN_LOG_INFO */
+  wstun_log_cb log_cb;       /* NULL = silent */
   void *log_user_data;
 } wstun_server_config;
 
+/* Fills *cfg with the defaults. Any thread. */
 WSTUN_EXTERN void wstun_server_config_init(wstun_server_config *cfg);
 
-/* Creates a server on `loop` and starts listening. On success *out owns the
- * server until wstun_server_close() completes. Errors: WSTUN_EINVAL,
- * WSTUN_EPASSWORDS, WSTUN_ECIDR, WSTUN_ETLS (certificate or key unusable;
- * the reason is logged), WSTUN_ELISTEN, WSTUN_ENOMEM, WSTUN_ERNG (no
- * entropy). */
+/* Creates a server on `loop` and starts listening; call it on the thread
+ * that runs (or will run) the loop. Blocks while it resolves a host name
+ * and reads the TLS files. On success *out is the server, the library's
+ * until wstun_server_close() frees it. On error *out is untouched,
+ * nothing is left for the caller to free, and no callback but log_cb
+ * fires. Errors:
+ *   WSTUN_EINVAL      loop, cfg or out NULL; port outside 0..65535; only
+ *                     one of tls_cert_file and tls_key_file; a host that
+ *                     is neither an address nor a name that resolves
+ *   WSTUN_EPASSWORDS  malformed passwords
+ *   WSTUN_ECIDR       malformed trusted_proxies or admin_allow
+ *   WSTUN_ETLS        certificate or key unreadable, unusable or not a
+ *                     pair, or the key file readable by others (the
+ *                     reason is logged)
+ *   WSTUN_ELISTEN     cannot bind or listen (address in use, no
+ *                     permission); the listener handle is then still
+ *                     closing: run the loop once more (uv_run() with
+ *                     UV_RUN_NOWAIT will do) before uv_loop_close()
+ *   WSTUN_ENOMEM, WSTUN_ERNG (no entropy) */
 WSTUN_EXTERN int wstun_server_start(uv_loop_t *loop,
                                     const wstun_server_config *cfg,
                                     wstun_server **out);
 
 /* 0 when `list` is a valid address list for trusted_proxies/admin_allow
- * ("10.0.0.0/8, ::1"; NULL and "" are valid), else WSTUN_ECIDR. */
+ * ("10.0.0.0/8, ::1"; NULL and "" are valid), else WSTUN_ECIDR, or
+ * WSTUN_ENOMEM. Any thread. */
 WSTUN_EXTERN int wstun_address_list_check(const char *list);
 
 /* Reads the TLS certificate and key files again (after a renewal) and uses
  * them for new connections; open ones, tunnels included, are untouched.
- * On error the previous certificate stays in use. Errors: WSTUN_ESTATE (no
- * TLS configured), WSTUN_ETLS (reason logged), WSTUN_ENOMEM. */
+ * Blocks while it reads the files. On error the previous certificate stays
+ * in use. Errors: WSTUN_ESTATE (srv NULL, no TLS configured, or the server
+ * is closing), WSTUN_ETLS (the reason is logged), WSTUN_ENOMEM. */
 WSTUN_EXTERN int wstun_server_reload_tls(wstun_server *srv);
 
 /* The TCP port actually bound (useful with port 0). */
@@ -224,7 +273,8 @@ WSTUN_EXTERN int wstun_server_port(const wstun_server *srv);
 /* Number of tokens that have at least one live tunnel connection. */
 WSTUN_EXTERN size_t wstun_server_tunnel_count(const wstun_server *srv);
 
-/* A snapshot of the server's counters (plain data, filled by the call). */
+/* A snapshot of the server's counters: plain data in the caller's memory,
+ * filled by wstun_server_get_stats(). */
 typedef struct wstun_server_stats {
   size_t tunnels;            /* tokens with at least one live connection */
   size_t tunnel_connections; /* live tunnel connections, all tokens */
@@ -253,18 +303,36 @@ typedef struct wstun_tunnel_info {
 typedef void (*wstun_tunnel_info_cb)(const wstun_tunnel_info *info,
                                      void *user_data);
 
-/* Calls `cb` once per known token. The callback must not call back into
- * the server. */
+/* Calls `cb` once per known token, before returning. The callback must
+ * not call back into the server. */
 WSTUN_EXTERN void wstun_server_foreach_tunnel(const wstun_server *srv,
                                               wstun_tunnel_info_cb cb,
                                               void *user_data);
 
 typedef void (*wstun_server_close_cb)(wstun_server *srv, void *user_data);
 
-/* Graceful stop: stops accepting at once, lets exchanges in flight finish
- * for up to `grace_ms`, then closes every handle and frees the server.
- * `cb` (may be NULL) fires once everything is closed; the pointer is
- * invalid after it returns. Calling it twice is harmless. */
+/* Graceful stop, in two steps.
+ *
+ * At once: the listener closes (no new requesters, no new tunnels) and so
+ * do requesters' connections that are idle between keep-alive requests.
+ * Connections with a request under way (being received, waiting for a
+ * tunnel, or being answered) keep going, and so do the tunnels: each such
+ * connection is closed once its response is out.
+ *
+ * When the last of them is done, or after `grace_ms` (at once if 0 or if
+ * nothing was under way): requests still waiting for a tunnel are answered
+ * 503, those still under way are cut (their connections closed), and every
+ * tunnel is closed (a WebSocket close frame is written if the socket takes
+ * it; the client's answer is not awaited).
+ *
+ * Then, once libuv has closed every handle, the server is freed and `cb`
+ * (may be NULL) is called with `user_data`: always later, from the loop,
+ * never from inside this call. Use `srv` no more once `cb` was called (or
+ * at all after this call if `cb` is NULL). A reverse DNS lookup of a
+ * tunnel's peer still running in libuv's thread pool is not waited for: it
+ * finishes on the loop after `cb` and frees itself, so run the loop until
+ * uv_run() returns before uv_loop_close() or a memory check. A NULL `srv`
+ * or a second call does nothing (the second `cb` never fires). */
 WSTUN_EXTERN void wstun_server_close(wstun_server *srv, unsigned grace_ms,
                                      wstun_server_close_cb cb, void *user_data);
 
@@ -272,10 +340,16 @@ WSTUN_EXTERN void wstun_server_close(wstun_server *srv, unsigned grace_ms,
 
 typedef struct wstun_client wstun_client;
 
-/* A request that arrived through the tunnel, handed to an in-process
- * handler. Valid from the handler call until wstun_request_respond(). */
+/* A request that arrived through the tunnel, handed whole (head and body)
+ * to the in-process handler. The library owns it; it stays valid from the
+ * handler call until wstun_request_respond(), which frees it. */
 typedef struct wstun_request wstun_request;
 
+/* Gets each request once. Answer it with wstun_request_respond(), exactly
+ * once, during this call or later on the loop's thread: until then the
+ * request holds its memory, and wstun_client_close() waits for it. Answer
+ * even after the tunnel dropped or wstun_client_close() ended its grace
+ * (the call then returns WSTUN_ECLOSED and frees the request). */
 typedef void (*wstun_handler_cb)(wstun_request *req, void *user_data);
 
 typedef enum {
@@ -285,7 +359,9 @@ typedef enum {
 } wstun_client_state;
 
 /* State changes of the tunnel; `err` is 0 or the WSTUN_E* code that ended
- * the last connection. */
+ * the last connection. The first call (WSTUN_CLIENT_CONNECTING) comes from
+ * inside wstun_client_start(), after *out is set; wstun_client_close() may
+ * bring a last one (WSTUN_CLIENT_DISCONNECTED, WSTUN_ECLOSED). */
 typedef void (*wstun_client_state_cb)(wstun_client *cli,
                                       wstun_client_state state, int err,
                                       void *user_data);
@@ -301,7 +377,7 @@ typedef struct wstun_client_config {
   const char *server_url; /* default backend http://host[:port]; or NULL */
   const char *regexp;     /* X-Host allowed when it matches entirely */
   int timeout_sec;        /* ping every timeout/3, dead after timeout; 30 */
-  int backend_timeout_sec;    /* backend must answer within; default 1200 */
+  int backend_timeout_sec; /* backend must answer within; default 1200 */
   /* Slow backends: a request body is buffered for its backend up to
    * 2 MiB; beyond that the tunnel stops reading (every request and body
    * behind it waits). A backend that then takes no byte for this many
@@ -337,49 +413,104 @@ typedef struct wstun_client_config {
   int proxy_from_env;
   wstun_handler_cb handler; /* if set, requests go here, not to HTTP */
   void *handler_user_data;
-  size_t max_handler_body; /* body limit for the handler; default 8 MiB */
+  size_t max_handler_body; /* body limit for the handler; default 8 MiB;
+                              a larger body is answered 413 and never
+                              reaches the handler */
   wstun_client_state_cb state_cb;
   void *state_user_data;
   wstun_client_pong_cb pong_cb; /* gets state_user_data; may be NULL */
-  int log_level;
-  wstun_log_cb log_cb;
+  wstun_log_level log_level;    /* default WSTUN_LOG_INFO */
+  wstun_log_cb log_cb;          /* NULL = silent */
   void *log_user_data;
 } wstun_client_config;
 
+/* Fills *cfg with the defaults. Any thread. */
 WSTUN_EXTERN void wstun_client_config_init(wstun_client_config *cfg);
 
 /* Validates the config, then starts dialing (and redialing with backoff
- * after every drop) until wstun_client_close(). Errors: WSTUN_EINVAL (token
- * missing or too short, no tunnel URL), WSTUN_EURL (tunnel, server or
- * proxy URL), WSTUN_EREGEX, WSTUN_EPORTS, WSTUN_ETLS, WSTUN_ENOMEM,
- * WSTUN_ERNG. */
+ * after every drop) until wstun_client_close(); call it on the thread that
+ * runs (or will run) the loop. Blocks while it reads certificates
+ * (ca_file and, for wss://, the system store). On success *out is the
+ * client, the library's until wstun_client_close() frees it; state_cb
+ * already fires during this call. On error *out is untouched, nothing is
+ * left for the caller to free, and no callback but log_cb fires. Errors:
+ *   WSTUN_EINVAL  loop, cfg or out NULL; no tunnel_url; token missing,
+ *                 shorter than 16 characters, or with spaces or control
+ *                 characters
+ *   WSTUN_EURL    malformed tunnel_url (or not ws/wss), server_url (or not
+ *                 http/https) or proxy_url (or not http)
+ *   WSTUN_EREGEX, WSTUN_EPORTS
+ *   WSTUN_ETLS    ca_file unreadable, or no trusted certificate at all for
+ *                 a wss:// tunnel (the reason is logged)
+ *   WSTUN_ENOMEM, WSTUN_ERNG (no entropy)
+ * Failures to reach the server later are not errors of this call: they go
+ * to state_cb and the log, and the client keeps redialing. */
 WSTUN_EXTERN int wstun_client_start(uv_loop_t *loop,
                                     const wstun_client_config *cfg,
                                     wstun_client **out);
 
+/* The state state_cb last reported. */
 WSTUN_EXTERN wstun_client_state wstun_client_get_state(const wstun_client *c);
 
 typedef void (*wstun_client_close_cb)(wstun_client *cli, void *user_data);
 
-/* Closes the tunnel (after up to `grace_ms` for requests in progress) and
- * every handle, then frees the client and fires `cb` (may be NULL). */
+/* Stops the client, in two steps. Dialing and redialing stop at once.
+ *
+ * Grace: if the tunnel is up and requests are in progress (received
+ * through it and not yet answered in full: at a backend, held by the
+ * in-process handler, or being sent back), the tunnel stays open for up to
+ * `grace_ms` while they finish; requests that arrive meanwhile are served
+ * too. The grace ends early once no request is left or the tunnel drops.
+ *
+ * Then (at once if `grace_ms` is 0, the tunnel is down or nothing is in
+ * progress): the tunnel is closed (a WebSocket close frame is written if
+ * the socket takes it; the server's answer is not awaited) and state_cb
+ * reports WSTUN_CLIENT_DISCONNECTED with WSTUN_ECLOSED, possibly from
+ * inside this call; a dial under way is abandoned; connections to backends
+ * are closed, cutting the requests still at them; responses not yet sent
+ * are dropped.
+ *
+ * The client is freed and `cb` (may be NULL) called with `user_data` only
+ * when all of this is over:
+ *   - libuv has closed every handle (tunnel, dial, backends, timers);
+ *   - a name resolution already running in libuv's thread pool (of the
+ *     server's or a backend's name) has returned: it cannot be cancelled;
+ *   - the in-process handler has called wstun_request_respond() for every
+ *     request it was given (after the grace that call returns
+ *     WSTUN_ECLOSED). A handler that never answers keeps the client, and
+ *     the loop, alive.
+ * `cb` is always called later, from the loop, never from inside this call.
+ * Use `cli` no more once `cb` was called (or at all after this call if
+ * `cb` is NULL). A NULL `cli` or a second call does nothing (the second
+ * `cb` never fires). */
 WSTUN_EXTERN void wstun_client_close(wstun_client *cli, unsigned grace_ms,
                                      wstun_client_close_cb cb, void *user_data);
 
-/* In-process requests. Strings are owned by the request. */
+/* In-process requests. The strings and the body returned are owned by the
+ * request: valid until wstun_request_respond(), never to be freed. */
+/* The method, e.g. "GET". */
 WSTUN_EXTERN const char *wstun_request_method(const wstun_request *req);
 /* Origin-form target as received, e.g. "/path?q=1". */
 WSTUN_EXTERN const char *wstun_request_target(const wstun_request *req);
-/* First header with that name (case-insensitive), or NULL. */
+/* The value of the first header with that name (case-insensitive), or
+ * NULL. */
 WSTUN_EXTERN const char *wstun_request_header(const wstun_request *req,
                                               const char *name);
+/* The whole body (never NULL: "" with *len 0 when there is none); `len`
+ * may be NULL. */
 WSTUN_EXTERN const uint8_t *wstun_request_body(const wstun_request *req,
                                                size_t *len);
 
-/* Sends the response and frees `req` (even on error). `body` is copied.
- * `content_type` may be NULL (no Content-Type header). Errors:
- * WSTUN_EINVAL (status out of 100..599), WSTUN_ECLOSED (the tunnel dropped
- * meanwhile; the response is discarded). */
+/* Sends the response (with Content-Length: len) and frees `req`, even on
+ * error: `req` is invalid once this returns, so call it exactly once per
+ * request. `content_type` (may be NULL: no Content-Type header) and `body`
+ * are copied; the caller keeps its memory. Errors:
+ *   WSTUN_EINVAL   status outside 100..599 (the requester gets a 500
+ *                  instead), or req NULL (nothing happens)
+ *   WSTUN_ECLOSED  the tunnel the request came through is gone (it
+ *                  dropped, or wstun_client_close() closed it after its
+ *                  grace): the response is discarded
+ *   WSTUN_ENOMEM   the requester gets a 500 if memory allows */
 WSTUN_EXTERN int wstun_request_respond(wstun_request *req, int status,
                                        const char *content_type,
                                        const void *body, size_t len);
