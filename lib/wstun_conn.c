@@ -1,3 +1,11 @@
+/* The one place that does socket I/O: a uv_tcp_t per wstun__conn, read
+ * into the buffer its server or client shares and handed to the owner's
+ * on_data, with what the owner leaves kept aside (pending) until resume;
+ * output gathered in `out` and written by one uv_write at a time from the
+ * shared check handle, with the high-water/on_drain back-pressure; the
+ * TLS records (wstun_tls) in between once started; connect, orderly end,
+ * close and reset, and address resolution. wstun_conn.h says which calls
+ * may fire which callbacks. */
 #include "wstun_conn.h"
 
 #include <stdio.h>
@@ -15,6 +23,24 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
    * aside) before its callback returns. */
   buf->base = (char *)c->shared->buf;
   buf->len = sizeof(c->shared->buf);
+}
+
+static void stop_reading(wstun__conn *c) {
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+}
+
+/* No more input will be delivered: the peer ended (UV_EOF) or the stream
+ * broke, either way. Every on_end goes through here, so that "reading has
+ * stopped" holds for all of them: a conn that kept reading after on_end
+ * would, once bytes it could not keep were dropped, hand the owner a
+ * stream with a hole in it. */
+static void input_ended(wstun__conn *c, int err) {
+  stop_reading(c);
+  c->ended = 1;
+  c->cbs->on_end(c, err);
 }
 
 /* Hands bytes to the owner; keeps what it leaves. */
@@ -35,7 +61,7 @@ static void deliver(wstun__conn *c, const uint8_t *data, size_t len,
     if (from_pending) {
       wstun__buf_consume(&c->pending, used);
     } else if (wstun__buf_append(&c->pending, data + used, len - used) != 0) {
-      c->cbs->on_end(c, UV_ENOMEM);
+      input_ended(c, UV_ENOMEM);
       return;
     }
     wstun__conn_pause(c);
@@ -45,20 +71,6 @@ static void deliver(wstun__conn *c, const uint8_t *data, size_t len,
 }
 
 static void tls_input(wstun__conn *c, const uint8_t *data, size_t len);
-
-static void stop_reading(wstun__conn *c) {
-  if (c->reading) {
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->reading = 0;
-  }
-}
-
-/* No more input will come: tell the owner (UV_EOF, or why it broke). */
-static void input_ended(wstun__conn *c, int err) {
-  stop_reading(c);
-  c->ended = 1;
-  c->cbs->on_end(c, err);
-}
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   wstun__conn *c = CONN(s);
@@ -137,6 +149,12 @@ static void on_connected(uv_connect_t *req, int status) {
   if (status == 0)
     uv_tcp_nodelay(&c->tcp, 1);
   c->cbs->on_connect(c, status);
+  /* write_more skipped the connecting conn and the flusher forgot it:
+   * what was written (or ended) meanwhile goes out now, not at the next
+   * write. After on_connect, so that a TLS it starts covers those bytes
+   * and no on_end can come before it. */
+  if (status == 0)
+    wstun__conn_flush(c);
 }
 
 int wstun__conn_connect(wstun__conn *c, const struct sockaddr *addr) {
@@ -237,8 +255,7 @@ static void on_written(uv_write_t *req, int status) {
   if (c->closing)
     return;
   if (status < 0) {
-    c->ended = 1;
-    c->cbs->on_end(c, status);
+    input_ended(c, status);
     return;
   }
   write_more(c);
@@ -273,8 +290,7 @@ static void write_more(wstun__conn *c) {
     return;
   wstun__buf *src = wire_buffer(c);
   if (src == NULL) {
-    c->ended = 1;
-    c->cbs->on_end(c, WSTUN_ETLS);
+    input_ended(c, WSTUN_ETLS);
     return;
   }
   if (wstun__buf_size(src) == 0) {
@@ -301,8 +317,7 @@ static void write_more(wstun__conn *c) {
   int rc = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
   if (rc != 0) {
     wstun__buf_reset(&c->inflight);
-    c->ended = 1;
-    c->cbs->on_end(c, rc);
+    input_ended(c, rc);
     return;
   }
   c->writing = 1;
@@ -539,7 +554,7 @@ static void tls_input(wstun__conn *c, const uint8_t *data, size_t len) {
   t->rx = NULL;
   t->rx_len = 0;
   if (nomem)
-    c->cbs->on_end(c, UV_ENOMEM);
+    input_ended(c, UV_ENOMEM);
 }
 
 int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,

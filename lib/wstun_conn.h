@@ -18,18 +18,47 @@
 
 typedef struct wstun__conn wstun__conn;
 
+/* Re-entrancy. `c` stays valid until its on_close returns, whatever a
+ * callback calls. Besides the loop, the calls that may fire a callback of
+ * the same conn before they return are: wstun__conn_resume (on_data, and
+ * on_end or on_secure), wstun__conn_start_tls (on_secure or on_end: the
+ * handshake failed at once), wstun__conn_flush_now (on_end: the write
+ * failed) and, once wstun__conn_shared_close() ran, every call that
+ * flushes (write, flush, end, start_tls), as it then writes at once
+ * (on_end). No other call does; on_drain, on_connect and on_close come
+ * only from the loop. After wstun__conn_close/_abort, nothing but
+ * on_close fires. Every callback but on_close may write, pause, end,
+ * close or abort `c`, hand it to a new owner, and work on other conns; an
+ * owner that frees itself in one must first close `c` (its on_close then
+ * must not touch the owner) or hand it over. */
 typedef struct wstun__conn_cbs {
-  /* Bytes arrived. Return how many were consumed; fewer than `len` pauses
-   * reading until wstun__conn_resume(). */
+  /* Bytes arrived: from the loop, or bytes kept while paused from inside
+   * wstun__conn_resume(). Return how many were consumed; fewer than `len`
+   * pauses reading until wstun__conn_resume(). `data` lives for the call
+   * only. Never nested: resuming this conn in here does nothing (return
+   * less, or keep the tail, and resume from outside). Closing in here
+   * drops what was not consumed. */
   size_t (*on_data)(wstun__conn *c, const uint8_t *data, size_t len);
-  /* The peer closed (UV_EOF) or the stream failed (negative uv error).
-   * Reading has stopped; the owner normally closes. */
+  /* The peer closed (UV_EOF) or the stream failed (negative uv error,
+   * WSTUN_ETLS, UV_ENOMEM when unconsumed bytes could not be kept).
+   * Reading has stopped: only bytes kept already can still reach on_data,
+   * through resume. The owner normally closes; one that does not may see
+   * on_end again (resume reports an ended input anew, a write can fail
+   * later). Writing and wstun__conn_end() are fine here (half close). */
   void (*on_end)(wstun__conn *c, int err);
-  /* Output that was above the high-water mark fell below the low one. */
+  /* Queued output fell below half the high-water mark after
+   * wstun__conn_congested() reported it above: once per such episode,
+   * from the loop (a write completed), never from inside a write. */
   void (*on_drain)(wstun__conn *c);
-  /* Outbound connect finished (status 0 or negative uv error). */
+  /* Outbound connect finished (status 0 or negative uv error): once,
+   * from the loop; not when wstun__conn_connect() failed, nor after a
+   * close. What was written or ended meanwhile goes out after it. */
   void (*on_connect)(wstun__conn *c, int status);
-  /* The handle is closed; `c` is freed right after this returns. */
+  /* The handle is closed; `c` is freed right after this returns. From the
+   * loop, once, last: after close/abort, after the shutdown that
+   * wstun__conn_end() leads to, or after the 400 sent for plain HTTP on
+   * a TLS port. Reading `c` (wstun__conn_strerror, the peer) is all that
+   * is left to do with it; the owner may free itself here. */
   void (*on_close)(wstun__conn *c);
   /* TLS handshake finished (either side): 0, or WSTUN_ETLS (the reason
    * from wstun__conn_strerror) or another WSTUN_E* code. Without it, a
@@ -87,7 +116,8 @@ void wstun__conn_set_owner(wstun__conn *c, const wstun__conn_cbs *cbs,
                            void *owner);
 /* Accepts a pending connection of `server` into c and starts reading. */
 int wstun__conn_accept(wstun__conn *c, uv_stream_t *server);
-/* Connects to addr; cbs->on_connect fires (unless this fails at once). */
+/* Connects to addr; cbs->on_connect fires (unless this fails at once).
+ * Writes may be queued before it does. */
 int wstun__conn_connect(wstun__conn *c, const struct sockaddr *addr);
 int wstun__conn_start_read(wstun__conn *c);
 /* From now on the connection speaks TLS with `cfg` (referenced for the
@@ -123,8 +153,8 @@ void wstun__conn_pause(wstun__conn *c);
 /* Delivers kept bytes, then reads again. */
 void wstun__conn_resume(wstun__conn *c);
 
-/* Queues bytes, written at the end of this loop iteration. Errors only for
- * memory (WSTUN_ENOMEM) or a closing conn. */
+/* Queues bytes, written at the end of this loop iteration (or once
+ * connected). Errors only for memory (WSTUN_ENOMEM) or a closing conn. */
 int wstun__conn_write(wstun__conn *c, const void *data, size_t n);
 /* The output buffer, for serializers that append directly; call
  * wstun__conn_flush() after. */
