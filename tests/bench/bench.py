@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""wstun benchmark: nginx direct vs. two chained nginx proxies vs. the tunnel.
+"""wstun benchmark: nginx direct vs. two chained nginx proxies vs. the tunnel
+(and, with --baseline-bin, vs. the tunnel of an older build).
 
 Run it through bench.sh (which checks the tools, raises the fd limit, owns the
 temp dir and cleans up even if this process is killed). See README.md.
@@ -280,21 +281,21 @@ def nginx_ready(p, port, path):
 
 # ---------------------------------------------------------------- wstun
 
-def start_wstunsrv(procs, binary, logpath, extra=()):
-    p = procs.spawn("wstunsrv", [binary, "-host", LO, "-port", "0"] +
+def start_wstunsrv(procs, binary, logpath, extra=(), name="wstunsrv"):
+    p = procs.spawn(name, [binary, "-host", LO, "-port", "0"] +
                     list(extra), logpath)
     port = [None]
 
     def listening():
         if p.poll() is not None:
-            raise BenchError("wstunsrv exited with %s:\n%s" % (
-                p.returncode, tail(logpath)))
+            raise BenchError("%s exited with %s:\n%s" % (
+                name, p.returncode, tail(logpath)))
         with open(logpath, "rb") as f:
             m = re.search(rb"listening on 127\.0\.0\.1:(\d+)", f.read())
         if m:
             port[0] = int(m.group(1))
         return port[0] is not None
-    wait_until(listening, 10, "wstunsrv to log 'listening on'")
+    wait_until(listening, 10, name + " to log 'listening on'")
     return p, port[0]
 
 
@@ -379,6 +380,25 @@ def run_curl_upload(url, path, expect, respfile):
 
 # ---------------------------------------------------------------- bench
 
+class Tunnel:
+    """One wstunsrv + wstuncli pair in front of the backend: c (this build)
+    or, with --baseline-bin, d (the baseline build). Each has its own token,
+    its own wstunsrv port and its own log files."""
+
+    def __init__(self, key, label, bindir, prefix, noun):
+        self.key = key
+        self.bin = bindir
+        self.prefix = prefix  # app names and log files: "" or "baseline-"
+        self.noun = noun      # "tunnel" or "baseline tunnel", in messages
+        self.token = "bench-" + os.urandom(12).hex()
+        self.starts = 0
+        self.srv = self.cli = self.sport = None
+        self.system = {"key": key, "label": label, "base": None, "apps": []}
+
+    def name(self, app):
+        return self.prefix + app
+
+
 class Bench:
     def __init__(self, args):
         self.a = args
@@ -431,7 +451,15 @@ class Bench:
                                   PROXY_BODY.format(port=p1port, next=p2port))
         w1 = nginx_ready(self.proxy1, p1port, "/small.txt")
 
-        self.token = "bench-" + os.urandom(12).hex()
+        self.tunnel = Tunnel("tunnel", "c wstun tunnel", a.bin, "", "tunnel")
+        self.tunnels = [self.tunnel]
+        if a.baseline_bin:
+            self.baseline = Tunnel("baseline", "d wstun baseline",
+                                   a.baseline_bin, "baseline-",
+                                   "baseline tunnel")
+            self.tunnels.append(self.baseline)
+        else:
+            self.baseline = None
         self.systems = [
             {"key": "direct", "label": "a nginx direct",
              "base": "http://%s:%d" % (LO, self.nport), "apps": []},
@@ -439,39 +467,37 @@ class Bench:
              "base": "http://%s:%d" % (LO, p1port),
              "apps": [("nginx-proxy1", w1, self.proxy1),
                       ("nginx-proxy2", w2, self.proxy2)]},
-            {"key": "tunnel", "label": "c wstun tunnel", "base": None,
-             "apps": []},
-        ]
-        self.tunnel_starts = 0
-        self.start_tunnel()
+        ] + [t.system for t in self.tunnels]
+        for t in self.tunnels:
+            self.start_tunnel(t)
 
-    def start_tunnel(self):
-        """(Re)starts wstunsrv + wstuncli with default settings; each start
-        gets its own log files."""
-        a = self.a
-        self.tunnel_starts += 1
-        n = self.tunnel_starts
-        self.srv_log = os.path.join(self.tmp, "wstunsrv-%d.log" % n)
-        self.cli_log = os.path.join(self.tmp, "wstuncli-%d.log" % n)
-        self.log_offsets = {self.srv_log: 0, self.cli_log: 0}
-        self.srv, self.sport = start_wstunsrv(
-            self.procs, os.path.join(a.bin, "wstunsrv"), self.srv_log)
-        self.cli = self.procs.spawn(
-            "wstuncli", [os.path.join(a.bin, "wstuncli"), "-tunnel",
-                         "ws://%s:%d" % (LO, self.sport), "-token", self.token,
-                         "-server", "http://%s:%d" % (LO, self.nport)],
-            self.cli_log)
-        wait_until(lambda: stats_tunnels(self.sport) == 1, 15,
-                   "tunnels=1 in wstunsrv /_stats")
-        tpath = "/_token/%s" % self.token
-        st, body = http_get(self.sport, tpath + "/small.txt")
+    def start_tunnel(self, t):
+        """(Re)starts wstunsrv + wstuncli of tunnel t with default settings;
+        each start gets its own log files."""
+        t.starts += 1
+        n = t.starts
+        srv_name, cli_name = t.name("wstunsrv"), t.name("wstuncli")
+        t.srv_log = os.path.join(self.tmp, "%s-%d.log" % (srv_name, n))
+        t.cli_log = os.path.join(self.tmp, "%s-%d.log" % (cli_name, n))
+        t.log_offsets = {t.srv_log: 0, t.cli_log: 0}
+        t.srv, t.sport = start_wstunsrv(
+            self.procs, os.path.join(t.bin, "wstunsrv"), t.srv_log,
+            name=srv_name)
+        t.cli = self.procs.spawn(
+            cli_name, [os.path.join(t.bin, "wstuncli"), "-tunnel",
+                       "ws://%s:%d" % (LO, t.sport), "-token", t.token,
+                       "-server", "http://%s:%d" % (LO, self.nport)],
+            t.cli_log)
+        wait_until(lambda: stats_tunnels(t.sport) == 1, 15,
+                   "tunnels=1 in %s /_stats" % srv_name)
+        tpath = "/_token/%s" % t.token
+        st, body = http_get(t.sport, tpath + "/small.txt")
         if st != 200 or len(body) != SMALL_BYTES:
-            raise BenchError("first request through the tunnel: status %d, "
-                             "%d bytes" % (st, len(body)))
-        t = self.systems[2]
-        t["base"] = "http://%s:%d%s" % (LO, self.sport, tpath)
-        t["apps"] = [("wstunsrv", self.srv.pid, self.srv),
-                     ("wstuncli", self.cli.pid, self.cli)]
+            raise BenchError("first request through the %s: status %d, "
+                             "%d bytes" % (t.noun, st, len(body)))
+        t.system["base"] = "http://%s:%d%s" % (LO, t.sport, tpath)
+        t.system["apps"] = [(srv_name, t.srv.pid, t.srv),
+                            (cli_name, t.cli.pid, t.cli)]
 
     def check_nginx(self, where):
         for p in (self.backend, self.proxy1, self.proxy2):
@@ -481,17 +507,17 @@ class Bench:
                     tail(os.path.join(os.path.dirname(p.bench_log),
                                       "error.log"))))
 
-    def tunnel_health(self, where):
-        """After a run through the tunnel: warnings and errors the apps
+    def tunnel_health(self, t, where):
+        """After a run through tunnel t: warnings and errors its apps
         logged during it, and whether both are still alive. A dead app is
         reported loudly and both are restarted so the run can go on."""
         notes = {}
-        for name, path in (("wstunsrv", self.srv_log),
-                           ("wstuncli", self.cli_log)):
+        for name, path in ((t.name("wstunsrv"), t.srv_log),
+                           (t.name("wstuncli"), t.cli_log)):
             with open(path, "rb") as f:
-                f.seek(self.log_offsets[path])
+                f.seek(t.log_offsets[path])
                 text = f.read().decode("utf-8", "replace")
-                self.log_offsets[path] = f.tell()
+                t.log_offsets[path] = f.tell()
             for line in text.splitlines():
                 if re.search(r" (WARN|ERROR) |Assertion|Segmentation|abort",
                              line) or not re.match(r"\d{4}-", line):
@@ -500,7 +526,8 @@ class Bench:
                     key = "%s: %s" % (name, normalise_log(line))
                     notes[key] = notes.get(key, 0) + 1
         dead = []
-        for name, p in (("wstunsrv", self.srv), ("wstuncli", self.cli)):
+        for name, p in ((t.name("wstunsrv"), t.srv),
+                        (t.name("wstuncli"), t.cli)):
             if p.poll() is not None:
                 dead.append({"app": name, "status": p.returncode,
                              "signal": -p.returncode if p.returncode < 0
@@ -514,21 +541,28 @@ class Bench:
                 self.failures.append(
                     "%s DIED (exit status %s) during %s; log tail:\n%s" % (
                         d["app"], d["status"], where, d["log_tail"]))
-            log("  !! wstun app died during %s: restarting both" % where)
-            for p in (self.cli, self.srv):
+            log("  !! %s app died during %s: restarting both" % (
+                "wstun" if t.key == "tunnel" else "baseline wstun", where))
+            for p in (t.cli, t.srv):
                 self.procs.stop(p)
-            self.start_tunnel()
-        elif stats_tunnels(self.sport) != 1:
+            self.start_tunnel(t)
+        elif stats_tunnels(t.sport) != 1:
             try:  # the client redials by itself; give it a moment
-                wait_until(lambda: stats_tunnels(self.sport) == 1, 10,
+                wait_until(lambda: stats_tunnels(t.sport) == 1, 10,
                            "tunnels=1")
             except BenchError:
-                self.failures.append("after %s the tunnel did not come back "
-                                     "within 10 s" % where)
+                self.failures.append("after %s the %s did not come back "
+                                     "within 10 s" % (where, t.noun))
         if notes:
             for k, v in notes.items():
                 self.failures.append("during %s: %dx %s" % (where, v, k))
         return health
+
+    def tunnel_of(self, system):
+        for t in self.tunnels:
+            if t.system is system:
+                return t
+        return None
 
     def measured(self, system, fn, where=None):
         pids = [(n, pid) for n, pid, _ in system["apps"]]
@@ -560,8 +594,9 @@ class Bench:
         if apps and "rps" in res and res["requests"] and None not in cpus:
             res["app_cpu_us_per_req"] = sum(cpus) * 1e6 / res["requests"]
         self.check_nginx(where or system["key"])
-        if system["key"] == "tunnel":
-            h = self.tunnel_health(where or "a tunnel run")
+        t = self.tunnel_of(system)
+        if t is not None:
+            h = self.tunnel_health(t, where or "a %s run" % t.noun)
             res.update(h)
             if h.get("crashed"):
                 res["errors"] += 1
@@ -602,14 +637,15 @@ class Bench:
             run_wrk(s["base"] + "/small.txt", 16, 1)
             run_curl_download(s["base"] + "/1mib.bin", ONE_MIB)
         self.check_nginx("warm-up")
-        self.tunnel_health("warm-up")
+        for t in self.tunnels:
+            self.tunnel_health(t, "warm-up")
 
     def matrix(self):
         out = []
         for pt in self.points():
             runs = {s["key"]: [] for s in self.systems}
             for rnd in range(self.a.rounds):
-                for s in self.systems:  # interleaved: a, b, c, a, b, c
+                for s in self.systems:  # interleaved: a, b, c(, d), a, ...
                     log("  %-34s round %d/%d  %s" % (
                         pt["title"], rnd + 1, self.a.rounds, s["label"]))
                     runs[s["key"]].append(self.run_one(
@@ -641,8 +677,12 @@ class Bench:
         return out
 
     # -- memory: idle tunnels
-    def idle_tunnels(self):
+    def idle_tunnels(self, t):
+        """Idle tunnels against a fresh wstunsrv of tunnel t's build."""
         a = self.a
+        srv_name = t.name("wstunsrv")
+        # "" for c, so its messages stay as they were before d existed
+        tag = "" if t.key == "tunnel" else t.prefix
         want = a.idle
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         note = None
@@ -652,16 +692,17 @@ class Bench:
                     "of %d (raise it with `ulimit -n 65536` as root, or "
                     "`ulimit -n $(ulimit -Hn)` up to the hard limit; see "
                     "README.md)" % (soft, n, want))
-            log("  NOTE: " + note)
+            if not tag:  # said once, for c
+                log("  NOTE: " + note)
             want = n
         res = {"requested": a.idle, "count": want, "fd_limit": soft,
                "note": note}
         if want <= 0:
             res["skipped"] = True
             return res
-        logp = os.path.join(self.tmp, "wstunsrv-idle.log")
-        srv, port = start_wstunsrv(self.procs, os.path.join(a.bin, "wstunsrv"),
-                                   logp)
+        logp = os.path.join(self.tmp, "%s-idle.log" % srv_name)
+        srv, port = start_wstunsrv(self.procs, os.path.join(t.bin, "wstunsrv"),
+                                   logp, name=srv_name)
         try:
             stats_tunnels(port)
             time.sleep(0.5)
@@ -671,7 +712,7 @@ class Bench:
                 "idle-helper", [sys.executable, IDLE_HELPER, "--port", str(port),
                                 "--count", str(want), "--hold-max", "300",
                                 "--prefix", "idle-" + os.urandom(3).hex()],
-                os.path.join(self.tmp, "idle-helper.log"),
+                os.path.join(self.tmp, "%sidle-helper.log" % tag),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             opened = read_json_line(helper, 240)
             if opened is None:
@@ -681,9 +722,9 @@ class Bench:
             log("  opened %d/%d tunnels in %.2f s (failed %d)" % (
                 opened["opened"], want, opened["seconds"], opened["failed"]))
             if srv.poll() is not None:
-                raise BenchError("wstunsrv DIED (exit status %s) while "
+                raise BenchError("%s DIED (exit status %s) while "
                                  "opening idle tunnels:\n%s" % (
-                                     srv.returncode, tail(logp)))
+                                     srv_name, srv.returncode, tail(logp)))
             # let the server settle, then read its RSS and its count
             time.sleep(2.0)
             rss1 = proc_status_kib(srv.pid, "VmRSS")
@@ -695,12 +736,13 @@ class Bench:
                     (rss1 - rss0) * 1024.0 / opened["opened"], 1)
             if res["server_tunnels"] != opened["opened"]:
                 self.failures.append(
-                    "idle tunnels: helper opened %d but /_stats says "
-                    "tunnels=%d" % (opened["opened"], res["server_tunnels"]))
+                    "%sidle tunnels: helper opened %d but /_stats says "
+                    "tunnels=%d" % (tag, opened["opened"],
+                                    res["server_tunnels"]))
             if opened["failed"]:
-                self.failures.append("idle tunnels: %d handshakes failed: %r"
-                                     % (opened["failed"],
-                                        opened["fail_reasons"]))
+                self.failures.append("%sidle tunnels: %d handshakes failed: "
+                                     "%r" % (tag, opened["failed"],
+                                             opened["fail_reasons"]))
             # close them all; the server should notice promptly
             helper.stdin.close()
             closed = read_json_line(helper, 30)
@@ -714,30 +756,34 @@ class Bench:
             except BenchError:
                 res["seconds_to_forget"] = None
                 self.failures.append(
-                    "idle tunnels: 20 s after closing them /_stats still "
-                    "says tunnels=%d" % stats_tunnels(port))
+                    "%sidle tunnels: 20 s after closing them /_stats still "
+                    "says tunnels=%d" % (tag, stats_tunnels(port)))
             res["rss_after_close_kib"] = proc_status_kib(srv.pid, "VmRSS")
         finally:
             secs, killed, rc = self.procs.stop(srv)
             res["server_stop"] = {"seconds": round(secs, 2),
                                   "needed_sigkill": killed, "status": rc}
             if killed:
-                self.failures.append("idle wstunsrv ignored SIGTERM for 5 s")
+                self.failures.append("idle %s ignored SIGTERM for 5 s"
+                                     % srv_name)
         return res
 
     # -- 1 GiB streamed through the tunnel
     def stream(self):
+        """The same file downloaded then uploaded through each tunnel (c,
+        and d if there is a baseline), interleaved: c down, d down, c up,
+        d up. Returns {tunnel key: result}."""
         a = self.a
         mib = a.stream_mib
-        tunnel = self.systems[2]
         path = os.path.join(self.www, "stream.bin")
         log("  writing %d MiB test file" % mib)
         digest = self.write_pattern(path, mib)
         size = mib * MIB
-        res = {"size_bytes": size, "sha256": digest}
+        out = {t.key: {"size_bytes": size, "sha256": digest}
+               for t in self.tunnels}
         try:
             # download, hashed on the fly
-            def down():
+            def down(tunnel):
                 argv = ["curl", "-sS", "--noproxy", "*", "--max-time", "600",
                         "-o", "-", tunnel["base"] + "/stream.bin"]
                 t0 = time.monotonic()
@@ -761,18 +807,24 @@ class Bench:
                         "mbps": n / secs / 1e6, "sha256_ok":
                         h.hexdigest() == digest, "errors": 0 if ok else 1,
                         "errors_detail": {"curl_rc": rc, "stderr": err[-300:]}}
-            log("  %d MiB download through the tunnel (sha256 checked)" % mib)
-            res["download"] = self.measured(tunnel, down,
-                                            "%d MiB download" % mib)
-            log("  %d MiB upload through the tunnel" % mib)
-            res["upload"] = self.measured(
-                tunnel, lambda: run_curl_upload(
-                    tunnel["base"] + "/upload", path, size,
-                    os.path.join(self.tmp, "upload-response.txt")),
-                "%d MiB upload" % mib)
+            for t in self.tunnels:
+                tag = "" if t.key == "tunnel" else " (baseline)"
+                log("  %d MiB download through the %s (sha256 checked)" % (
+                    mib, t.noun))
+                out[t.key]["download"] = self.measured(
+                    t.system, lambda: down(t.system),
+                    "%d MiB download%s" % (mib, tag))
+            for t in self.tunnels:
+                tag = "" if t.key == "tunnel" else " (baseline)"
+                log("  %d MiB upload through the %s" % (mib, t.noun))
+                out[t.key]["upload"] = self.measured(
+                    t.system, lambda: run_curl_upload(
+                        t.system["base"] + "/upload", path, size,
+                        os.path.join(self.tmp, "upload-response.txt")),
+                    "%d MiB upload%s" % (mib, tag))
         finally:
             os.unlink(path)
-        return res
+        return out
 
     # -- output
     def print_point(self, res):
@@ -782,19 +834,26 @@ class Bench:
             "%d s" % self.a.secs if res["kind"] == "wrk" else "1 transfer"))
         print(HEADER)
         print("-" * len(HEADER))
-        for key in ("direct", "chain", "tunnel"):
+        keys = [s["key"] for s in self.systems]  # a, b, c(, d)
+        for key in keys:
             print(row(res["systems"][key]))
         for key, lab in (("tunnel/direct", "c/a ratio"),
-                         ("tunnel/chain", "c/b ratio")):
-            print(ratio_row(lab, res["ratios"][key]))
-        t = res["systems"]["tunnel"]
-        if t["crashes_all_rounds"]:
-            print("!! a wstun app CRASHED in %d run(s) of this load point "
-                  "(restarted; see the end of the report)" %
-                  t["crashes_all_rounds"])
-        for k, v in sorted(t.get("log_warnings_all_rounds", {}).items()):
-            print("!! logged %dx  %s" % (v, k))
-        for key in ("direct", "chain", "tunnel"):
+                         ("tunnel/chain", "c/b ratio"),
+                         ("tunnel/baseline", "c/d ratio")):
+            if key in res["ratios"]:
+                print(ratio_row(lab, res["ratios"][key]))
+        for key, what in (("tunnel", "a wstun app"),
+                          ("baseline", "a baseline wstun app (d)")):
+            if key not in res["systems"]:
+                continue
+            t = res["systems"][key]
+            if t["crashes_all_rounds"]:
+                print("!! %s CRASHED in %d run(s) of this load point "
+                      "(restarted; see the end of the report)" % (
+                          what, t["crashes_all_rounds"]))
+            for k, v in sorted(t.get("log_warnings_all_rounds", {}).items()):
+                print("!! logged %dx  %s" % (v, k))
+        for key in keys:
             for r in res["systems"][key]["rounds"]:
                 if r["errors"] and "errors_detail" in r:
                     print("   %s errors: %s" % (
@@ -848,8 +907,11 @@ def ratios(systems):
 
     out = {}
     t = systems["tunnel"]
-    for name, den in (("tunnel/direct", systems["direct"]),
-                      ("tunnel/chain", systems["chain"])):
+    dens = [("tunnel/direct", systems["direct"]),
+            ("tunnel/chain", systems["chain"])]
+    if "baseline" in systems:  # only with --baseline
+        dens.append(("tunnel/baseline", systems["baseline"]))
+    for name, den in dens:
         d = {k: q(t, den, k) for k in ("rps", "mean_us", "p99_us", "mbps",
                                          "seconds", "app_cpu_us_per_req")}
         for i in (0, 1):
@@ -864,6 +926,9 @@ def ratios(systems):
             t["mean_us"] - systems["direct"]["mean_us"], 1)
         out["chain_minus_direct_mean_us"] = round(
             systems["chain"]["mean_us"] - systems["direct"]["mean_us"], 1)
+        if "baseline" in systems:
+            out["tunnel_minus_baseline_mean_us"] = round(
+                t["mean_us"] - systems["baseline"]["mean_us"], 1)
     return out
 
 
@@ -946,6 +1011,8 @@ def main():
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--stream-mib", type=int, default=1024)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--baseline-bin", default=None,
+                    help="apps/ dir of an older build: system d")
     a = ap.parse_args()
 
     def on_signal(sig, _frm):
@@ -972,40 +1039,65 @@ def main():
         "versions": versions(a.bin),
         "build_dir_bin": a.bin,
     }
+    if a.baseline_bin:  # only with --baseline: without it, meta as before
+        meta["baseline_bin"] = a.baseline_bin
+        meta["versions"]["wstunsrv_baseline"] = versions(
+            a.baseline_bin, only_wstun=True)["wstunsrv"]
+        meta["source_commits"] = {"tunnel": source_commit(a.bin),
+                                  "baseline": source_commit(a.baseline_bin)}
     doc = {"meta": meta}
     rc = 0
     try:
         log("setting up: test files, nginx backend, 2 nginx proxies, "
-            "wstunsrv + wstuncli (all on 127.0.0.1)")
+            "wstunsrv + wstuncli (all on 127.0.0.1)" + (
+                ", baseline wstunsrv + wstuncli" if a.baseline_bin else ""))
         b.make_files()
         b.start_all()
-        meta["ports"] = {"backend": b.nport, "wstunsrv": b.sport}
+        meta["ports"] = {"backend": b.nport, "wstunsrv": b.tunnel.sport}
+        if b.baseline:
+            meta["ports"]["wstunsrv_baseline"] = b.baseline.sport
         b.warm_up()
         log("comparison matrix (%d s per wrk run, %d rounds, interleaved)"
             % (a.secs, a.rounds))
         print(HEADER_NOTE)
+        if b.baseline:
+            print(baseline_note(a, meta["source_commits"]))
         doc["points"] = b.matrix()
-        log("streaming %d MiB through the tunnel" % a.stream_mib)
+        log("streaming %d MiB through the %s" % (
+            a.stream_mib, "tunnel and the baseline tunnel" if b.baseline
+            else "tunnel"))
         try:
-            doc["stream"] = b.stream()
+            streams = b.stream()
+            doc["stream"] = streams["tunnel"]
+            if b.baseline:
+                doc["stream_baseline"] = streams["baseline"]
         except BenchError as e:  # e.g. the tunnel would not come back
             b.failures.append("stream test: %s" % e)
             log("ERROR in the stream test: %s" % e)
-        # stop the tunnel gracefully and note how it went
-        for name, p in (("wstuncli", b.cli), ("wstunsrv", b.srv)):
-            secs, killed, status = b.procs.stop(p)
-            meta.setdefault("shutdown", {})[name] = {
-                "seconds": round(secs, 2), "needed_sigkill": killed,
-                "status": status}
-            if killed:
-                b.failures.append("%s ignored SIGTERM for 5 s" % name)
-        log("idle tunnels: %d WebSocket tunnels, distinct tokens, one "
-            "wstunsrv" % a.idle)
-        try:
-            doc["idle_tunnels"] = b.idle_tunnels()
-        except BenchError as e:
-            b.failures.append("idle-tunnel test: %s" % e)
-            log("ERROR in the idle-tunnel test: %s" % e)
+        # stop the tunnels gracefully and note how it went
+        for t in b.tunnels:
+            for name, p in ((t.name("wstuncli"), t.cli),
+                            (t.name("wstunsrv"), t.srv)):
+                secs, killed, status = b.procs.stop(p)
+                meta.setdefault("shutdown", {})[name] = {
+                    "seconds": round(secs, 2), "needed_sigkill": killed,
+                    "status": status}
+                if killed:
+                    b.failures.append("%s ignored SIGTERM for 5 s" % name)
+        for t in b.tunnels:
+            log("idle tunnels: %d WebSocket tunnels, distinct tokens, one "
+                "%s" % (a.idle, t.name("wstunsrv")))
+            key = "idle_tunnels" if t.key == "tunnel" else \
+                "idle_tunnels_baseline"
+            try:
+                doc[key] = b.idle_tunnels(t)
+            except BenchError as e:
+                b.failures.append("%s test: %s" % (
+                    "idle-tunnel" if t.key == "tunnel"
+                    else "baseline idle-tunnel", e))
+                log("ERROR in the %s test: %s" % (
+                    "idle-tunnel" if t.key == "tunnel"
+                    else "baseline idle-tunnel", e))
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         b.procs.stop_all()
@@ -1021,8 +1113,12 @@ def main():
     doc["wstun_problems"] = b.failures
     if "stream" in doc:
         print_stream(doc["stream"])
+    if "stream_baseline" in doc:
+        print_stream(doc["stream_baseline"], doc["stream"])
     if "idle_tunnels" in doc:
         print_idle(doc["idle_tunnels"])
+    if "idle_tunnels_baseline" in doc:
+        print_idle(doc["idle_tunnels_baseline"], doc.get("idle_tunnels"))
     if "points" in doc:
         doc["targets"] = targets(doc["points"], doc.get("idle_tunnels", {}),
                                  doc.get("stream", {}))
@@ -1052,12 +1148,48 @@ run; CPU us/r = both apps' CPU per request. Ratios c/a and c/b: above 1 means
 c has more of it (good for req/s and MB/s, bad for latency, RSS and CPU)."""
 
 
-def versions(binp):
+def baseline_note(a, commits):
+    def desc(binp, c):
+        return "%s%s" % (binp, " (source tree at %s)" % c if c else "")
+    return ("d = wstunsrv + wstuncli of the baseline build, started and "
+            "checked like c\n(own ports, own token); c/d ratio: this build "
+            "over the baseline, above 1 means\nc has more of it. The targets "
+            "below are for c only.\n  c: %s\n  d: %s" % (
+                desc(a.bin, commits.get("tunnel")),
+                desc(a.baseline_bin, commits.get("baseline"))))
+
+
+def source_commit(binp):
+    """The commit of the source tree a build dir was configured from (from
+    its CMakeCache.txt), "+dirty" if it has uncommitted changes now; None if
+    unknown. Only says where the build came from, not that it is current."""
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(binp)),
+                               "CMakeCache.txt")) as f:
+            m = re.search(r"(?m)^CMAKE_HOME_DIRECTORY:INTERNAL=(.*)$",
+                          f.read())
+        if not m:
+            return None
+        src = m.group(1).strip()
+        r = subprocess.run(["git", "-C", src, "rev-parse", "--short=10",
+                            "HEAD"], capture_output=True, text=True,
+                           timeout=10)
+        if r.returncode:
+            return None
+        d = subprocess.run(["git", "-C", src, "status", "--porcelain",
+                            "--untracked-files=no"], capture_output=True,
+                           text=True, timeout=10)
+        return r.stdout.strip() + ("+dirty" if d.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def versions(binp, only_wstun=False):
     v = {}
-    for name, argv in (("nginx", ["nginx", "-v"]), ("wrk", ["wrk", "-v"]),
-                       ("curl", ["curl", "--version"]),
-                       ("wstunsrv", [os.path.join(binp, "wstunsrv"),
-                                     "--version"])):
+    tools = [("nginx", ["nginx", "-v"]), ("wrk", ["wrk", "-v"]),
+             ("curl", ["curl", "--version"])]
+    for name, argv in ([] if only_wstun else tools) + [
+            ("wstunsrv", [os.path.join(binp, "wstunsrv"), "--version"])]:
         try:
             r = subprocess.run(argv, capture_output=True, text=True,
                                timeout=10)
@@ -1067,9 +1199,11 @@ def versions(binp):
     return v
 
 
-def print_stream(s):
-    print("\n== %d MiB streamed through the tunnel (one transfer each way)"
-          % (s["size_bytes"] // MIB))
+def print_stream(s, c=None):
+    """s: the stream result of c, or of d with c's result in c."""
+    print("\n== %d MiB streamed through the %s (one transfer each way)"
+          % (s["size_bytes"] // MIB, "tunnel" if c is None
+             else "baseline tunnel d"))
     print("%-10s %9s %8s %12s | %14s %14s | %9s %9s" % (
         "direction", "MB/s", "seconds", "check", "wstunsrv peak",
         "wstuncli peak", "srv CPU s", "cli CPU s"))
@@ -1094,10 +1228,19 @@ def print_stream(s):
             fmt(cpu[0], "%.2f"), fmt(cpu[1], "%.2f")))
         if r["errors"]:
             print("           %s" % json.dumps(r["errors_detail"])[:300])
+    if c is not None:
+        q = []
+        for d in ("download", "upload"):
+            x, y = (c or {}).get(d), s.get(d)
+            q.append("%s %s" % (d, fmt(x["mbps"] / y["mbps"] if x and y and
+                                       y["mbps"] else None, "%.2fx")))
+        print("c/d MB/s   %s" % ", ".join(q))
 
 
-def print_idle(r):
-    print("\n== idle tunnels against one wstunsrv")
+def print_idle(r, c=None):
+    """r: the idle-tunnel result of c, or of d with c's result in c."""
+    print("\n== idle tunnels against one %s" % (
+        "wstunsrv" if c is None else "baseline wstunsrv (d)"))
     if r.get("skipped"):
         print("skipped: " + (r.get("note") or ""))
         return
@@ -1115,6 +1258,10 @@ def print_idle(r):
         r.get("seconds_to_forget"), r.get("rss_after_close_kib", 0) / 1024.0))
     if r.get("note"):
         print("NOTE: " + r["note"])
+    if c is not None:
+        x, y = (c or {}).get("bytes_per_tunnel"), r.get("bytes_per_tunnel")
+        print("c/d bytes per idle tunnel %s" % fmt(
+            x / y if x is not None and y else None, "%.2fx"))
 
 
 def print_targets(ts):

@@ -3,15 +3,19 @@
 #   (a) nginx directly, (b) two chained nginx reverse proxies in front of it,
 #   (c) wstunsrv + wstuncli in front of it — interleaved a, b, c per load
 #   point — then a 1 GiB stream through the tunnel and 10,000 idle tunnels.
+#   With --baseline OLD_BUILD_DIR (or WSTUN_BENCH_BASELINE), (d) wstunsrv +
+#   wstuncli from OLD_BUILD_DIR/apps join the matrix (a, b, c, d), with a
+#   c/d ratio per load point; the stream and idle tests run for d too.
 #
-#   bash tests/bench/bench.sh [--quick] [build-dir]
+#   bash tests/bench/bench.sh [--quick] [--baseline OLD_BUILD_DIR] [build-dir]
 #
 # Needs: nginx (Debian's nginx-light), wrk, curl, python3
 #   apt-get install nginx-light wrk curl python3
 # Environment: WSTUN_BENCH_SECS (seconds per wrk run, default 5, --quick: 2),
 #   WSTUN_BENCH_ROUNDS (default 2, --quick: 1), WSTUN_BENCH_IDLE (idle
 #   tunnels, default 10000), WSTUN_BENCH_STREAM_MIB (default 1024),
-#   WSTUN_BENCH_OUT (JSON path, default tests/bench/results/latest.json).
+#   WSTUN_BENCH_OUT (JSON path, default tests/bench/results/latest.json),
+#   WSTUN_BENCH_BASELINE (same as --baseline; the option wins).
 # Everything stops by itself; Ctrl-C cleans up too. Exit status 0 even when a
 # target is missed (they are informational); non-zero only if the run broke.
 set -euo pipefail
@@ -20,16 +24,32 @@ ROOT=$(cd "$HERE/../.." && pwd)
 
 QUICK=0
 BUILD=
-for arg in "$@"; do
+BASE=${WSTUN_BENCH_BASELINE:-}
+while [ $# -gt 0 ]; do
+  arg=$1; shift
   case $arg in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --baseline)
+      if [ $# -eq 0 ] || [ -z "$1" ]; then
+        echo "bench.sh: --baseline needs a build dir" >&2; exit 2
+      fi
+      BASE=$1; shift ;;
+    --baseline=*) BASE=${arg#--baseline=}
+      if [ -z "$BASE" ]; then
+        echo "bench.sh: --baseline needs a build dir" >&2; exit 2
+      fi ;;
+    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
     *) BUILD=$arg ;;
   esac
 done
 BUILD=${BUILD:-$ROOT/build}
 BIN=$(cd "$BUILD" 2>/dev/null && pwd)/apps || true
+BBIN=
+if [ -n "$BASE" ]; then
+  BBIN=$(cd "$BASE" 2>/dev/null && pwd)/apps || true
+  [ "$BBIN" = /apps ] && BBIN=$BASE/apps # no such dir: say so below
+fi
 if [ "$QUICK" = 1 ]; then
   SECS=${WSTUN_BENCH_SECS:-2}; ROUNDS=${WSTUN_BENCH_ROUNDS:-1}
 else
@@ -55,6 +75,16 @@ for app in wstunsrv wstuncli; do
     exit 1
   fi
 done
+if [ -n "$BBIN" ]; then
+  for app in wstunsrv wstuncli; do
+    if [ ! -x "$BBIN/$app" ]; then
+      echo "bench.sh: baseline $BBIN/$app not found; build the old commit first:" >&2
+      echo "  git worktree add /tmp/wstun-before <commit>" >&2
+      echo "  cmake -S /tmp/wstun-before -B $BASE -DCMAKE_BUILD_TYPE=RelWithDebInfo -DWSTUN_BUILD_TESTS=OFF && cmake --build $BASE -j2" >&2
+      exit 1
+    fi
+  done
+fi
 
 # 10,000 idle tunnels need ~10,000 descriptors in wstunsrv and in the helper.
 # Raise the soft limit as a user would; fall back to the hard limit.
@@ -90,7 +120,9 @@ trap 'exit 130' INT TERM HUP
 args=(--bin "$BIN" --tmp "$TMP" --out "$OUT" --secs "$SECS" --rounds "$ROUNDS"
       --idle "$IDLE" --stream-mib "$STREAM_MIB")
 [ "$QUICK" = 1 ] && args+=(--quick)
+[ -n "$BBIN" ] && args+=(--baseline-bin "$BBIN")
 echo "wstun bench: $BIN, ${SECS} s per run, $ROUNDS round(s), fd limit $(ulimit -n)"
+[ -n "$BBIN" ] && echo "baseline (d): $BBIN"
 rc=0
 python3 "$HERE/bench.py" "${args[@]}" &
 PY=$!
