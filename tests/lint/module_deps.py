@@ -9,8 +9,11 @@ the higher one handed it.
 Usage: module_deps.py OBJECT_DIR [--dot]
   OBJECT_DIR holds lib/wstun_<module>.c.o (the static library's objects).
 Prints every module with its dependencies and line count, then any cycle
-(strongly connected component of more than one module), and exits 1 when
-there is one."""
+(strongly connected component of more than one module), and every module
+over TWIN_AT lines without its unit test twin tests/unit/wstun_<module>_test.c;
+exits 1 when there is either."""
+
+TWIN_AT = 200
 import os
 import subprocess
 import sys
@@ -115,9 +118,16 @@ def main():
     cycles = [c for c in sccs(graph) if len(c) > 1]
     for c in cycles:
         print("CYCLE: " + " <-> ".join(c))
-    if cycles:
+    orphans = [m for m in sorted(graph) if lines(m) > TWIN_AT and
+               not os.path.exists(os.path.join(root, "tests", "unit",
+                                               f"wstun_{m}_test.c"))]
+    for m in orphans:
+        print(f"NO UNIT TEST: {m} ({lines(m)} lines) has no "
+              f"tests/unit/wstun_{m}_test.c")
+    if cycles or orphans:
         return 1
-    print("no dependency cycle between modules")
+    print(f"no dependency cycle between modules; every module over {TWIN_AT} "
+          "lines has its unit test")
     return 0
 
 
