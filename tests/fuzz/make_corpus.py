@@ -3,9 +3,9 @@
 the files are checked in, this script documents how they were made).
 
 Layouts (see the targets): http_* and tunnel_frames start with a flags byte
-and a split-seed byte; proto_prefix with a split byte; passwords with a flags
-byte; url and ws_handshake are raw; front_request starts with flags, split
-seed and a 4-byte peer address, server_response with flags, two split seeds,
+and a split-seed byte; proto_prefix with a split byte; v2_frames with a
+split seed; passwords with a flags byte; url and ws_handshake are raw;
+front_request starts with flags, split seed and a 4-byte peer address, server_response with flags, two split seeds,
 request kinds and count, then (selector, 2-byte length, payload) messages.
 
 No seed may crash: inputs that found bugs go to regressions/<target>/ (the
@@ -373,3 +373,32 @@ write("server_response", "allocfail", sr(SR_ALLOC | SR_PIPE, 2, 3, [GET, POST],
     (0, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
     (1, OK), (0, OK)])[5:])
 write("server_response", "eof", sr(SR_EOF, 0, 0, [GET, POST], [(0, OK), (1, OK)]))
+
+# ---- v2_frames: split seed + one v2 frame (PROTOCOL.md 7.10) ---------------
+def v2(t, f, stream, payload=b""):
+    return bytes([t, f]) + len(payload).to_bytes(3, "big") + \
+        stream.to_bytes(4, "big") + payload
+
+
+def u32(*v):
+    return b"".join(x.to_bytes(4, "big") for x in v)
+
+
+write("v2_frames", "request_head",
+      bytes([0]) + v2(1, 1, 1, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+write("v2_frames", "response_head_split",
+      bytes([3]) + v2(1, 0, 1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"))
+write("v2_frames", "data", bytes([2]) + v2(2, 0, 1, b"hi"))
+write("v2_frames", "end", bytes([1]) + v2(2, 1, 1))
+write("v2_frames", "window", bytes([5]) + v2(4, 0, 1, u32(0x80000)))
+write("v2_frames", "window_tunnel", bytes([0]) + v2(4, 0, 0, u32(0x800000)))
+write("v2_frames", "reset", bytes([4]) + v2(3, 0, 3, u32(5)))
+write("v2_frames", "goaway", bytes([7]) + v2(5, 0, 0, u32(3, 0)))
+# window operations after the frame: op byte + u32, five bytes each
+write("v2_frames", "window_ops", bytes([0]) + v2(2, 1, 1) +
+      bytes([2]) + u32(0x80000) + bytes([3]) + u32(0x80000) + bytes([4]) +
+      u32(0) + bytes([0]) + u32(0x100000) + bytes([1]) + u32(0x7fffffff) +
+      bytes([6]) + u32(0x200000) + bytes([5]) + u32(1))
+write("v2_frames", "bad_type", bytes([0]) + b"0001GET / HTTP/1.1\r\n\r\n")
+write("v2_frames", "bad_increment", bytes([1]) + v2(4, 0, 1, u32(0)))
+write("v2_frames", "bad_reserved", bytes([0]) + v2(2, 0, 0x80000001, b"x"))
