@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "wstun_alloc.h"
+#include "wstun_router.h"
 #include "wstun_server_int.h"
 #include "wstun_util.h"
 
@@ -17,9 +18,6 @@
  * enough to ride out a slow moment of one reader without holding up the
  * others on the tunnel, bounded per connection. */
 #define FRONT_OUT_MAX (2u << 20)
-
-/* a WebSocket handshake that will never reach /_tunnel */
-#define NO_TUNNEL_HERE "no tunnel endpoint here: check the base path"
 
 static const wstun__conn_cbs front_conn_cbs;
 static const wstun__http_parser_cbs req_cbs;
@@ -511,36 +509,8 @@ static int route_admin(wstun__front *f, const wstun__http_head *h,
 static int route_metrics(wstun__front *f, const wstun__http_head *h) {
   if (!admin_allowed(f, h))
     return 0;
-  wstun_server *srv = f->srv;
-  wstun_server_stats st;
-  wstun_server_get_stats(srv, &st);
-  size_t queued = 0, by_conns[4] = {0, 0, 0, 0};
-  for (size_t i = 0; i < srv->nbuckets; i++)
-    for (const wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
-      queued += t->nqueued;
-      by_conns[t->ntunnels < 3 ? t->ntunnels : 3]++;
-    }
   wstun__buf doc = WSTUN__BUF_INIT;
-  int rc =
-      wstun__metrics_write(&srv->metrics, &st, queued, by_conns,
-                           srv->shared.bytes_in, srv->shared.bytes_out, &doc);
-  rc |= wstun__buf_appendf(
-      &doc,
-      "# HELP wstun_connections Open connections counted against "
-      "wstun_max_connections (requesters and tunnels).\n"
-      "# TYPE wstun_connections gauge\nwstun_connections %zu\n"
-      "# HELP wstun_max_connections The cap in effect (0 = none).\n"
-      "# TYPE wstun_max_connections gauge\nwstun_max_connections %zu\n"
-      "# HELP wstun_max_connections_per_ip The cap per peer address in "
-      "effect (0 = none).\n"
-      "# TYPE wstun_max_connections_per_ip gauge\n"
-      "wstun_max_connections_per_ip %zu\n"
-      "# HELP wstun_connections_refused_total Connections answered 503 "
-      "over a connection cap.\n"
-      "# TYPE wstun_connections_refused_total counter\n"
-      "wstun_connections_refused_total %llu\n",
-      srv->nconns, srv->max_conns, srv->max_conns_per_ip,
-      (unsigned long long)srv->refused_total);
+  int rc = wstun__admin_metrics(f->srv, &doc);
   answer_doc(f, rc, &doc, "text/plain; version=0.0.4; charset=utf-8");
   return 0;
 }
@@ -608,10 +578,6 @@ static void dispatch_if_ready(wstun__front *f) {
 static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
                         size_t toklen, const char *target, size_t tlen) {
   wstun_server *srv = f->srv;
-  if (toklen == 0) {
-    local_answer(f, 400, "Missing X-Token header");
-    return 0;
-  }
   wstun__token *t = wstun__server_find_token(srv, tok, toklen);
   char tmp[12];
   char *tokz = wstun__strndup(tok, toklen);
@@ -646,44 +612,6 @@ static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
   return 0;
 }
 
-int wstun__route_target(const char *base, size_t blen, const char *target,
-                        size_t tlen, char *buf, size_t cap, wstun__route *r) {
-  memset(r, 0, sizeof(*r));
-  if (blen > 0) {
-    if (tlen < blen || memcmp(target, base, blen) != 0 ||
-        (tlen > blen && target[blen] != '/' && target[blen] != '?'))
-      return -1;
-    target += blen;
-    tlen -= blen;
-  }
-  r->path = target;
-  r->len = tlen;
-  const char *q = memchr(target, '?', tlen);
-  r->plen = q ? (size_t)(q - target) : tlen;
-  if (r->plen < 8 || memcmp(target, "/_token/", 8) != 0)
-    return 0;
-  const char *tok = target + 8;
-  size_t toklen = 0;
-  while (toklen < tlen - 8 && tok[toklen] != '/' && tok[toklen] != '?')
-    toklen++;
-  const char *rest = tok + toklen;
-  size_t rlen = tlen - 8 - toklen;
-  r->tok = tok;
-  r->toklen = toklen;
-  if (rlen > 0 && rest[0] == '/') {
-    r->fwd = rest;
-    r->fwdlen = rlen;
-  } else if (rlen + 1 < cap) {
-    /* "/_token/tok" or "/_token/tok?q": the path is "/" */
-    buf[0] = '/';
-    memcpy(buf + 1, rest, rlen);
-    buf[rlen + 1] = '\0';
-    r->fwd = buf;
-    r->fwdlen = rlen + 1;
-  }
-  return 0;
-}
-
 static int req_on_head(void *ud, wstun__http_head *h) {
   wstun__front *f = ud;
   wstun_server *srv = f->srv;
@@ -694,91 +622,33 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   f->id = 0;
   f->state = WSTUN__EX_NONE;
   uv_timer_stop(&f->timer);
-  const char *target = wstun__http_head_target(h);
-  size_t tlen = h->target_len;
-  if (target[0] != '/') {
-    local_answer(f, 400, "Request target must be a path");
-    return 0;
-  }
   char buf[4096];
-  wstun__route rt;
-  /* a WebSocket handshake anywhere but on /_tunnel is a tunnel client
-   * with the wrong base path (or none): say so instead of a bare 404 */
-  int ws = wstun__http_head_has_token(h, "Connection", "upgrade") &&
-           wstun__http_head_has_token(h, "Upgrade", "websocket");
-  if (wstun__route_target(srv->base_path, srv->base_len, target, tlen, buf,
-                          sizeof(buf), &rt) != 0) {
-    if (ws) {
-      f->close_after = 1; /* llhttp reads nothing after an upgrade head */
-      local_answer(f, 404, NO_TUNNEL_HERE);
-      return 1;
-    }
-    local_answer(f, 404, "404 page not found\n"); /* Go's ServeMux text */
-    return 0;
-  }
-  target = rt.path;
-  tlen = rt.len;
-  size_t plen = rt.plen;
-#define IS_PATH(lit) (plen == sizeof(lit) - 1 && memcmp(target, lit, plen) == 0)
-  if (IS_PATH("/_tunnel")) {
+  wstun__route_decision d;
+  wstun__route_request(srv->base_path, srv->base_len, h, buf, sizeof(buf), &d);
+  switch (d.kind) {
+  case WSTUN__ROUTE_UPGRADE:
     f->upgrade = 1;
-    return 1; /* no body; the upgrade happens after the head */
+    break;
+  case WSTUN__ROUTE_STATS:
+    route_stats(f, h);
+    break;
+  case WSTUN__ROUTE_MONITORING:
+  case WSTUN__ROUTE_AUDITING:
+    route_admin(f, h, d.kind == WSTUN__ROUTE_AUDITING);
+    break;
+  case WSTUN__ROUTE_METRICS:
+    route_metrics(f, h);
+    break;
+  case WSTUN__ROUTE_TUNNEL:
+    route_tunnel(f, h, d.tok, d.toklen, d.target, d.tlen);
+    break;
+  case WSTUN__ROUTE_ANSWER:
+    if (d.close)
+      f->close_after = 1;
+    local_answer(f, d.status, d.text);
+    break;
   }
-  /* llhttp ends a CONNECT or upgrade request at its head whatever its
-   * framing says; the bytes after it must never be read as the next
-   * request (smuggling). Neither is tunneled: answer and close. */
-  if (h->method == HTTP_CONNECT ||
-      (wstun__http_head_has_token(h, "Connection", "upgrade") &&
-       wstun__http_head_get(h, "Upgrade") != NULL)) {
-    f->close_after = 1;
-    if (ws && rt.tok == NULL && wstun__http_head_get(h, "X-Token") == NULL)
-      local_answer(f, 404, NO_TUNNEL_HERE);
-    else
-      local_answer(f, h->method == HTTP_CONNECT ? 405 : 501,
-                   h->method == HTTP_CONNECT
-                       ? "CONNECT is not supported"
-                       : "Protocol upgrades are not tunneled");
-    return 1;
-  }
-  if (rt.tok != NULL) {
-    /* the Go route is ^/_token/([^/]+)(/.*): a token, then a path */
-    if (rt.toklen == 0 || rt.fwd != rt.tok + rt.toklen) {
-      local_answer(f, 400, "Missing token in URI");
-      return 0;
-    }
-    return route_tunnel(f, h, rt.tok, rt.toklen, rt.fwd, rt.fwdlen);
-  }
-  /* the Go server's own endpoints are never tunneled, even with X-Token;
-   * /metrics is ours, and with X-Token it is a backend's, as in Go */
-  if (IS_PATH("/_health_check")) {
-    local_answer(f, 200, "WSTUNSRV RUNNING\n");
-    return 0;
-  }
-  if (IS_PATH("/_stats"))
-    return route_stats(f, h);
-  if (IS_PATH("/admin/monitoring") || IS_PATH("/admin/auditing"))
-    return route_admin(f, h, plen == sizeof("/admin/auditing") - 1);
-  const char *xtok = wstun__http_head_get(h, "X-Token");
-  if (xtok != NULL) {
-    if (plen == 0) {
-      /* the base path itself ("/wst", "/wst?q"): the backend gets "/",
-       * "/?q", never a target that is not a path */
-      if (tlen + 1 > sizeof(buf)) {
-        local_answer(f, 414, "URI too long");
-        return 0;
-      }
-      buf[0] = '/';
-      memcpy(buf + 1, target, tlen);
-      target = buf;
-      tlen++;
-    }
-    return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
-  }
-  if (IS_PATH("/metrics"))
-    return route_metrics(f, h);
-#undef IS_PATH
-  local_answer(f, 400, "Missing X-Token header");
-  return 0;
+  return d.stop;
 }
 
 static int req_on_body(void *ud, const uint8_t *d, size_t n) {

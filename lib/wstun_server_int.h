@@ -176,28 +176,13 @@ void wstun__front_resp_end(wstun__front *f, int complete);
 /* The tunnel carrying the exchange died after writing the request. */
 void wstun__front_tunnel_lost(wstun__front *f);
 
-/* The path router of a request target of tlen bytes (pure). */
-typedef struct wstun__route {
-  const char *path; /* the target without the base path */
-  size_t len;
-  size_t plen;     /* length of its path part (before any '?') */
-  const char *tok; /* "/_token/<tok>[/path][?query]" only, else NULL */
-  size_t toklen;   /* up to the first '/' or '?' after "/_token/" */
-  const char *fwd; /* the target to forward: the rest from its '/', or
-                      "/" + the rest written in buf; NULL if buf (cap
-                      bytes) is too small (414) */
-  size_t fwdlen;
-} wstun__route;
-/* Strips the base path (blen 0: none) and splits a /_token/ target.
- * Returns -1 (404) when the target is not under the base path, else 0. */
-int wstun__route_target(const char *base, size_t blen, const char *target,
-                        size_t tlen, char *buf, size_t cap, wstun__route *r);
-
 /* wstun_admin.c: JSON documents of /admin/monitoring and /admin/auditing */
 int wstun__admin_monitoring(wstun_server *srv, wstun__buf *out);
 int wstun__admin_auditing(wstun_server *srv, wstun__buf *out);
 /* /_stats text; `full` adds the per-token detail. */
 int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out);
+/* /metrics: the Prometheus text exposition 0.0.4 */
+int wstun__admin_metrics(wstun_server *srv, wstun__buf *out);
 /* RFC 3339 UTC ("2025-01-09T15:30:45Z") of a uv_now() instant. */
 void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]);
 

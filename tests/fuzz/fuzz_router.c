@@ -9,7 +9,7 @@
  * Input: byte 0 the size of the output buffer (0: 4096, as the server
  * uses; else 1..255), then "base\0target" (no NUL: no base path). */
 #include "fuzz_util.h"
-#include "wstun_server_int.h"
+#include "wstun_router.h"
 
 static int under_base(const char *base, size_t blen, const char *t,
                       size_t tlen) {

@@ -22,6 +22,7 @@
 #include "wstun_buf.h"
 #include "wstun_http.h"
 #include "wstun_proto.h"
+#include "wstun_router.h"
 #include "wstun_server_int.h"
 
 static uv_loop_t fzs_loop;
