@@ -7,7 +7,7 @@
 #include <time.h>
 
 #include "wstun_alloc.h"
-#include "wstun_server_int.h"
+#include "wstun_registry.h"
 #include "wstun_util.h"
 
 void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]) {
@@ -55,31 +55,41 @@ int wstun__admin_monitoring(wstun_server *srv, wstun__buf *out) {
               out);
 }
 
-static json_t *active_connections(wstun_server *srv, const wstun__token *t) {
-  json_t *list = json_array();
+typedef struct active_ctx {
+  wstun_server *srv;
+  json_t *list;
+} active_ctx;
+
+static void active_one(wstun__reg_entry *e, void *ud) {
+  active_ctx *c = ud;
+  const wstun__front *f = wstun__list_entry(e, wstun__front, reg);
   char ts[32], addr[64];
-  for (const wstun__srv_tunnel *st = t->tunnels; st && list; st = st->next)
-    for (const wstun__front *f = st->inflight; f; f = f->ex_next) {
-      wstun__admin_time(srv, f->start_ms, ts);
-      if (f->conn)
-        wstun__conn_peer(f->conn, addr, sizeof(addr));
-      else
-        addr[0] = '\0';
-      json_array_append_new(
-          list, json_pack("{s:I, s:s, s:s, s:s, s:s}", "request_id",
-                          (json_int_t)f->id, "method",
-                          llhttp_method_name((llhttp_method_t)f->method), "uri",
-                          wstun__http_head_target(&f->parser.head),
-                          "remote_addr", addr, "start_time", ts));
-    }
-  return list;
+  if (c->list == NULL)
+    return;
+  wstun__admin_time(c->srv, f->start_ms, ts);
+  if (f->conn)
+    wstun__conn_peer(f->conn, addr, sizeof(addr));
+  else
+    addr[0] = '\0';
+  json_array_append_new(
+      c->list,
+      json_pack("{s:I, s:s, s:s, s:s, s:s}", "request_id", (json_int_t)e->id,
+                "method", llhttp_method_name((llhttp_method_t)f->method), "uri",
+                wstun__http_head_target(&f->parser.head), "remote_addr", addr,
+                "start_time", ts));
+}
+
+static json_t *active_connections(wstun_server *srv, const wstun__token *t) {
+  active_ctx c = {srv, json_array()};
+  wstun__registry_foreach_inflight(t, active_one, &c);
+  return c.list;
 }
 
 int wstun__admin_auditing(wstun_server *srv, wstun__buf *out) {
   json_t *tunnels = json_object();
   for (size_t i = 0; i < srv->nbuckets && tunnels; i++)
     for (wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
-      const wstun__srv_tunnel *st = t->tunnels;
+      const wstun__srv_tunnel *st = wstun__token_first_tunnel(t);
       json_t *o = json_pack(
           "{s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:I}", "token", t->name,
           "remote_addr", st ? st->addr : "", "remote_name",

@@ -9,9 +9,10 @@
 #include <strings.h>
 
 #include "wstun_alloc.h"
+#include "wstun_registry.h"
 #include "wstun_router.h"
-#include "wstun_server_int.h"
 #include "wstun_util.h"
+#include "wstun_ws.h"
 
 #define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
 /* Response bytes buffered for a requester before its tunnel stops reading:
@@ -23,6 +24,7 @@ static const wstun__conn_cbs front_conn_cbs;
 static const wstun__http_parser_cbs req_cbs;
 static const wstun__http_parser_cbs resp_cbs;
 static const wstun__outmsg_cbs req_msg_cbs;
+static const wstun__reg_entry_cbs reg_cbs;
 
 static void front_next(wstun__front *f);
 
@@ -59,7 +61,7 @@ static void write_simple(wstun__front *f, int status, const char *text) {
 
 /* Drops everything the exchange holds on tunnels and queues. */
 static void exchange_release(wstun__front *f) {
-  wstun__server_unlink(f);
+  wstun__registry_unlink(&f->reg);
   wstun__buf_free(&f->replay);
   if (f->req) {
     wstun__outmsg *m = f->req;
@@ -70,7 +72,7 @@ static void exchange_release(wstun__front *f) {
     wstun__http_parser_free(&f->resp);
     f->resp_init = 0;
   }
-  f->tok = NULL;
+  f->reg.tok = NULL;
 }
 
 int wstun__front_busy(const wstun__front *f) {
@@ -84,17 +86,13 @@ static void front_maybe_free(wstun__front *f) {
   if (!f->timer_closed || !f->conn_closed)
     return;
   wstun_server *srv = f->srv;
-  if (f->prev)
-    f->prev->next = f->next;
-  else
-    srv->fronts = f->next;
-  if (f->next)
-    f->next->prev = f->prev;
+  wstun__list_remove(&f->link);
   srv->nfronts--;
-  wstun__server_conn_release(srv, f->ip);
+  wstun__registry_conn_release(srv, f->ip);
   wstun__http_parser_free(&f->parser);
   wstun__free(f);
-  wstun__server_front_gone(srv);
+  if (srv->on_gone)
+    srv->on_gone(srv);
 }
 
 static void on_timer_closed(uv_handle_t *h) {
@@ -150,13 +148,13 @@ static void log_ret(wstun__front *f, int status) {
                         uv_now(f->srv->loop) - f->start_ms);
   wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
              "HTTP RET token=%s id=%04x status=%d (%llu ms)", f->token_prefix,
-             f->id, status,
+             f->reg.id, status,
              (unsigned long long)(uv_now(f->srv->loop) - f->start_ms));
 }
 
 /* Bookkeeping for /admin: how the exchange of a known token ended. */
 static void account(wstun__front *f, int ok) {
-  wstun__token *t = f->tok;
+  wstun__token *t = f->reg.tok;
   char addr[64] = "";
   if (f->conn)
     wstun__conn_peer(f->conn, addr, sizeof(addr));
@@ -178,7 +176,7 @@ static void account(wstun__front *f, int ok) {
 void wstun__front_fail(wstun__front *f, int status, const char *text) {
   if (f->closing)
     return;
-  if (f->tok && f->state != WSTUN__EX_RESPONDING)
+  if (f->reg.tok && f->state != WSTUN__EX_RESPONDING)
     account(f, 0);
   int started = resp_started(f);
   exchange_release(f);
@@ -208,7 +206,7 @@ static int replayable_method(int method) {
 
 static int replay(wstun__front *f) {
   if (wstun__buf_size(&f->replay) == 0 || f->resp_init || f->closing ||
-      f->state != WSTUN__EX_WAITING || f->tok == NULL || f->tries + 1 >= 3)
+      f->state != WSTUN__EX_WAITING || f->reg.tok == NULL || f->tries + 1 >= 3)
     return 0;
   wstun__outmsg *m = wstun__outmsg_new(&req_msg_cbs, f);
   if (m == NULL || wstun__buf_append(&m->buf, wstun__buf_data(&f->replay),
@@ -221,22 +219,22 @@ static int replay(wstun__front *f) {
   wstun__log(&f->srv->log, WSTUN_LOG_INFO,
              "WS   SND token=%s id=%04x: tunnel lost before the response: "
              "sending it again (try %d)",
-             f->token_prefix, f->id, f->tries + 1);
-  wstun__server_unlink(f);
+             f->token_prefix, f->reg.id, f->tries + 1);
+  wstun__registry_unlink(&f->reg);
   m->finished = 1;
   f->req = m;
   f->state = WSTUN__EX_READING;
-  wstun__server_dispatch(f->srv, f);
+  wstun__registry_dispatch(f->srv, &f->reg);
   return 1;
 }
 
-void wstun__front_tunnel_lost(wstun__front *f) {
+static void tunnel_lost(wstun__front *f) {
   if (replay(f))
     return;
   wstun__log(
       &f->srv->log, WSTUN_LOG_INFO,
       "HTTP RET token=%s id=%04x: tunnel lost with the request in flight",
-      f->token_prefix, f->id);
+      f->token_prefix, f->reg.id);
   wstun__front_fail(f, 502, "Tunnel connection lost before the response");
 }
 
@@ -277,7 +275,7 @@ static void on_deadline(uv_timer_t *t) {
   wstun__front *f = t->data;
   wstun__log(&f->srv->log, WSTUN_LOG_INFO,
              "HTTP RET token=%s id=%04x status=504: no response in time",
-             f->token_prefix, f->id);
+             f->token_prefix, f->reg.id);
   wstun__front_fail(f, 504, "Tunnel timeout");
 }
 
@@ -310,7 +308,7 @@ static void on_stall_check(uv_timer_t *t) {
     wstun__log(&srv->log, WSTUN_LOG_WARN,
                "HTTP RET token=%s id=%04x: requester read nothing for %llu "
                "ms while holding the tunnel: cut",
-               f->token_prefix, f->id,
+               f->token_prefix, f->reg.id,
                (unsigned long long)(now - f->stall_since));
     wstun__front_fail(f, 0, NULL);
     return;
@@ -364,7 +362,7 @@ static void on_upload_check(uv_timer_t *t) {
     wstun__log(&srv->log, WSTUN_LOG_WARN,
                "HTTP RET token=%s id=%04x status=408: request body stalled "
                "for %llu ms while holding the tunnel",
-               f->token_prefix, f->id,
+               f->token_prefix, f->reg.id,
                (unsigned long long)(now - f->stall_since));
     f->close_after = 1; /* the rest of the body will not be read */
     wstun__front_fail(f, 408, "Request body timeout");
@@ -381,8 +379,8 @@ static void front_next(wstun__front *f) {
   if (f->state != WSTUN__EX_DONE)
     return;
   f->state = WSTUN__EX_NONE;
-  f->tok = NULL;
-  f->tun = NULL;
+  f->reg.tok = NULL;
+  f->reg.tun = NULL;
   f->head_req = 0;
   if (f->close_after || f->srv->closing) {
     uv_timer_stop(&f->timer);
@@ -564,7 +562,7 @@ static void dispatch_if_ready(wstun__front *f) {
       wstun__buf_append(&f->replay, wstun__buf_data(&f->req->buf), size) != 0)
     wstun__buf_free(&f->replay); /* no copy: no replay, nothing else lost */
   if (f->req->finished || wstun__buf_size(&f->req->buf) >= WSTUN__STREAM_AT) {
-    wstun__server_dispatch(f->srv, f);
+    wstun__registry_dispatch(f->srv, &f->reg);
     if (f->req && !f->req->finished && !f->closing &&
         (f->state == WSTUN__EX_QUEUED || f->state == WSTUN__EX_SENDING)) {
       f->stall_mark = f->req->taken;
@@ -578,7 +576,7 @@ static void dispatch_if_ready(wstun__front *f) {
 static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
                         size_t toklen, const char *target, size_t tlen) {
   wstun_server *srv = f->srv;
-  wstun__token *t = wstun__server_find_token(srv, tok, toklen);
+  wstun__token *t = wstun__registry_find_token(srv, tok, toklen);
   char tmp[12];
   char *tokz = wstun__strndup(tok, toklen);
   wstun__redact(tokz ? tokz : "", tmp);
@@ -595,7 +593,7 @@ static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
     local_answer(f, 503, "Out of memory");
     return 0;
   }
-  f->tok = t;
+  f->reg.tok = t;
   t->last_activity = uv_now(srv->loop);
   f->tries = 0;
   f->state = WSTUN__EX_READING;
@@ -619,7 +617,7 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   f->head_req = h->method == HTTP_HEAD;
   f->close_after = !h->keep_alive;
   f->start_ms = uv_now(srv->loop);
-  f->id = 0;
+  f->reg.id = 0;
   f->state = WSTUN__EX_NONE;
   uv_timer_stop(&f->timer);
   char buf[4096];
@@ -670,8 +668,8 @@ static int req_on_body(void *ud, const uint8_t *d, size_t n) {
   }
   if (f->state == WSTUN__EX_READING)
     dispatch_if_ready(f);
-  else if (f->state == WSTUN__EX_SENDING && f->tun && f->tun->t)
-    wstun__tunnel_kick(f->tun->t);
+  else if (f->state == WSTUN__EX_SENDING)
+    wstun__registry_kick(&f->reg);
   if (f->req && wstun__outmsg_full(f->req) && f->conn)
     wstun__conn_pause(f->conn);
   return 0;
@@ -694,8 +692,8 @@ static int req_on_complete(void *ud) {
     f->req->finished = 1;
     if (f->state == WSTUN__EX_READING)
       dispatch_if_ready(f);
-    else if (f->state == WSTUN__EX_SENDING && f->tun && f->tun->t)
-      wstun__tunnel_kick(f->tun->t);
+    else if (f->state == WSTUN__EX_SENDING)
+      wstun__registry_kick(&f->reg);
   }
   /* one exchange at a time: stop parsing here */
   return 1;
@@ -716,8 +714,8 @@ static void req_msg_sent(void *owner, wstun__outmsg *m) {
   if (f->state != WSTUN__EX_SENDING)
     return;
   f->state = WSTUN__EX_WAITING;
-  if (f->tun == NULL) /* written, but the tunnel died right after */
-    wstun__front_tunnel_lost(f);
+  if (f->reg.tun == NULL) /* written, but the tunnel died right after */
+    tunnel_lost(f);
 }
 
 static void req_msg_drain(void *owner, wstun__outmsg *m) {
@@ -729,14 +727,14 @@ static void req_msg_drain(void *owner, wstun__outmsg *m) {
 
 static void req_msg_failed(void *owner, wstun__outmsg *m, int restartable) {
   wstun__front *f = owner;
-  wstun__server_unlink(f);
+  wstun__registry_unlink(&f->reg);
   if (restartable && f->state == WSTUN__EX_SENDING && ++f->tries < 3) {
     wstun__log(&f->srv->log, WSTUN_LOG_INFO,
                "WS   SND token=%s id=%04x failed: retrying (try %d)",
-               f->token_prefix, f->id, f->tries + 1);
+               f->token_prefix, f->reg.id, f->tries + 1);
     f->state = WSTUN__EX_READING;
     if (m->finished || wstun__buf_size(&m->buf) >= WSTUN__STREAM_AT)
-      wstun__server_dispatch(f->srv, f);
+      wstun__registry_dispatch(f->srv, &f->reg);
     return;
   }
   f->req = NULL;
@@ -744,10 +742,10 @@ static void req_msg_failed(void *owner, wstun__outmsg *m, int restartable) {
   if (restartable) {
     wstun__log(&f->srv->log, WSTUN_LOG_INFO,
                "WS   SND token=%s id=%04x failed after %d tries: 504",
-               f->token_prefix, f->id, f->tries);
+               f->token_prefix, f->reg.id, f->tries);
     wstun__front_fail(f, 504, "Tunnel retry exhausted");
   } else
-    wstun__front_tunnel_lost(f);
+    tunnel_lost(f);
 }
 
 static const wstun__outmsg_cbs req_msg_cbs = {
@@ -766,7 +764,7 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
      * us to pass raw bytes from now on, straight to this server */
     wstun__log(&f->srv->log, WSTUN_LOG_WARN,
                "WS   RCV token=%s id=%04x: 101 from the tunnel client refused",
-               f->token_prefix, f->id);
+               f->token_prefix, f->reg.id);
     return -1;
   }
   if (status >= 100 && status < 200)
@@ -793,7 +791,7 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
   /* as the Go server: only 2xx and 3xx answers are completed requests */
   account(f, status >= 200 && status < 400);
   wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
-             "WS   RCV token=%s id=%04x status=%d", f->token_prefix, f->id,
+             "WS   RCV token=%s id=%04x status=%d", f->token_prefix, f->reg.id,
              status);
   log_ret(f, status);
   wstun__conn_flush(f->conn);
@@ -816,15 +814,8 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
   if (rc != 0)
     return -1;
   wstun__conn_flush(f->conn);
-  /* paused even when we paused it before: another requester's drain may
-   * have resumed the tunnel meanwhile */
-  if (wstun__conn_congested(f->conn) && f->tun && f->tun->t) {
-    wstun__tunnel_pause_rx(f->tun->t);
-    if (!f->paused_tunnel) {
-      f->paused_tunnel = 1;
-      stall_watch_start(f);
-    }
-  }
+  if (wstun__conn_congested(f->conn) && wstun__registry_pause_rx(&f->reg))
+    stall_watch_start(f);
   return 0;
 }
 
@@ -852,11 +843,11 @@ static const wstun__http_parser_cbs resp_cbs = {
  * what the Go server sends; the why goes to the log. */
 static void fail_506(wstun__front *f, const char *why) {
   wstun__log(&f->srv->log, WSTUN_LOG_WARN, "WS   RCV token=%s id=%04x: %s",
-             f->token_prefix, f->id, why);
+             f->token_prefix, f->reg.id, why);
   wstun__front_fail(f, 506, "");
 }
 
-int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
+static int front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
   if (!f->resp_init) {
     wstun__http_parser_init(&f->resp, HTTP_RESPONSE, RESP_MAX_HEAD, 0,
                             &resp_cbs, f);
@@ -883,20 +874,18 @@ int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
 
 static void response_done(wstun__front *f) {
   exchange_release(f);
-  if (f->conn && f->paused_tunnel)
-    f->paused_tunnel = 0;
   f->state = WSTUN__EX_DONE;
   front_next(f);
 }
 
-void wstun__front_resp_end(wstun__front *f, int complete) {
+static void front_resp_end(wstun__front *f, int complete) {
   if (f->closing || f->state == WSTUN__EX_DONE)
     return;
   if (!f->resp_init) {
     if (complete)
       fail_506(f, "empty response");
     else
-      wstun__front_tunnel_lost(f);
+      tunnel_lost(f);
     return;
   }
   if (!f->resp_done && complete &&
@@ -907,7 +896,7 @@ void wstun__front_resp_end(wstun__front *f, int complete) {
       wstun__log(&f->srv->log, WSTUN_LOG_WARN,
                  "WS   RCV token=%s id=%04x: %llu bytes after the response "
                  "in its message: dropped",
-                 f->token_prefix, f->id, (unsigned long long)f->resp_extra);
+                 f->token_prefix, f->reg.id, (unsigned long long)f->resp_extra);
     response_done(f);
     return;
   }
@@ -915,13 +904,136 @@ void wstun__front_resp_end(wstun__front *f, int complete) {
     if (complete)
       fail_506(f, "incomplete response head");
     else
-      wstun__front_tunnel_lost(f);
+      tunnel_lost(f);
     return;
   }
   wstun__log(&f->srv->log, WSTUN_LOG_WARN,
              "HTTP RET token=%s id=%04x: response cut short: aborting",
-             f->token_prefix, f->id);
+             f->token_prefix, f->reg.id);
   front_abort(f);
+}
+
+/* ---- the registry's calls ---------------------------------------------- */
+
+static wstun__front *entry_front(wstun__reg_entry *e) {
+  return wstun__list_entry(e, wstun__front, reg);
+}
+
+static wstun__outmsg *reg_on_send(wstun__reg_entry *e) {
+  wstun__front *f = entry_front(e);
+  f->state = WSTUN__EX_SENDING;
+  wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
+             "WS   SND token=%s id=%04x verb=%s url=%s addr=%s",
+             f->token_prefix, e->id,
+             llhttp_method_name((llhttp_method_t)f->method),
+             wstun__http_head_target(&f->parser.head), e->tun->addr);
+  return f->req;
+}
+
+static int reg_on_msg_begin(wstun__reg_entry *e) {
+  wstun__front *f = entry_front(e);
+  return f->state == WSTUN__EX_WAITING || f->state == WSTUN__EX_SENDING;
+}
+
+static int reg_on_msg_data(wstun__reg_entry *e, const uint8_t *d, size_t n) {
+  return front_resp_data(entry_front(e), d, n);
+}
+
+static void reg_on_msg_end(wstun__reg_entry *e, int complete) {
+  front_resp_end(entry_front(e), complete);
+}
+
+static void reg_on_tunnel_lost(wstun__reg_entry *e) {
+  wstun__front *f = entry_front(e);
+  /* one still being sent comes back through its message's callbacks */
+  if (f->state != WSTUN__EX_SENDING)
+    tunnel_lost(f);
+}
+
+static void reg_on_fail(wstun__reg_entry *e, int status, const char *text) {
+  wstun__front_fail(entry_front(e), status, text);
+}
+
+static const wstun__reg_entry_cbs reg_cbs = {
+    .on_send = reg_on_send,
+    .on_msg_begin = reg_on_msg_begin,
+    .on_msg_data = reg_on_msg_data,
+    .on_msg_end = reg_on_msg_end,
+    .on_tunnel_lost = reg_on_tunnel_lost,
+    .on_fail = reg_on_fail,
+};
+
+/* ---- the tunnel handshake ---------------------------------------------- */
+
+#define MIN_TOKEN_LEN 16
+
+/* The /_tunnel upgrade: checks, answers, and on success hands the
+ * connection to a new tunnel (returns 1), else answers an error (0). */
+static int upgrade(wstun__front *f, wstun__http_head *h, const uint8_t *rest,
+                   size_t n) {
+  wstun_server *srv = f->srv;
+  char peer[64], red[12];
+  wstun__conn_peer(f->conn, peer, sizeof(peer));
+  if (h->method != HTTP_GET) {
+    srv->metrics.hs_failures[WSTUN__HS_BAD_METHOD]++;
+    /* the Go server's words, byte for byte */
+    wstun__front_fail(f, 400, "Only GET requests are supported");
+    return 0;
+  }
+  const char *token = wstun__http_head_get(h, "Origin");
+  if (token == NULL) {
+    srv->metrics.hs_failures[WSTUN__HS_NO_TOKEN]++;
+    wstun__front_fail(f, 400, "Origin header with rendez-vous token required");
+    return 0;
+  }
+  if (strlen(token) < MIN_TOKEN_LEN) {
+    srv->metrics.hs_failures[WSTUN__HS_SHORT_TOKEN]++;
+    wstun__front_fail(f, 400,
+                      "Rendez-vous token is too short (must be 16 chars)");
+    return 0;
+  }
+  wstun__redact(token, red);
+  const char *bad = wstun__registry_check_auth(
+      srv, token, wstun__http_head_get(h, "Authorization"));
+  if (bad != NULL) {
+    srv->metrics.hs_failures[WSTUN__HS_UNAUTHORIZED]++;
+    wstun__log(&srv->log, WSTUN_LOG_WARN, "WS   refused token=%s addr=%s: %s",
+               red, peer, bad);
+    wstun__buf *out = wstun__conn_outbuf(f->conn);
+    wstun__http_write_simple(out, 401, bad,
+                             "WWW-Authenticate: Basic realm=\"wstunnel\"\r\n"
+                             "X-Content-Type-Options: nosniff\r\n",
+                             1);
+    wstun__front_fail(f, 0, NULL);
+    return 0;
+  }
+  wstun__token *existing =
+      wstun__registry_find_token(srv, token, strlen(token));
+  if (srv->max_clients && existing && existing->ntunnels >= srv->max_clients) {
+    char msg[96];
+    srv->metrics.hs_failures[WSTUN__HS_TOO_MANY_CLIENTS]++;
+    snprintf(msg, sizeof(msg),
+             "Maximum number of clients (%zu) reached for this token",
+             srv->max_clients);
+    wstun__front_fail(f, 429, msg);
+    return 0;
+  }
+  const char *why = NULL;
+  int status = wstun__ws_check_upgrade(h, &why);
+  if (status != 0) {
+    srv->metrics.hs_failures[WSTUN__HS_BAD_UPGRADE]++;
+    wstun__front_fail(f, status, why);
+    return 0;
+  }
+  if (wstun__registry_add_tunnel(srv, token, peer, h, f->conn, f->ip, rest,
+                                 n) != 0) {
+    wstun__front_fail(f, 503, "Out of memory");
+    return 0;
+  }
+  /* the connection now belongs to the tunnel, and counts as its */
+  f->conn = NULL;
+  f->ip = NULL;
+  return 1;
 }
 
 /* ---- connection callbacks ----------------------------------------------- */
@@ -967,7 +1079,7 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
       if (f->upgrade) {
         f->upgrade = 0;
         f->close_after = 1; /* a refused upgrade ends the connection */
-        if (wstun__server_upgrade(f, &f->parser.head, data + off, len - off)) {
+        if (upgrade(f, &f->parser.head, data + off, len - off)) {
           wstun__front_close(f); /* the tunnel owns the socket now */
           return len;
         }
@@ -1004,11 +1116,10 @@ static void front_on_secure(wstun__conn *c, int status) {
 
 static void front_on_drain(wstun__conn *c) {
   wstun__front *f = c->owner;
-  if (f->paused_tunnel && f->tun && f->tun->t) {
-    f->paused_tunnel = 0;
+  if (f->reg.paused && f->reg.tun && f->reg.tun->t) {
     if (f->state == WSTUN__EX_RESPONDING)
       stall_watch_stop(f);
-    wstun__tunnel_resume_rx(f->tun->t);
+    wstun__registry_resume_rx(&f->reg);
   }
   /* reading stopped on congested output between requests (front_on_data) */
   if (!f->closing && f->state == WSTUN__EX_NONE && !c->close_after_write)
@@ -1031,7 +1142,8 @@ static void on_spare_closed(uv_handle_t *h) {
     srv->accept_waiting = 0;
     wstun__front_accept(srv);
   }
-  wstun__server_front_gone(srv);
+  if (srv->on_gone)
+    srv->on_gone(srv);
 }
 
 /* No memory for the new connection: it is accepted into the server's
@@ -1080,10 +1192,8 @@ wstun__front *wstun__front_new(wstun_server *srv) {
   f->timer.data = f;
   wstun__http_parser_init(&f->parser, HTTP_REQUEST, srv->max_header,
                           srv->max_body, &req_cbs, f);
-  f->next = srv->fronts;
-  if (srv->fronts)
-    srv->fronts->prev = f;
-  srv->fronts = f;
+  f->reg.cbs = &reg_cbs;
+  wstun__list_push_front(&srv->fronts, &f->link);
   srv->nfronts++;
   return f;
 }
@@ -1101,7 +1211,7 @@ void wstun__front_accept(wstun_server *srv) {
   }
   char ip[64];
   const char *why;
-  f->ip = wstun__server_conn_admit(
+  f->ip = wstun__registry_conn_admit(
       srv, wstun__conn_peer_ip(f->conn, ip, sizeof(ip)), &why);
   if (f->ip == NULL) {
     /* over a connection cap: a short answer, nothing read. One log line

@@ -1,6 +1,7 @@
-/* Private structures of the tunnel server, shared by wstun_server.c
- * (listener, token registry, tunnels, dispatch) and wstun_front.c (the HTTP
- * connections of requesters and their exchanges). */
+/* Private structures of the tunnel server, shared by its modules:
+ * wstun_server.c (config, listener, lifecycle), wstun_registry.c (tokens,
+ * tunnels, queues, dispatch), wstun_front.c (the HTTP connections of
+ * requesters), wstun_admin.c (what the server tells about itself). */
 #ifndef WSTUN_SERVER_INT_H
 #define WSTUN_SERVER_INT_H
 
@@ -10,6 +11,7 @@
 #include "wstun_cidr.h"
 #include "wstun_conn.h"
 #include "wstun_http.h"
+#include "wstun_list.h"
 #include "wstun_log.h"
 #include "wstun_metrics.h"
 #include "wstun_rng.h"
@@ -18,6 +20,7 @@
 typedef struct wstun__token wstun__token;
 typedef struct wstun__srv_tunnel wstun__srv_tunnel;
 typedef struct wstun__front wstun__front;
+typedef struct wstun__reg_entry wstun__reg_entry;
 
 /* Open connections per peer address, for max_connections_per_ip. */
 typedef struct wstun__ipcount {
@@ -42,12 +45,24 @@ typedef struct wstun__password {
   char *password;
 } wstun__password;
 
+/* An exchange as the registry sees it (wstun_registry.h): embedded in the
+ * exchange, which the registry calls through cbs. */
+struct wstun__reg_entry {
+  const struct wstun__reg_entry_cbs *cbs;
+  wstun__list link; /* in tok->queue (queued) or tun->inflight */
+  wstun__token *tok;
+  wstun__srv_tunnel *tun; /* the tunnel it was put on, while there */
+  uint16_t id;
+  unsigned queued : 1; /* waiting in tok->queue */
+  unsigned paused : 1; /* holds tun's input paused (its requester is slow) */
+};
+
 struct wstun__token {
   char *name;
-  wstun__token *hnext;        /* hash chain */
-  wstun__srv_tunnel *tunnels; /* live connections serving it */
+  wstun__token *hnext; /* hash chain */
+  wstun__list tunnels; /* srv_tunnel.link: live connections serving it */
   size_t ntunnels;
-  wstun__front *q_head, *q_tail; /* exchanges waiting for a tunnel */
+  wstun__list queue; /* reg_entry.link: exchanges waiting for a tunnel */
   size_t nqueued;
   uint64_t last_seen; /* ms: last connect or disconnect */
   /* the last request id given (Go's lastID), so the first one is 1 */
@@ -60,10 +75,10 @@ struct wstun__token {
 
 struct wstun__srv_tunnel {
   wstun_server *srv;
-  wstun__tunnel *t;        /* NULL once dead */
-  wstun__token *tok;       /* NULL once dead */
-  wstun__srv_tunnel *next; /* in tok->tunnels */
-  wstun__front *inflight;  /* exchanges dispatched here */
+  wstun__tunnel *t;     /* NULL once dead */
+  wstun__token *tok;    /* NULL once dead */
+  wstun__list link;     /* in tok->tunnels */
+  wstun__list inflight; /* reg_entry.link: exchanges dispatched here */
   size_t ninflight;
   char addr[64];
   wstun__ipcount *ip; /* taken over from the front connection */
@@ -76,7 +91,7 @@ struct wstun__front {
   wstun_server *srv;
   wstun__ipcount *ip; /* this connection's entry, while it counts */
   wstun__conn *conn;
-  wstun__front *prev, *next; /* in srv->fronts */
+  wstun__list link;          /* in srv->fronts */
   uv_timer_t timer;          /* head/idle timeout, then exchange deadline */
   wstun__http_parser parser; /* requests */
   int closing, timer_closed, conn_closed;
@@ -87,15 +102,12 @@ struct wstun__front {
   /* the exchange (one at a time: requests on a connection are answered in
    * order, so the next is parsed only after this one is done) */
   wstun__ex_state state;
-  wstun__token *tok;
-  wstun__srv_tunnel *tun;
-  wstun__front *ex_next; /* in tok queue or tun->inflight */
-  uint16_t id;
+  wstun__reg_entry reg; /* token, tunnel, id: in the registry's lists */
   int tries;
   int method;
-  int head_req; /* the request being answered is a HEAD: answers bodiless */
-  int req_chunked;         /* re-encoding the request body as chunked */
-  int req_complete;        /* the whole request was read */
+  int head_req;     /* the request being answered is a HEAD: answers bodiless */
+  int req_chunked;  /* re-encoding the request body as chunked */
+  int req_complete; /* the whole request was read */
   wstun__outmsg *req;      /* the tunnel message being produced */
   wstun__http_parser resp; /* the response from the tunnel */
   int resp_init;
@@ -107,12 +119,19 @@ struct wstun__front {
    * byte of the response came back, they are sent again (as reverse
    * proxies retry idempotent requests) instead of answered 502. */
   wstun__buf replay;
-  int paused_tunnel;
-  /* while paused_tunnel: the output's progress when last seen growing */
+  /* while reg.paused: the output's progress when last seen growing */
   uint64_t stall_mark, stall_since;
   uint64_t start_ms;
   char token_prefix[12];
 };
+
+/* The stages of a server's stop, in order. */
+typedef enum {
+  WSTUN__SRV_RUNNING = 0,
+  WSTUN__SRV_DRAINING, /* grace period: busy fronts finish, no new ones */
+  WSTUN__SRV_CLOSING,  /* every handle, front and tunnel being closed */
+  WSTUN__SRV_FLUSHING  /* only the write flusher left; then freed */
+} wstun__srv_phase;
 
 struct wstun_server {
   uv_loop_t *loop;
@@ -142,7 +161,7 @@ struct wstun_server {
   wstun__ipcount *ips[WSTUN__IP_BUCKETS];
   wstun__token **buckets;
   size_t nbuckets, ntokens;
-  wstun__front *fronts;
+  wstun__list fronts; /* front.link */
   size_t nfronts;
   size_t live_tunnels;         /* srv_tunnel structures not yet freed */
   uint64_t completed, errored; /* exchanges answered by a tunnel / not */
@@ -151,7 +170,11 @@ struct wstun_server {
   char *admin_token;
   wstun__tls_config *tls; /* NULL: plain HTTP */
   char *tls_cert_file, *tls_key_file;
-  int closing, handles_open;
+  wstun__srv_phase closing;
+  int handles_open;
+  /* something the close waits for went away (a front, a tunnel, a
+   * handle): wstun_server.c's, so that lower modules need not call up */
+  void (*on_gone)(wstun_server *srv);
   /* takes a connection off the listener when there is no memory to serve
    * it (libuv reports no more connections until one is accepted) */
   uv_tcp_t spare;
@@ -170,11 +193,6 @@ void wstun__front_close(wstun__front *f);
 /* Answers the exchange with a short text and finishes it. */
 void wstun__front_fail(wstun__front *f, int status, const char *text);
 int wstun__front_busy(const wstun__front *f);
-/* Sink callbacks for responses arriving on a tunnel. */
-int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n);
-void wstun__front_resp_end(wstun__front *f, int complete);
-/* The tunnel carrying the exchange died after writing the request. */
-void wstun__front_tunnel_lost(wstun__front *f);
 
 /* wstun_admin.c: JSON documents of /admin/monitoring and /admin/auditing */
 int wstun__admin_monitoring(wstun_server *srv, wstun__buf *out);
@@ -185,26 +203,5 @@ int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out);
 int wstun__admin_metrics(wstun_server *srv, wstun__buf *out);
 /* RFC 3339 UTC ("2025-01-09T15:30:45Z") of a uv_now() instant. */
 void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]);
-
-/* wstun_server.c */
-/* Counts a new connection from `ip` (by its /64 for IPv6); NULL when a cap
- * is reached or memory ran out, and then *why says which. */
-wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip,
-                                         const char **why);
-void wstun__server_conn_release(wstun_server *srv, wstun__ipcount *slot);
-/* Exchanges queued for the token or in flight on its tunnels. */
-size_t wstun__token_pending(const wstun__token *t);
-wstun__token *wstun__server_find_token(wstun_server *srv, const char *name,
-                                       size_t len);
-/* Routes an exchange whose request message is ready: onto a live tunnel,
- * into the token's queue, or fails it (504 when the queue is full). */
-void wstun__server_dispatch(wstun_server *srv, wstun__front *f);
-/* Removes the exchange from queue or tunnel lists. */
-void wstun__server_unlink(wstun__front *f);
-/* The /_tunnel upgrade: checks, answers, and on success takes the
- * connection from the front (returns 1), else answers an error (0). */
-int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
-                          const uint8_t *rest, size_t n);
-void wstun__server_front_gone(wstun_server *srv);
 
 #endif
