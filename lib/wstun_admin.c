@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "wstun_alloc.h"
+#include "wstun_exchange.h"
 #include "wstun_registry.h"
 #include "wstun_util.h"
 
@@ -62,21 +63,16 @@ typedef struct active_ctx {
 
 static void active_one(wstun__reg_entry *e, void *ud) {
   active_ctx *c = ud;
-  const wstun__front *f = wstun__list_entry(e, wstun__front, reg);
-  char ts[32], addr[64];
+  wstun__exchange_info ei;
+  char ts[32];
   if (c->list == NULL)
     return;
-  wstun__admin_time(c->srv, f->start_ms, ts);
-  if (f->conn)
-    wstun__conn_peer(f->conn, addr, sizeof(addr));
-  else
-    addr[0] = '\0';
+  wstun__exchange_info_get(wstun__exchange_of(e), &ei);
+  wstun__admin_time(c->srv, ei.start_ms, ts);
   json_array_append_new(
-      c->list,
-      json_pack("{s:I, s:s, s:s, s:s, s:s}", "request_id", (json_int_t)e->id,
-                "method", llhttp_method_name((llhttp_method_t)f->method), "uri",
-                wstun__http_head_target(&f->parser.head), "remote_addr", addr,
-                "start_time", ts));
+      c->list, json_pack("{s:I, s:s, s:s, s:s, s:s}", "request_id",
+                         (json_int_t)ei.id, "method", ei.method, "uri", ei.uri,
+                         "remote_addr", ei.remote_addr, "start_time", ts));
 }
 
 static json_t *active_connections(wstun_server *srv, const wstun__token *t) {

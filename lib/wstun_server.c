@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 
 #include "wstun_alloc.h"
+#include "wstun_front.h"
 #include "wstun_registry.h"
 #include "wstun_util.h"
 #include "wstun_ws.h"

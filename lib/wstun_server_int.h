@@ -30,16 +30,6 @@ typedef struct wstun__ipcount {
 } wstun__ipcount;
 #define WSTUN__IP_BUCKETS 256
 
-typedef enum {
-  WSTUN__EX_NONE = 0,   /* no exchange on this front connection */
-  WSTUN__EX_READING,    /* request body still arriving, not dispatched */
-  WSTUN__EX_QUEUED,     /* waiting in its token's queue for a tunnel */
-  WSTUN__EX_SENDING,    /* handed to a tunnel, not fully written */
-  WSTUN__EX_WAITING,    /* written; waiting for the response */
-  WSTUN__EX_RESPONDING, /* response head relayed, body streaming */
-  WSTUN__EX_DONE
-} wstun__ex_state;
-
 typedef struct wstun__password {
   char *token;
   char *password;
@@ -85,44 +75,6 @@ struct wstun__srv_tunnel {
   char *client_version;
   char *remote_name;             /* reverse DNS of the peer, once known */
   struct wstun__dns_lookup *dns; /* in flight, or NULL */
-};
-
-struct wstun__front {
-  wstun_server *srv;
-  wstun__ipcount *ip; /* this connection's entry, while it counts */
-  wstun__conn *conn;
-  wstun__list link;          /* in srv->fronts */
-  uv_timer_t timer;          /* head/idle timeout, then exchange deadline */
-  wstun__http_parser parser; /* requests */
-  int closing, timer_closed, conn_closed;
-  int close_after; /* close once the current response is written */
-  int upgrade;     /* the request is a /_tunnel upgrade */
-  int discarding;  /* reading and dropping the body of an answered request */
-  int resp_done;
-  /* the exchange (one at a time: requests on a connection are answered in
-   * order, so the next is parsed only after this one is done) */
-  wstun__ex_state state;
-  wstun__reg_entry reg; /* token, tunnel, id: in the registry's lists */
-  int tries;
-  int method;
-  int head_req;     /* the request being answered is a HEAD: answers bodiless */
-  int req_chunked;  /* re-encoding the request body as chunked */
-  int req_complete; /* the whole request was read */
-  wstun__outmsg *req;      /* the tunnel message being produced */
-  wstun__http_parser resp; /* the response from the tunnel */
-  int resp_init;
-  int resp_chunked;    /* re-encoding the response body as chunked */
-  int resp_close;      /* response delimited by closing the connection */
-  uint64_t resp_extra; /* message bytes after its response (dropped) */
-  /* A copy of the request message, kept only for small requests with a
-   * safe method (GET, HEAD, OPTIONS, TRACE): if their tunnel dies before a
-   * byte of the response came back, they are sent again (as reverse
-   * proxies retry idempotent requests) instead of answered 502. */
-  wstun__buf replay;
-  /* while reg.paused: the output's progress when last seen growing */
-  uint64_t stall_mark, stall_since;
-  uint64_t start_ms;
-  char token_prefix[12];
 };
 
 /* The stages of a server's stop, in order. */
@@ -182,17 +134,6 @@ struct wstun_server {
   wstun_server_close_cb close_cb;
   void *close_ud;
 };
-
-/* wstun_front.c */
-void wstun__front_accept(wstun_server *srv);
-/* A front connection on a connection handle not accepted yet (what
- * wstun__front_accept does first; the fuzz targets feed it bytes by
- * calling its conn's on_data, without a socket). */
-wstun__front *wstun__front_new(wstun_server *srv);
-void wstun__front_close(wstun__front *f);
-/* Answers the exchange with a short text and finishes it. */
-void wstun__front_fail(wstun__front *f, int status, const char *text);
-int wstun__front_busy(const wstun__front *f);
 
 /* wstun_admin.c: JSON documents of /admin/monitoring and /admin/auditing */
 int wstun__admin_monitoring(wstun_server *srv, wstun__buf *out);

@@ -209,7 +209,7 @@ static void check_head(rq *r) {
     FZ_CHECK(tok != NULL, "a message without a token");
     toklen = strlen(tok);
   }
-  FZ_CHECK(wstun__server_find_token(srv, tok, toklen) != NULL,
+  FZ_CHECK(wstun__registry_find_token(srv, tok, toklen) != NULL,
            "a message for an unknown token");
   if (wlen == 0 || want[0] != '/') {
     if (fzs_known("base-target")) {
@@ -358,11 +358,11 @@ static int w_on_head(void *ud, wstun__http_head *h) {
   if (r->nheads < 256)
     r->methods[r->nheads] = h->method;
   r->nheads++;
-  wstun__outmsg *before = r->f->req;
+  wstun__outmsg *before = r->f->ex.req;
   r->req = NULL;
   int rc = r->real.on_head(r->f, h);
-  if (r->f->req != NULL && r->f->req != before) {
-    r->req = r->f->req;
+  if (r->f->ex.req != NULL && r->f->ex.req != before) {
+    r->req = r->f->ex.req;
     r->made++;
     if (r->checks)
       check_head(r);
@@ -384,7 +384,7 @@ static int w_on_body(void *ud, const uint8_t *d, size_t n) {
 static int w_on_complete(void *ud) {
   rq *r = ud;
   int rc = r->real.on_complete(r->f);
-  if (rc >= 0 && r->req != NULL && r->f->req == r->req && r->req->finished) {
+  if (rc >= 0 && r->req != NULL && r->f->ex.req == r->req && r->req->finished) {
     r->completed++;
     if (r->checks && !r->tolerated)
       check_whole(r);
@@ -408,12 +408,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 static void settle(rq *r, int lost) {
   wstun__front *f = r->f;
   for (int guard = 0; guard < 100000; guard++) {
-    if (f->closing || f->req == NULL || !f->req->finished ||
-        (f->state != WSTUN__EX_QUEUED && f->state != WSTUN__EX_READING))
+    if (f->closing || f->ex.req == NULL || !f->ex.req->finished ||
+        (f->ex.state != WSTUN__EX_QUEUED && f->ex.state != WSTUN__EX_READING))
       return;
     r->req = NULL;
     if (lost)
-      wstun__front_tunnel_lost(f);
+      wstun__exchange_tunnel_lost(&f->ex);
     else
       wstun__front_fail(f, 502, "fuzz: no tunnel");
   }

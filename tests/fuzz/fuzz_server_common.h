@@ -3,7 +3,7 @@
  * wstun_server_start would set; no listener), front connections made by
  * wstun__front_new on connection handles that were never opened, tokens
  * put into the registry directly, and a tunnel made by the real /_tunnel
- * upgrade (wstun__server_upgrade through the front's parser).
+ * upgrade (through the front's parser and the registry).
  *
  * Bytes reach a connection's owner the way wstun__conn's deliver() hands
  * them over (pause, pending bytes, keep_tail); the loop never runs while
@@ -22,6 +22,7 @@
 #include "wstun_buf.h"
 #include "wstun_http.h"
 #include "wstun_proto.h"
+#include "wstun_front.h"
 #include "wstun_registry.h"
 #include "wstun_router.h"
 
@@ -87,6 +88,12 @@ static wstun__token *fzs_add_token(const char *name) {
   srv->buckets[0] = t;
   srv->ntokens++;
   return t;
+}
+
+/* The live tunnel of a token (the latest), or NULL. */
+static inline wstun__tunnel *fzs_tunnel(const wstun__token *tok) {
+  wstun__srv_tunnel *st = wstun__token_first_tunnel(tok);
+  return st ? st->t : NULL;
 }
 
 /* A new front whose peer is `ip` (IPv4 or IPv6 literal; NULL: no address,
