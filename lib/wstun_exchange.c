@@ -93,6 +93,12 @@ void wstun__exchange_info_get(const wstun__exchange *ex,
   out->start_ms = ex->start_ms;
 }
 
+/* Hands the exchange to the registry: on a tunnel, queued, or failed. */
+static void dispatch(wstun__exchange *ex) {
+  if (wstun__registry_dispatch(ex->srv, &ex->reg))
+    ex->state = WSTUN__EX_QUEUED;
+}
+
 /* ---- finishing ---------------------------------------------------------- */
 
 void wstun__exchange_log_ret(wstun__exchange *ex, int status) {
@@ -176,7 +182,7 @@ static int replay(wstun__exchange *ex) {
   m->finished = 1;
   ex->req = m;
   ex->state = WSTUN__EX_READING;
-  wstun__registry_dispatch(ex->srv, &ex->reg);
+  dispatch(ex);
   return 1;
 }
 
@@ -391,7 +397,7 @@ static void dispatch_if_ready(wstun__exchange *ex) {
       wstun__buf_append(&ex->replay, wstun__buf_data(&ex->req->buf), size) != 0)
     wstun__buf_free(&ex->replay); /* no copy: no replay, nothing else lost */
   if (ex->req->finished || wstun__buf_size(&ex->req->buf) >= WSTUN__STREAM_AT) {
-    wstun__registry_dispatch(ex->srv, &ex->reg);
+    dispatch(ex);
     if (ex->req && !ex->req->finished && !ex->cancelled &&
         (ex->state == WSTUN__EX_QUEUED || ex->state == WSTUN__EX_SENDING)) {
       ex->stall_mark = ex->req->taken;
@@ -467,7 +473,7 @@ static void req_msg_failed(void *owner, wstun__outmsg *m, int restartable) {
                ex->token_prefix, ex->reg.id, ex->tries + 1);
     ex->state = WSTUN__EX_READING;
     if (m->finished || wstun__buf_size(&m->buf) >= WSTUN__STREAM_AT)
-      wstun__registry_dispatch(ex->srv, &ex->reg);
+      dispatch(ex);
     return;
   }
   ex->req = NULL;

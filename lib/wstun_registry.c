@@ -304,7 +304,7 @@ static void send_on(wstun__srv_tunnel *st, wstun__reg_entry *e) {
   wstun__tunnel_send(st->t, e->id, m);
 }
 
-void wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e) {
+int wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e) {
   wstun__token *tok = e->tok;
   if (waiting_count(tok) >= srv->max_queue) {
     char red[12];
@@ -312,17 +312,18 @@ void wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e) {
                "HTTP RET token=%s status=504 queue full (%zu waiting)",
                wstun__redact(tok->name, red), waiting_count(tok));
     e->cbs->on_fail(e, 504, "too many requests in-flight, tunnel broken?");
-    return;
+    return 0;
   }
   wstun__srv_tunnel *st = pick_tunnel(tok);
   if (st != NULL) {
     send_on(st, e);
-    return;
+    return 0;
   }
   /* momentarily down: wait for a client to (re)connect */
   e->queued = 1;
   wstun__list_push_back(&tok->queue, &e->link);
   tok->nqueued++;
+  return 1;
 }
 
 void wstun__registry_unlink(wstun__reg_entry *e) {

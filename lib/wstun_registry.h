@@ -38,9 +38,10 @@ size_t wstun__token_pending(const wstun__token *t);
 wstun__srv_tunnel *wstun__token_first_tunnel(const wstun__token *t);
 
 /* ---- exchanges ---- */
-/* Routes e (e->tok set, its message ready): onto a live tunnel, into the
- * token's queue, or fails it (504 when the queue is full). */
-void wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e);
+/* Routes e (e->tok set, its message ready): onto a live tunnel (through
+ * on_send), into the token's queue (returns 1), or fails it (on_fail 504
+ * when the queue is full). */
+int wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e);
 /* Takes e off its queue or tunnel (resuming the tunnel if e paused it). */
 void wstun__registry_unlink(wstun__reg_entry *e);
 /* e's requester cannot keep up: pauses e's tunnel's input. Returns 1 when
