@@ -10,9 +10,10 @@
  * The front's parser callbacks are wrapped: before the front's own on_head
  * runs, the head is copied (route_tunnel rewrites it in place); right
  * after, a message made for the exchange is checked:
- *  - it starts with a 4-hex-digit id placeholder and its head parses back
- *    (llhttp glue) as one request with the same method, HTTP/1.1, and the
- *    routed target (wstun__route_target of the original target: the
+ *  - its head parses back (llhttp glue; the tunnel writes the message's
+ *    id head of the format, wstun__proto, when it sends it) as one request with
+ * the same method, HTTP/1.1, and the routed target (wstun__route_target of the
+ * original target: the
  *    /_token/ rest, or the path without base for X-Token);
  *  - exactly one X-Forwarded-For, ending with the peer address (after the
  *    first original value, when there was one);
@@ -158,8 +159,8 @@ static int parse_back(const wstun__outmsg *m, back *b, size_t *used) {
   wstun__http_parser p;
   wstun__http_parser_init(&p, HTTP_REQUEST, 0, 0, &back_cbs, b);
   *used = 0;
-  int rc = wstun__http_parser_feed(&p, wstun__buf_data(&m->buf) + 4,
-                                   wstun__buf_size(&m->buf) - 4, used);
+  int rc = wstun__http_parser_feed(&p, wstun__buf_data(&m->buf),
+                                   wstun__buf_size(&m->buf), used);
   wstun__http_parser_free(&p);
   return rc;
 }
@@ -220,12 +221,6 @@ static void check_head(rq *r) {
              (int)o->target_len, ot, (int)wlen, want);
   }
 
-  FZ_CHECK(wstun__buf_size(&m->buf) >= 4, "message without its id");
-  for (int i = 0; i < 4; i++) {
-    uint8_t c = wstun__buf_data(&m->buf)[i];
-    FZ_CHECK((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'),
-             "id placeholder byte %d is 0x%02x", i, c);
-  }
   back b;
   size_t used;
   rc = parse_back(m, &b, &used);
@@ -317,7 +312,7 @@ static void check_whole(rq *r) {
   back b;
   size_t used;
   int rc = parse_back(r->req, &b, &used);
-  size_t n = wstun__buf_size(&r->req->buf) - 4;
+  size_t n = wstun__buf_size(&r->req->buf);
   if (rc == WSTUN__HTTP_ERROR || b.heads != 1 || b.completes != 1 ||
       used != n) {
     fzs_dump("message", wstun__buf_data(&r->req->buf),
