@@ -8,6 +8,24 @@
 #include "wstun_exchange.h"
 #include "wstun_server_int.h"
 
+/* Re-entrancy. A front's callbacks call into code that may call back
+ * (an answer ends the request, which parses the next one; a failed write
+ * closes the connection; the exchange fails inside its registry's call).
+ * What guards that, in one place:
+ *  - f->closing: the teardown began (wstun__front_close). Everything after
+ *    is a no-op; the memory goes once the closer counts the timers and the
+ *    connection closed (front_freed), never inside a callback.
+ *  - f->phase: whose turn it is. Input is parsed only while IDLE or inside
+ *    the request being read; ANSWERED means front_next() is owed, which
+ *    the parser loop (front_on_data) or the answer's writer calls once.
+ *  - ex->cancelled (wstun_exchange.h): the exchange's requester is gone;
+ *    late calls from the registry, the tunnel or a timer do nothing.
+ *  - f->upgrade, f->discarding: what the parser's pause at the end of this
+ *    head or body means (hand the socket to a tunnel / parse the next
+ *    request), read in front_on_data and req_on_complete.
+ * The registry holds no pointer to a front: it calls the exchange through
+ * its reg_entry table, which the exchange's release unlinks first. */
+
 /* Where a front connection is between requests. */
 typedef enum {
   WSTUN__FRONT_IDLE = 0, /* reading (or waiting for) a request head */

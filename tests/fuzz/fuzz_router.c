@@ -1,4 +1,4 @@
-/* The server's path router, wstun__route_target (wstun_front.c): base path
+/* The server's path router, wstun__route_target (wstun_router.c): base path
  * stripped, "/_token/<token>[/path][?query]" split into the token and the
  * target forwarded down the tunnel. Checked against a reference reading of
  * the rules, and for the properties that matter to security: the target is
