@@ -1,30 +1,32 @@
-/* Front connections: HTTP requesters on the server. Each connection runs
- * one exchange at a time: its request is parsed (llhttp), routed to a local
- * endpoint or turned into a tunnel message, and the response coming back
- * from the tunnel is parsed again and re-framed for this connection.
- * Pipelined requests wait in the connection's input until the exchange
- * before them is done. */
+/* Front connections: the HTTP connections of requesters on the server.
+ * A front accepts (with the connection caps and TLS), parses requests
+ * (llhttp), asks the router what each one wants, answers the local ones
+ * (health, stats, admin, metrics, errors), hands the tunnel upgrade to the
+ * registry, and for a tunneled request runs its exchange (embedded here,
+ * wstun_exchange.c), writing the response the exchange passes up through
+ * exchange_cbs. It owns the connection's timeouts (TLS handshake, request
+ * head, keep-alive idle), keep-alive itself, and backpressure on the
+ * requester. Requests on a connection are answered in order: pipelined
+ * ones wait in the connection's input until the one before is done. */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 #include "wstun_alloc.h"
-#include "wstun_server_int.h"
+#include "wstun_front.h"
+#include "wstun_registry.h"
+#include "wstun_router.h"
 #include "wstun_util.h"
+#include "wstun_ws.h"
 
-#define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
 /* Response bytes buffered for a requester before its tunnel stops reading:
  * enough to ride out a slow moment of one reader without holding up the
  * others on the tunnel, bounded per connection. */
 #define FRONT_OUT_MAX (2u << 20)
 
-/* a WebSocket handshake that will never reach /_tunnel */
-#define NO_TUNNEL_HERE "no tunnel endpoint here: check the base path"
-
 static const wstun__conn_cbs front_conn_cbs;
 static const wstun__http_parser_cbs req_cbs;
-static const wstun__http_parser_cbs resp_cbs;
-static const wstun__outmsg_cbs req_msg_cbs;
+static const wstun__exchange_cbs ex_cbs;
 
 static void front_next(wstun__front *f);
 
@@ -35,12 +37,6 @@ static void set_timer(wstun__front *f, uint64_t ms, uv_timer_cb cb) {
     uv_timer_start(&f->timer, cb, ms, 0);
 }
 
-static int resp_started(const wstun__front *f) {
-  return f->state == WSTUN__EX_RESPONDING;
-}
-
-/* Writes a complete short answer on the connection. Errors carry
- * nosniff, as the Go server's (http.Error) do. */
 /* How our own answers are written: closing the connection after them, and
  * with no body when they answer a HEAD (the requester would read the body
  * as the start of its next response). */
@@ -49,6 +45,8 @@ static int answer_flags(const wstun__front *f) {
          (f->head_req ? WSTUN__HTTP_NO_BODY : 0);
 }
 
+/* Writes a complete short answer on the connection. Errors carry
+ * nosniff, as the Go server's (http.Error) do. */
 static void write_simple(wstun__front *f, int status, const char *text) {
   if (f->conn == NULL)
     return;
@@ -59,50 +57,24 @@ static void write_simple(wstun__front *f, int status, const char *text) {
   wstun__conn_flush(f->conn);
 }
 
-/* Drops everything the exchange holds on tunnels and queues. */
-static void exchange_release(wstun__front *f) {
-  wstun__server_unlink(f);
-  wstun__buf_free(&f->replay);
-  if (f->req) {
-    wstun__outmsg *m = f->req;
-    f->req = NULL;
-    wstun__outmsg_abandon(m);
-  }
-  if (f->resp_init) {
-    wstun__http_parser_free(&f->resp);
-    f->resp_init = 0;
-  }
-  f->tok = NULL;
-}
-
 int wstun__front_busy(const wstun__front *f) {
-  return !f->closing && (f->state != WSTUN__EX_NONE ||
+  return !f->closing && (f->phase != WSTUN__FRONT_IDLE ||
                          wstun__http_parser_in_message(&f->parser));
 }
 
 /* ---- teardown ----------------------------------------------------------- */
 
-static void front_maybe_free(wstun__front *f) {
-  if (!f->timer_closed || !f->conn_closed)
-    return;
+/* The timers and the connection are closed: the memory goes. */
+static void front_freed(wstun__closer *c) {
+  wstun__front *f = wstun__list_entry(c, wstun__front, closer);
   wstun_server *srv = f->srv;
-  if (f->prev)
-    f->prev->next = f->next;
-  else
-    srv->fronts = f->next;
-  if (f->next)
-    f->next->prev = f->prev;
+  wstun__list_remove(&f->link);
   srv->nfronts--;
-  wstun__server_conn_release(srv, f->ip);
+  wstun__registry_conn_release(srv, f->ip);
   wstun__http_parser_free(&f->parser);
   wstun__free(f);
-  wstun__server_front_gone(srv);
-}
-
-static void on_timer_closed(uv_handle_t *h) {
-  wstun__front *f = h->data;
-  f->timer_closed = 1;
-  front_maybe_free(f);
+  if (srv->on_gone)
+    srv->on_gone(srv);
 }
 
 static void front_conn_closed(wstun__conn *c) {
@@ -115,26 +87,26 @@ static void front_conn_closed(wstun__conn *c) {
                wstun__conn_peer(c, peer, sizeof(peer)), c->tls->why);
   }
   f->conn = NULL;
-  f->conn_closed = 1;
   if (!f->closing)
     wstun__front_close(f); /* closed after a final response */
   else
-    front_maybe_free(f);
+    wstun__closer_done(&f->closer); /* the close front_close began */
 }
 
 void wstun__front_close(wstun__front *f) {
   if (f->closing)
     return;
   f->closing = 1;
-  exchange_release(f);
-  f->state = WSTUN__EX_NONE;
+  f->phase = WSTUN__FRONT_IDLE;
+  wstun__closer_start(&f->closer, front_freed);
+  wstun__exchange_close(&f->ex, &f->closer);
   uv_timer_stop(&f->timer);
-  uv_close((uv_handle_t *)&f->timer, on_timer_closed);
-  if (f->conn)
+  wstun__closer_close_handle(&f->closer, (uv_handle_t *)&f->timer);
+  if (f->conn) {
+    wstun__closer_add(&f->closer);
     wstun__conn_close(f->conn);
-  else
-    f->conn_closed = 1;
-  front_maybe_free(f);
+  }
+  wstun__closer_done(&f->closer);
 }
 
 /* Ends the connection abruptly (RST), so a requester can tell a cut
@@ -145,102 +117,7 @@ static void front_abort(wstun__front *f) {
   wstun__front_close(f);
 }
 
-/* ---- finishing an exchange ---------------------------------------------- */
-
-static void log_ret(wstun__front *f, int status) {
-  wstun__metrics_answer(&f->srv->metrics, status,
-                        uv_now(f->srv->loop) - f->start_ms);
-  wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
-             "HTTP RET token=%s id=%04x status=%d (%llu ms)", f->token_prefix,
-             f->id, status,
-             (unsigned long long)(uv_now(f->srv->loop) - f->start_ms));
-}
-
-/* Bookkeeping for /admin: how the exchange of a known token ended. */
-static void account(wstun__front *f, int ok) {
-  wstun__token *t = f->tok;
-  char addr[64] = "";
-  if (f->conn)
-    wstun__conn_peer(f->conn, addr, sizeof(addr));
-  if (ok)
-    f->srv->completed++;
-  else
-    f->srv->errored++;
-  if (t == NULL)
-    return;
-  if (ok) {
-    t->last_success = uv_now(f->srv->loop);
-    memcpy(t->last_success_addr, addr, sizeof(addr));
-  } else {
-    t->last_error = uv_now(f->srv->loop);
-    memcpy(t->last_error_addr, addr, sizeof(addr));
-  }
-}
-
-void wstun__front_fail(wstun__front *f, int status, const char *text) {
-  if (f->closing)
-    return;
-  if (f->tok && f->state != WSTUN__EX_RESPONDING)
-    account(f, 0);
-  int started = resp_started(f);
-  exchange_release(f);
-  if (started) {
-    /* the head is out: only a cut connection can tell the requester */
-    front_abort(f);
-    return;
-  }
-  if (status != 0) {
-    log_ret(f, status);
-    write_simple(f, status, text);
-  } else if (f->conn) {
-    wstun__conn_flush(f->conn);
-  }
-  f->state = WSTUN__EX_DONE;
-  front_next(f);
-}
-
-/* Safe methods only (RFC 9110 9.2.1): sending one twice changes nothing on
- * the backend, so a request whose tunnel died before answering may go out
- * again. Bigger requests are not copied: they stream. */
-#define REPLAY_MAX (16 * 1024)
-static int replayable_method(int method) {
-  return method == HTTP_GET || method == HTTP_HEAD || method == HTTP_OPTIONS ||
-         method == HTTP_TRACE;
-}
-
-static int replay(wstun__front *f) {
-  if (wstun__buf_size(&f->replay) == 0 || f->resp_init || f->closing ||
-      f->state != WSTUN__EX_WAITING || f->tok == NULL || f->tries + 1 >= 3)
-    return 0;
-  wstun__outmsg *m = wstun__outmsg_new(&req_msg_cbs, f);
-  if (m == NULL || wstun__buf_append(&m->buf, wstun__buf_data(&f->replay),
-                                     wstun__buf_size(&f->replay)) != 0) {
-    if (m)
-      wstun__outmsg_free(m);
-    return 0;
-  }
-  f->tries++;
-  wstun__log(&f->srv->log, WSTUN_LOG_INFO,
-             "WS   SND token=%s id=%04x: tunnel lost before the response: "
-             "sending it again (try %d)",
-             f->token_prefix, f->id, f->tries + 1);
-  wstun__server_unlink(f);
-  m->finished = 1;
-  f->req = m;
-  f->state = WSTUN__EX_READING;
-  wstun__server_dispatch(f->srv, f);
-  return 1;
-}
-
-void wstun__front_tunnel_lost(wstun__front *f) {
-  if (replay(f))
-    return;
-  wstun__log(
-      &f->srv->log, WSTUN_LOG_INFO,
-      "HTTP RET token=%s id=%04x: tunnel lost with the request in flight",
-      f->token_prefix, f->id);
-  wstun__front_fail(f, 502, "Tunnel connection lost before the response");
-}
+/* ---- the connection's timeouts ------------------------------------------ */
 
 static void on_idle_timeout(uv_timer_t *t) {
   wstun__front_close(t->data);
@@ -249,12 +126,12 @@ static void on_idle_timeout(uv_timer_t *t) {
 /* The request head did not arrive in time (slowloris): say so, close. */
 static void on_head_timeout(uv_timer_t *t) {
   wstun__front *f = t->data;
-  if (f->state != WSTUN__EX_NONE || f->conn == NULL) {
+  if (f->phase != WSTUN__FRONT_IDLE || f->conn == NULL) {
     wstun__front_close(f);
     return;
   }
   f->close_after = 1;
-  f->state = WSTUN__EX_DONE;
+  f->phase = WSTUN__FRONT_ANSWERED;
   write_simple(f, 408, "Request header timeout");
   front_next(f);
 }
@@ -275,116 +152,13 @@ static void on_tls_timeout(uv_timer_t *t) {
   wstun__front_close(f);
 }
 
-static void on_deadline(uv_timer_t *t) {
-  wstun__front *f = t->data;
-  wstun__log(&f->srv->log, WSTUN_LOG_INFO,
-             "HTTP RET token=%s id=%04x status=504: no response in time",
-             f->token_prefix, f->id);
-  wstun__front_fail(f, 504, "Tunnel timeout");
-}
-
-/* ---- a requester that holds its tunnel ---------------------------------- */
-
-/* While the exchange's response holds the tunnel paused (its requester
- * reads slower than the tunnel client sends), the timer watches the
- * output instead of the deadline: a requester that takes no byte for
- * stall_ms is cut, so that the other exchanges on the tunnel go on. */
-static uint64_t deadline_left(wstun__front *f) {
-  uint64_t end = f->start_ms + f->srv->http_timeout_ms;
-  uint64_t now = uv_now(f->srv->loop);
-  return end > now ? end - now : 0;
-}
-
-static void on_stall_check(uv_timer_t *t) {
-  wstun__front *f = t->data;
-  wstun_server *srv = f->srv;
-  uint64_t now = uv_now(srv->loop);
-  if (f->conn == NULL || deadline_left(f) == 0) {
-    on_deadline(t);
-    return;
-  }
-  uint64_t p = wstun__conn_progress(f->conn);
-  if (p != f->stall_mark) {
-    f->stall_mark = p;
-    f->stall_since = now;
-  }
-  if (now - f->stall_since >= srv->stall_ms) {
-    wstun__log(&srv->log, WSTUN_LOG_WARN,
-               "HTTP RET token=%s id=%04x: requester read nothing for %llu "
-               "ms while holding the tunnel: cut",
-               f->token_prefix, f->id,
-               (unsigned long long)(now - f->stall_since));
-    wstun__front_fail(f, 0, NULL);
-    return;
-  }
-  uint64_t next = srv->stall_ms / 4 < 100 ? 100 : srv->stall_ms / 4;
-  uint64_t left = deadline_left(f);
-  set_timer(f, next < left ? next : left, on_stall_check);
-}
-
-static void stall_watch_start(wstun__front *f) {
-  f->stall_mark = wstun__conn_progress(f->conn);
-  f->stall_since = uv_now(f->srv->loop);
-  uint64_t next = f->srv->stall_ms / 4 < 100 ? 100 : f->srv->stall_ms / 4;
-  uint64_t left = deadline_left(f);
-  set_timer(f, next < left ? next : left, on_stall_check);
-}
-
-static void stall_watch_stop(wstun__front *f) {
-  set_timer(f, deadline_left(f), on_deadline);
-}
-
-/* The same for the request: a message streamed onto the tunnel is sent
- * alone until it ends, so an uploader that stops sending its body holds
- * up everything else to go through that tunnel. While the request is
- * streamed, the timer checks that the tunnel is not left waiting for its
- * bytes for stall_ms; an uploader that does so gets 408 and its message
- * is ended where it stands (the tunnel client sees it cut short). */
-static void on_upload_check(uv_timer_t *t) {
-  wstun__front *f = t->data;
-  wstun_server *srv = f->srv;
-  uint64_t now = uv_now(srv->loop);
-  uint64_t left = deadline_left(f);
-  if (left == 0) {
-    on_deadline(t);
-    return;
-  }
-  wstun__outmsg *m = f->req;
-  if (m == NULL || m->finished ||
-      (f->state != WSTUN__EX_QUEUED && f->state != WSTUN__EX_SENDING)) {
-    set_timer(f, left, on_deadline); /* written: back to the deadline */
-    return;
-  }
-  /* starving the tunnel: it is sending this message and has taken all
-   * there is (one byte is always held back) */
-  int starving = f->state == WSTUN__EX_SENDING && m->tunnel &&
-                 m->tunnel->cur == m && wstun__buf_size(&m->buf) <= 1;
-  if (!starving || m->taken != f->stall_mark) {
-    f->stall_mark = m->taken;
-    f->stall_since = now;
-  } else if (now - f->stall_since >= srv->stall_ms) {
-    wstun__log(&srv->log, WSTUN_LOG_WARN,
-               "HTTP RET token=%s id=%04x status=408: request body stalled "
-               "for %llu ms while holding the tunnel",
-               f->token_prefix, f->id,
-               (unsigned long long)(now - f->stall_since));
-    f->close_after = 1; /* the rest of the body will not be read */
-    wstun__front_fail(f, 408, "Request body timeout");
-    return;
-  }
-  uint64_t next = srv->stall_ms / 4 < 100 ? 100 : srv->stall_ms / 4;
-  set_timer(f, next < left ? next : left, on_upload_check);
-}
-
-/* The exchange is done (answered or failed): next request, or close. */
+/* The request is answered (or failed): next request, or close. */
 static void front_next(wstun__front *f) {
   if (f->closing || f->conn == NULL)
     return;
-  if (f->state != WSTUN__EX_DONE)
+  if (f->phase != WSTUN__FRONT_ANSWERED)
     return;
-  f->state = WSTUN__EX_NONE;
-  f->tok = NULL;
-  f->tun = NULL;
+  f->phase = WSTUN__FRONT_IDLE;
   f->head_req = 0;
   if (f->close_after || f->srv->closing) {
     uv_timer_stop(&f->timer);
@@ -402,10 +176,132 @@ static void front_next(wstun__front *f) {
   wstun__conn_resume(f->conn);
 }
 
+/* An answer of our own that ends the request: counted and logged as the
+ * exchange's answers are (the upgrade's refusals). */
+static void local_fail(wstun__front *f, int status, const char *text) {
+  if (f->closing)
+    return;
+  if (status != 0) {
+    wstun__exchange_log_ret(&f->ex, status);
+    write_simple(f, status, text);
+  } else if (f->conn) {
+    wstun__conn_flush(f->conn);
+  }
+  f->phase = WSTUN__FRONT_ANSWERED;
+  front_next(f);
+}
+
+void wstun__front_fail(wstun__front *f, int status, const char *text) {
+  if (f->closing)
+    return;
+  if (wstun__exchange_active(&f->ex))
+    wstun__exchange_fail(&f->ex, status, text);
+  else
+    local_fail(f, status, text);
+}
+
+/* ---- the exchange's calls ----------------------------------------------- */
+
+static wstun__front *ex_front(wstun__exchange *ex) {
+  return wstun__list_entry(ex, wstun__front, ex);
+}
+
+static int ex_on_head(wstun__exchange *ex, wstun__http_head *h, int no_body,
+                      int close_delimited) {
+  wstun__front *f = ex_front(ex);
+  /* HTTP/1.0 requesters get a body ended by the connection's close */
+  int http11 = f->parser.head.major == 1 && f->parser.head.minor >= 1;
+  wstun__http_head_strip_hop_by_hop(h, 1);
+  int rc = wstun__http_head_frame(h, h->has_content_length, h->content_length,
+                                  !no_body && http11, &f->resp_chunked);
+  if (close_delimited || f->close_after || f->srv->closing) {
+    f->close_after = 1;
+    rc |= wstun__http_head_add(h, "Connection", "close");
+  }
+  /* the registered phrase, as the Go server relays it ("201 Created Fine"
+   * goes out as "201 Created"); an unregistered code keeps the client's */
+  if (wstun__http_reason(h->status)[0] != '\0')
+    h->target_len = 0;
+  if (rc != 0 || f->conn == NULL ||
+      wstun__http_head_write(h, wstun__conn_outbuf(f->conn)) != 0)
+    return -1;
+  wstun__conn_flush(f->conn);
+  return 0;
+}
+
+static int ex_on_body(wstun__exchange *ex, const uint8_t *d, size_t n) {
+  wstun__front *f = ex_front(ex);
+  if (f->conn == NULL)
+    return -1;
+  wstun__buf *out = wstun__conn_outbuf(f->conn);
+  int rc = 0;
+  if (f->resp_chunked) {
+    rc |= wstun__http_write_chunk_header(out, n);
+    rc |= wstun__buf_append(out, d, n);
+    rc |= wstun__buf_append(out, "\r\n", 2);
+  } else {
+    rc = wstun__buf_append(out, d, n);
+  }
+  if (rc != 0)
+    return -1;
+  wstun__conn_flush(f->conn);
+  return wstun__conn_congested(f->conn) ? 1 : 0;
+}
+
+static void ex_on_end(wstun__exchange *ex) {
+  wstun__front *f = ex_front(ex);
+  if (f->resp_chunked && f->conn)
+    wstun__conn_write(f->conn, WSTUN__HTTP_LAST_CHUNK,
+                      sizeof(WSTUN__HTTP_LAST_CHUNK) - 1);
+}
+
+static void ex_on_done(wstun__exchange *ex, wstun__ex_end how, int status,
+                       const char *text) {
+  wstun__front *f = ex_front(ex);
+  switch (how) {
+  case WSTUN__EX_ABORTED:
+    front_abort(f);
+    return;
+  case WSTUN__EX_FAILED_CLOSE:
+    f->close_after = 1;
+    /* fall through */
+  case WSTUN__EX_FAILED:
+    if (status != 0)
+      write_simple(f, status, text);
+    else if (f->conn)
+      wstun__conn_flush(f->conn);
+    break;
+  case WSTUN__EX_ANSWERED:
+    break;
+  }
+  f->phase = WSTUN__FRONT_ANSWERED;
+  front_next(f);
+}
+
+static void ex_on_drain(wstun__exchange *ex) {
+  wstun__front *f = ex_front(ex);
+  if (f->conn && !f->closing)
+    wstun__conn_resume(f->conn);
+}
+
+static uint64_t ex_progress(wstun__exchange *ex) {
+  wstun__front *f = ex_front(ex);
+  return f->conn ? wstun__conn_progress(f->conn) : 0;
+}
+
+static const wstun__exchange_cbs ex_cbs = {
+    .on_head = ex_on_head,
+    .on_body = ex_on_body,
+    .on_end = ex_on_end,
+    .on_done = ex_on_done,
+    .on_drain = ex_on_drain,
+    .progress = ex_progress,
+};
+
 /* ---- requests ----------------------------------------------------------- */
 
 static void local_answer(wstun__front *f, int status, const char *text) {
-  f->state = WSTUN__EX_DONE;
+  f->phase = WSTUN__FRONT_ANSWERED;
   write_simple(f, status, text);
 }
 
@@ -470,7 +366,7 @@ static int admin_allowed(wstun__front *f, const wstun__http_head *h) {
              wstun__ct_equal(auth + 7, strlen(auth + 7), srv->admin_token,
                              strlen(srv->admin_token));
     if (!ok) {
-      f->state = WSTUN__EX_DONE;
+      f->phase = WSTUN__FRONT_ANSWERED;
       if (f->conn) {
         wstun__http_write_simple(
             wstun__conn_outbuf(f->conn), 401, "Unauthorized",
@@ -485,7 +381,7 @@ static int admin_allowed(wstun__front *f, const wstun__http_head *h) {
 
 static void answer_doc(wstun__front *f, int rc, wstun__buf *doc,
                        const char *ctype) {
-  f->state = WSTUN__EX_DONE;
+  f->phase = WSTUN__FRONT_ANSWERED;
   if (rc != 0)
     write_simple(f, 503, "Out of memory");
   else if (f->conn) {
@@ -511,298 +407,75 @@ static int route_admin(wstun__front *f, const wstun__http_head *h,
 static int route_metrics(wstun__front *f, const wstun__http_head *h) {
   if (!admin_allowed(f, h))
     return 0;
-  wstun_server *srv = f->srv;
-  wstun_server_stats st;
-  wstun_server_get_stats(srv, &st);
-  size_t queued = 0, by_conns[4] = {0, 0, 0, 0};
-  for (size_t i = 0; i < srv->nbuckets; i++)
-    for (const wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
-      queued += t->nqueued;
-      by_conns[t->ntunnels < 3 ? t->ntunnels : 3]++;
-    }
   wstun__buf doc = WSTUN__BUF_INIT;
-  int rc =
-      wstun__metrics_write(&srv->metrics, &st, queued, by_conns,
-                           srv->shared.bytes_in, srv->shared.bytes_out, &doc);
-  rc |= wstun__buf_appendf(
-      &doc,
-      "# HELP wstun_connections Open connections counted against "
-      "wstun_max_connections (requesters and tunnels).\n"
-      "# TYPE wstun_connections gauge\nwstun_connections %zu\n"
-      "# HELP wstun_max_connections The cap in effect (0 = none).\n"
-      "# TYPE wstun_max_connections gauge\nwstun_max_connections %zu\n"
-      "# HELP wstun_max_connections_per_ip The cap per peer address in "
-      "effect (0 = none).\n"
-      "# TYPE wstun_max_connections_per_ip gauge\n"
-      "wstun_max_connections_per_ip %zu\n"
-      "# HELP wstun_connections_refused_total Connections answered 503 "
-      "over a connection cap.\n"
-      "# TYPE wstun_connections_refused_total counter\n"
-      "wstun_connections_refused_total %llu\n",
-      srv->nconns, srv->max_conns, srv->max_conns_per_ip,
-      (unsigned long long)srv->refused_total);
+  int rc = wstun__admin_metrics(f->srv, &doc);
   answer_doc(f, rc, &doc, "text/plain; version=0.0.4; charset=utf-8");
   return 0;
 }
 
-/* Builds the head of the tunnel message: origin-form target, no
- * hop-by-hop headers, the requester appended to X-Forwarded-For, and our
- * own body framing. `target` may point into the head's text, which every
- * header added below may move: it is copied first. */
-static int build_request(wstun__front *f, wstun__http_head *h,
-                         const char *target, size_t tlen) {
-  if (wstun__http_head_set_target(h, target, tlen) != 0)
-    return WSTUN_ENOMEM;
-  char ip[64];
+static void route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
+                         size_t toklen, const char *target, size_t tlen) {
+  char ip[64], peer[64];
   wstun__conn_peer_ip(f->conn, ip, sizeof(ip));
-  /* every line, in order, as one list: the proxies' appended last */
-  wstun__buf v = WSTUN__BUF_INIT;
-  int n = wstun__http_head_join(h, "X-Forwarded-For", &v);
-  int rc = n < 0 ? n : 0;
-  if (n > 0)
-    rc |= wstun__buf_append(&v, ", ", 2);
-  rc |= wstun__buf_append_str(&v, ip);
-  rc |= wstun__buf_append(&v, "", 1);
-  if (rc != 0) {
-    wstun__buf_free(&v);
-    return WSTUN_ENOMEM;
+  wstun__conn_peer(f->conn, peer, sizeof(peer));
+  int expect;
+  const char *text;
+  int status = wstun__exchange_start(&f->ex, h, tok, toklen, target, tlen, ip,
+                                     peer, &expect, &text);
+  if (status != 0) {
+    local_answer(f, status, text);
+    return;
   }
-  int expect = wstun__http_head_has_token(h, "Expect", "100-continue");
-  wstun__http_head_strip_hop_by_hop(h, 1);
-  wstun__http_head_remove(h, "Expect");
-  wstun__http_head_remove(h, "X-Forwarded-For");
-  rc = wstun__http_head_add(h, "X-Forwarded-For", (const char *)v.base);
-  wstun__buf_free(&v);
-  rc |= wstun__http_head_frame(h, h->has_content_length, h->content_length,
-                               h->chunked, &f->req_chunked);
-  f->req = rc == 0 ? wstun__outmsg_new(&req_msg_cbs, f) : NULL;
-  if (f->req == NULL)
-    return WSTUN_ENOMEM;
-  if (wstun__http_head_write(h, &f->req->buf) != 0)
-    return WSTUN_ENOMEM;
   if (expect)
     wstun__conn_write(f->conn, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-  return 0;
-}
-
-static void dispatch_if_ready(wstun__front *f) {
-  if (f->state != WSTUN__EX_READING || f->req == NULL)
-    return;
-  size_t size = wstun__buf_size(&f->req->buf);
-  if (f->req->finished && f->tries == 0 && size <= REPLAY_MAX &&
-      replayable_method(f->method) &&
-      wstun__buf_append(&f->replay, wstun__buf_data(&f->req->buf), size) != 0)
-    wstun__buf_free(&f->replay); /* no copy: no replay, nothing else lost */
-  if (f->req->finished || wstun__buf_size(&f->req->buf) >= WSTUN__STREAM_AT) {
-    wstun__server_dispatch(f->srv, f);
-    if (f->req && !f->req->finished && !f->closing &&
-        (f->state == WSTUN__EX_QUEUED || f->state == WSTUN__EX_SENDING)) {
-      f->stall_mark = f->req->taken;
-      f->stall_since = uv_now(f->srv->loop);
-      set_timer(f, f->srv->stall_ms / 4 < 100 ? 100 : f->srv->stall_ms / 4,
-                on_upload_check);
-    }
-  }
-}
-
-static int route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
-                        size_t toklen, const char *target, size_t tlen) {
-  wstun_server *srv = f->srv;
-  if (toklen == 0) {
-    local_answer(f, 400, "Missing X-Token header");
-    return 0;
-  }
-  wstun__token *t = wstun__server_find_token(srv, tok, toklen);
-  char tmp[12];
-  char *tokz = wstun__strndup(tok, toklen);
-  wstun__redact(tokz ? tokz : "", tmp);
-  wstun__free(tokz);
-  memcpy(f->token_prefix, tmp, sizeof(tmp));
-  if (t == NULL) {
-    wstun__log(&srv->log, WSTUN_LOG_DEBUG, "HTTP RCV token=%s: unknown token",
-               f->token_prefix);
-    account(f, 0); /* the Go server counts it as an errored request */
-    local_answer(f, 404, "Tunnel not found (or not seen in a long time)");
-    return 0;
-  }
-  if (build_request(f, h, target, tlen) != 0) {
-    local_answer(f, 503, "Out of memory");
-    return 0;
-  }
-  f->tok = t;
-  t->last_activity = uv_now(srv->loop);
-  f->tries = 0;
-  f->state = WSTUN__EX_READING;
-  f->start_ms = uv_now(srv->loop);
-  if (WSTUN__LOG_ON(&srv->log, WSTUN_LOG_DEBUG)) {
-    char addr[64];
-    wstun__conn_peer(f->conn, addr, sizeof(addr));
-    wstun__log(&srv->log, WSTUN_LOG_DEBUG,
-               "HTTP RCV token=%s verb=%s url=%s addr=%s", f->token_prefix,
-               llhttp_method_name((llhttp_method_t)h->method),
-               wstun__http_head_target(h), addr);
-  }
-  set_timer(f, srv->http_timeout_ms, on_deadline);
-  return 0;
-}
-
-int wstun__route_target(const char *base, size_t blen, const char *target,
-                        size_t tlen, char *buf, size_t cap, wstun__route *r) {
-  memset(r, 0, sizeof(*r));
-  if (blen > 0) {
-    if (tlen < blen || memcmp(target, base, blen) != 0 ||
-        (tlen > blen && target[blen] != '/' && target[blen] != '?'))
-      return -1;
-    target += blen;
-    tlen -= blen;
-  }
-  r->path = target;
-  r->len = tlen;
-  const char *q = memchr(target, '?', tlen);
-  r->plen = q ? (size_t)(q - target) : tlen;
-  if (r->plen < 8 || memcmp(target, "/_token/", 8) != 0)
-    return 0;
-  const char *tok = target + 8;
-  size_t toklen = 0;
-  while (toklen < tlen - 8 && tok[toklen] != '/' && tok[toklen] != '?')
-    toklen++;
-  const char *rest = tok + toklen;
-  size_t rlen = tlen - 8 - toklen;
-  r->tok = tok;
-  r->toklen = toklen;
-  if (rlen > 0 && rest[0] == '/') {
-    r->fwd = rest;
-    r->fwdlen = rlen;
-  } else if (rlen + 1 < cap) {
-    /* "/_token/tok" or "/_token/tok?q": the path is "/" */
-    buf[0] = '/';
-    memcpy(buf + 1, rest, rlen);
-    buf[rlen + 1] = '\0';
-    r->fwd = buf;
-    r->fwdlen = rlen + 1;
-  }
-  return 0;
+  f->phase = WSTUN__FRONT_BUSY;
 }
 
 static int req_on_head(void *ud, wstun__http_head *h) {
   wstun__front *f = ud;
   wstun_server *srv = f->srv;
-  f->method = h->method;
   f->head_req = h->method == HTTP_HEAD;
   f->close_after = !h->keep_alive;
-  f->start_ms = uv_now(srv->loop);
-  f->id = 0;
-  f->state = WSTUN__EX_NONE;
+  f->phase = WSTUN__FRONT_IDLE;
+  wstun__exchange_reset(&f->ex, h);
   uv_timer_stop(&f->timer);
-  const char *target = wstun__http_head_target(h);
-  size_t tlen = h->target_len;
-  if (target[0] != '/') {
-    local_answer(f, 400, "Request target must be a path");
-    return 0;
-  }
   char buf[4096];
-  wstun__route rt;
-  /* a WebSocket handshake anywhere but on /_tunnel is a tunnel client
-   * with the wrong base path (or none): say so instead of a bare 404 */
-  int ws = wstun__http_head_has_token(h, "Connection", "upgrade") &&
-           wstun__http_head_has_token(h, "Upgrade", "websocket");
-  if (wstun__route_target(srv->base_path, srv->base_len, target, tlen, buf,
-                          sizeof(buf), &rt) != 0) {
-    if (ws) {
-      f->close_after = 1; /* llhttp reads nothing after an upgrade head */
-      local_answer(f, 404, NO_TUNNEL_HERE);
-      return 1;
-    }
-    local_answer(f, 404, "404 page not found\n"); /* Go's ServeMux text */
-    return 0;
-  }
-  target = rt.path;
-  tlen = rt.len;
-  size_t plen = rt.plen;
-#define IS_PATH(lit) (plen == sizeof(lit) - 1 && memcmp(target, lit, plen) == 0)
-  if (IS_PATH("/_tunnel")) {
+  wstun__route_decision d;
+  wstun__route_request(srv->base_path, srv->base_len, h, buf, sizeof(buf), &d);
+  switch (d.kind) {
+  case WSTUN__ROUTE_UPGRADE:
     f->upgrade = 1;
-    return 1; /* no body; the upgrade happens after the head */
+    break;
+  case WSTUN__ROUTE_STATS:
+    route_stats(f, h);
+    break;
+  case WSTUN__ROUTE_MONITORING:
+  case WSTUN__ROUTE_AUDITING:
+    route_admin(f, h, d.kind == WSTUN__ROUTE_AUDITING);
+    break;
+  case WSTUN__ROUTE_METRICS:
+    route_metrics(f, h);
+    break;
+  case WSTUN__ROUTE_TUNNEL:
+    route_tunnel(f, h, d.tok, d.toklen, d.target, d.tlen);
+    break;
+  case WSTUN__ROUTE_ANSWER:
+    if (d.close)
+      f->close_after = 1;
+    local_answer(f, d.status, d.text);
+    break;
   }
-  /* llhttp ends a CONNECT or upgrade request at its head whatever its
-   * framing says; the bytes after it must never be read as the next
-   * request (smuggling). Neither is tunneled: answer and close. */
-  if (h->method == HTTP_CONNECT ||
-      (wstun__http_head_has_token(h, "Connection", "upgrade") &&
-       wstun__http_head_get(h, "Upgrade") != NULL)) {
-    f->close_after = 1;
-    if (ws && rt.tok == NULL && wstun__http_head_get(h, "X-Token") == NULL)
-      local_answer(f, 404, NO_TUNNEL_HERE);
-    else
-      local_answer(f, h->method == HTTP_CONNECT ? 405 : 501,
-                   h->method == HTTP_CONNECT
-                       ? "CONNECT is not supported"
-                       : "Protocol upgrades are not tunneled");
-    return 1;
-  }
-  if (rt.tok != NULL) {
-    /* the Go route is ^/_token/([^/]+)(/.*): a token, then a path */
-    if (rt.toklen == 0 || rt.fwd != rt.tok + rt.toklen) {
-      local_answer(f, 400, "Missing token in URI");
-      return 0;
-    }
-    return route_tunnel(f, h, rt.tok, rt.toklen, rt.fwd, rt.fwdlen);
-  }
-  /* the Go server's own endpoints are never tunneled, even with X-Token;
-   * /metrics is ours, and with X-Token it is a backend's, as in Go */
-  if (IS_PATH("/_health_check")) {
-    local_answer(f, 200, "WSTUNSRV RUNNING\n");
-    return 0;
-  }
-  if (IS_PATH("/_stats"))
-    return route_stats(f, h);
-  if (IS_PATH("/admin/monitoring") || IS_PATH("/admin/auditing"))
-    return route_admin(f, h, plen == sizeof("/admin/auditing") - 1);
-  const char *xtok = wstun__http_head_get(h, "X-Token");
-  if (xtok != NULL) {
-    if (plen == 0) {
-      /* the base path itself ("/wst", "/wst?q"): the backend gets "/",
-       * "/?q", never a target that is not a path */
-      if (tlen + 1 > sizeof(buf)) {
-        local_answer(f, 414, "URI too long");
-        return 0;
-      }
-      buf[0] = '/';
-      memcpy(buf + 1, target, tlen);
-      target = buf;
-      tlen++;
-    }
-    return route_tunnel(f, h, xtok, strlen(xtok), target, tlen);
-  }
-  if (IS_PATH("/metrics"))
-    return route_metrics(f, h);
-#undef IS_PATH
-  local_answer(f, 400, "Missing X-Token header");
-  return 0;
+  return d.stop;
 }
 
 static int req_on_body(void *ud, const uint8_t *d, size_t n) {
   wstun__front *f = ud;
-  if (f->req == NULL)
-    return 0; /* answered already: discard */
-  wstun__buf *b = &f->req->buf;
-  int rc = 0;
-  if (f->req_chunked) {
-    rc |= wstun__http_write_chunk_header(b, n);
-    rc |= wstun__buf_append(b, d, n);
-    rc |= wstun__buf_append(b, "\r\n", 2);
-  } else {
-    rc = wstun__buf_append(b, d, n);
-  }
-  if (rc != 0) {
+  int rc = wstun__exchange_body(&f->ex, d, n);
+  if (rc < 0) {
     f->parser.error_status = 503;
     return -1;
   }
-  if (f->state == WSTUN__EX_READING)
-    dispatch_if_ready(f);
-  else if (f->state == WSTUN__EX_SENDING && f->tun && f->tun->t)
-    wstun__tunnel_kick(f->tun->t);
-  if (f->req && wstun__outmsg_full(f->req) && f->conn)
+  if (rc > 0 && f->conn)
     wstun__conn_pause(f->conn);
   return 0;
 }
@@ -815,19 +488,11 @@ static int req_on_complete(void *ud) {
     f->discarding = 0; /* the dropped body is over: parse the next request */
     return 0;
   }
-  if (f->req != NULL) {
-    if (f->req_chunked &&
-        wstun__buf_append_str(&f->req->buf, WSTUN__HTTP_LAST_CHUNK) != 0) {
-      f->parser.error_status = 503;
-      return -1;
-    }
-    f->req->finished = 1;
-    if (f->state == WSTUN__EX_READING)
-      dispatch_if_ready(f);
-    else if (f->state == WSTUN__EX_SENDING && f->tun && f->tun->t)
-      wstun__tunnel_kick(f->tun->t);
+  if (wstun__exchange_body_end(&f->ex) != 0) {
+    f->parser.error_status = 503;
+    return -1;
   }
-  /* one exchange at a time: stop parsing here */
+  /* one request at a time: stop parsing here */
   return 1;
 }
 
@@ -837,221 +502,76 @@ static const wstun__http_parser_cbs req_cbs = {
     .on_complete = req_on_complete,
 };
 
-/* ---- the request message's life on the tunnel --------------------------- */
+/* ---- the tunnel handshake ---------------------------------------------- */
 
-static void req_msg_sent(void *owner, wstun__outmsg *m) {
-  wstun__front *f = owner;
-  (void)m;
-  f->req = NULL;
-  if (f->state != WSTUN__EX_SENDING)
-    return;
-  f->state = WSTUN__EX_WAITING;
-  if (f->tun == NULL) /* written, but the tunnel died right after */
-    wstun__front_tunnel_lost(f);
-}
+#define MIN_TOKEN_LEN 16
 
-static void req_msg_drain(void *owner, wstun__outmsg *m) {
-  wstun__front *f = owner;
-  (void)m;
-  if (f->conn && !f->closing && f->state != WSTUN__EX_DONE)
-    wstun__conn_resume(f->conn);
-}
-
-static void req_msg_failed(void *owner, wstun__outmsg *m, int restartable) {
-  wstun__front *f = owner;
-  wstun__server_unlink(f);
-  if (restartable && f->state == WSTUN__EX_SENDING && ++f->tries < 3) {
-    wstun__log(&f->srv->log, WSTUN_LOG_INFO,
-               "WS   SND token=%s id=%04x failed: retrying (try %d)",
-               f->token_prefix, f->id, f->tries + 1);
-    f->state = WSTUN__EX_READING;
-    if (m->finished || wstun__buf_size(&m->buf) >= WSTUN__STREAM_AT)
-      wstun__server_dispatch(f->srv, f);
-    return;
-  }
-  f->req = NULL;
-  wstun__outmsg_free(m);
-  if (restartable) {
-    wstun__log(&f->srv->log, WSTUN_LOG_INFO,
-               "WS   SND token=%s id=%04x failed after %d tries: 504",
-               f->token_prefix, f->id, f->tries);
-    wstun__front_fail(f, 504, "Tunnel retry exhausted");
-  } else
-    wstun__front_tunnel_lost(f);
-}
-
-static const wstun__outmsg_cbs req_msg_cbs = {
-    .on_sent = req_msg_sent,
-    .on_drain = req_msg_drain,
-    .on_failed = req_msg_failed,
-};
-
-/* ---- responses from the tunnel ------------------------------------------ */
-
-static int resp_on_head(void *ud, wstun__http_head *h) {
-  wstun__front *f = ud;
-  int status = h->status;
-  if (status == 101) {
-    /* upgrades are never tunneled: a 101 would tell a proxy in front of
-     * us to pass raw bytes from now on, straight to this server */
-    wstun__log(&f->srv->log, WSTUN_LOG_WARN,
-               "WS   RCV token=%s id=%04x: 101 from the tunnel client refused",
-               f->token_prefix, f->id);
-    return -1;
-  }
-  if (status >= 100 && status < 200)
-    return 1; /* interim (the 100 Continue is ours to send): dropped */
-  int no_body = f->method == HTTP_HEAD || status == 204 || status == 304;
-  /* HTTP/1.0 requesters get a body ended by the connection's close */
-  int http11 = f->parser.head.major == 1 && f->parser.head.minor >= 1;
-  wstun__http_head_strip_hop_by_hop(h, 1);
-  int rc = wstun__http_head_frame(h, h->has_content_length, h->content_length,
-                                  !no_body && http11, &f->resp_chunked);
-  f->resp_close = !h->has_content_length && !no_body && !http11;
-  if (f->resp_close || f->close_after || f->srv->closing) {
-    f->close_after = 1;
-    rc |= wstun__http_head_add(h, "Connection", "close");
-  }
-  /* the registered phrase, as the Go server relays it ("201 Created Fine"
-   * goes out as "201 Created"); an unregistered code keeps the client's */
-  if (wstun__http_reason(status)[0] != '\0')
-    h->target_len = 0;
-  if (rc != 0 || f->conn == NULL ||
-      wstun__http_head_write(h, wstun__conn_outbuf(f->conn)) != 0)
-    return -1;
-  f->state = WSTUN__EX_RESPONDING;
-  /* as the Go server: only 2xx and 3xx answers are completed requests */
-  account(f, status >= 200 && status < 400);
-  wstun__log(&f->srv->log, WSTUN_LOG_DEBUG,
-             "WS   RCV token=%s id=%04x status=%d", f->token_prefix, f->id,
-             status);
-  log_ret(f, status);
-  wstun__conn_flush(f->conn);
-  return no_body ? 1 : 0;
-}
-
-static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
-  wstun__front *f = ud;
-  if (f->conn == NULL)
-    return -1;
-  wstun__buf *out = wstun__conn_outbuf(f->conn);
-  int rc = 0;
-  if (f->resp_chunked) {
-    rc |= wstun__http_write_chunk_header(out, n);
-    rc |= wstun__buf_append(out, d, n);
-    rc |= wstun__buf_append(out, "\r\n", 2);
-  } else {
-    rc = wstun__buf_append(out, d, n);
-  }
-  if (rc != 0)
-    return -1;
-  wstun__conn_flush(f->conn);
-  /* paused even when we paused it before: another requester's drain may
-   * have resumed the tunnel meanwhile */
-  if (wstun__conn_congested(f->conn) && f->tun && f->tun->t) {
-    wstun__tunnel_pause_rx(f->tun->t);
-    if (!f->paused_tunnel) {
-      f->paused_tunnel = 1;
-      stall_watch_start(f);
-    }
-  }
-  return 0;
-}
-
-static int resp_on_complete(void *ud) {
-  wstun__front *f = ud;
-  int status = f->resp.head.status;
-  if (status >= 100 && status < 200)
-    return 0; /* an interim response (dropped): the final one follows */
-  if (f->resp_chunked && f->conn)
-    wstun__conn_write(f->conn, WSTUN__HTTP_LAST_CHUNK,
-                      sizeof(WSTUN__HTTP_LAST_CHUNK) - 1);
-  f->resp_done = 1;
-  /* a message carries one response: whatever follows is never parsed (it
-   * would go to the requester as the answer to its next request) */
-  return 1;
-}
-
-static const wstun__http_parser_cbs resp_cbs = {
-    .on_head = resp_on_head,
-    .on_body = resp_on_body,
-    .on_complete = resp_on_complete,
-};
-
-/* The tunnel client's answer is no HTTP response: 506 with an empty body,
- * what the Go server sends; the why goes to the log. */
-static void fail_506(wstun__front *f, const char *why) {
-  wstun__log(&f->srv->log, WSTUN_LOG_WARN, "WS   RCV token=%s id=%04x: %s",
-             f->token_prefix, f->id, why);
-  wstun__front_fail(f, 506, "");
-}
-
-int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n) {
-  if (!f->resp_init) {
-    wstun__http_parser_init(&f->resp, HTTP_RESPONSE, RESP_MAX_HEAD, 0,
-                            &resp_cbs, f);
-    f->resp_init = 1;
-    f->resp_done = 0;
-    f->resp_extra = 0;
-  }
-  if (f->resp_done) {
-    f->resp_extra += n; /* bytes after a complete response: dropped */
+/* The /_tunnel upgrade: checks, answers, and on success hands the
+ * connection to a new tunnel (returns 1), else answers an error (0). */
+static int upgrade(wstun__front *f, wstun__http_head *h, const uint8_t *rest,
+                   size_t n) {
+  wstun_server *srv = f->srv;
+  char peer[64], red[12];
+  wstun__conn_peer(f->conn, peer, sizeof(peer));
+  if (h->method != HTTP_GET) {
+    srv->metrics.hs_failures[WSTUN__HS_BAD_METHOD]++;
+    /* the Go server's words, byte for byte */
+    local_fail(f, 400, "Only GET requests are supported");
     return 0;
   }
-  size_t used;
-  int rc = wstun__http_parser_feed(&f->resp, d, n, &used);
-  if (rc == WSTUN__HTTP_PAUSED)
-    f->resp_extra += n - used;
-  if (rc == WSTUN__HTTP_ERROR) {
-    fail_506(f, f->resp.error_status == 502 && f->resp.error_text
-                    ? f->resp.error_text /* says what */
-                    : "unparsable response");
-    return -1;
+  const char *token = wstun__http_head_get(h, "Origin");
+  if (token == NULL) {
+    srv->metrics.hs_failures[WSTUN__HS_NO_TOKEN]++;
+    local_fail(f, 400, "Origin header with rendez-vous token required");
+    return 0;
   }
-  return 0;
-}
-
-static void response_done(wstun__front *f) {
-  exchange_release(f);
-  if (f->conn && f->paused_tunnel)
-    f->paused_tunnel = 0;
-  f->state = WSTUN__EX_DONE;
-  front_next(f);
-}
-
-void wstun__front_resp_end(wstun__front *f, int complete) {
-  if (f->closing || f->state == WSTUN__EX_DONE)
-    return;
-  if (!f->resp_init) {
-    if (complete)
-      fail_506(f, "empty response");
-    else
-      wstun__front_tunnel_lost(f);
-    return;
+  if (strlen(token) < MIN_TOKEN_LEN) {
+    srv->metrics.hs_failures[WSTUN__HS_SHORT_TOKEN]++;
+    local_fail(f, 400, "Rendez-vous token is too short (must be 16 chars)");
+    return 0;
   }
-  if (!f->resp_done && complete &&
-      wstun__http_parser_finish(&f->resp) == WSTUN__HTTP_OK && f->resp_close)
-    f->resp_done = 1;
-  if (f->resp_done) {
-    if (f->resp_extra > 0)
-      wstun__log(&f->srv->log, WSTUN_LOG_WARN,
-                 "WS   RCV token=%s id=%04x: %llu bytes after the response "
-                 "in its message: dropped",
-                 f->token_prefix, f->id, (unsigned long long)f->resp_extra);
-    response_done(f);
-    return;
+  wstun__redact(token, red);
+  const char *bad = wstun__registry_check_auth(
+      srv, token, wstun__http_head_get(h, "Authorization"));
+  if (bad != NULL) {
+    srv->metrics.hs_failures[WSTUN__HS_UNAUTHORIZED]++;
+    wstun__log(&srv->log, WSTUN_LOG_WARN, "WS   refused token=%s addr=%s: %s",
+               red, peer, bad);
+    wstun__buf *out = wstun__conn_outbuf(f->conn);
+    wstun__http_write_simple(out, 401, bad,
+                             "WWW-Authenticate: Basic realm=\"wstunnel\"\r\n"
+                             "X-Content-Type-Options: nosniff\r\n",
+                             1);
+    local_fail(f, 0, NULL);
+    return 0;
   }
-  if (!resp_started(f)) {
-    if (complete)
-      fail_506(f, "incomplete response head");
-    else
-      wstun__front_tunnel_lost(f);
-    return;
+  wstun__token *existing =
+      wstun__registry_find_token(srv, token, strlen(token));
+  if (srv->max_clients && existing && existing->ntunnels >= srv->max_clients) {
+    char msg[96];
+    srv->metrics.hs_failures[WSTUN__HS_TOO_MANY_CLIENTS]++;
+    snprintf(msg, sizeof(msg),
+             "Maximum number of clients (%zu) reached for this token",
+             srv->max_clients);
+    local_fail(f, 429, msg);
+    return 0;
   }
-  wstun__log(&f->srv->log, WSTUN_LOG_WARN,
-             "HTTP RET token=%s id=%04x: response cut short: aborting",
-             f->token_prefix, f->id);
-  front_abort(f);
+  const char *why = NULL;
+  int status = wstun__ws_check_upgrade(h, &why);
+  if (status != 0) {
+    srv->metrics.hs_failures[WSTUN__HS_BAD_UPGRADE]++;
+    local_fail(f, status, why);
+    return 0;
+  }
+  if (wstun__registry_add_tunnel(srv, token, peer, h, f->conn, f->ip, rest,
+                                 n) != 0) {
+    local_fail(f, 503, "Out of memory");
+    return 0;
+  }
+  /* the connection now belongs to the tunnel, and counts as its */
+  f->conn = NULL;
+  f->ip = NULL;
+  return 1;
 }
 
 /* ---- connection callbacks ----------------------------------------------- */
@@ -1060,13 +580,13 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   wstun__front *f = c->owner;
   size_t off = 0;
   while (off < len && !f->closing) {
-    if (f->state != WSTUN__EX_NONE &&
+    if (f->phase != WSTUN__FRONT_IDLE &&
         !wstun__http_parser_in_message(&f->parser))
-      return off; /* the next request waits for this exchange */
+      return off; /* the next request waits for this one's answer */
     /* a requester that pipelines and does not read its answers: no more
      * requests until it has read some (front_on_drain resumes), or local
      * answers would pile up without bound */
-    if (f->state == WSTUN__EX_NONE &&
+    if (f->phase == WSTUN__FRONT_IDLE &&
         !wstun__http_parser_in_message(&f->parser) && wstun__conn_congested(c))
       return off;
     int was_in = wstun__http_parser_in_message(&f->parser);
@@ -1076,7 +596,7 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
     if (f->closing)
       return len;
     /* a new head began and is not complete yet: it gets a deadline */
-    if (!was_in && f->state == WSTUN__EX_NONE && f->parser.in_head &&
+    if (!was_in && f->phase == WSTUN__FRONT_IDLE && f->parser.in_head &&
         wstun__http_parser_in_message(&f->parser))
       set_timer(f, f->srv->header_timeout_ms, on_head_timeout);
     if (rc == WSTUN__HTTP_ERROR) {
@@ -1084,12 +604,12 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
       const char *text =
           f->parser.error_text ? f->parser.error_text : "Bad request";
       f->close_after = 1;
-      if (f->state == WSTUN__EX_NONE || f->state == WSTUN__EX_DONE) {
-        f->state = WSTUN__EX_DONE;
+      if (f->phase != WSTUN__FRONT_BUSY) {
+        f->phase = WSTUN__FRONT_ANSWERED;
         write_simple(f, status, text);
         front_next(f);
       } else {
-        wstun__front_fail(f, status, text);
+        wstun__exchange_fail(&f->ex, status, text);
       }
       return len;
     }
@@ -1097,14 +617,14 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
       if (f->upgrade) {
         f->upgrade = 0;
         f->close_after = 1; /* a refused upgrade ends the connection */
-        if (wstun__server_upgrade(f, &f->parser.head, data + off, len - off)) {
+        if (upgrade(f, &f->parser.head, data + off, len - off)) {
           wstun__front_close(f); /* the tunnel owns the socket now */
           return len;
         }
         /* refused: answered; nothing more is read on this connection */
         return len;
       }
-      if (f->state == WSTUN__EX_DONE) {
+      if (f->phase == WSTUN__FRONT_ANSWERED) {
         front_next(f);
         if (f->closing || f->conn == NULL || f->conn->close_after_write)
           return len;
@@ -1134,14 +654,9 @@ static void front_on_secure(wstun__conn *c, int status) {
 
 static void front_on_drain(wstun__conn *c) {
   wstun__front *f = c->owner;
-  if (f->paused_tunnel && f->tun && f->tun->t) {
-    f->paused_tunnel = 0;
-    if (f->state == WSTUN__EX_RESPONDING)
-      stall_watch_stop(f);
-    wstun__tunnel_resume_rx(f->tun->t);
-  }
+  wstun__exchange_drained(&f->ex);
   /* reading stopped on congested output between requests (front_on_data) */
-  if (!f->closing && f->state == WSTUN__EX_NONE && !c->close_after_write)
+  if (!f->closing && f->phase == WSTUN__FRONT_IDLE && !c->close_after_write)
     wstun__conn_resume(c);
 }
 
@@ -1161,7 +676,8 @@ static void on_spare_closed(uv_handle_t *h) {
     srv->accept_waiting = 0;
     wstun__front_accept(srv);
   }
-  wstun__server_front_gone(srv);
+  if (srv->on_gone)
+    srv->on_gone(srv);
 }
 
 /* No memory for the new connection: it is accepted into the server's
@@ -1208,12 +724,10 @@ wstun__front *wstun__front_new(wstun_server *srv) {
   f->conn->high_water = FRONT_OUT_MAX;
   uv_timer_init(srv->loop, &f->timer);
   f->timer.data = f;
+  wstun__exchange_init(&f->ex, srv, &ex_cbs);
   wstun__http_parser_init(&f->parser, HTTP_REQUEST, srv->max_header,
                           srv->max_body, &req_cbs, f);
-  f->next = srv->fronts;
-  if (srv->fronts)
-    srv->fronts->prev = f;
-  srv->fronts = f;
+  wstun__list_push_front(&srv->fronts, &f->link);
   srv->nfronts++;
   return f;
 }
@@ -1231,7 +745,7 @@ void wstun__front_accept(wstun_server *srv) {
   }
   char ip[64];
   const char *why;
-  f->ip = wstun__server_conn_admit(
+  f->ip = wstun__registry_conn_admit(
       srv, wstun__conn_peer_ip(f->conn, ip, sizeof(ip)), &why);
   if (f->ip == NULL) {
     /* over a connection cap: a short answer, nothing read. One log line
@@ -1251,7 +765,7 @@ void wstun__front_accept(wstun_server *srv) {
       srv->refused_unlogged++;
     }
     f->close_after = 1;
-    f->state = WSTUN__EX_DONE;
+    f->phase = WSTUN__FRONT_ANSWERED;
     write_simple(f, 503,
                  strcmp(why, "out of memory") == 0 ? "Out of memory"
                                                    : "Too many connections");

@@ -1,5 +1,6 @@
 /* Counters for /metrics (Prometheus text exposition 0.0.4), kept by the
- * server as exchanges end and tunnels come and go. */
+ * server as exchanges end and tunnels come and go; wstun_admin.c renders
+ * them. */
 #ifndef WSTUN_METRICS_H
 #define WSTUN_METRICS_H
 
@@ -32,11 +33,8 @@ typedef struct wstun__metrics {
 
 void wstun__metrics_answer(wstun__metrics *m, int status, uint64_t duration_ms);
 
-/* Appends the exposition. */
-/* by_conns[k]: tokens with k live connections (k = 0, 1, 2, 3 or more) */
-int wstun__metrics_write(const wstun__metrics *m, const wstun_server_stats *st,
-                         size_t queued, const size_t by_conns[4],
-                         uint64_t bytes_in, uint64_t bytes_out,
-                         wstun__buf *out);
+/* the histogram's upper bounds (seconds) and the reasons' label values */
+extern const double wstun__metrics_le[WSTUN__HIST_BUCKETS];
+extern const char *const wstun__metrics_hs_names[WSTUN__HS_REASONS];
 
 #endif

@@ -1,6 +1,7 @@
-/* Private structures of the tunnel server, shared by wstun_server.c
- * (listener, token registry, tunnels, dispatch) and wstun_front.c (the HTTP
- * connections of requesters and their exchanges). */
+/* Private structures of the tunnel server, shared by its modules:
+ * wstun_server.c (config, listener, lifecycle), wstun_registry.c (tokens,
+ * tunnels, queues, dispatch), wstun_front.c (the HTTP connections of
+ * requesters), wstun_admin.c (what the server tells about itself). */
 #ifndef WSTUN_SERVER_INT_H
 #define WSTUN_SERVER_INT_H
 
@@ -10,6 +11,7 @@
 #include "wstun_cidr.h"
 #include "wstun_conn.h"
 #include "wstun_http.h"
+#include "wstun_list.h"
 #include "wstun_log.h"
 #include "wstun_metrics.h"
 #include "wstun_rng.h"
@@ -18,6 +20,7 @@
 typedef struct wstun__token wstun__token;
 typedef struct wstun__srv_tunnel wstun__srv_tunnel;
 typedef struct wstun__front wstun__front;
+typedef struct wstun__reg_entry wstun__reg_entry;
 
 /* Open connections per peer address, for max_connections_per_ip. */
 typedef struct wstun__ipcount {
@@ -27,27 +30,29 @@ typedef struct wstun__ipcount {
 } wstun__ipcount;
 #define WSTUN__IP_BUCKETS 256
 
-typedef enum {
-  WSTUN__EX_NONE = 0,   /* no exchange on this front connection */
-  WSTUN__EX_READING,    /* request body still arriving, not dispatched */
-  WSTUN__EX_QUEUED,     /* waiting in its token's queue for a tunnel */
-  WSTUN__EX_SENDING,    /* handed to a tunnel, not fully written */
-  WSTUN__EX_WAITING,    /* written; waiting for the response */
-  WSTUN__EX_RESPONDING, /* response head relayed, body streaming */
-  WSTUN__EX_DONE
-} wstun__ex_state;
-
 typedef struct wstun__password {
   char *token;
   char *password;
 } wstun__password;
 
+/* An exchange as the registry sees it (wstun_registry.h): embedded in the
+ * exchange, which the registry calls through cbs. */
+struct wstun__reg_entry {
+  const struct wstun__reg_entry_cbs *cbs;
+  wstun__list link; /* in tok->queue (queued) or tun->inflight */
+  wstun__token *tok;
+  wstun__srv_tunnel *tun; /* the tunnel it was put on, while there */
+  uint16_t id;
+  unsigned queued : 1; /* waiting in tok->queue */
+  unsigned paused : 1; /* holds tun's input paused (its requester is slow) */
+};
+
 struct wstun__token {
   char *name;
-  wstun__token *hnext;        /* hash chain */
-  wstun__srv_tunnel *tunnels; /* live connections serving it */
+  wstun__token *hnext; /* hash chain */
+  wstun__list tunnels; /* srv_tunnel.link: live connections serving it */
   size_t ntunnels;
-  wstun__front *q_head, *q_tail; /* exchanges waiting for a tunnel */
+  wstun__list queue; /* reg_entry.link: exchanges waiting for a tunnel */
   size_t nqueued;
   uint64_t last_seen; /* ms: last connect or disconnect */
   /* the last request id given (Go's lastID), so the first one is 1 */
@@ -60,10 +65,10 @@ struct wstun__token {
 
 struct wstun__srv_tunnel {
   wstun_server *srv;
-  wstun__tunnel *t;        /* NULL once dead */
-  wstun__token *tok;       /* NULL once dead */
-  wstun__srv_tunnel *next; /* in tok->tunnels */
-  wstun__front *inflight;  /* exchanges dispatched here */
+  wstun__tunnel *t;     /* NULL once dead */
+  wstun__token *tok;    /* NULL once dead */
+  wstun__list link;     /* in tok->tunnels */
+  wstun__list inflight; /* reg_entry.link: exchanges dispatched here */
   size_t ninflight;
   char addr[64];
   wstun__ipcount *ip; /* taken over from the front connection */
@@ -72,47 +77,13 @@ struct wstun__srv_tunnel {
   struct wstun__dns_lookup *dns; /* in flight, or NULL */
 };
 
-struct wstun__front {
-  wstun_server *srv;
-  wstun__ipcount *ip; /* this connection's entry, while it counts */
-  wstun__conn *conn;
-  wstun__front *prev, *next; /* in srv->fronts */
-  uv_timer_t timer;          /* head/idle timeout, then exchange deadline */
-  wstun__http_parser parser; /* requests */
-  int closing, timer_closed, conn_closed;
-  int close_after; /* close once the current response is written */
-  int upgrade;     /* the request is a /_tunnel upgrade */
-  int discarding;  /* reading and dropping the body of an answered request */
-  int resp_done;
-  /* the exchange (one at a time: requests on a connection are answered in
-   * order, so the next is parsed only after this one is done) */
-  wstun__ex_state state;
-  wstun__token *tok;
-  wstun__srv_tunnel *tun;
-  wstun__front *ex_next; /* in tok queue or tun->inflight */
-  uint16_t id;
-  int tries;
-  int method;
-  int head_req; /* the request being answered is a HEAD: answers bodiless */
-  int req_chunked;         /* re-encoding the request body as chunked */
-  int req_complete;        /* the whole request was read */
-  wstun__outmsg *req;      /* the tunnel message being produced */
-  wstun__http_parser resp; /* the response from the tunnel */
-  int resp_init;
-  int resp_chunked;    /* re-encoding the response body as chunked */
-  int resp_close;      /* response delimited by closing the connection */
-  uint64_t resp_extra; /* message bytes after its response (dropped) */
-  /* A copy of the request message, kept only for small requests with a
-   * safe method (GET, HEAD, OPTIONS, TRACE): if their tunnel dies before a
-   * byte of the response came back, they are sent again (as reverse
-   * proxies retry idempotent requests) instead of answered 502. */
-  wstun__buf replay;
-  int paused_tunnel;
-  /* while paused_tunnel: the output's progress when last seen growing */
-  uint64_t stall_mark, stall_since;
-  uint64_t start_ms;
-  char token_prefix[12];
-};
+/* The stages of a server's stop, in order. */
+typedef enum {
+  WSTUN__SRV_RUNNING = 0,
+  WSTUN__SRV_DRAINING, /* grace period: busy fronts finish, no new ones */
+  WSTUN__SRV_CLOSING,  /* every handle, front and tunnel being closed */
+  WSTUN__SRV_FLUSHING  /* only the write flusher left; then freed */
+} wstun__srv_phase;
 
 struct wstun_server {
   uv_loop_t *loop;
@@ -142,7 +113,7 @@ struct wstun_server {
   wstun__ipcount *ips[WSTUN__IP_BUCKETS];
   wstun__token **buckets;
   size_t nbuckets, ntokens;
-  wstun__front *fronts;
+  wstun__list fronts; /* front.link */
   size_t nfronts;
   size_t live_tunnels;         /* srv_tunnel structures not yet freed */
   uint64_t completed, errored; /* exchanges answered by a tunnel / not */
@@ -151,7 +122,11 @@ struct wstun_server {
   char *admin_token;
   wstun__tls_config *tls; /* NULL: plain HTTP */
   char *tls_cert_file, *tls_key_file;
-  int closing, handles_open;
+  wstun__srv_phase closing;
+  int handles_open;
+  /* something the close waits for went away (a front, a tunnel, a
+   * handle): wstun_server.c's, so that lower modules need not call up */
+  void (*on_gone)(wstun_server *srv);
   /* takes a connection off the listener when there is no memory to serve
    * it (libuv reports no more connections until one is accepted) */
   uv_tcp_t spare;
@@ -160,66 +135,14 @@ struct wstun_server {
   void *close_ud;
 };
 
-/* wstun_front.c */
-void wstun__front_accept(wstun_server *srv);
-/* A front connection on a connection handle not accepted yet (what
- * wstun__front_accept does first; the fuzz targets feed it bytes by
- * calling its conn's on_data, without a socket). */
-wstun__front *wstun__front_new(wstun_server *srv);
-void wstun__front_close(wstun__front *f);
-/* Answers the exchange with a short text and finishes it. */
-void wstun__front_fail(wstun__front *f, int status, const char *text);
-int wstun__front_busy(const wstun__front *f);
-/* Sink callbacks for responses arriving on a tunnel. */
-int wstun__front_resp_data(wstun__front *f, const uint8_t *d, size_t n);
-void wstun__front_resp_end(wstun__front *f, int complete);
-/* The tunnel carrying the exchange died after writing the request. */
-void wstun__front_tunnel_lost(wstun__front *f);
-
-/* The path router of a request target of tlen bytes (pure). */
-typedef struct wstun__route {
-  const char *path; /* the target without the base path */
-  size_t len;
-  size_t plen;     /* length of its path part (before any '?') */
-  const char *tok; /* "/_token/<tok>[/path][?query]" only, else NULL */
-  size_t toklen;   /* up to the first '/' or '?' after "/_token/" */
-  const char *fwd; /* the target to forward: the rest from its '/', or
-                      "/" + the rest written in buf; NULL if buf (cap
-                      bytes) is too small (414) */
-  size_t fwdlen;
-} wstun__route;
-/* Strips the base path (blen 0: none) and splits a /_token/ target.
- * Returns -1 (404) when the target is not under the base path, else 0. */
-int wstun__route_target(const char *base, size_t blen, const char *target,
-                        size_t tlen, char *buf, size_t cap, wstun__route *r);
-
 /* wstun_admin.c: JSON documents of /admin/monitoring and /admin/auditing */
 int wstun__admin_monitoring(wstun_server *srv, wstun__buf *out);
 int wstun__admin_auditing(wstun_server *srv, wstun__buf *out);
 /* /_stats text; `full` adds the per-token detail. */
 int wstun__admin_stats_text(wstun_server *srv, int full, wstun__buf *out);
+/* /metrics: the Prometheus text exposition 0.0.4 */
+int wstun__admin_metrics(wstun_server *srv, wstun__buf *out);
 /* RFC 3339 UTC ("2025-01-09T15:30:45Z") of a uv_now() instant. */
 void wstun__admin_time(wstun_server *srv, uint64_t ms, char out[32]);
-
-/* wstun_server.c */
-/* Counts a new connection from `ip` (by its /64 for IPv6); NULL when a cap
- * is reached or memory ran out, and then *why says which. */
-wstun__ipcount *wstun__server_conn_admit(wstun_server *srv, const char *ip,
-                                         const char **why);
-void wstun__server_conn_release(wstun_server *srv, wstun__ipcount *slot);
-/* Exchanges queued for the token or in flight on its tunnels. */
-size_t wstun__token_pending(const wstun__token *t);
-wstun__token *wstun__server_find_token(wstun_server *srv, const char *name,
-                                       size_t len);
-/* Routes an exchange whose request message is ready: onto a live tunnel,
- * into the token's queue, or fails it (504 when the queue is full). */
-void wstun__server_dispatch(wstun_server *srv, wstun__front *f);
-/* Removes the exchange from queue or tunnel lists. */
-void wstun__server_unlink(wstun__front *f);
-/* The /_tunnel upgrade: checks, answers, and on success takes the
- * connection from the front (returns 1), else answers an error (0). */
-int wstun__server_upgrade(wstun__front *f, wstun__http_head *h,
-                          const uint8_t *rest, size_t n);
-void wstun__server_front_gone(wstun_server *srv);
 
 #endif

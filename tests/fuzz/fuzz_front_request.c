@@ -10,9 +10,10 @@
  * The front's parser callbacks are wrapped: before the front's own on_head
  * runs, the head is copied (route_tunnel rewrites it in place); right
  * after, a message made for the exchange is checked:
- *  - it starts with a 4-hex-digit id placeholder and its head parses back
- *    (llhttp glue) as one request with the same method, HTTP/1.1, and the
- *    routed target (wstun__route_target of the original target: the
+ *  - its head parses back (llhttp glue; the tunnel writes the message's
+ *    id head of the format, wstun__proto, when it sends it) as one request with
+ * the same method, HTTP/1.1, and the routed target (wstun__route_target of the
+ * original target: the
  *    /_token/ rest, or the path without base for X-Token);
  *  - exactly one X-Forwarded-For, ending with the peer address (after the
  *    first original value, when there was one);
@@ -158,8 +159,8 @@ static int parse_back(const wstun__outmsg *m, back *b, size_t *used) {
   wstun__http_parser p;
   wstun__http_parser_init(&p, HTTP_REQUEST, 0, 0, &back_cbs, b);
   *used = 0;
-  int rc = wstun__http_parser_feed(&p, wstun__buf_data(&m->buf) + 4,
-                                   wstun__buf_size(&m->buf) - 4, used);
+  int rc = wstun__http_parser_feed(&p, wstun__buf_data(&m->buf),
+                                   wstun__buf_size(&m->buf), used);
   wstun__http_parser_free(&p);
   return rc;
 }
@@ -209,7 +210,7 @@ static void check_head(rq *r) {
     FZ_CHECK(tok != NULL, "a message without a token");
     toklen = strlen(tok);
   }
-  FZ_CHECK(wstun__server_find_token(srv, tok, toklen) != NULL,
+  FZ_CHECK(wstun__registry_find_token(srv, tok, toklen) != NULL,
            "a message for an unknown token");
   if (wlen == 0 || want[0] != '/') {
     if (fzs_known("base-target")) {
@@ -220,12 +221,6 @@ static void check_head(rq *r) {
              (int)o->target_len, ot, (int)wlen, want);
   }
 
-  FZ_CHECK(wstun__buf_size(&m->buf) >= 4, "message without its id");
-  for (int i = 0; i < 4; i++) {
-    uint8_t c = wstun__buf_data(&m->buf)[i];
-    FZ_CHECK((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'),
-             "id placeholder byte %d is 0x%02x", i, c);
-  }
   back b;
   size_t used;
   rc = parse_back(m, &b, &used);
@@ -317,7 +312,7 @@ static void check_whole(rq *r) {
   back b;
   size_t used;
   int rc = parse_back(r->req, &b, &used);
-  size_t n = wstun__buf_size(&r->req->buf) - 4;
+  size_t n = wstun__buf_size(&r->req->buf);
   if (rc == WSTUN__HTTP_ERROR || b.heads != 1 || b.completes != 1 ||
       used != n) {
     fzs_dump("message", wstun__buf_data(&r->req->buf),
@@ -358,11 +353,11 @@ static int w_on_head(void *ud, wstun__http_head *h) {
   if (r->nheads < 256)
     r->methods[r->nheads] = h->method;
   r->nheads++;
-  wstun__outmsg *before = r->f->req;
+  wstun__outmsg *before = r->f->ex.req;
   r->req = NULL;
   int rc = r->real.on_head(r->f, h);
-  if (r->f->req != NULL && r->f->req != before) {
-    r->req = r->f->req;
+  if (r->f->ex.req != NULL && r->f->ex.req != before) {
+    r->req = r->f->ex.req;
     r->made++;
     if (r->checks)
       check_head(r);
@@ -384,7 +379,7 @@ static int w_on_body(void *ud, const uint8_t *d, size_t n) {
 static int w_on_complete(void *ud) {
   rq *r = ud;
   int rc = r->real.on_complete(r->f);
-  if (rc >= 0 && r->req != NULL && r->f->req == r->req && r->req->finished) {
+  if (rc >= 0 && r->req != NULL && r->f->ex.req == r->req && r->req->finished) {
     r->completed++;
     if (r->checks && !r->tolerated)
       check_whole(r);
@@ -408,12 +403,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 static void settle(rq *r, int lost) {
   wstun__front *f = r->f;
   for (int guard = 0; guard < 100000; guard++) {
-    if (f->closing || f->req == NULL || !f->req->finished ||
-        (f->state != WSTUN__EX_QUEUED && f->state != WSTUN__EX_READING))
+    if (f->closing || f->ex.req == NULL || !f->ex.req->finished ||
+        (f->ex.state != WSTUN__EX_QUEUED && f->ex.state != WSTUN__EX_READING))
       return;
     r->req = NULL;
     if (lost)
-      wstun__front_tunnel_lost(f);
+      wstun__exchange_tunnel_lost(&f->ex);
     else
       wstun__front_fail(f, 502, "fuzz: no tunnel");
   }

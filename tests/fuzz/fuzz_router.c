@@ -1,4 +1,4 @@
-/* The server's path router, wstun__route_target (wstun_front.c): base path
+/* The server's path router, wstun__route_target (wstun_router.c): base path
  * stripped, "/_token/<token>[/path][?query]" split into the token and the
  * target forwarded down the tunnel. Checked against a reference reading of
  * the rules, and for the properties that matter to security: the target is
@@ -9,7 +9,7 @@
  * Input: byte 0 the size of the output buffer (0: 4096, as the server
  * uses; else 1..255), then "base\0target" (no NUL: no base path). */
 #include "fuzz_util.h"
-#include "wstun_server_int.h"
+#include "wstun_router.h"
 
 static int under_base(const char *base, size_t blen, const char *t,
                       size_t tlen) {

@@ -3,7 +3,7 @@
  * wstun_server_start would set; no listener), front connections made by
  * wstun__front_new on connection handles that were never opened, tokens
  * put into the registry directly, and a tunnel made by the real /_tunnel
- * upgrade (wstun__server_upgrade through the front's parser).
+ * upgrade (through the front's parser and the registry).
  *
  * Bytes reach a connection's owner the way wstun__conn's deliver() hands
  * them over (pause, pending bytes, keep_tail); the loop never runs while
@@ -22,7 +22,9 @@
 #include "wstun_buf.h"
 #include "wstun_http.h"
 #include "wstun_proto.h"
-#include "wstun_server_int.h"
+#include "wstun_front.h"
+#include "wstun_registry.h"
+#include "wstun_router.h"
 
 static uv_loop_t fzs_loop;
 static wstun_server *fzs_srv;
@@ -44,6 +46,7 @@ static void fzs_init(void) {
   if (srv == NULL)
     abort();
   srv->loop = &fzs_loop;
+  wstun__list_init(&srv->fronts);
   srv->log.level = WSTUN_LOG_DEBUG;
   srv->log.cb = fzs_log;
   wstun__conn_shared_init(&srv->shared, &fzs_loop);
@@ -79,10 +82,18 @@ static wstun__token *fzs_add_token(const char *name) {
   wstun__token *t = wstun__calloc(1, sizeof(*t));
   if (t == NULL || (t->name = wstun__strdup(name)) == NULL)
     abort();
+  wstun__list_init(&t->tunnels);
+  wstun__list_init(&t->queue);
   t->hnext = srv->buckets[0];
   srv->buckets[0] = t;
   srv->ntokens++;
   return t;
+}
+
+/* The live tunnel of a token (the latest), or NULL. */
+static inline wstun__tunnel *fzs_tunnel(const wstun__token *tok) {
+  wstun__srv_tunnel *st = wstun__token_first_tunnel(tok);
+  return st ? st->t : NULL;
 }
 
 /* A new front whose peer is `ip` (IPv4 or IPv6 literal; NULL: no address,
@@ -145,14 +156,18 @@ static void fzs_end(void) {
   wstun_server *srv = fzs_srv;
   for (size_t i = 0; i < srv->nbuckets; i++)
     for (wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
-      while (t->tunnels && t->tunnels->t)
-        wstun__tunnel_close(t->tunnels->t, WSTUN_ECLOSED);
-      FZ_CHECK(t->tunnels == NULL, "tunnel left on token after its close");
+      wstun__srv_tunnel *st;
+      while ((st = wstun__token_first_tunnel(t)) != NULL && st->t)
+        wstun__tunnel_close(st->t, WSTUN_ECLOSED);
+      FZ_CHECK(wstun__list_empty(&t->tunnels),
+               "tunnel left on token after its close");
     }
-  for (wstun__front *f = srv->fronts; f; f = f->next)
-    wstun__front_close(f);
+  wstun__list *l;
+  wstun__list_foreach(l, &srv->fronts) {
+    wstun__front_close(wstun__list_entry(l, wstun__front, link));
+  }
   uv_run(&fzs_loop, UV_RUN_DEFAULT);
-  FZ_CHECK(srv->fronts == NULL && srv->nfronts == 0,
+  FZ_CHECK(wstun__list_empty(&srv->fronts) && srv->nfronts == 0,
            "%zu front connections not freed", srv->nfronts);
   FZ_CHECK(srv->live_tunnels == 0, "%zu tunnels not freed", srv->live_tunnels);
   FZ_CHECK(!uv_loop_alive(&fzs_loop), "handles left on the loop");
@@ -160,7 +175,7 @@ static void fzs_end(void) {
     wstun__token *t = srv->buckets[i];
     while (t) {
       wstun__token *next = t->hnext;
-      FZ_CHECK(t->q_head == NULL && t->nqueued == 0,
+      FZ_CHECK(wstun__list_empty(&t->queue) && t->nqueued == 0,
                "exchanges left in a token's queue");
       wstun__free(t->name);
       wstun__free(t);

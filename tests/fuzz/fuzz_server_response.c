@@ -1,5 +1,5 @@
 /* The server's response path: a real tunnel (the /_tunnel upgrade through
- * a front, wstun__server_upgrade, on a handle that never opened; see
+ * a front, the front's upgrade, on a handle that never opened; see
  * fuzz_server_common.h), 1 to 4 requesters whose requests (GET, HEAD,
  * HTTP/1.0 GET, POST with a body) are in flight on it, then WebSocket
  * binary messages from the tunnel client, masked, split into fragments at
@@ -157,8 +157,8 @@ static void check_requester(const requester *q, int i, const char *when) {
   if (rc == WSTUN__HTTP_OK && ending && v.done < v.finals)
     (void)wstun__http_parser_finish(&p); /* a body ended by the close */
   wstun__http_parser_free(&p);
-  int over =
-      f == NULL || f->state == WSTUN__EX_NONE || f->state == WSTUN__EX_DONE;
+  int over = f == NULL || f->ex.state == WSTUN__EX_NONE ||
+             f->ex.state == WSTUN__EX_DONE;
   int head_sent = q->methods[0] == HTTP_HEAD ||
                   (q->nheads > 1 && q->methods[1] == HTTP_HEAD);
   const char *bad = NULL;
@@ -184,7 +184,7 @@ static void check_requester(const requester *q, int i, const char *when) {
              : q->kind == 2 ? "HTTP/1.0"
                             : "GET/POST",
              bad, q->nheads, v.interims, v.finals, v.done, used, n,
-             f ? (int)f->state : -1, (int)c->closing, ending);
+             f ? (int)f->ex.state : -1, (int)c->closing, ending);
   }
 }
 
@@ -219,7 +219,7 @@ static void check_all(const char *when) {
   for (int i = 0; i < nreqs; i++) {
     requester *q = &reqs[i];
     size_t n = wstun__buf_size(&q->c->out);
-    int state = (int)q->f->state, closing = q->c->closing;
+    int state = (int)q->f->ex.state, closing = q->c->closing;
     if (n == q->seen_n && state == q->seen_state && closing == q->seen_closing)
       continue;
     q->seen_n = n;
@@ -320,8 +320,8 @@ static const char upgrade_text[] =
 /* Bytes for the tunnel's connection, as tun_on_data takes them (the
  * connection itself stays paused: its first tick never runs). */
 static void tunnel_input(wstun__token *tok, const uint8_t *d, size_t n) {
-  while (n > 0 && tok->tunnels && tok->tunnels->t) {
-    wstun__tunnel *t = tok->tunnels->t;
+  while (n > 0 && fzs_tunnel(tok)) {
+    wstun__tunnel *t = fzs_tunnel(tok);
     wstun__conn *c = t->conn;
     c->in_data = 1;
     size_t used = c->cbs->on_data(c, d, n);
@@ -339,14 +339,14 @@ static void tunnel_input(wstun__token *tok, const uint8_t *d, size_t n) {
 static void feed(wstun__token *tok, const out *o, fz_split *dsp,
                  size_t close_at, int *closed) {
   size_t off = 0;
-  while (off < o->n && tok->tunnels && tok->tunnels->t) {
+  while (off < o->n && fzs_tunnel(tok)) {
     size_t k = fz_split_next(dsp, o->n - off);
     tunnel_input(tok, o->d + off, k);
     off += k;
     check_all("while feeding");
-    if (!*closed && off >= close_at && tok->tunnels && tok->tunnels->t) {
+    if (!*closed && off >= close_at && fzs_tunnel(tok)) {
       *closed = 1;
-      wstun__tunnel_close(tok->tunnels->t, WSTUN_ECLOSED);
+      wstun__tunnel_close(fzs_tunnel(tok), WSTUN_ECLOSED);
     }
   }
 }
@@ -366,8 +366,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   wstun__token *tok = fzs_add_token(TOKEN);
   wstun__front *up = fzs_front(NULL);
   fzs_input(up->conn, (const uint8_t *)upgrade_text, sizeof(upgrade_text) - 1);
-  FZ_CHECK(tok->tunnels != NULL && tok->tunnels->t != NULL,
-           "the upgrade did not make a tunnel");
+  FZ_CHECK(fzs_tunnel(tok) != NULL, "the upgrade did not make a tunnel");
 
   for (int i = 0; i < nreqs; i++) {
     char ip[32];
@@ -386,8 +385,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     snprintf(text, sizeof(text), "%s%s", request_text[q->kind],
              (flags & FL_PIPELINE) ? second_text : "");
     fzs_input(q->c, (const uint8_t *)text, strlen(text));
-    FZ_CHECK(q->f->state == WSTUN__EX_WAITING,
-             "request %d not in flight (state %d)", i, (int)q->f->state);
+    FZ_CHECK(q->f->ex.state == WSTUN__EX_WAITING,
+             "request %d not in flight (state %d)", i, (int)q->f->ex.state);
     if (flags & FL_EOF)
       fzs_eof(q->c);
   }
@@ -431,7 +430,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       case 2:
       case 3:
         who = (sel & 3) % nreqs;
-        wstun__proto_write_prefix(reqs[who].f->id, pre);
+        wstun__proto_write_prefix(reqs[who].f->ex.reg.id, pre);
         put(&msg, pre, 4);
         break;
       case 4:
@@ -463,17 +462,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   free(o.d);
   check_all("after the input");
   /* the tunnel goes: every exchange still waiting is answered or cut */
-  while (tok->tunnels && tok->tunnels->t)
-    wstun__tunnel_close(tok->tunnels->t, WSTUN_ECLOSED);
+  while (fzs_tunnel(tok))
+    wstun__tunnel_close(fzs_tunnel(tok), WSTUN_ECLOSED);
   check_all("after the tunnel closed");
   for (int i = 0; i < nreqs && checks_on; i++) {
     const wstun__front *f = reqs[i].f;
     /* (a pipelined request read after the tunnel went waits in the
      * token's queue for the next one) */
-    FZ_CHECK(f->state == WSTUN__EX_NONE || f->state == WSTUN__EX_DONE ||
-                 f->state == WSTUN__EX_QUEUED || f->closing,
+    FZ_CHECK(f->ex.state == WSTUN__EX_NONE || f->ex.state == WSTUN__EX_DONE ||
+                 f->ex.state == WSTUN__EX_QUEUED || f->closing,
              "requester %d still waits (state %d) with the tunnel gone", i,
-             (int)f->state);
+             (int)f->ex.state);
   }
   fz_alloc_reset();
   fzs_end();

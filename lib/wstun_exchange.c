@@ -1,0 +1,672 @@
+/* The exchange (see wstun_exchange.h): one request in flight on the
+ * server, from its head to the end of its response. It owns the request's
+ * tunnel message (and a copy to replay), the response parser, the
+ * deadline and stall watches, the retries, and the state machine:
+ *
+ *   NONE -start-> READING -ready-> QUEUED -a tunnel-> SENDING -sent->
+ *   WAITING -head-> RESPONDING -end-> DONE      (any -fail-> DONE)
+ *
+ * The registry calls it through reg_cbs (its reg_entry), the tunnel
+ * through req_msg_cbs (its message), and it tells its requester through
+ * the wstun__exchange_cbs it was given: nothing here touches a socket. */
+#include <string.h>
+
+#include "wstun_alloc.h"
+#include "wstun_exchange.h"
+#include "wstun_registry.h"
+#include "wstun_util.h"
+
+#define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
+
+static const wstun__http_parser_cbs resp_cbs;
+static const wstun__outmsg_cbs req_msg_cbs;
+static const wstun__reg_entry_cbs reg_cbs;
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void set_timer(wstun__exchange *ex, uint64_t ms, uv_timer_cb cb) {
+  if (!ex->cancelled)
+    uv_timer_start(&ex->timer, cb, ms, 0);
+}
+
+/* Drops everything the exchange holds on tunnels and queues. */
+static void release(wstun__exchange *ex) {
+  wstun__registry_unlink(&ex->reg);
+  wstun__buf_free(&ex->replay);
+  if (ex->req) {
+    wstun__outmsg *m = ex->req;
+    ex->req = NULL;
+    wstun__outmsg_abandon(m);
+  }
+  if (ex->resp_init) {
+    wstun__http_parser_free(&ex->resp);
+    ex->resp_init = 0;
+  }
+  ex->reg.tok = NULL;
+  uv_timer_stop(&ex->timer);
+}
+
+void wstun__exchange_init(wstun__exchange *ex, wstun_server *srv,
+                          const wstun__exchange_cbs *cbs) {
+  ex->srv = srv;
+  ex->cbs = cbs;
+  ex->reg.cbs = &reg_cbs;
+  uv_timer_init(srv->loop, &ex->timer);
+  ex->timer.data = ex;
+}
+
+void wstun__exchange_reset(wstun__exchange *ex, const wstun__http_head *h) {
+  ex->method = h->method;
+  ex->head = h;
+  ex->start_ms = uv_now(ex->srv->loop);
+  ex->reg.id = 0;
+  ex->state = WSTUN__EX_NONE;
+}
+
+int wstun__exchange_active(const wstun__exchange *ex) {
+  return ex->state != WSTUN__EX_NONE && ex->state != WSTUN__EX_DONE;
+}
+
+void wstun__exchange_cancel(wstun__exchange *ex) {
+  if (ex->cancelled)
+    return;
+  release(ex);
+  ex->cancelled = 1;
+  ex->state = WSTUN__EX_NONE;
+}
+
+void wstun__exchange_close(wstun__exchange *ex, wstun__closer *closer) {
+  wstun__exchange_cancel(ex);
+  wstun__closer_close_handle(closer, (uv_handle_t *)&ex->timer);
+}
+
+wstun__exchange *wstun__exchange_of(wstun__reg_entry *e) {
+  return wstun__list_entry(e, wstun__exchange, reg);
+}
+
+void wstun__exchange_info_get(const wstun__exchange *ex,
+                              wstun__exchange_info *out) {
+  out->id = ex->reg.id;
+  out->method = llhttp_method_name((llhttp_method_t)ex->method);
+  out->uri = ex->head ? wstun__http_head_target(ex->head) : "";
+  out->remote_addr = ex->peer;
+  out->start_ms = ex->start_ms;
+}
+
+/* Hands the exchange to the registry: on a tunnel, queued, or failed. */
+static void dispatch(wstun__exchange *ex) {
+  if (wstun__registry_dispatch(ex->srv, &ex->reg))
+    ex->state = WSTUN__EX_QUEUED;
+}
+
+/* ---- finishing ---------------------------------------------------------- */
+
+void wstun__exchange_log_ret(wstun__exchange *ex, int status) {
+  wstun_server *srv = ex->srv;
+  wstun__metrics_answer(&srv->metrics, status,
+                        uv_now(srv->loop) - ex->start_ms);
+  wstun__log(&srv->log, WSTUN_LOG_DEBUG,
+             "HTTP RET token=%s id=%04x status=%d (%llu ms)", ex->token_prefix,
+             ex->reg.id, status,
+             (unsigned long long)(uv_now(srv->loop) - ex->start_ms));
+}
+
+/* Bookkeeping for /admin: how the exchange of a known token ended. */
+static void account(wstun__exchange *ex, int ok) {
+  wstun__token *t = ex->reg.tok;
+  if (ok)
+    ex->srv->completed++;
+  else
+    ex->srv->errored++;
+  if (t == NULL)
+    return;
+  if (ok) {
+    t->last_success = uv_now(ex->srv->loop);
+    memcpy(t->last_success_addr, ex->peer, sizeof(ex->peer));
+  } else {
+    t->last_error = uv_now(ex->srv->loop);
+    memcpy(t->last_error_addr, ex->peer, sizeof(ex->peer));
+  }
+}
+
+static void fail(wstun__exchange *ex, int status, const char *text,
+                 wstun__ex_end how) {
+  if (ex->cancelled)
+    return;
+  if (ex->reg.tok && ex->state != WSTUN__EX_RESPONDING)
+    account(ex, 0);
+  int started = ex->state == WSTUN__EX_RESPONDING;
+  release(ex);
+  ex->state = WSTUN__EX_DONE;
+  if (started) {
+    /* the head is out: only a cut connection can tell the requester */
+    ex->cbs->on_done(ex, WSTUN__EX_ABORTED, 0, NULL);
+    return;
+  }
+  if (status != 0)
+    wstun__exchange_log_ret(ex, status);
+  ex->cbs->on_done(ex, how, status, text);
+}
+
+void wstun__exchange_fail(wstun__exchange *ex, int status, const char *text) {
+  fail(ex, status, text, WSTUN__EX_FAILED);
+}
+
+/* Safe methods only (RFC 9110 9.2.1): sending one twice changes nothing on
+ * the backend, so a request whose tunnel died before answering may go out
+ * again. Bigger requests are not copied: they stream. */
+#define REPLAY_MAX (16 * 1024)
+static int replayable_method(int method) {
+  return method == HTTP_GET || method == HTTP_HEAD || method == HTTP_OPTIONS ||
+         method == HTTP_TRACE;
+}
+
+static int replay(wstun__exchange *ex) {
+  if (wstun__buf_size(&ex->replay) == 0 || ex->resp_init || ex->cancelled ||
+      ex->state != WSTUN__EX_WAITING || ex->reg.tok == NULL ||
+      ex->tries + 1 >= 3)
+    return 0;
+  wstun__outmsg *m = wstun__outmsg_new(&req_msg_cbs, ex);
+  if (m == NULL || wstun__buf_append(&m->buf, wstun__buf_data(&ex->replay),
+                                     wstun__buf_size(&ex->replay)) != 0) {
+    if (m)
+      wstun__outmsg_free(m);
+    return 0;
+  }
+  ex->tries++;
+  wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
+             "WS   SND token=%s id=%04x: tunnel lost before the response: "
+             "sending it again (try %d)",
+             ex->token_prefix, ex->reg.id, ex->tries + 1);
+  wstun__registry_unlink(&ex->reg);
+  m->finished = 1;
+  ex->req = m;
+  ex->state = WSTUN__EX_READING;
+  dispatch(ex);
+  return 1;
+}
+
+void wstun__exchange_tunnel_lost(wstun__exchange *ex) {
+  if (replay(ex))
+    return;
+  wstun__log(
+      &ex->srv->log, WSTUN_LOG_INFO,
+      "HTTP RET token=%s id=%04x: tunnel lost with the request in flight",
+      ex->token_prefix, ex->reg.id);
+  wstun__exchange_fail(ex, 502, "Tunnel connection lost before the response");
+}
+
+/* ---- the deadline and the stall watches --------------------------------- */
+
+static void on_deadline(uv_timer_t *t) {
+  wstun__exchange *ex = t->data;
+  wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
+             "HTTP RET token=%s id=%04x status=504: no response in time",
+             ex->token_prefix, ex->reg.id);
+  wstun__exchange_fail(ex, 504, "Tunnel timeout");
+}
+
+static uint64_t deadline_left(wstun__exchange *ex) {
+  uint64_t end = ex->start_ms + ex->srv->http_timeout_ms;
+  uint64_t now = uv_now(ex->srv->loop);
+  return end > now ? end - now : 0;
+}
+
+static uint64_t stall_period(const wstun__exchange *ex) {
+  return ex->srv->stall_ms / 4 < 100 ? 100 : ex->srv->stall_ms / 4;
+}
+
+/* While the exchange's response holds the tunnel paused (its requester
+ * reads slower than the tunnel client sends), the timer watches the
+ * output instead of the deadline: a requester that takes no byte for
+ * stall_ms is cut, so that the other exchanges on the tunnel go on. */
+static void on_stall_check(uv_timer_t *t) {
+  wstun__exchange *ex = t->data;
+  wstun_server *srv = ex->srv;
+  uint64_t now = uv_now(srv->loop);
+  if (deadline_left(ex) == 0) {
+    on_deadline(t);
+    return;
+  }
+  uint64_t p = ex->cbs->progress(ex);
+  if (p != ex->stall_mark) {
+    ex->stall_mark = p;
+    ex->stall_since = now;
+  }
+  if (now - ex->stall_since >= srv->stall_ms) {
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "HTTP RET token=%s id=%04x: requester read nothing for %llu "
+               "ms while holding the tunnel: cut",
+               ex->token_prefix, ex->reg.id,
+               (unsigned long long)(now - ex->stall_since));
+    wstun__exchange_fail(ex, 0, NULL);
+    return;
+  }
+  uint64_t next = stall_period(ex), left = deadline_left(ex);
+  set_timer(ex, next < left ? next : left, on_stall_check);
+}
+
+static void stall_watch_start(wstun__exchange *ex) {
+  ex->stall_mark = ex->cbs->progress(ex);
+  ex->stall_since = uv_now(ex->srv->loop);
+  uint64_t next = stall_period(ex), left = deadline_left(ex);
+  set_timer(ex, next < left ? next : left, on_stall_check);
+}
+
+static void stall_watch_stop(wstun__exchange *ex) {
+  set_timer(ex, deadline_left(ex), on_deadline);
+}
+
+void wstun__exchange_drained(wstun__exchange *ex) {
+  if (ex->reg.paused && ex->reg.tun && ex->reg.tun->t) {
+    if (ex->state == WSTUN__EX_RESPONDING)
+      stall_watch_stop(ex);
+    wstun__registry_resume_rx(&ex->reg);
+  }
+}
+
+/* The same for the request: a message streamed onto the tunnel is sent
+ * alone until it ends, so an uploader that stops sending its body holds
+ * up everything else to go through that tunnel. While the request is
+ * streamed, the timer checks that the tunnel is not left waiting for its
+ * bytes for stall_ms; an uploader that does so gets 408 and its message
+ * is ended where it stands (the tunnel client sees it cut short). */
+static void on_upload_check(uv_timer_t *t) {
+  wstun__exchange *ex = t->data;
+  wstun_server *srv = ex->srv;
+  uint64_t now = uv_now(srv->loop);
+  uint64_t left = deadline_left(ex);
+  if (left == 0) {
+    on_deadline(t);
+    return;
+  }
+  wstun__outmsg *m = ex->req;
+  if (m == NULL || m->finished ||
+      (ex->state != WSTUN__EX_QUEUED && ex->state != WSTUN__EX_SENDING)) {
+    set_timer(ex, left, on_deadline); /* written: back to the deadline */
+    return;
+  }
+  /* starving the tunnel: it is sending this message and has taken all
+   * there is (one byte is always held back) */
+  int starving = ex->state == WSTUN__EX_SENDING && m->tunnel &&
+                 m->tunnel->cur == m && wstun__buf_size(&m->buf) <= 1;
+  if (!starving || m->taken != ex->stall_mark) {
+    ex->stall_mark = m->taken;
+    ex->stall_since = now;
+  } else if (now - ex->stall_since >= srv->stall_ms) {
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "HTTP RET token=%s id=%04x status=408: request body stalled "
+               "for %llu ms while holding the tunnel",
+               ex->token_prefix, ex->reg.id,
+               (unsigned long long)(now - ex->stall_since));
+    /* the rest of the body will not be read */
+    fail(ex, 408, "Request body timeout", WSTUN__EX_FAILED_CLOSE);
+    return;
+  }
+  uint64_t next = stall_period(ex);
+  set_timer(ex, next < left ? next : left, on_upload_check);
+}
+
+/* ---- the request -------------------------------------------------------- */
+
+/* Builds the head of the tunnel message: origin-form target, no
+ * hop-by-hop headers, the requester appended to X-Forwarded-For, and our
+ * own body framing. `target` may point into the head's text, which every
+ * header added below may move: it is copied first. */
+static int build_request(wstun__exchange *ex, wstun__http_head *h,
+                         const char *target, size_t tlen, const char *ip,
+                         int *expect) {
+  if (wstun__http_head_set_target(h, target, tlen) != 0)
+    return WSTUN_ENOMEM;
+  /* every line, in order, as one list: the proxies' appended last */
+  wstun__buf v = WSTUN__BUF_INIT;
+  int n = wstun__http_head_join(h, "X-Forwarded-For", &v);
+  int rc = n < 0 ? n : 0;
+  if (n > 0)
+    rc |= wstun__buf_append(&v, ", ", 2);
+  rc |= wstun__buf_append_str(&v, ip);
+  rc |= wstun__buf_append(&v, "", 1);
+  if (rc != 0) {
+    wstun__buf_free(&v);
+    return WSTUN_ENOMEM;
+  }
+  *expect = wstun__http_head_has_token(h, "Expect", "100-continue");
+  wstun__http_head_strip_hop_by_hop(h, 1);
+  wstun__http_head_remove(h, "Expect");
+  wstun__http_head_remove(h, "X-Forwarded-For");
+  rc = wstun__http_head_add(h, "X-Forwarded-For", (const char *)v.base);
+  wstun__buf_free(&v);
+  rc |= wstun__http_head_frame(h, h->has_content_length, h->content_length,
+                               h->chunked, &ex->req_chunked);
+  ex->req = rc == 0 ? wstun__outmsg_new(&req_msg_cbs, ex) : NULL;
+  if (ex->req == NULL)
+    return WSTUN_ENOMEM;
+  if (wstun__http_head_write(h, &ex->req->buf) != 0)
+    return WSTUN_ENOMEM;
+  return 0;
+}
+
+int wstun__exchange_start(wstun__exchange *ex, wstun__http_head *h,
+                          const char *tok, size_t toklen, const char *target,
+                          size_t tlen, const char *peer_ip, const char *peer,
+                          int *expect, const char **text) {
+  wstun_server *srv = ex->srv;
+  snprintf(ex->peer, sizeof(ex->peer), "%s", peer);
+  *expect = 0;
+  wstun__token *t = wstun__registry_find_token(srv, tok, toklen);
+  char tmp[12];
+  char *tokz = wstun__strndup(tok, toklen);
+  wstun__redact(tokz ? tokz : "", tmp);
+  wstun__free(tokz);
+  memcpy(ex->token_prefix, tmp, sizeof(tmp));
+  if (t == NULL) {
+    wstun__log(&srv->log, WSTUN_LOG_DEBUG, "HTTP RCV token=%s: unknown token",
+               ex->token_prefix);
+    account(ex, 0); /* the Go server counts it as an errored request */
+    *text = "Tunnel not found (or not seen in a long time)";
+    return 404;
+  }
+  if (build_request(ex, h, target, tlen, peer_ip, expect) != 0) {
+    wstun__outmsg *m = ex->req;
+    ex->req = NULL;
+    if (m)
+      wstun__outmsg_abandon(m);
+    *expect = 0;
+    *text = "Out of memory";
+    return 503;
+  }
+  ex->reg.tok = t;
+  t->last_activity = uv_now(srv->loop);
+  ex->tries = 0;
+  ex->state = WSTUN__EX_READING;
+  ex->start_ms = uv_now(srv->loop);
+  wstun__log(&srv->log, WSTUN_LOG_DEBUG,
+             "HTTP RCV token=%s verb=%s url=%s addr=%s", ex->token_prefix,
+             llhttp_method_name((llhttp_method_t)h->method),
+             wstun__http_head_target(h), ex->peer);
+  set_timer(ex, srv->http_timeout_ms, on_deadline);
+  return 0;
+}
+
+static void dispatch_if_ready(wstun__exchange *ex) {
+  if (ex->state != WSTUN__EX_READING || ex->req == NULL)
+    return;
+  size_t size = wstun__buf_size(&ex->req->buf);
+  if (ex->req->finished && ex->tries == 0 && size <= REPLAY_MAX &&
+      replayable_method(ex->method) &&
+      wstun__buf_append(&ex->replay, wstun__buf_data(&ex->req->buf), size) != 0)
+    wstun__buf_free(&ex->replay); /* no copy: no replay, nothing else lost */
+  if (ex->req->finished || wstun__buf_size(&ex->req->buf) >= WSTUN__STREAM_AT) {
+    dispatch(ex);
+    if (ex->req && !ex->req->finished && !ex->cancelled &&
+        (ex->state == WSTUN__EX_QUEUED || ex->state == WSTUN__EX_SENDING)) {
+      ex->stall_mark = ex->req->taken;
+      ex->stall_since = uv_now(ex->srv->loop);
+      set_timer(ex, stall_period(ex), on_upload_check);
+    }
+  }
+}
+
+/* The request's bytes went into the message: on towards the tunnel. */
+static void request_grew(wstun__exchange *ex) {
+  if (ex->state == WSTUN__EX_READING)
+    dispatch_if_ready(ex);
+  else if (ex->state == WSTUN__EX_SENDING)
+    wstun__registry_kick(&ex->reg);
+}
+
+int wstun__exchange_body(wstun__exchange *ex, const uint8_t *d, size_t n) {
+  if (ex->req == NULL)
+    return 0; /* answered already: discard */
+  wstun__buf *b = &ex->req->buf;
+  int rc = 0;
+  if (ex->req_chunked) {
+    rc |= wstun__http_write_chunk_header(b, n);
+    rc |= wstun__buf_append(b, d, n);
+    rc |= wstun__buf_append(b, "\r\n", 2);
+  } else {
+    rc = wstun__buf_append(b, d, n);
+  }
+  if (rc != 0)
+    return WSTUN_ENOMEM;
+  request_grew(ex);
+  return ex->req && wstun__outmsg_full(ex->req) ? 1 : 0;
+}
+
+int wstun__exchange_body_end(wstun__exchange *ex) {
+  if (ex->req == NULL)
+    return 0;
+  if (ex->req_chunked &&
+      wstun__buf_append_str(&ex->req->buf, WSTUN__HTTP_LAST_CHUNK) != 0)
+    return WSTUN_ENOMEM;
+  ex->req->finished = 1;
+  request_grew(ex);
+  return 0;
+}
+
+/* ---- the request message's life on the tunnel --------------------------- */
+
+static void req_msg_sent(void *owner, wstun__outmsg *m) {
+  wstun__exchange *ex = owner;
+  (void)m;
+  ex->req = NULL;
+  if (ex->state != WSTUN__EX_SENDING)
+    return;
+  ex->state = WSTUN__EX_WAITING;
+  if (ex->reg.tun == NULL) /* written, but the tunnel died right after */
+    wstun__exchange_tunnel_lost(ex);
+}
+
+static void req_msg_drain(void *owner, wstun__outmsg *m) {
+  wstun__exchange *ex = owner;
+  (void)m;
+  if (!ex->cancelled && ex->state != WSTUN__EX_DONE)
+    ex->cbs->on_drain(ex);
+}
+
+static void req_msg_failed(void *owner, wstun__outmsg *m, int restartable) {
+  wstun__exchange *ex = owner;
+  wstun__registry_unlink(&ex->reg);
+  if (restartable && ex->state == WSTUN__EX_SENDING && ++ex->tries < 3) {
+    wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
+               "WS   SND token=%s id=%04x failed: retrying (try %d)",
+               ex->token_prefix, ex->reg.id, ex->tries + 1);
+    ex->state = WSTUN__EX_READING;
+    if (m->finished || wstun__buf_size(&m->buf) >= WSTUN__STREAM_AT)
+      dispatch(ex);
+    return;
+  }
+  ex->req = NULL;
+  wstun__outmsg_free(m);
+  if (restartable) {
+    wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
+               "WS   SND token=%s id=%04x failed after %d tries: 504",
+               ex->token_prefix, ex->reg.id, ex->tries);
+    wstun__exchange_fail(ex, 504, "Tunnel retry exhausted");
+  } else
+    wstun__exchange_tunnel_lost(ex);
+}
+
+static const wstun__outmsg_cbs req_msg_cbs = {
+    .on_sent = req_msg_sent,
+    .on_drain = req_msg_drain,
+    .on_failed = req_msg_failed,
+};
+
+/* ---- the response from the tunnel --------------------------------------- */
+
+static int resp_on_head(void *ud, wstun__http_head *h) {
+  wstun__exchange *ex = ud;
+  int status = h->status;
+  if (status == 101) {
+    /* upgrades are never tunneled: a 101 would tell a proxy in front of
+     * us to pass raw bytes from now on, straight to this server */
+    wstun__log(&ex->srv->log, WSTUN_LOG_WARN,
+               "WS   RCV token=%s id=%04x: 101 from the tunnel client refused",
+               ex->token_prefix, ex->reg.id);
+    return -1;
+  }
+  if (status >= 100 && status < 200)
+    return 1; /* interim (the 100 Continue is ours to send): dropped */
+  int no_body = ex->method == HTTP_HEAD || status == 204 || status == 304;
+  /* HTTP/1.0 requesters get a body ended by the connection's close */
+  int http11 = ex->head->major == 1 && ex->head->minor >= 1;
+  ex->resp_close = !h->has_content_length && !no_body && !http11;
+  if (ex->cbs->on_head(ex, h, no_body, ex->resp_close) != 0)
+    return -1;
+  ex->state = WSTUN__EX_RESPONDING;
+  /* as the Go server: only 2xx and 3xx answers are completed requests */
+  account(ex, status >= 200 && status < 400);
+  wstun__log(&ex->srv->log, WSTUN_LOG_DEBUG,
+             "WS   RCV token=%s id=%04x status=%d", ex->token_prefix,
+             ex->reg.id, status);
+  wstun__exchange_log_ret(ex, status);
+  return no_body ? 1 : 0;
+}
+
+static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
+  wstun__exchange *ex = ud;
+  int rc = ex->cbs->on_body(ex, d, n);
+  if (rc < 0)
+    return -1;
+  if (rc > 0 && wstun__registry_pause_rx(&ex->reg))
+    stall_watch_start(ex);
+  return 0;
+}
+
+static int resp_on_complete(void *ud) {
+  wstun__exchange *ex = ud;
+  int status = ex->resp.head.status;
+  if (status >= 100 && status < 200)
+    return 0; /* an interim response (dropped): the final one follows */
+  ex->cbs->on_end(ex);
+  ex->resp_done = 1;
+  /* a message carries one response: whatever follows is never parsed (it
+   * would go to the requester as the answer to its next request) */
+  return 1;
+}
+
+static const wstun__http_parser_cbs resp_cbs = {
+    .on_head = resp_on_head,
+    .on_body = resp_on_body,
+    .on_complete = resp_on_complete,
+};
+
+/* The tunnel client's answer is no HTTP response: 506 with an empty body,
+ * what the Go server sends; the why goes to the log. */
+static void fail_506(wstun__exchange *ex, const char *why) {
+  wstun__log(&ex->srv->log, WSTUN_LOG_WARN, "WS   RCV token=%s id=%04x: %s",
+             ex->token_prefix, ex->reg.id, why);
+  wstun__exchange_fail(ex, 506, "");
+}
+
+static int resp_data(wstun__exchange *ex, const uint8_t *d, size_t n) {
+  if (!ex->resp_init) {
+    wstun__http_parser_init(&ex->resp, HTTP_RESPONSE, RESP_MAX_HEAD, 0,
+                            &resp_cbs, ex);
+    ex->resp_init = 1;
+    ex->resp_done = 0;
+    ex->resp_extra = 0;
+  }
+  if (ex->resp_done) {
+    ex->resp_extra += n; /* bytes after a complete response: dropped */
+    return 0;
+  }
+  size_t used;
+  int rc = wstun__http_parser_feed(&ex->resp, d, n, &used);
+  if (rc == WSTUN__HTTP_PAUSED)
+    ex->resp_extra += n - used;
+  if (rc == WSTUN__HTTP_ERROR) {
+    fail_506(ex, ex->resp.error_status == 502 && ex->resp.error_text
+                     ? ex->resp.error_text /* says what */
+                     : "unparsable response");
+    return -1;
+  }
+  return 0;
+}
+
+static void resp_end(wstun__exchange *ex, int complete) {
+  if (ex->cancelled || ex->state == WSTUN__EX_DONE)
+    return;
+  if (!ex->resp_init) {
+    if (complete)
+      fail_506(ex, "empty response");
+    else
+      wstun__exchange_tunnel_lost(ex);
+    return;
+  }
+  if (!ex->resp_done && complete &&
+      wstun__http_parser_finish(&ex->resp) == WSTUN__HTTP_OK && ex->resp_close)
+    ex->resp_done = 1;
+  if (ex->resp_done) {
+    if (ex->resp_extra > 0)
+      wstun__log(&ex->srv->log, WSTUN_LOG_WARN,
+                 "WS   RCV token=%s id=%04x: %llu bytes after the response "
+                 "in its message: dropped",
+                 ex->token_prefix, ex->reg.id,
+                 (unsigned long long)ex->resp_extra);
+    release(ex);
+    ex->state = WSTUN__EX_DONE;
+    ex->cbs->on_done(ex, WSTUN__EX_ANSWERED, 0, NULL);
+    return;
+  }
+  if (ex->state != WSTUN__EX_RESPONDING) {
+    if (complete)
+      fail_506(ex, "incomplete response head");
+    else
+      wstun__exchange_tunnel_lost(ex);
+    return;
+  }
+  wstun__log(&ex->srv->log, WSTUN_LOG_WARN,
+             "HTTP RET token=%s id=%04x: response cut short: aborting",
+             ex->token_prefix, ex->reg.id);
+  release(ex);
+  ex->state = WSTUN__EX_DONE;
+  ex->cbs->on_done(ex, WSTUN__EX_ABORTED, 0, NULL);
+}
+
+/* ---- the registry's calls ----------------------------------------------- */
+
+static wstun__outmsg *reg_on_send(wstun__reg_entry *e) {
+  wstun__exchange *ex = wstun__exchange_of(e);
+  ex->state = WSTUN__EX_SENDING;
+  wstun__log(&ex->srv->log, WSTUN_LOG_DEBUG,
+             "WS   SND token=%s id=%04x verb=%s url=%s addr=%s",
+             ex->token_prefix, e->id,
+             llhttp_method_name((llhttp_method_t)ex->method),
+             wstun__http_head_target(ex->head), e->tun->addr);
+  return ex->req;
+}
+
+static int reg_on_msg_begin(wstun__reg_entry *e) {
+  wstun__exchange *ex = wstun__exchange_of(e);
+  return ex->state == WSTUN__EX_WAITING || ex->state == WSTUN__EX_SENDING;
+}
+
+static int reg_on_msg_data(wstun__reg_entry *e, const uint8_t *d, size_t n) {
+  return resp_data(wstun__exchange_of(e), d, n);
+}
+
+static void reg_on_msg_end(wstun__reg_entry *e, int complete) {
+  resp_end(wstun__exchange_of(e), complete);
+}
+
+static void reg_on_tunnel_lost(wstun__reg_entry *e) {
+  wstun__exchange *ex = wstun__exchange_of(e);
+  /* one still being sent comes back through its message's callbacks */
+  if (ex->state != WSTUN__EX_SENDING)
+    wstun__exchange_tunnel_lost(ex);
+}
+
+static void reg_on_fail(wstun__reg_entry *e, int status, const char *text) {
+  wstun__exchange_fail(wstun__exchange_of(e), status, text);
+}
+
+static const wstun__reg_entry_cbs reg_cbs = {
+    .on_send = reg_on_send,
+    .on_msg_begin = reg_on_msg_begin,
+    .on_msg_data = reg_on_msg_data,
+    .on_msg_end = reg_on_msg_end,
+    .on_tunnel_lost = reg_on_tunnel_lost,
+    .on_fail = reg_on_fail,
+};

@@ -1,0 +1,196 @@
+/* Front connections through the seam the fuzz targets use: a front made by
+ * wstun__front_new on a connection handle that never opened, its input
+ * handed to the connection's on_data as wstun__conn would, its answers
+ * read from the connection's output buffer (the loop does not run while
+ * it is fed, so nothing is written away). Routing, keep-alive and
+ * pipelining in order, local answers, the upgrade's refusals, a tunneled
+ * request waiting for its tunnel, 100 Continue. */
+#define _GNU_SOURCE /* memmem */
+#include "wstun_front.h"
+
+#include "srv_fixture.h"
+#include "test.h"
+
+#define TOKEN "front-test-token-aaaaaaaaaaa"
+
+static wstun__front *front(wstun_server *srv, const char *ip) {
+  wstun__front *f = wstun__front_new(srv);
+  CHECK(f != NULL);
+  uv_ip4_addr(ip, 40000, (struct sockaddr_in *)&f->conn->peer);
+  return f;
+}
+
+/* As wstun__conn delivers: what the owner leaves waits (paused). */
+static size_t input(wstun__front *f, const char *s) {
+  wstun__conn *c = f->conn;
+  c->in_data = 1;
+  size_t used = c->cbs->on_data(c, (const uint8_t *)s, strlen(s));
+  c->in_data = 0;
+  return used;
+}
+
+static const char *out_text(wstun__front *f, char *buf, size_t cap) {
+  size_t n = wstun__buf_size(&f->conn->out);
+  if (n >= cap)
+    n = cap - 1;
+  memcpy(buf, wstun__buf_data(&f->conn->out), n);
+  buf[n] = '\0';
+  return buf;
+}
+
+static int count(const char *hay, const char *needle) {
+  int n = 0;
+  for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
+    n++;
+  return n;
+}
+
+static void finish(wstun_server *srv) {
+  wstun__list *l, *tmp;
+  wstun__list_foreach_safe(l, tmp, &srv->fronts) {
+    wstun__front_close(wstun__list_entry(l, wstun__front, link));
+  }
+  uv_run(&sf_loop, UV_RUN_DEFAULT);
+  CHECK(wstun__list_empty(&srv->fronts));
+  CHECK_EQ_INT(srv->nfronts, 0);
+  sf_end(srv);
+}
+
+TEST(local_answers_in_order) {
+  wstun_server *srv = sf_begin();
+  wstun__front *f = front(srv, "192.0.2.1");
+  CHECK_EQ_INT(wstun__front_busy(f), 0);
+  const char *in = "GET /_health_check HTTP/1.1\r\nHost: h\r\n\r\n"
+                   "HEAD /_health_check HTTP/1.1\r\nHost: h\r\n\r\n"
+                   "GET /nowhere HTTP/1.1\r\nHost: h\r\n\r\n";
+  CHECK_EQ_INT(input(f, in), strlen(in));
+  char buf[4096];
+  const char *o = out_text(f, buf, sizeof(buf));
+  CHECK_EQ_INT(count(o, "HTTP/1.1 200 OK\r\n"), 2);
+  CHECK_EQ_INT(count(o, "WSTUNSRV RUNNING\n"), 1); /* the HEAD has none */
+  const char *a = strstr(o, "WSTUNSRV");
+  const char *b = strstr(o, "HTTP/1.1 400 ");
+  CHECK(a != NULL && b != NULL && a < b);
+  CHECK(strstr(o, "Missing X-Token header") != NULL);
+  CHECK(strstr(o, "Connection: close") == NULL); /* keep-alive */
+  CHECK_EQ_INT(f->phase, WSTUN__FRONT_IDLE);
+  finish(srv);
+}
+
+TEST(bad_request_closes) {
+  wstun_server *srv = sf_begin();
+  wstun__front *f = front(srv, "192.0.2.1");
+  input(f, "GARBAGE\r\n\r\nGET /_health_check HTTP/1.1\r\n\r\n");
+  char buf[4096];
+  const char *o = out_text(f, buf, sizeof(buf));
+  CHECK(strncmp(o, "HTTP/1.1 400 ", 13) == 0);
+  CHECK(strstr(o, "Connection: close\r\n") != NULL);
+  CHECK(strstr(o, "WSTUNSRV") == NULL); /* nothing read after */
+  finish(srv);
+}
+
+TEST(base_path) {
+  wstun_server *srv = sf_begin();
+  wstun__free(srv->base_path);
+  srv->base_path = wstun__strdup("/wst");
+  srv->base_len = 4;
+  wstun__front *f = front(srv, "192.0.2.1");
+  input(f, "GET /_health_check HTTP/1.1\r\n\r\n"
+           "GET /wst/_health_check HTTP/1.1\r\n\r\n");
+  char buf[4096];
+  const char *o = out_text(f, buf, sizeof(buf));
+  CHECK(strncmp(o, "HTTP/1.1 404 ", 13) == 0);
+  CHECK(strstr(o, "404 page not found\n") != NULL);
+  CHECK(strstr(o, "WSTUNSRV RUNNING") != NULL);
+  finish(srv);
+}
+
+TEST(stats_detail_for_this_host_only) {
+  wstun_server *srv = sf_begin();
+  sf_add_token(srv, TOKEN);
+  wstun__front *near = front(srv, "127.0.0.1");
+  wstun__front *far = front(srv, "192.0.2.1");
+  input(near, "GET /_stats HTTP/1.1\r\n\r\n");
+  input(far, "GET /_stats HTTP/1.1\r\n\r\n");
+  char buf[4096];
+  CHECK(strstr(out_text(near, buf, sizeof(buf)), "req_pending=0") != NULL);
+  CHECK(strstr(out_text(far, buf, sizeof(buf)), "More stats available") !=
+        NULL);
+  input(far, "GET /metrics HTTP/1.1\r\n\r\n");
+  CHECK(strstr(out_text(far, buf, sizeof(buf)), "HTTP/1.1 403 ") != NULL);
+  input(near, "GET /metrics HTTP/1.1\r\n\r\n");
+  CHECK(strstr(out_text(near, buf, sizeof(buf)), "wstun_tokens 1\n") != NULL);
+  finish(srv);
+}
+
+TEST(upgrade_refused) {
+  wstun_server *srv = sf_begin();
+  wstun__front *f = front(srv, "192.0.2.1");
+  input(f, "POST /_tunnel HTTP/1.1\r\nHost: h\r\n\r\n");
+  char buf[4096];
+  const char *o = out_text(f, buf, sizeof(buf));
+  CHECK(strncmp(o, "HTTP/1.1 400 ", 13) == 0);
+  CHECK(strstr(o, "Only GET requests are supported") != NULL);
+  CHECK(strstr(o, "Connection: close\r\n") != NULL);
+  CHECK_EQ_INT(srv->metrics.hs_failures[WSTUN__HS_BAD_METHOD], 1);
+  wstun__front *g = front(srv, "192.0.2.1");
+  input(g, "GET /_tunnel HTTP/1.1\r\nHost: h\r\nOrigin: short\r\n\r\n");
+  CHECK(strstr(out_text(g, buf, sizeof(buf)),
+               "Rendez-vous token is too short") != NULL);
+  finish(srv);
+}
+
+TEST(tunneled_request_waits_in_order) {
+  wstun_server *srv = sf_begin();
+  wstun__token *t = sf_add_token(srv, TOKEN);
+  wstun__front *f = front(srv, "192.0.2.1");
+  const char *in = "GET /_token/" TOKEN "/a HTTP/1.1\r\nHost: h\r\n\r\n"
+                   "GET /_health_check HTTP/1.1\r\n\r\n";
+  size_t used = input(f, in);
+  /* the first waits for a tunnel; the second waits its turn */
+  CHECK(used < strlen(in));
+  CHECK_EQ_INT(f->phase, WSTUN__FRONT_BUSY);
+  CHECK_EQ_INT(f->ex.state, WSTUN__EX_QUEUED);
+  CHECK_EQ_INT(t->nqueued, 1);
+  CHECK_EQ_INT(wstun__front_busy(f), 1);
+  CHECK_EQ_INT(wstun__buf_size(&f->conn->out), 0);
+  wstun__front_fail(f, 502, "no tunnel");
+  CHECK_EQ_INT(t->nqueued, 0);
+  CHECK_EQ_INT(f->phase, WSTUN__FRONT_IDLE);
+  input(f, in + used);
+  char buf[4096];
+  const char *o = out_text(f, buf, sizeof(buf));
+  const char *a = strstr(o, "HTTP/1.1 502 ");
+  const char *b = strstr(o, "WSTUNSRV RUNNING");
+  CHECK(a != NULL && b != NULL && a < b);
+  CHECK_EQ_INT(srv->errored, 1);
+  finish(srv);
+}
+
+TEST(unknown_token_and_continue) {
+  wstun_server *srv = sf_begin();
+  sf_add_token(srv, TOKEN);
+  wstun__front *f = front(srv, "192.0.2.1");
+  input(f, "GET /x HTTP/1.1\r\nX-Token: nope\r\n\r\n");
+  char buf[4096];
+  CHECK(strstr(out_text(f, buf, sizeof(buf)), "Tunnel not found") != NULL);
+  wstun__front *g = front(srv, "192.0.2.1");
+  input(g, "POST /x HTTP/1.1\r\nX-Token: " TOKEN "\r\n"
+           "Expect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+  CHECK_EQ_STR(out_text(g, buf, sizeof(buf)), "HTTP/1.1 100 Continue\r\n\r\n");
+  CHECK_EQ_INT(g->ex.state, WSTUN__EX_READING); /* its body is to come */
+  input(g, "abc");
+  CHECK_EQ_INT(g->ex.state, WSTUN__EX_QUEUED);
+  finish(srv);
+}
+
+int main(int argc, char **argv) {
+  static const test_case tests[] = {T(local_answers_in_order),
+                                    T(bad_request_closes),
+                                    T(base_path),
+                                    T(stats_detail_for_this_host_only),
+                                    T(upgrade_refused),
+                                    T(tunneled_request_waits_in_order),
+                                    T(unknown_token_and_continue)};
+  return test_main(tests, TEST_COUNT(tests), argc, argv);
+}
