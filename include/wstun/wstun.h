@@ -273,7 +273,8 @@ WSTUN_EXTERN void wstun_server_close(wstun_server *srv, unsigned grace_ms,
 typedef struct wstun_client wstun_client;
 
 /* A request that arrived through the tunnel, handed to an in-process
- * handler. Valid from the handler call until wstun_request_respond(). */
+ * handler. Valid from the handler call until wstun_request_respond() or
+ * wstun_request_cancel(). */
 typedef struct wstun_request wstun_request;
 
 typedef void (*wstun_handler_cb)(wstun_request *req, void *user_data);
@@ -362,7 +363,8 @@ WSTUN_EXTERN wstun_client_state wstun_client_get_state(const wstun_client *c);
 typedef void (*wstun_client_close_cb)(wstun_client *cli, void *user_data);
 
 /* Closes the tunnel (after up to `grace_ms` for requests in progress) and
- * every handle, then frees the client and fires `cb` (may be NULL). */
+ * every handle, then frees the client and fires `cb` (may be NULL). What
+ * it waits for: see wstun_request_cancel() below. */
 WSTUN_EXTERN void wstun_client_close(wstun_client *cli, unsigned grace_ms,
                                      wstun_client_close_cb cb, void *user_data);
 
@@ -383,6 +385,30 @@ WSTUN_EXTERN const uint8_t *wstun_request_body(const wstun_request *req,
 WSTUN_EXTERN int wstun_request_respond(wstun_request *req, int status,
                                        const char *content_type,
                                        const void *body, size_t len);
+
+/* ---- requests an in-process handler holds, and closing ------------------
+ *
+ * The handler owns one reference to `req` from its call until it gives it
+ * back with wstun_request_respond() or wstun_request_cancel(); it may keep
+ * it across loop turns (to answer later), even past a tunnel drop (then
+ * respond returns WSTUN_ECLOSED). Either call releases the reference and
+ * `req` must not be used afterwards.
+ *
+ * wstun_client_close() waits, before it frees the client and fires its
+ * callback, for: the grace period (requests in progress may finish, up to
+ * `grace_ms`, while the tunnel stays up); then the close of every handle
+ * it owns (the dialing timer and resolver, the tunnel's connection, every
+ * backend connection, the write flusher); and every request a handler
+ * still holds. A handler that holds requests must therefore answer or
+ * cancel each of them for the close to finish: after the close started,
+ * wstun_request_respond() returns WSTUN_ECLOSED (the tunnel is gone) and
+ * wstun_request_cancel() returns 0; both release the request. */
+
+/* Gives up a request the handler holds without answering it: the
+ * requester gets 503 (while the tunnel is still up), and `req` is freed.
+ * 0, or WSTUN_EINVAL (req NULL or not held by the handler: already
+ * answered or cancelled). */
+WSTUN_EXTERN int wstun_request_cancel(wstun_request *req);
 
 #ifdef __cplusplus
 }
