@@ -91,8 +91,10 @@ static void up_free(wstun__closer *closer) {
   wstun__http_parser_free(&up->parser);
   wstun__free(up->key);
   wstun__free(up);
-  if (pool->closing && pool->nall == 0)
+  if (pool->closing == 1 && pool->nall == 0) {
+    pool->closing = 2; /* told */
     pool->cbs->on_closed(pool->ud);
+  }
 }
 
 static void up_conn_closed(wstun__conn *c) {
@@ -166,13 +168,17 @@ void wstun__upstream_pool_drain(wstun__upstream_pool *pool) {
 }
 
 void wstun__upstream_pool_close(wstun__upstream_pool *pool) {
+  if (pool->closing)
+    return;
   pool->draining = pool->closing = 1;
   wstun__list *l, *tmp;
   wstun__list_foreach_safe(l, tmp, &pool->all) {
     up_close(wstun__list_entry(l, wstun__upstream, link));
   }
-  if (pool->nall == 0)
+  if (pool->nall == 0) {
+    pool->closing = 2;
     pool->cbs->on_closed(pool->ud);
+  }
 }
 
 /* The request no longer goes to a backend (answered, given up, detached):
