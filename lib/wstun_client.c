@@ -61,8 +61,7 @@ static const wstun__request_cbs cli_req_cbs = {
 
 static void *cli_msg_begin(wstun__tunnel *t, uint16_t id) {
   wstun_client *cli = t->owner;
-  wstun_request *req =
-      wstun__request_new(t, id, &cli->log, &cli_req_cbs, cli);
+  wstun_request *req = wstun__request_new(t, id, &cli->log, &cli_req_cbs, cli);
   if (req == NULL)
     return NULL;
   wstun__http_parser_init(&req->parser, HTTP_REQUEST, REQ_MAX_HEAD,
@@ -618,15 +617,14 @@ static int setup_tls_and_proxy(wstun_client *cli,
   }
   char why[400];
   if (wstun__url_is_tls(&dc->tunnel_url)) {
-    int rc = wstun__tls_client_config(&dc->tls, cli->ca_file, 1, why,
-                                      sizeof(why));
+    int rc =
+        wstun__tls_client_config(&dc->tls, cli->ca_file, 1, why, sizeof(why));
     if (rc != 0) {
       wstun__log(&cli->log, WSTUN_LOG_ERROR, "TLS: %s", why);
       return rc;
     }
     wstun__tls_config_modern(dc->tls);
-  } else if (cli->ca_file &&
-             backend_tls(cli, why, sizeof(why)) == NULL) {
+  } else if (cli->ca_file && backend_tls(cli, why, sizeof(why)) == NULL) {
     /* only backends use it: still, a bad file is an error at start */
     wstun__log(&cli->log, WSTUN_LOG_ERROR, "TLS: %s", why);
     return WSTUN_ETLS;

@@ -58,7 +58,7 @@ struct wstun_client {
   wstun__list reqs; /* every request alive */
   /* closing */
   wstun__cli_phase phase;
-  uv_timer_t grace; /* checks, while in WSTUN__CLI_GRACE */
+  uv_timer_t grace;        /* checks, while in WSTUN__CLI_GRACE */
   uint64_t grace_deadline; /* ms */
   wstun__closer closer;    /* dialer, tunnel, pool, grace timer, requests */
   int reqs_counted;        /* the closer waits for reqs to empty */

@@ -51,8 +51,8 @@ static const wstun__http_parser_cbs hs_cbs = {
 
 int wstun__dialer_expect(wstun__dialer *d, wstun__dial_state phase) {
   wstun__dialer_answer_done(d);
-  wstun__http_parser_init(&d->hs, HTTP_RESPONSE, HANDSHAKE_MAX_HEAD, 0,
-                          &hs_cbs, d);
+  wstun__http_parser_init(&d->hs, HTTP_RESPONSE, HANDSHAKE_MAX_HEAD, 0, &hs_cbs,
+                          d);
   d->hs_init = 1;
   d->hs_done = 0;
   d->state = phase;
@@ -315,10 +315,9 @@ static void send_handshake(wstun__dialer *d) {
 }
 
 static void send_connect(wstun__dialer *d) {
-  if (wstun__proxy_connect_request(wstun__conn_outbuf(d->conn),
-                                   d->cfg.tunnel_url.host,
-                                   d->cfg.tunnel_url.port,
-                                   d->cfg.proxy_auth) != 0) {
+  if (wstun__proxy_connect_request(
+          wstun__conn_outbuf(d->conn), d->cfg.tunnel_url.host,
+          d->cfg.tunnel_url.port, d->cfg.proxy_auth) != 0) {
     dial_fail(d, WSTUN_ENOMEM, "out of memory");
     return;
   }
@@ -451,8 +450,8 @@ static void dial(wstun__dialer *d) {
   /* through a proxy, only the proxy's name is resolved here */
   const wstun__url *to =
       d->cfg.has_proxy ? &d->cfg.proxy_url : &d->cfg.tunnel_url;
-  int rc = wstun__resolve(d->loop, to->host, to->port, &ss, &d->gai,
-                          on_resolved);
+  int rc =
+      wstun__resolve(d->loop, to->host, to->port, &ss, &d->gai, on_resolved);
   if (rc == 1) {
     connect_to(d, (struct sockaddr *)&ss);
     return;

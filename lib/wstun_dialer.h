@@ -56,7 +56,7 @@ typedef struct wstun__dialer_config {
   wstun__tls_config *tls; /* wss:// (NULL for ws://) */
   wstun__url proxy_url;
   int has_proxy;
-  char *proxy_auth; /* "Basic ..." or NULL */
+  char *proxy_auth;          /* "Basic ..." or NULL */
   uint64_t timeout_ms;       /* one whole attempt */
   uint64_t reconnect_max_ms; /* backoff cap */
 } wstun__dialer_config;
@@ -85,8 +85,8 @@ typedef struct wstun__dialer {
   uv_timer_t timer; /* backoff, then the attempt's deadline */
   uv_getaddrinfo_t gai;
   int resolving;
-  wstun__conn *conn; /* the attempt's connection */
-  size_t conns;      /* connections of ours not yet closed (on_close) */
+  wstun__conn *conn;     /* the attempt's connection */
+  size_t conns;          /* connections of ours not yet closed (on_close) */
   wstun__http_parser hs; /* the proxy's answer, then the server's */
   int hs_init, hs_done;
   char ws_key[32];

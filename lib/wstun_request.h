@@ -101,8 +101,7 @@ void wstun__request_answer(wstun_request *req, int status, const char *text);
 /* The response message's callbacks (owner: the request). A producer that
  * streams may use its own table with these two and its own on_drain. */
 void wstun__request_resp_sent(void *owner, wstun__outmsg *m);
-void wstun__request_resp_failed(void *owner, wstun__outmsg *m,
-                                int restartable);
+void wstun__request_resp_failed(void *owner, wstun__outmsg *m, int restartable);
 extern const wstun__outmsg_cbs wstun__request_resp_cbs;
 
 #endif

@@ -31,7 +31,7 @@ struct wstun__upstream {
   wstun__list idle_link; /* pool->idle, while idle */
   int connected, reused, got_bytes, idle, resolving;
   int closing, paused_by_msg;
-  wstun__closer closer; /* timer, resolver and conn, once closing */
+  wstun__closer closer;  /* timer, resolver and conn, once closing */
   int paused_connecting; /* the tunnel waits for the connection to be up */
   int interim;           /* skipping a 1xx response */
   uint64_t deadline;     /* uv_now() ms: the backend must have answered */
@@ -627,8 +627,8 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
   if (wstun__http_head_write(h, &req->resp->buf) != 0)
     return -1;
   req->resp_started = 1;
-  wstun__log(req->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d",
-             req->id, status);
+  wstun__log(req->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d", req->id,
+             status);
   return no_body ? 1 : 0;
 }
 

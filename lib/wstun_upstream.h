@@ -40,7 +40,7 @@ typedef struct wstun__upstream_pool {
   wstun__list idle; /* kept alive, most recently used first */
   size_t nall, nidle;
   int draining; /* finished connections are closed, not kept */
-  int closing; /* 1 once closing, 2 once on_closed was called */
+  int closing;  /* 1 once closing, 2 once on_closed was called */
 } wstun__upstream_pool;
 
 /* Fills the pool; the caller then sets the limits (fields above). */

@@ -1,6 +1,7 @@
 /* URL parser: strict about the parts wstun relies on (scheme, host, port),
  * since X-Host values come from the network and decide where the client
- * connects. */
+ * connects; and the Host header a URL gives (tunnel handshake, backend
+ * requests). */
 #include "wstun_url.h"
 
 #include <ctype.h>

@@ -247,7 +247,6 @@ typedef struct held_app {
   int second_rc;
 } held_app;
 
-
 static void send_request(held_app *a);
 
 static void h_alloc(uv_handle_t *h, size_t n, uv_buf_t *buf) {
@@ -391,7 +390,8 @@ TEST(held_requests_are_cancelled_or_awaited_by_close) {
 
 int main(int argc, char **argv) {
   static const test_case tests[] = {
-      T(configuration_errors), T(zeros_mean_defaults),
+      T(configuration_errors),
+      T(zeros_mean_defaults),
       T(a_bad_proxy_from_the_environment_is_ignored),
       T(start_fails_cleanly_at_every_allocation),
       T(xhost_is_matched_parsed_and_whole),

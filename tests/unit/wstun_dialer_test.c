@@ -20,10 +20,14 @@ TEST(backoff_doubles_with_jitter_up_to_the_cap) {
     unsigned attempt;
     uint64_t max, lo, hi;
   } cases[] = {
-      {0, 30000, 100, 200},     {1, 30000, 200, 400},
-      {2, 30000, 400, 800},     {5, 30000, 3200, 6400},
-      {7, 30000, 12800, 25600}, {8, 30000, 15000, 30000},
-      {60, 30000, 15000, 30000}, {0, 150, 75, 150},
+      {0, 30000, 100, 200},
+      {1, 30000, 200, 400},
+      {2, 30000, 400, 800},
+      {5, 30000, 3200, 6400},
+      {7, 30000, 12800, 25600},
+      {8, 30000, 15000, 30000},
+      {60, 30000, 15000, 30000},
+      {0, 150, 75, 150},
       {3, 1, 0, 0}, /* a cap of 1 ms: no wait at all */
   };
   for (size_t i = 0; i < TEST_COUNT(cases); i++) {
@@ -56,8 +60,8 @@ static int feed(wstun__dial_state phase, const char *answer, int bytewise,
   *used = 0;
   while (off < len && rc == 0) {
     size_t n = bytewise ? 1 : len - off, u = 0;
-    rc = wstun__dialer_feed(&d, (const uint8_t *)answer + off, n, &u, why,
-                            whyn);
+    rc =
+        wstun__dialer_feed(&d, (const uint8_t *)answer + off, n, &u, why, whyn);
     if (rc == 0)
       CHECK(u == n); /* all consumed while the head is incomplete */
     *used = off + u;
@@ -141,8 +145,8 @@ TEST(handshake_answers) {
   for (size_t i = 0; i < TEST_COUNT(cases); i++)
     for (int bytewise = 0; bytewise < 2; bytewise++) {
       test_context("case %zu bytewise %d", i, bytewise);
-      CHECK_EQ_INT(feed(WSTUN__DIAL_HANDSHAKE, cases[i].answer, bytewise,
-                        &used, why, sizeof(why)),
+      CHECK_EQ_INT(feed(WSTUN__DIAL_HANDSHAKE, cases[i].answer, bytewise, &used,
+                        why, sizeof(why)),
                    cases[i].want);
       CHECK_EQ_STR(why, cases[i].why);
     }
@@ -159,9 +163,8 @@ TEST(handshake_answers) {
   memset(reason, 'x', sizeof(reason) - 1);
   reason[sizeof(reason) - 1] = '\0';
   snprintf(longer, sizeof(longer), "HTTP/1.1 500 %s\r\n\r\n", reason);
-  CHECK_EQ_INT(
-      feed(WSTUN__DIAL_HANDSHAKE, longer, 1, &used, why, sizeof(why)),
-      WSTUN_EHANDSHAKE);
+  CHECK_EQ_INT(feed(WSTUN__DIAL_HANDSHAKE, longer, 1, &used, why, sizeof(why)),
+               WSTUN_EHANDSHAKE);
   CHECK(strlen(why) == 159);
   CHECK_EQ_INT(feed(WSTUN__DIAL_PROXY, longer, 0, &used, why, sizeof(why)),
                WSTUN_ECONNECT);
@@ -178,8 +181,8 @@ TEST(ports_lists) {
   CHECK_EQ_INT(r[1][0], 8300);
   CHECK_EQ_INT(r[1][1], 8300);
   free(r);
-  static const char *const bad[] = {"", "0", "65536", "8100..8000", "1..",
-                                    "..2", "1...2", "a", "1,,x"};
+  static const char *const bad[] = {
+      "", "0", "65536", "8100..8000", "1..", "..2", "1...2", "a", "1,,x"};
   for (size_t i = 0; i < TEST_COUNT(bad); i++) {
     test_context("%s", bad[i]);
     CHECK_EQ_INT(wstun__parse_ports(bad[i], &r, &n), WSTUN_EPORTS);

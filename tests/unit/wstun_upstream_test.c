@@ -17,7 +17,7 @@
 #define MUST(cond)                                                             \
   do {                                                                         \
     if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond);              \
+      fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond);               \
       abort();                                                                 \
     }                                                                          \
   } while (0)
@@ -245,8 +245,8 @@ TEST(responses_are_reframed) {
        0, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
        "hello world"},
       /* close-delimited becomes chunked: the tunnel message needs framing */
-      {HTTP_GET, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
-       1, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+      {HTTP_GET, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", 1,
+       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
        "until the end"},
       {HTTP_GET, "HTTP/1.0 200 OK\r\n\r\nold style", 1,
        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "old style"},
