@@ -10,9 +10,7 @@
 
 #include "wstun_alloc.h"
 #include "wstun_client_int.h"
-#include "wstun_proxy.h"
 #include "wstun_util.h"
-#include "wstun_ws.h"
 
 #define REQ_MAX_HEAD (1 << 20)
 
@@ -493,10 +491,6 @@ static void client_free(wstun_client *cli) {
   wstun__url_free(&cli->server_url);
   if (cli->has_re)
     regfree(&cli->re);
-  if (cli->password) {
-    memset(cli->password, 0, strlen(cli->password));
-    wstun__free(cli->password);
-  }
   wstun__tls_config_unref(cli->backend_tls);
   wstun__free(cli->ca_file);
   wstun__rng_free(&cli->rng);
@@ -574,100 +568,6 @@ void wstun_client_close(wstun_client *cli, unsigned grace_ms,
 
 /* ---- start -------------------------------------------------------------- */
 
-static char *basic_auth(const char *user, const char *pass) {
-  size_t n = strlen(user) + 1 + strlen(pass);
-  char *raw = wstun__malloc(n + 1);
-  if (raw == NULL)
-    return NULL;
-  snprintf(raw, n + 1, "%s:%s", user, pass);
-  char *b64 = NULL;
-  int rc = wstun__base64_encode(raw, n, &b64);
-  memset(raw, 0, n);
-  wstun__free(raw);
-  if (rc != 0)
-    return NULL;
-  char *h = wstun__malloc(strlen(b64) + 7);
-  if (h)
-    snprintf(h, strlen(b64) + 7, "Basic %s", b64);
-  memset(b64, 0, strlen(b64));
-  wstun__free(b64);
-  return h;
-}
-
-/* The Basic header for a URL's "user:password" (or "user"), as curl
- * sends it. NULL when out of memory. */
-static char *basic_auth_userinfo(const char *ui) {
-  const char *colon = strchr(ui, ':');
-  if (colon == NULL)
-    return basic_auth(ui, "");
-  char *user = wstun__strndup(ui, (size_t)(colon - ui));
-  char *h = user ? basic_auth(user, colon + 1) : NULL;
-  wstun__free(user);
-  return h;
-}
-
-static int setup_tls_and_proxy(wstun_client *cli,
-                               const wstun_client_config *cfg) {
-  wstun__dialer_config *dc = &cli->dialer.cfg;
-  cli->insecure_backends = cfg->insecure_backends;
-  if (cfg->ca_file && *cfg->ca_file) {
-    cli->ca_file = wstun__strdup(cfg->ca_file);
-    if (cli->ca_file == NULL)
-      return WSTUN_ENOMEM;
-  }
-  char why[400];
-  if (wstun__url_is_tls(&dc->tunnel_url)) {
-    int rc =
-        wstun__tls_client_config(&dc->tls, cli->ca_file, 1, why, sizeof(why));
-    if (rc != 0) {
-      wstun__log(&cli->log, WSTUN_LOG_ERROR, "TLS: %s", why);
-      return rc;
-    }
-    wstun__tls_config_modern(dc->tls);
-  } else if (cli->ca_file && backend_tls(cli, why, sizeof(why)) == NULL) {
-    /* only backends use it: still, a bad file is an error at start */
-    wstun__log(&cli->log, WSTUN_LOG_ERROR, "TLS: %s", why);
-    return WSTUN_ETLS;
-  }
-  const char *proxy = cfg->proxy_url;
-  int from_env = 0;
-  if ((proxy == NULL || *proxy == '\0') && cfg->proxy_from_env) {
-    proxy = wstun__proxy_from_env(dc->tunnel_url.scheme, dc->tunnel_url.host);
-    from_env = 1;
-  }
-  if (proxy == NULL || *proxy == '\0')
-    return 0;
-  /* "host:port" means http://host:port, as for curl */
-  const char *sep = strstr(proxy, "://");
-  char url[1024];
-  snprintf(url, sizeof(url), "%s%s", sep ? "" : "http://", proxy);
-  int rc = wstun__url_parse(url, &dc->proxy_url);
-  if (rc == 0 && strcmp(dc->proxy_url.scheme, "http") != 0)
-    rc = WSTUN_EURL; /* TLS to the proxy itself is not supported */
-  if (rc != 0 && from_env) {
-    /* a desktop's all_proxy=socks5://... must not stop the tunnel; the
-     * value may hold credentials, so only its scheme is named */
-    wstun__log(&cli->log, WSTUN_LOG_WARN,
-               "ignoring the proxy from the environment (%.*s): only "
-               "http://host:port proxies are supported; connecting directly",
-               (int)(sep ? sep - proxy + 3 : 0), proxy);
-    wstun__url_free(&dc->proxy_url);
-    return 0;
-  }
-  if (rc != 0)
-    return rc;
-  dc->has_proxy = 1;
-  if (dc->proxy_url.userinfo) {
-    dc->proxy_auth = basic_auth_userinfo(dc->proxy_url.userinfo);
-    if (dc->proxy_auth == NULL)
-      return WSTUN_ENOMEM;
-  }
-  wstun__log(&cli->log, WSTUN_LOG_INFO, "tunnel goes through proxy %s:%d%s",
-             dc->proxy_url.host, dc->proxy_url.port,
-             dc->proxy_auth ? " (with credentials)" : "");
-  return 0;
-}
-
 static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   wstun__dialer_config *dc = &cli->dialer.cfg;
   if (cfg->token == NULL || strlen(cfg->token) < 16 || cfg->tunnel_url == NULL)
@@ -675,22 +575,9 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   for (const char *p = cfg->token; *p; p++)
     if ((unsigned char)*p < 0x21 || *p == 0x7f)
       return WSTUN_EINVAL;
-  int rc = wstun__url_parse(cfg->tunnel_url, &dc->tunnel_url);
+  int rc = wstun__dialer_config_url(dc, cfg->tunnel_url);
   if (rc != 0)
     return rc;
-  if (strcmp(dc->tunnel_url.scheme, "ws") != 0 &&
-      strcmp(dc->tunnel_url.scheme, "wss") != 0)
-    return WSTUN_EURL;
-  /* the URL's path is the server's base path */
-  const char *path = dc->tunnel_url.path;
-  size_t plen = strcspn(path, "?");
-  while (plen > 0 && path[plen - 1] == '/')
-    plen--;
-  dc->handshake_path = wstun__malloc(plen + sizeof("/_tunnel"));
-  if (dc->handshake_path == NULL)
-    return WSTUN_ENOMEM;
-  memcpy(dc->handshake_path, path, plen);
-  memcpy(dc->handshake_path + plen, "/_tunnel", sizeof("/_tunnel"));
   if (cfg->server_url && *cfg->server_url) {
     rc = wstun__url_parse(cfg->server_url, &cli->server_url);
     if (rc != 0)
@@ -722,32 +609,29 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
     if (rc != 0)
       return rc;
   }
-  rc = setup_tls_and_proxy(cli, cfg);
+  cli->insecure_backends = cfg->insecure_backends;
+  if (cfg->ca_file && *cfg->ca_file) {
+    cli->ca_file = wstun__strdup(cfg->ca_file);
+    if (cli->ca_file == NULL)
+      return WSTUN_ENOMEM;
+  }
+  char why[400];
+  if (!wstun__url_is_tls(&dc->tunnel_url) && cli->ca_file &&
+      backend_tls(cli, why, sizeof(why)) == NULL) {
+    /* only backends use it: still, a bad file is an error at start */
+    wstun__log(&cli->log, WSTUN_LOG_ERROR, "TLS: %s", why);
+    return WSTUN_ETLS;
+  }
+  rc = wstun__dialer_config_transport(dc, cli->ca_file, cfg->proxy_url,
+                                      cfg->proxy_from_env, &cli->log);
   if (rc != 0)
     return rc;
-  dc->token = wstun__strdup(cfg->token);
-  dc->client_version =
-      wstun__strdup(cfg->client_version ? cfg->client_version
-                                        : "wstun " WSTUN_VERSION_STRING);
-  if (dc->token == NULL || dc->client_version == NULL)
-    return WSTUN_ENOMEM;
-  char *url_auth = NULL;
-  if (dc->tunnel_url.userinfo) {
-    url_auth = basic_auth_userinfo(dc->tunnel_url.userinfo);
-    if (url_auth == NULL)
-      return WSTUN_ENOMEM;
-  }
-  if (cfg->password && *cfg->password) {
-    cli->password = wstun__strdup(cfg->password);
-    dc->auth_header = basic_auth(dc->token, cfg->password);
-    if (cli->password == NULL || dc->auth_header == NULL) {
-      wstun__free(url_auth);
-      return WSTUN_ENOMEM;
-    }
-    dc->tunnel_auth_header = url_auth;
-  } else {
-    dc->auth_header = url_auth;
-  }
+  rc = wstun__dialer_config_auth(dc, cfg->token, cfg->password,
+                                 cfg->client_version
+                                     ? cfg->client_version
+                                     : "wstun " WSTUN_VERSION_STRING);
+  if (rc != 0)
+    return rc;
   cli->timeout_ms = dc->timeout_ms =
       (uint64_t)(cfg->timeout_sec > 0 ? cfg->timeout_sec : 30) * 1000;
   cli->pool.backend_timeout_ms =

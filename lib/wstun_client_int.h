@@ -34,7 +34,6 @@ struct wstun_client {
   wstun__rng rng;
   wstun__conn_shared shared;
   wstun__dialer dialer;
-  char *password;
   wstun__url server_url;
   int has_server;
   /* backends */

@@ -463,10 +463,144 @@ static void dial(wstun__dialer *d) {
   d->resolving = 1;
 }
 
+/* ---- configuration ------------------------------------------------------ */
+
+static char *basic_auth(const char *user, const char *pass) {
+  size_t n = strlen(user) + 1 + strlen(pass);
+  char *raw = wstun__malloc(n + 1);
+  if (raw == NULL)
+    return NULL;
+  snprintf(raw, n + 1, "%s:%s", user, pass);
+  char *b64 = NULL;
+  int rc = wstun__base64_encode(raw, n, &b64);
+  memset(raw, 0, n);
+  wstun__free(raw);
+  if (rc != 0)
+    return NULL;
+  char *h = wstun__malloc(strlen(b64) + 7);
+  if (h)
+    snprintf(h, strlen(b64) + 7, "Basic %s", b64);
+  memset(b64, 0, strlen(b64));
+  wstun__free(b64);
+  return h;
+}
+
+/* The Basic header for a URL's "user:password" (or "user"), as curl
+ * sends it. NULL when out of memory. */
+static char *basic_auth_userinfo(const char *ui) {
+  const char *colon = strchr(ui, ':');
+  if (colon == NULL)
+    return basic_auth(ui, "");
+  char *user = wstun__strndup(ui, (size_t)(colon - ui));
+  char *h = user ? basic_auth(user, colon + 1) : NULL;
+  wstun__free(user);
+  return h;
+}
+
+int wstun__dialer_config_url(wstun__dialer_config *dc, const char *tunnel_url) {
+  int rc = wstun__url_parse(tunnel_url, &dc->tunnel_url);
+  if (rc != 0)
+    return rc;
+  if (strcmp(dc->tunnel_url.scheme, "ws") != 0 &&
+      strcmp(dc->tunnel_url.scheme, "wss") != 0)
+    return WSTUN_EURL;
+  /* the URL's path is the server's base path */
+  const char *path = dc->tunnel_url.path;
+  size_t plen = strcspn(path, "?");
+  while (plen > 0 && path[plen - 1] == '/')
+    plen--;
+  dc->handshake_path = wstun__malloc(plen + sizeof("/_tunnel"));
+  if (dc->handshake_path == NULL)
+    return WSTUN_ENOMEM;
+  memcpy(dc->handshake_path, path, plen);
+  memcpy(dc->handshake_path + plen, "/_tunnel", sizeof("/_tunnel"));
+  return 0;
+}
+
+int wstun__dialer_config_transport(wstun__dialer_config *dc,
+                                   const char *ca_file, const char *proxy,
+                                   int from_env, const wstun__logger *log) {
+  if (wstun__url_is_tls(&dc->tunnel_url)) {
+    char why[400];
+    int rc = wstun__tls_client_config(&dc->tls, ca_file, 1, why, sizeof(why));
+    if (rc != 0) {
+      wstun__log(log, WSTUN_LOG_ERROR, "TLS: %s", why);
+      return rc;
+    }
+    wstun__tls_config_modern(dc->tls);
+  }
+  if ((proxy == NULL || *proxy == '\0') && from_env)
+    proxy = wstun__proxy_from_env(dc->tunnel_url.scheme, dc->tunnel_url.host);
+  else
+    from_env = 0;
+  if (proxy == NULL || *proxy == '\0')
+    return 0;
+  /* "host:port" means http://host:port, as for curl */
+  const char *sep = strstr(proxy, "://");
+  char url[1024];
+  snprintf(url, sizeof(url), "%s%s", sep ? "" : "http://", proxy);
+  int rc = wstun__url_parse(url, &dc->proxy_url);
+  if (rc == 0 && strcmp(dc->proxy_url.scheme, "http") != 0)
+    rc = WSTUN_EURL; /* TLS to the proxy itself is not supported */
+  if (rc != 0 && from_env) {
+    /* a desktop's all_proxy=socks5://... must not stop the tunnel; the
+     * value may hold credentials, so only its scheme is named */
+    wstun__log(log, WSTUN_LOG_WARN,
+               "ignoring the proxy from the environment (%.*s): only "
+               "http://host:port proxies are supported; connecting directly",
+               (int)(sep ? sep - proxy + 3 : 0), proxy);
+    wstun__url_free(&dc->proxy_url);
+    return 0;
+  }
+  if (rc != 0)
+    return rc;
+  dc->has_proxy = 1;
+  if (dc->proxy_url.userinfo) {
+    dc->proxy_auth = basic_auth_userinfo(dc->proxy_url.userinfo);
+    if (dc->proxy_auth == NULL)
+      return WSTUN_ENOMEM;
+  }
+  wstun__log(log, WSTUN_LOG_INFO, "tunnel goes through proxy %s:%d%s",
+             dc->proxy_url.host, dc->proxy_url.port,
+             dc->proxy_auth ? " (with credentials)" : "");
+  return 0;
+}
+
+int wstun__dialer_config_auth(wstun__dialer_config *dc, const char *token,
+                              const char *password,
+                              const char *client_version) {
+  dc->token = wstun__strdup(token);
+  dc->client_version = wstun__strdup(client_version);
+  if (dc->token == NULL || dc->client_version == NULL)
+    return WSTUN_ENOMEM;
+  char *url_auth = NULL;
+  if (dc->tunnel_url.userinfo) {
+    url_auth = basic_auth_userinfo(dc->tunnel_url.userinfo);
+    if (url_auth == NULL)
+      return WSTUN_ENOMEM;
+  }
+  if (password && *password) {
+    dc->password = wstun__strdup(password);
+    dc->auth_header = basic_auth(dc->token, password);
+    if (dc->password == NULL || dc->auth_header == NULL) {
+      wstun__free(url_auth);
+      return WSTUN_ENOMEM;
+    }
+    dc->tunnel_auth_header = url_auth;
+  } else {
+    dc->auth_header = url_auth;
+  }
+  return 0;
+}
+
 /* ---- the owner's calls -------------------------------------------------- */
 
 void wstun__dialer_config_free(wstun__dialer_config *cfg) {
   wstun__free(cfg->ports);
+  if (cfg->password) {
+    memset(cfg->password, 0, strlen(cfg->password));
+    wstun__free(cfg->password);
+  }
   wstun__url_free(&cfg->tunnel_url);
   wstun__free(cfg->handshake_path);
   wstun__free(cfg->token);

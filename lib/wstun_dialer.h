@@ -48,6 +48,7 @@ typedef struct wstun__dialer_config {
   wstun__url tunnel_url;
   char *handshake_path; /* base path + "/_tunnel" */
   char *token;
+  char *password;           /* the token's, or NULL (zeroed when freed) */
   char *auth_header;        /* "Basic ..." or NULL */
   char *tunnel_auth_header; /* X-Tunnel-Authorization, or NULL */
   char *client_version;
@@ -97,6 +98,26 @@ typedef struct wstun__dialer {
   wstun__closer closer;
 } wstun__dialer;
 
+/* Filling the configuration, in this order (wstun_client_start checks
+ * the rest of its own config between them, so the first error it reports
+ * stays the same): */
+/* The ws[s]:// tunnel URL; its path is the server's base path. 0,
+ * WSTUN_EURL or WSTUN_ENOMEM. */
+int wstun__dialer_config_url(wstun__dialer_config *dc, const char *tunnel_url);
+/* TLS for wss:// (the system store plus ca_file, which may be NULL), and
+ * the CONNECT proxy: `proxy` ("http://[user:pass@]host:port" or
+ * "host:port"), else, with from_env, the environment's as curl takes it (a
+ * bad one is logged and ignored). Logs what it decided. 0, WSTUN_ETLS,
+ * WSTUN_EURL or WSTUN_ENOMEM. */
+int wstun__dialer_config_transport(wstun__dialer_config *dc,
+                                   const char *ca_file, const char *proxy,
+                                   int from_env, const wstun__logger *log);
+/* The handshake's credentials: Origin: token; Authorization: Basic of
+ * token:password, or of the URL's user:password without a password (which
+ * then goes in X-Tunnel-Authorization); X-Client-Version. 0 or
+ * WSTUN_ENOMEM. */
+int wstun__dialer_config_auth(wstun__dialer_config *dc, const char *token,
+                              const char *password, const char *client_version);
 void wstun__dialer_config_free(wstun__dialer_config *cfg);
 /* Initialises the handles (the config is filled before). */
 void wstun__dialer_init(wstun__dialer *d, uv_loop_t *loop,

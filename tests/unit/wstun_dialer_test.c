@@ -191,6 +191,96 @@ TEST(ports_lists) {
   test_context(NULL);
 }
 
+/* ---- the configuration -------------------------------------------------- */
+
+TEST(config_url_gives_the_handshake_path) {
+  static const struct {
+    const char *url;
+    int want;
+    const char *path;
+  } cases[] = {
+      {"ws://h.example", 0, "/_tunnel"},
+      {"ws://h.example/", 0, "/_tunnel"},
+      {"wss://h.example/base/", 0, "/base/_tunnel"},
+      {"ws://h.example/a/b//?q=1", 0, "/a/b/_tunnel"},
+      {"http://h.example", WSTUN_EURL, NULL},
+      {"ws://[::1", WSTUN_EURL, NULL},
+  };
+  for (size_t i = 0; i < TEST_COUNT(cases); i++) {
+    test_context("%s", cases[i].url);
+    wstun__dialer_config dc;
+    memset(&dc, 0, sizeof(dc));
+    CHECK_EQ_INT(wstun__dialer_config_url(&dc, cases[i].url), cases[i].want);
+    if (cases[i].path)
+      CHECK_EQ_STR(dc.handshake_path, cases[i].path);
+    wstun__dialer_config_free(&dc);
+  }
+  test_context(NULL);
+}
+
+TEST(config_auth_headers) {
+  wstun__dialer_config dc;
+  memset(&dc, 0, sizeof(dc));
+  /* token:password → Authorization; none from the URL */
+  CHECK_EQ_INT(wstun__dialer_config_url(&dc, "ws://h.example"), 0);
+  CHECK_EQ_INT(wstun__dialer_config_auth(&dc, "tok", "pw", "v 1"), 0);
+  CHECK_EQ_STR(dc.auth_header, "Basic dG9rOnB3");
+  CHECK(dc.tunnel_auth_header == NULL);
+  CHECK_EQ_STR(dc.client_version, "v 1");
+  wstun__dialer_config_free(&dc);
+  /* the URL's user:pass alone → Authorization */
+  CHECK_EQ_INT(wstun__dialer_config_url(&dc, "ws://u:p@h.example"), 0);
+  CHECK_EQ_INT(wstun__dialer_config_auth(&dc, "tok", NULL, "v"), 0);
+  CHECK_EQ_STR(dc.auth_header, "Basic dTpw");
+  CHECK(dc.tunnel_auth_header == NULL);
+  wstun__dialer_config_free(&dc);
+  /* both: the URL's moves to X-Tunnel-Authorization */
+  CHECK_EQ_INT(wstun__dialer_config_url(&dc, "ws://u:p@h.example"), 0);
+  CHECK_EQ_INT(wstun__dialer_config_auth(&dc, "tok", "pw", "v"), 0);
+  CHECK_EQ_STR(dc.auth_header, "Basic dG9rOnB3");
+  CHECK_EQ_STR(dc.tunnel_auth_header, "Basic dTpw");
+  wstun__dialer_config_free(&dc);
+}
+
+TEST(config_proxy) {
+  wstun__logger quiet = {WSTUN_LOG_ERROR, NULL, NULL};
+  static const char *const names[] = {"http_proxy", "HTTP_PROXY", "all_proxy",
+                                      "ALL_PROXY",  "no_proxy",   "NO_PROXY"};
+  for (size_t i = 0; i < TEST_COUNT(names); i++)
+    unsetenv(names[i]);
+  wstun__dialer_config dc;
+  memset(&dc, 0, sizeof(dc));
+  CHECK_EQ_INT(wstun__dialer_config_url(&dc, "ws://h.example"), 0);
+  /* "host:port" is http://host:port; credentials become a Basic header */
+  CHECK_EQ_INT(wstun__dialer_config_transport(&dc, NULL, "a:b@127.0.0.1:3128",
+                                              0, &quiet),
+               0);
+  CHECK_EQ_INT(dc.has_proxy, 1);
+  CHECK_EQ_INT(dc.proxy_url.port, 3128);
+  CHECK_EQ_STR(dc.proxy_auth, "Basic YTpi");
+  CHECK(dc.tls == NULL);
+  wstun__dialer_config_free(&dc);
+  /* TLS to the proxy is not supported: an error when given outright … */
+  CHECK_EQ_INT(wstun__dialer_config_url(&dc, "ws://h.example"), 0);
+  CHECK_EQ_INT(
+      wstun__dialer_config_transport(&dc, NULL, "https://p:1", 0, &quiet),
+      WSTUN_EURL);
+  wstun__dialer_config_free(&dc);
+  /* … ignored (direct) when it came from the environment */
+  setenv("http_proxy", "socks5://p:1", 1);
+  CHECK_EQ_INT(wstun__dialer_config_url(&dc, "ws://h.example"), 0);
+  CHECK_EQ_INT(wstun__dialer_config_transport(&dc, NULL, NULL, 1, &quiet), 0);
+  CHECK_EQ_INT(dc.has_proxy, 0);
+  wstun__dialer_config_free(&dc);
+  setenv("http_proxy", "127.0.0.1:8080", 1);
+  CHECK_EQ_INT(wstun__dialer_config_url(&dc, "ws://h.example"), 0);
+  CHECK_EQ_INT(wstun__dialer_config_transport(&dc, NULL, "", 1, &quiet), 0);
+  CHECK_EQ_INT(dc.has_proxy, 1);
+  CHECK_EQ_INT(dc.proxy_url.port, 8080);
+  wstun__dialer_config_free(&dc);
+  unsetenv("http_proxy");
+}
+
 /* ---- one attempt on loopback -------------------------------------------- */
 
 typedef struct seen {
@@ -277,8 +367,13 @@ TEST(a_refused_attempt_backs_off_and_closes_cleanly) {
 
 int main(int argc, char **argv) {
   static const test_case tests[] = {
-      T(backoff_doubles_with_jitter_up_to_the_cap), T(proxy_answers),
-      T(handshake_answers), T(ports_lists),
+      T(backoff_doubles_with_jitter_up_to_the_cap),
+      T(proxy_answers),
+      T(handshake_answers),
+      T(ports_lists),
+      T(config_url_gives_the_handshake_path),
+      T(config_auth_headers),
+      T(config_proxy),
       T(a_refused_attempt_backs_off_and_closes_cleanly)};
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }
