@@ -100,7 +100,8 @@ static void up_free(wstun__closer *closer) {
 static void up_conn_closed(wstun__conn *c) {
   wstun__upstream *up = c->owner;
   up->conn = NULL;
-  wstun__closer_done(&up->closer);
+  if (up->closing) /* else it closed on its own: up_close will not wait */
+    wstun__closer_done(&up->closer);
 }
 
 static void up_close(wstun__upstream *up) {
