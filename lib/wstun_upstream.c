@@ -1,12 +1,17 @@
 /* Connections from the tunnel client to HTTP backends, kept alive in a
  * pool per backend. Each carries one request at a time: the request bytes
  * flow from the tunnel to the backend, the response is parsed, re-framed
- * and streamed back into a tunnel message. */
+ * and streamed back into a tunnel message. Owns each connection's
+ * lifetime (its timer, resolver and conn, torn down with a closer); the
+ * request's lifetime is wstun_request.c's, and nothing here calls the
+ * client: what only the client knows comes through the pool's callbacks. */
 #include <stdio.h>
 #include <string.h>
 
 #include "wstun_alloc.h"
-#include "wstun_client_int.h"
+#include "wstun_closer.h"
+#include "wstun_upstream.h"
+#include "wstun_util.h"
 
 #define CONNECT_TIMEOUT_MS 10000
 #define REPLAY_MAX (64 * 1024) /* requests up to this size can be retried */
@@ -15,17 +20,18 @@
 #define BACKEND_OUT_MAX (2u << 20)
 
 struct wstun__upstream {
-  wstun_client *cli;
+  wstun__upstream_pool *pool;
   wstun__conn *conn;
   char *key;
   wstun_request *req;
   wstun__http_parser parser;
   uv_timer_t timer;
   uv_getaddrinfo_t gai;
-  wstun__upstream *prev, *next; /* cli->ups */
-  wstun__upstream *idle_next;   /* cli->idle */
+  wstun__list link;      /* pool->all */
+  wstun__list idle_link; /* pool->idle, while idle */
   int connected, reused, got_bytes, idle, resolving;
-  int closing, timer_closed, conn_closed, paused_by_msg;
+  int closing, paused_by_msg;
+  wstun__closer closer;  /* timer, resolver and conn, once closing */
   int paused_connecting; /* the tunnel waits for the connection to be up */
   int interim;           /* skipping a 1xx response */
   uint64_t deadline;     /* uv_now() ms: the backend must have answered */
@@ -38,22 +44,33 @@ struct wstun__upstream {
 static const wstun__conn_cbs up_conn_cbs;
 static const wstun__http_parser_cbs resp_cbs;
 static void up_close(wstun__upstream *up);
-static void connect_new(wstun_request *req);
+static void connect_new(wstun__upstream_pool *pool, wstun_request *req);
+
+/* The response message: the request's own callbacks, and the backend is
+ * read again when the tunnel took enough of it. */
+static void up_resp_drain(void *owner, wstun__outmsg *m) {
+  (void)m;
+  wstun__upstream_push(owner);
+}
+
+static const wstun__outmsg_cbs up_resp_cbs = {
+    .on_sent = wstun__request_resp_sent,
+    .on_drain = up_resp_drain,
+    .on_failed = wstun__request_resp_failed,
+};
 
 /* Event handlers pin the request they work for, so that nothing they call
  * frees it under them; the last unpin frees it if it is done. */
 static wstun_request *pin(wstun__upstream *up) {
   wstun_request *req = up->req;
   if (req)
-    req->busy++;
+    wstun__request_ref(req);
   return req;
 }
 
 static void unpin(wstun_request *req) {
-  if (req) {
-    req->busy--;
-    wstun__client_req_done(req);
-  }
+  if (req)
+    wstun__request_unref(req);
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */
@@ -61,44 +78,30 @@ static void unpin(wstun_request *req) {
 static void idle_remove(wstun__upstream *up) {
   if (!up->idle)
     return;
-  wstun__upstream **pp = &up->cli->idle;
-  while (*pp && *pp != up)
-    pp = &(*pp)->idle_next;
-  if (*pp)
-    *pp = up->idle_next;
+  wstun__list_remove(&up->idle_link);
   up->idle = 0;
-  up->idle_next = NULL;
-  up->cli->nidle--;
+  up->pool->nidle--;
 }
 
-static void up_maybe_free(wstun__upstream *up) {
-  if (!up->timer_closed || !up->conn_closed || up->resolving)
-    return;
-  wstun_client *cli = up->cli;
-  if (up->prev)
-    up->prev->next = up->next;
-  else
-    cli->ups = up->next;
-  if (up->next)
-    up->next->prev = up->prev;
+static void up_free(wstun__closer *closer) {
+  wstun__upstream *up = wstun__list_entry(closer, wstun__upstream, closer);
+  wstun__upstream_pool *pool = up->pool;
+  wstun__list_remove(&up->link);
+  pool->nall--;
   wstun__http_parser_free(&up->parser);
   wstun__free(up->key);
   wstun__free(up);
-  cli->live--;
-  wstun__client_release(cli);
-}
-
-static void up_timer_closed(uv_handle_t *h) {
-  wstun__upstream *up = h->data;
-  up->timer_closed = 1;
-  up_maybe_free(up);
+  if (pool->closing == 1 && pool->nall == 0) {
+    pool->closing = 2; /* told */
+    pool->cbs->on_closed(pool->ud);
+  }
 }
 
 static void up_conn_closed(wstun__conn *c) {
   wstun__upstream *up = c->owner;
   up->conn = NULL;
-  up->conn_closed = 1;
-  up_maybe_free(up);
+  if (up->closing) /* else it closed on its own: up_close will not wait */
+    wstun__closer_done(&up->closer);
 }
 
 static void up_close(wstun__upstream *up) {
@@ -110,51 +113,72 @@ static void up_close(wstun__upstream *up) {
     up->req->up = NULL;
     up->req = NULL;
   }
+  wstun__closer_start(&up->closer, up_free);
   uv_timer_stop(&up->timer);
-  uv_close((uv_handle_t *)&up->timer, up_timer_closed);
-  if (up->resolving)
+  wstun__closer_close_handle(&up->closer, (uv_handle_t *)&up->timer);
+  if (up->resolving) {
+    wstun__closer_add(&up->closer); /* up_on_resolved drops it */
     uv_cancel((uv_req_t *)&up->gai);
-  if (up->conn)
+  }
+  if (up->conn) {
+    wstun__closer_add(&up->closer); /* up_conn_closed drops it */
     wstun__conn_close(up->conn);
-  else
-    up->conn_closed = 1;
-  up_maybe_free(up);
+  }
+  wstun__closer_done(&up->closer);
 }
 
-static wstun__upstream *up_new(wstun_client *cli, const char *key) {
+static wstun__upstream *up_new(wstun__upstream_pool *pool, const char *key) {
   wstun__upstream *up = wstun__calloc(1, sizeof(*up));
   if (up == NULL)
     return NULL;
-  up->cli = cli;
+  up->pool = pool;
   up->key = wstun__strdup(key);
-  up->conn = wstun__conn_new(cli->loop, &cli->shared, &up_conn_cbs, up);
-  if (up->conn)
-    up->conn->high_water = BACKEND_OUT_MAX;
-  if (up->key == NULL || up->conn == NULL) {
+  if (up->key)
+    up->conn = wstun__conn_new(pool->loop, pool->shared, &up_conn_cbs, up);
+  if (up->conn == NULL) {
     wstun__free(up->key);
-    if (up->conn)
-      wstun__conn_close(up->conn); /* its on_close finds conn_closed unset */
     wstun__free(up);
     return NULL;
   }
-  uv_timer_init(cli->loop, &up->timer);
+  up->conn->high_water = BACKEND_OUT_MAX;
+  uv_timer_init(pool->loop, &up->timer);
   up->timer.data = up;
   wstun__http_parser_init(&up->parser, HTTP_RESPONSE, RESP_MAX_HEAD, 0,
                           &resp_cbs, up);
-  up->next = cli->ups;
-  if (cli->ups)
-    cli->ups->prev = up;
-  cli->ups = up;
-  cli->live++;
+  wstun__list_push_front(&pool->all, &up->link);
+  pool->nall++;
   return up;
 }
 
-void wstun__upstream_close_all(wstun_client *cli) {
-  wstun__upstream *up = cli->ups;
-  while (up) {
-    wstun__upstream *next = up->next;
-    up_close(up);
-    up = next;
+void wstun__upstream_pool_init(wstun__upstream_pool *pool, uv_loop_t *loop,
+                               wstun__conn_shared *shared,
+                               const wstun__logger *log,
+                               const wstun__upstream_pool_cbs *cbs, void *ud) {
+  memset(pool, 0, sizeof(*pool));
+  pool->loop = loop;
+  pool->shared = shared;
+  pool->log = log;
+  pool->cbs = cbs;
+  pool->ud = ud;
+  wstun__list_init(&pool->all);
+  wstun__list_init(&pool->idle);
+}
+
+void wstun__upstream_pool_drain(wstun__upstream_pool *pool) {
+  pool->draining = 1;
+}
+
+void wstun__upstream_pool_close(wstun__upstream_pool *pool) {
+  if (pool->closing)
+    return;
+  pool->draining = pool->closing = 1;
+  wstun__list *l, *tmp;
+  wstun__list_foreach_safe(l, tmp, &pool->all) {
+    up_close(wstun__list_entry(l, wstun__upstream, link));
+  }
+  if (pool->nall == 0) {
+    pool->closing = 2;
+    pool->cbs->on_closed(pool->ud);
   }
 }
 
@@ -162,15 +186,15 @@ void wstun__upstream_close_all(wstun_client *cli) {
  * if it had paused the tunnel (backend congested, or not connected yet),
  * nothing else will resume it, and the rest of its message must still be
  * read (and dropped) for it to end. Left paused, the tunnel would stall
- * every request on it until the client's ping timeout. busy keeps req
- * alive through the resume; the caller's wstun__client_req_done() frees it
- * if its message ended meanwhile. */
+ * every request on it until the client's ping timeout. A reference keeps
+ * req alive through the resume; it may be freed when that goes (callers
+ * hold their own). */
 static void unpause_tunnel(wstun_request *req) {
   if (req->paused_tunnel && req->t) {
     req->paused_tunnel = 0;
-    req->busy++;
+    wstun__request_ref(req);
     wstun__tunnel_resume_rx(req->t);
-    req->busy--;
+    wstun__request_unref(req);
   }
 }
 
@@ -189,6 +213,7 @@ void wstun__upstream_detach(wstun_request *req) {
 /* The backend failed before answering anything. */
 static void fail_before_response(wstun__upstream *up, const char *why) {
   wstun_request *req = up->req;
+  wstun__upstream_pool *pool = up->pool;
   up->req = NULL;
   if (req)
     req->up = NULL;
@@ -208,7 +233,7 @@ static void fail_before_response(wstun__upstream *up, const char *why) {
       wstun__buf_free(&req->to_backend);
       req->to_backend = both;
       wstun__buf_reset(&req->replay);
-      connect_new(req);
+      connect_new(pool, req);
       return;
     }
     wstun__buf_free(&both);
@@ -216,12 +241,11 @@ static void fail_before_response(wstun__upstream *up, const char *why) {
   char msg[256];
   snprintf(msg, sizeof(msg), "Backend %s unavailable: %s", req->backend_key,
            why);
-  wstun__log(&req->cli->log, WSTUN_LOG_WARN, "HTTP RET id=%04x status=502 %s",
+  wstun__log(req->log, WSTUN_LOG_WARN, "HTTP RET id=%04x status=502 %s",
              req->id, msg);
   req->state = WSTUN__CR_ANSWERED;
-  wstun__client_answer(req, 502, msg);
+  wstun__request_answer(req, 502, msg);
   unpause_tunnel(req);
-  wstun__client_req_done(req);
 }
 
 /* The backend failed after the response head went out: end the tunnel
@@ -232,7 +256,7 @@ static void fail_mid_response(wstun__upstream *up) {
   if (req == NULL)
     return;
   unpause_tunnel(req);
-  wstun__log(&req->cli->log, WSTUN_LOG_WARN,
+  wstun__log(req->log, WSTUN_LOG_WARN,
              "HTTP RET id=%04x: backend response cut short", req->id);
   if (req->resp && !req->resp_handed) {
     /* nothing reached the server yet: a clean error is still possible */
@@ -240,9 +264,8 @@ static void fail_mid_response(wstun__upstream *up) {
     req->resp = NULL;
     req->resp_started = 0;
     req->state = WSTUN__CR_ANSWERED;
-    wstun__client_answer(req, 502, "Backend response cut short");
+    wstun__request_answer(req, 502, "Backend response cut short");
     unpause_tunnel(req);
-    wstun__client_req_done(req);
     return;
   }
   if (req->resp) {
@@ -253,7 +276,7 @@ static void fail_mid_response(wstun__upstream *up) {
   req->resp_handed = 1;
   req->state = WSTUN__CR_ANSWERED;
   unpause_tunnel(req);
-  wstun__client_req_done(req);
+  wstun__request_resp_done(req); /* the cut response is all it gets */
 }
 
 static void on_backend_timeout_pinned(uv_timer_t *t) {
@@ -274,9 +297,8 @@ static void on_backend_timeout_pinned(uv_timer_t *t) {
     up_close(up);
     if (req) {
       req->state = WSTUN__CR_ANSWERED;
-      wstun__client_answer(req, 504, "Backend timeout");
+      wstun__request_answer(req, 504, "Backend timeout");
       unpause_tunnel(req);
-      wstun__client_req_done(req);
     }
   }
 }
@@ -288,13 +310,13 @@ static void on_backend_timeout(uv_timer_t *t) {
 }
 
 static void start_deadline(wstun__upstream *up) {
-  up->deadline = uv_now(up->cli->loop) + up->cli->backend_timeout_ms;
-  uv_timer_start(&up->timer, on_backend_timeout, up->cli->backend_timeout_ms,
+  up->deadline = uv_now(up->pool->loop) + up->pool->backend_timeout_ms;
+  uv_timer_start(&up->timer, on_backend_timeout, up->pool->backend_timeout_ms,
                  0);
 }
 
 static void resume_deadline(wstun__upstream *up) {
-  uint64_t now = uv_now(up->cli->loop);
+  uint64_t now = uv_now(up->pool->loop);
   uv_timer_start(&up->timer, on_backend_timeout,
                  up->deadline > now ? up->deadline - now : 0, 0);
 }
@@ -320,8 +342,8 @@ static int resp_starving(const wstun_request *req) {
 static void on_stall_check_pinned(uv_timer_t *t) {
   wstun__upstream *up = t->data;
   wstun_request *req = up->req;
-  wstun_client *cli = up->cli;
-  uint64_t now = uv_now(cli->loop);
+  wstun__upstream_pool *pool = up->pool;
+  uint64_t now = uv_now(pool->loop);
   int resp_watch = req && req->resp && req->resp_handed && !req->resp->finished;
   if (req == NULL || (!req->paused_tunnel && !resp_watch) ||
       now >= up->deadline) {
@@ -332,8 +354,8 @@ static void on_stall_check_pinned(uv_timer_t *t) {
     if (!resp_starving(req) || req->resp->taken != up->resp_mark) {
       up->resp_mark = req->resp->taken;
       up->resp_since = now;
-    } else if (now - up->resp_since >= cli->stall_ms) {
-      wstun__log(&cli->log, WSTUN_LOG_WARN,
+    } else if (now - up->resp_since >= pool->stall_ms) {
+      wstun__log(pool->log, WSTUN_LOG_WARN,
                  "HTTP RET id=%04x: backend %s sent nothing for %llu ms of "
                  "a response holding the tunnel: cut",
                  req->id, req->backend_key,
@@ -346,8 +368,8 @@ static void on_stall_check_pinned(uv_timer_t *t) {
   if (!req->paused_tunnel || p != up->stall_mark) {
     up->stall_mark = p;
     up->stall_since = now;
-  } else if (now - up->stall_since >= cli->stall_ms) {
-    wstun__log(&cli->log, WSTUN_LOG_WARN,
+  } else if (now - up->stall_since >= pool->stall_ms) {
+    wstun__log(pool->log, WSTUN_LOG_WARN,
                "HTTP RET id=%04x: backend %s took none of the request for "
                "%llu ms while holding the tunnel: given up",
                req->id, req->backend_key,
@@ -359,7 +381,7 @@ static void on_stall_check_pinned(uv_timer_t *t) {
       fail_before_response(up, "not reading the request");
     return;
   }
-  uint64_t next = cli->stall_ms / 4 < 100 ? 100 : cli->stall_ms / 4;
+  uint64_t next = pool->stall_ms / 4 < 100 ? 100 : pool->stall_ms / 4;
   uint64_t left = up->deadline - now;
   uv_timer_start(&up->timer, on_stall_check, next < left ? next : left, 0);
 }
@@ -407,8 +429,8 @@ static void flush_request(wstun__upstream *up) {
       req->paused_tunnel = 1;
       up->paused_connecting = 0;
       up->stall_mark = wstun__conn_progress(up->conn);
-      up->stall_since = uv_now(up->cli->loop);
-      uint64_t q = up->cli->stall_ms / 4;
+      up->stall_since = uv_now(up->pool->loop);
+      uint64_t q = up->pool->stall_ms / 4;
       uv_timer_start(&up->timer, on_stall_check, q < 100 ? 100 : q, 0);
     }
   } else if (up->paused_connecting) {
@@ -452,7 +474,8 @@ static void up_on_connect_pinned(wstun__conn *c, int status) {
     return;
   }
   char why[400];
-  wstun__tls_config *cfg = wstun__client_backend_tls(up->cli, why, sizeof(why));
+  wstun__upstream_pool *pool = up->pool;
+  wstun__tls_config *cfg = pool->cbs->backend_tls(pool->ud, why, sizeof(why));
   if (cfg == NULL) {
     fail_before_response(up, why);
     return;
@@ -501,7 +524,7 @@ static void up_on_resolved_pinned(uv_getaddrinfo_t *r, int status,
       fail_before_response(up,
                            status == 0 ? "no address" : uv_strerror(status));
     else
-      up_maybe_free(up);
+      wstun__closer_done(&up->closer); /* up_close counted us */
     return;
   }
   start_connect(up, res->ai_addr);
@@ -515,12 +538,11 @@ static void up_on_resolved(uv_getaddrinfo_t *r, int status,
   unpin(req);
 }
 
-static void connect_new(wstun_request *req) {
-  wstun_client *cli = req->cli;
-  wstun__upstream *up = up_new(cli, req->backend_key);
+static void connect_new(wstun__upstream_pool *pool, wstun_request *req) {
+  wstun__upstream *up = up_new(pool, req->backend_key);
   if (up == NULL) {
     req->state = WSTUN__CR_ANSWERED;
-    wstun__client_answer(req, 502, "Out of memory");
+    wstun__request_answer(req, 502, "Out of memory");
     return;
   }
   up->req = req;
@@ -529,7 +551,7 @@ static void connect_new(wstun_request *req) {
   struct sockaddr_storage ss;
   up->gai.data = up;
   up->resolving = 1;
-  int rc = wstun__resolve(cli->loop, req->backend_host, req->backend_port, &ss,
+  int rc = wstun__resolve(pool->loop, req->backend_host, req->backend_port, &ss,
                           &up->gai, up_on_resolved);
   if (rc == 1) {
     up->resolving = 0;
@@ -542,10 +564,11 @@ static void connect_new(wstun_request *req) {
   }
 }
 
-void wstun__upstream_start(wstun_request *req) {
-  wstun_client *cli = req->cli;
+void wstun__upstream_start(wstun__upstream_pool *pool, wstun_request *req) {
   req->replay_ok = 1;
-  for (wstun__upstream *up = cli->idle; up; up = up->idle_next) {
+  wstun__list *l;
+  wstun__list_foreach(l, &pool->idle) {
+    wstun__upstream *up = wstun__list_entry(l, wstun__upstream, idle_link);
     if (strcmp(up->key, req->backend_key) != 0)
       continue;
     idle_remove(up);
@@ -559,7 +582,7 @@ void wstun__upstream_start(wstun_request *req) {
     flush_request(up);
     return;
   }
-  connect_new(req);
+  connect_new(pool, req);
 }
 
 /* ---- the response ------------------------------------------------------- */
@@ -574,8 +597,8 @@ static void hand_over(wstun_request *req) {
       /* streamed: watch that the backend keeps it going (on_stall_check) */
       wstun__upstream *up = req->up;
       up->resp_mark = req->resp->taken;
-      up->resp_since = uv_now(up->cli->loop);
-      uint64_t q = up->cli->stall_ms / 4;
+      up->resp_since = uv_now(up->pool->loop);
+      uint64_t q = up->pool->stall_ms / 4;
       uv_timer_start(&up->timer, on_stall_check, q < 100 ? 100 : q, 0);
     }
   } else if (req->resp && req->resp_handed && req->t) {
@@ -599,14 +622,14 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
   wstun__http_head_strip_hop_by_hop(h, 1);
   int rc = wstun__http_head_frame(h, h->has_content_length, h->content_length,
                                   !no_body, &req->resp_chunked);
-  req->resp = wstun__outmsg_new(&wstun__resp_msg_cbs, req);
+  req->resp = wstun__outmsg_new(&up_resp_cbs, req);
   if (rc != 0 || req->resp == NULL)
     return -1;
   if (wstun__http_head_write(h, &req->resp->buf) != 0)
     return -1;
   req->resp_started = 1;
-  wstun__log(&req->cli->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d",
-             req->id, status);
+  wstun__log(req->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d", req->id,
+             status);
   return no_body ? 1 : 0;
 }
 
@@ -657,18 +680,20 @@ static int resp_on_complete(void *ud) {
     req->paused_tunnel = 0;
     wstun__tunnel_resume_rx(req->t);
   }
-  wstun_client *cli = up->cli;
+  wstun__upstream_pool *pool = up->pool;
   size_t same = 0;
-  for (wstun__upstream *i = cli->idle; i; i = i->idle_next)
-    same += strcmp(i->key, up->key) == 0;
-  if (!reusable || cli->closing || same >= cli->max_idle) {
+  wstun__list *l;
+  wstun__list_foreach(l, &pool->idle) {
+    same += strcmp(wstun__list_entry(l, wstun__upstream, idle_link)->key,
+                   up->key) == 0;
+  }
+  if (!reusable || pool->draining || same >= pool->max_idle) {
     up_close(up);
   } else {
     up->idle = 1;
-    up->idle_next = cli->idle;
-    cli->idle = up;
-    cli->nidle++;
-    uv_timer_start(&up->timer, on_backend_timeout, cli->backend_idle_ms, 0);
+    wstun__list_push_front(&pool->idle, &up->idle_link);
+    pool->nidle++;
+    uv_timer_start(&up->timer, on_backend_timeout, pool->idle_ms, 0);
   }
   /* last: sending may complete at once and free req */
   hand_over(req);
@@ -709,7 +734,7 @@ static size_t up_on_data_pinned(wstun__conn *c, const uint8_t *data,
      * the backend and we no longer agree where its messages end, so the
      * connection is not reused */
     if (used < len) {
-      wstun__log(&up->cli->log, WSTUN_LOG_WARN,
+      wstun__log(up->pool->log, WSTUN_LOG_WARN,
                  "HTTP RET id=%04x: backend sent %zu bytes after the "
                  "response: dropped, connection closed",
                  id, len - used);

@@ -1,9 +1,11 @@
 /* URL parser: strict about the parts wstun relies on (scheme, host, port),
  * since X-Host values come from the network and decide where the client
- * connects. */
+ * connects; and the Host header a URL gives (tunnel handshake, backend
+ * requests). */
 #include "wstun_url.h"
 
 #include <ctype.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "wstun/wstun.h"
@@ -153,4 +155,13 @@ nomem:
 bad:
   wstun__url_free(url);
   return WSTUN_EURL;
+}
+
+void wstun__url_host_header(const wstun__url *u, char *out, size_t n) {
+  int v6 = strchr(u->host, ':') != NULL;
+  if (u->port_given && u->port != (wstun__url_is_tls(u) ? 443 : 80))
+    snprintf(out, n, "%s%s%s:%d", v6 ? "[" : "", u->host, v6 ? "]" : "",
+             u->port);
+  else
+    snprintf(out, n, "%s%s%s", v6 ? "[" : "", u->host, v6 ? "]" : "");
 }

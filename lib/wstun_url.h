@@ -4,6 +4,8 @@
 #ifndef WSTUN_URL_H
 #define WSTUN_URL_H
 
+#include <stddef.h>
+
 typedef struct wstun__url {
   char *scheme;   /* lower case: "ws", "wss", "http", "https" */
   char *userinfo; /* "user:pass" percent-decoded, or NULL */
@@ -19,5 +21,8 @@ int wstun__url_parse(const char *s, wstun__url *url);
 void wstun__url_free(wstun__url *url);
 /* 1 for wss/https. */
 int wstun__url_is_tls(const wstun__url *url);
+/* The Host header for url: "host", "[v6]", with ":port" only when the URL
+ * named a port other than its scheme's default. */
+void wstun__url_host_header(const wstun__url *u, char *out, size_t n);
 
 #endif

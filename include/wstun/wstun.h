@@ -342,7 +342,8 @@ typedef struct wstun_client wstun_client;
 
 /* A request that arrived through the tunnel, handed whole (head and body)
  * to the in-process handler. The library owns it; it stays valid from the
- * handler call until wstun_request_respond(), which frees it. */
+ * handler call until wstun_request_respond() or wstun_request_cancel(),
+ * either of which frees it. */
 typedef struct wstun_request wstun_request;
 
 /* Gets each request once. Answer it with wstun_request_respond(), exactly
@@ -475,10 +476,10 @@ typedef void (*wstun_client_close_cb)(wstun_client *cli, void *user_data);
  *   - libuv has closed every handle (tunnel, dial, backends, timers);
  *   - a name resolution already running in libuv's thread pool (of the
  *     server's or a backend's name) has returned: it cannot be cancelled;
- *   - the in-process handler has called wstun_request_respond() for every
- *     request it was given (after the grace that call returns
- *     WSTUN_ECLOSED). A handler that never answers keeps the client, and
- *     the loop, alive.
+ *   - the in-process handler has given back every request it was given,
+ *     with wstun_request_respond() (after the grace that call returns
+ *     WSTUN_ECLOSED) or wstun_request_cancel(). A handler that never
+ *     answers keeps the client, and the loop, alive.
  * `cb` is always called later, from the loop, never from inside this call.
  * Use `cli` no more once `cb` was called (or at all after this call if
  * `cb` is NULL). A NULL `cli` or a second call does nothing (the second
@@ -514,6 +515,23 @@ WSTUN_EXTERN const uint8_t *wstun_request_body(const wstun_request *req,
 WSTUN_EXTERN int wstun_request_respond(wstun_request *req, int status,
                                        const char *content_type,
                                        const void *body, size_t len);
+
+/* ---- requests an in-process handler holds, and closing ------------------
+ *
+ * The handler owns one reference to `req` from its call until it gives it
+ * back with wstun_request_respond() or wstun_request_cancel(); it may keep
+ * it across loop turns (to answer later), even past a tunnel drop (then
+ * respond returns WSTUN_ECLOSED). Either call releases the reference and
+ * `req` must not be used afterwards.
+ * wstun_client_close() waits for every request a handler holds (see
+ * there): after its grace, wstun_request_respond() returns WSTUN_ECLOSED
+ * and wstun_request_cancel() returns 0; both release the request. */
+
+/* Gives up a request the handler holds without answering it: the
+ * requester gets 503 (while the tunnel is still up), and `req` is freed.
+ * 0, or WSTUN_EINVAL (req NULL or not held by the handler: already
+ * answered or cancelled). */
+WSTUN_EXTERN int wstun_request_cancel(wstun_request *req);
 
 #ifdef __cplusplus
 }

@@ -249,6 +249,24 @@ write("router", "query_token", ctl(0) + "/x?/_token/" + TOK)
 write("router", "small_buf", ctl(8) + "/_token/" + TOK + "?" + "q" * 20)
 write("router", "stats", ctl(0) + "/_stats")
 
+# ---- dial_answer: flags (bit 0: the proxy's answer) + split seed + answer ---------
+ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+write("dial_answer", "upgrade", ctl(0, 0) + "HTTP/1.1 101 Switching Protocols\r\n"
+      "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+      + ACCEPT + "\r\n\r\n\x81\x02hi")
+write("dial_answer", "upgrade_bytewise", ctl(0, 1) + "HTTP/1.1 101 x\r\n"
+      "Sec-WebSocket-Accept: " + ACCEPT + "\r\n\r\n")
+write("dial_answer", "refused", ctl(0, 5) + "HTTP/1.1 403 Forbidden\r\n"
+      "Content-Length: 2\r\n\r\nno")
+write("dial_answer", "bad_accept", ctl(0, 3) + "HTTP/1.1 101 x\r\n"
+      "Sec-WebSocket-Accept: AAAA\r\n\r\n")
+write("dial_answer", "proxy_ok", ctl(1, 2) + "HTTP/1.1 200 Connection "
+      "established\r\n\r\n")
+write("dial_answer", "proxy_407", ctl(1, 7) + "HTTP/1.1 407 Proxy "
+      "Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n")
+write("dial_answer", "proxy_extra", ctl(1, 0) + "HTTP/1.0 200 OK\r\n\r\nSSH-2.0")
+write("dial_answer", "garbage", ctl(1, 4) + "\x16\x03\x01\x00\x05hello\r\n\r\n")
+
 # ---- client_ports: flags (bit 0: fail the N+1-th allocation, N next) + list ------
 write("client_ports", "one", ctl(0) + "8000")
 write("client_ports", "range", ctl(0) + "8000..8100")

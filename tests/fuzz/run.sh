@@ -25,7 +25,7 @@ build=${1:-$top/build-fuzz}
 secs=${WSTUN_FUZZ_SECS:-30}
 jobs=${WSTUN_FUZZ_JOBS:-2}
 all="proto_prefix http_request http_response ws_handshake url tunnel_frames passwords
-     router client_ports flags cert_ip front_request server_response v2_frames"
+     router client_ports flags cert_ip front_request server_response v2_frames dial_answer"
 targets=${WSTUN_FUZZ_TARGETS:-$all}
 
 cc=${CC:-clang}

@@ -1,0 +1,127 @@
+/* The lifetime of a tunneled request on the client (see wstun_request.h):
+ * its reference count, the end of its exchange, the short answers it can
+ * be given, and the callbacks of the response message it sends. */
+#include <string.h>
+
+#include "wstun_alloc.h"
+#include "wstun_request.h"
+
+wstun_request *wstun__request_new(wstun__tunnel *t, uint16_t id,
+                                  const wstun__logger *log,
+                                  const wstun__request_cbs *cbs, void *owner) {
+  wstun_request *req = wstun__calloc(1, sizeof(*req));
+  if (req == NULL)
+    return NULL;
+  req->owner = owner;
+  req->cbs = cbs;
+  req->log = log;
+  req->t = t;
+  req->id = id;
+  req->refs = 2;
+  req->rx_ref = req->tx_ref = 1;
+  return req;
+}
+
+static void request_free(wstun_request *req) {
+  /* the release holds it: a ref/unref pair inside (resuming the tunnel
+   * while its backend is let go) must not free it a second time */
+  req->refs = 1;
+  req->cbs->on_release(req);
+  if (req->resp) {
+    wstun__outmsg *m = req->resp;
+    req->resp = NULL;
+    wstun__outmsg_abandon(m);
+  }
+  if (req->t) {
+    wstun__tunnel_forget_sink(req->t, req);
+    if (req->paused_tunnel)
+      wstun__tunnel_resume_rx(req->t);
+  }
+  wstun__http_parser_free(&req->parser);
+  wstun__buf_free(&req->to_backend);
+  wstun__buf_free(&req->replay);
+  wstun__buf_free(&req->body);
+  wstun__free(req->backend_key);
+  wstun__free(req->backend_host);
+  wstun__free(req->method_str);
+  wstun__free(req);
+}
+
+void wstun__request_ref(wstun_request *req) {
+  req->refs++;
+}
+
+void wstun__request_unref(wstun_request *req) {
+  if (--req->refs == 0)
+    request_free(req);
+}
+
+void wstun__request_msg_ended(wstun_request *req) {
+  req->msg_ended = 1;
+  if (req->rx_ref) {
+    req->rx_ref = 0;
+    wstun__request_unref(req);
+  }
+}
+
+void wstun__request_resp_done(wstun_request *req) {
+  if (req->tx_ref) {
+    req->tx_ref = 0;
+    wstun__request_unref(req);
+  }
+}
+
+void wstun__request_end_exchange(wstun_request *req) {
+  req->t = NULL;
+  wstun__request_ref(req);
+  if (req->rx_ref) {
+    req->rx_ref = 0;
+    wstun__request_unref(req);
+  }
+  wstun__request_resp_done(req);
+  wstun__request_unref(req);
+}
+
+void wstun__request_resp_sent(void *owner, wstun__outmsg *m) {
+  wstun_request *req = owner;
+  (void)m;
+  req->resp = NULL;
+  wstun__request_resp_done(req);
+}
+
+void wstun__request_resp_failed(void *owner, wstun__outmsg *m,
+                                int restartable) {
+  wstun_request *req = owner;
+  (void)restartable;
+  wstun__outmsg_free(m);
+  req->resp = NULL;
+  wstun__request_end_exchange(req);
+}
+
+const wstun__outmsg_cbs wstun__request_resp_cbs = {
+    .on_sent = wstun__request_resp_sent,
+    .on_failed = wstun__request_resp_failed,
+};
+
+void wstun__request_answer(wstun_request *req, int status, const char *text) {
+  if (req->resp_started || req->t == NULL)
+    return;
+  req->resp_started = 1;
+  wstun__log(req->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d %s",
+             req->id, status, text);
+  req->resp = wstun__outmsg_new(&wstun__request_resp_cbs, req);
+  if (req->resp == NULL)
+    return;
+  if (wstun__http_write_simple(&req->resp->buf, status, text, NULL,
+                               req->method == HTTP_HEAD ? WSTUN__HTTP_NO_BODY
+                                                        : 0) != 0) {
+    wstun__outmsg_free(req->resp);
+    req->resp = NULL;
+    return;
+  }
+  req->resp->finished = 1;
+  req->resp_handed = 1;
+  if (req->state != WSTUN__CR_HANDLER)
+    req->state = WSTUN__CR_ANSWERED;
+  wstun__tunnel_send(req->t, req->id, req->resp);
+}

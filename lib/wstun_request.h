@@ -1,0 +1,107 @@
+/* One tunneled request on the client side, from the first byte of its
+ * tunnel message to the last byte of its response: the object, its one
+ * reference count, and the response message it sends back.
+ *
+ * Who holds a reference:
+ *   - the incoming message, until it ends (wstun__request_msg_ended);
+ *   - the response owed, until it is sent or given up
+ *     (wstun__request_resp_done);
+ *   - an in-process handler, from its call until it answers or cancels;
+ *   - any function up the stack that must not see it freed under it
+ *     (wstun__request_ref / _unref pairs).
+ * When the tunnel goes away (wstun__request_end_exchange) the first two
+ * are dropped at once. At zero the owner's on_release unlinks it and lets
+ * go of its backend connection; then it is freed here.
+ *
+ * This module calls nobody above it: routing (client) and backends
+ * (upstream) hang their state on the object and are told through the
+ * callback table handed to wstun__request_new. */
+#ifndef WSTUN_REQUEST_H
+#define WSTUN_REQUEST_H
+
+#include <stdint.h>
+
+#include "wstun/wstun.h"
+#include "wstun_buf.h"
+#include "wstun_http.h"
+#include "wstun_list.h"
+#include "wstun_log.h"
+#include "wstun_tunnel.h"
+
+typedef struct wstun__upstream wstun__upstream;
+
+typedef enum {
+  WSTUN__CR_HEAD = 0, /* request head not complete yet */
+  WSTUN__CR_FORWARD,  /* going to a backend */
+  WSTUN__CR_HANDLER,  /* collected for the in-process handler */
+  WSTUN__CR_ANSWERED  /* answered locally (403, 400 …); rest discarded */
+} wstun__cr_state;
+
+typedef struct wstun__request_cbs {
+  /* The last reference went: unlink req and let go of what hangs on it
+   * (its backend connection). req is freed right after this returns. */
+  void (*on_release)(wstun_request *req);
+} wstun__request_cbs;
+
+/* Also the public wstun_request. */
+struct wstun_request {
+  void *owner; /* the client that routes it */
+  const wstun__request_cbs *cbs;
+  const wstun__logger *log;
+  wstun__tunnel *t; /* NULL once the tunnel died */
+  wstun__list link; /* in the owner's list */
+  unsigned refs;
+  unsigned rx_ref : 1, tx_ref : 1, handler_ref : 1;
+  uint16_t id;
+  wstun__cr_state state;
+  wstun__http_parser parser;
+  int method;
+  int req_chunked, req_complete, msg_ended;
+  uint64_t msg_extra; /* message bytes after its request (dropped) */
+  int paused_tunnel;
+  /* backend side */
+  char *backend_key; /* "http://host:port" */
+  char *backend_host;
+  int backend_port;
+  wstun__upstream *up;
+  wstun__buf to_backend; /* bytes waiting for the backend connection */
+  wstun__buf replay;     /* copy of what was sent, for one retry on a stale
+                            keep-alive connection (dropped when large) */
+  int replay_ok, retried;
+  /* response side */
+  wstun__outmsg *resp;
+  int resp_handed; /* resp given to the tunnel */
+  int resp_chunked;
+  int resp_started;
+  /* in-process handler */
+  wstun__buf body;
+  char *method_str;
+  int handler_called;
+};
+
+/* A request for message `id` on t, holding the message's and the
+ * response's references. The owner initialises req->parser. NULL when out
+ * of memory. */
+wstun_request *wstun__request_new(wstun__tunnel *t, uint16_t id,
+                                  const wstun__logger *log,
+                                  const wstun__request_cbs *cbs, void *owner);
+void wstun__request_ref(wstun_request *req);
+/* May free req. */
+void wstun__request_unref(wstun_request *req);
+/* The incoming message ended: its reference goes. May free req. */
+void wstun__request_msg_ended(wstun_request *req);
+/* The response is sent or given up: its reference goes. May free req. */
+void wstun__request_resp_done(wstun_request *req);
+/* The tunnel is gone for req (died, or the message was cut): both
+ * exchange references go. May free req. */
+void wstun__request_end_exchange(wstun_request *req);
+/* Answers with a short text (403, 502 …) unless a response started. */
+void wstun__request_answer(wstun_request *req, int status, const char *text);
+
+/* The response message's callbacks (owner: the request). A producer that
+ * streams may use its own table with these two and its own on_drain. */
+void wstun__request_resp_sent(void *owner, wstun__outmsg *m);
+void wstun__request_resp_failed(void *owner, wstun__outmsg *m, int restartable);
+extern const wstun__outmsg_cbs wstun__request_resp_cbs;
+
+#endif
