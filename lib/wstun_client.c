@@ -261,19 +261,11 @@ static int req_on_head(void *ud, wstun__http_head *h) {
 
 static int req_on_body(void *ud, const uint8_t *d, size_t n) {
   wstun_request *req = ud;
-  int rc = 0;
   switch (req->state) {
   case WSTUN__CR_HANDLER:
     return wstun__buf_append(&req->body, d, n) == 0 ? 0 : -1;
   case WSTUN__CR_FORWARD:
-    if (req->req_chunked) {
-      rc |= wstun__http_write_chunk_header(&req->to_backend, n);
-      rc |= wstun__buf_append(&req->to_backend, d, n);
-      rc |= wstun__buf_append(&req->to_backend, "\r\n", 2);
-    } else {
-      rc = wstun__buf_append(&req->to_backend, d, n);
-    }
-    if (rc != 0)
+    if (wstun__http_write_body(&req->to_backend, d, n, req->req_chunked) != 0)
       return -1;
     wstun__upstream_push(req);
     return 0;

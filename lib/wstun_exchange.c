@@ -418,16 +418,7 @@ static void request_grew(wstun__exchange *ex) {
 int wstun__exchange_body(wstun__exchange *ex, const uint8_t *d, size_t n) {
   if (ex->req == NULL)
     return 0; /* answered already: discard */
-  wstun__buf *b = &ex->req->buf;
-  int rc = 0;
-  if (ex->req_chunked) {
-    rc |= wstun__http_write_chunk_header(b, n);
-    rc |= wstun__buf_append(b, d, n);
-    rc |= wstun__buf_append(b, "\r\n", 2);
-  } else {
-    rc = wstun__buf_append(b, d, n);
-  }
-  if (rc != 0)
+  if (wstun__http_write_body(&ex->req->buf, d, n, ex->req_chunked) != 0)
     return WSTUN_ENOMEM;
   request_grew(ex);
   return ex->req && wstun__outmsg_full(ex->req) ? 1 : 0;

@@ -233,16 +233,8 @@ static int ex_on_body(wstun__exchange *ex, const uint8_t *d, size_t n) {
   wstun__front *f = ex_front(ex);
   if (f->conn == NULL)
     return -1;
-  wstun__buf *out = wstun__conn_outbuf(f->conn);
-  int rc = 0;
-  if (f->resp_chunked) {
-    rc |= wstun__http_write_chunk_header(out, n);
-    rc |= wstun__buf_append(out, d, n);
-    rc |= wstun__buf_append(out, "\r\n", 2);
-  } else {
-    rc = wstun__buf_append(out, d, n);
-  }
-  if (rc != 0)
+  if (wstun__http_write_body(wstun__conn_outbuf(f->conn), d, n,
+                             f->resp_chunked) != 0)
     return -1;
   wstun__conn_flush(f->conn);
   return wstun__conn_congested(f->conn) ? 1 : 0;

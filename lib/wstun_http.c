@@ -355,6 +355,19 @@ int wstun__http_write_chunk_header(wstun__buf *out, size_t len) {
   return wstun__buf_appendf(out, "%zx\r\n", len);
 }
 
+int wstun__http_write_body(wstun__buf *out, const void *data, size_t n,
+                           int chunked) {
+  int rc = 0;
+  if (!chunked)
+    return wstun__buf_append(out, data, n) == 0 ? 0 : WSTUN_ENOMEM;
+  if (n == 0)
+    return 0; /* an empty chunk would be the last one */
+  rc |= wstun__http_write_chunk_header(out, n);
+  rc |= wstun__buf_append(out, data, n);
+  rc |= wstun__buf_append(out, WSTUN__HTTP_CHUNK_TRAILER, 2);
+  return rc ? WSTUN_ENOMEM : 0;
+}
+
 int wstun__http_write_response(wstun__buf *out, int status,
                                const char *content_type, const void *body,
                                size_t n, const char *extra_headers, int flags) {

@@ -81,6 +81,11 @@ int wstun__http_head_write(const wstun__http_head *h, wstun__buf *out);
 
 /* Chunked framing. */
 int wstun__http_write_chunk_header(wstun__buf *out, size_t len);
+/* Appends body bytes as they go on the wire: as they are, or as one chunk
+ * when re-encoding as chunked (nothing for n == 0: that would be the last
+ * chunk). 0 or WSTUN_ENOMEM. */
+int wstun__http_write_body(wstun__buf *out, const void *data, size_t n,
+                           int chunked);
 #define WSTUN__HTTP_CHUNK_TRAILER "\r\n"
 #define WSTUN__HTTP_LAST_CHUNK "0\r\n\r\n"
 

@@ -638,16 +638,7 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
   wstun_request *req = up->req;
   if (req == NULL || req->resp == NULL)
     return -1;
-  wstun__buf *b = &req->resp->buf;
-  int rc = 0;
-  if (req->resp_chunked) {
-    rc |= wstun__http_write_chunk_header(b, n);
-    rc |= wstun__buf_append(b, d, n);
-    rc |= wstun__buf_append(b, "\r\n", 2);
-  } else {
-    rc = wstun__buf_append(b, d, n);
-  }
-  if (rc != 0)
+  if (wstun__http_write_body(&req->resp->buf, d, n, req->resp_chunked) != 0)
     return -1;
   hand_over(req);
   if (req->resp && wstun__outmsg_full(req->resp) && !up->paused_by_msg) {

@@ -1423,8 +1423,24 @@ TEST(chunked_framing_parses_back) {
   wstun__buf_free(&b);
 }
 
+/* Body bytes as they go on the wire: as they are, or one chunk each;
+ * nothing for an empty piece when chunked (it would end the body). */
+TEST(write_body_plain_and_chunked) {
+  wstun__buf b;
+  wstun__buf_init(&b);
+  CHECK_EQ_INT(wstun__http_write_body(&b, "abc", 3, 0), 0);
+  CHECK_EQ_INT(wstun__http_write_body(&b, "", 0, 0), 0);
+  CHECK_EQ_INT(wstun__http_write_body(&b, "0123456789abcdefg", 17, 1), 0);
+  CHECK_EQ_INT(wstun__http_write_body(&b, "", 0, 1), 0);
+  static const char want[] = "abc11\r\n0123456789abcdefg\r\n";
+  CHECK_EQ_INT(wstun__buf_size(&b), sizeof(want) - 1);
+  CHECK(memcmp(wstun__buf_data(&b), want, sizeof(want) - 1) == 0);
+  wstun__buf_free(&b);
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {
+      T(write_body_plain_and_chunked),
       T(request_content_length),
       T(request_head_lookup),
       T(request_chunked_body_is_dechunked),
