@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config
   libuv1-dev libwslay-dev libmbedtls-dev libjansson-dev node-llhttp
+  libinih-dev
   curl python3 ca-certificates procps
 )
 # `--tests`: what only the test suite uses: promtool (prometheus) checks

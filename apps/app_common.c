@@ -42,45 +42,55 @@ static void die(const char *prog, const char *flag, const char *what) {
   exit(APP_EXIT_USAGE);
 }
 
-static void set_value(const char *prog, app_flag *f, const char *v) {
-  char msg[256];
+int app_flag_value(const app_flag *f, const char *v, void *dst, char *err,
+                   size_t errlen) {
   switch (f->type) {
   case FLAG_STR:
-    *(const char **)f->dst = v;
-    return;
+    *(const char **)dst = v;
+    return 0;
   case FLAG_BOOL: /* the spellings Go's strconv.ParseBool takes */
     if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0 || strcmp(v, "t") == 0 ||
         strcmp(v, "T") == 0 || strcmp(v, "TRUE") == 0 || strcmp(v, "True") == 0)
-      *(int *)f->dst = 1;
+      *(int *)dst = 1;
     else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0 ||
              strcmp(v, "f") == 0 || strcmp(v, "F") == 0 ||
              strcmp(v, "FALSE") == 0 || strcmp(v, "False") == 0)
-      *(int *)f->dst = 0;
-    else
-      die(prog, f->name, "expects true or false");
-    return;
+      *(int *)dst = 0;
+    else {
+      snprintf(err, errlen, "expects true or false");
+      return -1;
+    }
+    return 0;
   case FLAG_INT:
   case FLAG_U64: {
     char *end = NULL;
     errno = 0;
     long long n = strtoll(v, &end, 10);
     if (*v == '\0' || *end != '\0' || errno != 0) {
-      snprintf(msg, sizeof(msg), "invalid value \"%.64s\": not an integer", v);
-      die(prog, f->name, msg);
+      snprintf(err, errlen, "invalid value \"%.64s\": not an integer", v);
+      return -1;
     }
     if (f->min <= f->max && (n < f->min || n > f->max)) {
-      snprintf(msg, sizeof(msg),
+      snprintf(err, errlen,
                "invalid value %lld: must be between %" PRId64 " and %" PRId64,
                n, f->min, f->max);
-      die(prog, f->name, msg);
+      return -1;
     }
     if (f->type == FLAG_INT)
-      *(int *)f->dst = (int)n;
+      *(int *)dst = (int)n;
     else
-      *(uint64_t *)f->dst = (uint64_t)n;
-    return;
+      *(uint64_t *)dst = (uint64_t)n;
+    return 0;
   }
   }
+  snprintf(err, errlen, "unknown flag type");
+  return -1;
+}
+
+static void set_value(const char *prog, app_flag *f, const char *v) {
+  char msg[256];
+  if (app_flag_value(f, v, f->dst, msg, sizeof(msg)) != 0)
+    die(prog, f->name, msg);
 }
 
 void app_parse_flags(const char *prog, const char *summary, app_flag *flags,
@@ -363,8 +373,13 @@ void app_log(void *user_data, wstun_log_level level, const char *msg) {
   static const char *const names[] = {"ERROR", "WARN ", "INFO ", "DEBUG"};
   static const char *const json_names[] = {"error", "warn", "info", "debug"};
   static const int prios[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
-  (void)user_data;
   int l = (int)level & 3;
+  /* user_data, when set, names the tunnel ([tunnel NAME] of -config) */
+  char tagged[1024];
+  if (user_data) {
+    snprintf(tagged, sizeof(tagged), "[%s] %s", (const char *)user_data, msg);
+    msg = tagged;
+  }
   struct timeval tv;
   gettimeofday(&tv, NULL);
   struct tm tm;
@@ -539,20 +554,22 @@ wstun_log_level app_log_level(const char *prog, const char *value) {
   return (wstun_log_level)l;
 }
 
-void app_read_secret_file(const char *prog, const char *flag, const char *path,
-                          char *out, size_t n) {
+int app_secret_read(const char *path, char *out, size_t n, char *err,
+                    size_t errlen) {
   struct stat st;
   FILE *f = fopen(path, "r");
   if (f == NULL || fstat(fileno(f), &st) != 0) {
-    fprintf(stderr, "%s: flag -%s: cannot read %s: %s\n", prog, flag, path,
-            strerror(errno));
-    exit(APP_EXIT_USAGE);
+    snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+    if (f)
+      fclose(f);
+    return -1;
   }
+  /* as ssh does with keys: a secret others can read is no secret */
   if (st.st_mode & 077) {
     fclose(f);
-    fprintf(stderr, "%s: flag -%s: %s is readable by others (chmod 600 it)\n",
-            prog, flag, path);
-    exit(APP_EXIT_USAGE);
+    snprintf(err, errlen, "%s is readable by others (mode %03o; chmod 600 it)",
+             path, (unsigned)(st.st_mode & 0777));
+    return -1;
   }
   size_t len = fread(out, 1, n - 1, f);
   fclose(f);
@@ -561,7 +578,17 @@ void app_read_secret_file(const char *prog, const char *flag, const char *path,
                      out[len - 1] == ' ' || out[len - 1] == '\t'))
     out[--len] = '\0';
   if (len == 0) {
-    fprintf(stderr, "%s: flag -%s: %s is empty\n", prog, flag, path);
+    snprintf(err, errlen, "%s is empty", path);
+    return -1;
+  }
+  return 0;
+}
+
+void app_read_secret_file(const char *prog, const char *flag, const char *path,
+                          char *out, size_t n) {
+  char err[512];
+  if (app_secret_read(path, out, n, err, sizeof(err)) != 0) {
+    fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, err);
     exit(APP_EXIT_USAGE);
   }
 }

@@ -25,6 +25,11 @@ typedef struct app_flag {
   int64_t min, max; /* for FLAG_INT / FLAG_U64 (ignored when min > max) */
 } app_flag;
 
+/* Converts `v` as flag `f` takes it into `dst` (a const char **, int * or
+ * uint64_t * as f->type says). 0, or -1 with the reason in err. */
+int app_flag_value(const app_flag *f, const char *v, void *dst, char *err,
+                   size_t errlen);
+
 /* Parses argv[first..]. On -h/--help prints usage and exits 0; on
  * --version prints the version and exits 0; on any error prints one line
  * naming the flag and exits APP_EXIT_USAGE. */
@@ -81,7 +86,8 @@ void app_raise_nofile(void);
 /* Closes the log file / syslog connection (at exit). */
 void app_log_shutdown(void);
 
-/* The log callback: one line per message to the configured destination.
+/* The log callback: one line per message to the configured destination;
+ * a non-NULL user_data is a tunnel name, written "[NAME] " before msg.
  * Text: "2026-01-09T15:30:45.123Z INFO  message"; JSON:
  * {"time":"...","level":"info","app":"wstunsrv","msg":"..."}. */
 void app_log(void *user_data, wstun_log_level level, const char *msg);
@@ -123,6 +129,12 @@ void app_pidfile_remove(void);
 
 /* "2026-01-09T15:30:45Z" (RFC 3339, UTC) for `t`. */
 void app_rfc3339(time_t t, char *buf, size_t size);
+
+/* Reads a one-line secret (trailing whitespace dropped) from `path` into
+ * out (n bytes). The file must not be readable by group or others (as ssh
+ * checks keys). 0, or -1 with a one-line reason in err. */
+int app_secret_read(const char *path, char *out, size_t n, char *err,
+                    size_t errlen);
 
 /* Reads a one-line secret (trailing whitespace dropped) from `path` into
  * out. The file must not be readable by group or others; any problem is a

@@ -1,5 +1,7 @@
-/* wstuncli: flags → wstun_client_config, signals → graceful stop,
- * SIGUSR1/SIGHUP → log file reopened, state changes → -statusfile. */
+/* wstuncli: flags and the -config file → one wstun_client_config per
+ * tunnel (app_config.c), every tunnel a client on the one loop; signals →
+ * graceful stop, SIGUSR1/SIGHUP → log file reopened, state changes →
+ * -statusfile (single tunnel). */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -10,11 +12,13 @@
 #include <unistd.h>
 
 #include "app_common.h"
+#include "app_config.h"
 
 #define GRACE_MS 10000
 
 typedef struct cli_app {
-  wstun_client *cli;
+  wstun_client **clis; /* one per tunnel */
+  size_t nclis, open;  /* started, not yet closed */
   uv_signal_t sigint, sigterm;
   app_reopen reopen;
   int stopping;
@@ -131,10 +135,18 @@ static void remove_files(cli_app *app) {
 
 static void on_client_closed(wstun_client *cli, void *ud) {
   cli_app *app = ud;
-  (void)cli;
+  if (cli && app->open > 0 && --app->open > 0)
+    return; /* the others are still finishing */
   uv_close((uv_handle_t *)&app->sigint, NULL);
   uv_close((uv_handle_t *)&app->sigterm, NULL);
   app_reopen_close(&app->reopen);
+}
+
+static void close_all(cli_app *app, int grace_ms) {
+  size_t n = app->nclis;
+  for (size_t i = 0; i < n; i++)
+    if (app->clis[i])
+      wstun_client_close(app->clis[i], grace_ms, on_client_closed, app);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -147,16 +159,53 @@ static void on_signal(uv_signal_t *h, int signum) {
   app->stopping = 1;
   app_log(NULL, WSTUN_LOG_INFO,
           signum == SIGINT ? "SIGINT: stopping" : "SIGTERM: stopping");
-  wstun_client_close(app->cli, GRACE_MS, on_client_closed, app);
+  close_all(app, GRACE_MS);
+}
+
+/* A value the flag table cannot check (a choice of words): reported at
+ * its line when it came from the file, else as the flag. */
+static void check_level(app_config *conf, const char *value) {
+  int line = 0;
+  if (value == NULL || wstun_log_level_parse(value) >= 0)
+    return;
+  if (value == app_config_get(&conf->top, "log-level", &line))
+    app_config_errorf(conf, line,
+                      "log-level: must be one of error, warn, "
+                      "info, debug");
+  else
+    app_config_errorf(conf, 0,
+                      "flag -log-level: must be one of error, "
+                      "warn, info, debug");
+}
+
+static const char *start_error_flag(int rc, const wstun_client_config *cfg) {
+  return rc == WSTUN_EREGEX   ? "regexp"
+         : rc == WSTUN_EPORTS ? "client-ports"
+         : rc == WSTUN_ETLS   ? "certfile"
+         : rc == WSTUN_EURL   ? (cfg->proxy_url    ? "tunnel, -server or -proxy"
+                                 : cfg->server_url ? "tunnel or -server (or the "
+                                                     "proxy environment variable)"
+                                                   : "tunnel")
+                              : "token";
 }
 
 int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   wstun_client_config cfg;
   wstun_client_config_init(&cfg);
   const char *token = NULL, *log_level = "info", *statusfile = NULL;
-  int log_pretty = 0;
+  const char *config_path = NULL, *password_file = NULL;
+  const char *file_password = NULL; /* `password`: the file only */
+  int log_pretty = 0, check_config = 0;
   app_ops ops = {0};
   app_flag flags[] = {
+      {"config", FLAG_STR, &config_path, "FILE",
+       "read flags (and [tunnel NAME] sections) from an INI file; flags given "
+       "here win",
+       0, -1},
+      {"check-config", FLAG_BOOL, &check_config, NULL,
+       "check the -config file, print FILE:LINE: reason per problem, exit 0 "
+       "or 2",
+       0, 1},
       {"tunnel", FLAG_STR, &cfg.tunnel_url, "URL",
        "server to dial: ws[s]://[user:pass@]host[:port][/base]", 0, -1},
       {"server", FLAG_STR, &cfg.server_url, "URL",
@@ -164,6 +213,10 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
        -1},
       {"token", FLAG_STR, &token, "TOKEN[:PASSWORD]",
        "rendez-vous token (>= 16 chars); password also from $WSTUNNEL_PASSWORD",
+       0, -1},
+      {"password-file", FLAG_STR, &password_file, "FILE",
+       "the token's password from FILE (mode 600); after TOKEN:PASSWORD, "
+       "before $WSTUNNEL_PASSWORD",
        0, -1},
       {"regexp", FLAG_STR, &cfg.regexp, "RE",
        "X-Host values allowed (full match on scheme://host[:port][/prefix])", 0,
@@ -210,73 +263,65 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
                   "wstun tunnel client: dials wstunsrv and serves the "
                   "requests it forwards from a local HTTP backend.",
                   flags, argc, argv, first);
-  cfg.log_level = app_log_level(prog, log_level);
-  if (statusfile && *statusfile == '\0') {
-    fprintf(stderr, "%s: flag -statusfile: must not be empty\n", prog);
+
+  /* the file: its top-level keys are the flags (the command line wins),
+   * plus `password`, which has no flag (it would show in ps) */
+  enum { NFLAGS = sizeof(flags) / sizeof(flags[0]) - 1 };
+  app_flag top[NFLAGS + 2];
+  memcpy(top, flags, sizeof(flags[0]) * NFLAGS);
+  top[NFLAGS] =
+      (app_flag){"password", FLAG_STR, &file_password, NULL, NULL, 0, -1};
+  top[NFLAGS + 1] = flags[NFLAGS];
+  app_config conf;
+  app_config_init(&conf);
+  if (check_config && config_path == NULL) {
+    fprintf(stderr, "%s: flag -check-config: needs -config FILE\n", prog);
     return APP_EXIT_USAGE;
   }
+  if (config_path) {
+    app_config_parse(&conf, config_path, NULL, top, app_cli_kinds);
+    if (conf.nerrors > 0 && conf.errors[0].line == 0) { /* unreadable */
+      app_config_print_errors(&conf, prog, stderr);
+      app_config_free(&conf);
+      return APP_EXIT_USAGE;
+    }
+    app_config_apply(&conf, top);
+    /* the command line again, over the file's values */
+    app_parse_flags(prog, "", flags, argc, argv, first);
+  }
+  check_level(&conf, log_level);
+  app_cli_tunnel defaults = {0};
+  defaults.cfg = cfg;
+  defaults.token = token;
+  defaults.password = file_password;
+  defaults.password_file = password_file;
+  app_cli_tunnel *tunnels = NULL;
+  size_t ntunnels =
+      app_cli_tunnels(&conf, &defaults, getenv("WSTUNNEL_PASSWORD"), &tunnels);
+  if (ntunnels > 1 && statusfile)
+    app_config_errorf(&conf, 0,
+                      "flag -statusfile: describes one tunnel; not with "
+                      "several [tunnel NAME] sections");
+  if (statusfile && *statusfile == '\0')
+    app_config_errorf(&conf, 0, "flag -statusfile: must not be empty");
+  if (ntunnels == 0 && conf.nerrors == 0)
+    app_config_errorf(&conf, 0, "out of memory");
+  if (check_config || conf.nerrors > 0) {
+    int bad = conf.nerrors > 0;
+    if (bad && config_path == NULL)
+      conf.nerrors = 1; /* flags alone: the first problem, one line */
+    app_config_print_errors(&conf, prog, stderr);
+    if (!bad)
+      printf("%s: ok (%zu tunnel%s)\n", config_path, ntunnels,
+             ntunnels == 1 ? "" : "s");
+    app_cli_tunnels_free(tunnels, ntunnels);
+    app_config_free(&conf);
+    return bad ? APP_EXIT_USAGE : 0;
+  }
+  cfg.log_level = app_log_level(prog, log_level);
   if (log_pretty)
     ops.log_format = "text";
   app_log_setup(prog, "wstuncli", &ops);
-  cfg.log_cb = app_log;
-  /* the Go client clamps -timeout (to 3..600) rather than refusing it */
-  int asked = cfg.timeout_sec;
-  cfg.timeout_sec = asked < 3 ? 3 : asked > 86400 ? 86400 : asked;
-  if (cfg.timeout_sec != asked)
-    app_logf(WSTUN_LOG_WARN, "-timeout %d is out of range: using %d", asked,
-             cfg.timeout_sec);
-  if (cfg.tunnel_url == NULL) {
-    fprintf(stderr, "%s: flag -tunnel: required (ws://host:port)\n", prog);
-    app_log_shutdown();
-    return APP_EXIT_USAGE;
-  }
-  if (token == NULL) {
-    fprintf(stderr, "%s: flag -token: required\n", prog);
-    app_log_shutdown();
-    return APP_EXIT_USAGE;
-  }
-  /* as the Go client's Start(): a client that may send requests nowhere
-   * would answer 403 to every one of them */
-  if ((cfg.server_url == NULL || *cfg.server_url == '\0') &&
-      (cfg.regexp == NULL || *cfg.regexp == '\0')) {
-    fprintf(stderr,
-            "%s: flag -server or -regexp: required (the backend "
-            "http[s]://host:port, or the X-Host values allowed)\n",
-            prog);
-    app_log_shutdown();
-    return APP_EXIT_USAGE;
-  }
-  /* -token tok:password; else the password may come from the environment,
-   * which keeps it out of the process list */
-  char *tok = strdup(token);
-  if (tok == NULL)
-    return 1;
-  char *colon = strchr(tok, ':');
-  if (colon) {
-    *colon = '\0';
-    cfg.password = colon + 1;
-  } else if (getenv("WSTUNNEL_PASSWORD") && *getenv("WSTUNNEL_PASSWORD")) {
-    cfg.password = getenv("WSTUNNEL_PASSWORD");
-  }
-  cfg.token = tok;
-  cfg.proxy_from_env = 1;
-  if (cfg.proxy_url && strstr(cfg.proxy_url, "://") &&
-      strncmp(cfg.proxy_url, "http://", 7) != 0) {
-    fprintf(stderr, "%s: flag -proxy: only http:// proxies are supported\n",
-            prog);
-    free(tok);
-    app_log_shutdown();
-    return APP_EXIT_USAGE;
-  }
-  if (strlen(tok) < 16) {
-    fprintf(
-        stderr,
-        "%s: flag -token: rendez-vous token is too short (must be 16 chars)\n",
-        prog);
-    free(tok);
-    app_log_shutdown();
-    return APP_EXIT_USAGE;
-  }
 
   signal(SIGPIPE, SIG_IGN);
   app_tune_malloc();
@@ -285,17 +330,42 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   app.state = -1;
   app.last_error = "";
   app.since = time(NULL);
+  app.clis = calloc(ntunnels, sizeof(*app.clis));
+  if (app.clis == NULL) {
+    app_cli_tunnels_free(tunnels, ntunnels);
+    app_config_free(&conf);
+    app_log_shutdown();
+    return 1;
+  }
+  app.nclis = ntunnels;
+  for (size_t i = 0; i < ntunnels; i++) {
+    wstun_client_config *tc = &tunnels[i].cfg;
+    tc->log_level = cfg.log_level;
+    tc->log_cb = app_log;
+    tc->log_user_data = tunnels[i].name; /* "[NAME] " before its lines */
+    tc->proxy_from_env = 1;
+    /* the Go client clamps -timeout (to 3..600) rather than refusing it */
+    int asked = tc->timeout_sec;
+    tc->timeout_sec = asked < 3 ? 3 : asked > 86400 ? 86400 : asked;
+    if (tc->timeout_sec != asked)
+      app_logf(WSTUN_LOG_WARN, "%s%s%s-timeout %d is out of range: using %d",
+               tunnels[i].name ? "[" : "",
+               tunnels[i].name ? tunnels[i].name : "",
+               tunnels[i].name ? "] " : "", asked, tc->timeout_sec);
+  }
   if (statusfile) {
     app.statusfile = statusfile;
-    app.server = url_without_userinfo(cfg.tunnel_url);
+    app.server = url_without_userinfo(tunnels[0].cfg.tunnel_url);
     if (app.server == NULL) {
-      free(tok);
+      free(app.clis);
+      app_cli_tunnels_free(tunnels, ntunnels);
+      app_config_free(&conf);
       app_log_shutdown();
       return 1;
     }
-    cfg.state_cb = on_state;
-    cfg.pong_cb = on_pong;
-    cfg.state_user_data = &app;
+    tunnels[0].cfg.state_cb = on_state;
+    tunnels[0].cfg.pong_cb = on_pong;
+    tunnels[0].cfg.state_user_data = &app;
   }
   uv_loop_t *loop = uv_default_loop();
   /* handlers first: a signal sent as soon as the client runs waits in the
@@ -307,24 +377,24 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   uv_signal_start(&app.sigterm, on_signal, SIGTERM);
   app_reopen_start(loop, &app.reopen, NULL, NULL);
   int exit_code = 0;
-  int rc = wstun_client_start(loop, &cfg, &app.cli);
-  if (rc != 0) {
-    const char *flag = rc == WSTUN_EREGEX   ? "regexp"
-                       : rc == WSTUN_EPORTS ? "client-ports"
-                       : rc == WSTUN_ETLS   ? "certfile"
-                       : rc == WSTUN_EURL
-                           ? (cfg.proxy_url    ? "tunnel, -server or -proxy"
-                              : cfg.server_url ? "tunnel or -server (or the "
-                                                 "proxy environment variable)"
-                                               : "tunnel")
-                           : "token";
-    fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, wstun_strerror(rc));
+  /* every tunnel a client on this one loop */
+  for (size_t i = 0; i < ntunnels && exit_code == 0; i++) {
+    int rc = wstun_client_start(loop, &tunnels[i].cfg, &app.clis[i]);
+    if (rc == 0) {
+      app.open++;
+      continue;
+    }
+    const char *flag = start_error_flag(rc, &tunnels[i].cfg);
+    if (tunnels[i].name)
+      fprintf(stderr, "%s:%d: [tunnel %s]: %s: %s\n", config_path,
+              tunnels[i].line, tunnels[i].name, flag, wstun_strerror(rc));
+    else
+      fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, wstun_strerror(rc));
     exit_code = APP_EXIT_USAGE;
-    on_client_closed(NULL, &app); /* closes the signal handles */
   }
   if (exit_code == 0 && statusfile) {
     if (app.state < 0) { /* no callback yet: the client starts by dialing */
-      app.state = (int)wstun_client_get_state(app.cli);
+      app.state = (int)wstun_client_get_state(app.clis[0]);
       app.since = time(NULL);
     }
     app.started = 1;
@@ -339,15 +409,20 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   if (exit_code == 0 && ops.pidfile &&
       app_pidfile_write(prog, ops.pidfile) != 0)
     exit_code = 1;
-  if (exit_code == 1) {
+  if (exit_code != 0) {
     app.stopping = 1;
-    wstun_client_close(app.cli, 0, on_client_closed, &app);
+    if (app.open > 0)
+      close_all(&app, 0);
+    else
+      on_client_closed(NULL, &app); /* closes the signal handles */
   }
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
   remove_files(&app);
-  free(tok);
   free(app.server);
+  free(app.clis);
+  app_cli_tunnels_free(tunnels, ntunnels);
+  app_config_free(&conf);
   app_log_shutdown();
   return exit_code;
 }

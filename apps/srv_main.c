@@ -1,5 +1,6 @@
-/* wstunsrv: flags → wstun_server_config, signals → graceful stop,
- * SIGUSR1/SIGHUP → log file reopened, SIGHUP → TLS certificate reloaded. */
+/* wstunsrv: flags and the -config file → wstun_server_config, signals →
+ * graceful stop, SIGUSR1/SIGHUP → log file reopened, SIGHUP → TLS certificate
+ * reloaded. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "app_common.h"
+#include "app_config.h"
 
 #define GRACE_MS 10000
 
@@ -88,7 +90,17 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   int log_pretty = 0;
   app_ops ops = {0};
   uint64_t max_header = cfg.max_header_bytes, max_body = 0;
+  const char *config_path = NULL;
+  int check_config = 0;
   app_flag flags[] = {
+      {"config", FLAG_STR, &config_path, "FILE",
+       "read flags from an INI file (key = value, the names without dashes); "
+       "flags given here win",
+       0, -1},
+      {"check-config", FLAG_BOOL, &check_config, NULL,
+       "check the -config file, print FILE:LINE: reason per problem, exit 0 "
+       "or 2",
+       0, 1},
       {"port", FLAG_INT, &cfg.port, "N",
        "TCP port to listen on (0 = any free port)", 0, 65535},
       {"host", FLAG_STR, &cfg.host, "ADDR",
@@ -163,6 +175,41 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
                   "wstun tunnel server: serves HTTP requests through "
                   "WebSocket tunnels opened by wstuncli.",
                   flags, argc, argv, first);
+  static app_config conf; /* the file's strings live until exit */
+  app_config_init(&conf);
+  if (check_config && config_path == NULL) {
+    fprintf(stderr, "%s: flag -check-config: needs -config FILE\n", prog);
+    return APP_EXIT_USAGE;
+  }
+  if (config_path) {
+    app_config_parse(&conf, config_path, NULL, flags, NULL);
+    if (conf.nerrors == 0 || conf.errors[0].line > 0) {
+      app_config_apply(&conf, flags);
+      /* the command line again, over the file's values */
+      app_parse_flags(prog, "", flags, argc, argv, first);
+    }
+    int line = 0;
+    if (log_level == app_config_get(&conf.top, "log-level", &line) &&
+        wstun_log_level_parse(log_level) < 0)
+      app_config_errorf(&conf, line,
+                        "log-level: must be one of error, warn, info, debug");
+    /* secret files are checked too: a mode 644 one would stop the start */
+    char buf[512], err[512];
+    const char *keys[] = {"passwords-file", "admin-token-file"};
+    for (size_t i = 0; i < 2; i++) {
+      const char *v = app_config_get(&conf.top, keys[i], &line);
+      if (v && app_secret_read(v, buf, sizeof(buf), err, sizeof(err)) != 0)
+        app_config_errorf(&conf, line, "%s: %s", keys[i], err);
+    }
+    if (conf.nerrors > 0 || check_config) {
+      int bad = conf.nerrors > 0;
+      app_config_print_errors(&conf, prog, stderr);
+      if (!bad)
+        printf("%s: ok\n", config_path);
+      app_config_free(&conf);
+      return bad ? APP_EXIT_USAGE : 0;
+    }
+  }
   cfg.log_level = app_log_level(prog, log_level);
   check_tls_flags(prog, cfg.tls_cert_file, cfg.tls_key_file);
   /* secrets from files stay out of the process list */
@@ -242,5 +289,6 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   uv_loop_close(app.loop);
   app_pidfile_remove();
   app_log_shutdown();
+  app_config_free(&conf);
   return exit_code;
 }

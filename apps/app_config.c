@@ -1,0 +1,563 @@
+/* The -config file: libinih splits "key = value" lines; this file owns
+ * what inih leaves to its user: line numbers (our reader counts the lines
+ * it hands over), section headers (recognised by the reader too, so an
+ * empty or repeated section is seen), lines inih would skip or fold, and
+ * the checks against the flag tables. See app_config.h. */
+#include "app_config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LINE_MAX_BYTES 4096
+
+void app_config_init(app_config *c) {
+  memset(c, 0, sizeof(*c));
+}
+
+static void section_free(app_config_section *s) {
+  for (size_t i = 0; i < s->n; i++) {
+    free(s->entries[i].key);
+    free(s->entries[i].value);
+  }
+  free(s->entries);
+  free(s->kind);
+  free(s->name);
+}
+
+void app_config_free(app_config *c) {
+  section_free(&c->top);
+  for (size_t i = 0; i < c->nsections; i++)
+    section_free(&c->sections[i]);
+  free(c->sections);
+  for (size_t i = 0; i < c->nerrors; i++)
+    free(c->errors[i].reason);
+  free(c->errors);
+  free(c->path);
+  app_config_init(c);
+}
+
+void app_config_errorf(app_config *c, int line, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  if (c->nerrors == c->caperrors) {
+    size_t cap = c->caperrors ? c->caperrors * 2 : 8;
+    app_config_error *e = realloc(c->errors, cap * sizeof(*e));
+    if (e == NULL)
+      return; /* the count still says something went wrong, below */
+    c->errors = e;
+    c->caperrors = cap;
+  }
+  char *r = strdup(msg);
+  if (r == NULL)
+    return;
+  c->errors[c->nerrors].line = line;
+  c->errors[c->nerrors].reason = r;
+  c->nerrors++;
+}
+
+void app_config_print_errors(app_config *c, const char *prog, FILE *out) {
+  /* in the file's order (checks of whole sections come after reading):
+   * a stable insertion sort, the lists are short */
+  for (size_t i = 1; i < c->nerrors; i++) {
+    app_config_error e = c->errors[i];
+    size_t j = i;
+    for (; j > 0 && c->errors[j - 1].line > e.line; j--)
+      c->errors[j] = c->errors[j - 1];
+    c->errors[j] = e;
+  }
+  for (size_t i = 0; i < c->nerrors; i++) {
+    if (c->errors[i].line > 0 && c->path)
+      fprintf(out, "%s:%d: %s\n", c->path, c->errors[i].line,
+              c->errors[i].reason);
+    else
+      fprintf(out, "%s: %s\n", prog, c->errors[i].reason);
+  }
+}
+
+const char *app_config_get(const app_config_section *s, const char *key,
+                           int *line) {
+  for (size_t i = s->n; i-- > 0;)
+    if (strcmp(s->entries[i].key, key) == 0) {
+      if (line)
+        *line = s->entries[i].line;
+      return s->entries[i].value;
+    }
+  return NULL;
+}
+
+static const app_flag *find_key(const app_flag *keys, const char *key) {
+  for (; keys && keys->name; keys++)
+    if (strcmp(keys->name, key) == 0)
+      return keys;
+  return NULL;
+}
+
+void app_config_apply(const app_config *c, app_flag *flags) {
+  char err[256];
+  for (size_t i = 0; i < c->top.n; i++) {
+    app_flag *f = (app_flag *)find_key(flags, c->top.entries[i].key);
+    if (f && f->dst)
+      app_flag_value(f, c->top.entries[i].value, f->dst, err, sizeof(err));
+  }
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+typedef struct reader {
+  app_config *c;
+  const app_flag *top;
+  const app_config_kind *kinds;
+  FILE *f;          /* or */
+  const char *text; /* the rest of the string */
+  int line;
+  int in_section;          /* a [header] was seen */
+  app_config_section *cur; /* where keys go; NULL: a bad section's keys */
+  const app_config_kind *cur_kind;
+} reader;
+
+static char *trim(char *s) {
+  while (*s == ' ' || *s == '\t')
+    s++;
+  size_t n = strlen(s);
+  while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' ||
+                   s[n - 1] == '\n'))
+    s[--n] = '\0';
+  return s;
+}
+
+static app_config_section *add_section(app_config *c, const char *kind,
+                                       const char *name, int line) {
+  if (c->nsections == c->capsections) {
+    size_t cap = c->capsections ? c->capsections * 2 : 4;
+    app_config_section *s = realloc(c->sections, cap * sizeof(*s));
+    if (s == NULL)
+      return NULL;
+    c->sections = s;
+    c->capsections = cap;
+  }
+  app_config_section *s = &c->sections[c->nsections];
+  memset(s, 0, sizeof(*s));
+  s->kind = strdup(kind);
+  s->name = strdup(name);
+  s->line = line;
+  if (s->kind == NULL || s->name == NULL) {
+    section_free(s);
+    return NULL;
+  }
+  c->nsections++;
+  return s;
+}
+
+/* A "[kind name]" line (p after the '['). */
+static void header(reader *r, char *p) {
+  app_config *c = r->c;
+  r->in_section = 1;
+  r->cur = NULL;
+  char *end = strchr(p, ']');
+  if (end == NULL) {
+    app_config_errorf(c, r->line, "section header without ']'");
+    return;
+  }
+  if (*trim(end + 1) != '\0') {
+    app_config_errorf(c, r->line, "text after the section header");
+    return;
+  }
+  *end = '\0';
+  char *kind = trim(p);
+  char *name = kind + strcspn(kind, " \t");
+  if (*name) {
+    *name++ = '\0';
+    name = trim(name);
+  }
+  const app_config_kind *k = r->kinds;
+  for (; k && k->name; k++)
+    if (strcmp(k->name, kind) == 0)
+      break;
+  if (k == NULL || k->name == NULL) {
+    if (r->kinds && r->kinds[0].name)
+      app_config_errorf(c, r->line,
+                        "unknown section kind \"%.64s\" (want [%s NAME])", kind,
+                        r->kinds[0].name);
+    else
+      app_config_errorf(c, r->line,
+                        "unknown section [%.64s]: this program takes only "
+                        "top-level keys",
+                        kind);
+    return;
+  }
+  if (*name == '\0') {
+    app_config_errorf(c, r->line, "section [%s] needs a name: [%s NAME]", kind,
+                      kind);
+    return;
+  }
+  for (size_t i = 0; i < c->nsections; i++)
+    if (strcmp(c->sections[i].kind, kind) == 0 &&
+        strcmp(c->sections[i].name, name) == 0) {
+      app_config_errorf(c, r->line,
+                        "duplicate section [%s %.64s] (first on line %d)", kind,
+                        name, c->sections[i].line);
+      return;
+    }
+  r->cur = add_section(c, kind, name, r->line);
+  r->cur_kind = k;
+  if (r->cur == NULL)
+    app_config_errorf(c, r->line, "out of memory");
+}
+
+/* inih's reader: one physical line per call, so r->line is the line of
+ * whatever inih hands the handler next. Headers and malformed lines are
+ * dealt with here; a line inih should not see goes to it blank. */
+static char *read_line(char *str, int num, void *stream) {
+  reader *r = stream;
+  char buf[LINE_MAX_BYTES + 2];
+  size_t n = 0;
+  int ch = 0, more = 0;
+  for (;;) {
+    if (r->f)
+      ch = fgetc(r->f);
+    else
+      ch = *r->text ? (unsigned char)*r->text++ : EOF;
+    if (ch == EOF || ch == '\n')
+      break;
+    more = 1;
+    if (n < LINE_MAX_BYTES)
+      buf[n] = (char)ch;
+    n++;
+  }
+  if (ch == EOF && !more)
+    return NULL;
+  r->line++;
+  r->c->lines = r->line;
+  if (n >= LINE_MAX_BYTES || n + 2 > (size_t)num) {
+    app_config_errorf(r->c, r->line, "line longer than %d bytes",
+                      num - 2 < LINE_MAX_BYTES ? num - 2 : LINE_MAX_BYTES);
+    snprintf(str, (size_t)num, "\n");
+    return str;
+  }
+  buf[n] = '\0';
+  if (r->line == 1 && (unsigned char)buf[0] == 0xEF &&
+      (unsigned char)buf[1] == 0xBB && (unsigned char)buf[2] == 0xBF)
+    memmove(buf, buf + 3, n - 2); /* a UTF-8 byte order mark */
+  char *p = trim(buf);
+  if (*p == '\0' || *p == '#' || *p == ';') {
+    snprintf(str, (size_t)num, "\n");
+    return str;
+  }
+  if (*p == '[') {
+    header(r, p + 1);
+    snprintf(str, (size_t)num, "\n");
+    return str;
+  }
+  if (strchr(p, '=') == NULL) {
+    app_config_errorf(r->c, r->line, "expected key = value");
+    snprintf(str, (size_t)num, "\n");
+    return str;
+  }
+  /* "key = value" only (inih would also split at a ':' before the '=') */
+  char *eq = strchr(p, '=');
+  *eq = '\0';
+  char *key = trim(p);
+  if (*key == '\0' || strchr(key, ':')) {
+    app_config_errorf(r->c, r->line, "expected key = value");
+    snprintf(str, (size_t)num, "\n");
+    return str;
+  }
+  snprintf(str, (size_t)num, "%s=%s\n", key, eq + 1);
+  return str;
+}
+
+static int on_pair(void *user, const char *section, const char *key,
+                   const char *value) {
+  reader *r = user;
+  app_config *c = r->c;
+  (void)section; /* the reader tracked it, bad sections included */
+  app_config_section *s = &c->top;
+  const app_flag *keys = r->top;
+  if (r->in_section) {
+    if (r->cur == NULL)
+      return 1; /* a bad section, already reported */
+    s = r->cur;
+    keys = r->cur_kind->keys;
+  }
+  if (strcmp(key, "config") == 0 || strcmp(key, "check-config") == 0) {
+    app_config_errorf(c, r->line, "%s is a command-line flag only", key);
+    return 1;
+  }
+  const app_flag *f = find_key(keys, key);
+  if (f == NULL) {
+    if (s == &c->top)
+      app_config_errorf(c, r->line, "unknown key \"%.64s\"", key);
+    else
+      app_config_errorf(c, r->line, "unknown key \"%.64s\" in [%s %s]", key,
+                        s->kind, s->name);
+    return 1;
+  }
+  int first;
+  if (app_config_get(s, key, &first)) {
+    app_config_errorf(c, r->line, "duplicate key %s (first on line %d)", key,
+                      first);
+    return 1;
+  }
+  union {
+    const char *s;
+    int i;
+    uint64_t u;
+  } scratch;
+  char err[256];
+  if (app_flag_value(f, value, &scratch, err, sizeof(err)) != 0) {
+    app_config_errorf(c, r->line, "%s: %s", key, err);
+    return 1;
+  }
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 8;
+    app_config_entry *e = realloc(s->entries, cap * sizeof(*e));
+    if (e == NULL) {
+      app_config_errorf(c, r->line, "out of memory");
+      return 1;
+    }
+    s->entries = e;
+    s->cap = cap;
+  }
+  app_config_entry *e = &s->entries[s->n];
+  e->key = strdup(key);
+  e->value = strdup(value);
+  e->line = r->line;
+  if (e->key == NULL || e->value == NULL) {
+    free(e->key);
+    free(e->value);
+    app_config_errorf(c, r->line, "out of memory");
+    return 1;
+  }
+  s->n++;
+  return 1;
+}
+
+size_t app_config_parse(app_config *c, const char *path, const char *text,
+                        const app_flag *top, const app_config_kind *kinds) {
+  free(c->path);
+  c->path = strdup(path);
+  reader r = {.c = c, .top = top, .kinds = kinds, .text = text};
+  if (text == NULL) {
+    r.f = fopen(path, "r");
+    if (r.f == NULL) {
+      app_config_errorf(c, 0, "flag -config: cannot read %s: %s", path,
+                        strerror(errno));
+      return c->nerrors;
+    }
+  }
+  /* values may hold ';' and leading blanks (passwords, regexps): no
+   * inline comments, no continuation lines; the reader checks lengths */
+  ini_allow_inline_comments = 0;
+  ini_allow_multiline = 0;
+  ini_use_stack = 0;
+  ini_max_line = LINE_MAX_BYTES + 2;
+  ini_parse_stream(read_line, &r, on_pair, &r);
+  if (r.f)
+    fclose(r.f);
+  return c->nerrors;
+}
+
+/* ---- the client's tunnels ------------------------------------------------ */
+
+static const app_flag tunnel_keys[] = {
+    {"token", FLAG_STR, NULL, NULL, NULL, 0, -1},
+    {"server", FLAG_STR, NULL, NULL, NULL, 0, -1},
+    {"regexp", FLAG_STR, NULL, NULL, NULL, 0, -1},
+    {"password", FLAG_STR, NULL, NULL, NULL, 0, -1},
+    {"password-file", FLAG_STR, NULL, NULL, NULL, 0, -1},
+    {"tunnel", FLAG_STR, NULL, NULL, NULL, 0, -1},
+    {"insecure", FLAG_BOOL, NULL, NULL, NULL, 0, 1},
+    {"timeout", FLAG_INT, NULL, NULL, NULL, 0, -1},
+    {"certfile", FLAG_STR, NULL, NULL, NULL, 0, -1},
+    {NULL, FLAG_STR, NULL, NULL, NULL, 0, 0}};
+
+const app_config_kind app_cli_kinds[] = {{"tunnel", tunnel_keys}, {NULL, NULL}};
+
+/* Where to report a problem with `key` of tunnel t (section s, or NULL):
+ * its line in the section, else in the top level, else the header. */
+static int key_line(const app_config *c, const app_config_section *s,
+                    const char *key) {
+  int line = 0;
+  if (s && app_config_get(s, key, &line))
+    return line;
+  if (app_config_get(&c->top, key, &line))
+    return line;
+  return s ? s->line : 0;
+}
+
+/* "flag -KEY" without a file line, "KEY" with one. */
+static void tunnel_error(app_config *c, const app_config_section *s,
+                         const char *key, const char *what) {
+  int line = key_line(c, s, key);
+  if (line > 0)
+    app_config_errorf(c, line, "%s%s%s: %s", s ? "[tunnel " : "",
+                      s ? s->name : "", s ? "] " : "", what);
+  else
+    app_config_errorf(c, 0, "flag -%s: %s", key, what);
+}
+
+static void tunnel_apply(app_cli_tunnel *t, const app_config_section *s) {
+  char err[256];
+  for (size_t i = 0; i < s->n; i++) {
+    const char *k = s->entries[i].key;
+    void *dst = strcmp(k, "token") == 0           ? (void *)&t->token
+                : strcmp(k, "server") == 0        ? (void *)&t->cfg.server_url
+                : strcmp(k, "regexp") == 0        ? (void *)&t->cfg.regexp
+                : strcmp(k, "password") == 0      ? (void *)&t->password
+                : strcmp(k, "password-file") == 0 ? (void *)&t->password_file
+                : strcmp(k, "tunnel") == 0        ? (void *)&t->cfg.tunnel_url
+                : strcmp(k, "insecure") == 0 ? (void *)&t->cfg.insecure_backends
+                : strcmp(k, "timeout") == 0  ? (void *)&t->cfg.timeout_sec
+                : strcmp(k, "certfile") == 0 ? (void *)&t->cfg.ca_file
+                                             : NULL;
+    const app_flag *f = find_key(tunnel_keys, k);
+    if (dst == NULL || f == NULL)
+      continue;
+    /* a section's password source hides the top level's other one */
+    if (strcmp(k, "password") == 0)
+      t->password_file = NULL;
+    else if (strcmp(k, "password-file") == 0)
+      t->password = NULL;
+    app_flag_value(f, s->entries[i].value, dst, err, sizeof(err));
+  }
+}
+
+/* Checks t and resolves its token and password (see app_config.h). */
+static void tunnel_finish(app_config *c, const app_config_section *s,
+                          app_cli_tunnel *t, const char *env_password) {
+  if (t->cfg.tunnel_url == NULL || *t->cfg.tunnel_url == '\0')
+    tunnel_error(c, s, "tunnel",
+                 s || c->path
+                     ? "missing tunnel (the server URL, ws://host:port)"
+                     : "required (ws://host:port)");
+  if (t->token == NULL || *t->token == '\0') {
+    /* a token at the top level would make every section share it */
+    if (s)
+      app_config_errorf(c, s->line, "[tunnel %s]: missing token", s->name);
+    else if (c->path)
+      app_config_errorf(c, c->lines > 0 ? c->lines : 1,
+                        "missing token (a token = line, a [tunnel NAME] "
+                        "section, or -token)");
+    else
+      app_config_errorf(c, 0, "flag -token: required");
+    return;
+  }
+  if ((t->cfg.server_url == NULL || *t->cfg.server_url == '\0') &&
+      (t->cfg.regexp == NULL || *t->cfg.regexp == '\0')) {
+    if (s)
+      app_config_errorf(c, s->line,
+                        "[tunnel %s]: needs server or regexp (the backend "
+                        "http[s]://host:port, or the X-Host values allowed)",
+                        s->name);
+    else
+      tunnel_error(c, NULL, "server",
+                   "or -regexp: required (the backend http[s]://host:port, "
+                   "or the X-Host values allowed)");
+  }
+  t->token_only = strdup(t->token);
+  if (t->token_only == NULL) {
+    app_config_errorf(c, 0, "out of memory");
+    return;
+  }
+  t->cfg.token = t->token_only;
+  char *colon = strchr(t->token_only, ':');
+  if (colon)
+    *colon = '\0';
+  if (strlen(t->token_only) < 16)
+    tunnel_error(c, s, "token",
+                 "rendez-vous token is too short (must be 16 chars)");
+  if (colon)
+    t->cfg.password = colon + 1;
+  else if (t->password)
+    t->cfg.password = t->password;
+  else if (t->password_file) {
+    char buf[1024], err[512];
+    if (app_secret_read(t->password_file, buf, sizeof(buf), err, sizeof(err)) !=
+        0) {
+      tunnel_error(c, s, "password-file", err);
+      return;
+    }
+    t->password_buf = strdup(buf);
+    t->cfg.password = t->password_buf;
+  } else if (env_password && *env_password)
+    t->cfg.password = env_password;
+  if (t->cfg.proxy_url && strstr(t->cfg.proxy_url, "://") &&
+      strncmp(t->cfg.proxy_url, "http://", 7) != 0)
+    tunnel_error(c, NULL, "proxy", "only http:// proxies are supported");
+}
+
+size_t app_cli_tunnels(app_config *c, const app_cli_tunnel *defaults,
+                       const char *env_password, app_cli_tunnel **out) {
+  size_t n = 0;
+  for (size_t i = 0; i < c->nsections; i++)
+    if (strcmp(c->sections[i].kind, "tunnel") == 0)
+      n++;
+  int sections = n > 0;
+  if (!sections)
+    n = 1;
+  app_cli_tunnel *t = calloc(n, sizeof(*t));
+  *out = t;
+  if (t == NULL)
+    return 0;
+  if (defaults->password && defaults->password_file) {
+    int line = key_line(c, NULL, "password-file");
+    if (line)
+      app_config_errorf(c, line, "password and password-file both set");
+    else
+      app_config_errorf(c, 0,
+                        "flag -password-file: the file also sets "
+                        "password");
+  }
+  int line = 0;
+  if (sections && app_config_get(&c->top, "token", &line))
+    app_config_errorf(c, line,
+                      "token belongs in each [tunnel NAME] section, not at "
+                      "the top level");
+  if (!sections) {
+    t[0] = *defaults;
+    t[0].name = NULL;
+    tunnel_finish(c, NULL, &t[0], env_password);
+    return 1;
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < c->nsections; i++) {
+    const app_config_section *s = &c->sections[i];
+    if (strcmp(s->kind, "tunnel") != 0)
+      continue;
+    t[k] = *defaults;
+    t[k].token = NULL; /* each section has its own */
+    t[k].name = strdup(s->name);
+    t[k].line = s->line;
+    if (app_config_get(s, "password", NULL) &&
+        app_config_get(s, "password-file", NULL))
+      app_config_errorf(c, s->line,
+                        "[tunnel %s]: password and password-file both set",
+                        s->name);
+    tunnel_apply(&t[k], s);
+    tunnel_finish(c, s, &t[k], env_password);
+    k++;
+  }
+  return k;
+}
+
+void app_cli_tunnels_free(app_cli_tunnel *t, size_t n) {
+  if (t == NULL)
+    return;
+  for (size_t i = 0; i < n; i++) {
+    free(t[i].name);
+    free(t[i].token_only);
+    if (t[i].password_buf) {
+      memset(t[i].password_buf, 0, strlen(t[i].password_buf));
+      free(t[i].password_buf);
+    }
+  }
+  free(t);
+}
