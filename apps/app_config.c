@@ -121,6 +121,7 @@ typedef struct reader {
   int in_section;          /* a [header] was seen */
   app_config_section *cur; /* where keys go; NULL: a bad section's keys */
   const app_config_kind *cur_kind;
+  char value[LINE_MAX_BYTES]; /* of the line inih has */
 } reader;
 
 static char *trim(char *s) {
@@ -236,9 +237,9 @@ static char *read_line(char *str, int num, void *stream) {
     return NULL;
   r->line++;
   r->c->lines = r->line;
-  if (n >= LINE_MAX_BYTES || n + 2 > (size_t)num) {
+  if (n >= LINE_MAX_BYTES) {
     app_config_errorf(r->c, r->line, "line longer than %d bytes",
-                      num - 2 < LINE_MAX_BYTES ? num - 2 : LINE_MAX_BYTES);
+                      LINE_MAX_BYTES - 1);
     snprintf(str, (size_t)num, "\n");
     return str;
   }
@@ -265,18 +266,24 @@ static char *read_line(char *str, int num, void *stream) {
   char *eq = strchr(p, '=');
   *eq = '\0';
   char *key = trim(p);
-  if (*key == '\0' || strchr(key, ':')) {
+  if (*key == '\0' || strchr(key, ':') || strlen(key) > 64) {
     app_config_errorf(r->c, r->line, "expected key = value");
     snprintf(str, (size_t)num, "\n");
     return str;
   }
-  snprintf(str, (size_t)num, "%s=%s\n", key, eq + 1);
+  /* Debian's libinih reads lines of at most 200 bytes, whatever
+   * ini_max_line says: inih gets the key, the value waits here */
+  char *val = trim(eq + 1);
+  memmove(r->value, val, strlen(val) + 1);
+  snprintf(str, (size_t)num, "%.*s=-\n", num - 4, key);
   return str;
 }
 
 static int on_pair(void *user, const char *section, const char *key,
-                   const char *value) {
+                   const char *dash) {
   reader *r = user;
+  const char *value = r->value; /* inih has "-" (see read_line) */
+  (void)dash;
   app_config *c = r->c;
   (void)section; /* the reader tracked it, bad sections included */
   app_config_section *s = &c->top;
@@ -398,8 +405,8 @@ static void tunnel_error(app_config *c, const app_config_section *s,
                          const char *key, const char *what) {
   int line = key_line(c, s, key);
   if (line > 0)
-    app_config_errorf(c, line, "%s%s%s: %s", s ? "[tunnel " : "",
-                      s ? s->name : "", s ? "] " : "", what);
+    app_config_errorf(c, line, "%s%s%s%s", s ? "[tunnel " : "",
+                      s ? s->name : "", s ? "]: " : "", what);
   else
     app_config_errorf(c, 0, "flag -%s: %s", key, what);
 }
