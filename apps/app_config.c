@@ -1,8 +1,8 @@
-/* The -config file: libinih splits "key = value" lines; this file owns
- * what inih leaves to its user: line numbers (our reader counts the lines
- * it hands over), section headers (recognised by the reader too, so an
- * empty or repeated section is seen), lines inih would skip or fold, and
- * the checks against the flag tables. See app_config.h. */
+/* The -config file: libinih parses the INI syntax (comments, [section]
+ * and key = value lines, blanks, a BOM, CRLF); this file reads the lines
+ * for it (counting them, for FILE:LINE messages), notes what inih does not
+ * report (lines too long, sections without keys, header lines it lets
+ * pass) and checks the keys against the flag tables. See app_config.h. */
 #include "app_config.h"
 
 #include <errno.h>
@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LINE_MAX_BYTES 4096
+#define LINE_MAX_BYTES 4095 /* a line's bytes, without its '\n' */
 
 void app_config_init(app_config *c) {
   memset(c, 0, sizeof(*c));
@@ -117,11 +117,13 @@ typedef struct reader {
   const app_config_kind *kinds;
   FILE *f;          /* or */
   const char *text; /* the rest of the string */
-  int line;
-  int in_section;          /* a [header] was seen */
-  app_config_section *cur; /* where keys go; NULL: a bad section's keys */
-  const app_config_kind *cur_kind;
-  char value[LINE_MAX_BYTES]; /* of the line inih has */
+  int line;         /* of the line inih has: the last one read */
+  int long_line;    /* a line cut at LINE_MAX_BYTES: its pairs are ignored */
+  int in_section;   /* a [header] was seen */
+  int hdr_line;     /* a [header] line whose section is not open yet */
+  char hdr[LINE_MAX_BYTES + 2];    /* its text */
+  app_config_section *cur;         /* where keys go; NULL: a bad section's */
+  const app_config_kind *cur_kind; /* keys */
 } reader;
 
 static char *trim(char *s) {
@@ -157,22 +159,33 @@ static app_config_section *add_section(app_config *c, const char *kind,
   return s;
 }
 
-/* A "[kind name]" line (p after the '['). */
-static void header(reader *r, char *p) {
+/* Opens the section of the [header] line the reader noted. `section` is
+ * what inih made of it, at the section's first key; NULL for a section
+ * without keys, which inih never shows: its text names it. The header's
+ * text also tells what inih lets pass or skips: a missing ']', text after
+ * it, a name longer than inih keeps (49 bytes). */
+static void open_section(reader *r, const char *section) {
   app_config *c = r->c;
+  int line = r->hdr_line;
+  r->hdr_line = 0;
   r->in_section = 1;
   r->cur = NULL;
-  char *end = strchr(p, ']');
+  char *end = strchr(r->hdr, ']');
   if (end == NULL) {
-    app_config_errorf(c, r->line, "section header without ']'");
+    app_config_errorf(c, line, "section header without ']'");
     return;
   }
-  if (*trim(end + 1) != '\0') {
-    app_config_errorf(c, r->line, "text after the section header");
+  if (end[1] != '\0') {
+    app_config_errorf(c, line, "text after the section header");
     return;
   }
   *end = '\0';
-  char *kind = trim(p);
+  if (section && strcmp(section, r->hdr + 1) != 0) {
+    app_config_errorf(c, line, "section header longer than %zu bytes",
+                      strlen(section));
+    return;
+  }
+  char *kind = trim(r->hdr + 1); /* "kind name" */
   char *name = kind + strcspn(kind, " \t");
   if (*name) {
     *name++ = '\0';
@@ -184,108 +197,91 @@ static void header(reader *r, char *p) {
       break;
   if (k == NULL || k->name == NULL) {
     if (r->kinds && r->kinds[0].name)
-      app_config_errorf(c, r->line,
+      app_config_errorf(c, line,
                         "unknown section kind \"%.64s\" (want [%s NAME])", kind,
                         r->kinds[0].name);
     else
-      app_config_errorf(c, r->line,
+      app_config_errorf(c, line,
                         "unknown section [%.64s]: this program takes only "
                         "top-level keys",
                         kind);
     return;
   }
   if (*name == '\0') {
-    app_config_errorf(c, r->line, "section [%s] needs a name: [%s NAME]", kind,
+    app_config_errorf(c, line, "section [%s] needs a name: [%s NAME]", kind,
                       kind);
     return;
   }
   for (size_t i = 0; i < c->nsections; i++)
     if (strcmp(c->sections[i].kind, kind) == 0 &&
         strcmp(c->sections[i].name, name) == 0) {
-      app_config_errorf(c, r->line,
+      app_config_errorf(c, line,
                         "duplicate section [%s %.64s] (first on line %d)", kind,
                         name, c->sections[i].line);
       return;
     }
-  r->cur = add_section(c, kind, name, r->line);
+  r->cur = add_section(c, kind, name, line);
   r->cur_kind = k;
   if (r->cur == NULL)
-    app_config_errorf(c, r->line, "out of memory");
+    app_config_errorf(c, line, "out of memory");
 }
 
-/* inih's reader: one physical line per call, so r->line is the line of
- * whatever inih hands the handler next. Headers and malformed lines are
- * dealt with here; a line inih should not see goes to it blank. */
+static int next_char(reader *r) {
+  if (r->f)
+    return fgetc(r->f);
+  return *r->text ? (unsigned char)*r->text++ : EOF;
+}
+
+/* inih's reader, fgets-style: one line per call (inih's buffer holds a
+ * whole one), so r->line is the line of the handler calls that follow.
+ * It notes what inih does not tell: a line too long, a [header] line. */
 static char *read_line(char *str, int num, void *stream) {
   reader *r = stream;
-  char buf[LINE_MAX_BYTES + 2];
-  size_t n = 0;
-  int ch = 0, more = 0;
-  for (;;) {
-    if (r->f)
-      ch = fgetc(r->f);
-    else
-      ch = *r->text ? (unsigned char)*r->text++ : EOF;
-    if (ch == EOF || ch == '\n')
-      break;
-    more = 1;
-    if (n < LINE_MAX_BYTES)
-      buf[n] = (char)ch;
-    n++;
+  if (num <= 1) { /* inih asks for more of a full buffer: no more */
+    *str = '\0';
+    return str;
   }
-  if (ch == EOF && !more)
+  int n = 0, ch = 0;
+  while (n < num - 1 && ch != '\n' && (ch = next_char(r)) != EOF)
+    str[n++] = (char)ch;
+  if (n == 0)
     return NULL;
-  r->line++;
-  r->c->lines = r->line;
-  if (n >= LINE_MAX_BYTES) {
+  str[n] = '\0';
+  r->c->lines = ++r->line;
+  if (n > LINE_MAX_BYTES && ch != '\n') {
     app_config_errorf(r->c, r->line, "line longer than %d bytes",
-                      LINE_MAX_BYTES - 1);
-    snprintf(str, (size_t)num, "\n");
+                      LINE_MAX_BYTES);
+    r->long_line = r->line;
+    while (ch != '\n' && ch != EOF)
+      ch = next_char(r);
     return str;
   }
-  buf[n] = '\0';
-  if (r->line == 1 && (unsigned char)buf[0] == 0xEF &&
-      (unsigned char)buf[1] == 0xBB && (unsigned char)buf[2] == 0xBF)
-    memmove(buf, buf + 3, n - 2); /* a UTF-8 byte order mark */
-  char *p = trim(buf);
-  if (*p == '\0' || *p == '#' || *p == ';') {
-    snprintf(str, (size_t)num, "\n");
-    return str;
-  }
+  const char *p = str;
+  if (r->line == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0)
+    p += 3; /* inih skips a UTF-8 byte order mark */
+  p += strspn(p, " \t");
   if (*p == '[') {
-    header(r, p + 1);
-    snprintf(str, (size_t)num, "\n");
-    return str;
+    if (r->hdr_line)
+      open_section(r, NULL); /* the last one had no keys */
+    snprintf(r->hdr, sizeof(r->hdr), "%s", p);
+    trim(r->hdr);
+    r->hdr_line = r->line;
   }
-  if (strchr(p, '=') == NULL) {
-    app_config_errorf(r->c, r->line, "expected key = value");
-    snprintf(str, (size_t)num, "\n");
-    return str;
-  }
-  /* "key = value" only (inih would also split at a ':' before the '=') */
-  char *eq = strchr(p, '=');
-  *eq = '\0';
-  char *key = trim(p);
-  if (*key == '\0' || strchr(key, ':') || strlen(key) > 64) {
-    app_config_errorf(r->c, r->line, "expected key = value");
-    snprintf(str, (size_t)num, "\n");
-    return str;
-  }
-  /* Debian's libinih reads lines of at most 200 bytes, whatever
-   * ini_max_line says: inih gets the key, the value waits here */
-  char *val = trim(eq + 1);
-  memmove(r->value, val, strlen(val) + 1);
-  snprintf(str, (size_t)num, "%.*s=-\n", num - 4, key);
   return str;
 }
 
 static int on_pair(void *user, const char *section, const char *key,
-                   const char *dash) {
+                   const char *value) {
   reader *r = user;
-  const char *value = r->value; /* inih has "-" (see read_line) */
-  (void)dash;
   app_config *c = r->c;
-  (void)section; /* the reader tracked it, bad sections included */
+  if (r->line == r->long_line)
+    return 1; /* reported */
+  if (r->hdr_line)
+    open_section(r, section);
+  if (value == NULL || *key == '\0') { /* no '=', or nothing before it */
+    app_config_errorf(c, r->line, "expected key = value");
+    return 1;
+  }
   app_config_section *s = &c->top;
   const app_flag *keys = r->top;
   if (r->in_section) {
@@ -360,15 +356,29 @@ size_t app_config_parse(app_config *c, const char *path, const char *text,
       return c->nerrors;
     }
   }
-  /* values may hold ';' and leading blanks (passwords, regexps): no
-   * inline comments, no continuation lines; the reader checks lengths */
+  /* a heap buffer holding a whole line; values may hold ';' and leading
+   * blanks (passwords, regexps): no inline comments, no continuation
+   * lines; a line without '=' or ':' reaches the handler (value NULL) */
+  ini_use_stack = 0;
+  ini_allow_realloc = 1;
+  ini_max_line = LINE_MAX_BYTES + 2; /* the '\n' and the NUL */
+  ini_initial_alloc = ini_max_line;
   ini_allow_inline_comments = 0;
   ini_allow_multiline = 0;
-  ini_use_stack = 0;
-  ini_max_line = LINE_MAX_BYTES + 2;
-  ini_parse_stream(read_line, &r, on_pair, &r);
+  ini_allow_no_value = 1;
+  ini_allow_bom = 1;
+  int bad = ini_parse_stream(read_line, &r, on_pair, &r);
+  if (r.hdr_line)
+    open_section(&r, NULL); /* the last section had no keys */
   if (r.f)
     fclose(r.f);
+  if (bad == -2)
+    app_config_errorf(c, 0, "flag -config: out of memory reading %s", path);
+  for (size_t i = 0; bad > 0 && i < c->nerrors; i++)
+    if (c->errors[i].line == bad)
+      bad = 0; /* inih's first error, reported above */
+  if (bad > 0)
+    app_config_errorf(c, bad, "syntax error");
   return c->nerrors;
 }
 

@@ -64,7 +64,7 @@ TEST(top_level_keys_reach_the_flags) {
                    "timeout = 45\n"
                    "insecure = True\n"
                    "max-body = 1000\n"
-                   "log-level = debug\n",
+                   "log-level: debug\n", /* inih's other separator */
                    NULL);
   CHECK_EQ_INT(n, 0);
   CHECK_EQ_STR(errors_text(&c), "");
@@ -98,7 +98,7 @@ TEST(every_error_with_its_line) {
            "just words\n"          /* 6 */
            "tunnel = ws://again\n" /* 7 */
            "config = other.ini\n"  /* 8 */
-           "regexp: x\n"           /* 9 */
+           "= x\n"                 /* 9 */
            "server = %s\n"         /* 10 */
            "[tunnel a]\n"          /* 11 */
            "token = " TOK_A "\n"   /* 12 */
@@ -133,6 +133,29 @@ TEST(every_error_with_its_line) {
       "t.ini:19: section header without ']'\n"
       "t.ini:20: text after the section header\n"
       "t.ini:23: timeout: invalid value \"-\": not an integer\n");
+  app_config_free(&c);
+}
+
+/* A line of up to 4095 bytes (a value of 3000 was cut at 200 once);
+ * inih keeps 49 bytes of a section name: longer ones are errors. */
+TEST(long_lines) {
+  static char text[3 * 4200];
+  char *p = text;
+  p += sprintf(p, "regexp = ");
+  memset(p, 'x', 4095 - 9);
+  p += 4095 - 9;
+  p += sprintf(p, "\n[tunnel %060d]\ntoken = " TOK_A "\nserver = ", 0);
+  memset(p, 'y', 4096 - 9);
+  p += 4096 - 9;
+  sprintf(p, "\n[tunnel b]\ntoken = " TOK_B "\nserver = http://b\n");
+  app_config c;
+  parse(&c, text, app_cli_kinds);
+  CHECK_EQ_STR(errors_text(&c), "t.ini:2: section header longer than 49 bytes\n"
+                                "t.ini:4: line longer than 4095 bytes\n");
+  const char *re = app_config_get(&c.top, "regexp", NULL);
+  CHECK_EQ_INT(re ? strlen(re) : 0, 4095 - 9);
+  CHECK_EQ_INT(c.nsections, 1);
+  CHECK_EQ_INT(c.lines, 7);
   app_config_free(&c);
 }
 
@@ -365,6 +388,7 @@ int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(top_level_keys_reach_the_flags),
       T(every_error_with_its_line),
+      T(long_lines),
       T(sections_for_a_program_without_them),
       T(three_sections_three_tunnels),
       T(what_a_tunnel_needs),
