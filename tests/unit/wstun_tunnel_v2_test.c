@@ -426,7 +426,10 @@ static int srv_got_1(env *e) {
 TEST(request_and_response_on_one_stream) {
   env *e = &E;
   if (env_start(e, 0) == 0) {
-    tx xs = {0}, xc = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx xs, xc;
+    memset(&xs, 0, sizeof(xs));
+    memset(&xc, 0, sizeof(xc));
     wstun__tunnel_send(e->srv.t, 1, msg_new(&xs, REQ_GET, "", 0, 1));
     if (RUN_UNTIL(e, cli_got_1, 5000))
       check_rx(&e->cli, 1, REQ_GET, "", 0, 1);
@@ -446,7 +449,12 @@ TEST(request_and_response_on_one_stream) {
 TEST(messages_that_cannot_go_come_back) {
   env *e = &E;
   if (env_start(e, 0) == 0) {
-    tx a = {0}, b = {0}, c = {0}, d = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx a, b, c, d;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    memset(&c, 0, sizeof(c));
+    memset(&d, 0, sizeof(d));
     /* the client opens nothing; ids go up; a head length is needed */
     wstun__tunnel_send(e->cli.t, 2, msg_new(&a, REQ_GET, "", 0, 1));
     CHECK_EQ_INT(a.failed, 1);
@@ -567,7 +575,9 @@ TEST(a_small_stream_passes_a_big_one) {
   env *e = &E;
   const size_t total = 4 * MIB;
   if (env_start(e, 0) == 0) {
-    tx xs = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx xs;
+    memset(&xs, 0, sizeof(xs));
     producer_start(&P1, e->srv.t, 1, REQ_BIG, total, 7);
     CHECK(P1.fulls >= 1); /* the producer is held back */
     /* the big one is under way (its head and first frames are out) */
@@ -599,7 +609,9 @@ TEST(big_streams_both_ways_at_once) {
   const size_t total = 3 * MIB;
   static const char RESP_BIG[] = "HTTP/1.1 200 OK\r\n\r\n";
   if (env_start(e, 0) == 0) {
-    tx xs = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx xs;
+    memset(&xs, 0, sizeof(xs));
     /* the request's body and the response's flow at the same time */
     producer_start(&P1, e->srv.t, 1, REQ_BIG, total, 7);
     run_for(e, 5);
@@ -632,7 +644,9 @@ TEST(a_sink_that_consumes_nothing_stalls_only_its_stream) {
   env *e = &E;
   const size_t total = 4 * MIB;
   if (env_start(e, 0) == 0) {
-    tx xs = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx xs;
+    memset(&xs, 0, sizeof(xs));
     e->cli.hold_id = 1;
     producer_start(&P1, e->srv.t, 1, REQ_BIG, total, 5);
     run_for(e, 300);
@@ -669,7 +683,9 @@ TEST(a_sink_that_consumes_nothing_stalls_only_its_stream) {
 TEST(pause_rx_does_not_stop_a_v2_tunnel) {
   env *e = &E;
   if (env_start(e, 0) == 0) {
-    tx xs = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx xs;
+    memset(&xs, 0, sizeof(xs));
     wstun__tunnel_pause_rx(e->cli.t);
     wstun__tunnel_send(e->srv.t, 1, msg_new(&xs, REQ_GET, "", 0, 1));
     if (RUN_UNTIL(e, cli_got_1, 5000))
@@ -691,7 +707,11 @@ static int srv_reset_seen(env *e) {
 TEST(reset_ends_the_stream_on_the_other_side_both_ways) {
   env *e = &E;
   if (env_start(e, 0) == 0) {
-    tx a = {0}, b = {0}, c = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx a, b, c;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    memset(&c, 0, sizeof(c));
     /* server -> client: the requester went away */
     wstun__tunnel_send(e->srv.t, 1, msg_new(&a, REQ_BIG, "part", 4, 0));
     run_for(e, 100); /* not ended: its begin is enough */
@@ -735,7 +755,12 @@ static int srv_goaway_seen(env *e) {
 TEST(goaway_is_delivered_and_refuses_streams) {
   env *e = &E;
   if (env_start(e, 0) == 0) {
-    tx a = {0}, b = {0}, c = {0}, d = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx a, b, c, d;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    memset(&c, 0, sizeof(c));
+    memset(&d, 0, sizeof(d));
     wstun__tunnel_send(e->srv.t, 1, msg_new(&a, REQ_GET, "", 0, 1));
     RUN_UNTIL(e, cli_got_1, 5000);
     /* the client drains: stream 3, still unanswered, was never taken */
@@ -903,7 +928,9 @@ static void open_stream_1(env *e, tx *x) {
 TEST(golden_frames_from_a_raw_peer_make_a_response) {
   env *e = &E;
   if (env_start(e, 1) == 0) {
-    tx x = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx x;
+    memset(&x, 0, sizeof(x));
     open_stream_1(e, &x);
     raw_send(e, G_RESP_HEAD, sizeof(G_RESP_HEAD));
     raw_send(e, G_DATA, sizeof(G_DATA));
@@ -929,7 +956,9 @@ static size_t data_frame(uint8_t *out, uint32_t id, size_t n, int end) {
 TEST(window_updates_go_at_half_the_window) {
   env *e = &E;
   if (env_start(e, 1) == 0) {
-    tx x = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx x;
+    memset(&x, 0, sizeof(x));
     wstun__buf b = WSTUN__BUF_INIT;
     uint8_t *f = malloc(9 + 65536);
     if (f == NULL)
@@ -1057,7 +1086,9 @@ TEST(malformed_frames_are_tunnel_errors) {
     env *e = &E;
     test_context("%s", cases[i].what);
     if (env_start(e, 1) == 0) {
-      tx x = {0};
+      /* static: a message may still be queued when env_done ends it */
+      static tx x;
+      memset(&x, 0, sizeof(x));
       if (cases[i].open)
         open_stream_1(e, &x);
       if (i == sizeof(cases) / sizeof(cases[0]) - 1) {
@@ -1119,7 +1150,9 @@ TEST(stream_errors_reset_the_stream_and_the_tunnel_goes_on) {
     abort();
   /* DATA before the response head */
   if (env_start(e, 1) == 0) {
-    tx x = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx x;
+    memset(&x, 0, sizeof(x));
     open_stream_1(e, &x);
     raw_send(e, G_DATA, sizeof(G_DATA));
     expect_stream_error(e, 1, WSTUN__V2_PROTOCOL_ERROR);
@@ -1128,7 +1161,9 @@ TEST(stream_errors_reset_the_stream_and_the_tunnel_goes_on) {
   env_done(e);
   /* HEAD after DATA */
   if (env_start(e, 1) == 0) {
-    tx x = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx x;
+    memset(&x, 0, sizeof(x));
     open_stream_1(e, &x);
     raw_send(e, G_RESP_HEAD, sizeof(G_RESP_HEAD));
     raw_send(e, G_DATA, sizeof(G_DATA));
@@ -1140,7 +1175,9 @@ TEST(stream_errors_reset_the_stream_and_the_tunnel_goes_on) {
   env_done(e);
   /* DATA after END */
   if (env_start(e, 1) == 0) {
-    tx x = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx x;
+    memset(&x, 0, sizeof(x));
     open_stream_1(e, &x);
     raw_send(e, G_RESP_HEAD, sizeof(G_RESP_HEAD));
     raw_send(e, G_END, sizeof(G_END));
@@ -1150,7 +1187,9 @@ TEST(stream_errors_reset_the_stream_and_the_tunnel_goes_on) {
   env_done(e);
   /* DATA beyond the stream window (the sink holds it all) */
   if (env_start(e, 1) == 0) {
-    tx x = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx x;
+    memset(&x, 0, sizeof(x));
     e->srv.hold_id = 1;
     open_stream_1(e, &x);
     raw_send(e, G_RESP_HEAD, sizeof(G_RESP_HEAD));
@@ -1165,7 +1204,9 @@ TEST(stream_errors_reset_the_stream_and_the_tunnel_goes_on) {
     run_for(e, 50);
     CHECK_EQ_INT(e->srv.closed, 0);
     /* and the tunnel still carries streams */
-    tx y = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx y;
+    memset(&y, 0, sizeof(y));
     wstun__buf b = WSTUN__BUF_INIT;
     wstun__tunnel_send(e->srv.t, 3, msg_new(&y, REQ_GET, "", 0, 1));
     CHECK(raw_expect(e, WSTUN__V2_HEAD, &b, 2000));
@@ -1174,7 +1215,10 @@ TEST(stream_errors_reset_the_stream_and_the_tunnel_goes_on) {
   env_done(e);
   /* the peer's RESET (7.10's golden RESET, on stream 3) */
   if (env_start(e, 1) == 0) {
-    tx x = {0}, y = {0};
+    /* static: a message may still be queued when env_done ends it */
+    static tx x, y;
+    memset(&x, 0, sizeof(x));
+    memset(&y, 0, sizeof(y));
     open_stream_1(e, &x);
     wstun__buf b = WSTUN__BUF_INIT;
     wstun__tunnel_send(e->srv.t, 3, msg_new(&y, REQ_BIG, "", 0, 0));
