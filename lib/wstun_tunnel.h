@@ -147,10 +147,12 @@ static inline void wstun__outmsg_set_head_len(wstun__outmsg *m, uint32_t n) {
 
 typedef struct wstun__tunnel_cbs {
   /* A message with this id begins. Return the sink for its bytes, or NULL
-   * to drop the message. */
+   * to drop the message (v2: the stream is reset, REFUSED when the peer
+   * opened it, else CANCEL). */
   void *(*on_msg_begin)(wstun__tunnel *t, uint32_t id);
   /* Bytes of the message (after the format's head). Nonzero drops the
-   * rest. */
+   * rest (v2: resets the stream, CANCEL); on_msg_end(complete = 0)
+   * follows unless the sink forgot itself. */
   int (*on_msg_data)(wstun__tunnel *t, void *sink, const uint8_t *data,
                      size_t len);
   /* The message ended (complete = 0 when the tunnel died mid-message). */

@@ -794,6 +794,43 @@ TEST(goaway_is_delivered_and_refuses_streams) {
   env_done(e);
 }
 
+static int cli_two_begun(env *e) {
+  return e->cli.nrx >= 2;
+}
+
+TEST(abandon_ends_a_started_stream_and_drops_an_unstarted_one) {
+  env *e = &E;
+  if (env_start(e, 0) == 0) {
+    static tx a, b, c;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    memset(&c, 0, sizeof(c));
+    /* started: what it holds goes, then END (as v1's early end) */
+    wstun__outmsg *m1 = msg_new(&a, REQ_BIG, "part", 4, 0);
+    wstun__tunnel_send(e->srv.t, 1, m1);
+    run_for(e, 50);
+    wstun__buf_append(&m1->buf, "+", 1);
+    wstun__outmsg_abandon(m1);
+    if (RUN_UNTIL(e, cli_got_1, 5000))
+      check_rx(&e->cli, 1, REQ_BIG, "part+", 5, 1);
+    CHECK_EQ_INT(a.sent + a.failed, 0); /* the owner gave it up */
+    /* never started (its head is not all there): it never reaches the
+     * wire, and the next stream goes as usual */
+    wstun__outmsg *m3 = msg_new(&b, "GET /3 HTT", "", 0, 0);
+    wstun__outmsg_set_head_len(m3, 40);
+    wstun__tunnel_send(e->srv.t, 3, m3);
+    CHECK_EQ_INT(wstun__tunnel_queued(e->srv.t), 1);
+    wstun__outmsg_abandon(m3);
+    CHECK_EQ_INT(wstun__tunnel_queued(e->srv.t), 0);
+    wstun__tunnel_send(e->srv.t, 5, msg_new(&c, REQ_GET, "", 0, 1));
+    if (RUN_UNTIL(e, cli_two_begun, 5000))
+      CHECK_EQ_INT(e->cli.rx[1].id, 5);
+    CHECK(find_rx(&e->cli, 3) == NULL);
+    CHECK_EQ_INT(e->srv.closed + e->cli.closed, 0);
+  }
+  env_done(e);
+}
+
 /* ---- a raw peer: the wire --------------------------------------------------
  */
 
@@ -1249,6 +1286,7 @@ int main(int argc, char **argv) {
       T(pause_rx_does_not_stop_a_v2_tunnel),
       T(reset_ends_the_stream_on_the_other_side_both_ways),
       T(goaway_is_delivered_and_refuses_streams),
+      T(abandon_ends_a_started_stream_and_drops_an_unstarted_one),
       T(golden_frames_from_a_raw_peer_make_a_response),
       T(window_updates_go_at_half_the_window),
       T(malformed_frames_are_tunnel_errors),
