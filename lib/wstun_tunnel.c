@@ -79,6 +79,21 @@ void wstun__outmsg_free(wstun__outmsg *m) {
   wstun__free(m);
 }
 
+int wstun__outmsg_add_head(wstun__outmsg *m, uint32_t n) {
+  size_t have = wstun__buf_size(&m->buf);
+  if (n == 0 || n > WSTUN__V2_MAX_HEAD || n > have ||
+      m->nheads == WSTUN__OUTMSG_HEADS)
+    return WSTUN_EINVAL;
+  uint64_t at = m->taken + have - n;
+  if (m->nheads > 0 &&
+      at < m->heads[m->nheads - 1].at + m->heads[m->nheads - 1].len)
+    return WSTUN_EINVAL;
+  m->heads[m->nheads].at = at;
+  m->heads[m->nheads].len = n;
+  m->nheads++;
+  return 0;
+}
+
 int wstun__outmsg_full(wstun__outmsg *m) {
   if (wstun__buf_size(&m->buf) > WSTUN__PIPE_HIGH) {
     m->paused_src = 1;
@@ -1030,13 +1045,16 @@ static int v2_pick_frame(const wstun__tunnel *t, v2_pick *p) {
       continue;
     size_t avail = wstun__buf_size(&m->buf), n;
     memset(&p->f, 0, sizeof(p->f));
-    if (!s->out_head) {
-      if (avail < m->head_bytes)
+    if (m->head_next < m->nheads && m->heads[m->head_next].at == m->taken) {
+      if (avail < m->heads[m->head_next].len)
         continue; /* the producer is still writing the head */
       p->f.type = WSTUN__V2_HEAD;
-      n = m->head_bytes;
+      n = m->heads[m->head_next].len;
     } else {
       n = avail < t->proto->max_chunk ? avail : t->proto->max_chunk;
+      if (m->head_next < m->nheads &&
+          n > m->heads[m->head_next].at - m->taken) /* up to the next head */
+        n = (size_t)(m->heads[m->head_next].at - m->taken);
       if (n > s->credit.avail)
         n = s->credit.avail;
       if (n > v->credit.avail)
@@ -1080,6 +1098,8 @@ static int v2_next_frame(wstun__tunnel *t) {
   m->taken += p.f.len;
   m->started = 1;
   s->out_head = 1;
+  if (p.f.type == WSTUN__V2_HEAD)
+    m->head_next++;
   v->fr_busy = 1;
   t->carried = 1;
   /* its turn is over */
@@ -1172,7 +1192,8 @@ static void v2_send(wstun__tunnel *t, uint32_t id, wstun__outmsg *m) {
   v2_stream *s = v2_find_open(t, id);
   const char *why = NULL;
   int restartable = 0;
-  if (m->head_bytes == 0 || m->head_bytes > WSTUN__V2_MAX_HEAD) {
+  if (m->nheads == 0 || m->heads[0].at != 0 || m->heads[0].len == 0 ||
+      m->heads[0].len > WSTUN__V2_MAX_HEAD) {
     why = "no head length, or a head too long";
   } else if (s == NULL) {
     if (!t->is_server || !v2_ours(t, id) || id <= v->last_local ||

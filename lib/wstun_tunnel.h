@@ -96,6 +96,9 @@
 #define WSTUN__STREAM_AT (64 * 1024)
 /* A producer pauses its source above this many buffered bytes. */
 #define WSTUN__PIPE_HIGH (256 * 1024)
+/* Heads one v2 message may carry: 100 Continue, 103 Early Hints, the
+ * final one, and one spare. */
+#define WSTUN__OUTMSG_HEADS 4
 
 typedef struct wstun__tunnel wstun__tunnel;
 typedef struct wstun__outmsg wstun__outmsg;
@@ -116,9 +119,14 @@ struct wstun__outmsg {
   wstun__buf buf; /* bytes not yet taken by the tunnel */
   uint64_t taken; /* bytes of buf the tunnel took so far */
   uint32_t id;    /* set by wstun__tunnel_send */
-  /* v2: the first head_bytes bytes are the HTTP head (one HEAD frame);
-   * v1 ignores it */
-  uint32_t head_bytes;
+  /* v2: the HTTP heads in the message, each sent as one HEAD frame: the
+   * first at offset 0, then interim (1xx) ones up to the final head, as
+   * offsets from the message's first byte; v1 ignores them */
+  struct {
+    uint64_t at;
+    uint32_t len;
+  } heads[WSTUN__OUTMSG_HEADS];
+  uint8_t nheads, head_next; /* heads marked / sent */
   /* the format's head, written when the tunnel starts sending */
   uint8_t head[WSTUN__PROTO_HEAD_MAX];
   uint8_t head_len, head_off;
@@ -142,8 +150,19 @@ int wstun__outmsg_full(wstun__outmsg *m);
  * buf. Must be set before wstun__tunnel_send on a v2 tunnel (a message
  * without it is handed back through on_failed); v1 ignores it. */
 static inline void wstun__outmsg_set_head_len(wstun__outmsg *m, uint32_t n) {
-  m->head_bytes = n;
+  m->heads[0].at = 0;
+  m->heads[0].len = n;
+  m->nheads = 1;
+  m->head_next = 0;
 }
+/* v2: the last n bytes appended to buf are one more head (an interim 1xx
+ * head was the first; this is the next interim or the final one), sent as
+ * its own HEAD frame. Call right after appending them and before any body
+ * byte, without kicking the tunnel in between. 0, or WSTUN_EINVAL
+ * (nothing changed): n is 0, above WSTUN__V2_MAX_HEAD or more than buf
+ * holds, it overlaps the head before, or WSTUN__OUTMSG_HEADS are marked
+ * already. */
+int wstun__outmsg_add_head(wstun__outmsg *m, uint32_t n);
 
 typedef struct wstun__tunnel_cbs {
   /* A message with this id begins. Return the sink for its bytes, or NULL

@@ -600,6 +600,13 @@ TEST(a_small_stream_passes_a_big_one) {
   env_done(e);
 }
 
+static int cli_began(env *e) {
+  return e->cli.nrx >= 1;
+}
+static int cli_began_2(env *e) {
+  return e->cli.nrx >= 2;
+}
+
 static int both_big_done(env *e) {
   return P1.x.sent && P2.x.sent && e->cli.nend >= 1 && e->srv.nend >= 1;
 }
@@ -614,8 +621,7 @@ TEST(big_streams_both_ways_at_once) {
     memset(&xs, 0, sizeof(xs));
     /* the request's body and the response's flow at the same time */
     producer_start(&P1, e->srv.t, 1, REQ_BIG, total, 7);
-    run_for(e, 5);
-    CHECK(e->cli.nrx == 1);
+    RUN_UNTIL(e, cli_began, 5000);
     if (e->cli.nrx == 1)
       producer_start(&P2, e->cli.t, 1, RESP_BIG, total, 11);
     (void)xs;
@@ -714,7 +720,7 @@ TEST(reset_ends_the_stream_on_the_other_side_both_ways) {
     memset(&c, 0, sizeof(c));
     /* server -> client: the requester went away */
     wstun__tunnel_send(e->srv.t, 1, msg_new(&a, REQ_BIG, "part", 4, 0));
-    run_for(e, 100); /* not ended: its begin is enough */
+    RUN_UNTIL(e, cli_began, 5000); /* not ended: its begin is enough */
     CHECK_EQ_INT(e->cli.nrx, 1);
     wstun__tunnel_reset(e->srv.t, 1, WSTUN__V2_CANCEL);
     if (RUN_UNTIL(e, cli_reset_seen, 5000)) {
@@ -727,7 +733,7 @@ TEST(reset_ends_the_stream_on_the_other_side_both_ways) {
     /* client -> server: the backend failed; the server's message (still
      * open) comes back */
     wstun__tunnel_send(e->srv.t, 3, msg_new(&b, REQ_BIG, "more", 4, 0));
-    run_for(e, 100);
+    RUN_UNTIL(e, cli_began_2, 5000);
     CHECK_EQ_INT(e->cli.nrx, 2);
     wstun__tunnel_send(e->cli.t, 3, msg_new(&c, RESP_HI, "h", 1, 0));
     run_for(e, 50);
@@ -1053,6 +1059,67 @@ TEST(window_updates_go_at_half_the_window) {
   env_done(e);
 }
 
+static const char RESP_100[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+TEST(interim_heads_go_as_their_own_head_frames) {
+  env *e = &E;
+  if (env_start(e, 0) == 0) {
+    static tx a, b;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    wstun__tunnel_send(e->srv.t, 1, msg_new(&a, REQ_GET, "", 0, 1));
+    RUN_UNTIL(e, cli_got_1, 5000);
+    /* the client answers 100 Continue, then 200 and its body */
+    wstun__outmsg *m = msg_new(&b, RESP_100, "", 0, 0);
+    wstun__tunnel_send(e->cli.t, 1, m);
+    wstun__buf_append(&m->buf, RESP_HI, strlen(RESP_HI));
+    CHECK_EQ_INT(wstun__outmsg_add_head(m, (uint32_t)strlen(RESP_HI)), 0);
+    /* not more than buf holds; not overlapping the head before */
+    CHECK_EQ_INT(wstun__outmsg_add_head(m, 1u << 20), WSTUN_EINVAL);
+    CHECK_EQ_INT(wstun__outmsg_add_head(m, 0), WSTUN_EINVAL);
+    wstun__buf_append(&m->buf, "hi", 2);
+    m->finished = 1;
+    wstun__tunnel_kick(e->cli.t);
+    char both[128];
+    snprintf(both, sizeof(both), "%s%s", RESP_100, RESP_HI);
+    /* a second HEAD on the server's own stream is allowed (interim) */
+    if (RUN_UNTIL(e, srv_got_1, 5000))
+      check_rx(&e->srv, 1, both, "hi", 2, 1);
+    CHECK_EQ_INT(e->srv.resets + e->cli.resets, 0);
+    CHECK_EQ_INT(b.sent, 1);
+  }
+  env_done(e);
+}
+
+TEST(each_marked_head_is_one_head_frame_on_the_wire) {
+  env *e = &E;
+  if (env_start(e, 1) == 0) {
+    static tx a;
+    memset(&a, 0, sizeof(a));
+    wstun__buf b = WSTUN__BUF_INIT;
+    wstun__outmsg *m = msg_new(&a, RESP_100, "", 0, 0);
+    wstun__buf_append(&m->buf, RESP_HI, strlen(RESP_HI));
+    CHECK_EQ_INT(wstun__outmsg_add_head(m, (uint32_t)strlen(RESP_HI)), 0);
+    wstun__buf_append(&m->buf, "hi", 2);
+    m->finished = 1;
+    wstun__tunnel_send(e->srv.t, 1, m);
+    CHECK(raw_expect(e, WSTUN__V2_HEAD, &b, 2000));
+    CHECK_EQ_INT(wstun__buf_size(&b), 9 + strlen(RESP_100));
+    CHECK(raw_expect(e, WSTUN__V2_HEAD, &b, 2000));
+    CHECK_EQ_INT(wstun__buf_size(&b), 9 + strlen(RESP_HI));
+    if (wstun__buf_size(&b) == 9 + strlen(RESP_HI))
+      CHECK_MEM(wstun__buf_data(&b) + 9, RESP_HI, strlen(RESP_HI));
+    CHECK(raw_expect(e, WSTUN__V2_DATA, &b, 2000));
+    static const uint8_t hi_end[] = {0x02, 0x01, 0x00, 0x00, 0x02, 0x00,
+                                     0x00, 0x00, 0x01, 0x68, 0x69};
+    CHECK_EQ_INT(wstun__buf_size(&b), sizeof(hi_end));
+    if (wstun__buf_size(&b) == sizeof(hi_end))
+      CHECK_MEM(wstun__buf_data(&b), hi_end, sizeof(hi_end));
+    wstun__buf_free(&b);
+  }
+  env_done(e);
+}
+
 static int srv_closed(env *e) {
   return e->srv.closed > 0;
 }
@@ -1289,6 +1356,8 @@ int main(int argc, char **argv) {
       T(abandon_ends_a_started_stream_and_drops_an_unstarted_one),
       T(golden_frames_from_a_raw_peer_make_a_response),
       T(window_updates_go_at_half_the_window),
+      T(interim_heads_go_as_their_own_head_frames),
+      T(each_marked_head_is_one_head_frame_on_the_wire),
       T(malformed_frames_are_tunnel_errors),
       T(data_beyond_the_tunnel_window_is_a_tunnel_error),
       T(stream_errors_reset_the_stream_and_the_tunnel_goes_on),
