@@ -57,8 +57,9 @@ static const wstun__request_cbs cli_req_cbs = {
     .on_release = cli_req_release,
 };
 
-static void *cli_msg_begin(wstun__tunnel *t, uint16_t id) {
+static void *cli_msg_begin(wstun__tunnel *t, uint32_t wire_id) {
   wstun_client *cli = t->owner;
+  uint16_t id = (uint16_t)wire_id; /* v1: four hex digits */
   wstun_request *req = wstun__request_new(t, id, &cli->log, &cli_req_cbs, cli);
   if (req == NULL)
     return NULL;

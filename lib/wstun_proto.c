@@ -2,6 +2,8 @@
  * encoder and incremental decoder, and v1 as a wstun__proto. */
 #include "wstun_proto.h"
 
+#include "wstun_v2.h"
+
 void wstun__proto_write_prefix(uint16_t id,
                                uint8_t out[WSTUN__PROTO_PREFIX_LEN]) {
   static const char hex[] = "0123456789abcdef";
@@ -60,7 +62,14 @@ static int v1_rx_feed(wstun__proto_rx *rx, const uint8_t *data, size_t len) {
 
 const wstun__proto wstun__proto_v1 = {
     .name = "v1",
+    .multiplexed = 0,
     .write_head = v1_write_head,
     .rx_begin = v1_rx_begin,
     .rx_feed = v1_rx_feed,
+};
+
+const wstun__proto wstun__proto_v2 = {
+    .name = "v2",
+    .multiplexed = 1,
+    .max_chunk = WSTUN__V2_DATA_CHUNK,
 };

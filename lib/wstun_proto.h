@@ -29,6 +29,16 @@ typedef struct wstun__proto_rx {
 
 typedef struct wstun__proto {
   const char *name;
+  /* 0: one message at a time, each a WebSocket message with this format's
+   * head (v1; the functions below). 1: many streams interleaved in frames
+   * of at most max_chunk payload bytes, with flow control: the tunnel runs
+   * its stream engine over the v2 codec (wstun_v2.h) and the functions
+   * below are NULL. The engine's state (streams, windows, the order of
+   * frames) is the tunnel's, and v2 is the only multiplexed format: a
+   * vtable of frame-kind callbacks between the tunnel and the codec would
+   * have one implementation and hide nothing. */
+  unsigned multiplexed;
+  size_t max_chunk; /* DATA payload per frame (multiplexed only) */
   /* Writes the head of an outgoing message of exchange `id` into out
    * (WSTUN__PROTO_HEAD_MAX bytes) and returns its length. */
   size_t (*write_head)(uint16_t id, uint8_t *out);
@@ -42,6 +52,9 @@ typedef struct wstun__proto {
 } wstun__proto;
 
 extern const wstun__proto wstun__proto_v1;
+/* docs/PROTOCOL.md section 7; set on both ends right after the tunnel
+ * starts (the handshake negotiates it). */
+extern const wstun__proto wstun__proto_v2;
 
 /* ---- v1 ------------------------------------------------------------------ */
 

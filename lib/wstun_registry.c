@@ -410,8 +410,9 @@ static wstun__reg_entry *find_inflight(wstun__srv_tunnel *st, uint16_t id) {
   return NULL;
 }
 
-static void *st_msg_begin(wstun__tunnel *t, uint16_t id) {
+static void *st_msg_begin(wstun__tunnel *t, uint32_t wire_id) {
   wstun__srv_tunnel *st = t->owner;
+  uint16_t id = (uint16_t)wire_id; /* v1: four hex digits */
   wstun__reg_entry *e = find_inflight(st, id);
   if (e == NULL || !e->cbs->on_msg_begin(e)) {
     wstun__log(&st->srv->log, WSTUN_LOG_INFO,

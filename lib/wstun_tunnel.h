@@ -13,7 +13,25 @@
  *
  * Incoming messages are streamed to a sink the owner picks per message id;
  * a sink that cannot keep up pauses the whole tunnel (messages are not
- * interleaved on the wire, so nothing else could be read anyway). */
+ * interleaved on the wire, so nothing else could be read anyway).
+ *
+ * With v2 (wstun__tunnel_set_proto(t, &wstun__proto_v2), docs/PROTOCOL.md
+ * section 7) a message is one direction of a stream, and many streams are
+ * in flight at once. The producer marks the end of the HTTP head in its
+ * message (wstun__outmsg_set_head_len): that part goes as one HEAD frame,
+ * the rest as DATA frames of at most 16 KiB, one WebSocket message each,
+ * taken round-robin from the streams that have bytes and credit. Each
+ * stream has its own send credit and the tunnel one more (the peer's
+ * WINDOW frames); a stream without credit waits and the others go on.
+ * Incoming HEAD and DATA payload reaches the sink as with v1 (on_msg_begin
+ * at a direction's first HEAD, on_msg_data, on_msg_end at END or when the
+ * stream dies). Flow control replaces pausing: every DATA byte handed to
+ * a sink counts against its stream's window (and the tunnel's) until the
+ * sink reports it gone with wstun__tunnel_consumed(), so a sink that stops
+ * consuming stops only its stream, after at most one window (1 MiB) more
+ * bytes; in v2 tunnel_pause_rx and tunnel_resume_rx do nothing. Stream
+ * ids: the server opens odd ids, increasing (tunnel_send on a new id opens
+ * the stream); the client answers on the ids it was sent. */
 /*
  * Re-entrancy contract. Every callback runs on the loop's thread, either
  * from the loop (a socket read, a drained write, the liveness timer) or
@@ -33,8 +51,10 @@
  *                         from inside on_msg_* (the running parse goes on)
  *   tunnel_close          on_msg_end(complete = 0), on_closed, on_sent,
  *                         on_failed
- *   tunnel_pause_rx, tunnel_forget_sink, tunnel_queued, outmsg_full:
- *                         nothing
+ *   tunnel_pause_rx, tunnel_forget_sink, tunnel_queued, outmsg_full,
+ *   outmsg_set_head_len, tunnel_consumed, tunnel_reset, tunnel_goaway:
+ *                         nothing (v2: the frames they make go out at once
+ *                         when not inside a callback, else when it returns)
  *   outmsg_abandon        as tunnel_kick when m is being sent (it is
  *                         ended there); otherwise nothing
  *
@@ -48,6 +68,14 @@
  * outmsg callbacks the owner may free its own state and send other
  * messages; the message itself is the tunnel's (on_sent, on_drain) or
  * back with the owner (on_failed).
+ *
+ * v2 adds: the peer's RESET calls on_reset, then the sink's on_msg_end(0)
+ * and the stream's message's on_failed(restartable 0); a GOAWAY calls
+ * on_goaway, then on_failed(restartable 1) for every message on a stream
+ * above its last id. These come from the receive path, like on_msg_*. A
+ * stream error we detect (PROTOCOL.md 7.9) ends the stream the same way,
+ * without on_reset; a tunnel error closes the tunnel (GOAWAY, close 1002,
+ * on_closed with WSTUN_EPROTO).
  */
 #ifndef WSTUN_TUNNEL_H
 #define WSTUN_TUNNEL_H
@@ -68,6 +96,9 @@
 #define WSTUN__STREAM_AT (64 * 1024)
 /* A producer pauses its source above this many buffered bytes. */
 #define WSTUN__PIPE_HIGH (256 * 1024)
+/* Heads one v2 message may carry: 100 Continue, 103 Early Hints, the
+ * final one, and one spare. */
+#define WSTUN__OUTMSG_HEADS 4
 
 typedef struct wstun__tunnel wstun__tunnel;
 typedef struct wstun__outmsg wstun__outmsg;
@@ -87,7 +118,15 @@ typedef struct wstun__outmsg_cbs {
 struct wstun__outmsg {
   wstun__buf buf; /* bytes not yet taken by the tunnel */
   uint64_t taken; /* bytes of buf the tunnel took so far */
-  uint16_t id;    /* set by wstun__tunnel_send */
+  uint32_t id;    /* set by wstun__tunnel_send */
+  /* v2: the HTTP heads in the message, each sent as one HEAD frame: the
+   * first at offset 0, then interim (1xx) ones up to the final head, as
+   * offsets from the message's first byte; v1 ignores them */
+  struct {
+    uint64_t at;
+    uint32_t len;
+  } heads[WSTUN__OUTMSG_HEADS];
+  uint8_t nheads, head_next; /* heads marked / sent */
   /* the format's head, written when the tunnel starts sending */
   uint8_t head[WSTUN__PROTO_HEAD_MAX];
   uint8_t head_len, head_off;
@@ -106,13 +145,33 @@ void wstun__outmsg_free(wstun__outmsg *m);
 void wstun__outmsg_abandon(wstun__outmsg *m);
 /* 1 when the producer should pause (buffer above WSTUN__PIPE_HIGH). */
 int wstun__outmsg_full(wstun__outmsg *m);
+/* v2: the message starts with an HTTP head of n bytes (1 ..
+ * WSTUN__V2_MAX_HEAD), sent as the stream's HEAD frame once all n are in
+ * buf. Must be set before wstun__tunnel_send on a v2 tunnel (a message
+ * without it is handed back through on_failed); v1 ignores it. */
+static inline void wstun__outmsg_set_head_len(wstun__outmsg *m, uint32_t n) {
+  m->heads[0].at = 0;
+  m->heads[0].len = n;
+  m->nheads = 1;
+  m->head_next = 0;
+}
+/* v2: the last n bytes appended to buf are one more head (an interim 1xx
+ * head was the first; this is the next interim or the final one), sent as
+ * its own HEAD frame. Call right after appending them and before any body
+ * byte, without kicking the tunnel in between. 0, or WSTUN_EINVAL
+ * (nothing changed): n is 0, above WSTUN__V2_MAX_HEAD or more than buf
+ * holds, it overlaps the head before, or WSTUN__OUTMSG_HEADS are marked
+ * already. */
+int wstun__outmsg_add_head(wstun__outmsg *m, uint32_t n);
 
 typedef struct wstun__tunnel_cbs {
   /* A message with this id begins. Return the sink for its bytes, or NULL
-   * to drop the message. */
-  void *(*on_msg_begin)(wstun__tunnel *t, uint16_t id);
+   * to drop the message (v2: the stream is reset, REFUSED when the peer
+   * opened it, else CANCEL). */
+  void *(*on_msg_begin)(wstun__tunnel *t, uint32_t id);
   /* Bytes of the message (after the format's head). Nonzero drops the
-   * rest. */
+   * rest (v2: resets the stream, CANCEL); on_msg_end(complete = 0)
+   * follows unless the sink forgot itself. */
   int (*on_msg_data)(wstun__tunnel *t, void *sink, const uint8_t *data,
                      size_t len);
   /* The message ended (complete = 0 when the tunnel died mid-message). */
@@ -127,7 +186,18 @@ typedef struct wstun__tunnel_cbs {
   void (*on_freed)(void *owner);
   /* A pong arrived (the answer to our ping). May be NULL. */
   void (*on_pong)(wstun__tunnel *t);
+  /* v2: the peer reset stream `id` with `code` (enum wstun__v2_code; an
+   * unknown one means INTERNAL_ERROR). The stream's sink and message, if
+   * any, are ended right after. May be NULL. */
+  void (*on_reset)(wstun__tunnel *t, uint32_t id, uint32_t code);
+  /* v2: the peer sends GOAWAY: streams above `last` were not processed
+   * (their messages come back restartable right after) and no new ones
+   * may be opened; a code other than NO_ERROR means the peer is closing
+   * the tunnel for an error. May be NULL. */
+  void (*on_goaway)(wstun__tunnel *t, uint32_t last, uint32_t code);
 } wstun__tunnel_cbs;
+
+struct wstun__v2_state; /* the stream engine, wstun_tunnel.c */
 
 struct wstun__tunnel {
   wstun__conn *conn;
@@ -141,7 +211,8 @@ struct wstun__tunnel {
   const wstun__logger *log;
   const wstun__tunnel_cbs *cbs;
   void *owner;
-  const wstun__proto *proto; /* the message format, v1 by default */
+  const wstun__proto *proto;  /* the message format, v1 by default */
+  struct wstun__v2_state *v2; /* with a multiplexed format, else NULL */
   /* outgoing */
   wstun__list queue;  /* ready, waiting their turn */
   wstun__outmsg *cur; /* being read by wslay */
@@ -180,11 +251,15 @@ int wstun__tunnel_start(wstun__tunnel **out, uv_loop_t *loop, wstun__conn *conn,
                         void *owner, const uint8_t *leftover, size_t n);
 
 /* Sets the message format (before any message is sent or received; the
- * handshake chose it). */
-void wstun__tunnel_set_proto(wstun__tunnel *t, const wstun__proto *proto);
+ * handshake chose it). 0, or WSTUN_ENOMEM (the format is unchanged). */
+int wstun__tunnel_set_proto(wstun__tunnel *t, const wstun__proto *proto);
 /* Hands a ready message of exchange `id` over; the tunnel owns it until
- * one of its callbacks hands it back or it is sent. */
-void wstun__tunnel_send(wstun__tunnel *t, uint16_t id, wstun__outmsg *m);
+ * one of its callbacks hands it back or it is sent. v1: id < 0x10000. v2:
+ * a new odd id above the last opens a stream (server only); otherwise id
+ * names an open stream that has no message of ours yet (the response).
+ * Anything else, a stream above the peer's GOAWAY, or no head length
+ * hands m back through on_failed (restartable when it may go elsewhere). */
+void wstun__tunnel_send(wstun__tunnel *t, uint32_t id, wstun__outmsg *m);
 /* The producer of the message being sent added bytes or finished. */
 void wstun__tunnel_kick(wstun__tunnel *t);
 /* A sink asks for no more input for now / resumes it. */
@@ -197,5 +272,30 @@ void wstun__tunnel_forget_sink(wstun__tunnel *t, void *sink);
 void wstun__tunnel_close(wstun__tunnel *t, int err);
 /* Number of messages queued (not yet started). */
 size_t wstun__tunnel_queued(const wstun__tunnel *t);
+
+/* ---- v2 only (each is a no-op on a v1 tunnel) ---------------------------- */
+
+/* The sink of stream `id` is done with n more of the bytes on_msg_data
+ * gave it (written on, or dropped), counted in order, head bytes included
+ * (they carry no credit and are taken off first): the DATA bytes' credit
+ * goes back to the peer,
+ * with a WINDOW frame for the stream and one for the tunnel once half of
+ * either window waits to be given back. After on_msg_end(complete = 1)
+ * the bytes not yet consumed still hold credit until consumed or until
+ * the sink is forgotten (tunnel_forget_sink gives all of it back). */
+void wstun__tunnel_consumed(wstun__tunnel *t, uint32_t id, size_t n);
+/* The owner gives up on stream `id`: RESET with `code` (enum
+ * wstun__v2_code) goes to the peer if the stream was opened on the wire,
+ * the stream's message is freed by the tunnel (the owner must not touch
+ * it again, as after outmsg_abandon), and its sink is forgotten: no
+ * callback for the stream comes after this. */
+void wstun__tunnel_reset(wstun__tunnel *t, uint32_t id, uint32_t code);
+/* Sends GOAWAY: last stream id = the highest the server opened (from the
+ * server) or the client accepted (from the client); no stream is opened
+ * after it (server: tunnel_send on a new id fails restartable; client:
+ * the peer's new streams are refused with RESET REFUSED). A code other
+ * than NO_ERROR is a tunnel error: the close (1002) follows the GOAWAY and
+ * on_closed fires with WSTUN_EPROTO. */
+void wstun__tunnel_goaway(wstun__tunnel *t, uint32_t code);
 
 #endif

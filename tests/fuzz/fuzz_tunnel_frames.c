@@ -41,7 +41,7 @@ enum {
 
 typedef struct sink {
   int state; /* 1 open, 2 ended, 3 forgotten */
-  uint16_t id;
+  uint32_t id;
   int parser_init;
   wstun__http_parser p;
 } sink;
@@ -77,7 +77,7 @@ static void sink_release(sink *s) {
   s->parser_init = 0;
 }
 
-static void *on_msg_begin(wstun__tunnel *t, uint16_t id) {
+static void *on_msg_begin(wstun__tunnel *t, uint32_t id) {
   env *e = t->owner;
   FZ_CHECK(!e->closed, "on_msg_begin after on_closed");
   e->begins++;

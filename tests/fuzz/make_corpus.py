@@ -420,3 +420,46 @@ write("v2_frames", "window_ops", bytes([0]) + v2(2, 1, 1) +
 write("v2_frames", "bad_type", bytes([0]) + b"0001GET / HTTP/1.1\r\n\r\n")
 write("v2_frames", "bad_increment", bytes([1]) + v2(4, 0, 1, u32(0)))
 write("v2_frames", "bad_reserved", bytes([0]) + v2(2, 0, 0x80000001, b"x"))
+
+# ---- tunnel_v2: flags, split seed, records (op, 2-byte length, v2 frame) ----
+# (see fuzz_tunnel_v2.c: ops below 0xf0 are messages in (op & 3) + 1
+# fragments; 0xf0.. are owner actions)
+TV2_SERVER, TV2_HOLD, TV2_FAILDATA, TV2_FORGET, TV2_RESET, TV2_SEND = \
+    1, 2, 4, 8, 16, 32
+
+
+def tv2(op, frame):
+    return bytes([op]) + len(frame).to_bytes(2, "big") + frame
+
+
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+REQ = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+write("tunnel_v2", "server_response",
+      bytes([TV2_SERVER, 0]) + tv2(0, v2(1, 0, 1, RESP)) +
+      tv2(1, v2(2, 0, 1, b"hi")) + tv2(0, v2(2, 1, 1)))
+write("tunnel_v2", "server_split_windows",
+      bytes([TV2_SERVER | TV2_HOLD, 9]) + tv2(3, v2(1, 0, 3, RESP)) +
+      tv2(2, v2(2, 0, 3, b"x" * 4000)) + bytes([0xf0, 0]) + (4000).to_bytes(3, "big") +
+      tv2(0, v2(4, 0, 3, u32(0x1000))) + tv2(0, v2(4, 0, 0, u32(0x1000))) +
+      tv2(0, v2(2, 1, 3)))
+write("tunnel_v2", "server_resets",
+      bytes([TV2_SERVER | TV2_RESET, 0]) + tv2(0, v2(1, 0, 1, RESP)) +
+      tv2(0, v2(2, 0, 1, b"#")) + tv2(0, v2(3, 0, 3, u32(5))) +
+      tv2(0, v2(2, 0, 1, b"late")) + bytes([0xf1]) + u32(5) + bytes([5]))
+write("tunnel_v2", "server_goaway",
+      bytes([TV2_SERVER, 0]) + tv2(0, v2(5, 0, 0, u32(1, 0))) +
+      bytes([0xf4]) + u32(7) + bytes([1]) + tv2(0, v2(5, 0, 0, u32(3, 0))))
+write("tunnel_v2", "server_stream_errors",
+      bytes([TV2_SERVER, 0]) + tv2(0, v2(2, 0, 1, b"hi")) +
+      tv2(0, v2(1, 0, 3, RESP)) + tv2(0, v2(2, 1, 3)) + tv2(0, v2(2, 0, 3, b"x")))
+write("tunnel_v2", "client_requests",
+      bytes([TV2_SEND, 0]) + tv2(0, v2(1, 1, 1, REQ)) +
+      tv2(1, v2(1, 0, 3, b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n")) +
+      tv2(0, v2(2, 1, 3, b"ab")) + tv2(0, v2(4, 0, 1, u32(100))) +
+      bytes([0xf2, 0]) + tv2(0, v2(1, 1, 5, REQ)))
+write("tunnel_v2", "client_forget_fail",
+      bytes([TV2_FORGET | TV2_FAILDATA, 3]) + tv2(0, v2(1, 0, 3, REQ)) +
+      tv2(0, v2(2, 0, 3, b"abc")) + tv2(0, v2(1, 0, 5, REQ)) +
+      tv2(0, v2(2, 0, 5, b"!")) + bytes([0xf3, 0]))
+write("tunnel_v2", "client_tunnel_error",
+      bytes([0, 0]) + tv2(0, v2(1, 1, 1, REQ)) + tv2(0, bytes([6, 0, 0, 0, 0, 0, 0, 0, 1])))

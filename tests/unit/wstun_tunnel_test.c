@@ -19,7 +19,7 @@
 typedef struct env env;
 
 typedef struct rx_msg {
-  uint16_t id;
+  uint32_t id;
   wstun__buf data;
   int ended, complete;
 } rx_msg;
@@ -124,7 +124,7 @@ static wstun__outmsg *msg_new(tx *x, uint16_t id, const void *body, size_t n,
 
 /* ---- tunnel callbacks ---------------------------------------------------- */
 
-static void *on_msg_begin(wstun__tunnel *t, uint16_t id) {
+static void *on_msg_begin(wstun__tunnel *t, uint32_t id) {
   side *s = t->owner;
   ev(s->e, "B%c%x ", s->tag, (unsigned)id);
   if ((int)id == s->drop_id || s->nrx >= MAXRX)
@@ -174,7 +174,8 @@ static void on_freed(void *owner) {
 }
 
 static const wstun__tunnel_cbs tun_cbs = {on_msg_begin, on_msg_data, on_msg_end,
-                                          on_closed,    on_freed,    NULL};
+                                          on_closed,    on_freed,    NULL,
+                                          NULL,         NULL};
 
 /* ---- connections before the tunnel takes them -----------------------------
  */
