@@ -24,8 +24,8 @@ top=$(cd "$here/../.." && pwd)
 build=${1:-$top/build-fuzz}
 secs=${WSTUN_FUZZ_SECS:-30}
 jobs=${WSTUN_FUZZ_JOBS:-2}
-all="proto_prefix http_request http_response ws_handshake url tunnel_frames passwords
-     router client_ports flags cert_ip front_request server_response v2_frames dial_answer"
+# every tests/fuzz/fuzz_<name>.c is a target
+all=$(cd "$here" && ls fuzz_*.c | sed 's/^fuzz_//; s/\.c$//' | tr '\n' ' ')
 targets=${WSTUN_FUZZ_TARGETS:-$all}
 
 cc=${CC:-clang}
