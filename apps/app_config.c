@@ -109,6 +109,19 @@ void app_config_apply(const app_config *c, app_flag *flags) {
   }
 }
 
+void app_config_check_log_level(app_config *c, const char *value) {
+  int line = 0;
+  if (value == NULL || wstun_log_level_parse(value) >= 0)
+    return;
+  if (value == app_config_get(&c->top, "log-level", &line))
+    app_config_errorf(c, line,
+                      "log-level: must be one of error, warn, info, debug");
+  else
+    app_config_errorf(c, 0,
+                      "flag -log-level: must be one of error, warn, info, "
+                      "debug");
+}
+
 /* ---- reading ------------------------------------------------------------ */
 
 typedef struct reader {

@@ -77,6 +77,11 @@ const char *app_config_get(const app_config_section *s, const char *key,
  * by app_config_parse; strings point into c (keep c until the end). */
 void app_config_apply(const app_config *c, app_flag *flags);
 
+/* The log level (a choice of words the flag table cannot check): a bad
+ * value is reported at its line when it came from the file, else as the
+ * flag. NULL is fine. */
+void app_config_check_log_level(app_config *c, const char *value);
+
 /* ---- the client's tunnels -------------------------------------------- */
 
 /* One tunnel of wstuncli: the flags and top-level keys, then its section's

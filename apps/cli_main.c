@@ -162,22 +162,6 @@ static void on_signal(uv_signal_t *h, int signum) {
   close_all(app, GRACE_MS);
 }
 
-/* A value the flag table cannot check (a choice of words): reported at
- * its line when it came from the file, else as the flag. */
-static void check_level(app_config *conf, const char *value) {
-  int line = 0;
-  if (value == NULL || wstun_log_level_parse(value) >= 0)
-    return;
-  if (value == app_config_get(&conf->top, "log-level", &line))
-    app_config_errorf(conf, line,
-                      "log-level: must be one of error, warn, "
-                      "info, debug");
-  else
-    app_config_errorf(conf, 0,
-                      "flag -log-level: must be one of error, "
-                      "warn, info, debug");
-}
-
 static const char *start_error_flag(int rc, const wstun_client_config *cfg) {
   return rc == WSTUN_EREGEX   ? "regexp"
          : rc == WSTUN_EPORTS ? "client-ports"
@@ -289,7 +273,7 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
     /* the command line again, over the file's values */
     app_parse_flags(prog, "", flags, argc, argv, first);
   }
-  check_level(&conf, log_level);
+  app_config_check_log_level(&conf, log_level);
   app_cli_tunnel defaults = {0};
   defaults.cfg = cfg;
   defaults.token = token;

@@ -188,11 +188,8 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       /* the command line again, over the file's values */
       app_parse_flags(prog, "", flags, argc, argv, first);
     }
+    app_config_check_log_level(&conf, log_level);
     int line = 0;
-    if (log_level == app_config_get(&conf.top, "log-level", &line) &&
-        wstun_log_level_parse(log_level) < 0)
-      app_config_errorf(&conf, line,
-                        "log-level: must be one of error, warn, info, debug");
     /* secret files are checked too: a mode 644 one would stop the start */
     char buf[512], err[512];
     const char *keys[] = {"passwords-file", "admin-token-file"};
