@@ -180,7 +180,7 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   const char *config_path = NULL, *password_file = NULL;
   const char *file_password = NULL; /* `password`: the file only */
   int log_pretty = 0, check_config = 0;
-  app_ops ops = {0};
+  app_ops ops = APP_OPS_INIT;
   app_flag flags[] = {
       {"config", FLAG_STR, &config_path, "FILE",
        "read flags (and [tunnel NAME] sections) from an INI file; flags given "
@@ -325,7 +325,8 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   for (size_t i = 0; i < ntunnels; i++) {
     wstun_client_config *tc = &tunnels[i].cfg;
     tc->log_level = cfg.log_level;
-    tc->log_cb = app_log;
+    tc->log_record_cb = app_log_record;
+    tc->access_log = ops.access_log;
     tc->log_user_data = tunnels[i].name; /* "[NAME] " before its lines */
     tc->proxy_from_env = 1;
     /* the Go client clamps -timeout (to 3..600) rather than refusing it */

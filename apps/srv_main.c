@@ -88,7 +88,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   const char *passwords_file = NULL;
   const char *robowhois = NULL; /* Go-only flags, accepted and ignored */
   int log_pretty = 0;
-  app_ops ops = {0};
+  app_ops ops = APP_OPS_INIT;
   uint64_t max_header = cfg.max_header_bytes, max_body = 0;
   const char *config_path = NULL;
   int check_config = 0;
@@ -231,7 +231,8 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
             "-robowhois ignored: wstunsrv does no whois lookups");
   cfg.max_header_bytes = (size_t)max_header;
   cfg.max_body_bytes = max_body;
-  cfg.log_cb = app_log;
+  cfg.log_record_cb = app_log_record;
+  cfg.access_log = ops.access_log;
 
   signal(SIGPIPE, SIG_IGN);
   app_tune_malloc();

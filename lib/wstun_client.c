@@ -28,6 +28,7 @@ void wstun_client_config_init(wstun_client_config *cfg) {
   cfg->backend_idle_sec = 30;
   cfg->max_handler_body = 8 * 1024 * 1024;
   cfg->log_level = WSTUN_LOG_INFO;
+  cfg->access_log = 1;
 }
 
 wstun_client_state wstun_client_get_state(const wstun_client *c) {
@@ -658,9 +659,8 @@ int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
   if (cli == NULL)
     return WSTUN_ENOMEM;
   cli->loop = loop;
-  cli->log.level = cfg->log_level;
-  cli->log.cb = cfg->log_cb;
-  cli->log.user_data = cfg->log_user_data;
+  wstun__logger_init(&cli->log, cfg->log_level, cfg->log_cb, cfg->log_record_cb,
+                     cfg->log_user_data, cfg->access_log);
   int rc = wstun__rng_init(&cli->rng);
   if (rc != 0) {
     wstun__free(cli);

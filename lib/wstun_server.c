@@ -37,6 +37,7 @@ void wstun_server_config_init(wstun_server_config *cfg) {
   cfg->token_forget_sec = 3600;
   cfg->max_header_bytes = 64 * 1024;
   cfg->log_level = WSTUN_LOG_INFO;
+  cfg->access_log = 1;
 }
 
 int wstun_server_port(const wstun_server *srv) {
@@ -246,9 +247,8 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->loop = loop;
   srv->on_gone = server_gone;
   wstun__list_init(&srv->fronts);
-  srv->log.level = cfg->log_level;
-  srv->log.cb = cfg->log_cb;
-  srv->log.user_data = cfg->log_user_data;
+  wstun__logger_init(&srv->log, cfg->log_level, cfg->log_cb, cfg->log_record_cb,
+                     cfg->log_user_data, cfg->access_log);
   int rc = wstun__registry_parse_passwords(srv, cfg->passwords);
   if (rc != 0)
     goto fail_early;

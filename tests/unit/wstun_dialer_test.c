@@ -243,7 +243,7 @@ TEST(config_auth_headers) {
 }
 
 TEST(config_proxy) {
-  wstun__logger quiet = {WSTUN_LOG_ERROR, NULL, NULL};
+  wstun__logger quiet = {.level = WSTUN_LOG_ERROR};
   static const char *const names[] = {"http_proxy", "HTTP_PROXY", "all_proxy",
                                       "ALL_PROXY",  "no_proxy",   "NO_PROXY"};
   for (size_t i = 0; i < TEST_COUNT(names); i++)
@@ -325,7 +325,7 @@ TEST(a_refused_attempt_backs_off_and_closes_cleanly) {
   wstun__conn_shared_init(&shared, &loop);
   wstun__rng rng;
   REQUIRE(wstun__rng_init(&rng) == 0);
-  wstun__logger log = {WSTUN_LOG_ERROR, NULL, NULL};
+  wstun__logger log = {.level = WSTUN_LOG_ERROR};
   seen w;
   memset(&w, 0, sizeof(w));
   wstun__dialer d;
