@@ -214,7 +214,7 @@ static int prefix_target(wstun__http_head *h, const wstun__url *backend) {
 static int req_on_head(void *ud, wstun__http_head *h) {
   wstun_request *req = ud;
   wstun_client *cli = req->owner;
-  req->method = h->method;
+  wstun__request_note_head(req, h, cli->dialer.cfg.token);
   wstun__log(&cli->log, WSTUN_LOG_DEBUG, "WS   RCV id=%04x verb=%s url=%s",
              req->id, llhttp_method_name((llhttp_method_t)h->method),
              wstun__http_head_target(h));
@@ -361,6 +361,7 @@ int wstun_request_respond(wstun_request *req, int status,
       req->resp = m;
       req->resp_started = 1;
       req->resp_handed = 1;
+      wstun__request_note_answer(req, status, len);
       wstun__tunnel_send(req->t, req->id, m);
     }
   }
