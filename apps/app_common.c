@@ -155,7 +155,8 @@ static struct {
   int use_syslog;
   int json;
   const char *app;
-} g_log = {STDERR_FILENO, NULL, 0, 0, "wstun"};
+  char last_error[512]; /* the last error line (app_last_error) */
+} g_log = {STDERR_FILENO, NULL, 0, 0, "wstun", ""};
 
 static const struct {
   const char *name;
@@ -323,8 +324,8 @@ static void json_line(line_buf *b, const char *ts, const char *tunnel,
     return;
   }
   char *heap = n > 0 ? malloc((size_t)n + 1) : NULL;
-  if (heap && wstun_log_format_json(rec, ts, extra, 2, heap, (size_t)n + 1) ==
-                  n) {
+  if (heap &&
+      wstun_log_format_json(rec, ts, extra, 2, heap, (size_t)n + 1) == n) {
     lb_add(b, heap, (size_t)n);
   } else {
     /* no memory for the line: say so, still as JSON */
@@ -340,6 +341,8 @@ void app_log_record(void *user_data, const wstun_log_record *rec) {
   static const char *const names[] = {"ERROR", "WARN ", "INFO ", "DEBUG"};
   static const int prios[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
   int l = (int)rec->level & 3;
+  if (rec->level == WSTUN_LOG_ERROR)
+    snprintf(g_log.last_error, sizeof(g_log.last_error), "%s", rec->msg);
   /* user_data, when set, names the tunnel ([tunnel NAME] of -config) */
   const char *tunnel = user_data;
   struct timeval tv;
@@ -383,6 +386,10 @@ void app_log_record(void *user_data, const wstun_log_record *rec) {
 void app_log(void *user_data, wstun_log_level level, const char *msg) {
   const wstun_log_record rec = {level, msg, NULL};
   app_log_record(user_data, &rec);
+}
+
+const char *app_last_error(void) {
+  return g_log.last_error;
 }
 
 void app_logf(wstun_log_level level, const char *fmt, ...) {

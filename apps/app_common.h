@@ -54,7 +54,8 @@ typedef struct app_ops {
   int access_log;         /* -access-log on|off: set it to 1 first */
 } app_ops;
 
-#define APP_OPS_INIT {.access_log = 1}
+#define APP_OPS_INIT                                                           \
+  { .access_log = 1 }
 
 #define APP_OPS_FLAGS(o)                                                       \
   {"logfile",                                                                  \
@@ -115,6 +116,10 @@ void app_log_record(void *user_data, const wstun_log_record *rec);
 
 /* app_log_record for a line without fields. */
 void app_log(void *user_data, wstun_log_level level, const char *msg);
+
+/* The text of the last error-level line logged (the library's reason for
+ * a failed start), or "". */
+const char *app_last_error(void);
 
 /* app_log with a printf format. */
 void app_logf(wstun_log_level level, const char *fmt, ...)

@@ -162,14 +162,30 @@ static void on_signal(uv_signal_t *h, int signum) {
   close_all(app, GRACE_MS);
 }
 
-static const char *start_error_flag(int rc, const wstun_client_config *cfg) {
+/* The flag behind a failed wstun_client_start(), and *why, what to say:
+ * the library's own error line when it names the problem (a bad URL is
+ * logged as "tunnel_url: ...", a TLS file as "TLS: ..."). */
+static const char *start_error_flag(int rc, const char **why) {
+  static const struct {
+    const char *field, *flag;
+  } urls[] = {{"tunnel_url: ", "tunnel"},
+              {"server_url: ", "server"},
+              {"proxy_url: ", "proxy"}};
+  const char *last = app_last_error();
+  *why = wstun_strerror(rc);
+  if (rc == WSTUN_EURL) {
+    for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++)
+      if (strncmp(last, urls[i].field, strlen(urls[i].field)) == 0) {
+        *why = last + strlen(urls[i].field);
+        return urls[i].flag;
+      }
+    return "tunnel, -server or -proxy";
+  }
+  if (rc == WSTUN_ETLS && *last)
+    *why = last;
   return rc == WSTUN_EREGEX   ? "regexp"
          : rc == WSTUN_EPORTS ? "client-ports"
          : rc == WSTUN_ETLS   ? "certfile"
-         : rc == WSTUN_EURL   ? (cfg->proxy_url    ? "tunnel, -server or -proxy"
-                                 : cfg->server_url ? "tunnel or -server (or the "
-                                                     "proxy environment variable)"
-                                                   : "tunnel")
                               : "token";
 }
 
@@ -369,12 +385,13 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       app.open++;
       continue;
     }
-    const char *flag = start_error_flag(rc, &tunnels[i].cfg);
+    const char *why;
+    const char *flag = start_error_flag(rc, &why);
     if (tunnels[i].name)
       fprintf(stderr, "%s:%d: [tunnel %s]: %s: %s\n", config_path,
-              tunnels[i].line, tunnels[i].name, flag, wstun_strerror(rc));
+              tunnels[i].line, tunnels[i].name, flag, why);
     else
-      fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, wstun_strerror(rc));
+      fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, why);
     exit_code = APP_EXIT_USAGE;
   }
   if (exit_code == 0 && statusfile) {

@@ -570,16 +570,25 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   for (const char *p = cfg->token; *p; p++)
     if ((unsigned char)*p < 0x21 || *p == 0x7f)
       return WSTUN_EINVAL;
+  /* a bad URL is named (never shown: it may hold a password) */
   int rc = wstun__dialer_config_url(dc, cfg->tunnel_url);
+  if (rc == WSTUN_EURL)
+    wstun__log(&cli->log, WSTUN_LOG_ERROR,
+               "tunnel_url: malformed, or not ws:// or wss:// (want "
+               "ws[s]://[user:pass@]host[:port][/base])");
   if (rc != 0)
     return rc;
   if (cfg->server_url && *cfg->server_url) {
     rc = wstun__url_parse(cfg->server_url, &cli->server_url);
+    if (rc == 0 && strcmp(cli->server_url.scheme, "http") != 0 &&
+        strcmp(cli->server_url.scheme, "https") != 0)
+      rc = WSTUN_EURL;
+    if (rc == WSTUN_EURL)
+      wstun__log(&cli->log, WSTUN_LOG_ERROR,
+                 "server_url: malformed, or not http:// or https:// (want "
+                 "http[s]://host[:port][/prefix])");
     if (rc != 0)
       return rc;
-    if (strcmp(cli->server_url.scheme, "http") != 0 &&
-        strcmp(cli->server_url.scheme, "https") != 0)
-      return WSTUN_EURL;
     /* a path is a prefix of every request's (see prefix_target); one
      * trailing "/" goes, as in the Go client */
     size_t splen = strlen(cli->server_url.path);
@@ -619,6 +628,10 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   }
   rc = wstun__dialer_config_transport(dc, cli->ca_file, cfg->proxy_url,
                                       cfg->proxy_from_env, &cli->log);
+  if (rc == WSTUN_EURL)
+    wstun__log(&cli->log, WSTUN_LOG_ERROR,
+               "proxy_url: malformed, or not http:// (want "
+               "http://[user:pass@]host:port)");
   if (rc != 0)
     return rc;
   rc = wstun__dialer_config_auth(dc, cfg->token, cfg->password,

@@ -101,8 +101,8 @@ static void access_done(wstun__front *f) {
   r.bytes = f->resp_bytes;
   r.duration_ms = uv_now(srv->loop) - f->ex.start_ms;
   r.remote = f->req_peer[0] ? f->req_peer : NULL;
-  r.token = f->req_tunneled ? f->ex.token_prefix : NULL;
-  r.id = f->req_tunneled && f->ex.has_id ? (int64_t)f->ex.reg.id : -1;
+  r.token = f->req_token ? f->ex.token_prefix : NULL;
+  r.id = f->req_token && f->ex.has_id ? (int64_t)f->ex.reg.id : -1;
   wstun__log_access(&srv->log, &r);
   wstun__free(owned);
 }
@@ -110,7 +110,7 @@ static void access_done(wstun__front *f) {
 /* A request head was read: its access line is owed from now on. */
 static void access_begin(wstun__front *f) {
   f->req_open = 1;
-  f->req_tunneled = 0;
+  f->req_token = 0;
   f->resp_status = 0;
   f->resp_bytes = 0;
   f->req_peer[0] = '\0';
@@ -493,7 +493,7 @@ static void route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
   wstun__conn_peer(f->conn, peer, sizeof(peer));
   int expect;
   const char *text;
-  f->req_tunneled = 1;
+  f->req_token = 1;
   int status = wstun__exchange_start(&f->ex, h, tok, toklen, target, tlen, ip,
                                      peer, &expect, &text);
   if (status != 0) {
@@ -606,6 +606,8 @@ static int upgrade(wstun__front *f, wstun__http_head *h, const uint8_t *rest,
     return 0;
   }
   wstun__redact(token, red);
+  memcpy(f->ex.token_prefix, red, sizeof(red)); /* for the access line */
+  f->req_token = 1;
   const char *bad = wstun__registry_check_auth(
       srv, token, wstun__http_head_get(h, "Authorization"));
   if (bad != NULL) {

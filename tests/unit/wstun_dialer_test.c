@@ -133,14 +133,31 @@ TEST(handshake_answers) {
        "Connection: Upgrade\r\n\r\n",
        WSTUN_EHANDSHAKE, "bad Sec-WebSocket-Accept"},
       {"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno\n",
-       WSTUN_EHANDSHAKE, "server answered 403 Forbidden"},
+       WSTUN_EHANDSHAKE, "server answered 403 Forbidden: no"},
+      /* the refusal's body says why (its first line, control bytes as ?);
+       * a 401 adds where the password comes from */
+      {"HTTP/1.1 401 Unauthorized\r\nContent-Length: 26\r\n\r\n"
+       "Invalid token or password\n",
+       WSTUN_EHANDSHAKE,
+       "server answered 401 Unauthorized: Invalid token or password; no "
+       "password was sent and the server wants one for this token (wstuncli: "
+       "-token TOKEN:PASSWORD, -password-file or WSTUNNEL_PASSWORD)"},
+      {"HTTP/1.1 429 Too Many Requests\r\nTransfer-Encoding: chunked\r\n\r\n"
+       "9\r\nMax (1) \x1b\r\n7\r\nreached\r\n0\r\n\r\n",
+       WSTUN_EHANDSHAKE,
+       "server answered 429 Too Many Requests: Max (1) ?reached"},
+      /* a body that runs to the close is not waited for */
+      {"HTTP/1.1 503 Service Unavailable\r\n\r\nbusy", WSTUN_EHANDSHAKE,
+       "server answered 503 Service Unavailable"},
+      /* incomplete: the rest of the body is awaited */
+      {"HTTP/1.1 401 Unauthorized\r\nContent-Length: 26\r\n\r\nInvalid", 0, ""},
       {"HTTP/1.1 400 Bad Request\r\n\r\n", WSTUN_EHANDSHAKE,
        "server answered 400 Bad Request"},
       {"\x16\x03\x01garbage\r\n\r\n", WSTUN_EHANDSHAKE,
        "bad handshake response"},
       {"HTTP/1.1 101 Switching", 0, ""},
   };
-  char why[256];
+  char why[512];
   size_t used;
   for (size_t i = 0; i < TEST_COUNT(cases); i++)
     for (int bytewise = 0; bytewise < 2; bytewise++) {
@@ -165,7 +182,38 @@ TEST(handshake_answers) {
   snprintf(longer, sizeof(longer), "HTTP/1.1 500 %s\r\n\r\n", reason);
   CHECK_EQ_INT(feed(WSTUN__DIAL_HANDSHAKE, longer, 1, &used, why, sizeof(why)),
                WSTUN_EHANDSHAKE);
-  CHECK(strlen(why) == 159);
+  CHECK(strlen(why) == strlen("server answered 500 ") + 100);
+  /* a long body: its start is enough, the rest is not awaited */
+  char page[2000];
+  char big[1500];
+  memset(big, 'y', sizeof(big) - 1);
+  big[sizeof(big) - 1] = '\0';
+  snprintf(page, sizeof(page),
+           "HTTP/1.1 403 Forbidden\r\nContent-Length: 100000\r\n\r\n%s", big);
+  for (int bytewise = 0; bytewise < 2; bytewise++) {
+    CHECK_EQ_INT(
+        feed(WSTUN__DIAL_HANDSHAKE, page, bytewise, &used, why, sizeof(why)),
+        WSTUN_EHANDSHAKE);
+    CHECK(strlen(why) ==
+          strlen("server answered 403 Forbidden: ") + WSTUN__DIAL_WHY_BODY);
+  }
+  /* with a password, the 401's hint says it was refused */
+  {
+    wstun__dialer d;
+    memset(&d, 0, sizeof(d));
+    char pw[] = "pw";
+    d.cfg.password = pw;
+    static const char ans[] = "HTTP/1.1 401 Unauthorized\r\n"
+                              "Content-Length: 4\r\n\r\nNope";
+    CHECK_EQ_INT(wstun__dialer_expect(&d, WSTUN__DIAL_HANDSHAKE), 0);
+    CHECK_EQ_INT(wstun__dialer_feed(&d, (const uint8_t *)ans, strlen(ans),
+                                    &used, why, sizeof(why)),
+                 WSTUN_EHANDSHAKE);
+    CHECK_EQ_STR(why, "server answered 401 Unauthorized: Nope; the token's "
+                      "password was refused (wstuncli: -token TOKEN:PASSWORD, "
+                      "-password-file or WSTUNNEL_PASSWORD)");
+    wstun__dialer_answer_done(&d);
+  }
   CHECK_EQ_INT(feed(WSTUN__DIAL_PROXY, longer, 0, &used, why, sizeof(why)),
                WSTUN_ECONNECT);
   CHECK(strlen(why) == strlen("proxy answered 500 ") + 120);
