@@ -665,6 +665,32 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   return 0;
 }
 
+/* What the client runs with, once at start: the tunnel URL without its
+ * user:password, the token's prefix, whether a password goes with it,
+ * where requests go, the timeout. */
+static void log_config(wstun_client *cli, const wstun_client_config *cfg) {
+  const wstun__dialer_config *dc = &cli->dialer.cfg;
+  char host[600], red[12], backend[1200];
+  wstun__url_host_header(&dc->tunnel_url, host, sizeof(host));
+  if (cli->handler)
+    snprintf(backend, sizeof(backend), "the in-process handler");
+  else if (cli->has_server) {
+    char sh[600];
+    wstun__url_host_header(&cli->server_url, sh, sizeof(sh));
+    snprintf(backend, sizeof(backend), "%s://%s%s%s%.200s%s",
+             cli->server_url.scheme, sh, cli->server_url.path,
+             cli->has_re ? " (and X-Host matching " : "",
+             cli->has_re ? cfg->regexp : "", cli->has_re ? ")" : "");
+  } else
+    snprintf(backend, sizeof(backend), "X-Host matching %.200s", cfg->regexp);
+  wstun__log(&cli->log, WSTUN_LOG_INFO,
+             "tunnel %s://%s%s token=%s %s; requests go to %s; timeout %llu s",
+             dc->tunnel_url.scheme, host, dc->tunnel_url.path,
+             wstun__redact(dc->token, red),
+             dc->auth_header ? "with a password" : "without a password",
+             backend, (unsigned long long)cli->timeout_ms / 1000);
+}
+
 int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
                        wstun_client **out) {
   if (loop == NULL || cfg == NULL || out == NULL)
@@ -688,6 +714,7 @@ int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
     client_free(cli);
     return rc;
   }
+  log_config(cli, cfg);
   wstun__conn_shared_init(&cli->shared, loop);
   wstun__dialer_init(&cli->dialer, loop, &cli->shared, &cli->rng, &cli->log,
                      &cli_dialer_cbs, cli);

@@ -81,13 +81,13 @@ static void refusal_why(const wstun__dialer *d, char *why, size_t whyn) {
   body[n] = '\0';
   const char *hint = "";
   if (h->status == 401)
-    hint = d->cfg.password ? "; the token's password was refused (wstuncli: "
-                             "-token TOKEN:PASSWORD, -password-file or "
-                             "WSTUNNEL_PASSWORD)"
-                           : "; no password was sent and the server wants "
-                             "one for this token (wstuncli: -token "
-                             "TOKEN:PASSWORD, -password-file or "
-                             "WSTUNNEL_PASSWORD)";
+    hint = d->cfg.auth_header ? "; the token's password was refused (wstuncli: "
+                                "-token TOKEN:PASSWORD, -password-file or "
+                                "WSTUNNEL_PASSWORD)"
+                              : "; no password was sent and the server wants "
+                                "one for this token (wstuncli: -token "
+                                "TOKEN:PASSWORD, -password-file or "
+                                "WSTUNNEL_PASSWORD)";
   snprintf(why, whyn, "server answered %d %.100s%s%s%s", h->status,
            wstun__http_head_target(h), n ? ": " : "", body, hint);
 }

@@ -311,6 +311,11 @@ class StartupEcho(LogCase):
                           env={"WSTUNNEL_PASSWORD": self.PW})
         self.assertTrue(cli.wait_stderr(r"tunnel open to wss://localhost", 15 * TIME_SCALE),
                         cli.stderr_text())
+        # the client's own first line: where, which token (cut), whether a
+        # password goes with it, where requests go
+        self.assertRegex(cli.err_lines[0], r"INFO  tunnel wss://localhost:%d/wst token=%s\.\.\. "
+                         r"with a password; requests go to http://127\.0\.0\.1:1; timeout 30 s$"
+                         % (srv.port, re.escape(tok[:8])))
         self.assertEqual(srv.stop(), 0)
         self.assertEqual(cli.stop(), 0)
         for side in (srv, cli):
@@ -362,6 +367,15 @@ class ErrorsNameTheProblem(LogCase):
             p = self.run_prog(CLI_BIN, "-token", tok, *args)
             self.assertEqual(p.returncode, 2, p.stderr)
             self.assertEqual(p.stderr.strip().splitlines()[-1], want)
+        # the tunnel URL's user:password is never shown, at start nor later
+        srv = self.server()
+        cli = self.client(srv, tok, "-server", "http://127.0.0.1:1",
+                          tunnel_url="ws://user:Hush-Hush@127.0.0.1:%d" % srv.port)
+        self.assertTrue(cli.wait_stderr(r"tunnel open to", 15 * TIME_SCALE), cli.stderr_text())
+        self.assertRegex(cli.err_lines[0], r"INFO  tunnel ws://127\.0\.0\.1:%d token=%s\.\.\. "
+                         r"with a password; requests go to http://127\.0\.0\.1:1; timeout 30 s$"
+                         % (srv.port, re.escape(tok[:8])))
+        self.assertNotIn("Hush-Hush", cli.stderr_text())
         # a password in a malformed URL is never shown
         p = self.run_prog(CLI_BIN, "-token", tok, "-server", "http://127.0.0.1:2",
                           "-tunnel", "ws://user:Hush-Hush@127.0.0.1:99999")

@@ -201,8 +201,8 @@ TEST(handshake_answers) {
   {
     wstun__dialer d;
     memset(&d, 0, sizeof(d));
-    char pw[] = "pw";
-    d.cfg.password = pw;
+    char basic[] = "Basic dG9rOnB3";
+    d.cfg.auth_header = basic;
     static const char ans[] = "HTTP/1.1 401 Unauthorized\r\n"
                               "Content-Length: 4\r\n\r\nNope";
     CHECK_EQ_INT(wstun__dialer_expect(&d, WSTUN__DIAL_HANDSHAKE), 0);
