@@ -116,8 +116,11 @@ int wstun__dialer_feed(wstun__dialer *d, const uint8_t *data, size_t len,
   int proxy = d->state == WSTUN__DIAL_PROXY;
   *used = 0;
   if (wstun__http_parser_feed(&d->hs, data, len, used) == WSTUN__HTTP_ERROR) {
-    snprintf(why, whyn, "%s",
-             proxy ? "bad answer from the proxy" : "bad handshake response");
+    if (!proxy && d->hs_body_wait) /* a refusal with a bad body: still one */
+      refusal_why(d, why, whyn);
+    else
+      snprintf(why, whyn, "%s",
+               proxy ? "bad answer from the proxy" : "bad handshake response");
     return proxy ? WSTUN_ECONNECT : WSTUN_EHANDSHAKE;
   }
   if (!d->hs_done)

@@ -149,6 +149,13 @@ TEST(handshake_answers) {
       /* a body that runs to the close is not waited for */
       {"HTTP/1.1 503 Service Unavailable\r\n\r\nbusy", WSTUN_EHANDSHAKE,
        "server answered 503 Service Unavailable"},
+      /* a bad chunk in it: still the refusal, with what came */
+      {"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n"
+       "4\r\nNope\r\nzz\r\n",
+       WSTUN_EHANDSHAKE,
+       "server answered 401 Unauthorized: Nope; no password was sent and the "
+       "server wants one for this token (wstuncli: -token TOKEN:PASSWORD, "
+       "-password-file or WSTUNNEL_PASSWORD)"},
       /* incomplete: the rest of the body is awaited */
       {"HTTP/1.1 401 Unauthorized\r\nContent-Length: 26\r\n\r\nInvalid", 0, ""},
       {"HTTP/1.1 400 Bad Request\r\n\r\n", WSTUN_EHANDSHAKE,
