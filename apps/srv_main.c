@@ -2,6 +2,7 @@
  * graceful stop, SIGUSR1/SIGHUP → log file reopened, SIGHUP → TLS certificate
  * reloaded. */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 
 #include "app_common.h"
 #include "app_config.h"
+#include "app_secret.h"
 
 #define GRACE_MS 10000
 
@@ -208,6 +210,11 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
     }
   }
   cfg.log_level = app_log_level(prog, log_level);
+  /* cred:NAME: the file systemd's LoadCredential= put there */
+  static char tls_cert[PATH_MAX], tls_key[PATH_MAX];
+  app_file_flag(prog, "tls-cert", &cfg.tls_cert_file, tls_cert,
+                sizeof(tls_cert));
+  app_file_flag(prog, "tls-key", &cfg.tls_key_file, tls_key, sizeof(tls_key));
   check_tls_flags(prog, cfg.tls_cert_file, cfg.tls_key_file);
   /* secrets from files stay out of the process list */
   static char passwords[65536];
