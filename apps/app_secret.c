@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,10 +180,13 @@ static void write_str(int fd, const char *s) {
   }
 }
 
-/* One attempt: 1 a line was read, 0 the input ended, -1 a read error,
- * -2 the line was too long; prompt_signal says if a signal came. */
-static int read_line_quietly(int tty_out, const char *prompt, char *out,
-                             size_t n, size_t *lenp, int *errp) {
+/* One attempt, with the prompt signals blocked but while waiting for
+ * input (`waiting`: the mask to wait with), so that none falls between a
+ * check and the wait. 1 a line was read, 0 the input ended, -1 a read
+ * error, -2 the line was too long; prompt_signal says if a signal came. */
+static int read_line_quietly(int tty_out, const char *prompt,
+                             const sigset_t *waiting, char *out, size_t n,
+                             size_t *lenp, int *errp) {
   struct termios saved, quiet;
   int changed = 0;
   if (tcgetattr(STDIN_FILENO, &saved) == 0) {
@@ -195,38 +199,36 @@ static int read_line_quietly(int tty_out, const char *prompt, char *out,
   int result = -1;
   size_t len = 0;
   int too_long = 0;
-  if (!prompt_signal) {
-    write_str(tty_out, prompt); /* echo is off once this shows */
-    for (;;) {
-      char c;
-      ssize_t r = read(STDIN_FILENO, &c, 1);
-      if (r == 1) {
-        if (c == '\n') {
-          result = too_long ? -2 : 1;
-          break;
-        }
-        if (len + 1 < n)
-          out[len++] = c;
-        else
-          too_long = 1;
-        continue;
-      }
-      if (r == 0) {
-        result = 0;
-        break;
-      }
-      if (errno == EINTR && !prompt_signal)
-        continue;
+  write_str(tty_out, prompt); /* echo is off once this shows */
+  while (!prompt_signal) {
+    struct pollfd p = {STDIN_FILENO, POLLIN, 0};
+    if (ppoll(&p, 1, NULL, waiting) < 0) {
+      if (errno == EINTR)
+        continue; /* a prompt signal ends the loop; others do not */
       *errp = errno;
-      break; /* an error, or a signal to act on */
+      break;
+    }
+    char c;
+    ssize_t r = read(STDIN_FILENO, &c, 1);
+    if (r == 1 && c == '\n') {
+      result = too_long ? -2 : 1;
+      break;
+    }
+    if (r == 1) {
+      if (len + 1 < n)
+        out[len++] = c;
+      else
+        too_long = 1;
+    } else if (r == 0) {
+      result = 0;
+      break;
+    } else if (errno != EINTR && errno != EAGAIN) {
+      *errp = errno;
+      break;
     }
   }
-  if (changed) {
-    /* a background process gets SIGTTOU here: give up rather than loop */
-    while (tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved) != 0 && errno == EINTR &&
-           prompt_signal != SIGTTOU)
-      ;
-  }
+  if (changed) /* signals blocked: no SIGTTOU even in the background */
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
   if (result != 1)
     write_str(tty_out, "\n"); /* ECHONL wrote none */
   *lenp = len;
@@ -249,18 +251,27 @@ int app_secret_prompt(const char *prompt, char *out, size_t n, char *err,
     memset(&catch_it, 0, sizeof(catch_it));
     catch_it.sa_handler = on_prompt_signal;
     sigemptyset(&catch_it.sa_mask);
-    catch_it.sa_flags = 0; /* no SA_RESTART: read() returns EINTR */
+    sigset_t blocked, waiting;
+    sigemptyset(&blocked);
     prompt_signal = 0;
     for (int i = 0; i < NPROMPT_SIGNALS; i++) {
       sigaction(prompt_signals[i], NULL, &old[i]);
-      if (old[i].sa_handler != SIG_IGN) /* an ignored one stays ignored */
-        sigaction(prompt_signals[i], &catch_it, NULL);
+      if (old[i].sa_handler == SIG_IGN)
+        continue; /* an ignored one stays ignored */
+      sigaction(prompt_signals[i], &catch_it, NULL);
+      sigaddset(&blocked, prompt_signals[i]);
     }
+    sigprocmask(SIG_BLOCK, &blocked, &waiting);
+    sigset_t saved_mask = waiting;
+    for (int i = 0; i < NPROMPT_SIGNALS; i++)
+      sigdelset(&waiting, prompt_signals[i]);
     size_t len = 0;
     int read_errno = 0;
-    int got = read_line_quietly(fd, prompt, out, n, &len, &read_errno);
+    int got =
+        read_line_quietly(fd, prompt, &waiting, out, n, &len, &read_errno);
     for (int i = 0; i < NPROMPT_SIGNALS; i++)
       sigaction(prompt_signals[i], &old[i], NULL);
+    sigprocmask(SIG_SETMASK, &saved_mask, NULL);
     int sig = prompt_signal;
     if (sig) {
       memset(out, 0, len);
