@@ -338,8 +338,8 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       conf.nerrors = 1; /* flags alone: the first problem, one line */
     app_config_print_errors(&conf, prog, stderr);
     if (!bad)
-      printf("%s: ok (%zu tunnel%s)\n", config_path, ntunnels,
-             ntunnels == 1 ? "" : "s");
+      printf("%s: ok (%zu tunnel%s)\n", conf.path ? conf.path : config_path,
+             ntunnels, ntunnels == 1 ? "" : "s");
     app_cli_tunnels_free(tunnels, ntunnels);
     app_config_free(&conf);
     return bad ? APP_EXIT_USAGE : 0;
