@@ -34,6 +34,8 @@ static void usage(const char *prog, const char *summary, const app_flag *f) {
   }
   printf("  %-30s %s\n  %-30s %s\n", "-h, --help", "show this help",
          "--version", "print the version");
+  printf("\nA FILE to read may be cred:NAME, the systemd credential NAME "
+         "($CREDENTIALS_DIRECTORY/NAME).\n");
 }
 
 static void die(const char *prog, const char *flag, const char *what) {
