@@ -315,7 +315,8 @@ for unit in wstunsrv wstuncli; do
   env_file=$PREFIX/share/doc/wstun/examples/$unit.env
   if [ ! -f "$f" ] || [ ! -f "$env_file" ]; then continue; fi
   loaded=$(sed -n 's/^LoadCredential=\([^:]*\):.*/\1/p' "$f" | sort -u)
-  named=$(cat "$env_file" "$PREFIX/share/man/man1/$unit.1" |
+  # (the man page's \- are dashes)
+  named=$(cat "$env_file" "$PREFIX/share/man/man1/$unit.1" | sed 's/\\-/-/g' |
           grep -o 'cred:[a-z][a-z0-9.-]*' | sed 's/^cred://' | sort -u)
   unloaded=$(comm -13 <(printf '%s\n' "$loaded") <(printf '%s\n' "$named"))
   if [ -z "$loaded" ]; then
