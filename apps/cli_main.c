@@ -13,6 +13,7 @@
 
 #include "app_common.h"
 #include "app_config.h"
+#include "app_secret.h"
 
 #define GRACE_MS 10000
 
@@ -189,6 +190,47 @@ static const char *start_error_flag(int rc, const char **why) {
                               : "token";
 }
 
+/* The passwords of "-token TOKEN:" tunnels (password_prompt), asked on the
+ * terminal. 0, or APP_EXIT_USAGE after one line naming the flag or the
+ * file's line: stdin is not a terminal, or nothing usable was typed. */
+static int ask_passwords(const char *prog, const app_config *conf,
+                         app_cli_tunnel *t, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (!t[i].password_prompt)
+      continue;
+    char where[512], prompt[256], pw[1024], err[256];
+    int line = 0;
+    if (t[i].name)
+      snprintf(where, sizeof(where), "%s:%d: [tunnel %s]: token", conf->path,
+               t[i].line, t[i].name);
+    else if (t[i].token == app_config_get(&conf->top, "token", &line))
+      snprintf(where, sizeof(where), "%s:%d: token", conf->path, line);
+    else
+      snprintf(where, sizeof(where), "%s: flag -token", prog);
+    if (!isatty(STDIN_FILENO)) {
+      fprintf(stderr,
+              "%s: %.8s...: nothing after ':' and standard input is not a "
+              "terminal to ask for the password (give it with "
+              "-password-file, $WSTUNNEL_PASSWORD or TOKEN:PASSWORD)\n",
+              where, t[i].cfg.token);
+      return APP_EXIT_USAGE;
+    }
+    snprintf(prompt, sizeof(prompt),
+             "Password for %s%s%stoken %.8s...: ", t[i].name ? "[tunnel " : "",
+             t[i].name ? t[i].name : "", t[i].name ? "] " : "", t[i].cfg.token);
+    if (app_secret_prompt(prompt, pw, sizeof(pw), err, sizeof(err)) != 0) {
+      fprintf(stderr, "%s: %.8s...: %s\n", where, t[i].cfg.token, err);
+      return APP_EXIT_USAGE;
+    }
+    t[i].password_buf = strdup(pw);
+    memset(pw, 0, sizeof(pw));
+    if (t[i].password_buf == NULL)
+      return 1;
+    t[i].cfg.password = t[i].password_buf;
+  }
+  return 0;
+}
+
 int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   wstun_client_config cfg;
   wstun_client_config_init(&cfg);
@@ -312,8 +354,8 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       conf.nerrors = 1; /* flags alone: the first problem, one line */
     app_config_print_errors(&conf, prog, stderr);
     if (!bad)
-      printf("%s: ok (%zu tunnel%s)\n", config_path, ntunnels,
-             ntunnels == 1 ? "" : "s");
+      printf("%s: ok (%zu tunnel%s)\n", conf.path ? conf.path : config_path,
+             ntunnels, ntunnels == 1 ? "" : "s");
     app_cli_tunnels_free(tunnels, ntunnels);
     app_config_free(&conf);
     return bad ? APP_EXIT_USAGE : 0;
@@ -321,6 +363,12 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   cfg.log_level = app_log_level(prog, log_level);
   if (log_pretty)
     ops.log_format = "text";
+  int prompt_rc = ask_passwords(prog, &conf, tunnels, ntunnels);
+  if (prompt_rc != 0) {
+    app_cli_tunnels_free(tunnels, ntunnels);
+    app_config_free(&conf);
+    return prompt_rc;
+  }
   app_log_setup(prog, "wstuncli", &ops);
 
   signal(SIGPIPE, SIG_IGN);

@@ -2,14 +2,18 @@
  * graceful stop, SIGUSR1/SIGHUP → log file reopened, SIGHUP → TLS certificate
  * reloaded. */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "app_common.h"
 #include "app_config.h"
+#include "app_secret.h"
 
 #define GRACE_MS 10000
 
@@ -60,16 +64,18 @@ static void check_tls_flags(const char *prog, const char *cert,
   }
   if (cert == NULL)
     return;
+  /* opened, not only looked at: a key root keeps 0600 is out of reach of
+   * a service's dynamic user, and this says so by name */
   struct stat st;
-  const char *flag = "tls-cert", *path = cert;
-  if (stat(cert, &st) == 0) {
-    flag = "tls-key";
-    path = key;
-  }
-  if (stat(path, &st) != 0) {
-    fprintf(stderr, "%s: flag -%s: cannot read %s: %s\n", prog, flag, path,
-            strerror(errno));
-    exit(APP_EXIT_USAGE);
+  const char *flags[] = {"tls-cert", "tls-key"}, *paths[] = {cert, key};
+  for (int i = 0; i < 2; i++) {
+    int fd = open(paths[i], O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) != 0) {
+      fprintf(stderr, "%s: flag -%s: cannot read %s: %s\n", prog, flags[i],
+              paths[i], strerror(errno));
+      exit(APP_EXIT_USAGE);
+    }
+    close(fd);
   }
   if (st.st_mode & S_IROTH) {
     fprintf(stderr,
@@ -202,12 +208,17 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       int bad = conf.nerrors > 0;
       app_config_print_errors(&conf, prog, stderr);
       if (!bad)
-        printf("%s: ok\n", config_path);
+        printf("%s: ok\n", conf.path ? conf.path : config_path);
       app_config_free(&conf);
       return bad ? APP_EXIT_USAGE : 0;
     }
   }
   cfg.log_level = app_log_level(prog, log_level);
+  /* cred:NAME: the file systemd's LoadCredential= put there */
+  static char tls_cert[PATH_MAX], tls_key[PATH_MAX];
+  app_file_flag(prog, "tls-cert", &cfg.tls_cert_file, tls_cert,
+                sizeof(tls_cert));
+  app_file_flag(prog, "tls-key", &cfg.tls_key_file, tls_key, sizeof(tls_key));
   check_tls_flags(prog, cfg.tls_cert_file, cfg.tls_key_file);
   /* secrets from files stay out of the process list */
   static char passwords[65536];
