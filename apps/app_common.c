@@ -62,6 +62,18 @@ int app_flag_value(const app_flag *f, const char *v, void *dst, char *err,
       return -1;
     }
     return 0;
+  case FLAG_ONOFF: {
+    static const char *const on[] = {"on", "true", "yes", "1"};
+    static const char *const off[] = {"off", "false", "no", "0"};
+    for (size_t i = 0; i < 4; i++) {
+      if (strcasecmp(v, on[i]) == 0 || strcasecmp(v, off[i]) == 0) {
+        *(int *)dst = strcasecmp(v, on[i]) == 0;
+        return 0;
+      }
+    }
+    snprintf(err, errlen, "invalid value \"%.64s\": want on or off", v);
+    return -1;
+  }
   case FLAG_INT:
   case FLAG_U64: {
     char *end = NULL;
@@ -144,7 +156,8 @@ static struct {
   int use_syslog;
   int json;
   const char *app;
-} g_log = {STDERR_FILENO, NULL, 0, 0, "wstun"};
+  char last_error[512]; /* the last error line (app_last_error) */
+} g_log = {STDERR_FILENO, NULL, 0, 0, "wstun", ""};
 
 static const struct {
   const char *name;
@@ -288,75 +301,6 @@ static void lb_str(line_buf *b, const char *s) {
   lb_add(b, s, strlen(s));
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid. */
-static size_t utf8_len(const unsigned char *s) {
-  unsigned char c = s[0];
-  if (c < 0x80)
-    return 1;
-  unsigned char lo = 0x80, hi = 0xBF;
-  size_t n;
-  if (c >= 0xC2 && c <= 0xDF)
-    n = 2;
-  else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0)
-      lo = 0xA0;
-    else if (c == 0xED)
-      hi = 0x9F; /* no surrogates */
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0)
-      lo = 0x90;
-    else if (c == 0xF4)
-      hi = 0x8F;
-  } else
-    return 0;
-  if (s[1] < lo || s[1] > hi)
-    return 0;
-  for (size_t i = 2; i < n; i++)
-    if (s[i] < 0x80 || s[i] > 0xBF)
-      return 0;
-  return n;
-}
-
-/* `s` as a JSON string, quotes included: `"` and `\` escaped, control
- * characters as \uXXXX, invalid UTF-8 bytes as U+FFFD. */
-static void lb_json_str(line_buf *b, const char *str) {
-  const unsigned char *s = (const unsigned char *)str;
-  lb_add(b, "\"", 1);
-  while (*s) {
-    size_t run = 0; /* plain bytes copied as they are */
-    while (s[run] >= 0x20 && s[run] < 0x7f && s[run] != '"' && s[run] != '\\')
-      run++;
-    if (run) {
-      lb_add(b, (const char *)s, run);
-      s += run;
-      continue;
-    }
-    unsigned char c = *s;
-    if (c == '"' || c == '\\') {
-      char esc[2] = {'\\', (char)c};
-      lb_add(b, esc, 2);
-      s++;
-    } else if (c < 0x20 || c == 0x7f) {
-      char esc[8];
-      snprintf(esc, sizeof(esc), "\\u%04x", c);
-      lb_add(b, esc, 6);
-      s++;
-    } else {
-      size_t n = utf8_len(s);
-      if (n == 0) {
-        lb_str(b, "\\ufffd");
-        s++;
-      } else {
-        lb_add(b, (const char *)s, n);
-        s += n;
-      }
-    }
-  }
-  lb_add(b, "\"", 1);
-}
-
 static void write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
@@ -370,17 +314,38 @@ static void write_all(int fd, const char *p, size_t n) {
   }
 }
 
-void app_log(void *user_data, wstun_log_level level, const char *msg) {
-  static const char *const names[] = {"ERROR", "WARN ", "INFO ", "DEBUG"};
-  static const char *const json_names[] = {"error", "warn", "info", "debug"};
-  static const int prios[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
-  int l = (int)level & 3;
-  /* user_data, when set, names the tunnel ([tunnel NAME] of -config) */
-  char tagged[1024];
-  if (user_data) {
-    snprintf(tagged, sizeof(tagged), "[%s] %s", (const char *)user_data, msg);
-    msg = tagged;
+/* The record as one JSON object into b (jansson, through libwstun). */
+static void json_line(line_buf *b, const char *ts, const char *tunnel,
+                      const wstun_log_record *rec) {
+  const wstun_log_field extra[] = {{"app", g_log.app}, {"tunnel", tunnel}};
+  char stack[2048];
+  int n = wstun_log_format_json(rec, ts, extra, 2, stack, sizeof(stack));
+  if (n >= 0 && (size_t)n < sizeof(stack)) {
+    lb_add(b, stack, (size_t)n);
+    return;
   }
+  char *heap = n > 0 ? malloc((size_t)n + 1) : NULL;
+  if (heap &&
+      wstun_log_format_json(rec, ts, extra, 2, heap, (size_t)n + 1) == n) {
+    lb_add(b, heap, (size_t)n);
+  } else {
+    /* no memory for the line: say so, still as JSON */
+    const wstun_log_record lost = {WSTUN_LOG_ERROR,
+                                   "out of memory formatting a log line", NULL};
+    if (wstun_log_format_json(&lost, ts, extra, 2, stack, sizeof(stack)) > 0)
+      lb_str(b, stack);
+  }
+  free(heap);
+}
+
+void app_log_record(void *user_data, const wstun_log_record *rec) {
+  static const char *const names[] = {"ERROR", "WARN ", "INFO ", "DEBUG"};
+  static const int prios[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+  int l = (int)rec->level & 3;
+  if (rec->level == WSTUN_LOG_ERROR)
+    snprintf(g_log.last_error, sizeof(g_log.last_error), "%s", rec->msg);
+  /* user_data, when set, names the tunnel ([tunnel NAME] of -config) */
+  const char *tunnel = user_data;
   struct timeval tv;
   gettimeofday(&tv, NULL);
   struct tm tm;
@@ -393,25 +358,23 @@ void app_log(void *user_data, wstun_log_level level, const char *msg) {
   line_buf b;
   lb_init(&b);
   if (g_log.json) {
-    lb_str(&b, "{\"time\":\"");
-    lb_str(&b, ts);
-    lb_str(&b, "\",\"level\":\"");
-    lb_str(&b, json_names[l]);
-    lb_str(&b, "\",\"app\":");
-    lb_json_str(&b, g_log.app);
-    lb_str(&b, ",\"msg\":");
-    lb_json_str(&b, msg);
-    lb_str(&b, "}");
-  } else if (!g_log.use_syslog) {
-    lb_str(&b, ts);
-    lb_str(&b, " ");
-    lb_str(&b, names[l]);
-    lb_str(&b, " ");
-    lb_str(&b, msg);
+    json_line(&b, ts, tunnel, rec);
+  } else {
+    if (!g_log.use_syslog) { /* syslog stamps time, level and pid itself */
+      lb_str(&b, ts);
+      lb_str(&b, " ");
+      lb_str(&b, names[l]);
+      lb_str(&b, " ");
+    }
+    if (tunnel) {
+      lb_str(&b, "[");
+      lb_str(&b, tunnel);
+      lb_str(&b, "] ");
+    }
+    lb_str(&b, rec->msg);
   }
   if (g_log.use_syslog) {
-    /* syslog stamps time, level and pid itself */
-    syslog(prios[l], "%s", g_log.json ? b.p : msg);
+    syslog(prios[l], "%s", b.p);
   } else {
     lb_add(&b, "\n", 1);
     if (b.p[b.len - 1] != '\n') /* cut short: still one line */
@@ -419,6 +382,15 @@ void app_log(void *user_data, wstun_log_level level, const char *msg) {
     write_all(g_log.fd, b.p, b.len);
   }
   lb_free(&b);
+}
+
+void app_log(void *user_data, wstun_log_level level, const char *msg) {
+  const wstun_log_record rec = {level, msg, NULL};
+  app_log_record(user_data, &rec);
+}
+
+const char *app_last_error(void) {
+  return g_log.last_error;
 }
 
 void app_logf(wstun_log_level level, const char *fmt, ...) {

@@ -14,12 +14,21 @@
 
 #define APP_EXIT_USAGE 2
 
-typedef enum { FLAG_STR, FLAG_INT, FLAG_U64, FLAG_BOOL } app_flag_type;
+/* FLAG_BOOL is Go's: "-flag" alone means true. FLAG_ONOFF takes a value
+ * (on/off, true/false, yes/no, 1/0) into an int, for settings that are on
+ * by default ("-access-log off"). */
+typedef enum {
+  FLAG_STR,
+  FLAG_INT,
+  FLAG_U64,
+  FLAG_BOOL,
+  FLAG_ONOFF
+} app_flag_type;
 
 typedef struct app_flag {
   const char *name; /* without dashes */
   app_flag_type type;
-  void *dst;       /* const char **, int *, uint64_t *, int * */
+  void *dst;       /* const char **, int *, uint64_t *, int *, int * */
   const char *arg; /* shown in usage, e.g. "N" */
   const char *help;
   int64_t min, max; /* for FLAG_INT / FLAG_U64 (ignored when min > max) */
@@ -42,7 +51,11 @@ typedef struct app_ops {
   const char *syslog;     /* -syslog FACILITY */
   const char *log_format; /* -log-format text|json */
   const char *pidfile;    /* -pidfile FILE */
+  int access_log;         /* -access-log on|off: set it to 1 first */
 } app_ops;
+
+#define APP_OPS_INIT                                                           \
+  { .access_log = 1 }
 
 #define APP_OPS_FLAGS(o)                                                       \
   {"logfile",                                                                  \
@@ -63,9 +76,16 @@ typedef struct app_ops {
        FLAG_STR,                                                               \
        &(o).log_format,                                                        \
        "FORMAT",                                                               \
-       "text (default) or json (one object per line)",                         \
+       "text (default) or json (one object per line, with fields)",            \
        0,                                                                      \
        -1},                                                                    \
+      {"access-log",                                                           \
+       FLAG_ONOFF,                                                             \
+       &(o).access_log,                                                        \
+       "on|off",                                                               \
+       "one info line per request answered (default on)",                      \
+       0,                                                                      \
+       1},                                                                     \
   {                                                                            \
     "pidfile", FLAG_STR, &(o).pidfile, "FILE",                                 \
         "write the process id to FILE once started; removed at exit", 0, -1    \
@@ -86,11 +106,20 @@ void app_raise_nofile(void);
 /* Closes the log file / syslog connection (at exit). */
 void app_log_shutdown(void);
 
-/* The log callback: one line per message to the configured destination;
- * a non-NULL user_data is a tunnel name, written "[NAME] " before msg.
- * Text: "2026-01-09T15:30:45.123Z INFO  message"; JSON:
- * {"time":"...","level":"info","app":"wstunsrv","msg":"..."}. */
+/* The log callback (the library's log_record_cb): one line per record to
+ * the configured destination; a non-NULL user_data is a tunnel name.
+ * Text: "2026-01-09T15:30:45.123Z INFO  [NAME] message"; JSON, built by
+ * wstun_log_format_json():
+ * {"time":"...","level":"info","app":"wstunsrv","tunnel":"NAME","msg":"..."}
+ * and, for access-log lines, the request's fields after msg. */
+void app_log_record(void *user_data, const wstun_log_record *rec);
+
+/* app_log_record for a line without fields. */
 void app_log(void *user_data, wstun_log_level level, const char *msg);
+
+/* The text of the last error-level line logged (the library's reason for
+ * a failed start), or "". */
+const char *app_last_error(void);
 
 /* app_log with a printf format. */
 void app_logf(wstun_log_level level, const char *fmt, ...)

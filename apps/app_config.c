@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "app_secret.h"
 
@@ -481,6 +482,15 @@ static void tunnel_finish(app_config *c, const app_config_section *s,
                  s || c->path
                      ? "missing tunnel (the server URL, ws://host:port)"
                      : "required (ws://host:port)");
+  /* the usual slip (an http:// server URL given as the tunnel, or the
+   * other way round) named here; the library names what else is wrong */
+  const char *tu = t->cfg.tunnel_url, *su = t->cfg.server_url;
+  if (tu && *tu && strncasecmp(tu, "ws://", 5) != 0 &&
+      strncasecmp(tu, "wss://", 6) != 0)
+    tunnel_error(c, s, "tunnel", "must begin with ws:// or wss://");
+  if (su && *su && strncasecmp(su, "http://", 7) != 0 &&
+      strncasecmp(su, "https://", 8) != 0)
+    tunnel_error(c, s, "server", "must begin with http:// or https://");
   if (t->token == NULL || *t->token == '\0') {
     /* a token at the top level would make every section share it */
     if (s)

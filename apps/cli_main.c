@@ -163,14 +163,30 @@ static void on_signal(uv_signal_t *h, int signum) {
   close_all(app, GRACE_MS);
 }
 
-static const char *start_error_flag(int rc, const wstun_client_config *cfg) {
+/* The flag behind a failed wstun_client_start(), and *why, what to say:
+ * the library's own error line when it names the problem (a bad URL is
+ * logged as "tunnel_url: ...", a TLS file as "TLS: ..."). */
+static const char *start_error_flag(int rc, const char **why) {
+  static const struct {
+    const char *field, *flag;
+  } urls[] = {{"tunnel_url: ", "tunnel"},
+              {"server_url: ", "server"},
+              {"proxy_url: ", "proxy"}};
+  const char *last = app_last_error();
+  *why = wstun_strerror(rc);
+  if (rc == WSTUN_EURL) {
+    for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++)
+      if (strncmp(last, urls[i].field, strlen(urls[i].field)) == 0) {
+        *why = last + strlen(urls[i].field);
+        return urls[i].flag;
+      }
+    return "tunnel, -server or -proxy";
+  }
+  if (rc == WSTUN_ETLS && *last)
+    *why = last;
   return rc == WSTUN_EREGEX   ? "regexp"
          : rc == WSTUN_EPORTS ? "client-ports"
          : rc == WSTUN_ETLS   ? "certfile"
-         : rc == WSTUN_EURL   ? (cfg->proxy_url    ? "tunnel, -server or -proxy"
-                                 : cfg->server_url ? "tunnel or -server (or the "
-                                                     "proxy environment variable)"
-                                                   : "tunnel")
                               : "token";
 }
 
@@ -222,7 +238,7 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   const char *config_path = NULL, *password_file = NULL;
   const char *file_password = NULL; /* `password`: the file only */
   int log_pretty = 0, check_config = 0;
-  app_ops ops = {0};
+  app_ops ops = APP_OPS_INIT;
   app_flag flags[] = {
       {"config", FLAG_STR, &config_path, "FILE",
        "read flags (and [tunnel NAME] sections) from an INI file; flags given "
@@ -373,7 +389,8 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   for (size_t i = 0; i < ntunnels; i++) {
     wstun_client_config *tc = &tunnels[i].cfg;
     tc->log_level = cfg.log_level;
-    tc->log_cb = app_log;
+    tc->log_record_cb = app_log_record;
+    tc->access_log = ops.access_log;
     tc->log_user_data = tunnels[i].name; /* "[NAME] " before its lines */
     tc->proxy_from_env = 1;
     /* the Go client clamps -timeout (to 3..600) rather than refusing it */
@@ -416,12 +433,13 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       app.open++;
       continue;
     }
-    const char *flag = start_error_flag(rc, &tunnels[i].cfg);
+    const char *why;
+    const char *flag = start_error_flag(rc, &why);
     if (tunnels[i].name)
       fprintf(stderr, "%s:%d: [tunnel %s]: %s: %s\n", config_path,
-              tunnels[i].line, tunnels[i].name, flag, wstun_strerror(rc));
+              tunnels[i].line, tunnels[i].name, flag, why);
     else
-      fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, wstun_strerror(rc));
+      fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, why);
     exit_code = APP_EXIT_USAGE;
   }
   if (exit_code == 0 && statusfile) {

@@ -94,7 +94,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   const char *passwords_file = NULL;
   const char *robowhois = NULL; /* Go-only flags, accepted and ignored */
   int log_pretty = 0;
-  app_ops ops = {0};
+  app_ops ops = APP_OPS_INIT;
   uint64_t max_header = cfg.max_header_bytes, max_body = 0;
   const char *config_path = NULL;
   int check_config = 0;
@@ -240,9 +240,25 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   if (robowhois && *robowhois)
     app_log(NULL, WSTUN_LOG_INFO,
             "-robowhois ignored: wstunsrv does no whois lookups");
+  /* the Go server clamps these rather than refusing them: so do we, and
+   * say so, naming the flag */
+  int wst = cfg.ws_timeout_sec < 3     ? 3
+            : cfg.ws_timeout_sec > 600 ? 600
+                                       : cfg.ws_timeout_sec;
+  if (wst != cfg.ws_timeout_sec)
+    app_logf(WSTUN_LOG_WARN, "-wstimeout %d is outside 3..600: using %d",
+             cfg.ws_timeout_sec, wst);
+  cfg.ws_timeout_sec = wst;
+  if (cfg.max_requests_per_tunnel > 1000) {
+    app_logf(WSTUN_LOG_WARN,
+             "-max-requests-per-tunnel %d is over 1000: using 1000",
+             cfg.max_requests_per_tunnel);
+    cfg.max_requests_per_tunnel = 1000;
+  }
   cfg.max_header_bytes = (size_t)max_header;
   cfg.max_body_bytes = max_body;
-  cfg.log_cb = app_log;
+  cfg.log_record_cb = app_log_record;
+  cfg.access_log = ops.access_log;
 
   signal(SIGPIPE, SIG_IGN);
   app_tune_malloc();
@@ -278,10 +294,13 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
             prog, cfg.host);
     exit_code = APP_EXIT_USAGE;
   } else if (rc == WSTUN_ETLS) {
-    app_errorf("%s: flag -tls-cert/-tls-key: cannot use %s with %s (reason "
-               "logged above)",
-               prog, cfg.tls_cert_file, cfg.tls_key_file);
+    app_errorf("%s: flag -tls-cert/-tls-key: cannot use %s with %s: %s", prog,
+               cfg.tls_cert_file, cfg.tls_key_file, app_last_error());
     exit_code = APP_EXIT_USAGE;
+  } else if (rc == WSTUN_ELISTEN) {
+    /* the library's line says where and why ("address already in use") */
+    app_errorf("%s: flag -host/-port: %s", prog, app_last_error());
+    exit_code = 1;
   } else if (rc != 0) {
     app_errorf("%s: cannot start: %s", prog, wstun_strerror(rc));
     exit_code = 1;

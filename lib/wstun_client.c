@@ -28,6 +28,7 @@ void wstun_client_config_init(wstun_client_config *cfg) {
   cfg->backend_idle_sec = 30;
   cfg->max_handler_body = 8 * 1024 * 1024;
   cfg->log_level = WSTUN_LOG_INFO;
+  cfg->access_log = 1;
 }
 
 wstun_client_state wstun_client_get_state(const wstun_client *c) {
@@ -213,7 +214,7 @@ static int prefix_target(wstun__http_head *h, const wstun__url *backend) {
 static int req_on_head(void *ud, wstun__http_head *h) {
   wstun_request *req = ud;
   wstun_client *cli = req->owner;
-  req->method = h->method;
+  wstun__request_note_head(req, h, cli->dialer.cfg.token);
   wstun__log(&cli->log, WSTUN_LOG_DEBUG, "WS   RCV id=%04x verb=%s url=%s",
              req->id, llhttp_method_name((llhttp_method_t)h->method),
              wstun__http_head_target(h));
@@ -360,6 +361,7 @@ int wstun_request_respond(wstun_request *req, int status,
       req->resp = m;
       req->resp_started = 1;
       req->resp_handed = 1;
+      wstun__request_note_answer(req, status, len);
       wstun__tunnel_send(req->t, req->id, m);
     }
   }
@@ -568,16 +570,25 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   for (const char *p = cfg->token; *p; p++)
     if ((unsigned char)*p < 0x21 || *p == 0x7f)
       return WSTUN_EINVAL;
+  /* a bad URL is named (never shown: it may hold a password) */
   int rc = wstun__dialer_config_url(dc, cfg->tunnel_url);
+  if (rc == WSTUN_EURL)
+    wstun__log(&cli->log, WSTUN_LOG_ERROR,
+               "tunnel_url: malformed, or not ws:// or wss:// (want "
+               "ws[s]://[user:pass@]host[:port][/base])");
   if (rc != 0)
     return rc;
   if (cfg->server_url && *cfg->server_url) {
     rc = wstun__url_parse(cfg->server_url, &cli->server_url);
+    if (rc == 0 && strcmp(cli->server_url.scheme, "http") != 0 &&
+        strcmp(cli->server_url.scheme, "https") != 0)
+      rc = WSTUN_EURL;
+    if (rc == WSTUN_EURL)
+      wstun__log(&cli->log, WSTUN_LOG_ERROR,
+                 "server_url: malformed, or not http:// or https:// (want "
+                 "http[s]://host[:port][/prefix])");
     if (rc != 0)
       return rc;
-    if (strcmp(cli->server_url.scheme, "http") != 0 &&
-        strcmp(cli->server_url.scheme, "https") != 0)
-      return WSTUN_EURL;
     /* a path is a prefix of every request's (see prefix_target); one
      * trailing "/" goes, as in the Go client */
     size_t splen = strlen(cli->server_url.path);
@@ -617,6 +628,10 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   }
   rc = wstun__dialer_config_transport(dc, cli->ca_file, cfg->proxy_url,
                                       cfg->proxy_from_env, &cli->log);
+  if (rc == WSTUN_EURL)
+    wstun__log(&cli->log, WSTUN_LOG_ERROR,
+               "proxy_url: malformed, or not http:// (want "
+               "http://[user:pass@]host:port)");
   if (rc != 0)
     return rc;
   rc = wstun__dialer_config_auth(dc, cfg->token, cfg->password,
@@ -650,6 +665,32 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
   return 0;
 }
 
+/* What the client runs with, once at start: the tunnel URL without its
+ * user:password, the token's prefix, whether a password goes with it,
+ * where requests go, the timeout. */
+static void log_config(wstun_client *cli, const wstun_client_config *cfg) {
+  const wstun__dialer_config *dc = &cli->dialer.cfg;
+  char host[600], red[12], backend[1200];
+  wstun__url_host_header(&dc->tunnel_url, host, sizeof(host));
+  if (cli->handler)
+    snprintf(backend, sizeof(backend), "the in-process handler");
+  else if (cli->has_server) {
+    char sh[600];
+    wstun__url_host_header(&cli->server_url, sh, sizeof(sh));
+    snprintf(backend, sizeof(backend), "%s://%s%s%s%.200s%s",
+             cli->server_url.scheme, sh, cli->server_url.path,
+             cli->has_re ? " (and X-Host matching " : "",
+             cli->has_re ? cfg->regexp : "", cli->has_re ? ")" : "");
+  } else
+    snprintf(backend, sizeof(backend), "X-Host matching %.200s", cfg->regexp);
+  wstun__log(&cli->log, WSTUN_LOG_INFO,
+             "tunnel %s://%s%s token=%s %s; requests go to %s; timeout %llu s",
+             dc->tunnel_url.scheme, host, dc->tunnel_url.path,
+             wstun__redact(dc->token, red),
+             dc->auth_header ? "with a password" : "without a password",
+             backend, (unsigned long long)cli->timeout_ms / 1000);
+}
+
 int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
                        wstun_client **out) {
   if (loop == NULL || cfg == NULL || out == NULL)
@@ -658,9 +699,8 @@ int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
   if (cli == NULL)
     return WSTUN_ENOMEM;
   cli->loop = loop;
-  cli->log.level = cfg->log_level;
-  cli->log.cb = cfg->log_cb;
-  cli->log.user_data = cfg->log_user_data;
+  wstun__logger_init(&cli->log, cfg->log_level, cfg->log_cb, cfg->log_record_cb,
+                     cfg->log_user_data, cfg->access_log);
   int rc = wstun__rng_init(&cli->rng);
   if (rc != 0) {
     wstun__free(cli);
@@ -674,6 +714,7 @@ int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
     client_free(cli);
     return rc;
   }
+  log_config(cli, cfg);
   wstun__conn_shared_init(&cli->shared, loop);
   wstun__dialer_init(&cli->dialer, loop, &cli->shared, &cli->rng, &cli->log,
                      &cli_dialer_cbs, cli);

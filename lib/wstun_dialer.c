@@ -34,20 +34,63 @@ uint64_t wstun__dialer_backoff(unsigned attempt, uint64_t max_ms, uint32_t r) {
 
 static int hs_on_head(void *ud, wstun__http_head *h) {
   wstun__dialer *d = ud;
-  (void)h;
   d->hs_done = 1;
+  /* the server refuses (401, 429 …): its body says why; read it when it
+   * has a framed one (a body that runs to the close is not waited for) */
+  if (d->state == WSTUN__DIAL_HANDSHAKE && h->status >= 200 &&
+      ((h->has_content_length && h->content_length > 0) || h->chunked)) {
+    d->hs_body_wait = 1;
+    return 0;
+  }
   return 1;
 }
 
+static int hs_on_body(void *ud, const uint8_t *data, size_t len) {
+  wstun__dialer *d = ud;
+  size_t room = sizeof(d->hs_body) - d->hs_body_len;
+  size_t n = len < room ? len : room;
+  memcpy(d->hs_body + d->hs_body_len, data, n);
+  d->hs_body_len += n;
+  return 0;
+}
+
 static int hs_on_complete(void *ud) {
-  (void)ud;
+  wstun__dialer *d = ud;
+  d->hs_body_done = 1;
   return 1;
 }
 
 static const wstun__http_parser_cbs hs_cbs = {
     .on_head = hs_on_head,
+    .on_body = hs_on_body,
     .on_complete = hs_on_complete,
 };
+
+/* "server answered 401 Unauthorized: Invalid token or password", with the
+ * body's first line (control bytes as '?'), and for a 401 a hint at the
+ * password, the usual cause. */
+static void refusal_why(const wstun__dialer *d, char *why, size_t whyn) {
+  const wstun__http_head *h = &d->hs.head;
+  char body[WSTUN__DIAL_WHY_BODY + 1];
+  size_t n = 0;
+  for (; n < d->hs_body_len && d->hs_body[n] != '\n' && d->hs_body[n] != '\r';
+       n++) {
+    unsigned char c = (unsigned char)d->hs_body[n];
+    body[n] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+  }
+  body[n] = '\0';
+  const char *hint = "";
+  if (h->status == 401)
+    hint = d->cfg.auth_header ? "; the token's password was refused (wstuncli: "
+                                "-token TOKEN:PASSWORD, -password-file or "
+                                "WSTUNNEL_PASSWORD)"
+                              : "; no password was sent and the server wants "
+                                "one for this token (wstuncli: -token "
+                                "TOKEN:PASSWORD, -password-file or "
+                                "WSTUNNEL_PASSWORD)";
+  snprintf(why, whyn, "server answered %d %.100s%s%s%s", h->status,
+           wstun__http_head_target(h), n ? ": " : "", body, hint);
+}
 
 int wstun__dialer_expect(wstun__dialer *d, wstun__dial_state phase) {
   wstun__dialer_answer_done(d);
@@ -55,6 +98,8 @@ int wstun__dialer_expect(wstun__dialer *d, wstun__dial_state phase) {
                           d);
   d->hs_init = 1;
   d->hs_done = 0;
+  d->hs_body_wait = d->hs_body_done = 0;
+  d->hs_body_len = 0;
   d->state = phase;
   return 0;
 }
@@ -71,8 +116,11 @@ int wstun__dialer_feed(wstun__dialer *d, const uint8_t *data, size_t len,
   int proxy = d->state == WSTUN__DIAL_PROXY;
   *used = 0;
   if (wstun__http_parser_feed(&d->hs, data, len, used) == WSTUN__HTTP_ERROR) {
-    snprintf(why, whyn, "%s",
-             proxy ? "bad answer from the proxy" : "bad handshake response");
+    if (!proxy && d->hs_body_wait) /* a refusal with a bad body: still one */
+      refusal_why(d, why, whyn);
+    else
+      snprintf(why, whyn, "%s",
+               proxy ? "bad answer from the proxy" : "bad handshake response");
     return proxy ? WSTUN_ECONNECT : WSTUN_EHANDSHAKE;
   }
   if (!d->hs_done)
@@ -96,10 +144,10 @@ int wstun__dialer_feed(wstun__dialer *d, const uint8_t *data, size_t len,
     return 1;
   }
   if (h->status != 101) {
-    char tmp[160];
-    snprintf(tmp, sizeof(tmp), "server answered %d %s", h->status,
-             wstun__http_head_target(h));
-    snprintf(why, whyn, "%s", tmp);
+    if (d->hs_body_wait && !d->hs_body_done &&
+        d->hs_body_len < sizeof(d->hs_body))
+      return 0; /* the rest of the refusal's body */
+    refusal_why(d, why, whyn);
     return WSTUN_EHANDSHAKE;
   }
   if (wstun__ws_check_accept(h, d->ws_key) != 0) {
@@ -243,7 +291,7 @@ static void upgraded(wstun__dialer *d, const uint8_t *rest, size_t n) {
 static size_t dial_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   wstun__dialer *d = c->owner;
   size_t used;
-  char why[256];
+  char why[512];
   int rc = wstun__dialer_feed(d, data, len, &used, why, sizeof(why));
   if (rc < 0)
     dial_fail(d, rc, why);
@@ -258,7 +306,12 @@ static size_t dial_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
 static void dial_on_end(wstun__conn *c, int err) {
   wstun__dialer *d = c->owner;
   int proxy = d->state == WSTUN__DIAL_PROXY;
-  char why[256];
+  char why[512];
+  if (!proxy && d->hs_init && d->hs_done && d->hs.head.status != 101) {
+    refusal_why(d, why, sizeof(why)); /* closed in the refusal's body */
+    dial_fail(d, WSTUN_EHANDSHAKE, why);
+    return;
+  }
   if (err == UV_EOF)
     snprintf(why, sizeof(why), "%s closed the connection during the %s",
              proxy ? "the proxy" : "the server",

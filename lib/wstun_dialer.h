@@ -44,6 +44,10 @@ typedef enum {
 } wstun__dial_state;
 
 /* What to dial with; owned by the dialer (wstun__dialer_config_free). */
+/* Bytes of a refusal's body kept for the log ("Invalid token or
+ * password"): a short text, not a page. */
+#define WSTUN__DIAL_WHY_BODY 160
+
 typedef struct wstun__dialer_config {
   wstun__url tunnel_url;
   char *handshake_path; /* base path + "/_tunnel" */
@@ -90,6 +94,10 @@ typedef struct wstun__dialer {
   size_t conns;          /* connections of ours not yet closed (on_close) */
   wstun__http_parser hs; /* the proxy's answer, then the server's */
   int hs_init, hs_done;
+  /* a server's refusal (401 …): the start of its body says why */
+  int hs_body_wait, hs_body_done;
+  size_t hs_body_len;
+  char hs_body[WSTUN__DIAL_WHY_BODY];
   char ws_key[32];
   unsigned attempt;
   uint64_t connected_at; /* ms, last successful handshake */

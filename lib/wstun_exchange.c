@@ -60,6 +60,7 @@ void wstun__exchange_reset(wstun__exchange *ex, const wstun__http_head *h) {
   ex->head = h;
   ex->start_ms = uv_now(ex->srv->loop);
   ex->reg.id = 0;
+  ex->has_id = 0;
   ex->state = WSTUN__EX_NONE;
 }
 
@@ -621,6 +622,7 @@ static void resp_end(wstun__exchange *ex, int complete) {
 static wstun__outmsg *reg_on_send(wstun__reg_entry *e) {
   wstun__exchange *ex = wstun__exchange_of(e);
   ex->state = WSTUN__EX_SENDING;
+  ex->has_id = 1;
   wstun__log(&ex->srv->log, WSTUN_LOG_DEBUG,
              "WS   SND token=%s id=%04x verb=%s url=%s addr=%s",
              ex->token_prefix, e->id,

@@ -84,6 +84,7 @@ struct wstun__exchange {
    * request: the progress when last seen growing */
   uint64_t stall_mark, stall_since;
   uint64_t start_ms;
+  int has_id; /* reg.id was given (the request went onto a tunnel) */
   char token_prefix[12];
   char peer[64]; /* the requester's address, for /admin and accounting */
 };

@@ -45,11 +45,85 @@ static int answer_flags(const wstun__front *f) {
          (f->head_req ? WSTUN__HTTP_NO_BODY : 0);
 }
 
+/* ---- the access log ---------------------------------------------------- */
+
+/* What was answered, for the request's access line. */
+static void note_answer(wstun__front *f, int status, size_t body) {
+  f->resp_status = status;
+  if (!f->head_req)
+    f->resp_bytes += body;
+}
+
+/* The target as the access line shows it: a /_token/TOKEN segment cut to
+ * the token's prefix, in memory the caller frees (*owned), or, without
+ * memory for that, "/_token/..."; else the target itself. */
+static const char *access_path(const wstun_server *srv, const char *target,
+                               size_t tlen, char **owned) {
+  char buf[8];
+  wstun__route rt;
+  *owned = NULL;
+  if (wstun__route_target(srv->base_path, srv->base_len, target, tlen, buf,
+                          sizeof(buf), &rt) != 0 ||
+      rt.tok == NULL)
+    return target;
+  char red[12];
+  char *tok = wstun__strndup(rt.tok, rt.toklen);
+  wstun__redact(tok ? tok : "", red);
+  size_t before = (size_t)(rt.tok - target), after = tlen - before - rt.toklen;
+  size_t rlen = strlen(red);
+  char *out = tok ? wstun__malloc(before + rlen + after + 1) : NULL;
+  wstun__free(tok);
+  if (out == NULL)
+    return "/_token/...";
+  memcpy(out, target, before);
+  memcpy(out + before, red, rlen);
+  memcpy(out + before + rlen, rt.tok + rt.toklen, after);
+  out[before + rlen + after] = '\0';
+  *owned = out;
+  return out;
+}
+
+/* The request's line, once: when it is answered, or when the connection
+ * goes first (499 if nothing was answered). */
+static void access_done(wstun__front *f) {
+  if (!f->req_open)
+    return;
+  f->req_open = 0;
+  wstun_server *srv = f->srv;
+  if (!WSTUN__ACCESS_ON(&srv->log))
+    return;
+  const wstun__http_head *h = &f->parser.head;
+  char *owned;
+  wstun_log_request r = {0};
+  r.method = llhttp_method_name((llhttp_method_t)h->method);
+  r.path = access_path(srv, wstun__http_head_target(h), h->target_len, &owned);
+  r.status = f->resp_status ? f->resp_status : 499;
+  r.bytes = f->resp_bytes;
+  r.duration_ms = uv_now(srv->loop) - f->ex.start_ms;
+  r.remote = f->req_peer[0] ? f->req_peer : NULL;
+  r.token = f->req_token ? f->ex.token_prefix : NULL;
+  r.id = f->req_token && f->ex.has_id ? (int64_t)f->ex.reg.id : -1;
+  wstun__log_access(&srv->log, &r);
+  wstun__free(owned);
+}
+
+/* A request head was read: its access line is owed from now on. */
+static void access_begin(wstun__front *f) {
+  f->req_open = 1;
+  f->req_token = 0;
+  f->resp_status = 0;
+  f->resp_bytes = 0;
+  f->req_peer[0] = '\0';
+  if (WSTUN__ACCESS_ON(&f->srv->log) && f->conn)
+    wstun__conn_peer(f->conn, f->req_peer, sizeof(f->req_peer));
+}
+
 /* Writes a complete short answer on the connection. Errors carry
  * nosniff, as the Go server's (http.Error) do. */
 static void write_simple(wstun__front *f, int status, const char *text) {
   if (f->conn == NULL)
     return;
+  note_answer(f, status, text ? strlen(text) : 0);
   wstun__http_write_simple(
       wstun__conn_outbuf(f->conn), status, text ? text : "",
       status >= 400 ? "X-Content-Type-Options: nosniff\r\n" : NULL,
@@ -96,6 +170,7 @@ static void front_conn_closed(wstun__conn *c) {
 void wstun__front_close(wstun__front *f) {
   if (f->closing)
     return;
+  access_done(f);
   f->closing = 1;
   f->phase = WSTUN__FRONT_IDLE;
   wstun__closer_start(&f->closer, front_freed);
@@ -154,6 +229,8 @@ static void on_tls_timeout(uv_timer_t *t) {
 
 /* The request is answered (or failed): next request, or close. */
 static void front_next(wstun__front *f) {
+  if (f->phase == WSTUN__FRONT_ANSWERED)
+    access_done(f);
   if (f->closing || f->conn == NULL)
     return;
   if (f->phase != WSTUN__FRONT_ANSWERED)
@@ -225,6 +302,7 @@ static int ex_on_head(wstun__exchange *ex, wstun__http_head *h, int no_body,
   if (rc != 0 || f->conn == NULL ||
       wstun__http_head_write(h, wstun__conn_outbuf(f->conn)) != 0)
     return -1;
+  note_answer(f, h->status, 0);
   wstun__conn_flush(f->conn);
   return 0;
 }
@@ -236,6 +314,7 @@ static int ex_on_body(wstun__exchange *ex, const uint8_t *d, size_t n) {
   if (wstun__http_write_body(wstun__conn_outbuf(f->conn), d, n,
                              f->resp_chunked) != 0)
     return -1;
+  f->resp_bytes += n;
   wstun__conn_flush(f->conn);
   return wstun__conn_congested(f->conn) ? 1 : 0;
 }
@@ -359,6 +438,7 @@ static int admin_allowed(wstun__front *f, const wstun__http_head *h) {
                              strlen(srv->admin_token));
     if (!ok) {
       f->phase = WSTUN__FRONT_ANSWERED;
+      note_answer(f, 401, strlen("Unauthorized"));
       if (f->conn) {
         wstun__http_write_simple(
             wstun__conn_outbuf(f->conn), 401, "Unauthorized",
@@ -377,6 +457,7 @@ static void answer_doc(wstun__front *f, int rc, wstun__buf *doc,
   if (rc != 0)
     write_simple(f, 503, "Out of memory");
   else if (f->conn) {
+    note_answer(f, 200, wstun__buf_size(doc));
     wstun__http_write_response(wstun__conn_outbuf(f->conn), 200, ctype,
                                wstun__buf_data(doc), wstun__buf_size(doc), NULL,
                                answer_flags(f));
@@ -412,6 +493,7 @@ static void route_tunnel(wstun__front *f, wstun__http_head *h, const char *tok,
   wstun__conn_peer(f->conn, peer, sizeof(peer));
   int expect;
   const char *text;
+  f->req_token = 1;
   int status = wstun__exchange_start(&f->ex, h, tok, toklen, target, tlen, ip,
                                      peer, &expect, &text);
   if (status != 0) {
@@ -430,6 +512,7 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   f->close_after = !h->keep_alive;
   f->phase = WSTUN__FRONT_IDLE;
   wstun__exchange_reset(&f->ex, h);
+  access_begin(f);
   uv_timer_stop(&f->timer);
   char buf[4096];
   wstun__route_decision d;
@@ -523,12 +606,15 @@ static int upgrade(wstun__front *f, wstun__http_head *h, const uint8_t *rest,
     return 0;
   }
   wstun__redact(token, red);
+  memcpy(f->ex.token_prefix, red, sizeof(red)); /* for the access line */
+  f->req_token = 1;
   const char *bad = wstun__registry_check_auth(
       srv, token, wstun__http_head_get(h, "Authorization"));
   if (bad != NULL) {
     srv->metrics.hs_failures[WSTUN__HS_UNAUTHORIZED]++;
     wstun__log(&srv->log, WSTUN_LOG_WARN, "WS   refused token=%s addr=%s: %s",
                red, peer, bad);
+    note_answer(f, 401, strlen(bad));
     wstun__buf *out = wstun__conn_outbuf(f->conn);
     wstun__http_write_simple(out, 401, bad,
                              "WWW-Authenticate: Basic realm=\"wstunnel\"\r\n"
@@ -545,6 +631,8 @@ static int upgrade(wstun__front *f, wstun__http_head *h, const uint8_t *rest,
     snprintf(msg, sizeof(msg),
              "Maximum number of clients (%zu) reached for this token",
              srv->max_clients);
+    wstun__log(&srv->log, WSTUN_LOG_WARN, "WS   refused token=%s addr=%s: %s",
+               red, peer, msg);
     local_fail(f, 429, msg);
     return 0;
   }
@@ -560,9 +648,11 @@ static int upgrade(wstun__front *f, wstun__http_head *h, const uint8_t *rest,
     local_fail(f, 503, "Out of memory");
     return 0;
   }
-  /* the connection now belongs to the tunnel, and counts as its */
+  /* the connection now belongs to the tunnel, and counts as its; its
+   * request is no access-log line: the tunnel's own lines follow */
   f->conn = NULL;
   f->ip = NULL;
+  f->req_open = 0;
   return 1;
 }
 

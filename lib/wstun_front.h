@@ -48,6 +48,13 @@ struct wstun__front {
   int discarding;   /* reading and dropping the body of an answered request */
   int head_req;     /* the request being answered is a HEAD: answers bodiless */
   int resp_chunked; /* re-encoding the response body as chunked */
+  /* the access log: a request head was read and its line is owed; it
+   * named a token (ex.token_prefix: a tunneled request, a tunnel's
+   * handshake); what was answered so far; who asked */
+  int req_open, req_token;
+  int resp_status;
+  uint64_t resp_bytes;
+  char req_peer[64];
   wstun__exchange ex;
 };
 

@@ -5,6 +5,7 @@
 
 #include "wstun_alloc.h"
 #include "wstun_request.h"
+#include "wstun_util.h"
 
 wstun_request *wstun__request_new(wstun__tunnel *t, uint16_t id,
                                   const wstun__logger *log,
@@ -22,10 +23,29 @@ wstun_request *wstun__request_new(wstun__tunnel *t, uint16_t id,
   return req;
 }
 
+/* The request's access line, as it goes: it is answered, or given up
+ * (499: the tunnel, or the client, went before an answer was made). */
+static void log_access(wstun_request *req) {
+  if (!req->head_noted || !WSTUN__ACCESS_ON(req->log))
+    return;
+  wstun_log_request r = {0};
+  r.method = llhttp_method_name((llhttp_method_t)req->method);
+  r.path = req->log_target ? req->log_target : "";
+  r.status = req->resp_status ? req->resp_status : 499;
+  r.bytes = req->resp_bytes;
+  r.duration_ms = (uv_hrtime() - req->start_ns) / 1000000;
+  r.remote = req->log_remote;
+  r.token = req->token_prefix;
+  r.id = req->id;
+  r.backend = req->handler_called ? "handler" : req->backend_key;
+  wstun__log_access(req->log, &r);
+}
+
 static void request_free(wstun_request *req) {
   /* the release holds it: a ref/unref pair inside (resuming the tunnel
    * while its backend is let go) must not free it a second time */
   req->refs = 1;
+  log_access(req);
   req->cbs->on_release(req);
   if (req->resp) {
     wstun__outmsg *m = req->resp;
@@ -44,6 +64,8 @@ static void request_free(wstun_request *req) {
   wstun__free(req->backend_key);
   wstun__free(req->backend_host);
   wstun__free(req->method_str);
+  wstun__free(req->log_target);
+  wstun__free(req->log_remote);
   wstun__free(req);
 }
 
@@ -107,6 +129,7 @@ void wstun__request_answer(wstun_request *req, int status, const char *text) {
   if (req->resp_started || req->t == NULL)
     return;
   req->resp_started = 1;
+  wstun__request_note_answer(req, status, strlen(text));
   wstun__log(req->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d %s",
              req->id, status, text);
   req->resp = wstun__outmsg_new(&wstun__request_resp_cbs, req);
@@ -124,4 +147,32 @@ void wstun__request_answer(wstun_request *req, int status, const char *text) {
   if (req->state != WSTUN__CR_HANDLER)
     req->state = WSTUN__CR_ANSWERED;
   wstun__tunnel_send(req->t, req->id, req->resp);
+}
+
+void wstun__request_note_head(wstun_request *req, const wstun__http_head *h,
+                              const char *token) {
+  req->method = h->method;
+  if (req->head_noted || !WSTUN__ACCESS_ON(req->log))
+    return;
+  req->head_noted = 1;
+  req->start_ns = uv_hrtime();
+  wstun__redact(token, req->token_prefix);
+  req->log_target = wstun__strdup(wstun__http_head_target(h));
+  /* the server appends the requester last (a missing copy for want of
+   * memory only leaves the field out) */
+  const char *xff = wstun__http_head_get_last(h, "X-Forwarded-For");
+  if (xff) {
+    const char *last = strrchr(xff, ',');
+    last = last ? last + 1 : xff;
+    while (*last == ' ' || *last == '\t')
+      last++;
+    if (*last)
+      req->log_remote = wstun__strdup(last);
+  }
+}
+
+void wstun__request_note_answer(wstun_request *req, int status,
+                                uint64_t bytes) {
+  req->resp_status = status;
+  req->resp_bytes = req->method == HTTP_HEAD ? 0 : bytes;
 }

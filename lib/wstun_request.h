@@ -77,6 +77,14 @@ struct wstun_request {
   wstun__buf body;
   char *method_str;
   int handler_called;
+  /* the access line (wstun__request_note_head, _note_answer) */
+  int head_noted;
+  uint64_t start_ns;     /* uv_hrtime() at the head */
+  char *log_target;      /* as it came through the tunnel */
+  char *log_remote;      /* X-Forwarded-For's last entry, or NULL */
+  char token_prefix[12]; /* the client's token, cut */
+  int resp_status;       /* 0 until an answer is made */
+  uint64_t resp_bytes;   /* its body bytes */
 };
 
 /* A request for message `id` on t, holding the message's and the
@@ -97,6 +105,14 @@ void wstun__request_resp_done(wstun_request *req);
 void wstun__request_end_exchange(wstun_request *req);
 /* Answers with a short text (403, 502 …) unless a response started. */
 void wstun__request_answer(wstun_request *req, int status, const char *text);
+
+/* The access log. The head came (call before it is rewritten): the
+ * request gets its line when it is freed; `token` is the client's. */
+void wstun__request_note_head(wstun_request *req, const wstun__http_head *h,
+                              const char *token);
+/* An answer is under way: its status and the body bytes so far (more
+ * are added to req->resp_bytes as they go). */
+void wstun__request_note_answer(wstun_request *req, int status, uint64_t bytes);
 
 /* The response message's callbacks (owner: the request). A producer that
  * streams may use its own table with these two and its own on_drain. */

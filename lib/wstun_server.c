@@ -37,6 +37,7 @@ void wstun_server_config_init(wstun_server_config *cfg) {
   cfg->token_forget_sec = 3600;
   cfg->max_header_bytes = 64 * 1024;
   cfg->log_level = WSTUN_LOG_INFO;
+  cfg->access_log = 1;
 }
 
 int wstun_server_port(const wstun_server *srv) {
@@ -235,6 +236,75 @@ static int listen_addr(uv_loop_t *loop, const char *host, int port,
   return rc;
 }
 
+/* "N s", or "none" for 0 (no limit). */
+static const char *limit_text(uint64_t v, const char *unit, char *buf,
+                              size_t n) {
+  if (v == 0)
+    snprintf(buf, n, "none");
+  else
+    snprintf(buf, n, "%llu%s", (unsigned long long)v, unit);
+  return buf;
+}
+
+/* The effective configuration, at start, after "listening on": what an
+ * operator checks first when something is off. Never a secret: the admin
+ * token is "required", passwords are counted, a token is cut to a prefix
+ * (here at most half of it, as one too short is short already). */
+static void log_config(wstun_server *srv, const wstun_server_config *cfg) {
+  wstun__logger *lg = &srv->log;
+  wstun__log(lg, WSTUN_LOG_INFO, "base path: %s",
+             srv->base_len ? srv->base_path : "none (endpoints at /)");
+  if (srv->tls)
+    wstun__log(lg, WSTUN_LOG_INFO, "TLS: on, certificate %s, key %s",
+               srv->tls_cert_file, srv->tls_key_file);
+  else
+    wstun__log(lg, WSTUN_LOG_INFO, "TLS: off");
+  char clients[24], body[24];
+  wstun__log(lg, WSTUN_LOG_INFO,
+             "limits: max-requests-per-tunnel %zu, max-clients-per-token %s, "
+             "wstimeout %llu s, httptimeout %llu s, stall-timeout %llu s, "
+             "header-timeout %llu s, idle-timeout %llu s, forget-after %llu "
+             "s, max-header-bytes %zu, max-body %s",
+             srv->max_queue, limit_text(srv->max_clients, "", clients, 24),
+             (unsigned long long)srv->ws_timeout_ms / 1000,
+             (unsigned long long)srv->http_timeout_ms / 1000,
+             (unsigned long long)srv->stall_ms / 1000,
+             (unsigned long long)srv->header_timeout_ms / 1000,
+             (unsigned long long)srv->idle_timeout_ms / 1000,
+             (unsigned long long)srv->forget_ms / 1000, srv->max_header,
+             limit_text(srv->max_body, " bytes", body, 24));
+  const char *allow =
+      cfg->admin_allow && *cfg->admin_allow ? cfg->admin_allow : NULL;
+  const char *proxies = cfg->trusted_proxies && *cfg->trusted_proxies
+                            ? cfg->trusted_proxies
+                            : "none";
+  wstun__log(lg, WSTUN_LOG_INFO,
+             "admin: /admin/... and /metrics from this host%s%s, %s; trusted "
+             "proxies: %s",
+             allow ? " and " : " only", allow ? allow : "",
+             srv->admin_token ? "bearer token required" : "no bearer token",
+             proxies);
+  if (srv->npasswords == 0)
+    wstun__log(lg, WSTUN_LOG_INFO,
+               "passwords: none (any token of 16 characters or more may open "
+               "a tunnel)");
+  else
+    wstun__log(lg, WSTUN_LOG_INFO, "passwords: %zu token%s need%s one",
+               srv->npasswords, srv->npasswords == 1 ? "" : "s",
+               srv->npasswords == 1 ? "s" : "");
+  for (size_t i = 0; i < srv->npasswords; i++) {
+    const char *tok = srv->passwords[i].token;
+    size_t len = strlen(tok);
+    if (len >= 16)
+      continue;
+    int shown = (int)(len / 2 < 8 ? len / 2 : 8);
+    wstun__log(lg, WSTUN_LOG_WARN,
+               "passwords: token %.*s... is %zu characters long: tunnel "
+               "clients need 16 or more, so none can use it",
+               shown, tok, len);
+  }
+}
+
 int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
                        wstun_server **out) {
   if (loop == NULL || cfg == NULL || out == NULL || cfg->port < 0 ||
@@ -246,9 +316,8 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   srv->loop = loop;
   srv->on_gone = server_gone;
   wstun__list_init(&srv->fronts);
-  srv->log.level = cfg->log_level;
-  srv->log.cb = cfg->log_cb;
-  srv->log.user_data = cfg->log_user_data;
+  wstun__logger_init(&srv->log, cfg->log_level, cfg->log_cb, cfg->log_record_cb,
+                     cfg->log_user_data, cfg->access_log);
   int rc = wstun__registry_parse_passwords(srv, cfg->passwords);
   if (rc != 0)
     goto fail_early;
@@ -274,10 +343,18 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   int mq =
       cfg->max_requests_per_tunnel <= 0 ? 20 : cfg->max_requests_per_tunnel;
   srv->max_queue = mq > MAX_QUEUE_CAP ? MAX_QUEUE_CAP : (size_t)mq;
+  if (mq > MAX_QUEUE_CAP)
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "max_requests_per_tunnel %d is over %d: using %d", mq,
+               MAX_QUEUE_CAP, MAX_QUEUE_CAP);
   srv->max_clients =
       cfg->max_clients_per_token > 0 ? (size_t)cfg->max_clients_per_token : 0;
   int wst = cfg->ws_timeout_sec;
   wst = wst < 3 ? 3 : wst > 600 ? 600 : wst;
+  if (wst != cfg->ws_timeout_sec)
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "ws_timeout_sec %d is outside 3..600: using %d",
+               cfg->ws_timeout_sec, wst);
   srv->ws_timeout_ms = (uint64_t)wst * 1000;
   srv->http_timeout_ms =
       (uint64_t)(cfg->http_timeout_sec > 0 ? cfg->http_timeout_sec : 1200) *
@@ -357,10 +434,12 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   uv_tcp_init(loop, &srv->listener);
   srv->listener.data = srv;
   srv->handles_open = 1;
-  if (uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0) != 0 ||
-      uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection) != 0) {
-    wstun__log(&srv->log, WSTUN_LOG_ERROR, "cannot listen on %s:%d", host,
-               cfg->port);
+  int lrc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+  if (lrc == 0)
+    lrc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+  if (lrc != 0) {
+    wstun__log(&srv->log, WSTUN_LOG_ERROR, "cannot listen on %s:%d: %s", host,
+               cfg->port, uv_strerror(lrc));
     /* the memory goes once the handle is closed; no user callback fires */
     srv->closing = WSTUN__SRV_FLUSHING;
     uv_close((uv_handle_t *)&srv->listener, free_after_close);
@@ -399,6 +478,7 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
              srv->max_conns_per_ip && srv->trusted_proxies.n
                  ? " (trusted proxies exempt)"
                  : "");
+  log_config(srv, cfg);
   *out = srv;
   return 0;
 

@@ -628,6 +628,7 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
   if (wstun__http_head_write(h, &req->resp->buf) != 0)
     return -1;
   req->resp_started = 1;
+  wstun__request_note_answer(req, status, 0);
   wstun__log(req->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d", req->id,
              status);
   return no_body ? 1 : 0;
@@ -640,6 +641,7 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
     return -1;
   if (wstun__http_write_body(&req->resp->buf, d, n, req->resp_chunked) != 0)
     return -1;
+  req->resp_bytes += n;
   hand_over(req);
   if (req->resp && wstun__outmsg_full(req->resp) && !up->paused_by_msg) {
     up->paused_by_msg = 1;

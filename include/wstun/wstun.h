@@ -19,8 +19,9 @@
  * over with a uv_async_t. Every callback the library makes (log, state,
  * pong, handler, foreach, close) runs on that thread. Only these touch no
  * loop and may be called from any thread: wstun_strerror(),
- * wstun_version(), wstun_log_level_parse(), wstun_address_list_check(),
- * wstun_server_config_init(), wstun_client_config_init() and
+ * wstun_version(), wstun_log_level_parse(), wstun_log_format_json(),
+ * wstun_address_list_check(), wstun_server_config_init(),
+ * wstun_client_config_init() and
  * wstun_memory_in_use(). wstun_set_allocator() is process-wide: call it
  * only while no thread uses libwstun.
  *
@@ -154,6 +155,79 @@ typedef void (*wstun_log_cb)(void *user_data, wstun_log_level level,
  * wstun_log_level; -1 if unknown or NULL. Any thread. */
 WSTUN_EXTERN int wstun_log_level_parse(const char *name);
 
+/* The access log: one line per request, at WSTUN_LOG_INFO, once its answer
+ * is written (or the request is given up), unless the config's access_log
+ * is 0. The server logs every request whose head it read (tunneled or
+ * not; a tunnel handshake that succeeds becomes a tunnel instead); the
+ * client logs every request that came through its tunnel. Its text (the
+ * `msg` every callback gets) is key=value pairs:
+ *
+ *   access method=GET path=/echo?x=1 status=200 bytes=12 duration_ms=3
+ *   remote=127.0.0.1:37294 token=abcdefgh... id=0000
+ *
+ * with bytes outside printable ASCII, spaces and '"' in values written as
+ * %XX, and fields that are not set left out. The same values, as they
+ * are, come in the record's `request` (wstun_log_record_cb). */
+typedef struct wstun_log_request {
+  const char *method; /* "GET" */
+  /* The request target, token cut to its prefix (/_token/abcdefgh.../x):
+   * on the server as the backend gets it when tunneled (without the base
+   * path and /_token/TOKEN), else as received; on the client as it came
+   * through the tunnel. Raw bytes: not always UTF-8. */
+  const char *path;
+  /* The status answered; 499 when the requester (or, on the client, the
+   * tunnel) went away before an answer was written. */
+  int status;
+  uint64_t bytes;       /* response body bytes written (0 for HEAD) */
+  uint64_t duration_ms; /* from the request head to the end of the answer */
+  /* The requester: "ip:port" on the server; on the client, what the server
+   * appended last to X-Forwarded-For; NULL when unknown. */
+  const char *remote;
+  /* The token's first 8 characters and "...": of a tunneled request on
+   * the server, of the client's own token on the client; else NULL. */
+  const char *token;
+  /* The request's id on its tunnel, or -1 when it never reached one. Text
+   * and JSON write it as four hex digits ("000a"), as the debug lines. */
+  int64_t id;
+  /* Client only: where it went ("http://127.0.0.1:8080", or "handler"
+   * for the in-process handler); NULL when answered before that. */
+  const char *backend;
+} wstun_log_request;
+
+/* One log line with its fields. Everything is owned by the library and
+ * valid only during the callback. */
+typedef struct wstun_log_record {
+  wstun_log_level level;
+  const char *msg; /* the line, exactly as wstun_log_cb gets it */
+  const wstun_log_request *request; /* access-log lines only, else NULL */
+} wstun_log_record;
+
+/* Like wstun_log_cb, with the fields. When a config sets log_record_cb it
+ * is called instead of log_cb, for every line, with log_user_data. */
+typedef void (*wstun_log_record_cb)(void *user_data,
+                                    const wstun_log_record *rec);
+
+/* An extra string field for wstun_log_format_json (an app's name, say). */
+typedef struct wstun_log_field {
+  const char *key, *value; /* a NULL value leaves the field out */
+} wstun_log_field;
+
+/* Writes `rec` as one JSON object, without a newline, into buf (size
+ * bytes; NUL-terminated when it fits): "time" (when `time` is not NULL),
+ * "level" ("error", "warn", "info", "debug"), the `nextra` fields of
+ * `extra` in order, "msg", then for access-log lines "method", "path",
+ * "status", "bytes", "duration_ms", "remote", "token", "id" (a string of
+ * hex digits) and "backend", each when set. Strings go through jansson
+ * (quotes, backslashes and control characters escaped); bytes that are
+ * not valid UTF-8 become U+FFFD. Returns the object's length, as snprintf
+ * does: when it is `size` or more, buf was too small (and holds no line):
+ * call again with length + 1 bytes. WSTUN_EINVAL (rec or rec->msg NULL) or
+ * WSTUN_ENOMEM on error. Any thread. */
+WSTUN_EXTERN int wstun_log_format_json(const wstun_log_record *rec,
+                                       const char *time,
+                                       const wstun_log_field *extra,
+                                       size_t nextra, char *buf, size_t size);
+
 /* ---- server ------------------------------------------------------------ */
 
 typedef struct wstun_server wstun_server;
@@ -227,6 +301,8 @@ typedef struct wstun_server_config {
   wstun_log_level log_level; /* default WSTUN_LOG_INFO */
   wstun_log_cb log_cb;       /* NULL = silent */
   void *log_user_data;
+  wstun_log_record_cb log_record_cb; /* if set, called instead of log_cb */
+  int access_log; /* 1 (default): the access log (see wstun_log_request) */
 } wstun_server_config;
 
 /* Fills *cfg with the defaults. Any thread. */
@@ -423,6 +499,8 @@ typedef struct wstun_client_config {
   wstun_log_level log_level;    /* default WSTUN_LOG_INFO */
   wstun_log_cb log_cb;          /* NULL = silent */
   void *log_user_data;
+  wstun_log_record_cb log_record_cb; /* if set, called instead of log_cb */
+  int access_log; /* 1 (default): the access log (see wstun_log_request) */
 } wstun_client_config;
 
 /* Fills *cfg with the defaults. Any thread. */

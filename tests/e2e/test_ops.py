@@ -201,7 +201,14 @@ class JsonFormat(OpsCase):
                 o = json.loads(ln)
             except ValueError as e:
                 self.fail("not JSON (%s): %r" % (e, ln))
-            self.assertEqual(sorted(o), ["app", "level", "msg", "time"], ln)
+            keys = ["app", "level", "msg", "time"]
+            if o.get("msg", "").startswith("access "):
+                # the access log's lines carry the request's fields too
+                # (tests/e2e/test_logs.py checks them)
+                keys += [k for k in ("method", "path", "status", "bytes", "duration_ms",
+                                     "remote", "token", "id", "backend") if k in o]
+                self.assertIsInstance(o["status"], int, ln)
+            self.assertEqual(sorted(o), sorted(keys), ln)
             self.assertRegex(o["time"], JSON_TIME_RX)
             self.assertIn(o["level"], ("error", "warn", "info", "debug"))
             self.assertEqual(o["app"], app)

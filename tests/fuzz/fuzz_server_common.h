@@ -49,6 +49,7 @@ static void fzs_init(void) {
   wstun__list_init(&srv->fronts);
   srv->log.level = WSTUN_LOG_DEBUG;
   srv->log.cb = fzs_log;
+  srv->log.access = 1; /* the access line of every request, hostile or not */
   wstun__conn_shared_init(&srv->shared, &fzs_loop);
   if (wstun__rng_init(&srv->rng) != 0)
     abort();

@@ -201,7 +201,7 @@ static wstun__outmsg *out_new(env *e, uint16_t id, const char *body,
 static uv_loop_t loop;
 static wstun__conn_shared *shared;
 static wstun__rng rng;
-static const wstun__logger logger = {0, NULL, NULL};
+static const wstun__logger logger = {.level = WSTUN_LOG_ERROR};
 
 static size_t pre_on_data(wstun__conn *c, const uint8_t *d, size_t n) {
   (void)c;

@@ -245,7 +245,24 @@ typedef struct held_app {
   wstun_request *held;
   int handler_calls, connected, cli_closed;
   int second_rc;
+  /* the client's access lines */
+  int naccess;
+  int access_status[4];
+  char access_path[4][64], access_backend[4][16], access_text[4][512];
 } held_app;
+
+static void h_log(void *ud, const wstun_log_record *rec) {
+  held_app *a = ud;
+  if (rec->request == NULL || a->naccess >= 4)
+    return;
+  CHECK_EQ_INT(rec->level, WSTUN_LOG_INFO);
+  int i = a->naccess++;
+  a->access_status[i] = rec->request->status;
+  snprintf(a->access_path[i], 64, "%s", rec->request->path);
+  snprintf(a->access_backend[i], 16, "%s",
+           rec->request->backend ? rec->request->backend : "");
+  snprintf(a->access_text[i], 512, "%s", rec->msg);
+}
 
 static void send_request(held_app *a);
 
@@ -374,7 +391,9 @@ TEST(held_requests_are_cancelled_or_awaited_by_close) {
   c.handler_user_data = a;
   c.state_cb = h_state;
   c.state_user_data = a;
-  c.log_level = WSTUN_LOG_ERROR;
+  c.log_level = WSTUN_LOG_INFO;
+  c.log_record_cb = h_log;
+  c.log_user_data = a;
   REQUIRE(wstun_client_start(&a->loop, &c, &a->cli) == 0);
   uv_timer_init(&a->loop, &a->timer);
   a->timer.data = a;
@@ -384,6 +403,19 @@ TEST(held_requests_are_cancelled_or_awaited_by_close) {
   CHECK_EQ_INT(a->step, 3);
   CHECK_EQ_INT(a->second_rc, WSTUN_ECLOSED);
   CHECK_EQ_INT(a->cli_closed, 1);
+  /* an access line each, naming the handler: the cancelled one 503, the
+   * one the close gave up on 499 */
+  REQUIRE(a->naccess == 2);
+  CHECK_EQ_STR(a->access_path[0], "/held1");
+  CHECK_EQ_INT(a->access_status[0], 503);
+  CHECK_EQ_STR(a->access_backend[0], "handler");
+  CHECK_EQ_STR(a->access_path[1], "/held2");
+  CHECK_EQ_INT(a->access_status[1], 499);
+  CHECK_EQ_STR(a->access_backend[1], "handler");
+  CHECK(strncmp(a->access_text[0],
+                "access method=GET path=/held1 status=503 bytes=32 ", 50) == 0);
+  CHECK(strstr(a->access_text[0], " token=held-req... id=") != NULL);
+  CHECK(strstr(a->access_text[0], " remote=127.0.0.1 ") != NULL);
   CHECK_EQ_INT(uv_loop_close(&a->loop), 0);
   free(a);
 }

@@ -133,14 +133,38 @@ TEST(handshake_answers) {
        "Connection: Upgrade\r\n\r\n",
        WSTUN_EHANDSHAKE, "bad Sec-WebSocket-Accept"},
       {"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno\n",
-       WSTUN_EHANDSHAKE, "server answered 403 Forbidden"},
+       WSTUN_EHANDSHAKE, "server answered 403 Forbidden: no"},
+      /* the refusal's body says why (its first line, control bytes as ?);
+       * a 401 adds where the password comes from */
+      {"HTTP/1.1 401 Unauthorized\r\nContent-Length: 26\r\n\r\n"
+       "Invalid token or password\n",
+       WSTUN_EHANDSHAKE,
+       "server answered 401 Unauthorized: Invalid token or password; no "
+       "password was sent and the server wants one for this token (wstuncli: "
+       "-token TOKEN:PASSWORD, -password-file or WSTUNNEL_PASSWORD)"},
+      {"HTTP/1.1 429 Too Many Requests\r\nTransfer-Encoding: chunked\r\n\r\n"
+       "9\r\nMax (1) \x1b\r\n7\r\nreached\r\n0\r\n\r\n",
+       WSTUN_EHANDSHAKE,
+       "server answered 429 Too Many Requests: Max (1) ?reached"},
+      /* a body that runs to the close is not waited for */
+      {"HTTP/1.1 503 Service Unavailable\r\n\r\nbusy", WSTUN_EHANDSHAKE,
+       "server answered 503 Service Unavailable"},
+      /* a bad chunk in it: still the refusal, with what came */
+      {"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n"
+       "4\r\nNope\r\nzz\r\n",
+       WSTUN_EHANDSHAKE,
+       "server answered 401 Unauthorized: Nope; no password was sent and the "
+       "server wants one for this token (wstuncli: -token TOKEN:PASSWORD, "
+       "-password-file or WSTUNNEL_PASSWORD)"},
+      /* incomplete: the rest of the body is awaited */
+      {"HTTP/1.1 401 Unauthorized\r\nContent-Length: 26\r\n\r\nInvalid", 0, ""},
       {"HTTP/1.1 400 Bad Request\r\n\r\n", WSTUN_EHANDSHAKE,
        "server answered 400 Bad Request"},
       {"\x16\x03\x01garbage\r\n\r\n", WSTUN_EHANDSHAKE,
        "bad handshake response"},
       {"HTTP/1.1 101 Switching", 0, ""},
   };
-  char why[256];
+  char why[512];
   size_t used;
   for (size_t i = 0; i < TEST_COUNT(cases); i++)
     for (int bytewise = 0; bytewise < 2; bytewise++) {
@@ -165,7 +189,38 @@ TEST(handshake_answers) {
   snprintf(longer, sizeof(longer), "HTTP/1.1 500 %s\r\n\r\n", reason);
   CHECK_EQ_INT(feed(WSTUN__DIAL_HANDSHAKE, longer, 1, &used, why, sizeof(why)),
                WSTUN_EHANDSHAKE);
-  CHECK(strlen(why) == 159);
+  CHECK(strlen(why) == strlen("server answered 500 ") + 100);
+  /* a long body: its start is enough, the rest is not awaited */
+  char page[2000];
+  char big[1500];
+  memset(big, 'y', sizeof(big) - 1);
+  big[sizeof(big) - 1] = '\0';
+  snprintf(page, sizeof(page),
+           "HTTP/1.1 403 Forbidden\r\nContent-Length: 100000\r\n\r\n%s", big);
+  for (int bytewise = 0; bytewise < 2; bytewise++) {
+    CHECK_EQ_INT(
+        feed(WSTUN__DIAL_HANDSHAKE, page, bytewise, &used, why, sizeof(why)),
+        WSTUN_EHANDSHAKE);
+    CHECK(strlen(why) ==
+          strlen("server answered 403 Forbidden: ") + WSTUN__DIAL_WHY_BODY);
+  }
+  /* with a password, the 401's hint says it was refused */
+  {
+    wstun__dialer d;
+    memset(&d, 0, sizeof(d));
+    char basic[] = "Basic dG9rOnB3";
+    d.cfg.auth_header = basic;
+    static const char ans[] = "HTTP/1.1 401 Unauthorized\r\n"
+                              "Content-Length: 4\r\n\r\nNope";
+    CHECK_EQ_INT(wstun__dialer_expect(&d, WSTUN__DIAL_HANDSHAKE), 0);
+    CHECK_EQ_INT(wstun__dialer_feed(&d, (const uint8_t *)ans, strlen(ans),
+                                    &used, why, sizeof(why)),
+                 WSTUN_EHANDSHAKE);
+    CHECK_EQ_STR(why, "server answered 401 Unauthorized: Nope; the token's "
+                      "password was refused (wstuncli: -token TOKEN:PASSWORD, "
+                      "-password-file or WSTUNNEL_PASSWORD)");
+    wstun__dialer_answer_done(&d);
+  }
   CHECK_EQ_INT(feed(WSTUN__DIAL_PROXY, longer, 0, &used, why, sizeof(why)),
                WSTUN_ECONNECT);
   CHECK(strlen(why) == strlen("proxy answered 500 ") + 120);
@@ -243,7 +298,7 @@ TEST(config_auth_headers) {
 }
 
 TEST(config_proxy) {
-  wstun__logger quiet = {WSTUN_LOG_ERROR, NULL, NULL};
+  wstun__logger quiet = {.level = WSTUN_LOG_ERROR};
   static const char *const names[] = {"http_proxy", "HTTP_PROXY", "all_proxy",
                                       "ALL_PROXY",  "no_proxy",   "NO_PROXY"};
   for (size_t i = 0; i < TEST_COUNT(names); i++)
@@ -325,7 +380,7 @@ TEST(a_refused_attempt_backs_off_and_closes_cleanly) {
   wstun__conn_shared_init(&shared, &loop);
   wstun__rng rng;
   REQUIRE(wstun__rng_init(&rng) == 0);
-  wstun__logger log = {WSTUN_LOG_ERROR, NULL, NULL};
+  wstun__logger log = {.level = WSTUN_LOG_ERROR};
   seen w;
   memset(&w, 0, sizeof(w));
   wstun__dialer d;

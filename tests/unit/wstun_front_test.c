@@ -184,6 +184,93 @@ TEST(unknown_token_and_continue) {
   finish(srv);
 }
 
+/* ---- the access log ----------------------------------------------------- */
+
+static struct {
+  int n;
+  wstun_log_request r[8];
+  char path[8][128], token[8][16], remote[8][64], text[8][512];
+} acc;
+
+static void acc_cb(void *ud, const wstun_log_record *rec) {
+  (void)ud;
+  if (rec->request == NULL || acc.n >= 8)
+    return;
+  int i = acc.n++;
+  acc.r[i] = *rec->request;
+  snprintf(acc.path[i], 128, "%s", rec->request->path);
+  snprintf(acc.token[i], 16, "%s",
+           rec->request->token ? rec->request->token : "-");
+  snprintf(acc.remote[i], 64, "%s",
+           rec->request->remote ? rec->request->remote : "-");
+  snprintf(acc.text[i], 512, "%s", rec->msg);
+}
+
+static wstun_server *access_server(int on) {
+  wstun_server *srv = sf_begin();
+  memset(&acc, 0, sizeof(acc));
+  wstun__logger_init(&srv->log, WSTUN_LOG_INFO, NULL, acc_cb, NULL, on);
+  return srv;
+}
+
+TEST(access_lines) {
+  wstun_server *srv = access_server(1);
+  wstun__token *t = sf_add_token(srv, TOKEN);
+  wstun__front *f = front(srv, "192.0.2.1");
+  /* local answers, HEAD without body bytes, an unknown token cut to its
+   * prefix in the path and the field */
+  input(f, "GET /_health_check HTTP/1.1\r\n\r\n"
+           "HEAD /_health_check HTTP/1.1\r\n\r\n"
+           "GET /_token/unknown-token-0123456789/p?q=1 HTTP/1.1\r\n\r\n");
+  REQUIRE(acc.n == 3);
+  CHECK_EQ_STR(acc.path[0], "/_health_check");
+  CHECK_EQ_INT(acc.r[0].status, 200);
+  CHECK(acc.r[0].bytes == strlen("WSTUNSRV RUNNING\n"));
+  CHECK_EQ_STR(acc.remote[0], "192.0.2.1:40000");
+  CHECK_EQ_STR(acc.token[0], "-");
+  CHECK(acc.r[0].id == -1);
+  CHECK_EQ_STR(acc.r[1].method, "HEAD");
+  CHECK(acc.r[1].bytes == 0);
+  CHECK_EQ_STR(acc.path[2], "/_token/unknown-.../p?q=1");
+  CHECK_EQ_STR(acc.token[2], "unknown-...");
+  CHECK_EQ_INT(acc.r[2].status, 404);
+  CHECK_EQ_STR(acc.text[2], "access method=GET path=/_token/unknown-.../p?q=1 "
+                            "status=404 bytes=45 duration_ms=0 "
+                            "remote=192.0.2.1:40000 token=unknown-...");
+  /* a tunneled request failed before it reached a tunnel: its forwarded
+   * path, no id */
+  input(f, "GET /_token/" TOKEN "/a HTTP/1.1\r\n\r\n");
+  wstun__front_fail(f, 502, "no tunnel");
+  REQUIRE(acc.n == 4);
+  CHECK_EQ_STR(acc.path[3], "/a");
+  CHECK_EQ_INT(acc.r[3].status, 502);
+  CHECK_EQ_STR(acc.token[3], "front-te...");
+  CHECK(acc.r[3].id == -1);
+  /* the requester goes before an answer: 499 */
+  input(f, "GET /_token/" TOKEN "/b HTTP/1.1\r\n\r\n");
+  CHECK_EQ_INT(t->nqueued, 1);
+  wstun__front_close(f);
+  REQUIRE(acc.n == 5);
+  CHECK_EQ_STR(acc.path[4], "/b");
+  CHECK_EQ_INT(acc.r[4].status, 499);
+  /* no head, no line: garbage, a refused upgrade without a token */
+  wstun__front *g = front(srv, "192.0.2.2");
+  input(g, "\x16\x03\x01 nonsense\r\n\r\n");
+  CHECK_EQ_INT(acc.n, 5);
+  wstun__front *h = front(srv, "192.0.2.3");
+  input(h, "POST /_tunnel HTTP/1.1\r\nOrigin: " TOKEN "\r\n\r\n");
+  REQUIRE(acc.n == 6);
+  CHECK_EQ_STR(acc.path[5], "/_tunnel");
+  CHECK_EQ_INT(acc.r[5].status, 400);
+  finish(srv);
+  /* off: nothing */
+  srv = access_server(0);
+  f = front(srv, "192.0.2.1");
+  input(f, "GET /_health_check HTTP/1.1\r\n\r\n");
+  CHECK_EQ_INT(acc.n, 0);
+  finish(srv);
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {T(local_answers_in_order),
                                     T(bad_request_closes),
@@ -191,6 +278,7 @@ int main(int argc, char **argv) {
                                     T(stats_detail_for_this_host_only),
                                     T(upgrade_refused),
                                     T(tunneled_request_waits_in_order),
-                                    T(unknown_token_and_continue)};
+                                    T(unknown_token_and_continue),
+                                    T(access_lines)};
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }

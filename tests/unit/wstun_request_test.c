@@ -21,7 +21,7 @@ static void on_release(wstun_request *req) {
 }
 
 static const wstun__request_cbs cbs = {.on_release = on_release};
-static const wstun__logger quiet = {WSTUN_LOG_ERROR, NULL, NULL};
+static const wstun__logger quiet = {.level = WSTUN_LOG_ERROR};
 
 static wstun_request *fresh(void) {
   released = 0;

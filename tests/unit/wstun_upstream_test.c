@@ -174,7 +174,7 @@ static char *exchange(int method, const char *script, int bytewise,
 
   wstun__conn_shared shared;
   wstun__conn_shared_init(&shared, &loop);
-  wstun__logger log = {WSTUN_LOG_ERROR, NULL, NULL};
+  wstun__logger log = {.level = WSTUN_LOG_ERROR};
   wstun__upstream_pool pool;
   wstun__upstream_pool_init(&pool, &loop, &shared, &log, &pool_cbs, NULL);
   pool.backend_timeout_ms = 5000;
