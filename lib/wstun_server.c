@@ -259,20 +259,21 @@ static void log_config(wstun_server *srv, const wstun_server_config *cfg) {
                srv->tls_cert_file, srv->tls_key_file);
   else
     wstun__log(lg, WSTUN_LOG_INFO, "TLS: off");
-  char clients[24], body[24];
+  char clients[32], body[32];
   wstun__log(lg, WSTUN_LOG_INFO,
              "limits: max-requests-per-tunnel %zu, max-clients-per-token %s, "
              "wstimeout %llu s, httptimeout %llu s, stall-timeout %llu s, "
              "header-timeout %llu s, idle-timeout %llu s, forget-after %llu "
              "s, max-header-bytes %zu, max-body %s",
-             srv->max_queue, limit_text(srv->max_clients, "", clients, 24),
+             srv->max_queue,
+             limit_text(srv->max_clients, "", clients, sizeof(clients)),
              (unsigned long long)srv->ws_timeout_ms / 1000,
              (unsigned long long)srv->http_timeout_ms / 1000,
              (unsigned long long)srv->stall_ms / 1000,
              (unsigned long long)srv->header_timeout_ms / 1000,
              (unsigned long long)srv->idle_timeout_ms / 1000,
              (unsigned long long)srv->forget_ms / 1000, srv->max_header,
-             limit_text(srv->max_body, " bytes", body, 24));
+             limit_text(srv->max_body, " bytes", body, sizeof(body)));
   const char *allow =
       cfg->admin_allow && *cfg->admin_allow ? cfg->admin_allow : NULL;
   const char *proxies = cfg->trusted_proxies && *cfg->trusted_proxies
