@@ -37,6 +37,7 @@ typedef struct srv_app {
   int argc, first;
   char **argv;
   srv_settings *boot; /* the settings the process started with */
+  char *tls_cert, *tls_key; /* the TLS files in use (owned) */
   uv_loop_t *loop;
   wstun_server *srv;
   uv_signal_t sigint, sigterm;
@@ -295,8 +296,9 @@ static const char *log_format_of(const srv_settings *s) {
 }
 
 /* Settings only a restart changes: each one that differs is logged, and
- * the running value stays. */
-static void keep_restart_only(const srv_settings *was, srv_settings *now) {
+ * the running value stays (for TLS: the files in use, read again). */
+static void keep_restart_only(const srv_app *app, srv_settings *now) {
+  const srv_settings *was = app->boot;
   char wp[16], np[16];
   snprintf(wp, sizeof(wp), "%d", was->cfg.port);
   snprintf(np, sizeof(np), "%d", now->cfg.port);
@@ -316,16 +318,30 @@ static void keep_restart_only(const srv_settings *was, srv_settings *now) {
       app_logf(WSTUN_LOG_WARN,
                "SIGHUP: %s changed; it takes effect at the next start",
                keys[i].key);
-  int had_tls = was->cfg.tls_cert_file != NULL;
+  int had_tls = app->tls_cert != NULL;
   int has_tls = now->cfg.tls_cert_file != NULL || now->cfg.tls_key_file;
   if (had_tls != has_tls) {
     app_logf(WSTUN_LOG_WARN,
              "SIGHUP: TLS %s; that takes effect at the next start%s",
              has_tls ? "added" : "removed",
-             had_tls ? " (the running certificate files are read again)" : "");
-    now->cfg.tls_cert_file = was->cfg.tls_cert_file;
-    now->cfg.tls_key_file = was->cfg.tls_key_file;
+             had_tls ? " (the certificate files in use are read again)" : "");
+    now->cfg.tls_cert_file = app->tls_cert;
+    now->cfg.tls_key_file = app->tls_key;
   }
+}
+
+/* Remembers the TLS files the server uses (for a reload that drops them). */
+static void set_tls_files(srv_app *app, const char *cert, const char *key) {
+  char *c = cert ? strdup(cert) : NULL, *k = key ? strdup(key) : NULL;
+  if ((cert && c == NULL) || (key && k == NULL)) {
+    free(c);
+    free(k);
+    return; /* out of memory: the old names, still a usable pair */
+  }
+  free(app->tls_cert);
+  free(app->tls_key);
+  app->tls_cert = c;
+  app->tls_key = k;
 }
 
 static void log_error_line(void *ud, const char *line) {
@@ -363,11 +379,13 @@ static void reload(srv_app *app) {
       srv_settings_secrets(s, err, sizeof(err)) != 0)
     app_config_errorf(&s->conf, 0, "%s", err);
   if (s->conf.nerrors == 0) {
-    keep_restart_only(app->boot, s);
+    keep_restart_only(app, s);
     s->cfg.log_level = (wstun_log_level)wstun_log_level_parse(s->log_level);
     int rc = wstun_server_reload(app->srv, &s->cfg);
     if (rc != 0)
       reload_error(s, rc);
+    else
+      set_tls_files(app, s->cfg.tls_cert_file, s->cfg.tls_key_file);
   }
   if (s->conf.nerrors > 0) {
     app_config_each_error(&s->conf, app->prog, log_error_line, NULL);
@@ -387,7 +405,7 @@ static void on_hup(void *ud) {
     app_log(NULL, WSTUN_LOG_INFO, "SIGHUP: stopping; not reloaded");
   else if (app->boot->config_path)
     reload(app);
-  else if (app->boot->cfg.tls_cert_file)
+  else if (app->tls_cert)
     wstun_server_reload_tls(app->srv); /* logs how it went */
   else
     app_log(NULL, WSTUN_LOG_INFO,
@@ -439,6 +457,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   app.first = first;
   app.boot = s;
   app.loop = uv_default_loop();
+  set_tls_files(&app, cfg->tls_cert_file, cfg->tls_key_file);
   /* handlers first: a signal sent as soon as "listening on" shows waits in
    * the loop instead of killing the process */
   uv_signal_init(app.loop, &app.sigint);
@@ -488,5 +507,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   app_pidfile_remove();
   app_log_shutdown();
   srv_settings_free(s);
+  free(app.tls_cert);
+  free(app.tls_key);
   return exit_code;
 }
