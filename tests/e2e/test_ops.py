@@ -13,8 +13,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, SRV_BIN, CLI_BIN, HOST, get, free_port,  # noqa: E402
-                     make_token, wait_tunnels, wait_until, main)
+from harness import (E2ETestCase, SRV_BIN, CLI_BIN, HOST, TIME_SCALE, get,  # noqa: E402
+                     free_port, make_token, wait_tunnels, wait_until, main)
 
 TEXT_LINE_RX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (ERROR|WARN |INFO |DEBUG) ")
 JSON_TIME_RX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -200,7 +200,7 @@ class LogFile(OpsCase):
             with self.subTest(proc=proc.name, sig=sig.name):
                 for _ in range(2):  # a second one is no different
                     proc.send_signal(sig)
-                self.assertTrue(proc.wait_stderr(line, 10), proc.describe())
+                self.assertTrue(proc.wait_stderr(line, 10 * TIME_SCALE), proc.describe())
                 self.assertTrue(proc.alive(), proc.describe())
                 self.assertEqual(get(srv.port, "/_token/%s/x" % tok).status, 200)
         self.assertEqual(len(re.findall(r"tunnel open to", cli.stderr_text())), 1,

@@ -243,6 +243,9 @@ class ClientReload(ReloadCase):
         r = slow.result(30 * TIME_SCALE)
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json()["backend"], "two")
+        # a token the server has not seen yet is a 404 until its tunnel is up
+        self.assertTrue(cli.wait_stderr(r"\[new\] tunnel open to", 10 * TIME_SCALE),
+                        cli.describe())
         self.assertEqual(self.name_of(srv, tn), "three")
         self.assertTrue(wait_until(lambda: total_clients(srv) == 3, 10 * TIME_SCALE),
                         srv.describe())
@@ -288,12 +291,12 @@ class ClientReload(ReloadCase):
         self.assertIn("loaded: 0 added, 0 removed, 0 changed, 3 unchanged", line)
         debug = self.count(cli, r" DEBUG ")
         self.assertEqual(self.name_of(srv, tn), "three")
-        self.assertTrue(wait_until(lambda: self.count(cli, r" DEBUG ") > debug, 5 * TIME_SCALE),
+        self.assertTrue(wait_until(lambda: self.count(cli, r" DEBUG ") > debug, 10 * TIME_SCALE),
                         cli.describe())
 
         # SIGUSR1 without -logfile: logged, ignored
         cli.send_signal(signal.SIGUSR1)
-        self.assertTrue(cli.wait_stderr(r"SIGUSR1: ignored", 10), cli.describe())
+        self.assertTrue(cli.wait_stderr(r"SIGUSR1: ignored", 10 * TIME_SCALE), cli.describe())
         self.assertTrue(cli.alive())
         self.assertEqual(self.count(cli, r"tunnel open to"), opened)
 
@@ -302,7 +305,7 @@ class ClientReload(ReloadCase):
         sb.release.set()
         status, n, digest = dl.result(120 * TIME_SCALE)
         with sb.cond:
-            self.assertTrue(sb.cond.wait_for(lambda: sb.result is not None, 10))
+            self.assertTrue(sb.cond.wait_for(lambda: sb.result is not None, 10 * TIME_SCALE))
             sent, sent_digest = sb.result
         self.assertEqual(status, 200)
         self.assertGreaterEqual(n, 32 * MIB)
@@ -368,7 +371,8 @@ class ClientReload(ReloadCase):
             except FileNotFoundError:
                 return {}
 
-        self.assertTrue(wait_until(lambda: state().get("state") == "connected", 10))
+        self.assertTrue(wait_until(lambda: state().get("state") == "connected",
+                                   10 * TIME_SCALE))
         self.write(conf, text % (srv2.port, two.url))
         self.assertIn("loaded: 0 added, 0 removed, 1 changed, 0 unchanged", self.hup(cli))
         self.assertTrue(wait_until(lambda: state().get("server") == "ws://%s:%d"
@@ -408,7 +412,7 @@ class ServerReload(ReloadCase):
         self.write(conf, base + "max-requests-per-tunnel = 7\nadmin-allow = 10.0.0.0/8\n")
         self.assertIn("SIGHUP: %s loaded" % conf, self.hup(srv))
         self.assertTrue(srv.wait_stderr(r"WS   closing tunnel token=\S+ addr=\S+: its "
-                                        r"credentials no longer match", 5), srv.describe())
+                                        r"credentials no longer match", 5 * TIME_SCALE), srv.describe())
         self.assertTrue(wait_tunnels(srv, 0), srv.describe())
         self.assertTrue(old.wait_stderr(r"401", 10 * TIME_SCALE), old.describe())
         new = self.client(srv, tok + ":pw2", server_url=be.url)
@@ -448,7 +452,7 @@ class ServerReload(ReloadCase):
 
         # SIGUSR1 without -logfile: logged, ignored
         srv.send_signal(signal.SIGUSR1)
-        self.assertTrue(srv.wait_stderr(r"SIGUSR1: ignored", 10), srv.describe())
+        self.assertTrue(srv.wait_stderr(r"SIGUSR1: ignored", 10 * TIME_SCALE), srv.describe())
         self.assertTrue(srv.alive())
         self.assertEqual(self.count(new, r"tunnel open to"), 1, new.describe())
 
@@ -475,7 +479,7 @@ class ServerReload(ReloadCase):
         tok = make_token()
         cli = self.client(srv, tok, "-certfile", ca.cert, server_url=be.url,
                           tunnel_url="wss://localhost:%d" % srv.port)
-        self.assertTrue(tlsutil.wait_https_tunnels(srv.port, ctx, 1, 10), cli.describe())
+        self.assertTrue(tlsutil.wait_https_tunnels(srv.port, ctx, 1, 10 * TIME_SCALE), cli.describe())
         self.assertEqual(served_serial(), a.serial)
         # other files named in the config
         self.write(conf, text % (port, b.cert, b.key))
