@@ -1,6 +1,7 @@
-/* The tunnel server's life: its configuration, the listener, and the
- * stop in stages (wstun__srv_phase): a grace period for busy requesters,
- * then every handle closed, the write flusher last. Tokens, tunnels and
+/* The tunnel server's life: its configuration (and its reload, all or
+ * nothing), the listener, and the stop in stages (wstun__srv_phase): a
+ * grace period for busy requesters, then every handle closed, the write
+ * flusher last. Tokens, tunnels and
  * dispatch are wstun_registry.c's; requesters' HTTP connections are
  * wstun_front.c's. */
 #include <stdlib.h>
