@@ -1,13 +1,12 @@
 /* What wstunsrv and wstuncli share, kept out of libwstun because it
  * prints and exits: flag parsing in the Go tool's style, the log sinks
  * (stderr, a file reopened on a signal, syslog; text or JSON lines), the
- * pid file, atomic file writes (-statusfile), secret files, and the
- * process tuning (open file limit, malloc thresholds). */
+ * pid file, atomic file writes (-statusfile), and the process tuning
+ * (open file limit, malloc thresholds). Secret files: app_secret.c. */
 #include "app_common.h"
 
 #include <errno.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #ifdef __GLIBC__
@@ -35,6 +34,8 @@ static void usage(const char *prog, const char *summary, const app_flag *f) {
   }
   printf("  %-30s %s\n  %-30s %s\n", "-h, --help", "show this help",
          "--version", "print the version");
+  printf("\nA FILE to read may be cred:NAME, the systemd credential NAME "
+         "($CREDENTIALS_DIRECTORY/NAME).\n");
 }
 
 static void die(const char *prog, const char *flag, const char *what) {
@@ -557,43 +558,4 @@ wstun_log_level app_log_level(const char *prog, const char *value) {
   if (l < 0)
     die(prog, "log-level", "must be one of error, warn, info, debug");
   return (wstun_log_level)l;
-}
-
-int app_secret_read(const char *path, char *out, size_t n, char *err,
-                    size_t errlen) {
-  struct stat st;
-  FILE *f = fopen(path, "r");
-  if (f == NULL || fstat(fileno(f), &st) != 0) {
-    snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-    if (f)
-      fclose(f);
-    return -1;
-  }
-  /* as ssh does with keys: a secret others can read is no secret */
-  if (st.st_mode & 077) {
-    fclose(f);
-    snprintf(err, errlen, "%s is readable by others (mode %03o; chmod 600 it)",
-             path, (unsigned)(st.st_mode & 0777));
-    return -1;
-  }
-  size_t len = fread(out, 1, n - 1, f);
-  fclose(f);
-  out[len] = '\0';
-  while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r' ||
-                     out[len - 1] == ' ' || out[len - 1] == '\t'))
-    out[--len] = '\0';
-  if (len == 0) {
-    snprintf(err, errlen, "%s is empty", path);
-    return -1;
-  }
-  return 0;
-}
-
-void app_read_secret_file(const char *prog, const char *flag, const char *path,
-                          char *out, size_t n) {
-  char err[512];
-  if (app_secret_read(path, out, n, err, sizeof(err)) != 0) {
-    fprintf(stderr, "%s: flag -%s: %s\n", prog, flag, err);
-    exit(APP_EXIT_USAGE);
-  }
 }

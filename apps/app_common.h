@@ -130,18 +130,6 @@ void app_pidfile_remove(void);
 /* "2026-01-09T15:30:45Z" (RFC 3339, UTC) for `t`. */
 void app_rfc3339(time_t t, char *buf, size_t size);
 
-/* Reads a one-line secret (trailing whitespace dropped) from `path` into
- * out (n bytes). The file must not be readable by group or others (as ssh
- * checks keys). 0, or -1 with a one-line reason in err. */
-int app_secret_read(const char *path, char *out, size_t n, char *err,
-                    size_t errlen);
-
-/* Reads a one-line secret (trailing whitespace dropped) from `path` into
- * out. The file must not be readable by group or others; any problem is a
- * usage error naming `flag` (exit 2). */
-void app_read_secret_file(const char *prog, const char *flag, const char *path,
-                          char *out, size_t n);
-
 /* Parses -log-level; exits with a usage error naming the flag if bad. */
 wstun_log_level app_log_level(const char *prog, const char *value);
 

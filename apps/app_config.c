@@ -7,12 +7,15 @@
 
 #include <errno.h>
 #include <ini.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include "app_secret.h"
 
 #define LINE_MAX_BYTES 4095 /* a line's bytes, without its '\n' */
 
@@ -415,17 +418,25 @@ size_t app_config_parse(app_config *c, const char *path, const char *text,
     text_source t = {text, strlen(text)};
     return app_config_parse_stream(c, path, read_text, &t, top, kinds);
   }
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
+  /* cred:NAME, a systemd credential, is read where systemd put it */
+  char file[PATH_MAX], err[PATH_MAX + 256];
+  if (app_file_path(path, file, sizeof(file), err, sizeof(err)) != 0) {
     free(c->path);
     c->path = strdup(path);
-    app_config_errorf(c, 0, "flag -config: cannot read %s: %s", path,
+    app_config_errorf(c, 0, "flag -config: %s", err);
+    return c->nerrors;
+  }
+  FILE *f = fopen(file, "r");
+  if (f == NULL) {
+    free(c->path);
+    c->path = strdup(file);
+    app_config_errorf(c, 0, "flag -config: cannot read %s: %s", file,
                       strerror(errno));
     return c->nerrors;
   }
-  app_config_parse_stream(c, path, read_file, f, top, kinds);
+  app_config_parse_stream(c, file, read_file, f, top, kinds);
   if (ferror(f))
-    app_config_errorf(c, 0, "flag -config: cannot read %s: %s", path,
+    app_config_errorf(c, 0, "flag -config: cannot read %s: %s", file,
                       strerror(errno));
   fclose(f);
   return c->nerrors;
@@ -581,7 +592,7 @@ static void tunnel_finish(app_config *c, const app_config_section *s,
   if (strlen(t->token_only) < 16)
     tunnel_error(c, s, "token",
                  "rendez-vous token is too short (must be 16 chars)");
-  if (colon)
+  if (colon && colon[1] != '\0')
     t->cfg.password = colon + 1;
   else if (t->password)
     t->cfg.password = t->password;
@@ -596,6 +607,23 @@ static void tunnel_finish(app_config *c, const app_config_section *s,
     t->cfg.password = t->password_buf;
   } else if (env_password && *env_password)
     t->cfg.password = env_password;
+  else if (colon)
+    t->password_prompt = 1; /* "tok:" asks for one */
+  if (t->cfg.ca_file &&
+      strncmp(t->cfg.ca_file, APP_CRED_PREFIX, strlen(APP_CRED_PREFIX)) == 0) {
+    char path[PATH_MAX], err[PATH_MAX + 256];
+    if (app_file_path(t->cfg.ca_file, path, sizeof(path), err, sizeof(err)) !=
+        0) {
+      tunnel_error(c, s, "certfile", err);
+      return;
+    }
+    t->ca_path = strdup(path);
+    if (t->ca_path == NULL) {
+      app_config_errorf(c, 0, "out of memory");
+      return;
+    }
+    t->cfg.ca_file = t->ca_path;
+  }
   if (t->cfg.proxy_url && strstr(t->cfg.proxy_url, "://") &&
       strncmp(t->cfg.proxy_url, "http://", 7) != 0)
     tunnel_error(c, NULL, "proxy", "only http:// proxies are supported");
@@ -661,6 +689,7 @@ void app_cli_tunnels_free(app_cli_tunnel *t, size_t n) {
   for (size_t i = 0; i < n; i++) {
     free(t[i].name);
     free(t[i].token_only);
+    free(t[i].ca_path);
     if (t[i].password_buf) {
       memset(t[i].password_buf, 0, strlen(t[i].password_buf));
       free(t[i].password_buf);

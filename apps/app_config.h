@@ -111,6 +111,10 @@ typedef struct app_cli_tunnel {
   const char *password_file; /* `password-file` key or -password-file */
   char *token_only;          /* owned: cfg.token points here */
   char *password_buf;        /* owned: cfg.password may point here */
+  char *ca_path;             /* owned: cfg.ca_file may point here */
+  /* "TOKEN:" with nothing after the colon, and no other password source:
+   * the program asks on the terminal (cfg.password is NULL) */
+  int password_prompt;
 } app_cli_tunnel;
 
 /* The keys of a [tunnel NAME] section, for app_config_parse. */
@@ -122,10 +126,12 @@ extern const app_config_kind app_cli_kinds[];
  * tunnel needs (tunnel URL, a token of 16 characters or more, a server or
  * a regexp, one password source) and resolves its password: the
  * "tok:password" form first, then `password`, then `password-file`
- * (refused when group or others may read it), then $WSTUNNEL_PASSWORD
- * (`env`, may be NULL). Problems go to c's errors. Returns the number of
- * tunnels in *out (free with app_cli_tunnels_free), 0 on allocation
- * failure. */
+ * (refused when group or others may read it; cred:NAME reads a systemd
+ * credential), then $WSTUNNEL_PASSWORD (`env`, may be NULL); with none of
+ * them, a "tok:" token sets password_prompt. A cred:NAME `certfile`
+ * becomes the credential's path. Problems go to c's errors. Returns the
+ * number of tunnels in *out (free with app_cli_tunnels_free), 0 on
+ * allocation failure. */
 size_t app_cli_tunnels(app_config *c, const app_cli_tunnel *defaults,
                        const char *env_password, app_cli_tunnel **out);
 void app_cli_tunnels_free(app_cli_tunnel *t, size_t n);

@@ -14,6 +14,7 @@
 
 #include "app_common.h"
 #include "app_config.h"
+#include "app_secret.h"
 #include "cli_run.h"
 
 #define GRACE_MS 10000
@@ -195,6 +196,47 @@ static const char *start_error_flag(int rc, const wstun_client_config *cfg) {
                                                      "proxy environment variable)"
                                                    : "tunnel")
                               : "token";
+}
+
+/* The passwords of "-token TOKEN:" tunnels (password_prompt), asked on the
+ * terminal. 0, or APP_EXIT_USAGE after one line naming the flag or the
+ * file's line: stdin is not a terminal, or nothing usable was typed. */
+static int ask_passwords(const char *prog, const app_config *conf,
+                         app_cli_tunnel *t, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (!t[i].password_prompt)
+      continue;
+    char where[512], prompt[256], pw[1024], err[256];
+    int line = 0;
+    if (t[i].name)
+      snprintf(where, sizeof(where), "%s:%d: [tunnel %s]: token", conf->path,
+               t[i].line, t[i].name);
+    else if (t[i].token == app_config_get(&conf->top, "token", &line))
+      snprintf(where, sizeof(where), "%s:%d: token", conf->path, line);
+    else
+      snprintf(where, sizeof(where), "%s: flag -token", prog);
+    if (!isatty(STDIN_FILENO)) {
+      fprintf(stderr,
+              "%s: %.8s...: nothing after ':' and standard input is not a "
+              "terminal to ask for the password (give it with "
+              "-password-file, $WSTUNNEL_PASSWORD or TOKEN:PASSWORD)\n",
+              where, t[i].cfg.token);
+      return APP_EXIT_USAGE;
+    }
+    snprintf(prompt, sizeof(prompt),
+             "Password for %s%s%stoken %.8s...: ", t[i].name ? "[tunnel " : "",
+             t[i].name ? t[i].name : "", t[i].name ? "] " : "", t[i].cfg.token);
+    if (app_secret_prompt(prompt, pw, sizeof(pw), err, sizeof(err)) != 0) {
+      fprintf(stderr, "%s: %.8s...: %s\n", where, t[i].cfg.token, err);
+      return APP_EXIT_USAGE;
+    }
+    t[i].password_buf = strdup(pw);
+    memset(pw, 0, sizeof(pw));
+    if (t[i].password_buf == NULL)
+      return 1;
+    t[i].cfg.password = t[i].password_buf;
+  }
+  return 0;
 }
 
 /* The flag table over s's fields; `top` gets the keys the file takes at
@@ -402,6 +444,42 @@ static void status_follow(cli_app *app) {
              strerror(werr));
 }
 
+/* "TOKEN:" tunnels: a reload cannot ask on the terminal; the password
+ * typed at start for the same section and token is used again. 0, or -1
+ * after logging which tunnel has none. */
+static int reuse_prompted(cli_app *app, cli_settings *s) {
+  for (size_t i = 0; i < s->ntunnels; i++) {
+    app_cli_tunnel *t = &s->tunnels[i];
+    if (!t->password_prompt || t->cfg.password)
+      continue;
+    const char *pw = cli_run_prompted(&app->run, t->name, t->cfg.token);
+    if (pw == NULL) {
+      if (t->name)
+        app_logf(WSTUN_LOG_ERROR,
+                 "%s:%d: [tunnel %s]: token: nothing after ':' and a reload "
+                 "cannot ask for the password (give it with password-file "
+                 "or TOKEN:PASSWORD)",
+                 s->conf.path, t->line, t->name);
+      else
+        app_logf(WSTUN_LOG_ERROR,
+                 "%s: token: nothing after ':' and a reload cannot ask for "
+                 "the password",
+                 app->prog);
+      app_logf(WSTUN_LOG_ERROR,
+               "SIGHUP: %s not loaded; the running configuration stays",
+               s->conf.path);
+      return -1;
+    }
+    t->password_buf = strdup(pw);
+    if (t->password_buf == NULL) {
+      app_logf(WSTUN_LOG_ERROR, "SIGHUP: out of memory; nothing changed");
+      return -1;
+    }
+    t->cfg.password = t->password_buf;
+  }
+  return 0;
+}
+
 /* SIGHUP with -config: the file read again and the tunnels made to match
  * it (cli_run.h); a file with errors, or tunnels that cannot start, leave
  * everything running as it was. */
@@ -423,6 +501,10 @@ static void reload(cli_app *app) {
     return;
   }
   warn_restart_only(app->boot, s);
+  if (reuse_prompted(app, s) != 0) {
+    cli_settings_free(s);
+    return;
+  }
   wstun_log_level level = (wstun_log_level)wstun_log_level_parse(s->log_level);
   cli_settings_finish(s, level);
   if (app->statusfile && s->ntunnels > 1) {
@@ -489,7 +571,8 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       s->conf.nerrors = 1; /* flags alone: the first problem, one line */
     app_config_print_errors(&s->conf, prog, stderr);
     if (!bad)
-      printf("%s: ok (%zu tunnel%s)\n", s->config_path, s->ntunnels,
+      printf("%s: ok (%zu tunnel%s)\n",
+             s->conf.path ? s->conf.path : s->config_path, s->ntunnels,
              s->ntunnels == 1 ? "" : "s");
     cli_settings_free(s);
     return bad ? APP_EXIT_USAGE : 0;
@@ -497,6 +580,11 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   wstun_log_level level = app_log_level(prog, s->log_level);
   if (s->log_pretty)
     s->ops.log_format = "text";
+  int prompt_rc = ask_passwords(prog, &s->conf, s->tunnels, s->ntunnels);
+  if (prompt_rc != 0) {
+    cli_settings_free(s);
+    return prompt_rc;
+  }
   app_log_setup(prog, "wstuncli", &s->ops);
 
   signal(SIGPIPE, SIG_IGN);

@@ -25,9 +25,18 @@ static const char *tag(const cli_run_slot *s, char *buf, size_t n) {
   return buf;
 }
 
+static void wipe_free(char *p) {
+  if (p) {
+    memset(p, 0, strlen(p));
+    free(p);
+  }
+}
+
 static void slot_free(cli_run_slot *s) {
   free(s->name);
   app_cli_tunnel_key_free(s->key);
+  wipe_free(s->prompted);
+  free(s->prompted_token);
   free(s);
 }
 
@@ -84,6 +93,14 @@ static int start(cli_run *run, const app_cli_tunnel *t, char *key,
     return WSTUN_ENOMEM;
   }
   s->run = run;
+  if (t->password_prompt && t->cfg.password) {
+    s->prompted = strdup(t->cfg.password);
+    s->prompted_token = strdup(t->cfg.token);
+    if (s->prompted == NULL || s->prompted_token == NULL) {
+      slot_free(s);
+      return WSTUN_ENOMEM;
+    }
+  }
   s->key = key;
   wstun_client_config cfg = t->cfg;
   cfg.log_cb = run->log_cb;
@@ -193,6 +210,13 @@ void cli_run_close(cli_run *run, unsigned grace_ms) {
   for (cli_run_slot *s = run->slots; s; s = s->next)
     if (!s->closing)
       close_slot(s, grace_ms);
+}
+
+const char *cli_run_prompted(cli_run *run, const char *name,
+                             const char *token) {
+  cli_run_slot *s = find(run, name);
+  return s && s->prompted && strcmp(s->prompted_token, token) == 0 ? s->prompted
+                                                                   : NULL;
 }
 
 size_t cli_run_count(const cli_run *run) {

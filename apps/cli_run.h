@@ -20,6 +20,9 @@ typedef struct cli_run_slot {
   struct cli_run_slot *next;
   char *name; /* owned: the section's NAME, or NULL; the client's log tag */
   char *key;  /* owned: app_cli_tunnel_key() of what it was started with */
+  /* a "TOKEN:" tunnel (password_prompt): the password typed at start, and
+   * the token it is for, kept for reloads, which cannot ask (owned) */
+  char *prompted, *prompted_token;
   wstun_client *cli;
   int closing; /* closed (removed, replaced, stopping): its state is no
                   longer the tunnel's */
@@ -59,6 +62,10 @@ int cli_run_apply(cli_run *run, const app_cli_tunnel *t, size_t n,
 /* Closes every running client (graceful, grace_ms). on_empty comes once
  * all are gone (at once, from inside this call, if there were none). */
 void cli_run_close(cli_run *run, unsigned grace_ms);
+
+/* The password typed at start for the running tunnel `name` (NULL for
+ * the one without a section), if it was asked for `token`; else NULL. */
+const char *cli_run_prompted(cli_run *run, const char *name, const char *token);
 
 /* Slots not yet freed (running or closing). */
 size_t cli_run_count(const cli_run *run);

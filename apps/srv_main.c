@@ -4,14 +4,18 @@
  * wstun_server_reload() (without -config: the TLS certificate read
  * again). */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "app_common.h"
 #include "app_config.h"
+#include "app_secret.h"
 
 #define GRACE_MS 10000
 
@@ -30,13 +34,16 @@ typedef struct srv_settings {
   /* secrets from files: kept out of the process list */
   char passwords[65536];
   char admin_token[512];
+  /* -tls-cert/-tls-key given as cred:NAME: the files systemd put there */
+  char tls_cert[PATH_MAX], tls_key[PATH_MAX];
+  const char *tls_cert_given; /* -tls-cert as given (flag or file) */
 } srv_settings;
 
 typedef struct srv_app {
   const char *prog;
   int argc, first;
   char **argv;
-  srv_settings *boot; /* the settings the process started with */
+  srv_settings *boot;       /* the settings the process started with */
   char *tls_cert, *tls_key; /* the TLS files in use (owned) */
   uv_loop_t *loop;
   wstun_server *srv;
@@ -78,16 +85,18 @@ static void check_tls_flags(const char *prog, const char *cert,
   }
   if (cert == NULL)
     return;
+  /* opened, not only looked at: a key root keeps 0600 is out of reach of
+   * a service's dynamic user, and this says so by name */
   struct stat st;
-  const char *flag = "tls-cert", *path = cert;
-  if (stat(cert, &st) == 0) {
-    flag = "tls-key";
-    path = key;
-  }
-  if (stat(path, &st) != 0) {
-    fprintf(stderr, "%s: flag -%s: cannot read %s: %s\n", prog, flag, path,
-            strerror(errno));
-    exit(APP_EXIT_USAGE);
+  const char *flags[] = {"tls-cert", "tls-key"}, *paths[] = {cert, key};
+  for (int i = 0; i < 2; i++) {
+    int fd = open(paths[i], O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) != 0) {
+      fprintf(stderr, "%s: flag -%s: cannot read %s: %s\n", prog, flags[i],
+              paths[i], strerror(errno));
+      exit(APP_EXIT_USAGE);
+    }
+    close(fd);
   }
   if (st.st_mode & S_IROTH) {
     fprintf(stderr,
@@ -249,6 +258,26 @@ static size_t srv_settings_read(srv_settings *s, const char *prog, int argc,
   return s->conf.nerrors;
 }
 
+/* -tls-cert and -tls-key as files: cred:NAME is the file systemd's
+ * LoadCredential= put there. 0, or -1 with "flag -NAME: reason" in err. */
+static int srv_settings_tls_paths(srv_settings *s, char *err, size_t n) {
+  const char **values[] = {&s->cfg.tls_cert_file, &s->cfg.tls_key_file};
+  char *bufs[] = {s->tls_cert, s->tls_key};
+  const char *names[] = {"tls-cert", "tls-key"};
+  s->tls_cert_given = s->cfg.tls_cert_file;
+  for (int i = 0; i < 2; i++) {
+    char why[PATH_MAX + 256];
+    if (*values[i] == NULL)
+      continue;
+    if (app_file_path(*values[i], bufs[i], PATH_MAX, why, sizeof(why)) != 0) {
+      snprintf(err, n, "flag -%s: %s", names[i], why);
+      return -1;
+    }
+    *values[i] = bufs[i];
+  }
+  return 0;
+}
+
 /* The secrets of -passwords-file and -admin-token-file into s->cfg. 0, or
  * -1 with "flag -NAME: reason" in err. */
 static int srv_settings_secrets(srv_settings *s, char *err, size_t n) {
@@ -356,7 +385,7 @@ static void reload_error(srv_settings *s, int rc) {
               s->passwords_file ? s->passwords_file : s->cfg.passwords,
               "malformed password list (want token:password,...)");
   else if (rc == WSTUN_ETLS)
-    key_error(s, "tls-cert", s->cfg.tls_cert_file,
+    key_error(s, "tls-cert", s->tls_cert_given,
               "cannot use it with -tls-key (reason logged above)");
   else
     app_config_errorf(&s->conf, 0, "%s", wstun_strerror(rc));
@@ -374,9 +403,10 @@ static void reload(srv_app *app) {
     app_logf(WSTUN_LOG_ERROR, "SIGHUP: out of memory; nothing changed");
     return;
   }
-  char err[1100];
+  char err[PATH_MAX + 1100];
   if (srv_settings_read(s, app->prog, app->argc, app->argv, app->first) == 0 &&
-      srv_settings_secrets(s, err, sizeof(err)) != 0)
+      (srv_settings_tls_paths(s, err, sizeof(err)) != 0 ||
+       srv_settings_secrets(s, err, sizeof(err)) != 0))
     app_config_errorf(&s->conf, 0, "%s", err);
   if (s->conf.nerrors == 0) {
     keep_restart_only(app, s);
@@ -429,14 +459,19 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
     int bad = s->conf.nerrors > 0;
     app_config_print_errors(&s->conf, prog, stderr);
     if (!bad)
-      printf("%s: ok\n", s->config_path);
+      printf("%s: ok\n", s->conf.path ? s->conf.path : s->config_path);
     srv_settings_free(s);
     return bad ? APP_EXIT_USAGE : 0;
   }
   wstun_server_config *cfg = &s->cfg;
   cfg->log_level = app_log_level(prog, s->log_level);
+  char err[PATH_MAX + 1100];
+  if (srv_settings_tls_paths(s, err, sizeof(err)) != 0) {
+    fprintf(stderr, "%s: %s\n", prog, err);
+    srv_settings_free(s);
+    return APP_EXIT_USAGE;
+  }
   check_tls_flags(prog, cfg->tls_cert_file, cfg->tls_key_file);
-  char err[1100];
   if (srv_settings_secrets(s, err, sizeof(err)) != 0) {
     fprintf(stderr, "%s: %s\n", prog, err);
     srv_settings_free(s);

@@ -36,6 +36,7 @@ from harness import (E2ETestCase, SRV_BIN, CLI_BIN, HOST, TIME_SCALE,  # noqa: E
                      Background, Proc, Server, _BackendHTTPServer, free_port, gen_bytes,
                      get, make_token, stats_text, wait_tunnels, wait_until, main)
 import tlsutil  # noqa: E402
+from test_secrets import SETSID, PtyProc  # noqa: E402
 
 tlsutil.scrub_proxy_env()
 
@@ -387,6 +388,53 @@ class ClientReload(ReloadCase):
         self.assertIn("flag -statusfile: describes one tunnel", cli.stderr_text())
         self.assertEqual(state().get("state"), "connected")
         self.assertEqual(self.name_of(srv2, tok), "two")
+
+
+    @unittest.skipUnless(SETSID, "setsid(1) (util-linux) is not installed")
+    def test_password_typed_at_start_survives_reloads(self):
+        """A "TOKEN:" section asks on the terminal at start; a reload cannot
+        ask, so it keeps what was typed for the same section and token (a
+        changed section restarts with it), and refuses a new one."""
+        one, two = self.backend("one"), self.backend("two")
+        tok, password = make_token("typed"), "typed-s3cret-Q1"
+        srv = self.server("-passwords", "%s:%s" % (tok, password))
+        d = self.tmpdir()
+        conf = os.path.join(d, "cli.ini")
+        head = "tunnel = ws://%s:%d\n" % (HOST, srv.port)
+        typed = "[tunnel a]\ntoken = %s:\nserver = %%s\n" % tok
+        self.write(conf, head + typed % one.url)
+        cli = PtyProc([CLI_BIN, "-config", conf], None)
+        self.addCleanup(cli.stop)
+        self.assertTrue(cli.wait_for(r"Password for \[tunnel a\] token %s\.\.\.: $" % tok[:8]),
+                        cli.text())
+        cli.type(password + "\n")
+        self.assertTrue(wait_tunnels(srv, 1), cli.text())
+
+        def hup(done):
+            cli.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(cli.wait_for(done), cli.text())
+
+        tb = make_token("b")
+        self.write(conf, head + typed % one.url + "[tunnel b]\ntoken = %s\nserver = %s\n"
+                   % (tb, two.url))
+        hup(r"loaded: 1 added, 0 removed, 0 changed, 1 unchanged")
+        self.assertTrue(wait_tunnels(srv, 2), cli.text())
+        self.write(conf, head + typed % two.url)
+        hup(r"loaded: 0 added, 1 removed, 1 changed, 0 unchanged")
+        self.assertTrue(wait_until(lambda: len(re.findall(r"\[a\] tunnel open to", cli.text()))
+                                   == 2 and total_clients(srv) == 1, 10 * TIME_SCALE),
+                        cli.text())
+        self.assertEqual(self.name_of(srv, tok), "two")
+        # a section that would need a new password: not loaded
+        self.write(conf, head + typed % two.url + "[tunnel c]\ntoken = %s:\nserver = %s\n"
+                   % (make_token("c"), one.url))
+        hup(r"%s:\d+: \[tunnel c\]: token: nothing after ':' and a reload cannot ask"
+            % re.escape(conf))
+        self.assertIn("not loaded; the running configuration stays", cli.text())
+        self.assertEqual(self.name_of(srv, tok), "two")
+        self.assertNotIn(password, cli.text())
+        self.assertEqual(cli.stop(), 0, cli.text())
+
 
 
 class ServerReload(ReloadCase):

@@ -8,7 +8,10 @@
 #     --static) and with find_package(wstun CONFIG) (wstun::wstun and
 #     wstun::wstun_static) runs, prints wstun_version() and checks it against
 #     WSTUN_VERSION_STRING;
-#   - the installed man pages render without warnings.
+#   - the installed man pages render without warnings and document every
+#     flag; the example env files list every flag; the units load every
+#     credential (cred:ID) the docs name; systemd-analyze verify (when
+#     installed) finds nothing to say about the units.
 #
 #   install_test.sh BUILD_DIR SOURCE_DIR [SANITIZE]
 #
@@ -289,6 +292,46 @@ for unit in wstunsrv wstuncli; do
   else fail "$unit.service: ExecStart does not name $PREFIX/bin/$unit"; fi
 done
 
+# the example env files list every flag of -h: a new flag without its line
+# there fails here
+for unit in wstunsrv wstuncli; do
+  env_file=$PREFIX/share/doc/wstun/examples/$unit.env
+  if [ ! -x "$PREFIX/bin/$unit" ] || [ ! -f "$env_file" ]; then continue; fi
+  missing=()
+  while read -r flag; do
+    grep -qE -- "(^|[^a-z-])-$flag([^a-z0-9-]|\$)" "$env_file" || missing+=("-$flag")
+  done < <("$PREFIX/bin/$unit" -h | sed -n 's/^  -\([a-z][a-z0-9-]*[a-z0-9]\) .*/\1/p')
+  if [ ${#missing[@]} -gt 0 ]; then
+    fail "$unit.env does not list $unit's ${missing[*]}"
+  else
+    ok "$unit.env lists every flag of $unit -h"
+  fi
+done
+
+# every cred:ID the env files and man pages tell the operator to use is a
+# credential the unit loads (LoadCredential=ID:...), and every credential
+# the unit loads is explained in its env file
+for unit in wstunsrv wstuncli; do
+  f=$PREFIX/lib/systemd/system/$unit.service
+  env_file=$PREFIX/share/doc/wstun/examples/$unit.env
+  if [ ! -f "$f" ] || [ ! -f "$env_file" ]; then continue; fi
+  loaded=$(sed -n 's/^LoadCredential=\([^:]*\):.*/\1/p' "$f" | sort -u)
+  # (the man page's \- are dashes)
+  named=$(cat "$env_file" "$PREFIX/share/man/man1/$unit.1" | sed 's/\\-/-/g' |
+          grep -o 'cred:[a-z][a-z0-9.-]*' | sed 's/^cred://' | sort -u)
+  unloaded=$(comm -13 <(printf '%s\n' "$loaded") <(printf '%s\n' "$named"))
+  if [ -z "$loaded" ]; then
+    fail "$unit.service loads no credentials (LoadCredential=)"
+  elif [ -n "$unloaded" ]; then
+    fail "$unit: named but not loaded by $unit.service: $(printf '%s' "$unloaded" | tr '\n' ' ')"
+  else
+    ok "$unit.service loads every credential its docs name: $(printf '%s' "$loaded" | tr '\n' ' ')"
+  fi
+  for id in $loaded; do
+    grep -q "cred:$id" "$env_file" || fail "$unit.env does not explain credential $id"
+  done
+done
+
 if command -v systemd-analyze >/dev/null; then
   # MANPATH: Documentation=man:... must resolve to the installed pages
   if out=$(cd "$PREFIX/lib/systemd/system" &&
@@ -299,8 +342,19 @@ if command -v systemd-analyze >/dev/null; then
     fail "systemd-analyze verify:"
     printf '%s\n' "$out" | sed 's/^/  /' >&2
   fi
+  # and it would complain: a misspelt key and a bad credential line
+  mkdir -p "$TMP/units-broken"
+  cp "$PREFIX/lib/systemd/system/wstunsrv.service" "$TMP/units-broken/"
+  printf '[Service]\nLoadCredentialx=a:b\nLoadCredential=/x\n' \
+    >>"$TMP/units-broken/wstunsrv.service"
+  out=$(cd "$TMP/units-broken" && MANPATH=$PREFIX/share/man \
+        systemd-analyze verify ./wstunsrv.service 2>&1) || true
+  case "$out" in
+  *LoadCredentialx*'"/x"'*) ok "systemd-analyze verify catches a broken unit" ;;
+  *) fail "systemd-analyze verify let a broken unit pass: $out" ;;
+  esac
 else
-  echo "SKIP: systemd-analyze not installed: units not verified"
+  echo "SKIP: systemd-analyze not installed (apt-get install systemd): units not verified"
 fi
 
 step "summary"
