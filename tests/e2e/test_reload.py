@@ -562,6 +562,9 @@ class Example(ReloadCase):
         once; the rest (comments included) is the file itself."""
         with open(EXAMPLE) as f:
             shipped = f.read()
+        with open(os.path.join(os.path.dirname(EXAMPLE), "..", "README.md")) as f:
+            self.assertIn("```ini\n" + shipped + "```", f.read(),
+                          "README.md no longer shows examples/wstuncli.conf as it is")
         # as shipped, the only problem is the password file it names
         rc, out, err = run([CLI_BIN, "-config", EXAMPLE, "-check-config"])
         self.assertEqual(rc, 2, out + err)
