@@ -500,7 +500,6 @@ static void reload(cli_app *app) {
     cli_settings_free(s);
     return;
   }
-  warn_restart_only(app->boot, s);
   if (reuse_prompted(app, s) != 0) {
     cli_settings_free(s);
     return;
@@ -527,6 +526,7 @@ static void reload(cli_app *app) {
     cli_settings_free(s);
     return;
   }
+  warn_restart_only(app->boot, s);
   if (app->statusfile) {
     char *server = url_without_userinfo(s->tunnels[0].cfg.tunnel_url);
     if (server) {
