@@ -431,18 +431,19 @@ static void reopen_log(const char *why) {
 
 static void on_reopen_signal(uv_signal_t *h, int signum) {
   app_reopen *r = h->data;
-  reopen_log(signum == SIGHUP ? "SIGHUP" : "SIGUSR1");
+  const char *name = signum == SIGHUP ? "SIGHUP" : "SIGUSR1";
+  reopen_log(name);
   if (signum == SIGHUP && r->on_hup)
     r->on_hup(r->user_data);
+  else if (g_log.path == NULL)
+    app_logf(WSTUN_LOG_INFO, "%s: ignored (no -logfile to reopen%s)", name,
+             signum == SIGHUP ? ", nothing to reload" : "");
 }
 
 void app_reopen_start(uv_loop_t *loop, app_reopen *r,
                       void (*on_hup)(void *user_data), void *user_data) {
-  r->active = 0;
   r->on_hup = on_hup;
   r->user_data = user_data;
-  if (g_log.path == NULL && on_hup == NULL)
-    return;
   uv_signal_init(loop, &r->usr1);
   uv_signal_init(loop, &r->hup);
   r->usr1.data = r->hup.data = r;
@@ -457,6 +458,10 @@ void app_reopen_close(app_reopen *r) {
   uv_close((uv_handle_t *)&r->usr1, NULL);
   uv_close((uv_handle_t *)&r->hup, NULL);
   r->active = 0;
+  /* libuv gave the signals their default action back (which ends the
+   * process): until exit they stay harmless */
+  signal(SIGUSR1, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
 }
 
 /* ---- pid file ----------------------------------------------------------- */

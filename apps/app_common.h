@@ -130,9 +130,9 @@ void app_logf(wstun_log_level level, const char *fmt, ...)
 void app_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* SIGUSR1 and SIGHUP reopen the log file (for logrotate); SIGHUP also calls
- * `on_hup` (wstunsrv reloads its TLS certificate). Handles exist only with
- * -logfile or an `on_hup`; otherwise the signals keep their default
- * action. */
+ * `on_hup` (a reload). Without -logfile and `on_hup` they are logged and
+ * ignored: neither signal ever ends the process, not even once the handles
+ * are closed (they are ignored from then on). */
 typedef struct app_reopen {
   uv_signal_t usr1, hup;
   int active;

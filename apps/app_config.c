@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "app_secret.h"
 
@@ -67,7 +68,8 @@ void app_config_errorf(app_config *c, int line, const char *fmt, ...) {
   c->nerrors++;
 }
 
-void app_config_print_errors(app_config *c, const char *prog, FILE *out) {
+void app_config_each_error(app_config *c, const char *prog,
+                           void (*fn)(void *ud, const char *line), void *ud) {
   /* in the file's order (checks of whole sections come after reading):
    * a stable insertion sort, the lists are short */
   for (size_t i = 1; i < c->nerrors; i++) {
@@ -78,12 +80,22 @@ void app_config_print_errors(app_config *c, const char *prog, FILE *out) {
     c->errors[j] = e;
   }
   for (size_t i = 0; i < c->nerrors; i++) {
+    char line[1400];
     if (c->errors[i].line > 0 && c->path)
-      fprintf(out, "%s:%d: %s\n", c->path, c->errors[i].line,
-              c->errors[i].reason);
+      snprintf(line, sizeof(line), "%s:%d: %s", c->path, c->errors[i].line,
+               c->errors[i].reason);
     else
-      fprintf(out, "%s: %s\n", prog, c->errors[i].reason);
+      snprintf(line, sizeof(line), "%s: %s", prog, c->errors[i].reason);
+    fn(ud, line);
   }
+}
+
+static void print_line(void *ud, const char *line) {
+  fprintf(ud, "%s\n", line);
+}
+
+void app_config_print_errors(app_config *c, const char *prog, FILE *out) {
+  app_config_each_error(c, prog, print_line, out);
 }
 
 const char *app_config_get(const app_config_section *s, const char *key,
@@ -132,12 +144,15 @@ typedef struct reader {
   app_config *c;
   const app_flag *top;
   const app_config_kind *kinds;
-  FILE *f;          /* or */
-  const char *text; /* the rest of the string */
-  int line;         /* of the line inih has: the last one read */
-  int long_line;    /* a line cut at LINE_MAX_BYTES: its pairs are ignored */
-  int in_section;   /* a [header] was seen */
-  int hdr_line;     /* a [header] line whose section is not open yet */
+  app_config_read_cb read; /* the bytes, in pieces of any size */
+  void *read_ud;
+  char buf[512];
+  size_t pos, len;
+  int eof;
+  int line;       /* of the line inih has: the last one read */
+  int long_line;  /* a line cut at LINE_MAX_BYTES: its pairs are ignored */
+  int in_section; /* a [header] was seen */
+  int hdr_line;   /* a [header] line whose section is not open yet */
   char hdr[LINE_MAX_BYTES + 2];    /* its text */
   app_config_section *cur;         /* where keys go; NULL: a bad section's */
   const app_config_kind *cur_kind; /* keys */
@@ -244,9 +259,18 @@ static void open_section(reader *r, const char *section) {
 }
 
 static int next_char(reader *r) {
-  if (r->f)
-    return fgetc(r->f);
-  return *r->text ? (unsigned char)*r->text++ : EOF;
+  if (r->pos == r->len) {
+    if (r->eof)
+      return EOF;
+    r->pos = 0;
+    r->len = r->read(r->read_ud, r->buf, sizeof(r->buf));
+    if (r->len == 0 || r->len > sizeof(r->buf)) {
+      r->len = 0;
+      r->eof = 1; /* the source is not asked again */
+      return EOF;
+    }
+  }
+  return (unsigned char)r->buf[r->pos++];
 }
 
 /* inih's reader, fgets-style: one line per call (inih's buffer holds a
@@ -258,9 +282,11 @@ static char *read_line(char *str, int num, void *stream) {
     *str = '\0';
     return str;
   }
-  int n = 0, ch = 0;
-  while (n < num - 1 && ch != '\n' && (ch = next_char(r)) != EOF)
+  int n = 0, ch = 0, nul = 0;
+  while (n < num - 1 && ch != '\n' && (ch = next_char(r)) != EOF) {
+    nul |= ch == '\0';
     str[n++] = (char)ch;
+  }
   if (n == 0)
     return NULL;
   str[n] = '\0';
@@ -271,6 +297,13 @@ static char *read_line(char *str, int num, void *stream) {
     r->long_line = r->line;
     while (ch != '\n' && ch != EOF)
       ch = next_char(r);
+    return str;
+  }
+  if (nul) {
+    /* inih reads up to the NUL: the line would mean something else than
+     * it says. It goes to inih blank. */
+    app_config_errorf(r->c, r->line, "NUL byte in the line");
+    strcpy(str, "\n");
     return str;
   }
   const char *p = str;
@@ -360,29 +393,72 @@ static int on_pair(void *user, const char *section, const char *key,
   return 1;
 }
 
+/* The sources app_config_parse reads: a string, or a file. */
+typedef struct text_source {
+  const char *p;
+  size_t left;
+} text_source;
+
+static size_t read_text(void *ud, char *buf, size_t n) {
+  text_source *t = ud;
+  if (n > t->left)
+    n = t->left;
+  memcpy(buf, t->p, n);
+  t->p += n;
+  t->left -= n;
+  return n;
+}
+
+static size_t read_file(void *ud, char *buf, size_t n) {
+  return fread(buf, 1, n, ud);
+}
+
 size_t app_config_parse(app_config *c, const char *path, const char *text,
                         const app_flag *top, const app_config_kind *kinds) {
+  if (text) {
+    text_source t = {text, strlen(text)};
+    return app_config_parse_stream(c, path, read_text, &t, top, kinds);
+  }
   /* cred:NAME, a systemd credential, is read where systemd put it */
   char file[PATH_MAX], err[PATH_MAX + 256];
-  int bad_path = text == NULL &&
-                 app_file_path(path, file, sizeof(file), err, sizeof(err)) != 0;
-  if (text != NULL || bad_path)
-    snprintf(file, sizeof(file), "%s", path);
-  free(c->path);
-  c->path = strdup(file);
-  reader r = {.c = c, .top = top, .kinds = kinds, .text = text};
-  if (bad_path) {
+  if (app_file_path(path, file, sizeof(file), err, sizeof(err)) != 0) {
+    free(c->path);
+    c->path = strdup(path);
     app_config_errorf(c, 0, "flag -config: %s", err);
     return c->nerrors;
   }
-  if (text == NULL) {
-    r.f = fopen(file, "r");
-    if (r.f == NULL) {
-      app_config_errorf(c, 0, "flag -config: cannot read %s: %s", file,
-                        strerror(errno));
-      return c->nerrors;
-    }
+  FILE *f = fopen(file, "r");
+  if (f == NULL) {
+    free(c->path);
+    c->path = strdup(file);
+    app_config_errorf(c, 0, "flag -config: cannot read %s: %s", file,
+                      strerror(errno));
+    return c->nerrors;
   }
+  app_config_parse_stream(c, file, read_file, f, top, kinds);
+  if (ferror(f))
+    app_config_errorf(c, 0, "flag -config: cannot read %s: %s", file,
+                      strerror(errno));
+  fclose(f);
+  return c->nerrors;
+}
+
+size_t app_config_parse_stream(app_config *c, const char *path,
+                               app_config_read_cb read, void *read_ud,
+                               const app_flag *top,
+                               const app_config_kind *kinds) {
+  free(c->path);
+  c->path = strdup(path);
+  reader *r = calloc(1, sizeof(*r)); /* a line's worth: off the stack */
+  if (r == NULL) {
+    app_config_errorf(c, 0, "flag -config: out of memory reading %s", path);
+    return c->nerrors;
+  }
+  r->c = c;
+  r->top = top;
+  r->kinds = kinds;
+  r->read = read;
+  r->read_ud = read_ud;
   /* a heap buffer holding a whole line; values may hold ';' and leading
    * blanks (passwords, regexps): no inline comments, no continuation
    * lines; a line without '=' or ':' reaches the handler (value NULL) */
@@ -394,11 +470,10 @@ size_t app_config_parse(app_config *c, const char *path, const char *text,
   ini_allow_multiline = 0;
   ini_allow_no_value = 1;
   ini_allow_bom = 1;
-  int bad = ini_parse_stream(read_line, &r, on_pair, &r);
-  if (r.hdr_line)
-    open_section(&r, NULL); /* the last section had no keys */
-  if (r.f)
-    fclose(r.f);
+  int bad = ini_parse_stream(read_line, r, on_pair, r);
+  if (r->hdr_line)
+    open_section(r, NULL); /* the last section had no keys */
+  free(r);
   if (bad == -2)
     app_config_errorf(c, 0, "flag -config: out of memory reading %s", path);
   for (size_t i = 0; bad > 0 && i < c->nerrors; i++)
@@ -631,4 +706,52 @@ void app_cli_tunnels_free(app_cli_tunnel *t, size_t n) {
     }
   }
   free(t);
+}
+
+/* One field of a tunnel's key: its name and its value, length first, so
+ * that no value can pass for another field. */
+static void key_add(FILE *f, const char *name, const char *v) {
+  if (v == NULL)
+    fprintf(f, "%s-\n", name);
+  else
+    fprintf(f, "%s=%zu:%s\n", name, strlen(v), v);
+}
+
+char *app_cli_tunnel_key(const app_cli_tunnel *t) {
+  char *out = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&out, &len);
+  if (f == NULL)
+    return NULL;
+  const wstun_client_config *c = &t->cfg;
+  key_add(f, "tunnel", c->tunnel_url);
+  key_add(f, "token", c->token);
+  key_add(f, "password", c->password);
+  key_add(f, "server", c->server_url);
+  key_add(f, "regexp", c->regexp);
+  key_add(f, "client-ports", c->client_ports);
+  key_add(f, "proxy", c->proxy_url);
+  key_add(f, "certfile", c->ca_file);
+  fprintf(f, "timeout=%d stall=%d backend=%d idle=%d insecure=%d env=%d\n",
+          c->timeout_sec, c->stall_timeout_sec, c->backend_timeout_sec,
+          c->backend_idle_sec, c->insecure_backends, c->proxy_from_env);
+  /* a certificate file replaced under the same name is a change too */
+  struct stat st;
+  if (c->ca_file && stat(c->ca_file, &st) == 0)
+    fprintf(f, "certfile-stat=%llu:%llu:%lld:%lld.%09ld\n",
+            (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+            (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+            (long)st.st_mtim.tv_nsec);
+  if (fclose(f) != 0) {
+    app_cli_tunnel_key_free(out);
+    return NULL;
+  }
+  return out;
+}
+
+void app_cli_tunnel_key_free(char *key) {
+  if (key == NULL)
+    return;
+  memset(key, 0, strlen(key)); /* it holds the password */
+  free(key);
 }

@@ -59,6 +59,19 @@ void app_config_free(app_config *c);
 size_t app_config_parse(app_config *c, const char *path, const char *text,
                         const app_flag *top, const app_config_kind *kinds);
 
+/* Where app_config_parse_stream takes the file's bytes from: up to n of
+ * them into buf; the count, 0 at the end (it is not called again). Any
+ * piece size works, one byte included. */
+typedef size_t (*app_config_read_cb)(void *user_data, char *buf, size_t n);
+
+/* app_config_parse over bytes from `read` (`path` names them in errors):
+ * the file may come in pieces cut anywhere. A NUL byte makes its line an
+ * error. */
+size_t app_config_parse_stream(app_config *c, const char *path,
+                               app_config_read_cb read, void *user_data,
+                               const app_flag *top,
+                               const app_config_kind *kinds);
+
 /* Adds an error at `line` of the file (0: not about a line). */
 void app_config_errorf(app_config *c, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -67,6 +80,9 @@ void app_config_errorf(app_config *c, int line, const char *fmt, ...)
  * list): "FILE:LINE: reason" for the file, "PROG: reason" for the others
  * (which come first). */
 void app_config_print_errors(app_config *c, const char *prog, FILE *out);
+/* The same lines (without their newline) given to fn one by one. */
+void app_config_each_error(app_config *c, const char *prog,
+                           void (*fn)(void *ud, const char *line), void *ud);
 
 /* The value of `key` in s (the last one), or NULL; *line set when found. */
 const char *app_config_get(const app_config_section *s, const char *key,
@@ -119,5 +135,15 @@ extern const app_config_kind app_cli_kinds[];
 size_t app_cli_tunnels(app_config *c, const app_cli_tunnel *defaults,
                        const char *env_password, app_cli_tunnel **out);
 void app_cli_tunnels_free(app_cli_tunnel *t, size_t n);
+
+/* What a running tunnel was made from, as one string: two tunnels with
+ * equal keys would behave alike (a reload leaves such a one alone). Every
+ * field of t->cfg that the program sets from flags, the file and the
+ * environment (the password included), and the identity (device, inode,
+ * size, time) of its certfile, so that a renewed file counts as a change.
+ * The log level is not in it: it changes without a restart. NULL when out
+ * of memory. Free with app_cli_tunnel_key_free, which wipes it. */
+char *app_cli_tunnel_key(const app_cli_tunnel *t);
+void app_cli_tunnel_key_free(char *key);
 
 #endif

@@ -1,6 +1,8 @@
-/* wstunsrv: flags and the -config file → wstun_server_config, signals →
- * graceful stop, SIGUSR1/SIGHUP → log file reopened, SIGHUP → TLS certificate
- * reloaded. */
+/* wstunsrv: flags and the -config file → wstun_server_config;
+ * SIGINT/SIGTERM → graceful stop; SIGUSR1 → log file reopened; SIGHUP →
+ * log file reopened and the -config file read again and applied with
+ * wstun_server_reload() (without -config: the TLS certificate read
+ * again). */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -17,7 +19,32 @@
 
 #define GRACE_MS 10000
 
+/* What the flags and the -config file say: read at start, and again on
+ * each SIGHUP with -config into a new one (the command line still wins).
+ * The one read at start lives until exit: the log file and pid file names
+ * point into it. */
+typedef struct srv_settings {
+  wstun_server_config cfg;
+  const char *log_level, *admin_token_file, *passwords_file, *config_path;
+  const char *robowhois; /* Go-only flags, accepted and ignored */
+  int log_pretty, check_config;
+  app_ops ops;
+  uint64_t max_header, max_body;
+  app_config conf;
+  /* secrets from files: kept out of the process list */
+  char passwords[65536];
+  char admin_token[512];
+  /* -tls-cert/-tls-key given as cred:NAME: the files systemd put there */
+  char tls_cert[PATH_MAX], tls_key[PATH_MAX];
+  const char *tls_cert_given; /* -tls-cert as given (flag or file) */
+} srv_settings;
+
 typedef struct srv_app {
+  const char *prog;
+  int argc, first;
+  char **argv;
+  srv_settings *boot;       /* the settings the process started with */
+  char *tls_cert, *tls_key; /* the TLS files in use (owned) */
   uv_loop_t *loop;
   wstun_server *srv;
   uv_signal_t sigint, sigterm;
@@ -45,12 +72,6 @@ static void on_signal(uv_signal_t *h, int signum) {
           signum == SIGINT ? "SIGINT: stopping (in-flight requests finish)"
                            : "SIGTERM: stopping (in-flight requests finish)");
   wstun_server_close(app->srv, GRACE_MS, on_server_closed, app);
-}
-
-static void on_hup(void *ud) {
-  srv_app *app = ud;
-  if (app->srv && !app->stopping)
-    wstun_server_reload_tls(app->srv); /* logs how it went */
 }
 
 /* -tls-cert/-tls-key: both or neither, readable, and the key kept from
@@ -86,185 +107,414 @@ static void check_tls_flags(const char *prog, const char *cert,
   }
 }
 
-int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
-  wstun_server_config cfg;
-  wstun_server_config_init(&cfg);
-  const char *log_level = "info";
-  const char *admin_token_file = NULL;
-  const char *passwords_file = NULL;
-  const char *robowhois = NULL; /* Go-only flags, accepted and ignored */
-  int log_pretty = 0;
-  app_ops ops = APP_OPS_INIT;
-  uint64_t max_header = cfg.max_header_bytes, max_body = 0;
-  const char *config_path = NULL;
-  int check_config = 0;
-  app_flag flags[] = {
-      {"config", FLAG_STR, &config_path, "FILE",
+/* room for the flag table (the static assertion below says when to grow
+ * it) */
+#define SRV_MAXFLAGS 64
+static void srv_flags(srv_settings *s, app_flag flags[SRV_MAXFLAGS]) {
+  app_flag t[] = {
+      {"config", FLAG_STR, &s->config_path, "FILE",
        "read flags from an INI file (key = value, the names without dashes); "
-       "flags given here win",
+       "flags given here win; SIGHUP reads it again",
        0, -1},
-      {"check-config", FLAG_BOOL, &check_config, NULL,
+      {"check-config", FLAG_BOOL, &s->check_config, NULL,
        "check the -config file, print FILE:LINE: reason per problem, exit 0 "
        "or 2",
        0, 1},
-      {"port", FLAG_INT, &cfg.port, "N",
+      {"port", FLAG_INT, &s->cfg.port, "N",
        "TCP port to listen on (0 = any free port)", 0, 65535},
-      {"host", FLAG_STR, &cfg.host, "ADDR",
+      {"host", FLAG_STR, &s->cfg.host, "ADDR",
        "address or host name to listen on (default 0.0.0.0)", 0, -1},
-      {"base-path", FLAG_STR, &cfg.base_path, "PATH",
+      {"base-path", FLAG_STR, &s->cfg.base_path, "PATH",
        "prefix of every endpoint, e.g. /wstunnel", 0, -1},
-      {"passwords", FLAG_STR, &cfg.passwords, "TOK:PW,...",
+      {"passwords", FLAG_STR, &s->cfg.passwords, "TOK:PW,...",
        "tokens that require a password", 0, -1},
-      {"passwords-file", FLAG_STR, &passwords_file, "FILE",
+      {"passwords-file", FLAG_STR, &s->passwords_file, "FILE",
        "the same list from a mode-600 file, one tok:pw per line", 0, -1},
-      {"max-requests-per-tunnel", FLAG_INT, &cfg.max_requests_per_tunnel, "N",
-       "requests waiting per token before 504 (default 20, max 1000)", 0,
+      {"max-requests-per-tunnel", FLAG_INT, &s->cfg.max_requests_per_tunnel,
+       "N", "requests waiting per token before 504 (default 20, max 1000)", 0,
        1000000},
-      {"max-clients-per-token", FLAG_INT, &cfg.max_clients_per_token, "N",
+      {"max-clients-per-token", FLAG_INT, &s->cfg.max_clients_per_token, "N",
        "tunnel clients per token (0 = unlimited)", 0, 1000000},
-      {"wstimeout", FLAG_INT, &cfg.ws_timeout_sec, "S",
+      {"wstimeout", FLAG_INT, &s->cfg.ws_timeout_sec, "S",
        "close a tunnel silent this long (default 30, clamped 3..600)", 0,
        1000000},
-      {"httptimeout", FLAG_INT, &cfg.http_timeout_sec, "S",
+      {"httptimeout", FLAG_INT, &s->cfg.http_timeout_sec, "S",
        "answer 504 without a response after (default 1200)", 1, 100000000},
-      {"stall-timeout", FLAG_INT, &cfg.stall_timeout_sec, "S",
+      {"stall-timeout", FLAG_INT, &s->cfg.stall_timeout_sec, "S",
        "cut a requester that reads nothing (or sends none of its body) for "
        "S s while it holds the tunnel (default 10)",
        1, 86400},
-      {"forget-after", FLAG_INT, &cfg.token_forget_sec, "S",
+      {"forget-after", FLAG_INT, &s->cfg.token_forget_sec, "S",
        "forget a token without clients after (default 3600)", 1, 100000000},
-      {"max-header-bytes", FLAG_U64, &max_header, "N",
+      {"max-header-bytes", FLAG_U64, &s->max_header, "N",
        "request head limit, else 431 (default 65536)", 1024, 1 << 24},
-      {"max-body", FLAG_U64, &max_body, "N",
+      {"max-body", FLAG_U64, &s->max_body, "N",
        "request body limit in bytes, else 413 (0 = unlimited)", 0, INT64_MAX},
-      {"header-timeout", FLAG_INT, &cfg.header_timeout_sec, "S",
+      {"header-timeout", FLAG_INT, &s->cfg.header_timeout_sec, "S",
        "request head (and TLS handshake) must arrive within S s, else 408 (30)",
        1, 86400},
-      {"idle-timeout", FLAG_INT, &cfg.idle_timeout_sec, "S",
+      {"idle-timeout", FLAG_INT, &s->cfg.idle_timeout_sec, "S",
        "close a connection with no request under way after S s (default 60)", 1,
        86400},
-      {"max-connections", FLAG_INT, &cfg.max_connections, "N",
+      {"max-connections", FLAG_INT, &s->cfg.max_connections, "N",
        "open connections at most, more get 503 (10000, at most the fd limit "
        "- 64; 0 = no limit)",
        0, 10000000},
-      {"max-connections-per-ip", FLAG_INT, &cfg.max_connections_per_ip, "N",
+      {"max-connections-per-ip", FLAG_INT, &s->cfg.max_connections_per_ip, "N",
        "open connections per peer address, -trusted-proxies exempt (1000; 0 = "
        "no limit)",
        0, 10000000},
-      {"trusted-proxies", FLAG_STR, &cfg.trusted_proxies, "CIDR,...",
+      {"trusted-proxies", FLAG_STR, &s->cfg.trusted_proxies, "CIDR,...",
        "proxies whose X-Forwarded-For is believed (default: none)", 0, -1},
-      {"admin-allow", FLAG_STR, &cfg.admin_allow, "CIDR,...",
+      {"admin-allow", FLAG_STR, &s->cfg.admin_allow, "CIDR,...",
        "who else may read /admin/... and /metrics (default: this host only)", 0,
        -1},
-      {"admin-token", FLAG_STR, &cfg.admin_token, "TOKEN",
+      {"admin-token", FLAG_STR, &s->cfg.admin_token, "TOKEN",
        "require Authorization: Bearer TOKEN for /admin/... and /metrics", 0,
        -1},
-      {"admin-token-file", FLAG_STR, &admin_token_file, "FILE",
+      {"admin-token-file", FLAG_STR, &s->admin_token_file, "FILE",
        "the same, read from FILE (mode 0600: kept out of the process list)", 0,
        -1},
-      {"tls-cert", FLAG_STR, &cfg.tls_cert_file, "FILE",
+      {"tls-cert", FLAG_STR, &s->cfg.tls_cert_file, "FILE",
        "serve HTTPS and wss:// with this PEM certificate chain", 0, -1},
-      {"tls-key", FLAG_STR, &cfg.tls_key_file, "FILE",
+      {"tls-key", FLAG_STR, &s->cfg.tls_key_file, "FILE",
        "the certificate's PEM key (not world-readable; SIGHUP reloads both)", 0,
        -1},
-      {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug",
-       0, -1},
-      {"log-pretty", FLAG_BOOL, &log_pretty, "",
+      {"log-level", FLAG_STR, &s->log_level, "LEVEL",
+       "error, warn, info or debug", 0, -1},
+      {"log-pretty", FLAG_BOOL, &s->log_pretty, "",
        "accepted for the Go tool's command lines; the text log is for humans",
        0, -1},
-      {"robowhois", FLAG_STR, &robowhois, "TOKEN",
+      {"robowhois", FLAG_STR, &s->robowhois, "TOKEN",
        "accepted for the Go tool's command lines and ignored (no whois)", 0,
        -1},
-      APP_OPS_FLAGS(ops),
+      APP_OPS_FLAGS(s->ops),
       {NULL, FLAG_STR, NULL, NULL, NULL, 0, 0}};
-  app_parse_flags(prog,
-                  "wstun tunnel server: serves HTTP requests through "
-                  "WebSocket tunnels opened by wstuncli.",
-                  flags, argc, argv, first);
-  static app_config conf; /* the file's strings live until exit */
-  app_config_init(&conf);
-  if (check_config && config_path == NULL) {
-    fprintf(stderr, "%s: flag -check-config: needs -config FILE\n", prog);
-    return APP_EXIT_USAGE;
+  _Static_assert(sizeof(t) <= sizeof(app_flag) * SRV_MAXFLAGS,
+                 "SRV_MAXFLAGS is too small");
+  memcpy(flags, t, sizeof(t));
+}
+
+static const char srv_summary[] =
+    "wstun tunnel server: serves HTTP requests through WebSocket tunnels "
+    "opened by wstuncli.";
+
+/* The line of `key` in the file, or 0 when it came from a flag. */
+static int key_line(const srv_settings *s, const char *key, const char *value) {
+  int line = 0;
+  return value && value == app_config_get(&s->conf.top, key, &line) ? line : 0;
+}
+
+/* An error about `key`: at its line when the file set it, else as the
+ * flag. */
+static void key_error(srv_settings *s, const char *key, const char *value,
+                      const char *what) {
+  int line = key_line(s, key, value);
+  if (line > 0)
+    app_config_errorf(&s->conf, line, "%s: %s", key, what);
+  else
+    app_config_errorf(&s->conf, 0, "flag -%s: %s", key, what);
+}
+
+/* Reads the command line and the -config file into s (zeroed by the
+ * caller): the flags, then the file, then the flags again over it. On a
+ * bad flag it exits (only at start: the command line does not change).
+ * With -config, the file's problems and those of the files and lists it
+ * names go to s->conf's errors; returns their number. */
+static size_t srv_settings_read(srv_settings *s, const char *prog, int argc,
+                                char **argv, int first) {
+  wstun_server_config_init(&s->cfg);
+  s->ops = (app_ops)APP_OPS_INIT;
+  s->log_level = "info";
+  s->max_header = s->cfg.max_header_bytes;
+  app_config_init(&s->conf);
+  app_flag flags[SRV_MAXFLAGS];
+  srv_flags(s, flags);
+  app_parse_flags(prog, srv_summary, flags, argc, argv, first);
+  if (s->config_path == NULL)
+    return 0;
+  app_config_parse(&s->conf, s->config_path, NULL, flags, NULL);
+  if (s->conf.nerrors == 0 || s->conf.errors[0].line > 0) {
+    app_config_apply(&s->conf, flags);
+    /* the command line again, over the file's values */
+    app_parse_flags(prog, "", flags, argc, argv, first);
   }
-  if (config_path) {
-    app_config_parse(&conf, config_path, NULL, flags, NULL);
-    if (conf.nerrors == 0 || conf.errors[0].line > 0) {
-      app_config_apply(&conf, flags);
-      /* the command line again, over the file's values */
-      app_parse_flags(prog, "", flags, argc, argv, first);
+  app_config_check_log_level(&s->conf, s->log_level);
+  /* secret files are checked too: a mode 644 one would stop the start */
+  char buf[512], err[512];
+  const char *files[] = {s->passwords_file, s->admin_token_file};
+  const char *keys[] = {"passwords-file", "admin-token-file"};
+  for (size_t i = 0; i < 2; i++)
+    if (files[i] &&
+        app_secret_read(files[i], buf, sizeof(buf), err, sizeof(err)) != 0)
+      key_error(s, keys[i], files[i], err);
+  memset(buf, 0, sizeof(buf));
+  const char *lists[] = {s->cfg.admin_allow, s->cfg.trusted_proxies};
+  const char *lkeys[] = {"admin-allow", "trusted-proxies"};
+  for (size_t i = 0; i < 2; i++)
+    if (wstun_address_list_check(lists[i]) == WSTUN_ECIDR)
+      key_error(s, lkeys[i], lists[i],
+                "malformed address list (want addresses or CIDR blocks, "
+                "comma-separated)");
+  return s->conf.nerrors;
+}
+
+/* -tls-cert and -tls-key as files: cred:NAME is the file systemd's
+ * LoadCredential= put there. 0, or -1 with "flag -NAME: reason" in err. */
+static int srv_settings_tls_paths(srv_settings *s, char *err, size_t n) {
+  const char **values[] = {&s->cfg.tls_cert_file, &s->cfg.tls_key_file};
+  char *bufs[] = {s->tls_cert, s->tls_key};
+  const char *names[] = {"tls-cert", "tls-key"};
+  s->tls_cert_given = s->cfg.tls_cert_file;
+  for (int i = 0; i < 2; i++) {
+    char why[PATH_MAX + 256];
+    if (*values[i] == NULL)
+      continue;
+    if (app_file_path(*values[i], bufs[i], PATH_MAX, why, sizeof(why)) != 0) {
+      snprintf(err, n, "flag -%s: %s", names[i], why);
+      return -1;
     }
-    app_config_check_log_level(&conf, log_level);
-    int line = 0;
-    /* secret files are checked too: a mode 644 one would stop the start */
-    char buf[512], err[512];
-    const char *keys[] = {"passwords-file", "admin-token-file"};
-    for (size_t i = 0; i < 2; i++) {
-      const char *v = app_config_get(&conf.top, keys[i], &line);
-      if (v && app_secret_read(v, buf, sizeof(buf), err, sizeof(err)) != 0)
-        app_config_errorf(&conf, line, "%s: %s", keys[i], err);
-    }
-    if (conf.nerrors > 0 || check_config) {
-      int bad = conf.nerrors > 0;
-      app_config_print_errors(&conf, prog, stderr);
-      if (!bad)
-        printf("%s: ok\n", conf.path ? conf.path : config_path);
-      app_config_free(&conf);
-      return bad ? APP_EXIT_USAGE : 0;
-    }
+    *values[i] = bufs[i];
   }
-  cfg.log_level = app_log_level(prog, log_level);
-  /* cred:NAME: the file systemd's LoadCredential= put there */
-  static char tls_cert[PATH_MAX], tls_key[PATH_MAX];
-  app_file_flag(prog, "tls-cert", &cfg.tls_cert_file, tls_cert,
-                sizeof(tls_cert));
-  app_file_flag(prog, "tls-key", &cfg.tls_key_file, tls_key, sizeof(tls_key));
-  check_tls_flags(prog, cfg.tls_cert_file, cfg.tls_key_file);
-  /* secrets from files stay out of the process list */
-  static char passwords[65536];
-  if (passwords_file) {
-    app_read_secret_file(prog, "passwords-file", passwords_file, passwords,
-                         sizeof(passwords));
-    for (char *p = passwords; *p; p++)
+  return 0;
+}
+
+/* The secrets of -passwords-file and -admin-token-file into s->cfg. 0, or
+ * -1 with "flag -NAME: reason" in err. */
+static int srv_settings_secrets(srv_settings *s, char *err, size_t n) {
+  char why[512];
+  if (s->passwords_file) {
+    if (app_secret_read(s->passwords_file, s->passwords, sizeof(s->passwords),
+                        why, sizeof(why)) != 0) {
+      snprintf(err, n, "flag -passwords-file: %s", why);
+      return -1;
+    }
+    for (char *p = s->passwords; *p; p++)
       if (*p == '\n' || *p == '\r')
         *p = ',';
-    cfg.passwords = passwords;
+    s->cfg.passwords = s->passwords;
   }
-  char admin_token[512];
-  if (admin_token_file) {
-    app_read_secret_file(prog, "admin-token-file", admin_token_file,
-                         admin_token, sizeof(admin_token));
-    cfg.admin_token = admin_token;
+  if (s->admin_token_file) {
+    if (app_secret_read(s->admin_token_file, s->admin_token,
+                        sizeof(s->admin_token), why, sizeof(why)) != 0) {
+      snprintf(err, n, "flag -admin-token-file: %s", why);
+      return -1;
+    }
+    s->cfg.admin_token = s->admin_token;
   }
-  app_log_setup(prog, "wstunsrv", &ops);
-  if (robowhois && *robowhois)
-    app_log(NULL, WSTUN_LOG_INFO,
-            "-robowhois ignored: wstunsrv does no whois lookups");
-  /* the Go server clamps these rather than refusing them: so do we, and
-   * say so, naming the flag */
-  int wst = cfg.ws_timeout_sec < 3     ? 3
-            : cfg.ws_timeout_sec > 600 ? 600
-                                       : cfg.ws_timeout_sec;
-  if (wst != cfg.ws_timeout_sec)
+  s->cfg.max_header_bytes = (size_t)s->max_header;
+  s->cfg.max_body_bytes = s->max_body;
+  s->cfg.log_record_cb = app_log_record;
+  s->cfg.access_log = s->ops.access_log;
+  return 0;
+}
+
+/* The Go server clamps these rather than refusing them: so do we, and say
+ * so, naming the flag (once logging is set up). */
+static void srv_settings_clamp(srv_settings *s) {
+  int wst = s->cfg.ws_timeout_sec < 3     ? 3
+            : s->cfg.ws_timeout_sec > 600 ? 600
+                                          : s->cfg.ws_timeout_sec;
+  if (wst != s->cfg.ws_timeout_sec)
     app_logf(WSTUN_LOG_WARN, "-wstimeout %d is outside 3..600: using %d",
-             cfg.ws_timeout_sec, wst);
-  cfg.ws_timeout_sec = wst;
-  if (cfg.max_requests_per_tunnel > 1000) {
+             s->cfg.ws_timeout_sec, wst);
+  s->cfg.ws_timeout_sec = wst;
+  if (s->cfg.max_requests_per_tunnel > 1000) {
     app_logf(WSTUN_LOG_WARN,
              "-max-requests-per-tunnel %d is over 1000: using 1000",
-             cfg.max_requests_per_tunnel);
-    cfg.max_requests_per_tunnel = 1000;
+             s->cfg.max_requests_per_tunnel);
+    s->cfg.max_requests_per_tunnel = 1000;
   }
-  cfg.max_header_bytes = (size_t)max_header;
-  cfg.max_body_bytes = max_body;
-  cfg.log_record_cb = app_log_record;
-  cfg.access_log = ops.access_log;
+}
+
+static void srv_settings_free(srv_settings *s) {
+  if (s == NULL)
+    return;
+  app_config_free(&s->conf);
+  memset(s->passwords, 0, sizeof(s->passwords));
+  memset(s->admin_token, 0, sizeof(s->admin_token));
+  free(s);
+}
+
+static int same_str(const char *a, const char *b) {
+  return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
+}
+
+static const char *log_format_of(const srv_settings *s) {
+  return s->ops.log_format == NULL ? "text" : s->ops.log_format;
+}
+
+/* Settings only a restart changes: each one that differs is logged, and
+ * the running value stays (for TLS: the files in use, read again). */
+static void keep_restart_only(const srv_app *app, srv_settings *now) {
+  const srv_settings *was = app->boot;
+  char wp[16], np[16];
+  snprintf(wp, sizeof(wp), "%d", was->cfg.port);
+  snprintf(np, sizeof(np), "%d", now->cfg.port);
+  const struct {
+    const char *key, *a, *b;
+  } keys[] = {
+      {"host", was->cfg.host, now->cfg.host},
+      {"port", wp, np},
+      {"base-path", was->cfg.base_path, now->cfg.base_path},
+      {"logfile", was->ops.logfile, now->ops.logfile},
+      {"syslog", was->ops.syslog, now->ops.syslog},
+      {"log-format", log_format_of(was), log_format_of(now)},
+      {"pidfile", was->ops.pidfile, now->ops.pidfile},
+  };
+  for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+    if (!same_str(keys[i].a, keys[i].b))
+      app_logf(WSTUN_LOG_WARN,
+               "SIGHUP: %s changed; it takes effect at the next start",
+               keys[i].key);
+  int had_tls = app->tls_cert != NULL;
+  int has_tls = now->cfg.tls_cert_file != NULL || now->cfg.tls_key_file;
+  if (had_tls != has_tls) {
+    app_logf(WSTUN_LOG_WARN,
+             "SIGHUP: TLS %s; that takes effect at the next start%s",
+             has_tls ? "added" : "removed",
+             had_tls ? " (the certificate files in use are read again)" : "");
+    now->cfg.tls_cert_file = app->tls_cert;
+    now->cfg.tls_key_file = app->tls_key;
+  }
+}
+
+/* Remembers the TLS files the server uses (for a reload that drops them). */
+static void set_tls_files(srv_app *app, const char *cert, const char *key) {
+  char *c = cert ? strdup(cert) : NULL, *k = key ? strdup(key) : NULL;
+  if ((cert && c == NULL) || (key && k == NULL)) {
+    free(c);
+    free(k);
+    return; /* out of memory: the old names, still a usable pair */
+  }
+  free(app->tls_cert);
+  free(app->tls_key);
+  app->tls_cert = c;
+  app->tls_key = k;
+}
+
+static void log_error_line(void *ud, const char *line) {
+  (void)ud;
+  app_log(NULL, WSTUN_LOG_ERROR, line);
+}
+
+/* The flag (or FILE:LINE) a wstun_server_reload error is about. */
+static void reload_error(srv_settings *s, int rc) {
+  if (rc == WSTUN_EPASSWORDS)
+    key_error(s, s->passwords_file ? "passwords-file" : "passwords",
+              s->passwords_file ? s->passwords_file : s->cfg.passwords,
+              "malformed password list (want token:password,...)");
+  else if (rc == WSTUN_ETLS)
+    key_error(s, "tls-cert", s->tls_cert_given,
+              "cannot use it with -tls-key (reason logged above)");
+  else
+    app_config_errorf(&s->conf, 0, "%s", wstun_strerror(rc));
+}
+
+/* SIGHUP with -config: the file read again and given to the server
+ * (wstun_server_reload: passwords, limits, admin access, TLS files); a
+ * file with errors, or a configuration the server refuses, leaves the
+ * running one in place. */
+static void reload(srv_app *app) {
+  const char *path = app->boot->config_path;
+  app_logf(WSTUN_LOG_INFO, "SIGHUP: reading %s", path);
+  srv_settings *s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    app_logf(WSTUN_LOG_ERROR, "SIGHUP: out of memory; nothing changed");
+    return;
+  }
+  char err[PATH_MAX + 1100];
+  if (srv_settings_read(s, app->prog, app->argc, app->argv, app->first) == 0 &&
+      (srv_settings_tls_paths(s, err, sizeof(err)) != 0 ||
+       srv_settings_secrets(s, err, sizeof(err)) != 0))
+    app_config_errorf(&s->conf, 0, "%s", err);
+  if (s->conf.nerrors == 0) {
+    keep_restart_only(app, s);
+    srv_settings_clamp(s);
+    s->cfg.log_level = (wstun_log_level)wstun_log_level_parse(s->log_level);
+    int rc = wstun_server_reload(app->srv, &s->cfg);
+    if (rc != 0)
+      reload_error(s, rc);
+    else
+      set_tls_files(app, s->cfg.tls_cert_file, s->cfg.tls_key_file);
+  }
+  if (s->conf.nerrors > 0) {
+    app_config_each_error(&s->conf, app->prog, log_error_line, NULL);
+    app_logf(WSTUN_LOG_ERROR,
+             "SIGHUP: %s not loaded (%zu problem%s above); the running "
+             "configuration stays",
+             path, s->conf.nerrors, s->conf.nerrors == 1 ? "" : "s");
+  } else {
+    app_logf(WSTUN_LOG_INFO, "SIGHUP: %s loaded", path);
+  }
+  srv_settings_free(s);
+}
+
+static void on_hup(void *ud) {
+  srv_app *app = ud;
+  if (app->srv == NULL || app->stopping)
+    app_log(NULL, WSTUN_LOG_INFO, "SIGHUP: stopping; not reloaded");
+  else if (app->boot->config_path)
+    reload(app);
+  else if (app->tls_cert)
+    wstun_server_reload_tls(app->srv); /* logs how it went */
+  else
+    app_log(NULL, WSTUN_LOG_INFO,
+            "SIGHUP: no -config file or TLS certificate to read again; "
+            "nothing reloaded");
+}
+
+int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
+  srv_settings *s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    fprintf(stderr, "%s: out of memory\n", prog);
+    return 1;
+  }
+  srv_settings_read(s, prog, argc, argv, first);
+  if (s->check_config && s->config_path == NULL) {
+    fprintf(stderr, "%s: flag -check-config: needs -config FILE\n", prog);
+    srv_settings_free(s);
+    return APP_EXIT_USAGE;
+  }
+  if (s->config_path && (s->conf.nerrors > 0 || s->check_config)) {
+    int bad = s->conf.nerrors > 0;
+    app_config_print_errors(&s->conf, prog, stderr);
+    if (!bad)
+      printf("%s: ok\n", s->conf.path ? s->conf.path : s->config_path);
+    srv_settings_free(s);
+    return bad ? APP_EXIT_USAGE : 0;
+  }
+  wstun_server_config *cfg = &s->cfg;
+  cfg->log_level = app_log_level(prog, s->log_level);
+  char err[PATH_MAX + 1100];
+  if (srv_settings_tls_paths(s, err, sizeof(err)) != 0) {
+    fprintf(stderr, "%s: %s\n", prog, err);
+    srv_settings_free(s);
+    return APP_EXIT_USAGE;
+  }
+  check_tls_flags(prog, cfg->tls_cert_file, cfg->tls_key_file);
+  if (srv_settings_secrets(s, err, sizeof(err)) != 0) {
+    fprintf(stderr, "%s: %s\n", prog, err);
+    srv_settings_free(s);
+    return APP_EXIT_USAGE;
+  }
+  app_log_setup(prog, "wstunsrv", &s->ops);
+  srv_settings_clamp(s);
+  if (s->robowhois && *s->robowhois)
+    app_log(NULL, WSTUN_LOG_INFO,
+            "-robowhois ignored: wstunsrv does no whois lookups");
 
   signal(SIGPIPE, SIG_IGN);
   app_tune_malloc();
   app_raise_nofile();
   srv_app app = {0};
+  app.prog = prog;
+  app.argc = argc;
+  app.argv = argv;
+  app.first = first;
+  app.boot = s;
   app.loop = uv_default_loop();
+  set_tls_files(&app, cfg->tls_cert_file, cfg->tls_key_file);
   /* handlers first: a signal sent as soon as "listening on" shows waits in
    * the loop instead of killing the process */
   uv_signal_init(app.loop, &app.sigint);
@@ -272,9 +522,8 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   app.sigint.data = app.sigterm.data = &app;
   uv_signal_start(&app.sigint, on_signal, SIGINT);
   uv_signal_start(&app.sigterm, on_signal, SIGTERM);
-  app_reopen_start(app.loop, &app.reopen, cfg.tls_cert_file ? on_hup : NULL,
-                   &app);
-  int rc = wstun_server_start(app.loop, &cfg, &app.srv);
+  app_reopen_start(app.loop, &app.reopen, on_hup, &app);
+  int rc = wstun_server_start(app.loop, cfg, &app.srv);
   int exit_code = 0;
   if (rc == WSTUN_EPASSWORDS) {
     fprintf(stderr, "%s: flag -passwords: %s (want token:password,...)\n", prog,
@@ -285,17 +534,17 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
         stderr,
         "%s: flag -%s: %s (want addresses or CIDR blocks, comma-separated)\n",
         prog,
-        wstun_address_list_check(cfg.admin_allow) != 0 ? "admin-allow"
-                                                       : "trusted-proxies",
+        wstun_address_list_check(cfg->admin_allow) != 0 ? "admin-allow"
+                                                        : "trusted-proxies",
         wstun_strerror(rc));
     exit_code = APP_EXIT_USAGE;
   } else if (rc == WSTUN_EINVAL) {
     fprintf(stderr, "%s: flag -host: not an IP address or a known host: %s\n",
-            prog, cfg.host);
+            prog, cfg->host);
     exit_code = APP_EXIT_USAGE;
   } else if (rc == WSTUN_ETLS) {
     app_errorf("%s: flag -tls-cert/-tls-key: cannot use %s with %s: %s", prog,
-               cfg.tls_cert_file, cfg.tls_key_file, app_last_error());
+               cfg->tls_cert_file, cfg->tls_key_file, app_last_error());
     exit_code = APP_EXIT_USAGE;
   } else if (rc == WSTUN_ELISTEN) {
     /* the library's line says where and why ("address already in use") */
@@ -306,8 +555,9 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
     exit_code = 1;
   }
   if (exit_code != 0) {
+    app.srv = NULL;
     on_server_closed(NULL, &app); /* closes the signal handles */
-  } else if (ops.pidfile && app_pidfile_write(prog, ops.pidfile) != 0) {
+  } else if (s->ops.pidfile && app_pidfile_write(prog, s->ops.pidfile) != 0) {
     exit_code = 1;
     app.stopping = 1;
     wstun_server_close(app.srv, 0, on_server_closed, &app);
@@ -316,6 +566,8 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   uv_loop_close(app.loop);
   app_pidfile_remove();
   app_log_shutdown();
-  app_config_free(&conf);
+  srv_settings_free(s);
+  free(app.tls_cert);
+  free(app.tls_key);
   return exit_code;
 }

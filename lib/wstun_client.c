@@ -561,6 +561,11 @@ void wstun_client_close(wstun_client *cli, unsigned grace_ms,
   uv_timer_start(&cli->grace, on_grace_check, 50, 50);
 }
 
+void wstun_client_set_log_level(wstun_client *cli, wstun_log_level level) {
+  if (cli)
+    cli->log.level = level;
+}
+
 /* ---- start -------------------------------------------------------------- */
 
 static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {

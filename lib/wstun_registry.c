@@ -18,35 +18,52 @@ static void drain_queue(wstun_server *srv, wstun__token *tok);
 
 /* ---- passwords ---------------------------------------------------------- */
 
-static void free_passwords(wstun_server *srv) {
-  for (size_t i = 0; i < srv->npasswords; i++) {
-    wstun__free(srv->passwords[i].token);
-    wstun__free(srv->passwords[i].password);
+static void free_password_list(wstun__password *list, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    wstun__free(list[i].token);
+    if (list[i].password) {
+      memset(list[i].password, 0, strlen(list[i].password));
+      wstun__free(list[i].password);
+    }
   }
-  wstun__free(srv->passwords);
+  wstun__free(list);
+}
+
+static void free_passwords(wstun_server *srv) {
+  free_password_list(srv->passwords, srv->npasswords);
   srv->passwords = NULL;
   srv->npasswords = 0;
 }
 
-/* "tok:pw,tok2:pw2" (spaces around entries ignored). */
+/* "tok:pw,tok2:pw2" (spaces around entries ignored), all or nothing: the
+ * list in use is replaced only once the new one is whole. */
 int wstun__registry_parse_passwords(wstun_server *srv, const char *s) {
-  if (s == NULL || *s == '\0')
-    return 0;
-  srv->passwords = wstun__calloc(wstun__list_bound(s), sizeof(*srv->passwords));
-  if (srv->passwords == NULL)
-    return WSTUN_ENOMEM;
-  const char *cursor = s, *p;
-  size_t len;
-  while (wstun__list_next(&cursor, &p, &len)) {
-    const char *colon = memchr(p, ':', len);
-    if (colon == NULL || colon == p || colon == p + len - 1)
-      return WSTUN_EPASSWORDS;
-    wstun__password *pw = &srv->passwords[srv->npasswords++];
-    pw->token = wstun__strndup(p, (size_t)(colon - p));
-    pw->password = wstun__strndup(colon + 1, (size_t)(p + len - colon - 1));
-    if (pw->token == NULL || pw->password == NULL)
+  wstun__password *list = NULL;
+  size_t n = 0;
+  if (s != NULL && *s != '\0') {
+    list = wstun__calloc(wstun__list_bound(s), sizeof(*list));
+    if (list == NULL)
       return WSTUN_ENOMEM;
+    const char *cursor = s, *p;
+    size_t len;
+    while (wstun__list_next(&cursor, &p, &len)) {
+      const char *colon = memchr(p, ':', len);
+      if (colon == NULL || colon == p || colon == p + len - 1) {
+        free_password_list(list, n);
+        return WSTUN_EPASSWORDS;
+      }
+      wstun__password *pw = &list[n++];
+      pw->token = wstun__strndup(p, (size_t)(colon - p));
+      pw->password = wstun__strndup(colon + 1, (size_t)(p + len - colon - 1));
+      if (pw->token == NULL || pw->password == NULL) {
+        free_password_list(list, n);
+        return WSTUN_ENOMEM;
+      }
+    }
   }
+  free_passwords(srv);
+  srv->passwords = list;
+  srv->npasswords = n;
   return 0;
 }
 
@@ -517,6 +534,10 @@ static void st_freed(void *owner) {
   wstun__registry_conn_release(srv, st->ip);
   wstun__free(st->remote_name);
   wstun__free(st->client_version);
+  if (st->auth) {
+    memset(st->auth, 0, strlen(st->auth));
+    wstun__free(st->auth);
+  }
   wstun__free(st);
   srv->live_tunnels--;
   if (srv->on_gone)
@@ -578,11 +599,18 @@ int wstun__registry_add_tunnel(wstun_server *srv, const char *token,
   snprintf(st->addr, sizeof(st->addr), "%s", peer);
   st->client_version =
       wstun__strdup(wstun__http_head_get(h, "X-Client-Version"));
-  if (wstun__ws_write_accept(h, wstun__conn_outbuf(conn)) != 0 ||
+  const char *auth = wstun__http_head_get(h, "Authorization");
+  st->auth = auth ? wstun__strdup(auth) : NULL;
+  if ((auth && st->auth == NULL) ||
+      wstun__ws_write_accept(h, wstun__conn_outbuf(conn)) != 0 ||
       wstun__tunnel_start(&st->t, srv->loop, conn, 1, &srv->rng, &srv->log, 0,
                           srv->ws_timeout_ms, &srv_tunnel_cbs, st, rest,
                           n) != 0) {
     wstun__free(st->client_version);
+    if (st->auth) {
+      memset(st->auth, 0, strlen(st->auth));
+      wstun__free(st->auth);
+    }
     wstun__free(st);
     return WSTUN_ENOMEM;
   }
@@ -603,6 +631,32 @@ int wstun__registry_add_tunnel(wstun_server *srv, const char *token,
              st->client_version ? st->client_version : "-", tok->ntunnels);
   drain_queue(srv, tok);
   return 0;
+}
+
+size_t wstun__registry_recheck_auth(wstun_server *srv) {
+  size_t closed = 0;
+  for (size_t i = 0; i < srv->nbuckets; i++)
+    for (wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
+      const wstun__password *pw = find_password(srv, t->name);
+      if (pw == NULL)
+        continue; /* no password (any more): everybody is let in */
+      /* closing one takes only its own link off the list */
+      wstun__list *l, *tmp;
+      wstun__list_foreach_safe(l, tmp, &t->tunnels) {
+        wstun__srv_tunnel *st = wstun__list_entry(l, wstun__srv_tunnel, link);
+        if (st->t == NULL ||
+            check_auth(st->auth, t->name, pw->password) == NULL)
+          continue;
+        char red[12];
+        wstun__log(&srv->log, WSTUN_LOG_WARN,
+                   "WS   closing tunnel token=%s addr=%s: its credentials no "
+                   "longer match the token's password",
+                   wstun__redact(t->name, red), st->addr);
+        wstun__tunnel_close(st->t, WSTUN_ECLOSED);
+        closed++;
+      }
+    }
+  return closed;
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */

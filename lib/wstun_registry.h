@@ -69,6 +69,11 @@ int wstun__registry_add_tunnel(wstun_server *srv, const char *token,
                                wstun__conn *conn, wstun__ipcount *ip,
                                const uint8_t *rest, size_t n);
 
+/* After the passwords changed: closes every live tunnel whose handshake
+ * credentials the token's new password would refuse (its exchanges in
+ * flight are answered as for any lost tunnel). Returns how many. */
+size_t wstun__registry_recheck_auth(wstun_server *srv);
+
 /* ---- connection caps ---- */
 /* Counts a new connection from `ip` (by its /64 for IPv6); NULL when a cap
  * is reached or memory ran out, and then *why says which. */
@@ -77,7 +82,8 @@ wstun__ipcount *wstun__registry_conn_admit(wstun_server *srv, const char *ip,
 void wstun__registry_conn_release(wstun_server *srv, wstun__ipcount *slot);
 
 /* ---- lifecycle ---- */
-/* "tok:pw,tok2:pw2"; 0, WSTUN_EPASSWORDS or WSTUN_ENOMEM. */
+/* "tok:pw,tok2:pw2" replaces the passwords in use, all or nothing; 0,
+ * WSTUN_EPASSWORDS or WSTUN_ENOMEM (the list in use is kept). */
 int wstun__registry_parse_passwords(wstun_server *srv, const char *s);
 /* Forgets tokens without a client for forget_ms (their queue gets 404). */
 void wstun__registry_sweep(wstun_server *srv);

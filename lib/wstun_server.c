@@ -1,6 +1,7 @@
-/* The tunnel server's life: its configuration, the listener, and the
- * stop in stages (wstun__srv_phase): a grace period for busy requesters,
- * then every handle closed, the write flusher last. Tokens, tunnels and
+/* The tunnel server's life: its configuration (and its reload, all or
+ * nothing), the listener, and the stop in stages (wstun__srv_phase): a
+ * grace period for busy requesters, then every handle closed, the write
+ * flusher last. Tokens, tunnels and
  * dispatch are wstun_registry.c's; requesters' HTTP connections are
  * wstun_front.c's. */
 #include <stdlib.h>
@@ -50,6 +51,13 @@ static void sweep_tokens(uv_timer_t *timer) {
   wstun__registry_sweep(timer->data);
 }
 
+/* How often forgotten tokens are looked for: a quarter of forget_ms,
+ * within 1 s .. 60 s. */
+static uint64_t sweep_every(const wstun_server *srv) {
+  uint64_t every = srv->forget_ms / 4 < 1000 ? 1000 : srv->forget_ms / 4;
+  return every > 60000 ? 60000 : every;
+}
+
 static void on_connection(uv_stream_t *server, int status) {
   wstun_server *srv = server->data;
   if (status < 0) {
@@ -66,17 +74,24 @@ static void free_tls(wstun_server *srv) {
   wstun__free(srv->tls_key_file);
 }
 
-/* (Re)loads the certificate and key named at start. Connections keep the
- * configuration they were accepted with, so nothing open is dropped. */
-static int load_tls(wstun_server *srv) {
+/* Reads a certificate and key pair into *out (a new configuration, the
+ * caller's reference). Connections keep the configuration they were
+ * accepted with, so swapping srv->tls drops nothing that is open. */
+static int read_tls(wstun_server *srv, const char *cert, const char *key,
+                    wstun__tls_config **out) {
   char why[400];
-  wstun__tls_config *cfg;
-  int rc = wstun__tls_server_config(&cfg, srv->tls_cert_file, srv->tls_key_file,
-                                    why, sizeof(why));
-  if (rc != 0) {
+  int rc = wstun__tls_server_config(out, cert, key, why, sizeof(why));
+  if (rc != 0)
     wstun__log(&srv->log, WSTUN_LOG_ERROR, "TLS: %s", why);
+  return rc;
+}
+
+/* (Re)loads the certificate and key named at start. */
+static int load_tls(wstun_server *srv) {
+  wstun__tls_config *cfg;
+  int rc = read_tls(srv, srv->tls_cert_file, srv->tls_key_file, &cfg);
+  if (rc != 0)
     return rc;
-  }
   wstun__tls_config_unref(srv->tls);
   srv->tls = cfg;
   return 0;
@@ -194,6 +209,64 @@ void wstun_server_close(wstun_server *srv, unsigned grace_ms,
     return;
   }
   uv_timer_start(&srv->grace, on_grace_over, grace_ms, 0);
+}
+
+/* The numbers of the configuration, at start and at each reload: every
+ * one is read where it is used (a new connection, request or tunnel), so
+ * setting them is all a reload needs. */
+static void set_limits(wstun_server *srv, const wstun_server_config *cfg) {
+  int mq =
+      cfg->max_requests_per_tunnel <= 0 ? 20 : cfg->max_requests_per_tunnel;
+  srv->max_queue = mq > MAX_QUEUE_CAP ? MAX_QUEUE_CAP : (size_t)mq;
+  if (mq > MAX_QUEUE_CAP)
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "max_requests_per_tunnel %d is over %d: using %d", mq,
+               MAX_QUEUE_CAP, MAX_QUEUE_CAP);
+  srv->max_clients =
+      cfg->max_clients_per_token > 0 ? (size_t)cfg->max_clients_per_token : 0;
+  int wst = cfg->ws_timeout_sec;
+  wst = wst < 3 ? 3 : wst > 600 ? 600 : wst;
+  if (wst != cfg->ws_timeout_sec)
+    wstun__log(&srv->log, WSTUN_LOG_WARN,
+               "ws_timeout_sec %d is outside 3..600: using %d",
+               cfg->ws_timeout_sec, wst);
+  srv->ws_timeout_ms = (uint64_t)wst * 1000;
+  srv->http_timeout_ms =
+      (uint64_t)(cfg->http_timeout_sec > 0 ? cfg->http_timeout_sec : 1200) *
+      1000;
+  srv->stall_ms =
+      (uint64_t)(cfg->stall_timeout_sec > 0 ? cfg->stall_timeout_sec : 10) *
+      1000;
+  srv->forget_ms =
+      (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) *
+      1000;
+  srv->max_header = cfg->max_header_bytes ? cfg->max_header_bytes : 64 * 1024;
+  srv->max_body = cfg->max_body_bytes;
+  srv->header_timeout_ms =
+      (uint64_t)(cfg->header_timeout_sec > 0 ? cfg->header_timeout_sec : 30) *
+      1000;
+  srv->idle_timeout_ms =
+      (uint64_t)(cfg->idle_timeout_sec > 0 ? cfg->idle_timeout_sec : 60) * 1000;
+  srv->max_conns = cfg->max_connections > 0 ? (size_t)cfg->max_connections : 0;
+  srv->max_conns_per_ip =
+      cfg->max_connections_per_ip > 0 ? (size_t)cfg->max_connections_per_ip : 0;
+  /* Past the fd limit accept() fails and the peer gets nothing (libuv
+   * drops it): below it, a connection over the cap still gets its 503. */
+  struct rlimit nofile;
+  if (srv->max_conns && getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
+      nofile.rlim_cur != RLIM_INFINITY) {
+    size_t fds = (size_t)nofile.rlim_cur;
+    size_t cap = fds > 2 * FD_RESERVE ? fds - FD_RESERVE : fds / 2;
+    if (cap < 1)
+      cap = 1;
+    if (srv->max_conns > cap) {
+      wstun__log(&srv->log, WSTUN_LOG_INFO,
+                 "max-connections %zu lowered to %zu: the open file limit "
+                 "is %zu",
+                 srv->max_conns, cap, fds);
+      srv->max_conns = cap;
+    }
+  }
 }
 
 /* The listen address: an IP address, or a host name as the Go server
@@ -341,32 +414,7 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
     goto fail_early;
   }
   srv->base_len = strlen(srv->base_path);
-  int mq =
-      cfg->max_requests_per_tunnel <= 0 ? 20 : cfg->max_requests_per_tunnel;
-  srv->max_queue = mq > MAX_QUEUE_CAP ? MAX_QUEUE_CAP : (size_t)mq;
-  if (mq > MAX_QUEUE_CAP)
-    wstun__log(&srv->log, WSTUN_LOG_WARN,
-               "max_requests_per_tunnel %d is over %d: using %d", mq,
-               MAX_QUEUE_CAP, MAX_QUEUE_CAP);
-  srv->max_clients =
-      cfg->max_clients_per_token > 0 ? (size_t)cfg->max_clients_per_token : 0;
-  int wst = cfg->ws_timeout_sec;
-  wst = wst < 3 ? 3 : wst > 600 ? 600 : wst;
-  if (wst != cfg->ws_timeout_sec)
-    wstun__log(&srv->log, WSTUN_LOG_WARN,
-               "ws_timeout_sec %d is outside 3..600: using %d",
-               cfg->ws_timeout_sec, wst);
-  srv->ws_timeout_ms = (uint64_t)wst * 1000;
-  srv->http_timeout_ms =
-      (uint64_t)(cfg->http_timeout_sec > 0 ? cfg->http_timeout_sec : 1200) *
-      1000;
-  srv->stall_ms =
-      (uint64_t)(cfg->stall_timeout_sec > 0 ? cfg->stall_timeout_sec : 10) *
-      1000;
-  srv->forget_ms =
-      (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) *
-      1000;
-  srv->max_header = cfg->max_header_bytes ? cfg->max_header_bytes : 64 * 1024;
+  set_limits(srv, cfg);
   rc = wstun__cidr_list_parse(cfg->trusted_proxies, &srv->trusted_proxies);
   if (rc == 0)
     rc = wstun__cidr_list_parse(cfg->admin_allow, &srv->admin_allow);
@@ -395,32 +443,6 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
     rc = srv->tls_cert_file && srv->tls_key_file ? load_tls(srv) : WSTUN_ENOMEM;
     if (rc != 0)
       goto fail_early;
-  }
-  srv->max_body = cfg->max_body_bytes;
-  srv->header_timeout_ms =
-      (uint64_t)(cfg->header_timeout_sec > 0 ? cfg->header_timeout_sec : 30) *
-      1000;
-  srv->idle_timeout_ms =
-      (uint64_t)(cfg->idle_timeout_sec > 0 ? cfg->idle_timeout_sec : 60) * 1000;
-  srv->max_conns = cfg->max_connections > 0 ? (size_t)cfg->max_connections : 0;
-  srv->max_conns_per_ip =
-      cfg->max_connections_per_ip > 0 ? (size_t)cfg->max_connections_per_ip : 0;
-  /* Past the fd limit accept() fails and the peer gets nothing (libuv
-   * drops it): below it, a connection over the cap still gets its 503. */
-  struct rlimit nofile;
-  if (srv->max_conns && getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
-      nofile.rlim_cur != RLIM_INFINITY) {
-    size_t fds = (size_t)nofile.rlim_cur;
-    size_t cap = fds > 2 * FD_RESERVE ? fds - FD_RESERVE : fds / 2;
-    if (cap < 1)
-      cap = 1;
-    if (srv->max_conns > cap) {
-      wstun__log(&srv->log, WSTUN_LOG_INFO,
-                 "max-connections %zu lowered to %zu: the open file limit "
-                 "is %zu",
-                 srv->max_conns, cap, fds);
-      srv->max_conns = cap;
-    }
   }
   rc = wstun__rng_init(&srv->rng);
   if (rc != 0)
@@ -455,9 +477,7 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   wstun__conn_shared_init(&srv->shared, loop);
   uv_timer_init(loop, &srv->sweep);
   srv->sweep.data = srv;
-  uint64_t every = srv->forget_ms / 4 < 1000 ? 1000 : srv->forget_ms / 4;
-  if (every > 60000)
-    every = 60000;
+  uint64_t every = sweep_every(srv);
   uv_timer_start(&srv->sweep, sweep_tokens, every, every);
   uv_timer_init(loop, &srv->grace);
   srv->grace.data = srv;
@@ -493,5 +513,106 @@ fail_early:
   wstun__registry_free(srv);
   free_tls(srv);
   wstun__free(srv);
+  return rc;
+}
+
+/* ---- reload ------------------------------------------------------------- */
+
+int wstun_server_reload(wstun_server *srv, const wstun_server_config *cfg) {
+  if (srv == NULL || cfg == NULL)
+    return WSTUN_EINVAL;
+  if (srv->closing)
+    return WSTUN_ESTATE;
+  int has_cert = cfg->tls_cert_file && *cfg->tls_cert_file;
+  int has_key = cfg->tls_key_file && *cfg->tls_key_file;
+  if (has_cert != has_key) {
+    wstun__log(&srv->log, WSTUN_LOG_ERROR,
+               "reload: TLS needs both a certificate and a key");
+    return WSTUN_EINVAL;
+  }
+  if (has_cert != (srv->tls != NULL)) {
+    /* the listener's scheme is what clients were told: a restart's job */
+    wstun__log(&srv->log, WSTUN_LOG_ERROR,
+               "reload: TLS cannot be turned %s by a reload (restart)",
+               has_cert ? "on" : "off");
+    return WSTUN_EINVAL;
+  }
+  /* everything that can fail first, into temporaries: on any error the
+   * running configuration stays as it was */
+  wstun__cidr_list trusted = {0}, allow = {0};
+  char *admin_token = NULL, *cert = NULL, *key = NULL;
+  wstun__tls_config *tls = NULL;
+  int rc = wstun__cidr_list_parse(cfg->trusted_proxies, &trusted);
+  if (rc == 0)
+    rc = wstun__cidr_list_parse(cfg->admin_allow, &allow);
+  if (rc != 0) {
+    rc = rc == WSTUN_ENOMEM ? rc : WSTUN_ECIDR;
+    goto fail;
+  }
+  if (cfg->admin_token && *cfg->admin_token &&
+      (admin_token = wstun__strdup(cfg->admin_token)) == NULL) {
+    rc = WSTUN_ENOMEM;
+    goto fail;
+  }
+  if (has_cert) {
+    cert = wstun__strdup(cfg->tls_cert_file);
+    key = wstun__strdup(cfg->tls_key_file);
+    rc = cert && key ? read_tls(srv, cert, key, &tls) : WSTUN_ENOMEM;
+    if (rc != 0)
+      goto fail;
+  }
+  /* the last that can fail; it replaces the list only when it succeeds */
+  rc = wstun__registry_parse_passwords(srv, cfg->passwords);
+  if (rc != 0)
+    goto fail;
+
+  srv->log.level = cfg->log_level;
+  srv->log.access = cfg->access_log;
+  uint64_t forget_ms = srv->forget_ms;
+  set_limits(srv, cfg);
+  if (srv->forget_ms != forget_ms) {
+    uint64_t every = sweep_every(srv);
+    uv_timer_start(&srv->sweep, sweep_tokens, every, every);
+  }
+  wstun__cidr_list_free(&srv->trusted_proxies);
+  srv->trusted_proxies = trusted;
+  wstun__cidr_list_free(&srv->admin_allow);
+  srv->admin_allow = allow;
+  if (srv->admin_token) {
+    memset(srv->admin_token, 0, strlen(srv->admin_token));
+    wstun__free(srv->admin_token);
+  }
+  srv->admin_token = admin_token;
+  if (has_cert) {
+    free_tls(srv);
+    srv->tls = tls;
+    srv->tls_cert_file = cert;
+    srv->tls_key_file = key;
+  }
+  size_t closed = wstun__registry_recheck_auth(srv);
+  wstun__log(&srv->log, WSTUN_LOG_INFO,
+             "configuration reloaded%s%s (%zu password%s)",
+             has_cert ? "; TLS certificate from " : "",
+             has_cert ? srv->tls_cert_file : "", srv->npasswords,
+             srv->npasswords == 1 ? "" : "s");
+  if (closed)
+    wstun__log(&srv->log, WSTUN_LOG_INFO,
+               "reload: %zu tunnel%s closed: credentials no longer valid",
+               closed, closed == 1 ? "" : "s");
+  return 0;
+
+fail:
+  wstun__cidr_list_free(&trusted);
+  wstun__cidr_list_free(&allow);
+  if (admin_token) {
+    memset(admin_token, 0, strlen(admin_token));
+    wstun__free(admin_token);
+  }
+  wstun__tls_config_unref(tls);
+  wstun__free(cert);
+  wstun__free(key);
+  wstun__log(&srv->log, WSTUN_LOG_WARN,
+             "reload failed (%s): the running configuration stays in use",
+             wstun_strerror(rc));
   return rc;
 }

@@ -73,6 +73,9 @@ struct wstun__srv_tunnel {
   char addr[64];
   wstun__ipcount *ip; /* taken over from the front connection */
   char *client_version;
+  /* the Authorization header of its handshake (NULL: none), so that a
+   * reload of the passwords can tell whether it would still be let in */
+  char *auth;
   char *remote_name;             /* reverse DNS of the peer, once known */
   struct wstun__dns_lookup *dns; /* in flight, or NULL */
 };

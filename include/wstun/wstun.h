@@ -343,6 +343,52 @@ WSTUN_EXTERN int wstun_address_list_check(const char *list);
  * is closing), WSTUN_ETLS (the reason is logged), WSTUN_ENOMEM. */
 WSTUN_EXTERN int wstun_server_reload_tls(wstun_server *srv);
 
+/* Applies a new configuration to a running server (a configuration file
+ * read again on SIGHUP, say): all of it, or, on any error, none of it.
+ * Blocks while it reads the TLS files. `cfg` and its strings are borrowed
+ * for the call only, as with wstun_server_start().
+ *
+ * Taken from `cfg` at once:
+ *   passwords        new tunnels are checked against the new list; a live
+ *                    tunnel whose handshake credentials the new list would
+ *                    refuse (its token got a password, or another one) is
+ *                    closed at once, its requests in flight answered as for
+ *                    any lost tunnel (replayed on another tunnel of the
+ *                    token when not yet sent, else 502). Closing is the
+ *                    safe choice: a password is changed to shut out
+ *                    whoever holds the old one, and a tunnel lives for
+ *                    days. Tunnels that still match are untouched, and so
+ *                    are all of them when a token's password is removed.
+ *   admin_allow, admin_token, trusted_proxies   from the next request on
+ *   tls_cert_file, tls_key_file   read again even when the names did not
+ *                    change (a renewed certificate), for connections
+ *                    accepted from now on; open ones keep theirs
+ *   max_requests_per_tunnel, max_clients_per_token   for requests and
+ *                    tunnels that come next; tunnels over a lowered
+ *                    max_clients_per_token are not closed
+ *   max_connections, max_connections_per_ip   for connections that come
+ *                    next; none is closed
+ *   http_timeout_sec, stall_timeout_sec   requests and watches that start
+ *                    next; token_forget_sec at the next sweep
+ *   max_header_bytes, max_body_bytes, header_timeout_sec,
+ *   idle_timeout_sec   connections accepted from now on
+ *   ws_timeout_sec   tunnels that connect from now on
+ *   log_level, access_log   at once
+ * Not taken (fixed at start; a new server is needed): host, port,
+ * base_path, log_cb, log_record_cb and log_user_data. TLS cannot be turned on or off.
+ *
+ * Errors (nothing changed, the reason logged):
+ *   WSTUN_EINVAL      srv or cfg NULL; only one of tls_cert_file and
+ *                     tls_key_file; TLS turned on or off
+ *   WSTUN_ESTATE      the server is closing
+ *   WSTUN_EPASSWORDS  malformed passwords
+ *   WSTUN_ECIDR       malformed trusted_proxies or admin_allow
+ *   WSTUN_ETLS        certificate or key unreadable, unusable, not a pair,
+ *                     or the key readable by others
+ *   WSTUN_ENOMEM */
+WSTUN_EXTERN int wstun_server_reload(wstun_server *srv,
+                                     const wstun_server_config *cfg);
+
 /* The TCP port actually bound (useful with port 0). */
 WSTUN_EXTERN int wstun_server_port(const wstun_server *srv);
 
@@ -530,6 +576,11 @@ WSTUN_EXTERN int wstun_client_start(uv_loop_t *loop,
 
 /* The state state_cb last reported. */
 WSTUN_EXTERN wstun_client_state wstun_client_get_state(const wstun_client *c);
+
+/* Changes the level of the client's log lines from now on (a reloaded
+ * configuration); the callback stays the one given at start. */
+WSTUN_EXTERN void wstun_client_set_log_level(wstun_client *cli,
+                                             wstun_log_level level);
 
 typedef void (*wstun_client_close_cb)(wstun_client *cli, void *user_data);
 

@@ -1,5 +1,5 @@
 """Operating both apps as daemons: -logfile (reopened on SIGUSR1 and SIGHUP
-for logrotate), -syslog, -log-format json, -pidfile, and the client's
+for logrotate; without it both signals are logged and ignored), -syslog, -log-format json, -pidfile, and the client's
 -statusfile."""
 
 import json
@@ -13,8 +13,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, SRV_BIN, CLI_BIN, HOST, get, free_port,  # noqa: E402
-                     make_token, wait_tunnels, wait_until, main)
+from harness import (E2ETestCase, SRV_BIN, CLI_BIN, HOST, TIME_SCALE, get,  # noqa: E402
+                     free_port, make_token, wait_tunnels, wait_until, main)
 
 TEXT_LINE_RX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (ERROR|WARN |INFO |DEBUG) ")
 JSON_TIME_RX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -185,11 +185,28 @@ class LogFile(OpsCase):
         self.assertTrue(srv.alive())
         self.assertEqual(srv.stop(), 0)
 
-    def test_without_logfile_signals_keep_their_default(self):
-        # no -logfile: no reopen handler; SIGUSR1 still ends the process as before
-        srv = self.server()
-        srv.send_signal(signal.SIGUSR1)
-        self.assertEqual(srv.wait(10), -signal.SIGUSR1)
+    def test_without_logfile_signals_are_ignored(self):
+        """No -logfile, no -config: SIGUSR1 and SIGHUP neither kill
+        either program nor disturb the tunnel; each says so in the log."""
+        srv, cli, be, tok = self.tunnel_with()
+        expect = {
+            (srv, signal.SIGUSR1): r"SIGUSR1: ignored \(no -logfile to reopen\)",
+            (srv, signal.SIGHUP): r"SIGHUP: no -config file or TLS certificate to read "
+                                  r"again; nothing reloaded",
+            (cli, signal.SIGUSR1): r"SIGUSR1: ignored \(no -logfile to reopen\)",
+            (cli, signal.SIGHUP): r"SIGHUP: no -config file to read again; nothing reloaded",
+        }
+        for (proc, sig), line in expect.items():
+            with self.subTest(proc=proc.name, sig=sig.name):
+                for _ in range(2):  # a second one is no different
+                    proc.send_signal(sig)
+                self.assertTrue(proc.wait_stderr(line, 10 * TIME_SCALE), proc.describe())
+                self.assertTrue(proc.alive(), proc.describe())
+                self.assertEqual(get(srv.port, "/_token/%s/x" % tok).status, 200)
+        self.assertEqual(len(re.findall(r"tunnel open to", cli.stderr_text())), 1,
+                         cli.describe())
+        self.assertEqual(cli.stop(), 0)
+        self.assertEqual(srv.stop(), 0)
 
 
 class JsonFormat(OpsCase):

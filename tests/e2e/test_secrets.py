@@ -216,8 +216,10 @@ class Prompt(E2ETestCase):
         except subprocess.TimeoutExpired:
             rc = None
         self.assertEqual(rc, 2, cli.text())
-        self.assertIn("wstuncli: flag -token: %s...: no password entered" % tok[:8],
-                      cli.text())
+        # the pty's last bytes may still be on their way to the reader
+        self.assertTrue(cli.wait_for(
+            re.escape("wstuncli: flag -token: %s...: no password entered"
+                      % tok[:8])), cli.text())
         self.assertTrue(cli.echo_on())
 
 

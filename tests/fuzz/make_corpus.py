@@ -6,7 +6,8 @@ Layouts (see the targets): http_* and tunnel_frames start with a flags byte
 and a split-seed byte; proto_prefix with a split byte; v2_frames with a
 split seed; passwords with a flags byte; url and ws_handshake are raw;
 front_request starts with flags, split seed and a 4-byte peer address, server_response with flags, two split seeds,
-request kinds and count, then (selector, 2-byte length, payload) messages.
+request kinds and count, then (selector, 2-byte length, payload) messages;
+config starts with a piece-size byte.
 
 No seed may crash: inputs that found bugs go to regressions/<target>/ (the
 seeds carry no chunked trailers while those show up as headers, see
@@ -463,3 +464,24 @@ write("tunnel_v2", "client_forget_fail",
       tv2(0, v2(2, 0, 5, b"!")) + bytes([0xf3, 0]))
 write("tunnel_v2", "client_tunnel_error",
       bytes([0, 0]) + tv2(0, v2(1, 1, 1, REQ)) + tv2(0, bytes([6, 0, 0, 0, 0, 0, 0, 0, 1])))
+
+# ---- config: piece-size byte + an INI file ------------------------------------
+with open(os.path.join(HERE, "..", "..", "examples", "wstuncli.conf"), "rb") as f:
+    write("config", "example", bytes([0]) + f.read())
+write("config", "top_level", ctl(3) +
+      "\xef\xbb\xbf# one tunnel\r\ntunnel = ws://127.0.0.1:8080\r\n"
+      "token = aaaaaaaaaaaaaaaaaaaa:pw\r\nserver: http://127.0.0.1:80\r\n"
+      "timeout = 45\ninsecure = True\nlog-level = debug\n")
+write("config", "sections", ctl(7) +
+      "tunnel = wss://h\npassword-file = ok-top\n\n[tunnel web]\n"
+      "token = bbbbbbbbbbbbbbbbbbbb\nserver = http://b:1/pre\n"
+      "[tunnel api]\ntoken = cccccccccccccccccccc\nregexp = http://(a|b):[0-9]+\n"
+      "password = p;#not a comment\ntimeout = 5\ncertfile = /x.pem\n"
+      "[tunnel  other ]\ntoken=dddddddddddddddddddd\nserver=http://o\n"
+      "password-file = nope\n")
+write("config", "errors", ctl(0) +
+      "bogus = 1\ntimeout = soon\njust words\n= x\nconfig = y\n"
+      "[tunnel a]\n[tunnel a]\n[svc b]\n[tunnel]\n[tunnel c\n[tunnel d] x\n"
+      "[tunnel e]\ntoken = short\ninsecure = maybe\ntunnel = ws://h\ntunnel = ws://i\n")
+write("config", "nul_and_long", ctl(1) +
+      "server = a\0b\ntunnel = ws://h\n" + "x = " + "y" * 5000 + "\n[tunnel n\0]\n")

@@ -77,7 +77,8 @@ for f in include/wstun/wstun.h include/wstun/version.h \
          share/man/man1/wstunnel.1 \
          lib/systemd/system/wstunsrv.service lib/systemd/system/wstuncli.service \
          share/doc/wstun/examples/wstunsrv.env \
-         share/doc/wstun/examples/wstuncli.env; do
+         share/doc/wstun/examples/wstuncli.env \
+         share/doc/wstun/examples/wstuncli.conf; do
   if [ -e "$PREFIX/$f" ]; then ok "$f"; else fail "missing $f"; fi
 done
 for p in wstunsrv wstuncli wstunnel; do

@@ -1,9 +1,14 @@
 /* apps/app_config.c: -config files fed as strings (and a few real files for
  * password-file): what lands in the flags, every error with its line, the
  * client's [tunnel NAME] sections as wstun_client_config, the password
- * sources in their order, and every prefix of a file parsed without harm. */
+ * sources in their order, and every prefix of a file parsed without harm.
+ * The same files fed through app_config_parse_stream one byte per read,
+ * and in two pieces cut at every offset, must read exactly as whole; a NUL
+ * byte is an error at its line. app_cli_tunnel_key tells every setting of
+ * a tunnel apart (a reload restarts only tunnels whose key changed). */
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "app_config.h"
@@ -384,6 +389,208 @@ TEST(every_prefix) {
   test_context(NULL);
 }
 
+/* ---- fed in pieces ------------------------------------------------------- */
+
+/* Everything a parse produced, as text: entries with their lines, the
+ * sections, the line count and the errors. */
+static char *snapshot(app_config *c) {
+  static char buf[65536];
+  size_t off = 0;
+  const app_config_section *all[64];
+  size_t n = 0;
+  all[n++] = &c->top;
+  for (size_t i = 0; i < c->nsections && n < 64; i++)
+    all[n++] = &c->sections[i];
+  for (size_t i = 0; i < n; i++) {
+    const app_config_section *sec = all[i];
+    off += (size_t)snprintf(buf + off, sizeof(buf) - off, "[%s %s]@%d\n",
+                            sec->kind ? sec->kind : "-",
+                            sec->name ? sec->name : "-", sec->line);
+    for (size_t e = 0; e < sec->n && off < sizeof(buf); e++)
+      off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s=%s@%d\n",
+                              sec->entries[e].key, sec->entries[e].value,
+                              sec->entries[e].line);
+  }
+  if (off < sizeof(buf))
+    off += (size_t)snprintf(buf + off, sizeof(buf) - off, "lines %d\n%s",
+                            c->lines, errors_text(c));
+  return buf;
+}
+
+/* Hands out `text` in pieces: `cuts` is a list of piece sizes repeated
+ * (0 ends it), after `first` bytes in a first piece (0: none). */
+typedef struct pieces {
+  const char *p;
+  size_t left, first;
+  size_t size; /* every piece after the first */
+  int calls_after_end;
+} pieces;
+
+static size_t read_pieces(void *ud, char *buf, size_t n) {
+  pieces *s = ud;
+  if (s->left == 0) {
+    s->calls_after_end++;
+    return 0;
+  }
+  size_t want = s->first ? s->first : s->size;
+  s->first = 0;
+  if (want > n)
+    want = n;
+  if (want > s->left)
+    want = s->left;
+  memcpy(buf, s->p, want);
+  s->p += want;
+  s->left -= want;
+  return want;
+}
+
+static void parse_pieces(app_config *c, const char *text, size_t len,
+                         size_t first, size_t size, const app_config_kind *k) {
+  memset(&v, 0, sizeof(v));
+  app_config_init(c);
+  pieces s = {text, len, first, size, 0};
+  app_config_parse_stream(c, "t.ini", read_pieces, &s, flags, k);
+  CHECK_EQ_INT(s.calls_after_end, 1);
+}
+
+TEST(fed_byte_by_byte_and_split_everywhere) {
+  char longline[4200];
+  memset(longline, 'y', sizeof(longline) - 1);
+  longline[sizeof(longline) - 1] = '\0';
+  static char text[8192];
+  snprintf(text, sizeof(text),
+           "\xEF\xBB\xBF; a file with a bit of everything\r\n"
+           "tunnel = ws://h:1\r\n"
+           "timeout: 40\n"
+           "  server =  http://b:2  \n"
+           "bogus = 1\n"
+           "\n"
+           "regexp = %s\n"
+           "[tunnel web]\n"
+           "token = " TOK_A "\n"
+           "insecure = t\n"
+           "[tunnel web]\n"
+           "[tunnel  api ]\n"
+           "token=" TOK_B ":pw;#x\n"
+           "words only\n"
+           "[tunnel empty]\n"
+           "[tunnel last]\n"
+           "token = " TOK_C,
+           longline);
+  size_t len = strlen(text);
+  app_config whole;
+  parse(&whole, text, app_cli_kinds);
+  CHECK(whole.nerrors >= 4); /* the file has problems: they must match too */
+  char *want = strdup(snapshot(&whole));
+  app_config c;
+  /* one byte per read, then 2, 3 and 7 */
+  static const size_t sizes[] = {1, 2, 3, 7, 511};
+  for (size_t i = 0; i < TEST_COUNT(sizes); i++) {
+    test_context("pieces of %zu", sizes[i]);
+    parse_pieces(&c, text, len, 0, sizes[i], app_cli_kinds);
+    CHECK_EQ_STR(snapshot(&c), want);
+    app_config_free(&c);
+  }
+  /* two pieces, cut at every offset */
+  for (size_t cut = 1; cut < len; cut++) {
+    test_context("cut at %zu", cut);
+    parse_pieces(&c, text, len, cut, 1 << 20, app_cli_kinds);
+    CHECK_EQ_STR(snapshot(&c), want);
+    app_config_free(&c);
+  }
+  test_context(NULL);
+  free(want);
+  app_config_free(&whole);
+}
+
+TEST(a_nul_byte_is_an_error_at_its_line) {
+  static const char text[] = "tunnel = ws://h\n"
+                             "server = http://a\0b\n"
+                             "[tunnel x\0]\n"
+                             "timeout = 5";
+  app_config c;
+  parse_pieces(&c, text, sizeof(text) - 1, 0, 1, NULL);
+  CHECK_EQ_STR(errors_text(&c), "t.ini:2: NUL byte in the line\n"
+                                "t.ini:3: NUL byte in the line\n");
+  CHECK(app_config_get(&c.top, "server", NULL) == NULL);
+  CHECK_EQ_STR(app_config_get(&c.top, "timeout", NULL), "5");
+  CHECK_EQ_INT(c.lines, 4);
+  app_config_free(&c);
+}
+
+/* ---- what a reload compares ---------------------------------------------- */
+
+static char *key_of(const char *text) {
+  app_config c;
+  app_cli_tunnel *t = NULL;
+  size_t n = tunnels_of(&c, text, &t, NULL);
+  CHECK_EQ_STR(errors_text(&c), "");
+  char *k = n == 1 ? app_cli_tunnel_key(&t[0]) : NULL;
+  CHECK(k != NULL);
+  app_cli_tunnels_free(t, n);
+  app_config_free(&c);
+  return k ? k : strdup("");
+}
+
+TEST(tunnel_key_tells_every_setting_apart) {
+  char ca[] = "/tmp/app_config_test_ca.XXXXXX";
+  int fd = mkstemp(ca);
+  CHECK(fd >= 0);
+  if (fd >= 0)
+    close(fd);
+  char base[512];
+  snprintf(base, sizeof(base),
+           "tunnel = ws://h\n[tunnel a]\ntoken = " TOK_A "\n"
+           "server = http://b\ncertfile = %s\n",
+           ca);
+  char *k0 = key_of(base);
+  char *again = key_of(base);
+  CHECK_EQ_STR(again, k0); /* the same file: the same key */
+  app_cli_tunnel_key_free(again);
+  /* comments, blank lines, order and the section's line do not count */
+  char moved[600];
+  snprintf(moved, sizeof(moved),
+           "# c\n\ntunnel = ws://h\n\n[tunnel a]\nserver = http://b\n"
+           "certfile = %s\ntoken = " TOK_A "\n",
+           ca);
+  again = key_of(moved);
+  CHECK_EQ_STR(again, k0);
+  app_cli_tunnel_key_free(again);
+  static const char *const changes[] = {
+      "tunnel = ws://h2\n",  "token = " TOK_B "\n",   "password = p\n",
+      "server = http://c\n", "regexp = x\n",          "timeout = 9\n",
+      "insecure = 1\n",      "token = " TOK_A ":pw\n"};
+  for (size_t i = 0; i < TEST_COUNT(changes); i++) {
+    test_context("%s", changes[i]);
+    char text[1024];
+    /* the section's own value replaces the base's (keys appear once) */
+    const char *key_end = strchr(changes[i], ' ');
+    char key[32];
+    snprintf(key, sizeof(key), "\n%.*s ", (int)(key_end - changes[i]),
+             changes[i]);
+    char *at = strstr(base, key);
+    if (at) {
+      char *eol = strchr(at + 1, '\n');
+      snprintf(text, sizeof(text), "%.*s\n%s%s", (int)(at - base), base,
+               changes[i], eol + 1);
+    } else {
+      snprintf(text, sizeof(text), "%s%s", base, changes[i]);
+    }
+    char *k = key_of(text);
+    CHECK(strcmp(k, k0) != 0);
+    app_cli_tunnel_key_free(k);
+  }
+  test_context("certfile replaced under its name");
+  struct timeval tv[2] = {{1000000000, 0}, {1000000000, 0}};
+  CHECK_EQ_INT(utimes(ca, tv), 0);
+  char *k = key_of(base);
+  CHECK(strcmp(k, k0) != 0);
+  app_cli_tunnel_key_free(k);
+  test_context(NULL);
+  app_cli_tunnel_key_free(k0);
+  unlink(ca);
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(top_level_keys_reach_the_flags),
@@ -395,6 +602,9 @@ int main(int argc, char **argv) {
       T(without_sections_the_top_level_is_the_tunnel),
       T(password_sources_in_order),
       T(a_missing_file_is_one_error),
-      T(every_prefix)};
+      T(every_prefix),
+      T(fed_byte_by_byte_and_split_everywhere),
+      T(a_nul_byte_is_an_error_at_its_line),
+      T(tunnel_key_tells_every_setting_apart)};
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }

@@ -3,7 +3,10 @@
  * wstun_server_tunnel_count() and wstun_server_get_stats() report as
  * clients come and go; the configuration errors of wstun_server_start(),
  * and a start with every option set failing at each allocation in turn
- * without losing memory. The loop must be empty at the end. */
+ * without losing memory. wstun_server_reload(): all or nothing (a bad
+ * value or a failed allocation changes nothing), limits taken, and the
+ * tunnels whose password changed closed while the others stay. The loop
+ * must be empty at the end. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -15,6 +18,7 @@
 #include <wstun/wstun.h>
 
 #include "test.h"
+#include "wstun_server_int.h"
 
 #define TOKEN_A "server-test-token-aaaaaaaaaaaa"
 #define TOKEN_B "server-test-token-bbbbbbbbbbbb"
@@ -315,6 +319,215 @@ TEST(listen_host_forms) {
   CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
+/* ---- wstun_server_reload ------------------------------------------------ */
+
+static void reload_config(wstun_server_config *c) {
+  wstun_server_config_init(c);
+  c->host = "127.0.0.1";
+  c->port = 0;
+  c->passwords = TOKEN_A ":pw1";
+  c->admin_allow = "10.0.0.0/8";
+  c->max_requests_per_tunnel = 7;
+}
+
+TEST(reload_is_all_or_nothing) {
+  uv_loop_t loop;
+  CHECK_EQ_INT(uv_loop_init(&loop), 0);
+  wstun_server_config c;
+  reload_config(&c);
+  wstun_server *srv = NULL;
+  CHECK_EQ_INT(wstun_server_start(&loop, &c, &srv), 0);
+  if (srv == NULL)
+    return;
+  CHECK_EQ_INT(wstun_server_reload(NULL, &c), WSTUN_EINVAL);
+  CHECK_EQ_INT(wstun_server_reload(srv, NULL), WSTUN_EINVAL);
+  /* each bad field alone, with good new values around it that must not
+   * be taken either */
+  for (int bad = 0; bad < 6; bad++) {
+    test_context("bad field %d", bad);
+    wstun_server_config n;
+    reload_config(&n);
+    n.passwords = TOKEN_B ":pw2";
+    n.max_requests_per_tunnel = 3;
+    n.admin_token = "new-admin-token";
+    n.log_level = WSTUN_LOG_DEBUG;
+    int want = WSTUN_EINVAL;
+    switch (bad) {
+    case 0:
+      n.passwords = TOKEN_B ":";
+      want = WSTUN_EPASSWORDS;
+      break;
+    case 1:
+      n.admin_allow = "10.0.0.0/33";
+      want = WSTUN_ECIDR;
+      break;
+    case 2:
+      n.trusted_proxies = "nowhere";
+      want = WSTUN_ECIDR;
+      break;
+    case 3:
+      n.tls_cert_file = "cert.pem"; /* no key */
+      break;
+    case 4: /* a server without TLS cannot be given TLS */
+      n.tls_cert_file = "/nonexistent/cert.pem";
+      n.tls_key_file = "/nonexistent/key.pem";
+      break;
+    case 5:
+      n.tls_key_file = "key.pem";
+      break;
+    }
+    CHECK_EQ_INT(wstun_server_reload(srv, &n), want);
+    CHECK_EQ_INT((long long)srv->npasswords, 1);
+    CHECK_EQ_STR(srv->passwords[0].token, TOKEN_A);
+    CHECK_EQ_STR(srv->passwords[0].password, "pw1");
+    CHECK_EQ_INT((long long)srv->max_queue, 7);
+    CHECK(srv->admin_token == NULL);
+    CHECK_EQ_INT((int)srv->log.level, (int)WSTUN_LOG_INFO);
+    CHECK_EQ_INT((long long)srv->admin_allow.n, 1);
+  }
+  test_context(NULL);
+  /* a good one is taken whole */
+  wstun_server_config n;
+  reload_config(&n);
+  n.passwords = TOKEN_B ":pw2, " TOKEN_A ":pw3";
+  n.admin_allow = "192.168.0.0/16,::1,10.1.2.3";
+  n.trusted_proxies = "127.0.0.1";
+  n.admin_token = "new-admin-token";
+  n.max_requests_per_tunnel = 3;
+  n.max_clients_per_token = 2;
+  n.http_timeout_sec = 9;
+  n.token_forget_sec = 5;
+  n.max_body_bytes = 1234;
+  n.max_connections_per_ip = 4;
+  n.log_level = WSTUN_LOG_DEBUG;
+  n.port = 1;                 /* ignored: fixed at start */
+  n.base_path = "/elsewhere"; /* ignored too */
+  int port = wstun_server_port(srv);
+  CHECK_EQ_INT(wstun_server_reload(srv, &n), 0);
+  CHECK_EQ_INT((long long)srv->npasswords, 2);
+  CHECK_EQ_STR(srv->passwords[1].password, "pw3");
+  CHECK_EQ_INT((long long)srv->admin_allow.n, 3);
+  CHECK_EQ_INT((long long)srv->trusted_proxies.n, 1);
+  CHECK_EQ_STR(srv->admin_token, "new-admin-token");
+  CHECK_EQ_INT((long long)srv->max_queue, 3);
+  CHECK_EQ_INT((long long)srv->max_clients, 2);
+  CHECK_EQ_INT((long long)srv->http_timeout_ms, 9000);
+  CHECK_EQ_INT((long long)srv->forget_ms, 5000);
+  CHECK_EQ_INT((long long)srv->max_body, 1234);
+  CHECK_EQ_INT((long long)srv->max_conns_per_ip, 4);
+  CHECK_EQ_INT((int)srv->log.level, (int)WSTUN_LOG_DEBUG);
+  CHECK_EQ_INT(wstun_server_port(srv), port);
+  CHECK_EQ_STR(srv->base_path, "");
+  CHECK_EQ_INT(http_status(&loop, port, "/_health_check"), 200);
+  /* and back to nothing at all: no passwords, no lists, no token */
+  wstun_server_config_init(&n);
+  CHECK_EQ_INT(wstun_server_reload(srv, &n), 0);
+  CHECK_EQ_INT((long long)srv->npasswords, 0);
+  CHECK_EQ_INT((long long)srv->admin_allow.n, 0);
+  CHECK(srv->admin_token == NULL);
+  /* closing: refused */
+  wstun_server_close(srv, 0, NULL, NULL);
+  CHECK_EQ_INT(wstun_server_reload(srv, &n), WSTUN_ESTATE);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+/* Tunnels of token A (one with password pw1, one with pw2) and of token
+ * B (none), on a server without passwords: each reload closes, at once,
+ * exactly the tunnels whose credentials the new list refuses. */
+typedef struct pw_fixture {
+  uv_loop_t loop;
+  wstun_server *srv;
+  wstun_client *cli[3];
+  uv_timer_t poll, deadline;
+  char url[64];
+  int done, timed_out;
+} pw_fixture;
+
+static void pw_client(pw_fixture *f, int i, const char *token,
+                      const char *password) {
+  wstun_client_config c;
+  wstun_client_config_init(&c);
+  c.tunnel_url = f->url;
+  c.token = token;
+  c.password = password;
+  c.handler = handler;
+  c.reconnect_max_ms = 60000; /* a refused one does not come back soon */
+  CHECK_EQ_INT(wstun_client_start(&f->loop, &c, &f->cli[i]), 0);
+}
+
+/* Reloads with `passwords`; the tunnel connections left right after. */
+static long long pw_reload(pw_fixture *f, const char *passwords) {
+  wstun_server_config c;
+  wstun_server_config_init(&c);
+  c.passwords = passwords;
+  CHECK_EQ_INT(wstun_server_reload(f->srv, &c), 0);
+  wstun_server_stats st;
+  wstun_server_get_stats(f->srv, &st);
+  return (long long)st.tunnel_connections;
+}
+
+static void pw_finish(pw_fixture *f) {
+  for (int i = 0; i < 3; i++)
+    wstun_client_close(f->cli[i], 0, NULL, NULL);
+  wstun_server_close(f->srv, 0, NULL, NULL);
+  uv_close((uv_handle_t *)&f->poll, NULL);
+  uv_close((uv_handle_t *)&f->deadline, NULL);
+}
+
+static void pw_on_poll(uv_timer_t *t) {
+  pw_fixture *f = t->data;
+  wstun_server_stats st;
+  wstun_server_get_stats(f->srv, &st);
+  if (st.tunnel_connections != 3)
+    return;
+  test_context("no passwords, as before");
+  CHECK_EQ_INT(pw_reload(f, NULL), 3);
+  test_context("A gets pw1: the pw2 tunnel goes");
+  CHECK_EQ_INT(pw_reload(f, TOKEN_A ":pw1"), 2);
+  test_context("the same list again");
+  CHECK_EQ_INT(pw_reload(f, TOKEN_A ":pw1"), 2);
+  test_context("B gets one");
+  CHECK_EQ_INT(pw_reload(f, " " TOKEN_B ":b , " TOKEN_A ":pw1"), 1);
+  test_context("every password removed");
+  CHECK_EQ_INT(pw_reload(f, ""), 1);
+  test_context(NULL);
+  f->done = 1;
+  pw_finish(f);
+}
+
+static void pw_on_deadline(uv_timer_t *t) {
+  pw_fixture *f = t->data;
+  f->timed_out = 1;
+  pw_finish(f);
+}
+
+TEST(reload_closes_tunnels_whose_password_changed) {
+  pw_fixture f;
+  memset(&f, 0, sizeof(f));
+  CHECK_EQ_INT(uv_loop_init(&f.loop), 0);
+  wstun_server_config s;
+  wstun_server_config_init(&s);
+  s.host = "127.0.0.1";
+  s.port = 0;
+  CHECK_EQ_INT(wstun_server_start(&f.loop, &s, &f.srv), 0);
+  if (f.srv == NULL)
+    return;
+  snprintf(f.url, sizeof(f.url), "ws://127.0.0.1:%d", wstun_server_port(f.srv));
+  pw_client(&f, 0, TOKEN_A, "pw1");
+  pw_client(&f, 1, TOKEN_A, "pw2");
+  pw_client(&f, 2, TOKEN_B, NULL);
+  uv_timer_init(&f.loop, &f.poll);
+  uv_timer_init(&f.loop, &f.deadline);
+  f.poll.data = f.deadline.data = &f;
+  uv_timer_start(&f.poll, pw_on_poll, 5, 5);
+  uv_timer_start(&f.deadline, pw_on_deadline, 10000, 0);
+  uv_run(&f.loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(f.timed_out, 0);
+  CHECK_EQ_INT(f.done, 1);
+  CHECK_EQ_INT(uv_loop_close(&f.loop), 0);
+}
+
 /* ---- out of memory during wstun_server_start ---------------------------- */
 
 #include "failalloc.h"
@@ -350,10 +563,59 @@ TEST(start_fails_cleanly_at_every_allocation) {
   CHECK_EQ_INT(wstun_set_allocator(NULL), 0);
 }
 
+TEST(reload_fails_cleanly_at_every_allocation) {
+  CHECK_EQ_INT(wstun_set_allocator(&counting), 0);
+  uv_loop_t loop;
+  CHECK_EQ_INT(uv_loop_init(&loop), 0);
+  wstun_server_config c;
+  reload_config(&c);
+  wstun_server *srv = NULL;
+  mem.fail_at = 0;
+  CHECK_EQ_INT(wstun_server_start(&loop, &c, &srv), 0);
+  if (srv == NULL)
+    return;
+  wstun_server_config n;
+  reload_config(&n);
+  n.passwords = "tok-aaaaaaaaaaaaaaaa:pw1,tok-bbbbbbbbbbbbbbbb:pw2";
+  n.trusted_proxies = "10.0.0.0/8,::1";
+  n.admin_allow = "192.168.0.0/16";
+  n.admin_token = "admin-secret";
+  int ok = 0;
+  for (long k = 1; k < 1000 && !ok; k++) {
+    test_context("failing allocation %ld", k);
+    long live = mem.live;
+    mem.count = 0;
+    mem.fail_at = k;
+    int rc = wstun_server_reload(srv, &n);
+    mem.fail_at = 0;
+    if (rc == 0) {
+      ok = mem.count < k; /* nothing failed: all allocations seen */
+      CHECK_EQ_INT((long long)srv->npasswords, 2);
+    } else {
+      CHECK_EQ_INT(rc, WSTUN_ENOMEM);
+      CHECK_EQ_INT(mem.live, live);
+      CHECK_EQ_INT((long long)srv->npasswords, 1);
+      CHECK(srv->admin_token == NULL);
+    }
+  }
+  test_context(NULL);
+  CHECK(ok);
+  wstun_server_close(srv, 0, NULL, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(mem.live, 0);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+  CHECK_EQ_INT(wstun_set_allocator(NULL), 0);
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {
-      T(tunnel_count_follows_clients_by_token), T(configuration_errors),
-      T(base_path_without_its_slashes), T(listen_host_forms),
-      T(start_fails_cleanly_at_every_allocation)};
+      T(tunnel_count_follows_clients_by_token),
+      T(configuration_errors),
+      T(base_path_without_its_slashes),
+      T(listen_host_forms),
+      T(start_fails_cleanly_at_every_allocation),
+      T(reload_is_all_or_nothing),
+      T(reload_closes_tunnels_whose_password_changed),
+      T(reload_fails_cleanly_at_every_allocation)};
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }
