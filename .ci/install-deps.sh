@@ -13,10 +13,11 @@ PACKAGES=(
 # the /metrics exposition, man-db renders the man pages, clang and its
 # runtime (libFuzzer, sanitizers) run the fuzz targets, openssl (the CLI)
 # makes the TLS tests' certificates and tinyproxy is their CONNECT proxy;
-# valgrind runs a subset of the end-to-end tests (tests/valgrind.sh).
+# valgrind runs a subset of the end-to-end tests (tests/valgrind.sh);
+# haproxy is the balancer of the cluster test (tests/e2e/test_cluster.py).
 if [ "${1:-}" = "--tests" ]; then
   PACKAGES+=(prometheus man-db clang libclang-rt-14-dev openssl tinyproxy
-             valgrind)
+             valgrind haproxy)
 fi
 
 missing=()

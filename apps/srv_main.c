@@ -12,6 +12,9 @@
 #include "app_config.h"
 
 #define GRACE_MS 10000
+/* -drain-wait's default: HAProxy's checks in examples/cluster/haproxy.cfg
+ * (inter 500, fall 2) take a node out within 1.5 s of its first 503 */
+#define DRAIN_WAIT_MS 2000
 
 typedef struct srv_app {
   uv_loop_t *loop;
@@ -19,6 +22,7 @@ typedef struct srv_app {
   uv_signal_t sigint, sigterm;
   app_reopen reopen;
   int stopping;
+  int drain_wait_ms;
 } srv_app;
 
 static void on_server_closed(wstun_server *srv, void *ud) {
@@ -40,7 +44,15 @@ static void on_signal(uv_signal_t *h, int signum) {
   app_log(NULL, WSTUN_LOG_INFO,
           signum == SIGINT ? "SIGINT: stopping (in-flight requests finish)"
                            : "SIGTERM: stopping (in-flight requests finish)");
-  wstun_server_close(app->srv, GRACE_MS, on_server_closed, app);
+  if (signum == SIGINT) {
+    wstun_server_close(app->srv, GRACE_MS, on_server_closed, app);
+    return;
+  }
+  /* behind a balancer: out of its rotation first (skipped by the library
+   * when nothing checks /_health_check), within the same 10 s or so */
+  unsigned wait = (unsigned)app->drain_wait_ms;
+  wstun_server_drain(app->srv, wait, wait < GRACE_MS ? GRACE_MS - wait : 1000,
+                     on_server_closed, app);
 }
 
 static void on_hup(void *ud) {
@@ -92,6 +104,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   uint64_t max_header = cfg.max_header_bytes, max_body = 0;
   const char *config_path = NULL;
   int check_config = 0;
+  int drain_wait_ms = DRAIN_WAIT_MS, unknown_token_wait_ms = 0;
   app_flag flags[] = {
       {"config", FLAG_STR, &config_path, "FILE",
        "read flags from an INI file (key = value, the names without dashes); "
@@ -161,6 +174,15 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       {"tls-key", FLAG_STR, &cfg.tls_key_file, "FILE",
        "the certificate's PEM key (not world-readable; SIGHUP reloads both)", 0,
        -1},
+      {"drain-wait", FLAG_INT, &drain_wait_ms, "MS",
+       "on SIGTERM, answer /_health_check 503 for MS ms while serving, so a "
+       "balancer takes the node out first (default 2000; only when "
+       "something checked /_health_check in the last 10 s; 0 = never)",
+       0, 60000},
+      {"unknown-token-wait", FLAG_INT, &unknown_token_wait_ms, "MS",
+       "for a node of a cluster: a request for a token with no tunnel here "
+       "waits up to MS ms for one, then 404 (default 0: 404 at once)",
+       0, 60000},
       {"log-level", FLAG_STR, &log_level, "LEVEL", "error, warn, info or debug",
        0, -1},
       {"log-pretty", FLAG_BOOL, &log_pretty, "",
@@ -231,12 +253,14 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
             "-robowhois ignored: wstunsrv does no whois lookups");
   cfg.max_header_bytes = (size_t)max_header;
   cfg.max_body_bytes = max_body;
+  cfg.unknown_token_wait_ms = (unsigned)unknown_token_wait_ms;
   cfg.log_cb = app_log;
 
   signal(SIGPIPE, SIG_IGN);
   app_tune_malloc();
   app_raise_nofile();
   srv_app app = {0};
+  app.drain_wait_ms = drain_wait_ms;
   app.loop = uv_default_loop();
   /* handlers first: a signal sent as soon as "listening on" shows waits in
    * the loop instead of killing the process */

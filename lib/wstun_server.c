@@ -173,6 +173,7 @@ void wstun_server_close(wstun_server *srv, unsigned grace_ms,
                         wstun_server_close_cb cb, void *user_data) {
   if (srv == NULL || srv->closing)
     return;
+  wstun__server_drain_cancel(srv);
   srv->closing = WSTUN__SRV_DRAINING;
   srv->close_cb = cb;
   srv->close_ud = user_data;
@@ -319,6 +320,7 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
       goto fail_early;
   }
   srv->max_body = cfg->max_body_bytes;
+  srv->tunnel_wait_ms = cfg->unknown_token_wait_ms;
   srv->header_timeout_ms =
       (uint64_t)(cfg->header_timeout_sec > 0 ? cfg->header_timeout_sec : 30) *
       1000;

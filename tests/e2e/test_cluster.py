@@ -1,0 +1,364 @@
+"""Several wstunsrv nodes behind a real HAProxy (examples/cluster/haproxy.cfg,
+Debian's haproxy 2.6), with wstuncli clients for many tokens and real
+backends: every token reachable in every form, node loss, node return, a
+rolling restart under steady load.
+
+Skipped, saying why, when haproxy is not installed (.ci/install-deps.sh
+--tests installs it).
+
+Run as a script to measure instead of test:
+  python3 test_cluster.py --measure rolling [--go] [--node-flags "..."]
+prints failed/total requests of one rolling restart (--go: the Go
+wstunnel client, /tmp/wstunnel-go-ref/wstunnel, instead of wstuncli)."""
+
+import collections
+import http.client
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (CLI_BIN, HOST, SRV_BIN, TIME_SCALE, Backend, E2ETestCase,  # noqa: E402
+                     Proc, check_binaries, free_port, get, main, make_token,
+                     wait_until)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HAPROXY_CFG = os.path.join(HERE, "..", "..", "examples", "cluster", "haproxy.cfg")
+HAPROXY = shutil.which("haproxy") or next(
+    (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)), None)
+GO_BIN = os.environ.get("WSTUN_GO_WSTUNNEL", "/tmp/wstunnel-go-ref/wstunnel")
+
+NODES = 3
+TOKENS = 12
+# what the nodes of a cluster run with (README "Several nodes behind HAProxy")
+NODE_FLAGS = os.environ.get("WSTUN_CLUSTER_NODE_FLAGS",
+                            "-drain-wait 2000 -unknown-token-wait 3000").split()
+
+
+def haproxy_missing():
+    return None if HAPROXY else "haproxy not installed (apt-get install haproxy)"
+
+
+class Cluster:
+    """HAProxy + NODES wstunsrv nodes (fixed ports, so a node restarts where
+    it was) + one backend and one tunnel client per token. Everything it
+    starts is stopped by close()."""
+
+    def __init__(self, node_flags=None, go_client=False, tokens=TOKENS, cfg=HAPROXY_CFG):
+        check_binaries()
+        self.node_flags = NODE_FLAGS if node_flags is None else node_flags
+        self.go_client = go_client
+        self.procs = []
+        self.backends = []
+        self.node_ports = [free_port() for _ in range(NODES)]
+        self.nodes = [None] * NODES
+        self.lb_port = free_port()
+        self.stats_port = free_port()
+        self.sock = "/tmp/wstun-cluster-%d-%d.sock" % (os.getpid(), self.lb_port)
+        for i in range(NODES):
+            for attempt in range(5):  # a port free a moment ago may be gone
+                try:
+                    self.start_node(i)
+                    break
+                except AssertionError:
+                    if attempt == 4:
+                        raise
+                    self.node_ports[i] = free_port()
+        env = {"WSTUN_LB_ADDR": "%s:%d" % (HOST, self.lb_port),
+               "WSTUN_PEER_ADDR": "%s:%d" % (HOST, free_port()),
+               "WSTUN_STATS_ADDR": "%s:%d" % (HOST, self.stats_port),
+               "WSTUN_ADMIN_SOCK": self.sock}
+        for i, p in enumerate(self.node_ports):
+            env["WSTUN_NODE%d" % (i + 1)] = "%s:%d" % (HOST, p)
+        self.haproxy = Proc([HAPROXY, "-db", "-f", cfg], env=env, name="haproxy")
+        self.procs.append(self.haproxy)
+        if not wait_until(lambda: self.all_up() or not self.haproxy.alive(), 15 * TIME_SCALE) \
+                or not self.haproxy.alive():
+            raise AssertionError("HAProxy did not see every node up\n" + self.describe())
+        self.tokens = [make_token("cl") for _ in range(tokens)]
+        self.clients = {}
+        for tok in self.tokens:
+            be = Backend(tok)  # answers /name with its name: the token
+            self.backends.append(be)
+            self.clients[tok] = self.start_client(tok, be)
+        if not wait_until(lambda: len(self.table()) == len(self.tokens), 20 * TIME_SCALE):
+            raise AssertionError("not every tunnel reached a node through HAProxy: %r\n%s"
+                                 % (self.table(), self.describe()))
+
+    # -- processes
+    def start_node(self, i):
+        argv = [SRV_BIN, "-host", HOST, "-port", str(self.node_ports[i])] + self.node_flags
+        n = Proc(argv, name="wstunsrv-node%d" % (i + 1))
+        self.procs.append(n)
+        if not n.wait_stderr(r"listening on", 10 * TIME_SCALE):
+            raise AssertionError("node %d did not start\n%s" % (i + 1, n.describe()))
+        self.nodes[i] = n
+        return n
+
+    def start_client(self, tok, be):
+        url = "ws://%s:%d" % (HOST, self.lb_port)
+        if self.go_client:
+            argv = [GO_BIN, "cli", "-tunnel", url, "-token", tok, "-server", be.url]
+        else:
+            argv = [CLI_BIN, "-tunnel", url, "-token", tok, "-server", be.url]
+        c = Proc(argv, name=("go-cli-" if self.go_client else "wstuncli-") + tok[:8])
+        self.procs.append(c)
+        return c
+
+    def close(self):
+        for p in reversed(self.procs):
+            p.stop(signal.SIGTERM, grace=15)
+        for be in self.backends:
+            be.close()
+        try:
+            os.unlink(self.sock)
+        except OSError:
+            pass
+
+    def describe(self):
+        return "\n".join(p.describe() for p in self.procs[-40:])
+
+    # -- what HAProxy knows
+    def admin(self, cmd):
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(3)
+                s.connect(self.sock)
+                s.sendall(cmd.encode() + b"\n")
+                out = b""
+                while True:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    out += d
+            return out.decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def states(self):
+        """{'node1': 'UP', ...} from HAProxy's stats."""
+        out = {}
+        for line in self.admin("show stat").splitlines():
+            cols = line.split(",")
+            if len(cols) > 17 and cols[0] == "wstun_nodes" and cols[1].startswith("node"):
+                out[cols[1]] = cols[17]
+        return out
+
+    def all_up(self):
+        st = self.states()
+        return len(st) == NODES and all(v == "UP" for v in st.values())
+
+    def node_up(self, i):
+        return self.states().get("node%d" % (i + 1)) == "UP"
+
+    def table(self):
+        """{token: node index} from the stick table."""
+        out = {}
+        for line in self.admin("show table wstun_nodes").splitlines():
+            kv = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+            if "key" in kv and "server_key" in kv:
+                out[kv["key"]] = int(kv["server_key"][4:]) - 1
+        return out
+
+
+def ask(port, tok, form, timeout=5.0):
+    """One request for tok through the balancer: "ok" when the token's own
+    backend answered, else what came back instead."""
+    try:
+        if form == "path":
+            r = get(port, "/_token/%s/name" % tok, timeout=timeout)
+        else:
+            r = get(port, "/name", headers={"X-Token": tok}, timeout=timeout)
+        if r.status == 200 and r.body == tok.encode():
+            return "ok"
+        return "%d %r" % (r.status, r.body[:60])
+    except (OSError, http.client.HTTPException) as e:
+        return type(e).__name__
+
+
+class Load:
+    """Steady requests through the balancer, every token in turn, from a few
+    threads; every answer is kept as (time, token, ok)."""
+
+    def __init__(self, port, tokens, threads=4, gap=0.01):
+        self.port, self.tokens, self.gap = port, tokens, gap
+        self.stop_ev = threading.Event()
+        self.lock = threading.Lock()
+        self.log = []
+        self.ts = [threading.Thread(target=self.run, args=(k,), daemon=True)
+                   for k in range(threads)]
+        for t in self.ts:
+            t.start()
+
+    def run(self, k):
+        i = k
+        while not self.stop_ev.is_set():
+            tok = self.tokens[i % len(self.tokens)]
+            t0 = time.monotonic()
+            what = ask(self.port, tok, "path" if i % 2 else "header")
+            with self.lock:
+                self.log.append((t0, time.monotonic(), tok, what == "ok", what))
+            i += 1
+            self.stop_ev.wait(self.gap)
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.ts:
+            t.join(10)
+        return list(self.log)
+
+
+def failures(log, since=0.0, tokens=None):
+    return [e for e in log if e[0] >= since and not e[3] and (tokens is None or e[2] in tokens)]
+
+
+def rolling_restart(c, exit_times, up_times):
+    """SIGTERM, restart, next: every node in turn. Records how long each
+    node took to exit and to be seen up by HAProxy."""
+    for i in range(NODES):
+        node = c.nodes[i]
+        t0 = time.monotonic()
+        node.send_signal(signal.SIGTERM)
+        rc = node.wait(30 * TIME_SCALE)
+        exit_times.append(time.monotonic() - t0)
+        if rc is None:
+            raise AssertionError("node %d still running 30 s after SIGTERM" % (i + 1))
+        t1 = time.monotonic()
+        c.start_node(i)
+        wait_until(lambda: c.node_up(i), 20 * TIME_SCALE, interval=0.1)
+        up_times.append(time.monotonic() - t1)
+        # as an operator would: the next node goes once every token answers
+        wait_until(lambda: all(ask(c.lb_port, t, "path") == "ok" for t in c.tokens),
+                   10 * TIME_SCALE, interval=0.2)
+        time.sleep(1.0)
+
+
+class ClusterTest(E2ETestCase):
+    def setUp(self):
+        why = haproxy_missing()
+        if why:
+            self.skipTest(why)
+        super().setUp()
+        self.c = Cluster()
+        self.addCleanup(self.c.close)
+
+    def test_every_token_in_every_form(self):
+        c = self.c
+        # the Origin form: every tunnel's handshake put its token in the table
+        self.assertEqual(sorted(c.table()), sorted(c.tokens))
+        for tok in c.tokens:
+            for form in ("path", "header"):
+                self.assertEqual(ask(c.lb_port, tok, form), "ok", "%s by %s" % (tok, form))
+
+    def test_node_loss_and_return(self):
+        c = self.c
+        where = c.table()
+        victim = collections.Counter(where.values()).most_common(1)[0][0]
+        affected = {t for t, n in where.items() if n == victim}
+        load = Load(c.lb_port, c.tokens)
+        try:
+            time.sleep(0.5)  # some traffic before
+            t_kill = time.monotonic()
+            c.nodes[victim].kill()
+            # every affected token answers again (a request started after
+            # the kill answered by its own backend), no client restarted
+            def recovered():
+                with load.lock:
+                    ok = {e[2] for e in load.log if e[0] >= t_kill and e[3]}
+                return affected <= ok
+            self.assertTrue(wait_until(recovered, 10 * TIME_SCALE),
+                            "affected tokens not back after 10 s\n" + c.describe())
+            with load.lock:
+                back = {}
+                for t0, t1, tok, ok, _ in load.log:
+                    if t0 >= t_kill and ok and tok in affected:
+                        back[tok] = min(back.get(tok, 1e9), t1 - t_kill)
+            worst = max(back.values())
+            sys.stderr.write("node loss: %d tokens affected, all back within %.2f s\n"
+                             % (len(affected), worst))
+            self.assertLessEqual(worst, 2.0 * TIME_SCALE, back)
+            # node return: restarted empty, seen up, and nothing black-holed
+            t_back = time.monotonic()
+            c.start_node(victim)
+            self.assertTrue(wait_until(lambda: c.node_up(victim), 8 * TIME_SCALE, 0.1))
+            time.sleep(2.0)  # traffic while the table and the ring change
+        finally:
+            log = load.stop()
+        bad = failures(log, tokens=set(c.tokens) - affected)
+        self.assertEqual(bad, [], "unaffected tokens failed")
+        late = failures(log, since=t_back)
+        self.assertEqual(late, [], "requests failed after the node returned")
+        self.assertTrue(all(ask(c.lb_port, t, "path") == "ok" for t in c.tokens))
+        sys.stderr.write("node loss: %d of %d requests after the kill failed\n"
+                         % (len(failures(log, since=t_kill)),
+                            len([e for e in log if e[0] >= t_kill])))
+
+    def test_rolling_restart_under_load(self):
+        c = self.c
+        load = Load(c.lb_port, c.tokens)
+        exit_times, up_times = [], []
+        try:
+            rolling_restart(c, exit_times, up_times)
+            time.sleep(0.5)
+        finally:
+            log = load.stop()
+        bad = failures(log)
+        sys.stderr.write("rolling restart: %d of %d requests failed; exits %s s, up %s s\n"
+                         % (len(bad), len(log), ["%.1f" % t for t in exit_times],
+                            ["%.1f" % t for t in up_times]))
+        for t in exit_times:
+            self.assertLessEqual(t, 12.0 * TIME_SCALE)
+        for t in up_times:
+            self.assertLessEqual(t, 8.0 * TIME_SCALE)
+        self.assertGreater(len(log), 100)
+        self.assertEqual(bad, [], "%d of %d requests failed" % (len(bad), len(log)))
+        self.assertTrue(all(ask(c.lb_port, t, "path") == "ok" for t in c.tokens))
+
+
+def measure(argv):
+    go = "--go" in argv
+    flags = None
+    if "--node-flags" in argv:
+        flags = argv[argv.index("--node-flags") + 1].split()
+    cfg = HAPROXY_CFG
+    if "--balance" in argv:  # the shipped file with another balance line
+        with open(HAPROXY_CFG) as f:
+            text = f.read().replace("balance hash var(txn.tok)",
+                                    "balance " + argv[argv.index("--balance") + 1])
+        cfg = "/tmp/wstun-cluster-%d.cfg" % os.getpid()
+        with open(cfg, "w") as f:
+            f.write(text)
+    c = Cluster(node_flags=flags, go_client=go, cfg=cfg)
+    try:
+        load = Load(c.lb_port, c.tokens)
+        exit_times, up_times = [], []
+        try:
+            rolling_restart(c, exit_times, up_times)
+            time.sleep(0.5)
+        finally:
+            log = load.stop()
+        bad = failures(log)
+        whats = collections.Counter(e[4] for e in bad)
+        t_start = log[0][0] if log else 0
+        for e in bad[:40]:
+            print("  failed at %.2f s after %.2f s: %s" % (e[0] - t_start, e[1] - e[0], e[4]))
+        print("  by answer: %r" % dict(whats))
+        print("rolling restart (%s client, node flags %r, %s): %d of %d requests failed; "
+              "exits %s s, up %s s"
+              % ("Go" if go else "wstuncli", c.node_flags,
+                 "balance " + argv[argv.index("--balance") + 1] if "--balance" in argv
+                 else "shipped haproxy.cfg", len(bad), len(log),
+                 ["%.1f" % t for t in exit_times], ["%.1f" % t for t in up_times]))
+    finally:
+        c.close()
+
+
+if __name__ == "__main__":
+    if "--measure" in sys.argv:
+        measure(sys.argv)
+    else:
+        main()
