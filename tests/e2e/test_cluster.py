@@ -22,9 +22,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (CLI_BIN, HOST, SRV_BIN, TIME_SCALE, Backend, E2ETestCase,  # noqa: E402
-                     Proc, check_binaries, free_port, get, main, make_token,
-                     wait_until)
+from harness import (CLI_BIN, HOST, SRV_BIN, TIME_SCALE, Background, Backend,  # noqa: E402
+                     E2ETestCase, Proc, check_binaries, free_port, get, main, make_token,
+                     stats_tunnels, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HAPROXY_CFG = os.path.join(HERE, "..", "..", "examples", "cluster", "haproxy.cfg")
@@ -319,16 +319,77 @@ class ClusterTest(E2ETestCase):
         self.assertTrue(all(ask(c.lb_port, t, "path") == "ok" for t in c.tokens))
 
 
+class NodeSide(E2ETestCase):
+    """What one node does for a cluster, without a balancer."""
+
+    def test_drain_answers_503_to_health_checks_while_serving(self):
+        srv, cli, be, tok = self.tunnel("-drain-wait", "1500")
+        self.assertStatus(get(srv.port, "/_health_check"), 200)  # a balancer watches
+        srv.send_signal(signal.SIGTERM)
+        self.assertTrue(srv.wait_stderr(r"drain: /_health_check answers 503", 5 * TIME_SCALE))
+        r = get(srv.port, "/_health_check")
+        self.assertStatus(r, 503)
+        self.assertEqual(r.body, b"WSTUNSRV DRAINING\n")
+        r = get(srv.port, "/_token/%s/name" % tok)  # still served meanwhile
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, tok.encode())
+        self.assertEqual(srv.wait(15 * TIME_SCALE), 0)
+        self.assertTrue(srv.wait_stderr(r"drain: the balancer had its time", 1))
+
+    def test_no_drain_wait_when_nothing_checks_health(self):
+        srv, cli, be, tok = self.tunnel("-drain-wait", "30000")
+        srv.send_signal(signal.SIGTERM)
+        # stops as a lone server does: far sooner than the 30 s wait
+        self.assertEqual(srv.wait(8 * TIME_SCALE), 0, srv.describe())
+        self.assertNotIn("drain:", srv.stderr_text())
+
+    def test_request_waits_for_its_tokens_tunnel(self):
+        be = self.backend()
+        srv = self.server("-unknown-token-wait", "8000")
+        tok = make_token()
+        pending = Background(get, srv.port, "/_token/%s/name" % tok, timeout=20)
+        time.sleep(0.5)  # the request is there before the tunnel
+        self.client(srv, tok, server_url=be.url)
+        r = pending.result(20 * TIME_SCALE)
+        self.assertStatus(r, 200)
+        self.assertEqual(r.body, tok.encode())
+
+    def test_no_tunnel_in_time_is_404(self):
+        srv = self.server("-unknown-token-wait", "300")
+        r = get(srv.port, "/_token/%s/name" % make_token(), timeout=20)
+        self.assertStatus(r, 404)
+        self.assertBody(r, "Tunnel not found (or not seen in a long time)")
+        self.assertTrue(srv.wait_stderr(r"status=404: no tunnel came in 300 ms", 5))
+
+    def test_token_whose_tunnel_left_is_404_after_the_wait(self):
+        srv, cli, be, tok = self.tunnel("-unknown-token-wait", "300", "-httptimeout", "600")
+        cli.kill()
+        wait_until(lambda: stats_tunnels(srv) == 0, 10 * TIME_SCALE)
+        # a lone server would hold it for its client (up to -httptimeout)
+        r = get(srv.port, "/_token/%s/name" % tok, timeout=20)
+        self.assertStatus(r, 404)
+
+    def test_without_the_flag_unknown_token_is_404_at_once(self):
+        srv = self.server()
+        self.assertStatus(get(srv.port, "/_token/%s/name" % make_token(), timeout=5), 404)
+        self.assertNotIn("no tunnel came", srv.stderr_text())
+
+
 def measure(argv):
     go = "--go" in argv
     flags = None
     if "--node-flags" in argv:
         flags = argv[argv.index("--node-flags") + 1].split()
     cfg = HAPROXY_CFG
-    if "--balance" in argv:  # the shipped file with another balance line
+    if "--balance" in argv or "--check-extra" in argv:  # the shipped file, changed
         with open(HAPROXY_CFG) as f:
-            text = f.read().replace("balance hash var(txn.tok)",
-                                    "balance " + argv[argv.index("--balance") + 1])
+            text = f.read()
+        if "--balance" in argv:
+            text = text.replace("balance hash var(txn.tok)",
+                                "balance " + argv[argv.index("--balance") + 1])
+        if "--check-extra" in argv:
+            text = text.replace("    option httpchk\n", "    option httpchk\n    %s\n"
+                                % argv[argv.index("--check-extra") + 1])
         cfg = "/tmp/wstun-cluster-%d.cfg" % os.getpid()
         with open(cfg, "w") as f:
             f.write(text)
@@ -347,6 +408,10 @@ def measure(argv):
         for e in bad[:40]:
             print("  failed at %.2f s after %.2f s: %s" % (e[0] - t_start, e[1] - e[0], e[4]))
         print("  by answer: %r" % dict(whats))
+        lat = sorted(e[1] - e[0] for e in log)
+        if lat:
+            print("  latency: median %.3f s, p99 %.3f s, max %.3f s"
+                  % (lat[len(lat) // 2], lat[int(len(lat) * 0.99)], lat[-1]))
         print("rolling restart (%s client, node flags %r, %s): %d of %d requests failed; "
               "exits %s s, up %s s"
               % ("Go" if go else "wstuncli", c.node_flags,

@@ -90,8 +90,8 @@ static const route_case cases[] = {
     {"", "CONNECT example.com:443 HTTP/1.1", WSTUN__ROUTE_ANSWER, 400,
      "Request target must be a path", 0, 0, NULL, NULL},
     /* base path edges */
-    {"/wst", "GET /wst/_health_check HTTP/1.1", WSTUN__ROUTE_ANSWER, 200,
-     "WSTUNSRV", 0, 0, NULL, NULL},
+    {"/wst", "GET /wst/_health_check HTTP/1.1", WSTUN__ROUTE_HEALTH, 0, NULL, 0,
+     0, NULL, NULL},
     {"/wst", "GET /_health_check HTTP/1.1", WSTUN__ROUTE_ANSWER, 404,
      "404 page not found\n", 0, 0, NULL, NULL},
     {"/wst", "GET /wstx/_health_check HTTP/1.1", WSTUN__ROUTE_ANSWER, 404,
