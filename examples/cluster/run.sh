@@ -53,6 +53,7 @@ for n in 1 2 3; do
   port=$(free_port)
   nodes+=("$port")
   "$srv_bin" -host 127.0.0.1 -port "$port" -unknown-token-wait 3000 \
+    -trusted-proxies 127.0.0.1 \
     >"$work/node$n.log" 2>&1 &
   pids+=($!)
   wait_port "$port"
