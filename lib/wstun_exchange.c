@@ -207,13 +207,11 @@ static void on_deadline(uv_timer_t *t);
 static int tunnel_wait_over(wstun__exchange *ex) {
   if (ex->tunnel_wait_end == 0)
     return 0;
-  int waiting =
-      ex->state == WSTUN__EX_READING || ex->state == WSTUN__EX_QUEUED;
+  int waiting = ex->state == WSTUN__EX_READING || ex->state == WSTUN__EX_QUEUED;
   if (waiting && uv_now(ex->srv->loop) >= ex->tunnel_wait_end) {
     wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
                "HTTP RET token=%s status=404: no tunnel came in %llu ms",
-               ex->token_prefix,
-               (unsigned long long)ex->srv->tunnel_wait_ms);
+               ex->token_prefix, (unsigned long long)ex->srv->tunnel_wait_ms);
     wstun__exchange_fail(ex, 404,
                          "Tunnel not found (or not seen in a long time)");
     return 1;

@@ -47,8 +47,8 @@ void wstun_server_drain(wstun_server *srv, unsigned wait_ms, unsigned grace_ms,
   if (srv == NULL || srv->closing || srv->drain)
     return;
   uint64_t now = uv_now(srv->loop);
-  int watched = srv->health_checked_ms != 0 &&
-                now - srv->health_checked_ms < WATCHED_MS;
+  int watched =
+      srv->health_checked_ms != 0 && now - srv->health_checked_ms < WATCHED_MS;
   wstun__drain *d = wait_ms && watched ? wstun__calloc(1, sizeof(*d)) : NULL;
   if (d == NULL) {
     wstun_server_close(srv, grace_ms, cb, user_data);
