@@ -12,7 +12,7 @@
 
 typedef struct wstun__drain {
   uv_timer_t timer;
-  wstun_server *srv; /* NULL once cancelled */
+  wstun_server *srv;
   unsigned grace_ms;
   wstun_server_close_cb cb;
   void *ud;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a whole wstun cluster on this machine, on loopback, to try it out:
 # HAProxy (examples/cluster/haproxy.cfg) in front of 3 wstunsrv nodes, and
-# 3 wstuncli clients (tokens demo-token-1..3) each with a small backend.
+# 3 wstuncli clients (tokens demo-token-1-0123456789 .. 3-...) each with a small backend.
 # Ports are chosen at run time; the script prints what to try, then waits.
 # Ctrl-C (or SIGTERM) stops everything it started.
 #
@@ -73,12 +73,12 @@ for n in 1 2 3; do
   port=$(free_port)
   # a backend that says who it is
   mkdir -p "$work/www$n"
-  echo "hello from the backend of demo-token-$n" >"$work/www$n/index.html"
+  echo "hello from the backend of demo-token-$n-0123456789" >"$work/www$n/index.html"
   python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/www$n" \
     >"$work/backend$n.log" 2>&1 &
   pids+=($!)
   wait_port "$port"
-  "$cli_bin" -tunnel "ws://127.0.0.1:$lb" -token "demo-token-$n" \
+  "$cli_bin" -tunnel "ws://127.0.0.1:$lb" -token "demo-token-$n-0123456789" \
     -server "http://127.0.0.1:$port" >"$work/client$n.log" 2>&1 &
   pids+=($!)
 done
@@ -89,8 +89,8 @@ wstun cluster up: HAProxy on 127.0.0.1:$lb in front of wstunsrv nodes on
 ports ${nodes[*]} (pids ${pids[*]:0:3}).
 
 Try:
-  curl http://127.0.0.1:$lb/_token/demo-token-1/
-  curl -H 'X-Token: demo-token-2' http://127.0.0.1:$lb/
+  curl http://127.0.0.1:$lb/_token/demo-token-1-0123456789/
+  curl -H 'X-Token: demo-token-2-0123456789' http://127.0.0.1:$lb/
   curl http://127.0.0.1:$stats/               # HAProxy: which node is up
   echo "show table wstun_nodes" | socat stdio UNIX:$work/haproxy.sock
                                                 # token -> node, learnt from /_tunnel

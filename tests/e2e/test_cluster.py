@@ -9,7 +9,10 @@ Skipped, saying why, when haproxy is not installed (.ci/install-deps.sh
 Run as a script to measure instead of test:
   python3 test_cluster.py --measure rolling [--go] [--node-flags "..."]
 prints failed/total requests of one rolling restart (--go: the Go
-wstunnel client, /tmp/wstunnel-go-ref/wstunnel, instead of wstuncli)."""
+wstunnel client, /tmp/wstunnel-go-ref/wstunnel, instead of wstuncli, with
+the flags in $WSTUN_CLUSTER_GO_FLAGS; --balance ALGO: another balance line
+in the shipped haproxy.cfg; --check-extra LINE: one more health-check line,
+e.g. "http-check disable-on-404")."""
 
 import collections
 import http.client
@@ -103,6 +106,7 @@ class Cluster:
         url = "ws://%s:%d" % (HOST, self.lb_port)
         if self.go_client:
             argv = [GO_BIN, "cli", "-tunnel", url, "-token", tok, "-server", be.url]
+            argv += os.environ.get("WSTUN_CLUSTER_GO_FLAGS", "").split()
         else:
             argv = [CLI_BIN, "-tunnel", url, "-token", tok, "-server", be.url]
         c = Proc(argv, name=("go-cli-" if self.go_client else "wstuncli-") + tok[:8])
