@@ -25,8 +25,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (CLI_BIN, HOST, SRV_BIN, TIME_SCALE, Background, Backend,  # noqa: E402
-                     E2ETestCase, Proc, check_binaries, free_port, get, main, make_token,
+from harness import (CLI_BIN, HOST, SANITIZER_RX, SRV_BIN, TIME_SCALE, Background,  # noqa: E402
+                     Backend, E2ETestCase, Proc, check_binaries, free_port, get, main, make_token,
                      stats_tunnels, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -114,6 +114,8 @@ class Cluster:
         return c
 
     def close(self):
+        """Stops everything; returns the processes that printed a sanitizer
+        report (ASan, UBSan, valgrind) at any time."""
         for p in reversed(self.procs):
             p.stop(signal.SIGTERM, grace=15)
         for be in self.backends:
@@ -122,6 +124,7 @@ class Cluster:
             os.unlink(self.sock)
         except OSError:
             pass
+        return [p for p in self.procs if SANITIZER_RX.search(p.stderr_text())]
 
     def describe(self):
         return "\n".join(p.describe() for p in self.procs[-40:])
@@ -229,8 +232,10 @@ def rolling_restart(c, exit_times, up_times):
         node.send_signal(signal.SIGTERM)
         rc = node.wait(30 * TIME_SCALE)
         exit_times.append(time.monotonic() - t0)
-        if rc is None:
-            raise AssertionError("node %d still running 30 s after SIGTERM" % (i + 1))
+        if rc != 0:
+            raise AssertionError("node %d: %s after SIGTERM\n%s" % (
+                i + 1, "still running 30 s" if rc is None else "exit status %d" % rc,
+                node.describe()))
         t1 = time.monotonic()
         c.start_node(i)
         wait_until(lambda: c.node_up(i), 20 * TIME_SCALE, interval=0.1)
@@ -248,7 +253,12 @@ class ClusterTest(E2ETestCase):
             self.skipTest(why)
         super().setUp()
         self.c = Cluster()
-        self.addCleanup(self.c.close)
+        self.addCleanup(self._close_cluster)
+
+    def _close_cluster(self):
+        bad = self.c.close()
+        if bad and not self._failed():
+            self.fail("sanitizer report:\n" + "\n".join(p.describe() for p in bad))
 
     def test_every_token_in_every_form(self):
         c = self.c
