@@ -172,7 +172,10 @@ class Cluster:
         return out
 
 
-def ask(port, tok, form, timeout=5.0):
+ASK_TIMEOUT = float(os.environ.get("WSTUN_CLUSTER_ASK_TIMEOUT", "5"))
+
+
+def ask(port, tok, form, timeout=ASK_TIMEOUT):
     """One request for tok through the balancer: "ok" when the token's own
     backend answered, else what came back instead."""
     try:
