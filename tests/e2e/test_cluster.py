@@ -347,6 +347,7 @@ class NodeSide(E2ETestCase):
         r = get(srv.port, "/_health_check")
         self.assertStatus(r, 503)
         self.assertEqual(r.body, b"WSTUNSRV DRAINING\n")
+        self.assertIn(b"\nwstun_draining 1\n", get(srv.port, "/metrics").body)
         r = get(srv.port, "/_token/%s/name" % tok)  # still served meanwhile
         self.assertStatus(r, 200)
         self.assertEqual(r.body, b"backend")
