@@ -14,10 +14,11 @@ PACKAGES=(
 # runtime (libFuzzer, sanitizers) run the fuzz targets, openssl (the CLI)
 # makes the TLS tests' certificates and tinyproxy is their CONNECT proxy;
 # valgrind runs a subset of the end-to-end tests (tests/valgrind.sh);
-# systemd brings systemd-analyze, which verifies the units (install test).
+# systemd brings systemd-analyze, which verifies the units (install test);
+# haproxy is the balancer of the cluster test (tests/e2e/test_cluster.py).
 if [ "${1:-}" = "--tests" ]; then
   PACKAGES+=(prometheus man-db clang libclang-rt-14-dev openssl tinyproxy
-             valgrind systemd)
+             valgrind systemd haproxy)
 fi
 
 missing=()

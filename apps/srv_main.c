@@ -18,6 +18,9 @@
 #include "app_secret.h"
 
 #define GRACE_MS 10000
+/* -drain-wait's default: HAProxy's checks in examples/cluster/haproxy.cfg
+ * (inter 500, fall 2) take a node out within 1.5 s of its first 503 */
+#define DRAIN_WAIT_MS 2000
 
 /* What the flags and the -config file say: read at start, and again on
  * each SIGHUP with -config into a new one (the command line still wins).
@@ -30,6 +33,7 @@ typedef struct srv_settings {
   int log_pretty, check_config;
   app_ops ops;
   uint64_t max_header, max_body;
+  int drain_wait_ms, unknown_token_wait_ms;
   app_config conf;
   /* secrets from files: kept out of the process list */
   char passwords[65536];
@@ -50,6 +54,7 @@ typedef struct srv_app {
   uv_signal_t sigint, sigterm;
   app_reopen reopen;
   int stopping;
+  int drain_wait_ms;
 } srv_app;
 
 static void on_server_closed(wstun_server *srv, void *ud) {
@@ -71,7 +76,15 @@ static void on_signal(uv_signal_t *h, int signum) {
   app_log(NULL, WSTUN_LOG_INFO,
           signum == SIGINT ? "SIGINT: stopping (in-flight requests finish)"
                            : "SIGTERM: stopping (in-flight requests finish)");
-  wstun_server_close(app->srv, GRACE_MS, on_server_closed, app);
+  if (signum == SIGINT) {
+    wstun_server_close(app->srv, GRACE_MS, on_server_closed, app);
+    return;
+  }
+  /* behind a balancer: out of its rotation first (skipped by the library
+   * when nothing checks /_health_check), within the same 10 s or so */
+  unsigned wait = (unsigned)app->drain_wait_ms;
+  wstun_server_drain(app->srv, wait, wait < GRACE_MS ? GRACE_MS - wait : 1000,
+                     on_server_closed, app);
 }
 
 /* -tls-cert/-tls-key: both or neither, readable, and the key kept from
@@ -180,6 +193,15 @@ static void srv_flags(srv_settings *s, app_flag flags[SRV_MAXFLAGS]) {
       {"tls-key", FLAG_STR, &s->cfg.tls_key_file, "FILE",
        "the certificate's PEM key (not world-readable; SIGHUP reloads both)", 0,
        -1},
+      {"drain-wait", FLAG_INT, &s->drain_wait_ms, "MS",
+       "on SIGTERM, answer /_health_check 503 for MS ms while serving, so a "
+       "balancer takes the node out first (default 2000; only when "
+       "something checked /_health_check in the last 10 s; 0 = never)",
+       0, 60000},
+      {"unknown-token-wait", FLAG_INT, &s->unknown_token_wait_ms, "MS",
+       "for a node of a cluster: a request for a token with no tunnel here "
+       "waits up to MS ms for one, then 404 (default 0: 404 at once)",
+       0, 60000},
       {"log-level", FLAG_STR, &s->log_level, "LEVEL",
        "error, warn, info or debug", 0, -1},
       {"log-pretty", FLAG_BOOL, &s->log_pretty, "",
@@ -226,6 +248,7 @@ static size_t srv_settings_read(srv_settings *s, const char *prog, int argc,
   wstun_server_config_init(&s->cfg);
   s->ops = (app_ops)APP_OPS_INIT;
   s->log_level = "info";
+  s->drain_wait_ms = DRAIN_WAIT_MS;
   s->max_header = s->cfg.max_header_bytes;
   app_config_init(&s->conf);
   app_flag flags[SRV_MAXFLAGS];
@@ -304,6 +327,7 @@ static int srv_settings_secrets(srv_settings *s, char *err, size_t n) {
   }
   s->cfg.max_header_bytes = (size_t)s->max_header;
   s->cfg.max_body_bytes = s->max_body;
+  s->cfg.unknown_token_wait_ms = (unsigned)s->unknown_token_wait_ms;
   s->cfg.log_record_cb = app_log_record;
   s->cfg.access_log = s->ops.access_log;
   return 0;
@@ -435,8 +459,10 @@ static void reload(srv_app *app) {
     int rc = wstun_server_reload(app->srv, &s->cfg);
     if (rc != 0)
       reload_error(s, rc);
-    else
+    else {
       set_tls_files(app, s->cfg.tls_cert_file, s->cfg.tls_key_file);
+      app->drain_wait_ms = s->drain_wait_ms;
+    }
   }
   if (s->conf.nerrors > 0) {
     app_config_each_error(&s->conf, app->prog, log_error_line, NULL);
@@ -513,6 +539,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   app.argv = argv;
   app.first = first;
   app.boot = s;
+  app.drain_wait_ms = s->drain_wait_ms;
   app.loop = uv_default_loop();
   set_tls_files(&app, cfg->tls_cert_file, cfg->tls_key_file);
   /* handlers first: a signal sent as soon as "listening on" shows waits in

@@ -289,8 +289,11 @@ int wstun__admin_metrics(wstun_server *srv, wstun__buf *out) {
       "# HELP wstun_connections_refused_total Connections answered 503 "
       "over a connection cap.\n"
       "# TYPE wstun_connections_refused_total counter\n"
-      "wstun_connections_refused_total %llu\n",
+      "wstun_connections_refused_total %llu\n"
+      "# HELP wstun_draining 1 while the server drains (/_health_check "
+      "answers 503 before it stops), else 0.\n"
+      "# TYPE wstun_draining gauge\nwstun_draining %d\n",
       srv->nconns, srv->max_conns, srv->max_conns_per_ip,
-      (unsigned long long)srv->refused_total);
+      (unsigned long long)srv->refused_total, srv->drain != NULL);
   return rc ? WSTUN_ENOMEM : 0;
 }

@@ -199,8 +199,37 @@ void wstun__exchange_tunnel_lost(wstun__exchange *ex) {
 
 /* ---- the deadline and the stall watches --------------------------------- */
 
+static uint64_t deadline_left(wstun__exchange *ex);
+static void on_deadline(uv_timer_t *t);
+
+/* Cluster nodes: the request waited its time for its token's tunnel
+ * (answered 404, returns 1), or it got one and the usual deadline is
+ * armed again (returns 1 unless that is over too). */
+static int tunnel_wait_over(wstun__exchange *ex) {
+  if (ex->tunnel_wait_end == 0)
+    return 0;
+  int waiting = ex->state == WSTUN__EX_READING || ex->state == WSTUN__EX_QUEUED;
+  if (waiting && uv_now(ex->srv->loop) >= ex->tunnel_wait_end) {
+    wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
+               "HTTP RET token=%s status=404: no tunnel came in %llu ms",
+               ex->token_prefix, (unsigned long long)ex->srv->tunnel_wait_ms);
+    wstun__exchange_fail(ex, 404,
+                         "Tunnel not found (or not seen in a long time)");
+    return 1;
+  }
+  if (!waiting)
+    ex->tunnel_wait_end = 0;
+  uint64_t left = deadline_left(ex);
+  if (left == 0)
+    return 0;
+  set_timer(ex, left, on_deadline);
+  return 1;
+}
+
 static void on_deadline(uv_timer_t *t) {
   wstun__exchange *ex = t->data;
+  if (tunnel_wait_over(ex))
+    return;
   wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
              "HTTP RET token=%s id=%04x status=504: no response in time",
              ex->token_prefix, ex->reg.id);
@@ -209,6 +238,9 @@ static void on_deadline(uv_timer_t *t) {
 
 static uint64_t deadline_left(wstun__exchange *ex) {
   uint64_t end = ex->start_ms + ex->srv->http_timeout_ms;
+  if (ex->tunnel_wait_end != 0 && ex->tunnel_wait_end < end &&
+      (ex->state == WSTUN__EX_READING || ex->state == WSTUN__EX_QUEUED))
+    end = ex->tunnel_wait_end;
   uint64_t now = uv_now(ex->srv->loop);
   return end > now ? end - now : 0;
 }
@@ -355,6 +387,8 @@ int wstun__exchange_start(wstun__exchange *ex, wstun__http_head *h,
   snprintf(ex->peer, sizeof(ex->peer), "%s", peer);
   *expect = 0;
   wstun__token *t = wstun__registry_find_token(srv, tok, toklen);
+  if (t == NULL && srv->tunnel_wait_ms)
+    t = wstun__registry_expect_token(srv, tok, toklen); /* NULL: 404 */
   char tmp[12];
   char *tokz = wstun__strndup(tok, toklen);
   wstun__redact(tokz ? tokz : "", tmp);
@@ -385,7 +419,10 @@ int wstun__exchange_start(wstun__exchange *ex, wstun__http_head *h,
              "HTTP RCV token=%s verb=%s url=%s addr=%s", ex->token_prefix,
              llhttp_method_name((llhttp_method_t)h->method),
              wstun__http_head_target(h), ex->peer);
-  set_timer(ex, srv->http_timeout_ms, on_deadline);
+  ex->tunnel_wait_end = 0;
+  if (srv->tunnel_wait_ms && t->ntunnels == 0)
+    ex->tunnel_wait_end = ex->start_ms + srv->tunnel_wait_ms;
+  set_timer(ex, deadline_left(ex), on_deadline);
   return 0;
 }
 

@@ -85,6 +85,9 @@ struct wstun__exchange {
   uint64_t stall_mark, stall_since;
   uint64_t start_ms;
   int has_id; /* reg.id was given (the request went onto a tunnel) */
+  /* a node of a cluster (srv->tunnel_wait_ms): until this uv_now ms the
+   * request may wait for its token's tunnel, then 404; 0 = no such wait */
+  uint64_t tunnel_wait_end;
   char token_prefix[12];
   char peer[64]; /* the requester's address, for /admin and accounting */
 };
@@ -106,7 +109,9 @@ void wstun__exchange_reset(wstun__exchange *ex, const wstun__http_head *h);
  * extended with peer_ip) and starts the deadline. 0 when under way (and
  * *expect says whether the requester waits for a 100 Continue), else the
  * status of an answer to give instead, with *text (404: unknown token,
- * 503: out of memory). */
+ * 503: out of memory). With srv->tunnel_wait_ms, a token with no tunnel
+ * here (an unknown one is added) gets that long for one to arrive before
+ * the request is answered 404. */
 int wstun__exchange_start(wstun__exchange *ex, wstun__http_head *h,
                           const char *tok, size_t toklen, const char *target,
                           size_t tlen, const char *peer_ip, const char *peer,

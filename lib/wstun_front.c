@@ -406,6 +406,18 @@ static void requester_ip(wstun__front *f, const wstun__http_head *h, char *out,
   out[0] = '\0';
 }
 
+/* 503 while the server drains (wstun_server_drain.c), so that a balancer
+ * takes the node out while it still serves; every check is noted, since
+ * a drain waits only when a balancer is watching. */
+static void route_health(wstun__front *f) {
+  wstun_server *srv = f->srv;
+  srv->health_checked_ms = uv_now(srv->loop);
+  if (srv->drain != NULL)
+    local_answer(f, 503, "WSTUNSRV DRAINING\n");
+  else
+    local_answer(f, 200, "WSTUNSRV RUNNING\n");
+}
+
 /* Full detail only to a requester on this host. */
 static int route_stats(wstun__front *f, const wstun__http_head *h) {
   char ip[64];
@@ -520,6 +532,9 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   switch (d.kind) {
   case WSTUN__ROUTE_UPGRADE:
     f->upgrade = 1;
+    break;
+  case WSTUN__ROUTE_HEALTH:
+    route_health(f);
     break;
   case WSTUN__ROUTE_STATS:
     route_stats(f, h);

@@ -143,6 +143,14 @@ static wstun__token *get_or_add_token(wstun_server *srv, const char *name) {
   return t;
 }
 
+wstun__token *wstun__registry_expect_token(wstun_server *srv, const char *name,
+                                           size_t len) {
+  char *z = wstun__strndup(name, len);
+  wstun__token *t = z ? get_or_add_token(srv, z) : NULL;
+  wstun__free(z);
+  return t;
+}
+
 static void remove_token(wstun_server *srv, wstun__token *t) {
   wstun__token **pp =
       &srv->buckets[hash_token(t->name, strlen(t->name)) % srv->nbuckets];

@@ -32,6 +32,11 @@ typedef struct wstun__reg_entry_cbs {
 /* ---- tokens ---- */
 wstun__token *wstun__registry_find_token(wstun_server *srv, const char *name,
                                          size_t len);
+/* The token, added with no tunnel when unknown, so that a request can
+ * wait for its tunnel (srv->tunnel_wait_ms: a node of a cluster). NULL
+ * when out of memory. Forgotten like any token without a client. */
+wstun__token *wstun__registry_expect_token(wstun_server *srv, const char *name,
+                                           size_t len);
 /* Exchanges queued for the token or in flight on its tunnels. */
 size_t wstun__token_pending(const wstun__token *t);
 /* The tunnel listed first for the token (the latest), or NULL. */

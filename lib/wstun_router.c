@@ -128,7 +128,7 @@ void wstun__route_request(const char *base, size_t blen,
   /* the Go server's own endpoints are never tunneled, even with X-Token;
    * /metrics is ours, and with X-Token it is a backend's, as in Go */
   if (IS_PATH("/_health_check")) {
-    answer(d, 200, "WSTUNSRV RUNNING\n");
+    d->kind = WSTUN__ROUTE_HEALTH; /* 200, or 503 while draining */
     return;
   }
   if (IS_PATH("/_stats")) {

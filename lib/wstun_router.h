@@ -30,6 +30,7 @@ int wstun__route_target(const char *base, size_t blen, const char *target,
 typedef enum {
   WSTUN__ROUTE_ANSWER = 0, /* a fixed answer: status and text */
   WSTUN__ROUTE_UPGRADE,    /* /_tunnel: a tunnel client's handshake */
+  WSTUN__ROUTE_HEALTH,     /* /_health_check */
   WSTUN__ROUTE_STATS,      /* /_stats */
   WSTUN__ROUTE_MONITORING, /* /admin/monitoring */
   WSTUN__ROUTE_AUDITING,   /* /admin/auditing */

@@ -189,6 +189,7 @@ void wstun_server_close(wstun_server *srv, unsigned grace_ms,
                         wstun_server_close_cb cb, void *user_data) {
   if (srv == NULL || srv->closing)
     return;
+  wstun__server_drain_cancel(srv);
   srv->closing = WSTUN__SRV_DRAINING;
   srv->close_cb = cb;
   srv->close_ud = user_data;
@@ -242,6 +243,7 @@ static void set_limits(wstun_server *srv, const wstun_server_config *cfg) {
       1000;
   srv->max_header = cfg->max_header_bytes ? cfg->max_header_bytes : 64 * 1024;
   srv->max_body = cfg->max_body_bytes;
+  srv->tunnel_wait_ms = cfg->unknown_token_wait_ms;
   srv->header_timeout_ms =
       (uint64_t)(cfg->header_timeout_sec > 0 ? cfg->header_timeout_sec : 30) *
       1000;

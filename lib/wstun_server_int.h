@@ -136,7 +136,17 @@ struct wstun_server {
   int spare_busy, accept_waiting;
   wstun_server_close_cb close_cb;
   void *close_ud;
+  /* clusters (wstun_server_drain.c): requests for a token without a tunnel
+   * wait this long for one (0: the lone server's ways); the last
+   * /_health_check (uv_now ms, 0 = never); the drain under way, or NULL */
+  uint64_t tunnel_wait_ms;
+  uint64_t health_checked_ms;
+  struct wstun__drain *drain;
 };
+
+/* wstun_server_drain.c: a drain's wait cancelled by wstun_server_close().
+ * (wstun_front.c answers /_health_check: 503 while srv->drain is set.) */
+void wstun__server_drain_cancel(wstun_server *srv);
 
 /* wstun_admin.c: JSON documents of /admin/monitoring and /admin/auditing */
 int wstun__admin_monitoring(wstun_server *srv, wstun__buf *out);

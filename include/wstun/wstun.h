@@ -303,6 +303,13 @@ typedef struct wstun_server_config {
   void *log_user_data;
   wstun_log_record_cb log_record_cb; /* if set, called instead of log_cb */
   int access_log; /* 1 (default): the access log (see wstun_log_request) */
+  /* For a node of a cluster behind a balancer (README "Several nodes
+   * behind HAProxy"): a request for a token with no tunnel here (unknown,
+   * or its tunnels gone) waits at most this long for one to arrive, then
+   * is answered 404 "Tunnel not found". 0 (the default) keeps a lone
+   * server's answers: 404 at once for an unknown token; a known token's
+   * requests wait up to http_timeout_sec for its client to come back. */
+  unsigned unknown_token_wait_ms;
 } wstun_server_config;
 
 /* Fills *cfg with the defaults. Any thread. */
@@ -368,8 +375,9 @@ WSTUN_EXTERN int wstun_server_reload_tls(wstun_server *srv);
  *                    max_clients_per_token are not closed
  *   max_connections, max_connections_per_ip   for connections that come
  *                    next; none is closed
- *   http_timeout_sec, stall_timeout_sec   requests and watches that start
- *                    next; token_forget_sec at the next sweep
+ *   http_timeout_sec, stall_timeout_sec, unknown_token_wait_ms   requests
+ *                    and watches that start next; token_forget_sec at the
+ *                    next sweep
  *   max_header_bytes, max_body_bytes, header_timeout_sec,
  *   idle_timeout_sec   connections accepted from now on
  *   ws_timeout_sec   tunnels that connect from now on
@@ -456,6 +464,21 @@ typedef void (*wstun_server_close_cb)(wstun_server *srv, void *user_data);
  * uv_run() returns before uv_loop_close() or a memory check. A NULL `srv`
  * or a second call does nothing (the second `cb` never fires). */
 WSTUN_EXTERN void wstun_server_close(wstun_server *srv, unsigned grace_ms,
+                                     wstun_server_close_cb cb, void *user_data);
+
+/* Graceful stop of a node behind a balancer that health-checks it: from
+ * now on /_health_check answers 503 ("WSTUNSRV DRAINING") while every
+ * other request and tunnel is served as before, so that the balancer
+ * takes the node out while it still answers for its tokens. After
+ * `wait_ms` the stop goes on as wstun_server_close(srv, grace_ms, cb,
+ * user_data): tunnels close (their clients reconnect, through the
+ * balancer, to another node) once the requests under way are answered.
+ * The wait is skipped when no /_health_check came in the last 10 s (no
+ * balancer is watching) or wait_ms is 0. wstun_server_close() during the
+ * wait stops at once instead (its own cb then; this one never fires). A
+ * NULL `srv`, or a server already draining or closing, is left alone. */
+WSTUN_EXTERN void wstun_server_drain(wstun_server *srv, unsigned wait_ms,
+                                     unsigned grace_ms,
                                      wstun_server_close_cb cb, void *user_data);
 
 /* ---- client ------------------------------------------------------------ */

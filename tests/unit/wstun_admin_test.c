@@ -134,6 +134,7 @@ TEST(prometheus) {
   CHECK_LINE(&out, "wstun_max_connections 100");
   CHECK_LINE(&out, "wstun_max_connections_per_ip 10");
   CHECK_LINE(&out, "wstun_connections_refused_total 8");
+  CHECK_LINE(&out, "wstun_draining 0");
   /* every sample line is "name[{labels}] value" after its HELP and TYPE */
   const char *d = (const char *)wstun__buf_data(&out);
   CHECK(wstun__buf_size(&out) > 0 && d[wstun__buf_size(&out) - 1] == '\n');

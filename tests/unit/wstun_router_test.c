@@ -31,10 +31,11 @@ typedef struct {
 
 static const route_case cases[] = {
     /* the Go server's endpoints */
-    {"", "GET /_health_check HTTP/1.1", WSTUN__ROUTE_ANSWER, 200,
-     "WSTUNSRV RUNNING\n", 0, 0, NULL, NULL},
-    {"", "GET /_health_check?x=1 HTTP/1.1", WSTUN__ROUTE_ANSWER, 200,
-     "WSTUNSRV RUNNING", 0, 0, NULL, NULL},
+    /* the server answers it: 200, or 503 while draining */
+    {"", "GET /_health_check HTTP/1.1", WSTUN__ROUTE_HEALTH, 0, NULL, 0, 0,
+     NULL, NULL},
+    {"", "GET /_health_check?x=1 HTTP/1.1", WSTUN__ROUTE_HEALTH, 0, NULL, 0, 0,
+     NULL, NULL},
     {"", "GET /_stats HTTP/1.1", WSTUN__ROUTE_STATS, 0, NULL, 0, 0, NULL, NULL},
     {"", "GET /_tunnel HTTP/1.1", WSTUN__ROUTE_UPGRADE, 0, NULL, 0, 1, NULL,
      NULL},
@@ -50,8 +51,8 @@ static const route_case cases[] = {
     /* never tunneled, even with X-Token; /metrics is */
     {"", "GET /_stats HTTP/1.1\r\nX-Token: abc", WSTUN__ROUTE_STATS, 0, NULL, 0,
      0, NULL, NULL},
-    {"", "GET /_health_check HTTP/1.1\r\nX-Token: abc", WSTUN__ROUTE_ANSWER,
-     200, "WSTUNSRV", 0, 0, NULL, NULL},
+    {"", "GET /_health_check HTTP/1.1\r\nX-Token: abc", WSTUN__ROUTE_HEALTH, 0,
+     NULL, 0, 0, NULL, NULL},
     {"", "GET /metrics HTTP/1.1\r\nX-Token: abc", WSTUN__ROUTE_TUNNEL, 0, NULL,
      0, 0, "abc", "/metrics"},
     /* token routes */
@@ -89,8 +90,8 @@ static const route_case cases[] = {
     {"", "CONNECT example.com:443 HTTP/1.1", WSTUN__ROUTE_ANSWER, 400,
      "Request target must be a path", 0, 0, NULL, NULL},
     /* base path edges */
-    {"/wst", "GET /wst/_health_check HTTP/1.1", WSTUN__ROUTE_ANSWER, 200,
-     "WSTUNSRV", 0, 0, NULL, NULL},
+    {"/wst", "GET /wst/_health_check HTTP/1.1", WSTUN__ROUTE_HEALTH, 0, NULL, 0,
+     0, NULL, NULL},
     {"/wst", "GET /_health_check HTTP/1.1", WSTUN__ROUTE_ANSWER, 404,
      "404 page not found\n", 0, 0, NULL, NULL},
     {"/wst", "GET /wstx/_health_check HTTP/1.1", WSTUN__ROUTE_ANSWER, 404,

@@ -277,6 +277,74 @@ TEST(base_path_without_its_slashes) {
   CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
+static void count_closed(wstun_server *srv, void *ud) {
+  (void)srv;
+  (*(int *)ud)++;
+}
+
+static wstun_server *start_local(uv_loop_t *loop) {
+  wstun_server_config c;
+  wstun_server_config_init(&c);
+  c.host = "127.0.0.1";
+  c.port = 0;
+  wstun_server *srv = NULL;
+  CHECK_EQ_INT(wstun_server_start(loop, &c, &srv), 0);
+  return srv;
+}
+
+TEST(drain_answers_503_then_stops) {
+  uv_loop_t loop;
+  CHECK_EQ_INT(uv_loop_init(&loop), 0);
+  wstun_server *srv = start_local(&loop);
+  if (srv == NULL)
+    return;
+  int port = wstun_server_port(srv), closed = 0;
+  CHECK_EQ_INT(http_status(&loop, port, "/_health_check"), 200);
+  wstun_server_drain(srv, 300, 1000, count_closed, &closed);
+  wstun_server_drain(srv, 300, 1000, count_closed, &closed); /* ignored */
+  /* draining: the health check fails, everything else is as before */
+  CHECK_EQ_INT(http_status(&loop, port, "/_health_check"), 503);
+  CHECK_EQ_INT(http_status(&loop, port, "/_stats"), 200);
+  CHECK_EQ_INT(closed, 0);
+  uv_run(&loop, UV_RUN_DEFAULT); /* the wait, then the stop */
+  CHECK_EQ_INT(closed, 1);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+TEST(drain_without_a_watcher_stops_at_once) {
+  uv_loop_t loop;
+  CHECK_EQ_INT(uv_loop_init(&loop), 0);
+  wstun_server *srv = start_local(&loop);
+  if (srv == NULL)
+    return;
+  int closed = 0;
+  uv_update_time(&loop);
+  uint64_t t0 = uv_now(&loop);
+  /* nothing ever asked /_health_check: no balancer to wait for */
+  wstun_server_drain(srv, 60000, 1000, count_closed, &closed);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(closed, 1);
+  CHECK(uv_now(&loop) - t0 < 30000);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+TEST(close_during_a_drain_cancels_it) {
+  uv_loop_t loop;
+  CHECK_EQ_INT(uv_loop_init(&loop), 0);
+  wstun_server *srv = start_local(&loop);
+  if (srv == NULL)
+    return;
+  int drained = 0, closed = 0;
+  CHECK_EQ_INT(http_status(&loop, wstun_server_port(srv), "/_health_check"),
+               200);
+  wstun_server_drain(srv, 60000, 1000, count_closed, &drained);
+  wstun_server_close(srv, 0, count_closed, &closed);
+  uv_run(&loop, UV_RUN_DEFAULT); /* returns well before the minute */
+  CHECK_EQ_INT(closed, 1);
+  CHECK_EQ_INT(drained, 0);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
 TEST(listen_host_forms) {
   uv_loop_t loop;
   CHECK_EQ_INT(uv_loop_init(&loop), 0);
@@ -613,6 +681,9 @@ int main(int argc, char **argv) {
       T(configuration_errors),
       T(base_path_without_its_slashes),
       T(listen_host_forms),
+      T(drain_answers_503_then_stops),
+      T(drain_without_a_watcher_stops_at_once),
+      T(close_during_a_drain_cancels_it),
       T(start_fails_cleanly_at_every_allocation),
       T(reload_is_all_or_nothing),
       T(reload_closes_tunnels_whose_password_changed),
