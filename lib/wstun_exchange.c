@@ -42,7 +42,10 @@ static void release(wstun__exchange *ex) {
     wstun__http_parser_free(&ex->resp);
     ex->resp_init = 0;
   }
-  ex->reg.tok = NULL;
+  if (ex->reg.tok) {
+    wstun__registry_token_drop(ex->reg.tok);
+    ex->reg.tok = NULL;
+  }
   uv_timer_stop(&ex->timer);
 }
 
@@ -411,6 +414,7 @@ int wstun__exchange_start(wstun__exchange *ex, wstun__http_head *h,
     return 503;
   }
   ex->reg.tok = t;
+  wstun__registry_token_hold(t);
   t->last_activity = uv_now(srv->loop);
   ex->tries = 0;
   ex->state = WSTUN__EX_READING;

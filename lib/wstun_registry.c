@@ -151,6 +151,15 @@ wstun__token *wstun__registry_expect_token(wstun_server *srv, const char *name,
   return t;
 }
 
+void wstun__registry_token_hold(wstun__token *t) {
+  t->users++;
+}
+
+void wstun__registry_token_drop(wstun__token *t) {
+  if (t->users > 0)
+    t->users--;
+}
+
 static void remove_token(wstun_server *srv, wstun__token *t) {
   wstun__token **pp =
       &srv->buckets[hash_token(t->name, strlen(t->name)) % srv->nbuckets];
@@ -629,6 +638,7 @@ int wstun__registry_add_tunnel(wstun_server *srv, const char *token,
   st->ip = ip;
   wstun__conn_flush(conn);
   st->tok = tok;
+  tok->had_tunnel = 1;
   wstun__list_push_front(&tok->tunnels, &st->link);
   tok->ntunnels++;
   tok->last_seen = uv_now(srv->loop);
@@ -687,14 +697,19 @@ void wstun__registry_sweep(wstun_server *srv) {
     wstun__token *t = srv->buckets[i];
     while (t) {
       wstun__token *next = t->hnext;
-      if (t->ntunnels == 0 && now - t->last_seen >= srv->forget_ms) {
+      /* made for a request that waited in vain: gone once nothing waits */
+      int unused = !t->had_tunnel && t->users == 0 && t->nqueued == 0;
+      if (t->ntunnels == 0 &&
+          (unused || now - t->last_seen >= srv->forget_ms)) {
         char red[12];
-        wstun__log(&srv->log, WSTUN_LOG_INFO,
+        wstun__log(&srv->log, unused ? WSTUN_LOG_DEBUG : WSTUN_LOG_INFO,
                    "token=%s forgotten after %llu s without a client",
                    wstun__redact(t->name, red),
                    (unsigned long long)((now - t->last_seen) / 1000));
         fail_queue(t, 404, "Tunnel not found (or not seen in a long time)");
-        remove_token(srv, t);
+        /* a request still uploading its body holds it: next sweep */
+        if (t->users == 0)
+          remove_token(srv, t);
       }
       t = next;
     }

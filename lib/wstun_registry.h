@@ -37,6 +37,12 @@ wstun__token *wstun__registry_find_token(wstun_server *srv, const char *name,
  * when out of memory. Forgotten like any token without a client. */
 wstun__token *wstun__registry_expect_token(wstun_server *srv, const char *name,
                                            size_t len);
+/* An exchange holds the token it points at, from wstun__exchange_start
+ * until it ends: the sweep frees no held token. A token that never had a
+ * tunnel (made by _expect_token) is swept as soon as nothing holds it, so
+ * requests for made-up tokens cannot pile tokens up. */
+void wstun__registry_token_hold(wstun__token *t);
+void wstun__registry_token_drop(wstun__token *t);
 /* Exchanges queued for the token or in flight on its tunnels. */
 size_t wstun__token_pending(const wstun__token *t);
 /* The tunnel listed first for the token (the latest), or NULL. */

@@ -52,9 +52,13 @@ static void sweep_tokens(uv_timer_t *timer) {
 }
 
 /* How often forgotten tokens are looked for: a quarter of forget_ms,
- * within 1 s .. 60 s. */
+ * within 1 s .. 60 s; on a node of a cluster at least every
+ * unknown_token_wait (the tokens made for requests that waited in vain go
+ * then, so made-up tokens cannot pile up). */
 static uint64_t sweep_every(const wstun_server *srv) {
   uint64_t every = srv->forget_ms / 4 < 1000 ? 1000 : srv->forget_ms / 4;
+  if (srv->tunnel_wait_ms && every > srv->tunnel_wait_ms)
+    every = srv->tunnel_wait_ms < 1000 ? 1000 : srv->tunnel_wait_ms;
   return every > 60000 ? 60000 : every;
 }
 
@@ -570,9 +574,9 @@ int wstun_server_reload(wstun_server *srv, const wstun_server_config *cfg) {
 
   srv->log.level = cfg->log_level;
   srv->log.access = cfg->access_log;
-  uint64_t forget_ms = srv->forget_ms;
+  uint64_t every_was = sweep_every(srv);
   set_limits(srv, cfg);
-  if (srv->forget_ms != forget_ms) {
+  if (sweep_every(srv) != every_was) {
     uint64_t every = sweep_every(srv);
     uv_timer_start(&srv->sweep, sweep_tokens, every, every);
   }

@@ -55,6 +55,11 @@ struct wstun__token {
   wstun__list queue; /* reg_entry.link: exchanges waiting for a tunnel */
   size_t nqueued;
   uint64_t last_seen; /* ms: last connect or disconnect */
+  /* exchanges pointing at it (wstun__registry_token_hold): never freed
+   * while held, whatever their state (a request still uploading its body
+   * is in no list of the token's) */
+  size_t users;
+  unsigned had_tunnel : 1; /* 0: made by _expect_token, no tunnel yet */
   /* the last request id given (Go's lastID), so the first one is 1 */
   uint16_t next_id;
   unsigned rr; /* round-robin cursor */

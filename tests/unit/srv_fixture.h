@@ -53,6 +53,7 @@ static inline wstun__token *sf_add_token(wstun_server *srv, const char *name) {
   srv->buckets[0] = t;
   srv->ntokens++;
   t->last_seen = uv_now(srv->loop);
+  t->had_tunnel = 1; /* a token as tunnels make them */
   return t;
 }
 

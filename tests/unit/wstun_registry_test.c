@@ -145,6 +145,42 @@ TEST(sweep_forgets_idle_tokens) {
   sf_end(srv);
 }
 
+/* A request still uploading its body is in no list of its token's, but
+ * points at it: the sweep must not free the token under it. */
+TEST(sweep_keeps_a_held_token) {
+  wstun_server *srv = sf_begin();
+  wstun__token *t = sf_add_token(srv, TOK);
+  t->had_tunnel = 1;
+  wstun__registry_token_hold(t);
+  srv->forget_ms = 0;
+  wstun__registry_sweep(srv);
+  CHECK(wstun__registry_find_token(srv, TOK, strlen(TOK)) == t);
+  wstun__registry_token_drop(t);
+  wstun__registry_sweep(srv);
+  CHECK(wstun__registry_find_token(srv, TOK, strlen(TOK)) == NULL);
+  sf_end(srv);
+}
+
+/* -unknown-token-wait: a token made for a waiting request goes at the
+ * first sweep after nothing holds it, not after forget_ms; one that had a
+ * tunnel is kept for forget_ms as before. */
+TEST(sweep_drops_made_up_tokens_once_unheld) {
+  wstun_server *srv = sf_begin();
+  srv->forget_ms = 3600 * 1000;
+  wstun__token *t = wstun__registry_expect_token(srv, TOK, strlen(TOK));
+  CHECK(t != NULL);
+  wstun__token *seen = sf_add_token(srv, "token-that-had-a-tunnel");
+  seen->had_tunnel = 1;
+  wstun__registry_token_hold(t);
+  wstun__registry_sweep(srv);
+  CHECK(wstun__registry_find_token(srv, TOK, strlen(TOK)) == t);
+  wstun__registry_token_drop(t);
+  wstun__registry_sweep(srv);
+  CHECK(wstun__registry_find_token(srv, TOK, strlen(TOK)) == NULL);
+  CHECK(wstun__registry_find_token(srv, "token-that-had-a-tunnel", 23) == seen);
+  sf_end(srv);
+}
+
 static void count_one(wstun__reg_entry *e, void *ud) {
   (void)e;
   (*(int *)ud)++;
@@ -178,8 +214,12 @@ TEST(stats_and_inflight) {
 }
 
 int main(int argc, char **argv) {
-  static const test_case tests[] = {T(tokens_and_passwords), T(connection_caps),
-                                    T(queue), T(sweep_forgets_idle_tokens),
+  static const test_case tests[] = {T(tokens_and_passwords),
+                                    T(connection_caps),
+                                    T(queue),
+                                    T(sweep_forgets_idle_tokens),
+                                    T(sweep_keeps_a_held_token),
+                                    T(sweep_drops_made_up_tokens_once_unheld),
                                     T(stats_and_inflight)};
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }
