@@ -430,7 +430,9 @@ class ClientReload(ReloadCase):
                    % (make_token("c"), one.url))
         hup(r"%s:\d+: \[tunnel c\]: token: nothing after ':' and a reload cannot ask"
             % re.escape(conf))
-        self.assertIn("not loaded; the running configuration stays", cli.text())
+        # its own line, which may still be on its way through the pty
+        self.assertTrue(cli.wait_for(
+            re.escape("not loaded; the running configuration stays")), cli.text())
         self.assertEqual(self.name_of(srv, tok), "two")
         self.assertNotIn(password, cli.text())
         self.assertEqual(cli.stop(), 0, cli.text())
