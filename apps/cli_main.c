@@ -180,6 +180,7 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
   const char *config_path = NULL, *password_file = NULL;
   const char *file_password = NULL; /* `password`: the file only */
   int log_pretty = 0, check_config = 0;
+  const char *protocol = "v2";
   app_ops ops = {0};
   app_flag flags[] = {
       {"config", FLAG_STR, &config_path, "FILE",
@@ -208,6 +209,10 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
       {"timeout", FLAG_INT, &cfg.timeout_sec, "S",
        "ping every S/3 s, reconnect after S s without answer (default 30; "
        "3..86400, others are clamped)",
+       0, -1},
+      {"protocol", FLAG_STR, &protocol, "v1|v2",
+       "v2 (default): offer wstun.v2 (many requests at once per tunnel), "
+       "v1 if the server does not take it; v1: never offer it",
        0, -1},
       {"stall-timeout", FLAG_INT, &cfg.stall_timeout_sec, "S",
        "give up a backend that reads nothing of a body (or sends nothing of "
@@ -274,6 +279,7 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
     app_parse_flags(prog, "", flags, argc, argv, first);
   }
   app_config_check_log_level(&conf, log_level);
+  cfg.protocol = app_protocol(prog, protocol);
   app_cli_tunnel defaults = {0};
   defaults.cfg = cfg;
   defaults.token = token;

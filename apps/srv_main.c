@@ -84,6 +84,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
   wstun_server_config cfg;
   wstun_server_config_init(&cfg);
   const char *log_level = "info";
+  const char *protocol = "v2";
   const char *admin_token_file = NULL;
   const char *passwords_file = NULL;
   const char *robowhois = NULL; /* Go-only flags, accepted and ignored */
@@ -121,6 +122,14 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
        1000000},
       {"httptimeout", FLAG_INT, &cfg.http_timeout_sec, "S",
        "answer 504 without a response after (default 1200)", 1, 100000000},
+      {"protocol", FLAG_STR, &protocol, "v1|v2",
+       "v2 (default): answer wstun.v2 offers (many requests at once per "
+       "tunnel); v1: every tunnel is v1",
+       0, -1},
+      {"stream-idle-timeout", FLAG_INT, &cfg.stream_idle_timeout_sec, "S",
+       "v2: reset a response on which nothing moved for S s, once its head "
+       "is in (default 300)",
+       1, 100000000},
       {"stall-timeout", FLAG_INT, &cfg.stall_timeout_sec, "S",
        "cut a requester that reads nothing (or sends none of its body) for "
        "S s while it holds the tunnel (default 10)",
@@ -208,6 +217,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
     }
   }
   cfg.log_level = app_log_level(prog, log_level);
+  cfg.protocol = app_protocol(prog, protocol);
   check_tls_flags(prog, cfg.tls_cert_file, cfg.tls_key_file);
   /* secrets from files stay out of the process list */
   static char passwords[65536];

@@ -11,6 +11,7 @@
 #include "wstun_alloc.h"
 #include "wstun_client_int.h"
 #include "wstun_util.h"
+#include "wstun_v2.h"
 
 #define REQ_MAX_HEAD (1 << 20)
 
@@ -23,6 +24,7 @@ void wstun_client_config_init(wstun_client_config *cfg) {
   cfg->timeout_sec = 30;
   cfg->backend_timeout_sec = 1200;
   cfg->stall_timeout_sec = 10;
+  cfg->protocol = 2;
   cfg->reconnect_max_ms = 30000;
   cfg->max_idle_per_backend = 256;
   cfg->backend_idle_sec = 30;
@@ -59,7 +61,7 @@ static const wstun__request_cbs cli_req_cbs = {
 
 static void *cli_msg_begin(wstun__tunnel *t, uint32_t wire_id) {
   wstun_client *cli = t->owner;
-  uint16_t id = (uint16_t)wire_id; /* v1: four hex digits */
+  uint32_t id = wire_id; /* v1: four hex digits; v2: the stream */
   wstun_request *req = wstun__request_new(t, id, &cli->log, &cli_req_cbs, cli);
   if (req == NULL)
     return NULL;
@@ -74,12 +76,19 @@ static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
                         size_t n) {
   wstun_request *req = sink;
   (void)t;
+  /* v2: the bytes hold credit until they reach the backend (upstream.c
+   * gives it back as its connection takes them); any other bytes are
+   * done with at once */
+  req->unconsumed += n;
   if (req->req_complete) {
     req->msg_extra += n; /* a message carries one request */
+    wstun__request_consume(req);
     return 0;
   }
-  if (req->state == WSTUN__CR_ANSWERED)
+  if (req->state == WSTUN__CR_ANSWERED) {
+    wstun__request_consume(req);
     return 0;
+  }
   size_t used;
   wstun__request_ref(req);
   int rc = wstun__http_parser_feed(&req->parser, d, n, &used);
@@ -94,6 +103,8 @@ static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
                           req->parser.error_text ? req->parser.error_text
                                                  : "Bad request");
   }
+  if (req->state != WSTUN__CR_FORWARD || req->up == NULL)
+    wstun__request_consume(req);
   wstun__request_unref(req);
   return 0;
 }
@@ -349,6 +360,7 @@ int wstun_request_respond(wstun_request *req, int status,
       if (content_type)
         w |= wstun__buf_appendf(&m->buf, "Content-Type: %s\r\n", content_type);
       w |= wstun__buf_appendf(&m->buf, "Content-Length: %zu\r\n\r\n", len);
+      wstun__request_mark_head(m, wstun__buf_size(&m->buf));
       w |= wstun__buf_append(&m->buf, body, len);
     }
     if (w != 0) {
@@ -416,7 +428,29 @@ static void cli_tunnel_pong(wstun__tunnel *t) {
     cli->pong_cb(cli, cli->state_ud);
 }
 
+/* v2: the server reset a stream (its requester went away, a timeout):
+ * the backend request is aborted, its connection closed at once. */
+static void cli_stream_reset(wstun__tunnel *t, uint32_t id, uint32_t code) {
+  wstun_client *cli = t->owner;
+  wstun__list *l;
+  wstun__list_foreach(l, &cli->reqs) {
+    wstun_request *req = wstun__list_entry(l, wstun_request, link);
+    if (req->t != t || req->id != id)
+      continue;
+    wstun__log(&cli->log, WSTUN_LOG_DEBUG,
+               "WS   RCV id=%04x: reset by the server (%s): backend request "
+               "aborted",
+               (unsigned)id, wstun__v2_codename(code));
+    wstun__request_ref(req);
+    wstun__upstream_detach(req);
+    wstun__request_reset(req);
+    wstun__request_unref(req);
+    return;
+  }
+}
+
 static const wstun__tunnel_cbs cli_tunnel_cbs = {
+    .on_reset = cli_stream_reset,
     .on_pong = cli_tunnel_pong,
     .on_msg_begin = cli_msg_begin,
     .on_msg_data = cli_msg_data,
@@ -438,9 +472,13 @@ static int dl_on_upgraded(void *owner, wstun__conn *conn,
   int rc = wstun__tunnel_start(&cli->t, cli->loop, conn, 0, &cli->rng,
                                &cli->log, ping ? ping : 1000, cli->timeout_ms,
                                &cli_tunnel_cbs, cli, leftover, n);
-  if (rc == 0)
-    cli->tunnel_alive = 1; /* until on_freed */
-  return rc;
+  if (rc != 0)
+    return rc;
+  cli->tunnel_alive = 1; /* until on_freed */
+  /* the 101 named wstun.v2: both sides speak v2 from its first byte */
+  if (cli->dialer.v2 && wstun__tunnel_set_proto(cli->t, &wstun__proto_v2) != 0)
+    wstun__tunnel_close(cli->t, WSTUN_ENOMEM); /* redials (on_closed) */
+  return 0;
 }
 
 static void dl_on_closed(void *owner) {
@@ -625,6 +663,9 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
                                      : "wstun " WSTUN_VERSION_STRING);
   if (rc != 0)
     return rc;
+  if (cfg->protocol < 0 || cfg->protocol > 2)
+    return WSTUN_EINVAL;
+  dc->offer_v2 = cfg->protocol != 1;
   cli->timeout_ms = dc->timeout_ms =
       (uint64_t)(cfg->timeout_sec > 0 ? cfg->timeout_sec : 30) * 1000;
   cli->pool.backend_timeout_ms =

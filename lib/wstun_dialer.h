@@ -60,6 +60,7 @@ typedef struct wstun__dialer_config {
   char *proxy_auth;          /* "Basic ..." or NULL */
   uint64_t timeout_ms;       /* one whole attempt */
   uint64_t reconnect_max_ms; /* backoff cap */
+  int offer_v2;              /* offer wstun.v2 (PROTOCOL.md 7.1) */
 } wstun__dialer_config;
 
 typedef struct wstun__dialer_cbs {
@@ -91,6 +92,8 @@ typedef struct wstun__dialer {
   wstun__http_parser hs; /* the proxy's answer, then the server's */
   int hs_init, hs_done;
   char ws_key[32];
+  int v2; /* the last handshake's server chose wstun.v2 (read it in
+             on_upgraded) */
   unsigned attempt;
   uint64_t connected_at; /* ms, last successful handshake */
   int stopped;           /* no more attempts */

@@ -35,6 +35,8 @@ void wstun_server_config_init(wstun_server_config *cfg) {
   cfg->http_timeout_sec = 1200;
   cfg->stall_timeout_sec = 10;
   cfg->token_forget_sec = 3600;
+  cfg->protocol = 2;
+  cfg->stream_idle_timeout_sec = 300;
   cfg->max_header_bytes = 64 * 1024;
   cfg->log_level = WSTUN_LOG_INFO;
 }
@@ -284,6 +286,15 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
       1000;
   srv->stall_ms =
       (uint64_t)(cfg->stall_timeout_sec > 0 ? cfg->stall_timeout_sec : 10) *
+      1000;
+  if (cfg->protocol < 0 || cfg->protocol > 2) {
+    rc = WSTUN_EINVAL;
+    goto fail_early;
+  }
+  srv->v2 = cfg->protocol != 1;
+  srv->stream_idle_ms =
+      (uint64_t)(cfg->stream_idle_timeout_sec > 0 ? cfg->stream_idle_timeout_sec
+                                                  : 300) *
       1000;
   srv->forget_ms =
       (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) *

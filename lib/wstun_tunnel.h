@@ -275,6 +275,11 @@ size_t wstun__tunnel_queued(const wstun__tunnel *t);
 
 /* ---- v2 only (each is a no-op on a v1 tunnel) ---------------------------- */
 
+/* 1 when t runs the v2 stream engine (flow control replaces pausing). */
+static inline int wstun__tunnel_is_v2(const wstun__tunnel *t) {
+  return t != NULL && t->v2 != NULL;
+}
+
 /* The sink of stream `id` is done with n more of the bytes on_msg_data
  * gave it (written on, or dropped), counted in order, head bytes included
  * (they carry no credit and are taken off first): the DATA bytes' credit

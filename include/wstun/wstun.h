@@ -184,7 +184,20 @@ typedef struct wstun_server_config {
    * onto a tunnel (sent alone until it ends) that leaves the tunnel
    * waiting this long is answered 408. */
   int stall_timeout_sec;
-  int token_forget_sec;    /* forget a token with no client; default 3600 */
+  int token_forget_sec; /* forget a token with no client; default 3600 */
+  /* The tunnel protocol (docs/PROTOCOL.md): 2 (the default; 0 means 2)
+   * answers a client that offers wstun.v2 in v2, many streams per tunnel
+   * with flow control, so one slow or large response holds up no other,
+   * and a requester that goes away cancels its backend request; clients
+   * that do not offer it (the Go wstunnel) get v1. 1: every tunnel is v1.
+   * Any other value is WSTUN_EINVAL. */
+  int protocol;
+  /* v2 tunnels only: http_timeout_sec bounds the wait for the response
+   * head; once it is in, a response on which no byte moved either way
+   * for this many seconds is reset and its requester cut. Default 300 (0
+   * = 300): server-sent events and long downloads that keep moving are
+   * never cut. */
+  int stream_idle_timeout_sec;
   size_t max_header_bytes; /* request head larger → 431; default 64 KiB */
   uint64_t max_body_bytes; /* request body larger → 413; 0 = unlimited */
   /* Slow clients: the whole request head must arrive within this many
@@ -298,6 +311,7 @@ typedef struct wstun_tunnel_info {
   const char *client_version; /* X-Client-Version of that connection, or "" */
   const char *remote_name;    /* its peer's reverse DNS name, or "" */
   uint64_t idle_ms;           /* since its last request or (dis)connection */
+  const char *protocol;       /* "v1" or "v2": its newest connection's, or "" */
 } wstun_tunnel_info;
 
 typedef void (*wstun_tunnel_info_cb)(const wstun_tunnel_info *info,
@@ -387,6 +401,12 @@ typedef struct wstun_client_config {
    * alone until it ends) of which the backend sends nothing for this long
    * is cut. Default 10 (0 = 10). */
   int stall_timeout_sec;
+  /* The tunnel protocol (docs/PROTOCOL.md): 2 (the default; 0 means 2)
+   * offers wstun.v2 in the handshake and speaks v2 when the server
+   * accepts it (many requests interleaved on the tunnel, flow control,
+   * cancellation), else v1 on the same connection (a Go server). 1: v1
+   * only, nothing offered. Any other value is WSTUN_EINVAL. */
+  int protocol;
   int reconnect_max_ms;       /* backoff cap; default 30000 */
   int max_idle_per_backend;   /* idle keep-alive connections kept per
                                  backend; default 256 */
