@@ -16,6 +16,7 @@
 #define REQ_MAX_HEAD (1 << 20)
 
 static const wstun__tunnel_cbs cli_tunnel_cbs;
+static void on_retire(uv_timer_t *timer);
 static const wstun__http_parser_cbs req_cbs;
 static const wstun__request_cbs cli_req_cbs;
 
@@ -49,6 +50,8 @@ static void cli_req_release(wstun_request *req) {
   wstun_client *cli = req->owner;
   wstun__list_remove(&req->link);
   wstun__upstream_detach(req);
+  if (cli->old_t != NULL && cli->phase == WSTUN__CLI_OPEN)
+    uv_timer_start(&cli->retire, on_retire, 0, 0); /* maybe its last */
   if (cli->reqs_counted && wstun__list_empty(&cli->reqs)) {
     cli->reqs_counted = 0;
     wstun__closer_done(&cli->closer);
@@ -393,14 +396,22 @@ int wstun_request_cancel(wstun_request *req) {
 
 static void cli_tunnel_closed(wstun__tunnel *t, int err) {
   wstun_client *cli = t->owner;
-  cli->t = NULL;
-  wstun__log(&cli->log, WSTUN_LOG_WARN, "tunnel closed: %s",
+  int current = t == cli->t;
+  if (current)
+    cli->t = NULL;
+  else if (t == cli->old_t)
+    cli->old_t = NULL;
+  wstun__log(&cli->log, current ? WSTUN_LOG_WARN : WSTUN_LOG_INFO,
+             "%s closed: %s", current ? "tunnel" : "drained tunnel",
              wstun_strerror(err));
   /* every request on it is lost: responses queued on the tunnel are let go
-   * (the tunnel frees them), backends are cut */
+   * (the tunnel frees them), backends are cut; those on the other tunnel
+   * (a drained one, or the next) go on */
   wstun__list *l, *tmp;
   wstun__list_foreach_safe(l, tmp, &cli->reqs) {
     wstun_request *req = wstun__list_entry(l, wstun_request, link);
+    if (req->t != NULL && req->t != t)
+      continue;
     if (req->resp && req->resp_handed) {
       req->resp->owner = NULL;
       req->resp = NULL;
@@ -411,13 +422,51 @@ static void cli_tunnel_closed(wstun__tunnel *t, int err) {
     wstun__upstream_detach(req);
     wstun__request_end_exchange(req); /* frees unless pinned or held */
   }
+  if (!current)
+    return; /* the next tunnel is up or being dialed */
   set_state(cli, WSTUN_CLIENT_DISCONNECTED, err);
   wstun__dialer_lost(&cli->dialer); /* redials unless closing */
 }
 
+/* The drained tunnel is closed once no request uses it (WebSocket close
+ * 1000). From a timer: tunnel callbacks may not close their tunnel. */
+static void on_retire(uv_timer_t *timer) {
+  wstun_client *cli = timer->data;
+  if (cli->old_t == NULL || cli->phase != WSTUN__CLI_OPEN)
+    return;
+  wstun__list *l;
+  wstun__list_foreach(l, &cli->reqs) {
+    if (wstun__list_entry(l, wstun_request, link)->t == cli->old_t)
+      return; /* a stream still runs on it: a later release calls again */
+  }
+  wstun__log(&cli->log, WSTUN_LOG_INFO,
+             "drained tunnel: its last request is done: closing it");
+  wstun__tunnel_close(cli->old_t, WSTUN_ECLOSED);
+}
+
+/* v2: the server drains this tunnel (it is stopping, or out of ids): its
+ * streams go on to their end, and the next tunnel is dialed to the same
+ * URL now (behind a balancer, another node), so new requests find it. */
+static void cli_tunnel_goaway(wstun__tunnel *t, uint32_t last, uint32_t code) {
+  wstun_client *cli = t->owner;
+  (void)last;
+  if (code != WSTUN__V2_NO_ERROR || t != cli->t ||
+      cli->phase != WSTUN__CLI_OPEN)
+    return; /* an error: the tunnel closes next (cli_tunnel_closed) */
+  wstun__log(&cli->log, WSTUN_LOG_INFO,
+             "tunnel drained by the server (GOAWAY): dialing the next one; "
+             "this one closes when its requests are done");
+  if (cli->old_t != NULL) /* drained twice before the first was done */
+    wstun__tunnel_close(cli->old_t, WSTUN_ECLOSED);
+  cli->old_t = t;
+  cli->t = NULL;
+  wstun__dialer_lost(&cli->dialer);
+  uv_timer_start(&cli->retire, on_retire, 0, 0);
+}
+
 static void cli_tunnel_freed(void *owner) {
   wstun_client *cli = owner;
-  cli->tunnel_alive = 0;
+  cli->tunnel_alive--;
   if (cli->phase >= WSTUN__CLI_CLOSING)
     wstun__closer_done(&cli->closer);
 }
@@ -451,6 +500,7 @@ static void cli_stream_reset(wstun__tunnel *t, uint32_t id, uint32_t code) {
 
 static const wstun__tunnel_cbs cli_tunnel_cbs = {
     .on_reset = cli_stream_reset,
+    .on_goaway = cli_tunnel_goaway,
     .on_pong = cli_tunnel_pong,
     .on_msg_begin = cli_msg_begin,
     .on_msg_data = cli_msg_data,
@@ -474,7 +524,7 @@ static int dl_on_upgraded(void *owner, wstun__conn *conn,
                                &cli_tunnel_cbs, cli, leftover, n);
   if (rc != 0)
     return rc;
-  cli->tunnel_alive = 1; /* until on_freed */
+  cli->tunnel_alive++; /* until on_freed */
   /* the 101 named wstun.v2: both sides speak v2 from its first byte */
   if (cli->dialer.v2 && wstun__tunnel_set_proto(cli->t, &wstun__proto_v2) != 0)
     wstun__tunnel_close(cli->t, WSTUN_ENOMEM); /* redials (on_closed) */
@@ -551,12 +601,16 @@ static void close_now(wstun_client *cli) {
   wstun__closer_start(&cli->closer, on_all_closed);
   uv_timer_stop(&cli->grace);
   wstun__closer_close_handle(&cli->closer, (uv_handle_t *)&cli->grace);
+  uv_timer_stop(&cli->retire);
+  wstun__closer_close_handle(&cli->closer, (uv_handle_t *)&cli->retire);
   wstun__closer_add(&cli->closer); /* dl_on_closed */
   wstun__dialer_close(&cli->dialer);
-  if (cli->tunnel_alive)
-    wstun__closer_add(&cli->closer); /* cli_tunnel_freed */
+  for (int i = 0; i < cli->tunnel_alive; i++)
+    wstun__closer_add(&cli->closer); /* cli_tunnel_freed, each */
   if (cli->t)
     wstun__tunnel_close(cli->t, WSTUN_ECLOSED);
+  if (cli->old_t)
+    wstun__tunnel_close(cli->old_t, WSTUN_ECLOSED);
   wstun__list *l, *tmp;
   wstun__list_foreach_safe(l, tmp, &cli->reqs) {
     wstun__request_end_exchange(wstun__list_entry(l, wstun_request, link));
@@ -720,6 +774,8 @@ int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
                      &cli_dialer_cbs, cli);
   uv_timer_init(loop, &cli->grace);
   cli->grace.data = cli;
+  uv_timer_init(loop, &cli->retire);
+  cli->retire.data = cli;
   cli->state = WSTUN_CLIENT_CONNECTING;
   *out = cli;
   wstun__dialer_start(&cli->dialer);

@@ -323,9 +323,25 @@ static void send_on(wstun__srv_tunnel *st, wstun__reg_entry *e) {
   wstun__tunnel_send(st->t, e->id, m);
 }
 
+/* A live v2 tunnel that takes no new stream only for now: its streams end
+ * and free slots, so an exchange queued for it is waiting its turn, not
+ * stuck behind a broken tunnel. */
+static int v2_slots_later(const wstun__token *tok) {
+  const wstun__srv_tunnel *st;
+  FOREACH_TUNNEL(st, tok) {
+    if (st->v2 && st->t && !st->t->closing && !st->goaway)
+      return 1;
+  }
+  return 0;
+}
+
 int wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e) {
   wstun__token *tok = e->tok;
-  if (waiting_count(tok) >= srv->max_queue) {
+  /* max_queue bounds what waits for a tunnel that may never come (or one
+   * that does not move); exchanges waiting for a stream of a live v2
+   * tunnel are bounded by the connection caps instead (each is a
+   * requester's connection), as requests queued on a v1 tunnel are */
+  if (!v2_slots_later(tok) && waiting_count(tok) >= srv->max_queue) {
     char red[12];
     wstun__log(&srv->log, WSTUN_LOG_WARN,
                "HTTP RET token=%s status=504 queue full (%zu waiting)",
@@ -723,6 +739,19 @@ void wstun__registry_sweep(wstun_server *srv) {
       t = next;
     }
   }
+}
+
+void wstun__registry_goaway(wstun_server *srv) {
+  for (size_t i = 0; i < srv->nbuckets; i++)
+    for (wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
+      wstun__srv_tunnel *st;
+      FOREACH_TUNNEL(st, t) {
+        if (st->v2 && st->t && !st->goaway) {
+          st->goaway = 1;
+          wstun__tunnel_goaway(st->t, WSTUN__V2_NO_ERROR);
+        }
+      }
+    }
 }
 
 void wstun__registry_shutdown(wstun_server *srv) {

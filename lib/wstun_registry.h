@@ -100,6 +100,11 @@ void wstun__registry_conn_release(wstun_server *srv, wstun__ipcount *slot);
 int wstun__registry_parse_passwords(wstun_server *srv, const char *s);
 /* Forgets tokens without a client for forget_ms (their queue gets 404). */
 void wstun__registry_sweep(wstun_server *srv);
+/* A graceful stop begins: every v2 tunnel gets GOAWAY (PROTOCOL.md 7.7).
+ * Its streams go on to their end; its client dials its next tunnel (to
+ * another node behind a balancer, or to this server once restarted) and
+ * closes this one when its requests are done. No new stream goes to it. */
+void wstun__registry_goaway(wstun_server *srv);
 /* Shutting down: every queued exchange gets 503, every tunnel closes. */
 void wstun__registry_shutdown(wstun_server *srv);
 /* Frees tokens and passwords (nothing may be queued or in flight). */

@@ -179,6 +179,8 @@ void wstun_server_close(wstun_server *srv, unsigned grace_ms,
   srv->close_cb = cb;
   srv->close_ud = user_data;
   uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+  /* v2 clients open their next tunnel now, while this one finishes */
+  wstun__registry_goaway(srv);
   /* idle keep-alive connections go now; busy ones get the grace period */
   wstun__list *l, *tmp;
   wstun__list_foreach_safe(l, tmp, &srv->fronts) {

@@ -169,7 +169,10 @@ typedef struct wstun_server_config {
   const char *passwords;       /* "token:password,token2:pw2"; NULL = none */
   int max_requests_per_tunnel; /* requests waiting to be written to a
                                   tunnel, per token; default 20, 0 = 20,
-                                  capped at 1000 */
+                                  capped at 1000. With a v2 tunnel up,
+                                  those waiting for one of its 256
+                                  streams do not count (they are bounded
+                                  by max_connections) */
   int max_clients_per_token;   /* 0 = unlimited */
   int ws_timeout_sec;          /* close a silent tunnel; default 30, 3..600 */
   int http_timeout_sec;        /* answer 504 after; default 1200 */

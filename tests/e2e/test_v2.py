@@ -14,18 +14,22 @@ with the real programs, real backends and real HTTP clients.
 - -httptimeout bounds the wait for the head, not a response that moves;
   -stream-idle-timeout resets one that does not;
 - a stalled upload or a backend that does not read stalls only its own
-  stream, and completes once it moves again.
+  stream, and completes once it moves again;
+- graceful drain: SIGTERM sends GOAWAY; the client dials its next tunnel
+  (here: the server restarted on the same port) while the in-flight
+  request finishes on the old one.
 """
 
 import http.client
+import signal
 import socket
 import sys
 import threading
 import time
 
-from harness import (HOST, E2ETestCase, expected_sha256, gen_bytes,
-                     get, http_req, main, make_token, wait_tunnels,
-                     wait_until)
+from harness import (HOST, E2ETestCase, expected_sha256, free_port,
+                     gen_bytes, get, http_req, main, make_token,
+                     wait_tunnels, wait_until)
 import hashlib
 import json
 
@@ -444,6 +448,48 @@ class StalledStreamsStallOnlyThemselves(V2Case):
         st, body = res["r"]
         self.assertEqual((st, body["len"], body["sha256"]),
                          (200, n, expected_sha256(n)))
+
+
+class Drain(V2Case):
+    def test_sigterm_drains_to_the_next_tunnel(self):
+        port = free_port()
+        old = self.server(port=port)
+        be = self.backend()
+        tok = make_token("drain")
+        cli = self.client(old, tok, server_url=be.url)
+        self.assertTrue(wait_tunnels(old, 1))
+        res = {}
+
+        def inflight():
+            try:
+                r = get(port, "/_token/%s/slow?ms=3000" % tok, timeout=30)
+                res["r"] = (r.status, r.json().get("slept"))
+            except Exception as e:  # reported below
+                res["r"] = repr(e)
+
+        t = threading.Thread(target=inflight, daemon=True)
+        t.start()
+        self.assertTrue(wait_until(lambda: be.count() >= 1, 10))
+        old.send_signal(signal.SIGTERM)
+        self.assertTrue(cli.wait_stderr(r"GOAWAY\): dialing the next one", 10))
+        # the old server stopped listening at once: its successor takes the
+        # port (another node behind a balancer, in real life)
+        new = wait_until(lambda: self._try_server(port), 10)
+        self.assertTrue(new, "could not restart on the port")
+        self.assertTrue(wait_tunnels(new, 1, timeout=15))
+        r = get(port, "/_token/%s/echo" % tok, timeout=10)
+        self.assertEqual(r.status, 200)
+        t.join(30)
+        self.assertEqual(res.get("r"), (200, True))  # in flight: no error
+        self.assertEqual(old.wait(15), 0, "old server exit code")
+        self.assertTrue(cli.wait_stderr(r"drained tunnel", 10))
+        self.assertIn("tunnel00_protocol=v2", stats(new))
+
+    def _try_server(self, port):
+        try:
+            return self.server(port=port, timeout=2)
+        except AssertionError:
+            return None
 
 
 if __name__ == "__main__":
