@@ -321,6 +321,12 @@ static void send_on(wstun__srv_tunnel *st, wstun__reg_entry *e) {
   st->ninflight++;
   wstun__outmsg *m = e->cbs->on_send(e);
   wstun__tunnel_send(st->t, e->id, m);
+  /* v2 ids ran out (PROTOCOL.md 7.3): GOAWAY, the client dials another */
+  if (st->v2 && st->t && !st->goaway &&
+      st->last_stream >= WSTUN__V2_ID_MAX - 1) {
+    st->goaway = 1;
+    wstun__tunnel_goaway(st->t, WSTUN__V2_NO_ERROR);
+  }
 }
 
 /* A live v2 tunnel that takes no new stream only for now: its streams end
