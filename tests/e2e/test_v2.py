@@ -15,6 +15,10 @@ with the real programs, real backends and real HTTP clients.
   -stream-idle-timeout resets one that does not;
 - a stalled upload or a backend that does not read stalls only its own
   stream, and completes once it moves again;
+- the server against a hand-written v2 peer: the 101 echoes wstun.v2 only
+  when offered, stream ids are odd and increasing, at most 256 streams are
+  in flight per tunnel (the rest wait and go out as streams end), a
+  REFUSED stream is sent again, a CANCEL before the head is a 502;
 - graceful drain: SIGTERM sends GOAWAY; the client dials its next tunnel
   (here: the server restarted on the same port) while the in-flight
   request finishes on the old one.
@@ -32,6 +36,9 @@ from harness import (HOST, E2ETestCase, expected_sha256, free_port,
                      wait_tunnels, wait_until)
 import hashlib
 import json
+import struct
+
+from harness import OP_BIN, Background, ws_connect
 
 
 def stats(srv):
@@ -490,6 +497,112 @@ class Drain(V2Case):
             return self.server(port=port, timeout=2)
         except AssertionError:
             return None
+
+
+# -- a hand-written v2 peer (PROTOCOL.md 7.2): wire bytes built here, so the
+# server is checked against the spec, not against our own codec
+
+HEAD, DATA, RESET, WINDOW, GOAWAY = 1, 2, 3, 4, 5
+END = 1
+
+
+def v2_frame(ftype, flags, stream, payload=b""):
+    n = len(payload)
+    return (struct.pack(">BBBHI", ftype, flags, n >> 16, n & 0xffff, stream)
+            + payload)
+
+
+def v2_parse(msg):
+    ftype, flags, hi, lo, stream = struct.unpack(">BBBHI", msg[:9])
+    n = (hi << 16) | lo
+    assert len(msg) == 9 + n, (len(msg), n)
+    return ftype, flags, stream, msg[9:]
+
+
+class RawV2(E2ETestCase):
+    def peer(self, *srv_flags, offer=True):
+        srv = self.server(*srv_flags)
+        tok = make_token("raw2")
+        extra = [("Sec-WebSocket-Protocol", "wstun.v2")] if offer else []
+        hs = ws_connect(srv.port, tok, extra_headers=extra)
+        self.assertEqual(hs.status, 101)
+        self.addCleanup(hs.ws.close)
+        self.assertTrue(wait_tunnels(srv, 1))
+        return srv, tok, hs
+
+    def next_frame(self, ws, timeout=10.0):
+        op, msg = ws.recv_message(timeout)
+        self.assertEqual(op, OP_BIN)
+        return v2_parse(msg)
+
+    def next_request(self, ws, timeout=10.0):
+        """The next request's stream id and head (WINDOWs skipped)."""
+        while True:
+            ftype, flags, stream, payload = self.next_frame(ws, timeout)
+            if ftype == HEAD:
+                return stream, flags, payload
+            self.assertIn(ftype, (DATA, WINDOW), (ftype, stream))
+
+    def answer(self, ws, stream, body=b"ok"):
+        ws.send_binary(v2_frame(
+            HEAD, 0, stream,
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)))
+        ws.send_binary(v2_frame(DATA, END, stream, body))
+
+    def test_echo_only_when_offered(self):
+        for flags, offer, want in (((), True, ["wstun.v2"]),
+                                   ((), False, None),
+                                   (("-protocol", "v1"), True, None)):
+            srv, tok, hs = self.peer(*flags, offer=offer)
+            self.assertEqual(hs.headers.get("sec-websocket-protocol"), want,
+                             (flags, offer))
+            hs.ws.close()
+            srv.stop()
+
+    def test_ids_cap_and_queue(self):
+        srv, tok, hs = self.peer()
+        ws = hs.ws
+        n = 264
+        reqs = [Background(get, srv.port, "/_token/%s/r?i=%d" % (tok, i),
+                           timeout=60) for i in range(n)]
+        ids = []
+        for _ in range(256):
+            stream, flags, head = self.next_request(ws)
+            self.assertTrue(head.startswith(b"GET /r?i="), head[:40])
+            ids.append(stream)
+        self.assertEqual(ids, list(range(1, 512, 2)))  # odd, increasing
+        # the cap: nothing more until a stream ends (bounded wait)
+        with self.assertRaises((socket.timeout, TimeoutError)):
+            while True:
+                ftype, _, stream, _ = self.next_frame(ws, timeout=1.0)
+                self.assertNotEqual(ftype, HEAD, "stream %d over the cap" % stream)
+        for stream in ids:
+            self.answer(ws, stream)
+        for _ in range(n - 256):
+            stream, flags, head = self.next_request(ws)
+            self.assertGreater(stream, 511)
+            self.answer(ws, stream)
+        for b in reqs:
+            r = b.result(30)
+            self.assertEqual((r.status, r.body), (200, b"ok"))
+
+    def test_refused_goes_again_and_cancel_is_502(self):
+        srv, tok, hs = self.peer()
+        ws = hs.ws
+        b = Background(http_req, srv.port, "POST", "/_token/%s/p" % tok,
+                       body=b"payload", timeout=30)
+        stream, flags, head = self.next_request(ws)
+        ws.send_binary(v2_frame(RESET, 0, stream, struct.pack(">I", 4)))
+        again, flags2, head2 = self.next_request(ws)
+        self.assertGreater(again, stream)
+        self.assertEqual(head2.split(b"\r\n")[0], head.split(b"\r\n")[0])
+        self.answer(ws, again, b"second")
+        r = b.result(20)
+        self.assertEqual((r.status, r.body), (200, b"second"))
+        b = Background(get, srv.port, "/_token/%s/c" % tok, timeout=30)
+        stream, _, _ = self.next_request(ws)
+        ws.send_binary(v2_frame(RESET, 0, stream, struct.pack(">I", 5)))
+        self.assertEqual(b.result(20).status, 502)
 
 
 if __name__ == "__main__":
