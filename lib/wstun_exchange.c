@@ -512,6 +512,8 @@ int wstun__exchange_body_end(wstun__exchange *ex) {
 
 /* ---- the request message's life on the tunnel --------------------------- */
 
+static void on_reset_now(wstun__exchange *ex, uint32_t code);
+
 static void req_msg_sent(void *owner, wstun__outmsg *m) {
   wstun__exchange *ex = owner;
   (void)m;
@@ -519,7 +521,10 @@ static void req_msg_sent(void *owner, wstun__outmsg *m) {
   if (ex->state != WSTUN__EX_SENDING)
     return;
   ex->state = WSTUN__EX_WAITING;
-  if (ex->reg.tun == NULL) /* written, but the tunnel died right after */
+  if (ex->reset_pending) { /* reset as its last bytes went */
+    ex->reset_pending = 0;
+    on_reset_now(ex, ex->reset_code);
+  } else if (ex->reg.tun == NULL) /* written, but the tunnel died after */
     wstun__exchange_tunnel_lost(ex);
 }
 
@@ -529,8 +534,6 @@ static void req_msg_drain(void *owner, wstun__outmsg *m) {
   if (!ex->cancelled && ex->state != WSTUN__EX_DONE)
     ex->cbs->on_drain(ex);
 }
-
-static void on_reset_now(wstun__exchange *ex, uint32_t code);
 
 static void req_msg_failed(void *owner, wstun__outmsg *m, int restartable) {
   wstun__exchange *ex = owner;
