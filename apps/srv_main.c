@@ -198,6 +198,7 @@ int wstunsrv_main(const char *prog, int argc, char **argv, int first) {
       app_parse_flags(prog, "", flags, argc, argv, first);
     }
     app_config_check_log_level(&conf, log_level);
+    app_config_check_protocol(&conf, protocol);
     int line = 0;
     /* secret files are checked too: a mode 644 one would stop the start */
     char buf[512], err[512];

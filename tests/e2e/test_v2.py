@@ -25,6 +25,7 @@ with the real programs, real backends and real HTTP clients.
 """
 
 import http.client
+import os
 import signal
 import socket
 import sys
@@ -162,6 +163,17 @@ class Negotiation(V2Case):
             err = p.stderr.decode()
             self.assertIn("-protocol", err)
             self.assertEqual(len(err.strip().splitlines()), 1, err)
+        # and in a -config file, at its line (-check-config too)
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "w.conf")
+            with open(path, "w") as f:
+                f.write("port = 0\nprotocol = v3\n")
+            p = subprocess.run([SRV_BIN, "-config", path, "-check-config"],
+                               capture_output=True, timeout=10)
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("w.conf:2: protocol: must be v1 or v2",
+                          p.stderr.decode())
 
 
 def echo_back_handler(be, c, head):
