@@ -646,7 +646,12 @@ void wstun_client_close(wstun_client *cli, unsigned grace_ms,
     close_now(cli);
     return;
   }
-  /* requests in progress may finish; no new tunnel is dialed meanwhile */
+  /* requests in progress may finish; no new tunnel is dialed meanwhile.
+   * v2 (PROTOCOL.md 7.7): GOAWAY tells the server to send no new request
+   * here (it queues them for another client); a stream it opened anyway
+   * is refused, and the server sends it again elsewhere. */
+  if (wstun__tunnel_is_v2(cli->t))
+    wstun__tunnel_goaway(cli->t, WSTUN__V2_NO_ERROR);
   cli->grace_deadline = uv_now(cli->loop) + grace_ms;
   uv_timer_start(&cli->grace, on_grace_check, 50, 50);
 }

@@ -21,7 +21,8 @@ with the real programs, real backends and real HTTP clients.
   REFUSED stream is sent again, a CANCEL before the head is a 502;
 - graceful drain: SIGTERM sends GOAWAY; the client dials its next tunnel
   (here: the server restarted on the same port) while the in-flight
-  request finishes on the old one.
+  request finishes on the old one; a stopping client sends GOAWAY too, and
+  new requests wait for the next client while its in-flight one finishes.
 """
 
 import http.client
@@ -503,6 +504,30 @@ class Drain(V2Case):
         self.assertEqual(old.wait(15), 0, "old server exit code")
         self.assertTrue(cli.wait_stderr(r"drained tunnel", 10))
         self.assertIn("tunnel00_protocol=v2", stats(new))
+
+    def test_client_sigterm_sends_goaway(self):
+        srv = self.server()
+        be = self.backend()
+        tok = make_token("cdrain")
+        old = self.client(srv, tok, server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1))
+        inflight = Background(get, srv.port, "/_token/%s/slow?ms=3000" % tok,
+                              timeout=30)
+        self.assertTrue(wait_until(lambda: be.count() >= 1, 10))
+        old.send_signal(signal.SIGTERM)
+        self.assertTrue(srv.wait_stderr(r"GOAWAY from token=cdrain", 10))
+        # a new request is not sent to the stopping client: it waits for
+        # the next one
+        later = Background(get, srv.port, "/_token/%s/echo?later=1" % tok,
+                           timeout=30)
+        time.sleep(0.5)
+        self.assertEqual(be.count(), 1)
+        self.client(srv, tok, server_url=be.url)
+        r = later.result(20)
+        self.assertEqual(r.status, 200)
+        r = inflight.result(20)
+        self.assertEqual((r.status, r.json().get("slept")), (200, True))
+        self.assertEqual(old.wait(15), 0, "old client exit code")
 
     def _try_server(self, port):
         try:
