@@ -279,8 +279,12 @@ int wstuncli_main(const char *prog, int argc, char **argv, int first) {
     app_parse_flags(prog, "", flags, argc, argv, first);
   }
   app_config_check_log_level(&conf, log_level);
-  app_config_check_protocol(&conf, protocol); /* reported below */
-  cfg.protocol = strcmp(protocol, "v1") == 0 ? 1 : 2;
+  if (config_path == NULL) {
+    cfg.protocol = app_protocol(prog, protocol); /* exits when bad */
+  } else {
+    app_config_check_protocol(&conf, protocol); /* FILE:LINE, below */
+    cfg.protocol = strcmp(protocol, "v1") == 0 ? 1 : 2;
+  }
   app_cli_tunnel defaults = {0};
   defaults.cfg = cfg;
   defaults.token = token;
