@@ -525,6 +525,15 @@ void app_rfc3339(time_t t, char *buf, size_t size) {
   strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+int app_protocol(const char *prog, const char *value) {
+  if (strcmp(value, "v1") == 0)
+    return 1;
+  if (strcmp(value, "v2") == 0)
+    return 2;
+  die(prog, "protocol", "must be v1 or v2");
+  return 2;
+}
+
 wstun_log_level app_log_level(const char *prog, const char *value) {
   int l = wstun_log_level_parse(value);
   if (l < 0)

@@ -161,6 +161,9 @@ void app_rfc3339(time_t t, char *buf, size_t size);
 
 /* Parses -log-level; exits with a usage error naming the flag if bad. */
 wstun_log_level app_log_level(const char *prog, const char *value);
+/* -protocol: "v1" → 1, "v2" → 2 (the config's protocol field); anything
+ * else exits with a one-line error naming the flag. */
+int app_protocol(const char *prog, const char *value);
 
 int wstunsrv_main(const char *prog, int argc, char **argv, int first);
 int wstuncli_main(const char *prog, int argc, char **argv, int first);

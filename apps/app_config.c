@@ -125,6 +125,16 @@ void app_config_apply(const app_config *c, app_flag *flags) {
   }
 }
 
+void app_config_check_protocol(app_config *c, const char *value) {
+  int line = 0;
+  if (value == NULL || strcmp(value, "v1") == 0 || strcmp(value, "v2") == 0)
+    return;
+  if (value == app_config_get(&c->top, "protocol", &line))
+    app_config_errorf(c, line, "protocol: must be v1 or v2");
+  else
+    app_config_errorf(c, 0, "flag -protocol: must be v1 or v2");
+}
+
 void app_config_check_log_level(app_config *c, const char *value) {
   int line = 0;
   if (value == NULL || wstun_log_level_parse(value) >= 0)
@@ -732,9 +742,12 @@ char *app_cli_tunnel_key(const app_cli_tunnel *t) {
   key_add(f, "client-ports", c->client_ports);
   key_add(f, "proxy", c->proxy_url);
   key_add(f, "certfile", c->ca_file);
-  fprintf(f, "timeout=%d stall=%d backend=%d idle=%d insecure=%d env=%d\n",
+  fprintf(f,
+          "timeout=%d stall=%d backend=%d idle=%d insecure=%d env=%d "
+          "protocol=%d access=%d\n",
           c->timeout_sec, c->stall_timeout_sec, c->backend_timeout_sec,
-          c->backend_idle_sec, c->insecure_backends, c->proxy_from_env);
+          c->backend_idle_sec, c->insecure_backends, c->proxy_from_env,
+          c->protocol, c->access_log);
   /* a certificate file replaced under the same name is a change too */
   struct stat st;
   if (c->ca_file && stat(c->ca_file, &st) == 0)

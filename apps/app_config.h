@@ -97,6 +97,8 @@ void app_config_apply(const app_config *c, app_flag *flags);
  * value is reported at its line when it came from the file, else as the
  * flag. NULL is fine. */
 void app_config_check_log_level(app_config *c, const char *value);
+/* The same for -protocol (v1 or v2). */
+void app_config_check_protocol(app_config *c, const char *value);
 
 /* ---- the client's tunnels -------------------------------------------- */
 

@@ -28,6 +28,7 @@ typedef struct cli_settings {
   const char *token, *log_level, *statusfile, *config_path, *password_file;
   const char *file_password; /* `password`: the file only */
   int log_pretty, check_config;
+  const char *protocol; /* -protocol v1|v2 */
   app_ops ops;
   app_config conf;
   app_cli_tunnel *tunnels;
@@ -289,6 +290,10 @@ static void cli_flags(cli_settings *s, app_flag flags[CLI_MAXFLAGS],
        "ping every S/3 s, reconnect after S s without answer (default 30; "
        "3..86400, others are clamped)",
        0, -1},
+      {"protocol", FLAG_STR, &s->protocol, "v1|v2",
+       "v2 (default): offer wstun.v2 (many requests at once per tunnel), "
+       "v1 if the server does not take it; v1: never offer it",
+       0, -1},
       {"stall-timeout", FLAG_INT, &s->cfg.stall_timeout_sec, "S",
        "give up a backend that reads nothing of a body (or sends nothing of "
        "a response) for S s while it holds the tunnel (default 10)",
@@ -346,6 +351,7 @@ static size_t cli_settings_read(cli_settings *s, const char *prog, int argc,
   wstun_client_config_init(&s->cfg);
   s->ops = (app_ops)APP_OPS_INIT;
   s->log_level = "info";
+  s->protocol = "v2";
   app_config_init(&s->conf);
   app_flag flags[CLI_MAXFLAGS], top[CLI_MAXFLAGS + 1];
   cli_flags(s, flags, top);
@@ -359,6 +365,12 @@ static size_t cli_settings_read(cli_settings *s, const char *prog, int argc,
     app_parse_flags(prog, "", flags, argc, argv, first);
   }
   app_config_check_log_level(&s->conf, s->log_level);
+  if (s->config_path == NULL) {
+    s->cfg.protocol = app_protocol(prog, s->protocol); /* exits when bad */
+  } else {
+    app_config_check_protocol(&s->conf, s->protocol); /* FILE:LINE, below */
+    s->cfg.protocol = strcmp(s->protocol, "v1") == 0 ? 1 : 2;
+  }
   app_cli_tunnel defaults = {0};
   defaults.cfg = s->cfg;
   defaults.token = s->token;

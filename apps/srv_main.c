@@ -34,6 +34,7 @@ typedef struct srv_settings {
   app_ops ops;
   uint64_t max_header, max_body;
   int drain_wait_ms, unknown_token_wait_ms;
+  const char *protocol; /* -protocol v1|v2 */
   app_config conf;
   /* secrets from files: kept out of the process list */
   char passwords[65536];
@@ -153,6 +154,14 @@ static void srv_flags(srv_settings *s, app_flag flags[SRV_MAXFLAGS]) {
        1000000},
       {"httptimeout", FLAG_INT, &s->cfg.http_timeout_sec, "S",
        "answer 504 without a response after (default 1200)", 1, 100000000},
+      {"protocol", FLAG_STR, &s->protocol, "v1|v2",
+       "v2 (default): answer wstun.v2 offers (many requests at once per "
+       "tunnel); v1: every tunnel is v1",
+       0, -1},
+      {"stream-idle-timeout", FLAG_INT, &s->cfg.stream_idle_timeout_sec, "S",
+       "v2: reset a response on which nothing moved for S s, once its head "
+       "is in (default 300)",
+       1, 100000000},
       {"stall-timeout", FLAG_INT, &s->cfg.stall_timeout_sec, "S",
        "cut a requester that reads nothing (or sends none of its body) for "
        "S s while it holds the tunnel (default 10)",
@@ -249,13 +258,16 @@ static size_t srv_settings_read(srv_settings *s, const char *prog, int argc,
   s->ops = (app_ops)APP_OPS_INIT;
   s->log_level = "info";
   s->drain_wait_ms = DRAIN_WAIT_MS;
+  s->protocol = "v2";
   s->max_header = s->cfg.max_header_bytes;
   app_config_init(&s->conf);
   app_flag flags[SRV_MAXFLAGS];
   srv_flags(s, flags);
   app_parse_flags(prog, srv_summary, flags, argc, argv, first);
-  if (s->config_path == NULL)
+  if (s->config_path == NULL) {
+    s->cfg.protocol = app_protocol(prog, s->protocol); /* exits when bad */
     return 0;
+  }
   app_config_parse(&s->conf, s->config_path, NULL, flags, NULL);
   if (s->conf.nerrors == 0 || s->conf.errors[0].line > 0) {
     app_config_apply(&s->conf, flags);
@@ -263,6 +275,8 @@ static size_t srv_settings_read(srv_settings *s, const char *prog, int argc,
     app_parse_flags(prog, "", flags, argc, argv, first);
   }
   app_config_check_log_level(&s->conf, s->log_level);
+  app_config_check_protocol(&s->conf, s->protocol); /* FILE:LINE */
+  s->cfg.protocol = strcmp(s->protocol, "v1") == 0 ? 1 : 2;
   /* secret files are checked too: a mode 644 one would stop the start */
   char buf[512], err[512];
   const char *files[] = {s->passwords_file, s->admin_token_file};

@@ -95,6 +95,9 @@ int wstun__admin_auditing(wstun_server *srv, wstun__buf *out) {
           time_or_null(srv, t->last_activity ? t->last_activity : t->last_seen),
           "active_connections", active_connections(srv, t), "pending_requests",
           (json_int_t)wstun__token_pending(t));
+      /* ours (the Go server has no v2): the newest connection's */
+      if (o != NULL && st != NULL)
+        json_object_set_new(o, "protocol", json_string(st->v2 ? "v2" : "v1"));
       /* omitted until they happen, as the Go server does (omitempty) */
       if (o != NULL && t->last_error) {
         json_object_set_new(o, "last_error_time",
@@ -151,6 +154,9 @@ static void stats_tunnel_block(const wstun_tunnel_info *ti, void *ud) {
   if (ti->client_version[0])
     c->rc |= wstun__buf_appendf(c->out, "tunnel%02d_client_version=%s\n", i,
                                 ti->client_version);
+  if (ti->protocol[0]) /* ours: the Go server has no v2 */
+    c->rc |=
+        wstun__buf_appendf(c->out, "tunnel%02d_protocol=%s\n", i, ti->protocol);
   c->rc |= wstun__buf_appendf(c->out, "tunnel%02d_idle_secs=%.1f\n", i,
                               (double)ti->idle_ms / 1000.0);
   c->reqs += ti->pending_requests;

@@ -11,10 +11,12 @@
 #include "wstun_alloc.h"
 #include "wstun_client_int.h"
 #include "wstun_util.h"
+#include "wstun_v2.h"
 
 #define REQ_MAX_HEAD (1 << 20)
 
 static const wstun__tunnel_cbs cli_tunnel_cbs;
+static void on_retire(uv_timer_t *timer);
 static const wstun__http_parser_cbs req_cbs;
 static const wstun__request_cbs cli_req_cbs;
 
@@ -23,6 +25,7 @@ void wstun_client_config_init(wstun_client_config *cfg) {
   cfg->timeout_sec = 30;
   cfg->backend_timeout_sec = 1200;
   cfg->stall_timeout_sec = 10;
+  cfg->protocol = 2;
   cfg->reconnect_max_ms = 30000;
   cfg->max_idle_per_backend = 256;
   cfg->backend_idle_sec = 30;
@@ -48,6 +51,8 @@ static void cli_req_release(wstun_request *req) {
   wstun_client *cli = req->owner;
   wstun__list_remove(&req->link);
   wstun__upstream_detach(req);
+  if (cli->old_t != NULL && cli->phase == WSTUN__CLI_OPEN)
+    uv_timer_start(&cli->retire, on_retire, 0, 0); /* maybe its last */
   if (cli->reqs_counted && wstun__list_empty(&cli->reqs)) {
     cli->reqs_counted = 0;
     wstun__closer_done(&cli->closer);
@@ -60,7 +65,7 @@ static const wstun__request_cbs cli_req_cbs = {
 
 static void *cli_msg_begin(wstun__tunnel *t, uint32_t wire_id) {
   wstun_client *cli = t->owner;
-  uint16_t id = (uint16_t)wire_id; /* v1: four hex digits */
+  uint32_t id = wire_id; /* v1: four hex digits; v2: the stream */
   wstun_request *req = wstun__request_new(t, id, &cli->log, &cli_req_cbs, cli);
   if (req == NULL)
     return NULL;
@@ -75,12 +80,19 @@ static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
                         size_t n) {
   wstun_request *req = sink;
   (void)t;
+  /* v2: the bytes hold credit until they reach the backend (upstream.c
+   * gives it back as its connection takes them); any other bytes are
+   * done with at once */
+  req->unconsumed += n;
   if (req->req_complete) {
     req->msg_extra += n; /* a message carries one request */
+    wstun__request_consume(req);
     return 0;
   }
-  if (req->state == WSTUN__CR_ANSWERED)
+  if (req->state == WSTUN__CR_ANSWERED) {
+    wstun__request_consume(req);
     return 0;
+  }
   size_t used;
   wstun__request_ref(req);
   int rc = wstun__http_parser_feed(&req->parser, d, n, &used);
@@ -95,6 +107,8 @@ static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
                           req->parser.error_text ? req->parser.error_text
                                                  : "Bad request");
   }
+  if (req->state != WSTUN__CR_FORWARD || req->up == NULL)
+    wstun__request_consume(req);
   wstun__request_unref(req);
   return 0;
 }
@@ -350,6 +364,7 @@ int wstun_request_respond(wstun_request *req, int status,
       if (content_type)
         w |= wstun__buf_appendf(&m->buf, "Content-Type: %s\r\n", content_type);
       w |= wstun__buf_appendf(&m->buf, "Content-Length: %zu\r\n\r\n", len);
+      wstun__request_mark_head(m, wstun__buf_size(&m->buf));
       w |= wstun__buf_append(&m->buf, body, len);
     }
     if (w != 0) {
@@ -383,14 +398,22 @@ int wstun_request_cancel(wstun_request *req) {
 
 static void cli_tunnel_closed(wstun__tunnel *t, int err) {
   wstun_client *cli = t->owner;
-  cli->t = NULL;
-  wstun__log(&cli->log, WSTUN_LOG_WARN, "tunnel closed: %s",
+  int current = t == cli->t;
+  if (current)
+    cli->t = NULL;
+  else if (t == cli->old_t)
+    cli->old_t = NULL;
+  wstun__log(&cli->log, current ? WSTUN_LOG_WARN : WSTUN_LOG_INFO,
+             "%s closed: %s", current ? "tunnel" : "drained tunnel",
              wstun_strerror(err));
   /* every request on it is lost: responses queued on the tunnel are let go
-   * (the tunnel frees them), backends are cut */
+   * (the tunnel frees them), backends are cut; those on the other tunnel
+   * (a drained one, or the next) go on */
   wstun__list *l, *tmp;
   wstun__list_foreach_safe(l, tmp, &cli->reqs) {
     wstun_request *req = wstun__list_entry(l, wstun_request, link);
+    if (req->t != NULL && req->t != t)
+      continue;
     if (req->resp && req->resp_handed) {
       req->resp->owner = NULL;
       req->resp = NULL;
@@ -401,13 +424,51 @@ static void cli_tunnel_closed(wstun__tunnel *t, int err) {
     wstun__upstream_detach(req);
     wstun__request_end_exchange(req); /* frees unless pinned or held */
   }
+  if (!current)
+    return; /* the next tunnel is up or being dialed */
   set_state(cli, WSTUN_CLIENT_DISCONNECTED, err);
   wstun__dialer_lost(&cli->dialer); /* redials unless closing */
 }
 
+/* The drained tunnel is closed once no request uses it (WebSocket close
+ * 1000). From a timer: tunnel callbacks may not close their tunnel. */
+static void on_retire(uv_timer_t *timer) {
+  wstun_client *cli = timer->data;
+  if (cli->old_t == NULL || cli->phase != WSTUN__CLI_OPEN)
+    return;
+  wstun__list *l;
+  wstun__list_foreach(l, &cli->reqs) {
+    if (wstun__list_entry(l, wstun_request, link)->t == cli->old_t)
+      return; /* a stream still runs on it: a later release calls again */
+  }
+  wstun__log(&cli->log, WSTUN_LOG_INFO,
+             "drained tunnel: its last request is done: closing it");
+  wstun__tunnel_close(cli->old_t, WSTUN_ECLOSED);
+}
+
+/* v2: the server drains this tunnel (it is stopping, or out of ids): its
+ * streams go on to their end, and the next tunnel is dialed to the same
+ * URL now (behind a balancer, another node), so new requests find it. */
+static void cli_tunnel_goaway(wstun__tunnel *t, uint32_t last, uint32_t code) {
+  wstun_client *cli = t->owner;
+  (void)last;
+  if (code != WSTUN__V2_NO_ERROR || t != cli->t ||
+      cli->phase != WSTUN__CLI_OPEN)
+    return; /* an error: the tunnel closes next (cli_tunnel_closed) */
+  wstun__log(&cli->log, WSTUN_LOG_INFO,
+             "tunnel drained by the server (GOAWAY): dialing the next one; "
+             "this one closes when its requests are done");
+  if (cli->old_t != NULL) /* drained twice before the first was done */
+    wstun__tunnel_close(cli->old_t, WSTUN_ECLOSED);
+  cli->old_t = t;
+  cli->t = NULL;
+  wstun__dialer_lost(&cli->dialer);
+  uv_timer_start(&cli->retire, on_retire, 0, 0);
+}
+
 static void cli_tunnel_freed(void *owner) {
   wstun_client *cli = owner;
-  cli->tunnel_alive = 0;
+  cli->tunnel_alive--;
   if (cli->phase >= WSTUN__CLI_CLOSING)
     wstun__closer_done(&cli->closer);
 }
@@ -418,7 +479,30 @@ static void cli_tunnel_pong(wstun__tunnel *t) {
     cli->pong_cb(cli, cli->state_ud);
 }
 
+/* v2: the server reset a stream (its requester went away, a timeout):
+ * the backend request is aborted, its connection closed at once. */
+static void cli_stream_reset(wstun__tunnel *t, uint32_t id, uint32_t code) {
+  wstun_client *cli = t->owner;
+  wstun__list *l;
+  wstun__list_foreach(l, &cli->reqs) {
+    wstun_request *req = wstun__list_entry(l, wstun_request, link);
+    if (req->t != t || req->id != id)
+      continue;
+    wstun__log(&cli->log, WSTUN_LOG_DEBUG,
+               "WS   RCV id=%04x: reset by the server (%s): backend request "
+               "aborted",
+               (unsigned)id, wstun__v2_codename(code));
+    wstun__request_ref(req);
+    wstun__upstream_detach(req);
+    wstun__request_reset(req);
+    wstun__request_unref(req);
+    return;
+  }
+}
+
 static const wstun__tunnel_cbs cli_tunnel_cbs = {
+    .on_reset = cli_stream_reset,
+    .on_goaway = cli_tunnel_goaway,
     .on_pong = cli_tunnel_pong,
     .on_msg_begin = cli_msg_begin,
     .on_msg_data = cli_msg_data,
@@ -440,9 +524,13 @@ static int dl_on_upgraded(void *owner, wstun__conn *conn,
   int rc = wstun__tunnel_start(&cli->t, cli->loop, conn, 0, &cli->rng,
                                &cli->log, ping ? ping : 1000, cli->timeout_ms,
                                &cli_tunnel_cbs, cli, leftover, n);
-  if (rc == 0)
-    cli->tunnel_alive = 1; /* until on_freed */
-  return rc;
+  if (rc != 0)
+    return rc;
+  cli->tunnel_alive++; /* until on_freed */
+  /* the 101 named wstun.v2: both sides speak v2 from its first byte */
+  if (cli->dialer.v2 && wstun__tunnel_set_proto(cli->t, &wstun__proto_v2) != 0)
+    wstun__tunnel_close(cli->t, WSTUN_ENOMEM); /* redials (on_closed) */
+  return 0;
 }
 
 static void dl_on_closed(void *owner) {
@@ -515,12 +603,16 @@ static void close_now(wstun_client *cli) {
   wstun__closer_start(&cli->closer, on_all_closed);
   uv_timer_stop(&cli->grace);
   wstun__closer_close_handle(&cli->closer, (uv_handle_t *)&cli->grace);
+  uv_timer_stop(&cli->retire);
+  wstun__closer_close_handle(&cli->closer, (uv_handle_t *)&cli->retire);
   wstun__closer_add(&cli->closer); /* dl_on_closed */
   wstun__dialer_close(&cli->dialer);
-  if (cli->tunnel_alive)
-    wstun__closer_add(&cli->closer); /* cli_tunnel_freed */
+  for (int i = 0; i < cli->tunnel_alive; i++)
+    wstun__closer_add(&cli->closer); /* cli_tunnel_freed, each */
   if (cli->t)
     wstun__tunnel_close(cli->t, WSTUN_ECLOSED);
+  if (cli->old_t)
+    wstun__tunnel_close(cli->old_t, WSTUN_ECLOSED);
   wstun__list *l, *tmp;
   wstun__list_foreach_safe(l, tmp, &cli->reqs) {
     wstun__request_end_exchange(wstun__list_entry(l, wstun_request, link));
@@ -556,7 +648,12 @@ void wstun_client_close(wstun_client *cli, unsigned grace_ms,
     close_now(cli);
     return;
   }
-  /* requests in progress may finish; no new tunnel is dialed meanwhile */
+  /* requests in progress may finish; no new tunnel is dialed meanwhile.
+   * v2 (PROTOCOL.md 7.7): GOAWAY tells the server to send no new request
+   * here (it queues them for another client); a stream it opened anyway
+   * is refused, and the server sends it again elsewhere. */
+  if (wstun__tunnel_is_v2(cli->t))
+    wstun__tunnel_goaway(cli->t, WSTUN__V2_NO_ERROR);
   cli->grace_deadline = uv_now(cli->loop) + grace_ms;
   uv_timer_start(&cli->grace, on_grace_check, 50, 50);
 }
@@ -645,6 +742,9 @@ static int client_setup(wstun_client *cli, const wstun_client_config *cfg) {
                                      : "wstun " WSTUN_VERSION_STRING);
   if (rc != 0)
     return rc;
+  if (cfg->protocol < 0 || cfg->protocol > 2)
+    return WSTUN_EINVAL;
+  dc->offer_v2 = cfg->protocol != 1;
   cli->timeout_ms = dc->timeout_ms =
       (uint64_t)(cfg->timeout_sec > 0 ? cfg->timeout_sec : 30) * 1000;
   cli->pool.backend_timeout_ms =
@@ -725,6 +825,8 @@ int wstun_client_start(uv_loop_t *loop, const wstun_client_config *cfg,
                      &cli_dialer_cbs, cli);
   uv_timer_init(loop, &cli->grace);
   cli->grace.data = cli;
+  uv_timer_init(loop, &cli->retire);
+  cli->retire.data = cli;
   cli->state = WSTUN_CLIENT_CONNECTING;
   *out = cli;
   wstun__dialer_start(&cli->dialer);

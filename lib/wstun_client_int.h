@@ -53,8 +53,12 @@ struct wstun_client {
   wstun_client_state state;
   /* connected */
   wstun__tunnel *t;
-  int tunnel_alive; /* from its start until its memory is gone */
-  wstun__list reqs; /* every request alive */
+  /* v2: the tunnel the server drains (its GOAWAY): it serves its streams
+   * to their end while the next one is dialed, then it is closed */
+  wstun__tunnel *old_t;
+  uv_timer_t retire; /* closes old_t once idle, outside tunnel callbacks */
+  int tunnel_alive;  /* tunnels from their start until their memory goes */
+  wstun__list reqs;  /* every request alive */
   /* closing */
   wstun__cli_phase phase;
   uv_timer_t grace;        /* checks, while in WSTUN__CLI_GRACE */

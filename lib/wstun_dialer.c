@@ -14,6 +14,7 @@
 #include "wstun_list.h"
 #include "wstun_proxy.h"
 #include "wstun_util.h"
+#include "wstun_v2.h"
 #include "wstun_ws.h"
 
 #define HANDSHAKE_MAX_HEAD (64 * 1024)
@@ -154,6 +155,13 @@ int wstun__dialer_feed(wstun__dialer *d, const uint8_t *data, size_t len,
     snprintf(why, whyn, "bad Sec-WebSocket-Accept");
     return WSTUN_EHANDSHAKE;
   }
+  /* no subprotocol in the 101: a v1 server (the Go one), v1 on this same
+   * connection; one we did not offer: a failed handshake (RFC 6455 4.1) */
+  if (wstun__ws_check_protocol(
+          h, d->cfg.offer_v2 ? WSTUN__V2_SUBPROTOCOL : NULL, &d->v2) != 0) {
+    snprintf(why, whyn, "server chose a subprotocol we did not offer");
+    return WSTUN_EHANDSHAKE;
+  }
   return 1;
 }
 
@@ -283,8 +291,10 @@ static void upgraded(wstun__dialer *d, const uint8_t *rest, size_t n) {
   d->connected_at = uv_now(d->loop);
   char red[12];
   const wstun__url *u = &d->cfg.tunnel_url;
-  wstun__log(d->log, WSTUN_LOG_INFO, "tunnel open to %s://%s:%d token=%s",
-             u->scheme, u->host, u->port, wstun__redact(d->cfg.token, red));
+  wstun__log(d->log, WSTUN_LOG_INFO,
+             "tunnel open to %s://%s:%d token=%s protocol=%s", u->scheme,
+             u->host, u->port, wstun__redact(d->cfg.token, red),
+             d->v2 ? "v2" : "v1");
   d->cbs->on_state(d->owner, WSTUN_CLIENT_CONNECTED, 0);
 }
 
@@ -354,6 +364,9 @@ static void send_handshake(wstun__dialer *d) {
                               "X-Client-Version: %s\r\n",
                               cfg->handshake_path, hostport, d->ws_key,
                               cfg->token, cfg->client_version);
+  if (cfg->offer_v2)
+    rc |= wstun__buf_append_str(
+        out, "Sec-WebSocket-Protocol: " WSTUN__V2_SUBPROTOCOL "\r\n");
   if (cfg->auth_header)
     rc |= wstun__buf_appendf(out, "Authorization: %s\r\n", cfg->auth_header);
   if (cfg->tunnel_auth_header)

@@ -64,6 +64,7 @@ typedef struct wstun__dialer_config {
   char *proxy_auth;          /* "Basic ..." or NULL */
   uint64_t timeout_ms;       /* one whole attempt */
   uint64_t reconnect_max_ms; /* backoff cap */
+  int offer_v2;              /* offer wstun.v2 (PROTOCOL.md 7.1) */
 } wstun__dialer_config;
 
 typedef struct wstun__dialer_cbs {
@@ -99,6 +100,8 @@ typedef struct wstun__dialer {
   size_t hs_body_len;
   char hs_body[WSTUN__DIAL_WHY_BODY];
   char ws_key[32];
+  int v2; /* the last handshake's server chose wstun.v2 (read it in
+             on_upgraded) */
   unsigned attempt;
   uint64_t connected_at; /* ms, last successful handshake */
   int stopped;           /* no more attempts */

@@ -29,15 +29,20 @@ static void set_timer(wstun__exchange *ex, uint64_t ms, uv_timer_cb cb) {
     uv_timer_start(&ex->timer, cb, ms, 0);
 }
 
-/* Drops everything the exchange holds on tunnels and queues. */
+/* Drops everything the exchange holds on tunnels and queues. The message
+ * goes first: on a v2 tunnel the stream's end (RESET, unless it is over
+ * both ways) then frees what the tunnel still holds of it. */
 static void release(wstun__exchange *ex) {
-  wstun__registry_unlink(&ex->reg);
-  wstun__buf_free(&ex->replay);
   if (ex->req) {
     wstun__outmsg *m = ex->req;
     ex->req = NULL;
     wstun__outmsg_abandon(m);
   }
+  uint32_t code = ex->end_code    ? ex->end_code
+                  : ex->resp_done ? WSTUN__V2_NO_ERROR
+                                  : WSTUN__V2_CANCEL;
+  wstun__registry_unlink(&ex->reg, code);
+  wstun__buf_free(&ex->replay);
   if (ex->resp_init) {
     wstun__http_parser_free(&ex->resp);
     ex->resp_init = 0;
@@ -65,6 +70,11 @@ void wstun__exchange_reset(wstun__exchange *ex, const wstun__http_head *h) {
   ex->reg.id = 0;
   ex->has_id = 0;
   ex->state = WSTUN__EX_NONE;
+  ex->end_code = 0;
+  ex->reset_pending = 0;
+  ex->resp_hold = 0;
+  ex->unconsumed = 0;
+  ex->moved = 0;
 }
 
 int wstun__exchange_active(const wstun__exchange *ex) {
@@ -165,10 +175,13 @@ static int replayable_method(int method) {
          method == HTTP_TRACE;
 }
 
-static int replay(wstun__exchange *ex) {
+/* Sends the request again from its copy: after its tunnel died (safe
+ * methods only), or after a v2 client refused its stream (any method: the
+ * client did not process it). */
+static int resend(wstun__exchange *ex, const char *why) {
   if (wstun__buf_size(&ex->replay) == 0 || ex->resp_init || ex->cancelled ||
-      ex->state != WSTUN__EX_WAITING || ex->reg.tok == NULL ||
-      ex->tries + 1 >= 3)
+      (ex->state != WSTUN__EX_WAITING && ex->state != WSTUN__EX_SENDING) ||
+      ex->reg.tok == NULL || ex->tries + 1 >= 3)
     return 0;
   wstun__outmsg *m = wstun__outmsg_new(&req_msg_cbs, ex);
   if (m == NULL || wstun__buf_append(&m->buf, wstun__buf_data(&ex->replay),
@@ -179,15 +192,21 @@ static int replay(wstun__exchange *ex) {
   }
   ex->tries++;
   wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
-             "WS   SND token=%s id=%04x: tunnel lost before the response: "
-             "sending it again (try %d)",
-             ex->token_prefix, ex->reg.id, ex->tries + 1);
-  wstun__registry_unlink(&ex->reg);
+             "WS   SND token=%s id=%04x: %s: sending it again (try %d)",
+             ex->token_prefix, ex->reg.id, why, ex->tries + 1);
+  wstun__registry_unlink(&ex->reg, WSTUN__V2_CANCEL);
+  if (ex->req_head_len > 0)
+    wstun__outmsg_set_head_len(m, ex->req_head_len);
   m->finished = 1;
   ex->req = m;
   ex->state = WSTUN__EX_READING;
   dispatch(ex);
   return 1;
+}
+
+static int replay(wstun__exchange *ex) {
+  return ex->state == WSTUN__EX_WAITING && replayable_method(ex->method) &&
+         resend(ex, "tunnel lost before the response");
 }
 
 void wstun__exchange_tunnel_lost(wstun__exchange *ex) {
@@ -233,6 +252,7 @@ static void on_deadline(uv_timer_t *t) {
   wstun__exchange *ex = t->data;
   if (tunnel_wait_over(ex))
     return;
+  ex->end_code = WSTUN__V2_TIMEOUT;
   wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
              "HTTP RET token=%s id=%04x status=504: no response in time",
              ex->token_prefix, ex->reg.id);
@@ -293,7 +313,53 @@ static void stall_watch_stop(wstun__exchange *ex) {
   set_timer(ex, deadline_left(ex), on_deadline);
 }
 
+/* v2, once the response head is in: the deadline gives way to a watch of
+ * the stream's movement. Bytes either way (response bytes from the tunnel,
+ * request bytes from the requester, bytes the requester took) keep it
+ * going; none for stream_idle_ms resets the stream (TIMEOUT) and cuts the
+ * requester. So an event stream or a download that keeps moving lives as
+ * long as it moves. */
+static uint64_t stream_movement(wstun__exchange *ex) {
+  return ex->moved + ex->cbs->progress(ex);
+}
+
+static void on_stream_idle_check(uv_timer_t *t) {
+  wstun__exchange *ex = t->data;
+  wstun_server *srv = ex->srv;
+  uint64_t now = uv_now(srv->loop);
+  uint64_t mark = stream_movement(ex);
+  if (mark != ex->stall_mark) {
+    ex->stall_mark = mark;
+    ex->stall_since = now;
+  } else if (now - ex->stall_since >= srv->stream_idle_ms) {
+    wstun__log(&srv->log, WSTUN_LOG_INFO,
+               "HTTP RET token=%s id=%04x: stream idle for %llu ms: reset",
+               ex->token_prefix, ex->reg.id,
+               (unsigned long long)(now - ex->stall_since));
+    ex->end_code = WSTUN__V2_TIMEOUT;
+    wstun__exchange_fail(ex, 0, NULL);
+    return;
+  }
+  uint64_t period = srv->stream_idle_ms / 4;
+  set_timer(ex, period < 100 ? 100 : period, on_stream_idle_check);
+}
+
+static void stream_idle_watch(wstun__exchange *ex) {
+  ex->stall_mark = stream_movement(ex);
+  ex->stall_since = uv_now(ex->srv->loop);
+  uint64_t period = ex->srv->stream_idle_ms / 4;
+  set_timer(ex, period < 100 ? 100 : period, on_stream_idle_check);
+}
+
 void wstun__exchange_drained(wstun__exchange *ex) {
+  if (ex->resp_hold) {
+    /* v2: what the requester took is given back to the tunnel client */
+    uint64_t n = ex->unconsumed;
+    ex->resp_hold = 0;
+    ex->unconsumed = 0;
+    wstun__registry_consumed(&ex->reg, (size_t)n);
+    return;
+  }
   if (ex->reg.paused && ex->reg.tun && ex->reg.tun->t) {
     if (ex->state == WSTUN__EX_RESPONDING)
       stall_watch_stop(ex);
@@ -317,7 +383,8 @@ static void on_upload_check(uv_timer_t *t) {
     return;
   }
   wstun__outmsg *m = ex->req;
-  if (m == NULL || m->finished ||
+  /* a v2 stream waits for its uploader alone: nothing to watch */
+  if (m == NULL || m->finished || wstun__registry_is_v2(&ex->reg) ||
       (ex->state != WSTUN__EX_QUEUED && ex->state != WSTUN__EX_SENDING)) {
     set_timer(ex, left, on_deadline); /* written: back to the deadline */
     return;
@@ -379,6 +446,13 @@ static int build_request(wstun__exchange *ex, wstun__http_head *h,
     return WSTUN_ENOMEM;
   if (wstun__http_head_write(h, &ex->req->buf) != 0)
     return WSTUN_ENOMEM;
+  /* v2 sends it as the stream's HEAD frame (7.2). One above 256 KiB
+   * (only with -max-header-bytes raised that far) is left unmarked: a v2
+   * tunnel hands it back and the requester gets 502; v1 carries it. */
+  size_t head = wstun__buf_size(&ex->req->buf);
+  ex->req_head_len = head <= WSTUN__V2_MAX_HEAD ? (uint32_t)head : 0;
+  if (ex->req_head_len > 0)
+    wstun__outmsg_set_head_len(ex->req, ex->req_head_len);
   return 0;
 }
 
@@ -434,8 +508,8 @@ static void dispatch_if_ready(wstun__exchange *ex) {
   if (ex->state != WSTUN__EX_READING || ex->req == NULL)
     return;
   size_t size = wstun__buf_size(&ex->req->buf);
+  /* every method: a v2 stream refused (never processed) goes again */
   if (ex->req->finished && ex->tries == 0 && size <= REPLAY_MAX &&
-      replayable_method(ex->method) &&
       wstun__buf_append(&ex->replay, wstun__buf_data(&ex->req->buf), size) != 0)
     wstun__buf_free(&ex->replay); /* no copy: no replay, nothing else lost */
   if (ex->req->finished || wstun__buf_size(&ex->req->buf) >= WSTUN__STREAM_AT) {
@@ -460,6 +534,7 @@ static void request_grew(wstun__exchange *ex) {
 int wstun__exchange_body(wstun__exchange *ex, const uint8_t *d, size_t n) {
   if (ex->req == NULL)
     return 0; /* answered already: discard */
+  ex->moved += n;
   if (wstun__http_write_body(&ex->req->buf, d, n, ex->req_chunked) != 0)
     return WSTUN_ENOMEM;
   request_grew(ex);
@@ -479,6 +554,8 @@ int wstun__exchange_body_end(wstun__exchange *ex) {
 
 /* ---- the request message's life on the tunnel --------------------------- */
 
+static void on_reset_now(wstun__exchange *ex, uint32_t code);
+
 static void req_msg_sent(void *owner, wstun__outmsg *m) {
   wstun__exchange *ex = owner;
   (void)m;
@@ -486,7 +563,10 @@ static void req_msg_sent(void *owner, wstun__outmsg *m) {
   if (ex->state != WSTUN__EX_SENDING)
     return;
   ex->state = WSTUN__EX_WAITING;
-  if (ex->reg.tun == NULL) /* written, but the tunnel died right after */
+  if (ex->reset_pending) { /* reset as its last bytes went */
+    ex->reset_pending = 0;
+    on_reset_now(ex, ex->reset_code);
+  } else if (ex->reg.tun == NULL) /* written, but the tunnel died after */
     wstun__exchange_tunnel_lost(ex);
 }
 
@@ -499,7 +579,19 @@ static void req_msg_drain(void *owner, wstun__outmsg *m) {
 
 static void req_msg_failed(void *owner, wstun__outmsg *m, int restartable) {
   wstun__exchange *ex = owner;
-  wstun__registry_unlink(&ex->reg);
+  if (ex->reset_pending) {
+    /* the client reset the stream (on_reset_now waited for m) */
+    ex->reset_pending = 0;
+    if (ex->reset_code == WSTUN__V2_REFUSED && !m->started)
+      restartable = 1; /* no byte went: m itself goes again */
+    else {
+      ex->req = NULL;
+      wstun__outmsg_free(m);
+      on_reset_now(ex, ex->reset_code);
+      return;
+    }
+  }
+  wstun__registry_unlink(&ex->reg, WSTUN__V2_CANCEL);
   if (restartable && ex->state == WSTUN__EX_SENDING && ++ex->tries < 3) {
     wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
                "WS   SND token=%s id=%04x failed: retrying (try %d)",
@@ -554,6 +646,8 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
              "WS   RCV token=%s id=%04x status=%d", ex->token_prefix,
              ex->reg.id, status);
   wstun__exchange_log_ret(ex, status);
+  if (wstun__registry_is_v2(&ex->reg))
+    stream_idle_watch(ex); /* -httptimeout bounded the wait for the head */
   return no_body ? 1 : 0;
 }
 
@@ -562,7 +656,9 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
   int rc = ex->cbs->on_body(ex, d, n);
   if (rc < 0)
     return -1;
-  if (rc > 0 && wstun__registry_pause_rx(&ex->reg))
+  if (rc > 0 && wstun__registry_is_v2(&ex->reg))
+    ex->resp_hold = 1; /* credit is held back: only this stream waits */
+  else if (rc > 0 && wstun__registry_pause_rx(&ex->reg))
     stall_watch_start(ex);
   return 0;
 }
@@ -678,7 +774,19 @@ static int reg_on_msg_begin(wstun__reg_entry *e) {
 }
 
 static int reg_on_msg_data(wstun__reg_entry *e, const uint8_t *d, size_t n) {
-  return resp_data(wstun__exchange_of(e), d, n);
+  wstun__exchange *ex = wstun__exchange_of(e);
+  ex->moved += n;
+  int rc = resp_data(ex, d, n);
+  if (rc != 0 || ex->cancelled || ex->state == WSTUN__EX_DONE)
+    return rc;
+  /* v2: the bytes are with the requester's connection now; while it is
+   * congested their credit is held (exchange_drained gives it back), so
+   * a requester that stops reading stops only its own stream */
+  if (ex->resp_hold)
+    ex->unconsumed += n;
+  else
+    wstun__registry_consumed(e, n);
+  return 0;
 }
 
 static void reg_on_msg_end(wstun__reg_entry *e, int complete) {
@@ -696,6 +804,35 @@ static void reg_on_fail(wstun__reg_entry *e, int status, const char *text) {
   wstun__exchange_fail(wstun__exchange_of(e), status, text);
 }
 
+/* The client reset the stream: a REFUSED one (never processed, e.g. above
+ * its GOAWAY) goes again from its copy when there is one; otherwise the
+ * requester gets 502, or a cut response once its head is out. */
+static void on_reset_now(wstun__exchange *ex, uint32_t code) {
+  wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
+             "WS   RCV token=%s id=%04x: stream reset by the client (%s)",
+             ex->token_prefix, ex->reg.id, wstun__v2_codename(code));
+  if (code == WSTUN__V2_REFUSED && resend(ex, "stream refused"))
+    return;
+  ex->end_code = WSTUN__V2_NO_ERROR; /* nothing left to reset */
+  if (code == WSTUN__V2_REFUSED && ex->state != WSTUN__EX_RESPONDING)
+    wstun__exchange_fail(ex, 503, "Tunnel client refused the request");
+  else
+    wstun__exchange_fail(ex, 502, "Tunnel client reset the request");
+}
+
+static void reg_on_reset(wstun__reg_entry *e, uint32_t code) {
+  wstun__exchange *ex = wstun__exchange_of(e);
+  if (ex->cancelled || !wstun__exchange_active(ex))
+    return;
+  if (ex->req && ex->state == WSTUN__EX_SENDING) {
+    /* the tunnel hands the message back next (req_msg_failed) */
+    ex->reset_pending = 1;
+    ex->reset_code = code;
+    return;
+  }
+  on_reset_now(ex, code);
+}
+
 static const wstun__reg_entry_cbs reg_cbs = {
     .on_send = reg_on_send,
     .on_msg_begin = reg_on_msg_begin,
@@ -703,4 +840,5 @@ static const wstun__reg_entry_cbs reg_cbs = {
     .on_msg_end = reg_on_msg_end,
     .on_tunnel_lost = reg_on_tunnel_lost,
     .on_fail = reg_on_fail,
+    .on_reset = reg_on_reset,
 };

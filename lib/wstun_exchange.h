@@ -88,13 +88,21 @@ struct wstun__exchange {
   /* a node of a cluster (srv->tunnel_wait_ms): until this uv_now ms the
    * request may wait for its token's tunnel, then 404; 0 = no such wait */
   uint64_t tunnel_wait_end;
+  /* v2 */
+  uint32_t req_head_len; /* the request head's bytes in its message */
+  uint32_t end_code;     /* the RESET code for our end (0: by outcome) */
+  uint32_t reset_code;   /* the client's RESET, while reset_pending */
+  int reset_pending;     /* ... waiting for the message to come back */
+  int resp_hold;         /* the requester's output is congested */
+  uint64_t unconsumed;   /* response bytes not yet given back */
+  uint64_t moved;        /* bytes either way: the idle-stream watch */
   char token_prefix[12];
   char peer[64]; /* the requester's address, for /admin and accounting */
 };
 
 /* What /admin/auditing shows of an exchange in flight. */
 typedef struct wstun__exchange_info {
-  uint16_t id;
+  uint32_t id;
   const char *method, *uri, *remote_addr;
   uint64_t start_ms;
 } wstun__exchange_info;

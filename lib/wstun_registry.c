@@ -12,6 +12,7 @@
 #include "wstun_proto.h"
 #include "wstun_registry.h"
 #include "wstun_util.h"
+#include "wstun_v2.h"
 #include "wstun_ws.h"
 
 static void drain_queue(wstun_server *srv, wstun__token *tok);
@@ -230,6 +231,7 @@ void wstun_server_foreach_tunnel(const wstun_server *srv,
           .client_version = st && st->client_version ? st->client_version : "",
           .remote_name = st && st->remote_name ? st->remote_name : "",
           .idle_ms = now - last,
+          .protocol = st ? (st->v2 ? "v2" : "v1") : "",
       };
       cb(&info, user_data);
     }
@@ -294,6 +296,23 @@ static size_t waiting_count(const wstun__token *tok) {
   return n;
 }
 
+/* Whether st takes one more exchange now. A v2 tunnel carries at most
+ * WSTUN__REG_V2_STREAMS streams at once: far below the client's limit of
+ * 1024 (PROTOCOL.md 7.8, beyond which it refuses streams), and each one is
+ * a backend connection on the client and up to a window (1 MiB) of
+ * buffered bytes on each side; more wait in the token's queue (bounded by
+ * max_requests_per_tunnel) and go out as streams end. A v2 tunnel after a
+ * GOAWAY, either way, takes none. A v1 tunnel takes any number (they wait
+ * their turn on it, as with the Go server). */
+static int takes_more(const wstun__srv_tunnel *st) {
+  /* one that is closing (its owner not told yet: a message it was
+   * delivering ends first) would hand the exchange straight back */
+  if (st->t == NULL || st->t->closing)
+    return 0;
+  return !st->v2 || (!st->goaway && st->ninflight < WSTUN__REG_V2_STREAMS &&
+                     st->last_stream < WSTUN__V2_ID_MAX - 1);
+}
+
 static wstun__srv_tunnel *pick_tunnel(wstun__token *tok) {
   /* fewest exchanges in flight; ties broken round-robin */
   wstun__srv_tunnel *best = NULL, *st;
@@ -301,9 +320,7 @@ static wstun__srv_tunnel *pick_tunnel(wstun__token *tok) {
   size_t n = tok->ntunnels ? tok->ntunnels : 1;
   FOREACH_TUNNEL(st, tok) {
     unsigned at = i++;
-    /* one that is closing (its owner not told yet: a message it was
-     * delivering ends first) would hand the exchange straight back */
-    if (st->t == NULL || st->t->closing)
+    if (!takes_more(st))
       continue;
     if (best == NULL || st->ninflight < best->ninflight ||
         (st->ninflight == best->ninflight && at == start % n))
@@ -312,7 +329,7 @@ static wstun__srv_tunnel *pick_tunnel(wstun__token *tok) {
   return best;
 }
 
-static int id_in_use(const wstun__srv_tunnel *st, uint16_t id) {
+static int id_in_use(const wstun__srv_tunnel *st, uint32_t id) {
   const wstun__list *l;
   wstun__list_foreach(l, &st->inflight) {
     if (wstun__list_entry(l, wstun__reg_entry, link)->id == id)
@@ -321,7 +338,9 @@ static int id_in_use(const wstun__srv_tunnel *st, uint16_t id) {
   return 0;
 }
 
-static uint16_t next_id(wstun__token *tok, const wstun__srv_tunnel *st) {
+static uint32_t next_id(wstun__token *tok, wstun__srv_tunnel *st) {
+  if (st->v2) /* odd, increasing, never reused (takes_more bounds it) */
+    return st->last_stream = st->last_stream == 0 ? 1 : st->last_stream + 2;
   for (;;) {
     uint16_t id = tok->next_id = wstun__proto_next_id(tok->next_id);
     if (st->ninflight >= WSTUN__PROTO_ID_WRAP || !id_in_use(st, id))
@@ -336,11 +355,33 @@ static void send_on(wstun__srv_tunnel *st, wstun__reg_entry *e) {
   st->ninflight++;
   wstun__outmsg *m = e->cbs->on_send(e);
   wstun__tunnel_send(st->t, e->id, m);
+  /* v2 ids ran out (PROTOCOL.md 7.3): GOAWAY, the client dials another */
+  if (st->v2 && st->t && !st->goaway &&
+      st->last_stream >= WSTUN__V2_ID_MAX - 1) {
+    st->goaway = 1;
+    wstun__tunnel_goaway(st->t, WSTUN__V2_NO_ERROR);
+  }
+}
+
+/* A live v2 tunnel that takes no new stream only for now: its streams end
+ * and free slots, so an exchange queued for it is waiting its turn, not
+ * stuck behind a broken tunnel. */
+static int v2_slots_later(const wstun__token *tok) {
+  const wstun__srv_tunnel *st;
+  FOREACH_TUNNEL(st, tok) {
+    if (st->v2 && st->t && !st->t->closing && !st->goaway)
+      return 1;
+  }
+  return 0;
 }
 
 int wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e) {
   wstun__token *tok = e->tok;
-  if (waiting_count(tok) >= srv->max_queue) {
+  /* max_queue bounds what waits for a tunnel that may never come (or one
+   * that does not move); exchanges waiting for a stream of a live v2
+   * tunnel are bounded by the connection caps instead (each is a
+   * requester's connection), as requests queued on a v1 tunnel are */
+  if (!v2_slots_later(tok) && waiting_count(tok) >= srv->max_queue) {
     char red[12];
     wstun__log(&srv->log, WSTUN_LOG_WARN,
                "HTTP RET token=%s status=504 queue full (%zu waiting)",
@@ -349,7 +390,7 @@ int wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e) {
     return 0;
   }
   wstun__srv_tunnel *st = pick_tunnel(tok);
-  if (st != NULL) {
+  if (st != NULL && tok->nqueued == 0) { /* first come, first served */
     send_on(st, e);
     return 0;
   }
@@ -360,7 +401,8 @@ int wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e) {
   return 1;
 }
 
-void wstun__registry_unlink(wstun__reg_entry *e) {
+void wstun__registry_unlink(wstun__reg_entry *e, uint32_t code) {
+  wstun__srv_tunnel *freed = NULL;
   if (e->queued) {
     wstun__list_remove(&e->link);
     e->queued = 0;
@@ -370,8 +412,13 @@ void wstun__registry_unlink(wstun__reg_entry *e) {
     if (wstun__list_linked(&e->link)) {
       wstun__list_remove(&e->link);
       st->ninflight--;
+      freed = st->v2 ? st : NULL;
     }
-    if (st->t) {
+    if (st->t && st->v2) {
+      /* the stream ends here: RESET unless it is over, its message (if
+       * the tunnel still holds it) freed, its sink forgotten */
+      wstun__tunnel_reset(st->t, e->id, code);
+    } else if (st->t) {
       wstun__tunnel_forget_sink(st->t, e);
       if (e->paused)
         wstun__tunnel_resume_rx(st->t);
@@ -380,6 +427,18 @@ void wstun__registry_unlink(wstun__reg_entry *e) {
   }
   wstun__list_remove(&e->link);
   e->tun = NULL;
+  /* a v2 stream slot is free: the first exchange waiting may have it */
+  if (freed && freed->tok && freed->tok->nqueued > 0)
+    drain_queue(freed->srv, freed->tok);
+}
+
+void wstun__registry_consumed(wstun__reg_entry *e, size_t n) {
+  if (e->tun && e->tun->t && e->tun->v2 && n > 0)
+    wstun__tunnel_consumed(e->tun->t, e->id, n);
+}
+
+int wstun__registry_is_v2(const wstun__reg_entry *e) {
+  return e->tun != NULL && e->tun->v2;
 }
 
 int wstun__registry_pause_rx(wstun__reg_entry *e) {
@@ -419,22 +478,30 @@ void wstun__registry_foreach_inflight(const wstun__token *t,
   }
 }
 
-/* A token got a live tunnel: move its waiting exchanges onto tunnels. */
+/* A token got a live tunnel, or a v2 tunnel a free stream: move its
+ * waiting exchanges onto tunnels, in order, while one takes them. Not
+ * re-entered: sending may end exchanges, which frees slots again. */
 static void drain_queue(wstun_server *srv, wstun__token *tok) {
   (void)srv;
+  if (tok->draining)
+    return;
+  tok->draining = 1;
   wstun__list *l;
-  while ((l = wstun__list_front(&tok->queue)) != NULL && tok->ntunnels > 0) {
+  wstun__srv_tunnel *st;
+  while ((l = wstun__list_front(&tok->queue)) != NULL &&
+         (st = pick_tunnel(tok)) != NULL) {
     wstun__reg_entry *e = wstun__list_entry(l, wstun__reg_entry, link);
     wstun__list_remove(l);
     e->queued = 0;
     tok->nqueued--;
-    send_on(pick_tunnel(tok), e);
+    send_on(st, e);
   }
+  tok->draining = 0;
 }
 
 /* ---- tunnel connections ------------------------------------------------- */
 
-static wstun__reg_entry *find_inflight(wstun__srv_tunnel *st, uint16_t id) {
+static wstun__reg_entry *find_inflight(wstun__srv_tunnel *st, uint32_t id) {
   wstun__list *l;
   wstun__list_foreach(l, &st->inflight) {
     wstun__reg_entry *e = wstun__list_entry(l, wstun__reg_entry, link);
@@ -446,12 +513,12 @@ static wstun__reg_entry *find_inflight(wstun__srv_tunnel *st, uint16_t id) {
 
 static void *st_msg_begin(wstun__tunnel *t, uint32_t wire_id) {
   wstun__srv_tunnel *st = t->owner;
-  uint16_t id = (uint16_t)wire_id; /* v1: four hex digits */
+  uint32_t id = wire_id; /* v1: four hex digits; v2: the stream */
   wstun__reg_entry *e = find_inflight(st, id);
   if (e == NULL || !e->cbs->on_msg_begin(e)) {
     wstun__log(&st->srv->log, WSTUN_LOG_INFO,
                "WS   RCV id=%04x: no such request in flight (late?): dropped",
-               id);
+               (unsigned)id);
     return NULL;
   }
   return e;
@@ -561,12 +628,42 @@ static void st_freed(void *owner) {
     srv->on_gone(srv);
 }
 
+/* v2: the client reset one stream (REFUSED: not processed, it may go
+ * again; CANCEL: its backend failed). Off the tunnel first, then told. */
+static void st_reset(wstun__tunnel *t, uint32_t id, uint32_t code) {
+  wstun__srv_tunnel *st = t->owner;
+  wstun__reg_entry *e = find_inflight(st, id);
+  if (e == NULL)
+    return;
+  wstun__list_remove(&e->link);
+  st->ninflight--;
+  e->tun = NULL;
+  e->paused = 0;
+  e->cbs->on_reset(e, code);
+  if (st->tok && st->tok->nqueued > 0)
+    drain_queue(st->srv, st->tok);
+}
+
+/* v2: the client drains (it is stopping): no new streams go to it; its
+ * streams above `last` come back through st_reset (REFUSED). */
+static void st_goaway(wstun__tunnel *t, uint32_t last, uint32_t code) {
+  wstun__srv_tunnel *st = t->owner;
+  char red[12];
+  st->goaway = 1;
+  wstun__log(&st->srv->log, WSTUN_LOG_INFO,
+             "WS   GOAWAY from token=%s addr=%s last=%u code=%u",
+             st->tok ? wstun__redact(st->tok->name, red) : "-", st->addr,
+             (unsigned)last, (unsigned)code);
+}
+
 static const wstun__tunnel_cbs srv_tunnel_cbs = {
     .on_msg_begin = st_msg_begin,
     .on_msg_data = st_msg_data,
     .on_msg_end = st_msg_end,
     .on_closed = st_closed,
     .on_freed = st_freed,
+    .on_reset = st_reset,
+    .on_goaway = st_goaway,
 };
 
 /* Basic credentials must name the token and its password. */
@@ -618,8 +715,11 @@ int wstun__registry_add_tunnel(wstun_server *srv, const char *token,
       wstun__strdup(wstun__http_head_get(h, "X-Client-Version"));
   const char *auth = wstun__http_head_get(h, "Authorization");
   st->auth = auth ? wstun__strdup(auth) : NULL;
+  /* PROTOCOL.md 7.1: v2 when offered and not disabled, else v1 */
+  st->v2 = srv->v2 && wstun__ws_offers(h, WSTUN__V2_SUBPROTOCOL);
   if ((auth && st->auth == NULL) ||
-      wstun__ws_write_accept(h, wstun__conn_outbuf(conn)) != 0 ||
+      wstun__ws_write_accept_proto(h, st->v2 ? WSTUN__V2_SUBPROTOCOL : NULL,
+                                   wstun__conn_outbuf(conn)) != 0 ||
       wstun__tunnel_start(&st->t, srv->loop, conn, 1, &srv->rng, &srv->log, 0,
                           srv->ws_timeout_ms, &srv_tunnel_cbs, st, rest,
                           n) != 0) {
@@ -637,6 +737,12 @@ int wstun__registry_add_tunnel(wstun_server *srv, const char *token,
   /* the connection now belongs to the tunnel, and counts as its */
   st->ip = ip;
   wstun__conn_flush(conn);
+  if (st->v2 && wstun__tunnel_set_proto(st->t, &wstun__proto_v2) != 0) {
+    /* the 101 is written, so the client speaks v2 from now on: close
+     * (the tunnel frees st through st_freed) */
+    wstun__tunnel_close(st->t, WSTUN_ENOMEM);
+    return 0;
+  }
   st->tok = tok;
   tok->had_tunnel = 1;
   wstun__list_push_front(&tok->tunnels, &st->link);
@@ -644,9 +750,11 @@ int wstun__registry_add_tunnel(wstun_server *srv, const char *token,
   tok->last_seen = uv_now(srv->loop);
   char red[12];
   wstun__log(&srv->log, WSTUN_LOG_INFO,
-             "WS   new tunnel token=%s addr=%s version=%s (%zu for token)",
+             "WS   new tunnel token=%s addr=%s version=%s protocol=%s (%zu "
+             "for token)",
              wstun__redact(token, red), peer,
-             st->client_version ? st->client_version : "-", tok->ntunnels);
+             st->client_version ? st->client_version : "-",
+             st->v2 ? "v2" : "v1", tok->ntunnels);
   drain_queue(srv, tok);
   return 0;
 }
@@ -714,6 +822,19 @@ void wstun__registry_sweep(wstun_server *srv) {
       t = next;
     }
   }
+}
+
+void wstun__registry_goaway(wstun_server *srv) {
+  for (size_t i = 0; i < srv->nbuckets; i++)
+    for (wstun__token *t = srv->buckets[i]; t; t = t->hnext) {
+      wstun__srv_tunnel *st;
+      FOREACH_TUNNEL(st, t) {
+        if (st->v2 && st->t && !st->goaway) {
+          st->goaway = 1;
+          wstun__tunnel_goaway(st->t, WSTUN__V2_NO_ERROR);
+        }
+      }
+    }
 }
 
 void wstun__registry_shutdown(wstun_server *srv) {

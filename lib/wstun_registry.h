@@ -12,6 +12,7 @@
 #define WSTUN_REGISTRY_H
 
 #include "wstun_server_int.h"
+#include "wstun_v2.h"
 
 typedef struct wstun__reg_entry_cbs {
   /* Put on a tunnel with id e->id: returns the message to send. */
@@ -27,7 +28,17 @@ typedef struct wstun__reg_entry_cbs {
   /* The registry gives up on e (queue full, token forgotten, shutdown):
    * answer status/text. e is off every list already. */
   void (*on_fail)(wstun__reg_entry *e, int status, const char *text);
+  /* v2: the tunnel client reset e's stream with `code` (enum
+   * wstun__v2_code; REFUSED: it was not processed and may go again). e is
+   * off its tunnel already; the stream's message, if the tunnel still
+   * had it, comes back through its on_failed right after this returns,
+   * and a response being received ends through on_msg_end(0). */
+  void (*on_reset)(wstun__reg_entry *e, uint32_t code);
 } wstun__reg_entry_cbs;
+
+/* Streams in flight at once on one v2 tunnel (see takes_more in
+ * wstun_registry.c for why this many); more wait in the token's queue. */
+#define WSTUN__REG_V2_STREAMS 256
 
 /* ---- tokens ---- */
 wstun__token *wstun__registry_find_token(wstun_server *srv, const char *name,
@@ -53,8 +64,16 @@ wstun__srv_tunnel *wstun__token_first_tunnel(const wstun__token *t);
  * on_send), into the token's queue (returns 1), or fails it (on_fail 504
  * when the queue is full). */
 int wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e);
-/* Takes e off its queue or tunnel (resuming the tunnel if e paused it). */
-void wstun__registry_unlink(wstun__reg_entry *e);
+/* Takes e off its queue or tunnel (resuming the tunnel if e paused it).
+ * On a v2 tunnel its stream ends: RESET with `code` (enum wstun__v2_code)
+ * unless the stream is over both ways, and the message the tunnel holds
+ * for it is freed (the exchange abandons it first). */
+void wstun__registry_unlink(wstun__reg_entry *e, uint32_t code);
+/* v2: e's requester took n more bytes of the response (head included):
+ * their credit goes back to the tunnel client. No-op on v1. */
+void wstun__registry_consumed(wstun__reg_entry *e, size_t n);
+/* 1 when e is on a v2 tunnel now. */
+int wstun__registry_is_v2(const wstun__reg_entry *e);
 /* e's requester cannot keep up: pauses e's tunnel's input. Returns 1 when
  * e newly holds it paused, 0 if it did already or has no live tunnel. */
 int wstun__registry_pause_rx(wstun__reg_entry *e);
@@ -98,6 +117,11 @@ void wstun__registry_conn_release(wstun_server *srv, wstun__ipcount *slot);
 int wstun__registry_parse_passwords(wstun_server *srv, const char *s);
 /* Forgets tokens without a client for forget_ms (their queue gets 404). */
 void wstun__registry_sweep(wstun_server *srv);
+/* A graceful stop begins: every v2 tunnel gets GOAWAY (PROTOCOL.md 7.7).
+ * Its streams go on to their end; its client dials its next tunnel (to
+ * another node behind a balancer, or to this server once restarted) and
+ * closes this one when its requests are done. No new stream goes to it. */
+void wstun__registry_goaway(wstun_server *srv);
 /* Shutting down: every queued exchange gets 503, every tunnel closes. */
 void wstun__registry_shutdown(wstun_server *srv);
 /* Frees tokens and passwords (nothing may be queued or in flight). */

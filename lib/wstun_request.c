@@ -6,8 +6,9 @@
 #include "wstun_alloc.h"
 #include "wstun_request.h"
 #include "wstun_util.h"
+#include "wstun_v2.h"
 
-wstun_request *wstun__request_new(wstun__tunnel *t, uint16_t id,
+wstun_request *wstun__request_new(wstun__tunnel *t, uint32_t id,
                                   const wstun__logger *log,
                                   const wstun__request_cbs *cbs, void *owner) {
   wstun_request *req = wstun__calloc(1, sizeof(*req));
@@ -125,6 +126,35 @@ const wstun__outmsg_cbs wstun__request_resp_cbs = {
     .on_failed = wstun__request_resp_failed,
 };
 
+void wstun__request_consume(wstun_request *req) {
+  uint64_t n = req->unconsumed;
+  req->unconsumed = 0;
+  if (req->t != NULL && n > 0)
+    wstun__tunnel_consumed(req->t, req->id, (size_t)n);
+}
+
+void wstun__request_mark_head(wstun__outmsg *m, size_t n) {
+  if (n == 0) {
+    const uint8_t *d = wstun__buf_data(&m->buf);
+    const uint8_t *end = memmem(d, wstun__buf_size(&m->buf), "\r\n\r\n", 4);
+    n = end ? (size_t)(end - d) + 4 : 0;
+  }
+  if (n > 0 && n <= WSTUN__V2_MAX_HEAD)
+    wstun__outmsg_set_head_len(m, (uint32_t)n);
+}
+
+void wstun__request_reset(wstun_request *req) {
+  wstun__request_ref(req);
+  req->state = WSTUN__CR_ANSWERED;
+  /* a response the tunnel holds comes back through its callbacks (which
+   * drop the response's reference); one it never had is given up here */
+  int with_tunnel = req->resp != NULL && req->resp_handed;
+  req->t = NULL;
+  if (!with_tunnel)
+    wstun__request_resp_done(req);
+  wstun__request_unref(req);
+}
+
 void wstun__request_answer(wstun_request *req, int status, const char *text) {
   if (req->resp_started || req->t == NULL)
     return;
@@ -142,6 +172,7 @@ void wstun__request_answer(wstun_request *req, int status, const char *text) {
     req->resp = NULL;
     return;
   }
+  wstun__request_mark_head(req->resp, 0);
   req->resp->finished = 1;
   req->resp_handed = 1;
   if (req->state != WSTUN__CR_HANDLER)

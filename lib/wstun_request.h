@@ -52,8 +52,12 @@ struct wstun_request {
   wstun__list link; /* in the owner's list */
   unsigned refs;
   unsigned rx_ref : 1, tx_ref : 1, handler_ref : 1;
-  uint16_t id;
+  uint32_t id; /* v1: the message's 16-bit id; v2: the stream */
   wstun__cr_state state;
+  /* v2: message bytes given to us and not yet given back (their credit
+   * returns once they are written to the backend: a slow backend stalls
+   * only its own stream) */
+  uint64_t unconsumed;
   wstun__http_parser parser;
   int method;
   int req_chunked, req_complete, msg_ended;
@@ -90,7 +94,7 @@ struct wstun_request {
 /* A request for message `id` on t, holding the message's and the
  * response's references. The owner initialises req->parser. NULL when out
  * of memory. */
-wstun_request *wstun__request_new(wstun__tunnel *t, uint16_t id,
+wstun_request *wstun__request_new(wstun__tunnel *t, uint32_t id,
                                   const wstun__logger *log,
                                   const wstun__request_cbs *cbs, void *owner);
 void wstun__request_ref(wstun_request *req);
@@ -105,6 +109,17 @@ void wstun__request_resp_done(wstun_request *req);
 void wstun__request_end_exchange(wstun_request *req);
 /* Answers with a short text (403, 502 …) unless a response started. */
 void wstun__request_answer(wstun_request *req, int status, const char *text);
+/* v2: the message bytes held so far are done with (written on, or
+ * dropped): their credit goes back to the server. No-op on v1. */
+void wstun__request_consume(wstun_request *req);
+/* v2: the response head is the first n bytes of m (sent as its HEAD
+ * frame); marks it as the first "\r\n\r\n" of m's buffer when n is 0.
+ * v1 ignores it. */
+void wstun__request_mark_head(wstun__outmsg *m, size_t n);
+/* v2: the server reset the stream (the requester went away, or a
+ * timeout): nothing more goes to the backend or back on the tunnel. The
+ * caller lets go of the backend first. May free req. */
+void wstun__request_reset(wstun_request *req);
 
 /* The access log. The head came (call before it is rewritten): the
  * request gets its line when it is freed; `token` is the client's. */

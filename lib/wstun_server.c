@@ -36,6 +36,8 @@ void wstun_server_config_init(wstun_server_config *cfg) {
   cfg->http_timeout_sec = 1200;
   cfg->stall_timeout_sec = 10;
   cfg->token_forget_sec = 3600;
+  cfg->protocol = 2;
+  cfg->stream_idle_timeout_sec = 300;
   cfg->max_header_bytes = 64 * 1024;
   cfg->log_level = WSTUN_LOG_INFO;
   cfg->access_log = 1;
@@ -198,6 +200,8 @@ void wstun_server_close(wstun_server *srv, unsigned grace_ms,
   srv->close_cb = cb;
   srv->close_ud = user_data;
   uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+  /* v2 clients open their next tunnel now, while this one finishes */
+  wstun__registry_goaway(srv);
   /* idle keep-alive connections go now; busy ones get the grace period */
   wstun__list *l, *tmp;
   wstun__list_foreach_safe(l, tmp, &srv->fronts) {
@@ -246,6 +250,11 @@ static void set_limits(wstun_server *srv, const wstun_server_config *cfg) {
       (uint64_t)(cfg->token_forget_sec > 0 ? cfg->token_forget_sec : 3600) *
       1000;
   srv->max_header = cfg->max_header_bytes ? cfg->max_header_bytes : 64 * 1024;
+  srv->v2 = cfg->protocol != 1;
+  srv->stream_idle_ms =
+      (uint64_t)(cfg->stream_idle_timeout_sec > 0 ? cfg->stream_idle_timeout_sec
+                                                  : 300) *
+      1000;
   srv->max_body = cfg->max_body_bytes;
   srv->tunnel_wait_ms = cfg->unknown_token_wait_ms;
   srv->header_timeout_ms =
@@ -420,6 +429,10 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
     goto fail_early;
   }
   srv->base_len = strlen(srv->base_path);
+  if (cfg->protocol < 0 || cfg->protocol > 2) {
+    rc = WSTUN_EINVAL;
+    goto fail_early;
+  }
   set_limits(srv, cfg);
   rc = wstun__cidr_list_parse(cfg->trusted_proxies, &srv->trusted_proxies);
   if (rc == 0)
@@ -529,6 +542,8 @@ int wstun_server_reload(wstun_server *srv, const wstun_server_config *cfg) {
     return WSTUN_EINVAL;
   if (srv->closing)
     return WSTUN_ESTATE;
+  if (cfg->protocol < 0 || cfg->protocol > 2)
+    return WSTUN_EINVAL;
   int has_cert = cfg->tls_cert_file && *cfg->tls_cert_file;
   int has_key = cfg->tls_key_file && *cfg->tls_key_file;
   if (has_cert != has_key) {

@@ -42,9 +42,9 @@ struct wstun__reg_entry {
   wstun__list link; /* in tok->queue (queued) or tun->inflight */
   wstun__token *tok;
   wstun__srv_tunnel *tun; /* the tunnel it was put on, while there */
-  uint16_t id;
-  unsigned queued : 1; /* waiting in tok->queue */
-  unsigned paused : 1; /* holds tun's input paused (its requester is slow) */
+  uint32_t id;            /* v1: the token's 16-bit id; v2: the stream's */
+  unsigned queued : 1;    /* waiting in tok->queue */
+  unsigned paused : 1;    /* holds tun's input paused (its requester is slow) */
 };
 
 struct wstun__token {
@@ -62,7 +62,8 @@ struct wstun__token {
   unsigned had_tunnel : 1; /* 0: made by _expect_token, no tunnel yet */
   /* the last request id given (Go's lastID), so the first one is 1 */
   uint16_t next_id;
-  unsigned rr; /* round-robin cursor */
+  unsigned rr;  /* round-robin cursor */
+  int draining; /* inside drain_queue (not re-entered) */
   /* for /admin/auditing */
   uint64_t last_activity, last_error, last_success; /* uv_now ms, 0 = never */
   char last_error_addr[64], last_success_addr[64];
@@ -75,6 +76,9 @@ struct wstun__srv_tunnel {
   wstun__list link;     /* in tok->tunnels */
   wstun__list inflight; /* reg_entry.link: exchanges dispatched here */
   size_t ninflight;
+  int v2;               /* negotiated wstun.v2: one stream per exchange */
+  uint32_t last_stream; /* v2: the last stream id opened (odd, increasing) */
+  int goaway;           /* v2: GOAWAY went either way: no new streams */
   char addr[64];
   wstun__ipcount *ip; /* taken over from the front connection */
   char *client_version;
@@ -109,7 +113,9 @@ struct wstun_server {
   size_t max_queue;
   size_t max_clients;
   uint64_t ws_timeout_ms, http_timeout_ms, forget_ms;
-  uint64_t stall_ms; /* cut a requester that holds its tunnel this long */
+  uint64_t stall_ms;       /* cut a requester that holds its tunnel this long */
+  int v2;                  /* answer a wstun.v2 offer (protocol 2) */
+  uint64_t stream_idle_ms; /* v2: a response idle this long is reset */
   size_t max_header;
   uint64_t max_body;
   uint64_t header_timeout_ms;

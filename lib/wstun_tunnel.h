@@ -275,6 +275,11 @@ size_t wstun__tunnel_queued(const wstun__tunnel *t);
 
 /* ---- v2 only (each is a no-op on a v1 tunnel) ---------------------------- */
 
+/* 1 when t runs the v2 stream engine (flow control replaces pausing). */
+static inline int wstun__tunnel_is_v2(const wstun__tunnel *t) {
+  return t != NULL && t->v2 != NULL;
+}
+
 /* The sink of stream `id` is done with n more of the bytes on_msg_data
  * gave it (written on, or dropped), counted in order, head bytes included
  * (they carry no credit and are taken off first): the DATA bytes' credit
@@ -285,7 +290,9 @@ size_t wstun__tunnel_queued(const wstun__tunnel *t);
  * the sink is forgotten (tunnel_forget_sink gives all of it back). */
 void wstun__tunnel_consumed(wstun__tunnel *t, uint32_t id, size_t n);
 /* The owner gives up on stream `id`: RESET with `code` (enum
- * wstun__v2_code) goes to the peer if the stream was opened on the wire,
+ * wstun__v2_code) goes to the peer if the stream was opened on the wire
+ * and is not over both ways (an owner may call this to let go of a
+ * complete stream: no frame then),
  * the stream's message is freed by the tunnel (the owner must not touch
  * it again, as after outmsg_abandon), and its sink is forgotten: no
  * callback for the stream comes after this. */

@@ -771,7 +771,10 @@ void wstun__tunnel_reset(wstun__tunnel *t, uint32_t id, uint32_t code) {
   v2_stream *s = v2_find(t, id);
   if (s == NULL)
     return;
-  if (!s->closed && (!s->local || s->out_head) &&
+  /* no RESET for a stream over both ways (its END came in, and the owner
+   * ends it from inside on_msg_end, before it is marked closed) */
+  int over = s->closed || (s->in_end && s->out_end);
+  if (!over && (!s->local || s->out_head) &&
       v2_ctrl(t, b, wstun__v2_encode_reset(id, code, b)) != 0 && t->closing)
     return;
   wstun__outmsg *m = s->out;

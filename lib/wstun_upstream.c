@@ -12,6 +12,7 @@
 #include "wstun_closer.h"
 #include "wstun_upstream.h"
 #include "wstun_util.h"
+#include "wstun_v2.h"
 
 #define CONNECT_TIMEOUT_MS 10000
 #define REPLAY_MAX (64 * 1024) /* requests up to this size can be retried */
@@ -268,7 +269,12 @@ static void fail_mid_response(wstun__upstream *up) {
     unpause_tunnel(req);
     return;
   }
-  if (req->resp) {
+  if (req->resp && wstun__tunnel_is_v2(req->t)) {
+    /* v2: RESET CANCEL tells the server the response is cut (it cuts its
+     * requester); the tunnel frees the message */
+    req->resp = NULL;
+    wstun__tunnel_reset(req->t, req->id, WSTUN__V2_CANCEL);
+  } else if (req->resp) {
     wstun__outmsg *m = req->resp;
     req->resp = NULL;
     wstun__outmsg_abandon(m);
@@ -394,10 +400,38 @@ static void on_stall_check(uv_timer_t *t) {
 
 /* ---- sending the request ------------------------------------------------ */
 
+/* The next n bytes of to_backend go out: a copy is kept while the
+ * request is small, for one retry on a stale keep-alive connection. */
+static void keep_for_replay(wstun_request *req, size_t n) {
+  if (!req->replay_ok)
+    return;
+  if (wstun__buf_size(&req->replay) + n <= REPLAY_MAX)
+    wstun__buf_append(&req->replay, wstun__buf_data(&req->to_backend), n);
+  else {
+    req->replay_ok = 0;
+    wstun__buf_free(&req->replay);
+  }
+}
+
 static void flush_request(wstun__upstream *up) {
   wstun_request *req = up->req;
   if (req == NULL || up->closing)
     return;
+  if (wstun__tunnel_is_v2(req->t)) {
+    /* flow control bounds what waits here: credit goes back only for
+     * bytes the backend connection took while not congested */
+    if (!up->connected)
+      return;
+    size_t n = wstun__buf_size(&req->to_backend);
+    if (n > 0) {
+      keep_for_replay(req, n);
+      wstun__conn_write(up->conn, wstun__buf_data(&req->to_backend), n);
+      wstun__buf_reset(&req->to_backend);
+    }
+    if (!wstun__conn_congested(up->conn))
+      wstun__request_consume(req);
+    return;
+  }
   if (!up->connected) {
     /* the body waits in to_backend meanwhile (up to the connect timeout):
      * bounded like the connection's own buffer */
@@ -411,14 +445,7 @@ static void flush_request(wstun__upstream *up) {
   }
   size_t n = wstun__buf_size(&req->to_backend);
   if (n > 0) {
-    if (req->replay_ok) {
-      if (wstun__buf_size(&req->replay) + n <= REPLAY_MAX)
-        wstun__buf_append(&req->replay, wstun__buf_data(&req->to_backend), n);
-      else {
-        req->replay_ok = 0;
-        wstun__buf_free(&req->replay);
-      }
-    }
+    keep_for_replay(req, n);
     wstun__conn_write(up->conn, wstun__buf_data(&req->to_backend), n);
     wstun__buf_reset(&req->to_backend);
   }
@@ -587,13 +614,22 @@ void wstun__upstream_start(wstun__upstream_pool *pool, wstun_request *req) {
 
 /* ---- the response ------------------------------------------------------- */
 
+/* v1: a response goes on the tunnel once whole or big enough to stream
+ * (it then holds the tunnel until its end). v2: at once, head first; its
+ * bytes go out as they come, interleaved with the other streams'. */
 static void hand_over(wstun_request *req) {
+  int v2 = wstun__tunnel_is_v2(req->t);
   if (req->resp && !req->resp_handed && req->t &&
-      (req->resp->finished ||
+      (req->resp->finished || v2 ||
        wstun__buf_size(&req->resp->buf) >= WSTUN__STREAM_AT)) {
     req->resp_handed = 1;
     wstun__tunnel_send(req->t, req->id, req->resp);
-    if (req->up && req->resp && !req->resp->finished) {
+    if (v2 && req->up) {
+      /* the head is out: the backend deadline is over, a response that
+       * goes quiet is the server's to time out (its idle-stream timeout
+       * resets the stream) */
+      uv_timer_stop(&req->up->timer);
+    } else if (req->up && req->resp && !req->resp->finished) {
       /* streamed: watch that the backend keeps it going (on_stall_check) */
       wstun__upstream *up = req->up;
       up->resp_mark = req->resp->taken;
@@ -627,6 +663,7 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
     return -1;
   if (wstun__http_head_write(h, &req->resp->buf) != 0)
     return -1;
+  wstun__request_mark_head(req->resp, wstun__buf_size(&req->resp->buf));
   req->resp_started = 1;
   wstun__request_note_answer(req, status, 0);
   wstun__log(req->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=%d", req->id,
@@ -709,7 +746,7 @@ static size_t up_on_data_pinned(wstun__conn *c, const uint8_t *data,
     return len;
   }
   up->got_bytes = 1;
-  uint16_t id = up->req->id;
+  uint32_t id = up->req->id;
   size_t used = 0;
   int rc = wstun__http_parser_feed(&up->parser, data, len, &used);
   if (rc == WSTUN__HTTP_ERROR) {
@@ -777,6 +814,8 @@ static void up_on_end(wstun__conn *c, int err) {
 static void up_on_drain_pinned(wstun__conn *c) {
   wstun__upstream *up = c->owner;
   wstun_request *req = up->req;
+  if (req && wstun__tunnel_is_v2(req->t))
+    wstun__request_consume(req); /* the backend took them */
   if (req && req->paused_tunnel && req->t) {
     req->paused_tunnel = 0;
     resume_deadline(up);

@@ -10,6 +10,7 @@
 
 #include "wstun/wstun.h"
 #include "wstun_alloc.h"
+#include "wstun_util.h"
 
 static const char ws_guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -72,16 +73,61 @@ int wstun__ws_check_upgrade(const wstun__http_head *req, const char **why) {
 }
 
 int wstun__ws_write_accept(const wstun__http_head *req, wstun__buf *out) {
+  return wstun__ws_write_accept_proto(req, NULL, out);
+}
+
+int wstun__ws_write_accept_proto(const wstun__http_head *req,
+                                 const char *protocol, wstun__buf *out) {
   char accept[WSTUN__WS_ACCEPT_LEN + 1];
   const char *key = wstun__http_head_get(req, "Sec-WebSocket-Key");
   if (key == NULL || wstun__ws_accept_key(key, accept) != 0)
     return WSTUN_EINVAL;
-  return wstun__buf_appendf(out,
-                            "HTTP/1.1 101 Switching Protocols\r\n"
-                            "Upgrade: websocket\r\n"
-                            "Connection: Upgrade\r\n"
-                            "Sec-WebSocket-Accept: %s\r\n\r\n",
-                            accept);
+  int rc = wstun__buf_appendf(out,
+                              "HTTP/1.1 101 Switching Protocols\r\n"
+                              "Upgrade: websocket\r\n"
+                              "Connection: Upgrade\r\n"
+                              "Sec-WebSocket-Accept: %s\r\n",
+                              accept);
+  if (protocol != NULL)
+    rc |= wstun__buf_appendf(out, "Sec-WebSocket-Protocol: %s\r\n", protocol);
+  return rc | wstun__buf_append_str(out, "\r\n");
+}
+
+int wstun__ws_offers(const wstun__http_head *req, const char *name) {
+  /* every line, in order, as one list */
+  wstun__buf v = WSTUN__BUF_INIT;
+  if (wstun__http_head_join(req, "Sec-WebSocket-Protocol", &v) <= 0 ||
+      wstun__buf_append(&v, "", 1) != 0) {
+    wstun__buf_free(&v);
+    return 0;
+  }
+  const char *cursor = (const char *)v.base, *item;
+  size_t len, nlen = strlen(name);
+  int found = 0;
+  while (!found && wstun__list_next(&cursor, &item, &len))
+    found = len == nlen && memcmp(item, name, len) == 0;
+  wstun__buf_free(&v);
+  return found;
+}
+
+int wstun__ws_check_protocol(const wstun__http_head *resp, const char *offered,
+                             int *chosen) {
+  *chosen = 0;
+  wstun__buf v = WSTUN__BUF_INIT;
+  int n = wstun__http_head_join(resp, "Sec-WebSocket-Protocol", &v);
+  int rc = 0;
+  if (n < 0)
+    rc = WSTUN_EHANDSHAKE;
+  else if (n > 0) {
+    /* one value, exactly the one offered */
+    rc = wstun__buf_append(&v, "", 1) == 0 && offered != NULL &&
+                 strcmp((const char *)v.base, offered) == 0
+             ? 0
+             : WSTUN_EHANDSHAKE;
+    *chosen = rc == 0;
+  }
+  wstun__buf_free(&v);
+  return rc;
 }
 
 int wstun__ws_check_accept(const wstun__http_head *resp, const char *key) {

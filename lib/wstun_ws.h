@@ -27,6 +27,24 @@ int wstun__ws_check_upgrade(const wstun__http_head *req, const char **why);
 
 /* Server side: the 101 answer for a checked request. */
 int wstun__ws_write_accept(const wstun__http_head *req, wstun__buf *out);
+/* The same, naming the chosen subprotocol in Sec-WebSocket-Protocol
+ * (`protocol` NULL: no such line, as wstun__ws_write_accept). */
+int wstun__ws_write_accept_proto(const wstun__http_head *req,
+                                 const char *protocol, wstun__buf *out);
+
+/* Server side: 1 when the request offers subprotocol `name`, an exact
+ * (case-sensitive) element of the comma-separated list of any of its
+ * Sec-WebSocket-Protocol lines, else 0 (also when out of memory: the
+ * offer is then declined, and the tunnel speaks v1). */
+int wstun__ws_offers(const wstun__http_head *req, const char *name);
+
+/* Client side: the subprotocol part of the server's answer. `offered` is
+ * the one we offered, or NULL. 0 with *chosen = 0 when the answer names
+ * none, 0 with *chosen = 1 when it names exactly `offered`, and
+ * WSTUN_EHANDSHAKE when it names anything else (RFC 6455 4.1: a
+ * subprotocol we did not offer fails the handshake). */
+int wstun__ws_check_protocol(const wstun__http_head *resp, const char *offered,
+                             int *chosen);
 
 /* Client side: checks the server's answer to a request sent with `key`.
  * 0 or WSTUN_EHANDSHAKE. */

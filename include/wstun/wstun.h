@@ -243,7 +243,10 @@ typedef struct wstun_server_config {
   const char *passwords;       /* "token:password,token2:pw2"; NULL = none */
   int max_requests_per_tunnel; /* requests waiting to be written to a
                                   tunnel, per token; default 20, 0 = 20,
-                                  capped at 1000 */
+                                  capped at 1000. With a v2 tunnel up,
+                                  those waiting for one of its 256
+                                  streams do not count (they are bounded
+                                  by max_connections) */
   int max_clients_per_token;   /* 0 = unlimited */
   int ws_timeout_sec;          /* close a silent tunnel; default 30, 3..600 */
   int http_timeout_sec;        /* answer 504 after; default 1200 */
@@ -258,7 +261,20 @@ typedef struct wstun_server_config {
    * onto a tunnel (sent alone until it ends) that leaves the tunnel
    * waiting this long is answered 408. */
   int stall_timeout_sec;
-  int token_forget_sec;    /* forget a token with no client; default 3600 */
+  int token_forget_sec; /* forget a token with no client; default 3600 */
+  /* The tunnel protocol (docs/PROTOCOL.md): 2 (the default; 0 means 2)
+   * answers a client that offers wstun.v2 in v2, many streams per tunnel
+   * with flow control, so one slow or large response holds up no other,
+   * and a requester that goes away cancels its backend request; clients
+   * that do not offer it (the Go wstunnel) get v1. 1: every tunnel is v1.
+   * Any other value is WSTUN_EINVAL. */
+  int protocol;
+  /* v2 tunnels only: http_timeout_sec bounds the wait for the response
+   * head; once it is in, a response on which no byte moved either way
+   * for this many seconds is reset and its requester cut. Default 300 (0
+   * = 300): server-sent events and long downloads that keep moving are
+   * never cut. */
+  int stream_idle_timeout_sec;
   size_t max_header_bytes; /* request head larger → 431; default 64 KiB */
   uint64_t max_body_bytes; /* request body larger → 413; 0 = unlimited */
   /* Slow clients: the whole request head must arrive within this many
@@ -375,6 +391,8 @@ WSTUN_EXTERN int wstun_server_reload_tls(wstun_server *srv);
  *                    max_clients_per_token are not closed
  *   max_connections, max_connections_per_ip   for connections that come
  *                    next; none is closed
+ *   protocol         tunnels that connect from now on (v2 offered or not)
+ *   stream_idle_timeout_sec   v2 streams' watches from now on
  *   http_timeout_sec, stall_timeout_sec, unknown_token_wait_ms   requests
  *                    and watches that start next; token_forget_sec at the
  *                    next sweep
@@ -387,7 +405,8 @@ WSTUN_EXTERN int wstun_server_reload_tls(wstun_server *srv);
  *
  * Errors (nothing changed, the reason logged):
  *   WSTUN_EINVAL      srv or cfg NULL; only one of tls_cert_file and
- *                     tls_key_file; TLS turned on or off
+ *                     tls_key_file; TLS turned on or off; protocol not
+ *                     0, 1 or 2
  *   WSTUN_ESTATE      the server is closing
  *   WSTUN_EPASSWORDS  malformed passwords
  *   WSTUN_ECIDR       malformed trusted_proxies or admin_allow
@@ -428,6 +447,7 @@ typedef struct wstun_tunnel_info {
   const char *client_version; /* X-Client-Version of that connection, or "" */
   const char *remote_name;    /* its peer's reverse DNS name, or "" */
   uint64_t idle_ms;           /* since its last request or (dis)connection */
+  const char *protocol;       /* "v1" or "v2": its newest connection's, or "" */
 } wstun_tunnel_info;
 
 typedef void (*wstun_tunnel_info_cb)(const wstun_tunnel_info *info,
@@ -532,6 +552,12 @@ typedef struct wstun_client_config {
    * alone until it ends) of which the backend sends nothing for this long
    * is cut. Default 10 (0 = 10). */
   int stall_timeout_sec;
+  /* The tunnel protocol (docs/PROTOCOL.md): 2 (the default; 0 means 2)
+   * offers wstun.v2 in the handshake and speaks v2 when the server
+   * accepts it (many requests interleaved on the tunnel, flow control,
+   * cancellation), else v1 on the same connection (a Go server). 1: v1
+   * only, nothing offered. Any other value is WSTUN_EINVAL. */
+  int protocol;
   int reconnect_max_ms;       /* backoff cap; default 30000 */
   int max_idle_per_backend;   /* idle keep-alive connections kept per
                                  backend; default 256 */

@@ -41,7 +41,8 @@ class Stats(E2ETestCase):
         """The Go server's local view: per-token client counts only with a
         client limit, tun_dns and client_version only when known, then a
         blank line, req_pending and dead_tunnels. total_clients is there
-        always (the Go server has it only with a limit)."""
+        always (the Go server has it only with a limit), and the tunnel's
+        protocol (ours: the Go server has no v2)."""
         srv, cli, be, tok = self.tunnel()
         text = get(srv.port, "/_stats").text
         name = self.local_name()
@@ -55,6 +56,7 @@ class Stats(E2ETestCase):
               r"tunnel00_tun_addr=127\.0\.0\.1:\d+\n"
               r"%s"
               r"tunnel00_client_version=wstun \d+\.\d+\.\d+\n"
+              r"tunnel00_protocol=v2\n"
               r"tunnel00_idle_secs=\d+\.\d\n"
               r"\n"
               r"req_pending=0\n"

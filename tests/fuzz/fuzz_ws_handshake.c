@@ -68,6 +68,31 @@ static void server_side(const uint8_t *d, size_t n) {
            key);
   wstun__http_parser_free(&resp);
   wstun__buf_free(&out);
+
+  /* PROTOCOL.md 7.1: the echo names wstun.v2 only when offered, and our
+   * client side takes exactly that echo */
+  int offered = wstun__ws_offers(&req.head, "wstun.v2");
+  FZ_CHECK(offered == 0 || offered == 1, "ws_offers gave %d", offered);
+  wstun__buf_init(&out);
+  FZ_CHECK(wstun__ws_write_accept_proto(&req.head, offered ? "wstun.v2" : NULL,
+                                        &out) == 0,
+           "write_accept_proto failed");
+  FZ_CHECK(parse_head(HTTP_RESPONSE, wstun__buf_data(&out),
+                      wstun__buf_size(&out), &resp),
+           "our 101 answer with a protocol does not parse");
+  int chosen = -1;
+  FZ_CHECK(wstun__ws_check_accept(&resp.head, key) == 0 &&
+               wstun__ws_check_protocol(&resp.head, "wstun.v2", &chosen) == 0 &&
+               chosen == offered,
+           "our answer (offered %d) fails our client (chosen %d)", offered,
+           chosen);
+  if (offered) { /* never taken by a client that did not offer it */
+    FZ_CHECK(wstun__ws_check_protocol(&resp.head, NULL, &chosen) ==
+                 WSTUN_EHANDSHAKE,
+             "an echo nobody offered was taken");
+  }
+  wstun__http_parser_free(&resp);
+  wstun__buf_free(&out);
   wstun__http_parser_free(&req);
 }
 
@@ -80,6 +105,14 @@ static void client_side(const uint8_t *d, size_t n) {
     const char *acc = wstun__http_head_get(&resp.head, "Sec-WebSocket-Accept");
     FZ_CHECK(acc && strcmp(acc, sample_accept) == 0, "accepted a wrong accept");
   }
+  /* a subprotocol is taken only when it is exactly the one offered */
+  int chosen = -1;
+  int prc = wstun__ws_check_protocol(&resp.head, "wstun.v2", &chosen);
+  const char *sp = wstun__http_head_get(&resp.head, "Sec-WebSocket-Protocol");
+  if (prc == 0 && chosen)
+    FZ_CHECK(sp && strcmp(sp, "wstun.v2") == 0, "took subprotocol \"%s\"",
+             sp ? sp : "(none)");
+  FZ_CHECK(prc == 0 || chosen == 0, "chosen %d on a failure", chosen);
   wstun__http_parser_free(&resp);
 }
 

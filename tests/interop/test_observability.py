@@ -88,7 +88,8 @@ class Observability(interop.InteropCase):
         # reverse DNS / whois of the client: optional in both (the Go
         # server looks up "ip:port", which never resolves)
         optional = {"tunnel_tun_dns", "tunnel_tun_whois"}
-        extra = {"total_clients"}
+        # ours only: total_clients, and the tunnel's protocol (v1 with Go)
+        extra = {"total_clients", "tunnel_protocol"}
         self.assertEqual(set(ours) - optional - extra, set(go) - optional - extra,
                          "Go: %r\nours: %r" % (go, ours))
         for k in ("req_pending", "dead_tunnels"):
@@ -202,6 +203,9 @@ class Observability(interop.InteropCase):
         return go["tunnels"][tok], ours["tunnels"][tok]
 
     def compare_tunnel(self, g, o):
+        # ours only: the tunnel's protocol (always v1 with a Go client)
+        self.assertEqual(o.get("protocol"), "v1")
+        o = {k: v for k, v in o.items() if k != "protocol"}
         self.assertEqual(sorted(o), sorted(g), "Go: %r\nours: %r" % (g, o))
         # remote_name: the Go server looks up "ip:port", always "" there
         for k in ("token", "client_version", "active_connections", "pending_requests",

@@ -47,10 +47,12 @@ TEST(backoff_doubles_with_jitter_up_to_the_cap) {
 
 /* Feeds `answer` to a fresh parser of `phase`, whole or byte by byte;
  * returns the result, with *used counted over the whole answer. */
-static int feed(wstun__dial_state phase, const char *answer, int bytewise,
-                size_t *used, char *why, size_t whyn) {
+static int feed_v2(wstun__dial_state phase, const char *answer, int bytewise,
+                   size_t *used, char *why, size_t whyn, int offer_v2,
+                   int *v2) {
   wstun__dialer d;
   memset(&d, 0, sizeof(d));
+  d.cfg.offer_v2 = offer_v2;
   snprintf(d.ws_key, sizeof(d.ws_key), "%s", RFC_KEY);
   CHECK_EQ_INT(wstun__dialer_expect(&d, phase), 0);
   CHECK_EQ_INT(d.state, phase);
@@ -69,6 +71,15 @@ static int feed(wstun__dial_state phase, const char *answer, int bytewise,
   }
   wstun__dialer_answer_done(&d);
   CHECK_EQ_INT(d.hs_init, 0);
+  *v2 = d.v2;
+  return rc;
+}
+
+static int feed(wstun__dial_state phase, const char *answer, int bytewise,
+                size_t *used, char *why, size_t whyn) {
+  int v2;
+  int rc = feed_v2(phase, answer, bytewise, used, why, whyn, 0, &v2);
+  CHECK_EQ_INT(v2, 0);
   return rc;
 }
 
@@ -224,6 +235,46 @@ TEST(handshake_answers) {
   CHECK_EQ_INT(feed(WSTUN__DIAL_PROXY, longer, 0, &used, why, sizeof(why)),
                WSTUN_ECONNECT);
   CHECK(strlen(why) == strlen("proxy answered 500 ") + 120);
+}
+
+/* PROTOCOL.md 7.1, on the client: wstun.v2 in the 101 switches to v2; no
+ * header (a Go server) is v1 on the same connection; a subprotocol we did
+ * not offer fails the handshake, never a fallback. */
+TEST(handshake_subprotocol) {
+#define ANSWER(lines)                                                          \
+  "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"                 \
+  "Connection: Upgrade\r\nSec-WebSocket-Accept: " RFC_ACCEPT "\r\n" lines      \
+  "\r\n"
+  static const struct {
+    const char *answer;
+    int offer, want, v2;
+    const char *why;
+  } cases[] = {
+      {ANSWER("Sec-WebSocket-Protocol: wstun.v2\r\n"), 1, 1, 1, ""},
+      {ANSWER(""), 1, 1, 0, ""},
+      {ANSWER(""), 0, 1, 0, ""},
+      {ANSWER("Sec-WebSocket-Protocol: wstun.v2\r\n"), 0, WSTUN_EHANDSHAKE, 0,
+       "server chose a subprotocol we did not offer"},
+      {ANSWER("Sec-WebSocket-Protocol: chat\r\n"), 1, WSTUN_EHANDSHAKE, 0,
+       "server chose a subprotocol we did not offer"},
+      {ANSWER("Sec-WebSocket-Protocol: wstun.v3\r\n"), 1, WSTUN_EHANDSHAKE, 0,
+       "server chose a subprotocol we did not offer"},
+  };
+#undef ANSWER
+  char why[256];
+  size_t used;
+  for (size_t i = 0; i < TEST_COUNT(cases); i++)
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+      test_context("case %zu bytewise %d", i, bytewise);
+      int v2 = -1;
+      CHECK_EQ_INT(feed_v2(WSTUN__DIAL_HANDSHAKE, cases[i].answer, bytewise,
+                           &used, why, sizeof(why), cases[i].offer, &v2),
+                   cases[i].want);
+      CHECK_EQ_STR(why, cases[i].why);
+      if (cases[i].want == 1)
+        CHECK_EQ_INT(v2, cases[i].v2);
+    }
+  test_context(NULL);
 }
 
 TEST(ports_lists) {
@@ -425,6 +476,7 @@ int main(int argc, char **argv) {
       T(backoff_doubles_with_jitter_up_to_the_cap),
       T(proxy_answers),
       T(handshake_answers),
+      T(handshake_subprotocol),
       T(ports_lists),
       T(config_url_gives_the_handshake_path),
       T(config_auth_headers),

@@ -118,7 +118,7 @@ static int world_start(world *w, const char *tok) {
  * queue, put it "on" the tunnel record with an id, take its message. */
 static wstun__outmsg *world_send(world *w) {
   CHECK_EQ_INT(w->ex.state, WSTUN__EX_QUEUED);
-  wstun__registry_unlink(&w->ex.reg);
+  wstun__registry_unlink(&w->ex.reg, 0);
   w->ex.reg.tun = w->st;
   w->ex.reg.id = 7;
   wstun__outmsg *m = w->ex.reg.cbs->on_send(&w->ex.reg);
@@ -331,7 +331,9 @@ TEST(lost_tunnel_fails_a_post) {
   CHECK_EQ_INT(wstun__exchange_body(&w.ex, (const uint8_t *)"abc", 3), 0);
   CHECK_EQ_INT(w.ex.state, WSTUN__EX_READING); /* small: waits for the end */
   wstun__exchange_body_end(&w.ex);
-  CHECK_EQ_INT(wstun__buf_size(&w.ex.replay), 0); /* never replayed */
+  /* copied (a v2 stream the client refuses goes again), but a lost tunnel
+   * never replays a POST: it may have been processed */
+  CHECK(wstun__buf_size(&w.ex.replay) > 0);
   world_sent(&w, world_send(&w));
   w.ex.reg.tun = NULL;
   w.ex.reg.cbs->on_tunnel_lost(&w.ex.reg);

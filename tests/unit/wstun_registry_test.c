@@ -111,8 +111,8 @@ TEST(queue) {
   CHECK_EQ_INT(f[2].status, 504);
   CHECK_EQ_INT(wstun__registry_pause_rx(&f[0].e), 0); /* no tunnel */
   CHECK_EQ_INT(wstun__registry_resume_rx(&f[0].e), 0);
-  wstun__registry_unlink(&f[0].e);
-  wstun__registry_unlink(&f[0].e); /* twice: harmless */
+  wstun__registry_unlink(&f[0].e, 0);
+  wstun__registry_unlink(&f[0].e, 0); /* twice: harmless */
   CHECK_EQ_INT(t->nqueued, 1);
   CHECK(wstun__list_front(&t->queue) == &f[1].e.link);
   wstun__registry_shutdown(srv);
@@ -207,7 +207,7 @@ TEST(stats_and_inflight) {
   CHECK_EQ_INT(s.tunnel_connections, 1);
   CHECK_EQ_INT(s.pending_requests, 1);
   CHECK_EQ_INT(wstun_server_tunnel_count(srv), 1);
-  wstun__registry_unlink(&f.e);
+  wstun__registry_unlink(&f.e, 0);
   CHECK_EQ_INT(st->ninflight, 0);
   CHECK(f.e.tun == NULL);
   sf_end(srv);

@@ -372,13 +372,120 @@ TEST(base64_rejects_garbage) {
   }
 }
 
-int main(int argc, char **argv) {
-  static const test_case tests[] = {
-      T(accept_key_rfc6455_example), T(new_key_is_random_base64_of_16_bytes),
-      T(check_upgrade_valid),        T(check_upgrade_refusals),
-      T(write_accept_golden),        T(check_accept_round_trip),
-      T(check_accept_refusals),      T(base64_golden_and_round_trip),
-      T(base64_rejects_garbage),
+/* ---- subprotocol negotiation (PROTOCOL.md 7.1) ----------------------------
+ */
+
+#define V2_REQ(lines)                                                          \
+  "GET /_tunnel HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"                 \
+  "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"                       \
+  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" lines "\r\n"
+
+TEST(offers_matches_the_exact_token) {
+  static const struct {
+    const char *req;
+    int offered;
+  } cases[] = {
+      {V2_REQ("Sec-WebSocket-Protocol: wstun.v2\r\n"), 1},
+      {V2_REQ("Sec-WebSocket-Protocol: chat, wstun.v2\r\n"), 1},
+      {V2_REQ("Sec-WebSocket-Protocol: chat\r\n"
+              "Sec-WebSocket-Protocol:  wstun.v2 ,x\r\n"),
+       1},
+      {V2_REQ(""), 0},
+      {V2_REQ("Sec-WebSocket-Protocol: WSTUN.V2\r\n"), 0}, /* case-sensitive */
+      {V2_REQ("Sec-WebSocket-Protocol: wstun.v2x, xwstun.v2\r\n"), 0},
+      {V2_REQ("Sec-WebSocket-Protocol: wstun.v\r\n"), 0},
+      {V2_REQ("Sec-WebSocket-Protocol:\r\n"), 0},
+      {V2_REQ("Sec-WebSocket-Protocol: chat;wstun.v2\r\n"), 0},
   };
+  for (size_t i = 0; i < TEST_COUNT(cases); i++) {
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+      test_context("case %zu, %s", i, bytewise ? "bytewise" : "whole");
+      hs_cap c;
+      REQUIRE(parse_head(&c, HTTP_REQUEST, cases[i].req, bytewise) == 0);
+      CHECK_EQ_INT(wstun__ws_offers(&c.p.head, "wstun.v2"), cases[i].offered);
+      wstun__http_parser_free(&c.p);
+    }
+  }
+}
+
+TEST(write_accept_names_the_protocol) {
+  hs_cap c;
+  REQUIRE(parse_head(&c, HTTP_REQUEST, good_req, 0) == 0);
+  wstun__buf out;
+  wstun__buf_init(&out);
+  CHECK_EQ_INT(wstun__ws_write_accept_proto(&c.p.head, "wstun.v2", &out), 0);
+  CHECK_BYTES_STR(wstun__buf_data(&out), wstun__buf_size(&out),
+                  "HTTP/1.1 101 Switching Protocols\r\n"
+                  "Upgrade: websocket\r\n"
+                  "Connection: Upgrade\r\n"
+                  "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+                  "Sec-WebSocket-Protocol: wstun.v2\r\n"
+                  "\r\n");
+  /* and it satisfies the client that offered it */
+  wstun__buf_append(&out, "", 1);
+  hs_cap rs;
+  REQUIRE(parse_head(&rs, HTTP_RESPONSE, (const char *)wstun__buf_data(&out),
+                     1) == 0);
+  int chosen = -1;
+  CHECK_EQ_INT(wstun__ws_check_accept(&rs.p.head, rfc_key), 0);
+  CHECK_EQ_INT(wstun__ws_check_protocol(&rs.p.head, "wstun.v2", &chosen), 0);
+  CHECK_EQ_INT(chosen, 1);
+  /* one we did not offer: a failed handshake, never a fallback */
+  chosen = -1;
+  CHECK_EQ_INT(wstun__ws_check_protocol(&rs.p.head, NULL, &chosen),
+               WSTUN_EHANDSHAKE);
+  CHECK_EQ_INT(chosen, 0);
+  wstun__http_parser_free(&rs.p);
+  wstun__buf_free(&out);
+  wstun__http_parser_free(&c.p);
+}
+
+TEST(check_protocol_answers) {
+  static const struct {
+    const char *lines;
+    int rc, chosen;
+  } cases[] = {
+      {"", 0, 0}, /* a v1 server (Go): v1 on the same connection */
+      {"Sec-WebSocket-Protocol: wstun.v2\r\n", 0, 1},
+      {"Sec-WebSocket-Protocol: chat\r\n", WSTUN_EHANDSHAKE, 0},
+      {"Sec-WebSocket-Protocol: wstun.v2, chat\r\n", WSTUN_EHANDSHAKE, 0},
+      {"Sec-WebSocket-Protocol: wstun.v2\r\n"
+       "Sec-WebSocket-Protocol: wstun.v2\r\n",
+       WSTUN_EHANDSHAKE, 0},
+      {"Sec-WebSocket-Protocol: WSTUN.V2\r\n", WSTUN_EHANDSHAKE, 0},
+  };
+  for (size_t i = 0; i < TEST_COUNT(cases); i++) {
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+      test_context("case %zu, %s", i, bytewise ? "bytewise" : "whole");
+      char resp[512];
+      snprintf(resp, sizeof(resp),
+               "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\n"
+               "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n%s\r\n",
+               cases[i].lines);
+      hs_cap rs;
+      REQUIRE(parse_head(&rs, HTTP_RESPONSE, resp, bytewise) == 0);
+      int chosen = -1;
+      CHECK_EQ_INT(wstun__ws_check_protocol(&rs.p.head, "wstun.v2", &chosen),
+                   cases[i].rc);
+      CHECK_EQ_INT(chosen, cases[i].chosen);
+      wstun__http_parser_free(&rs.p);
+    }
+  }
+}
+
+int main(int argc, char **argv) {
+  static const test_case tests[] = {T(accept_key_rfc6455_example),
+                                    T(new_key_is_random_base64_of_16_bytes),
+                                    T(check_upgrade_valid),
+                                    T(check_upgrade_refusals),
+                                    T(write_accept_golden),
+                                    T(check_accept_round_trip),
+                                    T(check_accept_refusals),
+                                    T(base64_golden_and_round_trip),
+                                    T(base64_rejects_garbage),
+                                    T(offers_matches_the_exact_token),
+                                    T(write_accept_names_the_protocol),
+                                    T(check_protocol_answers)};
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }
