@@ -132,8 +132,19 @@ int app_secret_read(const char *value, char *out, size_t n, char *err,
     return -1;
   }
   size_t len = fread(out, 1, n - 1, f);
+  /* what does not fit is refused, never cut: a cut password list would
+   * leave its last password a prefix of the real one. Trailing blanks
+   * past the buffer are what the trimming below drops anyway. */
+  int c, more = 0;
+  while (!more && (c = fgetc(f)) != EOF)
+    more = c != '\n' && c != '\r' && c != ' ' && c != '\t';
   fclose(f);
   out[len] = '\0';
+  if (more) {
+    memset(out, 0, n);
+    snprintf(err, errlen, "%s is longer than %zu bytes", path, n - 1);
+    return -1;
+  }
   while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r' ||
                      out[len - 1] == ' ' || out[len - 1] == '\t'))
     out[--len] = '\0';

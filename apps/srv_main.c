@@ -278,14 +278,19 @@ static size_t srv_settings_read(srv_settings *s, const char *prog, int argc,
   app_config_check_protocol(&s->conf, s->protocol); /* FILE:LINE */
   s->cfg.protocol = strcmp(s->protocol, "v1") == 0 ? 1 : 2;
   /* secret files are checked too: a mode 644 one would stop the start */
-  char buf[512], err[512];
+  char err[512];
   const char *files[] = {s->passwords_file, s->admin_token_file};
   const char *keys[] = {"passwords-file", "admin-token-file"};
-  for (size_t i = 0; i < 2; i++)
+  /* into the buffers srv_settings_secrets() reads them into: the same
+   * size limit; wiped until then */
+  char *bufs[] = {s->passwords, s->admin_token};
+  size_t sizes[] = {sizeof(s->passwords), sizeof(s->admin_token)};
+  for (size_t i = 0; i < 2; i++) {
     if (files[i] &&
-        app_secret_read(files[i], buf, sizeof(buf), err, sizeof(err)) != 0)
+        app_secret_read(files[i], bufs[i], sizes[i], err, sizeof(err)) != 0)
       key_error(s, keys[i], files[i], err);
-  memset(buf, 0, sizeof(buf));
+    memset(bufs[i], 0, sizes[i]);
+  }
   const char *lists[] = {s->cfg.admin_allow, s->cfg.trusted_proxies};
   const char *lkeys[] = {"admin-allow", "trusted-proxies"};
   for (size_t i = 0; i < 2; i++)

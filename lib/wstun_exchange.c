@@ -230,7 +230,11 @@ static void on_deadline(uv_timer_t *t);
 static int tunnel_wait_over(wstun__exchange *ex) {
   if (ex->tunnel_wait_end == 0)
     return 0;
-  int waiting = ex->state == WSTUN__EX_READING || ex->state == WSTUN__EX_QUEUED;
+  /* waiting for a tunnel: queued, or its body still coming while the
+   * token has none (one that came meanwhile takes it once it is whole) */
+  int waiting = ex->state == WSTUN__EX_QUEUED ||
+                (ex->state == WSTUN__EX_READING &&
+                 (ex->reg.tok == NULL || ex->reg.tok->ntunnels == 0));
   if (waiting && uv_now(ex->srv->loop) >= ex->tunnel_wait_end) {
     wstun__log(&ex->srv->log, WSTUN_LOG_INFO,
                "HTTP RET token=%s status=404: no tunnel came in %llu ms",

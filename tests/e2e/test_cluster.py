@@ -438,6 +438,31 @@ class NodeSide(E2ETestCase):
         r = get(srv.port, "/_token/%s/name" % tok, timeout=20)
         self.assertStatus(r, 404)
 
+    def test_slow_upload_is_not_404_once_its_tunnel_came(self):
+        # the wait is for a tunnel: a request still uploading its body when
+        # the wait ends is not refused if its token's tunnel came meanwhile
+        be = self.backend()
+        srv = self.server("-unknown-token-wait", "1000")
+        tok = make_token()
+        s = socket.create_connection((HOST, srv.port), timeout=20 * TIME_SCALE)
+        try:
+            s.sendall(("POST /_token/%s/echo HTTP/1.1\r\nHost: x\r\n"
+                       "Content-Length: 8\r\n\r\nabcd" % tok).encode())
+            cli = self.client(srv, tok, server_url=be.url)
+            wait_until(lambda: stats_tunnels(srv) == 1, 10 * TIME_SCALE)
+            self.assertTrue(cli.alive())
+            time.sleep(1.5)  # past the wait, the body still not whole
+            s.sendall(b"efgh")
+            head = b""
+            while b"\r\n" not in head:
+                piece = s.recv(4096)
+                if not piece:
+                    break
+                head += piece
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head[:200])
+        finally:
+            s.close()
+
     def test_without_the_flag_unknown_token_is_404_at_once(self):
         srv = self.server()
         self.assertStatus(get(srv.port, "/_token/%s/name" % make_token(), timeout=5), 404)

@@ -382,5 +382,40 @@ class DynamicUser(CredentialsCase):
         self.assertIn("is readable by others or writable by group (mode 444;", err)
 
 
+
+class LongSecretFiles(E2ETestCase):
+    """A -passwords-file is read whole (a -config file's keys checked with
+    the same limit as the start uses), and one over the limit is refused,
+    never cut: a cut list would leave its last password a prefix of the
+    real one."""
+
+    def test_a_long_password_list_in_a_config_file(self):
+        d = tempfile.mkdtemp(prefix="wstun-secrets-")
+        self.addCleanup(shutil.rmtree, d, True)
+        toks = [make_token("tok%03d" % i) for i in range(40)]  # over 1 KiB
+        pwfile = os.path.join(d, "passwords")
+        with open(pwfile, "w") as f:
+            f.write("".join("%s:pw-%03d\n" % (t, i) for i, t in enumerate(toks)))
+        os.chmod(pwfile, 0o600)
+        self.assertGreater(os.path.getsize(pwfile), 1024)
+        conf = os.path.join(d, "srv.conf")
+        with open(conf, "w") as f:
+            f.write("passwords-file = %s\n" % pwfile)
+        srv = self.server("-config", conf)
+        self.assertTrue(srv.wait_stderr(r"passwords: 40 tokens need one", 5 * TIME_SCALE))
+        be = self.backend()
+        self.client(srv, "%s:pw-039" % toks[-1], server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1), srv.describe())
+        self.assertEqual(get(srv.port, "/_token/%s/name" % toks[-1]).body, b"backend")
+
+        big = os.path.join(d, "big")
+        with open(big, "w") as f:
+            f.write("".join("%s:pw\n" % make_token("t%05d" % i) for i in range(3000)))
+        os.chmod(big, 0o600)
+        rc, out, err = run([SRV_BIN, "-port", "0", "-passwords-file", big])
+        self.assertEqual(rc, 2, err)
+        self.assertEqual(err, "wstunsrv: flag -passwords-file: %s is longer than 65535 bytes\n"
+                         % big)
+
 if __name__ == "__main__":
     main()

@@ -159,6 +159,24 @@ TEST(modes_inside_and_outside_the_credentials_directory) {
   remove_dirs();
 }
 
+/* A secret longer than the buffer is refused, never cut: a cut
+ * -passwords-file (over 64 KiB with many tokens) would silently make the
+ * last token's password a prefix of the real one. */
+TEST(secret_too_long_is_refused_not_cut) {
+  make_dirs();
+  write_file(other, "long", "tok0123456789abc:password\n", 0600);
+  char value[PATH_MAX], out[16], err[PATH_MAX + 256];
+  snprintf(value, sizeof(value), "%s/long", other);
+  CHECK_EQ_INT(app_secret_read(value, out, sizeof(out), err, sizeof(err)), -1);
+  CHECK(strstr(err, "longer than 15 bytes") != NULL);
+  /* exactly the buffer, trailing newline beyond it: fine */
+  write_file(other, "fits", "0123456789abcde\n", 0600);
+  snprintf(value, sizeof(value), "%s/fits", other);
+  CHECK_EQ_INT(app_secret_read(value, out, sizeof(out), err, sizeof(err)), 0);
+  CHECK_EQ_STR(out, "0123456789abcde");
+  remove_dirs();
+}
+
 TEST(is_credential) {
   make_dirs();
   write_file(creds, "a", "x", 0400);
@@ -411,6 +429,7 @@ int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(cred_names_a_file_of_the_credentials_directory),
       T(modes_inside_and_outside_the_credentials_directory),
+      T(secret_too_long_is_refused_not_cut),
       T(is_credential),
       T(prompt_needs_a_terminal),
       T(prompt_reads_without_echo),
