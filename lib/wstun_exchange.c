@@ -322,15 +322,53 @@ static void stall_watch_stop(wstun__exchange *ex) {
  * request bytes from the requester, bytes the requester took) keep it
  * going; none for stream_idle_ms resets the stream (TIMEOUT) and cuts the
  * requester. So an event stream or a download that keeps moving lives as
- * long as it moves. */
+ * long as it moves.
+ *
+ * And while the stream holds its credit (resp_hold: the requester's
+ * output is congested), a requester that takes nothing for stall_ms is
+ * cut the same way, as in v1: a stalled stream holds up to a window (1
+ * MiB) of the tunnel's 16, so sixteen of them would block the tunnel for
+ * stream_idle_ms (PROTOCOL.md 7.4). */
 static uint64_t stream_movement(wstun__exchange *ex) {
   return ex->moved + ex->cbs->progress(ex);
+}
+
+static uint64_t stream_check_period(const wstun__exchange *ex) {
+  uint64_t period = ex->srv->stream_idle_ms / 4;
+  if (ex->resp_hold && stall_period(ex) < period)
+    period = stall_period(ex);
+  return period < 100 ? 100 : period;
+}
+
+/* 1 when the requester of a held stream took nothing for stall_ms (the
+ * stream is then reset and the requester cut). */
+static int stream_stalled(wstun__exchange *ex, uint64_t now) {
+  if (!ex->resp_hold)
+    return 0;
+  uint64_t p = ex->cbs->progress(ex);
+  if (p != ex->hold_mark) {
+    ex->hold_mark = p;
+    ex->hold_since = now;
+    return 0;
+  }
+  if (now - ex->hold_since < ex->srv->stall_ms)
+    return 0;
+  wstun__log(&ex->srv->log, WSTUN_LOG_WARN,
+             "HTTP RET token=%s id=%04x: requester read nothing for %llu ms "
+             "while its stream held the tunnel's credit: reset",
+             ex->token_prefix, ex->reg.id,
+             (unsigned long long)(now - ex->hold_since));
+  ex->end_code = WSTUN__V2_TIMEOUT;
+  wstun__exchange_fail(ex, 0, NULL);
+  return 1;
 }
 
 static void on_stream_idle_check(uv_timer_t *t) {
   wstun__exchange *ex = t->data;
   wstun_server *srv = ex->srv;
   uint64_t now = uv_now(srv->loop);
+  if (stream_stalled(ex, now))
+    return;
   uint64_t mark = stream_movement(ex);
   if (mark != ex->stall_mark) {
     ex->stall_mark = mark;
@@ -344,8 +382,7 @@ static void on_stream_idle_check(uv_timer_t *t) {
     wstun__exchange_fail(ex, 0, NULL);
     return;
   }
-  uint64_t period = srv->stream_idle_ms / 4;
-  set_timer(ex, period < 100 ? 100 : period, on_stream_idle_check);
+  set_timer(ex, stream_check_period(ex), on_stream_idle_check);
 }
 
 static void stream_idle_watch(wstun__exchange *ex) {
@@ -660,9 +697,14 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
   int rc = ex->cbs->on_body(ex, d, n);
   if (rc < 0)
     return -1;
-  if (rc > 0 && wstun__registry_is_v2(&ex->reg))
-    ex->resp_hold = 1; /* credit is held back: only this stream waits */
-  else if (rc > 0 && wstun__registry_pause_rx(&ex->reg))
+  if (rc > 0 && wstun__registry_is_v2(&ex->reg)) {
+    if (!ex->resp_hold) { /* credit is held back: only this stream waits */
+      ex->resp_hold = 1;
+      ex->hold_mark = ex->cbs->progress(ex);
+      ex->hold_since = uv_now(ex->srv->loop);
+      set_timer(ex, stream_check_period(ex), on_stream_idle_check);
+    }
+  } else if (rc > 0 && wstun__registry_pause_rx(&ex->reg))
     stall_watch_start(ex);
   return 0;
 }

@@ -94,8 +94,10 @@ struct wstun__exchange {
   uint32_t reset_code;   /* the client's RESET, while reset_pending */
   int reset_pending;     /* ... waiting for the message to come back */
   int resp_hold;         /* the requester's output is congested */
-  uint64_t unconsumed;   /* response bytes not yet given back */
-  uint64_t moved;        /* bytes either way: the idle-stream watch */
+  /* while resp_hold: the requester's progress when last seen growing */
+  uint64_t hold_mark, hold_since;
+  uint64_t unconsumed; /* response bytes not yet given back */
+  uint64_t moved;      /* bytes either way: the idle-stream watch */
   char token_prefix[12];
   char peer[64]; /* the requester's address, for /admin and accounting */
 };

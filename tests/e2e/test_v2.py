@@ -35,7 +35,7 @@ import time
 
 from harness import (HOST, E2ETestCase, expected_sha256, free_port,
                      gen_bytes, get, http_req, main, make_token,
-                     wait_tunnels, wait_until)
+                     wait_tunnels, wait_until, TIME_SCALE)
 import hashlib
 import json
 import struct
@@ -441,6 +441,33 @@ class StalledStreamsStallOnlyThemselves(V2Case):
         self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head[:80])
         body = json.loads(head[head.index(b"\r\n\r\n") + 4:])
         self.assertEqual((body["len"], body["sha256"]), (n, expected_sha256(n)))
+
+    def test_stalled_requesters_cannot_hold_the_tunnel(self):
+        """Each stalled download holds up to its stream window (1 MiB) of
+        the tunnel's 16 MiB: seventeen would block the tunnel for
+        -stream-idle-timeout. -stall-timeout resets them instead."""
+        srv, cli, be, tok = self.tunnel(srv_flags=("-stall-timeout", "2"))
+        hogs = []
+        for i in range(17):
+            h = socket.socket()
+            h.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            h.settimeout(60)
+            h.connect((HOST, srv.port))
+            self.addCleanup(h.close)
+            h.sendall(b"GET /_token/%s/bytes?n=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+                      % (tok.encode(), 1 << 30))
+            hogs.append(h)
+        # they read nothing: the server resets each within -stall-timeout
+        # of its stream holding credit (without that, once their windows
+        # fill the tunnel's, nothing more would pass for 300 s)
+        stalled = "while its stream held the tunnel's credit: reset"
+        self.assertTrue(wait_until(
+            lambda: srv.stderr_text().count(stalled) >= 17, 60 * TIME_SCALE),
+            srv.stderr_text()[-3000:])
+        # and the tunnel carries requests as before
+        for i in range(5):
+            self.assertEqual(get(srv.port, "/_token/%s/echo" % tok,
+                                 timeout=20).status, 200)
 
     def test_backend_not_reading_stalls_only_its_request(self):
         srv, cli, be, tok = self.tunnel(cli_flags=("-stall-timeout", "1"))
