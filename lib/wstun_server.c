@@ -76,6 +76,10 @@ static int load_tls(wstun_server *srv) {
     wstun__log(&srv->log, WSTUN_LOG_ERROR, "TLS: %s", why);
     return rc;
   }
+  if (srv->tls) { /* the counters go on; tickets of the old key do not */
+    cfg->handshakes = srv->tls->handshakes;
+    cfg->resumed = srv->tls->resumed;
+  }
   wstun__tls_config_unref(srv->tls);
   srv->tls = cfg;
   return 0;

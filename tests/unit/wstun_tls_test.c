@@ -328,6 +328,110 @@ TEST(config_errors) {
   CHECK(strstr(why, "cannot load certificate") != NULL);
 }
 
+/* One connection with the resumption key `key` against `scfg`; returns
+ * the handshake's result and whether it resumed. */
+static int dial_once(wstun__tls_config *ccfg, wstun__tls_config *scfg,
+                     const char *host, const char *key, size_t step,
+                     int *resumed) {
+  wstun__tls *cli = wstun__tls_new(ccfg, host);
+  wstun__tls *srv = wstun__tls_new(scfg, NULL);
+  CHECK_EQ_INT(wstun__tls_resume_as(cli, key), 0);
+  CHECK_EQ_INT(wstun__tls_resume_as(cli, key), WSTUN_EINVAL); /* once */
+  int rc = handshake(cli, srv, step);
+  *resumed = cli->resumed;
+  if (rc == 0) { /* data flows after a resumed handshake too */
+    wstun__buf got;
+    wstun__buf_init(&got);
+    CHECK_EQ_INT(wstun__tls_write(cli, (const uint8_t *)"ping", 4), 0);
+    pass(cli, srv, step, &got);
+    CHECK_EQ_INT((int)wstun__buf_size(&got), 4);
+    wstun__buf_reset(&got);
+    CHECK_EQ_INT(wstun__tls_write(srv, (const uint8_t *)"pong!", 5), 0);
+    pass(srv, cli, step, &got);
+    CHECK_EQ_INT((int)wstun__buf_size(&got), 5);
+    wstun__buf_free(&got);
+  }
+  wstun__tls_free(cli);
+  wstun__tls_free(srv);
+  return rc;
+}
+
+/* A redial resumes the saved session from the server's ticket, whole and
+ * byte by byte; a session is offered only under the key it was made with,
+ * so another name still gets its certificate checked; a server that
+ * cannot open the ticket (new ticket key) gets a full handshake. */
+TEST(session_resumption) {
+  wstun__tls_config *ccfg = NULL, *scfg = NULL, *scfg2 = NULL;
+  char why[400] = "";
+  CHECK_EQ_INT(wstun__tls_client_config(&ccfg, cert_path, 1, why, sizeof(why)),
+               0);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&scfg, cert_path, key_path, why, sizeof(why)),
+      0);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&scfg2, cert_path, key_path, why, sizeof(why)),
+      0);
+  if (ccfg == NULL || scfg == NULL || scfg2 == NULL)
+    return;
+  int resumed = -1;
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg, "localhost", "localhost:443", 1 << 20, &resumed),
+      0);
+  CHECK_EQ_INT(resumed, 0);
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg, "localhost", "localhost:443", 1 << 20, &resumed),
+      0);
+  CHECK_EQ_INT(resumed, 1);
+  CHECK_EQ_INT(dial_once(ccfg, scfg, "localhost", "localhost:443", 1, &resumed),
+               0);
+  CHECK_EQ_INT(resumed, 1);
+  CHECK_EQ_INT((int)scfg->handshakes, 3);
+  CHECK_EQ_INT((int)scfg->resumed, 2);
+  CHECK_EQ_INT((int)ccfg->handshakes, 3);
+  CHECK_EQ_INT((int)ccfg->resumed, 2);
+
+  /* another name: nothing offered, the certificate is checked and fails */
+  CHECK_EQ_INT(dial_once(ccfg, scfg, "other.example", "other.example:443",
+                         1 << 20, &resumed),
+               WSTUN_ETLS);
+  CHECK_EQ_INT(resumed, 0);
+  CHECK_EQ_INT((int)scfg->resumed, 2);
+
+  /* a restarted server (new ticket key): full handshake, then resumed */
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg2, "localhost", "localhost:443", 1 << 20, &resumed),
+      0);
+  CHECK_EQ_INT(resumed, 0);
+  CHECK_EQ_INT((int)scfg2->resumed, 0);
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg2, "localhost", "localhost:443", 7, &resumed), 0);
+  CHECK_EQ_INT(resumed, 1);
+
+  /* more servers than slots: the least recently used goes */
+  for (int i = 0; i < WSTUN__TLS_SESSIONS; i++) {
+    char key[32];
+    snprintf(key, sizeof(key), "localhost:%d", 1000 + i);
+    CHECK_EQ_INT(dial_once(ccfg, scfg, "localhost", key, 1 << 20, &resumed), 0);
+    CHECK_EQ_INT(resumed, 0);
+  }
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg, "localhost", "localhost:443", 1 << 20, &resumed),
+      0);
+  CHECK_EQ_INT(resumed, 0);
+
+  /* only a client, only before its handshake */
+  wstun__tls *srv = wstun__tls_new(scfg, NULL);
+  CHECK_EQ_INT(wstun__tls_resume_as(srv, "x:1"), WSTUN_EINVAL);
+  wstun__tls_free(srv);
+  wstun__tls *cli = wstun__tls_new(ccfg, "localhost");
+  CHECK_EQ_INT(wstun__tls_handshake(cli), WSTUN__TLS_AGAIN);
+  CHECK_EQ_INT(wstun__tls_resume_as(cli, "localhost:443"), WSTUN_EINVAL);
+  wstun__tls_free(cli);
+  wstun__tls_config_unref(ccfg);
+  wstun__tls_config_unref(scfg);
+  wstun__tls_config_unref(scfg2);
+}
+
 int main(int argc, char **argv) {
   if (mkdtemp(dir) == NULL)
     return 1;
@@ -350,7 +454,8 @@ int main(int argc, char **argv) {
       T(empty_records_are_not_an_end),
       T(verify_off_accepts_anything),
       T(server_rejects_garbage),
-      T(config_errors)};
+      T(config_errors),
+      T(session_resumption)};
   int rc = test_main(tests, TEST_COUNT(tests), argc, argv);
   unlink(cert_path);
   unlink(key_path);
