@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """wstun benchmark: nginx direct vs. two chained nginx proxies vs. the tunnel
-(and, with --baseline-bin, vs. the tunnel of an older build).
+(and, with --baseline-bin, vs. the tunnel of an older build; with --go, vs.
+the Go wstunnel it is a drop-in for).
 
 Run it through bench.sh (which checks the tools, raises the fd limit, owns the
 temp dir and cleans up even if this process is killed). See README.md.
@@ -111,6 +112,11 @@ def proc_cpu_s(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def proc_minflt(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
 def proc_status_kib(pid, key):
@@ -382,11 +388,13 @@ def run_curl_upload(url, path, expect, respfile):
 
 class Tunnel:
     """One wstunsrv + wstuncli pair in front of the backend: c (this build)
-    or, with --baseline-bin, d (the baseline build). Each has its own token,
-    its own wstunsrv port and its own log files."""
+    or, with --baseline-bin, d (the baseline build); or, with go set, g: the
+    Go wstunnel's `srv` and `cli` (bindir is then the binary). Each has its
+    own token, its own server port and its own log files."""
 
-    def __init__(self, key, label, bindir, prefix, noun):
+    def __init__(self, key, label, bindir, prefix, noun, go=False):
         self.key = key
+        self.go = go
         self.bin = bindir
         self.prefix = prefix  # app names and log files: "" or "baseline-"
         self.noun = noun      # "tunnel" or "baseline tunnel", in messages
@@ -399,6 +407,28 @@ class Tunnel:
         return self.prefix + app
 
 
+def start_go_srv(procs, binary, logpath, name):
+    """`wstunnel srv` on a free port (it cannot report a port 0 choice), up
+    once /_health_check answers; a lost race for the port is retried."""
+    last = ""
+    for _ in range(3):
+        port = free_port()
+        p = procs.spawn(name, [binary, "srv", "-host", LO, "-port", str(port)],
+                        logpath)
+
+        def up():
+            if p.poll() is not None:
+                raise BenchError("exited")
+            return http_get(port, "/_health_check", timeout=2.0)[0] == 200
+        try:
+            wait_until(up, 10, name + " /_health_check")
+            return p, port
+        except BenchError as e:
+            last = "%s: %s" % (e, tail(logpath))
+            procs.stop(p)
+    raise BenchError("%s did not come up: %s" % (name, last))
+
+
 class Bench:
     def __init__(self, args):
         self.a = args
@@ -407,6 +437,7 @@ class Bench:
         self.www = os.path.join(self.tmp, "www")
         self.results = {}
         self.failures = []   # wstun misbehaviour seen on the way
+        self.go_problems = []  # the Go tool's, reported apart
 
     # -- setup
     def make_files(self):
@@ -460,6 +491,10 @@ class Bench:
             self.tunnels.append(self.baseline)
         else:
             self.baseline = None
+        # the Go tool joins the matrix only (not the stream and idle tests)
+        self.go = Tunnel("go", "g Go wstunnel", a.go, "go-", "Go tunnel",
+                         go=True) if a.go else None
+        self.matrix_tunnels = self.tunnels + ([self.go] if self.go else [])
         self.systems = [
             {"key": "direct", "label": "a nginx direct",
              "base": "http://%s:%d" % (LO, self.nport), "apps": []},
@@ -467,8 +502,8 @@ class Bench:
              "base": "http://%s:%d" % (LO, p1port),
              "apps": [("nginx-proxy1", w1, self.proxy1),
                       ("nginx-proxy2", w2, self.proxy2)]},
-        ] + [t.system for t in self.tunnels]
-        for t in self.tunnels:
+        ] + [t.system for t in self.matrix_tunnels]
+        for t in self.matrix_tunnels:
             self.start_tunnel(t)
 
     def start_tunnel(self, t):
@@ -480,13 +515,19 @@ class Bench:
         t.srv_log = os.path.join(self.tmp, "%s-%d.log" % (srv_name, n))
         t.cli_log = os.path.join(self.tmp, "%s-%d.log" % (cli_name, n))
         t.log_offsets = {t.srv_log: 0, t.cli_log: 0}
-        t.srv, t.sport = start_wstunsrv(
-            self.procs, os.path.join(t.bin, "wstunsrv"), t.srv_log,
-            name=srv_name)
+        if t.go:
+            t.srv, t.sport = start_go_srv(self.procs, t.bin, t.srv_log,
+                                          srv_name)
+            cli_argv = [t.bin, "cli"]
+        else:
+            t.srv, t.sport = start_wstunsrv(
+                self.procs, os.path.join(t.bin, "wstunsrv"), t.srv_log,
+                name=srv_name)
+            cli_argv = [os.path.join(t.bin, "wstuncli")]
         t.cli = self.procs.spawn(
-            cli_name, [os.path.join(t.bin, "wstuncli"), "-tunnel",
-                       "ws://%s:%d" % (LO, t.sport), "-token", t.token,
-                       "-server", "http://%s:%d" % (LO, self.nport)],
+            cli_name, cli_argv + ["-tunnel", "ws://%s:%d" % (LO, t.sport),
+                                  "-token", t.token, "-server",
+                                  "http://%s:%d" % (LO, self.nport)],
             t.cli_log)
         wait_until(lambda: stats_tunnels(t.sport) == 1, 15,
                    "tunnels=1 in %s /_stats" % srv_name)
@@ -512,8 +553,9 @@ class Bench:
         logged during it, and whether both are still alive. A dead app is
         reported loudly and both are restarted so the run can go on."""
         notes = {}
-        for name, path in ((t.name("wstunsrv"), t.srv_log),
-                           (t.name("wstuncli"), t.cli_log)):
+        for name, path in (() if t.go else (
+                (t.name("wstunsrv"), t.srv_log),
+                (t.name("wstuncli"), t.cli_log))):
             with open(path, "rb") as f:
                 f.seek(t.log_offsets[path])
                 text = f.read().decode("utf-8", "replace")
@@ -535,14 +577,16 @@ class Bench:
         health = {}
         if notes:
             health["log_warnings"] = notes
+        sink = self.go_problems if t.go else self.failures
         if dead:
             health["crashed"] = dead
             for d in dead:
-                self.failures.append(
+                sink.append(
                     "%s DIED (exit status %s) during %s; log tail:\n%s" % (
                         d["app"], d["status"], where, d["log_tail"]))
             log("  !! %s app died during %s: restarting both" % (
-                "wstun" if t.key == "tunnel" else "baseline wstun", where))
+                {"tunnel": "wstun", "go": "Go wstunnel"}.get(
+                    t.key, "baseline wstun"), where))
             for p in (t.cli, t.srv):
                 self.procs.stop(p)
             self.start_tunnel(t)
@@ -551,15 +595,15 @@ class Bench:
                 wait_until(lambda: stats_tunnels(t.sport) == 1, 10,
                            "tunnels=1")
             except BenchError:
-                self.failures.append("after %s the %s did not come back "
-                                     "within 10 s" % (where, t.noun))
+                sink.append("after %s the %s did not come back "
+                            "within 10 s" % (where, t.noun))
         if notes:
             for k, v in notes.items():
                 self.failures.append("during %s: %dx %s" % (where, v, k))
         return health
 
     def tunnel_of(self, system):
-        for t in self.tunnels:
+        for t in self.matrix_tunnels:
             if t.system is system:
                 return t
         return None
@@ -568,10 +612,11 @@ class Bench:
         pids = [(n, pid) for n, pid, _ in system["apps"]]
         procs = {n: p for n, _, p in system["apps"]}
         pids.append(("nginx-backend", self.backend_worker))
-        before = {}
+        before, flt0 = {}, {}
         for n, pid in pids:
             reset_peak_rss(pid)
             before[n] = proc_cpu_s(pid)
+            flt0[n] = proc_minflt(pid)
         res = fn()
         apps = []
         for n, pid in pids:
@@ -581,10 +626,17 @@ class Bench:
                 entry = {"name": n,
                          "peak_rss_kib": proc_status_kib(pid, "VmHWM"),
                          "rss_kib": proc_status_kib(pid, "VmRSS"),
-                         "cpu_s": round(proc_cpu_s(pid) - before[n], 3)}
+                         "cpu_s": round(proc_cpu_s(pid) - before[n], 3),
+                         "minor_faults": proc_minflt(pid) - flt0[n]}
+                mb = res.get("bytes", 0) / 1e6
+                if mb >= 1:  # what moving a MB costs the app
+                    entry["cpu_us_per_mb"] = round(
+                        entry["cpu_s"] * 1e6 / mb, 1)
+                    entry["minor_faults_per_mb"] = round(
+                        entry["minor_faults"] / mb, 2)
             except OSError:
                 entry = {"name": n, "peak_rss_kib": None, "rss_kib": None,
-                         "cpu_s": None}
+                         "cpu_s": None, "minor_faults": None}
             if n == "nginx-backend":
                 res["backend"] = entry
             else:
@@ -637,7 +689,7 @@ class Bench:
             run_wrk(s["base"] + "/small.txt", 16, 1)
             run_curl_download(s["base"] + "/1mib.bin", ONE_MIB)
         self.check_nginx("warm-up")
-        for t in self.tunnels:
+        for t in self.matrix_tunnels:
             self.tunnel_health(t, "warm-up")
 
     def matrix(self):
@@ -661,6 +713,15 @@ class Bench:
                 sel = dict(best)
                 sel["label"] = s["label"]
                 sel["errors_all_rounds"] = sum(r["errors"] for r in rs)
+                # wrk's two kinds (the Go tool answers 503s past its queue
+                # and drops connections at 64)
+                det = [r.get("errors_detail", {}) for r in rs]
+                if pt["kind"] == "wrk":
+                    sel["errors_non2xx_all_rounds"] = sum(
+                        d.get("non_2xx_3xx", 0) for d in det)
+                    sel["errors_socket_all_rounds"] = sum(
+                        d.get(k, 0) for d in det for k in (
+                            "connect", "read", "write", "timeout"))
                 sel["crashes_all_rounds"] = sum(len(r.get("crashed", []))
                                                 for r in rs)
                 warn = {}
@@ -839,7 +900,8 @@ class Bench:
             print(row(res["systems"][key]))
         for key, lab in (("tunnel/direct", "c/a ratio"),
                          ("tunnel/chain", "c/b ratio"),
-                         ("tunnel/baseline", "c/d ratio")):
+                         ("tunnel/baseline", "c/d ratio"),
+                         ("tunnel/go", "c/g ratio")):
             if key in res["ratios"]:
                 print(ratio_row(lab, res["ratios"][key]))
         for key, what in (("tunnel", "a wstun app"),
@@ -853,6 +915,23 @@ class Bench:
                           what, t["crashes_all_rounds"]))
             for k, v in sorted(t.get("log_warnings_all_rounds", {}).items()):
                 print("!! logged %dx  %s" % (v, k))
+        for key in keys:
+            x = res["systems"][key]
+            if x["errors_all_rounds"] and "errors_non2xx_all_rounds" in x:
+                print("   %s: %d non-2xx responses, %d socket errors "
+                      "(%d round(s))" % (
+                          x["label"], x["errors_non2xx_all_rounds"],
+                          x["errors_socket_all_rounds"], len(x["rounds"])))
+        if res["kind"] != "wrk" or res["key"] == "mib_c4":
+            parts = []
+            for key in keys:
+                for app in res["systems"][key].get("apps", []):
+                    if app.get("cpu_us_per_mb") is not None:
+                        parts.append("%s %.0f/%.1f" % (
+                            app["name"], app["cpu_us_per_mb"],
+                            app["minor_faults_per_mb"]))
+            if parts:
+                print("   per MB (CPU us/minor faults): " + ", ".join(parts))
         for key in keys:
             for r in res["systems"][key]["rounds"]:
                 if r["errors"] and "errors_detail" in r:
@@ -911,6 +990,8 @@ def ratios(systems):
             ("tunnel/chain", systems["chain"])]
     if "baseline" in systems:  # only with --baseline
         dens.append(("tunnel/baseline", systems["baseline"]))
+    if "go" in systems:  # only with the Go tool
+        dens.append(("tunnel/go", systems["go"]))
     for name, den in dens:
         d = {k: q(t, den, k) for k in ("rps", "mean_us", "p99_us", "mbps",
                                          "seconds", "app_cpu_us_per_req")}
@@ -926,6 +1007,9 @@ def ratios(systems):
             t["mean_us"] - systems["direct"]["mean_us"], 1)
         out["chain_minus_direct_mean_us"] = round(
             systems["chain"]["mean_us"] - systems["direct"]["mean_us"], 1)
+        if "go" in systems:
+            out["tunnel_minus_go_mean_us"] = round(
+                t["mean_us"] - systems["go"]["mean_us"], 1)
         if "baseline" in systems:
             out["tunnel_minus_baseline_mean_us"] = round(
                 t["mean_us"] - systems["baseline"]["mean_us"], 1)
@@ -982,6 +1066,12 @@ def targets(points, idle, stream):
     v = m4["tunnel"]["mbps"] / m4["direct"]["mbps"]
     add("1 MiB @4 conns: tunnel MB/s >= 40% of direct", round(v * 100, 1),
         ">= 40", v >= 0.40, "%")
+    if "go" in m4:
+        v = m4["tunnel"]["mbps"] / m4["go"]["mbps"] if m4["go"]["mbps"] \
+            else None
+        add("1 MiB @4 conns: tunnel MB/s >= 1.5x the Go tool",
+            None if v is None else round(v, 2), ">= 1.5",
+            v is not None and v >= 1.5, "x Go")
     v = p["small_c64"]["tunnel"]["errors_all_rounds"]
     add("140 B @64 conns, default settings: zero errors", v, "== 0", v == 0,
         "errors")
@@ -1013,6 +1103,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--baseline-bin", default=None,
                     help="apps/ dir of an older build: system d")
+    ap.add_argument("--go", default=None,
+                    help="the Go wstunnel binary: system g")
     a = ap.parse_args()
 
     def on_signal(sig, _frm):
@@ -1045,6 +1137,9 @@ def main():
             a.baseline_bin, only_wstun=True)["wstunsrv"]
         meta["source_commits"] = {"tunnel": source_commit(a.bin),
                                   "baseline": source_commit(a.baseline_bin)}
+    if a.go:
+        meta["go_bin"] = a.go
+        meta["versions"]["go_wstunnel"] = go_version(a.go)
     doc = {"meta": meta}
     rc = 0
     try:
@@ -1062,7 +1157,12 @@ def main():
         print(HEADER_NOTE)
         if b.baseline:
             print(baseline_note(a, meta["source_commits"]))
+        if b.go:
+            print(GO_NOTE % a.go)
         doc["points"] = b.matrix()
+        if b.go:  # not in the stream and idle tests: free its CPU
+            for p in (b.go.cli, b.go.srv):
+                b.procs.stop(p)
         log("streaming %d MiB through the %s" % (
             a.stream_mib, "tunnel and the baseline tunnel" if b.baseline
             else "tunnel"))
@@ -1111,6 +1211,8 @@ def main():
     meta["seconds_total"] = round(time.monotonic() - t_start, 1)
     meta["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     doc["wstun_problems"] = b.failures
+    if a.go:
+        doc["go_problems"] = b.go_problems
     if "stream" in doc:
         print_stream(doc["stream"])
     if "stream_baseline" in doc:
@@ -1126,6 +1228,10 @@ def main():
     if b.failures:
         print("\nwstun problems seen during the run:")
         for f in b.failures:
+            print("  - " + f)
+    if b.go_problems:
+        print("\nGo wstunnel problems seen during the run:")
+        for f in b.go_problems:
             print("  - " + f)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
@@ -1146,6 +1252,21 @@ RSS1/RSS2 = peak RSS during the run of the two middle apps (b: proxy1, proxy2;
 c: wstunsrv, wstuncli); CPU1/CPU2 = their CPU seconds (user+sys) during the
 run; CPU us/r = both apps' CPU per request. Ratios c/a and c/b: above 1 means
 c has more of it (good for req/s and MB/s, bad for latency, RSS and CPU)."""
+
+
+GO_NOTE = """g = the Go wstunnel (srv + cli, default settings) in front of the same
+backend, interleaved with the others; c/g ratio: wstun over Go, above 1
+means c has more of it. The Go tool is not in the stream and idle tests.
+  g: %s"""
+
+
+def go_version(binp):
+    try:
+        r = subprocess.run([binp, "version"], capture_output=True, text=True,
+                           timeout=10)
+        return ((r.stdout + r.stderr).strip().splitlines() or [None])[0]
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def baseline_note(a, commits):

@@ -6,8 +6,12 @@
 #   With --baseline OLD_BUILD_DIR (or WSTUN_BENCH_BASELINE), (d) wstunsrv +
 #   wstuncli from OLD_BUILD_DIR/apps join the matrix (a, b, c, d), with a
 #   c/d ratio per load point; the stream and idle tests run for d too.
+#   (g) the Go wstunnel (srv + cli) joins the matrix when its binary is found:
+#   --go PATH, else WSTUN_BENCH_GO, else $TMPDIR/wstunnel-go-ref/wstunnel
+#   (where tests/interop builds it); --no-go or WSTUN_BENCH_GO=none: without.
 #
-#   bash tests/bench/bench.sh [--quick] [--baseline OLD_BUILD_DIR] [build-dir]
+#   bash tests/bench/bench.sh [--quick] [--baseline OLD_BUILD_DIR] [--go PATH]
+#                             [--no-go] [build-dir]
 #
 # Needs: nginx (Debian's nginx-light), wrk, curl, python3
 #   apt-get install nginx-light wrk curl python3
@@ -15,7 +19,8 @@
 #   WSTUN_BENCH_ROUNDS (default 2, --quick: 1), WSTUN_BENCH_IDLE (idle
 #   tunnels, default 10000), WSTUN_BENCH_STREAM_MIB (default 1024),
 #   WSTUN_BENCH_OUT (JSON path, default tests/bench/results/latest.json),
-#   WSTUN_BENCH_BASELINE (same as --baseline; the option wins).
+#   WSTUN_BENCH_BASELINE (same as --baseline; the option wins),
+#   WSTUN_BENCH_GO (same as --go).
 # Everything stops by itself; Ctrl-C cleans up too. Exit status 0 even when a
 # target is missed (they are informational); non-zero only if the run broke.
 set -euo pipefail
@@ -25,6 +30,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 QUICK=0
 BUILD=
 BASE=${WSTUN_BENCH_BASELINE:-}
+GO=${WSTUN_BENCH_GO:-}
 while [ $# -gt 0 ]; do
   arg=$1; shift
   case $arg in
@@ -38,7 +44,17 @@ while [ $# -gt 0 ]; do
       if [ -z "$BASE" ]; then
         echo "bench.sh: --baseline needs a build dir" >&2; exit 2
       fi ;;
-    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --go)
+      if [ $# -eq 0 ] || [ -z "$1" ]; then
+        echo "bench.sh: --go needs the path of the Go wstunnel binary" >&2; exit 2
+      fi
+      GO=$1; shift ;;
+    --go=*) GO=${arg#--go=}
+      if [ -z "$GO" ]; then
+        echo "bench.sh: --go needs the path of the Go wstunnel binary" >&2; exit 2
+      fi ;;
+    --no-go) GO=none ;;
+    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
     *) BUILD=$arg ;;
   esac
@@ -49,6 +65,16 @@ BBIN=
 if [ -n "$BASE" ]; then
   BBIN=$(cd "$BASE" 2>/dev/null && pwd)/apps || true
   [ "$BBIN" = /apps ] && BBIN=$BASE/apps # no such dir: say so below
+fi
+if [ "$GO" = none ]; then
+  GO=
+elif [ -n "$GO" ]; then
+  if [ ! -x "$GO" ]; then
+    echo "bench.sh: Go wstunnel $GO is not an executable file" >&2; exit 1
+  fi
+else # the usual place: tests/interop (or /work/shared/reference/build.sh) builds it there
+  cand=${TMPDIR:-/tmp}/wstunnel-go-ref/wstunnel
+  [ -x "$cand" ] && GO=$cand
 fi
 if [ "$QUICK" = 1 ]; then
   SECS=${WSTUN_BENCH_SECS:-2}; ROUNDS=${WSTUN_BENCH_ROUNDS:-1}
@@ -121,8 +147,11 @@ args=(--bin "$BIN" --tmp "$TMP" --out "$OUT" --secs "$SECS" --rounds "$ROUNDS"
       --idle "$IDLE" --stream-mib "$STREAM_MIB")
 [ "$QUICK" = 1 ] && args+=(--quick)
 [ -n "$BBIN" ] && args+=(--baseline-bin "$BBIN")
+[ -n "$GO" ] && args+=(--go "$GO")
 echo "wstun bench: $BIN, ${SECS} s per run, $ROUNDS round(s), fd limit $(ulimit -n)"
 [ -n "$BBIN" ] && echo "baseline (d): $BBIN"
+if [ -n "$GO" ]; then echo "Go wstunnel (g): $GO"
+else echo "Go wstunnel (g): not found, left out (--go PATH to add it)"; fi
 rc=0
 python3 "$HERE/bench.py" "${args[@]}" &
 PY=$!
