@@ -305,6 +305,27 @@ def start_wstunsrv(procs, binary, logpath, extra=(), name="wstunsrv"):
     return p, port[0]
 
 
+def metric(port, name):
+    """One unlabelled value from wstunsrv's /metrics, or None."""
+    try:
+        st, body = http_get(port, "/metrics")
+    except (OSError, http.client.HTTPException):
+        return None
+    m = re.search(rb"(?m)^" + name.encode() + rb" (\d+)", body)
+    return int(m.group(1)) if st == 200 and m else None
+
+
+def tcp_mem_pages():
+    """The kernel's TCP buffer memory in pages (/proc/net/sockstat), both
+    ends of every loopback connection included; None if unreadable."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            m = re.search(r"(?m)^TCP:.* mem (\d+)", f.read())
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
 def stats_tunnels(port):
     st, body = http_get(port, "/_stats")
     m = re.search(rb"(?m)^tunnels=(\d+)", body)
@@ -464,6 +485,18 @@ class Bench:
         os.chmod(path, 0o644)
         return h.hexdigest()
 
+    def make_tunnels(self):
+        a = self.a
+        self.tunnel = Tunnel("tunnel", "c wstun tunnel", a.bin, "", "tunnel")
+        self.tunnels = [self.tunnel]
+        if a.baseline_bin:
+            self.baseline = Tunnel("baseline", "d wstun baseline",
+                                   a.baseline_bin, "baseline-",
+                                   "baseline tunnel")
+            self.tunnels.append(self.baseline)
+        else:
+            self.baseline = None
+
     def start_all(self):
         a = self.a
         self.nport = free_port()
@@ -482,15 +515,7 @@ class Bench:
                                   PROXY_BODY.format(port=p1port, next=p2port))
         w1 = nginx_ready(self.proxy1, p1port, "/small.txt")
 
-        self.tunnel = Tunnel("tunnel", "c wstun tunnel", a.bin, "", "tunnel")
-        self.tunnels = [self.tunnel]
-        if a.baseline_bin:
-            self.baseline = Tunnel("baseline", "d wstun baseline",
-                                   a.baseline_bin, "baseline-",
-                                   "baseline tunnel")
-            self.tunnels.append(self.baseline)
-        else:
-            self.baseline = None
+        self.make_tunnels()
         # the Go tool joins the matrix only (not the stream and idle tests)
         self.go = Tunnel("go", "g Go wstunnel", a.go, "go-", "Go tunnel",
                          go=True) if a.go else None
@@ -757,25 +782,55 @@ class Bench:
                 log("  NOTE: " + note)
             want = n
         res = {"requested": a.idle, "count": want, "fd_limit": soft,
-               "note": note}
+               "note": note, "hold_seconds": a.idle_hold}
         if want <= 0:
             res["skipped"] = True
             return res
         logp = os.path.join(self.tmp, "%s-idle.log" % srv_name)
+        # One source address has ~28,000 ephemeral ports towards one server
+        # port: past 20,000 the helper spreads its connections over
+        # 127.0.0.0/8, 500 per address. Below that they all come from
+        # 127.0.0.1, because wstunsrv looks up the reverse DNS name of each
+        # tunnel's address: 127.0.0.1 is in /etc/hosts, 127.1.x.y go to the
+        # resolver, and where that does not answer (no network) the lookups
+        # queue up in libuv's 4 threads, hold ~1.2 KB each meanwhile, and
+        # keep wstunsrv from exiting until they time out (see README.md).
+        # The caps are lifted to fit: -max-connections (default 10000;
+        # wstunsrv lowers it to its open-file limit - 64) and
+        # -max-connections-per-ip (default 1000).
+        per_source = a.idle_per_source
+        if per_source < 0:
+            per_source = 0 if want <= 20000 else 500
+        res["per_source"] = per_source
         srv, port = start_wstunsrv(self.procs, os.path.join(t.bin, "wstunsrv"),
-                                   logp, name=srv_name)
+                                   logp, name=srv_name,
+                                   extra=["-max-connections",
+                                          str(max(10000, want + 1000)),
+                                          "-max-connections-per-ip", "0"])
+        # minutes, not seconds, at 100,000 (Python opens ~5,000 a second)
+        open_max = 60 + want / 500.0
         try:
             stats_tunnels(port)
             time.sleep(0.5)
+            # A fresh process: no freed memory cached by malloc yet that the
+            # tunnels could reuse unseen. What is left of the noise (arena
+            # rounding, buffers of the handshakes in flight kept for reuse)
+            # is a constant, small against 10,000 tunnels; libwstun's own
+            # allocator count (wstun_memory_bytes) has none of it.
             rss0 = proc_status_kib(srv.pid, "VmRSS")
             res["rss_before_kib"] = rss0
+            heap0 = metric(port, "wstun_memory_bytes")
+            kmem0 = tcp_mem_pages()
             helper = self.procs.spawn(
                 "idle-helper", [sys.executable, IDLE_HELPER, "--port", str(port),
-                                "--count", str(want), "--hold-max", "300",
+                                "--count", str(want), "--open-max",
+                                str(int(open_max)), "--hold-max",
+                                str(int(open_max + a.idle_hold + 300)),
+                                "--per-source", str(per_source),
                                 "--prefix", "idle-" + os.urandom(3).hex()],
                 os.path.join(self.tmp, "%sidle-helper.log" % tag),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            opened = read_json_line(helper, 240)
+            opened = read_json_line(helper, open_max + 60)
             if opened is None:
                 raise BenchError("idle-tunnel helper said nothing:\n" +
                                  tail(helper.bench_log))
@@ -792,9 +847,27 @@ class Bench:
             res["rss_after_kib"] = rss1
             res["peak_rss_kib"] = proc_status_kib(srv.pid, "VmHWM")
             res["server_tunnels"] = stats_tunnels(port)
-            if opened["opened"]:
+            heap1 = metric(port, "wstun_memory_bytes")
+            kmem1 = tcp_mem_pages()
+            n_open = opened["opened"]
+            if n_open:
                 res["bytes_per_tunnel"] = round(
-                    (rss1 - rss0) * 1024.0 / opened["opened"], 1)
+                    (rss1 - rss0) * 1024.0 / n_open, 1)
+                if heap0 is not None and heap1 is not None:
+                    res["heap_bytes_per_tunnel"] = round(
+                        (heap1 - heap0) / float(n_open), 1)
+                if kmem0 is not None and kmem1 is not None:
+                    res["kernel_tcp_bytes_per_tunnel_both_ends"] = round(
+                        (kmem1 - kmem0) * float(os.sysconf("SC_PAGE_SIZE")) /
+                        n_open, 1)
+            # what holding them costs: the helper pings each every 10 s
+            # (wstunsrv answers), wstunsrv's liveness timers run
+            c0, w0 = proc_cpu_s(srv.pid), time.monotonic()
+            time.sleep(a.idle_hold)
+            c1, w1 = proc_cpu_s(srv.pid), time.monotonic()
+            res["idle_cpu_percent"] = round((c1 - c0) * 100.0 / (w1 - w0), 2)
+            res["idle_seconds_measured"] = round(w1 - w0, 1)
+            res["tunnels_after_hold"] = stats_tunnels(port)
             if res["server_tunnels"] != opened["opened"]:
                 self.failures.append(
                     "%sidle tunnels: helper opened %d but /_stats says "
@@ -806,19 +879,20 @@ class Bench:
                                              opened["fail_reasons"]))
             # close them all; the server should notice promptly
             helper.stdin.close()
-            closed = read_json_line(helper, 30)
+            closed = read_json_line(helper, 30 + want / 5000.0)
             res["close"] = closed
             self.procs.stop(helper)
             t0 = time.monotonic()
+            forget_max = 20 + want / 5000.0
             try:
-                wait_until(lambda: stats_tunnels(port) == 0, 20,
+                wait_until(lambda: stats_tunnels(port) == 0, forget_max,
                            "tunnels=0", step=0.1)
                 res["seconds_to_forget"] = round(time.monotonic() - t0, 2)
             except BenchError:
                 res["seconds_to_forget"] = None
                 self.failures.append(
-                    "%sidle tunnels: 20 s after closing them /_stats still "
-                    "says tunnels=%d" % (tag, stats_tunnels(port)))
+                    "%sidle tunnels: %d s after closing them /_stats still "
+                    "says tunnels=%d" % (tag, forget_max, stats_tunnels(port)))
             res["rss_after_close_kib"] = proc_status_kib(srv.pid, "VmRSS")
         finally:
             secs, killed, rc = self.procs.stop(srv)
@@ -1099,8 +1173,17 @@ def main():
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--idle-per-source", type=int, default=-1,
+                    help="idle tunnels per source address in 127.0.0.0/8 "
+                         "(0: all from 127.0.0.1; default: 0 up to 20000 "
+                         "tunnels, else 500)")
+    ap.add_argument("--idle-hold", type=float, default=10.0,
+                    help="seconds the idle tunnels are held while wstunsrv's "
+                         "CPU is measured")
     ap.add_argument("--stream-mib", type=int, default=1024)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--idle-only", action="store_true",
+                    help="only the idle-tunnel test (no nginx, no matrix)")
     ap.add_argument("--baseline-bin", default=None,
                     help="apps/ dir of an older build: system d")
     ap.add_argument("--go", default=None,
@@ -1142,48 +1225,54 @@ def main():
         meta["versions"]["go_wstunnel"] = go_version(a.go)
     doc = {"meta": meta}
     rc = 0
+    if a.idle_only:
+        meta["idle_only"] = True
     try:
-        log("setting up: test files, nginx backend, 2 nginx proxies, "
-            "wstunsrv + wstuncli (all on 127.0.0.1)" + (
-                ", baseline wstunsrv + wstuncli" if a.baseline_bin else ""))
-        b.make_files()
-        b.start_all()
-        meta["ports"] = {"backend": b.nport, "wstunsrv": b.tunnel.sport}
-        if b.baseline:
-            meta["ports"]["wstunsrv_baseline"] = b.baseline.sport
-        b.warm_up()
-        log("comparison matrix (%d s per wrk run, %d rounds, interleaved)"
-            % (a.secs, a.rounds))
-        print(HEADER_NOTE)
-        if b.baseline:
-            print(baseline_note(a, meta["source_commits"]))
-        if b.go:
-            print(GO_NOTE % a.go)
-        doc["points"] = b.matrix()
-        if b.go:  # not in the stream and idle tests: free its CPU
-            for p in (b.go.cli, b.go.srv):
-                b.procs.stop(p)
-        log("streaming %d MiB through the %s" % (
-            a.stream_mib, "tunnel and the baseline tunnel" if b.baseline
-            else "tunnel"))
-        try:
-            streams = b.stream()
-            doc["stream"] = streams["tunnel"]
+        if a.idle_only:  # the idle-tunnel test alone
+            b.make_tunnels()
+        else:
+            log("setting up: test files, nginx backend, 2 nginx proxies, "
+                "wstunsrv + wstuncli (all on 127.0.0.1)" + (
+                    ", baseline wstunsrv + wstuncli" if a.baseline_bin
+                    else ""))
+            b.make_files()
+            b.start_all()
+            meta["ports"] = {"backend": b.nport, "wstunsrv": b.tunnel.sport}
             if b.baseline:
-                doc["stream_baseline"] = streams["baseline"]
-        except BenchError as e:  # e.g. the tunnel would not come back
-            b.failures.append("stream test: %s" % e)
-            log("ERROR in the stream test: %s" % e)
-        # stop the tunnels gracefully and note how it went
-        for t in b.tunnels:
-            for name, p in ((t.name("wstuncli"), t.cli),
-                            (t.name("wstunsrv"), t.srv)):
-                secs, killed, status = b.procs.stop(p)
-                meta.setdefault("shutdown", {})[name] = {
-                    "seconds": round(secs, 2), "needed_sigkill": killed,
-                    "status": status}
-                if killed:
-                    b.failures.append("%s ignored SIGTERM for 5 s" % name)
+                meta["ports"]["wstunsrv_baseline"] = b.baseline.sport
+            b.warm_up()
+            log("comparison matrix (%d s per wrk run, %d rounds, interleaved)"
+                % (a.secs, a.rounds))
+            print(HEADER_NOTE)
+            if b.baseline:
+                print(baseline_note(a, meta["source_commits"]))
+            if b.go:
+                print(GO_NOTE % a.go)
+            doc["points"] = b.matrix()
+            if b.go:  # not in the stream and idle tests: free its CPU
+                for p in (b.go.cli, b.go.srv):
+                    b.procs.stop(p)
+            log("streaming %d MiB through the %s" % (
+                a.stream_mib, "tunnel and the baseline tunnel" if b.baseline
+                else "tunnel"))
+            try:
+                streams = b.stream()
+                doc["stream"] = streams["tunnel"]
+                if b.baseline:
+                    doc["stream_baseline"] = streams["baseline"]
+            except BenchError as e:  # e.g. the tunnel would not come back
+                b.failures.append("stream test: %s" % e)
+                log("ERROR in the stream test: %s" % e)
+            # stop the tunnels gracefully and note how it went
+            for t in b.tunnels:
+                for name, p in ((t.name("wstuncli"), t.cli),
+                                (t.name("wstunsrv"), t.srv)):
+                    secs, killed, status = b.procs.stop(p)
+                    meta.setdefault("shutdown", {})[name] = {
+                        "seconds": round(secs, 2), "needed_sigkill": killed,
+                        "status": status}
+                    if killed:
+                        b.failures.append("%s ignored SIGTERM for 5 s" % name)
         for t in b.tunnels:
             log("idle tunnels: %d WebSocket tunnels, distinct tokens, one "
                 "%s" % (a.idle, t.name("wstunsrv")))
@@ -1366,15 +1455,25 @@ def print_idle(r, c=None):
         print("skipped: " + (r.get("note") or ""))
         return
     o = r.get("open", {})
-    print("requested %d%s, opened %d, failed %d in %.2f s; /_stats says "
-          "tunnels=%s" % (r["requested"], "" if r["count"] == r["requested"]
-                          else " (fd limit: tried %d)" % r["count"],
-                          o.get("opened", 0), o.get("failed", 0),
-                          o.get("seconds", 0), r.get("server_tunnels")))
+    print("requested %d%s, opened %d, failed %d in %.2f s from %s source "
+          "address(es); /_stats says tunnels=%s" % (
+              r["requested"], "" if r["count"] == r["requested"]
+              else " (fd limit: tried %d)" % r["count"],
+              o.get("opened", 0), o.get("failed", 0), o.get("seconds", 0),
+              o.get("source_addresses", 1), r.get("server_tunnels")))
     print("wstunsrv VmRSS %.1f MiB before, %.1f MiB with them open -> %s "
           "bytes per idle tunnel" % (
               r["rss_before_kib"] / 1024.0, r["rss_after_kib"] / 1024.0,
               r.get("bytes_per_tunnel")))
+    print("  libwstun heap %s bytes per tunnel (wstun_memory_bytes); kernel "
+          "TCP buffers %s bytes per tunnel, both loopback ends" % (
+              r.get("heap_bytes_per_tunnel"),
+              r.get("kernel_tcp_bytes_per_tunnel_both_ends")))
+    if "idle_cpu_percent" in r:
+        print("  held %.0f s (a ping each per 10 s): wstunsrv CPU %.2f%% of "
+              "one core; tunnels=%s at the end" % (
+                  r["idle_seconds_measured"], r["idle_cpu_percent"],
+                  r.get("tunnels_after_hold")))
     print("after closing: tunnels=0 after %s s, VmRSS %.1f MiB" % (
         r.get("seconds_to_forget"), r.get("rss_after_close_kib", 0) / 1024.0))
     if r.get("note"):
