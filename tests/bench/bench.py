@@ -821,6 +821,7 @@ class Bench:
             res["rss_before_kib"] = rss0
             heap0 = metric(port, "wstun_memory_bytes")
             kmem0 = tcp_mem_pages()
+            cpu_open0 = proc_cpu_s(srv.pid)
             helper = self.procs.spawn(
                 "idle-helper", [sys.executable, IDLE_HELPER, "--port", str(port),
                                 "--count", str(want), "--open-max",
@@ -835,6 +836,8 @@ class Bench:
                 raise BenchError("idle-tunnel helper said nothing:\n" +
                                  tail(helper.bench_log))
             res["open"] = opened
+            # the helper (Python) sets the pace; this is wstunsrv's share
+            res["open_server_cpu_s"] = round(proc_cpu_s(srv.pid) - cpu_open0, 2)
             log("  opened %d/%d tunnels in %.2f s (failed %d)" % (
                 opened["opened"], want, opened["seconds"], opened["failed"]))
             if srv.poll() is not None:
@@ -1461,6 +1464,8 @@ def print_idle(r, c=None):
               else " (fd limit: tried %d)" % r["count"],
               o.get("opened", 0), o.get("failed", 0), o.get("seconds", 0),
               o.get("source_addresses", 1), r.get("server_tunnels")))
+    print("wstunsrv spent %s CPU s opening them (the Python helper sets the "
+          "pace)" % r.get("open_server_cpu_s"))
     print("wstunsrv VmRSS %.1f MiB before, %.1f MiB with them open -> %s "
           "bytes per idle tunnel" % (
               r["rss_before_kib"] / 1024.0, r["rss_after_kib"] / 1024.0,
