@@ -315,17 +315,6 @@ def metric(port, name):
     return int(m.group(1)) if st == 200 and m else None
 
 
-def tcp_mem_pages():
-    """The kernel's TCP buffer memory in pages (/proc/net/sockstat), both
-    ends of every loopback connection included; None if unreadable."""
-    try:
-        with open("/proc/net/sockstat") as f:
-            m = re.search(r"(?m)^TCP:.* mem (\d+)", f.read())
-        return int(m.group(1)) if m else None
-    except OSError:
-        return None
-
-
 def stats_tunnels(port):
     st, body = http_get(port, "/_stats")
     m = re.search(rb"(?m)^tunnels=(\d+)", body)
@@ -820,7 +809,6 @@ class Bench:
             rss0 = proc_status_kib(srv.pid, "VmRSS")
             res["rss_before_kib"] = rss0
             heap0 = metric(port, "wstun_memory_bytes")
-            kmem0 = tcp_mem_pages()
             cpu_open0 = proc_cpu_s(srv.pid)
             helper = self.procs.spawn(
                 "idle-helper", [sys.executable, IDLE_HELPER, "--port", str(port),
@@ -851,7 +839,6 @@ class Bench:
             res["peak_rss_kib"] = proc_status_kib(srv.pid, "VmHWM")
             res["server_tunnels"] = stats_tunnels(port)
             heap1 = metric(port, "wstun_memory_bytes")
-            kmem1 = tcp_mem_pages()
             n_open = opened["opened"]
             if n_open:
                 res["bytes_per_tunnel"] = round(
@@ -859,10 +846,6 @@ class Bench:
                 if heap0 is not None and heap1 is not None:
                     res["heap_bytes_per_tunnel"] = round(
                         (heap1 - heap0) / float(n_open), 1)
-                if kmem0 is not None and kmem1 is not None:
-                    res["kernel_tcp_bytes_per_tunnel_both_ends"] = round(
-                        (kmem1 - kmem0) * float(os.sysconf("SC_PAGE_SIZE")) /
-                        n_open, 1)
             # what holding them costs: the helper pings each every 10 s
             # (wstunsrv answers), wstunsrv's liveness timers run
             c0, w0 = proc_cpu_s(srv.pid), time.monotonic()
@@ -1470,10 +1453,8 @@ def print_idle(r, c=None):
           "bytes per idle tunnel" % (
               r["rss_before_kib"] / 1024.0, r["rss_after_kib"] / 1024.0,
               r.get("bytes_per_tunnel")))
-    print("  libwstun heap %s bytes per tunnel (wstun_memory_bytes); kernel "
-          "TCP buffers %s bytes per tunnel, both loopback ends" % (
-              r.get("heap_bytes_per_tunnel"),
-              r.get("kernel_tcp_bytes_per_tunnel_both_ends")))
+    print("  libwstun heap %s bytes per tunnel (wstun_memory_bytes of "
+          "/metrics)" % r.get("heap_bytes_per_tunnel"))
     if "idle_cpu_percent" in r:
         print("  held %.0f s (a ping each per 10 s): wstunsrv CPU %.2f%% of "
               "one core; tunnels=%s at the end" % (
