@@ -666,6 +666,15 @@ class Bench:
             res.update(h)
             if h.get("crashed"):
                 res["errors"] += 1
+            if t.go and res["errors"] and not h.get("crashed"):
+                # what the Go tool said about it (its logs go with the
+                # temp dir)
+                self.go_problems.append("%d error(s) during %s; go-wstunsrv "
+                                        "log ends:\n%s\ngo-wstuncli log "
+                                        "ends:\n%s" % (
+                                            res["errors"], where or "a run",
+                                            tail(t.srv_log, 3)[-600:],
+                                            tail(t.cli_log, 3)[-600:]))
         return res
 
     # -- the comparison matrix
@@ -1129,9 +1138,11 @@ def targets(points, idle, stream):
     if "go" in m4:
         v = m4["tunnel"]["mbps"] / m4["go"]["mbps"] if m4["go"]["mbps"] \
             else None
+        goerr = m4["go"]["errors_all_rounds"]
         add("1 MiB @4 conns: tunnel MB/s >= 1.5x the Go tool",
             None if v is None else round(v, 2), ">= 1.5",
-            v is not None and v >= 1.5, "x Go")
+            v is not None and v >= 1.5,
+            "x Go" + (" (Go: %d errors)" % goerr if goerr else ""))
     v = p["small_c64"]["tunnel"]["errors_all_rounds"]
     add("140 B @64 conns, default settings: zero errors", v, "== 0", v == 0,
         "errors")
