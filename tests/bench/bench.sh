@@ -62,7 +62,7 @@ while [ $# -gt 0 ]; do
       fi ;;
     --no-go) GO=none ;;
     --idle-only) IDLE_ONLY=1 ;;
-    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
     *) BUILD=$arg ;;
   esac
@@ -96,7 +96,9 @@ STREAM_MIB=${WSTUN_BENCH_STREAM_MIB:-1024}
 OUT=${WSTUN_BENCH_OUT:-$HERE/results/latest.json}
 
 missing=()
-for tool in nginx wrk curl python3; do
+tools="nginx wrk curl python3"
+[ "$IDLE_ONLY" = 1 ] && tools=python3
+for tool in $tools; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
