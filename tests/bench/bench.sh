@@ -62,7 +62,7 @@ while [ $# -gt 0 ]; do
       fi ;;
     --no-go) GO=none ;;
     --idle-only) IDLE_ONLY=1 ;;
-    -h|--help) sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
     *) BUILD=$arg ;;
   esac
