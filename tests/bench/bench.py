@@ -50,6 +50,10 @@ class BenchError(Exception):
     pass
 
 
+class GoIdleDone(Exception):
+    """The Go server's idle test ends before the forgetting part."""
+
+
 # ---------------------------------------------------------------- processes
 
 class Procs:
@@ -505,7 +509,7 @@ class Bench:
         w1 = nginx_ready(self.proxy1, p1port, "/small.txt")
 
         self.make_tunnels()
-        # the Go tool joins the matrix only (not the stream and idle tests)
+        # the Go tool joins the matrix and the idle test, not the stream
         self.go = Tunnel("go", "g Go wstunnel", a.go, "go-", "Go tunnel",
                          go=True) if a.go else None
         self.matrix_tunnels = self.tunnels + ([self.go] if self.go else [])
@@ -762,9 +766,11 @@ class Bench:
 
     # -- memory: idle tunnels
     def idle_tunnels(self, t):
-        """Idle tunnels against a fresh wstunsrv of tunnel t's build."""
+        """Idle tunnels against a fresh wstunsrv of tunnel t's build (or a
+        fresh Go `wstunnel srv` for g)."""
         a = self.a
         srv_name = t.name("wstunsrv")
+        sink = self.go_problems if t.go else self.failures
         # "" for c, so its messages stay as they were before d existed
         tag = "" if t.key == "tunnel" else t.prefix
         want = a.idle
@@ -800,11 +806,14 @@ class Bench:
         if per_source < 0:
             per_source = 0 if want <= 20000 else 500
         res["per_source"] = per_source
-        srv, port = start_wstunsrv(self.procs, os.path.join(t.bin, "wstunsrv"),
-                                   logp, name=srv_name,
-                                   extra=["-max-connections",
-                                          str(max(10000, want + 1000)),
-                                          "-max-connections-per-ip", "0"])
+        if t.go:  # no connection caps to lift
+            srv, port = start_go_srv(self.procs, t.bin, logp, srv_name)
+        else:
+            srv, port = start_wstunsrv(
+                self.procs, os.path.join(t.bin, "wstunsrv"), logp,
+                name=srv_name, extra=["-max-connections",
+                                      str(max(10000, want + 1000)),
+                                      "-max-connections-per-ip", "0"])
         # minutes, not seconds, at 100,000 (Python opens ~5,000 a second)
         open_max = 60 + want / 500.0
         try:
@@ -817,7 +826,7 @@ class Bench:
             # allocator count (wstun_memory_bytes) has none of it.
             rss0 = proc_status_kib(srv.pid, "VmRSS")
             res["rss_before_kib"] = rss0
-            heap0 = metric(port, "wstun_memory_bytes")
+            heap0 = None if t.go else metric(port, "wstun_memory_bytes")
             cpu_open0 = proc_cpu_s(srv.pid)
             helper = self.procs.spawn(
                 "idle-helper", [sys.executable, IDLE_HELPER, "--port", str(port),
@@ -847,7 +856,7 @@ class Bench:
             res["rss_after_kib"] = rss1
             res["peak_rss_kib"] = proc_status_kib(srv.pid, "VmHWM")
             res["server_tunnels"] = stats_tunnels(port)
-            heap1 = metric(port, "wstun_memory_bytes")
+            heap1 = None if t.go else metric(port, "wstun_memory_bytes")
             n_open = opened["opened"]
             if n_open:
                 res["bytes_per_tunnel"] = round(
@@ -864,12 +873,12 @@ class Bench:
             res["idle_seconds_measured"] = round(w1 - w0, 1)
             res["tunnels_after_hold"] = stats_tunnels(port)
             if res["server_tunnels"] != opened["opened"]:
-                self.failures.append(
+                sink.append(
                     "%sidle tunnels: helper opened %d but /_stats says "
                     "tunnels=%d" % (tag, opened["opened"],
                                     res["server_tunnels"]))
             if opened["failed"]:
-                self.failures.append("%sidle tunnels: %d handshakes failed: "
+                sink.append("%sidle tunnels: %d handshakes failed: "
                                      "%r" % (tag, opened["failed"],
                                              opened["fail_reasons"]))
             # close them all; the server should notice promptly
@@ -877,6 +886,8 @@ class Bench:
             closed = read_json_line(helper, 30 + want / 5000.0)
             res["close"] = closed
             self.procs.stop(helper)
+            if t.go:  # its tunnels= counts tokens, kept after they go
+                raise GoIdleDone()
             t0 = time.monotonic()
             forget_max = 20 + want / 5000.0
             try:
@@ -889,13 +900,14 @@ class Bench:
                     "%sidle tunnels: %d s after closing them /_stats still "
                     "says tunnels=%d" % (tag, forget_max, stats_tunnels(port)))
             res["rss_after_close_kib"] = proc_status_kib(srv.pid, "VmRSS")
+        except GoIdleDone:
+            pass
         finally:
             secs, killed, rc = self.procs.stop(srv)
             res["server_stop"] = {"seconds": round(secs, 2),
                                   "needed_sigkill": killed, "status": rc}
             if killed:
-                self.failures.append("idle %s ignored SIGTERM for 5 s"
-                                     % srv_name)
+                sink.append("idle %s ignored SIGTERM for 5 s" % srv_name)
         return res
 
     # -- 1 GiB streamed through the tunnel
@@ -1227,6 +1239,7 @@ def main():
     try:
         if a.idle_only:  # the idle-tunnel test alone
             b.make_tunnels()
+            b.go = None
         else:
             log("setting up: test files, nginx backend, 2 nginx proxies, "
                 "wstunsrv + wstuncli (all on 127.0.0.1)" + (
@@ -1270,20 +1283,22 @@ def main():
                         "status": status}
                     if killed:
                         b.failures.append("%s ignored SIGTERM for 5 s" % name)
-        for t in b.tunnels:
+        if a.idle_only and a.go:
+            b.go = Tunnel("go", "g Go wstunnel", a.go, "go-", "Go tunnel",
+                          go=True)
+        for t in b.tunnels + ([b.go] if b.go else []):
             log("idle tunnels: %d WebSocket tunnels, distinct tokens, one "
                 "%s" % (a.idle, t.name("wstunsrv")))
-            key = "idle_tunnels" if t.key == "tunnel" else \
-                "idle_tunnels_baseline"
+            key = {"tunnel": "idle_tunnels", "go": "idle_tunnels_go"}.get(
+                t.key, "idle_tunnels_baseline")
+            what = {"tunnel": "idle-tunnel", "go": "Go idle-tunnel"}.get(
+                t.key, "baseline idle-tunnel")
             try:
                 doc[key] = b.idle_tunnels(t)
             except BenchError as e:
-                b.failures.append("%s test: %s" % (
-                    "idle-tunnel" if t.key == "tunnel"
-                    else "baseline idle-tunnel", e))
-                log("ERROR in the %s test: %s" % (
-                    "idle-tunnel" if t.key == "tunnel"
-                    else "baseline idle-tunnel", e))
+                (b.go_problems if t.go else b.failures).append(
+                    "%s test: %s" % (what, e))
+                log("ERROR in the %s test: %s" % (what, e))
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         b.procs.stop_all()
@@ -1307,6 +1322,9 @@ def main():
         print_idle(doc["idle_tunnels"])
     if "idle_tunnels_baseline" in doc:
         print_idle(doc["idle_tunnels_baseline"], doc.get("idle_tunnels"))
+    if "idle_tunnels_go" in doc:
+        print_idle(doc["idle_tunnels_go"], doc.get("idle_tunnels"),
+                   "Go wstunnel srv (g)", "c/g")
     if "points" in doc:
         doc["targets"] = targets(doc["points"], doc.get("idle_tunnels", {}),
                                  doc.get("stream", {}))
@@ -1342,7 +1360,8 @@ c has more of it (good for req/s and MB/s, bad for latency, RSS and CPU)."""
 
 GO_NOTE = """g = the Go wstunnel (srv + cli, default settings) in front of the same
 backend, interleaved with the others; c/g ratio: wstun over Go, above 1
-means c has more of it. The Go tool is not in the stream and idle tests.
+means c has more of it. The Go tool is not in the stream test; the idle
+test holds the same tunnels on a fresh Go srv.
   g: %s"""
 
 
@@ -1444,10 +1463,11 @@ def print_stream(s, c=None):
         print("c/d MB/s   %s" % ", ".join(q))
 
 
-def print_idle(r, c=None):
-    """r: the idle-tunnel result of c, or of d with c's result in c."""
+def print_idle(r, c=None, who="baseline wstunsrv (d)", ratio="c/d"):
+    """r: the idle-tunnel result of c, or of d (or g) with c's result in
+    c."""
     print("\n== idle tunnels against one %s" % (
-        "wstunsrv" if c is None else "baseline wstunsrv (d)"))
+        "wstunsrv" if c is None else who))
     if r.get("skipped"):
         print("skipped: " + (r.get("note") or ""))
         return
@@ -1458,27 +1478,31 @@ def print_idle(r, c=None):
               else " (fd limit: tried %d)" % r["count"],
               o.get("opened", 0), o.get("failed", 0), o.get("seconds", 0),
               o.get("source_addresses", 1), r.get("server_tunnels")))
-    print("wstunsrv spent %s CPU s opening them (the Python helper sets the "
-          "pace)" % r.get("open_server_cpu_s"))
-    print("wstunsrv VmRSS %.1f MiB before, %.1f MiB with them open -> %s "
+    srv = "the server" if ratio == "c/g" else "wstunsrv"
+    print("%s spent %s CPU s opening them (the Python helper sets the "
+          "pace)" % (srv, r.get("open_server_cpu_s")))
+    print("%s VmRSS %.1f MiB before, %.1f MiB with them open -> %s "
           "bytes per idle tunnel" % (
-              r["rss_before_kib"] / 1024.0, r["rss_after_kib"] / 1024.0,
+              srv, r["rss_before_kib"] / 1024.0, r["rss_after_kib"] / 1024.0,
               r.get("bytes_per_tunnel")))
-    print("  libwstun heap %s bytes per tunnel (wstun_memory_bytes of "
-          "/metrics)" % r.get("heap_bytes_per_tunnel"))
+    if r.get("heap_bytes_per_tunnel") is not None:
+        print("  libwstun heap %s bytes per tunnel (wstun_memory_bytes of "
+              "/metrics)" % r.get("heap_bytes_per_tunnel"))
     if "idle_cpu_percent" in r:
-        print("  held %.0f s (a ping each per 10 s): wstunsrv CPU %.2f%% of "
+        print("  held %.0f s (a ping each per 10 s): %s CPU %.2f%% of "
               "one core; tunnels=%s at the end" % (
-                  r["idle_seconds_measured"], r["idle_cpu_percent"],
+                  r["idle_seconds_measured"], srv, r["idle_cpu_percent"],
                   r.get("tunnels_after_hold")))
-    print("after closing: tunnels=0 after %s s, VmRSS %.1f MiB" % (
-        r.get("seconds_to_forget"), r.get("rss_after_close_kib", 0) / 1024.0))
+    if "seconds_to_forget" in r:
+        print("after closing: tunnels=0 after %s s, VmRSS %.1f MiB" % (
+            r.get("seconds_to_forget"),
+            r.get("rss_after_close_kib", 0) / 1024.0))
     if r.get("note"):
         print("NOTE: " + r["note"])
     if c is not None:
         x, y = (c or {}).get("bytes_per_tunnel"), r.get("bytes_per_tunnel")
-        print("c/d bytes per idle tunnel %s" % fmt(
-            x / y if x is not None and y else None, "%.2fx"))
+        print("%s bytes per idle tunnel %s" % (ratio, fmt(
+            x / y if x is not None and y else None, "%.2fx")))
 
 
 def print_targets(ts):
