@@ -396,8 +396,10 @@ static wstun__tls_saved *kept_slot(const wstun__tls *t) {
 
 static int fail(wstun__tls *t, int rc) {
   t->failed = 1;
-  /* a session that led to a failed handshake is not offered again */
-  if (!t->handshake_done && t->did_offer && kept_slot(t))
+  /* a session that led to a failed handshake is not offered again (unless
+   * it was only our memory that ran out) */
+  if (!t->handshake_done && t->did_offer &&
+      rc != MBEDTLS_ERR_SSL_ALLOC_FAILED && kept_slot(t))
     forget(t->saved);
   uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
   if (rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0 &&
