@@ -20,7 +20,7 @@
 /* TLS 1.2 with forward secrecy and AEAD only, as current browsers, Go,
  * nginx and curl offer. ChaCha20-Poly1305 first: mbedTLS 2.28 runs it
  * faster than its AES-GCM, which handles 16 bytes per step even with
- * AES-NI (346 vs 254 MB/s per core here, see the README's TLS notes), and
+ * AES-NI (tests/bench/README.md, "TLS": tls_cipher_bench), and
  * the server's order decides. */
 static const int modern_suites[] = {
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
