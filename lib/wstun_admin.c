@@ -301,5 +301,17 @@ int wstun__admin_metrics(wstun_server *srv, wstun__buf *out) {
       "# TYPE wstun_draining gauge\nwstun_draining %d\n",
       srv->nconns, srv->max_conns, srv->max_conns_per_ip,
       (unsigned long long)srv->refused_total, srv->drain != NULL);
+  if (srv->tls) /* a reloaded certificate's configuration carries these on */
+    rc |= wstun__buf_appendf(
+        out,
+        "# HELP wstun_tls_handshakes_total TLS handshakes completed.\n"
+        "# TYPE wstun_tls_handshakes_total counter\n"
+        "wstun_tls_handshakes_total %llu\n"
+        "# HELP wstun_tls_resumed_total TLS sessions resumed from a session "
+        "ticket (one round trip, no key exchange).\n"
+        "# TYPE wstun_tls_resumed_total counter\n"
+        "wstun_tls_resumed_total %llu\n",
+        (unsigned long long)srv->tls->handshakes,
+        (unsigned long long)srv->tls->resumed);
   return rc ? WSTUN_ENOMEM : 0;
 }

@@ -557,11 +557,17 @@ static void tls_input(wstun__conn *c, const uint8_t *data, size_t len) {
     input_ended(c, UV_ENOMEM);
 }
 
-int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,
-                          const char *host) {
+static int start_tls(wstun__conn *c, wstun__tls_config *cfg, const char *host,
+                     const char *session_key) {
   c->tls = wstun__tls_new(cfg, host);
   if (c->tls == NULL)
     return WSTUN_ENOMEM;
+  int rc = session_key ? wstun__tls_resume_as(c->tls, session_key) : 0;
+  if (rc != 0) {
+    wstun__tls_free(c->tls);
+    c->tls = NULL;
+    return rc;
+  }
   if (!cfg->is_server) {
     c->tls->started = 1;
     tls_pump(c); /* the ClientHello */
@@ -569,6 +575,18 @@ int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,
       wstun__conn_start_read(c);
   }
   return 0;
+}
+
+int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,
+                          const char *host) {
+  return start_tls(c, cfg, host, NULL);
+}
+
+int wstun__conn_start_tls_resume(wstun__conn *c, wstun__tls_config *cfg,
+                                 const char *host, const char *session_key) {
+  if (cfg->is_server)
+    return WSTUN_EINVAL;
+  return start_tls(c, cfg, host, session_key);
 }
 
 const char *wstun__conn_strerror(const wstun__conn *c, int err) {

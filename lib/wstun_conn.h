@@ -130,6 +130,13 @@ int wstun__conn_start_read(wstun__conn *c);
  * it ended. Queued writes wait for the handshake. 0 or WSTUN_ENOMEM. */
 int wstun__conn_start_tls(wstun__conn *c, wstun__tls_config *cfg,
                           const char *host);
+/* The client side of wstun__conn_start_tls, offering the session last made
+ * under `session_key` with cfg and keeping the new one under it
+ * (wstun__tls_resume_as: the key names the server dialed and the name
+ * checked). c->tls->resumed tells in on_secure whether it resumed.
+ * 0, WSTUN_ENOMEM or WSTUN_EINVAL (nothing started). */
+int wstun__conn_start_tls_resume(wstun__conn *c, wstun__tls_config *cfg,
+                                 const char *host, const char *session_key);
 /* Words for an error passed to on_end/on_connect/on_secure: the TLS
  * reason for WSTUN_ETLS, else libuv's or wstun's text. */
 const char *wstun__conn_strerror(const wstun__conn *c, int err);

@@ -260,7 +260,12 @@ static void transport_ready(wstun__dialer *d) {
     return;
   }
   set_state(d, WSTUN__DIAL_TLS);
-  if (wstun__conn_start_tls(d->conn, d->cfg.tls, d->cfg.tunnel_url.host) != 0)
+  /* a redial resumes the last session with this server: one round trip,
+   * no key exchange (the name checked is the host, so it is in the key) */
+  const wstun__url *u = &d->cfg.tunnel_url;
+  char key[300];
+  snprintf(key, sizeof(key), "%s:%d", u->host, u->port);
+  if (wstun__conn_start_tls_resume(d->conn, d->cfg.tls, u->host, key) != 0)
     dial_fail(d, WSTUN_ENOMEM, "out of memory");
 }
 
@@ -272,6 +277,10 @@ static void dial_on_secure(wstun__conn *c, int status) {
     dial_fail(d, status, why);
     return;
   }
+  wstun__log(d->log, WSTUN_LOG_DEBUG, "TLS: %s (%llu of %llu resumed)",
+             c->tls->resumed ? "session resumed" : "full handshake",
+             (unsigned long long)d->cfg.tls->resumed,
+             (unsigned long long)d->cfg.tls->handshakes);
   send_handshake(d);
 }
 

@@ -578,11 +578,19 @@ static void st_closed(wstun__tunnel *t, int err) {
 }
 
 /* Reverse DNS of a tunnel's peer, for /_stats and /admin/auditing: through
- * libuv's thread pool, so a slow resolver never blocks the loop. The
- * lookup outlives its tunnel if it must: it then just frees itself. */
+ * libuv's thread pool, so a slow resolver never blocks the loop. At most
+ * WSTUN__DNS_LOOKUPS run for a server's live tunnels at once (the pool has
+ * four threads); a tunnel that comes while they are busy is shown by its
+ * address alone. Otherwise thousands of tunnels arriving at once behind a
+ * resolver that does not answer queued a lookup each, holding memory and,
+ * at stop, keeping the loop (and the process) alive until every one had
+ * timed out. A tunnel that goes cancels its lookup when it is still
+ * queued; one already running outlives it and then just frees itself. */
+#define WSTUN__DNS_LOOKUPS 4
+
 typedef struct wstun__dns_lookup {
   uv_getnameinfo_t req;
-  wstun__srv_tunnel *st;
+  wstun__srv_tunnel *st; /* NULL once the tunnel is gone */
 } wstun__dns_lookup;
 
 static void on_name(uv_getnameinfo_t *req, int status, const char *host,
@@ -591,6 +599,7 @@ static void on_name(uv_getnameinfo_t *req, int status, const char *host,
   (void)service;
   if (l->st) {
     l->st->dns = NULL;
+    l->st->srv->dns_lookups--;
     if (status == 0 && host)
       l->st->remote_name = wstun__strdup(host);
   }
@@ -598,6 +607,8 @@ static void on_name(uv_getnameinfo_t *req, int status, const char *host,
 }
 
 static void lookup_name(wstun__srv_tunnel *st, const struct sockaddr *peer) {
+  if (st->srv->dns_lookups >= WSTUN__DNS_LOOKUPS)
+    return;
   wstun__dns_lookup *l = wstun__calloc(1, sizeof(*l));
   if (l == NULL)
     return;
@@ -608,13 +619,24 @@ static void lookup_name(wstun__srv_tunnel *st, const struct sockaddr *peer) {
     return;
   }
   st->dns = l;
+  st->srv->dns_lookups++;
+}
+
+/* The tunnel is going: its lookup no longer counts, and is cancelled if
+ * it has not started (on_name then runs with UV_ECANCELED and frees it). */
+static void lookup_forget(wstun__srv_tunnel *st) {
+  if (st->dns == NULL)
+    return;
+  st->dns->st = NULL;
+  st->srv->dns_lookups--;
+  uv_cancel((uv_req_t *)&st->dns->req);
+  st->dns = NULL;
 }
 
 static void st_freed(void *owner) {
   wstun__srv_tunnel *st = owner;
   wstun_server *srv = st->srv;
-  if (st->dns)
-    st->dns->st = NULL;
+  lookup_forget(st);
   wstun__registry_conn_release(srv, st->ip);
   wstun__free(st->remote_name);
   wstun__free(st->client_version);

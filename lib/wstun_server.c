@@ -98,6 +98,10 @@ static int load_tls(wstun_server *srv) {
   int rc = read_tls(srv, srv->tls_cert_file, srv->tls_key_file, &cfg);
   if (rc != 0)
     return rc;
+  if (srv->tls) { /* the counters go on; tickets of the old key do not */
+    cfg->handshakes = srv->tls->handshakes;
+    cfg->resumed = srv->tls->resumed;
+  }
   wstun__tls_config_unref(srv->tls);
   srv->tls = cfg;
   return 0;
@@ -605,6 +609,10 @@ int wstun_server_reload(wstun_server *srv, const wstun_server_config *cfg) {
   }
   srv->admin_token = admin_token;
   if (has_cert) {
+    if (srv->tls) { /* the counters go on, as in load_tls */
+      tls->handshakes = srv->tls->handshakes;
+      tls->resumed = srv->tls->resumed;
+    }
     free_tls(srv);
     srv->tls = tls;
     srv->tls_cert_file = cert;

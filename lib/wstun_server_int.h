@@ -129,7 +129,8 @@ struct wstun_server {
   size_t nbuckets, ntokens;
   wstun__list fronts; /* front.link */
   size_t nfronts;
-  size_t live_tunnels;         /* srv_tunnel structures not yet freed */
+  size_t live_tunnels; /* srv_tunnel structures not yet freed */
+  size_t dns_lookups;  /* reverse lookups of live tunnels' peers in flight */
   uint64_t completed, errored; /* exchanges answered by a tunnel / not */
   wstun__metrics metrics;
   wstun__cidr_list trusted_proxies, admin_allow;

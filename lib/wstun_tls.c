@@ -9,6 +9,7 @@
 #include <mbedtls/asn1.h>
 #include <mbedtls/error.h>
 #include <mbedtls/oid.h>
+#include <mbedtls/platform_util.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,7 +20,7 @@
 /* TLS 1.2 with forward secrecy and AEAD only, as current browsers, Go,
  * nginx and curl offer. ChaCha20-Poly1305 first: mbedTLS 2.28 runs it
  * faster than its AES-GCM, which handles 16 bytes per step even with
- * AES-NI (346 vs 254 MB/s per core here, see the README's TLS notes), and
+ * AES-NI (tests/bench/README.md, "TLS": tls_cipher_bench), and
  * the server's order decides. */
 static const int modern_suites[] = {
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
@@ -65,6 +66,9 @@ static int config_new(wstun__tls_config **out, int endpoint) {
   mbedtls_x509_crt_init(&cfg->ca);
   mbedtls_x509_crt_init(&cfg->cert);
   mbedtls_pk_init(&cfg->key);
+  mbedtls_ssl_ticket_init(&cfg->ticket);
+  for (size_t i = 0; i < WSTUN__TLS_SESSIONS; i++)
+    mbedtls_ssl_session_init(&cfg->saved[i].session);
   cfg->refs = 1;
   cfg->is_server = endpoint == MBEDTLS_SSL_IS_SERVER;
   int rc = wstun__rng_init(&cfg->rng);
@@ -113,6 +117,26 @@ int wstun__tls_client_config(wstun__tls_config **out, const char *extra_ca,
   return 0;
 }
 
+/* mbedTLS's ticket writer and parser on the configuration's ticket
+ * context; the parser counts the tickets it accepts: each one is a resumed
+ * handshake. */
+static int ticket_write(void *p, const mbedtls_ssl_session *session,
+                        unsigned char *start, const unsigned char *end,
+                        size_t *tlen, uint32_t *lifetime) {
+  wstun__tls_config *cfg = p;
+  return mbedtls_ssl_ticket_write(&cfg->ticket, session, start, end, tlen,
+                                  lifetime);
+}
+
+static int ticket_parse(void *p, mbedtls_ssl_session *session,
+                        unsigned char *buf, size_t len) {
+  wstun__tls_config *cfg = p;
+  int rc = mbedtls_ssl_ticket_parse(&cfg->ticket, session, buf, len);
+  if (rc == 0)
+    cfg->resumed++;
+  return rc;
+}
+
 int wstun__tls_server_config(wstun__tls_config **out, const char *cert_file,
                              const char *key_file, char *err, size_t errlen) {
   *out = NULL;
@@ -150,6 +174,18 @@ int wstun__tls_server_config(wstun__tls_config **out, const char *cert_file,
   }
   wstun__tls_config_modern(cfg);
   mbedtls_ssl_conf_authmode(&cfg->conf, MBEDTLS_SSL_VERIFY_NONE);
+  /* Session tickets (RFC 5077): a client redialing after a dropped tunnel
+   * resumes with one round trip and no signature or key exchange; the
+   * server keeps no per-client state for it. */
+  rc = mbedtls_ssl_ticket_setup(&cfg->ticket, mbedtls_ctr_drbg_random,
+                                &cfg->rng.drbg, MBEDTLS_CIPHER_AES_256_GCM,
+                                WSTUN__TLS_TICKET_LIFETIME);
+  if (rc != 0) {
+    describe(rc, "session tickets", err, errlen);
+    goto fail;
+  }
+  mbedtls_ssl_conf_session_tickets_cb(&cfg->conf, ticket_write, ticket_parse,
+                                      cfg);
   *out = cfg;
   return 0;
 fail:
@@ -169,6 +205,9 @@ void wstun__tls_config_unref(wstun__tls_config *cfg) {
   mbedtls_x509_crt_free(&cfg->ca);
   mbedtls_x509_crt_free(&cfg->cert);
   mbedtls_pk_free(&cfg->key);
+  mbedtls_ssl_ticket_free(&cfg->ticket); /* before the rng it draws from */
+  for (size_t i = 0; i < WSTUN__TLS_SESSIONS; i++)
+    mbedtls_ssl_session_free(&cfg->saved[i].session);
   wstun__rng_free(&cfg->rng);
   wstun__free(cfg);
 }
@@ -294,14 +333,74 @@ void wstun__tls_free(wstun__tls *t) {
   if (t == NULL)
     return;
   mbedtls_ssl_free(&t->ssl);
+  mbedtls_platform_zeroize(t->offered, sizeof(t->offered));
+  wstun__free(t->saved_key);
   wstun__tls_config_unref(t->cfg);
   wstun__buf_free(&t->cin);
   wstun__buf_free(&t->cout);
   wstun__free(t);
 }
 
+/* ---- session resumption (client side) ----------------------------------- */
+
+static void forget(wstun__tls_saved *slot) {
+  mbedtls_ssl_session_free(&slot->session);
+  mbedtls_ssl_session_init(&slot->session);
+  slot->key[0] = '\0';
+  slot->used = 0;
+}
+
+int wstun__tls_resume_as(wstun__tls *t, const char *key) {
+  wstun__tls_config *cfg = t->cfg;
+  if (cfg->is_server || t->started || t->saved ||
+      t->ssl.state != MBEDTLS_SSL_HELLO_REQUEST ||
+      strlen(key) >= sizeof(cfg->saved[0].key))
+    return WSTUN_EINVAL;
+  t->saved_key = wstun__strdup(key);
+  if (t->saved_key == NULL)
+    return WSTUN_ENOMEM;
+  wstun__tls_saved *slot = NULL;
+  for (size_t i = 0; i < WSTUN__TLS_SESSIONS && slot == NULL; i++)
+    if (strcmp(cfg->saved[i].key, key) == 0)
+      slot = &cfg->saved[i];
+  /* (a slot whose first handshake is still under way has no session) */
+  if (slot != NULL &&
+      (slot->session.id_len > 0 || slot->session.ticket_len > 0)) {
+    /* a copy: mbedTLS keeps its own; the master secret tells afterwards
+     * whether the server took it (a full handshake makes a new one) */
+    if (mbedtls_ssl_set_session(&t->ssl, &slot->session) == 0) {
+      memcpy(t->offered, slot->session.master, sizeof(t->offered));
+      t->did_offer = 1;
+    }
+  } else if (slot == NULL) {
+    /* the least recently used slot (free ones have used == 0) */
+    slot = &cfg->saved[0];
+    for (size_t i = 1; i < WSTUN__TLS_SESSIONS; i++)
+      if (cfg->saved[i].used < slot->used)
+        slot = &cfg->saved[i];
+    forget(slot);
+    snprintf(slot->key, sizeof(slot->key), "%s", key);
+  }
+  slot->used = ++cfg->clock;
+  t->saved = slot;
+  return 0;
+}
+
+/* The slot this connection's session goes to, unless another server's
+ * session took it over meanwhile. */
+static wstun__tls_saved *kept_slot(const wstun__tls *t) {
+  if (t->saved == NULL || strcmp(t->saved->key, t->saved_key) != 0)
+    return NULL;
+  return t->saved;
+}
+
 static int fail(wstun__tls *t, int rc) {
   t->failed = 1;
+  /* a session that led to a failed handshake is not offered again (unless
+   * it was only our memory that ran out) */
+  if (!t->handshake_done && t->did_offer &&
+      rc != MBEDTLS_ERR_SSL_ALLOC_FAILED && kept_slot(t))
+    forget(t->saved);
   uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
   if (rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0 &&
       flags != (uint32_t)-1) {
@@ -321,10 +420,27 @@ static int fail(wstun__tls *t, int rc) {
   return WSTUN_ETLS;
 }
 
+/* The handshake is done: count it, tell whether it resumed, and keep the
+ * session (with the new ticket the server may have sent) for next time. */
+static void handshake_finished(wstun__tls *t) {
+  t->handshake_done = 1;
+  t->cfg->handshakes++;
+  if (t->cfg->is_server)
+    return; /* resumptions counted as the tickets are parsed */
+  t->resumed =
+      t->did_offer && t->ssl.session != NULL &&
+      memcmp(t->ssl.session->master, t->offered, sizeof(t->offered)) == 0;
+  if (t->resumed)
+    t->cfg->resumed++;
+  wstun__tls_saved *slot = kept_slot(t);
+  if (slot && mbedtls_ssl_get_session(&t->ssl, &slot->session) != 0)
+    forget(slot); /* half copied: not to be offered */
+}
+
 int wstun__tls_handshake(wstun__tls *t) {
   int rc = mbedtls_ssl_handshake(&t->ssl);
   if (rc == 0) {
-    t->handshake_done = 1;
+    handshake_finished(t);
     return WSTUN__TLS_DONE;
   }
   if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)

@@ -9,6 +9,7 @@
 
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,6 +19,21 @@
 
 /* The system trust store (Debian's ca-certificates). */
 #define WSTUN__TLS_SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
+
+/* Client side: how many servers' last sessions a configuration keeps (a
+ * client dials one tunnel server; a few more cost nothing). */
+#define WSTUN__TLS_SESSIONS 4
+/* Server side: how long a session ticket stays valid, in seconds. mbedTLS
+ * also makes a new ticket key every this long (the previous key still
+ * opens the tickets it sealed, for one more period). */
+#define WSTUN__TLS_TICKET_LIFETIME (12 * 3600)
+
+/* The last session made with one server, offered when redialing it. */
+typedef struct wstun__tls_saved {
+  mbedtls_ssl_session session;
+  char key[300]; /* "host:port" of the server; "" = free slot */
+  uint64_t used; /* a clock: the least recently used slot goes first */
+} wstun__tls_saved;
 
 /* Shared by every connection made with it; reference counted so that a
  * server can swap in a reloaded certificate while connections made with
@@ -30,6 +46,15 @@ typedef struct wstun__tls_config {
   wstun__rng rng;
   int is_server;
   unsigned refs;
+  /* server: session tickets, sealed with a key drawn from `rng` */
+  mbedtls_ssl_ticket_context ticket;
+  /* client: the last session per server, see wstun__tls_resume_as */
+  wstun__tls_saved saved[WSTUN__TLS_SESSIONS];
+  uint64_t clock;
+  /* handshakes completed with this configuration, and how many of them
+   * resumed a session (server: tickets accepted) */
+  uint64_t handshakes;
+  uint64_t resumed;
 } wstun__tls_config;
 
 /* A client configuration: TLS 1.2+, the peer verified against the system
@@ -66,9 +91,14 @@ typedef struct wstun__tls {
   int handshake_done; /* application data may flow */
   int failed;         /* the reason is in `why` */
   int notify_sent;    /* close_notify queued */
+  int resumed;        /* the handshake resumed a saved session */
   uint8_t ip[16];     /* the host, when it is an IP address */
   size_t iplen;       /* 4, 16, or 0 for a name */
   char why[512];
+  wstun__tls_saved *saved;   /* client: where this session is kept, */
+  char *saved_key;           /* under this key (the slot may change) */
+  unsigned char offered[48]; /* the master secret of the session offered */
+  int did_offer;
 } wstun__tls;
 
 /* Allocates the per-connection state; `host` (client side) is sent as SNI
@@ -77,6 +107,18 @@ typedef struct wstun__tls {
  * out of memory. */
 wstun__tls *wstun__tls_new(wstun__tls_config *cfg, const char *host);
 void wstun__tls_free(wstun__tls *t);
+
+/* Client side, before the handshake starts: offers the session last made
+ * under `key` with this configuration, and keeps the session this
+ * handshake ends with under `key` for the next connection. `key` must name
+ * both the address dialed and the name the certificate is checked against
+ * ("host:port" when they are one): a resumed handshake skips certificate
+ * verification, so a session may only go back to the server that proved
+ * itself for it. A server that refuses the session gets a full handshake.
+ * t->resumed tells, once the handshake is done, whether it resumed.
+ * 0, or WSTUN_EINVAL (a server connection, a key over 299 bytes, or the
+ * handshake under way). */
+int wstun__tls_resume_as(wstun__tls *t, const char *key);
 
 /* Results of the steps below. */
 #define WSTUN__TLS_AGAIN 0 /* needs more ciphertext */

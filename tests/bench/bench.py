@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """wstun benchmark: nginx direct vs. two chained nginx proxies vs. the tunnel
-(and, with --baseline-bin, vs. the tunnel of an older build).
+(and, with --baseline-bin, vs. the tunnel of an older build; with --go, vs.
+the Go wstunnel it is a drop-in for).
 
 Run it through bench.sh (which checks the tools, raises the fd limit, owns the
 temp dir and cleans up even if this process is killed). See README.md.
@@ -47,6 +48,10 @@ def log(msg):
 
 class BenchError(Exception):
     pass
+
+
+class GoIdleDone(Exception):
+    """The Go server's idle test ends before the forgetting part."""
 
 
 # ---------------------------------------------------------------- processes
@@ -111,6 +116,11 @@ def proc_cpu_s(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def proc_minflt(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
 def proc_status_kib(pid, key):
@@ -299,6 +309,16 @@ def start_wstunsrv(procs, binary, logpath, extra=(), name="wstunsrv"):
     return p, port[0]
 
 
+def metric(port, name):
+    """One unlabelled value from wstunsrv's /metrics, or None."""
+    try:
+        st, body = http_get(port, "/metrics")
+    except (OSError, http.client.HTTPException):
+        return None
+    m = re.search(rb"(?m)^" + name.encode() + rb" (\d+)", body)
+    return int(m.group(1)) if st == 200 and m else None
+
+
 def stats_tunnels(port):
     st, body = http_get(port, "/_stats")
     m = re.search(rb"(?m)^tunnels=(\d+)", body)
@@ -382,11 +402,13 @@ def run_curl_upload(url, path, expect, respfile):
 
 class Tunnel:
     """One wstunsrv + wstuncli pair in front of the backend: c (this build)
-    or, with --baseline-bin, d (the baseline build). Each has its own token,
-    its own wstunsrv port and its own log files."""
+    or, with --baseline-bin, d (the baseline build); or, with go set, g: the
+    Go wstunnel's `srv` and `cli` (bindir is then the binary). Each has its
+    own token, its own server port and its own log files."""
 
-    def __init__(self, key, label, bindir, prefix, noun):
+    def __init__(self, key, label, bindir, prefix, noun, go=False):
         self.key = key
+        self.go = go
         self.bin = bindir
         self.prefix = prefix  # app names and log files: "" or "baseline-"
         self.noun = noun      # "tunnel" or "baseline tunnel", in messages
@@ -399,6 +421,28 @@ class Tunnel:
         return self.prefix + app
 
 
+def start_go_srv(procs, binary, logpath, name):
+    """`wstunnel srv` on a free port (it cannot report a port 0 choice), up
+    once /_health_check answers; a lost race for the port is retried."""
+    last = ""
+    for _ in range(3):
+        port = free_port()
+        p = procs.spawn(name, [binary, "srv", "-host", LO, "-port", str(port)],
+                        logpath)
+
+        def up():
+            if p.poll() is not None:
+                raise BenchError("exited")
+            return http_get(port, "/_health_check", timeout=2.0)[0] == 200
+        try:
+            wait_until(up, 10, name + " /_health_check")
+            return p, port
+        except BenchError as e:
+            last = "%s: %s" % (e, tail(logpath))
+            procs.stop(p)
+    raise BenchError("%s did not come up: %s" % (name, last))
+
+
 class Bench:
     def __init__(self, args):
         self.a = args
@@ -407,6 +451,7 @@ class Bench:
         self.www = os.path.join(self.tmp, "www")
         self.results = {}
         self.failures = []   # wstun misbehaviour seen on the way
+        self.go_problems = []  # the Go tool's, reported apart
 
     # -- setup
     def make_files(self):
@@ -433,6 +478,18 @@ class Bench:
         os.chmod(path, 0o644)
         return h.hexdigest()
 
+    def make_tunnels(self):
+        a = self.a
+        self.tunnel = Tunnel("tunnel", "c wstun tunnel", a.bin, "", "tunnel")
+        self.tunnels = [self.tunnel]
+        if a.baseline_bin:
+            self.baseline = Tunnel("baseline", "d wstun baseline",
+                                   a.baseline_bin, "baseline-",
+                                   "baseline tunnel")
+            self.tunnels.append(self.baseline)
+        else:
+            self.baseline = None
+
     def start_all(self):
         a = self.a
         self.nport = free_port()
@@ -451,15 +508,11 @@ class Bench:
                                   PROXY_BODY.format(port=p1port, next=p2port))
         w1 = nginx_ready(self.proxy1, p1port, "/small.txt")
 
-        self.tunnel = Tunnel("tunnel", "c wstun tunnel", a.bin, "", "tunnel")
-        self.tunnels = [self.tunnel]
-        if a.baseline_bin:
-            self.baseline = Tunnel("baseline", "d wstun baseline",
-                                   a.baseline_bin, "baseline-",
-                                   "baseline tunnel")
-            self.tunnels.append(self.baseline)
-        else:
-            self.baseline = None
+        self.make_tunnels()
+        # the Go tool joins the matrix and the idle test, not the stream
+        self.go = Tunnel("go", "g Go wstunnel", a.go, "go-", "Go tunnel",
+                         go=True) if a.go else None
+        self.matrix_tunnels = self.tunnels + ([self.go] if self.go else [])
         self.systems = [
             {"key": "direct", "label": "a nginx direct",
              "base": "http://%s:%d" % (LO, self.nport), "apps": []},
@@ -467,8 +520,8 @@ class Bench:
              "base": "http://%s:%d" % (LO, p1port),
              "apps": [("nginx-proxy1", w1, self.proxy1),
                       ("nginx-proxy2", w2, self.proxy2)]},
-        ] + [t.system for t in self.tunnels]
-        for t in self.tunnels:
+        ] + [t.system for t in self.matrix_tunnels]
+        for t in self.matrix_tunnels:
             self.start_tunnel(t)
 
     def start_tunnel(self, t):
@@ -480,13 +533,19 @@ class Bench:
         t.srv_log = os.path.join(self.tmp, "%s-%d.log" % (srv_name, n))
         t.cli_log = os.path.join(self.tmp, "%s-%d.log" % (cli_name, n))
         t.log_offsets = {t.srv_log: 0, t.cli_log: 0}
-        t.srv, t.sport = start_wstunsrv(
-            self.procs, os.path.join(t.bin, "wstunsrv"), t.srv_log,
-            name=srv_name)
+        if t.go:
+            t.srv, t.sport = start_go_srv(self.procs, t.bin, t.srv_log,
+                                          srv_name)
+            cli_argv = [t.bin, "cli"]
+        else:
+            t.srv, t.sport = start_wstunsrv(
+                self.procs, os.path.join(t.bin, "wstunsrv"), t.srv_log,
+                name=srv_name)
+            cli_argv = [os.path.join(t.bin, "wstuncli")]
         t.cli = self.procs.spawn(
-            cli_name, [os.path.join(t.bin, "wstuncli"), "-tunnel",
-                       "ws://%s:%d" % (LO, t.sport), "-token", t.token,
-                       "-server", "http://%s:%d" % (LO, self.nport)],
+            cli_name, cli_argv + ["-tunnel", "ws://%s:%d" % (LO, t.sport),
+                                  "-token", t.token, "-server",
+                                  "http://%s:%d" % (LO, self.nport)],
             t.cli_log)
         wait_until(lambda: stats_tunnels(t.sport) == 1, 15,
                    "tunnels=1 in %s /_stats" % srv_name)
@@ -512,8 +571,9 @@ class Bench:
         logged during it, and whether both are still alive. A dead app is
         reported loudly and both are restarted so the run can go on."""
         notes = {}
-        for name, path in ((t.name("wstunsrv"), t.srv_log),
-                           (t.name("wstuncli"), t.cli_log)):
+        for name, path in (() if t.go else (
+                (t.name("wstunsrv"), t.srv_log),
+                (t.name("wstuncli"), t.cli_log))):
             with open(path, "rb") as f:
                 f.seek(t.log_offsets[path])
                 text = f.read().decode("utf-8", "replace")
@@ -535,14 +595,16 @@ class Bench:
         health = {}
         if notes:
             health["log_warnings"] = notes
+        sink = self.go_problems if t.go else self.failures
         if dead:
             health["crashed"] = dead
             for d in dead:
-                self.failures.append(
+                sink.append(
                     "%s DIED (exit status %s) during %s; log tail:\n%s" % (
                         d["app"], d["status"], where, d["log_tail"]))
             log("  !! %s app died during %s: restarting both" % (
-                "wstun" if t.key == "tunnel" else "baseline wstun", where))
+                {"tunnel": "wstun", "go": "Go wstunnel"}.get(
+                    t.key, "baseline wstun"), where))
             for p in (t.cli, t.srv):
                 self.procs.stop(p)
             self.start_tunnel(t)
@@ -551,15 +613,15 @@ class Bench:
                 wait_until(lambda: stats_tunnels(t.sport) == 1, 10,
                            "tunnels=1")
             except BenchError:
-                self.failures.append("after %s the %s did not come back "
-                                     "within 10 s" % (where, t.noun))
+                sink.append("after %s the %s did not come back "
+                            "within 10 s" % (where, t.noun))
         if notes:
             for k, v in notes.items():
                 self.failures.append("during %s: %dx %s" % (where, v, k))
         return health
 
     def tunnel_of(self, system):
-        for t in self.tunnels:
+        for t in self.matrix_tunnels:
             if t.system is system:
                 return t
         return None
@@ -568,10 +630,11 @@ class Bench:
         pids = [(n, pid) for n, pid, _ in system["apps"]]
         procs = {n: p for n, _, p in system["apps"]}
         pids.append(("nginx-backend", self.backend_worker))
-        before = {}
+        before, flt0 = {}, {}
         for n, pid in pids:
             reset_peak_rss(pid)
             before[n] = proc_cpu_s(pid)
+            flt0[n] = proc_minflt(pid)
         res = fn()
         apps = []
         for n, pid in pids:
@@ -581,10 +644,17 @@ class Bench:
                 entry = {"name": n,
                          "peak_rss_kib": proc_status_kib(pid, "VmHWM"),
                          "rss_kib": proc_status_kib(pid, "VmRSS"),
-                         "cpu_s": round(proc_cpu_s(pid) - before[n], 3)}
+                         "cpu_s": round(proc_cpu_s(pid) - before[n], 3),
+                         "minor_faults": proc_minflt(pid) - flt0[n]}
+                mb = res.get("bytes", 0) / 1e6
+                if mb >= 1:  # what moving a MB costs the app
+                    entry["cpu_us_per_mb"] = round(
+                        entry["cpu_s"] * 1e6 / mb, 1)
+                    entry["minor_faults_per_mb"] = round(
+                        entry["minor_faults"] / mb, 2)
             except OSError:
                 entry = {"name": n, "peak_rss_kib": None, "rss_kib": None,
-                         "cpu_s": None}
+                         "cpu_s": None, "minor_faults": None}
             if n == "nginx-backend":
                 res["backend"] = entry
             else:
@@ -600,6 +670,15 @@ class Bench:
             res.update(h)
             if h.get("crashed"):
                 res["errors"] += 1
+            if t.go and res["errors"] and not h.get("crashed"):
+                # what the Go tool said about it (its logs go with the
+                # temp dir)
+                self.go_problems.append("%d error(s) during %s; go-wstunsrv "
+                                        "log ends:\n%s\ngo-wstuncli log "
+                                        "ends:\n%s" % (
+                                            res["errors"], where or "a run",
+                                            tail(t.srv_log, 3)[-600:],
+                                            tail(t.cli_log, 3)[-600:]))
         return res
 
     # -- the comparison matrix
@@ -637,7 +716,7 @@ class Bench:
             run_wrk(s["base"] + "/small.txt", 16, 1)
             run_curl_download(s["base"] + "/1mib.bin", ONE_MIB)
         self.check_nginx("warm-up")
-        for t in self.tunnels:
+        for t in self.matrix_tunnels:
             self.tunnel_health(t, "warm-up")
 
     def matrix(self):
@@ -661,6 +740,15 @@ class Bench:
                 sel = dict(best)
                 sel["label"] = s["label"]
                 sel["errors_all_rounds"] = sum(r["errors"] for r in rs)
+                # wrk's two kinds (the Go tool answers 503s past its queue
+                # and drops connections at 64)
+                det = [r.get("errors_detail", {}) for r in rs]
+                if pt["kind"] == "wrk":
+                    sel["errors_non2xx_all_rounds"] = sum(
+                        d.get("non_2xx_3xx", 0) for d in det)
+                    sel["errors_socket_all_rounds"] = sum(
+                        d.get(k, 0) for d in det for k in (
+                            "connect", "read", "write", "timeout"))
                 sel["crashes_all_rounds"] = sum(len(r.get("crashed", []))
                                                 for r in rs)
                 warn = {}
@@ -678,9 +766,11 @@ class Bench:
 
     # -- memory: idle tunnels
     def idle_tunnels(self, t):
-        """Idle tunnels against a fresh wstunsrv of tunnel t's build."""
+        """Idle tunnels against a fresh wstunsrv of tunnel t's build (or a
+        fresh Go `wstunnel srv` for g)."""
         a = self.a
         srv_name = t.name("wstunsrv")
+        sink = self.go_problems if t.go else self.failures
         # "" for c, so its messages stay as they were before d existed
         tag = "" if t.key == "tunnel" else t.prefix
         want = a.idle
@@ -696,29 +786,64 @@ class Bench:
                 log("  NOTE: " + note)
             want = n
         res = {"requested": a.idle, "count": want, "fd_limit": soft,
-               "note": note}
+               "note": note, "hold_seconds": a.idle_hold}
         if want <= 0:
             res["skipped"] = True
             return res
         logp = os.path.join(self.tmp, "%s-idle.log" % srv_name)
-        srv, port = start_wstunsrv(self.procs, os.path.join(t.bin, "wstunsrv"),
-                                   logp, name=srv_name)
+        # One source address has ~28,000 ephemeral ports towards one server
+        # port: past 20,000 the helper spreads its connections over
+        # 127.0.0.0/8, 500 per address. Below that they all come from
+        # 127.0.0.1, because wstunsrv looks up the reverse DNS name of each
+        # tunnel's address: 127.0.0.1 is in /etc/hosts, 127.1.x.y go to the
+        # resolver, and where that does not answer (no network) the lookups
+        # queue up in libuv's 4 threads, hold ~1.2 KB each meanwhile, and
+        # keep wstunsrv from exiting until they time out (see README.md).
+        # The caps are lifted to fit: -max-connections (default 10000;
+        # wstunsrv lowers it to its open-file limit - 64) and
+        # -max-connections-per-ip (default 1000).
+        per_source = a.idle_per_source
+        if per_source < 0:
+            per_source = 0 if want <= 20000 else 500
+        res["per_source"] = per_source
+        if t.go:  # no connection caps to lift
+            srv, port = start_go_srv(self.procs, t.bin, logp, srv_name)
+        else:
+            srv, port = start_wstunsrv(
+                self.procs, os.path.join(t.bin, "wstunsrv"), logp,
+                name=srv_name, extra=["-max-connections",
+                                      str(max(10000, want + 1000)),
+                                      "-max-connections-per-ip", "0"])
+        # minutes, not seconds, at 100,000 (Python opens ~5,000 a second)
+        open_max = 60 + want / 500.0
         try:
             stats_tunnels(port)
             time.sleep(0.5)
+            # A fresh process: no freed memory cached by malloc yet that the
+            # tunnels could reuse unseen. What is left of the noise (arena
+            # rounding, buffers of the handshakes in flight kept for reuse)
+            # is a constant, small against 10,000 tunnels; libwstun's own
+            # allocator count (wstun_memory_bytes) has none of it.
             rss0 = proc_status_kib(srv.pid, "VmRSS")
             res["rss_before_kib"] = rss0
+            heap0 = None if t.go else metric(port, "wstun_memory_bytes")
+            cpu_open0 = proc_cpu_s(srv.pid)
             helper = self.procs.spawn(
                 "idle-helper", [sys.executable, IDLE_HELPER, "--port", str(port),
-                                "--count", str(want), "--hold-max", "300",
+                                "--count", str(want), "--open-max",
+                                str(int(open_max)), "--hold-max",
+                                str(int(open_max + a.idle_hold + 300)),
+                                "--per-source", str(per_source),
                                 "--prefix", "idle-" + os.urandom(3).hex()],
                 os.path.join(self.tmp, "%sidle-helper.log" % tag),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            opened = read_json_line(helper, 240)
+            opened = read_json_line(helper, open_max + 60)
             if opened is None:
                 raise BenchError("idle-tunnel helper said nothing:\n" +
                                  tail(helper.bench_log))
             res["open"] = opened
+            # the helper (Python) sets the pace; this is wstunsrv's share
+            res["open_server_cpu_s"] = round(proc_cpu_s(srv.pid) - cpu_open0, 2)
             log("  opened %d/%d tunnels in %.2f s (failed %d)" % (
                 opened["opened"], want, opened["seconds"], opened["failed"]))
             if srv.poll() is not None:
@@ -731,41 +856,58 @@ class Bench:
             res["rss_after_kib"] = rss1
             res["peak_rss_kib"] = proc_status_kib(srv.pid, "VmHWM")
             res["server_tunnels"] = stats_tunnels(port)
-            if opened["opened"]:
+            heap1 = None if t.go else metric(port, "wstun_memory_bytes")
+            n_open = opened["opened"]
+            if n_open:
                 res["bytes_per_tunnel"] = round(
-                    (rss1 - rss0) * 1024.0 / opened["opened"], 1)
+                    (rss1 - rss0) * 1024.0 / n_open, 1)
+                if heap0 is not None and heap1 is not None:
+                    res["heap_bytes_per_tunnel"] = round(
+                        (heap1 - heap0) / float(n_open), 1)
+            # what holding them costs: the helper pings each every 10 s
+            # (wstunsrv answers), wstunsrv's liveness timers run
+            c0, w0 = proc_cpu_s(srv.pid), time.monotonic()
+            time.sleep(a.idle_hold)
+            c1, w1 = proc_cpu_s(srv.pid), time.monotonic()
+            res["idle_cpu_percent"] = round((c1 - c0) * 100.0 / (w1 - w0), 2)
+            res["idle_seconds_measured"] = round(w1 - w0, 1)
+            res["tunnels_after_hold"] = stats_tunnels(port)
             if res["server_tunnels"] != opened["opened"]:
-                self.failures.append(
+                sink.append(
                     "%sidle tunnels: helper opened %d but /_stats says "
                     "tunnels=%d" % (tag, opened["opened"],
                                     res["server_tunnels"]))
             if opened["failed"]:
-                self.failures.append("%sidle tunnels: %d handshakes failed: "
+                sink.append("%sidle tunnels: %d handshakes failed: "
                                      "%r" % (tag, opened["failed"],
                                              opened["fail_reasons"]))
             # close them all; the server should notice promptly
             helper.stdin.close()
-            closed = read_json_line(helper, 30)
+            closed = read_json_line(helper, 30 + want / 5000.0)
             res["close"] = closed
             self.procs.stop(helper)
+            if t.go:  # its tunnels= counts tokens, kept after they go
+                raise GoIdleDone()
             t0 = time.monotonic()
+            forget_max = 20 + want / 5000.0
             try:
-                wait_until(lambda: stats_tunnels(port) == 0, 20,
+                wait_until(lambda: stats_tunnels(port) == 0, forget_max,
                            "tunnels=0", step=0.1)
                 res["seconds_to_forget"] = round(time.monotonic() - t0, 2)
             except BenchError:
                 res["seconds_to_forget"] = None
                 self.failures.append(
-                    "%sidle tunnels: 20 s after closing them /_stats still "
-                    "says tunnels=%d" % (tag, stats_tunnels(port)))
+                    "%sidle tunnels: %d s after closing them /_stats still "
+                    "says tunnels=%d" % (tag, forget_max, stats_tunnels(port)))
             res["rss_after_close_kib"] = proc_status_kib(srv.pid, "VmRSS")
+        except GoIdleDone:
+            pass
         finally:
             secs, killed, rc = self.procs.stop(srv)
             res["server_stop"] = {"seconds": round(secs, 2),
                                   "needed_sigkill": killed, "status": rc}
             if killed:
-                self.failures.append("idle %s ignored SIGTERM for 5 s"
-                                     % srv_name)
+                sink.append("idle %s ignored SIGTERM for 5 s" % srv_name)
         return res
 
     # -- 1 GiB streamed through the tunnel
@@ -839,7 +981,8 @@ class Bench:
             print(row(res["systems"][key]))
         for key, lab in (("tunnel/direct", "c/a ratio"),
                          ("tunnel/chain", "c/b ratio"),
-                         ("tunnel/baseline", "c/d ratio")):
+                         ("tunnel/baseline", "c/d ratio"),
+                         ("tunnel/go", "c/g ratio")):
             if key in res["ratios"]:
                 print(ratio_row(lab, res["ratios"][key]))
         for key, what in (("tunnel", "a wstun app"),
@@ -853,6 +996,23 @@ class Bench:
                           what, t["crashes_all_rounds"]))
             for k, v in sorted(t.get("log_warnings_all_rounds", {}).items()):
                 print("!! logged %dx  %s" % (v, k))
+        for key in keys:
+            x = res["systems"][key]
+            if x["errors_all_rounds"] and "errors_non2xx_all_rounds" in x:
+                print("   %s: %d non-2xx responses, %d socket errors "
+                      "(%d round(s))" % (
+                          x["label"], x["errors_non2xx_all_rounds"],
+                          x["errors_socket_all_rounds"], len(x["rounds"])))
+        if res["kind"] != "wrk" or res["key"] == "mib_c4":
+            parts = []
+            for key in keys:
+                for app in res["systems"][key].get("apps", []):
+                    if app.get("cpu_us_per_mb") is not None:
+                        parts.append("%s %.0f/%.1f" % (
+                            app["name"], app["cpu_us_per_mb"],
+                            app["minor_faults_per_mb"]))
+            if parts:
+                print("   per MB (CPU us/minor faults): " + ", ".join(parts))
         for key in keys:
             for r in res["systems"][key]["rounds"]:
                 if r["errors"] and "errors_detail" in r:
@@ -911,6 +1071,8 @@ def ratios(systems):
             ("tunnel/chain", systems["chain"])]
     if "baseline" in systems:  # only with --baseline
         dens.append(("tunnel/baseline", systems["baseline"]))
+    if "go" in systems:  # only with the Go tool
+        dens.append(("tunnel/go", systems["go"]))
     for name, den in dens:
         d = {k: q(t, den, k) for k in ("rps", "mean_us", "p99_us", "mbps",
                                          "seconds", "app_cpu_us_per_req")}
@@ -926,6 +1088,9 @@ def ratios(systems):
             t["mean_us"] - systems["direct"]["mean_us"], 1)
         out["chain_minus_direct_mean_us"] = round(
             systems["chain"]["mean_us"] - systems["direct"]["mean_us"], 1)
+        if "go" in systems:
+            out["tunnel_minus_go_mean_us"] = round(
+                t["mean_us"] - systems["go"]["mean_us"], 1)
         if "baseline" in systems:
             out["tunnel_minus_baseline_mean_us"] = round(
                 t["mean_us"] - systems["baseline"]["mean_us"], 1)
@@ -982,6 +1147,14 @@ def targets(points, idle, stream):
     v = m4["tunnel"]["mbps"] / m4["direct"]["mbps"]
     add("1 MiB @4 conns: tunnel MB/s >= 40% of direct", round(v * 100, 1),
         ">= 40", v >= 0.40, "%")
+    if "go" in m4:
+        v = m4["tunnel"]["mbps"] / m4["go"]["mbps"] if m4["go"]["mbps"] \
+            else None
+        goerr = m4["go"]["errors_all_rounds"]
+        add("1 MiB @4 conns: tunnel MB/s >= 1.5x the Go tool",
+            None if v is None else round(v, 2), ">= 1.5",
+            v is not None and v >= 1.5,
+            "x Go" + (" (Go: %d errors)" % goerr if goerr else ""))
     v = p["small_c64"]["tunnel"]["errors_all_rounds"]
     add("140 B @64 conns, default settings: zero errors", v, "== 0", v == 0,
         "errors")
@@ -1009,10 +1182,21 @@ def main():
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--idle-per-source", type=int, default=-1,
+                    help="idle tunnels per source address in 127.0.0.0/8 "
+                         "(0: all from 127.0.0.1; default: 0 up to 20000 "
+                         "tunnels, else 500)")
+    ap.add_argument("--idle-hold", type=float, default=10.0,
+                    help="seconds the idle tunnels are held while wstunsrv's "
+                         "CPU is measured")
     ap.add_argument("--stream-mib", type=int, default=1024)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--idle-only", action="store_true",
+                    help="only the idle-tunnel test (no nginx, no matrix)")
     ap.add_argument("--baseline-bin", default=None,
                     help="apps/ dir of an older build: system d")
+    ap.add_argument("--go", default=None,
+                    help="the Go wstunnel binary: system g")
     a = ap.parse_args()
 
     def on_signal(sig, _frm):
@@ -1045,59 +1229,76 @@ def main():
             a.baseline_bin, only_wstun=True)["wstunsrv"]
         meta["source_commits"] = {"tunnel": source_commit(a.bin),
                                   "baseline": source_commit(a.baseline_bin)}
+    if a.go:
+        meta["go_bin"] = a.go
+        meta["versions"]["go_wstunnel"] = go_version(a.go)
     doc = {"meta": meta}
     rc = 0
+    if a.idle_only:
+        meta["idle_only"] = True
     try:
-        log("setting up: test files, nginx backend, 2 nginx proxies, "
-            "wstunsrv + wstuncli (all on 127.0.0.1)" + (
-                ", baseline wstunsrv + wstuncli" if a.baseline_bin else ""))
-        b.make_files()
-        b.start_all()
-        meta["ports"] = {"backend": b.nport, "wstunsrv": b.tunnel.sport}
-        if b.baseline:
-            meta["ports"]["wstunsrv_baseline"] = b.baseline.sport
-        b.warm_up()
-        log("comparison matrix (%d s per wrk run, %d rounds, interleaved)"
-            % (a.secs, a.rounds))
-        print(HEADER_NOTE)
-        if b.baseline:
-            print(baseline_note(a, meta["source_commits"]))
-        doc["points"] = b.matrix()
-        log("streaming %d MiB through the %s" % (
-            a.stream_mib, "tunnel and the baseline tunnel" if b.baseline
-            else "tunnel"))
-        try:
-            streams = b.stream()
-            doc["stream"] = streams["tunnel"]
+        if a.idle_only:  # the idle-tunnel test alone
+            b.make_tunnels()
+            b.go = None
+        else:
+            log("setting up: test files, nginx backend, 2 nginx proxies, "
+                "wstunsrv + wstuncli (all on 127.0.0.1)" + (
+                    ", baseline wstunsrv + wstuncli" if a.baseline_bin
+                    else ""))
+            b.make_files()
+            b.start_all()
+            meta["ports"] = {"backend": b.nport, "wstunsrv": b.tunnel.sport}
             if b.baseline:
-                doc["stream_baseline"] = streams["baseline"]
-        except BenchError as e:  # e.g. the tunnel would not come back
-            b.failures.append("stream test: %s" % e)
-            log("ERROR in the stream test: %s" % e)
-        # stop the tunnels gracefully and note how it went
-        for t in b.tunnels:
-            for name, p in ((t.name("wstuncli"), t.cli),
-                            (t.name("wstunsrv"), t.srv)):
-                secs, killed, status = b.procs.stop(p)
-                meta.setdefault("shutdown", {})[name] = {
-                    "seconds": round(secs, 2), "needed_sigkill": killed,
-                    "status": status}
-                if killed:
-                    b.failures.append("%s ignored SIGTERM for 5 s" % name)
-        for t in b.tunnels:
+                meta["ports"]["wstunsrv_baseline"] = b.baseline.sport
+            b.warm_up()
+            log("comparison matrix (%d s per wrk run, %d rounds, interleaved)"
+                % (a.secs, a.rounds))
+            print(HEADER_NOTE)
+            if b.baseline:
+                print(baseline_note(a, meta["source_commits"]))
+            if b.go:
+                print(GO_NOTE % a.go)
+            doc["points"] = b.matrix()
+            if b.go:  # not in the stream and idle tests: free its CPU
+                for p in (b.go.cli, b.go.srv):
+                    b.procs.stop(p)
+            log("streaming %d MiB through the %s" % (
+                a.stream_mib, "tunnel and the baseline tunnel" if b.baseline
+                else "tunnel"))
+            try:
+                streams = b.stream()
+                doc["stream"] = streams["tunnel"]
+                if b.baseline:
+                    doc["stream_baseline"] = streams["baseline"]
+            except BenchError as e:  # e.g. the tunnel would not come back
+                b.failures.append("stream test: %s" % e)
+                log("ERROR in the stream test: %s" % e)
+            # stop the tunnels gracefully and note how it went
+            for t in b.tunnels:
+                for name, p in ((t.name("wstuncli"), t.cli),
+                                (t.name("wstunsrv"), t.srv)):
+                    secs, killed, status = b.procs.stop(p)
+                    meta.setdefault("shutdown", {})[name] = {
+                        "seconds": round(secs, 2), "needed_sigkill": killed,
+                        "status": status}
+                    if killed:
+                        b.failures.append("%s ignored SIGTERM for 5 s" % name)
+        if a.idle_only and a.go:
+            b.go = Tunnel("go", "g Go wstunnel", a.go, "go-", "Go tunnel",
+                          go=True)
+        for t in b.tunnels + ([b.go] if b.go else []):
             log("idle tunnels: %d WebSocket tunnels, distinct tokens, one "
                 "%s" % (a.idle, t.name("wstunsrv")))
-            key = "idle_tunnels" if t.key == "tunnel" else \
-                "idle_tunnels_baseline"
+            key = {"tunnel": "idle_tunnels", "go": "idle_tunnels_go"}.get(
+                t.key, "idle_tunnels_baseline")
+            what = {"tunnel": "idle-tunnel", "go": "Go idle-tunnel"}.get(
+                t.key, "baseline idle-tunnel")
             try:
                 doc[key] = b.idle_tunnels(t)
             except BenchError as e:
-                b.failures.append("%s test: %s" % (
-                    "idle-tunnel" if t.key == "tunnel"
-                    else "baseline idle-tunnel", e))
-                log("ERROR in the %s test: %s" % (
-                    "idle-tunnel" if t.key == "tunnel"
-                    else "baseline idle-tunnel", e))
+                (b.go_problems if t.go else b.failures).append(
+                    "%s test: %s" % (what, e))
+                log("ERROR in the %s test: %s" % (what, e))
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         b.procs.stop_all()
@@ -1111,6 +1312,8 @@ def main():
     meta["seconds_total"] = round(time.monotonic() - t_start, 1)
     meta["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     doc["wstun_problems"] = b.failures
+    if a.go:
+        doc["go_problems"] = b.go_problems
     if "stream" in doc:
         print_stream(doc["stream"])
     if "stream_baseline" in doc:
@@ -1119,6 +1322,9 @@ def main():
         print_idle(doc["idle_tunnels"])
     if "idle_tunnels_baseline" in doc:
         print_idle(doc["idle_tunnels_baseline"], doc.get("idle_tunnels"))
+    if "idle_tunnels_go" in doc:
+        print_idle(doc["idle_tunnels_go"], doc.get("idle_tunnels"),
+                   "Go wstunnel srv (g)", "c/g")
     if "points" in doc:
         doc["targets"] = targets(doc["points"], doc.get("idle_tunnels", {}),
                                  doc.get("stream", {}))
@@ -1126,6 +1332,10 @@ def main():
     if b.failures:
         print("\nwstun problems seen during the run:")
         for f in b.failures:
+            print("  - " + f)
+    if b.go_problems:
+        print("\nGo wstunnel problems seen during the run:")
+        for f in b.go_problems:
             print("  - " + f)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
@@ -1146,6 +1356,22 @@ RSS1/RSS2 = peak RSS during the run of the two middle apps (b: proxy1, proxy2;
 c: wstunsrv, wstuncli); CPU1/CPU2 = their CPU seconds (user+sys) during the
 run; CPU us/r = both apps' CPU per request. Ratios c/a and c/b: above 1 means
 c has more of it (good for req/s and MB/s, bad for latency, RSS and CPU)."""
+
+
+GO_NOTE = """g = the Go wstunnel (srv + cli, default settings) in front of the same
+backend, interleaved with the others; c/g ratio: wstun over Go, above 1
+means c has more of it. The Go tool is not in the stream test; the idle
+test holds the same tunnels on a fresh Go srv.
+  g: %s"""
+
+
+def go_version(binp):
+    try:
+        r = subprocess.run([binp, "version"], capture_output=True, text=True,
+                           timeout=10)
+        return ((r.stdout + r.stderr).strip().splitlines() or [None])[0]
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def baseline_note(a, commits):
@@ -1237,31 +1463,46 @@ def print_stream(s, c=None):
         print("c/d MB/s   %s" % ", ".join(q))
 
 
-def print_idle(r, c=None):
-    """r: the idle-tunnel result of c, or of d with c's result in c."""
+def print_idle(r, c=None, who="baseline wstunsrv (d)", ratio="c/d"):
+    """r: the idle-tunnel result of c, or of d (or g) with c's result in
+    c."""
     print("\n== idle tunnels against one %s" % (
-        "wstunsrv" if c is None else "baseline wstunsrv (d)"))
+        "wstunsrv" if c is None else who))
     if r.get("skipped"):
         print("skipped: " + (r.get("note") or ""))
         return
     o = r.get("open", {})
-    print("requested %d%s, opened %d, failed %d in %.2f s; /_stats says "
-          "tunnels=%s" % (r["requested"], "" if r["count"] == r["requested"]
-                          else " (fd limit: tried %d)" % r["count"],
-                          o.get("opened", 0), o.get("failed", 0),
-                          o.get("seconds", 0), r.get("server_tunnels")))
-    print("wstunsrv VmRSS %.1f MiB before, %.1f MiB with them open -> %s "
+    print("requested %d%s, opened %d, failed %d in %.2f s from %s source "
+          "address(es); /_stats says tunnels=%s" % (
+              r["requested"], "" if r["count"] == r["requested"]
+              else " (fd limit: tried %d)" % r["count"],
+              o.get("opened", 0), o.get("failed", 0), o.get("seconds", 0),
+              o.get("source_addresses", 1), r.get("server_tunnels")))
+    srv = "the server" if ratio == "c/g" else "wstunsrv"
+    print("%s spent %s CPU s opening them (the Python helper sets the "
+          "pace)" % (srv, r.get("open_server_cpu_s")))
+    print("%s VmRSS %.1f MiB before, %.1f MiB with them open -> %s "
           "bytes per idle tunnel" % (
-              r["rss_before_kib"] / 1024.0, r["rss_after_kib"] / 1024.0,
+              srv, r["rss_before_kib"] / 1024.0, r["rss_after_kib"] / 1024.0,
               r.get("bytes_per_tunnel")))
-    print("after closing: tunnels=0 after %s s, VmRSS %.1f MiB" % (
-        r.get("seconds_to_forget"), r.get("rss_after_close_kib", 0) / 1024.0))
+    if r.get("heap_bytes_per_tunnel") is not None:
+        print("  libwstun heap %s bytes per tunnel (wstun_memory_bytes of "
+              "/metrics)" % r.get("heap_bytes_per_tunnel"))
+    if "idle_cpu_percent" in r:
+        print("  held %.0f s (a ping each per 10 s): %s CPU %.2f%% of "
+              "one core; tunnels=%s at the end" % (
+                  r["idle_seconds_measured"], srv, r["idle_cpu_percent"],
+                  r.get("tunnels_after_hold")))
+    if "seconds_to_forget" in r:
+        print("after closing: tunnels=0 after %s s, VmRSS %.1f MiB" % (
+            r.get("seconds_to_forget"),
+            r.get("rss_after_close_kib", 0) / 1024.0))
     if r.get("note"):
         print("NOTE: " + r["note"])
     if c is not None:
         x, y = (c or {}).get("bytes_per_tunnel"), r.get("bytes_per_tunnel")
-        print("c/d bytes per idle tunnel %s" % fmt(
-            x / y if x is not None and y else None, "%.2fx"))
+        print("%s bytes per idle tunnel %s" % (ratio, fmt(
+            x / y if x is not None and y else None, "%.2fx")))
 
 
 def print_targets(ts):

@@ -8,12 +8,17 @@ selectors + non-blocking sockets), then keeps every tunnel alive with a masked
 client-to-server ping every --ping-interval seconds (wstunsrv closes tunnels
 that send nothing for -wstimeout, 30 s by default) and answers server pings.
 
+Each connection comes from its own source address in 127.0.0.0/8, --per-source
+connections per address (127.1.0.1, 127.1.0.2, ...): one address would run
+out of ephemeral ports near 28,000 connections (net.ipv4.ip_local_port_range)
+and meets wstunsrv's -max-connections-per-ip (1000 by default) long before.
+
 Protocol with the caller (bench.py), one JSON line each on stdout:
   1. once every handshake is done (or failed):
      {"event": "opened", "opened": n, "failed": f, "seconds": t, ...}
   2. when stdin reaches EOF (or --hold-max seconds pass, or SIGTERM):
      {"event": "closed", "open_at_end": n, "closed_by_server": k, ...}
-Only ever connects to 127.0.0.1.
+Only ever connects to 127.0.0.1 (from 127.x.y.z).
 """
 import argparse
 import base64
@@ -29,6 +34,14 @@ import time
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HOST = "127.0.0.1"
+IP_BIND_ADDRESS_NO_PORT = 24  # Linux: pick the port at connect, per 4-tuple
+
+
+def source_addr(k):
+    """The k-th source address: 127.1.0.1, ..., 127.1.0.254, 127.1.1.1, ...
+    (no .0 or .255 last byte)."""
+    hi, lo = divmod(k, 254)
+    return "127.%d.%d.%d" % (1 + hi // 256, hi % 256, lo + 1)
 
 
 class Tunnel:
@@ -65,6 +78,9 @@ def main():
     ap.add_argument("--hold-max", type=float, default=300.0,
                     help="exit by itself after this many seconds in total")
     ap.add_argument("--prefix", default="idle-bench-token")
+    ap.add_argument("--per-source", type=int, default=500,
+                    help="connections per source address in 127.0.0.0/8 "
+                         "(0: all from the kernel's choice, 127.0.0.1)")
     a = ap.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -120,6 +136,13 @@ def main():
         t = Tunnel(s, token, key)
         tunnels.append(t)
         pending += 1
+        if a.per_source > 0:
+            try:
+                s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                s.bind((source_addr(i // a.per_source), 0))
+            except OSError as e:
+                fail(t, "bind: %s" % e.strerror)
+                return
         rc = s.connect_ex((HOST, a.port))
         if rc not in (0, 115):  # EINPROGRESS
             fail(t, "connect: %s" % os.strerror(rc))
@@ -277,6 +300,9 @@ def main():
     print(json.dumps({"event": "opened", "requested": a.count,
                       "opened": opened, "failed": failed,
                       "unfinished": unfinished, "seconds": round(open_seconds, 3),
+                      "source_addresses": (
+                          (a.count + a.per_source - 1) // a.per_source
+                          if a.per_source > 0 else 1),
                       "fail_reasons": fail_reasons}), flush=True)
 
     # ---- phase 2: hold them open until stdin closes

@@ -312,6 +312,36 @@ class TunnelTLS(TLSCase):
         self.assertIn("tunnel00_token=%s..." % tok[:8], r.body.decode())
         self.assertNotRegex(cli.stderr_text(), r"cannot open tunnel")
 
+    def test_redial_resumes_the_tls_session(self):
+        """After the server drops the tunnel (the client was silent past
+        -wstimeout), wstuncli redials and resumes its TLS session from the
+        server's ticket instead of a full handshake; both sides say so."""
+        be = self.backend()
+        srv = self.tls_server(C.good, "-wstimeout", "3")
+        tok = make_token()
+        cli = self.wss_client(srv, tok, "-certfile", C.ca.cert, "-log-level", "debug",
+                              server_url=be.url)
+        self.assertTrue(wait_https_tunnels(srv.port, ctx_ca(), 1, 10),
+                        "tunnel over wss did not come up\n%s\n%s"
+                        % (srv.describe(), cli.describe()))
+        self.assertIsNotNone(cli.wait_stderr(r"TLS: full handshake \(0 of 1 resumed\)", 5),
+                             cli.describe())
+        # silence the client until the server gives up on its tunnel
+        self.addCleanup(cli.send_signal, signal.SIGCONT)
+        cli.send_signal(signal.SIGSTOP)
+        dropped = wait_https_tunnels(srv.port, ctx_ca(), 0, 30)
+        cli.send_signal(signal.SIGCONT)
+        self.assertTrue(dropped, "the server kept the silent tunnel\n" + srv.describe())
+        self.assertIsNotNone(cli.wait_stderr(r"TLS: session resumed \(1 of 2 resumed\)", 20),
+                             cli.describe())
+        self.assertTrue(wait_https_tunnels(srv.port, ctx_ca(), 1, 10), cli.describe())
+        r = https_req(srv.port, "GET", "/_token/%s/echo?again=1" % tok, ctx_ca())
+        self.assertStatus(r, 200)
+        r = https_req(srv.port, "GET", "/metrics", ctx_ca())
+        self.assertStatus(r, 200)
+        self.assertRegex(r.body.decode(), r"(?m)^wstun_tls_resumed_total [1-9]")
+        self.assertRegex(r.body.decode(), r"(?m)^wstun_tls_handshakes_total [1-9]")
+
     def test_wss_with_base_path(self):
         be = self.backend()
         srv = self.tls_server(C.good, base_path="/wst")

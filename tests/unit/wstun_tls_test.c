@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "failalloc.h"
 #include "test.h"
 #include "wstun/wstun.h"
 
@@ -111,7 +112,9 @@ static int pass(wstun__tls *from, wstun__tls *to, size_t step,
 
 /* Runs a handshake to its end; 0 when both sides finished. */
 static int handshake(wstun__tls *cli, wstun__tls *srv, size_t step) {
-  CHECK_EQ_INT(wstun__tls_handshake(cli), WSTUN__TLS_AGAIN); /* ClientHello */
+  int first = wstun__tls_handshake(cli); /* the ClientHello */
+  if (first != WSTUN__TLS_AGAIN)
+    return first < 0 ? first : -101;
   for (int round = 0; round < 10; round++) {
     int rc = pass(cli, srv, step, NULL);
     if (rc < 0)
@@ -328,8 +331,166 @@ TEST(config_errors) {
   CHECK(strstr(why, "cannot load certificate") != NULL);
 }
 
+/* One connection with the resumption key `key` against `scfg`; returns
+ * the handshake's result and whether it resumed. */
+static int dial_once(wstun__tls_config *ccfg, wstun__tls_config *scfg,
+                     const char *host, const char *key, size_t step,
+                     int *resumed) {
+  wstun__tls *cli = wstun__tls_new(ccfg, host);
+  wstun__tls *srv = wstun__tls_new(scfg, NULL);
+  CHECK_EQ_INT(wstun__tls_resume_as(cli, key), 0);
+  CHECK_EQ_INT(wstun__tls_resume_as(cli, key), WSTUN_EINVAL); /* once */
+  int rc = handshake(cli, srv, step);
+  *resumed = cli->resumed;
+  if (rc == 0) { /* data flows after a resumed handshake too */
+    wstun__buf got;
+    wstun__buf_init(&got);
+    CHECK_EQ_INT(wstun__tls_write(cli, (const uint8_t *)"ping", 4), 0);
+    pass(cli, srv, step, &got);
+    CHECK_EQ_INT((int)wstun__buf_size(&got), 4);
+    wstun__buf_reset(&got);
+    CHECK_EQ_INT(wstun__tls_write(srv, (const uint8_t *)"pong!", 5), 0);
+    pass(srv, cli, step, &got);
+    CHECK_EQ_INT((int)wstun__buf_size(&got), 5);
+    wstun__buf_free(&got);
+  }
+  wstun__tls_free(cli);
+  wstun__tls_free(srv);
+  return rc;
+}
+
+/* A redial resumes the saved session from the server's ticket, whole and
+ * byte by byte; a session is offered only under the key it was made with,
+ * so another name still gets its certificate checked; a server that
+ * cannot open the ticket (new ticket key) gets a full handshake. */
+TEST(session_resumption) {
+  wstun__tls_config *ccfg = NULL, *scfg = NULL, *scfg2 = NULL;
+  char why[400] = "";
+  CHECK_EQ_INT(wstun__tls_client_config(&ccfg, cert_path, 1, why, sizeof(why)),
+               0);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&scfg, cert_path, key_path, why, sizeof(why)),
+      0);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&scfg2, cert_path, key_path, why, sizeof(why)),
+      0);
+  if (ccfg == NULL || scfg == NULL || scfg2 == NULL)
+    return;
+  int resumed = -1;
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg, "localhost", "localhost:443", 1 << 20, &resumed),
+      0);
+  CHECK_EQ_INT(resumed, 0);
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg, "localhost", "localhost:443", 1 << 20, &resumed),
+      0);
+  CHECK_EQ_INT(resumed, 1);
+  CHECK_EQ_INT(dial_once(ccfg, scfg, "localhost", "localhost:443", 1, &resumed),
+               0);
+  CHECK_EQ_INT(resumed, 1);
+  CHECK_EQ_INT((int)scfg->handshakes, 3);
+  CHECK_EQ_INT((int)scfg->resumed, 2);
+  CHECK_EQ_INT((int)ccfg->handshakes, 3);
+  CHECK_EQ_INT((int)ccfg->resumed, 2);
+
+  /* another name: nothing offered, the certificate is checked and fails */
+  CHECK_EQ_INT(dial_once(ccfg, scfg, "other.example", "other.example:443",
+                         1 << 20, &resumed),
+               WSTUN_ETLS);
+  CHECK_EQ_INT(resumed, 0);
+  CHECK_EQ_INT((int)scfg->resumed, 2);
+
+  /* a restarted server (new ticket key): full handshake, then resumed */
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg2, "localhost", "localhost:443", 1 << 20, &resumed),
+      0);
+  CHECK_EQ_INT(resumed, 0);
+  CHECK_EQ_INT((int)scfg2->resumed, 0);
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg2, "localhost", "localhost:443", 7, &resumed), 0);
+  CHECK_EQ_INT(resumed, 1);
+
+  /* more servers than slots: the least recently used goes */
+  for (int i = 0; i < WSTUN__TLS_SESSIONS; i++) {
+    char key[32];
+    snprintf(key, sizeof(key), "localhost:%d", 1000 + i);
+    CHECK_EQ_INT(dial_once(ccfg, scfg, "localhost", key, 1 << 20, &resumed), 0);
+    CHECK_EQ_INT(resumed, 0);
+  }
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg, "localhost", "localhost:443", 1 << 20, &resumed),
+      0);
+  CHECK_EQ_INT(resumed, 0);
+
+  /* only a client, only before its handshake */
+  wstun__tls *srv = wstun__tls_new(scfg, NULL);
+  CHECK_EQ_INT(wstun__tls_resume_as(srv, "x:1"), WSTUN_EINVAL);
+  wstun__tls_free(srv);
+  wstun__tls *cli = wstun__tls_new(ccfg, "localhost");
+  CHECK_EQ_INT(wstun__tls_handshake(cli), WSTUN__TLS_AGAIN);
+  CHECK_EQ_INT(wstun__tls_resume_as(cli, "localhost:443"), WSTUN_EINVAL);
+  wstun__tls_free(cli);
+  wstun__tls_config_unref(ccfg);
+  wstun__tls_config_unref(scfg);
+  wstun__tls_config_unref(scfg2);
+}
+
+/* Every allocation of a resumed dial failing in turn: reported (no crash)
+ * and nothing left allocated; a session is saved again afterwards. */
+TEST(resumption_allocation_failures) {
+  wstun__tls_config *ccfg = NULL, *scfg = NULL;
+  char why[400] = "";
+  mem.fail_at = 0;
+  CHECK_EQ_INT(wstun__tls_client_config(&ccfg, cert_path, 1, why, sizeof(why)),
+               0);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&scfg, cert_path, key_path, why, sizeof(why)),
+      0);
+  if (ccfg == NULL || scfg == NULL)
+    return;
+  int resumed = -1;
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg, "localhost", "localhost:443", 1 << 20, &resumed),
+      0);
+  int complete = 0;
+  long n;
+  for (n = 1; n < 500 && !complete; n++) {
+    test_context("failing allocation %ld", n);
+    long live = mem.live;
+    mem.count = 0;
+    mem.fail_at = n;
+    int rc = WSTUN_ENOMEM;
+    wstun__tls *cli = wstun__tls_new(ccfg, "localhost");
+    wstun__tls *srv = wstun__tls_new(scfg, NULL);
+    if (cli && srv) {
+      rc = wstun__tls_resume_as(cli, "localhost:443");
+      if (rc == 0)
+        rc = handshake(cli, srv, 1 << 20);
+    }
+    complete = mem.count < n; /* nothing failed */
+    if (complete)
+      CHECK_EQ_INT(rc, 0);
+    else /* or the test's own copying failed: no progress (-100) */
+      CHECK(rc == WSTUN_ENOMEM || rc == WSTUN_ETLS || rc == -100);
+    mem.fail_at = 0;
+    wstun__tls_free(cli);
+    wstun__tls_free(srv);
+    CHECK_EQ_INT((int)mem.live, (int)live);
+    test_context(NULL);
+  }
+  CHECK(complete);
+  CHECK(n > 3);
+  /* the last (complete) dial saved its session */
+  CHECK_EQ_INT(
+      dial_once(ccfg, scfg, "localhost", "localhost:443", 1 << 20, &resumed),
+      0);
+  CHECK_EQ_INT(resumed, 1);
+  wstun__tls_config_unref(ccfg);
+  wstun__tls_config_unref(scfg);
+}
+
 int main(int argc, char **argv) {
-  if (mkdtemp(dir) == NULL)
+  if (mkdtemp(dir) == NULL || wstun_set_allocator(&counting) != 0)
     return 1;
   snprintf(cert_path, sizeof(cert_path), "%s/cert.pem", dir);
   snprintf(key_path, sizeof(key_path), "%s/key.pem", dir);
@@ -350,7 +511,9 @@ int main(int argc, char **argv) {
       T(empty_records_are_not_an_end),
       T(verify_off_accepts_anything),
       T(server_rejects_garbage),
-      T(config_errors)};
+      T(config_errors),
+      T(session_resumption),
+      T(resumption_allocation_failures)};
   int rc = test_main(tests, TEST_COUNT(tests), argc, argv);
   unlink(cert_path);
   unlink(key_path);
