@@ -125,14 +125,17 @@ void app_config_apply(const app_config *c, app_flag *flags) {
   }
 }
 
-void app_config_check_protocol(app_config *c, const char *value) {
+int app_config_check_protocol(app_config *c, const char *value) {
   int line = 0;
-  if (value == NULL || strcmp(value, "v1") == 0 || strcmp(value, "v2") == 0)
-    return;
+  if (value == NULL || strcmp(value, "v2") == 0)
+    return 2;
+  if (strcmp(value, "v1") == 0)
+    return 1;
   if (value == app_config_get(&c->top, "protocol", &line))
     app_config_errorf(c, line, "protocol: must be v1 or v2");
   else
     app_config_errorf(c, 0, "flag -protocol: must be v1 or v2");
+  return 2;
 }
 
 void app_config_check_log_level(app_config *c, const char *value) {

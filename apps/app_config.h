@@ -97,8 +97,9 @@ void app_config_apply(const app_config *c, app_flag *flags);
  * value is reported at its line when it came from the file, else as the
  * flag. NULL is fine. */
 void app_config_check_log_level(app_config *c, const char *value);
-/* The same for -protocol (v1 or v2). */
-void app_config_check_protocol(app_config *c, const char *value);
+/* The same for -protocol; returns the protocol it names (1 or 2; NULL,
+ * and a bad value after its error, give the default, 2). */
+int app_config_check_protocol(app_config *c, const char *value);
 
 /* ---- the client's tunnels -------------------------------------------- */
 

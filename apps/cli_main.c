@@ -368,8 +368,8 @@ static size_t cli_settings_read(cli_settings *s, const char *prog, int argc,
   if (s->config_path == NULL) {
     s->cfg.protocol = app_protocol(prog, s->protocol); /* exits when bad */
   } else {
-    app_config_check_protocol(&s->conf, s->protocol); /* FILE:LINE, below */
-    s->cfg.protocol = strcmp(s->protocol, "v1") == 0 ? 1 : 2;
+    /* a bad value is a FILE:LINE error, printed below */
+    s->cfg.protocol = app_config_check_protocol(&s->conf, s->protocol);
   }
   app_cli_tunnel defaults = {0};
   defaults.cfg = s->cfg;

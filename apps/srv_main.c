@@ -275,8 +275,8 @@ static size_t srv_settings_read(srv_settings *s, const char *prog, int argc,
     app_parse_flags(prog, "", flags, argc, argv, first);
   }
   app_config_check_log_level(&s->conf, s->log_level);
-  app_config_check_protocol(&s->conf, s->protocol); /* FILE:LINE */
-  s->cfg.protocol = strcmp(s->protocol, "v1") == 0 ? 1 : 2;
+  /* a bad value is a FILE:LINE error */
+  s->cfg.protocol = app_config_check_protocol(&s->conf, s->protocol);
   /* secret files are checked too: a mode 644 one would stop the start */
   char err[512];
   const char *files[] = {s->passwords_file, s->admin_token_file};

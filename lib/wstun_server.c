@@ -92,18 +92,24 @@ static int read_tls(wstun_server *srv, const char *cert, const char *key,
   return rc;
 }
 
+/* New connections get cfg from now on (open ones keep theirs): the
+ * handshake counters go on, the tickets of the old key do not. */
+static void use_tls(wstun_server *srv, wstun__tls_config *cfg) {
+  if (srv->tls) {
+    cfg->handshakes = srv->tls->handshakes;
+    cfg->resumed = srv->tls->resumed;
+  }
+  wstun__tls_config_unref(srv->tls);
+  srv->tls = cfg;
+}
+
 /* (Re)loads the certificate and key named at start. */
 static int load_tls(wstun_server *srv) {
   wstun__tls_config *cfg;
   int rc = read_tls(srv, srv->tls_cert_file, srv->tls_key_file, &cfg);
   if (rc != 0)
     return rc;
-  if (srv->tls) { /* the counters go on; tickets of the old key do not */
-    cfg->handshakes = srv->tls->handshakes;
-    cfg->resumed = srv->tls->resumed;
-  }
-  wstun__tls_config_unref(srv->tls);
-  srv->tls = cfg;
+  use_tls(srv, cfg);
   return 0;
 }
 
@@ -609,12 +615,9 @@ int wstun_server_reload(wstun_server *srv, const wstun_server_config *cfg) {
   }
   srv->admin_token = admin_token;
   if (has_cert) {
-    if (srv->tls) { /* the counters go on, as in load_tls */
-      tls->handshakes = srv->tls->handshakes;
-      tls->resumed = srv->tls->resumed;
-    }
-    free_tls(srv);
-    srv->tls = tls;
+    use_tls(srv, tls);
+    wstun__free(srv->tls_cert_file);
+    wstun__free(srv->tls_key_file);
     srv->tls_cert_file = cert;
     srv->tls_key_file = key;
   }
