@@ -18,9 +18,27 @@ import os
 import shutil
 import tempfile
 
+from harness import BIN_DIR
+
 SETPRIV = shutil.which("setpriv")
 IS_ROOT = os.geteuid() == 0
-CAN_SWITCH = IS_ROOT and SETPRIV is not None
+
+
+def _others_can_reach(path):
+    """Whether a user with no rights of its own (nobody) can reach path:
+    every directory on the way needs the others' x bit (a clone under
+    /root or a mktemp -d directory, both 0700, has none)."""
+    p = os.path.abspath(path)
+    while True:
+        if not os.stat(p).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(p)
+        if parent == p:
+            return True
+        p = parent
+
+
+CAN_SWITCH = IS_ROOT and SETPRIV is not None and _others_can_reach(BIN_DIR)
 SERVICE_UID = 65534 if CAN_SWITCH else os.geteuid()
 SERVICE_GID = 65534 if CAN_SWITCH else os.getegid()
 
