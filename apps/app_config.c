@@ -440,12 +440,12 @@ size_t app_config_parse(app_config *c, const char *path, const char *text,
     app_config_errorf(c, 0, "flag -config: %s", err);
     return c->nerrors;
   }
-  FILE *f = fopen(file, "r");
+  struct stat st;
+  FILE *f = app_open_regular(file, &st, err, sizeof(err));
   if (f == NULL) {
     free(c->path);
     c->path = strdup(file);
-    app_config_errorf(c, 0, "flag -config: cannot read %s: %s", file,
-                      strerror(errno));
+    app_config_errorf(c, 0, "flag -config: %s", err);
     return c->nerrors;
   }
   app_config_parse_stream(c, file, read_file, f, top, kinds);

@@ -101,19 +101,46 @@ int app_is_credential(const char *path) {
 
 /* ---- secret files ------------------------------------------------------- */
 
+/* /dev/null stands for an empty file (`-config /dev/null`: no file) */
+static int is_dev_null(const struct stat *st) {
+  struct stat null;
+  return S_ISCHR(st->st_mode) && stat("/dev/null", &null) == 0 &&
+         st->st_rdev == null.st_rdev;
+}
+
+FILE *app_open_regular(const char *path, struct stat *st, char *err,
+                       size_t errlen) {
+  /* O_NONBLOCK: opening a FIFO for reading waits for a writer, and a
+   * reload runs on the event loop; on a regular file it changes nothing */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0 || fstat(fd, st) != 0) {
+    snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+    if (fd >= 0)
+      close(fd);
+    return NULL;
+  }
+  if (!S_ISREG(st->st_mode) && !is_dev_null(st)) {
+    snprintf(err, errlen, "%s is not a regular file", path);
+    close(fd);
+    return NULL;
+  }
+  FILE *f = fdopen(fd, "r");
+  if (f == NULL) {
+    snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+    close(fd);
+  }
+  return f;
+}
+
 int app_secret_read(const char *value, char *out, size_t n, char *err,
                     size_t errlen) {
   char path[PATH_MAX];
   if (app_file_path(value, path, sizeof(path), err, errlen) != 0)
     return -1;
   struct stat st;
-  FILE *f = fopen(path, "r");
-  if (f == NULL || fstat(fileno(f), &st) != 0) {
-    snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-    if (f)
-      fclose(f);
+  FILE *f = app_open_regular(path, &st, err, errlen);
+  if (f == NULL)
     return -1;
-  }
   /* as ssh does with keys: a secret others can read is no secret. A
    * credential may be 0440: the group bits then show the ACL systemd adds
    * for the service's user on a file root keeps. */

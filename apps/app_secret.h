@@ -8,6 +8,8 @@
 #define WSTUN_APP_SECRET_H
 
 #include <stddef.h>
+#include <stdio.h>
+#include <sys/stat.h>
 
 #define APP_CRED_PREFIX "cred:"
 
@@ -30,6 +32,14 @@ void app_file_flag(const char *prog, const char *flag, const char **value,
 /* 1 when `path` is a regular file (not a symbolic link) directly in
  * $CREDENTIALS_DIRECTORY, else 0. */
 int app_is_credential(const char *path);
+
+/* Opens `path` for reading when it is a regular file (following
+ * symbolic links) or /dev/null, filling *st. A FIFO, other device or
+ * directory is refused
+ * without blocking: reading one could hang a reload on the event loop.
+ * The caller fcloses the result. NULL with a one-line reason in err. */
+FILE *app_open_regular(const char *path, struct stat *st, char *err,
+                       size_t errlen);
 
 /* Reads a one-line secret (trailing whitespace dropped) from the file
  * `value` names (see app_file_path) into out (n bytes). The file must not

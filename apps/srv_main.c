@@ -104,13 +104,13 @@ static void check_tls_flags(const char *prog, const char *cert,
   struct stat st;
   const char *flags[] = {"tls-cert", "tls-key"}, *paths[] = {cert, key};
   for (int i = 0; i < 2; i++) {
-    int fd = open(paths[i], O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0 || fstat(fd, &st) != 0) {
-      fprintf(stderr, "%s: flag -%s: cannot read %s: %s\n", prog, flags[i],
-              paths[i], strerror(errno));
+    char err[PATH_MAX + 64];
+    FILE *f = app_open_regular(paths[i], &st, err, sizeof(err));
+    if (f == NULL) {
+      fprintf(stderr, "%s: flag -%s: %s\n", prog, flags[i], err);
       exit(APP_EXIT_USAGE);
     }
-    close(fd);
+    fclose(f);
   }
   if (st.st_mode & S_IROTH) {
     fprintf(stderr,

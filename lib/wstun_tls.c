@@ -48,6 +48,12 @@ static void describe(int rc, const char *what, char *err, size_t errlen) {
  * <path>: <reason>" in err. */
 static int load_certs(mbedtls_x509_crt *crt, const char *path, const char *what,
                       char *err, size_t errlen) {
+  /* a FIFO would block the loop in fopen (a reload runs on it) */
+  struct stat st;
+  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+    snprintf(err, errlen, "%s %s: not a regular file", what, path);
+    return -1;
+  }
   /* > 0: that many certificates of the file could not be parsed */
   int rc = mbedtls_x509_crt_parse_file(crt, path);
   if (rc == 0)
@@ -143,6 +149,10 @@ int wstun__tls_server_config(wstun__tls_config **out, const char *cert_file,
   struct stat st;
   if (stat(key_file, &st) != 0) {
     snprintf(err, errlen, "cannot read key file %s", key_file);
+    return WSTUN_ETLS;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    snprintf(err, errlen, "key file %s is not a regular file", key_file);
     return WSTUN_ETLS;
   }
   if (st.st_mode & S_IROTH) {

@@ -417,5 +417,56 @@ class LongSecretFiles(E2ETestCase):
         self.assertEqual(err, "wstunsrv: flag -passwords-file: %s is longer than 65535 bytes\n"
                          % big)
 
+
+class NotRegularFiles(E2ETestCase):
+    """A FIFO named as a secret, certificate or config file is refused at
+    once, naming the flag: opening one for reading waits for a writer, and
+    a reload reads its files on the event loop, where that wait would
+    stop every tunnel. A reload that meets one keeps the running
+    configuration and goes on serving."""
+
+    def fifo(self, d, name):
+        path = os.path.join(d, name)
+        os.mkfifo(path, 0o600)
+        return path
+
+    def test_a_fifo_is_refused_without_waiting(self):
+        d = tempfile.mkdtemp(prefix="wstun-secrets-")
+        self.addCleanup(shutil.rmtree, d, True)
+        f = self.fifo(d, "fifo")
+        cases = (
+            ([SRV_BIN, "-port", "0", "-passwords-file", f], "passwords-file"),
+            ([SRV_BIN, "-port", "0", "-admin-token-file", f], "admin-token-file"),
+            ([SRV_BIN, "-port", "0", "-config", f], "config"),
+            ([SRV_BIN, "-port", "0", "-tls-cert", f, "-tls-key", f], "tls-cert"),
+            ([CLI_BIN, "-tunnel", "ws://%s:1" % HOST, "-token", make_token(),
+              "-server", "http://%s:1" % HOST, "-password-file", f], "password-file"),
+        )
+        for argv, flag in cases:
+            rc, out, err = run(argv, timeout=10 * TIME_SCALE)
+            self.assertEqual(rc, 2, err)
+            self.assertIn("flag -%s: %s is not a regular file" % (flag, f), err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+
+    def test_a_reload_that_meets_a_fifo_keeps_serving(self):
+        d = tempfile.mkdtemp(prefix="wstun-secrets-")
+        self.addCleanup(shutil.rmtree, d, True)
+        pw = os.path.join(d, "passwords")
+        tok = make_token()
+        with open(pw, "w") as f:
+            f.write("%s:pw\n" % tok)
+        os.chmod(pw, 0o600)
+        conf = os.path.join(d, "srv.conf")
+        with open(conf, "w") as f:
+            f.write("passwords-file = %s\n" % pw)
+        srv = self.server("-config", conf)
+        os.unlink(pw)
+        self.fifo(d, "passwords")
+        srv.send_signal(signal.SIGHUP)
+        self.assertTrue(srv.wait_stderr(r"SIGHUP: \S+ not loaded", 15 * TIME_SCALE),
+                        srv.describe())
+        self.assertIn("%s is not a regular file" % pw, srv.stderr_text())
+        self.assertEqual(get(srv.port, "/_health_check").status, 200)
+
 if __name__ == "__main__":
     main()

@@ -329,6 +329,22 @@ TEST(config_errors) {
       wstun__tls_server_config(&cfg, key_path, key_path, why, sizeof(why)),
       WSTUN_ETLS);
   CHECK(strstr(why, "cannot load certificate") != NULL);
+  /* a FIFO is refused before it is opened: fopen would wait for a writer,
+   * and a reload loads on the event loop */
+  char fifo[160];
+  snprintf(fifo, sizeof(fifo), "%s/fifo.pem", dir);
+  CHECK_EQ_INT(mkfifo(fifo, 0600), 0);
+  CHECK_EQ_INT(wstun__tls_server_config(&cfg, fifo, key_path, why, sizeof(why)),
+               WSTUN_ETLS);
+  CHECK(strstr(why, "not a regular file") != NULL);
+  CHECK_EQ_INT(
+      wstun__tls_server_config(&cfg, cert_path, fifo, why, sizeof(why)),
+      WSTUN_ETLS);
+  CHECK(strstr(why, "not a regular file") != NULL);
+  CHECK_EQ_INT(wstun__tls_client_config(&cfg, fifo, 1, why, sizeof(why)),
+               WSTUN_ETLS);
+  CHECK(strstr(why, "not a regular file") != NULL);
+  unlink(fifo);
 }
 
 /* One connection with the resumption key `key` against `scfg`; returns
