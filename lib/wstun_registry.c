@@ -78,20 +78,16 @@ static const wstun__password *find_password(wstun_server *srv,
 
 /* ---- token registry ----------------------------------------------------- */
 
-static size_t hash_token(const char *s, size_t n) {
-  size_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < n; i++) {
-    h ^= (unsigned char)s[i];
-    h *= 1099511628211ULL;
-  }
-  return h;
+/* keyed: tokens and addresses are chosen by strangers (wstun_keyhash.h) */
+static size_t hash_token(wstun_server *srv, const char *s, size_t n) {
+  return (size_t)wstun__keyhash_of(&srv->bucket_hash, s, n);
 }
 
 wstun__token *wstun__registry_find_token(wstun_server *srv, const char *name,
                                          size_t len) {
   if (srv->nbuckets == 0)
     return NULL;
-  wstun__token *t = srv->buckets[hash_token(name, len) % srv->nbuckets];
+  wstun__token *t = srv->buckets[hash_token(srv, name, len) % srv->nbuckets];
   for (; t; t = t->hnext)
     if (strlen(t->name) == len && memcmp(t->name, name, len) == 0)
       return t;
@@ -107,7 +103,7 @@ static int grow_buckets(wstun_server *srv) {
     wstun__token *t = srv->buckets[i];
     while (t) {
       wstun__token *next = t->hnext;
-      size_t h = hash_token(t->name, strlen(t->name)) % n;
+      size_t h = hash_token(srv, t->name, strlen(t->name)) % n;
       t->hnext = b[h];
       b[h] = t;
       t = next;
@@ -136,7 +132,7 @@ static wstun__token *get_or_add_token(wstun_server *srv, const char *name) {
     wstun__free(t);
     return NULL;
   }
-  size_t h = hash_token(name, len) % srv->nbuckets;
+  size_t h = hash_token(srv, name, len) % srv->nbuckets;
   t->hnext = srv->buckets[h];
   srv->buckets[h] = t;
   srv->ntokens++;
@@ -163,7 +159,7 @@ void wstun__registry_token_drop(wstun__token *t) {
 
 static void remove_token(wstun_server *srv, wstun__token *t) {
   wstun__token **pp =
-      &srv->buckets[hash_token(t->name, strlen(t->name)) % srv->nbuckets];
+      &srv->buckets[hash_token(srv, t->name, strlen(t->name)) % srv->nbuckets];
   while (*pp && *pp != t)
     pp = &(*pp)->hnext;
   if (*pp)
@@ -246,7 +242,7 @@ wstun__ipcount *wstun__registry_conn_admit(wstun_server *srv, const char *peer,
     return NULL;
   char ip[sizeof(((wstun__ipcount *)0)->ip)];
   wstun__ip_count_key(peer, ip, sizeof(ip));
-  size_t b = hash_token(ip, strlen(ip)) % WSTUN__IP_BUCKETS;
+  size_t b = hash_token(srv, ip, strlen(ip)) % WSTUN__IP_BUCKETS;
   wstun__ipcount *c = srv->ips[b];
   while (c && strcmp(c->ip, ip) != 0)
     c = c->next;
@@ -276,8 +272,8 @@ void wstun__registry_conn_release(wstun_server *srv, wstun__ipcount *slot) {
   srv->nconns--;
   if (--slot->n > 0)
     return;
-  wstun__ipcount **pp =
-      &srv->ips[hash_token(slot->ip, strlen(slot->ip)) % WSTUN__IP_BUCKETS];
+  wstun__ipcount **pp = &srv->ips[hash_token(srv, slot->ip, strlen(slot->ip)) %
+                                  WSTUN__IP_BUCKETS];
   while (*pp && *pp != slot)
     pp = &(*pp)->next;
   if (*pp)

@@ -135,6 +135,7 @@ static void server_free(wstun_server *srv) {
     memset(srv->admin_token, 0, strlen(srv->admin_token));
     wstun__free(srv->admin_token);
   }
+  wstun__keyhash_free(&srv->bucket_hash);
   wstun__rng_free(&srv->rng);
   free_tls(srv);
   wstun__free(srv);
@@ -476,6 +477,11 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   rc = wstun__rng_init(&srv->rng);
   if (rc != 0)
     goto fail_early;
+  rc = wstun__keyhash_init(&srv->bucket_hash, &srv->rng);
+  if (rc != 0) {
+    wstun__rng_free(&srv->rng);
+    goto fail_early;
+  }
 
   struct sockaddr_storage addr;
   const char *host = cfg->host && *cfg->host ? cfg->host : "0.0.0.0";
@@ -533,6 +539,7 @@ int wstun_server_start(uv_loop_t *loop, const wstun_server_config *cfg,
   return 0;
 
 fail_rng:
+  wstun__keyhash_free(&srv->bucket_hash);
   wstun__rng_free(&srv->rng);
 fail_early:
   wstun__free(srv->base_path);

@@ -14,6 +14,7 @@
 #include "wstun_list.h"
 #include "wstun_log.h"
 #include "wstun_metrics.h"
+#include "wstun_keyhash.h"
 #include "wstun_rng.h"
 #include "wstun_tunnel.h"
 
@@ -106,6 +107,8 @@ struct wstun_server {
   wstun__conn_shared shared;
   wstun__logger log;
   wstun__rng rng;
+  /* the bucket hash of tokens and peer addresses (registry.c) */
+  wstun__keyhash bucket_hash;
   char *base_path;
   size_t base_len;
   wstun__password *passwords;

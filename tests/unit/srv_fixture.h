@@ -39,6 +39,8 @@ static inline wstun_server *sf_begin(void) {
   srv->idle_timeout_ms = 60000;
   srv->stall_ms = 10000;
   srv->max_header = 64 * 1024;
+  CHECK_EQ_INT(wstun__rng_init(&srv->rng), 0);
+  CHECK_EQ_INT(wstun__keyhash_init(&srv->bucket_hash, &srv->rng), 0);
   srv->buckets = wstun__calloc(1, sizeof(*srv->buckets));
   srv->nbuckets = 1; /* hash % 1: tokens go in by hand */
   return srv;
@@ -88,6 +90,8 @@ static inline void sf_end(wstun_server *srv) {
   CHECK(!uv_loop_alive(&sf_loop));
   CHECK_EQ_INT(uv_loop_close(&sf_loop), 0);
   wstun__free(srv->base_path);
+  wstun__keyhash_free(&srv->bucket_hash);
+  wstun__rng_free(&srv->rng);
   wstun__free(srv);
 }
 
