@@ -48,6 +48,7 @@ struct wstun__front {
   int discarding;   /* reading and dropping the body of an answered request */
   int head_req;     /* the request being answered is a HEAD: answers bodiless */
   int resp_chunked; /* re-encoding the response body as chunked */
+  int piping;       /* after an upgrade's 101: bytes pass raw both ways */
   /* the access log: a request head was read and its line is owed; it
    * named a token (ex.token_prefix: a tunneled request, a tunnel's
    * handshake); what was answered so far; who asked */
