@@ -27,7 +27,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, Proc, TIME_SCALE, get, main,  # noqa: E402
+from harness import (E2ETestCase, HOST, Proc, SRV_BIN, TIME_SCALE, get, main,  # noqa: E402
                      make_token, wait_tunnels, wait_until)
 
 def _import_websockets():
@@ -152,6 +152,7 @@ class RawUpgradeBackend:
         self.port = self.sock.getsockname()[1]
         self.url = "http://%s:%d" % (HOST, self.port)
         self.closed = threading.Event()
+        self.closed_paths = []  # x_flood: the targets whose peer went
         self.heads = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -203,6 +204,21 @@ def x_talk_then_close(be, c, head, rest):
     """Switches, sends a greeting, closes."""
     c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-echo\r\n"
               b"Connection: Upgrade\r\n\r\nhello from the backend\n")
+
+
+def x_flood(be, c, head, rest):
+    """Switches, then sends as fast as the pipe takes it until the peer
+    goes away."""
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-flood\r\n"
+              b"Connection: Upgrade\r\n\r\n")
+    block = b"f" * 65536
+    try:
+        while True:
+            c.sendall(block)
+    except OSError:
+        pass
+    be.closed_paths.append(head.split(b" ")[1])
+    be.closed.set()
 
 
 def refuse_400(be, c, head, rest):
@@ -460,6 +476,46 @@ class OtherUpgrades(PassthroughCase):
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
         self.assertEqual(rest + read_to_eof(s), b"hello from the backend\n")
 
+    def test_requester_that_stops_reading_stalls_only_its_pipe(self):
+        """A pipe whose requester reads nothing holds at most its window:
+        another pipe on the same tunnel moves meanwhile, and after
+        -stall-timeout the stream is reset and the requester cut (the
+        backend sees its connection close)."""
+        be = self.raw_backend(x_flood)
+        srv = self.server("-stall-timeout", "2")
+        tok = make_token("pt")
+        self.client(srv, tok, server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1))
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.settimeout(WAIT)
+        s.connect((HOST, srv.port))
+        self.addCleanup(s.close)
+        s.sendall(upgrade_head("/_token/%s/stalled" % tok, proto=b"x-flood"))
+        head, _ = read_head(s)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        # another pipe on the same token and tunnel still moves
+        s2 = self.connect(srv)
+        s2.sendall(upgrade_head("/_token/%s/reader" % tok, proto=b"x-flood"))
+        head2, rest2 = read_head(s2)
+        self.assertTrue(head2.startswith(b"HTTP/1.1 101 "), head2)
+        read_exactly(s2, 4 * MIB, rest2)
+        s2.close()
+        # the stalled requester is cut (read nothing until its backend
+        # connection closed), and its backend connection closed
+        self.assertTrue(wait_until(lambda: b"/stalled" in be.closed_paths,
+                                   WAIT), be.closed_paths)
+        cut = False
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and not cut:
+            try:
+                cut = s.recv(1 << 20) == b""
+            except OSError:
+                cut = True
+        self.assertTrue(cut, "the stalled requester was not cut")
+        self.assertTrue(srv.wait_stderr(r"requester read nothing", WAIT),
+                        srv.describe())
+
     def refused(self, handler):
         be = self.raw_backend(handler)
         srv, cli, tok = self.tunnel(be)
@@ -479,6 +535,30 @@ class OtherUpgrades(PassthroughCase):
         head, body = self.refused(refuse_200)
         self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
         self.assertEqual(body, b"just a page!")
+
+
+class InProcessHandler(PassthroughCase):
+    def test_upgrade_to_a_handler_is_501(self):
+        examples = os.environ.get(
+            "WSTUN_EXAMPLES_DIR",
+            os.path.join(os.path.dirname(SRV_BIN), "..", "examples"))
+        srv = self.server()
+        tok = make_token("ph")
+        ex = Proc([os.path.join(examples, "hello_handler"),
+                   "ws://%s:%d" % (HOST, srv.port), tok], name="hello_handler")
+        self._procs.append(ex)
+        self.addCleanup(self._checked_stop, ex)
+        self.assertTrue(wait_tunnels(srv, 1), ex.describe())
+        s = socket.create_connection((HOST, srv.port), timeout=WAIT)
+        self.addCleanup(s.close)
+        s.sendall(upgrade_head("/_token/%s/ws" % tok, proto=b"websocket"))
+        head, rest = read_head(s)
+        self.assertTrue(head.startswith(b"HTTP/1.1 501 "), head)
+        self.assertEqual(rest + read_to_eof(s),
+                         b"Protocol upgrades are not supported by the "
+                         b"in-process handler")
+        # and the handler still answers ordinary requests
+        self.assertEqual(get(srv.port, "/_token/%s/x" % tok).status, 200)
 
 
 class V1Peers(PassthroughCase):
