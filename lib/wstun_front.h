@@ -23,6 +23,9 @@
  *  - f->upgrade, f->discarding: what the parser's pause at the end of this
  *    head or body means (hand the socket to a tunnel / parse the next
  *    request), read in front_on_data and req_on_complete.
+ *  - f->piping: an upgrade's 101 went out (PROTOCOL.md 7.6): the parser is
+ *    done with this connection; its bytes go raw to the exchange, its EOF
+ *    ends one direction, and the end of the exchange closes it.
  * The registry holds no pointer to a front: it calls the exchange through
  * its reg_entry table, which the exchange's release unlinks first. */
 
