@@ -592,8 +592,8 @@ static void request_grew(wstun__exchange *ex) {
 }
 
 int wstun__exchange_body(wstun__exchange *ex, const uint8_t *d, size_t n) {
-  if (ex->req == NULL)
-    return 0; /* answered already: discard */
+  if (ex->req == NULL || ex->req->finished)
+    return 0; /* answered already, or a pipe's direction ended: discard */
   ex->moved += n;
   if (wstun__http_write_body(&ex->req->buf, d, n, ex->req_chunked) != 0)
     return WSTUN_ENOMEM;
@@ -737,9 +737,11 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
  * on_body, with its credit and stall watch); the requester's go into the
  * request message (wstun__exchange_body) until either side ends. */
 static int resp_on_switch(wstun__exchange *ex, wstun__http_head *h) {
-  ex->piping = 1;
-  if (ex->cbs->on_head(ex, h, 0, 0) != 0)
+  ex->piping = 1; /* tells on_head it is a 101 */
+  if (ex->cbs->on_head(ex, h, 0, 0) != 0) {
+    ex->piping = 0;
     return -1;
+  }
   ex->state = WSTUN__EX_RESPONDING;
   account(ex, 1);
   wstun__log(&ex->srv->log, WSTUN_LOG_DEBUG,
