@@ -82,6 +82,7 @@ static void *cli_msg_begin(wstun__tunnel *t, uint32_t wire_id) {
 static void pipe_to_backend(wstun_request *req, const uint8_t *d, size_t n) {
   if (req->state == WSTUN__CR_FORWARD && req->up != NULL &&
       wstun__buf_append(&req->to_backend, d, n) == 0) {
+    req->pipe_out += n;
     wstun__upstream_push(req);
     return;
   }

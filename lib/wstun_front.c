@@ -99,6 +99,7 @@ static void access_done(wstun__front *f) {
   r.path = access_path(srv, wstun__http_head_target(h), h->target_len, &owned);
   r.status = f->resp_status ? f->resp_status : 499;
   r.bytes = f->resp_bytes;
+  r.bytes_in = f->pipe_in;
   r.duration_ms = uv_now(srv->loop) - f->ex.start_ms;
   r.remote = f->req_peer[0] ? f->req_peer : NULL;
   r.token = f->req_token ? f->ex.token_prefix : NULL;
@@ -113,6 +114,7 @@ static void access_begin(wstun__front *f) {
   f->req_token = 0;
   f->resp_status = 0;
   f->resp_bytes = 0;
+  f->pipe_in = 0;
   f->req_peer[0] = '\0';
   if (WSTUN__ACCESS_ON(&f->srv->log) && f->conn)
     wstun__conn_peer(f->conn, f->req_peer, sizeof(f->req_peer));
@@ -707,9 +709,11 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   size_t off = 0;
   if (f->piping) {
     /* after a 101: the requester's bytes, raw, while the pipe is open */
-    int rc = wstun__exchange_active(&f->ex)
-                 ? wstun__exchange_body(&f->ex, data, len)
-                 : 0;
+    int rc = 0;
+    if (wstun__exchange_active(&f->ex)) {
+      f->pipe_in += len;
+      rc = wstun__exchange_body(&f->ex, data, len);
+    }
     if (rc < 0)
       front_abort(f);
     else if (rc > 0 && f->conn)

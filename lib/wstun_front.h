@@ -58,6 +58,7 @@ struct wstun__front {
   int req_open, req_token;
   int resp_status;
   uint64_t resp_bytes;
+  uint64_t pipe_in; /* a pipe's bytes from the requester */
   char req_peer[64];
   wstun__exchange ex;
 };

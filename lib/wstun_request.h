@@ -92,6 +92,7 @@ struct wstun_request {
   char token_prefix[12]; /* the client's token, cut */
   int resp_status;       /* 0 until an answer is made */
   uint64_t resp_bytes;   /* its body bytes */
+  uint64_t pipe_out;     /* a pipe's bytes to the backend */
 };
 
 /* A request for message `id` on t, holding the message's and the

@@ -327,7 +327,8 @@ class WebSocket(PassthroughCase):
         # the access line, once the pipe is over: 101, on both sides
         for p in (srv, cli):
             self.assertTrue(p.wait_stderr(
-                r"access method=GET path=/echo\?x=1 status=101 bytes=[1-9]",
+                r"access method=GET path=/echo\?x=1 status=101 bytes=[1-9]\d* "
+                r"bytes_in=[1-9]",
                 WAIT), p.describe())
 
     def test_via_x_token(self):
