@@ -364,7 +364,7 @@ class WebSocket(PassthroughCase):
         be = self.ws_backend()
         srv, cli, tok = self.tunnel(be)
         uri = "ws://%s:%d/_token/%s/echo" % (HOST, srv.port, tok)
-        npipes, nplain = 24, 24
+        npipes, nplain = 48, 32
         plain = [None] * nplain
 
         def plain_get(i):
@@ -536,6 +536,46 @@ class OtherUpgrades(PassthroughCase):
         head, body = self.refused(refuse_200)
         self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
         self.assertEqual(body, b"just a page!")
+
+
+class OverTLS(PassthroughCase):
+    """wss:// to wstunsrv (its own TLS) and a wss:// tunnel: the pipe's
+    ends are TLS streams, and a close on either side still ends it."""
+
+    def test_websocket_over_wss(self):
+        import ssl
+        import tlsutil
+        if not tlsutil.OPENSSL:
+            self.skipTest("the openssl CLI is not installed")
+        pki = tlsutil.PKI()
+        ca = pki.ca("passthrough test CA")
+        leaf = pki.leaf(ca, dns=("localhost",), ips=("127.0.0.1",))
+        be = self.ws_backend()
+        srv = self.server("-tls-cert", leaf.cert, "-tls-key", leaf.key)
+        tok = make_token("pt")
+        self.client(srv, tok, "-certfile", ca.cert, server_url=be.url,
+                    tunnel_url="wss://localhost:%d" % srv.port)
+        self.assertTrue(tlsutil.wait_https_tunnels(
+            srv.port, tlsutil.client_ctx(ca.cert), 1, WAIT))
+        ctx = ssl.create_default_context(cafile=ca.cert)
+        uri = "wss://localhost:%d/_token/%s/bye" % (srv.port, tok)
+
+        async def talk():
+            async with websockets.connect(uri, ssl=ctx, max_size=None,
+                                          open_timeout=WAIT,
+                                          close_timeout=WAIT) as ws:
+                big = payload(MIB, 3)
+                await ws.send(big)
+                self.assertEqual(await ws.recv(), big)
+                await ws.send("bye")
+                try:
+                    await ws.recv()
+                except websockets.exceptions.ConnectionClosed as e:
+                    return e.code, e.reason
+                raise AssertionError("no close")
+
+        self.assertEqual(run_async(talk()), (4001, "backend says bye"))
+        self.assertTrue(wait_until(lambda: len(be.closes) >= 1, WAIT))
 
 
 class InProcessHandler(PassthroughCase):
