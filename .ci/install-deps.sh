@@ -15,10 +15,12 @@ PACKAGES=(
 # makes the TLS tests' certificates and tinyproxy is their CONNECT proxy;
 # valgrind runs a subset of the end-to-end tests (tests/valgrind.sh);
 # systemd brings systemd-analyze, which verifies the units (install test);
-# haproxy is the balancer of the cluster test (tests/e2e/test_cluster.py).
+# haproxy is the balancer of the cluster test (tests/e2e/test_cluster.py);
+# python3-websockets is the WebSocket backend and client of the
+# passthrough test (tests/e2e/test_passthrough.py).
 if [ "${1:-}" = "--tests" ]; then
   PACKAGES+=(prometheus man-db clang libclang-rt-14-dev openssl tinyproxy
-             valgrind systemd haproxy)
+             valgrind systemd haproxy python3-websockets)
 fi
 
 missing=()

@@ -76,6 +76,19 @@ static void *cli_msg_begin(wstun__tunnel *t, uint32_t wire_id) {
   return req;
 }
 
+/* An upgrade's bytes after its head: to the backend as they are (their
+ * credit goes back as its connection takes them), or dropped when it is
+ * gone or refused the upgrade. */
+static void pipe_to_backend(wstun_request *req, const uint8_t *d, size_t n) {
+  if (req->state == WSTUN__CR_FORWARD && req->up != NULL &&
+      wstun__buf_append(&req->to_backend, d, n) == 0) {
+    req->pipe_out += n;
+    wstun__upstream_push(req);
+    return;
+  }
+  wstun__request_consume(req);
+}
+
 static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
                         size_t n) {
   wstun_request *req = sink;
@@ -84,6 +97,10 @@ static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
    * gives it back as its connection takes them); any other bytes are
    * done with at once */
   req->unconsumed += n;
+  if (req->upgrade && req->req_complete) {
+    pipe_to_backend(req, d, n);
+    return 0;
+  }
   if (req->req_complete) {
     req->msg_extra += n; /* a message carries one request */
     wstun__request_consume(req);
@@ -96,6 +113,11 @@ static int cli_msg_data(wstun__tunnel *t, void *sink, const uint8_t *d,
   size_t used;
   wstun__request_ref(req);
   int rc = wstun__http_parser_feed(&req->parser, d, n, &used);
+  if (rc == WSTUN__HTTP_PAUSED && req->upgrade && used < n) {
+    pipe_to_backend(req, d + used, n - used); /* after the head: the pipe's */
+    wstun__request_unref(req);
+    return 0;
+  }
   if (rc == WSTUN__HTTP_PAUSED)
     req->msg_extra += n - used;
   if (rc == WSTUN__HTTP_ERROR) {
@@ -124,6 +146,8 @@ static void cli_msg_end(wstun__tunnel *t, void *sink, int complete) {
                "WS   RCV id=%04x: %llu bytes after the request in its "
                "message: dropped",
                req->id, (unsigned long long)req->msg_extra);
+  if (req->piping && req->up != NULL)
+    wstun__upstream_pipe_end(req); /* the requester closed its side */
   if (!req->req_complete && req->state != WSTUN__CR_ANSWERED) {
     /* the request stopped short: the backend must not take it as whole */
     wstun__upstream_detach(req);
@@ -232,6 +256,18 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   wstun__log(&cli->log, WSTUN_LOG_DEBUG, "WS   RCV id=%04x verb=%s url=%s",
              req->id, llhttp_method_name((llhttp_method_t)h->method),
              wstun__http_head_target(h));
+  /* an upgrade passes through only on v2, and only to a backend; on v1
+   * it goes as a plain request, its Upgrade stripped, as it always did */
+  req->upgrade = wstun__tunnel_is_v2(req->t) &&
+                 wstun__http_head_has_token(h, "Connection", "upgrade") &&
+                 wstun__http_head_get(h, "Upgrade") != NULL;
+  if (cli->handler && req->upgrade) {
+    req->upgrade = 0;
+    wstun__request_answer(req, 501,
+                          "Protocol upgrades are not supported by the "
+                          "in-process handler");
+    return 0;
+  }
   if (cli->handler) {
     req->state = WSTUN__CR_HANDLER;
     req->method_str =
@@ -262,12 +298,16 @@ static int req_on_head(void *ud, wstun__http_head *h) {
   wstun__url_free(&xu);
   if (rc != 0)
     return -1;
-  wstun__http_head_strip_hop_by_hop(h, 1);
+  if (req->upgrade) /* the rest of the message is the pipe's, no body */
+    rc = wstun__http_head_strip_for_upgrade(h);
+  else
+    wstun__http_head_strip_hop_by_hop(h, 1);
   wstun__http_head_remove(h, "X-Host");
   wstun__http_head_remove(h, "Host");
-  rc = wstun__http_head_add(h, "Host", host);
-  rc |= wstun__http_head_frame(h, h->has_content_length, h->content_length,
-                               h->chunked, &req->req_chunked);
+  rc |= wstun__http_head_add(h, "Host", host);
+  if (!req->upgrade)
+    rc |= wstun__http_head_frame(h, h->has_content_length, h->content_length,
+                                 h->chunked, &req->req_chunked);
   if (rc != 0 || wstun__http_head_write(h, &req->to_backend) != 0)
     return -1;
   req->state = WSTUN__CR_FORWARD;

@@ -14,6 +14,7 @@
 #include "wstun_alloc.h"
 #include "wstun_exchange.h"
 #include "wstun_registry.h"
+#include "wstun_router.h"
 #include "wstun_util.h"
 
 #define RESP_MAX_HEAD (1 << 20) /* response heads from tunnel clients */
@@ -75,6 +76,8 @@ void wstun__exchange_reset(wstun__exchange *ex, const wstun__http_head *h) {
   ex->resp_hold = 0;
   ex->unconsumed = 0;
   ex->moved = 0;
+  ex->upgrade = 0;
+  ex->piping = 0;
 }
 
 int wstun__exchange_active(const wstun__exchange *ex) {
@@ -475,13 +478,21 @@ static int build_request(wstun__exchange *ex, wstun__http_head *h,
     return WSTUN_ENOMEM;
   }
   *expect = wstun__http_head_has_token(h, "Expect", "100-continue");
-  wstun__http_head_strip_hop_by_hop(h, 1);
+  /* an upgrade keeps what makes it one; the bytes after its head are the
+   * pipe's, never a body (the front's parser stopped at the head) */
+  if (ex->upgrade)
+    rc = wstun__http_head_strip_for_upgrade(h);
+  else
+    wstun__http_head_strip_hop_by_hop(h, 1);
   wstun__http_head_remove(h, "Expect");
   wstun__http_head_remove(h, "X-Forwarded-For");
-  rc = wstun__http_head_add(h, "X-Forwarded-For", (const char *)v.base);
+  rc |= wstun__http_head_add(h, "X-Forwarded-For", (const char *)v.base);
   wstun__buf_free(&v);
-  rc |= wstun__http_head_frame(h, h->has_content_length, h->content_length,
-                               h->chunked, &ex->req_chunked);
+  if (ex->upgrade)
+    ex->req_chunked = 0;
+  else
+    rc |= wstun__http_head_frame(h, h->has_content_length, h->content_length,
+                                 h->chunked, &ex->req_chunked);
   ex->req = rc == 0 ? wstun__outmsg_new(&req_msg_cbs, ex) : NULL;
   if (ex->req == NULL)
     return WSTUN_ENOMEM;
@@ -519,6 +530,12 @@ int wstun__exchange_start(wstun__exchange *ex, wstun__http_head *h,
     *text = "Tunnel not found (or not seen in a long time)";
     return 404;
   }
+  if (ex->upgrade && !srv->v2) {
+    /* -protocol v1: no tunnel can carry it (PROTOCOL.md 7.6) */
+    *text = WSTUN__UPGRADE_REFUSED;
+    return 501;
+  }
+  ex->reg.v2_only = ex->upgrade != 0;
   if (build_request(ex, h, target, tlen, peer_ip, expect) != 0) {
     wstun__outmsg *m = ex->req;
     ex->req = NULL;
@@ -553,7 +570,9 @@ static void dispatch_if_ready(wstun__exchange *ex) {
   if (ex->req->finished && ex->tries == 0 && size <= REPLAY_MAX &&
       wstun__buf_append(&ex->replay, wstun__buf_data(&ex->req->buf), size) != 0)
     wstun__buf_free(&ex->replay); /* no copy: no replay, nothing else lost */
-  if (ex->req->finished || wstun__buf_size(&ex->req->buf) >= WSTUN__STREAM_AT) {
+  /* an upgrade's head goes at once: nothing follows it before the 101 */
+  if (ex->req->finished || ex->upgrade ||
+      wstun__buf_size(&ex->req->buf) >= WSTUN__STREAM_AT) {
     dispatch(ex);
     if (ex->req && !ex->req->finished && !ex->cancelled &&
         (ex->state == WSTUN__EX_QUEUED || ex->state == WSTUN__EX_SENDING)) {
@@ -568,13 +587,13 @@ static void dispatch_if_ready(wstun__exchange *ex) {
 static void request_grew(wstun__exchange *ex) {
   if (ex->state == WSTUN__EX_READING)
     dispatch_if_ready(ex);
-  else if (ex->state == WSTUN__EX_SENDING)
+  else if (ex->state == WSTUN__EX_SENDING || ex->piping)
     wstun__registry_kick(&ex->reg);
 }
 
 int wstun__exchange_body(wstun__exchange *ex, const uint8_t *d, size_t n) {
-  if (ex->req == NULL)
-    return 0; /* answered already: discard */
+  if (ex->req == NULL || ex->req->finished)
+    return 0; /* answered already, or a pipe's direction ended: discard */
   ex->moved += n;
   if (wstun__http_write_body(&ex->req->buf, d, n, ex->req_chunked) != 0)
     return WSTUN_ENOMEM;
@@ -585,12 +604,23 @@ int wstun__exchange_body(wstun__exchange *ex, const uint8_t *d, size_t n) {
 int wstun__exchange_body_end(wstun__exchange *ex) {
   if (ex->req == NULL)
     return 0;
+  if (ex->upgrade && !ex->piping) {
+    request_grew(ex); /* the head is whole: on its way, the message open */
+    return 0;
+  }
   if (ex->req_chunked &&
       wstun__buf_append_str(&ex->req->buf, WSTUN__HTTP_LAST_CHUNK) != 0)
     return WSTUN_ENOMEM;
   ex->req->finished = 1;
   request_grew(ex);
   return 0;
+}
+
+void wstun__exchange_pipe_end(wstun__exchange *ex) {
+  if (!ex->piping || ex->req == NULL || ex->req->finished || ex->cancelled)
+    return;
+  ex->req->finished = 1; /* END after what the requester sent */
+  wstun__registry_kick(&ex->reg);
 }
 
 /* ---- the request message's life on the tunnel --------------------------- */
@@ -638,7 +668,8 @@ static void req_msg_failed(void *owner, wstun__outmsg *m, int restartable) {
                "WS   SND token=%s id=%04x failed: retrying (try %d)",
                ex->token_prefix, ex->reg.id, ex->tries + 1);
     ex->state = WSTUN__EX_READING;
-    if (m->finished || wstun__buf_size(&m->buf) >= WSTUN__STREAM_AT)
+    if (m->finished || ex->upgrade ||
+        wstun__buf_size(&m->buf) >= WSTUN__STREAM_AT)
       dispatch(ex);
     return;
   }
@@ -661,12 +692,16 @@ static const wstun__outmsg_cbs req_msg_cbs = {
 
 /* ---- the response from the tunnel --------------------------------------- */
 
+static int resp_on_switch(wstun__exchange *ex, wstun__http_head *h);
+
 static int resp_on_head(void *ud, wstun__http_head *h) {
   wstun__exchange *ex = ud;
   int status = h->status;
+  if (status == 101 && ex->upgrade && wstun__registry_is_v2(&ex->reg))
+    return resp_on_switch(ex, h);
   if (status == 101) {
-    /* upgrades are never tunneled: a 101 would tell a proxy in front of
-     * us to pass raw bytes from now on, straight to this server */
+    /* only an upgrade request may switch, and only on v2: a 101 would
+     * tell a proxy in front of us to pass raw bytes from now on */
     wstun__log(&ex->srv->log, WSTUN_LOG_WARN,
                "WS   RCV token=%s id=%04x: 101 from the tunnel client refused",
                ex->token_prefix, ex->reg.id);
@@ -675,6 +710,11 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
   if (status >= 100 && status < 200)
     return 1; /* interim (the 100 Continue is ours to send): dropped */
   int no_body = ex->method == HTTP_HEAD || status == 204 || status == 304;
+  if (ex->upgrade && ex->req && !ex->req->finished) {
+    /* refused: an ordinary answer, and our direction ends (7.6) */
+    ex->req->finished = 1;
+    wstun__registry_kick(&ex->reg);
+  }
   /* HTTP/1.0 requesters get a body ended by the connection's close */
   int http11 = ex->head->major == 1 && ex->head->minor >= 1;
   ex->resp_close = !h->has_content_length && !no_body && !http11;
@@ -690,6 +730,26 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
   if (wstun__registry_is_v2(&ex->reg))
     stream_idle_watch(ex); /* -httptimeout bounded the wait for the head */
   return no_body ? 1 : 0;
+}
+
+/* The backend switched protocols: from now on the stream is a pipe. The
+ * response direction's bytes go to the requester as they are (through
+ * on_body, with its credit and stall watch); the requester's go into the
+ * request message (wstun__exchange_body) until either side ends. */
+static int resp_on_switch(wstun__exchange *ex, wstun__http_head *h) {
+  ex->piping = 1; /* tells on_head it is a 101 */
+  if (ex->cbs->on_head(ex, h, 0, 0) != 0) {
+    ex->piping = 0;
+    return -1;
+  }
+  ex->state = WSTUN__EX_RESPONDING;
+  account(ex, 1);
+  wstun__log(&ex->srv->log, WSTUN_LOG_DEBUG,
+             "WS   RCV token=%s id=%04x status=101: piping", ex->token_prefix,
+             ex->reg.id);
+  wstun__exchange_log_ret(ex, 101);
+  stream_idle_watch(ex); /* the only timeout of a pipe */
+  return 1;
 }
 
 static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
@@ -711,6 +771,8 @@ static int resp_on_body(void *ud, const uint8_t *d, size_t n) {
 
 static int resp_on_complete(void *ud) {
   wstun__exchange *ex = ud;
+  if (ex->piping)
+    return 1; /* the 101 is over: no more HTTP in this direction */
   int status = ex->resp.head.status;
   if (status >= 100 && status < 200)
     return 0; /* an interim response (dropped): the final one follows */
@@ -743,12 +805,17 @@ static int resp_data(wstun__exchange *ex, const uint8_t *d, size_t n) {
     ex->resp_done = 0;
     ex->resp_extra = 0;
   }
+  if (ex->piping)
+    return resp_on_body(ex, d, n) != 0 ? -1 : 0;
   if (ex->resp_done) {
     ex->resp_extra += n; /* bytes after a complete response: dropped */
     return 0;
   }
   size_t used;
   int rc = wstun__http_parser_feed(&ex->resp, d, n, &used);
+  if (rc == WSTUN__HTTP_PAUSED && ex->piping && !ex->cancelled &&
+      ex->state == WSTUN__EX_RESPONDING)
+    return used < n && resp_on_body(ex, d + used, n - used) != 0 ? -1 : 0;
   if (rc == WSTUN__HTTP_PAUSED)
     ex->resp_extra += n - used;
   if (rc == WSTUN__HTTP_ERROR) {
@@ -769,6 +836,16 @@ static void resp_end(wstun__exchange *ex, int complete) {
     else
       wstun__exchange_tunnel_lost(ex);
     return;
+  }
+  if (ex->piping && complete) {
+    /* the backend's side ended (END): the requester gets the rest and
+     * the connection's close; a request direction still open is reset
+     * (NO_ERROR) with what it holds */
+    wstun__log(&ex->srv->log, WSTUN_LOG_DEBUG,
+               "WS   RCV token=%s id=%04x: pipe closed by the tunnel client "
+               "(%llu bytes moved)",
+               ex->token_prefix, ex->reg.id, (unsigned long long)ex->moved);
+    ex->resp_done = 1;
   }
   if (!ex->resp_done && complete &&
       wstun__http_parser_finish(&ex->resp) == WSTUN__HTTP_OK && ex->resp_close)

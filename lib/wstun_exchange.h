@@ -38,6 +38,9 @@ typedef enum {
 
 typedef struct wstun__exchange_cbs {
   /* The final response head: frame it for the requester and write it.
+   * A 101 (ex->piping set) ends HTTP on the connection: the requester's
+   * bytes go to wstun__exchange_body raw from now on, and on_body
+   * brings the backend's, raw as well, until on_done.
    * no_body: the response has none (HEAD, 204, 304); close_delimited:
    * its body ends with the connection (an HTTP/1.0 requester and no
    * Content-Length). 0, or nonzero when it cannot be written. */
@@ -88,6 +91,10 @@ struct wstun__exchange {
   /* a node of a cluster (srv->tunnel_wait_ms): until this uv_now ms the
    * request may wait for its token's tunnel, then 404; 0 = no such wait */
   uint64_t tunnel_wait_end;
+  /* an upgrade request (set by the front before exchange_start): its
+   * head goes at once and its message stays open; after a 101 (piping)
+   * the stream is a two-way byte pipe (PROTOCOL.md 7.6) */
+  int upgrade, piping;
   /* v2 */
   uint32_t req_head_len; /* the request head's bytes in its message */
   uint32_t end_code;     /* the RESET code for our end (0: by outcome) */
@@ -126,11 +133,17 @@ int wstun__exchange_start(wstun__exchange *ex, wstun__http_head *h,
                           const char *tok, size_t toklen, const char *target,
                           size_t tlen, const char *peer_ip, const char *peer,
                           int *expect, const char **text);
-/* Request body bytes: 0, 1 when the requester should pause (the message
- * is full), negative when out of memory. */
+/* Request body bytes (while piping: the requester's raw bytes): 0, 1
+ * when the requester should pause (the message is full), negative when
+ * out of memory. */
 int wstun__exchange_body(wstun__exchange *ex, const uint8_t *d, size_t n);
-/* The whole request was read. 0, or negative when out of memory. */
+/* The whole request was read. 0, or negative when out of memory. For an
+ * upgrade this is its head: it is dispatched, and its message stays open
+ * for the pipe. */
 int wstun__exchange_body_end(wstun__exchange *ex);
+/* While piping: the requester closed its side (EOF); its direction ends
+ * (END) after the bytes it sent. */
+void wstun__exchange_pipe_end(wstun__exchange *ex);
 /* 1 while a request is in flight (started, not over). */
 int wstun__exchange_active(const wstun__exchange *ex);
 /* Ends the exchange now with status/text (an ABORTED end once the

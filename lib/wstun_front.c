@@ -99,6 +99,7 @@ static void access_done(wstun__front *f) {
   r.path = access_path(srv, wstun__http_head_target(h), h->target_len, &owned);
   r.status = f->resp_status ? f->resp_status : 499;
   r.bytes = f->resp_bytes;
+  r.bytes_in = f->pipe_in;
   r.duration_ms = uv_now(srv->loop) - f->ex.start_ms;
   r.remote = f->req_peer[0] ? f->req_peer : NULL;
   r.token = f->req_token ? f->ex.token_prefix : NULL;
@@ -113,6 +114,7 @@ static void access_begin(wstun__front *f) {
   f->req_token = 0;
   f->resp_status = 0;
   f->resp_bytes = 0;
+  f->pipe_in = 0;
   f->req_peer[0] = '\0';
   if (WSTUN__ACCESS_ON(&f->srv->log) && f->conn)
     wstun__conn_peer(f->conn, f->req_peer, sizeof(f->req_peer));
@@ -283,9 +285,35 @@ static wstun__front *ex_front(wstun__exchange *ex) {
   return wstun__list_entry(ex, wstun__front, ex);
 }
 
+/* The requester's bytes held since the upgrade's head go into the pipe:
+ * resumed from the loop, not from inside the tunnel's receive path that
+ * brought the 101. */
+static void on_pipe_start(uv_timer_t *t) {
+  wstun__front *f = t->data;
+  if (f->conn && f->piping)
+    wstun__conn_resume(f->conn);
+}
+
+/* An upgrade's 101: written with what makes it one, then the connection
+ * is a pipe (front_on_data), closed when it ends. */
+static int pipe_head(wstun__front *f, wstun__http_head *h) {
+  if (wstun__http_head_strip_for_upgrade(h) != 0 || f->conn == NULL ||
+      wstun__http_head_write(h, wstun__conn_outbuf(f->conn)) != 0)
+    return -1;
+  note_answer(f, h->status, 0);
+  wstun__conn_flush(f->conn);
+  f->resp_chunked = 0;
+  f->close_after = 1;
+  f->piping = 1;
+  set_timer(f, 0, on_pipe_start);
+  return 0;
+}
+
 static int ex_on_head(wstun__exchange *ex, wstun__http_head *h, int no_body,
                       int close_delimited) {
   wstun__front *f = ex_front(ex);
+  if (ex->piping)
+    return pipe_head(f, h);
   /* HTTP/1.0 requesters get a body ended by the connection's close */
   int http11 = f->parser.head.major == 1 && f->parser.head.minor >= 1;
   wstun__http_head_strip_hop_by_hop(h, 1);
@@ -547,6 +575,9 @@ static int req_on_head(void *ud, wstun__http_head *h) {
     route_metrics(f, h);
     break;
   case WSTUN__ROUTE_TUNNEL:
+    f->ex.upgrade = d.upgrade;
+    if (d.close)
+      f->close_after = 1; /* an upgrade: a pipe, or refused */
     route_tunnel(f, h, d.tok, d.toklen, d.target, d.tlen);
     break;
   case WSTUN__ROUTE_ANSWER:
@@ -676,6 +707,19 @@ static int upgrade(wstun__front *f, wstun__http_head *h, const uint8_t *rest,
 static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
   wstun__front *f = c->owner;
   size_t off = 0;
+  if (f->piping) {
+    /* after a 101: the requester's bytes, raw, while the pipe is open */
+    int rc = 0;
+    if (wstun__exchange_active(&f->ex)) {
+      f->pipe_in += len;
+      rc = wstun__exchange_body(&f->ex, data, len);
+    }
+    if (rc < 0)
+      front_abort(f);
+    else if (rc > 0 && f->conn)
+      wstun__conn_pause(f->conn); /* the stream has no room: wait */
+    return len;
+  }
   while (off < len && !f->closing) {
     if (f->phase != WSTUN__FRONT_IDLE &&
         !wstun__http_parser_in_message(&f->parser))
@@ -734,8 +778,16 @@ static size_t front_on_data(wstun__conn *c, const uint8_t *data, size_t len) {
 }
 
 static void front_on_end(wstun__conn *c, int err) {
-  (void)err; /* TLS failures are logged when the connection closes */
-  wstun__front_close(c->owner);
+  wstun__front *f = c->owner;
+  /* a pipe's requester closed its side: that direction ends (END) and
+   * the other goes on until the tunnel client ends it */
+  if (f->piping && err == UV_EOF && wstun__exchange_active(&f->ex) &&
+      !f->closing) {
+    wstun__exchange_pipe_end(&f->ex);
+    return;
+  }
+  /* TLS failures are logged when the connection closes */
+  wstun__front_close(f);
 }
 
 /* The TLS handshake is over: from now on the plain idle timeout, and

@@ -23,6 +23,9 @@
  *  - f->upgrade, f->discarding: what the parser's pause at the end of this
  *    head or body means (hand the socket to a tunnel / parse the next
  *    request), read in front_on_data and req_on_complete.
+ *  - f->piping: an upgrade's 101 went out (PROTOCOL.md 7.6): the parser is
+ *    done with this connection; its bytes go raw to the exchange, its EOF
+ *    ends one direction, and the end of the exchange closes it.
  * The registry holds no pointer to a front: it calls the exchange through
  * its reg_entry table, which the exchange's release unlinks first. */
 
@@ -48,12 +51,14 @@ struct wstun__front {
   int discarding;   /* reading and dropping the body of an answered request */
   int head_req;     /* the request being answered is a HEAD: answers bodiless */
   int resp_chunked; /* re-encoding the response body as chunked */
+  int piping;       /* after an upgrade's 101: bytes pass raw both ways */
   /* the access log: a request head was read and its line is owed; it
    * named a token (ex.token_prefix: a tunneled request, a tunnel's
    * handshake); what was answered so far; who asked */
   int req_open, req_token;
   int resp_status;
   uint64_t resp_bytes;
+  uint64_t pipe_in; /* a pipe's bytes from the requester */
   char req_peer[64];
   wstun__exchange ex;
 };

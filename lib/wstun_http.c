@@ -226,6 +226,19 @@ void wstun__http_head_strip_hop_by_hop(wstun__http_head *h, int framing) {
   }
 }
 
+int wstun__http_head_strip_for_upgrade(wstun__http_head *h) {
+  wstun__buf up = WSTUN__BUF_INIT;
+  int n = wstun__http_head_join(h, "Upgrade", &up);
+  int rc = n < 0 ? n : wstun__buf_append(&up, "", 1);
+  wstun__http_head_strip_hop_by_hop(h, 1);
+  if (rc == 0 && n > 0) {
+    rc = wstun__http_head_add(h, "Connection", "Upgrade");
+    rc |= wstun__http_head_add(h, "Upgrade", (const char *)up.base);
+  }
+  wstun__buf_free(&up);
+  return rc != 0 ? WSTUN_ENOMEM : 0;
+}
+
 int wstun__http_head_frame(wstun__http_head *h, int has_len, uint64_t len,
                            int chunk_ok, int *chunked) {
   *chunked = 0;

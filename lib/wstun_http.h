@@ -65,6 +65,12 @@ int wstun__http_head_set_target(wstun__http_head *h, const char *target,
  * named in Connection, and framing headers (Content-Length,
  * Transfer-Encoding) when `framing` is set. */
 void wstun__http_head_strip_hop_by_hop(wstun__http_head *h, int framing);
+/* The same for the head of an upgrade (a request with Upgrade and
+ * Connection: upgrade, or its 101), which the next hop must see as one:
+ * the hop-by-hop and framing headers go, then "Connection: Upgrade" and
+ * one Upgrade line with every protocol the head named come back (none
+ * when it named none). 0 or WSTUN_ENOMEM. */
+int wstun__http_head_strip_for_upgrade(wstun__http_head *h);
 /* Re-frames a message whose framing headers were stripped: adds
  * Content-Length when `has_len`, else "Transfer-Encoding: chunked" when
  * `chunk_ok` (then *chunked = 1: the body must be chunk-encoded), else

@@ -118,9 +118,10 @@ const char *wstun__log_access_text(const wstun_log_request *r, char *buf,
     return buf;
   }
   buf[0] = '\0';
-  char status[16], bytes[24], ms[24], id[24];
+  char status[16], bytes[24], bytes_in[24], ms[24], id[24];
   snprintf(status, sizeof(status), "%d", r->status);
   snprintf(bytes, sizeof(bytes), "%" PRIu64, r->bytes);
+  snprintf(bytes_in, sizeof(bytes_in), "%" PRIu64, r->bytes_in);
   snprintf(ms, sizeof(ms), "%" PRIu64, r->duration_ms);
   snprintf(id, sizeof(id), "%04" PRIx64, (uint64_t)r->id);
   put(&o, "access", 6);
@@ -128,6 +129,7 @@ const char *wstun__log_access_text(const wstun_log_request *r, char *buf,
   put_field(&o, "path", r->path ? r->path : "");
   put_field(&o, "status", status);
   put_field(&o, "bytes", bytes);
+  put_field(&o, "bytes_in", r->bytes_in ? bytes_in : NULL); /* pipes */
   put_field(&o, "duration_ms", ms);
   put_field(&o, "remote", r->remote);
   put_field(&o, "token", r->token);
@@ -237,6 +239,8 @@ int wstun_log_format_json(const wstun_log_record *rec, const char *time,
     rc |= add_text(o, "path", r->path);
     rc |= add_int(o, "status", r->status);
     rc |= add_int(o, "bytes", (json_int_t)r->bytes);
+    if (r->bytes_in)
+      rc |= add_int(o, "bytes_in", (json_int_t)r->bytes_in);
     rc |= add_int(o, "duration_ms", (json_int_t)r->duration_ms);
     rc |= add_text(o, "remote", r->remote);
     rc |= add_text(o, "token", r->token);

@@ -11,6 +11,7 @@
 #include "wstun_alloc.h"
 #include "wstun_proto.h"
 #include "wstun_registry.h"
+#include "wstun_router.h"
 #include "wstun_util.h"
 #include "wstun_v2.h"
 #include "wstun_ws.h"
@@ -309,14 +310,14 @@ static int takes_more(const wstun__srv_tunnel *st) {
                      st->last_stream < WSTUN__V2_ID_MAX - 1);
 }
 
-static wstun__srv_tunnel *pick_tunnel(wstun__token *tok) {
+static wstun__srv_tunnel *pick_tunnel(wstun__token *tok, int v2_only) {
   /* fewest exchanges in flight; ties broken round-robin */
   wstun__srv_tunnel *best = NULL, *st;
   unsigned i = 0, start = tok->rr++;
   size_t n = tok->ntunnels ? tok->ntunnels : 1;
   FOREACH_TUNNEL(st, tok) {
     unsigned at = i++;
-    if (!takes_more(st))
+    if (!takes_more(st) || (v2_only && !st->v2))
       continue;
     if (best == NULL || st->ninflight < best->ninflight ||
         (st->ninflight == best->ninflight && at == start % n))
@@ -371,8 +372,28 @@ static int v2_slots_later(const wstun__token *tok) {
   return 0;
 }
 
+/* An upgrade (v2_only) that no tunnel of the token will ever carry: it
+ * has live tunnels, all v1 (the Go client, or -protocol v1). With none
+ * at all it waits, as any request, for one to come. */
+static int only_v1_tunnels(const wstun__token *tok) {
+  const wstun__srv_tunnel *st;
+  int live = 0;
+  FOREACH_TUNNEL(st, tok) {
+    if (st->t == NULL || st->t->closing)
+      continue;
+    if (st->v2)
+      return 0;
+    live = 1;
+  }
+  return live;
+}
+
 int wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e) {
   wstun__token *tok = e->tok;
+  if (e->v2_only && only_v1_tunnels(tok)) {
+    e->cbs->on_fail(e, 501, WSTUN__UPGRADE_REFUSED);
+    return 0;
+  }
   /* max_queue bounds what waits for a tunnel that may never come (or one
    * that does not move); exchanges waiting for a stream of a live v2
    * tunnel are bounded by the connection caps instead (each is a
@@ -385,7 +406,7 @@ int wstun__registry_dispatch(wstun_server *srv, wstun__reg_entry *e) {
     e->cbs->on_fail(e, 504, "too many requests in-flight, tunnel broken?");
     return 0;
   }
-  wstun__srv_tunnel *st = pick_tunnel(tok);
+  wstun__srv_tunnel *st = pick_tunnel(tok, e->v2_only);
   if (st != NULL && tok->nqueued == 0) { /* first come, first served */
     send_on(st, e);
     return 0;
@@ -484,13 +505,19 @@ static void drain_queue(wstun_server *srv, wstun__token *tok) {
   tok->draining = 1;
   wstun__list *l;
   wstun__srv_tunnel *st;
-  while ((l = wstun__list_front(&tok->queue)) != NULL &&
-         (st = pick_tunnel(tok)) != NULL) {
+  while ((l = wstun__list_front(&tok->queue)) != NULL) {
     wstun__reg_entry *e = wstun__list_entry(l, wstun__reg_entry, link);
+    st = pick_tunnel(tok, e->v2_only);
+    int refuse = st == NULL && e->v2_only && only_v1_tunnels(tok);
+    if (st == NULL && !refuse)
+      break;
     wstun__list_remove(l);
     e->queued = 0;
     tok->nqueued--;
-    send_on(st, e);
+    if (refuse) /* an upgrade that waited, and only v1 tunnels came */
+      e->cbs->on_fail(e, 501, WSTUN__UPGRADE_REFUSED);
+    else
+      send_on(st, e);
   }
   tok->draining = 0;
 }

@@ -39,6 +39,7 @@ static void log_access(wstun_request *req) {
   r.token = req->token_prefix;
   r.id = req->id;
   r.backend = req->handler_called ? "handler" : req->backend_key;
+  r.bytes_in = req->pipe_out;
   wstun__log_access(req->log, &r);
 }
 

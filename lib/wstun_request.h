@@ -61,6 +61,9 @@ struct wstun_request {
   wstun__http_parser parser;
   int method;
   int req_chunked, req_complete, msg_ended;
+  /* v2: an upgrade request (its Upgrade kept for the backend), and once
+   * the backend answered 101, a two-way byte pipe (PROTOCOL.md 7.6) */
+  int upgrade, piping;
   uint64_t msg_extra; /* message bytes after its request (dropped) */
   int paused_tunnel;
   /* backend side */
@@ -89,6 +92,7 @@ struct wstun_request {
   char token_prefix[12]; /* the client's token, cut */
   int resp_status;       /* 0 until an answer is made */
   uint64_t resp_bytes;   /* its body bytes */
+  uint64_t pipe_out;     /* a pipe's bytes to the backend */
 };
 
 /* A request for message `id` on t, holding the message's and the

@@ -102,18 +102,23 @@ void wstun__route_request(const char *base, size_t blen,
   }
   /* llhttp ends a CONNECT or upgrade request at its head whatever its
    * framing says; the bytes after it must never be read as the next
-   * request (smuggling). Neither is tunneled: answer and close. */
-  if (h->method == HTTP_CONNECT ||
-      (wstun__http_head_has_token(h, "Connection", "upgrade") &&
-       wstun__http_head_get(h, "Upgrade") != NULL)) {
+   * request (smuggling): answer and close. CONNECT is never tunneled; an
+   * upgrade to a token is, as a two-way pipe once the backend answers
+   * 101 (PROTOCOL.md 7.6; the registry refuses it on a v1 tunnel). */
+  int upgrade = wstun__http_head_has_token(h, "Connection", "upgrade") &&
+                wstun__http_head_get(h, "Upgrade") != NULL;
+  if (h->method == HTTP_CONNECT || upgrade) {
     d->close = 1;
     d->stop = 1;
-    if (ws && rt.tok == NULL && wstun__http_head_get(h, "X-Token") == NULL)
-      answer(d, 404, NO_TUNNEL_HERE);
-    else
-      answer(d, h->method == HTTP_CONNECT ? 405 : 501,
-             h->method == HTTP_CONNECT ? "CONNECT is not supported"
-                                       : "Protocol upgrades are not tunneled");
+    d->upgrade = upgrade;
+  }
+  int named = rt.tok != NULL || wstun__http_head_get(h, "X-Token") != NULL;
+  if (h->method == HTTP_CONNECT) {
+    answer(d, 405, "CONNECT is not supported");
+    return;
+  }
+  if (upgrade && !named) {
+    answer(d, ws ? 404 : 501, ws ? NO_TUNNEL_HERE : WSTUN__UPGRADE_REFUSED);
     return;
   }
   if (rt.tok != NULL) {

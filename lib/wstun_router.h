@@ -10,6 +10,10 @@
 
 #include "wstun_http.h"
 
+/* The answer to an upgrade that cannot be passed through: no token, or
+ * only v1 tunnels (or a server without v2) for its token. */
+#define WSTUN__UPGRADE_REFUSED "Protocol upgrades are not tunneled"
+
 /* The path router of a request target of tlen bytes. */
 typedef struct wstun__route {
   const char *path; /* the target without the base path */
@@ -46,6 +50,9 @@ typedef struct wstun__route_decision {
   /* nothing after this head may be parsed as a request (upgrades,
    * CONNECT): the request parser stops at the head */
   int stop;
+  /* TUNNEL: an upgrade request (Upgrade and Connection: upgrade), to be
+   * passed through as a two-way pipe after the backend's 101 */
+  int upgrade;
   const char *tok; /* TUNNEL: the token (not NUL-terminated), toklen > 0 */
   size_t toklen;
   const char *target; /* TUNNEL: the origin-form target to forward */

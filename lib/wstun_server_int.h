@@ -46,6 +46,7 @@ struct wstun__reg_entry {
   uint32_t id;            /* v1: the token's 16-bit id; v2: the stream's */
   unsigned queued : 1;    /* waiting in tok->queue */
   unsigned paused : 1;    /* holds tun's input paused (its requester is slow) */
+  unsigned v2_only : 1;   /* an upgrade: only a v2 tunnel can carry it */
 };
 
 struct wstun__token {

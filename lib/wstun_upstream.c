@@ -32,6 +32,7 @@ struct wstun__upstream {
   wstun__list idle_link; /* pool->idle, while idle */
   int connected, reused, got_bytes, idle, resolving;
   int closing, paused_by_msg;
+  int ending;            /* a pipe's end: closed once its output is written */
   wstun__closer closer;  /* timer, resolver and conn, once closing */
   int paused_connecting; /* the tunnel waits for the connection to be up */
   int interim;           /* skipping a 1xx response */
@@ -103,6 +104,8 @@ static void up_conn_closed(wstun__conn *c) {
   up->conn = NULL;
   if (up->closing) /* else it closed on its own: up_close will not wait */
     wstun__closer_done(&up->closer);
+  else if (up->ending)
+    up_close(up); /* a pipe's end (upstream_pipe_end): nothing waits */
 }
 
 static void up_close(wstun__upstream *up) {
@@ -207,6 +210,62 @@ void wstun__upstream_detach(wstun_request *req) {
   up->req = NULL;
   up_close(up); /* mid-exchange: the connection cannot be reused */
   unpause_tunnel(req);
+}
+
+/* ---- a pipe (after an upgrade's 101) --------------------------------------
+ */
+
+/* The backend's bytes, raw, into the response message; its reading
+ * pauses while the message is full (up_resp_drain resumes it). */
+static void hand_over(wstun_request *req);
+
+static void pipe_from_backend(wstun__upstream *up, const uint8_t *d, size_t n) {
+  wstun_request *req = up->req;
+  if (req == NULL || req->resp == NULL || req->resp->finished)
+    return;
+  if (wstun__buf_append(&req->resp->buf, d, n) != 0) {
+    wstun__upstream_detach(req); /* out of memory: the pipe is cut */
+    if (req->t)
+      wstun__tunnel_reset(req->t, req->id, WSTUN__V2_INTERNAL_ERROR);
+    req->resp = NULL;
+    req->state = WSTUN__CR_ANSWERED;
+    wstun__request_resp_done(req);
+    return;
+  }
+  req->resp_bytes += n;
+  hand_over(req);
+  if (req->resp && wstun__outmsg_full(req->resp) && !up->paused_by_msg) {
+    up->paused_by_msg = 1;
+    wstun__conn_pause(up->conn);
+  }
+}
+
+/* The response direction of a pipe ends (END) after what it holds. */
+static void pipe_finish(wstun_request *req) {
+  if (req->resp && !req->resp->finished) {
+    req->resp->finished = 1;
+    hand_over(req);
+  }
+}
+
+void wstun__upstream_pipe_end(wstun_request *req) {
+  wstun__upstream *up = req->up;
+  if (up == NULL || !req->piping)
+    return;
+  wstun__log(req->log, WSTUN_LOG_DEBUG,
+             "WS   RCV id=%04x: pipe closed by the requester: backend %s "
+             "closed after its bytes",
+             req->id, req->backend_key);
+  req->up = NULL;
+  up->req = NULL;
+  up->ending = 1;
+  if (up->conn)
+    wstun__conn_end(up->conn); /* written out first, then closed */
+  else
+    up_close(up);
+  wstun__request_ref(req);
+  pipe_finish(req);
+  wstun__request_unref(req);
 }
 
 /* ---- failing ------------------------------------------------------------ */
@@ -648,6 +707,21 @@ static int resp_on_head(void *ud, wstun__http_head *h) {
   if (req == NULL)
     return -1;
   int status = h->status;
+  if (status == 101 && req->upgrade) {
+    /* switched: the head goes with what makes it an upgrade, then the
+     * connection's bytes both ways (resp_on_complete hands it over) */
+    req->resp = wstun__outmsg_new(&up_resp_cbs, req);
+    if (req->resp == NULL || wstun__http_head_strip_for_upgrade(h) != 0 ||
+        wstun__http_head_write(h, &req->resp->buf) != 0)
+      return -1;
+    wstun__request_mark_head(req->resp, wstun__buf_size(&req->resp->buf));
+    req->resp_started = 1;
+    req->piping = 1;
+    wstun__request_note_answer(req, status, 0);
+    wstun__log(req->log, WSTUN_LOG_DEBUG, "HTTP RET id=%04x status=101: piping",
+               req->id);
+    return 1;
+  }
   if (status >= 100 && status < 200) {
     /* an interim answer (100 Continue, 103 Early Hints): the final one
      * follows on the same connection */
@@ -696,12 +770,18 @@ static int resp_on_complete(void *ud) {
   wstun_request *req = up->req;
   if (req == NULL || req->resp == NULL)
     return -1;
+  if (req->piping) {
+    hand_over(req); /* the 101 goes; the connection stays this request's */
+    return 1;
+  }
   if (req->resp_chunked &&
       wstun__buf_append_str(&req->resp->buf, WSTUN__HTTP_LAST_CHUNK) != 0)
     return -1;
   req->resp->finished = 1;
+  /* a refused upgrade's connection is not reused: the requester's bytes
+   * after its head could follow it */
   int reusable = up->parser.head.keep_alive && req->req_complete &&
-                 wstun__buf_size(&req->to_backend) == 0;
+                 !req->upgrade && wstun__buf_size(&req->to_backend) == 0;
   up->req = NULL;
   req->up = NULL;
   if (!req->req_complete)
@@ -746,6 +826,10 @@ static size_t up_on_data_pinned(wstun__conn *c, const uint8_t *data,
     return len;
   }
   up->got_bytes = 1;
+  if (up->req->piping) {
+    pipe_from_backend(up, data, len);
+    return len;
+  }
   uint32_t id = up->req->id;
   size_t used = 0;
   int rc = wstun__http_parser_feed(&up->parser, data, len, &used);
@@ -757,6 +841,11 @@ static size_t up_on_data_pinned(wstun__conn *c, const uint8_t *data,
                                        up->parser.error_text
                                    ? up->parser.error_text /* says what */
                                    : "unparsable response");
+    return len;
+  }
+  if (rc == WSTUN__HTTP_PAUSED && up->req && up->req->piping) {
+    if (used < len) /* bytes right behind the 101: the pipe's */
+      pipe_from_backend(up, data + used, len - used);
     return len;
   }
   if (rc == WSTUN__HTTP_PAUSED) {
@@ -786,6 +875,19 @@ static void up_on_end_pinned(wstun__conn *c, int err) {
   wstun__upstream *up = c->owner;
   if (up->idle || up->req == NULL) {
     up_close(up);
+    return;
+  }
+  if (up->req->piping && err == UV_EOF) {
+    /* the backend closed the pipe: the response direction ends (END)
+     * after its last bytes; what the requester still sends is dropped */
+    wstun_request *req = up->req;
+    wstun__log(req->log, WSTUN_LOG_DEBUG,
+               "HTTP RET id=%04x: pipe closed by backend %s", req->id,
+               req->backend_key);
+    up->req = NULL;
+    req->up = NULL;
+    up_close(up);
+    pipe_finish(req);
     return;
   }
   if (up->req->resp_started) {

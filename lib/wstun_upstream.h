@@ -52,6 +52,11 @@ void wstun__upstream_pool_init(wstun__upstream_pool *pool, uv_loop_t *loop,
 void wstun__upstream_start(wstun__upstream_pool *pool, wstun_request *req);
 /* More request bytes were appended to req->to_backend (or it completed). */
 void wstun__upstream_push(wstun_request *req);
+/* A pipe's request direction ended (END: the requester closed its side):
+ * the backend connection is closed once it took what was written to it,
+ * and the response direction ends (END) with what the backend sent so
+ * far. No-op unless req is piping. */
+void wstun__upstream_pipe_end(wstun_request *req);
 /* The request goes away (tunnel died, request aborted): close its backend
  * connection if any. */
 void wstun__upstream_detach(wstun_request *req);

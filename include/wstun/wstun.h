@@ -192,6 +192,11 @@ typedef struct wstun_log_request {
   /* Client only: where it went ("http://127.0.0.1:8080", or "handler"
    * for the in-process handler); NULL when answered before that. */
   const char *backend;
+  /* A pipe (status 101: an upgrade the backend accepted, passed through
+   * both ways until either end closed): the bytes that went the other
+   * way, from the requester to the backend (`bytes` counts those from the
+   * backend). 0 for every other request. */
+  uint64_t bytes_in;
 } wstun_log_request;
 
 /* One log line with its fields. Everything is owned by the library and
@@ -216,7 +221,8 @@ typedef struct wstun_log_field {
  * bytes; NUL-terminated when it fits): "time" (when `time` is not NULL),
  * "level" ("error", "warn", "info", "debug"), the `nextra` fields of
  * `extra` in order, "msg", then for access-log lines "method", "path",
- * "status", "bytes", "duration_ms", "remote", "token", "id" (a string of
+ * "status", "bytes", "bytes_in" (a pipe's only), "duration_ms", "remote",
+ * "token", "id" (a string of
  * hex digits) and "backend", each when set. Strings go through jansson
  * (quotes, backslashes and control characters escaped); bytes that are
  * not valid UTF-8 become U+FFFD. Returns the object's length, as snprintf
@@ -401,7 +407,8 @@ WSTUN_EXTERN int wstun_server_reload_tls(wstun_server *srv);
  *   ws_timeout_sec   tunnels that connect from now on
  *   log_level, access_log   at once
  * Not taken (fixed at start; a new server is needed): host, port,
- * base_path, log_cb, log_record_cb and log_user_data. TLS cannot be turned on or off.
+ * base_path, log_cb, log_record_cb and log_user_data. TLS cannot be turned on
+ * or off.
  *
  * Errors (nothing changed, the reason logged):
  *   WSTUN_EINVAL      srv or cfg NULL; only one of tls_cert_file and

@@ -22,6 +22,11 @@
  *    order, with its value;
  *  - framing: the original Content-Length, else chunked if it was, else
  *    none;
+ *  - with FL_V2 (the server speaks v2), an upgrade request (Connection:
+ *    upgrade and Upgrade) instead keeps one "Connection: Upgrade" and one
+ *    Upgrade line with every non-empty original Upgrade value, in order,
+ *    and has no framing (PROTOCOL.md 7.6); its message stays open, and
+ *    the harness fails it as it does the others;
  * and once the request is complete, the whole message parses back as
  * exactly one complete request using every byte, with the body the front
  * read. At the end, what the requester received (local answers, the
@@ -45,6 +50,7 @@ enum {
   FL_SMALLBODY = 0x08, /* max body 4 KiB (else unlimited) */
   FL_EOF = 0x10,       /* the requester closes its side after the bytes */
   FL_LOST = 0x20,      /* exchanges end as tunnel_lost (else fail 502) */
+  FL_V2 = 0x40,        /* the server speaks v2: upgrades are tunneled */
   FL_ALLOCFAIL = 0x80
 };
 
@@ -97,6 +103,11 @@ static int count_hdr(const wstun__http_head *h, const char *name) {
 }
 
 /* What build_request must leave of an original header. */
+static int is_upgrade(const wstun__http_head *h) {
+  return wstun__http_head_has_token(h, "Connection", "upgrade") &&
+         wstun__http_head_get(h, "Upgrade") != NULL;
+}
+
 static int survives(const wstun__http_head *orig, const char *name) {
   static const char *const gone[] = {"Connection",
                                      "Keep-Alive",
@@ -270,7 +281,33 @@ static void check_head(rq *r) {
   /* framing */
   int ncl = count_hdr(h, "Content-Length"),
       nte = count_hdr(h, "Transfer-Encoding");
-  if (o->has_content_length) {
+  int upgrade = is_upgrade(o);
+  if (upgrade) {
+    FZ_CHECK(srv->v2, "an upgrade's message on a server without v2");
+    FZ_CHECK(ncl == 0 && nte == 0, "an upgrade with %d CL, %d TE", ncl, nte);
+    FZ_CHECK(count_hdr(h, "Connection") == 1 && count_hdr(h, "Upgrade") == 1,
+             "an upgrade with %d Connection, %d Upgrade",
+             count_hdr(h, "Connection"), count_hdr(h, "Upgrade"));
+    FZ_CHECK(strcmp(wstun__http_head_get(h, "Connection"), "Upgrade") == 0,
+             "an upgrade's Connection: %s",
+             wstun__http_head_get(h, "Connection"));
+    wstun__buf want_up = WSTUN__BUF_INIT;
+    for (size_t i = 0; i < o->nhdrs; i++) {
+      const char *v = wstun__http_head_value(o, i);
+      if (!fzs_ieq(wstun__http_head_name(o, i), "Upgrade") || !*v)
+        continue;
+      if ((want_up.len && wstun__buf_append(&want_up, ", ", 2) != 0) ||
+          wstun__buf_append_str(&want_up, v) != 0)
+        abort();
+    }
+    if (wstun__buf_append(&want_up, "", 1) != 0)
+      abort();
+    FZ_CHECK(strcmp(wstun__http_head_get(h, "Upgrade"),
+                    (const char *)want_up.base) == 0,
+             "an upgrade's Upgrade \"%s\", wanted \"%s\"",
+             wstun__http_head_get(h, "Upgrade"), (const char *)want_up.base);
+    wstun__buf_free(&want_up);
+  } else if (o->has_content_length) {
     FZ_CHECK(ncl == 1 && nte == 0 && h->has_content_length &&
                  h->content_length == o->content_length,
              "Content-Length %llu became %d CL (%llu), %d TE",
@@ -289,6 +326,8 @@ static void check_head(rq *r) {
     if (fzs_ieq(name, "X-Forwarded-For") || fzs_ieq(name, "Content-Length") ||
         fzs_ieq(name, "Transfer-Encoding"))
       continue;
+    if (upgrade && (fzs_ieq(name, "Connection") || fzs_ieq(name, "Upgrade")))
+      continue; /* checked above */
     while (j < o->nhdrs && !survives(o, wstun__http_head_name(o, j)))
       j++;
     FZ_CHECK(j < o->nhdrs, "header \"%s\" in the message is not the request's",
@@ -403,7 +442,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 static void settle(rq *r, int lost) {
   wstun__front *f = r->f;
   for (int guard = 0; guard < 100000; guard++) {
-    if (f->closing || f->ex.req == NULL || !f->ex.req->finished ||
+    if (f->closing || f->ex.req == NULL ||
+        (!f->ex.req->finished && !f->ex.upgrade) ||
         (f->ex.state != WSTUN__EX_QUEUED && f->ex.state != WSTUN__EX_READING))
       return;
     r->req = NULL;
@@ -489,6 +529,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   else
     snprintf(r.peer, sizeof(r.peer), "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
 
+  fzs_srv->v2 = (flags & FL_V2) != 0;
   fzs_begin((flags & FL_BASE) ? "/wst" : "",
             (flags & FL_SMALLHEAD) ? 1024 : 64 * 1024,
             (flags & FL_SMALLBODY) ? 4096 : 0);

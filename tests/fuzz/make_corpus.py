@@ -296,8 +296,8 @@ write("flags", "bool_bad", "-on=yes")
 # ---- front_request: flags, split seed, peer (4 bytes), [alloc N], bytes -----------
 # (none of these makes the head text grow under route_tunnel's target: that
 # use-after-free is in regressions/front_request/)
-FR_BASE, FR_V6, FR_SMALLH, FR_SMALLB, FR_EOF, FR_LOST, FR_ALLOC = (
-    0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x80)
+FR_BASE, FR_V6, FR_SMALLH, FR_SMALLB, FR_EOF, FR_LOST, FR_V2, FR_ALLOC = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80)
 PEER = ctl(192, 0, 2, 7)
 write("front_request", "xtoken", ctl(0, 0) + PEER +
       "GET /x/y?q=1 HTTP/1.1\r\nHost: srv\r\nX-Token: t\r\n\r\n")
@@ -314,6 +314,14 @@ write("front_request", "chunked", ctl(FR_LOST, 1) + PEER +
       "PUT /_token/t/up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
       "TE: trailers\r\nUpgrade: h2c\r\n\r\n"
       "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+write("front_request", "upgrade_v2", ctl(FR_V2, 7) + PEER +
+      "GET /_token/t/ws HTTP/1.1\r\nHost: h\r\n"
+      "Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n"
+      "Upgrade: x/2\r\nSec-WebSocket-Key: k\r\n\r\n\x81\x02hi")
+write("front_request", "upgrade_v2_body", ctl(FR_V2 | FR_BASE, 7) + PEER +
+      "GET /wst/ws HTTP/1.1\r\nX-Token: tunnel-token-0123\r\n"
+      "Connection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\n"
+      "abcGET /wst/_health_check HTTP/1.1\r\n\r\n")
 write("front_request", "pipelined", ctl(FR_EOF, 13) + PEER +
       "GET /1 HTTP/1.1\r\nHost: a\r\nX-Token: t\r\n\r\n"
       "POST /_token/t/2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"

@@ -106,7 +106,9 @@ static void world_begin(world *w, const char *request) {
 
 /* The request head arrived: reset and start; its body, if any, follows. */
 static int world_start(world *w, const char *tok) {
+  int upgrade = w->ex.upgrade; /* the front sets it after the reset */
   wstun__exchange_reset(&w->ex, w->head);
+  w->ex.upgrade = upgrade;
   int expect;
   const char *text = NULL;
   return wstun__exchange_start(&w->ex, w->head, tok, strlen(tok), "/fwd?x=1", 8,
@@ -422,6 +424,147 @@ TEST(cancel_is_silent) {
   world_end(&w);
 }
 
+/* ---- upgrades (PROTOCOL.md 7.6) ----------------------------------------- */
+
+static const char UPGRADE[] = "GET /_token/" TOKEN "/ws HTTP/1.1\r\n"
+                              "Host: h\r\nConnection: keep-alive, Upgrade\r\n"
+                              "Upgrade: websocket\r\nSec-WebSocket-Key: k\r\n"
+                              "Content-Length: 0\r\n\r\n";
+
+/* An upgrade request on a v2 tunnel record: started and dispatched at its
+ * head, its message left open. */
+static wstun__outmsg *upgrade_sent(world *w) {
+  world_begin(w, UPGRADE);
+  w->srv->v2 = 1;
+  w->st->v2 = 1;
+  w->ex.upgrade = 1;
+  CHECK_EQ_INT(world_start(w, TOKEN), 0);
+  CHECK_EQ_INT(w->ex.reg.v2_only, 1);
+  CHECK_EQ_INT(wstun__exchange_body_end(&w->ex), 0);
+  CHECK_EQ_INT(w->ex.state, WSTUN__EX_QUEUED); /* at once, not at 64 KiB */
+  wstun__outmsg *m = world_send(w);
+  CHECK(!m->finished); /* the pipe's request direction stays open */
+  CHECK_EQ_INT(m->nheads, 1);
+  CHECK_EQ_INT(m->heads[0].len, wstun__buf_size(&m->buf));
+  return m;
+}
+
+static void upgrade_pipe_in_steps(size_t step) {
+  test_context("step %zu", step);
+  world w;
+  wstun__outmsg *m = upgrade_sent(&w);
+  const char *msg = (const char *)wstun__buf_data(&m->buf);
+  size_t len = wstun__buf_size(&m->buf);
+  /* what makes it an upgrade is kept for the backend, our framing is not */
+  CHECK(memmem(msg, len, "\r\nConnection: Upgrade\r\n", 23) != NULL);
+  CHECK(memmem(msg, len, "\r\nUpgrade: websocket\r\n", 22) != NULL);
+  CHECK(memmem(msg, len, "Sec-WebSocket-Key: k\r\n", 22) != NULL);
+  CHECK(memmem(msg, len, "keep-alive", 10) == NULL);
+  CHECK(memmem(msg, len, "Content-Length", 14) == NULL);
+  CHECK(memmem(msg, len, "Transfer-Encoding", 17) == NULL);
+  /* the 101 and the backend's first bytes, which are not HTTP */
+  static const char resp[] = "HTTP/1.1 101 Switching Protocols\r\n"
+                             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                             "\r\n\x81\x02hiHTTP/1.1 200 OK\r\n\r\n";
+  wstun__reg_entry *e = &w.ex.reg;
+  CHECK(e->cbs->on_msg_begin(e));
+  for (size_t off = 0; off < sizeof(resp) - 1; off += step) {
+    size_t k = sizeof(resp) - 1 - off < step ? sizeof(resp) - 1 - off : step;
+    CHECK_EQ_INT(e->cbs->on_msg_data(e, (const uint8_t *)resp + off, k), 0);
+  }
+  CHECK_EQ_INT(R.heads, 1);
+  CHECK_EQ_INT(R.status, 101);
+  CHECK_EQ_INT(w.ex.piping, 1);
+  CHECK_EQ_INT(w.ex.state, WSTUN__EX_RESPONDING);
+  CHECK_BYTES_STR(wstun__buf_data(&R.body), wstun__buf_size(&R.body),
+                  "\x81\x02hiHTTP/1.1 200 OK\r\n\r\n");
+  CHECK_EQ_INT(R.ends, 0);
+  /* the requester's bytes go into the open message as they are */
+  CHECK_EQ_INT(wstun__exchange_body(&w.ex, (const uint8_t *)"\x82\x01z", 3), 0);
+  CHECK_EQ_INT(wstun__buf_size(&m->buf), len + 3);
+  CHECK(memcmp(wstun__buf_data(&m->buf) + len, "\x82\x01z", 3) == 0);
+  CHECK(!m->finished);
+  /* its EOF ends its direction; the other goes on */
+  wstun__exchange_pipe_end(&w.ex);
+  CHECK(m->finished);
+  CHECK_EQ_INT(R.dones, 0);
+  CHECK_EQ_INT(e->cbs->on_msg_data(e, (const uint8_t *)"more", 4), 0);
+  /* the backend's side ends: the pipe is over, answered */
+  e->cbs->on_msg_end(e, 1);
+  CHECK_EQ_INT(R.dones, 1);
+  CHECK_EQ_INT(R.how, WSTUN__EX_ANSWERED);
+  CHECK_EQ_INT(w.srv->completed, 1);
+  CHECK_EQ_INT(R.ends, 0);
+  world_end(&w);
+  test_context(NULL);
+}
+
+TEST(upgrade_becomes_a_pipe_whole_and_byte_by_byte) {
+  upgrade_pipe_in_steps(1000);
+  upgrade_pipe_in_steps(1);
+  upgrade_pipe_in_steps(5);
+}
+
+/* The backend refuses: an ordinary answer, and our direction ends. */
+TEST(upgrade_refused_is_an_answer) {
+  world w;
+  wstun__outmsg *m = upgrade_sent(&w);
+  feed_response(&w, "HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno",
+                1);
+  CHECK_EQ_INT(R.status, 400);
+  CHECK_EQ_INT(w.ex.piping, 0);
+  CHECK(m->finished);
+  CHECK_BYTES_STR(wstun__buf_data(&R.body), wstun__buf_size(&R.body), "no");
+  CHECK_EQ_INT(R.ends, 1);
+  w.ex.reg.cbs->on_msg_end(&w.ex.reg, 1);
+  CHECK_EQ_INT(R.how, WSTUN__EX_ANSWERED);
+  world_end(&w);
+}
+
+/* A 101 is refused for a request that asked for no upgrade, and on a
+ * tunnel that cannot pipe (v1). */
+TEST(switch_without_upgrade_or_v2_gets_506) {
+  for (int i = 0; i < 2; i++) {
+    test_context("case %d", i);
+    world w;
+    if (i == 0) {
+      world_begin(&w, GET);
+      w.st->v2 = 1;
+      CHECK_EQ_INT(world_start(&w, TOKEN), 0);
+      wstun__exchange_body_end(&w.ex);
+      world_sent(&w, world_send(&w));
+    } else {
+      upgrade_sent(&w);
+      w.st->v2 = 0;
+    }
+    feed_response(&w, "HTTP/1.1 101 Switching Protocols\r\n\r\n", 1000);
+    CHECK_EQ_INT(R.dones, 1);
+    CHECK_EQ_INT(R.done_status, 506);
+    CHECK_EQ_INT(w.ex.piping, 0);
+    world_end(&w);
+  }
+  test_context(NULL);
+}
+
+/* -protocol v1 on the server: refused at once, with the router's text. */
+TEST(upgrade_on_a_v1_server_is_501) {
+  world w;
+  world_begin(&w, UPGRADE);
+  w.ex.upgrade = 1;
+  wstun__exchange_reset(&w.ex, w.head);
+  CHECK_EQ_INT(w.ex.upgrade, 0); /* each request sets its own */
+  w.ex.upgrade = 1;
+  int expect;
+  const char *text = NULL;
+  CHECK_EQ_INT(wstun__exchange_start(&w.ex, w.head, TOKEN, strlen(TOKEN), "/ws",
+                                     3, "198.51.100.7", "198.51.100.7:5555",
+                                     &expect, &text),
+               501);
+  CHECK_EQ_STR(text, "Protocol upgrades are not tunneled");
+  CHECK_EQ_INT(wstun__exchange_active(&w.ex), 0);
+  world_end(&w);
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(request_message),
@@ -437,6 +580,10 @@ int main(int argc, char **argv) {
       T(deadline),
       T(deadline_mid_response_aborts),
       T(cancel_is_silent),
+      T(upgrade_becomes_a_pipe_whole_and_byte_by_byte),
+      T(upgrade_refused_is_an_answer),
+      T(switch_without_upgrade_or_v2_gets_506),
+      T(upgrade_on_a_v1_server_is_501),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }

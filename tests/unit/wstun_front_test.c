@@ -7,6 +7,7 @@
  * request waiting for its tunnel, 100 Continue. */
 #define _GNU_SOURCE /* memmem */
 #include "wstun_front.h"
+#include "wstun_registry.h"
 
 #include "srv_fixture.h"
 #include "test.h"
@@ -184,6 +185,60 @@ TEST(unknown_token_and_continue) {
   finish(srv);
 }
 
+/* An upgrade to a token: its head goes at once (the bytes behind it wait
+ * in the connection), the 101 is written with what makes it one, then the
+ * requester's bytes go raw into the open request message, and the end of
+ * the tunnel client's direction ends the exchange and the connection. */
+TEST(upgrade_becomes_a_pipe) {
+  wstun_server *srv = sf_begin();
+  srv->v2 = 1;
+  wstun__token *t = sf_add_token(srv, TOKEN);
+  wstun__front *f = front(srv, "192.0.2.1");
+  const char *in = "GET /_token/" TOKEN "/ws HTTP/1.1\r\nHost: h\r\n"
+                   "Connection: Upgrade\r\nUpgrade: x-echo\r\n\r\nearly";
+  size_t used = input(f, in);
+  CHECK_EQ_INT(used, strlen(in) - 5); /* "early" waits for the 101 */
+  CHECK_EQ_INT(f->ex.state, WSTUN__EX_QUEUED);
+  CHECK_EQ_INT(f->ex.upgrade, 1);
+  CHECK_EQ_INT(f->close_after, 1);
+  /* as the registry's send_on: onto a v2 tunnel record */
+  wstun__srv_tunnel st;
+  memset(&st, 0, sizeof(st));
+  wstun__list_init(&st.inflight);
+  st.v2 = 1;
+  st.tok = t;
+  wstun__reg_entry *e = &f->ex.reg;
+  wstun__registry_unlink(e, 0);
+  e->tun = &st;
+  e->id = 1;
+  wstun__outmsg *m = e->cbs->on_send(e);
+  CHECK(m != NULL && !m->finished);
+  size_t head_len = wstun__buf_size(&m->buf);
+  CHECK(e->cbs->on_msg_begin(e));
+  static const char resp[] = "HTTP/1.1 101 Switching Protocols\r\n"
+                             "Upgrade: x-echo\r\nConnection: Upgrade\r\n"
+                             "\r\nfrom the backend";
+  CHECK_EQ_INT(e->cbs->on_msg_data(e, (const uint8_t *)resp, strlen(resp)), 0);
+  char buf[4096];
+  const char *o = out_text(f, buf, sizeof(buf));
+  CHECK(strncmp(o, "HTTP/1.1 101 Switching Protocols\r\n", 34) == 0);
+  CHECK(strstr(o, "\r\nConnection: Upgrade\r\nUpgrade: x-echo\r\n\r\n"
+                  "from the backend") != NULL);
+  CHECK(strstr(o, "Transfer-Encoding") == NULL);
+  CHECK_EQ_INT(f->piping, 1);
+  /* the held bytes and what follows: raw, into the message */
+  CHECK_EQ_INT(input(f, "early"), 5);
+  CHECK_EQ_INT(input(f, "GET / HTTP/1.1\r\n\r\n"), 18);
+  CHECK_BYTES_STR(wstun__buf_data(&m->buf) + head_len,
+                  wstun__buf_size(&m->buf) - head_len,
+                  "earlyGET / HTTP/1.1\r\n\r\n");
+  /* the tunnel client's side ends: the pipe is over */
+  e->cbs->on_msg_end(e, 1);
+  CHECK_EQ_INT(f->ex.state, WSTUN__EX_DONE);
+  CHECK_EQ_INT(f->conn->close_after_write, 1);
+  finish(srv);
+}
+
 /* ---- the access log ----------------------------------------------------- */
 
 static struct {
@@ -279,6 +334,7 @@ int main(int argc, char **argv) {
                                     T(upgrade_refused),
                                     T(tunneled_request_waits_in_order),
                                     T(unknown_token_and_continue),
+                                    T(upgrade_becomes_a_pipe),
                                     T(access_lines)};
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }

@@ -1273,6 +1273,36 @@ TEST(strip_hop_by_hop) {
   wstun__http_head_free(&h);
 }
 
+/* An upgrade's head loses its hop-by-hop and framing headers like any
+ * other, and gets back one Connection: Upgrade and every protocol its
+ * Upgrade lines named; a head that named none gets neither. */
+TEST(strip_for_upgrade) {
+  /* clang-format off */
+  static const char *const nv[] = {
+      "Host", "h",
+      "Connection", "keep-alive, Upgrade, X-Foo",
+      "X-Foo", "named in Connection",
+      "Upgrade", "websocket",
+      "Sec-WebSocket-Key", "k",
+      "upgrade", "x-echo/2",
+      "Content-Length", "0",
+      "Keep-Alive", "timeout=5",
+      NULL};
+  static const char *const none[] = {"Host", "h", "Connection", "close", NULL};
+  /* clang-format on */
+  wstun__http_head h;
+  build(&h, nv);
+  CHECK_EQ_INT(wstun__http_head_strip_for_upgrade(&h), 0);
+  head_bytes_eq(&h, "GET / HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Key: k\r\n"
+                    "Connection: Upgrade\r\n"
+                    "Upgrade: websocket, x-echo/2\r\n\r\n");
+  wstun__http_head_free(&h);
+  build(&h, none);
+  CHECK_EQ_INT(wstun__http_head_strip_for_upgrade(&h), 0);
+  head_bytes_eq(&h, "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+  wstun__http_head_free(&h);
+}
+
 TEST(strip_every_header_named_in_connection) {
   /* RFC 9110 7.6.1: every field named in Connection goes, however many */
   /* clang-format off */
@@ -1479,6 +1509,7 @@ int main(int argc, char **argv) {
       T(head_write_response),
       T(reasons),
       T(strip_hop_by_hop),
+      T(strip_for_upgrade),
       T(strip_every_header_named_in_connection),
       T(has_token),
       T(write_simple_golden),

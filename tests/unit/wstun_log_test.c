@@ -113,6 +113,14 @@ TEST(access_line_text) {
   CHECK_EQ_STR(wstun__log_access_text(&r, line, sizeof(line)),
                "access method=GET path=/echo?x=1 status=200 bytes=12 "
                "duration_ms=3 backend=http://127.0.0.1:8080");
+  /* a pipe's line has the bytes that went the other way */
+  r = sample();
+  r.status = 101;
+  r.bytes_in = 7;
+  CHECK_EQ_STR(wstun__log_access_text(&r, line, sizeof(line)),
+               "access method=GET path=/echo?x=1 status=101 bytes=12 "
+               "bytes_in=7 duration_ms=3 remote=127.0.0.1:37294 "
+               "token=abcdefgh... id=000a");
   /* id 0 is an id */
   r = sample();
   r.id = 0;
@@ -282,7 +290,14 @@ TEST(json_access_line_fields) {
   CHECK_EQ_STR(jstr(j, "token"), "abcdefgh...");
   CHECK_EQ_STR(jstr(j, "id"), "000a");
   CHECK_EQ_STR(jstr(j, "backend"), "handler");
+  CHECK(json_object_get(j, "bytes_in") == NULL); /* pipes only */
   json_decref(j);
+  r.bytes_in = 5;
+  j = format_parse(&rec, NULL, NULL, 0, NULL, 0);
+  REQUIRE(j != NULL);
+  CHECK(json_integer_value(json_object_get(j, "bytes_in")) == 5);
+  json_decref(j);
+  r.bytes_in = 0;
   /* fields not set are left out */
   r.remote = r.token = r.backend = NULL;
   r.id = -1;

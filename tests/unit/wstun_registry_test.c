@@ -213,6 +213,51 @@ TEST(stats_and_inflight) {
   sf_end(srv);
 }
 
+/* An upgrade (v2_only) goes on no v1 tunnel: with only live v1 tunnels it
+ * gets 501 at once, with none it waits like any request, and with a live
+ * v2 tunnel that is full for now it waits for a stream. (The tunnels here
+ * are records with a blank tunnel: live, but nothing is sent on them.) */
+TEST(upgrades_only_on_v2) {
+  wstun_server *srv = sf_begin();
+  wstun__token *t = sf_add_token(srv, TOK);
+  fake f;
+  fake_init(&f, t);
+  f.e.v2_only = 1;
+  CHECK_EQ_INT(wstun__registry_dispatch(srv, &f.e), 1); /* no tunnel yet */
+  wstun__registry_unlink(&f.e, 0);
+  wstun__tunnel blank;
+  memset(&blank, 0, sizeof(blank));
+  wstun__list_init(&blank.queue);
+  wstun__list_init(&blank.sent);
+  wstun__srv_tunnel *v1 = sf_add_tunnel(t, "192.0.2.1:1");
+  v1->t = &blank;
+  fake_init(&f, t);
+  f.e.v2_only = 1;
+  CHECK_EQ_INT(wstun__registry_dispatch(srv, &f.e), 0);
+  CHECK_EQ_INT(f.fails, 1);
+  CHECK_EQ_INT(f.status, 501);
+  CHECK_EQ_STR(f.text, "Protocol upgrades are not tunneled");
+  CHECK_EQ_INT(t->nqueued, 0);
+  /* a closing v1 tunnel is no tunnel: it waits */
+  blank.closing = 1;
+  fake_init(&f, t);
+  f.e.v2_only = 1;
+  CHECK_EQ_INT(wstun__registry_dispatch(srv, &f.e), 1);
+  wstun__registry_unlink(&f.e, 0);
+  blank.closing = 0;
+  wstun__srv_tunnel *v2 = sf_add_tunnel(t, "192.0.2.2:2");
+  v2->t = &blank;
+  v2->v2 = 1;
+  v2->ninflight = WSTUN__REG_V2_STREAMS; /* full for now */
+  fake_init(&f, t);
+  f.e.v2_only = 1;
+  CHECK_EQ_INT(wstun__registry_dispatch(srv, &f.e), 1);
+  CHECK_EQ_INT(f.fails, 0);
+  wstun__registry_unlink(&f.e, 0);
+  v1->t = v2->t = NULL;
+  sf_end(srv);
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {T(tokens_and_passwords),
                                     T(connection_caps),
@@ -220,6 +265,7 @@ int main(int argc, char **argv) {
                                     T(sweep_forgets_idle_tokens),
                                     T(sweep_keeps_a_held_token),
                                     T(sweep_drops_made_up_tokens_once_unheld),
-                                    T(stats_and_inflight)};
+                                    T(stats_and_inflight),
+                                    T(upgrades_only_on_v2)};
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }

@@ -77,16 +77,28 @@ static const route_case cases[] = {
      0, 0, NULL, NULL},
     {"", "OPTIONS * HTTP/1.1", WSTUN__ROUTE_ANSWER, 400,
      "Request target must be a path", 0, 0, NULL, NULL},
-    /* upgrades and CONNECT are never tunneled */
+    /* upgrades to a token are tunneled (a pipe after the backend's 101;
+     * the connection ends with them), others answered; CONNECT never */
     {"", "GET /x HTTP/1.1\r\nX-Token: t\r\nConnection: Upgrade\r\nUpgrade: h2c",
-     WSTUN__ROUTE_ANSWER, 501, "Protocol upgrades are not tunneled", 1, 1, NULL,
-     NULL},
+     WSTUN__ROUTE_TUNNEL, 0, NULL, 1, 1, "t", "/x"},
+    {"",
+     "GET /_token/abc/ws?a=1 HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n"
+     "Upgrade: websocket",
+     WSTUN__ROUTE_TUNNEL, 0, NULL, 1, 1, "abc", "/ws?a=1"},
+    /* Upgrade without Connection: upgrade is only a header */
+    {"", "GET /x HTTP/1.1\r\nX-Token: t\r\nUpgrade: websocket",
+     WSTUN__ROUTE_TUNNEL, 0, NULL, 0, 0, "t", "/x"},
     {"", "GET /x HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket",
      WSTUN__ROUTE_ANSWER, 404, "no tunnel endpoint here", 1, 1, NULL, NULL},
+    {"", "GET /x HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c",
+     WSTUN__ROUTE_ANSWER, 501, "Protocol upgrades are not tunneled", 1, 1, NULL,
+     NULL},
     {"",
-     "GET /x HTTP/1.1\r\nX-Token: t\r\nConnection: Upgrade\r\n"
+     "GET /_token/abc HTTP/1.1\r\nConnection: Upgrade\r\n"
      "Upgrade: websocket",
-     WSTUN__ROUTE_ANSWER, 501, "Protocol upgrades", 1, 1, NULL, NULL},
+     WSTUN__ROUTE_ANSWER, 400, "Missing token in URI", 1, 1, NULL, NULL},
+    {"", "CONNECT /x HTTP/1.1\r\nX-Token: t", WSTUN__ROUTE_ANSWER, 405,
+     "CONNECT is not supported", 1, 1, NULL, NULL},
     {"", "CONNECT example.com:443 HTTP/1.1", WSTUN__ROUTE_ANSWER, 400,
      "Request target must be a path", 0, 0, NULL, NULL},
     /* base path edges */
@@ -137,6 +149,7 @@ static void run_case(const route_case *c, char *buf, size_t cap) {
     CHECK(d.text != NULL && strncmp(d.text, c->text, strlen(c->text)) == 0);
   }
   if (c->kind == WSTUN__ROUTE_TUNNEL) {
+    CHECK_EQ_INT(d.upgrade, strstr(c->request, "Connection:") != NULL);
     CHECK_EQ_INT(d.toklen, strlen(c->tok));
     CHECK(d.tok && memcmp(d.tok, c->tok, d.toklen) == 0);
     CHECK_EQ_INT(d.tlen, strlen(c->target));

@@ -122,6 +122,10 @@ static void on_pool_closed(void *ud) {
 static const wstun__upstream_pool_cbs pool_cbs = {no_tls, on_pool_closed};
 
 static wstun_request *watched;
+/* the next exchange() is an upgrade (req->upgrade, as the client sets it
+ * on a v2 tunnel); how many idle connections its pool kept after it */
+static int upgrade_next;
+static size_t idle_after;
 
 static void poll_done(uv_timer_t *t) {
   if (watched->resp && watched->resp->finished)
@@ -192,6 +196,7 @@ static char *exchange(int method, const char *script, int bytewise,
   req->method = method;
   req->state = WSTUN__CR_FORWARD;
   req->req_complete = 1;
+  req->upgrade = upgrade_next;
   wstun__buf_append_str(&req->to_backend,
                         method == HTTP_HEAD
                             ? "HEAD /x HTTP/1.1\r\nHost: b\r\n\r\n"
@@ -213,6 +218,7 @@ static char *exchange(int method, const char *script, int bytewise,
   if (backend_saw)
     *backend_saw = strdup(b.in);
 
+  idle_after = pool.nidle;
   wstun__request_end_exchange(req); /* the last references */
   CHECK_EQ_INT(released, 1);
   wstun__upstream_pool_close(&pool);
@@ -291,7 +297,37 @@ TEST(responses_are_reframed) {
   test_context(NULL);
 }
 
+/* An upgrade: a 101 keeps what makes it one, then the backend's bytes go
+ * into the response as they are (no framing), until the backend closes,
+ * which ends the response (END); the connection is never kept. Refused,
+ * it is an ordinary response, and the connection is not kept either. */
+TEST(upgrade_pipes_raw_bytes) {
+  static const struct {
+    const char *script;
+    const char *out;
+  } cases[] = {
+      {"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-echo\r\n"
+       "Connection: Upgrade\r\nX-A: 1\r\n\r\nraw\r\n0\r\n\r\nHTTP/1.1 200 OK",
+       "HTTP/1.1 101 Switching Protocols\r\nX-A: 1\r\nConnection: Upgrade\r\n"
+       "Upgrade: x-echo\r\n\r\nraw\r\n0\r\n\r\nHTTP/1.1 200 OK"},
+      {"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno",
+       "HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno"},
+  };
+  for (size_t i = 0; i < TEST_COUNT(cases); i++)
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+      test_context("case %zu bytewise %d", i, bytewise);
+      upgrade_next = 1;
+      char *out = exchange(HTTP_GET, cases[i].script, bytewise, 1, NULL);
+      upgrade_next = 0;
+      CHECK_EQ_STR(out, cases[i].out);
+      CHECK_EQ_INT(idle_after, 0);
+      free(out);
+    }
+  test_context(NULL);
+}
+
 int main(int argc, char **argv) {
-  static const test_case tests[] = {T(responses_are_reframed)};
+  static const test_case tests[] = {T(responses_are_reframed),
+                                    T(upgrade_pipes_raw_bytes)};
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }
