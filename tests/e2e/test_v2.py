@@ -22,7 +22,12 @@ with the real programs, real backends and real HTTP clients.
 - graceful drain: SIGTERM sends GOAWAY; the client dials its next tunnel
   (here: the server restarted on the same port) while the in-flight
   request finishes on the old one; a stopping client sends GOAWAY too, and
-  new requests wait for the next client while its in-flight one finishes.
+  new requests wait for the next client while its in-flight one finishes;
+  the client's state stays connected while the drained tunnel serves, even
+  when the next one cannot be dialed yet;
+- heads over v2's 256 KiB frame limit: a 300 KiB cookie (-max-header-bytes
+  raised) reaches the backend intact, a 300 KiB response head comes back,
+  one over the client's limit is a quick 502.
 """
 
 import http.client
@@ -610,6 +615,56 @@ class Drain(V2Case):
         self.assertEqual(old.wait(15), 0, "old server exit code")
         self.assertTrue(cli.wait_stderr(r"drained tunnel", 10))
         self.assertIn("tunnel00_protocol=v2", stats(new))
+
+    def test_state_stays_connected_while_the_drained_tunnel_serves(self):
+        # the next tunnel cannot be dialed (the old server stopped
+        # listening and nothing took its port yet), but the drained one
+        # still carries a request: the client is connected, not
+        # disconnected, until that tunnel closes
+        port = free_port()
+        old = self.server(port=port)
+        be = self.backend()
+        tok = make_token("dstate")
+        import shutil
+        import tempfile
+        d = tempfile.mkdtemp(prefix="wstun-v2-")
+        self.addCleanup(shutil.rmtree, d, True)
+        sf = os.path.join(d, "cli.status")
+        cli = self.client(old, tok, "-statusfile", sf, server_url=be.url)
+        self.assertTrue(wait_tunnels(old, 1))
+
+        def state():
+            try:
+                with open(sf) as f:
+                    return dict(l.partition("=")[::2]
+                                for l in f.read().splitlines()).get("state")
+            except FileNotFoundError:
+                return None
+        self.assertTrue(wait_until(lambda: state() == "connected", 10))
+        inflight = Background(get, port, "/_token/%s/slow?ms=6000" % tok,
+                              timeout=30)
+        self.assertTrue(wait_until(lambda: be.count() >= 1, 10))
+        old.send_signal(signal.SIGTERM)
+        self.assertTrue(cli.wait_stderr(r"GOAWAY\): dialing the next one", 10))
+        self.assertTrue(cli.wait_stderr(r"cannot open tunnel to ws://", 10))
+        # the failed dial's state is not shown while the drained tunnel
+        # serves (the status file is written right after that log line)
+        self.assertFalse(wait_until(lambda: state() != "connected", 1.0),
+                         state())
+        self.assertTrue(cli.wait_stderr(
+            r"next tunnel not up yet .*: the drained tunnel still serves, "
+            r"the state stays connected", 10))
+        r = inflight.result(30)
+        self.assertEqual((r.status, r.json().get("slept")), (200, True))
+        # the drained tunnel closed: now the state is the next one's
+        self.assertTrue(cli.wait_stderr(r"drained tunnel", 15))
+        self.assertTrue(wait_until(
+            lambda: state() in ("disconnected", "connecting"), 10), state())
+        self.assertEqual(old.wait(15), 0, "old server exit code")
+        new = wait_until(lambda: self._try_server(port), 10)
+        self.assertTrue(new, "could not restart on the port")
+        self.assertTrue(wait_until(lambda: state() == "connected", 20))
+        self.assertEqual(get(port, "/_token/%s/echo" % tok).status, 200)
 
     def test_client_sigterm_sends_goaway(self):
         srv = self.server()
