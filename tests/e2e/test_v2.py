@@ -302,6 +302,9 @@ class NoHeadOfLineBlocking(V2Case):
         # generous: every one answered, none waited seconds (no timing
         # assertion tighter than that on a shared machine)
         self.assertLess(lat[-1], 5.0)
+        # ... while the download was still running, far from its end
+        self.assertTrue(t.is_alive(), "the download ended")
+        self.assertLess(got[0], 1 << 30)
         before = got[0]
         self.assertTrue(wait_until(lambda: got[0] > before, 10),
                         "the download stopped")
