@@ -3,8 +3,8 @@
 requests on a token while a 1 GiB download on the same token is read
 slowly by its requester.
 
-Run it through hol.sh (which checks the tools, owns the temp dir and cleans
-up even if this process is killed). See README.md, "Head-of-line blocking".
+Run it through `bench.sh --hol` (or hol.sh; bench.sh checks the tools,
+owns the temp dir and cleans up even if this process is killed). See README.md, "Head-of-line blocking".
 
 One nginx backend serves a 140-byte file and a sparse 1 GiB file. Two
 tunnels stand in front of it, each its own wstunsrv + wstuncli with its own
@@ -32,19 +32,18 @@ import argparse
 import datetime
 import json
 import os
-import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench import (BACKEND_BODY, ENV, LO, LUA, MIB, SMALL_BYTES,  # noqa: E402
+from bench import (BACKEND_BODY, LO, MIB, SMALL_BYTES,  # noqa: E402
                    BenchError, Procs, free_port, http_get, nginx_ready,
-                   start_nginx, start_wstunsrv, stats_tunnels, wait_until)
+                   run_wrk, start_nginx, start_wstunsrv, stats_tunnels,
+                   wait_until)
 
 BIG = 1 << 30
 READ_PIECE = 32768
@@ -111,30 +110,21 @@ class SlowDownload:
         self.thread.join(2)
 
 
-def run_wrk(url, conns, secs):
-    # a timeout past the run: every answer's latency is recorded (wrk
-    # counts one above its timeout as a timeout, not as a latency)
-    argv = ["wrk", "-t1", "-c%d" % conns, "-d%ds" % secs,
-            "--timeout", "%ds" % (2 * secs), "-s", LUA, url]
-    r = subprocess.run(argv, capture_output=True, text=True, env=ENV,
-                       timeout=secs + 30)
-    m = re.search(r"^WRKJSON (\{.*\})$", r.stdout, re.M)
-    if not m:
-        raise BenchError("wrk gave no summary (rc %d): %s %s" % (
-            r.returncode, r.stdout[-500:], r.stderr[-500:]))
-    w = json.loads(m.group(1))
-    dur = w["duration_us"] / 1e6
+def run_small(url, conns, secs):
+    """wrk on the small file; latencies in ms, None when nothing was
+    answered. Its timeout is twice the run, so that every answer's latency
+    is recorded (wrk counts one above its timeout as a timeout)."""
+    w = run_wrk(url, conns, secs, timeout_s=2 * secs)
     n = w["requests"]
     return {
         "answered": n,
-        "rps": n / dur if dur else 0.0,
-        "p50_ms": w["lat_p50_us"] / 1e3 if n else None,
-        "p99_ms": w["lat_p99_us"] / 1e3 if n else None,
-        "max_ms": w["lat_max_us"] / 1e3 if n else None,
-        "timeouts": w["err_timeout"],
-        "errors": w["err_connect"] + w["err_read"] + w["err_write"] +
-        w["err_status"],
-        "seconds": dur,
+        "rps": w["rps"],
+        "p50_ms": w["p50_us"] / 1e3 if n else None,
+        "p99_ms": w["p99_us"] / 1e3 if n else None,
+        "max_ms": w["max_us"] / 1e3 if n else None,
+        "errors": w["errors"],
+        "errors_detail": w["errors_detail"],
+        "seconds": w["seconds"],
     }
 
 
@@ -190,7 +180,7 @@ def phase(pair, conns, secs, deadline):
             raise BenchError("%s download: status %s (%s)" % (
                 pair.proto, dl.status, dl.ended))
         before = dl.got
-        res = run_wrk("http://%s:%d%s/small.txt" % (LO, pair.port, pair.base),
+        res = run_small("http://%s:%d%s/small.txt" % (LO, pair.port, pair.base),
                       conns, secs)
         res["download_running"] = dl.running()
         res["download_mib_during"] = (dl.got - before) / MIB
@@ -233,14 +223,14 @@ def report(runs, secs, refs):
         log("%-7d %-3s %10s %10s %10s %9.0f %9d %8d %12.1f" % (
             r["round"], r["proto"], fmt(r["p50_ms"], ".2f", "none"),
             fmt(r["p99_ms"], ".2f", "none"), fmt(r["max_ms"], ".1f", "none"),
-            r["rps"], r["answered"], r["errors"] + r["timeouts"],
+            r["rps"], r["answered"], r["errors"],
             r["download_mib_during"]))
     for p in sorted(refs):
         r = refs[p]
         log("%-7s %-3s %10s %10s %10s %9.0f %9d %8d %12s" % (
             "no dl", p, fmt(r["p50_ms"], ".2f"), fmt(r["p99_ms"], ".2f"),
             fmt(r["max_ms"], ".1f"), r["rps"], r["answered"],
-            r["errors"] + r["timeouts"], "-"))
+            r["errors"], "-"))
     log("")
     log("v2 against v1, round by round (latency v1/v2: how many times "
         "lower v2's is; req/s v2/v1):")
@@ -321,7 +311,7 @@ def main():
         refs = {}
         for p in ("v1", "v2"):
             pairs[p].healthy(5.0)
-            refs[p] = run_wrk("http://%s:%d%s/small.txt" % (
+            refs[p] = run_small("http://%s:%d%s/small.txt" % (
                 LO, pairs[p].port, pairs[p].base), a.conns, a.ref_secs)
             log("reference %s (no download): p50 %s ms, p99 %s ms, %.0f req/s"
                 % (p, fmt(refs[p]["p50_ms"], ".2f"),
@@ -341,7 +331,7 @@ def main():
                     "tunnel %s after %.1f s" % (
                         k, p, r["answered"], fmt(r["p50_ms"], ".2f", "none"),
                         fmt(r["p99_ms"], ".2f", "none"), r["rps"],
-                        r["errors"] + r["timeouts"], r["download_mib"],
+                        r["errors"], r["download_mib"],
                         "answering again" if r["recovered"]
                         else "not answering yet", r["recovery_s"]))
                 if not r["recovered"] and r["recovery_wait_s"] >= 30.0:
