@@ -1091,6 +1091,16 @@ TEST(interim_heads_go_as_their_own_head_frames) {
   env_done(e);
 }
 
+/* The raw peer's next DATA frame is "hi" with END, on stream 1. */
+static void expect_hi_end(env *e, wstun__buf *b) {
+  static const uint8_t hi_end[] = {0x02, 0x01, 0x00, 0x00, 0x02, 0x00,
+                                   0x00, 0x00, 0x01, 0x68, 0x69};
+  CHECK(raw_expect(e, WSTUN__V2_DATA, b, 2000));
+  CHECK_EQ_INT(wstun__buf_size(b), sizeof(hi_end));
+  if (wstun__buf_size(b) == sizeof(hi_end))
+    CHECK_MEM(wstun__buf_data(b), hi_end, sizeof(hi_end));
+}
+
 TEST(each_marked_head_is_one_head_frame_on_the_wire) {
   env *e = &E;
   if (env_start(e, 1) == 0) {
@@ -1109,12 +1119,7 @@ TEST(each_marked_head_is_one_head_frame_on_the_wire) {
     CHECK_EQ_INT(wstun__buf_size(&b), 9 + strlen(RESP_HI));
     if (wstun__buf_size(&b) == 9 + strlen(RESP_HI))
       CHECK_MEM(wstun__buf_data(&b) + 9, RESP_HI, strlen(RESP_HI));
-    CHECK(raw_expect(e, WSTUN__V2_DATA, &b, 2000));
-    static const uint8_t hi_end[] = {0x02, 0x01, 0x00, 0x00, 0x02, 0x00,
-                                     0x00, 0x00, 0x01, 0x68, 0x69};
-    CHECK_EQ_INT(wstun__buf_size(&b), sizeof(hi_end));
-    if (wstun__buf_size(&b) == sizeof(hi_end))
-      CHECK_MEM(wstun__buf_data(&b), hi_end, sizeof(hi_end));
+    expect_hi_end(e, &b);
     wstun__buf_free(&b);
   }
   env_done(e);
@@ -1162,12 +1167,7 @@ TEST(a_head_over_the_frame_limit_goes_in_several_head_frames) {
     CHECK_EQ_INT(wstun__buf_size(&all), n);
     if (wstun__buf_size(&all) == n)
       CHECK_MEM(wstun__buf_data(&all), head, n);
-    CHECK(raw_expect(e, WSTUN__V2_DATA, &b, 2000));
-    static const uint8_t hi_end[] = {0x02, 0x01, 0x00, 0x00, 0x02, 0x00,
-                                     0x00, 0x00, 0x01, 0x68, 0x69};
-    CHECK_EQ_INT(wstun__buf_size(&b), sizeof(hi_end));
-    if (wstun__buf_size(&b) == sizeof(hi_end))
-      CHECK_MEM(wstun__buf_data(&b), hi_end, sizeof(hi_end));
+    expect_hi_end(e, &b);
     wstun__buf_free(&b);
     wstun__buf_free(&all);
     free(head);
