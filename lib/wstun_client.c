@@ -38,7 +38,22 @@ wstun_client_state wstun_client_get_state(const wstun_client *c) {
   return c->state;
 }
 
+/* The public state (wstun_client_get_state, the state callback) is the
+ * dialer's, but for one case: while a drained tunnel (v2 GOAWAY) still
+ * serves, requests still pass, so the client stays CONNECTED while the
+ * next tunnel is dialed, even if that dial fails; what the dialer reached
+ * meanwhile is published when the drained tunnel closes. */
 static void set_state(wstun_client *cli, wstun_client_state s, int err) {
+  cli->dial_state = s;
+  cli->dial_err = err;
+  if (cli->old_t != NULL && cli->state == WSTUN_CLIENT_CONNECTED) {
+    if (s == WSTUN_CLIENT_DISCONNECTED)
+      wstun__log(&cli->log, WSTUN_LOG_INFO,
+                 "next tunnel not up yet (%s): the drained tunnel still "
+                 "serves, the state stays connected",
+                 wstun_strerror(err));
+    return;
+  }
   cli->state = s;
   if (cli->state_cb)
     cli->state_cb(cli, s, err, cli->state_ud);
@@ -464,8 +479,15 @@ static void cli_tunnel_closed(wstun__tunnel *t, int err) {
     wstun__upstream_detach(req);
     wstun__request_end_exchange(req); /* frees unless pinned or held */
   }
-  if (!current)
-    return; /* the next tunnel is up or being dialed */
+  if (!current) {
+    /* the drained tunnel served to here: the next one's state shows now */
+    if (cli->t == NULL)
+      set_state(cli,
+                cli->phase == WSTUN__CLI_OPEN ? cli->dial_state
+                                              : WSTUN_CLIENT_DISCONNECTED,
+                cli->phase == WSTUN__CLI_OPEN ? cli->dial_err : err);
+    return;
+  }
   set_state(cli, WSTUN_CLIENT_DISCONNECTED, err);
   wstun__dialer_lost(&cli->dialer); /* redials unless closing */
 }
@@ -502,6 +524,8 @@ static void cli_tunnel_goaway(wstun__tunnel *t, uint32_t last, uint32_t code) {
     wstun__tunnel_close(cli->old_t, WSTUN_ECLOSED);
   cli->old_t = t;
   cli->t = NULL;
+  cli->dial_state = WSTUN_CLIENT_CONNECTING; /* shown if old_t ends first */
+  cli->dial_err = 0;
   wstun__dialer_lost(&cli->dialer);
   uv_timer_start(&cli->retire, on_retire, 0, 0);
 }

@@ -50,7 +50,10 @@ struct wstun_client {
   wstun_client_state_cb state_cb;
   wstun_client_pong_cb pong_cb;
   void *state_ud;
-  wstun_client_state state;
+  wstun_client_state state; /* the public one (see set_state) */
+  /* the dialer's, while a drained tunnel keeps the public one CONNECTED */
+  wstun_client_state dial_state;
+  int dial_err;
   /* connected */
   wstun__tunnel *t;
   /* v2: the tunnel the server drains (its GOAWAY): it serves its streams

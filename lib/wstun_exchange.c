@@ -498,11 +498,10 @@ static int build_request(wstun__exchange *ex, wstun__http_head *h,
     return WSTUN_ENOMEM;
   if (wstun__http_head_write(h, &ex->req->buf) != 0)
     return WSTUN_ENOMEM;
-  /* v2 sends it as the stream's HEAD frame (7.2). One above 256 KiB
-   * (only with -max-header-bytes raised that far) is left unmarked: a v2
-   * tunnel hands it back and the requester gets 502; v1 carries it. */
+  /* v2 sends it as the stream's HEAD frame, or several above 256 KiB
+   * (only with -max-header-bytes raised that far; 7.2) */
   size_t head = wstun__buf_size(&ex->req->buf);
-  ex->req_head_len = head <= WSTUN__V2_MAX_HEAD ? (uint32_t)head : 0;
+  ex->req_head_len = head <= UINT32_MAX ? (uint32_t)head : 0;
   if (ex->req_head_len > 0)
     wstun__outmsg_set_head_len(ex->req, ex->req_head_len);
   return 0;

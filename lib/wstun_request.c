@@ -140,7 +140,7 @@ void wstun__request_mark_head(wstun__outmsg *m, size_t n) {
     const uint8_t *end = memmem(d, wstun__buf_size(&m->buf), "\r\n\r\n", 4);
     n = end ? (size_t)(end - d) + 4 : 0;
   }
-  if (n > 0 && n <= WSTUN__V2_MAX_HEAD)
+  if (n > 0 && n <= UINT32_MAX)
     wstun__outmsg_set_head_len(m, (uint32_t)n);
 }
 

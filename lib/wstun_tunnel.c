@@ -34,8 +34,7 @@ void wstun__outmsg_free(wstun__outmsg *m) {
 
 int wstun__outmsg_add_head(wstun__outmsg *m, uint32_t n) {
   size_t have = wstun__buf_size(&m->buf);
-  if (n == 0 || n > WSTUN__V2_MAX_HEAD || n > have ||
-      m->nheads == WSTUN__OUTMSG_HEADS)
+  if (n == 0 || n > have || m->nheads == WSTUN__OUTMSG_HEADS)
     return WSTUN_EINVAL;
   uint64_t at = m->taken + have - n;
   if (m->nheads > 0 &&

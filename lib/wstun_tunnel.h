@@ -119,7 +119,8 @@ struct wstun__outmsg {
   wstun__buf buf; /* bytes not yet taken by the tunnel */
   uint64_t taken; /* bytes of buf the tunnel took so far */
   uint32_t id;    /* set by wstun__tunnel_send */
-  /* v2: the HTTP heads in the message, each sent as one HEAD frame: the
+  /* v2: the HTTP heads in the message, each sent as one HEAD frame (or
+   * several for one over WSTUN__V2_MAX_HEAD, PROTOCOL.md 7.2): the
    * first at offset 0, then interim (1xx) ones up to the final head, as
    * offsets from the message's first byte; v1 ignores them */
   struct {
@@ -145,10 +146,11 @@ void wstun__outmsg_free(wstun__outmsg *m);
 void wstun__outmsg_abandon(wstun__outmsg *m);
 /* 1 when the producer should pause (buffer above WSTUN__PIPE_HIGH). */
 int wstun__outmsg_full(wstun__outmsg *m);
-/* v2: the message starts with an HTTP head of n bytes (1 ..
- * WSTUN__V2_MAX_HEAD), sent as the stream's HEAD frame once all n are in
- * buf. Must be set before wstun__tunnel_send on a v2 tunnel (a message
- * without it is handed back through on_failed); v1 ignores it. */
+/* v2: the message starts with an HTTP head of n bytes (n >= 1), sent as
+ * the stream's HEAD frame once all n are in buf (a head over
+ * WSTUN__V2_MAX_HEAD as several HEAD frames, PROTOCOL.md 7.2). Must be set
+ * before wstun__tunnel_send on a v2 tunnel (a message without it is handed back
+ * through on_failed); v1 ignores it. */
 static inline void wstun__outmsg_set_head_len(wstun__outmsg *m, uint32_t n) {
   m->heads[0].at = 0;
   m->heads[0].len = n;
@@ -159,9 +161,8 @@ static inline void wstun__outmsg_set_head_len(wstun__outmsg *m, uint32_t n) {
  * head was the first; this is the next interim or the final one), sent as
  * its own HEAD frame. Call right after appending them and before any body
  * byte, without kicking the tunnel in between. 0, or WSTUN_EINVAL
- * (nothing changed): n is 0, above WSTUN__V2_MAX_HEAD or more than buf
- * holds, it overlaps the head before, or WSTUN__OUTMSG_HEADS are marked
- * already. */
+ * (nothing changed): n is 0 or more than buf holds, it overlaps the head
+ * before, or WSTUN__OUTMSG_HEADS are marked already. */
 int wstun__outmsg_add_head(wstun__outmsg *m, uint32_t n);
 
 typedef struct wstun__tunnel_cbs {

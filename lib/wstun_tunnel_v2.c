@@ -24,6 +24,7 @@ typedef struct v2_stream {
   unsigned local : 1;      /* we opened it */
   unsigned out_head : 1, out_end : 1;
   unsigned in_head : 1, in_data : 1, in_end : 1;
+  unsigned in_head_more : 1; /* the last HEAD in was full: one may follow */
   unsigned closed : 1;
 } v2_stream;
 
@@ -277,11 +278,16 @@ static int v2_pick_frame(const wstun__tunnel *t, v2_pick *p) {
       continue;
     size_t avail = wstun__buf_size(&m->buf), n;
     memset(&p->f, 0, sizeof(p->f));
-    if (m->head_next < m->nheads && m->heads[m->head_next].at == m->taken) {
-      if (avail < m->heads[m->head_next].len)
+    if (m->head_next < m->nheads && m->heads[m->head_next].at <= m->taken) {
+      /* a head over WSTUN__V2_MAX_HEAD goes in several HEAD frames, each
+       * but the last exactly that long (7.2) */
+      n = (size_t)(m->heads[m->head_next].at + m->heads[m->head_next].len -
+                   m->taken);
+      if (n > WSTUN__V2_MAX_HEAD)
+        n = WSTUN__V2_MAX_HEAD;
+      if (avail < n)
         continue; /* the producer is still writing the head */
       p->f.type = WSTUN__V2_HEAD;
-      n = m->heads[m->head_next].len;
     } else {
       n = avail < t->proto->max_chunk ? avail : t->proto->max_chunk;
       if (m->head_next < m->nheads &&
@@ -330,7 +336,8 @@ static int v2_next_frame(wstun__tunnel *t) {
   m->taken += p.f.len;
   m->started = 1;
   s->out_head = 1;
-  if (p.f.type == WSTUN__V2_HEAD)
+  if (p.f.type == WSTUN__V2_HEAD &&
+      m->taken == m->heads[m->head_next].at + m->heads[m->head_next].len)
     m->head_next++;
   v->fr_busy = 1;
   t->carried = 1;
@@ -424,9 +431,8 @@ void wstun__tunnel_v2_send(wstun__tunnel *t, uint32_t id, wstun__outmsg *m) {
   v2_stream *s = v2_find_open(t, id);
   const char *why = NULL;
   int restartable = 0;
-  if (m->nheads == 0 || m->heads[0].at != 0 || m->heads[0].len == 0 ||
-      m->heads[0].len > WSTUN__V2_MAX_HEAD) {
-    why = "no head length, or a head too long";
+  if (m->nheads == 0 || m->heads[0].at != 0 || m->heads[0].len == 0) {
+    why = "no head length";
   } else if (s == NULL) {
     if (!t->is_server || !v2_ours(t, id) || id <= v->last_local ||
         id > WSTUN__V2_ID_MAX) {
@@ -530,7 +536,7 @@ static void v2_rx_stream_frame(wstun__tunnel *t, const wstun__v2_frame *f) {
     why = data ? "DATA after END" : "HEAD after END";
   else if (!data && s->in_data)
     why = "HEAD after DATA";
-  else if (!data && !s->local && s->in_head)
+  else if (!data && !s->local && s->in_head && !s->in_head_more)
     why = "a second request head";
   else if (data && !s->in_head)
     why = "DATA before a head";
@@ -550,6 +556,9 @@ static void v2_rx_stream_frame(wstun__tunnel *t, const wstun__v2_frame *f) {
                     "DATA beyond the stream window");
     return;
   }
+  /* a full HEAD without END may be continued by the next HEAD (7.2) */
+  s->in_head_more =
+      !data && f->len == WSTUN__V2_MAX_HEAD && !(f->flags & WSTUN__V2_FLAG_END);
   if (data) {
     s->in_data = 1;
     if (s->sink == NULL && flow > 0) /* forgotten: dropped at once */
@@ -670,7 +679,7 @@ void wstun__tunnel_v2_chunk(wstun__tunnel *t, const uint8_t *d, size_t n) {
   if (s == NULL || s->sink == NULL)
     return;
   if (v->rx.frame.type == WSTUN__V2_HEAD)
-    s->head_given += (uint32_t)n; /* at most WSTUN__V2_MAX_HEAD per frame */
+    s->head_given += (uint32_t)n; /* bounded by the sink's head parser */
   if (t->cbs->on_msg_data(t, s->sink, d, n) != 0 && !t->closing &&
       (s = v->rx_stream) != NULL)
     v2_stream_error(t, s, WSTUN__V2_CANCEL, "its sink failed");

@@ -534,7 +534,10 @@ typedef enum {
 /* State changes of the tunnel; `err` is 0 or the WSTUN_E* code that ended
  * the last connection. The first call (WSTUN_CLIENT_CONNECTING) comes from
  * inside wstun_client_start(), after *out is set; wstun_client_close() may
- * bring a last one (WSTUN_CLIENT_DISCONNECTED, WSTUN_ECLOSED). */
+ * bring a last one (WSTUN_CLIENT_DISCONNECTED, WSTUN_ECLOSED). While a v2
+ * tunnel the server drains (GOAWAY) still serves requests, the state stays
+ * WSTUN_CLIENT_CONNECTED, even if the next tunnel cannot be dialed yet;
+ * the dial's state shows once the drained tunnel closes. */
 typedef void (*wstun_client_state_cb)(wstun_client *cli,
                                       wstun_client_state state, int err,
                                       void *user_data);

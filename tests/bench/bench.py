@@ -327,8 +327,12 @@ def stats_tunnels(port):
 
 # ---------------------------------------------------------------- loads
 
-def run_wrk(url, conns, secs):
+def run_wrk(url, conns, secs, timeout_s=None):
+    """One wrk run; timeout_s: wrk's --timeout (an answer slower than it
+    counts as a timeout, not as a latency; wrk's default is 2 s)."""
     argv = ["wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "-s", LUA, url]
+    if timeout_s is not None:
+        argv[4:4] = ["--timeout", "%ds" % timeout_s]
     r = subprocess.run(argv, capture_output=True, text=True, env=ENV,
                        timeout=secs + 30)
     m = re.search(r"^WRKJSON (\{.*\})$", r.stdout, re.M)
@@ -343,6 +347,7 @@ def run_wrk(url, conns, secs):
         "requests": w["requests"],
         "rps": w["requests"] / dur if dur else 0.0,
         "mean_us": w["lat_mean_us"],
+        "p50_us": float(w["lat_p50_us"]),
         "p99_us": float(w["lat_p99_us"]),
         "max_us": float(w["lat_max_us"]),
         "mbps": w["bytes"] / dur / 1e6 if dur else 0.0,

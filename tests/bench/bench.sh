@@ -11,9 +11,14 @@
 #   (where tests/interop builds it); --no-go or WSTUN_BENCH_GO=none: without.
 #
 #   bash tests/bench/bench.sh [--quick] [--baseline OLD_BUILD_DIR] [--go PATH]
-#                             [--no-go] [--idle-only] [build-dir]
+#                             [--no-go] [--idle-only] [--hol] [build-dir]
 # --idle-only: the idle-tunnel test alone (no nginx needed), e.g.
 #   WSTUN_BENCH_IDLE=100000 WSTUN_BENCH_IDLE_HOLD=60 bash tests/bench/bench.sh --idle-only
+# --hol: head-of-line blocking alone, v1 vs v2 (hol.py): small requests
+#   while a 1 GiB download on the same token is read slowly, at most 60 s;
+#   WSTUN_BENCH_HOL_CONNS (4), WSTUN_BENCH_HOL_REF_SECS (2),
+#   WSTUN_BENCH_HOL_BUDGET (60), WSTUN_BENCH_HOL_OUT (JSON path, default
+#   tests/bench/results/hol-latest.json); see README.md.
 #
 # Needs: nginx (Debian's nginx-light), wrk, curl, python3
 #   apt-get install nginx-light wrk curl python3
@@ -35,6 +40,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 
 QUICK=0
 IDLE_ONLY=0
+HOL=0
 BUILD=
 BASE=${WSTUN_BENCH_BASELINE:-}
 GO=${WSTUN_BENCH_GO:-}
@@ -62,7 +68,8 @@ while [ $# -gt 0 ]; do
       fi ;;
     --no-go) GO=none ;;
     --idle-only) IDLE_ONLY=1 ;;
-    -h|--help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --hol) HOL=1 ;;
+    -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
     *) BUILD=$arg ;;
   esac
@@ -90,6 +97,7 @@ else
   SECS=${WSTUN_BENCH_SECS:-5}; ROUNDS=${WSTUN_BENCH_ROUNDS:-2}
 fi
 IDLE=${WSTUN_BENCH_IDLE:-10000}
+[ "$HOL" = 1 ] && IDLE=0 # no idle tunnels: no fd limit to raise for them
 IDLE_HOLD=${WSTUN_BENCH_IDLE_HOLD:-10}
 IDLE_PER_SOURCE=${WSTUN_BENCH_IDLE_PER_SOURCE:--1}
 STREAM_MIB=${WSTUN_BENCH_STREAM_MIB:-1024}
@@ -158,6 +166,20 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
+
+if [ "$HOL" = 1 ]; then
+  echo "wstun head-of-line bench: $BIN, wrk ${SECS} s per phase, $ROUNDS round(s)"
+  rc=0
+  python3 "$HERE/hol.py" --bin "$BIN" --tmp "$TMP" --secs "$SECS" \
+    --rounds "$ROUNDS" --conns "${WSTUN_BENCH_HOL_CONNS:-4}" \
+    --ref-secs "${WSTUN_BENCH_HOL_REF_SECS:-2}" \
+    --budget "${WSTUN_BENCH_HOL_BUDGET:-60}" \
+    --out "${WSTUN_BENCH_HOL_OUT:-$HERE/results/hol-latest.json}" &
+  PY=$!
+  wait "$PY" || rc=$?
+  PY=
+  exit "$rc"
+fi
 
 args=(--bin "$BIN" --tmp "$TMP" --out "$OUT" --secs "$SECS" --rounds "$ROUNDS"
       --idle "$IDLE" --idle-hold "$IDLE_HOLD"

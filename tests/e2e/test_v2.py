@@ -22,7 +22,12 @@ with the real programs, real backends and real HTTP clients.
 - graceful drain: SIGTERM sends GOAWAY; the client dials its next tunnel
   (here: the server restarted on the same port) while the in-flight
   request finishes on the old one; a stopping client sends GOAWAY too, and
-  new requests wait for the next client while its in-flight one finishes.
+  new requests wait for the next client while its in-flight one finishes;
+  the client's state stays connected while the drained tunnel serves, even
+  when the next one cannot be dialed yet;
+- heads over v2's 256 KiB frame limit: a 300 KiB cookie (-max-header-bytes
+  raised) reaches the backend intact, a 300 KiB response head comes back,
+  one over the client's limit is a quick 502.
 """
 
 import http.client
@@ -297,6 +302,9 @@ class NoHeadOfLineBlocking(V2Case):
         # generous: every one answered, none waited seconds (no timing
         # assertion tighter than that on a shared machine)
         self.assertLess(lat[-1], 5.0)
+        # ... while the download was still running, far from its end
+        self.assertTrue(t.is_alive(), "the download ended")
+        self.assertLess(got[0], 1 << 30)
         before = got[0]
         self.assertTrue(wait_until(lambda: got[0] > before, 10),
                         "the download stopped")
@@ -497,6 +505,85 @@ class StalledStreamsStallOnlyThemselves(V2Case):
                          (200, n, expected_sha256(n)))
 
 
+def head_echo_handler(be, c, head):
+    """Answers with the sha256 and length of the request head it got, or,
+    for /bigresp?n=N, with a response head of about N bytes (N / 32 KiB
+    Set-Cookie lines) and the body "ok"."""
+    line = head.split(b"\r\n", 1)[0]
+    if b"/bigresp" in line:
+        n = int(line.split(b"n=")[1].split(b" ")[0])
+        lines = b"".join(b"Set-Cookie: c%d=%s\r\n" % (i, b"c" * 32768)
+                         for i in range(n // 32768))
+        c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                  b"Content-Length: 2\r\n%s\r\nok" % lines)
+    else:
+        body = json.dumps({"len": len(head),
+                           "sha256": hashlib.sha256(head).hexdigest(),
+                           "cookie_len": len(head.split(b"Cookie: ")[1]
+                                             .split(b"\r\n")[0])
+                           if b"Cookie: " in head else 0}).encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                  b"Content-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    c.settimeout(5)
+    try:  # let the client read the answer before the close
+        c.recv(1)
+    except OSError:
+        pass
+
+
+class LongHeads(V2Case):
+    """Heads over v2's 256 KiB frame limit (PROTOCOL.md 7.2) go in several
+    HEAD frames: a request head the front accepted (with -max-header-bytes
+    raised) reaches the backend intact, as with v1; a long response head
+    comes back; one over the client's own limit is a clear 502."""
+
+    def _tunnel(self, *cli_flags):
+        be = RawBackend(head_echo_handler)
+        self.addCleanup(be.close)
+        srv, cli, _, tok = self.tunnel(
+            srv_flags=("-max-header-bytes", str(4 << 20)),
+            cli_flags=cli_flags, backend=be)
+        return srv, cli, tok
+
+    def _big_cookie(self, proto_flags=()):
+        srv, cli, tok = self._tunnel(*proto_flags)
+        cookie = "k=" + "v" * (300 * 1024)
+        r = http_req(srv.port, "GET", "/_token/%s/echo" % tok,
+                     headers={"Cookie": cookie}, timeout=30)
+        self.assertEqual(r.status, 200, r.body[:200])
+        got = r.json()
+        self.assertEqual(got["cookie_len"], len(cookie))
+        self.assertGreater(got["len"], 300 * 1024)
+        return srv
+
+    def test_a_300_kib_cookie_reaches_the_backend_on_v2(self):
+        srv = self._big_cookie()
+        self.assertIn("tunnel00_protocol=v2", stats(srv))
+
+    def test_a_300_kib_cookie_reaches_the_backend_on_v1(self):
+        srv = self._big_cookie(("-protocol", "v1"))
+        self.assertIn("tunnel00_protocol=v1", stats(srv))
+
+    def test_long_response_heads_come_back_or_get_a_clear_502(self):
+        srv, cli, tok = self._tunnel()
+        r = http_req(srv.port, "GET", "/_token/%s/bigresp?n=%d"
+                     % (tok, 300 * 1024), timeout=30)
+        self.assertEqual((r.status, r.body), (200, b"ok"))
+        cookies = r.header_all("Set-Cookie")
+        self.assertEqual(len(cookies), 300 // 32)
+        self.assertEqual(cookies[-1], "c8=" + "c" * 32768)
+        # above the client's limit for a backend's head (1 MiB): 502 with a
+        # short text, at once, and the tunnel goes on
+        r = http_req(srv.port, "GET", "/_token/%s/bigresp?n=%d"
+                     % (tok, 2 << 20), timeout=30)
+        self.assertEqual(r.status, 502)
+        self.assertLess(len(r.body), 200)
+        r = http_req(srv.port, "GET", "/_token/%s/echo" % tok, timeout=10)
+        self.assertEqual(r.status, 200)
+        self.assertIn("tunnel00_protocol=v2", stats(srv))
+
+
 class Drain(V2Case):
     def test_sigterm_drains_to_the_next_tunnel(self):
         port = free_port()
@@ -531,6 +618,56 @@ class Drain(V2Case):
         self.assertEqual(old.wait(15), 0, "old server exit code")
         self.assertTrue(cli.wait_stderr(r"drained tunnel", 10))
         self.assertIn("tunnel00_protocol=v2", stats(new))
+
+    def test_state_stays_connected_while_the_drained_tunnel_serves(self):
+        # the next tunnel cannot be dialed (the old server stopped
+        # listening and nothing took its port yet), but the drained one
+        # still carries a request: the client is connected, not
+        # disconnected, until that tunnel closes
+        port = free_port()
+        old = self.server(port=port)
+        be = self.backend()
+        tok = make_token("dstate")
+        import shutil
+        import tempfile
+        d = tempfile.mkdtemp(prefix="wstun-v2-")
+        self.addCleanup(shutil.rmtree, d, True)
+        sf = os.path.join(d, "cli.status")
+        cli = self.client(old, tok, "-statusfile", sf, server_url=be.url)
+        self.assertTrue(wait_tunnels(old, 1))
+
+        def state():
+            try:
+                with open(sf) as f:
+                    return dict(l.partition("=")[::2]
+                                for l in f.read().splitlines()).get("state")
+            except FileNotFoundError:
+                return None
+        self.assertTrue(wait_until(lambda: state() == "connected", 10))
+        inflight = Background(get, port, "/_token/%s/slow?ms=6000" % tok,
+                              timeout=30)
+        self.assertTrue(wait_until(lambda: be.count() >= 1, 10))
+        old.send_signal(signal.SIGTERM)
+        self.assertTrue(cli.wait_stderr(r"GOAWAY\): dialing the next one", 10))
+        self.assertTrue(cli.wait_stderr(r"cannot open tunnel to ws://", 10))
+        # the failed dial's state is not shown while the drained tunnel
+        # serves (the status file is written right after that log line)
+        self.assertFalse(wait_until(lambda: state() != "connected", 1.0),
+                         state())
+        self.assertTrue(cli.wait_stderr(
+            r"next tunnel not up yet .*: the drained tunnel still serves, "
+            r"the state stays connected", 10))
+        r = inflight.result(30)
+        self.assertEqual((r.status, r.json().get("slept")), (200, True))
+        # the drained tunnel closed: now the state is the next one's
+        self.assertTrue(cli.wait_stderr(r"drained tunnel", 15))
+        self.assertTrue(wait_until(
+            lambda: state() in ("disconnected", "connecting"), 10), state())
+        self.assertEqual(old.wait(15), 0, "old server exit code")
+        new = wait_until(lambda: self._try_server(port), 10)
+        self.assertTrue(new, "could not restart on the port")
+        self.assertTrue(wait_until(lambda: state() == "connected", 20))
+        self.assertEqual(get(port, "/_token/%s/echo" % tok).status, 200)
 
     def test_client_sigterm_sends_goaway(self):
         srv = self.server()

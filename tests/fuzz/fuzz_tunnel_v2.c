@@ -17,7 +17,10 @@
  * byte; below 0xf0 a message: 2-byte length, its bytes (a v2 frame, or
  * not), in (op & 3) + 1 fragments; 0xf0 consumed (sink index, 3-byte
  * count), 0xf1 reset (4-byte id, code), 0xf2 goaway (code), 0xf3 forget
- * (sink index), 0xf4 send (4-byte id, finished bit), 0xf5 close. */
+ * (sink index), 0xf4 send (4-byte id, finished bit), 0xf5 close, 0xf6 a
+ * HEAD of the largest length (4-byte id, flags byte; its payload 'h's), so
+ * that heads continued over several frames (7.2) come in, 0xf7 send a
+ * message whose head spans three HEAD frames (4-byte id). */
 #include <uv.h>
 
 #include "fuzz_util.h"
@@ -379,6 +382,38 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 0xf5:
       wstun__tunnel_close(e.t, WSTUN_ECLOSED);
       break;
+    case 0xf6: {
+      wstun__v2_frame f = {WSTUN__V2_HEAD, 0, WSTUN__V2_MAX_HEAD, 0, 0, 0, 0};
+      f.stream = take32(&in);
+      f.flags = fz_byte(&in);
+      uint8_t h[WSTUN__V2_FRAME_HEAD_MAX];
+      int hl = wstun__v2_encode(&f, h);
+      if (hl < 0)
+        break;
+      uint8_t *fr = malloc((size_t)hl + WSTUN__V2_MAX_HEAD);
+      if (fr == NULL)
+        abort();
+      memcpy(fr, h, (size_t)hl);
+      memset(fr + hl, 'h', WSTUN__V2_MAX_HEAD);
+      wstun__buf_reset(&msg);
+      ws_message(&msg, fr, (size_t)hl + WSTUN__V2_MAX_HEAD, 1, server);
+      free(fr);
+      feed(&e, conn, &sp, wstun__buf_data(&msg), wstun__buf_size(&msg));
+      break;
+    }
+    case 0xf7: {
+      uint32_t id = take32(&in);
+      char *big = malloc(2 * WSTUN__V2_MAX_HEAD + 101);
+      if (big == NULL)
+        abort();
+      memset(big, 'b', 2 * WSTUN__V2_MAX_HEAD + 100);
+      memcpy(big, "GET / HTTP/1.1\r\n", 16);
+      memcpy(big + 2 * WSTUN__V2_MAX_HEAD + 96, "\r\n\r\n", 4);
+      big[2 * WSTUN__V2_MAX_HEAD + 100] = '\0';
+      send_on(&e, id, big, "", 1);
+      free(big);
+      break;
+    }
     default:
       break;
     }

@@ -470,6 +470,15 @@ write("tunnel_v2", "client_forget_fail",
       bytes([TV2_FORGET | TV2_FAILDATA, 3]) + tv2(0, v2(1, 0, 3, REQ)) +
       tv2(0, v2(2, 0, 3, b"abc")) + tv2(0, v2(1, 0, 5, REQ)) +
       tv2(0, v2(2, 0, 5, b"!")) + bytes([0xf3, 0]))
+# a request head continued over two HEAD frames (7.2), then a second one
+# after a short HEAD (a stream error); a head the server sends in three
+write("tunnel_v2", "client_continued_head",
+      bytes([TV2_SEND, 0]) + bytes([0xf6]) + u32(1) + bytes([0]) +
+      tv2(0, v2(1, 1, 1, b"x: y\r\n\r\n")) + tv2(0, v2(1, 0, 3, REQ)) +
+      bytes([0xf6]) + u32(3) + bytes([1]))
+write("tunnel_v2", "server_sends_a_long_head",
+      bytes([TV2_SERVER, 0]) + bytes([0xf7]) + u32(7) +
+      tv2(0, v2(4, 0, 0, u32(0x1000))))
 write("tunnel_v2", "client_tunnel_error",
       bytes([0, 0]) + tv2(0, v2(1, 1, 1, REQ)) + tv2(0, bytes([6, 0, 0, 0, 0, 0, 0, 0, 1])))
 

@@ -1091,6 +1091,16 @@ TEST(interim_heads_go_as_their_own_head_frames) {
   env_done(e);
 }
 
+/* The raw peer's next DATA frame is "hi" with END, on stream 1. */
+static void expect_hi_end(env *e, wstun__buf *b) {
+  static const uint8_t hi_end[] = {0x02, 0x01, 0x00, 0x00, 0x02, 0x00,
+                                   0x00, 0x00, 0x01, 0x68, 0x69};
+  CHECK(raw_expect(e, WSTUN__V2_DATA, b, 2000));
+  CHECK_EQ_INT(wstun__buf_size(b), sizeof(hi_end));
+  if (wstun__buf_size(b) == sizeof(hi_end))
+    CHECK_MEM(wstun__buf_data(b), hi_end, sizeof(hi_end));
+}
+
 TEST(each_marked_head_is_one_head_frame_on_the_wire) {
   env *e = &E;
   if (env_start(e, 1) == 0) {
@@ -1109,13 +1119,94 @@ TEST(each_marked_head_is_one_head_frame_on_the_wire) {
     CHECK_EQ_INT(wstun__buf_size(&b), 9 + strlen(RESP_HI));
     if (wstun__buf_size(&b) == 9 + strlen(RESP_HI))
       CHECK_MEM(wstun__buf_data(&b) + 9, RESP_HI, strlen(RESP_HI));
-    CHECK(raw_expect(e, WSTUN__V2_DATA, &b, 2000));
-    static const uint8_t hi_end[] = {0x02, 0x01, 0x00, 0x00, 0x02, 0x00,
-                                     0x00, 0x00, 0x01, 0x68, 0x69};
-    CHECK_EQ_INT(wstun__buf_size(&b), sizeof(hi_end));
-    if (wstun__buf_size(&b) == sizeof(hi_end))
-      CHECK_MEM(wstun__buf_data(&b), hi_end, sizeof(hi_end));
+    expect_hi_end(e, &b);
     wstun__buf_free(&b);
+  }
+  env_done(e);
+}
+
+/* An HTTP head of exactly n bytes (n >= 40): a request or status line,
+ * one long header line, the empty line. Caller frees. */
+static char *long_head(const char *first, size_t n) {
+  char *h = malloc(n + 1);
+  if (h == NULL)
+    abort();
+  size_t fl = strlen(first);
+  memcpy(h, first, fl);
+  memcpy(h + fl, "X-Long: ", 8);
+  for (size_t i = fl + 8; i < n - 4; i++)
+    h[i] = (char)('a' + i % 26);
+  memcpy(h + n - 4, "\r\n\r\n", 5);
+  return h;
+}
+
+/* 7.2: a head over 256 KiB goes in several HEAD frames, each but the last
+ * exactly WSTUN__V2_MAX_HEAD long and without END; then the body. */
+TEST(a_head_over_the_frame_limit_goes_in_several_head_frames) {
+  env *e = &E;
+  if (env_start(e, 1) == 0) {
+    static tx a;
+    memset(&a, 0, sizeof(a));
+    const size_t n = 2 * WSTUN__V2_MAX_HEAD + 1000;
+    char *head = long_head("POST / HTTP/1.1\r\nContent-Length: 2\r\n", n);
+    wstun__tunnel_send(e->srv.t, 1, msg_new(&a, head, "hi", 2, 1));
+    wstun__buf b = WSTUN__BUF_INIT, all = WSTUN__BUF_INIT;
+    const size_t want[3] = {WSTUN__V2_MAX_HEAD, WSTUN__V2_MAX_HEAD, 1000};
+    for (int i = 0; i < 3; i++) {
+      test_context("HEAD frame %d", i);
+      if (!raw_expect(e, WSTUN__V2_HEAD, &b, 5000)) {
+        CHECK(!"a HEAD frame came");
+        break;
+      }
+      CHECK_EQ_INT(wstun__buf_size(&b), 9 + want[i]);
+      CHECK_EQ_INT(wstun__buf_data(&b)[1], 0); /* no END: the body follows */
+      CHECK_EQ_INT(be32(wstun__buf_data(&b) + 5), 1);
+      wstun__buf_append(&all, wstun__buf_data(&b) + 9, wstun__buf_size(&b) - 9);
+    }
+    test_context(NULL);
+    CHECK_EQ_INT(wstun__buf_size(&all), n);
+    if (wstun__buf_size(&all) == n)
+      CHECK_MEM(wstun__buf_data(&all), head, n);
+    expect_hi_end(e, &b);
+    wstun__buf_free(&b);
+    wstun__buf_free(&all);
+    free(head);
+  }
+  env_done(e);
+}
+
+/* The receiver takes a continued head as one: a long request head (and one
+ * of exactly 256 KiB, followed by DATA) reaches the client whole, and a
+ * long response head the server; nothing is reset. */
+TEST(long_heads_arrive_whole_both_ways) {
+  env *e = &E;
+  if (env_start(e, 0) == 0) {
+    static tx a, b, c;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    memset(&c, 0, sizeof(c));
+    char *req = long_head("POST / HTTP/1.1\r\nContent-Length: 2\r\n",
+                          WSTUN__V2_MAX_HEAD * 2 + 77);
+    char *full = long_head("GET / HTTP/1.1\r\nContent-Length: 2\r\n",
+                           WSTUN__V2_MAX_HEAD);
+    char *resp = long_head("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",
+                           WSTUN__V2_MAX_HEAD + 5);
+    wstun__tunnel_send(e->srv.t, 1, msg_new(&a, req, "ab", 2, 1));
+    wstun__tunnel_send(e->srv.t, 3, msg_new(&c, full, "cd", 2, 1));
+    if (RUN_UNTIL(e, cli_two_ended, 5000)) {
+      check_rx(&e->cli, 1, req, "ab", 2, 1);
+      check_rx(&e->cli, 3, full, "cd", 2, 1);
+    }
+    wstun__tunnel_send(e->cli.t, 1, msg_new(&b, resp, "hi", 2, 1));
+    if (RUN_UNTIL(e, srv_got_1, 5000))
+      check_rx(&e->srv, 1, resp, "hi", 2, 1);
+    CHECK_EQ_INT(a.sent + b.sent + c.sent, 3);
+    CHECK_EQ_INT(a.failed + b.failed + c.failed, 0);
+    CHECK_EQ_INT(e->srv.resets + e->cli.resets, 0);
+    CHECK_EQ_INT(e->srv.closed + e->cli.closed, 0);
+    free(req);
+    free(full);
+    free(resp);
   }
   env_done(e);
 }
@@ -1358,6 +1449,8 @@ int main(int argc, char **argv) {
       T(window_updates_go_at_half_the_window),
       T(interim_heads_go_as_their_own_head_frames),
       T(each_marked_head_is_one_head_frame_on_the_wire),
+      T(a_head_over_the_frame_limit_goes_in_several_head_frames),
+      T(long_heads_arrive_whole_both_ways),
       T(malformed_frames_are_tunnel_errors),
       T(data_beyond_the_tunnel_window_is_a_tunnel_error),
       T(stream_errors_reset_the_stream_and_the_tunnel_goes_on),

@@ -145,6 +145,43 @@ TEST(golden_frames_encode_as_the_page_shows) {
   }
 }
 
+/* 7.2 and 7.10: a 300000-byte head in two HEAD frames; the page shows the
+ * two headers only (the payloads are the head's bytes). Each encodes as
+ * shown and decodes back one byte at a time, stopping at its payload. */
+TEST(golden_continued_head_headers) {
+  static const wstun__v2_frame parts[2] = {
+      {WSTUN__V2_HEAD, 0, WSTUN__V2_MAX_HEAD, 3, 0, 0, 0},
+      {WSTUN__V2_HEAD, WSTUN__V2_FLAG_END, 300000 - WSTUN__V2_MAX_HEAD, 3, 0, 0,
+       0}};
+  uint8_t doc[64], enc[2 * WSTUN__V2_HDR_LEN];
+  for (int i = 0; i < 2; i++) {
+    uint8_t h[WSTUN__V2_FRAME_HEAD_MAX];
+    CHECK_EQ_INT(wstun__v2_encode(&parts[i], h), WSTUN__V2_HDR_LEN);
+    memcpy(enc + i * WSTUN__V2_HDR_LEN, h, WSTUN__V2_HDR_LEN);
+    wstun__v2_rx rx;
+    wstun__v2_rx_init(&rx);
+    for (size_t k = 0; k < WSTUN__V2_HDR_LEN; k++) {
+      CHECK(!rx.done);
+      CHECK_EQ_INT(wstun__v2_rx_feed(&rx, h + k, 1), 1);
+    }
+    CHECK(rx.done);
+    CHECK_EQ_INT(wstun__v2_rx_feed(&rx, (const uint8_t *)"GET", 3), 0);
+    check_frame(&rx.frame, &parts[i]);
+  }
+  static const uint8_t want[] = {0x01, 0x00, 0x04, 0x00, 0x00, 0x00,
+                                 0x00, 0x00, 0x03, 0x01, 0x01, 0x00,
+                                 0x93, 0xe0, 0x00, 0x00, 0x00, 0x03};
+  CHECK_MEM(enc, want, sizeof(want));
+  CHECK_EQ_INT(doc_golden("v2_head_continued", doc, sizeof(doc)),
+               (int)sizeof(want));
+  CHECK_MEM(doc, want, sizeof(want));
+  /* one byte more than a frame may carry is still refused */
+  wstun__v2_frame over = parts[0];
+  over.len = WSTUN__V2_MAX_HEAD + 1;
+  uint8_t h[WSTUN__V2_FRAME_HEAD_MAX];
+  CHECK_EQ_INT(wstun__v2_encode(&over, h), WSTUN__V2_ELENGTH);
+}
+
 /* Decodes msg in pieces cut at the given offsets; the frame, the bytes
  * consumed (which must stop at the payload) and done. */
 static int decode_cuts(const uint8_t *msg, size_t n, const size_t *cuts,
@@ -515,6 +552,7 @@ TEST(names) {
 int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(golden_frames_encode_as_the_page_shows),
+      T(golden_continued_head_headers),
       T(golden_frames_decode_whole_split_and_bytewise),
       T(empty_feed_and_partial_header),
       T(every_error_at_its_byte_whole_and_bytewise),
