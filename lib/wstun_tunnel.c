@@ -206,9 +206,11 @@ static int v1_more(const wstun__tunnel *t) {
   return m->finished || wstun__buf_size(&m->buf) > 1;
 }
 
-/* v1: the next frame of t->cur, as big as what is buffered (up to
- * V1_FRAME_MAX). 1 if one went, 0 if none can, -1 on failure. */
-#define V1_FRAME_MAX (256 * 1024)
+/* v1: the next frame of t->cur, as big as what is buffered up to
+ * V1_FRAME_MAX (one backend read; the connection's output goes at most
+ * that far above its high-water mark). 1 if one went, 0 if none can, -1
+ * on failure. */
+#define V1_FRAME_MAX (64 * 1024)
 
 static int v1_send_frame(wstun__tunnel *t) {
   wstun__outmsg *m = t->cur;
