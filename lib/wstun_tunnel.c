@@ -3,9 +3,9 @@
  * gone (or when a sink paused us); the send callback appends to the
  * connection's output buffer and answers WOULDBLOCK above its high-water
  * mark; the connection's drain callback pumps again. Data frames bypass
- * wslay's event API (send_data_frame): its fragmented messages copy every
- * byte into a 4 KiB buffer first and cut a frame, with a new mask key,
- * every 4 KiB. */
+ * wslay's event API (wstun__tunnel_send_data_frame): its fragmented messages
+ * copy every byte into a 4 KiB buffer first and cut a frame, with a new mask
+ * key, every 4 KiB. */
 #include "wstun_tunnel.h"
 #include "wstun_tunnel_int.h"
 #include "wstun_v2.h"

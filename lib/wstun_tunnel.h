@@ -206,8 +206,8 @@ struct wstun__tunnel {
    * an idle tunnel. */
   wslay_event_context_ptr ws;
   /* Data frames go out through wslay's frame API, straight from the
-   * message's buffer, each written whole (see send_data_frame); made and
-   * dropped with ws, which keeps control frames and the close. */
+   * message's buffer, each written whole (wstun__tunnel_send_data_frame); made
+   * and dropped with ws, which keeps control frames and the close. */
   wslay_frame_context_ptr fr;
   int fr_failed;    /* the connection refused a data frame's bytes */
   int ws_mid_frame; /* wslay's context wrote a frame's header, not its rest */
