@@ -1224,6 +1224,84 @@ TEST(big_message_goes_in_few_whole_frames) {
   free(body);
 }
 
+static int raw_at_least(env *e, size_t n) {
+  return wstun__buf_size(&e->raw) >= n;
+}
+static size_t want_raw;
+static int raw_has_want(env *e) {
+  return raw_at_least(e, want_raw);
+}
+
+/* wslay's context wrote a control frame's header with the output exactly
+ * at its high-water mark, which the header took over: the frame's payload
+ * must still follow at once, or the next data frame would land inside the
+ * ping once the output drains. The wire must parse as whole frames. */
+TEST(a_control_frame_begun_at_the_high_water_mark_is_finished) {
+  env *e = &E;
+  env_opts o = {0, 0, 0, 0, NULL, 0, 1};
+  size_t fill_len = 0;
+  uint8_t *fill = NULL;
+  if (env_start(e, &o) == 0) {
+    tx x = {e, '1', 0, 0, 0, 0};
+    send_msg(e->cli.t, msg_new(&x, 1, "hello", 5, 1)); /* makes the context */
+    want_raw = 2 + 4 + 9;
+    RUN_UNTIL(e, raw_has_want, 2000);
+    wstun__tunnel *t = e->cli.t;
+    REQUIRE(t != NULL && t->ws != NULL && t->conn != NULL);
+    /* the output exactly at the mark, with a whole (masked) frame */
+    size_t room = t->conn->high_water - wstun__conn_queued(t->conn);
+    fill_len = room - 14; /* 64-bit length and mask key */
+    fill = calloc(1, room);
+    uint8_t *body = calloc(1, fill_len);
+    REQUIRE(fill != NULL && body != NULL);
+    memcpy(body, "0002", 4);
+    CHECK_EQ_INT(frame_any(fill, 0x2, 1, body, fill_len), room);
+    free(body);
+    CHECK_EQ_INT(wstun__buf_append(wstun__conn_outbuf(t->conn), fill, room), 0);
+    CHECK_EQ_INT(wstun__conn_queued(t->conn), t->conn->high_water);
+    struct wslay_event_msg ping = {WSLAY_PING, (const uint8_t *)"mark", 4};
+    CHECK_EQ_INT(wslay_event_queue_msg(t->ws, &ping), 0);
+    wstun__tunnel_kick(t); /* the header goes, the output is above */
+    send_msg(t, msg_new(&x, 3, "after", 5, 1));
+    want_raw += room + 6 + 4 + 2 + 4 + 9;
+    RUN_UNTIL(e, raw_has_want, 5000);
+    run_for(e, 30);
+    wire w = {wstun__buf_data(&e->raw), wstun__buf_size(&e->raw)};
+    static const struct wslay_frame_callbacks fcbs = {NULL, wire_recv, NULL};
+    wslay_frame_context_ptr fr;
+    REQUIRE(wslay_frame_context_init(&fr, &fcbs, &w) == 0);
+    wstun__buf seen = WSTUN__BUF_INIT; /* opcode and payload size per frame */
+    int bad = 0;
+    uint64_t got = 0;
+    for (;;) {
+      struct wslay_frame_iocb io;
+      memset(&io, 0, sizeof(io));
+      ssize_t r = wslay_frame_recv(fr, &io);
+      if (r < 0)
+        break;
+      if (io.opcode == WSLAY_PING &&
+          (io.data_length != 4 || memcmp(io.data, "mark", 4) != 0))
+        bad++;
+      got += (uint64_t)r; /* a frame comes in pieces of up to 4 KiB */
+      if (got == io.payload_length) {
+        got = 0;
+        if (wstun__buf_appendf(&seen, "%d:%llu ", io.opcode,
+                               (unsigned long long)io.payload_length) != 0)
+          abort();
+      }
+    }
+    wslay_frame_context_free(fr);
+    CHECK_EQ_INT(w.left, 0);
+    CHECK_EQ_INT(bad, 0);
+    char expect[64];
+    snprintf(expect, sizeof(expect), "2:9 2:%zu 9:4 2:9 ", fill_len);
+    CHECK_BYTES_STR(wstun__buf_data(&seen), wstun__buf_size(&seen), expect);
+    wstun__buf_free(&seen);
+  }
+  env_done(e);
+  free(fill);
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(small_message_both_ways),
@@ -1247,6 +1325,7 @@ int main(int argc, char **argv) {
       T(idle_tunnel_lets_go_of_wslay_and_takes_it_back),
       T(a_frame_split_across_reads_keeps_the_context),
       T(big_message_goes_in_few_whole_frames),
+      T(a_control_frame_begun_at_the_high_water_mark_is_finished),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }
