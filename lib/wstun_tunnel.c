@@ -2,7 +2,10 @@
  * bytes of the current socket read and answers WOULDBLOCK when they are
  * gone (or when a sink paused us); the send callback appends to the
  * connection's output buffer and answers WOULDBLOCK above its high-water
- * mark; the connection's drain callback pumps again. */
+ * mark; the connection's drain callback pumps again. Data frames bypass
+ * wslay's event API (wstun__tunnel_send_data_frame): its fragmented messages
+ * copy every byte into a 4 KiB buffer first and cut a frame, with a new mask
+ * key, every 4 KiB. */
 #include "wstun_tunnel.h"
 #include "wstun_tunnel_int.h"
 #include "wstun_v2.h"
@@ -118,12 +121,13 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
 static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data,
                        size_t len, int flags, void *ud) {
   wstun__tunnel *t = ud;
-  (void)flags;
   if (t->conn == NULL || t->conn->closing) {
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
-  if (wstun__conn_congested(t->conn)) {
+  /* a frame begun is finished, so that a data frame never lands inside
+   * it (its payload is at most 125 bytes, or a small v2 control frame) */
+  if (!t->ws_mid_frame && wstun__conn_congested(t->conn)) {
     wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
     return -1;
   }
@@ -131,6 +135,7 @@ static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data,
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
+  t->ws_mid_frame = (flags & WSLAY_MSG_MORE) != 0;
   return (ssize_t)len;
 }
 
@@ -141,48 +146,99 @@ static int ws_genmask(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
   return wstun__rng_bytes(t->rng, buf, len) == 0 ? 0 : -1;
 }
 
-static ssize_t ws_read_msg(wslay_event_context_ptr ctx, uint8_t *buf,
-                           size_t len, const union wslay_event_msg_source *src,
-                           int *eof, void *ud) {
+/* ---- data frames --------------------------------------------------------- */
+
+/* wslay's frame API calls these: every byte is taken, so that a data frame
+ * is always written whole and wslay's event context (control frames) finds
+ * the output at a frame boundary. */
+static ssize_t fr_send(const uint8_t *data, size_t len, int flags, void *ud) {
   wstun__tunnel *t = ud;
-  wstun__outmsg *m = t->cur;
-  (void)ctx;
-  (void)src;
+  (void)flags;
+  if (t->conn == NULL || t->conn->closing ||
+      wstun__buf_append(wstun__conn_outbuf(t->conn), data, len) != 0) {
+    t->fr_failed = 1;
+    return -1;
+  }
+  return (ssize_t)len;
+}
+
+static int fr_genmask(uint8_t *buf, size_t len, void *ud) {
+  wstun__tunnel *t = ud;
+  return wstun__rng_bytes(t->rng, buf, len) == 0 ? 0 : -1;
+}
+
+int wstun__tunnel_send_data_frame(wstun__tunnel *t, int fin, int opcode,
+                                  const uint8_t *a, size_t na, const uint8_t *b,
+                                  size_t nb) {
+  struct wslay_frame_iocb io;
+  memset(&io, 0, sizeof(io));
+  io.fin = (uint8_t)fin;
+  io.opcode = (uint8_t)opcode;
+  io.mask = (uint8_t)!t->is_server;
+  io.payload_length = na + nb;
+  io.data = a;
+  io.data_length = na;
+  if (wslay_frame_send(t->fr, &io) != (ssize_t)na || t->fr_failed)
+    return -1;
+  if (nb > 0) {
+    io.data = b;
+    io.data_length = nb;
+    if (wslay_frame_send(t->fr, &io) != (ssize_t)nb || t->fr_failed)
+      return -1;
+  }
+  return 0;
+}
+
+/* Whether data frames may go now: the connection takes them, and no close
+ * went (nothing may follow it). */
+int wstun__tunnel_data_ok(wstun__tunnel *t) {
+  return !t->closing && !wstun__conn_congested(t->conn) &&
+         !wslay_event_get_close_sent(t->ws);
+}
+
+/* v1: whether a frame could go (a message to start, or bytes of the one
+ * being sent beyond the one held back). */
+static int v1_more(const wstun__tunnel *t) {
+  const wstun__outmsg *m = t->cur;
   if (m == NULL)
+    return !wstun__list_empty(&t->queue);
+  return m->finished || wstun__buf_size(&m->buf) > 1;
+}
+
+/* v1: the next frame of t->cur, as big as what is buffered up to
+ * V1_FRAME_MAX (one backend read; the connection's output goes at most
+ * that far above its high-water mark). 1 if one went, 0 if none can, -1
+ * on failure. */
+#define V1_FRAME_MAX (64 * 1024)
+
+static int v1_send_frame(wstun__tunnel *t) {
+  wstun__outmsg *m = t->cur;
+  if (m == NULL || !wstun__tunnel_data_ok(t))
     return 0;
   /* One byte is held back until the producer finishes, so that the final
    * frame has something to carry; the head waits with it, so a message
    * counts as started only once some of its own bytes go. */
+  size_t avail = wstun__buf_size(&m->buf) - (m->finished ? 0 : 1);
   if (!m->finished && wstun__buf_size(&m->buf) <= 1)
     return 0;
-  /* the format's head goes first */
-  size_t n = 0;
-  if (m->head_off < m->head_len) {
-    n = (size_t)(m->head_len - m->head_off);
-    if (n > len)
-      n = len;
-    memcpy(buf, m->head + m->head_off, n);
-    m->head_off = (uint8_t)(m->head_off + n);
-    m->started = 1;
-    buf += n;
-    len -= n;
-  }
-  size_t avail = wstun__buf_size(&m->buf) - (m->finished ? 0 : 1);
-  size_t take = avail < len ? avail : len;
-  if (take > 0) {
-    memcpy(buf, wstun__buf_data(&m->buf), take);
-    wstun__buf_consume(&m->buf, take);
-    m->taken += take;
-    m->started = 1;
-    n += take;
-  }
-  if (m->finished && m->head_off == m->head_len &&
-      wstun__buf_size(&m->buf) == 0) {
-    *eof = 1;
+  if (avail > V1_FRAME_MAX)
+    avail = V1_FRAME_MAX;
+  int fin = m->finished && avail == wstun__buf_size(&m->buf);
+  int opcode = m->started ? WSLAY_CONTINUATION_FRAME : WSLAY_BINARY_FRAME;
+  /* the format's head goes first, in the first frame */
+  if (wstun__tunnel_send_data_frame(t, fin, opcode, m->head + m->head_off,
+                                    (size_t)(m->head_len - m->head_off),
+                                    wstun__buf_data(&m->buf), avail) != 0)
+    return -1;
+  m->head_off = m->head_len;
+  wstun__buf_consume(&m->buf, avail);
+  m->taken += avail;
+  m->started = 1;
+  if (fin) {
     t->cur = NULL;
     wstun__list_push_back(&t->sent, &m->link);
   }
-  return (ssize_t)n;
+  return 1;
 }
 
 /* Header plus payload (RFC 6455 section 5.2). wslay takes only the shortest
@@ -316,6 +372,7 @@ int wstun__tunnel_ws_ensure(wstun__tunnel *t) {
   static const struct wslay_event_callbacks wcbs = {
       ws_recv,        ws_send,      ws_genmask, ws_frame_start,
       ws_frame_chunk, ws_frame_end, ws_msg};
+  static const struct wslay_frame_callbacks fcbs = {fr_send, NULL, fr_genmask};
   if (t->ws != NULL)
     return 0;
   int rc = t->is_server ? wslay_event_context_server_init(&t->ws, &wcbs, t)
@@ -324,6 +381,13 @@ int wstun__tunnel_ws_ensure(wstun__tunnel *t) {
     t->ws = NULL;
     return WSTUN_ENOMEM;
   }
+  if (wslay_frame_context_init(&t->fr, &fcbs, t) != 0) {
+    wslay_event_context_free(t->ws);
+    t->ws = NULL;
+    t->fr = NULL;
+    return WSTUN_ENOMEM;
+  }
+  t->fr_failed = t->ws_mid_frame = 0;
   wslay_event_config_set_no_buffering(t->ws, 1);
   /* the largest control frame is 125 bytes; data is streamed, unbounded */
   wslay_event_config_set_max_recv_msg_length(t->ws, UINT64_MAX);
@@ -340,11 +404,17 @@ static int quiescent(const wstun__tunnel *t) {
          wslay_event_get_write_enabled(t->ws) && !wslay_event_want_write(t->ws);
 }
 
+static void ws_free(wstun__tunnel *t) {
+  wslay_event_context_free(t->ws);
+  t->ws = NULL;
+  wslay_frame_context_free(t->fr);
+  t->fr = NULL;
+}
+
 static void release_if_quiescent(wstun__tunnel *t) {
   if (!quiescent(t))
     return;
-  wslay_event_context_free(t->ws);
-  t->ws = NULL;
+  ws_free(t);
 }
 
 /* ---- pumping ------------------------------------------------------------ */
@@ -369,25 +439,24 @@ void wstun__tunnel_pump(wstun__tunnel *t) {
         wstun__tunnel_fail(t, t->err ? t->err : WSTUN_ENOMEM);
         return;
       }
-    } else if (t->cur == NULL && !wstun__list_empty(&t->queue)) {
-      wstun__outmsg *m = wstun__list_entry(t->queue.next, wstun__outmsg, link);
-      wstun__list_remove(&m->link);
-      /* v1 ids are four hex digits */
-      m->head_len = (uint8_t)t->proto->write_head((uint16_t)m->id, m->head);
-      m->head_off = 0;
-      t->cur = m;
-      t->carried = 1;
-      struct wslay_event_fragmented_msg fm;
-      memset(&fm, 0, sizeof(fm));
-      fm.opcode = WSLAY_BINARY_FRAME;
-      fm.source.data = t;
-      fm.read_callback = ws_read_msg;
-      if (wslay_event_queue_fragmented_msg(t->ws, &fm) != 0) {
+    } else {
+      if (t->cur == NULL && !wstun__list_empty(&t->queue)) {
+        wstun__outmsg *m =
+            wstun__list_entry(t->queue.next, wstun__outmsg, link);
+        wstun__list_remove(&m->link);
+        /* v1 ids are four hex digits */
+        m->head_len = (uint8_t)t->proto->write_head((uint16_t)m->id, m->head);
+        m->head_off = 0;
+        t->cur = m;
+        t->carried = 1;
+      }
+      if (v1_send_frame(t) < 0) {
         t->pumping = 0;
-        wstun__tunnel_fail(t, WSTUN_ENOMEM);
+        wstun__tunnel_fail(t, WSTUN_ECLOSED);
         return;
       }
     }
+    /* control frames: pongs, v2's WINDOW, RESET and GOAWAY, the close */
     if (wslay_event_send(t->ws) != 0) {
       t->pumping = 0;
       wstun__tunnel_fail(t, WSTUN_ECLOSED);
@@ -412,9 +481,8 @@ void wstun__tunnel_pump(wstun__tunnel *t) {
     }
     if (t->closing)
       break;
-    if ((t->v2 != NULL ? wstun__tunnel_v2_more(t)
-                       : t->cur == NULL && !wstun__list_empty(&t->queue)) &&
-        !wstun__conn_congested(t->conn))
+    if ((t->v2 != NULL ? wstun__tunnel_v2_more(t) : v1_more(t)) &&
+        wstun__tunnel_data_ok(t))
       continue;
     break;
   }
@@ -537,7 +605,7 @@ static void tun_on_drain(wstun__conn *c) {
 static void tunnel_free(wstun__closer *closer) {
   wstun__tunnel *t = wstun__list_entry(closer, wstun__tunnel, closer);
   if (t->ws)
-    wslay_event_context_free(t->ws);
+    ws_free(t);
   wstun__tunnel_v2_free(t);
   if (t->cbs->on_freed)
     t->cbs->on_freed(t->owner);
@@ -613,10 +681,8 @@ void wstun__tunnel_fail(wstun__tunnel *t, int err) {
   /* Done with wslay (a close frame is already in the conn's buffer). Freed
    * now, so that closing many idle tunnels at once does not hold a context
    * for each until the handles close; not from inside wslay's own call. */
-  if (t->ws && !t->in_rx) {
-    wslay_event_context_free(t->ws);
-    t->ws = NULL;
-  }
+  if (t->ws && !t->in_rx)
+    ws_free(t);
   /* the timer's close completes on a later loop turn: never freed here */
   wstun__closer_done(&t->closer);
 }

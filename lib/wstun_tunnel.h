@@ -206,6 +206,12 @@ struct wstun__tunnel {
    * release_if_quiescent): its two 4 KiB buffers are most of the memory of
    * an idle tunnel. */
   wslay_event_context_ptr ws;
+  /* Data frames go out through wslay's frame API, straight from the
+   * message's buffer, each written whole (wstun__tunnel_send_data_frame); made
+   * and dropped with ws, which keeps control frames and the close. */
+  wslay_frame_context_ptr fr;
+  int fr_failed;    /* the connection refused a data frame's bytes */
+  int ws_mid_frame; /* wslay's context wrote a frame's header, not its rest */
   uv_timer_t timer;
   int is_server;
   wstun__rng *rng;
@@ -216,7 +222,7 @@ struct wstun__tunnel {
   struct wstun__v2_state *v2; /* with a multiplexed format, else NULL */
   /* outgoing */
   wstun__list queue;  /* ready, waiting their turn */
-  wstun__outmsg *cur; /* being read by wslay */
+  wstun__outmsg *cur; /* being sent (v1) */
   wstun__list sent;   /* finished, owners to be told */
   /* incoming */
   const uint8_t *in;

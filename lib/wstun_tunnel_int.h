@@ -15,6 +15,14 @@ void wstun__tunnel_pump(wstun__tunnel *t);
 void wstun__tunnel_fail(wstun__tunnel *t, int err);
 /* Makes the wslay context if it was dropped. 0 or WSTUN_ENOMEM. */
 int wstun__tunnel_ws_ensure(wstun__tunnel *t);
+/* Whether data frames may be sent now (not congested, no close sent). */
+int wstun__tunnel_data_ok(wstun__tunnel *t);
+/* Writes one whole data frame (RFC 6455 5.2, masked on the client side)
+ * whose payload is a[0..na) then b[0..nb) into the connection's output.
+ * 0, or -1 when the connection took nothing more (the tunnel must fail). */
+int wstun__tunnel_send_data_frame(wstun__tunnel *t, int fin, int opcode,
+                                  const uint8_t *a, size_t na, const uint8_t *b,
+                                  size_t nb);
 /* Hands m back to its owner (on_failed), or frees it if it has none. */
 void wstun__tunnel_fail_msg(wstun__outmsg *m, int restartable);
 

@@ -36,8 +36,6 @@ struct wstun__v2_state {
   int goaway_got, goaway_sent;
   wstun__v2_credit credit; /* the tunnel's send credit */
   wstun__v2_window win;    /* the tunnel's receive window */
-  wstun__buf fr;           /* the frame being sent, header and payload */
-  int fr_busy;
   /* the frame coming in */
   wstun__v2_rx rx;
   uint32_t rx_left;     /* its payload bytes still to come */
@@ -53,7 +51,6 @@ int wstun__tunnel_v2_init(wstun__tunnel *t) {
   if (v == NULL)
     return WSTUN_ENOMEM;
   wstun__list_init(&v->streams);
-  wstun__buf_init(&v->fr);
   wstun__v2_credit_init(&v->credit, WSTUN__V2_TUNNEL_WINDOW);
   (void)wstun__v2_window_init(&v->win, WSTUN__V2_TUNNEL_WINDOW);
   v->peer_last = WSTUN__V2_ID_MAX;
@@ -75,9 +72,8 @@ size_t wstun__tunnel_v2_queued(const wstun__tunnel *t) {
  *
  * One stream per exchange, both directions. Streams live in one list that
  * is also the order of send turns (a stream that sent a frame goes to the
- * back). A frame to send is copied whole into v2->fr and handed to wslay
- * as one message; its length is in its header, so it must be complete
- * before it starts, and the copy lets its stream go away meanwhile. A
+ * back). A frame to send is written whole, as one WebSocket frame, from
+ * its stream's buffer straight into the connection's output. A
  * stream closed on the wire stays in the list (closed = 1) while its sink
  * still holds credit after a complete message, so that its consumed()
  * calls still find it; frames for it are then dropped like those for any
@@ -269,7 +265,7 @@ typedef struct v2_pick {
 static int v2_pick_frame(const wstun__tunnel *t, v2_pick *p) {
   struct wstun__v2_state *v = t->v2;
   wstun__list *l;
-  if (v->fr_busy || v->fatal)
+  if (v->fatal)
     return 0;
   wstun__list_foreach(l, &v->streams) {
     v2_stream *s = wstun__list_entry(l, v2_stream, link);
@@ -311,8 +307,8 @@ static int v2_pick_frame(const wstun__tunnel *t, v2_pick *p) {
   return 0;
 }
 
-/* Copies the next frame into v2->fr. 1 if there is one, 0 if none, -1 on
- * ENOMEM. */
+/* Sends the next frame. 1 if one went, 0 if none, -1 when the connection
+ * took nothing more. */
 static int v2_next_frame(wstun__tunnel *t) {
   struct wstun__v2_state *v = t->v2;
   v2_pick p;
@@ -324,9 +320,8 @@ static int v2_next_frame(wstun__tunnel *t) {
   int hl = wstun__v2_encode(&p.f, h);
   if (hl < 0)
     return -1; /* lengths were checked: cannot happen */
-  wstun__buf_reset(&v->fr);
-  if (wstun__buf_append(&v->fr, h, (size_t)hl) != 0 ||
-      wstun__buf_append(&v->fr, wstun__buf_data(&m->buf), p.f.len) != 0)
+  if (wstun__tunnel_send_data_frame(t, 1, WSLAY_BINARY_FRAME, h, (size_t)hl,
+                                    wstun__buf_data(&m->buf), p.f.len) != 0)
     return -1;
   if (p.f.type == WSTUN__V2_DATA && p.f.len > 0) {
     (void)wstun__v2_credit_take(&s->credit, p.f.len);
@@ -339,7 +334,6 @@ static int v2_next_frame(wstun__tunnel *t) {
   if (p.f.type == WSTUN__V2_HEAD &&
       m->taken == m->heads[m->head_next].at + m->heads[m->head_next].len)
     m->head_next++;
-  v->fr_busy = 1;
   t->carried = 1;
   /* its turn is over */
   wstun__list_remove(&s->link);
@@ -354,28 +348,8 @@ static int v2_next_frame(wstun__tunnel *t) {
   return 1;
 }
 
-static ssize_t ws_read_frame(wslay_event_context_ptr ctx, uint8_t *buf,
-                             size_t len,
-                             const union wslay_event_msg_source *src, int *eof,
-                             void *ud) {
-  wstun__tunnel *t = ud;
-  struct wstun__v2_state *v = t->v2;
-  (void)ctx;
-  (void)src;
-  size_t n = wstun__buf_size(&v->fr);
-  if (n > len)
-    n = len;
-  memcpy(buf, wstun__buf_data(&v->fr), n);
-  wstun__buf_consume(&v->fr, n);
-  if (wstun__buf_size(&v->fr) == 0) {
-    *eof = 1;
-    v->fr_busy = 0;
-  }
-  return (ssize_t)n;
-}
-
 /* pump's step: the close after a tunnel error's GOAWAY, or the next frame.
- * 0, or -1 on ENOMEM. */
+ * 0, or -1 when the connection took nothing more. */
 int wstun__tunnel_v2_start(wstun__tunnel *t) {
   struct wstun__v2_state *v = t->v2;
   if (v->fatal) {
@@ -385,15 +359,9 @@ int wstun__tunnel_v2_start(wstun__tunnel *t) {
     }
     return 0;
   }
-  int r = v2_next_frame(t);
-  if (r <= 0)
-    return r;
-  struct wslay_event_fragmented_msg fm;
-  memset(&fm, 0, sizeof(fm));
-  fm.opcode = WSLAY_BINARY_FRAME;
-  fm.source.data = t;
-  fm.read_callback = ws_read_frame;
-  return wslay_event_queue_fragmented_msg(t->ws, &fm) == 0 ? 0 : -1;
+  if (!wstun__tunnel_data_ok(t))
+    return 0;
+  return v2_next_frame(t) < 0 ? -1 : 0;
 }
 
 /* Whether pump should go round again (when the connection takes more). */
@@ -747,7 +715,6 @@ void wstun__tunnel_v2_free(wstun__tunnel *t) {
     wstun__list_remove(&s->link);
     wstun__free(s);
   }
-  wstun__buf_free(&t->v2->fr);
   wstun__free(t->v2);
   t->v2 = NULL;
 }
@@ -814,8 +781,7 @@ void wstun__tunnel_goaway(wstun__tunnel *t, uint32_t code) {
 }
 
 int wstun__tunnel_v2_busy(const wstun__tunnel *t) {
-  return t->v2 != NULL &&
-         (t->v2->fr_busy || t->v2->fatal || wstun__tunnel_v2_has_out(t));
+  return t->v2 != NULL && (t->v2->fatal || wstun__tunnel_v2_has_out(t));
 }
 
 /* The sink goes away: its stream's bytes are dropped from here on, and

@@ -689,7 +689,7 @@ class Bench:
     # -- the comparison matrix
     def points(self):
         up = os.path.join(self.www, "100mib.bin")
-        return [
+        pts = [
             {"key": "small_c1", "title": "140 B file, 1 connection (wrk)",
              "kind": "wrk", "path": "/small.txt", "conns": 1},
             {"key": "small_c16", "title": "140 B file, 16 connections (wrk)",
@@ -704,6 +704,13 @@ class Bench:
              "kind": "post", "path": "/upload", "file": up,
              "size": HUNDRED_MIB},
         ]
+        only = [k for k in self.a.points.split(",") if k]
+        unknown = set(only) - {p["key"] for p in pts}
+        if unknown:
+            raise BenchError("unknown load point(s) %s (known: %s)" % (
+                ", ".join(sorted(unknown)),
+                ", ".join(p["key"] for p in pts)))
+        return [p for p in pts if not only or p["key"] in only]
 
     def run_one(self, pt, system, where):
         url = system["base"] + pt["path"]
@@ -1202,6 +1209,9 @@ def main():
                     help="apps/ dir of an older build: system d")
     ap.add_argument("--go", default=None,
                     help="the Go wstunnel binary: system g")
+    ap.add_argument("--points", default="",
+                    help="comma-separated load point keys (e.g. mib_c4): "
+                         "only those, and no stream or idle test")
     a = ap.parse_args()
 
     def on_signal(sig, _frm):
@@ -1267,6 +1277,7 @@ def main():
             if b.go:  # not in the stream and idle tests: free its CPU
                 for p in (b.go.cli, b.go.srv):
                     b.procs.stop(p)
+        if not a.idle_only and not a.points:  # --points: the matrix alone
             log("streaming %d MiB through the %s" % (
                 a.stream_mib, "tunnel and the baseline tunnel" if b.baseline
                 else "tunnel"))
@@ -1291,7 +1302,8 @@ def main():
         if a.idle_only and a.go:
             b.go = Tunnel("go", "g Go wstunnel", a.go, "go-", "Go tunnel",
                           go=True)
-        for t in b.tunnels + ([b.go] if b.go else []):
+        idle_for = [] if a.points else b.tunnels + ([b.go] if b.go else [])
+        for t in idle_for:
             log("idle tunnels: %d WebSocket tunnels, distinct tokens, one "
                 "%s" % (a.idle, t.name("wstunsrv")))
             key = {"tunnel": "idle_tunnels", "go": "idle_tunnels_go"}.get(
@@ -1330,7 +1342,7 @@ def main():
     if "idle_tunnels_go" in doc:
         print_idle(doc["idle_tunnels_go"], doc.get("idle_tunnels"),
                    "Go wstunnel srv (g)", "c/g")
-    if "points" in doc:
+    if "points" in doc and not a.points:  # targets need every point
         doc["targets"] = targets(doc["points"], doc.get("idle_tunnels", {}),
                                  doc.get("stream", {}))
         print_targets(doc["targets"])

@@ -31,7 +31,10 @@
 #   WSTUN_BENCH_STREAM_MIB (default 1024),
 #   WSTUN_BENCH_OUT (JSON path, default tests/bench/results/latest.json),
 #   WSTUN_BENCH_BASELINE (same as --baseline; the option wins),
-#   WSTUN_BENCH_GO (same as --go).
+#   WSTUN_BENCH_GO (same as --go),
+#   WSTUN_BENCH_POINTS (comma-separated load points, e.g. mib_c4: only those,
+#   no stream or idle test; keys: small_c1 small_c16 small_c64 mib_c4
+#   download_100mib upload_100mib).
 # Everything stops by itself; Ctrl-C cleans up too. Exit status 0 even when a
 # target is missed (they are informational); non-zero only if the run broke.
 set -euo pipefail
@@ -69,7 +72,7 @@ while [ $# -gt 0 ]; do
     --no-go) GO=none ;;
     --idle-only) IDLE_ONLY=1 ;;
     --hol) HOL=1 ;;
-    -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "bench.sh: unknown option $arg" >&2; exit 2 ;;
     *) BUILD=$arg ;;
   esac
@@ -188,6 +191,7 @@ args=(--bin "$BIN" --tmp "$TMP" --out "$OUT" --secs "$SECS" --rounds "$ROUNDS"
 [ "$IDLE_ONLY" = 1 ] && args+=(--idle-only)
 [ -n "$BBIN" ] && args+=(--baseline-bin "$BBIN")
 [ -n "$GO" ] && args+=(--go "$GO")
+[ -n "${WSTUN_BENCH_POINTS:-}" ] && args+=(--points "$WSTUN_BENCH_POINTS")
 echo "wstun bench: $BIN, ${SECS} s per run, $ROUNDS round(s), fd limit $(ulimit -n)"
 [ -n "$BBIN" ] && echo "baseline (d): $BBIN"
 if [ -n "$GO" ]; then echo "Go wstunnel (g): $GO"

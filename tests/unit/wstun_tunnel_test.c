@@ -53,6 +53,7 @@ struct env {
   wstun__logger log;
   int connected, connect_status;
   side srv, cli;
+  wstun__buf raw; /* what reached a raw server side (env_opts.srv_raw) */
   char events[512];
   uint64_t started_at;
 };
@@ -181,8 +182,9 @@ static const wstun__tunnel_cbs tun_cbs = {on_msg_begin, on_msg_data, on_msg_end,
  */
 
 static size_t pre_on_data(wstun__conn *c, const uint8_t *d, size_t n) {
-  (void)c;
-  (void)d;
+  env *e = c->owner;
+  if (c == e->srv.conn && wstun__buf_append(&e->raw, d, n) != 0)
+    abort();
   return n;
 }
 static void pre_on_end(wstun__conn *c, int err) {
@@ -255,6 +257,7 @@ typedef struct {
   uint64_t srv_ping, srv_dead, cli_ping, cli_dead;
   const uint8_t *srv_leftover;
   size_t srv_leftover_len;
+  int srv_raw; /* no server tunnel: its conn keeps the raw bytes (e->raw) */
 } env_opts;
 
 static int both_connected(env *e) {
@@ -316,6 +319,8 @@ static int env_start(env *e, const env_opts *o) {
     return -1;
   CHECK_EQ_INT(e->connect_status, 0);
 
+  if (o->srv_raw)
+    goto client;
   rc = wstun__tunnel_start(&e->srv.t, &e->loop, e->srv.conn, 1, &e->rng_srv,
                            &e->log, o->srv_ping, o->srv_dead, &tun_cbs, &e->srv,
                            o->srv_leftover, o->srv_leftover_len);
@@ -323,6 +328,7 @@ static int env_start(env *e, const env_opts *o) {
   if (rc != 0)
     return -1;
   e->srv.handed = 1;
+client:
   rc = wstun__tunnel_start(&e->cli.t, &e->loop, e->cli.conn, 0, &e->rng_cli,
                            &e->log, o->cli_ping, o->cli_dead, &tun_cbs, &e->cli,
                            NULL, 0);
@@ -396,6 +402,7 @@ static void env_done(env *e) {
     wstun__buf_free(&e->srv.rx[i].data);
     wstun__buf_free(&e->cli.rx[i].data);
   }
+  wstun__buf_free(&e->raw);
   wstun__rng_free(&e->rng_srv);
   wstun__rng_free(&e->rng_cli);
   free(e->sh_srv);
@@ -412,7 +419,7 @@ static void check_rx(const rx_msg *m, uint16_t id, const void *data, size_t n,
     CHECK_MEM(wstun__buf_data(&m->data), data, n);
 }
 
-static const env_opts quiet = {0, 0, 0, 0, NULL, 0};
+static const env_opts quiet = {0, 0, 0, 0, NULL, 0, 0};
 
 /* ---- small messages --------------------------------------------------------
  */
@@ -715,7 +722,7 @@ TEST(pause_rx_stops_delivery_until_resume) {
 TEST(pings_keep_an_idle_tunnel_alive) {
   env *e = &E;
   /* the client pings, the server only listens (as in wstunnel) */
-  env_opts o = {0, 700, 100, 700, NULL, 0};
+  env_opts o = {0, 700, 100, 700, NULL, 0, 0};
   if (env_start(e, &o) == 0) {
     run_for(e, 2000);
     CHECK_EQ_INT(e->srv.closed, 0);
@@ -745,7 +752,7 @@ TEST(peer_that_stops_reading_times_out) {
   env *e = &E;
   /* the server stops reading at once, so the client's pings go
    * unanswered */
-  env_opts o = {0, 0, 100, 500, NULL, 0};
+  env_opts o = {0, 0, 100, 500, NULL, 0, 0};
   if (env_start(e, &o) == 0) {
     wstun__tunnel_pause_rx(e->srv.t);
     if (RUN_UNTIL(e, cli_closed, 5000)) {
@@ -763,7 +770,7 @@ TEST(silent_peer_times_out) {
   env *e = &E;
   /* nobody pings: the server gives up after dead_after, the client sees
    * the connection end */
-  env_opts o = {0, 500, 0, 0, NULL, 0};
+  env_opts o = {0, 500, 0, 0, NULL, 0, 0};
   if (env_start(e, &o) == 0) {
     if (RUN_UNTIL(e, both_closed, 5000)) {
       CHECK_EQ_INT(e->srv.close_err, WSTUN_ETIMEDOUT);
@@ -780,7 +787,7 @@ TEST(paused_receiver_does_not_time_out_a_live_peer) {
    * keeps pinging: the client is alive, the server just is not reading.
    * PROTOCOL.md 4: the server closes a tunnel that has sent nothing for
    * wstimeout; this one did send. */
-  env_opts o = {0, 600, 100, 0, NULL, 0};
+  env_opts o = {0, 600, 100, 0, NULL, 0, 0};
   if (env_start(e, &o) == 0) {
     e->srv.pause_on_id = 1;
     tx x = {e, 'x', 0, 0, 0, 0};
@@ -951,7 +958,7 @@ TEST(leftover_bytes_are_parsed) {
   n += frame(lo + n, 0x2, 0, "00", 2);
   n += frame(lo + n, 0x0, 0, "08fr", 4);
   n += frame(lo + n, 0x0, 1, "ag", 2);
-  env_opts o = {0, 0, 0, 0, lo, n};
+  env_opts o = {0, 0, 0, 0, lo, n, 0};
   if (env_start(e, &o) == 0) {
     CHECK_EQ_INT(e->srv.nrx, 0); /* parsed on the first loop turn */
     if (RUN_UNTIL(e, srv_two, 5000)) {
@@ -966,7 +973,7 @@ TEST(text_frame_closes_with_eproto) {
   env *e = &E;
   uint8_t lo[64];
   size_t n = frame(lo, 0x1, 1, "0001hi", 6);
-  env_opts o = {0, 0, 0, 0, lo, n};
+  env_opts o = {0, 0, 0, 0, lo, n, 0};
   if (env_start(e, &o) == 0) {
     if (RUN_UNTIL(e, both_closed, 5000)) {
       CHECK_EQ_INT(e->srv.close_err, WSTUN_EPROTO);
@@ -985,7 +992,7 @@ TEST(bad_prefix_and_refused_ids_are_dropped) {
   n += frame(lo + n, 0x2, 1, "000aok", 6);
   n += frame(lo + n, 0x2, 1, "00", 2); /* cut short prefix */
   n += frame(lo + n, 0x2, 1, "000bok2", 7);
-  env_opts o = {0, 0, 0, 0, lo, n};
+  env_opts o = {0, 0, 0, 0, lo, n, 0};
   if (env_start(e, &o) == 0) {
     e->srv.drop_id = 9;
     if (RUN_UNTIL(e, srv_two, 5000)) {
@@ -1003,7 +1010,7 @@ TEST(unmasked_client_frame_is_a_protocol_error) {
   env *e = &E;
   uint8_t lo[64] = {0x82, 6};
   memcpy(lo + 2, "0001hi", 6);
-  env_opts o = {0, 0, 0, 0, lo, 8};
+  env_opts o = {0, 0, 0, 0, lo, 8, 0};
   if (env_start(e, &o) == 0) {
     RUN_UNTIL(e, srv_closed, 5000);
     CHECK_EQ_INT(e->srv.nrx, 0);
@@ -1020,7 +1027,7 @@ static int both_let_go(env *e) {
 
 TEST(idle_tunnel_lets_go_of_wslay_and_takes_it_back) {
   env *e = &E;
-  env_opts o = {0, 2000, 100, 2000, NULL, 0};
+  env_opts o = {0, 2000, 100, 2000, NULL, 0, 0};
   if (env_start(e, &o) == 0) {
     tx xc = {e, '1', 0, 0, 0, 0}, xs = {e, '2', 0, 0, 0, 0};
     send_msg(e->cli.t, msg_new(&xc, 1, "hello", 5, 1));
@@ -1077,7 +1084,7 @@ TEST(a_frame_split_across_reads_keeps_the_context) {
   env *e = &E;
   /* the server ticks every 250 ms and lets its context go whenever it
    * finds the tunnel quiescent; bytes of a frame wslay holds must keep it */
-  env_opts o = {0, 0, 0, 0, NULL, 0};
+  env_opts o = {0, 0, 0, 0, NULL, 0, 0};
   size_t n300 = 300, n70k = 70000;
   uint8_t *a = malloc(n300), *b = malloc(n70k), *s = malloc(n70k + n300 + 100);
   if (a == NULL || b == NULL || s == NULL)
@@ -1123,6 +1130,178 @@ TEST(a_frame_split_across_reads_keeps_the_context) {
   free(s);
 }
 
+/* ---- the frames on the wire ---------------------------------------------- */
+
+typedef struct wire {
+  const uint8_t *p;
+  size_t left;
+} wire;
+
+static ssize_t wire_recv(uint8_t *buf, size_t len, int flags, void *ud) {
+  wire *w = ud;
+  (void)flags;
+  if (w->left == 0)
+    return -1;
+  size_t n = len < w->left ? len : w->left;
+  memcpy(buf, w->p, n);
+  w->p += n;
+  w->left -= n;
+  return (ssize_t)n;
+}
+
+static int raw_has(env *e) {
+  return wstun__buf_size(&e->raw) >= 2 * MIB + 4;
+}
+
+/* A big message goes out in frames as big as what is buffered (not 4 KiB
+ * each, as wslay's fragmented messages cut them), masked, BINARY then
+ * CONTINUATION with FIN on the last, and the pings sent meanwhile land
+ * between whole frames. Checked on the wire with wslay's frame decoder. */
+TEST(big_message_goes_in_few_whole_frames) {
+  env *e = &E;
+  env_opts o = {0, 0, 20, 0, NULL, 0, 1};
+  size_t n = 2 * MIB;
+  uint8_t *body = malloc(n);
+  if (body == NULL)
+    abort();
+  for (size_t i = 0; i < n; i++)
+    body[i] = pat(i, 5);
+  if (env_start(e, &o) == 0) {
+    run_for(e, 300); /* a ping first (ticks are at least 250 ms apart) */
+    tx x = {e, '1', 0, 0, 0, 0};
+    send_msg(e->cli.t, msg_new(&x, 0x2a, body, n, 1));
+    RUN_UNTIL(e, raw_has, 5000);
+    run_for(e, 60);
+    CHECK_EQ_INT(x.sent, 1);
+    wire w = {wstun__buf_data(&e->raw), wstun__buf_size(&e->raw)};
+    static const struct wslay_frame_callbacks fcbs = {NULL, wire_recv, NULL};
+    wslay_frame_context_ptr fr;
+    REQUIRE(wslay_frame_context_init(&fr, &fcbs, &w) == 0);
+    wstun__buf got = WSTUN__BUF_INIT;
+    int data_frames = 0, pings = 0, fins = 0, bad = 0;
+    uint64_t frame_left = 0;
+    for (;;) {
+      struct wslay_frame_iocb io;
+      memset(&io, 0, sizeof(io));
+      ssize_t r = wslay_frame_recv(fr, &io);
+      if (r < 0)
+        break;
+      if (!io.mask)
+        bad++;
+      if (io.opcode == WSLAY_PING) {
+        pings += frame_left == 0;
+        continue;
+      }
+      if (frame_left == 0) { /* a new data frame */
+        frame_left = io.payload_length;
+        int want =
+            data_frames == 0 ? WSLAY_BINARY_FRAME : WSLAY_CONTINUATION_FRAME;
+        if (io.opcode != want || fins > 0)
+          bad++;
+        data_frames++;
+      }
+      frame_left -= (uint64_t)r;
+      if (frame_left == 0 && io.fin)
+        fins++;
+      if (wstun__buf_append(&got, io.data, io.data_length) != 0)
+        abort();
+    }
+    wslay_frame_context_free(fr);
+    CHECK_EQ_INT(w.left, 0);
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(fins, 1);
+    CHECK(pings >= 1);
+    /* 2 MiB in frames of up to 64 KiB: 32 or a few more, never 512 */
+    CHECK(data_frames >= 32 && data_frames <= 64);
+    CHECK_EQ_INT(wstun__buf_size(&got), n + 4);
+    if (wstun__buf_size(&got) == n + 4) {
+      CHECK_MEM(wstun__buf_data(&got), "002a", 4);
+      CHECK_MEM(wstun__buf_data(&got) + 4, body, n);
+    }
+    wstun__buf_free(&got);
+  }
+  env_done(e);
+  free(body);
+}
+
+static int raw_at_least(env *e, size_t n) {
+  return wstun__buf_size(&e->raw) >= n;
+}
+static size_t want_raw;
+static int raw_has_want(env *e) {
+  return raw_at_least(e, want_raw);
+}
+
+/* wslay's context wrote a control frame's header with the output exactly
+ * at its high-water mark, which the header took over: the frame's payload
+ * must still follow at once, or the next data frame would land inside the
+ * ping once the output drains. The wire must parse as whole frames. */
+TEST(a_control_frame_begun_at_the_high_water_mark_is_finished) {
+  env *e = &E;
+  env_opts o = {0, 0, 0, 0, NULL, 0, 1};
+  size_t fill_len = 0;
+  uint8_t *fill = NULL;
+  if (env_start(e, &o) == 0) {
+    tx x = {e, '1', 0, 0, 0, 0};
+    send_msg(e->cli.t, msg_new(&x, 1, "hello", 5, 1)); /* makes the context */
+    want_raw = 2 + 4 + 9;
+    RUN_UNTIL(e, raw_has_want, 2000);
+    wstun__tunnel *t = e->cli.t;
+    REQUIRE(t != NULL && t->ws != NULL && t->conn != NULL);
+    /* the output exactly at the mark, with a whole (masked) frame */
+    size_t room = t->conn->high_water - wstun__conn_queued(t->conn);
+    fill_len = room - 14; /* 64-bit length and mask key */
+    fill = calloc(1, room);
+    uint8_t *body = calloc(1, fill_len);
+    REQUIRE(fill != NULL && body != NULL);
+    memcpy(body, "0002", 4);
+    CHECK_EQ_INT(frame_any(fill, 0x2, 1, body, fill_len), room);
+    free(body);
+    CHECK_EQ_INT(wstun__buf_append(wstun__conn_outbuf(t->conn), fill, room), 0);
+    CHECK_EQ_INT(wstun__conn_queued(t->conn), t->conn->high_water);
+    struct wslay_event_msg ping = {WSLAY_PING, (const uint8_t *)"mark", 4};
+    CHECK_EQ_INT(wslay_event_queue_msg(t->ws, &ping), 0);
+    wstun__tunnel_kick(t); /* the header goes, the output is above */
+    send_msg(t, msg_new(&x, 3, "after", 5, 1));
+    want_raw += room + 6 + 4 + 2 + 4 + 9;
+    RUN_UNTIL(e, raw_has_want, 5000);
+    run_for(e, 30);
+    wire w = {wstun__buf_data(&e->raw), wstun__buf_size(&e->raw)};
+    static const struct wslay_frame_callbacks fcbs = {NULL, wire_recv, NULL};
+    wslay_frame_context_ptr fr;
+    REQUIRE(wslay_frame_context_init(&fr, &fcbs, &w) == 0);
+    wstun__buf seen = WSTUN__BUF_INIT; /* opcode and payload size per frame */
+    int bad = 0;
+    uint64_t got = 0;
+    for (;;) {
+      struct wslay_frame_iocb io;
+      memset(&io, 0, sizeof(io));
+      ssize_t r = wslay_frame_recv(fr, &io);
+      if (r < 0)
+        break;
+      if (io.opcode == WSLAY_PING &&
+          (io.data_length != 4 || memcmp(io.data, "mark", 4) != 0))
+        bad++;
+      got += (uint64_t)r; /* a frame comes in pieces of up to 4 KiB */
+      if (got == io.payload_length) {
+        got = 0;
+        if (wstun__buf_appendf(&seen, "%d:%llu ", io.opcode,
+                               (unsigned long long)io.payload_length) != 0)
+          abort();
+      }
+    }
+    wslay_frame_context_free(fr);
+    CHECK_EQ_INT(w.left, 0);
+    CHECK_EQ_INT(bad, 0);
+    char expect[64];
+    snprintf(expect, sizeof(expect), "2:9 2:%zu 9:4 2:9 ", fill_len);
+    CHECK_BYTES_STR(wstun__buf_data(&seen), wstun__buf_size(&seen), expect);
+    wstun__buf_free(&seen);
+  }
+  env_done(e);
+  free(fill);
+}
+
 int main(int argc, char **argv) {
   static const test_case tests[] = {
       T(small_message_both_ways),
@@ -1145,6 +1324,8 @@ int main(int argc, char **argv) {
       T(unmasked_client_frame_is_a_protocol_error),
       T(idle_tunnel_lets_go_of_wslay_and_takes_it_back),
       T(a_frame_split_across_reads_keeps_the_context),
+      T(big_message_goes_in_few_whole_frames),
+      T(a_control_frame_begun_at_the_high_water_mark_is_finished),
   };
   return test_main(tests, TEST_COUNT(tests), argc, argv);
 }
