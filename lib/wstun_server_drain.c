@@ -51,7 +51,8 @@ void wstun_server_drain(wstun_server *srv, unsigned wait_ms, unsigned grace_ms,
       srv->health_checked_ms != 0 && now - srv->health_checked_ms < WATCHED_MS;
   wstun__drain *d = wait_ms && watched ? wstun__calloc(1, sizeof(*d)) : NULL;
   if (d == NULL) {
-    wstun_server_close(srv, grace_ms, cb, user_data);
+    /* nobody to tell: the wait's time goes to the busy requests */
+    wstun_server_close(srv, grace_ms + wait_ms, cb, user_data);
     return;
   }
   d->srv = srv;

@@ -501,7 +501,9 @@ WSTUN_EXTERN void wstun_server_close(wstun_server *srv, unsigned grace_ms,
  * user_data): tunnels close (their clients reconnect, through the
  * balancer, to another node) once the requests under way are answered.
  * The wait is skipped when no /_health_check came in the last 10 s (no
- * balancer is watching) or wait_ms is 0. wstun_server_close() during the
+ * balancer is watching) or wait_ms is 0; the busy requests then get its
+ * time too (grace wait_ms + grace_ms), so a stop takes as long either way.
+ * wstun_server_close() during the
  * wait stops at once instead (its own cb then; this one never fires). A
  * NULL `srv`, or a server already draining or closing, is left alone. */
 WSTUN_EXTERN void wstun_server_drain(wstun_server *srv, unsigned wait_ms,
