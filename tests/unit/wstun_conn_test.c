@@ -619,11 +619,15 @@ TEST(small_writes_coalesce_into_one_write_in_order) {
   CHECK_EQ_INT(wstun__conn_queued(c), total);
   CHECK_EQ_INT((long long)F.sh.bytes_out, 0); /* nothing before the loop runs */
   CHECK_EQ_INT((long long)wstun__conn_progress(c), 0);
-  /* one iteration later, one uv_write carries it all */
+  /* one iteration later, one write carries it all: taken by the kernel at
+   * once (uv_try_write), or what it left queued as one uv_write */
   uv_run(&F.loop, UV_RUN_NOWAIT);
   CHECK_EQ_INT((long long)F.sh.bytes_out, total);
-  CHECK(c->writing);
-  CHECK_EQ_INT(wstun__buf_size(&c->inflight), total);
+  if (c->writing)
+    CHECK_EQ_INT(wstun__buf_size(&c->inflight), total);
+  else
+    CHECK_EQ_INT((long long)c->written, total);
+  CHECK_EQ_INT(wstun__buf_size(&c->out), 0);
   F.count = total;
   F.step = step_coalesce;
   run();
