@@ -79,20 +79,29 @@ static const wstun__password *find_password(wstun_server *srv,
 
 /* ---- token registry ----------------------------------------------------- */
 
-/* keyed: tokens and addresses are chosen by strangers (wstun_keyhash.h) */
-static size_t hash_token(wstun_server *srv, const char *s, size_t n) {
-  return (size_t)wstun__keyhash_of(&srv->bucket_hash, s, n);
+/* keyed: tokens and addresses are chosen by strangers (wstun_keyhash.h);
+ * each token keeps its hash, so only a lookup by name computes one */
+static uint64_t hash_token(wstun_server *srv, const char *s, size_t n) {
+  return wstun__keyhash_of(&srv->bucket_hash, s, n);
+}
+
+static wstun__token *find_hashed(wstun_server *srv, uint64_t hash,
+                                 const char *name, size_t len) {
+  if (srv->nbuckets == 0)
+    return NULL;
+  wstun__token *t = srv->buckets[hash % srv->nbuckets];
+  for (; t; t = t->hnext)
+    if (t->hash == hash && strlen(t->name) == len &&
+        memcmp(t->name, name, len) == 0)
+      return t;
+  return NULL;
 }
 
 wstun__token *wstun__registry_find_token(wstun_server *srv, const char *name,
                                          size_t len) {
   if (srv->nbuckets == 0)
     return NULL;
-  wstun__token *t = srv->buckets[hash_token(srv, name, len) % srv->nbuckets];
-  for (; t; t = t->hnext)
-    if (strlen(t->name) == len && memcmp(t->name, name, len) == 0)
-      return t;
-  return NULL;
+  return find_hashed(srv, hash_token(srv, name, len), name, len);
 }
 
 static int grow_buckets(wstun_server *srv) {
@@ -104,7 +113,7 @@ static int grow_buckets(wstun_server *srv) {
     wstun__token *t = srv->buckets[i];
     while (t) {
       wstun__token *next = t->hnext;
-      size_t h = hash_token(srv, t->name, strlen(t->name)) % n;
+      size_t h = t->hash % n;
       t->hnext = b[h];
       b[h] = t;
       t = next;
@@ -118,7 +127,8 @@ static int grow_buckets(wstun_server *srv) {
 
 static wstun__token *get_or_add_token(wstun_server *srv, const char *name) {
   size_t len = strlen(name);
-  wstun__token *t = wstun__registry_find_token(srv, name, len);
+  uint64_t hash = hash_token(srv, name, len);
+  wstun__token *t = find_hashed(srv, hash, name, len);
   if (t)
     return t;
   if (srv->ntokens >= srv->nbuckets && grow_buckets(srv) != 0)
@@ -133,7 +143,8 @@ static wstun__token *get_or_add_token(wstun_server *srv, const char *name) {
     wstun__free(t);
     return NULL;
   }
-  size_t h = hash_token(srv, name, len) % srv->nbuckets;
+  t->hash = hash;
+  size_t h = hash % srv->nbuckets;
   t->hnext = srv->buckets[h];
   srv->buckets[h] = t;
   srv->ntokens++;
@@ -159,8 +170,7 @@ void wstun__registry_token_drop(wstun__token *t) {
 }
 
 static void remove_token(wstun_server *srv, wstun__token *t) {
-  wstun__token **pp =
-      &srv->buckets[hash_token(srv, t->name, strlen(t->name)) % srv->nbuckets];
+  wstun__token **pp = &srv->buckets[t->hash % srv->nbuckets];
   while (*pp && *pp != t)
     pp = &(*pp)->hnext;
   if (*pp)

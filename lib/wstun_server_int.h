@@ -52,6 +52,7 @@ struct wstun__reg_entry {
 struct wstun__token {
   char *name;
   wstun__token *hnext; /* hash chain */
+  uint64_t hash;       /* keyed hash of name, computed once */
   wstun__list tunnels; /* srv_tunnel.link: live connections serving it */
   size_t ntunnels;
   wstun__list queue; /* reg_entry.link: exchanges waiting for a tunnel */

@@ -49,6 +49,7 @@ static inline wstun_server *sf_begin(void) {
 static inline wstun__token *sf_add_token(wstun_server *srv, const char *name) {
   wstun__token *t = wstun__calloc(1, sizeof(*t));
   t->name = wstun__strdup(name);
+  t->hash = wstun__keyhash_of(&srv->bucket_hash, name, strlen(name));
   wstun__list_init(&t->tunnels);
   wstun__list_init(&t->queue);
   t->hnext = srv->buckets[0];
