@@ -1152,15 +1152,15 @@ def targets(points, idle, stream):
                   "unit": unit, "pass": bool(ok)})
     s16 = p["small_c16"]
     v = s16["tunnel"]["rps"] / s16["direct"]["rps"]
-    add("140 B @16 conns: tunnel req/s >= 40% of direct", round(v * 100, 1),
-        ">= 40", v >= 0.40, "%")
+    add("140 B @16 conns: tunnel req/s >= 45% of direct", round(v * 100, 1),
+        ">= 45", v >= 0.45, "%")
     v = s16["tunnel"]["rps"] / s16["chain"]["rps"]
     add("140 B @16 conns: tunnel req/s >= chained nginx", round(v * 100, 1),
         ">= 100", v >= 1.0, "% of chain")
     s1 = p["small_c1"]
     v = s1["tunnel"]["mean_us"] - s1["direct"]["mean_us"]
     add("140 B @1 conn: added mean latency (tunnel - direct)", round(v, 1),
-        "<= 120", v <= 120, "us")
+        "<= 60", v <= 60, "us")
     m4 = p["mib_c4"]
     v = m4["tunnel"]["mbps"] / m4["direct"]["mbps"]
     add("1 MiB @4 conns: tunnel MB/s >= 40% of direct", round(v * 100, 1),
@@ -1173,12 +1173,16 @@ def targets(points, idle, stream):
             None if v is None else round(v, 2), ">= 1.5",
             v is not None and v >= 1.5,
             "x Go" + (" (Go: %d errors)" % goerr if goerr else ""))
+    d100 = p["download_100mib"]
+    v = d100["tunnel"]["mbps"] / d100["direct"]["mbps"]
+    add("100 MiB download: tunnel MB/s >= 60% of direct", round(v * 100, 1),
+        ">= 60", v >= 0.60, "%")
     v = p["small_c64"]["tunnel"]["errors_all_rounds"]
     add("140 B @64 conns, default settings: zero errors", v, "== 0", v == 0,
         "errors")
     v = idle.get("bytes_per_tunnel")
-    add("idle tunnel memory (wstunsrv RSS growth / tunnel)", v, "<= 8192",
-        v is not None and v <= 8192 and idle.get("count") == idle.get(
+    add("idle tunnel memory (wstunsrv RSS growth / tunnel)", v, "<= 4096",
+        v is not None and v <= 4096 and idle.get("count") == idle.get(
             "requested"), "bytes")
     peaks = []
     for d in ("download", "upload"):
