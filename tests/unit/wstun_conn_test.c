@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -988,6 +989,85 @@ TEST(writes_and_end_made_while_connecting_happen_once_connected) {
   teardown();
 }
 
+/* The peer resets the connection while the conn is paused (so that the
+ * reset is not read first); a write made then fails at once: from inside
+ * flush_now (f->count 0 and 1), or from the loop's flush (2). Before
+ * uv_try_write the failure always came later, from the write callback. */
+enum { RESET_FLUSH_NOW, RESET_FLUSH_NOW_CLOSE, RESET_LOOP_CLOSE };
+
+static void step_write_to_reset_peer(fixture *f) {
+  owner *o = &f->srv;
+  switch (f->phase) {
+  case 0:
+    if (!ready(f))
+      return;
+    wstun__conn_pause(o->c);
+    CHECK_EQ_INT(uv_tcp_close_reset(&f->p.tcp, peer_closed), 0);
+    f->mark = now(f);
+    f->phase = 1;
+    return;
+  case 1:
+    if (now(f) - f->mark < 20 || !f->p.closed)
+      return;
+    CHECK_EQ_INT(wstun__conn_write(o->c, pattern, 1000), 0);
+    if (f->count != RESET_LOOP_CLOSE) {
+      o->in_call = 1;
+      wstun__conn_flush_now(o->c);
+      o->in_call = 0;
+    }
+    f->mark = now(f);
+    f->phase = 2;
+    return;
+  case 2:
+    if (o->c != NULL && o->n[EV_END] == 1) {
+      /* an owner that did not close: a later write fails anew */
+      CHECK_EQ_INT(wstun__conn_write(o->c, pattern, 10), 0);
+      o->in_call = 1;
+      wstun__conn_flush_now(o->c);
+      o->in_call = 0;
+    }
+    if (o->c != NULL && now(f) - f->mark < 100)
+      return;
+    finish(f);
+    return;
+  }
+}
+
+static void hook_close_on_end(owner *o, int ev) {
+  if (ev == EV_END)
+    wstun__conn_close(o->c);
+}
+
+TEST(a_write_to_a_reset_peer_ends_at_once) {
+  static const char *const what[] = {"flush_now, on_end keeps",
+                                     "flush_now, on_end closes",
+                                     "loop flush, on_end closes"};
+  for (int mode = RESET_FLUSH_NOW; mode <= RESET_LOOP_CLOSE; mode++) {
+    test_context("%s", what[mode]);
+    setup(step_write_to_reset_peer, 0);
+    F.count = (size_t)mode;
+    if (mode != RESET_FLUSH_NOW)
+      F.srv.hook = hook_close_on_end;
+    peer_connect(&F, 0);
+    run();
+    test_context("%s", what[mode]);
+    if (mode == RESET_FLUSH_NOW) {
+      CHECK_EQ_INT(F.srv.n[EV_END], 2);
+      CHECK_EQ_INT(F.srv.nested[EV_END], 2);
+      CHECK_EQ_INT(F.srv.end_err, UV_EPIPE);
+    } else {
+      CHECK_EQ_INT(F.srv.n[EV_END], 1);
+      CHECK_EQ_INT(F.srv.nested[EV_END], mode == RESET_LOOP_CLOSE ? 0 : 1);
+      CHECK(F.srv.end_err == UV_ECONNRESET || F.srv.end_err == UV_EPIPE);
+    }
+    CHECK_EQ_INT(F.srv.n[EV_DATA] + F.srv.n[EV_DRAIN], 0);
+    CHECK_EQ_INT(F.srv.n[EV_CLOSE], 1);
+    CHECK_EQ_INT(F.srv.nested[EV_CLOSE], 0);
+    test_context(NULL);
+    teardown();
+  }
+}
+
 /* ---- closing ------------------------------------------------------------ */
 
 static void step_close_busy(fixture *f, int reset) {
@@ -1173,6 +1253,9 @@ TEST(allocation_failures_never_crash_nor_leak) {
 }
 
 int main(int argc, char **argv) {
+  /* writing to a peer that reset gives EPIPE, and SIGPIPE unless ignored,
+   * as the apps do */
+  signal(SIGPIPE, SIG_IGN);
   for (size_t i = 0; i < sizeof(pattern); i++)
     pattern[i] = (uint8_t)(i * 7 + i / 251);
   if (wstun_set_allocator(&counting) != 0)
@@ -1185,6 +1268,7 @@ int main(int argc, char **argv) {
       T(congestion_then_drain_when_the_peer_reads),
       T(peer_end_gives_eof_and_end_shuts_down_after_the_writes),
       T(out_of_memory_for_kept_bytes_ends_and_stops_reading),
+      T(a_write_to_a_reset_peer_ends_at_once),
       T(connect_out_reports_success_and_failure),
       T(writes_and_end_made_while_connecting_happen_once_connected),
       T(close_with_output_and_input_kept_frees_everything),
