@@ -143,7 +143,7 @@ static int ws_genmask(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                       void *ud) {
   wstun__tunnel *t = ud;
   (void)ctx;
-  return wstun__rng_bytes(t->rng, buf, len) == 0 ? 0 : -1;
+  return wstun__rng_mask(t->rng, buf, len) == 0 ? 0 : -1;
 }
 
 /* ---- data frames --------------------------------------------------------- */
@@ -164,7 +164,7 @@ static ssize_t fr_send(const uint8_t *data, size_t len, int flags, void *ud) {
 
 static int fr_genmask(uint8_t *buf, size_t len, void *ud) {
   wstun__tunnel *t = ud;
-  return wstun__rng_bytes(t->rng, buf, len) == 0 ? 0 : -1;
+  return wstun__rng_mask(t->rng, buf, len) == 0 ? 0 : -1;
 }
 
 int wstun__tunnel_send_data_frame(wstun__tunnel *t, int fin, int opcode,
