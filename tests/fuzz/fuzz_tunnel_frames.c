@@ -4,13 +4,9 @@
  * behave as the server's do (feed an HTTP response parser, fail on bad
  * bytes, pause and resume the tunnel, go away mid-message).
  *
- * No sockets: the tunnel runs on a wstun__conn whose TCP handle was never
- * opened. The harness hands it bytes by calling the connection's on_data
- * callback, as wstun__conn's deliver() does, and never runs the loop while
- * feeding, so what the tunnel writes (pongs, close frames, outgoing
- * messages) only piles up in the connection's output buffer. At the end
- * the tunnel is closed and the loop runs until its memory is gone; the
- * first write attempt fails (EBADF), which is one more error path.
+ * No sockets (fuzz_tunnel_common.h): what the tunnel writes (pongs, close
+ * frames, outgoing messages) only piles up in the connection's output
+ * buffer.
  *
  * Checks: callbacks only for live sinks, each sink ended exactly once
  * unless it went away (forget_sink), no message callback after on_closed,
@@ -18,10 +14,7 @@
  *
  * Input: byte 0 flags (see FL_*), byte 1 split seed (see fz_split), then
  * the bytes the peer sent. */
-#include <uv.h>
-
 #include "fuzz_util.h"
-#include "wstun_conn.h"
 #include "wstun_http.h"
 #include "wstun_proto.h"
 #include "wstun_tunnel.h"
@@ -61,7 +54,7 @@ static const wstun__http_parser_cbs resp_cbs = {resp_on_head, NULL, NULL};
 typedef struct env {
   uint8_t flags;
   wstun__tunnel *t; /* NULL after on_closed */
-  int closed, freed, close_err;
+  int closed, freed;
   int paused;
   sink *sinks;
   size_t nsinks;
@@ -70,6 +63,9 @@ typedef struct env {
   wstun__outmsg *streaming; /* unfinished message we may abandon/finish */
   int streaming_done;
 } env;
+
+/* after env and sink: the common part uses them */
+#include "fuzz_tunnel_common.h"
 
 static void sink_release(sink *s) {
   if (s->parser_init)
@@ -83,12 +79,9 @@ static void *on_msg_begin(wstun__tunnel *t, uint32_t id) {
   e->begins++;
   if ((e->flags & FL_DROP) && (id & 1))
     return NULL;
-  if (e->nsinks == MAX_SINKS)
+  sink *s = fzt_new_sink(e, id);
+  if (s == NULL)
     return NULL;
-  sink *s = &e->sinks[e->nsinks++];
-  memset(s, 0, sizeof(*s));
-  s->state = 1;
-  s->id = id;
   if (e->flags & FL_PARSE) {
     wstun__http_parser_init(&s->p, HTTP_RESPONSE, 8192, 65536, &resp_cbs, s);
     s->parser_init = 1;
@@ -99,10 +92,7 @@ static void *on_msg_begin(wstun__tunnel *t, uint32_t id) {
 static int on_msg_data(wstun__tunnel *t, void *sk, const uint8_t *d, size_t n) {
   env *e = t->owner;
   sink *s = sk;
-  FZ_CHECK(!e->closed, "on_msg_data after on_closed");
-  FZ_CHECK(s != NULL && s->state == 1, "on_msg_data for a sink in state %d",
-           s ? s->state : -1);
-  FZ_CHECK(n > 0, "empty on_msg_data");
+  fzt_check_data(e, s, n);
   if ((e->flags & FL_FAILDATA) && memchr(d, '!', n) != NULL)
     return 1;
   if (s->parser_init) {
@@ -138,27 +128,11 @@ static void on_msg_end(wstun__tunnel *t, void *sk, int complete) {
   e->ends++;
 }
 
-static void on_closed(wstun__tunnel *t, int err) {
-  env *e = t->owner;
-  FZ_CHECK(!e->closed, "on_closed twice");
-  FZ_CHECK(err < 0, "on_closed with err %d", err);
-  e->closed = 1;
-  e->close_err = err;
-  e->t = NULL;
-}
-
-static void on_freed(void *owner) {
-  env *e = owner;
-  FZ_CHECK(e->closed, "on_freed before on_closed");
-  FZ_CHECK(!e->freed, "on_freed twice");
-  e->freed = 1;
-}
-
 static const wstun__tunnel_cbs tcbs = {.on_msg_begin = on_msg_begin,
                                        .on_msg_data = on_msg_data,
                                        .on_msg_end = on_msg_end,
-                                       .on_closed = on_closed,
-                                       .on_freed = on_freed};
+                                       .on_closed = fzt_on_closed,
+                                       .on_freed = fzt_on_freed};
 
 /* ---- outgoing messages ------------------------------------------------------
  */
@@ -195,49 +169,6 @@ static wstun__outmsg *out_new(env *e, uint16_t id, const char *body,
   return m;
 }
 
-/* ---- the loop and the connection -------------------------------------------
- */
-
-static uv_loop_t loop;
-static wstun__conn_shared *shared;
-static wstun__rng rng;
-static const wstun__logger logger = {.level = WSTUN_LOG_ERROR};
-
-static size_t pre_on_data(wstun__conn *c, const uint8_t *d, size_t n) {
-  (void)c;
-  (void)d;
-  return n;
-}
-static void pre_on_end(wstun__conn *c, int err) {
-  (void)c;
-  (void)err;
-}
-static const wstun__conn_cbs pre_cbs = {.on_data = pre_on_data,
-                                        .on_end = pre_on_end};
-
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-  (void)argc;
-  (void)argv;
-  if (uv_loop_init(&loop) != 0)
-    abort();
-  shared = calloc(1, sizeof(*shared));
-  if (shared == NULL)
-    abort();
-  wstun__conn_shared_init(shared, &loop);
-  if (wstun__rng_init(&rng) != 0)
-    abort();
-  return 0;
-}
-
-/* As wstun__conn's deliver(): the bytes go to the owner's on_data. */
-static size_t deliver(wstun__conn *c, const uint8_t *d, size_t n) {
-  c->in_data = 1;
-  size_t used = c->cbs->on_data(c, d, n);
-  c->in_data = 0;
-  FZ_CHECK(used <= n, "on_data used %zu of %zu", used, n);
-  return used;
-}
-
 /* The sinks paused the tunnel: let them resume it, as a drained front
  * connection does. */
 static void unpause(env *e) {
@@ -250,22 +181,9 @@ static void unpause(env *e) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_in in = {data, size};
   env e;
-  memset(&e, 0, sizeof(e));
-  e.flags = fz_byte(&in);
   fz_split sp;
-  fz_split_init(&sp, fz_byte(&in));
-  e.sinks = calloc(MAX_SINKS, sizeof(sink));
-  if (e.sinks == NULL)
-    abort();
-
-  wstun__conn *conn = wstun__conn_new(&loop, shared, &pre_cbs, NULL);
-  if (conn == NULL)
-    abort();
-  wstun__tunnel *t = NULL;
-  int rc = wstun__tunnel_start(&t, &loop, conn, (e.flags & FL_SERVER) != 0,
-                               &rng, &logger, 0, 0, &tcbs, &e, NULL, 0);
-  FZ_CHECK(rc == 0, "tunnel_start: %d", rc);
-  e.t = t;
+  wstun__conn *conn = fzt_begin(&e, &in, &sp, &tcbs);
+  wstun__tunnel *t = e.t;
 
   if (e.flags & FL_SEND) {
     send_msg(
@@ -287,7 +205,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     d += chunk;
     left -= chunk;
     while (cl > 0 && e.t != NULL) {
-      size_t used = deliver(conn, c, cl);
+      size_t used = fzt_deliver(conn, c, cl);
       c += used;
       cl -= used;
       if (e.t == NULL)
@@ -315,18 +233,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       wstun__tunnel_close(e.t, WSTUN_ECLOSED);
   }
 
-  if (e.t != NULL) {
-    if (e.streaming && !e.streaming_done) {
-      wstun__outmsg_abandon(e.streaming);
-      e.streaming = NULL;
-    }
-    if (e.t != NULL)
-      wstun__tunnel_close(e.t, WSTUN_ECLOSED);
+  if (e.t != NULL && e.streaming && !e.streaming_done) {
+    wstun__outmsg_abandon(e.streaming);
+    e.streaming = NULL;
   }
-  FZ_CHECK(e.closed, "tunnel_close did not close");
-  uv_run(&loop, UV_RUN_DEFAULT);
-  FZ_CHECK(e.freed, "tunnel memory not released after the loop ran");
-  FZ_CHECK(!uv_loop_alive(&loop), "handles left on the loop");
+  fzt_end(&e);
 
   for (size_t i = 0; i < e.nsinks; i++) {
     FZ_CHECK(e.sinks[i].state != 1,

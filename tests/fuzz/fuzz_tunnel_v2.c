@@ -5,9 +5,8 @@
  * tunnel errors) and sinks that consume, hold, fail, reset their stream
  * and go away; between messages the owner consumes, resets, forgets,
  * sends GOAWAY and sends messages. As in fuzz_tunnel_frames.c there are no
- * sockets: the tunnel runs on a connection whose TCP handle was never
- * opened, bytes go in through its on_data, and what the tunnel writes
- * piles up in its output buffer.
+ * sockets (fuzz_tunnel_common.h): what the tunnel writes piles up in its
+ * connection's output buffer.
  *
  * Checks: callbacks only for live sinks, each sink ended exactly once
  * unless its owner forgot or reset it, nothing after on_closed, on_freed
@@ -21,10 +20,7 @@
  * HEAD of the largest length (4-byte id, flags byte; its payload 'h's), so
  * that heads continued over several frames (7.2) come in, 0xf7 send a
  * message whose head spans three HEAD frames (4-byte id). */
-#include <uv.h>
-
 #include "fuzz_util.h"
-#include "wstun_conn.h"
 #include "wstun_proto.h"
 #include "wstun_tunnel.h"
 #include "wstun_v2.h"
@@ -55,6 +51,9 @@ typedef struct env {
   size_t held; /* given to sinks and not consumed, all streams */
 } env;
 
+/* after env and sink: the common part uses them */
+#include "fuzz_tunnel_common.h"
+
 static sink *open_sink(env *e, uint32_t id) {
   for (size_t i = e->nsinks; i-- > 0;)
     if (e->sinks[i].id == id && e->sinks[i].state == 1)
@@ -68,13 +67,7 @@ static void *on_msg_begin(wstun__tunnel *t, uint32_t id) {
   FZ_CHECK(id != 0 && id <= WSTUN__V2_ID_MAX, "stream id %u", (unsigned)id);
   FZ_CHECK(open_sink(e, id) == NULL, "a second sink for stream %u",
            (unsigned)id);
-  if (e->nsinks == MAX_SINKS)
-    return NULL;
-  sink *s = &e->sinks[e->nsinks++];
-  memset(s, 0, sizeof(*s));
-  s->state = 1;
-  s->id = id;
-  return s;
+  return fzt_new_sink(e, id);
 }
 
 static void consume(env *e, sink *s, size_t n) {
@@ -88,10 +81,7 @@ static void consume(env *e, sink *s, size_t n) {
 static int on_msg_data(wstun__tunnel *t, void *sk, const uint8_t *d, size_t n) {
   env *e = t->owner;
   sink *s = sk;
-  FZ_CHECK(!e->closed, "on_msg_data after on_closed");
-  FZ_CHECK(s != NULL && s->state == 1, "on_msg_data for a sink in state %d",
-           s ? s->state : -1);
-  FZ_CHECK(n > 0, "empty on_msg_data");
+  fzt_check_data(e, s, n);
   s->given += n;
   e->held += n;
   if ((e->flags & FL_FAILDATA) && memchr(d, '!', n) != NULL)
@@ -157,21 +147,6 @@ static void on_msg_end(wstun__tunnel *t, void *sk, int complete) {
     send_on(e, s->id, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", "hi", 1);
 }
 
-static void on_closed(wstun__tunnel *t, int err) {
-  env *e = t->owner;
-  FZ_CHECK(!e->closed, "on_closed twice");
-  FZ_CHECK(err < 0, "on_closed with err %d", err);
-  e->closed = 1;
-  e->t = NULL;
-}
-
-static void on_freed(void *owner) {
-  env *e = owner;
-  FZ_CHECK(e->closed, "on_freed before on_closed");
-  FZ_CHECK(!e->freed, "on_freed twice");
-  e->freed = 1;
-}
-
 static void on_reset(wstun__tunnel *t, uint32_t id, uint32_t code) {
   env *e = t->owner;
   (void)code;
@@ -189,59 +164,17 @@ static void on_goaway(wstun__tunnel *t, uint32_t last, uint32_t code) {
 static const wstun__tunnel_cbs tcbs = {.on_msg_begin = on_msg_begin,
                                        .on_msg_data = on_msg_data,
                                        .on_msg_end = on_msg_end,
-                                       .on_closed = on_closed,
-                                       .on_freed = on_freed,
+                                       .on_closed = fzt_on_closed,
+                                       .on_freed = fzt_on_freed,
                                        .on_reset = on_reset,
                                        .on_goaway = on_goaway};
-
-/* ---- the loop and the connection ------------------------------------------
- */
-
-static uv_loop_t loop;
-static wstun__conn_shared *shared;
-static wstun__rng rng;
-static const wstun__logger logger = {.level = WSTUN_LOG_ERROR};
-
-static size_t pre_on_data(wstun__conn *c, const uint8_t *d, size_t n) {
-  (void)c;
-  (void)d;
-  return n;
-}
-static void pre_on_end(wstun__conn *c, int err) {
-  (void)c;
-  (void)err;
-}
-static const wstun__conn_cbs pre_cbs = {.on_data = pre_on_data,
-                                        .on_end = pre_on_end};
-
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-  (void)argc;
-  (void)argv;
-  if (uv_loop_init(&loop) != 0)
-    abort();
-  shared = calloc(1, sizeof(*shared));
-  if (shared == NULL)
-    abort();
-  wstun__conn_shared_init(shared, &loop);
-  if (wstun__rng_init(&rng) != 0)
-    abort();
-  return 0;
-}
-
-static size_t deliver(wstun__conn *c, const uint8_t *d, size_t n) {
-  c->in_data = 1;
-  size_t used = c->cbs->on_data(c, d, n);
-  c->in_data = 0;
-  FZ_CHECK(used <= n, "on_data used %zu of %zu", used, n);
-  return used;
-}
 
 /* Feeds bytes in data-derived chunks while the tunnel takes them. */
 static void feed(env *e, wstun__conn *conn, fz_split *sp, const uint8_t *d,
                  size_t n) {
   while (n > 0 && e->t != NULL && !conn->closing) {
     size_t chunk = fz_split_next(sp, n);
-    size_t used = deliver(conn, d, chunk);
+    size_t used = fzt_deliver(conn, d, chunk);
     d += used;
     n -= used;
     if (used == 0)
@@ -294,24 +227,10 @@ static uint32_t take32(fz_in *in) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fz_in in = {data, size};
   env e;
-  memset(&e, 0, sizeof(e));
-  e.flags = fz_byte(&in);
   fz_split sp;
-  fz_split_init(&sp, fz_byte(&in));
-  e.sinks = calloc(MAX_SINKS, sizeof(sink));
-  if (e.sinks == NULL)
-    abort();
+  wstun__conn *conn = fzt_begin(&e, &in, &sp, &tcbs);
   int server = (e.flags & FL_SERVER) != 0;
-
-  wstun__conn *conn = wstun__conn_new(&loop, shared, &pre_cbs, NULL);
-  if (conn == NULL)
-    abort();
-  wstun__tunnel *t = NULL;
-  int rc = wstun__tunnel_start(&t, &loop, conn, server, &rng, &logger, 0, 0,
-                               &tcbs, &e, NULL, 0);
-  FZ_CHECK(rc == 0, "tunnel_start: %d", rc);
-  FZ_CHECK(wstun__tunnel_set_proto(t, &wstun__proto_v2) == 0, "set_proto");
-  e.t = t;
+  FZ_CHECK(wstun__tunnel_set_proto(e.t, &wstun__proto_v2) == 0, "set_proto");
   if (server) {
     send_on(&e, 1, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", "", 1);
     send_on(&e, 3, "POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\n", "ab", 0);
@@ -420,12 +339,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   wstun__buf_free(&msg);
 
-  if (e.t != NULL)
-    wstun__tunnel_close(e.t, WSTUN_ECLOSED);
-  FZ_CHECK(e.closed, "tunnel_close did not close");
-  uv_run(&loop, UV_RUN_DEFAULT);
-  FZ_CHECK(e.freed, "tunnel memory not released after the loop ran");
-  FZ_CHECK(!uv_loop_alive(&loop), "handles left on the loop");
+  fzt_end(&e);
   for (size_t i = 0; i < e.nsinks; i++)
     FZ_CHECK(e.sinks[i].state != 1,
              "sink %zu (stream %u) never ended: the exchange would hang", i,

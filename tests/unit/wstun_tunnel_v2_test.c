@@ -67,11 +67,6 @@ struct env {
 
 static env E;
 
-static void log_cb(void *ud, wstun_log_level level, const char *line) {
-  (void)ud;
-  printf("    [log %d] %s\n", (int)level, line);
-}
-
 /* ---- outgoing messages -----------------------------------------------------
  */
 
@@ -187,72 +182,11 @@ static size_t pre_on_data(wstun__conn *c, const uint8_t *d, size_t n) {
     abort();
   return n;
 }
-static void pre_on_end(wstun__conn *c, int err) {
-  (void)c;
-  (void)err;
-}
-static void pre_on_connect(wstun__conn *c, int status) {
-  env *e = c->owner;
-  e->connected = 1;
-  e->connect_status = status;
-}
-static void pre_on_close(wstun__conn *c) {
-  env *e = c->owner;
-  if (c == e->srv.conn)
-    e->srv.conn = NULL;
-  if (c == e->cli.conn)
-    e->cli.conn = NULL;
-}
-static const wstun__conn_cbs pre_cbs = {.on_data = pre_on_data,
-                                        .on_end = pre_on_end,
-                                        .on_connect = pre_on_connect,
-                                        .on_close = pre_on_close};
 
-static void on_connection(uv_stream_t *server, int status) {
-  env *e = server->data;
-  if (status != 0 || e->srv.conn != NULL)
-    return;
-  wstun__conn *c = wstun__conn_new(&e->loop, e->sh_srv, &pre_cbs, e);
-  if (c == NULL)
-    return;
-  e->srv.conn = c;
-  if (wstun__conn_accept(c, server) != 0)
-    wstun__conn_close(c);
-}
-
-/* ---- running the loop ------------------------------------------------------
- */
-
-static void on_guard(uv_timer_t *t) {
-  ((env *)t->data)->guard_fired = 1;
-}
-
-typedef int (*pred_fn)(env *e);
-
-#define RUN_UNTIL(e, pred, ms) run_until((e), (pred), (ms), #pred, __LINE__)
-static int run_until(env *e, pred_fn pred, uint64_t ms, const char *what,
-                     int line) {
-  e->guard_fired = 0;
-  uv_timer_start(&e->guard, on_guard, ms, 0);
-  while (!(pred && pred(e)) && !e->guard_fired)
-    uv_run(&e->loop, UV_RUN_ONCE);
-  uv_timer_stop(&e->guard);
-  int ok = pred ? pred(e) : 1;
-  if (!ok)
-    test__fail(__FILE__, line, "timed out after %llu ms waiting for %s",
-               (unsigned long long)ms, what);
-  return ok;
-}
-
-static void run_for(env *e, uint64_t ms) {
-  run_until(e, NULL, ms, "", 0);
-}
+/* after env, side, rx_msg, tx and pre_on_data: the fixture uses them */
+#include "tunnel_fixture.h"
 
 /* ---- setting up and tearing down ----------------------------------------- */
-
-static int both_connected(env *e) {
-  return e->connected && e->srv.conn != NULL && e->srv.conn->reading;
-}
 
 static void side_init(env *e, side *s, char tag) {
   memset(s, 0, sizeof(*s));
@@ -268,46 +202,11 @@ static int env_start(env *e, int raw) {
   side_init(e, &e->cli, 'c');
   e->raw = raw;
   wstun__buf_init(&e->raw_in);
-  e->log.level = WSTUN_LOG_DEBUG;
-  e->log.cb = getenv("WSTUN_TEST_LOG") ? log_cb : NULL;
-  e->sh_srv = calloc(1, sizeof(*e->sh_srv));
-  e->sh_cli = calloc(1, sizeof(*e->sh_cli));
-  if (e->sh_srv == NULL || e->sh_cli == NULL)
-    abort();
-  CHECK_EQ_INT(uv_loop_init(&e->loop), 0);
-  wstun__conn_shared_init(e->sh_srv, &e->loop);
-  wstun__conn_shared_init(e->sh_cli, &e->loop);
-  e->flushers_open = 2;
-  CHECK_EQ_INT(wstun__rng_init(&e->rng_srv), 0);
-  CHECK_EQ_INT(wstun__rng_init(&e->rng_cli), 0);
-  uv_timer_init(&e->loop, &e->guard);
-  e->guard.data = e;
+  if (tf_start(e) != 0)
+    return -1;
 
-  struct sockaddr_in addr;
-  uv_ip4_addr("127.0.0.1", 0, &addr);
-  uv_tcp_init(&e->loop, &e->listener);
-  e->listener.data = e;
-  e->listener_open = 1;
-  int rc = uv_tcp_bind(&e->listener, (const struct sockaddr *)&addr, 0);
-  if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&e->listener, 8, on_connection);
-  int alen = sizeof(addr);
-  if (rc == 0)
-    rc = uv_tcp_getsockname(&e->listener, (struct sockaddr *)&addr, &alen);
-  CHECK_EQ_INT(rc, 0);
-  if (rc != 0)
-    return -1;
-  e->cli.conn = wstun__conn_new(&e->loop, e->sh_cli, &pre_cbs, e);
-  if (e->cli.conn == NULL)
-    return -1;
-  rc = wstun__conn_connect(e->cli.conn, (const struct sockaddr *)&addr);
-  CHECK_EQ_INT(rc, 0);
-  if (rc != 0 || !RUN_UNTIL(e, both_connected, 5000))
-    return -1;
-  CHECK_EQ_INT(e->connect_status, 0);
-
-  rc = wstun__tunnel_start(&e->srv.t, &e->loop, e->srv.conn, 1, &e->rng_srv,
-                           &e->log, 0, 0, &tun_cbs, &e->srv, NULL, 0);
+  int rc = wstun__tunnel_start(&e->srv.t, &e->loop, e->srv.conn, 1, &e->rng_srv,
+                               &e->log, 0, 0, &tun_cbs, &e->srv, NULL, 0);
   CHECK_EQ_INT(rc, 0);
   if (rc != 0)
     return -1;
@@ -327,64 +226,9 @@ static int env_start(env *e, int raw) {
   return 0;
 }
 
-static int all_gone(env *e) {
-  return (!e->srv.handed || e->srv.freed) && (!e->cli.handed || e->cli.freed) &&
-         e->srv.conn == NULL && e->cli.conn == NULL && !e->listener_open;
-}
-static void on_listener_closed(uv_handle_t *h) {
-  ((env *)h->data)->listener_open = 0;
-}
-static void on_flusher_closed(uv_handle_t *h) {
-  ((env *)h->data)->flushers_open--;
-}
-static int flushers_gone(env *e) {
-  return e->flushers_open == 0;
-}
-static void close_any(uv_handle_t *h, void *arg) {
-  (void)arg;
-  if (!uv_is_closing(h))
-    uv_close(h, NULL);
-}
-
 static void env_done(env *e) {
-  if (e->srv.t)
-    wstun__tunnel_close(e->srv.t, WSTUN_ECLOSED);
-  if (e->cli.t)
-    wstun__tunnel_close(e->cli.t, WSTUN_ECLOSED);
-  if (!e->srv.handed && e->srv.conn)
-    wstun__conn_close(e->srv.conn);
-  if (!e->cli.handed && e->cli.conn)
-    wstun__conn_close(e->cli.conn);
-  if (e->srv.handed)
-    e->srv.conn = NULL;
-  if (e->cli.handed)
-    e->cli.conn = NULL;
-  if (e->listener_open && !uv_is_closing((uv_handle_t *)&e->listener))
-    uv_close((uv_handle_t *)&e->listener, on_listener_closed);
-  RUN_UNTIL(e, all_gone, 5000);
-  CHECK_EQ_INT(e->srv.freed, e->srv.handed);
-  CHECK_EQ_INT(e->cli.freed, e->cli.handed);
-  wstun__conn_shared_close(e->sh_srv, on_flusher_closed, e);
-  wstun__conn_shared_close(e->sh_cli, on_flusher_closed, e);
-  RUN_UNTIL(e, flushers_gone, 1000);
-  uv_close((uv_handle_t *)&e->guard, NULL);
-  uv_run(&e->loop, UV_RUN_DEFAULT);
-  int rc = uv_loop_close(&e->loop);
-  CHECK_EQ_INT(rc, 0);
-  if (rc != 0) {
-    uv_walk(&e->loop, close_any, NULL);
-    uv_run(&e->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&e->loop);
-  }
-  for (int i = 0; i < MAXRX; i++) {
-    wstun__buf_free(&e->srv.rx[i].data);
-    wstun__buf_free(&e->cli.rx[i].data);
-  }
+  tf_done(e);
   wstun__buf_free(&e->raw_in);
-  wstun__rng_free(&e->rng_srv);
-  wstun__rng_free(&e->rng_cli);
-  free(e->sh_srv);
-  free(e->sh_cli);
 }
 
 static rx_msg *find_rx(side *s, uint32_t id) {
@@ -476,93 +320,17 @@ TEST(messages_that_cannot_go_come_back) {
 /* ---- streams interleave ----------------------------------------------------
  */
 
-static uint8_t pat(size_t i, unsigned seed) {
-  return (uint8_t)((i * 2654435761u + seed) >> 11);
-}
-
-typedef struct producer {
-  tx x; /* first: the outmsg owner is the producer */
-  wstun__tunnel *t;
-  wstun__outmsg *m;
-  unsigned seed;
-  size_t total, produced;
-  int producing, again, finished, fulls;
-} producer;
-
-static void produce(producer *p);
-
-static void prod_drain(void *owner, wstun__outmsg *m) {
-  producer *p = owner;
-  (void)m;
-  p->x.drains++;
-  produce(p);
-}
-static const wstun__outmsg_cbs prod_cbs = {tx_sent, prod_drain, tx_failed};
-
-static void append_pattern(producer *p, size_t n) {
-  static uint8_t chunk[64 * 1024];
-  for (size_t i = 0; i < n; i++)
-    chunk[i] = pat(p->produced + i, p->seed);
-  if (wstun__buf_append(&p->m->buf, chunk, n) != 0)
-    abort();
-  p->produced += n;
-}
-
-static void produce(producer *p) {
-  if (p->producing) {
-    p->again = 1;
-    return;
-  }
-  p->producing = 1;
-  do {
-    p->again = 0;
-    while (!p->finished && p->produced < p->total) {
-      if (wstun__outmsg_full(p->m)) {
-        p->fulls++;
-        break;
-      }
-      size_t n = p->total - p->produced;
-      append_pattern(p, n < 64 * 1024 ? n : 64 * 1024);
-      wstun__tunnel_kick(p->t);
-    }
-    if (!p->finished && p->produced == p->total) {
-      p->finished = 1;
-      p->m->finished = 1;
-      p->m = NULL;
-      wstun__tunnel_kick(p->t);
-    }
-  } while (p->again && !p->finished);
-  p->producing = 0;
-}
-
 static const char REQ_BIG[] = "POST /big HTTP/1.1\r\nHost: a\r\n\r\n";
 
 static void producer_start(producer *p, wstun__tunnel *t, uint32_t id,
                            const char *head, size_t total, unsigned seed) {
-  memset(p, 0, sizeof(*p));
-  p->t = t;
-  p->total = total;
-  p->seed = seed;
-  p->m = wstun__outmsg_new(&prod_cbs, p);
-  if (p->m == NULL)
-    abort();
+  producer_init(p, t, total, seed);
   if (wstun__buf_append(&p->m->buf, head, strlen(head)) != 0)
     abort();
   wstun__outmsg_set_head_len(p->m, (uint32_t)strlen(head));
   append_pattern(p, WSTUN__STREAM_AT);
   wstun__tunnel_send(t, id, p->m);
   produce(p);
-}
-
-static void check_pattern(const rx_msg *m, size_t skip, size_t total,
-                          unsigned seed) {
-  CHECK_EQ_INT(wstun__buf_size(&m->data), skip + total);
-  size_t n = wstun__buf_size(&m->data), bad = 0;
-  const uint8_t *d = wstun__buf_data(&m->data);
-  for (size_t i = skip; i < n; i++)
-    if (d[i] != pat(i - skip, seed))
-      bad++;
-  CHECK_EQ_INT(bad, 0);
 }
 
 static producer P1, P2;
@@ -839,29 +607,6 @@ TEST(abandon_ends_a_started_stream_and_drops_an_unstarted_one) {
 
 /* ---- a raw peer: the wire --------------------------------------------------
  */
-
-/* A masked (zero key) client frame of any length. */
-static size_t ws_frame(uint8_t *out, int opcode, int fin, const uint8_t *p,
-                       size_t n) {
-  size_t h = 2;
-  out[0] = (uint8_t)((fin ? 0x80 : 0) | opcode);
-  if (n < 126) {
-    out[1] = (uint8_t)(0x80 | n);
-  } else if (n < 65536) {
-    out[1] = 0x80 | 126;
-    out[2] = (uint8_t)(n >> 8);
-    out[3] = (uint8_t)n;
-    h = 4;
-  } else {
-    out[1] = 0x80 | 127;
-    for (int i = 0; i < 8; i++)
-      out[2 + i] = (uint8_t)((uint64_t)n >> (56 - 8 * i));
-    h = 10;
-  }
-  memset(out + h, 0, 4);
-  memcpy(out + h + 4, p, n);
-  return h + 4 + n;
-}
 
 /* Sends one binary WebSocket message holding bytes p. */
 static void raw_send(env *e, const uint8_t *p, size_t n) {
