@@ -504,6 +504,10 @@ static void tls_pump(wstun__conn *c) {
     /* handshake messages; once done, also writes queued meanwhile */
     if (rc == WSTUN__TLS_DONE || wstun__buf_size(&t->cout) > 0)
       wstun__conn_flush(c);
+    /* after wstun__conn_shared_close() a flush writes at once, and a
+     * failed write may have ended and closed the conn already */
+    if (c->closing)
+      return;
     if (rc == WSTUN__TLS_AGAIN)
       return;
     if (rc < 0) {
@@ -526,6 +530,8 @@ static void tls_pump(wstun__conn *c) {
     }
     if (wstun__buf_size(&t->cout) > 0)
       wstun__conn_flush(c); /* an alert, say */
+    if (c->closing)
+      return; /* as above */
     if (n == WSTUN__TLS_AGAIN) {
       /* mbedTLS also says "again" after a record that carried no data
        * (an empty record, a warning alert, a refused renegotiation):
