@@ -150,6 +150,8 @@ static void on_log(void *ud, wstun_log_level level, const char *line) {
 }
 
 int main(int argc, char **argv) {
+  /* a write to a reset peer must fail with EPIPE, not end the process */
+  signal(SIGPIPE, SIG_IGN);
   uv_loop_t *loop = uv_default_loop();
   wstun_server_config cfg;
   wstun_server_config_init(&cfg);

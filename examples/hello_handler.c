@@ -47,6 +47,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s ws://host:port TOKEN\n", argv[0]);
     return 2;
   }
+  /* a write to a reset peer must fail with EPIPE, not end the process */
+  signal(SIGPIPE, SIG_IGN);
   uv_loop_t *loop = uv_default_loop();
   wstun_client_config cfg;
   wstun_client_config_init(&cfg);

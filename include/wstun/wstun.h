@@ -25,6 +25,13 @@
  * wstun_memory_in_use(). wstun_set_allocator() is process-wide: call it
  * only while no thread uses libwstun.
  *
+ * Signals: sockets are written with write(2), as libuv does, so a write to
+ * a peer that reset the connection raises SIGPIPE, whose default action
+ * ends the process. Ignore it (signal(SIGPIPE, SIG_IGN)) before starting a
+ * server or a client, as wstunsrv and wstuncli do; the write then fails
+ * with EPIPE and only that connection ends. The library installs no
+ * signal handler of its own.
+ *
  * Conventions (as in libuv):
  *   - Functions that can fail return 0 or a negative WSTUN_E* code;
  *     wstun_strerror() names it (and libuv's UV_E* codes too: the two
