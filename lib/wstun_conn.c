@@ -1,8 +1,9 @@
 /* The one place that does socket I/O: a uv_tcp_t per wstun__conn, read
  * into the buffer its server or client shares and handed to the owner's
  * on_data, with what the owner leaves kept aside (pending) until resume;
- * output gathered in `out` and written by one uv_write at a time from the
- * shared check handle, with the high-water/on_drain back-pressure; the
+ * output gathered in `out` and written from the shared check handle, at
+ * once when the kernel takes it (uv_try_write), else by one uv_write at a
+ * time, with the high-water/on_drain back-pressure; the
  * TLS records (wstun_tls) in between once started; connect, orderly end,
  * close and reset, and address resolution. wstun_conn.h says which calls
  * may fire which callbacks. */

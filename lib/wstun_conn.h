@@ -2,8 +2,9 @@
  * I/O. Reads land in a buffer shared by every connection of a server or
  * client (a read is consumed before the next one starts, so one buffer
  * serves them all); only bytes the consumer could not take yet are copied
- * aside. Writes are appended to an output buffer and sent by at most one
- * uv_write at a time, so many small writes coalesce into few syscalls. */
+ * aside. Writes are appended to an output buffer and sent once per loop
+ * iteration (at once when the kernel takes them all, else by at most one
+ * uv_write at a time), so many small writes coalesce into few syscalls. */
 #ifndef WSTUN_CONN_H
 #define WSTUN_CONN_H
 
