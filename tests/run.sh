@@ -127,7 +127,8 @@ if [ "${WSTUN_SKIP_FUZZ:-0}" = "1" ]; then
   note "[fuzz] skipped (WSTUN_SKIP_FUZZ=1)"
 else
   note "[fuzz] build-fuzz, ${WSTUN_FUZZ_SECS:-15} s per target"
-  if WSTUN_FUZZ_SECS=${WSTUN_FUZZ_SECS:-15} bash tests/fuzz/run.sh build-fuzz \
+  if WSTUN_FUZZ_SECS=${WSTUN_FUZZ_SECS:-15} WSTUN_FUZZ_CMAKE_ARGS=-DWSTUN_WERROR=ON \
+      bash tests/fuzz/run.sh build-fuzz \
       2>&1 | tee "$LOG_DIR/fuzz.log"; then
     n=$(grep -c 'fuzz: ok' "$LOG_DIR/fuzz.log" || true)
     TOTAL_PASSED=$((TOTAL_PASSED + n / 2))

@@ -176,7 +176,12 @@ class Floods(E2ETestCase):
             # from 127.0.0.2: the flood has its own per-address budget, and
             # the /metrics reads from 127.0.0.1 are not refused
             conns = slow_heads(srv.port, n, head)
-            held = metric(srv.port, "wstun_connections") - 1
+            # held = those not refused: wstun_connections would also count
+            # the sampler's /metrics reads, which run concurrently
+            def refused():
+                return metric(srv.port, "wstun_connections_refused_total")
+            wait_until(lambda: refused() >= n - 1000, 3 * SLOW, interval=0.2)
+            held = n - refused()
             time.sleep(1.0)
             peak = sampler.finish()
             opened = time.monotonic() - t0

@@ -430,7 +430,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       case 2:
       case 3:
         who = (sel & 3) % nreqs;
-        wstun__proto_write_prefix(reqs[who].f->ex.reg.id, pre);
+        /* v1 ids are 16-bit on the wire (reg.id is wide for v2) */
+        wstun__proto_write_prefix((uint16_t)reqs[who].f->ex.reg.id, pre);
         put(&msg, pre, 4);
         break;
       case 4:

@@ -899,10 +899,10 @@ TEST(a_head_over_the_frame_limit_goes_in_several_head_frames) {
     const size_t want[3] = {WSTUN__V2_MAX_HEAD, WSTUN__V2_MAX_HEAD, 1000};
     for (int i = 0; i < 3; i++) {
       test_context("HEAD frame %d", i);
-      if (!raw_expect(e, WSTUN__V2_HEAD, &b, 5000)) {
-        CHECK(!"a HEAD frame came");
+      int came = raw_expect(e, WSTUN__V2_HEAD, &b, 5000);
+      CHECK(came); /* a HEAD frame came */
+      if (!came)
         break;
-      }
       CHECK_EQ_INT(wstun__buf_size(&b), 9 + want[i]);
       CHECK_EQ_INT(wstun__buf_data(&b)[1], 0); /* no END: the body follows */
       CHECK_EQ_INT(be32(wstun__buf_data(&b) + 5), 1);
