@@ -506,8 +506,9 @@ static void tls_pump(wstun__conn *c) {
     if (rc == WSTUN__TLS_DONE || wstun__buf_size(&t->cout) > 0)
       wstun__conn_flush(c);
     /* after wstun__conn_shared_close() a flush writes at once, and a
-     * failed write may have ended and closed the conn already */
-    if (c->closing)
+     * failed write may have ended the conn (on_end) or closed it: the
+     * owner has its answer, and on_secure must not contradict it */
+    if (c->closing || c->ended)
       return;
     if (rc == WSTUN__TLS_AGAIN)
       return;

@@ -21,6 +21,7 @@
 
 #include "failalloc.h"
 #include "test.h"
+#include "test_certs.h"
 #include "wstun/wstun.h"
 
 #define DEADLINE_MS 3000
@@ -61,7 +62,7 @@ static void bytes_free(bytes *b) {
   memset(b, 0, sizeof(*b));
 }
 
-enum { EV_DATA, EV_END, EV_DRAIN, EV_CONNECT, EV_CLOSE, EV_COUNT };
+enum { EV_DATA, EV_END, EV_DRAIN, EV_CONNECT, EV_CLOSE, EV_SECURE, EV_COUNT };
 
 typedef struct fixture fixture;
 typedef struct owner owner;
@@ -78,7 +79,7 @@ struct owner {
   int nested[EV_COUNT]; /* of those, fired inside a conn call of the test */
   int in_call;          /* set by the test around conn calls */
   int depth, max_depth; /* on_data nesting */
-  int end_err, connect_status;
+  int end_err, connect_status, secure_status;
   size_t got_at_end, queued_at_drain;
   int close_at; /* the on_data call that closes the conn (0: none) */
   void (*hook)(owner *o, int ev);
@@ -100,8 +101,9 @@ struct fixture {
   uv_timer_t tick, deadline, aux;
   struct sockaddr_in addr; /* the listener's */
   int small_buffers, refused, shared_closed;
-  int raw_listener, filler; /* plain sockets of a test (0: none) */
-  owner srv, out;           /* the accepted conn, the one connecting out */
+  wstun__tls_config *srv_tls; /* TLS on the accepted conn (NULL: none) */
+  int raw_listener, filler;   /* plain sockets of a test (0: none) */
+  owner srv, out;             /* the accepted conn, the one connecting out */
   peer p;
   void (*step)(fixture *); /* each tick and each read of the peer */
   int phase, finished, timed_out;
@@ -167,12 +169,21 @@ static void own_close(wstun__conn *c) {
     o->hook(o, EV_CLOSE);
 }
 
+static void own_secure(wstun__conn *c, int status) {
+  owner *o = c->owner;
+  seen(o, EV_SECURE);
+  o->secure_status = status;
+  if (o->hook)
+    o->hook(o, EV_SECURE);
+}
+
 static const wstun__conn_cbs own_cbs = {
     .on_data = own_data,
     .on_end = own_end,
     .on_drain = own_drain,
     .on_connect = own_connect,
     .on_close = own_close,
+    .on_secure = own_secure,
 };
 
 /* ---- the peer: a plain libuv stream ------------------------------------- */
@@ -310,6 +321,9 @@ static void on_incoming(uv_stream_t *l, int status) {
   }
   f->srv.c = c;
   CHECK_EQ_INT(wstun__conn_accept(c, l), 0);
+  /* as the server's front does: before anything is read */
+  if (f->srv_tls)
+    CHECK_EQ_INT(wstun__conn_start_tls(c, f->srv_tls, NULL), 0);
   if (f->small_buffers) {
     int n = SMALL_SOCKBUF;
     CHECK_EQ_INT(uv_send_buffer_size((uv_handle_t *)&c->tcp, &n), 0);
@@ -1252,13 +1266,95 @@ TEST(allocation_failures_never_crash_nor_leak) {
   CHECK(n > 5); /* allocations were failed, each in turn */
 }
 
+/* ---- TLS ---------------------------------------------------------------- */
+
+static char tls_dir[] = "/tmp/wstun-conn-test.XXXXXX";
+static char tls_cert[160], tls_key[160];
+static wstun__tls_config *tls_client_cfg;
+
+/* The client starts TLS once connected and stops reading, so that the
+ * server's first flight waits in its socket until the test lets it in. */
+static void hook_tls_client(owner *o, int ev) {
+  if (ev != EV_CONNECT || o->connect_status != 0)
+    return;
+  CHECK_EQ_INT(wstun__conn_start_tls(o->c, tls_client_cfg, "localhost"), 0);
+  wstun__conn_pause(o->c);
+}
+
+/* Once the server sent its first flight: its write side is shut and the
+ * shared flusher closed (as when a server or client shuts down), then the
+ * client reads on and sends its last flight. The server's handshake ends
+ * with a flush that writes at once and fails (EPIPE): on_end comes from
+ * inside the handshake, and on_secure must not follow it. */
+static void step_tls_last_flight_fails(fixture *f) {
+  switch (f->phase) {
+  case 0: {
+    if (f->srv.c == NULL || f->out.c == NULL || f->srv.c->written == 0)
+      return;
+    int fd;
+    CHECK_EQ_INT(uv_fileno((uv_handle_t *)&f->srv.c->tcp, &fd), 0);
+    CHECK_EQ_INT(shutdown(fd, SHUT_WR), 0);
+    wstun__conn_shared_close(&f->sh, NULL, NULL);
+    f->shared_closed = 1;
+    wstun__conn_resume(f->out.c);
+    f->phase = 1;
+    return;
+  }
+  case 1:
+    if (f->srv.n[EV_END] == 0)
+      return;
+    f->mark = now(f);
+    f->phase = 2;
+    return;
+  case 2: /* a while, for a late on_secure to show */
+    if (now(f) - f->mark >= 50)
+      finish(f);
+    return;
+  }
+}
+
+TEST(a_handshake_whose_last_write_fails_ends_without_on_secure) {
+  for (int keep = 0; keep <= 1; keep++) {
+    test_context("the owner %s on_end",
+                 keep ? "keeps the conn after" : "closes in");
+    setup(step_tls_last_flight_fails, 0);
+    char why[400] = "";
+    CHECK_EQ_INT(wstun__tls_server_config(&F.srv_tls, tls_cert, tls_key, why,
+                                          sizeof(why)),
+                 0);
+    CHECK_EQ_INT(
+        wstun__tls_client_config(&tls_client_cfg, NULL, 0, why, sizeof(why)),
+        0);
+    if (!keep)
+      F.srv.hook = hook_close_on_end;
+    F.out.hook = hook_tls_client;
+    REQUIRE(connect_out(&F.addr) != NULL);
+    run();
+    wstun__tls_config_unref(F.srv_tls);
+    wstun__tls_config_unref(tls_client_cfg);
+    tls_client_cfg = NULL;
+    CHECK_EQ_INT(F.srv.n[EV_END], 1);
+    CHECK_EQ_INT(F.srv.end_err, UV_EPIPE);
+    CHECK_EQ_INT(F.srv.n[EV_SECURE], 0);
+    CHECK_EQ_INT(F.srv.n[EV_DATA], 0);
+    CHECK_EQ_INT(F.srv.n[EV_CLOSE], 1);
+    test_context(NULL);
+    teardown();
+  }
+}
+
 int main(int argc, char **argv) {
   /* writing to a peer that reset gives EPIPE, and SIGPIPE unless ignored,
    * as the apps do */
   signal(SIGPIPE, SIG_IGN);
   for (size_t i = 0; i < sizeof(pattern); i++)
     pattern[i] = (uint8_t)(i * 7 + i / 251);
-  if (wstun_set_allocator(&counting) != 0)
+  if (mkdtemp(tls_dir) == NULL)
+    return 1;
+  snprintf(tls_cert, sizeof(tls_cert), "%s/cert.pem", tls_dir);
+  snprintf(tls_key, sizeof(tls_key), "%s/key.pem", tls_dir);
+  int made = make_cert("localhost", 0, tls_cert, tls_key);
+  if (made != 0 || wstun_set_allocator(&counting) != 0)
     return 1;
   static const test_case tests[] = {
       T(reads_reach_on_data_then_eof),
@@ -1274,8 +1370,12 @@ int main(int argc, char **argv) {
       T(close_with_output_and_input_kept_frees_everything),
       T(close_from_on_data_stops_all_but_on_close),
       T(allocation_failures_never_crash_nor_leak),
+      T(a_handshake_whose_last_write_fails_ends_without_on_secure),
   };
   int rc = test_main(tests, TEST_COUNT(tests), argc, argv);
   wstun_set_allocator(NULL);
+  unlink(tls_cert);
+  unlink(tls_key);
+  rmdir(tls_dir);
   return rc;
 }
