@@ -9,7 +9,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, HOST, TIME_SCALE, Background, get, http_req,  # noqa: E402
-                     raw_http, make_token, free_port, read_response, wait_tunnels,
+                     raw_http, make_token, dead_port, read_response, wait_tunnels,
                      wait_until, main)
 
 
@@ -269,7 +269,9 @@ class ClientErrors(E2ETestCase):
     def test_backend_down_502(self):
         srv = self.server()
         tok = make_token()
-        self.client(srv, tok, server_url="http://127.0.0.1:%d" % free_port())
+        sock, port = dead_port()
+        self.addCleanup(sock.close)
+        self.client(srv, tok, server_url="http://127.0.0.1:%d" % port)
         self.assertTrue(wait_tunnels(srv, 1))
         r = get(srv.port, "/_token/%s/x" % tok)
         self.assertStatus(r, 502)
