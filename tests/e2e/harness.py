@@ -70,6 +70,28 @@ def free_port():
         return s.getsockname()[1]
 
 
+def on_free_port(start, tries=5):
+    """start(port) on a port free_port() found, again on another if that
+    one was taken meanwhile (start raised, naming "address already in
+    use"). Returns what start returned."""
+    for attempt in range(tries):
+        try:
+            return start(free_port())
+        except AssertionError as e:
+            if "address already in use" not in str(e) or attempt == tries - 1:
+                raise
+
+
+def dead_port():
+    """(socket, port): a port of 127.0.0.1 bound but not listening, so a
+    connection to it is refused, and nothing else can start listening on
+    it for as long as the socket stays open (a free_port() may be taken by
+    anybody a moment later)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((HOST, 0))
+    return s, s.getsockname()[1]
+
+
 def make_token(prefix="tok"):
     """A fresh rendez-vous token, comfortably longer than 16 chars."""
     return "%s%s" % (prefix, os.urandom(8).hex())

@@ -7,8 +7,8 @@ import json
 import http.client
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, get, http_req, raw_http, wait_tunnels,  # noqa: E402
-                     rec_headers, make_token, stats_text, main)
+from harness import (E2ETestCase, HOST, TIME_SCALE, get, http_req, raw_http,  # noqa: E402
+                     wait_tunnels, rec_headers, make_token, stats_text, main)
 
 
 class Endpoints(E2ETestCase):
@@ -309,15 +309,23 @@ class Curl(E2ETestCase):
         with tempfile.NamedTemporaryFile(delete=False) as f:
             f.write(data)
         self.addCleanup(os.unlink, f.name)
+        # curl sends the body anyway after --expect100-timeout (1 s by
+        # default: no bound on a slow machine): made long, a missing or late
+        # 100 Continue shows as a wait of that length
+        wait = 20 * TIME_SCALE
         t0 = time.monotonic()
-        rc, out, err = self.curl("-H", "Expect: 100-continue", "--data-binary", "@" + f.name,
-                                 "http://127.0.0.1:%d/_token/%s/upload" % (srv.port, tok))
+        rc, out, err = self.curl("-v", "-H", "Expect: 100-continue",
+                                 "--expect100-timeout", str(wait),
+                                 "--data-binary", "@" + f.name,
+                                 "http://127.0.0.1:%d/_token/%s/upload" % (srv.port, tok),
+                                 timeout=2 * wait)
         dt = time.monotonic() - t0
         self.assertEqual(rc, 0, err)
         doc = json.loads(out)
         self.assertEqual(doc["len"], len(data))
         self.assertEqual(doc["sha256"], hashlib.sha256(data).hexdigest())
-        self.assertLess(dt, 0.95, "curl waited for a 100 Continue that never came (%.2fs)" % dt)
+        self.assertIn("< HTTP/1.1 100 Continue", err)
+        self.assertLess(dt, wait, "curl waited for a 100 Continue that never came (%.2fs)" % dt)
 
 
 class BasePath(E2ETestCase):

@@ -10,7 +10,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, SRV_BIN, CLI_BIN, get, free_port, make_token,  # noqa: E402
-                     wait_until, main)
+                     on_free_port, wait_until, main)
 
 
 GO_BIN = os.environ.get("WSTUN_GO_WSTUNNEL", "/tmp/wstunnel-go-ref/wstunnel")
@@ -79,8 +79,9 @@ class ServerFlags(Common):
         self.assertEqual(get(srv.port, "/_health_check").status, 200)
 
     def test_fixed_port(self):
-        port = free_port()
-        srv = self.server(port=port)
+        def start(port):
+            return port, self.server(port=port)
+        port, srv = on_free_port(start)
         self.assertEqual(srv.port, port)
         self.assertEqual(get(port, "/_health_check").body, b"WSTUNSRV RUNNING\n")
 

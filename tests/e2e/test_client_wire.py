@@ -204,8 +204,10 @@ class ClientMessages(E2ETestCase):
     def test_backend_down_gives_502(self):
         self.be = None
         fake = self.fake_tunnel_server(handler=request_once(b"0006GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
-        from harness import free_port
-        self.client(fake.port, make_token(), server_url="http://127.0.0.1:%d" % free_port())
+        from harness import dead_port
+        sock, port = dead_port()
+        self.addCleanup(sock.close)
+        self.client(fake.port, make_token(), server_url="http://127.0.0.1:%d" % port)
         self.assertTrue(fake.wait_conns(1, 5))
         conn = fake.conns[0]
         self.assertTrue(wait_until(lambda: conn.get("replies"), 10))

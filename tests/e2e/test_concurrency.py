@@ -2,12 +2,20 @@
 token."""
 
 import os
+import re
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, Background, get, http_req, run_threads, make_token,  # noqa: E402
-                     wait_tunnels, main)
+                     stats_text, wait_tunnels, wait_until, main)
+
+
+def total_clients(srv):
+    """total_clients=N from /_stats: the server's tunnel connections."""
+    status, text = stats_text(srv)
+    m = re.search(r"(?m)^total_clients=(\d+)\s*$", text)
+    return int(m.group(1)) if (status == 200 and m) else None
 
 
 class Concurrency(E2ETestCase):
@@ -42,7 +50,8 @@ class Concurrency(E2ETestCase):
     def test_slow_request_does_not_block_fast_one(self):
         srv, cli, be, tok = self.tunnel()
         slow = Background(get, srv.port, "/_token/%s/slow?ms=3000" % tok, timeout=15)
-        time.sleep(0.3)
+        # the slow one is at the backend (recorded before its wait)
+        self.assertTrue(wait_until(lambda: be.count() == 1, 10), "the slow request never came")
         t0 = time.monotonic()
         r = get(srv.port, "/_token/%s/echo" % tok, timeout=10)
         dt = time.monotonic() - t0
@@ -88,10 +97,13 @@ class Concurrency(E2ETestCase):
         b1, b2 = self.backend("one"), self.backend("two")
         c1 = self.client(srv, tok, server_url=b1.url)
         self.client(srv, tok, server_url=b2.url)
-        self.assertTrue(wait_tunnels(srv, 1))
-        time.sleep(1.0)  # let both register
+        # both registered (tunnels= counts tokens, total_clients= tunnels)
+        self.assertTrue(wait_until(lambda: total_clients(srv) == 2, 10),
+                        "total_clients=%r" % total_clients(srv))
         c1.kill()
-        time.sleep(0.3)
+        # the server has seen it go: no request is handed to its tunnel
+        self.assertTrue(wait_until(lambda: total_clients(srv) == 1, 10),
+                        "total_clients=%r" % total_clients(srv))
         res = run_threads(lambda i: get(srv.port, "/_token/%s/name" % tok, timeout=10),
                           [(i,) for i in range(20)], timeout=20)
         self.assertEqual([getattr(r, "status", r) for r in res], [200] * 20)

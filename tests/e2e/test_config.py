@@ -12,7 +12,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, SRV_BIN, CLI_BIN, HOST, Proc, Server, get,  # noqa: E402
-                     free_port, make_token, wait_tunnels, main)
+                     make_token, on_free_port, wait_tunnels, main)
 
 
 def run(argv, timeout=15, env_extra=None):
@@ -203,18 +203,20 @@ class ServerConfig(ConfigCase):
     def test_port_host_passwords(self):
         d = self.tmpdir()
         tok = make_token()
-        port = free_port()
         pwf = self.write(d, "passwords", "%s:s3cret\n" % tok)
-        conf = self.write(d, "srv.ini", """\
+
+        def start(port):
+            conf = self.write(d, "srv.ini", """\
 # wstunsrv
 port = %d
 host = 127.0.0.1
 passwords-file = %s
 max-requests-per-tunnel = 5
 """ % (port, pwf))
-        rc, out, err = run([SRV_BIN, "-config", conf, "-check-config"])
-        self.assertEqual((rc, err), (0, ""))
-        srv = self.srv_proc("-config", conf)
+            rc, out, err = run([SRV_BIN, "-config", conf, "-check-config"])
+            self.assertEqual((rc, err), (0, ""))
+            return port, self.srv_proc("-config", conf)
+        port, srv = on_free_port(start)
         self.assertEqual(srv.port, port)
         be = self.backend("b")
         # the wrong password is refused, the right one works
@@ -227,9 +229,9 @@ max-requests-per-tunnel = 5
 
     def test_flag_overrides_port(self):
         d = self.tmpdir()
-        port = free_port()
         conf = self.write(d, "srv.ini", "port = 1\nhost = 127.0.0.1\n")
-        srv = self.srv_proc("-port", port, "-config", conf)
+        port, srv = on_free_port(lambda port: (port, self.srv_proc("-port", port,
+                                                                   "-config", conf)))
         self.assertEqual(srv.port, port)
 
 

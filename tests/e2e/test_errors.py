@@ -8,8 +8,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, Background, get, http_req, raw_http, make_token,  # noqa: E402
-                     free_port, read_response, wait_tunnels, main)
+from harness import (E2ETestCase, HOST, TIME_SCALE, Background, get, http_req,  # noqa: E402
+                     raw_http, make_token, dead_port, read_response, wait_tunnels,
+                     wait_until, main)
 
 
 class ServerErrors(E2ETestCase):
@@ -128,7 +129,10 @@ class ServerErrors(E2ETestCase):
         srv, cli, be, tok = self.tunnel()
         s = socket.create_connection((HOST, srv.port), timeout=5)
         s.sendall(b"GET /_token/%s/slow?ms=800 HTTP/1.1\r\nHost: x\r\n\r\n" % tok.encode())
-        time.sleep(0.2)
+        # the requester leaves once its request is at the backend (recorded
+        # before the 800 ms wait), i.e. while the answer is on its way
+        self.assertTrue(wait_until(lambda: be.count() == 1, 10 * TIME_SCALE),
+                        "the request never reached the backend")
         s.close()
         self.assertTrue(be.wait_slow_done(1, 5))
         for i in range(3):
@@ -265,7 +269,9 @@ class ClientErrors(E2ETestCase):
     def test_backend_down_502(self):
         srv = self.server()
         tok = make_token()
-        self.client(srv, tok, server_url="http://127.0.0.1:%d" % free_port())
+        sock, port = dead_port()
+        self.addCleanup(sock.close)
+        self.client(srv, tok, server_url="http://127.0.0.1:%d" % port)
         self.assertTrue(wait_tunnels(srv, 1))
         r = get(srv.port, "/_token/%s/x" % tok)
         self.assertStatus(r, 502)

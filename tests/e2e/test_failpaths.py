@@ -326,11 +326,13 @@ class ScriptedBackend:
     """HTTP backend on 127.0.0.1 that answers with whatever `script`
     writes: script(sock, head, conn_no, req_no) gets each request head
     (GET, no body) and returns False to stop reading that connection.
-    .conns counts accepted connections."""
+    .conns counts accepted connections, .ended those that ended (closed
+    by the peer, or by the script)."""
 
     def __init__(self, script):
         self.script = script
         self.conns = 0
+        self.ended = 0
         self.sock = socket.socket()
         self.sock.bind((HOST, 0))
         self.sock.listen(8)
@@ -367,6 +369,7 @@ class ScriptedBackend:
             pass
         finally:
             c.close()
+            self.ended += 1
 
     def close(self):
         self.sock.close()
@@ -426,7 +429,9 @@ class BackendBreaksHTTP(E2ETestCase):
                 c.sendall(b"unsolicited")
         srv, be, tok = self._tunnel(script)
         self.assertStatus(get(srv.port, "/_token/%s/a" % tok), 200)
-        time.sleep(0.8)
+        # the client drops the spoilt connection when the bytes come (0.3 s
+        # on); a client that kept it would keep it past this wait too
+        wait_until(lambda: be.ended == 1, 5)
         self.assertStatus(get(srv.port, "/_token/%s/b" % tok), 200)
         self.assertEqual(be.conns, 2, "the spoilt connection was reused")
 

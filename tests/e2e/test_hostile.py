@@ -1,6 +1,7 @@
 """Hostile requesters: slowloris heads, connection floods (caps), request
 smuggling and path tricks. The server answers clearly and stays up."""
 
+import http.client
 import os
 import re
 import resource
@@ -11,7 +12,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, CLI_BIN, HOST, SRV_BIN, LoopbackListener, Proc,  # noqa: E402
-                     Server, get, make_token, raw_http, wait_tunnels, wait_until, main)
+                     Server, get, http_req, make_token, raw_http, wait_tunnels, wait_until,
+                     main)
 
 DEFAULT_MAX_CONNECTIONS = 10000  # WSTUN_DEFAULT_MAX_CONNECTIONS
 DEFAULT_MAX_CONNECTIONS_PER_IP = 1000
@@ -78,11 +80,30 @@ class Slowloris(E2ETestCase):
         self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out[:80])
 
 
-def metric(port, name):
-    """A gauge from /metrics (read from 127.0.0.1), or None."""
-    r = get(port, "/metrics")
+def metric(port, name, src=None):
+    """A gauge from /metrics, or None; read from 127.0.0.1, or from `src`
+    (another loopback address: a per-address budget of its own)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=15,
+                                      source_address=(src, 0) if src else None)
+    try:
+        r = http_req(port, "GET", "/metrics", conn=conn)
+    finally:
+        conn.close()
     m = re.search(r"^%s (\d+)$" % re.escape(name), r.text, re.M)
     return int(m.group(1)) if m else None
+
+
+def wait_metric(port, name, want, timeout=5, src=None):
+    """Waits until a gauge reads `want` (a read's own connection is
+    counted, and those of earlier reads or health checks linger on the
+    server's side a moment after ours close); returns the last value."""
+    last = [None]
+
+    def reads():
+        last[0] = metric(port, name, src)
+        return last[0] == want
+    wait_until(reads, timeout)
+    return last[0]
 
 
 def proc_nofile(pid):
@@ -93,24 +114,6 @@ def proc_nofile(pid):
                 v = ln.split()[3]
                 return None if v == "unlimited" else int(v)
     return None
-
-
-def hold_slot(port, tries=50):
-    """A connection the server keeps (idle): one it refuses, because a
-    connection just closed on our side may still count there for a moment,
-    is tried again."""
-    for _ in range(tries):
-        s = connect(port)
-        s.settimeout(0.3)
-        try:
-            got = s.recv(1)
-        except socket.timeout:
-            return s  # accepted, waiting for a request
-        s.close()
-        if not got:
-            break
-        time.sleep(0.05)
-    raise AssertionError("the server keeps refusing a connection under its cap")
 
 
 def refused_503(s, timeout=5):
@@ -196,19 +199,18 @@ class DefaultCaps(E2ETestCase):
         are answered 503 and closed, and the server holds no more."""
         srv = self.server()
         held = []
+        # the gauge is read from 127.0.0.2: a read from 127.0.0.1 would
+        # take one of the address's slots itself, for as long as its close
+        # takes to reach the server
+        other = "127.0.0.2"
         try:
-            for _ in range(DEFAULT_MAX_CONNECTIONS_PER_IP - 1):
+            for _ in range(DEFAULT_MAX_CONNECTIONS_PER_IP):
                 held.append(connect(srv.port))
-            # /metrics is one more connection from the same address (the
-            # gauge itself is checked in test_defaults_in_effect)
-            ok = wait_until(lambda: metric(srv.port, "wstun_connections")
-                            in (DEFAULT_MAX_CONNECTIONS_PER_IP, None), 10)
-            self.assertTrue(ok, "the server does not count %d connections"
-                            % DEFAULT_MAX_CONNECTIONS_PER_IP)
-            # the 1,000th, once the /metrics connection is gone on the
-            # server's side too (its close and this connect race)
-            held.append(hold_slot(srv.port))
-            time.sleep(0.2)
+            # the held ones and the read itself
+            want = DEFAULT_MAX_CONNECTIONS_PER_IP + 1
+            got = wait_metric(srv.port, "wstun_connections", want, 10, other)
+            self.assertEqual(got, want, "the server does not hold %d connections"
+                             % DEFAULT_MAX_CONNECTIONS_PER_IP)
             refused = 0
             for _ in range(20):
                 with connect(srv.port) as extra:
@@ -221,11 +223,9 @@ class DefaultCaps(E2ETestCase):
             del held[:10]
             ok = wait_until(lambda: get(srv.port, "/_health_check").status == 200, 5)
             self.assertTrue(ok, "a freed slot was not given back")
-            # the health check's connection closes on the server's side
-            # a moment after ours
-            want = DEFAULT_MAX_CONNECTIONS_PER_IP - 9
-            wait_until(lambda: metric(srv.port, "wstun_connections") == want, 5)
-            self.assertEqual(metric(srv.port, "wstun_connections"), want)
+            want = DEFAULT_MAX_CONNECTIONS_PER_IP - 10 + 1
+            self.assertEqual(wait_metric(srv.port, "wstun_connections", want, 5, other),
+                             want)
         finally:
             for s in held:
                 s.close()
@@ -324,9 +324,8 @@ class DefaultCaps(E2ETestCase):
             self.addCleanup(s.close)
         time.sleep(0.2)
         self.assertStatus(get(srv.port, "/_health_check"), 200)
-        # 5 held and the /metrics read; the health check's may linger a moment
-        wait_until(lambda: metric(srv.port, "wstun_connections") == 6, 5)
-        self.assertEqual(metric(srv.port, "wstun_connections"), 6)
+        # 5 held and the /metrics read
+        self.assertEqual(wait_metric(srv.port, "wstun_connections", 6), 6)
         srv2 = self.server("-trusted-proxies", "10.0.0.0/8", "-max-connections-per-ip", "3")
         held2 = [connect(srv2.port) for _ in range(3)]
         for s in held2:
