@@ -80,6 +80,7 @@ class RawBackend:
         self.port = self.sock.getsockname()[1]
         self.url = "http://%s:%d" % (HOST, self.port)
         self.closed = threading.Event()  # a connection was seen closing
+        self.headed = threading.Event()  # a request head came in
         self.stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -95,6 +96,7 @@ class RawBackend:
         try:
             c.settimeout(30)
             head = recv_until(c, b"\r\n\r\n")
+            self.headed.set()
             self.handler(self, c, head)
         except (OSError, EOFError):
             pass
@@ -344,7 +346,11 @@ class Cancellation(V2Case):
         if read_head:
             recv_until(s, b"tick1\n")
         else:
-            time.sleep(0.5)  # the request reached the backend
+            # the request reached the backend (a fixed pause was a guess:
+            # a requester gone before that has no backend connection to
+            # close)
+            self.assertTrue(be.headed.wait(10 * TIME_SCALE),
+                            "the request never reached the backend")
         s.close()
         t0 = time.monotonic()
         self.assertTrue(be.closed.wait(15), "the backend connection stayed open")
