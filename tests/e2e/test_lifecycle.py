@@ -55,19 +55,29 @@ class Restarts(E2ETestCase):
 
     def test_client_started_before_server(self):
         be = self.backend()
-        port = self._free_listen_port()
+        port, hold = self._reserved_port()
         tok = make_token()
         cli = self.client(port, tok, server_url=be.url)
         time.sleep(1.5)
         self.assertTrue(cli.alive(), "client gave up when the server was not there yet")
         srv = self.server(port=port)
+        hold.close()
         self.assertTrue(wait_tunnels(srv, 1, timeout=10))
         self.assertStatus(get(port, "/_token/%s/echo" % tok), 200)
 
-    @staticmethod
-    def _free_listen_port():
-        from harness import free_port
-        return free_port()
+    def _reserved_port(self):
+        """A port nobody can take while the test waits to start the server
+        there: bound with SO_REUSEADDR but not listening, so connections to
+        it are refused, the kernel hands it to no other socket (a port from
+        free_port() can become the local port of another process's outgoing
+        connection meanwhile, and the server then fails to bind it), and
+        wstunsrv (libuv sets SO_REUSEADDR) can still bind it.
+        Returns (port, socket to close once the server listens)."""
+        hold = socket.socket()
+        self.addCleanup(hold.close)
+        hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        hold.bind((HOST, 0))
+        return hold.getsockname()[1], hold
 
 
 class GracefulStop(E2ETestCase):

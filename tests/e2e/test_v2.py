@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 
-from harness import (HOST, E2ETestCase, expected_sha256, free_port,
+from harness import (HOST, E2ETestCase, expected_sha256,
                      gen_bytes, get, http_req, main, make_token,
                      wait_tunnels, wait_until, TIME_SCALE)
 import hashlib
@@ -592,8 +592,8 @@ class LongHeads(V2Case):
 
 class Drain(V2Case):
     def test_sigterm_drains_to_the_next_tunnel(self):
-        port = free_port()
-        old = self.server(port=port)
+        old = self.server()
+        port = old.port
         be = self.backend()
         tok = make_token("drain")
         cli = self.client(old, tok, server_url=be.url)
@@ -630,8 +630,8 @@ class Drain(V2Case):
         # listening and nothing took its port yet), but the drained one
         # still carries a request: the client is connected, not
         # disconnected, until that tunnel closes
-        port = free_port()
-        old = self.server(port=port)
+        old = self.server()
+        port = old.port
         be = self.backend()
         tok = make_token("dstate")
         import shutil
