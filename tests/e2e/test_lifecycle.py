@@ -8,8 +8,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, Background, get, make_token, wait_tunnels,  # noqa: E402
-                     ws_connect, stats_tunnels, main)
+from harness import (E2ETestCase, HOST, TIME_SCALE, Background, get,  # noqa: E402
+                     listening_ports, make_token, wait_tunnels, wait_until, ws_connect,
+                     stats_tunnels, main)
 
 
 class Restarts(E2ETestCase):
@@ -54,28 +55,42 @@ class Restarts(E2ETestCase):
 
     def test_client_started_before_server(self):
         be = self.backend()
-        port = self._free_listen_port()
+        port, hold = self._reserved_port()
         tok = make_token()
         cli = self.client(port, tok, server_url=be.url)
         time.sleep(1.5)
         self.assertTrue(cli.alive(), "client gave up when the server was not there yet")
         srv = self.server(port=port)
+        hold.close()
         self.assertTrue(wait_tunnels(srv, 1, timeout=10))
         self.assertStatus(get(port, "/_token/%s/echo" % tok), 200)
 
-    @staticmethod
-    def _free_listen_port():
-        from harness import free_port
-        return free_port()
+    def _reserved_port(self):
+        """A port nobody can take while the test waits to start the server
+        there: bound with SO_REUSEADDR but not listening, so connections to
+        it are refused, the kernel hands it to no other socket (a port from
+        free_port() can become the local port of another process's outgoing
+        connection meanwhile, and the server then fails to bind it), and
+        wstunsrv (libuv sets SO_REUSEADDR) can still bind it.
+        Returns (port, socket to close once the server listens)."""
+        hold = socket.socket()
+        self.addCleanup(hold.close)
+        hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        hold.bind((HOST, 0))
+        return hold.getsockname()[1], hold
 
 
 class GracefulStop(E2ETestCase):
     def test_server_sigterm_finishes_inflight(self):
         srv, cli, be, tok = self.tunnel()
         slow = Background(get, srv.port, "/_token/%s/slow?ms=3000" % tok, timeout=20)
-        time.sleep(0.5)
+        # in flight: the backend has it (a fixed pause was not always
+        # enough on a loaded machine, and the SIGTERM then came first)
+        self.assertTrue(wait_until(lambda: be.count() >= 1, 10 * TIME_SCALE),
+                        "the slow request never reached the backend")
         srv.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        self.assertTrue(wait_until(lambda: not listening_ports(srv.pid), 2 * TIME_SCALE),
+                        "still listening after SIGTERM")
         # no longer accepting
         with self.assertRaises(OSError):
             s = socket.create_connection((HOST, srv.port), timeout=2)
@@ -107,7 +122,8 @@ class GracefulStop(E2ETestCase):
     def test_client_sigterm_finishes_inflight(self):
         srv, cli, be, tok = self.tunnel()
         slow = Background(get, srv.port, "/_token/%s/slow?ms=2000" % tok, timeout=20)
-        time.sleep(0.5)
+        self.assertTrue(wait_until(lambda: be.count() >= 1, 10 * TIME_SCALE),
+                        "the slow request never reached the backend")
         cli.send_signal(signal.SIGTERM)
         r = slow.result(15)
         self.assertStatus(r, 200)
@@ -135,8 +151,11 @@ class Forget(E2ETestCase):
         self.assertLess(t1 - t0, 2.0, "test too slow to check before forgetting")
         self.assertStatus(r, 504)
         self.assertBody(r, "Tunnel timeout")
-        # forgotten ~2 s after the client left: then 404, at once
-        time.sleep(max(0.0, t0 + 2.5 - time.monotonic()))
+        # forgotten ~2 s after the client left: then 404, at once. The
+        # server looks for forgotten tokens once a second, so that is 2 to
+        # 3 s after: a request sent before then waits in the queue until
+        # the sweep answers it 404 (up to 1 s later, not "at once")
+        time.sleep(max(0.0, t0 + 3.2 - time.monotonic()))
         deadline = t0 + 7.0
         while True:
             q0 = time.monotonic()

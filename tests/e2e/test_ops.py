@@ -76,12 +76,13 @@ class OpsCase(E2ETestCase):
         logged = [ln for ln in proc.err_lines if TEXT_LINE_RX.match(ln) or ln.startswith("{")]
         self.assertEqual(logged, [], "log lines on stderr of %s" % proc.name)
 
-    def tunnel_with(self, srv_flags=(), cli_flags=(), srv_port=None):
+    def tunnel_with(self, srv_flags=(), cli_flags=()):
         """Backend + server (found by its port, its log may be elsewhere) +
         client for a fresh token, tunnel up."""
         be = self.backend()
-        port = srv_port or free_port()
-        srv = self.server(*srv_flags, port=port, wait_listen=False)
+        # port 0: the harness reads the port from /proc (a port picked
+        # before the start could be taken by another process meanwhile)
+        srv = self.server(*srv_flags, wait_listen=False)
         tok = make_token()
         cli = self.client(srv, tok, *cli_flags, server_url=be.url)
         self.assertTrue(wait_tunnels(srv, 1), "tunnel did not come up\n" + srv.describe()
@@ -360,8 +361,8 @@ class StatusFile(OpsCase):
         d = self.tmpdir()
         sf = os.path.join(d, "cli.status")
         be = self.backend()
-        port = free_port()
-        srv = self.server(port=port)
+        srv = self.server()
+        port = srv.port
         tok = make_token()
         cli = self.client(srv, tok, "-statusfile", sf, server_url=be.url)
         st = self.wait_state(sf, "connected", 10)

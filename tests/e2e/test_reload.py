@@ -445,7 +445,7 @@ class ServerReload(ReloadCase):
         tok = make_token()
         pwf = self.write(os.path.join(d, "passwords"), "%s:pw1\n" % tok)
         conf = os.path.join(d, "srv.ini")
-        port = free_port()
+        port = 0  # the server picks it: none is taken meanwhile
         base = ("port = %d\nhost = 127.0.0.1\npasswords-file = %s\n"
                 "trusted-proxies = 127.0.0.1\n" % (port, pwf))
         self.write(conf, base + "max-requests-per-tunnel = 5\n")
@@ -517,7 +517,7 @@ class ServerReload(ReloadCase):
         d = self.tmpdir()
         conf = os.path.join(d, "srv.ini")
         text = "host = 127.0.0.1\nport = %d\ntls-cert = %s\ntls-key = %s\n"
-        port = free_port()
+        port = 0  # the server picks it: none is taken meanwhile
         self.write(conf, text % (port, a.cert, a.key))
         srv = self.srv_proc("-config", conf)
 

@@ -9,7 +9,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, HOST, gen_bytes, expected_sha256,  # noqa: E402
-                     post_streamed, run_threads, main)
+                     post_streamed, run_threads, wait_until, main)
 
 MIB = 1024 * 1024
 RSS_LIMIT_KIB = int(os.environ.get("WSTUN_E2E_RSS_LIMIT_MIB", "64")) * 1024
@@ -167,14 +167,19 @@ class Streaming(E2ETestCase):
         self.addCleanup(slow.close)
         t0 = time.monotonic()
         slow.request("GET", "/_token/%s/drip?n=3&ms=900" % tok)
-        time.sleep(0.3)
+        # the drip has begun at the backend (a fixed pause was a guess: on a
+        # loaded machine the fast request could go first and prove nothing)
+        self.assertTrue(wait_until(lambda: be.count() >= 1, 10), "the drip never began")
         fast = http.client.HTTPConnection(HOST, srv.port, timeout=10)
         self.addCleanup(fast.close)
+        t1 = time.monotonic()
         fast.request("GET", "/_token/%s/echo" % tok)
         fr = fast.getresponse()
         fr.read()
-        t_fast = time.monotonic() - t0
+        t_fast = time.monotonic() - t1
         self.assertEqual(fr.status, 200)
+        # behind the drip it would wait for its last tick, 1.8 s after its
+        # first
         self.assertLess(t_fast, 1.2, "fast request waited %.2fs behind a "
                         "dripping one" % t_fast)
         r = slow.getresponse()

@@ -1000,8 +1000,12 @@ class ServerTLS(TLSCase):
                         f.write("garbage\n")
                 else:  # the new certificate with the old key
                     shutil.copy(new.cert, crt)
+                failed = srv.stderr_text().count("TLS reload failed")
                 srv.send_signal(signal.SIGHUP)
-                time.sleep(1.0)
+                # this reload was tried (a fixed pause could end before it)
+                self.assertTrue(wait_until(
+                    lambda: srv.stderr_text().count("TLS reload failed") > failed
+                    or not srv.alive(), 10), srv.describe())
                 self.assertTrue(srv.alive(), "a failed reload killed the server\n"
                                 + srv.describe())
                 self.assertEqual(served_serial(), C.good.serial)

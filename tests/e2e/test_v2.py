@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 
-from harness import (HOST, E2ETestCase, expected_sha256, free_port,
+from harness import (HOST, E2ETestCase, expected_sha256,
                      gen_bytes, get, http_req, main, make_token,
                      wait_tunnels, wait_until, TIME_SCALE)
 import hashlib
@@ -80,6 +80,7 @@ class RawBackend:
         self.port = self.sock.getsockname()[1]
         self.url = "http://%s:%d" % (HOST, self.port)
         self.closed = threading.Event()  # a connection was seen closing
+        self.headed = threading.Event()  # a request head came in
         self.stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -95,6 +96,7 @@ class RawBackend:
         try:
             c.settimeout(30)
             head = recv_until(c, b"\r\n\r\n")
+            self.headed.set()
             self.handler(self, c, head)
         except (OSError, EOFError):
             pass
@@ -344,7 +346,11 @@ class Cancellation(V2Case):
         if read_head:
             recv_until(s, b"tick1\n")
         else:
-            time.sleep(0.5)  # the request reached the backend
+            # the request reached the backend (a fixed pause was a guess:
+            # a requester gone before that has no backend connection to
+            # close)
+            self.assertTrue(be.headed.wait(10 * TIME_SCALE),
+                            "the request never reached the backend")
         s.close()
         t0 = time.monotonic()
         self.assertTrue(be.closed.wait(15), "the backend connection stayed open")
@@ -586,8 +592,8 @@ class LongHeads(V2Case):
 
 class Drain(V2Case):
     def test_sigterm_drains_to_the_next_tunnel(self):
-        port = free_port()
-        old = self.server(port=port)
+        old = self.server()
+        port = old.port
         be = self.backend()
         tok = make_token("drain")
         cli = self.client(old, tok, server_url=be.url)
@@ -624,8 +630,8 @@ class Drain(V2Case):
         # listening and nothing took its port yet), but the drained one
         # still carries a request: the client is connected, not
         # disconnected, until that tunnel closes
-        port = free_port()
-        old = self.server(port=port)
+        old = self.server()
+        port = old.port
         be = self.backend()
         tok = make_token("dstate")
         import shutil

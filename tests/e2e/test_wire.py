@@ -10,9 +10,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, Background, get, http_req, make_token, wait_tunnels,  # noqa: E402
-                     OP_BIN, OP_CONT, OP_PING, OP_PONG, HOST, WSConn, encode_frame,
-                     parse_head, parse_tunnel_message, read_response, ws_accept, main)
+from harness import (E2ETestCase, Background, TIME_SCALE, get, http_req,  # noqa: E402
+                     make_token, wait_tunnels, wait_until, OP_BIN, OP_CONT, OP_PING,
+                     OP_PONG, HOST, WSConn, encode_frame, parse_head,
+                     parse_tunnel_message, read_response, ws_accept, main)
 
 ID_RX = re.compile(rb"^[0-9a-f]{4}[A-Z]")
 
@@ -425,7 +426,14 @@ class QueueAndTimeouts(E2ETestCase):
         self.assertTrue(wait_tunnels(srv, 0))
         waiting = [Background(get, srv.port, "/_token/%s/q%d" % (tok, i), timeout=25)
                    for i in range(2)]
-        time.sleep(0.5)
+
+        # both queued before the third comes: a fixed pause can be too
+        # short under valgrind (this file runs there), and the third then
+        # takes a free slot and waits instead of getting the 504
+        def queued():
+            doc = get(srv.port, "/admin/auditing").json()
+            return doc["tunnels"][tok]["pending_requests"]
+        self.assertTrue(wait_until(lambda: queued() == 2, 10 * TIME_SCALE), queued())
         r = get(srv.port, "/_token/%s/q2" % tok, timeout=10)
         self.assertStatus(r, 504)
         self.assertBody(r, "too many requests in-flight, tunnel broken?")

@@ -355,6 +355,18 @@ class TinyProxy(Proc):
         if not TINYPROXY:
             raise RuntimeError("tinyproxy not installed")
         self.dir = private_tempdir("wstun-tinyproxy.")
+        # a port from free_port() may be taken by another process before
+        # tinyproxy binds it: a new one, up to three times
+        for _ in range(3):
+            self._start(connect_ports, auth)
+            wait_until(lambda: self.port in _listening(self.pid) or not self.alive(), 10)
+            if self.alive() and self.port in _listening(self.pid):
+                return
+            desc = self.describe()
+            self.kill()
+        raise RuntimeError("tinyproxy did not start\n%s" % desc)
+
+    def _start(self, connect_ports, auth):
         self.port = free_port()
         conf = os.path.join(self.dir, "tinyproxy.conf")
         lines = ["Port %d" % self.port,
@@ -377,12 +389,6 @@ class TinyProxy(Proc):
         os.chmod(conf, 0o644)
         self.conf = conf
         super().__init__([TINYPROXY, "-d", "-c", conf], name="tinyproxy")
-        ok = wait_until(lambda: self.port in _listening(self.pid) or not self.alive(), 10)
-        if not self.alive() or self.port not in _listening(self.pid):
-            desc = self.describe()
-            self.kill()
-            raise RuntimeError("tinyproxy did not start\n%s" % desc)
-        del ok
 
     def url(self, user=None, password=None):
         cred = ""

@@ -109,7 +109,9 @@ class Observability(interop.InteropCase):
             c = self.go_client(s, tok, server_url=be.url)
             self.assertTrue(wait_count(c, GO_CLI_READY_RX, 1, 15), c.describe())
             c.kill()
-        time.sleep(1.0)
+        # ours has seen its client go (a fixed pause stood in for that);
+        # the Go server counts the token either way
+        self.assertTrue(interop.wait_tunnels(srvs["ours"], 0), srvs["ours"].describe())
         got = {k: parse_stats(r.text) for k, r in self.fetch(srvs, "/_stats").items()}
         self.assertEqual(got["go"]["tunnels"], "1", got)
         self.assertEqual(got["ours"]["tunnels"], "0", got)
@@ -240,8 +242,14 @@ class Observability(interop.InteropCase):
         bgs = [interop.harness.Background(
             http_req, s.port, "GET", s.path("/_token/%s/slow?ms=2500" % tok), timeout=20)
             for s in srvs.values()]
-        time.sleep(1.0)
-        got = {k: r.json() for k, r in self.fetch(srvs, "/admin/auditing").items()}
+        got = {}
+
+        def both_active():
+            # both requests in flight (a fixed pause stood in for that)
+            got.update((k, r.json()) for k, r in self.fetch(srvs, "/admin/auditing").items())
+            return all(got[k]["tunnels"].get(tok, {}).get("active_connections")
+                       for k in srvs)
+        interop.wait_until(both_active, 10 * interop.TIME_SCALE, 0.1)
         for b in bgs:
             b.result(20)
         g = got["go"]["tunnels"][tok]["active_connections"]
