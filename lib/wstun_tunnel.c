@@ -698,9 +698,24 @@ void wstun__tunnel_close(wstun__tunnel *t, int err) {
   wstun__tunnel_fail(t, err);
 }
 
+/* `*since` moved on by `by`, never past `now`. */
+static void forgive(uint64_t *since, uint64_t by, uint64_t now) {
+  *since = now - *since > by ? *since + by : now;
+}
+
 static void on_tick(uv_timer_t *timer) {
   wstun__tunnel *t = timer->data;
   uint64_t now = uv_now(timer->loop);
+  /* A late tick means that this process did not run (stopped, a paused
+   * VM, a loop held up elsewhere): what the peer sent meanwhile waits in
+   * the socket, read only after the timers of this loop turn. The time we
+   * were away is not the peer's silence. */
+  uint64_t late =
+      now - t->last_tick > t->tick_ms ? now - t->last_tick - t->tick_ms : 0;
+  t->last_tick = now;
+  forgive(&t->last_rx, late, now);
+  forgive(&t->last_ctrl, late, now);
+  forgive(&t->out_since, late, now);
   /* while we hold the input back (a slow requester downstream), the
    * peer's silence is ours, not its; not so when we hold it back because
    * the peer does not read what we owe it (tx_held) */
@@ -751,6 +766,8 @@ static void on_first_tick(uv_timer_t *timer) {
       t->ping_interval_ms ? t->ping_interval_ms : t->dead_after_ms / 4;
   if (tick < 250)
     tick = 250;
+  t->tick_ms = tick;
+  t->last_tick = uv_now(timer->loop);
   uv_timer_start(&t->timer, on_tick, tick, tick);
   wstun__conn_resume(t->conn);
 }

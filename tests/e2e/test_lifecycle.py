@@ -2,6 +2,7 @@
 forgotten tokens, liveness timeouts."""
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -218,6 +219,52 @@ class Liveness(E2ETestCase):
             time.sleep(0.25)
         self.assertTrue(cli.alive())
 
+
+    def test_server_stopped_longer_than_wstimeout_keeps_a_pinging_tunnel(self):
+        """A server that did not run for longer than -wstimeout (SIGSTOP, a
+        paused VM) finds the peer's pings waiting in its socket: the time
+        it was away is not the peer's silence. Its liveness timer runs
+        before it reads them, so it must not judge by the clock alone."""
+        srv = self.server("-wstimeout", "3")
+        hs = ws_connect(srv.port, make_token())
+        self.addCleanup(lambda: hs.ws and hs.ws.close())
+        self.assertEqual(hs.status, 101)
+        os.kill(srv.pid, signal.SIGSTOP)
+        try:
+            t_end = time.monotonic() + 4.5
+            while time.monotonic() < t_end:
+                hs.ws.ping(b"k")
+                time.sleep(0.5)
+        finally:
+            os.kill(srv.pid, signal.SIGCONT)
+        self.assertFalse(hs.ws.wait_closed(2.0, auto_pong=True),
+                         "the tunnel was closed once the server ran again")
+        self.assertTrue(hs.ws.pongs, "the pings sent meanwhile were not answered")
+        self.assertTrue(wait_tunnels(srv, 1))
+
+    def test_client_stopped_longer_than_its_timeout_keeps_its_tunnel(self):
+        """The same on the client's side: it pings every second (-timeout
+        3), is stopped for 4.5 s, and the server's pong for its last ping
+        waits in its socket. The server (-wstimeout 8) saw 5.5 s of silence
+        at most: nobody has reason to drop the tunnel."""
+        srv, cli, be, tok = self.tunnel("-wstimeout", "8", cli_flags=("-timeout", "3"))
+
+        def tunnel_addr():
+            m = re.search(r"(?m)^tunnel00_tun_addr=(\S+)$", get(srv.port, "/_stats").text)
+            return m and m.group(1)
+
+        before = tunnel_addr()
+        self.assertTrue(before)
+        os.kill(cli.pid, signal.SIGSTOP)
+        try:
+            time.sleep(4.5)
+        finally:
+            os.kill(cli.pid, signal.SIGCONT)
+        self.assertStatus(get(srv.port, "/_token/%s/echo" % tok, timeout=10), 200)
+        self.assertIsNone(cli.wait_stderr("nothing heard", timeout=1.0),
+                          "the client dropped its tunnel once it ran again")
+        self.assertEqual(tunnel_addr(), before, "the client dialed a new tunnel")
+        self.assertTrue(cli.alive())
 
 
 class ClientPorts(E2ETestCase):
