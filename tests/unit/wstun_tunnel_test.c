@@ -509,7 +509,9 @@ TEST(peer_that_stops_reading_times_out) {
       CHECK_EQ_INT(e->cli.close_err, WSTUN_ETIMEDOUT);
       uint64_t after = e->cli.closed_at - e->started_at;
       CHECK(after >= 450);
-      CHECK(after <= 2000);
+      /* about dead_after, not some later timeout; loose, as time this
+       * process was descheduled is forgiven (a late tick) */
+      CHECK(after <= 4000);
     }
     CHECK_EQ_INT(e->cli.closed, 1);
   }
