@@ -92,6 +92,22 @@ def dead_port():
     return s, s.getsockname()[1]
 
 
+def reserved_port():
+    """(socket, port): a port of 127.0.0.1 kept for a process we start
+    later (wstunsrv, HAProxy, tinyproxy, the Go server): bound with
+    SO_REUSEADDR but not listening. Connections to it are refused, the
+    kernel gives it to no other socket, not even as the local port of an
+    outgoing connection (a free_port() can be taken that way by any other
+    process meanwhile, and ours then fails to bind it), and a process that
+    sets SO_REUSEADDR itself (libuv, HAProxy, tinyproxy and Go all do) can
+    still bind and listen there. Keep the socket open until that process
+    listens, or for as long as it may restart on the same port."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((HOST, 0))
+    return s, s.getsockname()[1]
+
+
 def make_token(prefix="tok"):
     """A fresh rendez-vous token, comfortably longer than 16 chars."""
     return "%s%s" % (prefix, os.urandom(8).hex())

@@ -26,8 +26,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (CLI_BIN, HOST, SANITIZER_RX, SRV_BIN, TIME_SCALE, Background,  # noqa: E402
-                     Backend, E2ETestCase, Proc, check_binaries, free_port, get, main, make_token,
-                     stats_tunnels, wait_until)
+                     Backend, E2ETestCase, Proc, check_binaries, get, main, make_token,
+                     reserved_port, stats_tunnels, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HAPROXY_CFG = os.path.join(HERE, "..", "..", "examples", "cluster", "haproxy.cfg")
@@ -58,38 +58,35 @@ class Cluster:
         self.go_client = go_client
         self.procs = []
         self.backends = []
-        self.node_ports = [free_port() for _ in range(NODES)]
+        # every port a node or a balancer listens on is reserved for the
+        # cluster's life: nobody else takes it before it is bound, nor while
+        # a node is down (a node restarts on its port)
+        self.holds = []
+        self.node_ports = [self.reserve() for _ in range(NODES)]
         self.nodes = [None] * NODES
-        self.lb_port, self.lb2_port = free_port(), free_port()
-        self.stats_port = free_port()
+        self.lb_port, self.lb2_port = self.reserve(), self.reserve()
+        self.stats_port = self.reserve()
         self.sock = "/tmp/wstun-cluster-%d-%d.sock" % (os.getpid(), self.lb_port)
         self.sock2 = self.sock + ".lb2"
         for i in range(NODES):
-            for attempt in range(5):  # a port free a moment ago may be gone
-                try:
-                    self.start_node(i)
-                    break
-                except AssertionError:
-                    if attempt == 4:
-                        raise
-                    self.node_ports[i] = free_port()
+            self.start_node(i)
         # two balancers sharing the stick table (peers): tunnels come in
         # through the first. Requests take the first while nodes come and
         # go: HAProxy 2.6's peers were seen to leave the second with a
         # token's old node after a move (and then resync it back onto the
         # first), see README.md "Several nodes behind HAProxy"
         env = {"WSTUN_LB_ADDR": "%s:%d" % (HOST, self.lb_port),
-               "WSTUN_PEER_ADDR": "%s:%d" % (HOST, free_port()),
+               "WSTUN_PEER_ADDR": "%s:%d" % (HOST, self.reserve()),
                "WSTUN_STATS_ADDR": "%s:%d" % (HOST, self.stats_port),
                "WSTUN_ADMIN_SOCK": self.sock}
         if balancers == 2:
-            env["WSTUN_PEER2_ADDR"] = "%s:%d" % (HOST, free_port())
+            env["WSTUN_PEER2_ADDR"] = "%s:%d" % (HOST, self.reserve())
         for i, p in enumerate(self.node_ports):
             env["WSTUN_NODE%d" % (i + 1)] = "%s:%d" % (HOST, p)
         self.haproxy = Proc([HAPROXY, "-db", "-f", cfg], env=env, name="haproxy-lb1")
         self.procs.append(self.haproxy)
         env2 = dict(env, WSTUN_LB_ADDR="%s:%d" % (HOST, self.lb2_port),
-                    WSTUN_STATS_ADDR="%s:%d" % (HOST, free_port()),
+                    WSTUN_STATS_ADDR="%s:%d" % (HOST, self.reserve()),
                     WSTUN_ADMIN_SOCK=self.sock2)
         self.haproxy2 = None
         if balancers == 2:
@@ -110,6 +107,13 @@ class Cluster:
                                  % (self.table(), self.describe()))
 
     # -- processes
+    def reserve(self):
+        """A port held for a node or a balancer until close() (wstunsrv
+        and HAProxy both set SO_REUSEADDR, so they can bind it)."""
+        hold, port = reserved_port()
+        self.holds.append(hold)
+        return port
+
     def start_node(self, i):
         argv = [SRV_BIN, "-host", HOST, "-port", str(self.node_ports[i])] + self.node_flags
         n = Proc(argv, name="wstunsrv-node%d" % (i + 1))
@@ -137,6 +141,8 @@ class Cluster:
             p.stop(signal.SIGTERM, grace=15)
         for be in self.backends:
             be.close()
+        for hold in self.holds:
+            hold.close()
         for sock in (self.sock, self.sock2):
             try:
                 os.unlink(sock)

@@ -14,8 +14,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, Proc, det_bytes, free_port, get, make_token,  # noqa: E402
-                     wait_until, main)
+from harness import (E2ETestCase, HOST, Proc, det_bytes, get, make_token,  # noqa: E402
+                     reserved_port, wait_until, main)
 
 GO_BIN = os.environ.get("WSTUN_GO_WSTUNNEL", "/tmp/wstunnel-go-ref/wstunnel")
 WSTIMEOUT = 3  # the Go server's -wstimeout (its minimum)
@@ -29,7 +29,9 @@ class GoServer(E2ETestCase):
             self.skipTest("Go wstunnel binary not found at %s (set WSTUN_GO_WSTUNNEL)" % GO_BIN)
 
     def go_server(self, *flags):
-        port = free_port()
+        # reserved until the Go server listens there (Go sets SO_REUSEADDR)
+        hold, port = reserved_port()
+        self.addCleanup(hold.close)
         p = Proc([GO_BIN, "srv", "-host", HOST, "-port", str(port)] + list(flags),
                  name="go wstunnel srv")
         self.addCleanup(p.kill)
@@ -40,6 +42,7 @@ class GoServer(E2ETestCase):
             except OSError:
                 return False
         self.assertTrue(wait_until(up, 10), p.describe())
+        hold.close()
         return p, port
 
     def go_tunnel(self):

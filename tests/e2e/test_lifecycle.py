@@ -10,8 +10,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, HOST, TIME_SCALE, Background, get,  # noqa: E402
-                     listening_ports, make_token, wait_tunnels, wait_until, ws_connect,
-                     stats_tunnels, main)
+                     listening_ports, make_token, reserved_port, wait_tunnels, wait_until,
+                     ws_connect, stats_tunnels, main)
 
 
 class Restarts(E2ETestCase):
@@ -40,8 +40,14 @@ class Restarts(E2ETestCase):
         self.assertEqual(r.json()["path"], "/echo?waited=1")
 
     def test_server_killed_and_restarted_same_port(self):
-        srv, cli, be, tok = self.tunnel()
-        port = srv.port
+        # held all along: nobody takes the port while the server is down
+        hold, port = reserved_port()
+        self.addCleanup(hold.close)
+        be = self.backend()
+        srv = self.server(port=port)
+        tok = make_token()
+        cli = self.client(srv, tok, server_url=be.url)
+        self.assertTrue(wait_tunnels(srv, 1), cli.describe())
         self.assertStatus(get(port, "/_token/%s/echo" % tok), 200)
         srv.kill()
         time.sleep(0.5)
@@ -56,7 +62,8 @@ class Restarts(E2ETestCase):
 
     def test_client_started_before_server(self):
         be = self.backend()
-        port, hold = self._reserved_port()
+        hold, port = reserved_port()  # refused until the server starts there
+        self.addCleanup(hold.close)
         tok = make_token()
         cli = self.client(port, tok, server_url=be.url)
         time.sleep(1.5)
@@ -65,20 +72,6 @@ class Restarts(E2ETestCase):
         hold.close()
         self.assertTrue(wait_tunnels(srv, 1, timeout=10))
         self.assertStatus(get(port, "/_token/%s/echo" % tok), 200)
-
-    def _reserved_port(self):
-        """A port nobody can take while the test waits to start the server
-        there: bound with SO_REUSEADDR but not listening, so connections to
-        it are refused, the kernel hands it to no other socket (a port from
-        free_port() can become the local port of another process's outgoing
-        connection meanwhile, and the server then fails to bind it), and
-        wstunsrv (libuv sets SO_REUSEADDR) can still bind it.
-        Returns (port, socket to close once the server listens)."""
-        hold = socket.socket()
-        self.addCleanup(hold.close)
-        hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        hold.bind((HOST, 0))
-        return hold.getsockname()[1], hold
 
 
 class GracefulStop(E2ETestCase):
@@ -279,10 +272,21 @@ class ClientPorts(E2ETestCase):
         busy.bind(("0.0.0.0", 0))  # taken: the client must skip it
         self.addCleanup(busy.close)
         taken = busy.getsockname()[1]
-        want = free_port()
-        self.client(srv, make_token(), "-client-ports", "%d,%d" % (taken, want),
-                    server_url=be.url)
-        self.assertTrue(wait_tunnels(srv, 1))
+        # `want` cannot be reserved: the client binds it without
+        # SO_REUSEADDR (so that a port in use is skipped), and any other
+        # process's outgoing connection may take it before the client
+        # starts. The client then says so, and the test takes another one.
+        for attempt in range(5):
+            want = free_port()
+            cli = self.client(srv, make_token(), "-client-ports", "%d,%d" % (taken, want),
+                              server_url=be.url)
+            self.assertTrue(wait_until(lambda: stats_tunnels(srv) == 1
+                                       or "no free port in -client-ports" in cli.stderr_text(),
+                                       10 * TIME_SCALE), cli.describe())
+            if stats_tunnels(srv) == 1 or attempt == 4:
+                break
+            self.assertEqual(cli.stop(), 0, cli.describe())
+        self.assertTrue(wait_tunnels(srv, 1), cli.describe())
         text = get(srv.port, "/_stats").text
         m = re.search(r"tunnel00_tun_addr=127\.0\.0\.1:(\d+)", text)
         self.assertTrue(m, text)

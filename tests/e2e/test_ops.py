@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, SRV_BIN, CLI_BIN, HOST, TIME_SCALE, get,  # noqa: E402
-                     free_port, make_token, wait_tunnels, wait_until, main)
+                     dead_port, make_token, reserved_port, wait_tunnels, wait_until, main)
 
 TEXT_LINE_RX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (ERROR|WARN |INFO |DEBUG) ")
 JSON_TIME_RX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -361,8 +361,10 @@ class StatusFile(OpsCase):
         d = self.tmpdir()
         sf = os.path.join(d, "cli.status")
         be = self.backend()
-        srv = self.server()
-        port = srv.port
+        # held all along: nobody takes the port while the server is down
+        hold, port = reserved_port()
+        self.addCleanup(hold.close)
+        srv = self.server(port=port)
         tok = make_token()
         cli = self.client(srv, tok, "-statusfile", sf, server_url=be.url)
         st = self.wait_state(sf, "connected", 10)
@@ -418,7 +420,8 @@ class StatusFile(OpsCase):
     def test_userinfo_hidden_while_connecting(self):
         d = self.tmpdir()
         sf = os.path.join(d, "cli.status")
-        port = free_port()  # nobody listens there
+        hold, port = dead_port()  # nobody listens there
+        self.addCleanup(hold.close)
         cli = self.client(port, make_token(), "-statusfile", sf,
                           tunnel_url="ws://someone:s3cr3t@%s:%d/base" % (HOST, port),
                           server_url="http://127.0.0.1:1")

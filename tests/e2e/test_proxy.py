@@ -21,8 +21,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (E2ETestCase, HOST, CLI_BIN, make_token, expected_sha256, free_port,  # noqa: E402
-                     get, stats_text, wait_tunnels, wait_until, main)
+from harness import (E2ETestCase, HOST, CLI_BIN, make_token, expected_sha256, dead_port,  # noqa: E402
+                     free_port, get, stats_text, wait_tunnels, wait_until, main)
 import tlsutil  # noqa: E402
 from tlsutil import (PKI, TinyProxy, FakeConnectProxy, client_ctx, https_req, https_tunnels,  # noqa: E402
                      wait_https_tunnels, https_download, https_upload, remote_ports,
@@ -58,6 +58,14 @@ class ProxyCase(E2ETestCase):
         self._procs.append(p)
         self.addCleanup(p.stop)
         return p
+
+    def dead_proxy_url(self):
+        """The URL of a proxy that refuses every connection: a port held
+        bound, not listening, until the test ends (nobody else can start
+        listening there meanwhile)."""
+        hold, port = dead_port()
+        self.addCleanup(hold.close)
+        return "http://127.0.0.1:%d" % port
 
     def tls_server(self, *flags, **kw):
         return self.server("-tls-cert", LEAF.cert, "-tls-key", LEAF.key, *flags, **kw)
@@ -212,8 +220,7 @@ class ProxyFlag(ProxyCase):
         be = self.backend()
         srv = self.server()
         tok = make_token()
-        dead = free_port()
-        cli = self.client(srv, tok, "-proxy", "http://127.0.0.1:%d" % dead, server_url=be.url)
+        cli = self.client(srv, tok, "-proxy", self.dead_proxy_url(), server_url=be.url)
         self.assertIsNotNone(cli.wait_stderr(r"cannot open tunnel", 10), cli.describe())
         self.assertIsNotNone(cli.wait_stderr(r"reconnecting in \d+ ms", 10))
         self.assertNoTunnel(srv, be, tok)
@@ -223,7 +230,7 @@ class ProxyFlag(ProxyCase):
         be = self.backend()
         srv = self.tls_server()
         px = self.proxy(connect_ports=(srv.port,))
-        dead = "http://127.0.0.1:%d" % free_port()
+        dead = self.dead_proxy_url()
         tok = make_token()
         cli = self.wss_client(srv, tok, "-proxy", px.url(), server_url=be.url,
                               env={"https_proxy": dead, "HTTPS_PROXY": dead})
@@ -265,12 +272,12 @@ class ProxyEnvironment(ProxyCase):
         srv = self.tls_server()
         tok = make_token()
         cli = self.wss_client(srv, tok, server_url=be.url,
-                              env={"https_proxy": "http://127.0.0.1:%d" % free_port()})
+                              env={"https_proxy": self.dead_proxy_url()})
         self.assertIsNotNone(cli.wait_stderr(r"cannot open tunnel", 10), cli.describe())
         self.assertNoTunnel(srv, be, tok, tls=True)
 
     def test_no_proxy_bypasses(self):
-        dead = "http://127.0.0.1:%d" % free_port()
+        dead = self.dead_proxy_url()
         cases = (
             ("wss", {"https_proxy": dead, "no_proxy": "localhost"}),
             ("wss", {"HTTPS_PROXY": dead, "NO_PROXY": "localhost"}),
@@ -355,7 +362,7 @@ class ProxyEnvironment(ProxyCase):
 
     def test_variable_of_the_other_scheme_is_ignored(self):
         """http_proxy does not apply to wss://, https_proxy not to ws://."""
-        dead = "http://127.0.0.1:%d" % free_port()
+        dead = self.dead_proxy_url()
         be = self.backend()
         srv = self.tls_server()
         tok = make_token()

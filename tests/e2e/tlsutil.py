@@ -31,8 +31,8 @@ import time
 import warnings
 
 from harness import (HOST, Backend, LoopbackListener, Proc, Resp,
-                     _BackendHTTPServer, _Handler, _read_head, free_port,
-                     parse_head, post_streamed, wait_until)
+                     _BackendHTTPServer, _Handler, _read_head,
+                     parse_head, post_streamed, reserved_port, wait_until)
 
 OPENSSL = shutil.which("openssl")
 TINYPROXY = shutil.which("tinyproxy") or (
@@ -355,11 +355,15 @@ class TinyProxy(Proc):
         if not TINYPROXY:
             raise RuntimeError("tinyproxy not installed")
         self.dir = private_tempdir("wstun-tinyproxy.")
-        # a port from free_port() may be taken by another process before
-        # tinyproxy binds it: a new one, up to three times
+        # the port is reserved until tinyproxy listens (nobody else can
+        # take it meanwhile); still, a new one up to three times, should
+        # tinyproxy not come up for another reason
         for _ in range(3):
-            self._start(connect_ports, auth)
-            wait_until(lambda: self.port in _listening(self.pid) or not self.alive(), 10)
+            hold = self._start(connect_ports, auth)
+            try:
+                wait_until(lambda: self.port in _listening(self.pid) or not self.alive(), 10)
+            finally:
+                hold.close()
             if self.alive() and self.port in _listening(self.pid):
                 return
             desc = self.describe()
@@ -367,7 +371,9 @@ class TinyProxy(Proc):
         raise RuntimeError("tinyproxy did not start\n%s" % desc)
 
     def _start(self, connect_ports, auth):
-        self.port = free_port()
+        """Starts tinyproxy on a reserved port; returns the socket holding
+        it, to close once tinyproxy listens."""
+        hold, self.port = reserved_port()
         conf = os.path.join(self.dir, "tinyproxy.conf")
         lines = ["Port %d" % self.port,
                  "Listen 127.0.0.1",
@@ -388,7 +394,12 @@ class TinyProxy(Proc):
         os.chmod(self.dir, 0o755)
         os.chmod(conf, 0o644)
         self.conf = conf
-        super().__init__([TINYPROXY, "-d", "-c", conf], name="tinyproxy")
+        try:
+            super().__init__([TINYPROXY, "-d", "-c", conf], name="tinyproxy")
+        except BaseException:
+            hold.close()
+            raise
+        return hold
 
     def url(self, user=None, password=None):
         cred = ""
