@@ -710,8 +710,8 @@ static void on_tick(uv_timer_t *timer) {
    * VM, a loop held up elsewhere): what the peer sent meanwhile waits in
    * the socket, read only after the timers of this loop turn. The time we
    * were away is not the peer's silence. */
-  uint64_t late =
-      now - t->last_tick > t->tick_ms ? now - t->last_tick - t->tick_ms : 0;
+  uint64_t period = uv_timer_get_repeat(timer);
+  uint64_t late = now - t->last_tick > period ? now - t->last_tick - period : 0;
   t->last_tick = now;
   forgive(&t->last_rx, late, now);
   forgive(&t->last_ctrl, late, now);
@@ -766,7 +766,6 @@ static void on_first_tick(uv_timer_t *timer) {
       t->ping_interval_ms ? t->ping_interval_ms : t->dead_after_ms / 4;
   if (tick < 250)
     tick = 250;
-  t->tick_ms = tick;
   t->last_tick = uv_now(timer->loop);
   uv_timer_start(&t->timer, on_tick, tick, tick);
   wstun__conn_resume(t->conn);

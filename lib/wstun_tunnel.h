@@ -244,7 +244,7 @@ struct wstun__tunnel {
   uint64_t ping_interval_ms, dead_after_ms;
   /* our output's progress (wstun__conn_progress) when last seen growing */
   uint64_t out_mark, out_since;
-  uint64_t tick_ms, last_tick; /* the tick's period, when it last ran */
+  uint64_t last_tick; /* when the tick last ran */
   int closing, err, pumping;
   wstun__closer closer; /* the timer and the conn, once closing */
 };
