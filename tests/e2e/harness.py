@@ -403,6 +403,14 @@ def stats_tunnels(server):
     return int(m.group(1)) if (status == 200 and m) else None
 
 
+def stats_tunnel_addr(server):
+    """tunnel00_tun_addr ("ip:port", the first tunnel's peer as the server
+    sees it) from /_stats, or None when absent."""
+    _, text = stats_text(server)
+    m = re.search(r"(?m)^tunnel00_tun_addr=(\S+)$", text)
+    return m.group(1) if m else None
+
+
 def wait_tunnels(server, n, timeout=10.0):
     """Poll /_stats until it says tunnels=<n> (timeout times TIME_SCALE).
     Returns True/False."""

@@ -2,7 +2,6 @@
 forgotten tokens, liveness timeouts."""
 
 import os
-import re
 import signal
 import socket
 import sys
@@ -11,7 +10,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, HOST, TIME_SCALE, Background, get,  # noqa: E402
                      listening_ports, make_token, reserved_port, wait_tunnels, wait_until,
-                     ws_connect, stats_tunnels, main)
+                     ws_connect, stats_tunnel_addr, stats_tunnels, main)
 
 
 class Restarts(E2ETestCase):
@@ -222,14 +221,14 @@ class Liveness(E2ETestCase):
         hs = ws_connect(srv.port, make_token())
         self.addCleanup(lambda: hs.ws and hs.ws.close())
         self.assertEqual(hs.status, 101)
-        os.kill(srv.pid, signal.SIGSTOP)
+        srv.send_signal(signal.SIGSTOP)
         try:
             t_end = time.monotonic() + 4.5
             while time.monotonic() < t_end:
                 hs.ws.ping(b"k")
                 time.sleep(0.5)
         finally:
-            os.kill(srv.pid, signal.SIGCONT)
+            srv.send_signal(signal.SIGCONT)
         self.assertFalse(hs.ws.wait_closed(2.0, auto_pong=True),
                          "the tunnel was closed once the server ran again")
         self.assertTrue(hs.ws.pongs, "the pings sent meanwhile were not answered")
@@ -241,22 +240,17 @@ class Liveness(E2ETestCase):
         waits in its socket. The server (-wstimeout 8) saw 5.5 s of silence
         at most: nobody has reason to drop the tunnel."""
         srv, cli, be, tok = self.tunnel("-wstimeout", "8", cli_flags=("-timeout", "3"))
-
-        def tunnel_addr():
-            m = re.search(r"(?m)^tunnel00_tun_addr=(\S+)$", get(srv.port, "/_stats").text)
-            return m and m.group(1)
-
-        before = tunnel_addr()
+        before = stats_tunnel_addr(srv)
         self.assertTrue(before)
-        os.kill(cli.pid, signal.SIGSTOP)
+        cli.send_signal(signal.SIGSTOP)
         try:
             time.sleep(4.5)
         finally:
-            os.kill(cli.pid, signal.SIGCONT)
+            cli.send_signal(signal.SIGCONT)
         self.assertStatus(get(srv.port, "/_token/%s/echo" % tok, timeout=10), 200)
         self.assertIsNone(cli.wait_stderr("nothing heard", timeout=1.0),
                           "the client dropped its tunnel once it ran again")
-        self.assertEqual(tunnel_addr(), before, "the client dialed a new tunnel")
+        self.assertEqual(stats_tunnel_addr(srv), before, "the client dialed a new tunnel")
         self.assertTrue(cli.alive())
 
 
@@ -264,7 +258,6 @@ class ClientPorts(E2ETestCase):
     """-client-ports: the tunnel leaves from a chosen local port."""
 
     def test_tunnel_uses_a_listed_port(self):
-        import re
         from harness import free_port
         srv = self.server()
         be = self.backend()
@@ -287,10 +280,9 @@ class ClientPorts(E2ETestCase):
                 break
             self.assertEqual(cli.stop(), 0, cli.describe())
         self.assertTrue(wait_tunnels(srv, 1), cli.describe())
-        text = get(srv.port, "/_stats").text
-        m = re.search(r"tunnel00_tun_addr=127\.0\.0\.1:(\d+)", text)
-        self.assertTrue(m, text)
-        self.assertEqual(int(m.group(1)), want)
+        addr = stats_tunnel_addr(srv)
+        self.assertRegex(addr or "", r"^127\.0\.0\.1:\d+$")
+        self.assertEqual(int(addr.rsplit(":", 1)[1]), want)
 
     def test_bad_lists_are_usage_errors(self):
         import subprocess

@@ -22,7 +22,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (E2ETestCase, HOST, CLI_BIN, make_token, expected_sha256, dead_port,  # noqa: E402
-                     free_port, get, stats_text, wait_tunnels, wait_until, main)
+                     free_port, get, stats_tunnel_addr, wait_tunnels, wait_until, main)
 import tlsutil  # noqa: E402
 from tlsutil import (PKI, TinyProxy, FakeConnectProxy, client_ctx, https_req, https_tunnels,  # noqa: E402
                      wait_https_tunnels, https_download, https_upload, remote_ports,
@@ -152,10 +152,9 @@ class ProxyFlag(ProxyCase):
         self.assertEqual(r.json()["path"], "/echo?via=proxy")
         self.assertViaProxy(cli, px, srv, "127.0.0.1:%d" % srv.port)
         # the server sees tinyproxy's outgoing socket as the tunnel's peer
-        _, text = stats_text(srv)
-        m = re.search(r"(?m)^tunnel00_tun_addr=127\.0\.0\.1:(\d+)$", text)
-        self.assertIsNotNone(m, text)
-        self.assertIn(int(m.group(1)),
+        addr = stats_tunnel_addr(srv)
+        self.assertRegex(addr or "", r"^127\.0\.0\.1:\d+$")
+        self.assertIn(int(addr.rsplit(":", 1)[1]),
                       {lp for lp, rp in tcp_peers(px.pid) if rp == srv.port})
 
     def test_wss_through_proxy(self):
